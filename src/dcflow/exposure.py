@@ -1,0 +1,73 @@
+"""The in-memory exposure (image, mask, variance, WCS) that stages pass between them."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+__all__ = ["Exposure", "MaskPlane"]
+
+
+class MaskPlane(enum.IntFlag):
+    """Bits of the mask plane; the names follow the LSST stack's mask planes."""
+
+    BAD = 1 << 0
+    """A defective pixel (hot, dead, bad column) from the calibration."""
+    SAT = 1 << 1
+    """Saturated in the raw frame, or on a bleed trail."""
+    CR = 1 << 2
+    """Hit by a cosmic ray."""
+    EDGE = 1 << 3
+    """Too close to the CCD edge for detection."""
+    DETECTED = 1 << 4
+    """Part of a detected source footprint."""
+    NO_DATA = 1 << 5
+    """No input pixel covers this one (warps and coadds)."""
+    SUSPECT = 1 << 6
+    """Near the non-linear regime or otherwise doubtful."""
+    INTRP = 1 << 7
+    """Value was interpolated over."""
+    CLIPPED = 1 << 8
+    """An input was rejected as an outlier when coadding."""
+
+
+@dataclass(slots=True)
+class Exposure:
+    """An image with its mask and variance planes, WCS and header metadata.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` float32 pixel values.
+    mask : numpy.ndarray
+        ``(ny, nx)`` int32 bit mask of `MaskPlane` values.
+    variance : numpy.ndarray
+        ``(ny, nx)`` float32 variance of ``image``, in the same units squared.
+    wcs : astropy.wcs.WCS or None
+        Pixel to sky transform, pixel origin at the array's ``[0, 0]``.
+    header : astropy.io.fits.Header
+        Metadata kept with the exposure (data id, zero point, PSF FWHM...).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    variance: np.ndarray
+    wcs: WCS | None = None
+    header: fits.Header = field(default_factory=fits.Header)
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 2:
+            raise ValueError(f"image must be 2-d (ny, nx), got shape {self.image.shape}")
+        for name in ("mask", "variance"):
+            shape = getattr(self, name).shape
+            if shape != self.image.shape:
+                raise ValueError(f"{name} shape {shape} differs from image shape {self.image.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(ny, nx)`` of the image."""
+        return self.image.shape

@@ -1,0 +1,175 @@
+"""FITS and table reading with errors that name the file, and atomic writing.
+
+Every output goes to a temporary name in the destination directory, is fsynced and then
+renamed, so a job killed at any point never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.utils.exceptions import AstropyWarning
+from astropy.wcs import WCS, FITSFixedWarning
+
+from dcflow.errors import InputDataError
+from dcflow.exposure import Exposure
+
+__all__ = [
+    "atomic_path",
+    "read_exposure",
+    "read_fits",
+    "read_table",
+    "write_exposure",
+    "write_fits",
+    "write_json",
+    "write_table",
+    "write_text",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_fits(hdus: fits.HDUList, path: str | os.PathLike) -> None:
+    """Write an HDU list atomically."""
+    with atomic_path(path) as tmp:
+        hdus.writeto(tmp, overwrite=True, checksum=True)
+
+
+def write_table(table: Table, path: str | os.PathLike) -> None:
+    """Write an astropy Table as a FITS binary table, atomically."""
+    hdu = fits.table_to_hdu(table)
+    write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    """Write a JSON document atomically."""
+    write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def read_fits(path: str | os.PathLike, *, required_keys: tuple[str, ...] = ()) -> fits.HDUList:
+    """Read every HDU of a FITS file into memory and check it is whole.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    required_keys : tuple of str
+        Primary-header keywords that must be present.
+
+    Raises
+    ------
+    InputDataError
+        If the file is missing, truncated, not FITS, or lacks a required keyword; the message
+        names the file and the problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"{path}: file does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", fits.verify.VerifyWarning)
+            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdus:
+                for hdu in hdus:
+                    if hdu.data is not None:
+                        _ = hdu.data.shape
+                hdus = fits.HDUList([hdu.copy() for hdu in hdus])
+    except (OSError, ValueError, TypeError, fits.verify.VerifyWarning) as exc:
+        raise InputDataError(f"{path}: unreadable or truncated FITS file ({exc})") from exc
+    missing = [key for key in required_keys if key not in hdus[0].header]
+    if missing:
+        raise InputDataError(
+            f"{path}: missing header keyword(s) {', '.join(missing)}", n_missing=len(missing)
+        )
+    return hdus
+
+
+def read_table(path: str | os.PathLike) -> Table:
+    """Read a FITS binary table, raising `InputDataError` naming the file when it cannot."""
+    hdus = read_fits(path)
+    if len(hdus) < 2 or not isinstance(hdus[1], fits.BinTableHDU):
+        raise InputDataError(f"{path}: no binary table in HDU 1")
+    return Table(hdus[1].data)
+
+
+def _wcs_from_header(header: fits.Header) -> WCS | None:
+    if "CTYPE1" not in header:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FITSFixedWarning, AstropyWarning))
+        return WCS(header, relax=True)
+
+
+def write_exposure(exposure: Exposure, path: str | os.PathLike) -> None:
+    """Write an exposure as a FITS file: primary header, IMAGE, MASK and VARIANCE HDUs."""
+    header = exposure.header.copy()
+    if exposure.wcs is not None:
+        for key in list(header):
+            if key.startswith(("CTYPE", "CRPIX", "CRVAL", "CD", "PC", "CDELT", "A_", "B_", "AP_", "BP_")):
+                del header[key]
+        header.update(exposure.wcs.to_header(relax=True))
+    hdus = fits.HDUList(
+        [
+            fits.PrimaryHDU(header=header),
+            fits.ImageHDU(np.asarray(exposure.image, dtype=np.float32), header=header, name="IMAGE"),
+            fits.ImageHDU(np.asarray(exposure.mask, dtype=np.int32), name="MASK"),
+            fits.ImageHDU(np.asarray(exposure.variance, dtype=np.float32), name="VARIANCE"),
+        ]
+    )
+    write_fits(hdus, path)
+
+
+def read_exposure(path: str | os.PathLike) -> Exposure:
+    """Read an exposure written by `write_exposure`.
+
+    Raises
+    ------
+    InputDataError
+        If the file is unreadable or lacks one of the IMAGE, MASK, VARIANCE HDUs.
+    """
+    hdus = read_fits(path)
+    names = {hdu.name for hdu in hdus}
+    missing = {"IMAGE", "MASK", "VARIANCE"} - names
+    if missing:
+        raise InputDataError(f"{path}: missing HDU(s) {', '.join(sorted(missing))}")
+    header = hdus[0].header
+    return Exposure(
+        image=np.asarray(hdus["IMAGE"].data, dtype=np.float32),
+        mask=np.asarray(hdus["MASK"].data, dtype=np.int32),
+        variance=np.asarray(hdus["VARIANCE"].data, dtype=np.float32),
+        wcs=_wcs_from_header(hdus["IMAGE"].header),
+        header=header,
+    )

@@ -1,0 +1,118 @@
+"""The one place that turns a dataset type and a data id into a path.
+
+Templates are relative to a root: ``raw`` datasets (and what the instrument writes beside
+them) live under the campaign's input root, everything else under its output root. Templates
+use plain ``{key}`` fields so the same strings serve as Snakemake wildcard patterns.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from dcflow.dataids import normalize_data_id
+
+__all__ = ["DEFAULT_TEMPLATES", "INPUT_DATASETS", "Layout"]
+
+DEFAULT_TEMPLATES: dict[str, str] = {
+    "raw": "{instrument}/raw/{visit}/raw_{visit}_{ccd}.fits",
+    "refcat": "{instrument}/refcat.fits",
+    "truth": "{instrument}/truth.fits",
+    "registry": "registry.sqlite3",
+    "bias": "calib/bias/bias_{ccd}.fits",
+    "flat": "calib/flat/{filter}/flat_{filter}_{ccd}.fits",
+    "calexp": "calexp/{visit}/calexp_{visit}_{ccd}.fits",
+    "src": "src/{visit}/src_{visit}_{ccd}.fits",
+    "process_ccd_metrics": "validate/process_ccd/{visit}.json",
+    "science_validation": "validate/science_validation.json",
+    "log": "logs/{rule}/{tile}.log",
+    "benchmark": "benchmarks/{rule}/{tile}.tsv",
+}
+"""Default path templates, one per dataset type; config.yaml's ``layout.templates`` overrides."""
+
+INPUT_DATASETS = frozenset({"raw", "refcat", "truth"})
+"""Dataset types that live under the input root (the instrument's data), not the output root."""
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Path templates of one campaign.
+
+    Parameters
+    ----------
+    input_root : str
+        Directory holding raw data and the instrument's reference and truth catalogs.
+    output_root : str
+        Directory receiving every product of the campaign.
+    templates : dict of str
+        Dataset type to template, relative to its root.
+    """
+
+    input_root: str
+    output_root: str
+    templates: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> Layout:
+        """Build the layout from a validated campaign config (its ``layout`` section)."""
+        section = config.get("layout", {})
+        templates = dict(DEFAULT_TEMPLATES)
+        templates.update(section.get("templates", {}))
+        return cls(
+            input_root=str(section.get("input_root", "results/demo/input")),
+            output_root=str(section.get("output_root", "results/demo")),
+            templates=templates,
+        )
+
+    def fields(self, dataset_type: str) -> tuple[str, ...]:
+        """Names of the fields a dataset type's template needs."""
+        return tuple(
+            name for _, name, _, _ in string.Formatter().parse(self._template(dataset_type)) if name
+        )
+
+    def pattern(self, dataset_type: str, **fixed: object) -> str:
+        """The rooted template, with ``fixed`` fields filled and the others left as ``{key}``.
+
+        This is what Snakemake rules use as input/output patterns.
+        """
+        values = {name: "{" + name + "}" for name in self.fields(dataset_type)}
+        values.update({k: str(v) for k, v in normalize_data_id_loose(fixed).items()})
+        return self._rooted(dataset_type).format(**values)
+
+    def path(self, dataset_type: str, **data_id: object) -> str:
+        """The path of one dataset.
+
+        Raises
+        ------
+        KeyError
+            If the dataset type is unknown or the data id lacks a field the template needs.
+        """
+        values = normalize_data_id_loose(data_id)
+        missing = [name for name in self.fields(dataset_type) if name not in values]
+        if missing:
+            raise KeyError(f"{dataset_type} path needs data id key(s) {', '.join(missing)}")
+        return self._rooted(dataset_type).format(**values)
+
+    def _template(self, dataset_type: str) -> str:
+        try:
+            return self.templates[dataset_type]
+        except KeyError:
+            raise KeyError(
+                f"unknown dataset type {dataset_type!r} (known: {', '.join(sorted(self.templates))})"
+            ) from None
+
+    def _rooted(self, dataset_type: str) -> str:
+        root = self.input_root if dataset_type in INPUT_DATASETS else self.output_root
+        return str(PurePosixPath(root) / self._template(dataset_type))
+
+
+def normalize_data_id_loose(values: Mapping[str, object]) -> dict[str, object]:
+    """Normalize data id keys; pass through the non-data-id fields (``rule``, ``tile``)."""
+    ids = {k: v for k, v in values.items() if k not in ("rule", "tile")}
+    out: dict[str, object] = dict(normalize_data_id(ids))
+    for key in ("rule", "tile"):
+        if key in values:
+            out[key] = values[key]
+    return out
