@@ -1,0 +1,34 @@
+"""Shared fixtures, and the CI rule that service tests may not skip when CI runs as root."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+SERVICE_MARKERS = ("root", "gridengine", "dirac")
+
+_skipped_service_tests: list[str] = []
+
+
+def in_ci_as_root() -> bool:
+    """CI runs as root with CI=true: there, service tests must run, not skip."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes") and os.geteuid() == 0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and any(item.get_closest_marker(m) for m in SERVICE_MARKERS):
+        _skipped_service_tests.append(f"{item.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped_service_tests and in_ci_as_root():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("CI as root: these service tests skipped, which CI forbids:", red=True)
+            for line in _skipped_service_tests:
+                reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
