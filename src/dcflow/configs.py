@@ -65,13 +65,17 @@ def _check_value(cls_name: str, name: str, value: Any, meta: Mapping) -> None:
         if "maximum" in meta and item > meta["maximum"]:
             raise ValueError(f"{cls_name}.{name} must be <= {meta['maximum']}; got {item!r}")
         if "exclusiveMinimum" in meta and item <= meta["exclusiveMinimum"]:
-            raise ValueError(f"{cls_name}.{name} must be > {meta['exclusiveMinimum']}; got {item!r}")
+            raise ValueError(
+                f"{cls_name}.{name} must be > {meta['exclusiveMinimum']}; got {item!r}"
+            )
 
 
 def check_fields(instance: Any) -> None:
     """Raise ValueError naming the field if any value breaks its declared bounds or choices."""
     for field in dataclasses.fields(instance):
-        _check_value(type(instance).__name__, field.name, getattr(instance, field.name), field.metadata)
+        _check_value(
+            type(instance).__name__, field.name, getattr(instance, field.name), field.metadata
+        )
 
 
 def from_mapping(cls: type, values: Mapping[str, Any] | None) -> Any:

@@ -65,7 +65,9 @@ class Exposure:
         for name in ("mask", "variance"):
             shape = getattr(self, name).shape
             if shape != self.image.shape:
-                raise ValueError(f"{name} shape {shape} differs from image shape {self.image.shape}")
+                raise ValueError(
+                    f"{name} shape {shape} differs from image shape {self.image.shape}"
+                )
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -169,7 +169,9 @@ class DetectorLayout:
                     name=name,
                     data=(y_all, data),
                     serial_overscan=(y_all, over),
-                    parallel_overscan=(slice(ny, ny + overscan_rows), data) if overscan_rows else None,
+                    parallel_overscan=(slice(ny, ny + overscan_rows), data)
+                    if overscan_rows
+                    else None,
                     prescan=(y_all, pre) if prescan_cols else None,
                     assembled=(y_all, slice(i * amp_nx, (i + 1) * amp_nx)),
                     flip_x=flip,
@@ -215,7 +217,9 @@ class DetectorLayout:
                     return None
                 reg = _to_region(*parse_section(str(header[full])))
                 if reg[0].stop > raw_shape[0] or reg[1].stop > raw_shape[1]:
-                    raise ValueError(f"{full}={header[full]} lies outside the raw array {raw_shape}")
+                    raise ValueError(
+                        f"{full}={header[full]} lies outside the raw array {raw_shape}"
+                    )
                 return reg
 
             data = region("DATASEC")

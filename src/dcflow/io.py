@@ -138,13 +138,17 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike) -> None:
     header = exposure.header.copy()
     if exposure.wcs is not None:
         for key in list(header):
-            if key.startswith(("CTYPE", "CRPIX", "CRVAL", "CD", "PC", "CDELT", "A_", "B_", "AP_", "BP_")):
+            if key.startswith(
+                ("CTYPE", "CRPIX", "CRVAL", "CD", "PC", "CDELT", "A_", "B_", "AP_", "BP_")
+            ):
                 del header[key]
         header.update(exposure.wcs.to_header(relax=True))
     hdus = fits.HDUList(
         [
             fits.PrimaryHDU(header=header),
-            fits.ImageHDU(np.asarray(exposure.image, dtype=np.float32), header=header, name="IMAGE"),
+            fits.ImageHDU(
+                np.asarray(exposure.image, dtype=np.float32), header=header, name="IMAGE"
+            ),
             fits.ImageHDU(np.asarray(exposure.mask, dtype=np.int32), name="MASK"),
             fits.ImageHDU(np.asarray(exposure.variance, dtype=np.float32), name="VARIANCE"),
         ]

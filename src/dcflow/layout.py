@@ -99,9 +99,8 @@ class Layout:
         try:
             return self.templates[dataset_type]
         except KeyError:
-            raise KeyError(
-                f"unknown dataset type {dataset_type!r} (known: {', '.join(sorted(self.templates))})"
-            ) from None
+            known = ", ".join(sorted(self.templates))
+            raise KeyError(f"unknown dataset type {dataset_type!r} (known: {known})") from None
 
     def _rooted(self, dataset_type: str) -> str:
         root = self.input_root if dataset_type in INPUT_DATASETS else self.output_root

@@ -1,0 +1,301 @@
+"""The campaign registry: an SQLite table of raw files and their data ids.
+
+Ingest reads each raw file's primary header once; later stages and the planner query the
+registry instead of globbing the file system. Files that cannot be ingested are kept in a
+``rejected`` table with the reason, so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from astropy.io import fits
+
+from dcflow.dataids import normalize_data_id
+
+__all__ = [
+    "HEADER_KEYS",
+    "IngestReport",
+    "RawRecord",
+    "Registry",
+    "ingest",
+    "record_from_standard_header",
+]
+
+log = logging.getLogger(__name__)
+
+HEADER_KEYS = {
+    "instrument": "INSTRUME",
+    "visit": "EXPNUM",
+    "ccd": "CCDNUM",
+    "obstype": "OBSTYPE",
+    "filter": "FILTER",
+    "exptime": "EXPTIME",
+    "mjd": "MJD-OBS",
+}
+"""Registry column -> header keyword of the standard raw headers (cfht_sim and Fe55 frames)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS raw (
+    instrument TEXT NOT NULL,
+    visit INTEGER NOT NULL,
+    ccd INTEGER NOT NULL,
+    obstype TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    exptime REAL NOT NULL,
+    mjd REAL NOT NULL,
+    airmass REAL,
+    ra_deg REAL,
+    dec_deg REAL,
+    path TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (instrument, visit, ccd)
+);
+CREATE INDEX IF NOT EXISTS raw_by_type ON raw (obstype, filter, visit);
+CREATE TABLE IF NOT EXISTS rejected (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One raw file and its data id, as stored in the registry."""
+
+    instrument: str
+    visit: int
+    ccd: int
+    obstype: str
+    filter: str
+    exptime: float
+    mjd: float
+    airmass: float | None
+    ra_deg: float | None
+    dec_deg: float | None
+    path: str
+
+
+def record_from_standard_header(header: Mapping, path: str) -> RawRecord:
+    """Read a data id from a raw header written with the standard keywords (`HEADER_KEYS`).
+
+    Raises
+    ------
+    KeyError
+        If a required keyword is missing; the message names it.
+    ValueError
+        If a value has the wrong type or is unsafe in a path.
+    """
+    missing = [key for key in HEADER_KEYS.values() if key not in header]
+    if missing:
+        raise KeyError(f"missing header keyword(s) {', '.join(missing)}")
+    ids = normalize_data_id(
+        {
+            "instrument": header["INSTRUME"],
+            "visit": header["EXPNUM"],
+            "ccd": header["CCDNUM"],
+            "filter": header["FILTER"],
+        }
+    )
+
+    def optional(key: str) -> float | None:
+        return float(header[key]) if key in header else None
+
+    return RawRecord(
+        instrument=str(ids["instrument"]),
+        visit=int(ids["visit"]),
+        ccd=int(ids["ccd"]),
+        obstype=str(header["OBSTYPE"]).strip().lower(),
+        filter=str(ids["filter"]),
+        exptime=float(header["EXPTIME"]),
+        mjd=float(header["MJD-OBS"]),
+        airmass=optional("AIRMASS"),
+        ra_deg=optional("RA_DEG"),
+        dec_deg=optional("DEC_DEG"),
+        path=path,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    """What an ingest did: files added, files already known, files rejected with reasons."""
+
+    n_added: int
+    n_known: int
+    rejected: tuple[tuple[str, str], ...]
+    seconds: float
+
+
+def _connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no campaign registry (run `dcflow ingest` first)")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def ingest(
+    paths: Iterable[str | os.PathLike],
+    registry_path: str | os.PathLike,
+    *,
+    translate: Callable[[Mapping, str], RawRecord] = record_from_standard_header,
+    progress_every: int = 10000,
+) -> IngestReport:
+    """Add raw files to the registry from their primary headers.
+
+    Parameters
+    ----------
+    paths : iterable of path-like
+        Raw files to register. Already-registered paths are skipped without reading.
+    registry_path : path-like
+        The SQLite registry (created if needed).
+    translate : callable
+        Instrument-specific header -> `RawRecord` translation.
+    progress_every : int
+        Log a progress line every this many files.
+
+    Returns
+    -------
+    IngestReport
+        Counts and the rejected files, each with the reason (also stored in the registry).
+    """
+    start = time.perf_counter()
+    conn = _connect(registry_path)
+    known = {row[0] for row in conn.execute("SELECT path FROM raw")}
+    records: list[RawRecord] = []
+    rejected: list[tuple[str, str]] = []
+    n_known = 0
+    for i, raw_path in enumerate(paths, 1):
+        path = str(raw_path)
+        if path in known:
+            n_known += 1
+            continue
+        try:
+            header = fits.getheader(path, 0)
+            records.append(translate(header, path))
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            reason = str(exc).strip("'\"")
+            rejected.append((path, reason))
+            log.warning("rejected %s: %s", path, reason)
+        if progress_every and i % progress_every == 0:
+            log.info("ingest: %d files read, %d accepted", i, len(records))
+    with conn:
+        conn.executemany(
+            "INSERT OR REPLACE INTO raw VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    r.instrument,
+                    r.visit,
+                    r.ccd,
+                    r.obstype,
+                    r.filter,
+                    r.exptime,
+                    r.mjd,
+                    r.airmass,
+                    r.ra_deg,
+                    r.dec_deg,
+                    r.path,
+                )
+                for r in records
+            ],
+        )
+        conn.executemany("INSERT OR REPLACE INTO rejected VALUES (?,?)", rejected)
+        conn.executemany("DELETE FROM rejected WHERE path = ?", [(r.path,) for r in records])
+    conn.close()
+    return IngestReport(len(records), n_known, tuple(rejected), time.perf_counter() - start)
+
+
+class Registry:
+    """Read-only queries over a campaign registry.
+
+    Parameters
+    ----------
+    path : path-like
+        The SQLite file written by `ingest`.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        self._conn = _connect(path, readonly=True)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._conn.close()
+
+    def _records(self, where: str = "1", args: tuple = ()) -> Iterator[RawRecord]:
+        sql = f"SELECT * FROM raw WHERE {where} ORDER BY visit, ccd"
+        for row in self._conn.execute(sql, args):
+            yield RawRecord(**dict(row))
+
+    def records(self, *, obstype: str | None = None, filter: str | None = None) -> list[RawRecord]:
+        """All raw records, optionally of one observation type and filter."""
+        clauses, args = [], []
+        if obstype is not None:
+            clauses.append("obstype = ?")
+            args.append(obstype)
+        if filter is not None:
+            clauses.append("filter = ?")
+            args.append(filter)
+        return list(self._records(" AND ".join(clauses) or "1", tuple(args)))
+
+    def science_visits(self) -> list[tuple[int, str]]:
+        """``(visit, filter)`` of every science (``object``) visit, in visit order."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT visit, filter FROM raw WHERE obstype = 'object' ORDER BY visit"
+        )
+        return [(int(v), str(f)) for v, f in rows]
+
+    def ccds(self, obstype: str = "object") -> list[int]:
+        """The CCDs present in exposures of one observation type."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT ccd FROM raw WHERE obstype = ? ORDER BY ccd", (obstype,)
+        )
+        return [int(r[0]) for r in rows]
+
+    def filters(self, obstype: str = "object") -> list[str]:
+        """The filters present in exposures of one observation type."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT filter FROM raw WHERE obstype = ? ORDER BY filter", (obstype,)
+        )
+        return [str(r[0]) for r in rows]
+
+    def visit_filter(self, visit: int) -> str:
+        """The filter of one visit.
+
+        Raises
+        ------
+        KeyError
+            If the visit is not in the registry.
+        """
+        row = self._conn.execute(
+            "SELECT filter FROM raw WHERE visit = ? LIMIT 1", (visit,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"visit {visit} is not in the registry {self.path}")
+        return str(row[0])
+
+    def raw_paths(self, visit: int) -> dict[int, str]:
+        """CCD -> raw path for one visit."""
+        return {r.ccd: r.path for r in self._records("visit = ?", (visit,))}
+
+    def calib_paths(self, obstype: str, ccd: int, filter: str | None = None) -> list[str]:
+        """Raw paths of the calibration exposures (``bias``, ``flat``) of one CCD (and filter)."""
+        if filter is None:
+            records = self._records("obstype = ? AND ccd = ?", (obstype, ccd))
+        else:
+            records = self._records(
+                "obstype = ? AND ccd = ? AND filter = ?", (obstype, ccd, filter)
+            )
+        return [r.path for r in records]
+
+    def rejected(self) -> list[tuple[str, str]]:
+        """Files that ingest could not register, with the reason."""
+        return [(r[0], r[1]) for r in self._conn.execute("SELECT path, reason FROM rejected")]
