@@ -27,6 +27,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "src": "src/{visit}/src_{visit}_{ccd}.fits",
     "process_ccd_metrics": "validate/process_ccd/{visit}.json",
     "science_validation": "validate/science_validation.json",
+    "science_validation_plot": "validate/science_validation.png",
     "log": "logs/{rule}/{tile}.log",
     "benchmark": "benchmarks/{rule}/{tile}.tsv",
 }

@@ -1,0 +1,29 @@
+# dcflow: a survey reprocessing campaign as a Snakemake workflow.
+#
+# Output tree, under the campaign's output root (config layout.output_root; templates in
+# src/dcflow/layout.py):
+#   registry.sqlite3                    raw files and their data ids (written by `dcflow ingest`)
+#   calib/bias/, calib/flat/<filter>/   master bias per CCD, master flat per filter and CCD
+#   calexp/<visit>/, src/<visit>/       calibrated exposures and source tables per visit and CCD
+#   validate/                           science validation metrics and plots
+#   logs/<rule>/<tile>.log              one log per job; benchmarks/<rule>/<tile>.tsv likewise
+# Raw data, the reference catalog and (for simulations) the truth catalog live under
+# layout.input_root.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/calibs.smk"
+include: "rules/process_ccd.smk"
+include: "rules/validation.smk"
+
+
+rule all:
+    input:
+        get_final_targets,
+    default_target: True

@@ -1,0 +1,81 @@
+# Config validation, the campaign registry, wildcard constraints and every input function.
+# The logic lives in src/dcflow (targets.py, layout.py); these functions only adapt wildcards.
+from snakemake.utils import validate
+
+from dcflow.campaign.registry import Registry
+from dcflow.layout import Layout
+from dcflow.targets import Campaign, filter_pattern
+
+validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
+
+LAYOUT = Layout.from_config(config)
+CAMPAIGN = Campaign(
+    layout=LAYOUT,
+    registry=Registry(LAYOUT.path("registry")),
+    instrument=config["campaign"]["instrument"],
+)
+
+
+wildcard_constraints:
+    visit=r"\d+",
+    ccd=r"\d+",
+    filter=filter_pattern(CAMPAIGN.registry.filters("flat") + CAMPAIGN.registry.filters("object")),
+
+
+def path(dataset_type, **fixed):
+    """Path pattern of a dataset type, from the campaign layout (the only path builder)."""
+    return LAYOUT.pattern(dataset_type, **fixed)
+
+
+def log_path(rule, tile):
+    """Log file of one job, named after its rule and data id."""
+    return LAYOUT.pattern("log", rule=rule, tile=tile)
+
+
+def benchmark_path(rule, tile):
+    """Benchmark file of one job, named after its rule and data id."""
+    return LAYOUT.pattern("benchmark", rule=rule, tile=tile)
+
+
+def get_bias_raws(wildcards):
+    return CAMPAIGN.bias_inputs(int(wildcards.ccd))
+
+
+def get_flat_raws(wildcards):
+    return CAMPAIGN.flat_inputs(int(wildcards.ccd), wildcards.filter)
+
+
+def get_visit_raws(wildcards):
+    return CAMPAIGN.visit_raws(int(wildcards.visit))
+
+
+def get_visit_biases(wildcards):
+    return CAMPAIGN.visit_calibs(int(wildcards.visit), "bias")
+
+
+def get_visit_flats(wildcards):
+    return CAMPAIGN.visit_calibs(int(wildcards.visit), "flat")
+
+
+def get_visit_band(wildcards):
+    return CAMPAIGN.registry.visit_filter(int(wildcards.visit))
+
+
+def get_calexp_outputs():
+    return CAMPAIGN.visit_outputs("calexp")
+
+
+def get_src_outputs():
+    return CAMPAIGN.visit_outputs("src")
+
+
+def get_all_products(dataset_type):
+    return CAMPAIGN.visit_products(dataset_type)
+
+
+def get_final_targets(wildcards):
+    return (
+        CAMPAIGN.visit_products("calexp")
+        + CAMPAIGN.visit_products("src")
+        + [LAYOUT.path("science_validation")]
+    )

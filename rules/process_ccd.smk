@@ -1,0 +1,24 @@
+rule process_visit:
+    input:
+        raws=get_visit_raws,
+        biases=get_visit_biases,
+        flats=get_visit_flats,
+        refcat=path("refcat", instrument=CAMPAIGN.instrument),
+    output:
+        calexps=get_calexp_outputs(),
+        srcs=get_src_outputs(),
+    log:
+        log_path("process_visit", "visit={visit}"),
+    benchmark:
+        benchmark_path("process_visit", "visit={visit}")
+    params:
+        band=get_visit_band,
+        isr=config["isr"],
+        process_ccd=config["process_ccd"],
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/process_visit.py"

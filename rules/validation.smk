@@ -1,0 +1,26 @@
+rule science_validation:
+    input:
+        srcs=get_all_products("src"),
+        calexps=get_all_products("calexp"),
+        truth=path("truth", instrument=CAMPAIGN.instrument),
+    output:
+        metrics=path("science_validation"),
+        plot=report(
+            path("science_validation_plot"),
+            caption="../workflow/report/science_validation.rst",
+            category="Science validation",
+            labels={"stage": "processCcd"},
+        ),
+    log:
+        log_path("science_validation", "campaign"),
+    benchmark:
+        benchmark_path("science_validation", "campaign")
+    params:
+        validation=config["validation"],
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../scripts/science_validation.py"
