@@ -71,7 +71,7 @@ def test_patch_wcs_shares_the_tract_grid():
     # Tangent point at the grid centre, pixel scale as configured.
     tx, ty, front = sky_to_tract_pixels(TRACT, 150.0, 2.0)
     assert (tx[0], ty[0], front[0]) == (pytest.approx(159.5), pytest.approx(159.5), True)
-    ra1, dec1 = tract_wcs(TRACT).pixel_to_world_values(159.5, 169.5)
+    _ra1, dec1 = tract_wcs(TRACT).pixel_to_world_values(159.5, 169.5)
     assert (dec1 - 2.0) * 3600 == pytest.approx(2.0, rel=1e-6)
 
 
