@@ -80,6 +80,17 @@ def write_json(obj, path: str | os.PathLike) -> None:
     write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
 
+def _detached(hdu):
+    # astropy cannot copy a table with variable-length array columns (the heap is lost: "Could
+    # not find heap data"), as in SDSS fpM and psField files; read with memmap=False, its data
+    # is already in memory, so it is kept as read.
+    if isinstance(hdu, fits.BinTableHDU) and any(
+        "P" in str(col.format) or "Q" in str(col.format) for col in hdu.columns
+    ):
+        return hdu
+    return hdu.copy()
+
+
 def read_fits(path: str | os.PathLike, *, required_keys: tuple[str, ...] = ()) -> fits.HDUList:
     """Read every HDU of a FITS file into memory and check it is whole.
 
@@ -106,7 +117,7 @@ def read_fits(path: str | os.PathLike, *, required_keys: tuple[str, ...] = ()) -
                 for hdu in hdus:
                     if hdu.data is not None:
                         _ = hdu.data.shape
-                hdus = fits.HDUList([hdu.copy() for hdu in hdus])
+                hdus = fits.HDUList([_detached(hdu) for hdu in hdus])
     except (OSError, ValueError, TypeError, fits.verify.VerifyWarning) as exc:
         raise InputDataError(f"{path}: unreadable or truncated FITS file ({exc})") from exc
     missing = [key for key in required_keys if key not in hdus[0].header]
