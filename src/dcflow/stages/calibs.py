@@ -1,0 +1,287 @@
+"""Master calibration products: sigma-clipped master bias and normalised master flat per CCD.
+
+Inputs are frames already overscan-subtracted, assembled and gain-corrected
+(`dcflow.stages.isr.assemble_ccd`), so the products are in electrons on the assembled grid.
+
+The clipping scale is pooled per column from pairwise frame differences rather than taken
+per pixel: with the 3-5 frames a campaign takes, a per-pixel scatter is too noisy to clip
+against, while every column belongs to one amplifier and shares its noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dcflow.configs import check_fields, config_field
+from dcflow.errors import InputDataError
+from dcflow.exposure import MaskPlane
+
+__all__ = [
+    "BiasResult",
+    "CalibConfig",
+    "FlatResult",
+    "combine_bias",
+    "combine_flat",
+    "sigma_clipped_mean",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibConfig:
+    """Configuration of the master bias and flat combination (the ``calibs:`` config section)."""
+
+    clip_sigma: float = config_field(
+        3.0, "Reject a frame's pixel beyond this many sigma of the combined value (sigma).",
+        exclusive_minimum=0.0,
+    )  # fmt: skip
+    clip_iterations: int = config_field(2, "Rejection passes.", minimum=0, maximum=10)
+    min_frames: int = config_field(2, "Fewest frames accepted for a master.", minimum=1)
+    flat_bad_low: float = config_field(
+        0.5, "Master-flat pixels below this relative response are BAD (fraction).", minimum=0.0,
+        maximum=1.0,
+    )  # fmt: skip
+    flat_bad_high: float = config_field(
+        1.5, "Master-flat pixels above this relative response are BAD (fraction).", minimum=1.0
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BiasResult:
+    """A master bias.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` float32 residual bias structure after overscan subtraction (electrons).
+    variance : numpy.ndarray
+        ``(ny, nx)`` float32 variance of ``image`` (electrons^2).
+    n_frames : int
+        Frames combined.
+    n_rejected : int
+        Pixel values rejected by the clipping.
+    noise_e : float
+        Median per-frame pixel noise (electrons), i.e. the read noise.
+    """
+
+    image: np.ndarray
+    variance: np.ndarray
+    n_frames: int
+    n_rejected: int
+    noise_e: float
+
+
+@dataclass(frozen=True, slots=True)
+class FlatResult:
+    """A master flat, normalised to median 1.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` float32 relative response (1 at BAD pixels).
+    variance : numpy.ndarray
+        ``(ny, nx)`` float32 variance of ``image``.
+    mask : numpy.ndarray
+        ``(ny, nx)`` int32, `MaskPlane.BAD` where the response is out of range.
+    n_frames : int
+        Frames combined.
+    n_rejected : int
+        Pixel values rejected by the clipping.
+    level_e : float
+        Median level of the bias-subtracted input frames (electrons).
+    n_bad : int
+        Pixels flagged BAD.
+    """
+
+    image: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    n_frames: int
+    n_rejected: int
+    level_e: float
+    n_bad: int
+
+
+def _check_frames(frames: Sequence[np.ndarray], config: CalibConfig) -> tuple[int, int]:
+    if len(frames) < config.min_frames:
+        raise InputDataError(
+            f"frames: {len(frames)} frame(s) given, at least min_frames={config.min_frames} needed",
+            n_frames=len(frames),
+        )
+    shape = np.shape(frames[0])
+    if len(shape) != 2:
+        raise ValueError(f"frames[0] must be 2-d (ny, nx); got shape {shape}")
+    for i, frame in enumerate(frames):
+        if np.shape(frame) != shape:
+            raise ValueError(f"frames[{i}] shape {np.shape(frame)} differs from frames[0] {shape}")
+        if not np.isfinite(frame).all():
+            raise InputDataError(f"frames[{i}] holds non-finite values", frame=i)
+    return shape
+
+
+def sigma_clipped_mean(
+    stack: np.ndarray, *, clip_sigma: float, iterations: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Mean along axis 0 of ``stack`` after rejecting outliers against a per-column scale.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        ``(n, ny, nx)`` float32 frames.
+    clip_sigma : float
+        Rejection threshold (sigma).
+    iterations : int
+        Rejection passes.
+
+    Returns
+    -------
+    mean : numpy.ndarray
+        ``(ny, nx)`` float32 clipped mean.
+    count : numpy.ndarray
+        ``(ny, nx)`` frames kept per pixel.
+    sigma : numpy.ndarray
+        ``(nx,)`` per-frame pixel noise per column, from robust pairwise differences.
+    n_rejected : int
+        Pixel values rejected.
+    """
+    n = stack.shape[0]
+    center = np.median(stack, axis=0)
+    if n >= 2:
+        # Every 4th row is plenty for a per-column scale and 4x cheaper.
+        sub = stack[:, ::4]
+        diffs = [np.abs(sub[i] - sub[(i + 1) % n]) for i in range(n if n > 2 else 1)]
+        sigma = 1.4826 * np.median(np.concatenate(diffs, axis=0), axis=0) / np.sqrt(2.0)
+    else:
+        sigma = np.zeros(stack.shape[2])
+    sigma = np.maximum(sigma, 1e-12).astype(np.float32)
+    keep = np.ones(stack.shape, dtype=bool)
+    mean = center
+    for _ in range(iterations if n >= 3 else 0):
+        keep = np.abs(stack - mean) <= np.float32(clip_sigma) * sigma
+        count = keep.sum(axis=0)
+        total = np.where(keep, stack, 0).sum(axis=0, dtype=np.float64)
+        mean = np.where(count > 0, total / np.maximum(count, 1), center).astype(np.float32)
+    count = keep.sum(axis=0)
+    if iterations == 0 or n < 3:
+        mean = stack.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return mean, count, sigma, int(keep.size - np.count_nonzero(keep))
+
+
+def combine_bias(
+    frames: Sequence[np.ndarray], *, config: CalibConfig = CalibConfig()
+) -> BiasResult:
+    """Combine overscan-subtracted bias frames into a master bias.
+
+    Parameters
+    ----------
+    frames : sequence of numpy.ndarray
+        ``(ny, nx)`` assembled bias frames in electrons (`dcflow.stages.isr.assemble_ccd`).
+    config : CalibConfig
+        Clipping settings.
+
+    Returns
+    -------
+    BiasResult
+        Clipped mean and its variance (per-column frame noise squared / frames kept).
+
+    Raises
+    ------
+    InputDataError
+        If fewer than ``min_frames`` frames are given or one holds non-finite values.
+    ValueError
+        If the frames are not 2-d arrays of one shape.
+    """
+    _check_frames(frames, config)
+    stack = np.stack([np.asarray(f, dtype=np.float32) for f in frames])
+    mean, count, sigma, n_rej = sigma_clipped_mean(
+        stack, clip_sigma=config.clip_sigma, iterations=config.clip_iterations
+    )
+    variance = (sigma[None, :] ** 2 / np.maximum(count, 1)).astype(np.float32)
+    noise = float(np.median(sigma))
+    logger.info(
+        "master bias from %d frames: noise %.2f e-, %d values rejected", len(frames), noise, n_rej
+    )
+    return BiasResult(
+        image=mean, variance=variance, n_frames=len(frames), n_rejected=n_rej, noise_e=noise
+    )
+
+
+def combine_flat(
+    frames: Sequence[np.ndarray],
+    *,
+    bias: BiasResult | None = None,
+    config: CalibConfig = CalibConfig(),
+) -> FlatResult:
+    """Combine overscan-subtracted flat frames of one band into a normalised master flat.
+
+    Each frame is bias-subtracted, scaled to median 1, clipped and averaged; the result is
+    divided by its own median, and pixels outside ``flat_bad_low`` .. ``flat_bad_high`` are
+    flagged BAD and set to 1.
+
+    Parameters
+    ----------
+    frames : sequence of numpy.ndarray
+        ``(ny, nx)`` assembled flat frames in electrons (`dcflow.stages.isr.assemble_ccd`).
+    bias : BiasResult, optional
+        Master bias subtracted from each frame first.
+    config : CalibConfig
+        Clipping and bad-pixel settings.
+
+    Returns
+    -------
+    FlatResult
+        The normalised flat, its variance and BAD mask.
+
+    Raises
+    ------
+    InputDataError
+        If fewer than ``min_frames`` frames are given, one holds non-finite values, or a
+        frame's median level is not positive.
+    ValueError
+        If the frames are not 2-d arrays of one shape, or ``bias`` has another shape.
+    """
+    shape = _check_frames(frames, config)
+    if bias is not None and bias.image.shape != shape:
+        raise ValueError(f"bias shape {bias.image.shape} differs from the flat frames' {shape}")
+    stack = np.empty((len(frames), *shape), dtype=np.float32)
+    levels = []
+    for i, frame in enumerate(frames):
+        plane = stack[i]
+        plane[...] = frame
+        if bias is not None:
+            plane -= bias.image
+        level = float(np.median(plane[::4, ::4]))
+        if not level > 0:
+            raise InputDataError(
+                f"frames[{i}]: median flat level {level:.1f} e- is not positive", frame=i
+            )
+        plane *= np.float32(1.0 / level)
+        levels.append(level)
+    mean, count, sigma, n_rej = sigma_clipped_mean(
+        stack, clip_sigma=config.clip_sigma, iterations=config.clip_iterations
+    )
+    del stack
+    norm = float(np.median(mean))
+    mean *= np.float32(1.0 / norm)
+    variance = (sigma[None, :] ** 2 / np.maximum(count, 1) / norm**2).astype(np.float32)
+    bad = ~((mean >= config.flat_bad_low) & (mean <= config.flat_bad_high))
+    mask = np.where(bad, np.int32(MaskPlane.BAD), np.int32(0)).astype(np.int32)
+    mean[bad] = 1.0
+    n_bad = int(np.count_nonzero(bad))
+    level_e = float(np.median(levels))
+    logger.info(
+        "master flat from %d frames: level %.0f e-, %d BAD pixels, %d values rejected",
+        len(frames), level_e, n_bad, n_rej,
+    )  # fmt: skip
+    return FlatResult(
+        image=mean, variance=variance, mask=mask, n_frames=len(frames), n_rejected=n_rej,
+        level_e=level_e, n_bad=n_bad,
+    )  # fmt: skip
