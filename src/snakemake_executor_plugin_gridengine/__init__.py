@@ -1,0 +1,369 @@
+"""Snakemake executor plugin for Grid Engine (Son of Grid Engine, Altair/Univa, Open GS).
+
+``snakemake --executor gridengine`` submits each job through DRMAA or the command line
+(``--gridengine-backend drmaa|qsub``), maps threads/mem_mb/runtime to ``-pe``/``h_vmem``/``h_rt``,
+submits many ready jobs of one rule as one array, reads success only from an exit status of 0,
+and records every job id durably so that a restarted driver adopts the jobs a killed one left.
+"""
+
+import os
+import stat
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
+from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
+
+from .cancel import cancel_jobs
+from .reattach import DriverMarker, Submission, SubmissionLedger, output_key, state_dir
+from .status import (
+    GridEngineCommandError,
+    JobOutcome,
+    JobState,
+    accounting_records,
+    describe_failure,
+    query_states,
+)
+from .submit import (
+    ARRAY_CHUNK,
+    JobRequest,
+    SiteDefaults,
+    array_dispatcher,
+    job_log_path,
+    job_name,
+    job_script,
+    native_args,
+    submit_qsub,
+)
+
+__all__ = ["VANISHED_AFTER_S", "Executor", "ExecutorSettings", "common_settings"]
+
+VANISHED_AFTER_S = 90.0
+"""A job absent from qstat and from accounting this long is failed (deleted while pending)."""
+
+BACKENDS = ("drmaa", "qsub")
+
+
+@dataclass
+class ExecutorSettings(ExecutorSettingsBase):
+    """Settings of ``--executor gridengine`` (``--gridengine-<name>`` on the command line)."""
+
+    backend: Optional[str] = field(  # noqa: UP045 (the settings parser needs typing.Optional)
+        default="drmaa",
+        metadata={
+            "help": "How jobs are submitted and watched: 'drmaa' (python-drmaa over libdrmaa; "
+            "needs DRMAA_LIBRARY_PATH) or 'qsub' (qsub/qstat/qacct/qdel). Default: drmaa.",
+            "required": False,
+        },
+    )
+    queue: Optional[str] = field(  # noqa: UP045 (the settings parser needs typing.Optional)
+        default=None,
+        metadata={
+            "help": "Queue for every job (-q); a rule's sge_queue resource overrides it. "
+            "Default: none (Grid Engine chooses).",
+            "required": False,
+        },
+    )
+    project: Optional[str] = field(  # noqa: UP045 (the settings parser needs typing.Optional)
+        default=None,
+        metadata={
+            "help": "Project for every job (-P); a rule's sge_project resource overrides "
+            "it. Default: none.",
+            "required": False,
+        },
+    )
+    pe: Optional[str] = field(  # noqa: UP045 (the settings parser needs typing.Optional)
+        default="smp",
+        metadata={
+            "help": "Parallel environment for jobs with threads > 1 (-pe <pe> <threads>); "
+            "a rule's sge_pe resource overrides it. Default: smp.",
+            "required": False,
+        },
+    )
+    extra_args: Optional[str] = field(  # noqa: UP045 (the settings parser needs typing.Optional)
+        default=None,
+        metadata={
+            "help": "Extra qsub arguments for every job, e.g. '-l scratch=1G'; a rule's "
+            "sge_extra resource adds to them. Default: none.",
+            "required": False,
+        },
+    )
+    array_min_jobs: Optional[int] = field(  # noqa: UP045
+        default=2,
+        metadata={
+            "help": "Submit this many or more ready jobs of one rule with the same "
+            "resources as one array job (0: never). Default: 2.",
+            "required": False,
+        },
+    )
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise WorkflowError(
+                f"--gridengine-backend must be one of {BACKENDS}, not {self.backend!r}"
+            )
+        if self.array_min_jobs is not None and self.array_min_jobs < 0:
+            raise WorkflowError(
+                f"--gridengine-array-min-jobs must be >= 0, not {self.array_min_jobs}"
+            )
+
+
+common_settings = CommonSettings(
+    non_local_exec=True,
+    implies_no_shared_fs=False,
+    job_deploy_sources=False,
+    pass_default_storage_provider_args=True,
+    pass_default_resources_args=True,
+    pass_envvar_declarations_to_cmd=False,  # jobs get the submitting environment (-V)
+    auto_deploy_default_storage_provider=False,
+    init_seconds_before_status_checks=1,
+)
+
+
+class Executor(RemoteExecutor):
+    """Run Snakemake jobs on Grid Engine."""
+
+    def __post_init__(self):
+        settings = self.workflow.executor_settings or ExecutorSettings()
+        self.tag = uuid.uuid4().hex[:8]
+        self.name_pattern = f"{job_name(self.tag, '')}*"
+        self.workdir = Path(self.workflow.workdir_init).resolve()
+        self.logdir = self.workdir / ".snakemake" / "gridengine_logs"
+        self.state = state_dir(self.workdir)
+        self.ledger = SubmissionLedger(self.state / "submissions.jsonl")
+        self.defaults = SiteDefaults(
+            pe=settings.pe or "smp",
+            queue=settings.queue,
+            project=settings.project,
+            extra_args=settings.extra_args,
+        )
+        self.array_min_jobs = settings.array_min_jobs or 0
+        self.backend = None
+        if settings.backend == "drmaa":
+            from .drmaa_backend import DrmaaBackend
+
+            self.backend = DrmaaBackend()
+        self.unknown_since: dict[str, float] = {}
+        self.adoptable = self._find_adoptable()
+        lockfiles = getattr(getattr(self.workflow, "persistence", None), "_lockfile", {}) or {}
+        marker = DriverMarker.for_this_process(self.tag, map(str, lockfiles.values()))
+        self.marker_path = marker.write(self.state)
+
+    # ---- submission --------------------------------------------------------------------------
+
+    def run_jobs(self, jobs: list[JobExecutorInterface]):
+        """Adopt jobs a killed driver left running; submit the rest, in arrays where possible."""
+        batches: dict[tuple, list[tuple[JobExecutorInterface, JobRequest, Submission]]] = {}
+        for job in jobs:
+            self.run_job_pre(job)
+            if self._adopt(job):
+                continue
+            request, submission = self._prepare(job)
+            key = (request.name, request.native, job.is_group())
+            batches.setdefault(key, []).append((job, request, submission))
+        for (_, _, is_group), batch in batches.items():
+            if is_group or self.array_min_jobs == 0 or len(batch) < self.array_min_jobs:
+                for job, request, submission in batch:
+                    self._submit([job], request, [submission], None)
+                continue
+            for start in range(0, len(batch), ARRAY_CHUNK):
+                self._submit_array(batch[start : start + ARRAY_CHUNK])
+
+    def run_job(self, job: JobExecutorInterface):
+        """Submit one job (Snakemake calls run_jobs; this serves single submissions)."""
+        if not self._adopt(job):
+            request, submission = self._prepare(job)
+            self._submit([job], request, [submission], None)
+
+    def _prepare(self, job: JobExecutorInterface) -> tuple[JobRequest, Submission]:
+        if job.is_group():
+            rule, wildcards = f"group_{job.name}", {"jobid": str(job.jobid)}
+        else:
+            rule, wildcards = job.name, dict(job.wildcards)
+        log = job_log_path(self.logdir, rule, wildcards)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        script = Path(self.get_jobscript(job))
+        script.write_text(
+            job_script(
+                self.jobscript, job.properties(), self.format_job_exec(job), log, job.attempt
+            )
+        )
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        native = native_args(job.threads, job.resources, self.defaults)
+        mem_mb = job.resources.get("mem_mb")
+        runtime = job.resources.get("runtime")
+        request = JobRequest(
+            name=job_name(self.tag, rule),
+            command=("/bin/sh", str(script)),
+            workdir=str(self.workdir),
+            log=str(log),
+            native=native,
+        )
+        submission = Submission(
+            job_id="",
+            rule=rule,
+            outputs=output_key(job.output),
+            log=str(log),
+            name_pattern=self.name_pattern,
+            backend=self.backend_name,
+            attempt=job.attempt,
+            h_vmem_mb=-(-int(mem_mb) // job.threads)
+            if isinstance(mem_mb, int) and mem_mb
+            else None,
+            h_rt_s=int(runtime) * 60 if isinstance(runtime, int) and runtime else None,
+            slots=job.threads,
+        )
+        return request, submission
+
+    def _submit_array(self, batch):
+        jobs, requests, submissions = zip(*batch, strict=True)
+        dispatcher = Path(self.tmpdir) / f"array-{uuid.uuid4().hex[:12]}.sh"
+        dispatcher.write_text(array_dispatcher([Path(r.command[1]) for r in requests]))
+        request = replace(requests[0], command=("/bin/sh", str(dispatcher)), log=os.devnull)
+        self._submit(list(jobs), request, list(submissions), len(jobs))
+
+    def _submit(self, jobs, request: JobRequest, submissions, n_tasks: int | None):
+        try:
+            if self.backend is not None:
+                ids = self.backend.submit(request, n_tasks)
+            else:
+                ids = submit_qsub(request, n_tasks)
+        except WorkflowError as err:
+            for job in jobs:
+                self.report_job_error(SubmittedJobInfo(job), msg=f"submission failed: {err}")
+            return
+        recorded = [replace(s, job_id=i) for s, i in zip(submissions, ids, strict=True)]
+        self.ledger.record_submitted(recorded)  # durable before Snakemake hears of it
+        for job, submission in zip(jobs, recorded, strict=True):
+            info = SubmittedJobInfo(job, external_jobid=submission.job_id, aux={"sub": submission})
+            self.report_job_submission(info)
+
+    def _adopt(self, job: JobExecutorInterface) -> bool:
+        submission = self.adoptable.pop(output_key(job.output), None)
+        if submission is None:
+            return False
+        self.logger.info(
+            f"Adopting Grid Engine job {submission.job_id} ({submission.rule}), submitted by a "
+            "previous driver and still queued or running, instead of submitting it again."
+        )
+        self.report_job_submission(
+            SubmittedJobInfo(job, external_jobid=submission.job_id, aux={"sub": submission})
+        )
+        return True
+
+    def _find_adoptable(self) -> dict[tuple[str, ...], Submission]:
+        pending = self.ledger.open_submissions()
+        if not pending:
+            return {}
+        outcomes = query_states(
+            [s.job_id for s in pending.values()], {s.name_pattern for s in pending.values()}
+        )
+        alive = (JobState.QUEUED, JobState.RUNNING)
+        return {k: s for k, s in pending.items() if outcomes[s.job_id].state in alive}
+
+    @property
+    def backend_name(self) -> str:
+        """'drmaa' or 'qsub'."""
+        return "qsub" if self.backend is None else "drmaa"
+
+    # ---- status ------------------------------------------------------------------------------
+
+    async def check_active_jobs(
+        self, active_jobs: list[SubmittedJobInfo]
+    ) -> AsyncGenerator[SubmittedJobInfo, None]:
+        """One bulk query per cycle; report finished jobs, yield the others again."""
+        async with self.status_rate_limiter:
+            outcomes = self._poll(active_jobs)
+        for info in active_jobs:
+            outcome = outcomes.get(info.external_jobid)
+            if outcome is None or not outcome.finished:
+                yield info
+                continue
+            submission: Submission = info.aux["sub"]
+            self.ledger.record_finished(submission.job_id, outcome.state, outcome.exit_status)
+            if outcome.state is JobState.SUCCEEDED:
+                self.report_job_success(info)
+                continue
+            if outcome.state is JobState.ERROR:
+                cancel_jobs([submission.job_id])  # an Eqw job would sit in the queue forever
+            msg = describe_failure(
+                outcome,
+                log=submission.log,
+                h_vmem_mb=submission.h_vmem_mb,
+                h_rt_s=submission.h_rt_s,
+                slots=submission.slots,
+                log_tail=_tail(submission.log),
+            )
+            self.report_job_error(info, msg=msg, aux_logs=[submission.log])
+
+    def _poll(self, active_jobs: list[SubmittedJobInfo]) -> dict[str, JobOutcome]:
+        outcomes: dict[str, JobOutcome] = {}
+        via_cli: dict[str, Submission] = {}
+        if self.backend is not None:
+            self.backend.reap()
+        for info in active_jobs:
+            jid = info.external_jobid
+            if self.backend is not None and self.backend.owns(jid):
+                outcome = self.backend.outcome(jid)
+                if outcome is not None:
+                    outcomes[jid] = outcome
+            else:
+                via_cli[jid] = info.aux["sub"]
+        if via_cli:
+            found = query_states(via_cli, {s.name_pattern for s in via_cli.values()})
+            now = time.monotonic()
+            for jid, outcome in found.items():
+                first_unknown = self.unknown_since.setdefault(jid, now)
+                if outcome.state is JobState.UNKNOWN and now - first_unknown > VANISHED_AFTER_S:
+                    reason = f"not in qstat nor in accounting for {VANISHED_AFTER_S:.0f} s"
+                    outcome = JobOutcome(jid, JobState.FAILED, failed_reason=reason)
+                elif outcome.state is not JobState.UNKNOWN:
+                    self.unknown_since.pop(jid, None)
+                outcomes[jid] = outcome
+        failed = [
+            j for j, o in outcomes.items() if o.state is JobState.FAILED and not o.failed_reason
+        ]
+        if failed and self.backend is not None:
+            # DRMAA gives no failure reason: take it from accounting when already flushed.
+            records = accounting_records({self.name_pattern})
+            for jid in failed:
+                record = records.get(jid)
+                if record is not None and record.failed_code:
+                    reason = f"{record.failed_code} : {record.failed_reason}"
+                    outcomes[jid] = replace(outcomes[jid], failed_reason=reason)
+        return outcomes
+
+    # ---- cancel and shutdown -----------------------------------------------------------------
+
+    def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
+        """Delete every active job with one qdel."""
+        ids = [info.external_jobid for info in active_jobs if info.external_jobid]
+        if ids:
+            try:
+                cancel_jobs(ids)
+            except GridEngineCommandError as err:
+                self.logger.error(f"cancelling Grid Engine jobs failed: {err}")
+
+    def shutdown(self):
+        """Stop polling, close the DRMAA session and remove the driver marker."""
+        super().shutdown()
+        if self.backend is not None:
+            self.backend.close()
+        self.marker_path.unlink(missing_ok=True)
+
+
+def _tail(path: str, n_bytes: int = 4096) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - n_bytes))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,116 @@
+"""The DRMAA backend: one DRMAA session, jobs and bulk (array) jobs, finished jobs reaped in bulk.
+
+Python ``drmaa`` is imported only when this backend is chosen: Snakemake imports every executor
+plugin at start-up, and ``import drmaa`` needs SGE_ROOT, DRMAA_LIBRARY_PATH and (Debian's
+libdrmaa) GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 in the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import threading
+from typing import Any
+
+from snakemake_interface_common.exceptions import WorkflowError
+
+from .status import JobOutcome, JobState
+from .submit import JobRequest
+
+__all__ = ["DrmaaBackend", "outcome_from_job_info"]
+
+
+def outcome_from_job_info(info: Any) -> JobOutcome:
+    """Judge a DRMAA JobInfo: success only when the job exited with status 0.
+
+    SGE's DRMAA reports a job that exited non-zero as done, not failed, so the exit status
+    decides; a deleted job (qdel) is ``wasAborted``.
+    """
+    usage = info.resourceUsage or {}
+    maxvmem_b = float(usage.get("maxvmem", 0) or 0)
+    wallclock_s = float(usage.get("ru_wallclock", 0) or 0)
+    exited = bool(info.hasExited)
+    exit_status = int(info.exitStatus) if exited else None
+    signal = str(info.terminatedSignal) if info.hasSignal else None
+    ok = exited and exit_status == 0 and not info.wasAborted
+    return JobOutcome(
+        job_id=str(info.jobId),
+        state=JobState.SUCCEEDED if ok else JobState.FAILED,
+        exit_status=exit_status,
+        signal=signal,
+        aborted=bool(info.wasAborted),
+        maxvmem_mb=maxvmem_b / 2**20,
+        wallclock_s=wallclock_s,
+    )
+
+
+class DrmaaBackend:
+    """Submit through one DRMAA session and reap finished jobs without one call per job."""
+
+    def __init__(self) -> None:
+        try:
+            import drmaa
+        except (ImportError, RuntimeError, OSError) as err:
+            raise WorkflowError(
+                "the DRMAA backend needs python-drmaa and libdrmaa: set SGE_ROOT, SGE_CELL, "
+                "DRMAA_LIBRARY_PATH and GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 "
+                f"(or use --gridengine-backend qsub): {err}"
+            ) from err
+        self._drmaa = drmaa
+        self._session = drmaa.Session()
+        self._session.initialize()
+        self._lock = threading.Lock()
+        self._own: set[str] = set()
+        self._finished: dict[str, JobOutcome] = {}
+
+    def owns(self, job_id: str) -> bool:
+        """True for jobs submitted through this session (others are tracked via qstat/qacct)."""
+        return job_id in self._own
+
+    def submit(self, request: JobRequest, n_tasks: int | None = None) -> list[str]:
+        """Submit one job, or an array of ``n_tasks`` tasks (DRMAA bulk job); return the ids."""
+        jt = self._session.createJobTemplate()
+        try:
+            jt.remoteCommand = request.command[0]
+            jt.args = list(request.command[1:])
+            jt.jobName = request.name
+            jt.workingDirectory = request.workdir
+            jt.outputPath = ":" + request.log
+            jt.joinFiles = True
+            # DRMAA takes the native arguments as one string that it splits itself.
+            jt.nativeSpecification = shlex.join(["-V", *request.native])
+            with self._lock:
+                if n_tasks is None:
+                    ids = [str(self._session.runJob(jt))]
+                else:
+                    ids = [str(i) for i in self._session.runBulkJobs(jt, 1, n_tasks, 1)]
+                self._own.update(ids)
+        except self._drmaa.errors.DrmaaException as err:
+            raise WorkflowError(f"DRMAA submission of {request.name} failed: {err}") from err
+        finally:
+            self._session.deleteJobTemplate(jt)
+        return ids
+
+    def reap(self) -> None:
+        """Collect every job of the session that has finished since the last call."""
+        drmaa = self._drmaa
+        while True:
+            try:
+                info = self._session.wait(
+                    drmaa.Session.JOB_IDS_SESSION_ANY, drmaa.Session.TIMEOUT_NO_WAIT
+                )
+            except (drmaa.errors.ExitTimeoutException, drmaa.errors.InvalidJobException):
+                return  # nothing finished yet / no job left in the session
+            outcome = outcome_from_job_info(info)
+            with self._lock:
+                self._finished[outcome.job_id] = outcome
+
+    def outcome(self, job_id: str) -> JobOutcome | None:
+        """The outcome of a finished job (removed once read), or None while it is active."""
+        with self._lock:
+            return self._finished.pop(job_id, None)
+
+    def close(self) -> None:
+        """End the DRMAA session (jobs keep running)."""
+        with contextlib.suppress(self._drmaa.errors.DrmaaException):
+            self._session.exit()
