@@ -1,0 +1,333 @@
+"""Grid Engine plugin parts that need no cluster: parsers on recorded output, argv building,
+failure descriptions, the submission ledger and recovery's bookkeeping."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+from snakemake_interface_common.exceptions import WorkflowError
+
+from snakemake_executor_plugin_gridengine import ExecutorSettings
+from snakemake_executor_plugin_gridengine.reattach import (
+    DriverMarker,
+    Submission,
+    SubmissionLedger,
+    clear_incomplete_marks,
+)
+from snakemake_executor_plugin_gridengine.status import (
+    JobOutcome,
+    JobState,
+    describe_failure,
+    expand_task_ids,
+    native_state,
+    outcome_from_accounting,
+    parse_memory_mb,
+    parse_qacct,
+    parse_qstat_xml,
+)
+from snakemake_executor_plugin_gridengine.submit import (
+    JobRequest,
+    SiteDefaults,
+    array_dispatcher,
+    job_log_path,
+    job_name,
+    native_args,
+    parse_qsub_terse,
+    qsub_argv,
+)
+
+RECORDED = Path(__file__).parent / "gridengine"
+
+
+# ---- qstat -------------------------------------------------------------------------------------
+
+
+def test_qstat_mixed_states_recorded():
+    """Recorded: a running job (8), a running job being deleted (15), an Eqw job (10), and a
+    held array of 4 pending tasks shown as one range entry (9)."""
+    states = parse_qstat_xml((RECORDED / "qstat_mixed.xml").read_text())
+    assert states == {
+        "8": "r",
+        "15": "r",
+        "10": "Eqw",
+        "9.1": "hqw",
+        "9.2": "hqw",
+        "9.3": "hqw",
+        "9.4": "hqw",
+    }
+    assert native_state(states["10"]) is JobState.ERROR
+    assert native_state(states["9.1"]) is JobState.QUEUED
+    assert native_state(states["8"]) is JobState.RUNNING
+
+
+def test_qstat_array_running_and_pending_tasks_recorded():
+    states = parse_qstat_xml((RECORDED / "qstat_array.xml").read_text())
+    assert len(states) == 12
+    assert [states[f"17.{t}"] for t in range(1, 9)] == ["r"] * 8
+    assert [states[f"17.{t}"] for t in range(9, 13)] == ["qw"] * 4
+
+
+def test_qstat_empty_output_is_no_jobs():
+    assert parse_qstat_xml("") == {}
+
+
+@pytest.mark.parametrize(
+    ("code", "state"),
+    [
+        ("qw", JobState.QUEUED),
+        ("hqw", JobState.QUEUED),
+        ("Rq", JobState.QUEUED),
+        ("r", JobState.RUNNING),
+        ("t", JobState.RUNNING),
+        ("dr", JobState.RUNNING),
+        ("s", JobState.RUNNING),
+        ("Eqw", JobState.ERROR),
+        ("", JobState.UNKNOWN),
+    ],
+)
+def test_native_state_table(code, state):
+    assert native_state(code) is state
+
+
+def test_task_ranges():
+    assert expand_task_ids("7") == [7]
+    assert expand_task_ids("1-5:2") == [1, 3, 5]
+    assert expand_task_ids("2,4-6:1") == [2, 4, 5, 6]
+    with pytest.raises(ValueError, match="cannot parse qstat task range 'x-y'"):
+        expand_task_ids("x-y")
+
+
+# ---- qacct -------------------------------------------------------------------------------------
+
+
+def test_qacct_recorded_outcomes():
+    """Recorded qacct of: ok, exit 3, Python MemoryError under h_vmem (exit 1), killed at
+    h_rt (failed 37, exit 137), qdel of a running job (failed 100, exit 137), a job that could
+    not enter its working directory (failed 28) and an array with exits 0, 1, 2."""
+    records = parse_qacct((RECORDED / "qacct_mixed.txt").read_text())
+    outcomes = {jid: outcome_from_accounting(r) for jid, r in records.items()}
+    assert outcomes["11"].state is JobState.SUCCEEDED
+    assert (outcomes["12"].state, outcomes["12"].exit_status) == (JobState.FAILED, 3)
+    assert (outcomes["14"].state, outcomes["14"].exit_status) == (JobState.FAILED, 1)
+    assert outcomes["13"].signal == "9"
+    assert outcomes["13"].failed_reason == "37 : qmaster enforced h_rt, h_cpu, or h_vmem limit"
+    assert outcomes["13"].maxvmem_mb == pytest.approx(3.465)
+    assert outcomes["15"].failed_reason == "100 : assumedly after job"
+    assert outcomes["15"].exit_status == 137
+    assert outcomes["10"].failed_reason == "28 : changing into working directory"
+    assert outcomes["10"].state is JobState.FAILED  # exit status 0, but Grid Engine failed it
+    assert [outcomes[f"16.{t}"].exit_status for t in (1, 2, 3)] == [0, 1, 2]
+    assert [outcomes[f"16.{t}"].state for t in (1, 2, 3)] == [
+        JobState.SUCCEEDED,
+        JobState.FAILED,
+        JobState.FAILED,
+    ]
+    assert records["16.2"].job_name == "rec.array"
+
+
+def test_qacct_no_match_is_empty():
+    assert parse_qacct("error: job name nomatch.* not found\n") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "mb"),
+    [("0.000B", 0.0), ("3.465MB", 3.465), ("1.5G", 1536.0), ("512K", 0.5), ("2048", 2048 / 2**20)],
+)
+def test_memory_figures(text, mb):
+    assert parse_memory_mb(text) == pytest.approx(mb)
+
+
+def test_memory_figure_garbage():
+    with pytest.raises(ValueError, match="cannot parse Grid Engine memory figure 'lots'"):
+        parse_memory_mb("lots")
+
+
+# ---- failure descriptions ------------------------------------------------------------------------
+
+
+def test_failure_message_names_exit_status_and_log():
+    outcome = JobOutcome("12", JobState.FAILED, exit_status=3)
+    msg = describe_failure(outcome, log="/w/.snakemake/gridengine_logs/r/x=1.log")
+    assert msg == (
+        "Grid Engine job 12 failed: exit status 3; log: /w/.snakemake/gridengine_logs/r/x=1.log"
+    )
+
+
+def test_failure_message_memory_from_log():
+    outcome = JobOutcome("14", JobState.FAILED, exit_status=1, maxvmem_mb=120.0)
+    msg = describe_failure(
+        outcome, log="l.log", h_vmem_mb=200, log_tail="Traceback...\nMemoryError\n"
+    )
+    assert "memory failure: out of memory (h_vmem=200M per slot x 1" in msg
+    assert "exit status 1" in msg
+
+
+def test_failure_message_memory_from_peak():
+    outcome = JobOutcome("14", JobState.FAILED, exit_status=137, signal="9", maxvmem_mb=395.0)
+    msg = describe_failure(outcome, log="l.log", h_vmem_mb=200, slots=2)
+    assert "memory failure" in msg and "killed by signal 9" in msg
+
+
+def test_failure_message_runtime():
+    outcome = JobOutcome(
+        "13",
+        JobState.FAILED,
+        exit_status=137,
+        signal="9",
+        failed_reason="37 : qmaster enforced h_rt, h_cpu, or h_vmem limit",
+        wallclock_s=3.0,
+    )
+    msg = describe_failure(outcome, log="l.log", h_rt_s=2, h_vmem_mb=1000)
+    assert "run time limit h_rt=2 s exceeded" in msg
+    assert "memory" not in msg
+
+
+# ---- submission arguments ------------------------------------------------------------------------
+
+
+def test_native_args_mapping():
+    args = native_args(4, {"mem_mb": 1000, "runtime": 90}, SiteDefaults(queue="all.q"))
+    assert args == (
+        "-pe",
+        "smp",
+        "4",
+        "-l",
+        "h_vmem=250M",
+        "-l",
+        "h_rt=5400",
+        "-q",
+        "all.q",
+    )
+
+
+def test_native_args_rule_overrides_and_extra_items_stay_separate():
+    resources = {
+        "sge_queue": "long.q",
+        "sge_project": "dcflow",
+        "sge_pe": "mpi",
+        "sge_extra": "-l 'scratch=1G' -m n",
+        "mem_mb": 333,
+    }
+    defaults = SiteDefaults(queue="all.q", project="other", extra_args="-p -10")
+    args = native_args(2, resources, defaults)
+    assert args == (
+        "-pe",
+        "mpi",
+        "2",
+        "-l",
+        "h_vmem=167M",
+        "-q",
+        "long.q",
+        "-P",
+        "dcflow",
+        "-p",
+        "-10",
+        "-l",
+        "scratch=1G",
+        "-m",
+        "n",
+    )
+
+
+def test_native_args_single_thread_has_no_pe():
+    assert native_args(1, {}, SiteDefaults()) == ()
+
+
+def test_native_args_rejects_bad_values():
+    with pytest.raises(WorkflowError, match=r"resource mem_mb='lots' is not a number"):
+        native_args(1, {"mem_mb": "lots"}, SiteDefaults())
+    with pytest.raises(WorkflowError, match="threads=0"):
+        native_args(0, {}, SiteDefaults())
+
+
+def test_qsub_argv_keeps_values_as_items():
+    request = JobRequest(
+        name="smabc.rule",
+        command=("/bin/sh", "/w/a b/job.sh"),
+        workdir="/w/a b",
+        log="/w/a b/log's.log",
+        native=("-q", "all.q"),
+    )
+    argv = qsub_argv(request, n_tasks=3)
+    assert argv[:4] == ["qsub", "-terse", "-b", "y"]
+    assert argv[argv.index("-o") + 1] == "/w/a b/log's.log"
+    assert argv[argv.index("-t") + 1] == "1-3"
+    assert argv[-2:] == ["/bin/sh", "/w/a b/job.sh"]
+
+
+def test_qsub_terse_ids():
+    assert parse_qsub_terse("123\n") == ["123"]
+    assert parse_qsub_terse("77.1-3:1\n") == ["77.1", "77.2", "77.3"]
+    with pytest.raises(WorkflowError, match="cannot read a job id"):
+        parse_qsub_terse("Unable to run job: denied\n")
+
+
+def test_log_path_and_job_name():
+    path = job_log_path(Path("/l"), "d", {"somewildcard": "somedir2/subdir", "b": "x y"})
+    assert path == Path("/l/d/somewildcard=somedir2%2Fsubdir,b=x%20y.log")
+    assert job_log_path(Path("/l"), "all", {}) == Path("/l/all/all.log")
+    assert job_name("1a2b", "calexp") == "sm1a2b.calexp"
+    assert job_name("1a2b", "group:x/y") == "sm1a2b.group_x_y"
+
+
+def test_array_dispatcher_runs_the_task(tmp_path):
+    scripts = []
+    for i in (1, 2):
+        s = tmp_path / f"task {i}.sh"
+        s.write_text(f"echo task{i} > {tmp_path}/out{i}\n")
+        scripts.append(s)
+    dispatcher = tmp_path / "d.sh"
+    dispatcher.write_text(array_dispatcher(scripts))
+    assert os.system(f"SGE_TASK_ID=2 /bin/sh {dispatcher}") == 0
+    assert (tmp_path / "out2").read_text() == "task2\n"
+    assert not (tmp_path / "out1").exists()
+    assert os.system(f"SGE_TASK_ID=3 /bin/sh {dispatcher} 2>/dev/null") != 0
+
+
+def test_settings_validation():
+    with pytest.raises(WorkflowError, match="--gridengine-backend must be one of"):
+        ExecutorSettings(backend="slurm")
+    with pytest.raises(WorkflowError, match="--gridengine-array-min-jobs must be >= 0"):
+        ExecutorSettings(array_min_jobs=-1)
+
+
+# ---- ledger and recovery bookkeeping -------------------------------------------------------------
+
+
+def test_ledger_open_submissions(tmp_path):
+    ledger = SubmissionLedger(tmp_path / "s.jsonl")
+    a = Submission("1", "r", ("a",), "a.log", "smx.*", "qsub")
+    b = Submission("2", "r", ("b",), "b.log", "smx.*", "qsub")
+    b2 = Submission("3", "r", ("b",), "b.log", "smy.*", "qsub", attempt=2)
+    ledger.record_submitted([a, b])
+    ledger.record_finished("1", JobState.SUCCEEDED, 0)
+    ledger.record_submitted([b2])
+    with open(ledger.path, "a") as fh:
+        fh.write('{"event": "submitted", "job_id": "9"')  # torn last line of a killed driver
+    assert ledger.open_submissions() == {("b",): b2}
+
+
+def test_clear_incomplete_marks(tmp_path):
+    root = tmp_path / ".snakemake" / "incomplete"
+    keys = ["res/somedir2/subdir.out", "x" * 400]
+    for key in [*keys, "other.out"]:
+        encoded = base64.urlsafe_b64encode(key.encode()).decode()
+        chunks = [encoded[i : i + 254] for i in range(0, len(encoded), 254)]
+        path = root.joinpath(*["@" + c for c in chunks[:-1]], chunks[-1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"external_jobid": "1"}))
+    assert clear_incomplete_marks(tmp_path, keys) == 2
+    left = [p for p in root.rglob("*") if p.is_file()]
+    assert len(left) == 1
+
+
+def test_driver_marker_liveness(tmp_path):
+    me = DriverMarker.for_this_process("t", ["lock"])
+    me.write(tmp_path)
+    dead = DriverMarker(me.host, me.pid, (me.start_ticks or 0) + 1, "u", ())
+    assert me.alive() and not dead.alive()
+    assert [m for _, m in DriverMarker.read_all(tmp_path)] == [me]
