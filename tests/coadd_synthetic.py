@@ -15,6 +15,7 @@ only the coadd's outlier rejection can remove them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,6 +27,7 @@ from scipy.special import erf
 
 from dcflow.campaign.skymap import SkyMapConfig, make_tracts, patch_info, patch_wcs
 from dcflow.exposure import Exposure
+from dcflow.stages.warp import warp_exposure
 
 SKYMAP = SkyMapConfig(
     tract_ra_deg=(53.0,),
@@ -201,8 +203,8 @@ def _gaussian_stamp(image, x, y, flux, sigma):
 
 
 def _galaxy_stamp(image, x, y, flux, sigma, r_eff_pix, ellip, theta, rot_rad):
-    over = 5
-    r = int(np.ceil(8 * r_eff_pix + 4 * sigma)) + 1
+    over = 3
+    r = int(np.ceil(6 * r_eff_pix + 4 * sigma)) + 1
     ix, iy = round(float(x)), round(float(y))
     sub = (np.arange(-r * over, (r + 1) * over) + 0.5) / over - 0.5
     sx, sy = np.meshgrid(ix + sub, iy + sub)
@@ -290,3 +292,38 @@ def render_calexp(
         wcs=wcs,
         header=header,
     )
+
+
+@dataclass(frozen=True)
+class WarpedField:
+    truth: Table
+    specs: tuple[VisitSpec, ...]
+    calexps: tuple[Exposure, ...]
+    warps: tuple[Exposure, ...]
+    clean_warps: tuple[Exposure, ...]
+    """The same warps without the injected artefacts (same noise)."""
+
+    def for_filter(self, filter_name: str, *, clean: bool = False) -> list[Exposure]:
+        warps = self.clean_warps if clean else self.warps
+        return [w for s, w in zip(self.specs, warps, strict=True) if s.filter == filter_name]
+
+
+@functools.lru_cache(maxsize=2)
+def warped_field(seed: int = 1) -> WarpedField:
+    """The default field rendered for every default visit and warped onto the test patch.
+
+    Cached: several test modules share it (a few seconds to build).
+    """
+    truth = make_truth(seed)
+    specs = tuple(default_visits())
+    calexps = tuple(render_calexp(truth, s, seed=seed) for s in specs)
+    warps = tuple(warp_exposure(c, PATCH_WCS, PATCH.shape).warp for c in calexps)
+    clean = []
+    for spec, calexp, warp in zip(specs, calexps, warps, strict=True):
+        if spec.artefacts:
+            calexp = replace(
+                calexp, image=calexp.image - artefact_pixels(spec)[2].astype(np.float32)
+            )
+            warp = warp_exposure(calexp, PATCH_WCS, PATCH.shape).warp
+        clean.append(warp)
+    return WarpedField(truth, specs, calexps, warps, tuple(clean))

@@ -1,0 +1,458 @@
+"""Coadd the warps of one patch and filter: deepCoadd and templateCoadd.
+
+The coadd is the weighted mean of the warps with one scalar weight per warp, the inverse of
+its median variance (LSST's choice: per-pixel inverse-variance weights would include each
+star's own Poisson noise and bias bright stars low in the visits where they are brightest).
+The variance plane propagates the input variances with those weights; the ``n_inputs`` plane
+counts the warps used at each pixel.
+
+Outlier rejection (``rejection="compare_warp"``, after LSST's CompareWarp) compares every warp
+with the per-pixel median of all warps after *PSF matching* each one to the worst seeing with
+a Gaussian kernel of width ``sqrt(s_max^2 - s_i^2)``. A pixel of a warp is an artefact where
+its matched value exceeds the median by more than ``clip_sigma`` standard deviations plus
+``clip_flux_fraction`` of the median (the fractional term absorbs PSF-matching residuals on
+bright stars). Artefact pixels are grown by ``clip_grow_pixels`` and left out of the mean of
+the *unmatched* warps, so seeing differences between visits do not clip star cores, while
+cosmic rays, satellite trails and transients (present in one warp only) do not survive.
+``rejection="sigma_clip"`` applies the same test without PSF matching (faster; clips the
+cores of bright stars when seeing varies). Only positive outliers are rejected.
+
+Arrays are processed in blocks of ``block_rows`` rows, with a margin for the matching kernel,
+so the warps may be memory-mapped FITS arrays: peak memory is the output planes plus one
+block per warp.
+
+The coadd PSF is the weighted sum of the inputs' PSFs; with the Gaussian PSF model used for
+coadd measurement it is a mixture of Gaussians of the inputs' FWHM with the coadd weights,
+recorded in the header (``PSFNCOMP``, ``PSFF<i>``, ``PSFW<i>``) beside its FWHM ``PSFFWHM``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs.utils import proj_plane_pixel_scales
+from scipy import ndimage
+from scipy.optimize import brentq
+
+from dcflow.configs import check_fields, config_field
+from dcflow.errors import InputDataError, StageError
+from dcflow.exposure import Exposure, MaskPlane
+
+__all__ = [
+    "CoaddConfig",
+    "CoaddResult",
+    "TemplateSelectionConfig",
+    "assemble_coadd",
+    "assemble_template_coadd",
+    "gaussian_mixture_fwhm",
+    "select_template_inputs",
+]
+
+log = logging.getLogger(__name__)
+
+_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+_MASK_CHOICES = {plane.name: (plane.__doc__ or plane.name).strip() for plane in MaskPlane}
+
+
+@dataclass(frozen=True, slots=True)
+class CoaddConfig:
+    """Configuration of `assemble_coadd`."""
+
+    bad_mask_planes: tuple[str, ...] = config_field(
+        ("BAD", "SAT", "CR", "NO_DATA"),
+        "Mask planes whose pixels are left out of the coadd",
+        choices=_MASK_CHOICES,
+    )
+    rejection: str = config_field(
+        "compare_warp",
+        "Outlier (artefact) rejection method",
+        choices={
+            "compare_warp": "PSF-matched warps compared with their median (robust to seeing)",
+            "sigma_clip": "unmatched warps compared with their median (clips bright star cores)",
+            "none": "no rejection: plain weighted mean",
+        },
+    )
+    clip_sigma: float = config_field(
+        5.0, "Rejection threshold above the median, standard deviations", exclusive_minimum=0.0
+    )
+    clip_flux_fraction: float = config_field(
+        0.1, "Extra rejection threshold, fraction of the median value (dimensionless)", minimum=0.0
+    )
+    clip_grow_pixels: int = config_field(
+        2, "Growth of each rejected region, patch pixels", minimum=0, maximum=20
+    )
+    min_inputs_for_rejection: int = config_field(
+        2, "Fewest usable warps at a pixel for rejection to apply there", minimum=2
+    )
+    block_rows: int = config_field(
+        512, "Rows of the patch processed at a time (bounds memory)", minimum=16
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateSelectionConfig:
+    """Which visits may enter a templateCoadd."""
+
+    max_psf_fwhm_arcsec: float = config_field(
+        1.0, "Largest PSF FWHM of a template visit, arcsec", exclusive_minimum=0.0
+    )
+    max_airmass: float = config_field(1.3, "Largest airmass of a template visit", minimum=1.0)
+    min_visits: int = config_field(1, "Fewest visits a template may be built from", minimum=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True, slots=True)
+class CoaddResult:
+    """A coadd of one patch and filter.
+
+    Attributes
+    ----------
+    coadd : Exposure
+        ``(ny, nx)`` image and variance in the warps' flux unit (header ``ZP``), mask (``NO_DATA``
+        where no warp contributes, ``CLIPPED`` where one was rejected), the patch WCS, and a
+        header with ``PSFFWHM`` (arcsec), ``NINPUTS`` and the PSF mixture.
+    n_inputs : numpy.ndarray
+        ``(ny, nx)`` int16 number of warps averaged at each pixel.
+    psf_fwhm_arcsec : float
+        FWHM of the coadd PSF (the weighted mixture of the inputs' Gaussian PSFs), arcsec.
+    visits : tuple of int
+        ``VISIT`` of each input warp, in input order (-1 where the header has none).
+    weights : tuple of float
+        Normalised weight of each input warp (sum 1).
+    input_psf_fwhm_arcsec : tuple of float
+        ``PSFFWHM`` of each input warp, arcsec.
+    n_clipped_pixels : tuple of int
+        Pixels of each warp rejected as artefacts (after growth).
+    """
+
+    coadd: Exposure
+    n_inputs: np.ndarray
+    psf_fwhm_arcsec: float
+    visits: tuple[int, ...]
+    weights: tuple[float, ...]
+    input_psf_fwhm_arcsec: tuple[float, ...]
+    n_clipped_pixels: tuple[int, ...]
+
+
+def gaussian_mixture_fwhm(fwhm: Sequence[float], weights: Sequence[float]) -> float:
+    """FWHM of a weighted sum of unit-flux circular Gaussians of the given FWHMs (same unit)."""
+    fwhm = np.asarray(fwhm, dtype=float)
+    weights = np.asarray(weights, dtype=float)
+    if fwhm.size == 0 or fwhm.shape != weights.shape or np.any(fwhm <= 0) or weights.sum() <= 0:
+        raise ValueError(f"need positive fwhm and weights of equal length; got {fwhm}, {weights}")
+    sigma = fwhm / _FWHM_PER_SIGMA
+    w = weights / weights.sum()
+
+    def profile(r: float) -> float:
+        return float(np.sum(w / sigma**2 * np.exp(-0.5 * (r / sigma) ** 2)))
+
+    half = 0.5 * profile(0.0)
+    return 2.0 * brentq(lambda r: profile(r) - half, 0.0, 2.0 * fwhm.max())
+
+
+def _bad_bits(config: CoaddConfig) -> int:
+    bits = 0
+    for name in config.bad_mask_planes:
+        bits |= int(MaskPlane[name])
+    return bits
+
+
+def _check_warps(warps: Sequence[Exposure]) -> tuple[int, int]:
+    if len(warps) == 0:
+        raise InputDataError("no warps to coadd", n_inputs=0)
+    shape = warps[0].shape
+    for index, warp in enumerate(warps):
+        if warp.shape != shape:
+            raise ValueError(f"warps[{index}] shape {warp.shape} differs from warps[0] {shape}")
+        for key in ("ZP", "PSFFWHM"):
+            if key not in warp.header:
+                raise InputDataError(f"warps[{index}] header lacks {key}", index=index, key=key)
+        if float(warp.header["ZP"]) != float(warps[0].header["ZP"]):
+            raise InputDataError(
+                f"warps[{index}] ZP={warp.header['ZP']} differs from warps[0] "
+                f"ZP={warps[0].header['ZP']}: warps must share one zero point",
+                index=index,
+            )
+    return shape
+
+
+def _gaussian_kernel_sum_sq(sigma: float) -> float:
+    """Sum of squares of a unit-sum sampled 2-d Gaussian (the white-noise variance factor)."""
+    if sigma <= 0.0:
+        return 1.0
+    radius = int(np.ceil(4.0 * sigma))
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    return float(np.sum(k**2) ** 2)
+
+
+def _matched_block(image, variance, good, sigma):
+    """Convolve one block by a Gaussian with normalised convolution over good pixels."""
+    if sigma <= 0.05:
+        return np.where(good, image, np.nan), np.where(good, variance, np.nan)
+    g = good.astype(np.float64)
+    norm = ndimage.gaussian_filter(g, sigma, mode="constant", truncate=4.0)
+    img = ndimage.gaussian_filter(np.where(good, image, 0.0), sigma, mode="constant", truncate=4.0)
+    var = ndimage.gaussian_filter(
+        np.where(good, variance, 0.0), sigma, mode="constant", truncate=4.0
+    )
+    ok = good & (norm > 0.5)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        matched = np.where(ok, img / norm, np.nan)
+        matched_var = np.where(ok, var / norm * _gaussian_kernel_sum_sq(sigma) / norm, np.nan)
+    return matched, matched_var
+
+
+def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = None) -> CoaddResult:
+    """Weighted mean of the warps of one patch and filter, with artefact rejection.
+
+    Parameters
+    ----------
+    warps : sequence of Exposure
+        Warps of one patch (same ``(ny, nx)`` grid and WCS) with image and variance in one flux
+        unit (equal header ``ZP``) and header ``PSFFWHM`` (arcsec); ``VISIT`` is recorded if
+        present. Arrays may be memory-mapped: they are read in row blocks and never modified.
+    config : CoaddConfig, optional
+        Masked planes, rejection method and thresholds.
+
+    Returns
+    -------
+    CoaddResult
+        The coadd and its provenance.
+
+    Raises
+    ------
+    InputDataError
+        If there is no warp, a header lacks ``ZP`` or ``PSFFWHM``, zero points differ, or a warp
+        has no usable pixel.
+    ValueError
+        If warp shapes differ.
+    """
+    config = config or CoaddConfig()
+    shape = _check_warps(warps)
+    ny, nx = shape
+    n = len(warps)
+    bad_bits = _bad_bits(config)
+
+    weights = np.empty(n)
+    for index, warp in enumerate(warps):
+        sample_var = np.asarray(warp.variance[::4, ::4], dtype=np.float64)
+        sample_good = ((np.asarray(warp.mask[::4, ::4]) & bad_bits) == 0) & (sample_var > 0)
+        sample_good &= np.isfinite(sample_var)
+        if not sample_good.any():
+            raise InputDataError(f"warps[{index}] has no usable pixel", index=index)
+        weights[index] = 1.0 / np.median(sample_var[sample_good])
+    weights /= weights.sum()
+
+    fwhm = np.array([float(w.header["PSFFWHM"]) for w in warps])
+    wcs = warps[0].wcs
+    pixel_arcsec = (
+        float(np.mean(proj_plane_pixel_scales(wcs.celestial))) * 3600.0 if wcs is not None else None
+    )
+    match_sigma = np.zeros(n)
+    if config.rejection == "compare_warp":
+        if pixel_arcsec is None:
+            raise InputDataError("compare_warp rejection needs the warps' WCS for the pixel scale")
+        sigma_pix = fwhm / _FWHM_PER_SIGMA / pixel_arcsec
+        match_sigma = np.sqrt(np.maximum(sigma_pix.max() ** 2 - sigma_pix**2, 0.0))
+    margin = int(np.ceil(4.0 * match_sigma.max())) + config.clip_grow_pixels + 1
+
+    image = np.full(shape, np.nan, dtype=np.float32)
+    variance = np.full(shape, np.nan, dtype=np.float32)
+    mask = np.zeros(shape, dtype=np.int32)
+    n_inputs = np.zeros(shape, dtype=np.int16)
+    n_clipped = np.zeros(n, dtype=np.int64)
+    pass_bits = ~(int(MaskPlane.DETECTED) | int(MaskPlane.NO_DATA) | bad_bits)
+    structure = ndimage.generate_binary_structure(2, 2)
+
+    for y0 in range(0, ny, config.block_rows):
+        y1 = min(ny, y0 + config.block_rows)
+        r0 = max(0, y0 - margin) if config.rejection != "none" else y0
+        r1 = min(ny, y1 + margin) if config.rejection != "none" else y1
+        inner = slice(y0 - r0, y0 - r0 + (y1 - y0))
+        img = np.empty((n, r1 - r0, nx))
+        var = np.empty((n, r1 - r0, nx))
+        msk = np.empty((n, r1 - r0, nx), dtype=np.int64)
+        for index, warp in enumerate(warps):
+            img[index] = warp.image[r0:r1]
+            var[index] = warp.variance[r0:r1]
+            msk[index] = warp.mask[r0:r1]
+        good = ((msk & bad_bits) == 0) & np.isfinite(img) & np.isfinite(var) & (var > 0)
+
+        clipped = np.zeros_like(good)
+        if config.rejection != "none":
+            if config.rejection == "compare_warp":
+                pairs = [_matched_block(img[i], var[i], good[i], match_sigma[i]) for i in range(n)]
+                test_img = np.array([p[0] for p in pairs])
+                test_var = np.array([p[1] for p in pairs])
+            else:
+                test_img = np.where(good, img, np.nan)
+                test_var = np.where(good, var, np.nan)
+            n_good = np.sum(np.isfinite(test_img), axis=0)
+            enough = n_good >= config.min_inputs_for_rejection
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                # Pixels where every warp is masked give all-NaN slices: expected, not news.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                median = np.nanmedian(np.where(enough, test_img, np.nan), axis=0)
+                median_var = 0.5 * np.pi * np.nanmean(test_var, axis=0) / np.maximum(n_good, 1)
+                excess = test_img - median
+                limit = config.clip_sigma * np.sqrt(test_var + median_var)
+                limit += config.clip_flux_fraction * np.abs(median)
+                outlier = enough & np.isfinite(excess) & (excess > limit)
+            for i in range(n):
+                if outlier[i].any():
+                    grown = (
+                        ndimage.binary_dilation(
+                            outlier[i], structure, iterations=max(config.clip_grow_pixels, 0)
+                        )
+                        if config.clip_grow_pixels
+                        else outlier[i]
+                    )
+                    clipped[i] = grown & good[i]
+
+        use = (good & ~clipped)[:, inner]
+        w = weights[:, None, None] * use
+        wsum = w.sum(axis=0)
+        blk_img = img[:, inner]
+        blk_var = var[:, inner]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.sum(w * np.where(use, blk_img, 0.0), axis=0) / wsum
+            mean_var = np.sum(w**2 * np.where(use, blk_var, 0.0), axis=0) / wsum**2
+        count = use.sum(axis=0)
+        blk_mask = np.bitwise_or.reduce(np.where(use, msk[:, inner], 0), axis=0) & pass_bits
+        blk_clipped = clipped[:, inner]
+        blk_mask |= np.where(blk_clipped.any(axis=0), int(MaskPlane.CLIPPED), 0)
+        empty = count == 0
+        blk_mask |= np.where(
+            empty,
+            int(MaskPlane.NO_DATA) | (np.bitwise_or.reduce(msk[:, inner], axis=0) & bad_bits),
+            0,
+        )
+        image[y0:y1] = np.where(empty, np.nan, mean)
+        variance[y0:y1] = np.where(empty, np.nan, mean_var)
+        mask[y0:y1] = blk_mask
+        n_inputs[y0:y1] = count
+        n_clipped += blk_clipped.sum(axis=(1, 2))
+
+    psf_fwhm = gaussian_mixture_fwhm(fwhm, weights)
+    visits = tuple(int(w.header.get("VISIT", -1)) for w in warps)
+    header = fits.Header()
+    for key in ("FILTER", "ZP"):
+        if key in warps[0].header:
+            header[key] = warps[0].header[key]
+    header["PSFFWHM"] = (psf_fwhm, "FWHM of the coadd PSF mixture, arcsec")
+    header["NINPUTS"] = (n, "warps coadded")
+    header["PSFNCOMP"] = (n, "Gaussian components of the coadd PSF")
+    for index in range(n):
+        header[f"PSFF{index}"] = (float(fwhm[index]), f"FWHM of PSF component {index}, arcsec")
+        header[f"PSFW{index}"] = (float(weights[index]), f"weight of PSF component {index}")
+        header[f"VISIT{index}"] = (visits[index], f"visit of input {index}")
+    log.info(
+        "coadded %d warps: %d pixels clipped, PSF FWHM %.3f arcsec",
+        n,
+        int(n_clipped.sum()),
+        psf_fwhm,
+    )
+    coadd = Exposure(
+        image=image,
+        mask=mask,
+        variance=variance,
+        wcs=wcs.deepcopy() if wcs is not None else None,
+        header=header,
+    )
+    return CoaddResult(
+        coadd=coadd,
+        n_inputs=n_inputs,
+        psf_fwhm_arcsec=psf_fwhm,
+        visits=visits,
+        weights=tuple(float(x) for x in weights),
+        input_psf_fwhm_arcsec=tuple(float(x) for x in fwhm),
+        n_clipped_pixels=tuple(int(x) for x in n_clipped),
+    )
+
+
+def select_template_inputs(
+    psf_fwhm_arcsec: Sequence[float],
+    airmass: Sequence[float],
+    *,
+    config: TemplateSelectionConfig | None = None,
+) -> np.ndarray:
+    """Which visits the template thresholds allow (PSF FWHM and airmass at most the limits).
+
+    Parameters
+    ----------
+    psf_fwhm_arcsec, airmass : sequence of float
+        One value per candidate visit.
+    config : TemplateSelectionConfig, optional
+        The thresholds.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True for each selected visit.
+    """
+    config = config or TemplateSelectionConfig()
+    fwhm = np.asarray(psf_fwhm_arcsec, dtype=float)
+    am = np.asarray(airmass, dtype=float)
+    if fwhm.shape != am.shape or fwhm.ndim != 1:
+        raise ValueError(
+            f"psf_fwhm_arcsec and airmass must be 1-d of one length; got {fwhm.shape}, {am.shape}"
+        )
+    return (fwhm <= config.max_psf_fwhm_arcsec) & (am <= config.max_airmass)
+
+
+def assemble_template_coadd(
+    warps: Sequence[Exposure],
+    *,
+    selection: TemplateSelectionConfig | None = None,
+    config: CoaddConfig | None = None,
+) -> CoaddResult:
+    """A templateCoadd: `assemble_coadd` over the warps whose visit passes the thresholds.
+
+    Parameters
+    ----------
+    warps : sequence of Exposure
+        Candidate warps; headers need ``PSFFWHM`` (arcsec) and ``AIRMASS``.
+    selection : TemplateSelectionConfig, optional
+        PSF FWHM and airmass thresholds, and the fewest visits accepted.
+    config : CoaddConfig, optional
+        Coadd configuration.
+
+    Raises
+    ------
+    InputDataError
+        If a header lacks ``PSFFWHM`` or ``AIRMASS``.
+    StageError
+        If fewer than ``selection.min_visits`` visits pass the thresholds.
+    """
+    selection = selection or TemplateSelectionConfig()
+    for index, warp in enumerate(warps):
+        for key in ("PSFFWHM", "AIRMASS"):
+            if key not in warp.header:
+                raise InputDataError(f"warps[{index}] header lacks {key}", index=index, key=key)
+    keep = select_template_inputs(
+        [float(w.header["PSFFWHM"]) for w in warps],
+        [float(w.header["AIRMASS"]) for w in warps],
+        config=selection,
+    )
+    n_kept = int(keep.sum())
+    if n_kept < selection.min_visits:
+        raise StageError(
+            f"only {n_kept} of {len(warps)} visits pass the template thresholds (PSF FWHM <= "
+            f"{selection.max_psf_fwhm_arcsec} arcsec, airmass <= {selection.max_airmass}); "
+            f"{selection.min_visits} needed",
+            n_selected=n_kept,
+            n_candidates=len(warps),
+            min_visits=selection.min_visits,
+        )
+    return assemble_coadd([w for w, k in zip(warps, keep, strict=True) if k], config=config)

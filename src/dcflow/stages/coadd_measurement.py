@@ -1,0 +1,455 @@
+"""Detect Objects on the multi-band detection image and measure them in every filter's coadd.
+
+Detection: local maxima of the chi-square significance image above a threshold whose signed
+per-filter S/N sum is positive (chi-square responds to holes too). A patch keeps only the
+peaks inside its *inner* box, so each Object belongs to exactly one patch of its tract, and
+its id is built from the tract and the peak's tract pixel,
+``object_id = tract << 40 | y_tract << 20 | x_tract``: stable across reruns (deterministic
+peaks) and unique across the tract without any coordination between patch jobs.
+
+Measurement, per filter, at each peak: a Gaussian-weighted centroid (weight of the PSF's
+width, iterated), the PSF flux (`psf_photometry`, aperture-corrected with bright isolated
+point sources of the same coadd), a circular-aperture flux, and adaptive second moments
+(elliptical Gaussian weight iterated to match the source, exact for Gaussian sources). The
+reference filter of an Object is the one where its PSF S/N is highest; its position
+(``ra_deg``, ``dec_deg``) and extendedness come from there. Extendedness is 1 when the source's
+adaptive size ``T = Ixx + Iyy`` exceeds that of the PSF model at the same position by more
+than ``extendedness_size_threshold`` (fractionally), 0 otherwise, NaN if unmeasured.
+
+There is no deblender: peaks closer than a few PSF widths are measured with overlapping
+stamps (a known limit for crowded fields).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from astropy.wcs.utils import proj_plane_pixel_scales
+from scipy import ndimage
+
+from dcflow.campaign.skymap import PatchInfo
+from dcflow.configs import check_fields, config_field
+from dcflow.errors import InputDataError
+from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.forced_photometry import (
+    FWHM_PER_SIGMA,
+    GaussianMixturePsf,
+    aperture_correction,
+    aperture_photometry,
+    gather_stamps,
+    isolated,
+    psf_photometry,
+)
+from dcflow.stages.multiband import MultibandResult
+
+__all__ = [
+    "CoaddMeasurementConfig",
+    "CoaddMeasurementResult",
+    "adaptive_moments",
+    "detect_peaks",
+    "gaussian_centroid",
+    "make_object_ids",
+    "measure_coadds",
+]
+
+log = logging.getLogger(__name__)
+
+_BAD = int(MaskPlane.BAD | MaskPlane.SAT | MaskPlane.CR | MaskPlane.NO_DATA)
+_PER_FILTER_COLUMNS = (
+    ("centroid_x", float),
+    ("centroid_y", float),
+    ("psf_flux", float),
+    ("psf_flux_err", float),
+    ("psf_flux_flag", bool),
+    ("ap_flux", float),
+    ("ap_flux_err", float),
+    ("ap_flux_flag", bool),
+    ("ixx", float),
+    ("iyy", float),
+    ("ixy", float),
+    ("moments_flag", bool),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CoaddMeasurementConfig:
+    """Configuration of `measure_coadds`."""
+
+    detect_threshold_sigma: float = config_field(
+        5.0, "Detection threshold on the chi-square significance image, sigma", minimum=0.0
+    )
+    peak_min_separation_pixels: int = config_field(
+        3, "Smallest distance between two peaks, patch pixels", minimum=1
+    )
+    stamp_radius_fwhm: float = config_field(
+        2.0, "Half-size of the PSF-fit stamp, in units of the PSF FWHM", exclusive_minimum=0.0
+    )
+    moments_radius_fwhm: float = config_field(
+        4.0,
+        "Half-size of the adaptive-moments stamp, in units of the PSF FWHM",
+        exclusive_minimum=0.0,
+    )
+    aperture_radius_arcsec: float = config_field(
+        2.0,
+        "Radius of the aperture flux (and of the aperture correction), arcsec",
+        exclusive_minimum=0.0,
+    )
+    extendedness_size_threshold: float = config_field(
+        0.15,
+        "Fractional excess of adaptive size T over the PSF's above which a source is "
+        "extended (dimensionless)",
+        exclusive_minimum=0.0,
+    )
+    apcorr_min_snr: float = config_field(
+        50.0, "Least PSF S/N of a star used for the aperture correction", minimum=0.0
+    )
+    apcorr_min_stars: int = config_field(
+        3, "Fewest stars for an aperture correction (else none is applied)", minimum=1
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True, slots=True)
+class CoaddMeasurementResult:
+    """The Object table of one patch.
+
+    Attributes
+    ----------
+    objects : astropy.table.Table
+        One row per Object owned by the patch: ``object_id``, ``tract``, ``patch``, ``x``,
+        ``y`` (patch pixels, reference filter), ``ra_deg``, ``dec_deg``, ``detect_significance``,
+        ``ref_filter``, ``extendedness``, ``size_ratio``, and per filter ``<f>_centroid_x``,
+        ``<f>_centroid_y``, ``<f>_psf_flux``, ``<f>_psf_flux_err``, ``<f>_psf_flux_flag``,
+        ``<f>_ap_flux``, ``<f>_ap_flux_err``, ``<f>_ap_flux_flag``, ``<f>_ixx``, ``<f>_iyy``,
+        ``<f>_ixy`` (pixel^2), ``<f>_moments_flag``. Fluxes are in the coadd unit (``ZP``).
+    filters : tuple of str
+        Filters measured.
+    aperture_corrections : tuple of float
+        Factor applied to each filter's PSF fluxes.
+    n_peaks : int
+        Peaks found in the whole patch, including those in the border owned by neighbours.
+    """
+
+    objects: Table
+    filters: tuple[str, ...]
+    aperture_corrections: tuple[float, ...]
+    n_peaks: int
+
+
+def detect_peaks(
+    detection: MultibandResult, *, threshold_sigma: float, min_separation_pixels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Integer ``(x, y)`` of the local maxima of the significance image above the threshold.
+
+    Returns peaks sorted by ``(y, x)``; plateaus give one peak (their first pixel).
+    """
+    sig = np.nan_to_num(detection.significance.astype(np.float64), nan=0.0)
+    size = 2 * min_separation_pixels + 1
+    local_max = ndimage.maximum_filter(sig, size=size, mode="constant", cval=0.0)
+    signed = np.nansum(detection.snr, axis=0)
+    candidate = (sig >= threshold_sigma) & (sig == local_max) & (signed > 0)
+    labels, n = ndimage.label(candidate, structure=np.ones((3, 3)))
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    ys, xs = np.nonzero(candidate)
+    first = np.unique(labels[ys, xs], return_index=True)[1]
+    return xs[first].astype(np.int64), ys[first].astype(np.int64)
+
+
+def make_object_ids(tract_id: int, x_tract: np.ndarray, y_tract: np.ndarray) -> np.ndarray:
+    """``tract << 40 | y << 20 | x`` from integer tract pixel coordinates of the peaks.
+
+    Raises
+    ------
+    ValueError
+        If a coordinate is negative or >= 2**20, or the tract id is >= 2**23.
+    """
+    x = np.asarray(x_tract, dtype=np.int64)
+    y = np.asarray(y_tract, dtype=np.int64)
+    if not 0 <= tract_id < 2**23:
+        raise ValueError(f"tract_id must be in [0, 2**23); got {tract_id}")
+    if x.size and (x.min() < 0 or y.min() < 0 or x.max() >= 2**20 or y.max() >= 2**20):
+        raise ValueError("tract pixel coordinates must be in [0, 2**20) for Object ids")
+    return (np.int64(tract_id) << 40) | (y << 20) | x
+
+
+def gaussian_centroid(
+    image: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    sigma_pix: float,
+    *,
+    n_iter: int = 10,
+    max_shift_pix: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Iterated Gaussian-weighted centroid (unbiased for symmetric sources).
+
+    Returns
+    -------
+    x, y : numpy.ndarray
+        Centroids; the start position where flagged.
+    flag : numpy.ndarray of bool
+        True where the weighted flux is not positive or the centroid ran more than
+        ``max_shift_pix`` from the start.
+    """
+    x0 = np.asarray(x0, dtype=float)
+    y0 = np.asarray(y0, dtype=float)
+    x, y = x0.copy(), y0.copy()
+    radius = int(np.ceil(3.0 * sigma_pix)) + 2
+    offsets = np.arange(-radius, radius + 1)
+    data = np.nan_to_num(image.astype(np.float64), nan=0.0)
+    flag = np.zeros(len(x), dtype=bool)
+    for _ in range(n_iter):
+        ix, iy = np.round(x).astype(np.int64), np.round(y).astype(np.int64)
+        stamp, inside = gather_stamps(data, ix, iy, offsets, 0.0)
+        dx = offsets[None, None, :] + (ix - x)[:, None, None]
+        dy = offsets[None, :, None] + (iy - y)[:, None, None]
+        w = np.exp(-0.5 * (dx**2 + dy**2) / sigma_pix**2) * inside * stamp
+        total = w.sum(axis=(1, 2))
+        ok = total > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = np.where(ok, x + (w * dx).sum(axis=(1, 2)) / total, x)
+            y = np.where(ok, y + (w * dy).sum(axis=(1, 2)) / total, y)
+        flag |= ~ok
+        far = np.hypot(x - x0, y - y0) > max_shift_pix
+        flag |= far
+        x = np.where(flag, x0, x)
+        y = np.where(flag, y0, y)
+    return x, y, flag
+
+
+def adaptive_moments(
+    stamps: np.ndarray,
+    dx0: np.ndarray,
+    dy0: np.ndarray,
+    offsets: np.ndarray,
+    start_sigma_pix: float,
+    *,
+    n_iter: int = 20,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Adaptive second moments ``(ixx, iyy, ixy)`` on stamps, and a failure flag.
+
+    The weight is an elliptical Gaussian of covariance ``W``; the weighted moments ``Q`` of a
+    Gaussian source of covariance ``C`` are ``(C^-1 + W^-1)^-1``, so iterating ``W <- 2 Q``
+    converges to ``W = C``: the returned moments are the source's own for a Gaussian.
+
+    Parameters
+    ----------
+    stamps : numpy.ndarray
+        ``(n, m, m)`` pixel values around each source (0 where unusable).
+    dx0, dy0 : numpy.ndarray
+        ``(n,)`` source centre relative to each stamp's central pixel.
+    offsets : numpy.ndarray
+        ``(m,)`` pixel offsets of the stamp from its central pixel.
+    start_sigma_pix : float
+        Initial circular weight width, pixels.
+    """
+    n = stamps.shape[0]
+    dx = offsets[None, None, :] - dx0[:, None, None]
+    dy = offsets[None, :, None] - dy0[:, None, None]
+    wxx = np.full(n, start_sigma_pix**2)
+    wyy = np.full(n, start_sigma_pix**2)
+    wxy = np.zeros(n)
+    flag = np.zeros(n, dtype=bool)
+    max_var = (offsets.max() / 1.5) ** 2
+    for _ in range(n_iter):
+        det = wxx * wyy - wxy**2
+        q = (
+            wyy[:, None, None] * dx**2
+            - 2 * wxy[:, None, None] * dx * dy
+            + wxx[:, None, None] * dy**2
+        )
+        q = q / det[:, None, None]
+        w = np.exp(-0.5 * q) * stamps
+        total = w.sum(axis=(1, 2))
+        bad = total <= 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            qxx = (w * dx**2).sum(axis=(1, 2)) / total
+            qyy = (w * dy**2).sum(axis=(1, 2)) / total
+            qxy = (w * dx * dy).sum(axis=(1, 2)) / total
+        bad |= ~np.isfinite(qxx) | (qxx <= 0) | (qyy <= 0) | (qxx * qyy - qxy**2 <= 0)
+        flag |= bad
+        nxx = np.clip(np.where(bad, wxx, 2 * qxx), 0.05, max_var)
+        nyy = np.clip(np.where(bad, wyy, 2 * qyy), 0.05, max_var)
+        nxy = np.where(bad, wxy, 2 * qxy)
+        limit = 0.95 * np.sqrt(nxx * nyy)
+        wxx, wyy, wxy = nxx, nyy, np.clip(nxy, -limit, limit)
+    flag |= (wxx >= max_var) | (wyy >= max_var)
+    return wxx, wyy, wxy, flag
+
+
+def _empty_table(filters: tuple[str, ...]) -> Table:
+    columns = {
+        "object_id": np.zeros(0, dtype=np.int64),
+        "tract": np.zeros(0, dtype=np.int64),
+        "patch": np.zeros(0, dtype="U16"),
+        "x": np.zeros(0),
+        "y": np.zeros(0),
+        "ra_deg": np.zeros(0),
+        "dec_deg": np.zeros(0),
+        "detect_significance": np.zeros(0),
+        "ref_filter": np.zeros(0, dtype="U16"),
+        "extendedness": np.zeros(0),
+        "size_ratio": np.zeros(0),
+    }
+    for name in filters:
+        for column, dtype in _PER_FILTER_COLUMNS:
+            columns[f"{name}_{column}"] = np.zeros(0, dtype=dtype)
+    return Table(columns)
+
+
+def measure_coadds(
+    coadds: Mapping[str, Exposure],
+    detection: MultibandResult,
+    patch: PatchInfo,
+    *,
+    config: CoaddMeasurementConfig | None = None,
+) -> CoaddMeasurementResult:
+    """Detect and measure the Objects of one patch.
+
+    Parameters
+    ----------
+    coadds : mapping of str to Exposure
+        Filter to deepCoadd of the patch (``(ny, nx)`` = ``patch.shape``), each with WCS and a
+        PSF description in its header (`assemble_coadd` writes one).
+    detection : MultibandResult
+        The chi-square detection image of the same coadds.
+    patch : PatchInfo
+        The patch (its tract id, name and boxes).
+    config : CoaddMeasurementConfig, optional
+        Thresholds and apertures.
+
+    Returns
+    -------
+    CoaddMeasurementResult
+        The Object table (empty, with every column, if nothing is detected).
+
+    Raises
+    ------
+    InputDataError
+        If a filter of ``detection`` has no coadd, or a coadd lacks a WCS or PSF description.
+    ValueError
+        If a coadd's shape is not ``patch.shape``.
+    """
+    config = config or CoaddMeasurementConfig()
+    filters = tuple(detection.filters)
+    for name in filters:
+        if name not in coadds:
+            raise InputDataError(f"no coadd for detection filter {name!r}", filter=name)
+        if coadds[name].shape != patch.shape:
+            raise ValueError(
+                f"coadds[{name!r}] shape {coadds[name].shape} differs from patch shape "
+                f"{patch.shape}"
+            )
+        if coadds[name].wcs is None:
+            raise InputDataError(f"coadds[{name!r}] has no WCS", filter=name)
+    px, py = detect_peaks(
+        detection,
+        threshold_sigma=config.detect_threshold_sigma,
+        min_separation_pixels=config.peak_min_separation_pixels,
+    )
+    n_peaks = len(px)
+    own = patch.inner.contains(px + patch.outer.x0, py + patch.outer.y0)
+    all_px, all_py = px, py
+    px, py = px[own], py[own]
+    n = len(px)
+    if n == 0:
+        return CoaddMeasurementResult(
+            _empty_table(filters), filters, (1.0,) * len(filters), n_peaks
+        )
+
+    per_filter: dict[str, dict[str, np.ndarray]] = {}
+    size_ratio: dict[str, np.ndarray] = {}
+    snr: dict[str, np.ndarray] = {}
+    corrections = []
+    for name in filters:
+        coadd = coadds[name]
+        pixel_arcsec = float(np.mean(proj_plane_pixel_scales(coadd.wcs.celestial))) * 3600.0
+        psf = GaussianMixturePsf.from_header(coadd.header, pixel_arcsec)
+        fwhm_pix = psf.fwhm_pix
+        sigma_pix = fwhm_pix / FWHM_PER_SIGMA
+        image = np.where((coadd.mask & _BAD) == 0, coadd.image, np.nan)
+        cx, cy, cflag = gaussian_centroid(image, px, py, sigma_pix)
+        radius = max(2, int(np.ceil(config.stamp_radius_fwhm * fwhm_pix)))
+        flux, err, flag = psf_photometry(coadd, cx, cy, psf, radius_pix=radius)
+        ap_radius = config.aperture_radius_arcsec / pixel_arcsec
+        ap_flux, ap_err, ap_flag = aperture_photometry(coadd, cx, cy, radius_pix=ap_radius)
+
+        m_radius = max(3, int(np.ceil(config.moments_radius_fwhm * fwhm_pix)))
+        offsets = np.arange(-m_radius, m_radius + 1)
+        ix, iy = np.round(cx).astype(np.int64), np.round(cy).astype(np.int64)
+        stamps, _ = gather_stamps(np.nan_to_num(image, nan=0.0), ix, iy, offsets, 0.0)
+        ixx, iyy, ixy, mflag = adaptive_moments(stamps, cx - ix, cy - iy, offsets, sigma_pix)
+        model = psf.stamps(cx - ix, cy - iy, offsets)
+        pxx, pyy, _, pflag = adaptive_moments(model, cx - ix, cy - iy, offsets, sigma_pix)
+        mflag |= pflag | cflag
+        ratio = np.where(mflag, np.nan, (ixx + iyy) / (pxx + pyy) - 1.0)
+        size_ratio[name] = ratio
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr[name] = np.where(flag, -np.inf, flux / err)
+        point_like = np.isfinite(ratio) & (ratio < config.extendedness_size_threshold)
+        lonely = isolated(all_px, all_py, ap_radius + fwhm_pix)[own]
+        correction, n_stars = aperture_correction(
+            flux,
+            ap_flux,
+            snr[name],
+            point_like & lonely & ~ap_flag & ~flag,
+            min_snr=config.apcorr_min_snr,
+            min_stars=config.apcorr_min_stars,
+        )
+        log.info("filter %s: aperture correction %.4f from %d stars", name, correction, n_stars)
+        corrections.append(correction)
+        per_filter[name] = {
+            "centroid_x": cx,
+            "centroid_y": cy,
+            "psf_flux": flux * correction,
+            "psf_flux_err": err * correction,
+            "psf_flux_flag": flag,
+            "ap_flux": ap_flux,
+            "ap_flux_err": ap_err,
+            "ap_flux_flag": ap_flag,
+            "ixx": np.where(mflag, np.nan, ixx),
+            "iyy": np.where(mflag, np.nan, iyy),
+            "ixy": np.where(mflag, np.nan, ixy),
+            "moments_flag": mflag,
+        }
+
+    snr_matrix = np.array([snr[name] for name in filters])
+    ref_index = np.argmax(snr_matrix, axis=0)
+    rows = np.arange(n)
+    ref_x = np.array([per_filter[f]["centroid_x"] for f in filters])[ref_index, rows]
+    ref_y = np.array([per_filter[f]["centroid_y"] for f in filters])[ref_index, rows]
+    ref_ratio = np.array([size_ratio[f] for f in filters])[ref_index, rows]
+    extendedness = np.where(
+        np.isfinite(ref_ratio),
+        (ref_ratio > config.extendedness_size_threshold).astype(float),
+        np.nan,
+    )
+    wcs = coadds[filters[0]].wcs
+    ra, dec = wcs.all_pix2world(ref_x, ref_y, 0)
+    table = _empty_table(filters)
+    columns = {
+        "object_id": make_object_ids(patch.tract_id, px + patch.outer.x0, py + patch.outer.y0),
+        "tract": np.full(n, patch.tract_id, dtype=np.int64),
+        "patch": np.full(n, patch.name, dtype="U16"),
+        "x": ref_x,
+        "y": ref_y,
+        "ra_deg": np.asarray(ra),
+        "dec_deg": np.asarray(dec),
+        "detect_significance": detection.significance[py, px].astype(float),
+        "ref_filter": np.array(filters, dtype="U16")[ref_index],
+        "extendedness": extendedness,
+        "size_ratio": ref_ratio,
+    }
+    for name in filters:
+        for column, _ in _PER_FILTER_COLUMNS:
+            columns[f"{name}_{column}"] = per_filter[name][column]
+    table = Table({key: columns[key] for key in table.colnames})
+    table.meta["ZP"] = float(coadds[filters[0]].header.get("ZP", np.nan))
+    return CoaddMeasurementResult(table, filters, tuple(corrections), n_peaks)

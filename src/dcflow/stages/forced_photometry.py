@@ -1,0 +1,411 @@
+"""Forced PSF photometry of Objects on a calexp, and the PSF photometry shared with coadds.
+
+At every Object position (from its RA/Dec and the calexp WCS) the flux is the linear
+least-squares amplitude of the PSF model with uniform pixel weights over a stamp,
+``F = sum(P I) / sum(P^2)``, with error ``sqrt(sum(P^2 V)) / sum(P^2)`` from the variance plane
+(uniform weights keep bright stars unbiased: per-pixel inverse-variance weights would include
+the star's own Poisson noise). Masked pixels are left out of both sums.
+
+The PSF model is a mixture of circular Gaussians integrated over pixels (`GaussianMixturePsf`):
+a single Gaussian of the calexp's ``PSFFWHM`` for a calexp, the coadd's mixture for a coadd.
+Because the true PSF differs from that model (Moffat wings, interpolation), PSF fluxes are
+put on the scale of an aperture flux by an *aperture correction*: the median ratio of
+aperture to PSF flux over bright, isolated, point-like Objects in the same image.
+
+Forced fluxes are reported at the configured zero point (31.4: nJy), as coadd fluxes are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from astropy.wcs.utils import proj_plane_pixel_scales
+from scipy.special import erf
+
+from dcflow.configs import check_fields, config_field
+from dcflow.errors import InputDataError
+from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.coadd import gaussian_mixture_fwhm
+from dcflow.stages.warp import calexp_flux_scale
+
+__all__ = [
+    "ForcedPhotometryConfig",
+    "ForcedPhotometryResult",
+    "GaussianMixturePsf",
+    "aperture_correction",
+    "aperture_photometry",
+    "forced_photometry",
+    "gather_stamps",
+    "isolated",
+    "psf_photometry",
+]
+
+log = logging.getLogger(__name__)
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+"""FWHM of a Gaussian over its standard deviation."""
+
+_BAD_FOR_PHOTOMETRY = int(MaskPlane.BAD | MaskPlane.SAT | MaskPlane.CR | MaskPlane.NO_DATA)
+
+
+@dataclass(frozen=True, slots=True)
+class GaussianMixturePsf:
+    """Circular PSF made of Gaussians, normalised to unit total flux.
+
+    Attributes
+    ----------
+    sigma_pix : tuple of float
+        Standard deviation of each component, pixels.
+    weights : tuple of float
+        Flux fraction of each component (normalised on use).
+    """
+
+    sigma_pix: tuple[float, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sigma_pix) == 0 or len(self.sigma_pix) != len(self.weights):
+            raise ValueError(
+                f"sigma_pix and weights must be non-empty and of one length; got "
+                f"{self.sigma_pix}, {self.weights}"
+            )
+        if min(self.sigma_pix) <= 0 or min(self.weights) < 0 or sum(self.weights) <= 0:
+            raise ValueError(f"sigma_pix must be > 0 and weights >= 0; got {self}")
+
+    @classmethod
+    def from_header(cls, header, pixel_scale_arcsec: float) -> GaussianMixturePsf:
+        """The coadd mixture (``PSFNCOMP``, ``PSFF<i>``, ``PSFW<i>``) or one ``PSFFWHM`` Gaussian.
+
+        Raises
+        ------
+        InputDataError
+            If the header has neither the mixture nor ``PSFFWHM``.
+        """
+        try:
+            if "PSFNCOMP" in header:
+                n = int(header["PSFNCOMP"])
+                fwhm = [float(header[f"PSFF{i}"]) for i in range(n)]
+                weights = [float(header[f"PSFW{i}"]) for i in range(n)]
+            else:
+                fwhm = [float(header["PSFFWHM"])]
+                weights = [1.0]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputDataError(f"header lacks a usable PSF description ({exc})") from None
+        sigma = tuple(f / FWHM_PER_SIGMA / pixel_scale_arcsec for f in fwhm)
+        return cls(sigma_pix=sigma, weights=tuple(weights))
+
+    @property
+    def fwhm_pix(self) -> float:
+        """FWHM of the mixture, pixels."""
+        return gaussian_mixture_fwhm(np.array(self.sigma_pix) * FWHM_PER_SIGMA, self.weights)
+
+    def stamps(self, dx: np.ndarray, dy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Pixel-integrated model on stamps: ``(n, len(offsets), len(offsets))``.
+
+        Parameters
+        ----------
+        dx, dy : numpy.ndarray
+            ``(n,)`` source position minus the stamp's central pixel, pixels.
+        offsets : numpy.ndarray
+            Integer pixel offsets of the stamp rows/columns from its central pixel.
+        """
+        w = np.asarray(self.weights, dtype=float)
+        w = w / w.sum()
+        out = np.zeros((len(dx), len(offsets), len(offsets)))
+        for weight, sigma in zip(w, self.sigma_pix, strict=True):
+            s = np.sqrt(2.0) * sigma
+            lo = offsets[None, :] - 0.5
+            fx = 0.5 * (erf((lo + 1.0 - dx[:, None]) / s) - erf((lo - dx[:, None]) / s))
+            fy = 0.5 * (erf((lo + 1.0 - dy[:, None]) / s) - erf((lo - dy[:, None]) / s))
+            out += weight * fy[:, :, None] * fx[:, None, :]
+        return out
+
+
+def gather_stamps(array: np.ndarray, ix: np.ndarray, iy: np.ndarray, offsets: np.ndarray, fill):
+    """Stamps ``(n, m, m)`` of ``array`` around integer centres; outside pixels get ``fill``."""
+    ny, nx = array.shape
+    ys = iy[:, None, None] + offsets[None, :, None]
+    xs = ix[:, None, None] + offsets[None, None, :]
+    inside = (ys >= 0) & (ys < ny) & (xs >= 0) & (xs < nx)
+    values = array[np.clip(ys, 0, ny - 1), np.clip(xs, 0, nx - 1)]
+    return np.where(inside, values, fill), inside
+
+
+def psf_photometry(
+    exposure: Exposure,
+    x: np.ndarray,
+    y: np.ndarray,
+    psf: GaussianMixturePsf,
+    *,
+    radius_pix: int,
+    bad_mask_bits: int = _BAD_FOR_PHOTOMETRY,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PSF flux at fixed positions (uniform weights over a square stamp).
+
+    Parameters
+    ----------
+    exposure : Exposure
+        Background-subtracted image with variance and mask.
+    x, y : numpy.ndarray
+        Source positions, pixels (array origin).
+    psf : GaussianMixturePsf
+        PSF model.
+    radius_pix : int
+        Half-size of the square stamp, pixels.
+    bad_mask_bits : int, optional
+        Mask bits whose pixels are left out.
+
+    Returns
+    -------
+    flux, flux_err : numpy.ndarray
+        In the image's units; NaN where flagged.
+    flag : numpy.ndarray of bool
+        True where the centre pixel is unusable or more than 30 % of the PSF weight
+        (``sum P^2``) is masked or off the image.
+    """
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    y = np.atleast_1d(np.asarray(y, dtype=float))
+    finite = np.isfinite(x) & np.isfinite(y)
+    ix = np.round(np.where(finite, x, -(10**6))).astype(np.int64)
+    iy = np.round(np.where(finite, y, -(10**6))).astype(np.int64)
+    offsets = np.arange(-radius_pix, radius_pix + 1)
+    image, inside = gather_stamps(exposure.image, ix, iy, offsets, 0.0)
+    variance, _ = gather_stamps(exposure.variance, ix, iy, offsets, 0.0)
+    mask, _ = gather_stamps(exposure.mask, ix, iy, offsets, int(MaskPlane.NO_DATA))
+    good = inside & ((mask & bad_mask_bits) == 0) & np.isfinite(image) & np.isfinite(variance)
+    model = psf.stamps(x - ix, y - iy, offsets)
+    p2_all = np.sum(model**2, axis=(1, 2))
+    pm = np.where(good, model, 0.0)
+    p2 = np.sum(pm**2, axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flux = np.sum(pm * np.where(good, image, 0.0), axis=(1, 2)) / p2
+        err = np.sqrt(np.sum(pm**2 * np.where(good, variance, 0.0), axis=(1, 2))) / p2
+    centre_ok = good[:, radius_pix, radius_pix]
+    flag = ~finite | ~centre_ok | (p2 < 0.7 * p2_all)
+    return np.where(flag, np.nan, flux), np.where(flag, np.nan, err), flag
+
+
+def aperture_photometry(
+    exposure: Exposure,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    radius_pix: float,
+    bad_mask_bits: int = _BAD_FOR_PHOTOMETRY,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Circular-aperture flux with photutils (exact pixel overlap), and its error.
+
+    Returns
+    -------
+    flux, flux_err : numpy.ndarray
+        NaN where flagged.
+    flag : numpy.ndarray of bool
+        True where any pixel of the aperture is masked, non-finite or off the image.
+    """
+    from photutils.aperture import CircularAperture
+
+    x = np.atleast_1d(np.asarray(x, dtype=float))
+    y = np.atleast_1d(np.asarray(y, dtype=float))
+    n = len(x)
+    flux = np.full(n, np.nan)
+    err = np.full(n, np.nan)
+    flag = np.ones(n, dtype=bool)
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not finite.any():
+        return flux, err, flag
+    bad = ((exposure.mask & bad_mask_bits) != 0) | ~np.isfinite(exposure.image)
+    bad |= ~np.isfinite(exposure.variance)
+    image = np.where(bad, 0.0, exposure.image)
+    variance = np.where(bad, 0.0, exposure.variance)
+    aperture = CircularAperture(np.column_stack([x[finite], y[finite]]), r=radius_pix)
+    sums, sum_vars = aperture.do_photometry(image, error=np.sqrt(variance))
+    bad_frac, _ = aperture.do_photometry(bad.astype(float))
+    ny, nx = exposure.shape
+    xs, ys = x[finite], y[finite]
+    off = (xs - radius_pix < -0.5) | (xs + radius_pix > nx - 0.5)
+    off |= (ys - radius_pix < -0.5) | (ys + radius_pix > ny - 0.5)
+    ok = (bad_frac == 0) & ~off
+    flux[finite] = np.where(ok, sums, np.nan)
+    err[finite] = np.where(ok, sum_vars, np.nan)
+    flag[finite] = ~ok
+    return flux, err, flag
+
+
+def aperture_correction(
+    psf_flux: np.ndarray,
+    aperture_flux: np.ndarray,
+    snr: np.ndarray,
+    usable: np.ndarray,
+    *,
+    min_snr: float,
+    min_stars: int,
+) -> tuple[float, int]:
+    """Median aperture/PSF flux ratio over usable sources with PSF S/N >= ``min_snr``.
+
+    Returns
+    -------
+    correction : float
+        Factor to multiply PSF fluxes by (1.0 when fewer than ``min_stars`` qualify).
+    n_stars : int
+        Sources used (0 when the correction fell back to 1.0).
+    """
+    psf_flux = np.asarray(psf_flux, dtype=float)
+    aperture_flux = np.asarray(aperture_flux, dtype=float)
+    ok = np.asarray(usable, dtype=bool) & (np.asarray(snr) >= min_snr)
+    ok &= np.isfinite(psf_flux) & np.isfinite(aperture_flux) & (psf_flux > 0)
+    n = int(ok.sum())
+    if n < min_stars:
+        log.warning("aperture correction: %d stars (< %d): not applied", n, min_stars)
+        return 1.0, 0
+    return float(np.median(aperture_flux[ok] / psf_flux[ok])), n
+
+
+def isolated(x: np.ndarray, y: np.ndarray, radius_pix: float) -> np.ndarray:
+    """True for positions with no other position within ``radius_pix``."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if len(x) < 2:
+        return np.ones(len(x), dtype=bool)
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(np.column_stack([x, y])).query_pairs(radius_pix, output_type="ndarray")
+    out = np.ones(len(x), dtype=bool)
+    out[pairs.ravel()] = False
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedPhotometryConfig:
+    """Configuration of `forced_photometry`."""
+
+    zero_point_mag: float = config_field(
+        31.4, "Zero point of the output fluxes, mag (31.4 AB = nJy)", minimum=0.0, maximum=50.0
+    )
+    stamp_radius_fwhm: float = config_field(
+        2.0, "Half-size of the PSF-fit stamp, in units of the PSF FWHM", exclusive_minimum=0.0
+    )
+    aperture_radius_arcsec: float = config_field(
+        2.0,
+        "Radius of the aperture used for the aperture correction, arcsec",
+        exclusive_minimum=0.0,
+    )
+    apply_aperture_correction: bool = config_field(
+        True, "Scale PSF fluxes to the aperture flux of bright isolated stars (false: raw PSF fit)"
+    )
+    apcorr_min_snr: float = config_field(
+        30.0, "Least PSF S/N of a star used for the aperture correction", minimum=0.0
+    )
+    apcorr_min_stars: int = config_field(
+        3, "Fewest stars for an aperture correction (else none is applied)", minimum=1
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedPhotometryResult:
+    """Forced photometry of one calexp.
+
+    Attributes
+    ----------
+    table : astropy.table.Table
+        One row per Object: ``object_id``, ``x``, ``y`` (calexp pixels), ``psf_flux`` and
+        ``psf_flux_err`` (at ``zero_point_mag``, aperture-corrected), ``psf_flux_flag``.
+        Objects off the calexp are kept with the flag set and NaN fluxes.
+    aperture_correction : float
+        Factor applied to the PSF fluxes.
+    n_apcorr_stars : int
+        Stars behind the aperture correction (0 if none was applied).
+    flux_scale : float
+        Output flux units per calexp electron.
+    """
+
+    table: Table
+    aperture_correction: float
+    n_apcorr_stars: int
+    flux_scale: float
+
+
+def forced_photometry(
+    calexp: Exposure, objects: Table, *, config: ForcedPhotometryConfig | None = None
+) -> ForcedPhotometryResult:
+    """PSF flux of every Object on one calexp, at the Object's coadd position.
+
+    Parameters
+    ----------
+    calexp : Exposure
+        Background-subtracted calexp (electrons) with WCS, header ``ZP`` and ``PSFFWHM``.
+    objects : astropy.table.Table
+        Object table with ``object_id``, ``ra_deg``, ``dec_deg``; an ``extendedness`` column
+        (0 = point source), if present, restricts the aperture correction to stars.
+    config : ForcedPhotometryConfig, optional
+        Stamp size, zero point and aperture correction.
+
+    Returns
+    -------
+    ForcedPhotometryResult
+        One row per Object, in the input order.
+
+    Raises
+    ------
+    InputDataError
+        If the calexp lacks a WCS, ``ZP`` or ``PSFFWHM``, or ``objects`` lacks a column.
+    """
+    config = config or ForcedPhotometryConfig()
+    for column in ("object_id", "ra_deg", "dec_deg"):
+        if column not in objects.colnames:
+            raise InputDataError(f"objects table lacks column {column!r}", column=column)
+    if calexp.wcs is None:
+        raise InputDataError("calexp has no WCS: Object positions cannot be placed")
+    flux_scale = calexp_flux_scale(calexp.header, config.zero_point_mag)
+    pixel_arcsec = float(np.mean(proj_plane_pixel_scales(calexp.wcs.celestial))) * 3600.0
+    psf = GaussianMixturePsf.from_header({"PSFFWHM": calexp.header.get("PSFFWHM")}, pixel_arcsec)
+    radius = max(2, int(np.ceil(config.stamp_radius_fwhm * psf.fwhm_pix)))
+
+    n = len(objects)
+    if n:
+        x, y = calexp.wcs.all_world2pix(
+            np.asarray(objects["ra_deg"], dtype=float),
+            np.asarray(objects["dec_deg"], dtype=float),
+            0,
+        )
+    else:
+        x = y = np.zeros(0)
+    flux, err, flag = psf_photometry(calexp, x, y, psf, radius_pix=radius)
+    correction, n_stars = 1.0, 0
+    if config.apply_aperture_correction and n:
+        ap_radius = config.aperture_radius_arcsec / pixel_arcsec
+        ap_flux, _, ap_flag = aperture_photometry(calexp, x, y, radius_pix=ap_radius)
+        stars = np.ones(n, dtype=bool)
+        if "extendedness" in objects.colnames:
+            stars = np.asarray(objects["extendedness"]) == 0
+        usable = stars & ~flag & ~ap_flag & isolated(x, y, ap_radius + 2.0 * psf.fwhm_pix)
+        correction, n_stars = aperture_correction(
+            flux,
+            ap_flux,
+            flux / err,
+            usable,
+            min_snr=config.apcorr_min_snr,
+            min_stars=config.apcorr_min_stars,
+        )
+    scale = flux_scale * correction
+    table = Table(
+        {
+            "object_id": np.asarray(objects["object_id"], dtype=np.int64),
+            "x": np.asarray(x, dtype=float),
+            "y": np.asarray(y, dtype=float),
+            "psf_flux": flux * scale,
+            "psf_flux_err": err * scale,
+            "psf_flux_flag": flag,
+        }
+    )
+    table.meta["ZP"] = config.zero_point_mag
+    table.meta["APCORR"] = correction
+    table.meta["NAPCORR"] = n_stars
+    return ForcedPhotometryResult(
+        table=table, aperture_correction=correction, n_apcorr_stars=n_stars, flux_scale=flux_scale
+    )
