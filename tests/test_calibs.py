@@ -13,7 +13,15 @@ from dcflow.errors import InputDataError
 from dcflow.exposure import MaskPlane
 from dcflow.instruments import cfht_sim, raw_ccd_from_hdu
 from dcflow.instruments.cfht_sim import SimConfig
-from dcflow.stages.calibs import CalibConfig, combine_bias, combine_flat, sigma_clipped_mean
+from dcflow.stages.calibs import (
+    CalibConfig,
+    bias_from_exposure,
+    calib_to_exposure,
+    combine_bias,
+    combine_flat,
+    flat_from_exposure,
+    sigma_clipped_mean,
+)
 from dcflow.stages.isr import assemble_ccd
 
 CONFIG = SimConfig(
@@ -129,3 +137,21 @@ def test_single_frame_allowed_when_configured():
     assert np.all(combine_bias([frame], config=config).image == 3.0)
     flat = combine_flat([frame * 1000], config=dataclasses.replace(config))
     assert np.all(flat.image == 1.0) and flat.level_e == pytest.approx(3000.0)
+
+
+def test_masters_round_trip_through_exposure_files(tmp_path, bias):
+    from dcflow import io
+
+    flat = combine_flat(assembled(CONFIG, "flat", "r"), bias=bias)
+    header = fits.Header({"CCDNUM": 0, "FILTER": "r"})
+    io.write_exposure(calib_to_exposure(bias, header=header), tmp_path / "bias.fits")
+    io.write_exposure(calib_to_exposure(flat, header=header), tmp_path / "flat.fits")
+    bias_back = bias_from_exposure(io.read_exposure(tmp_path / "bias.fits"))
+    flat_back = flat_from_exposure(io.read_exposure(tmp_path / "flat.fits"))
+    assert np.array_equal(bias_back.image, bias.image)
+    assert np.array_equal(bias_back.variance, bias.variance)
+    assert bias_back.noise_e == pytest.approx(bias.noise_e)
+    assert np.array_equal(flat_back.mask, flat.mask) and flat_back.n_bad == flat.n_bad
+    assert flat_back.level_e == pytest.approx(flat.level_e)
+    with pytest.raises(InputDataError, match="expected a master bias, got CALTYPE='flat'"):
+        bias_from_exposure(io.read_exposure(tmp_path / "flat.fits"))

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.io import fits
 
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
-from dcflow.exposure import MaskPlane
+from dcflow.exposure import Exposure, MaskPlane
 
 __all__ = [
     "BiasResult",
@@ -285,3 +286,89 @@ def combine_flat(
         image=mean, variance=variance, mask=mask, n_frames=len(frames), n_rejected=n_rej,
         level_e=level_e, n_bad=n_bad,
     )  # fmt: skip
+
+
+def calib_to_exposure(
+    result: BiasResult | FlatResult, *, header: fits.Header | None = None
+) -> Exposure:
+    """Package a master bias or flat as an `Exposure`, ready for `dcflow.io.write_exposure`.
+
+    Parameters
+    ----------
+    result : BiasResult or FlatResult
+        The master.
+    header : astropy.io.fits.Header, optional
+        Extra keywords to keep (data id, instrument...).
+
+    Returns
+    -------
+    Exposure
+        Image, mask (zeros for a bias), variance; the header records ``CALTYPE`` (``bias`` or
+        ``flat``) and the result's scalar fields.
+    """
+    out = fits.Header() if header is None else header.copy()
+    out["NFRAMES"] = (result.n_frames, "frames combined")
+    out["NREJECT"] = (result.n_rejected, "pixel values rejected by clipping")
+    if isinstance(result, BiasResult):
+        out["CALTYPE"] = "bias"
+        out["BUNIT"] = "electron"
+        out["NOISE_E"] = (result.noise_e, "per-frame pixel noise (e-)")
+        mask = np.zeros(result.image.shape, dtype=np.int32)
+    else:
+        out["CALTYPE"] = "flat"
+        out["LEVEL_E"] = (result.level_e, "median input flat level (e-)")
+        out["N_BAD"] = (result.n_bad, "pixels flagged BAD")
+        mask = result.mask
+    return Exposure(image=result.image, mask=mask, variance=result.variance, header=out)
+
+
+def _calib_keys(exposure: Exposure, caltype: str, keys: tuple[str, ...]) -> dict:
+    header = exposure.header
+    if header.get("CALTYPE") != caltype:
+        raise InputDataError(f"expected a master {caltype}, got CALTYPE={header.get('CALTYPE')!r}")
+    missing = [key for key in keys if key not in header]
+    if missing:
+        raise InputDataError(f"master {caltype} lacks header keyword(s) {', '.join(missing)}")
+    return {key: header[key] for key in keys}
+
+
+def bias_from_exposure(exposure: Exposure) -> BiasResult:
+    """Rebuild a `BiasResult` from `calib_to_exposure`'s output (e.g. read back from disk).
+
+    Raises
+    ------
+    InputDataError
+        If the exposure is not a master bias (``CALTYPE``) or lacks its keywords.
+    """
+    keys = _calib_keys(exposure, "bias", ("NFRAMES", "NREJECT", "NOISE_E"))
+    return BiasResult(
+        image=np.asarray(exposure.image, dtype=np.float32),
+        variance=np.asarray(exposure.variance, dtype=np.float32),
+        n_frames=int(keys["NFRAMES"]),
+        n_rejected=int(keys["NREJECT"]),
+        noise_e=float(keys["NOISE_E"]),
+    )
+
+
+def flat_from_exposure(exposure: Exposure) -> FlatResult:
+    """Rebuild a `FlatResult` from `calib_to_exposure`'s output (e.g. read back from disk).
+
+    Raises
+    ------
+    InputDataError
+        If the exposure is not a master flat (``CALTYPE``), lacks its keywords, or holds
+        non-positive or non-finite responses outside its BAD mask.
+    """
+    keys = _calib_keys(exposure, "flat", ("NFRAMES", "NREJECT", "LEVEL_E", "N_BAD"))
+    image = np.asarray(exposure.image, dtype=np.float32)
+    if not np.all(np.isfinite(image) & (image > 0)):
+        raise InputDataError("master flat holds non-positive or non-finite responses")
+    return FlatResult(
+        image=image,
+        variance=np.asarray(exposure.variance, dtype=np.float32),
+        mask=np.asarray(exposure.mask, dtype=np.int32),
+        n_frames=int(keys["NFRAMES"]),
+        n_rejected=int(keys["NREJECT"]),
+        level_e=float(keys["LEVEL_E"]),
+        n_bad=int(keys["N_BAD"]),
+    )
