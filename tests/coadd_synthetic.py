@@ -327,3 +327,44 @@ def warped_field(seed: int = 1) -> WarpedField:
             warp = warp_exposure(calexp, PATCH_WCS, PATCH.shape).warp
         clean.append(warp)
     return WarpedField(truth, specs, calexps, warps, tuple(clean))
+
+
+@dataclass(frozen=True)
+class MeasuredField:
+    field: WarpedField
+    coadds: dict
+    objects: Table
+    truth_index: np.ndarray
+    """For each truth row, the index of the nearest Object (see ``matched``)."""
+    matched: np.ndarray
+    """Truth rows with an Object within 2 patch pixels (0.4")."""
+    truth_snr: np.ndarray
+    """Coadd r-band PSF S/N of each truth source at its true position (truth flux / error)."""
+
+
+@functools.lru_cache(maxsize=1)
+def measured_field() -> MeasuredField:
+    """Coadds (r, g) of the default field, its Object table and the truth match."""
+    from dcflow.stages.coadd import assemble_coadd
+    from dcflow.stages.coadd_measurement import CoaddMeasurementConfig, measure_coadds
+    from dcflow.stages.forced_photometry import GaussianMixturePsf, psf_photometry
+    from dcflow.stages.multiband import chi2_detection_image
+
+    field = warped_field()
+    coadds = {band: assemble_coadd(field.for_filter(band)).coadd for band in ("r", "g")}
+    detection = chi2_detection_image(coadds)
+    config = CoaddMeasurementConfig(apcorr_min_stars=3)
+    objects = measure_coadds(coadds, detection, PATCH, config=config).objects
+    truth = field.truth
+    tx, ty = PATCH_WCS.world_to_pixel_values(truth["ra_deg"], truth["dec_deg"])
+    dist = np.hypot(tx[:, None] - objects["x"][None, :], ty[:, None] - objects["y"][None, :])
+    psf = GaussianMixturePsf.from_header(coadds["r"].header, SKYMAP.pixel_scale_arcsec)
+    _, err, _ = psf_photometry(coadds["r"], tx, ty, psf, radius_pix=9)
+    return MeasuredField(
+        field=field,
+        coadds=coadds,
+        objects=objects,
+        truth_index=dist.argmin(axis=1),
+        matched=dist.min(axis=1) < 2.0,
+        truth_snr=mag_to_njy(truth["mag_r"]) / err,
+    )

@@ -299,7 +299,7 @@ class ForcedPhotometryConfig:
         30.0, "Least PSF S/N of a star used for the aperture correction", minimum=0.0
     )
     apcorr_min_stars: int = config_field(
-        3, "Fewest stars for an aperture correction (else none is applied)", minimum=1
+        10, "Fewest stars for an aperture correction (else none is applied)", minimum=1
     )
 
     def __post_init__(self) -> None:
