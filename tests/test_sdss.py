@@ -75,15 +75,23 @@ def _input_layout() -> Layout:
 
 
 @functools.cache
-def _frame(band: str):
+def _prepared(band: str) -> tuple[fits.HDUList, fits.HDUList, sdss.SdssFrame]:
     layout = _input_layout()
     fpc = read_fits(layout.path("raw", ccd=CAMCOL, filter=band))
     fpm = read_fits(layout.path("sdss_mask", ccd=CAMCOL, filter=band))
-    psfield = read_fits(layout.path("sdss_psfield", ccd=CAMCOL, filter=band))
-    tsfield = read_fits(layout.path("sdss_tsfield", ccd=CAMCOL, filter=band))
-    calibration = sdss.frame_calibration(psfield, tsfield, band=band)
-    exposure = sdss.make_exposure(fpc, fpm, calibration)
-    return fpc, fpm, calibration, exposure
+    frame = sdss.prepare_frame(
+        fpc,
+        fpm,
+        read_fits(layout.path("sdss_psfield", ccd=CAMCOL, filter=band)),
+        read_fits(layout.path("sdss_tsfield", ccd=CAMCOL, filter=band)),
+        read_table(layout.path("refcat", instrument="sdss")),
+    )
+    return fpc, fpm, frame
+
+
+def _frame(band: str):
+    fpc, fpm, frame = _prepared(band)
+    return fpc, fpm, frame.calibration, frame.exposure
 
 
 @functools.cache
@@ -127,6 +135,14 @@ def _sep_catalog(band: str) -> Table:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_cached_frames():
+    """The real frames and their products (~0.6 GB in all) are freed when this module ends."""
+    yield
+    for cached in (_prepared, _refcat, _sep_catalog, _processed):
+        cached.cache_clear()
+
+
 def _process_ccd_config():
     from dcflow.stages.process_ccd import ProcessCcdConfig
 
@@ -137,9 +153,8 @@ def _process_ccd_config():
 def _processed(band: str):
     from dcflow.stages.process_ccd import process_ccd
 
-    _, _, _, exposure = _frame(band)
-    refcat = sdss.refcat_in_frame(_refcat(), exposure.wcs, exposure.shape)
-    return process_ccd(exposure, refcat, band=band, config=_process_ccd_config())
+    _, _, frame = _prepared(band)
+    return process_ccd(frame.exposure, frame.refcat, band=band, config=_process_ccd_config())
 
 
 def _src_pixels(result, exposure: Exposure) -> tuple[np.ndarray, np.ndarray]:
@@ -390,8 +405,38 @@ def test_frame_calibration_rejects_unknown_band_and_missing_tables():
         sdss.frame_calibration(fits.HDUList([fits.PrimaryHDU()]), fits.HDUList(), band="r")
 
 
+def test_registry_record_needs_the_fpc_keywords():
+    header = _fpc(np.full((3, 4), 1000), RUN=6377, CAMCOL=4, FRAME=399, CAMROW=1, TAI=4.6e9)[
+        0
+    ].header
+    with pytest.raises(KeyError, match="missing header keyword CRVAL1"):
+        sdss.record_from_fpc_header(header, "fpC.fit")
+    header.update({"CRVAL1": 351.6, "CRVAL2": 0.1, "CAMCOL": 9})
+    with pytest.raises(ValueError, match=r"no valid data id: camcol must be 1\.\.6; got 9"):
+        sdss.record_from_fpc_header(header, "fpC.fit")
+
+
 # ---------------------------------------------------------------------------------------------
 # The instrument layer on the real frames
+
+
+@needs_data
+@pytest.mark.parametrize("band", BANDS)
+def test_real_frame_data_id_and_registry_record(band):
+    fpc, _, frame = _prepared(band)
+    expected = sdss.sdss_data_id(6377, CAMCOL, 399, band)
+    assert frame.data_id == expected
+    record = sdss.record_from_fpc_header(fpc[0].header, "fpC.fit.gz")
+    assert (record.visit, record.ccd, record.filter) == (expected["visit"], CAMCOL, band)
+    assert record.exptime == pytest.approx(53.907456)
+    # the frame's first-row TAI agrees with tsField's MJD of the frame to a second
+    mjd_tsfield = float(_input_tsfield()[1].data["mjd"][0][BANDS.index(band)])
+    assert record.mjd == pytest.approx(mjd_tsfield, abs=1.0 / 86400)
+    assert len(frame.refcat) > 100  # ~100 stars on the frame, plus the 50-pixel margin
+
+
+def _input_tsfield() -> fits.HDUList:
+    return read_fits(_input_layout().path("sdss_tsfield", ccd=CAMCOL, filter="r"))
 
 
 @needs_data

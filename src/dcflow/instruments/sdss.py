@@ -37,6 +37,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS, FITSFixedWarning
 
+from dcflow.campaign.registry import RawRecord
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
 
@@ -46,15 +47,19 @@ __all__ = [
     "PIXEL_SCALE_ARCSEC",
     "SDSS_BANDS",
     "FrameCalibration",
+    "SdssFrame",
     "SdssZeroPoint",
     "fpc_band",
     "fpc_counts_adu",
+    "fpc_data_id",
     "fpc_exptime_s",
     "fpm_mask",
     "fpm_plane_spans",
     "frame_calibration",
     "header_wcs",
     "make_exposure",
+    "prepare_frame",
+    "record_from_fpc_header",
     "refcat_in_frame",
     "reference_catalog",
     "sdss_data_id",
@@ -91,6 +96,7 @@ own detections, not pixel defects: they are not carried over (processCcd detects
 _FPM_TYPE_TABLE = "S_MASKTYPE"
 _CAMERA_COLUMNS = range(1, 7)
 _FIELD_SPAN = 10_000
+_FRAMES_PER_CAMROW = 2
 
 
 def _check_band(band: str) -> int:
@@ -166,6 +172,65 @@ def sdss_frame_of_data_id(visit: int, ccd: int) -> tuple[int, int, int, str]:
         raise ValueError(f"visit must end in a filter index 0-4; got {visit}")
     run, field = divmod(run_field, _FIELD_SPAN)
     return run, int(ccd), field, SDSS_BANDS[index]
+
+
+def fpc_data_id(header: fits.Header) -> dict[str, int | str]:
+    """`sdss_data_id` of an fpC frame from its header.
+
+    Keywords: ``RUN``, ``CAMCOL``, ``FRAME``, ``CAMROW``, ``FILTER``.
+
+    ``FRAME`` counts the frames of that CCD; the filters' rows of the camera (``CAMROW`` 1-5:
+    r i u z g) reach the same sky 2 frames apart, and SDSS numbers a field by its r frame, so
+    ``field = FRAME - 2 * (CAMROW - 1)`` (run 6377: u frame 403, g frame 407 are field 399).
+
+    Raises
+    ------
+    InputDataError
+        If a keyword is missing or out of range.
+    """
+    keys = ("RUN", "CAMCOL", "FRAME", "CAMROW")
+    values = {key: int(_header_float(header, key, "fpC")) for key in keys}
+    field = values["FRAME"] - _FRAMES_PER_CAMROW * (values["CAMROW"] - 1)
+    try:
+        return sdss_data_id(values["RUN"], values["CAMCOL"], field, fpc_band(header))
+    except ValueError as exc:
+        raise InputDataError(f"fpC header gives no valid data id: {exc}") from None
+
+
+def record_from_fpc_header(header: fits.Header, path: str) -> RawRecord:
+    """Registry record of an fpC file: the ``translate`` of `dcflow.campaign.registry.ingest`.
+
+    ``mjd`` is ``TAI / 86400`` (TAI seconds since MJD 0 at the frame's first row); ``ra_deg``,
+    ``dec_deg`` the WCS reference point (the frame's centre); ``airmass`` is not in fpC headers.
+
+    Raises
+    ------
+    KeyError
+        If a keyword is missing (as the registry's ingest expects).
+    ValueError
+        If a value is out of range.
+    """
+    for key in ("RUN", "CAMCOL", "FRAME", "CAMROW", "FILTER", "EXPTIME", "TAI", "CRVAL1", "CRVAL2"):
+        if key not in header:
+            raise KeyError(f"missing header keyword {key}")
+    try:
+        data_id = fpc_data_id(header)
+        exptime_s = fpc_exptime_s(header)
+    except InputDataError as exc:
+        raise ValueError(str(exc)) from None
+    return RawRecord(
+        instrument=INSTRUMENT,
+        visit=int(data_id["visit"]),
+        ccd=int(data_id["ccd"]),
+        obstype="object",
+        filter=str(data_id["filter"]),
+        exptime=exptime_s,
+        mjd=float(header["TAI"]) / 86400.0,
+        airmass=None,
+        ra_deg=float(header["CRVAL1"]),
+        dec_deg=float(header["CRVAL2"]),
+        path=path,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,3 +720,80 @@ def refcat_in_frame(
         & (y <= ny - 1 + margin_pix)
     )
     return refcat[inside]
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything processCcd needs from one frame
+
+
+@dataclass(frozen=True, slots=True)
+class SdssFrame:
+    """One SDSS frame ready for processCcd, with SDSS's own calibration beside it.
+
+    Attributes
+    ----------
+    exposure : Exposure
+        `make_exposure` of the frame (electrons).
+    refcat : astropy.table.Table
+        `reference_catalog` rows on the frame (`refcat_in_frame`).
+    band : str
+        Filter.
+    data_id : dict
+        `fpc_data_id` of the frame.
+    calibration : FrameCalibration
+        psField / tsField values of the frame.
+    zero_point : SdssZeroPoint
+        SDSS's zero points, in the calexp's ``ZP`` convention.
+    """
+
+    exposure: Exposure
+    refcat: Table
+    band: str
+    data_id: dict
+    calibration: FrameCalibration
+    zero_point: SdssZeroPoint
+
+
+def prepare_frame(
+    fpc_hdus: fits.HDUList,
+    fpm_hdus: fits.HDUList,
+    psfield_hdus: fits.HDUList,
+    tsfield_hdus: fits.HDUList,
+    ref_stars: Table,
+    *,
+    margin_pix: float = 50.0,
+) -> SdssFrame:
+    """Turn the SDSS files of one frame into processCcd's inputs.
+
+    A script reads the five files through `dcflow.io` and calls
+    ``process_ccd(frame.exposure, frame.refcat, band=frame.band, config=...)``.
+
+    Parameters
+    ----------
+    fpc_hdus, fpm_hdus, psfield_hdus, tsfield_hdus : astropy.io.fits.HDUList
+        The frame's fpC, fpM, psField and tsField files.
+    ref_stars : astropy.table.Table
+        The Stripe 82 star catalog as stored (``ref_stars.fits``).
+    margin_pix : float
+        Border around the frame within which reference stars are kept, pixels.
+
+    Raises
+    ------
+    InputDataError
+        If a file lacks what is needed or the files disagree.
+    """
+    header = fpc_hdus[0].header if len(fpc_hdus) else fits.Header()
+    band = fpc_band(header)
+    calibration = frame_calibration(psfield_hdus, tsfield_hdus, band=band)
+    exposure = make_exposure(fpc_hdus, fpm_hdus, calibration)
+    refcat = refcat_in_frame(
+        reference_catalog(ref_stars), exposure.wcs, exposure.shape, margin_pix=margin_pix
+    )
+    return SdssFrame(
+        exposure=exposure,
+        refcat=refcat,
+        band=band,
+        data_id=fpc_data_id(header),
+        calibration=calibration,
+        zero_point=sdss_zero_point(header, calibration),
+    )
