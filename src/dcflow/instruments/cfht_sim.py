@@ -171,12 +171,12 @@ class SimConfig:
         0.01, "Dark current (electrons/pixel/s).", minimum=0.0, maximum=100.0
     )
     star_density_per_deg2: float = config_field(
-        20000.0, "Stars per square degree between mag_min and mag_max.", minimum=0.0
+        60000.0, "Stars per square degree between mag_min and mag_max.", minimum=0.0
     )
     mag_min: float = config_field(14.0, "Brightest r magnitude in the truth catalog (mag).")
     mag_max: float = config_field(24.0, "Faintest r magnitude in the truth catalog (mag).")
     count_slope: float = config_field(
-        0.3, "Slope of the number counts, d log10 N / dm (1/mag).", minimum=0.0, maximum=1.0
+        0.25, "Slope of the number counts, d log10 N / dm (1/mag).", minimum=0.0, maximum=1.0
     )
     ref_mag_max: float = config_field(
         22.5, "Faintest r magnitude kept in the reference catalog (mag)."
