@@ -1,0 +1,311 @@
+"""Source measurement: stamps, windowed centroids, aperture and PSF fluxes, flags.
+
+Everything here works on ``(n, 2h+1, 2h+1)`` stacks of stamps gathered in one fancy-indexing
+call, so thousands of sources cost a few array operations rather than a Python loop per
+source. Aperture fluxes use photutils' exact pixel-circle overlaps, tabulated in sub-pixel
+phase. The PSF flux is the linear least-squares amplitude of a fixed
+pixel-integrated PSF stamp at the source's sub-pixel phase, with uniform weights over the
+unmasked pixels: unbiased whatever the source brightness (weights from the variance plane
+would depend on the data), and optimal in the sky-dominated regime.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+import numpy as np
+from photutils.geometry import circular_overlap_grid
+
+if TYPE_CHECKING:
+    from dcflow.stages.psf import PsfPhaseTable
+
+__all__ = [
+    "SourceFlag",
+    "aperture_fluxes",
+    "aperture_weight_table",
+    "extract_stamps",
+    "psf_fluxes",
+    "windowed_centroids",
+]
+
+
+class SourceFlag(enum.IntFlag):
+    """Bits of the ``flags`` column of the src table."""
+
+    SATURATED = 1 << 0
+    """A saturated pixel lies within the PSF-fit stamp core (radius 2 pixels)."""
+    EDGE = 1 << 1
+    """The measurement aperture or PSF stamp reaches beyond the image."""
+    BAD_PIXELS = 1 << 2
+    """A cosmic-ray or bad pixel lies within the aperture."""
+    BLENDED = 1 << 3
+    """The source shares its detection footprint with another peak."""
+
+
+def extract_stamps(
+    array: np.ndarray, xc: np.ndarray, yc: np.ndarray, half_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gather ``(2h+1, 2h+1)`` stamps centred on integer pixels.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(ny, nx)`` array.
+    xc, yc : numpy.ndarray
+        Integer column and row of each stamp centre.
+    half_size : int
+        ``h``, pixels.
+
+    Returns
+    -------
+    stamps : numpy.ndarray
+        ``(n, 2h+1, 2h+1)`` values (beyond the array: the nearest edge pixel).
+    inside : numpy.ndarray
+        ``(n, 2h+1, 2h+1)`` bool, False where the stamp pixel lies outside the array.
+    """
+    ny, nx = array.shape
+    j = np.arange(-half_size, half_size + 1)
+    iy = np.asarray(yc)[:, None] + j[None, :]
+    ix = np.asarray(xc)[:, None] + j[None, :]
+    in_y = (iy >= 0) & (iy < ny)
+    in_x = (ix >= 0) & (ix < nx)
+    iy = np.clip(iy, 0, ny - 1)
+    ix = np.clip(ix, 0, nx - 1)
+    stamps = array[iy[:, :, None], ix[:, None, :]]
+    inside = in_y[:, :, None] & in_x[:, None, :]
+    return stamps, inside
+
+
+def windowed_centroids(
+    image: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    sigma_pix: float,
+    n_iter: int = 10,
+    bad: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-windowed centroids (SExtractor's XWIN_IMAGE iteration), vectorised.
+
+    Each iteration moves the window centre by twice the Gaussian-weighted first moment,
+    which converges in a few steps for a symmetric profile whatever the window width; the
+    fixed point is where the weighted first moment vanishes.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` background-subtracted image.
+    x, y : numpy.ndarray
+        Starting positions (0-based array coordinates, pixels).
+    sigma_pix : float
+        Window sigma, pixels (about the PSF sigma).
+    n_iter : int
+        Number of iterations.
+    bad : numpy.ndarray of bool, optional
+        ``(ny, nx)``; True pixels are left out.
+
+    Returns
+    -------
+    x, y : numpy.ndarray
+        Centroids; a source whose iteration runs away (more than ``2 sigma`` from its start)
+        keeps its starting position.
+    """
+    x0 = np.asarray(x, dtype=float)
+    y0 = np.asarray(y, dtype=float)
+    if x0.size == 0:
+        return x0.copy(), y0.copy()
+    half = max(3, int(np.ceil(4.0 * sigma_pix)))
+    xi, yi = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
+    data, inside = extract_stamps(image, xi, yi, half)
+    good = inside & np.isfinite(data)
+    if bad is not None:
+        good &= ~extract_stamps(bad, xi, yi, half)[0]
+    data = np.where(good, data, 0.0).astype(float)
+    j = np.arange(-half, half + 1, dtype=float)
+    xc, yc = x0.copy(), y0.copy()
+    inv2s2 = 0.5 / sigma_pix**2
+    for _ in range(n_iter):
+        dx = j[None, :] - (xc - xi)[:, None]
+        dy = j[None, :] - (yc - yi)[:, None]
+        wx = np.exp(-(dx**2) * inv2s2)
+        wy = np.exp(-(dy**2) * inv2s2)
+        wd = data * wy[:, :, None] * wx[:, None, :]
+        total = wd.sum(axis=(1, 2))
+        ok = total > 0
+        safe = np.where(ok, total, 1.0)
+        mx = (wd * dx[:, None, :]).sum(axis=(1, 2)) / safe
+        my = (wd * dy[:, :, None]).sum(axis=(1, 2)) / safe
+        xc = np.where(ok, xc + 2.0 * mx, xc)
+        yc = np.where(ok, yc + 2.0 * my, yc)
+        # Keep the window on the stamp.
+        xc = np.clip(xc, xi - 1.5, xi + 1.5)
+        yc = np.clip(yc, yi - 1.5, yi + 1.5)
+    runaway = np.hypot(xc - x0, yc - y0) > max(2.0 * sigma_pix, 1.0)
+    xc = np.where(runaway, x0, xc)
+    yc = np.where(runaway, y0, yc)
+    return xc, yc
+
+
+def aperture_weight_table(radius_pix: float, n_phase: int = 20) -> np.ndarray:
+    """Exact pixel / circle overlap fractions tabulated in sub-pixel phase.
+
+    Parameters
+    ----------
+    radius_pix : float
+        Aperture radius, pixels.
+    n_phase : int
+        Phase steps per pixel.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_phase+1, n_phase+1, 2h+1, 2h+1)`` with ``h = ceil(radius_pix + 0.5)``;
+        ``[ky, kx]`` holds the overlaps for a circle centred at offset
+        ``(-0.5 + kx/n_phase, -0.5 + ky/n_phase)`` from the central pixel's centre
+        (``photutils.geometry.circular_overlap_grid``).
+    """
+    half = int(np.ceil(radius_pix + 0.5))
+    size = 2 * half + 1
+    phases = -0.5 + np.arange(n_phase + 1) / n_phase
+    table = np.empty((n_phase + 1, n_phase + 1, size, size))
+    for ky, fy in enumerate(phases):
+        for kx, fx in enumerate(phases):
+            table[ky, kx] = circular_overlap_grid(
+                -half - 0.5 - fx,
+                half + 0.5 - fx,
+                -half - 0.5 - fy,
+                half + 0.5 - fy,
+                size,
+                size,
+                radius_pix,
+                1,
+                1,
+            )
+    return table
+
+
+def _interpolate_phase(table: np.ndarray, phase_x: np.ndarray, phase_y: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of a phase table at phases in ``[-0.5, 0.5]``."""
+    n = table.shape[0] - 1
+    fx = (np.clip(phase_x, -0.5, 0.5) + 0.5) * n
+    fy = (np.clip(phase_y, -0.5, 0.5) + 0.5) * n
+    ix = np.minimum(fx.astype(int), n - 1)
+    iy = np.minimum(fy.astype(int), n - 1)
+    tx = (fx - ix)[:, None, None]
+    ty = (fy - iy)[:, None, None]
+    return (1 - ty) * ((1 - tx) * table[iy, ix] + tx * table[iy, ix + 1]) + ty * (
+        (1 - tx) * table[iy + 1, ix] + tx * table[iy + 1, ix + 1]
+    )
+
+
+def aperture_fluxes(
+    image: np.ndarray,
+    variance: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    radius_pix: float,
+    n_phase: int = 20,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Circular-aperture fluxes and their errors, vectorised over sources.
+
+    The exact pixel / circle overlaps (``photutils.geometry.circular_overlap_grid``, as
+    ``photutils.aperture.aperture_photometry(method="exact")`` uses) are tabulated once on a
+    grid of sub-pixel phases and interpolated bilinearly in phase; each flux is then one
+    weighted sum over a stamp. Measured on a 2048 x 4612 frame with 1500 sources and a
+    16-pixel radius: 0.15 s per image for ``aperture_photometry``, ~0.02 s here; fluxes
+    agree to < 1e-4 relative.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` background-subtracted image.
+    variance : numpy.ndarray
+        ``(ny, nx)`` variance of ``image``.
+    x, y : numpy.ndarray
+        Aperture centres (0-based array coordinates, pixels).
+    radius_pix : float
+        Aperture radius, pixels.
+    n_phase : int
+        Phase steps per pixel of the overlap table.
+
+    Returns
+    -------
+    flux, flux_err : numpy.ndarray
+        Weighted sums ``sum(w * image)`` and ``sqrt(sum(w^2 * variance))``; apertures partly
+        outside the image sum the part inside.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.size == 0:
+        return np.zeros(0), np.zeros(0)
+    table = aperture_weight_table(radius_pix, n_phase)
+    half = (table.shape[-1] - 1) // 2
+    xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    data, inside = extract_stamps(image, xi, yi, half)
+    var, _ = extract_stamps(variance, xi, yi, half)
+    good = inside & np.isfinite(data) & np.isfinite(var)
+    w = np.where(good, _interpolate_phase(table, x - xi, y - yi), 0.0)
+    flux = (w * np.where(good, data, 0.0)).sum(axis=(1, 2))
+    err = np.sqrt((w * w * np.where(good, np.maximum(var, 0.0), 0.0)).sum(axis=(1, 2)))
+    return flux, err
+
+
+def psf_fluxes(
+    image: np.ndarray,
+    variance: np.ndarray,
+    bad: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    psf_table: PsfPhaseTable,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PSF fluxes: linear amplitude of the PSF model at each source's centroid.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` background-subtracted image.
+    variance : numpy.ndarray
+        ``(ny, nx)`` variance of ``image``.
+    bad : numpy.ndarray of bool
+        ``(ny, nx)``; True pixels are left out of the fit.
+    x, y : numpy.ndarray
+        Centroids (0-based array coordinates, pixels).
+    psf_table : PsfPhaseTable
+        Pixel-integrated PSF (unit total flux) tabulated in sub-pixel phase.
+
+    Returns
+    -------
+    flux : numpy.ndarray
+        Total flux of the PSF model fitted to each source (image units).
+    flux_err : numpy.ndarray
+        Its standard error from the variance plane.
+    chi2 : numpy.ndarray
+        Reduced chi^2 of the fit (about 1 for a point source).
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.size == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    half = psf_table.half_size
+    xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    data, inside = extract_stamps(image, xi, yi, half)
+    var, _ = extract_stamps(variance, xi, yi, half)
+    badst, _ = extract_stamps(bad, xi, yi, half)
+    good = inside & ~badst & np.isfinite(data) & (var > 0)
+    model = psf_table.stamps(x - xi, y - yi)
+    model = np.where(good, model, 0.0)
+    data = np.where(good, data, 0.0)
+    var = np.where(good, var, 0.0)
+    ptp = (model * model).sum(axis=(1, 2))
+    ok = ptp > 0
+    ptp_safe = np.where(ok, ptp, 1.0)
+    flux = (model * data).sum(axis=(1, 2)) / ptp_safe
+    flux_err = np.sqrt((model * model * var).sum(axis=(1, 2))) / ptp_safe
+    resid = data - flux[:, None, None] * model
+    ngood = good.sum(axis=(1, 2))
+    chi2 = (resid**2 / np.where(good, var, 1.0) * good).sum(axis=(1, 2)) / np.maximum(ngood - 1, 1)
+    flux = np.where(ok, flux, np.nan)
+    flux_err = np.where(ok, flux_err, np.nan)
+    return flux, flux_err, chi2

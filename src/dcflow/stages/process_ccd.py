@@ -1,0 +1,584 @@
+"""processCcd: from an ISR-corrected exposure to a calibrated exposure and its source table.
+
+The steps, each a function of its own module:
+
+1. background (`dcflow.stages.background`): sigma-clipped box statistics, spline
+   interpolated, subtracted;
+2. detection (`dcflow.stages.detection`): matched-filter smoothing, threshold, footprints
+   and peaks, with cosmic-ray and bad pixels zeroed first so they do not become sources;
+3. centroids (`dcflow.stages.measurement.windowed_centroids`);
+4. PSF (`dcflow.stages.psf`): an elliptical Moffat fitted to bright isolated unsaturated
+   stars, then the centroids are refined with a window matched to it;
+5. aperture and PSF fluxes, flags (`dcflow.stages.measurement`), and an aperture correction
+   (aperture flux over PSF-model flux in the same aperture, fitted as a low-order
+   polynomial over the CCD) that puts PSF fluxes on a total-flux scale;
+6. astrometry (`dcflow.stages.astrometry`): offset voting against the reference catalogue,
+   then TAN-SIP fits;
+7. photometric zero point (`dcflow.stages.photocal`) from the aperture-corrected PSF fluxes
+   of the astrometric matches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from astropy.wcs import WCS
+from photutils.aperture import CircularAperture, aperture_photometry
+from scipy.spatial import cKDTree
+
+from dcflow.configs import check_fields, config_field
+from dcflow.errors import CalibrationError, InputDataError
+from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.astrometry import fit_astrometry
+from dcflow.stages.background import estimate_background
+from dcflow.stages.detection import detect_sources
+from dcflow.stages.measurement import (
+    SourceFlag,
+    aperture_fluxes,
+    extract_stamps,
+    psf_fluxes,
+    windowed_centroids,
+)
+from dcflow.stages.photocal import fit_zero_point
+from dcflow.stages.psf import MoffatPsf, fit_psf
+
+__all__ = [
+    "SRC_COLUMNS",
+    "ProcessCcdConfig",
+    "ProcessCcdResult",
+    "empty_src_table",
+    "process_ccd",
+]
+
+log = logging.getLogger(__name__)
+
+_FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+_MAG_PER_FLUX = 2.5 / np.log(10.0)
+
+SRC_COLUMNS: dict[str, tuple[str, str]] = {
+    "id": ("i8", "source number, 1..n in decreasing detection significance"),
+    "x": ("f8", "centroid column, 0-based array coordinates (FITS x - 1), pixels"),
+    "y": ("f8", "centroid row, 0-based array coordinates (FITS y - 1), pixels"),
+    "ra_deg": ("f8", "right ascension from the calibrated WCS, deg"),
+    "dec_deg": ("f8", "declination from the calibrated WCS, deg"),
+    "ap_flux": ("f8", "circular-aperture flux, e-"),
+    "ap_flux_err": ("f8", "its error, e-"),
+    "psf_flux": ("f8", "PSF-model flux (model normalised to unit total flux), e-"),
+    "psf_flux_err": ("f8", "its error, e-"),
+    "psf_chi2": ("f8", "reduced chi^2 of the PSF fit"),
+    "apcorr": ("f8", "aperture correction applied to psf_flux for mag"),
+    "snr": ("f8", "psf_flux / psf_flux_err"),
+    "mag": ("f8", "calibrated magnitude, ZP - 2.5 log10(apcorr * psf_flux)"),
+    "mag_err": ("f8", "statistical magnitude error (zero-point error not included)"),
+    "flags": ("i4", "SourceFlag bits: 1 saturated, 2 edge, 4 bad/CR pixels, 8 blended"),
+    "used_psf": ("?", "used to fit the PSF model"),
+    "used_astrom": ("?", "used in the final astrometric fit"),
+    "used_photcal": ("?", "used in the zero-point fit"),
+}
+
+_BAD_BITS = int(MaskPlane.BAD | MaskPlane.SAT | MaskPlane.CR | MaskPlane.NO_DATA)
+_DET_ZERO_BITS = int(MaskPlane.BAD | MaskPlane.CR | MaskPlane.NO_DATA)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessCcdConfig:
+    """Configuration of `process_ccd`."""
+
+    background_box_pix: int = config_field(
+        128, "Background mesh box size, pixels", minimum=16, maximum=2048
+    )
+    background_filter_size: int = config_field(
+        3, "Median-filter size over the background mesh, boxes (1 = none)", minimum=1, maximum=9
+    )
+    background_clip_sigma: float = config_field(
+        3.0, "Sigma-clipping threshold of the background box statistics, sigma", minimum=1.5
+    )
+    detection_fwhm_arcsec: float = config_field(
+        0.8,
+        "FWHM of the Gaussian smoothing kernel for detection and of the first centroid "
+        "window (the expected seeing), arcsec",
+        exclusive_minimum=0.0,
+        maximum=10.0,
+    )
+    detection_threshold_sigma: float = config_field(
+        5.0, "Detection threshold in the smoothed image, sigma", minimum=2.0, maximum=1000.0
+    )
+    detection_min_pixels: int = config_field(
+        5, "Minimum above-threshold pixels of a footprint, pixels", minimum=1, maximum=10000
+    )
+    aperture_radius_arcsec: float = config_field(
+        3.0, "Radius of the aperture flux (ap_flux), arcsec", exclusive_minimum=0.0, maximum=30.0
+    )
+    psf_min_snr: float = config_field(
+        100.0, "Minimum detection S/N of PSF stars, dimensionless", minimum=5.0
+    )
+    psf_max_stars: int = config_field(
+        60, "Maximum number of PSF stars (the brightest usable), count", minimum=5, maximum=2000
+    )
+    psf_isolation_arcsec: float = config_field(
+        4.0,
+        "A PSF star has no other detection within this radius, arcsec",
+        minimum=0.0,
+        maximum=60.0,
+    )
+    psf_subsample: int = config_field(
+        5,
+        "Points per pixel per axis to integrate the PSF model over a pixel",
+        minimum=1,
+        maximum=15,
+    )
+    apcorr_order: int = config_field(
+        1,
+        "Polynomial order in (x, y) of the aperture correction over the CCD (0 = a constant)",
+        minimum=0,
+        maximum=2,
+    )
+    astrom_max_offset_arcsec: float = config_field(
+        10.0, "Largest pointing error searched by offset voting, arcsec", minimum=0.5, maximum=300.0
+    )
+    astrom_match_radius_arcsec: float = config_field(
+        1.5,
+        "Match radius once the voted offset is applied, arcsec (later rounds shrink it)",
+        exclusive_minimum=0.0,
+        maximum=30.0,
+    )
+    astrom_sip_order: int = config_field(
+        3,
+        "Total polynomial order of the WCS fit (1 = TAN only, >= 2 TAN-SIP)",
+        minimum=1,
+        maximum=5,
+    )
+    astrom_min_snr: float = config_field(
+        20.0, "Minimum S/N of detections used for astrometry, dimensionless", minimum=3.0
+    )
+    astrom_min_matches: int = config_field(
+        10, "Fewest reference matches accepted, count", minimum=3, maximum=100000
+    )
+    astrom_max_rms_arcsec: float = config_field(
+        0.25,
+        "Largest accepted rms of the reference-matched offsets, arcsec (above it the matches "
+        "are taken for chance coincidences)",
+        exclusive_minimum=0.0,
+        maximum=10.0,
+    )
+    photcal_min_snr: float = config_field(
+        50.0, "Minimum S/N of stars used for the zero point, dimensionless", minimum=3.0
+    )
+    photcal_min_stars: int = config_field(
+        5, "Fewest stars accepted for the zero point, count", minimum=1, maximum=100000
+    )
+    photcal_clip_sigma: float = config_field(
+        3.0, "Clipping threshold of the zero-point fit, sigma", minimum=1.5
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessCcdResult:
+    """Outputs of `process_ccd`.
+
+    Attributes
+    ----------
+    calexp : dcflow.exposure.Exposure
+        Background-subtracted image (e-), mask with DETECTED set, variance (e-^2), calibrated
+        WCS, header with ZP, ZPERR, PSFFWHM, ASTRMS, NASTREF, NPHOTREF, BKGMEAN.
+    src : astropy.table.Table
+        One row per source; columns and units in `SRC_COLUMNS`.
+    zero_point : float
+        ``mag = zero_point - 2.5 log10(flux_e)`` for total fluxes in electrons.
+    zero_point_err : float
+        Its standard error, mag.
+    psf_fwhm_arcsec : float
+        FWHM of the fitted PSF model, arcsec.
+    astrom_rms_mas : float
+        rms of the sky offsets of the reference matches, mas.
+    n_astrom_matched : int
+        Reference matches in the final astrometric fit.
+    n_photcal : int
+        Stars in the zero-point fit.
+    background_mean : float
+        Mean sky level subtracted, e-/pixel.
+    psf : dcflow.stages.psf.MoffatPsf
+        The PSF model (pixel units).
+    """
+
+    calexp: Exposure
+    src: Table
+    zero_point: float
+    zero_point_err: float
+    psf_fwhm_arcsec: float
+    astrom_rms_mas: float
+    n_astrom_matched: int
+    n_photcal: int
+    background_mean: float
+    psf: MoffatPsf
+
+
+def empty_src_table(n: int = 0) -> Table:
+    """A src table of ``n`` rows with every column of `SRC_COLUMNS` (zeros / False)."""
+    table = Table()
+    for name, (dtype, doc) in SRC_COLUMNS.items():
+        table[name] = np.zeros(n, dtype=dtype)
+        table[name].description = doc
+    return table
+
+
+def _validate(exposure: Exposure, refcat: Table, band: str) -> None:
+    if not isinstance(exposure, Exposure):
+        raise TypeError(f"exposure must be a dcflow.exposure.Exposure, got {type(exposure)}")
+    image = exposure.image
+    if image.ndim != 2 or min(image.shape) < 32:
+        raise ValueError(f"exposure.image must be 2-d (ny, nx) >= 32 x 32, got {image.shape}")
+    if exposure.mask.shape != image.shape or exposure.variance.shape != image.shape:
+        raise ValueError(
+            f"exposure mask {exposure.mask.shape} / variance {exposure.variance.shape} "
+            f"differ from image {image.shape}"
+        )
+    if exposure.wcs is None or not exposure.wcs.has_celestial:
+        raise ValueError("exposure.wcs must be a celestial WCS (the header pointing), got None")
+    finite = np.isfinite(image)
+    if finite.mean() < 0.5:
+        raise InputDataError(
+            f"exposure.image is {100 * (1 - finite.mean()):.1f}% non-finite",
+            n_nonfinite=int((~finite).sum()),
+        )
+    missing = [
+        c
+        for c in ("ra_deg", "dec_deg", f"{band}_mag", f"{band}_mag_err")
+        if c not in refcat.colnames
+    ]
+    if missing:
+        raise ValueError(
+            f"refcat lacks column(s) {', '.join(missing)} for band {band!r}; "
+            f"it has {', '.join(refcat.colnames)}"
+        )
+    if len(refcat) == 0:
+        raise ValueError("refcat is empty")
+
+
+def _enclosed_fraction(psf: MoffatPsf, radius_pix: float) -> float:
+    """Fraction of the pixel-integrated model's total flux within a circular aperture."""
+    half = int(np.ceil(radius_pix)) + 2
+    stamp = psf.render(half)
+    aper = CircularAperture((half, half), r=radius_pix)
+    return float(aperture_photometry(stamp, aper, method="exact")["aperture_sum"][0])
+
+
+def _poly_design(x, y, nx, ny, order):
+    u = 2.0 * x / nx - 1.0
+    v = 2.0 * y / ny - 1.0
+    cols = [
+        u**p * v**q for total in range(order + 1) for p in range(total + 1) for q in [total - p]
+    ]
+    return np.column_stack(cols)
+
+
+def _aperture_correction(x, y, ratio, ratio_err, shape, order):
+    """Fit ratio(x, y) as a polynomial with clipping; constant if the stars are few."""
+    ny, nx = shape
+    good = np.isfinite(ratio) & np.isfinite(ratio_err) & (ratio_err > 0)
+    if good.sum() < 3:
+        return lambda xx, yy: np.ones_like(np.asarray(xx, float)), 1.0, int(good.sum())
+    n_terms = (order + 1) * (order + 2) // 2
+    while order > 0 and good.sum() < 5 * n_terms:
+        order -= 1
+        n_terms = (order + 1) * (order + 2) // 2
+    keep = good.copy()
+    coef = np.array([np.median(ratio[good])] + [0.0] * (n_terms - 1))
+    for _ in range(4):
+        a = _poly_design(x[keep], y[keep], nx, ny, order)
+        w = 1.0 / ratio_err[keep]
+        coef, *_ = np.linalg.lstsq(a * w[:, None], ratio[keep] * w, rcond=None)
+        model = _poly_design(x, y, nx, ny, order) @ coef
+        resid = (ratio - model) / ratio_err
+        scatter = 1.4826 * np.median(np.abs(resid[keep]))
+        new_keep = good & (np.abs(resid) < 3.0 * max(scatter, 1.0))
+        if new_keep.sum() < n_terms + 2 or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+
+    def evaluate(xx, yy):
+        return _poly_design(np.asarray(xx, float), np.asarray(yy, float), nx, ny, order) @ coef
+
+    return evaluate, float(np.median(evaluate(x[keep], y[keep]))), int(keep.sum())
+
+
+def process_ccd(
+    exposure: Exposure,
+    refcat: Table,
+    *,
+    band: str,
+    config: ProcessCcdConfig = ProcessCcdConfig(),
+) -> ProcessCcdResult:
+    """Background-subtract, detect, measure and calibrate one CCD exposure.
+
+    Parameters
+    ----------
+    exposure : dcflow.exposure.Exposure
+        ISR-corrected exposure in electrons: ``(ny, nx)`` float32 image with the sky still
+        in, int32 mask of `MaskPlane` bits (SAT, BAD, CR...), float32 variance (e-^2), and
+        the header WCS (array pixel origin; pointing error up to
+        ``config.astrom_max_offset_arcsec``). Not modified.
+    refcat : astropy.table.Table
+        Reference catalogue with columns ``ra_deg``, ``dec_deg``, ``<band>_mag``,
+        ``<band>_mag_err`` covering the CCD.
+    band : str
+        Band of the exposure, selecting the reference magnitude columns.
+    config : ProcessCcdConfig
+        Parameters.
+
+    Returns
+    -------
+    ProcessCcdResult
+        Calibrated exposure, source table and calibration figures.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If the inputs have the wrong type, shape or columns.
+    dcflow.errors.InputDataError
+        If most of the image is not finite.
+    dcflow.errors.CalibrationError
+        If too few PSF stars, reference matches or zero-point stars are found (the metadata
+        carries ``n_matched`` and the counts behind it).
+    """
+    _validate(exposure, refcat, band)
+    cfg = config
+    image = exposure.image
+    mask = exposure.mask
+    variance = exposure.variance
+    ny, nx = image.shape
+    wcs0 = exposure.wcs
+    scale_arcsec = float(np.sqrt(abs(np.linalg.det(wcs0.pixel_scale_matrix)))) * 3600.0
+
+    # 1. Background.
+    finite = np.isfinite(image)
+    bad = ((mask & _BAD_BITS) != 0) | ~finite
+    bkg = estimate_background(
+        image,
+        mask=bad,
+        box_size=cfg.background_box_pix,
+        filter_size=cfg.background_filter_size,
+        clip_sigma=cfg.background_clip_sigma,
+    )
+    if not np.isfinite(bkg.mean) or not np.isfinite(bkg.rms) or bkg.rms <= 0:
+        raise InputDataError(
+            f"background estimate is not usable (mean {bkg.mean}, rms {bkg.rms})",
+            background_mean=float(bkg.mean),
+            background_rms=float(bkg.rms),
+        )
+    sub = image - bkg.background
+    sub[~finite] = 0.0
+
+    # 2. Detection on an image with CR / bad pixels zeroed.
+    det_image = np.where((mask & _DET_ZERO_BITS) != 0, np.float32(0.0), sub)
+    fwhm0_pix = cfg.detection_fwhm_arcsec / scale_arcsec
+    det = detect_sources(
+        det_image,
+        noise_rms=bkg.rms,
+        fwhm_pix=fwhm0_pix,
+        threshold_sigma=cfg.detection_threshold_sigma,
+        min_pixels=cfg.detection_min_pixels,
+    )
+    del det_image
+    n_src = det.x_peak.size
+    log.info("detected %d sources in %d footprints", n_src, det.n_footprints)
+    if n_src < cfg.astrom_min_matches:
+        raise CalibrationError(
+            f"only {n_src} sources detected (need >= {cfg.astrom_min_matches} for astrometry); "
+            "empty or heavily masked exposure",
+            n_matched=0,
+            n_detected=int(n_src),
+        )
+
+    # 3. Centroids with the nominal seeing window.
+    sat = (mask & int(MaskPlane.SAT)) != 0
+    xc, yc = windowed_centroids(
+        sub, det.x_peak, det.y_peak, sigma_pix=fwhm0_pix * _FWHM_TO_SIGMA, bad=bad & ~sat
+    )
+
+    # 4. PSF from bright, isolated, unsaturated, unblended stars away from the edges.
+    psf_half = int(np.clip(np.ceil(2.0 * fwhm0_pix), 4, 15))
+    ap_r = cfg.aperture_radius_arcsec / scale_arcsec
+    flag_half = int(np.ceil(max(ap_r, psf_half)))
+    xi, yi = np.rint(xc).astype(np.int64), np.rint(yc).astype(np.int64)
+    mstamp, minside = extract_stamps(mask, xi, yi, flag_half)
+    j = np.arange(-flag_half, flag_half + 1)
+    r2 = (j[None, None, :] - (xc - xi)[:, None, None]) ** 2 + (
+        j[None, :, None] - (yc - yi)[:, None, None]
+    ) ** 2
+    in_ap = r2 <= ap_r**2
+    in_core = r2 <= max(2.0, fwhm0_pix) ** 2
+    flags = np.zeros(n_src, dtype=np.int32)
+    sat_stamp = (mstamp & int(MaskPlane.SAT)) != 0
+    flags[(in_core & sat_stamp).reshape(n_src, -1).any(axis=1)] |= SourceFlag.SATURATED
+    flags[(~minside & in_ap).reshape(n_src, -1).any(axis=1)] |= SourceFlag.EDGE
+    edge_psf = (
+        (xi - psf_half < 0)
+        | (xi + psf_half > nx - 1)
+        | (yi - psf_half < 0)
+        | (yi + psf_half > ny - 1)
+    )
+    flags[edge_psf] |= SourceFlag.EDGE
+    badpix = (mstamp & int(MaskPlane.BAD | MaskPlane.CR | MaskPlane.NO_DATA)) != 0
+    flags[(badpix & in_ap).reshape(n_src, -1).any(axis=1)] |= SourceFlag.BAD_PIXELS
+    flags[det.n_peaks_in_footprint > 1] |= SourceFlag.BLENDED
+    sat_near = sat_stamp.reshape(n_src, -1).any(axis=1)
+    del mstamp, minside, r2, in_ap, in_core, badpix, sat_stamp
+
+    tree = cKDTree(np.column_stack([xc, yc]))
+    n_near = np.array(
+        [
+            len(n)
+            for n in tree.query_ball_point(
+                np.column_stack([xc, yc]), cfg.psf_isolation_arcsec / scale_arcsec
+            )
+        ]
+    )
+    candidates = np.nonzero(
+        (flags == 0) & ~sat_near & (n_near == 1) & (det.significance >= cfg.psf_min_snr)
+    )[0]
+    if candidates.size < 5:
+        # Sparse field: fall back to the best stars down to S/N 20.
+        fallback = np.nonzero(
+            (flags == 0) & ~sat_near & (n_near == 1) & (det.significance >= 20.0)
+        )[0]
+        candidates = fallback[:5]
+    candidates = candidates[: cfg.psf_max_stars]  # already sorted by significance
+    psf_fit = fit_psf(
+        sub,
+        variance,
+        bad,
+        xc[candidates],
+        yc[candidates],
+        fwhm_guess_pix=fwhm0_pix,
+        half_size=psf_half,
+        subsample=cfg.psf_subsample,
+    )
+    psf = psf_fit.psf
+    used_psf = np.zeros(n_src, dtype=bool)
+    used_psf[candidates[psf_fit.used]] = True
+    fwhm_pix = psf.fwhm_pix
+
+    # Centroids again with a window matched to the measured PSF.
+    xc, yc = windowed_centroids(
+        sub, xc, yc, sigma_pix=fwhm_pix * _FWHM_TO_SIGMA, bad=bad & ~sat, n_iter=4
+    )
+
+    # 5. Fluxes.
+    ap_flux, ap_err = aperture_fluxes(sub, variance, xc, yc, radius_pix=ap_r)
+    phot_half = int(np.clip(np.ceil(2.0 * fwhm_pix), 4, 15))
+    table = psf.phase_table(phot_half)
+    psf_flux, psf_err, psf_chi2 = psf_fluxes(sub, variance, bad, xc, yc, table)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = psf_flux / psf_err
+    frac = _enclosed_fraction(psf, ap_r)
+    bright = (flags == 0) & (snr >= cfg.psf_min_snr) & (n_near == 1)
+    if bright.sum() < 10:
+        bright = (flags == 0) & (snr >= 20.0) & (n_near == 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = ap_flux / (psf_flux * frac)
+        ratio_err = ratio * np.hypot(ap_err / ap_flux, psf_err / psf_flux)
+    apcorr_fn, apcorr_median, n_apcorr = _aperture_correction(
+        xc[bright], yc[bright], ratio[bright], ratio_err[bright], (ny, nx), cfg.apcorr_order
+    )
+    apcorr = apcorr_fn(xc, yc)
+    log.debug("aperture correction median %.4f from %d stars", apcorr_median, n_apcorr)
+    total_flux = psf_flux * apcorr
+
+    # 6. Astrometry.
+    usable = np.nonzero((flags == 0) & (snr >= cfg.astrom_min_snr))[0]
+    band_mag = np.asarray(refcat[f"{band}_mag"], float)
+    astro = fit_astrometry(
+        xc[usable],
+        yc[usable],
+        total_flux[usable],
+        np.asarray(refcat["ra_deg"], float),
+        np.asarray(refcat["dec_deg"], float),
+        band_mag,
+        wcs0,
+        (ny, nx),
+        max_offset_arcsec=cfg.astrom_max_offset_arcsec,
+        match_radius_arcsec=cfg.astrom_match_radius_arcsec,
+        sip_order=cfg.astrom_sip_order,
+        min_matches=cfg.astrom_min_matches,
+        max_rms_arcsec=cfg.astrom_max_rms_arcsec,
+    )
+    wcs: WCS = astro.wcs
+    det_idx = usable[astro.det_index]
+    used_astrom = np.zeros(n_src, dtype=bool)
+    used_astrom[det_idx] = True
+    ra, dec = wcs.all_pix2world(xc, yc, 0)
+
+    # 7. Zero point from the matched stars.
+    pc_sel = snr[det_idx] >= cfg.photcal_min_snr
+    pc_src = det_idx[pc_sel]
+    pc_ref = astro.ref_index[pc_sel]
+    try:
+        photo = fit_zero_point(
+            total_flux[pc_src],
+            psf_err[pc_src] * apcorr[pc_src],
+            band_mag[pc_ref],
+            np.asarray(refcat[f"{band}_mag_err"], float)[pc_ref],
+            clip_sigma=cfg.photcal_clip_sigma,
+            min_stars=cfg.photcal_min_stars,
+        )
+    except CalibrationError as err:
+        err.metadata.update(n_matched=int(astro.n_matched))
+        raise
+    used_photcal = np.zeros(n_src, dtype=bool)
+    used_photcal[pc_src[photo.used]] = True
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where(total_flux > 0, photo.zero_point - 2.5 * np.log10(total_flux), np.nan)
+        mag_err = np.where(psf_flux > 0, _MAG_PER_FLUX * psf_err / np.abs(psf_flux), np.nan)
+
+    src = empty_src_table(n_src)
+    src["id"] = np.arange(1, n_src + 1)
+    src["x"], src["y"] = xc, yc
+    src["ra_deg"], src["dec_deg"] = ra, dec
+    src["ap_flux"], src["ap_flux_err"] = ap_flux, ap_err
+    src["psf_flux"], src["psf_flux_err"], src["psf_chi2"] = psf_flux, psf_err, psf_chi2
+    src["apcorr"] = apcorr
+    src["snr"] = snr
+    src["mag"], src["mag_err"] = mag, mag_err
+    src["flags"] = flags
+    src["used_psf"], src["used_astrom"], src["used_photcal"] = used_psf, used_astrom, used_photcal
+
+    psf_fwhm_arcsec = fwhm_pix * scale_arcsec
+    out_mask = mask.copy()
+    out_mask[det.footprints > 0] |= int(MaskPlane.DETECTED)
+    header = exposure.header.copy()
+    header["ZP"] = (photo.zero_point, "mag zero point: mag = ZP - 2.5 log10(flux_e)")
+    header["ZPERR"] = (photo.zero_point_err, "zero-point standard error, mag")
+    header["PSFFWHM"] = (psf_fwhm_arcsec, "PSF FWHM, arcsec")
+    header["PSFBETA"] = (psf.beta, "PSF Moffat beta")
+    header["APCORR"] = (apcorr_median, "median aperture correction of PSF fluxes")
+    header["ASTRMS"] = (astro.rms_mas, "rms of reference-matched offsets, mas")
+    header["NASTREF"] = (astro.n_matched, "reference stars in the astrometric fit")
+    header["NPHOTREF"] = (photo.n_used, "reference stars in the zero-point fit")
+    header["BKGMEAN"] = (bkg.mean, "mean background subtracted, e-/pixel")
+    header["BKGRMS"] = (bkg.rms, "background noise, e-/pixel")
+    calexp = Exposure(
+        image=sub.astype(np.float32, copy=False),
+        mask=out_mask,
+        variance=variance.copy(),
+        wcs=wcs,
+        header=header,
+    )
+    return ProcessCcdResult(
+        calexp=calexp,
+        src=src,
+        zero_point=photo.zero_point,
+        zero_point_err=photo.zero_point_err,
+        psf_fwhm_arcsec=psf_fwhm_arcsec,
+        astrom_rms_mas=astro.rms_mas,
+        n_astrom_matched=astro.n_matched,
+        n_photcal=photo.n_used,
+        background_mean=bkg.mean,
+        psf=psf,
+    )

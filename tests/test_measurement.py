@@ -1,0 +1,92 @@
+"""Unit tests of dcflow.stages.measurement with hand-worked answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from photutils.aperture import CircularAperture, aperture_photometry
+
+from dcflow.stages.measurement import (
+    aperture_fluxes,
+    extract_stamps,
+    psf_fluxes,
+    windowed_centroids,
+)
+from dcflow.stages.psf import MoffatPsf
+
+
+def test_extract_stamps_inside_and_at_the_corner():
+    a = np.arange(30.0).reshape(5, 6)  # a[y, x] = 6 y + x
+    stamps, inside = extract_stamps(a, np.array([2, 0]), np.array([2, 0]), 1)
+    np.testing.assert_array_equal(stamps[0], [[7, 8, 9], [13, 14, 15], [19, 20, 21]])
+    assert inside[0].all()
+    np.testing.assert_array_equal(
+        inside[1], [[False] * 3, [False, True, True], [False, True, True]]
+    )
+    assert stamps[1, 1, 1] == 0 and stamps[1, 2, 2] == 7
+
+
+def test_windowed_centroid_of_symmetric_profiles():
+    psf = MoffatPsf(alpha_pix=2.5, beta=3.0)
+    shape = (40, 60)
+    truth = [(20.3, 15.7), (41.85, 22.1)]
+    image = np.zeros(shape)
+    for x0, y0 in truth:
+        image += 1000.0 * psf.render_at(shape, x0, y0)
+    x, y = windowed_centroids(image, np.array([20, 42]), np.array([16, 22]), sigma_pix=2.0)
+    np.testing.assert_allclose(x, [t[0] for t in truth], atol=2e-3)
+    np.testing.assert_allclose(y, [t[1] for t in truth], atol=2e-3)
+
+
+def test_aperture_flux_of_a_constant_image_is_the_area():
+    image = np.full((50, 70), 2.0)
+    variance = np.full((50, 70), 4.0)
+    flux, err = aperture_fluxes(image, variance, np.array([30.3]), np.array([20.6]), radius_pix=5.0)
+    assert flux[0] == pytest.approx(2.0 * np.pi * 25.0, rel=1e-4)
+    # Interior weights are 1, rim weights < 1: sqrt(4 * n_full) < err < sqrt(4 pi r^2).
+    assert 2.0 * np.sqrt(np.pi * 25.0 - 2 * np.pi * 5) < err[0] < 2.0 * np.sqrt(np.pi * 25.0)
+
+
+def test_aperture_flux_matches_photutils_exact():
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 1, (60, 80))
+    x = rng.uniform(10, 70, 20)
+    y = rng.uniform(10, 50, 20)
+    flux, _ = aperture_fluxes(image, np.ones_like(image), x, y, radius_pix=6.3)
+    ref = aperture_photometry(
+        image, CircularAperture(np.column_stack([x, y]), r=6.3), method="exact"
+    )
+    np.testing.assert_allclose(flux, ref["aperture_sum"], atol=0.02)
+
+
+def test_aperture_partly_outside_sums_the_inside():
+    image = np.ones((30, 30))
+    flux, _ = aperture_fluxes(image, image, np.array([0.0]), np.array([15.0]), radius_pix=4.0)
+    # Pixel centres at x >= 0 cover x >= -0.5: a bit more than half the disc.
+    assert np.pi * 16 / 2 < flux[0] < np.pi * 16 / 2 + 2 * 4 * 0.5 + 0.1
+
+
+def test_psf_flux_of_a_scaled_model_is_exact_with_the_formal_error():
+    psf = MoffatPsf(alpha_pix=2.2, beta=2.8, e1=0.05, e2=-0.03)
+    table = psf.phase_table(8)
+    shape = (50, 40)
+    x0, y0 = 17.3, 30.8
+    image = 2500.0 * psf.render_at(shape, x0, y0)
+    variance = np.full(shape, 9.0)
+    bad = np.zeros(shape, bool)
+    flux, err, _ = psf_fluxes(image, variance, bad, np.array([x0]), np.array([y0]), table)
+    assert flux[0] == pytest.approx(2500.0, rel=2e-3)  # phase-table interpolation
+    p = psf.render(8, x0 - 17, y0 - 31)
+    assert err[0] == pytest.approx(3.0 / np.sqrt((p * p).sum()), rel=1e-3)
+    # A masked pixel is left out, not fitted.
+    bad[31, 17] = True
+    image2 = image.copy()
+    image2[31, 17] = 1e6
+    flux2, _, _ = psf_fluxes(image2, variance, bad, np.array([x0]), np.array([y0]), table)
+    assert flux2[0] == pytest.approx(2500.0, rel=3e-3)
+
+
+def test_empty_inputs():
+    z = np.zeros((10, 10))
+    assert windowed_centroids(z, np.zeros(0), np.zeros(0), sigma_pix=1.0)[0].size == 0
+    assert aperture_fluxes(z, z, np.zeros(0), np.zeros(0), radius_pix=2.0)[0].size == 0

@@ -1,0 +1,223 @@
+"""processCcd on synthetic fields with known truth: accuracy, completeness, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from scipy.spatial import cKDTree
+from synthetic import make_star_field
+
+from dcflow.configs import dataclass_schema
+from dcflow.errors import CalibrationError, InputDataError
+from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.measurement import SourceFlag
+from dcflow.stages.process_ccd import (
+    SRC_COLUMNS,
+    ProcessCcdConfig,
+    empty_src_table,
+    process_ccd,
+)
+
+SHAPE = (1500, 1000)  # non-square; the header WCS is off by 3 arcsec
+
+
+@pytest.fixture(scope="module")
+def field():
+    return make_star_field(
+        SHAPE,
+        n_stars=800,
+        seed=5,
+        mag_range=(16.0, 23.0),
+        fwhm_arcsec=0.8,
+        beta=3.0,
+        pointing_error_arcsec=(2.4, -1.8),
+        distortion_arcsec=1.5,
+        saturation_e=1.2e4,
+        n_cosmic_rays=100,
+    )
+
+
+@pytest.fixture(scope="module")
+def result(field):
+    return process_ccd(field.exposure, field.refcat, band="r")
+
+
+def matched_truth(field, result, radius_pix=2.0):
+    """Truth stars on the CCD, the index of their nearest source, and whether it is near."""
+    t = field.truth
+    ny, nx = SHAPE
+    t = t[(t["x"] >= 0) & (t["x"] < nx) & (t["y"] >= 0) & (t["y"] < ny)]
+    src = result.src
+    d, i = cKDTree(np.column_stack([src["x"], src["y"]])).query(np.column_stack([t["x"], t["y"]]))
+    return t, i, d < radius_pix
+
+
+def test_astrometry_vs_truth_for_bright_stars(field, result):
+    t, i, ok = matched_truth(field, result)
+    s = result.src[i[ok]]
+    t = t[ok]
+    hi = (s["snr"] > 100) & (s["flags"] == 0)
+    assert hi.sum() >= 25
+    dec = np.asarray(s["dec_deg"])
+    dra = (np.asarray(s["ra_deg"]) - t["ra_deg"]) * np.cos(np.radians(dec)) * 3.6e6
+    ddec = (dec - t["dec_deg"]) * 3.6e6
+    rms_mas = np.sqrt(np.mean(dra[hi] ** 2 + ddec[hi] ** 2))
+    assert rms_mas <= 20.0  # measured ~10 mas
+    # The WCS was corrected from a 3-arcsec pointing error and a 1.5-arcsec distortion.
+    assert result.calexp.wcs.sip is not None
+    assert 15.0 < result.astrom_rms_mas < 40.0  # reference noise 15 mas per axis
+    assert result.n_astrom_matched >= 100
+
+
+def test_photometry_vs_truth_for_bright_stars(field, result):
+    t, i, ok = matched_truth(field, result)
+    s = result.src[i[ok]]
+    t = t[ok]
+    hi = (s["snr"] > 100) & (s["flags"] == 0)
+    dm = np.asarray(s["mag"]) - t["r_mag"]
+    assert 1000 * np.std(dm[hi]) <= 10.0  # measured ~7 mmag (statistical ~6.6)
+    assert 1000 * abs(np.median(dm[hi])) <= 5.0
+    assert result.zero_point == pytest.approx(field.zero_point, abs=0.01)
+    pull = dm[hi] / np.asarray(s["mag_err"])[hi]
+    assert 0.7 < np.std(pull) < 1.5
+
+
+def test_completeness_at_snr_10(field, result):
+    t, _, ok = matched_truth(field, result)
+    sigma_pix = field.fwhm_arcsec / 0.187 / 2.3548
+    snr = t["flux_e"] / np.sqrt(t["flux_e"] + 816.0 * 4 * np.pi * sigma_pix**2)
+    assert ok[snr >= 10].mean() >= 0.95
+    assert ok[snr >= 20].mean() >= 0.97
+
+
+def test_psf_background_and_header(field, result):
+    assert result.psf_fwhm_arcsec == pytest.approx(0.8, rel=0.02)
+    assert result.background_mean == pytest.approx(800.0, abs=2.0)
+    h = result.calexp.header
+    assert h["ZP"] == result.zero_point and h["PSFFWHM"] == result.psf_fwhm_arcsec
+    assert h["NASTREF"] == result.n_astrom_matched and h["NPHOTREF"] == result.n_photcal
+    for key in ("ZPERR", "ASTRMS", "BKGMEAN", "FILTER"):
+        assert key in h
+    # Background-subtracted image: sky-dominated pixels have median ~0.
+    img = result.calexp.image
+    assert img.dtype == np.float32
+    assert abs(np.median(img[(result.calexp.mask & MaskPlane.DETECTED) == 0])) < 1.0
+    # The input exposure is untouched.
+    assert np.median(field.exposure.image) > 700
+    assert (field.exposure.mask & MaskPlane.DETECTED).sum() == 0
+
+
+def test_src_table_columns_and_flags(field, result):
+    src = result.src
+    assert list(src.colnames) == list(SRC_COLUMNS)
+    assert src["id"].tolist() == list(range(1, len(src) + 1))
+    assert src["used_psf"].sum() >= 10
+    assert src["used_photcal"].sum() == result.n_photcal
+    assert src["used_astrom"].sum() == result.n_astrom_matched
+    # Every used star is unflagged.
+    for col in ("used_psf", "used_astrom", "used_photcal"):
+        assert (src["flags"][src[col]] == 0).all()
+    # Saturated stars are flagged, and cosmic rays did not become sources.
+    sat = (src["flags"] & SourceFlag.SATURATED) != 0
+    assert sat.sum() >= 1
+    cr_y, cr_x = np.nonzero(field.exposure.mask & MaskPlane.CR)
+    d, _ = cKDTree(np.column_stack([src["x"], src["y"]])).query(np.column_stack([cr_x, cr_y]))
+    t = field.truth
+    dt, _ = cKDTree(np.column_stack([t["x"], t["y"]])).query(np.column_stack([cr_x, cr_y]))
+    assert (d[dt > 10] > 2).all()
+
+
+def test_header_wcs_5_arcsec_off_is_recovered():
+    f = make_star_field(
+        (900, 700), n_stars=400, seed=11, mag_range=(16.0, 22.0), pointing_error_arcsec=(-3.0, 4.0)
+    )
+    res = process_ccd(f.exposure, f.refcat, band="r")
+    t = f.truth
+    ra, dec = res.calexp.wcs.all_pix2world(t["x"], t["y"], 0)
+    off = (
+        np.hypot((ra - t["ra_deg"]) * np.cos(np.radians(t["dec_deg"])), dec - t["dec_deg"]) * 3.6e6
+    )
+    assert np.sqrt(np.mean(off**2)) < 15.0
+    # The header WCS was 5 arcsec off.
+    ra0, dec0 = f.exposure.wcs.all_pix2world(t["x"], t["y"], 0)
+    off0 = (
+        np.hypot((ra0 - t["ra_deg"]) * np.cos(np.radians(t["dec_deg"])), dec0 - t["dec_deg"])
+        * 3.6e3
+    )
+    assert np.median(off0) > 4.0
+
+
+def small_exposure(**kw):
+    return make_star_field((300, 200), n_stars=60, seed=3, mag_range=(16.0, 21.0), **kw)
+
+
+def test_empty_field_raises_calibration_error_with_n_matched():
+    f = small_exposure()
+    flat = Exposure(
+        image=np.random.default_rng(0).normal(800, 28, (300, 200)).astype(np.float32),
+        mask=np.zeros((300, 200), np.int32),
+        variance=np.full((300, 200), 800.0, np.float32),
+        wcs=f.exposure.wcs,
+        header=fits.Header(),
+    )
+    with pytest.raises(CalibrationError, match="only 0 sources detected") as info:
+        process_ccd(flat, f.refcat, band="r")
+    assert info.value.metadata["n_matched"] == 0
+    json.dumps(info.value.metadata)
+
+
+def test_empty_src_table_has_all_columns():
+    t = empty_src_table()
+    assert len(t) == 0 and list(t.colnames) == list(SRC_COLUMNS)
+    assert t["flags"].dtype == np.int32 and t["used_psf"].dtype == bool
+
+
+def test_input_validation():
+    f = small_exposure()
+    e = f.exposure
+    with pytest.raises(
+        ValueError, match=re.escape("refcat lacks column(s) g_mag, g_mag_err for band 'g'")
+    ):
+        process_ccd(e, f.refcat, band="g")
+    with pytest.raises(TypeError, match=r"exposure must be a dcflow\.exposure\.Exposure"):
+        process_ccd(e.image, f.refcat, band="r")
+    no_wcs = dataclasses.replace(e, wcs=None)
+    with pytest.raises(ValueError, match=r"exposure\.wcs must be a celestial WCS"):
+        process_ccd(no_wcs, f.refcat, band="r")
+    nan = dataclasses.replace(e, image=np.full(e.shape, np.nan, np.float32))
+    with pytest.raises(InputDataError, match=r"100\.0% non-finite"):
+        process_ccd(nan, f.refcat, band="r")
+    tiny = Exposure(
+        image=np.zeros((10, 10), np.float32),
+        mask=np.zeros((10, 10), np.int32),
+        variance=np.ones((10, 10), np.float32),
+        wcs=e.wcs,
+    )
+    with pytest.raises(
+        ValueError, match=re.escape("exposure.image must be 2-d (ny, nx) >= 32 x 32")
+    ):
+        process_ccd(tiny, f.refcat, band="r")
+    with pytest.raises(ValueError, match="refcat is empty"):
+        process_ccd(e, f.refcat[:0], band="r")
+
+
+def test_config_bounds_and_schema():
+    with pytest.raises(
+        ValueError, match=re.escape("ProcessCcdConfig.detection_threshold_sigma must be >= 2.0")
+    ):
+        ProcessCcdConfig(detection_threshold_sigma=1.0)
+    with pytest.raises(
+        ValueError, match=re.escape("ProcessCcdConfig.astrom_sip_order must be <= 5")
+    ):
+        ProcessCcdConfig(astrom_sip_order=7)
+    schema = dataclass_schema(ProcessCcdConfig)
+    fields = {f.name: f.default for f in dataclasses.fields(ProcessCcdConfig)}
+    assert set(schema["properties"]) == set(fields)
+    for name, default in fields.items():
+        assert schema["properties"][name]["default"] == default
+        assert schema["properties"][name]["description"]
