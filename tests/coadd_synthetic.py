@@ -347,7 +347,7 @@ def measured_field() -> MeasuredField:
     """Coadds (r, g) of the default field, its Object table and the truth match."""
     from dcflow.stages.coadd import assemble_coadd
     from dcflow.stages.coadd_measurement import CoaddMeasurementConfig, measure_coadds
-    from dcflow.stages.forced_photometry import GaussianMixturePsf, psf_photometry
+    from dcflow.stages.forced_photometry import MixturePsf, psf_photometry
     from dcflow.stages.multiband import chi2_detection_image
 
     field = warped_field()
@@ -358,7 +358,7 @@ def measured_field() -> MeasuredField:
     truth = field.truth
     tx, ty = PATCH_WCS.world_to_pixel_values(truth["ra_deg"], truth["dec_deg"])
     dist = np.hypot(tx[:, None] - objects["x"][None, :], ty[:, None] - objects["y"][None, :])
-    psf = GaussianMixturePsf.from_header(coadds["r"].header, SKYMAP.pixel_scale_arcsec)
+    psf = MixturePsf.from_header(coadds["r"].header, SKYMAP.pixel_scale_arcsec)
     _, err, _ = psf_photometry(coadds["r"], tx, ty, psf, radius_pix=9)
     return MeasuredField(
         field=field,

@@ -27,10 +27,9 @@ from dcflow.stages.coadd import (
     TemplateSelectionConfig,
     assemble_coadd,
     assemble_template_coadd,
-    gaussian_mixture_fwhm,
     select_template_inputs,
 )
-from dcflow.stages.forced_photometry import GaussianMixturePsf, psf_photometry
+from dcflow.stages.forced_photometry import MixturePsf, mixture_fwhm, psf_photometry
 from dcflow.stages.warp import warp_exposure
 
 
@@ -45,7 +44,7 @@ def blank_warps(n: int = 4):
 
 def limiting_magnitude(coadd) -> tuple[float, float]:
     """5-sigma point-source depth: empirical (PSF fluxes on blank sky) and from variance."""
-    psf = GaussianMixturePsf.from_header(coadd.header, 0.2)
+    psf = MixturePsf.from_header(coadd.header, 0.2)
     grid = np.arange(24, PATCH.shape[0] - 24, 12, dtype=float)
     gx, gy = np.meshgrid(grid + 0.3, grid - 0.2)
     flux, err, flag = psf_photometry(coadd, gx.ravel(), gy.ravel(), psf, radius_pix=9)
@@ -133,8 +132,9 @@ def test_coadd_planes_weights_and_psf():
     assert min(fwhm) < result.psf_fwhm_arcsec < max(fwhm)
     assert result.coadd.header["PSFNCOMP"] == len(warps)
     # Equal FWHMs: the mixture is that FWHM; two very different ones: between them.
-    assert gaussian_mixture_fwhm([1.0, 1.0], [0.3, 0.7]) == pytest.approx(1.0)
-    assert 1.0 < gaussian_mixture_fwhm([1.0, 2.0], [0.5, 0.5]) < 2.0
+    assert mixture_fwhm([1.0, 1.0], [0.3, 0.7]) == pytest.approx(1.0)
+    assert 1.0 < mixture_fwhm([1.0, 2.0], [0.5, 0.5]) < 2.0
+    assert mixture_fwhm([1.0, 1.0], [0.5, 0.5], [3.0, 0.0]) == pytest.approx(1.0)
     # Coadd variance from the propagated weights: N equal visits -> variance / N.
     blank = blank_warps(4)
     coadd = assemble_coadd(blank).coadd

@@ -16,7 +16,7 @@ from dcflow.stages.coadd_measurement import (
     make_object_ids,
     measure_coadds,
 )
-from dcflow.stages.forced_photometry import GaussianMixturePsf
+from dcflow.stages.forced_photometry import MixturePsf
 from dcflow.stages.multiband import MultibandConfig, chi2_detection_image
 
 
@@ -170,5 +170,7 @@ def test_validation_errors():
         CoaddMeasurementConfig(detect_threshold_sigma=-1.0)
     with pytest.raises(ValueError, match="tract_id must be in"):
         make_object_ids(2**23, np.array([1]), np.array([1]))
-    with pytest.raises(ValueError, match="sigma_pix and weights"):
-        GaussianMixturePsf(sigma_pix=(1.0,), weights=())
+    with pytest.raises(ValueError, match="need positive fwhm"):
+        MixturePsf(fwhm_pix=(1.0,), beta=(0.0,), weights=())
+    with pytest.raises(ValueError, match="beta 0 or > 1"):
+        MixturePsf(fwhm_pix=(1.0,), beta=(0.5,), weights=(1.0,))

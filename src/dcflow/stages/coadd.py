@@ -21,9 +21,12 @@ Arrays are processed in blocks of ``block_rows`` rows, with a margin for the mat
 so the warps may be memory-mapped FITS arrays: peak memory is the output planes plus one
 block per warp.
 
-The coadd PSF is the weighted sum of the inputs' PSFs; with the Gaussian PSF model used for
-coadd measurement it is a mixture of Gaussians of the inputs' FWHM with the coadd weights,
-recorded in the header (``PSFNCOMP``, ``PSFF<i>``, ``PSFW<i>``) beside its FWHM ``PSFFWHM``.
+The coadd PSF is the weighted sum of the inputs' PSFs: a mixture of the inputs' circular
+models (``PSFFWHM``, and ``PSFBETA`` for a Moffat, else a Gaussian) with the coadd weights,
+recorded in the header (``PSFNCOMP``, ``PSFF<i>``, ``PSFB<i>``, ``PSFW<i>``) beside its FWHM
+``PSFFWHM``. PSF matching for rejection uses Gaussian kernels on the FWHMs (an approximation
+for Moffat PSFs, absorbed by ``clip_flux_fraction``). The weights are global, so where a warp
+is missing or clipped the local PSF differs slightly from the recorded mixture.
 """
 
 from __future__ import annotations
@@ -37,11 +40,11 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy import ndimage
-from scipy.optimize import brentq
 
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError, StageError
 from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.forced_photometry import FWHM_PER_SIGMA, mixture_fwhm
 
 __all__ = [
     "CoaddConfig",
@@ -49,13 +52,11 @@ __all__ = [
     "TemplateSelectionConfig",
     "assemble_coadd",
     "assemble_template_coadd",
-    "gaussian_mixture_fwhm",
     "select_template_inputs",
 ]
 
 log = logging.getLogger(__name__)
 
-_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 _MASK_CHOICES = {plane.name: (plane.__doc__ or plane.name).strip() for plane in MaskPlane}
 
 
@@ -124,7 +125,7 @@ class CoaddResult:
     n_inputs : numpy.ndarray
         ``(ny, nx)`` int16 number of warps averaged at each pixel.
     psf_fwhm_arcsec : float
-        FWHM of the coadd PSF (the weighted mixture of the inputs' Gaussian PSFs), arcsec.
+        FWHM of the coadd PSF (the weighted mixture of the inputs' PSFs), arcsec.
     visits : tuple of int
         ``VISIT`` of each input warp, in input order (-1 where the header has none).
     weights : tuple of float
@@ -142,22 +143,6 @@ class CoaddResult:
     weights: tuple[float, ...]
     input_psf_fwhm_arcsec: tuple[float, ...]
     n_clipped_pixels: tuple[int, ...]
-
-
-def gaussian_mixture_fwhm(fwhm: Sequence[float], weights: Sequence[float]) -> float:
-    """FWHM of a weighted sum of unit-flux circular Gaussians of the given FWHMs (same unit)."""
-    fwhm = np.asarray(fwhm, dtype=float)
-    weights = np.asarray(weights, dtype=float)
-    if fwhm.size == 0 or fwhm.shape != weights.shape or np.any(fwhm <= 0) or weights.sum() <= 0:
-        raise ValueError(f"need positive fwhm and weights of equal length; got {fwhm}, {weights}")
-    sigma = fwhm / _FWHM_PER_SIGMA
-    w = weights / weights.sum()
-
-    def profile(r: float) -> float:
-        return float(np.sum(w / sigma**2 * np.exp(-0.5 * (r / sigma) ** 2)))
-
-    half = 0.5 * profile(0.0)
-    return 2.0 * brentq(lambda r: profile(r) - half, 0.0, 2.0 * fwhm.max())
 
 
 def _bad_bits(config: CoaddConfig) -> int:
@@ -255,6 +240,7 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
     weights /= weights.sum()
 
     fwhm = np.array([float(w.header["PSFFWHM"]) for w in warps])
+    beta = np.array([float(w.header.get("PSFBETA", 0.0) or 0.0) for w in warps])
     wcs = warps[0].wcs
     pixel_arcsec = (
         float(np.mean(proj_plane_pixel_scales(wcs.celestial))) * 3600.0 if wcs is not None else None
@@ -263,7 +249,7 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
     if config.rejection == "compare_warp":
         if pixel_arcsec is None:
             raise InputDataError("compare_warp rejection needs the warps' WCS for the pixel scale")
-        sigma_pix = fwhm / _FWHM_PER_SIGMA / pixel_arcsec
+        sigma_pix = fwhm / FWHM_PER_SIGMA / pixel_arcsec
         match_sigma = np.sqrt(np.maximum(sigma_pix.max() ** 2 - sigma_pix**2, 0.0))
     margin = int(np.ceil(4.0 * match_sigma.max())) + config.clip_grow_pixels + 1
 
@@ -344,7 +330,7 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
         n_inputs[y0:y1] = count
         n_clipped += blk_clipped.sum(axis=(1, 2))
 
-    psf_fwhm = gaussian_mixture_fwhm(fwhm, weights)
+    psf_fwhm = mixture_fwhm(fwhm, weights, beta)
     visits = tuple(int(w.header.get("VISIT", -1)) for w in warps)
     header = fits.Header()
     for key in ("FILTER", "ZP"):
@@ -352,10 +338,11 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
             header[key] = warps[0].header[key]
     header["PSFFWHM"] = (psf_fwhm, "FWHM of the coadd PSF mixture, arcsec")
     header["NINPUTS"] = (n, "warps coadded")
-    header["PSFNCOMP"] = (n, "Gaussian components of the coadd PSF")
+    header["PSFNCOMP"] = (n, "components of the coadd PSF mixture")
     for index in range(n):
         header[f"PSFF{index}"] = (float(fwhm[index]), f"FWHM of PSF component {index}, arcsec")
         header[f"PSFW{index}"] = (float(weights[index]), f"weight of PSF component {index}")
+        header[f"PSFB{index}"] = (float(beta[index]), f"Moffat beta of component {index}, 0=Gauss")
         header[f"VISIT{index}"] = (visits[index], f"visit of input {index}")
     log.info(
         "coadded %d warps: %d pixels clipped, PSF FWHM %.3f arcsec",

@@ -37,7 +37,7 @@ from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
 from dcflow.stages.forced_photometry import (
     FWHM_PER_SIGMA,
-    GaussianMixturePsf,
+    MixturePsf,
     aperture_correction,
     aperture_photometry,
     gather_stamps,
@@ -371,8 +371,8 @@ def measure_coadds(
     for name in filters:
         coadd = coadds[name]
         pixel_arcsec = float(np.mean(proj_plane_pixel_scales(coadd.wcs.celestial))) * 3600.0
-        psf = GaussianMixturePsf.from_header(coadd.header, pixel_arcsec)
-        fwhm_pix = psf.fwhm_pix
+        psf = MixturePsf.from_header(coadd.header, pixel_arcsec)
+        fwhm_pix = psf.effective_fwhm_pix
         sigma_pix = fwhm_pix / FWHM_PER_SIGMA
         image = np.where((coadd.mask & _BAD) == 0, coadd.image, np.nan)
         cx, cy, cflag = gaussian_centroid(image, px, py, sigma_pix)
@@ -402,6 +402,7 @@ def measure_coadds(
             point_like & lonely & ~ap_flag & ~flag,
             min_snr=config.apcorr_min_snr,
             min_stars=config.apcorr_min_stars,
+            enclosed_fraction=psf.enclosed_fraction(ap_radius),
         )
         log.info("filter %s: aperture correction %.4f from %d stars", name, correction, n_stars)
         corrections.append(correction)

@@ -6,11 +6,13 @@ least-squares amplitude of the PSF model with uniform pixel weights over a stamp
 (uniform weights keep bright stars unbiased: per-pixel inverse-variance weights would include
 the star's own Poisson noise). Masked pixels are left out of both sums.
 
-The PSF model is a mixture of circular Gaussians integrated over pixels (`GaussianMixturePsf`):
-a single Gaussian of the calexp's ``PSFFWHM`` for a calexp, the coadd's mixture for a coadd.
-Because the true PSF differs from that model (Moffat wings, interpolation), PSF fluxes are
-put on the scale of an aperture flux by an *aperture correction*: the median ratio of
-aperture to PSF flux over bright, isolated, point-like Objects in the same image.
+The PSF model is a circular mixture of Gaussian and Moffat components integrated over pixels
+(`MixturePsf`): a calexp's ``PSFFWHM`` and ``PSFBETA`` (a Gaussian if there is no ``PSFBETA``),
+or a coadd's mixture of its inputs' PSFs. Fluxes are on a *total-flux* scale, as processCcd's
+are (its zero point is fitted to them): the model's own flux outside any aperture is part of
+the PSF flux, and an *aperture correction* absorbs the model's errors (ellipticity,
+interpolation): the median over bright, isolated, point-like Objects of the aperture flux
+over the PSF flux times the model's enclosed fraction in that aperture.
 
 Forced fluxes are reported at the configured zero point (31.4: nJy), as coadd fluxes are.
 """
@@ -18,28 +20,30 @@ Forced fluxes are reported at the configured zero point (31.4: nJy), as coadd fl
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Table
 from astropy.wcs.utils import proj_plane_pixel_scales
+from scipy.optimize import brentq
 from scipy.special import erf
 
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
-from dcflow.stages.coadd import gaussian_mixture_fwhm
 from dcflow.stages.warp import calexp_flux_scale
 
 __all__ = [
     "ForcedPhotometryConfig",
     "ForcedPhotometryResult",
-    "GaussianMixturePsf",
+    "MixturePsf",
     "aperture_correction",
     "aperture_photometry",
     "forced_photometry",
     "gather_stamps",
     "isolated",
+    "mixture_fwhm",
     "psf_photometry",
 ]
 
@@ -51,59 +55,129 @@ FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 _BAD_FOR_PHOTOMETRY = int(MaskPlane.BAD | MaskPlane.SAT | MaskPlane.CR | MaskPlane.NO_DATA)
 
 
+def _moffat_alpha(fwhm: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    return fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+def _profile(r: np.ndarray, fwhm: np.ndarray, beta: np.ndarray, weights: np.ndarray):
+    """Surface brightness of a unit-flux circular mixture at radii ``r`` (same unit as fwhm)."""
+    r = np.asarray(r, dtype=float)[..., None]
+    sigma = fwhm / FWHM_PER_SIGMA
+    gauss = np.exp(-0.5 * (r / sigma) ** 2) / (2.0 * np.pi * sigma**2)
+    moffat_beta = np.where(beta > 0, beta, 2.0)
+    alpha = _moffat_alpha(fwhm, moffat_beta)
+    moffat = (moffat_beta - 1.0) / (np.pi * alpha**2) * (1.0 + (r / alpha) ** 2) ** (-moffat_beta)
+    return np.sum(weights * np.where(beta > 0, moffat, gauss), axis=-1)
+
+
+def mixture_fwhm(
+    fwhm: Sequence[float], weights: Sequence[float], beta: Sequence[float] | None = None
+) -> float:
+    """FWHM of a weighted sum of unit-flux circular PSFs (same unit as ``fwhm``).
+
+    Parameters
+    ----------
+    fwhm : sequence of float
+        FWHM of each component.
+    weights : sequence of float
+        Flux weight of each component (normalised here).
+    beta : sequence of float, optional
+        Moffat index of each component; 0 (the default) means a Gaussian.
+    """
+    fwhm = np.asarray(fwhm, dtype=float)
+    weights = np.asarray(weights, dtype=float)
+    beta = np.zeros_like(fwhm) if beta is None else np.asarray(beta, dtype=float)
+    if (
+        fwhm.size == 0
+        or fwhm.shape != weights.shape
+        or fwhm.shape != beta.shape
+        or np.any(fwhm <= 0)
+        or np.any(weights < 0)
+        or weights.sum() <= 0
+        or np.any((beta != 0) & (beta <= 1))
+    ):
+        raise ValueError(
+            f"need positive fwhm, weights >= 0 (sum > 0) and beta 0 or > 1, of equal length; "
+            f"got fwhm={fwhm}, weights={weights}, beta={beta}"
+        )
+    w = weights / weights.sum()
+    half = 0.5 * _profile(0.0, fwhm, beta, w)
+    return 2.0 * brentq(lambda r: _profile(r, fwhm, beta, w) - half, 0.0, 2.0 * fwhm.max())
+
+
 @dataclass(frozen=True, slots=True)
-class GaussianMixturePsf:
-    """Circular PSF made of Gaussians, normalised to unit total flux.
+class MixturePsf:
+    """Circular PSF: a weighted sum of Gaussian and Moffat components, unit total flux.
 
     Attributes
     ----------
-    sigma_pix : tuple of float
-        Standard deviation of each component, pixels.
+    fwhm_pix : tuple of float
+        FWHM of each component, pixels.
+    beta : tuple of float
+        Moffat index of each component (> 1), or 0 for a Gaussian.
     weights : tuple of float
         Flux fraction of each component (normalised on use).
     """
 
-    sigma_pix: tuple[float, ...]
+    fwhm_pix: tuple[float, ...]
+    beta: tuple[float, ...]
     weights: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if len(self.sigma_pix) == 0 or len(self.sigma_pix) != len(self.weights):
-            raise ValueError(
-                f"sigma_pix and weights must be non-empty and of one length; got "
-                f"{self.sigma_pix}, {self.weights}"
-            )
-        if min(self.sigma_pix) <= 0 or min(self.weights) < 0 or sum(self.weights) <= 0:
-            raise ValueError(f"sigma_pix must be > 0 and weights >= 0; got {self}")
+        mixture_fwhm(self.fwhm_pix, self.weights, self.beta)  # validates
 
     @classmethod
-    def from_header(cls, header, pixel_scale_arcsec: float) -> GaussianMixturePsf:
-        """The coadd mixture (``PSFNCOMP``, ``PSFF<i>``, ``PSFW<i>``) or one ``PSFFWHM`` Gaussian.
+    def from_header(cls, header, pixel_scale_arcsec: float) -> MixturePsf:
+        """PSF from a header: a coadd's mixture, or a calexp's ``PSFFWHM`` (and ``PSFBETA``).
+
+        A coadd header holds ``PSFNCOMP`` components ``PSFF<i>`` (FWHM, arcsec), ``PSFW<i>``
+        (weight) and optionally ``PSFB<i>`` (Moffat beta, 0 = Gaussian). A calexp header holds
+        ``PSFFWHM`` (arcsec) and, when its PSF is a Moffat, ``PSFBETA``.
 
         Raises
         ------
         InputDataError
-            If the header has neither the mixture nor ``PSFFWHM``.
+            If the header has neither description.
         """
         try:
             if "PSFNCOMP" in header:
                 n = int(header["PSFNCOMP"])
                 fwhm = [float(header[f"PSFF{i}"]) for i in range(n)]
                 weights = [float(header[f"PSFW{i}"]) for i in range(n)]
+                beta = [float(header.get(f"PSFB{i}", 0.0)) for i in range(n)]
             else:
                 fwhm = [float(header["PSFFWHM"])]
                 weights = [1.0]
+                beta = [float(header.get("PSFBETA", 0.0) or 0.0)]
+            return cls(
+                fwhm_pix=tuple(f / pixel_scale_arcsec for f in fwhm),
+                beta=tuple(beta),
+                weights=tuple(weights),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputDataError(f"header lacks a usable PSF description ({exc})") from None
-        sigma = tuple(f / FWHM_PER_SIGMA / pixel_scale_arcsec for f in fwhm)
-        return cls(sigma_pix=sigma, weights=tuple(weights))
 
     @property
-    def fwhm_pix(self) -> float:
+    def effective_fwhm_pix(self) -> float:
         """FWHM of the mixture, pixels."""
-        return gaussian_mixture_fwhm(np.array(self.sigma_pix) * FWHM_PER_SIGMA, self.weights)
+        return mixture_fwhm(self.fwhm_pix, self.weights, self.beta)
+
+    def enclosed_fraction(self, radius_pix: float) -> float:
+        """Fraction of the total flux within a circle of ``radius_pix`` (continuous profile)."""
+        fwhm = np.asarray(self.fwhm_pix)
+        beta = np.asarray(self.beta)
+        w = np.asarray(self.weights) / np.sum(self.weights)
+        sigma = fwhm / FWHM_PER_SIGMA
+        gauss = 1.0 - np.exp(-0.5 * (radius_pix / sigma) ** 2)
+        b = np.where(beta > 0, beta, 2.0)
+        moffat = 1.0 - (1.0 + (radius_pix / _moffat_alpha(fwhm, b)) ** 2) ** (1.0 - b)
+        return float(np.sum(w * np.where(beta > 0, moffat, gauss)))
 
     def stamps(self, dx: np.ndarray, dy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Pixel-integrated model on stamps: ``(n, len(offsets), len(offsets))``.
+
+        Gaussian components are integrated exactly (error functions), Moffat components by
+        averaging 5 x 5 points per pixel.
 
         Parameters
         ----------
@@ -112,15 +186,29 @@ class GaussianMixturePsf:
         offsets : numpy.ndarray
             Integer pixel offsets of the stamp rows/columns from its central pixel.
         """
+        dx = np.asarray(dx, dtype=float)
+        dy = np.asarray(dy, dtype=float)
         w = np.asarray(self.weights, dtype=float)
         w = w / w.sum()
         out = np.zeros((len(dx), len(offsets), len(offsets)))
-        for weight, sigma in zip(w, self.sigma_pix, strict=True):
-            s = np.sqrt(2.0) * sigma
-            lo = offsets[None, :] - 0.5
-            fx = 0.5 * (erf((lo + 1.0 - dx[:, None]) / s) - erf((lo - dx[:, None]) / s))
-            fy = 0.5 * (erf((lo + 1.0 - dy[:, None]) / s) - erf((lo - dy[:, None]) / s))
-            out += weight * fy[:, :, None] * fx[:, None, :]
+        sub = (np.arange(5) - 2.0) / 5.0
+        for weight, fwhm, beta in zip(w, self.fwhm_pix, self.beta, strict=True):
+            if beta <= 0:
+                s = np.sqrt(2.0) * fwhm / FWHM_PER_SIGMA
+                lo = offsets[None, :] - 0.5
+                fx = 0.5 * (erf((lo + 1.0 - dx[:, None]) / s) - erf((lo - dx[:, None]) / s))
+                fy = 0.5 * (erf((lo + 1.0 - dy[:, None]) / s) - erf((lo - dy[:, None]) / s))
+                out += weight * fy[:, :, None] * fx[:, None, :]
+                continue
+            alpha = float(_moffat_alpha(np.asarray(fwhm), np.asarray(beta)))
+            norm = (beta - 1.0) / (np.pi * alpha**2)
+            for lo in range(0, len(dx), 128):  # bounded temporaries: (128, m, m, 5, 5)
+                hi = lo + 128
+                px = offsets[None, :, None] + sub[None, None, :] - dx[lo:hi, None, None]
+                py = offsets[None, :, None] + sub[None, None, :] - dy[lo:hi, None, None]
+                r2 = py[:, :, None, :, None] ** 2 + px[:, None, :, None, :] ** 2
+                value = norm * (1.0 + r2 / alpha**2) ** (-beta)
+                out[lo:hi] += weight * value.mean(axis=(3, 4))
         return out
 
 
@@ -138,7 +226,7 @@ def psf_photometry(
     exposure: Exposure,
     x: np.ndarray,
     y: np.ndarray,
-    psf: GaussianMixturePsf,
+    psf: MixturePsf,
     *,
     radius_pix: int,
     bad_mask_bits: int = _BAD_FOR_PHOTOMETRY,
@@ -151,7 +239,7 @@ def psf_photometry(
         Background-subtracted image with variance and mask.
     x, y : numpy.ndarray
         Source positions, pixels (array origin).
-    psf : GaussianMixturePsf
+    psf : MixturePsf
         PSF model.
     radius_pix : int
         Half-size of the square stamp, pixels.
@@ -242,8 +330,23 @@ def aperture_correction(
     *,
     min_snr: float,
     min_stars: int,
+    enclosed_fraction: float = 1.0,
 ) -> tuple[float, int]:
-    """Median aperture/PSF flux ratio over usable sources with PSF S/N >= ``min_snr``.
+    """Median of ``aperture_flux / (psf_flux * enclosed_fraction)`` over bright usable stars.
+
+    Parameters
+    ----------
+    psf_flux, aperture_flux, snr : numpy.ndarray
+        Per-source PSF flux, aperture flux and PSF S/N.
+    usable : numpy.ndarray of bool
+        Sources that may be used (point-like, isolated, unflagged).
+    min_snr : float
+        Least PSF S/N of a source used.
+    min_stars : int
+        Fewest sources for a correction.
+    enclosed_fraction : float, optional
+        The PSF model's flux fraction inside the aperture, so that corrected PSF fluxes are
+        total fluxes.
 
     Returns
     -------
@@ -252,6 +355,8 @@ def aperture_correction(
     n_stars : int
         Sources used (0 when the correction fell back to 1.0).
     """
+    if not 0.0 < enclosed_fraction <= 1.0:
+        raise ValueError(f"enclosed_fraction must be in (0, 1]; got {enclosed_fraction}")
     psf_flux = np.asarray(psf_flux, dtype=float)
     aperture_flux = np.asarray(aperture_flux, dtype=float)
     ok = np.asarray(usable, dtype=bool) & (np.asarray(snr) >= min_snr)
@@ -260,7 +365,7 @@ def aperture_correction(
     if n < min_stars:
         log.warning("aperture correction: %d stars (< %d): not applied", n, min_stars)
         return 1.0, 0
-    return float(np.median(aperture_flux[ok] / psf_flux[ok])), n
+    return float(np.median(aperture_flux[ok] / (psf_flux[ok] * enclosed_fraction))), n
 
 
 def isolated(x: np.ndarray, y: np.ndarray, radius_pix: float) -> np.ndarray:
@@ -363,8 +468,9 @@ def forced_photometry(
         raise InputDataError("calexp has no WCS: Object positions cannot be placed")
     flux_scale = calexp_flux_scale(calexp.header, config.zero_point_mag)
     pixel_arcsec = float(np.mean(proj_plane_pixel_scales(calexp.wcs.celestial))) * 3600.0
-    psf = GaussianMixturePsf.from_header({"PSFFWHM": calexp.header.get("PSFFWHM")}, pixel_arcsec)
-    radius = max(2, int(np.ceil(config.stamp_radius_fwhm * psf.fwhm_pix)))
+    psf = MixturePsf.from_header(calexp.header, pixel_arcsec)
+    fwhm_pix = psf.effective_fwhm_pix
+    radius = max(2, int(np.ceil(config.stamp_radius_fwhm * fwhm_pix)))
 
     n = len(objects)
     if n:
@@ -383,7 +489,7 @@ def forced_photometry(
         stars = np.ones(n, dtype=bool)
         if "extendedness" in objects.colnames:
             stars = np.asarray(objects["extendedness"]) == 0
-        usable = stars & ~flag & ~ap_flag & isolated(x, y, ap_radius + 2.0 * psf.fwhm_pix)
+        usable = stars & ~flag & ~ap_flag & isolated(x, y, ap_radius + 2.0 * fwhm_pix)
         correction, n_stars = aperture_correction(
             flux,
             ap_flux,
@@ -391,6 +497,7 @@ def forced_photometry(
             usable,
             min_snr=config.apcorr_min_snr,
             min_stars=config.apcorr_min_stars,
+            enclosed_fraction=psf.enclosed_fraction(ap_radius),
         )
     scale = flux_scale * correction
     table = Table(

@@ -25,7 +25,7 @@ from scipy import ndimage, special, stats
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
-from dcflow.stages.forced_photometry import FWHM_PER_SIGMA, GaussianMixturePsf
+from dcflow.stages.forced_photometry import FWHM_PER_SIGMA, MixturePsf
 
 __all__ = ["MultibandConfig", "MultibandResult", "chi2_detection_image"]
 
@@ -149,8 +149,8 @@ def chi2_detection_image(
             if coadd.wcs is None:
                 raise InputDataError(f"coadds[{name!r}] has no WCS", filter=name)
             pixel_arcsec = float(np.mean(proj_plane_pixel_scales(coadd.wcs.celestial))) * 3600.0
-            psf = GaussianMixturePsf.from_header(coadd.header, pixel_arcsec)
-            sigma = psf.fwhm_pix / FWHM_PER_SIGMA
+            psf = MixturePsf.from_header(coadd.header, pixel_arcsec)
+            sigma = psf.effective_fwhm_pix / FWHM_PER_SIGMA
         snr[index] = _smoothed_snr(coadd, sigma, bad_bits)
     have = np.isfinite(snr)
     n_filters = have.sum(axis=0).astype(np.int16)
