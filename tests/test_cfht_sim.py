@@ -240,6 +240,17 @@ def test_write_simulated_campaign_is_idempotent(tmp_path, caplog):
     assert all(
         "0 CCD(s) written" in r.message for r in caplog.records if r.message.startswith("visit")
     )
+    # A damaged file is rewritten, the others are left alone
+    damaged, truncated = paths[-1], paths[-3]
+    (tmp_path / damaged).write_bytes(b"SIMPLE  =  T")
+    whole = (tmp_path / truncated).read_bytes()
+    (tmp_path / truncated).write_bytes(whole[: len(whole) // 2])
+    write_simulated_campaign(config, layout)
+    for path in (damaged, truncated):
+        with fits.open(path) as hdus:
+            assert hdus[0].header["SIMHASH"] == cfht_sim.config_digest(config)
+    assert (tmp_path / truncated).read_bytes() == whole
+    assert (tmp_path / paths[-2]).stat().st_mtime_ns == stamps[paths[-2]]
     # Another seed rewrites every file
     write_simulated_campaign(dataclasses.replace(config, seed=7), layout)
     assert all((tmp_path / p).stat().st_mtime_ns != stamps[p] for p in paths)

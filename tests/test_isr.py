@@ -340,6 +340,11 @@ def test_bad_header_values_and_shapes(calibs):
         run_isr(raw, bias=bias)
 
 
+def test_raw_must_be_a_raw_ccd():
+    with pytest.raises(TypeError, match=r"raw must be a RawCcd .* not ndarray"):
+        run_isr(np.zeros((10, 10)))
+
+
 def test_isr_config_validation():
     with pytest.raises(ValueError, match="overscan_method must be one of median_per_row, poly"):
         from_mapping(IsrConfig, {"overscan_method": "mean"})

@@ -12,6 +12,7 @@ truth table (`cfht_sim.truth_table`) in HDU 2 (``VISITS``).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,16 @@ def _up_to_date(path: Path, digest: str) -> bool:
     if not path.exists():
         return False
     try:
-        header = fits.getheader(path, 0)
-    except (OSError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", fits.verify.VerifyWarning)
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdus:
+                if hdus[0].header.get("SIMHASH") != digest:
+                    return False
+                last = hdus[-1] if len(hdus) > 1 else hdus[0]
+                info = last.fileinfo()
+                return path.stat().st_size >= info["datLoc"] + info["datSpan"]
+    except (OSError, ValueError, IndexError, fits.verify.VerifyWarning):
         return False
-    return header.get("SIMHASH") == digest
 
 
 def _table_hdus(tables: Mapping[str, Table], digest: str) -> fits.HDUList:

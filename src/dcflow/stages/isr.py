@@ -441,14 +441,19 @@ def run_isr(
     -------
     IsrResult
         The exposure in electrons, ``(ny, nx)`` = ``raw.layout.assembled_shape``, with mask,
-        variance (Poisson from the bias-subtracted signal plus read noise squared, divided
-        by the flat squared), the header WCS and the raw header's observing keywords.
+        variance (Poisson from the bias-subtracted signal plus read noise squared plus the
+        master bias variance, divided by the flat squared; the master flat's own noise is
+        left out), the header WCS and the raw header's observing keywords.
 
     Raises
     ------
+    TypeError
+        If ``raw`` is not a `RawCcd`.
     InputDataError
         If an amplifier holds NaN values, or a calibration does not match the CCD's shape.
     """
+    if not isinstance(raw, RawCcd):
+        raise TypeError(f"raw must be a RawCcd (see raw_ccd_from_hdu), not {type(raw).__name__}")
     asm = assemble_ccd(raw, config=config)
     image = asm.image
     shape = image.shape
