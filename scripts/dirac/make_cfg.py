@@ -16,6 +16,7 @@ Usage: make_cfg.py RUN_DIR N_PILOTS DB_PORT DB_PASSWORD USER_DN HOST_DN
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -374,6 +375,8 @@ def main(argv: list[str]) -> int:
     _option(client, "DIRAC/Security/CALocation", str(certs / "certificates"))
     (client_etc / "dirac.cfg").write_text(str(client))
 
+    cores = os.cpu_count() or 1
+    ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     for index in range(n_pilots):
         pilot_etc = run_dir / f"pilot-{index}" / "etc"
         pilot_etc.mkdir(parents=True, exist_ok=True)
@@ -385,7 +388,17 @@ def main(argv: list[str]) -> int:
                 f"Site = {SITE}\nGridCE = {CE}\nCEQueue = {QUEUE}\nLocalCE = InProcess\n"
                 f"CPUTimeLeft = 1000000000\nCPUNormalizationFactor = 1.0\n"
                 f"PilotReference = dcflow-pilot-{index}\n"
+                f"NumberOfProcessors = {cores}\nMaxRAM = {ram_mb}\n"
             ),
+        )
+        # The InProcess CE reports 1 processor until its first job; the JobAgent merges
+        # /AgentJobRequirements into what it asks the Matcher for, so every pilot offers all
+        # the machine's cores from the start (multi-processor jobs match). Its values reach the
+        # Matcher as strings: MaxRAM there fails the TaskQueue check, so it is not set.
+        _section(
+            pilot,
+            "AgentJobRequirements",
+            _cfg(f"NumberOfProcessors = {cores}\n"),
         )
         (pilot_etc / "dirac.cfg").write_text(str(pilot))
     return 0

@@ -1,0 +1,178 @@
+# ruff: noqa: UP045 (settings need typing.Optional; see ExecutorSettings)
+"""Snakemake executor plugin for DIRAC (``snakemake --executor dirac``).
+
+Each Snakemake job (or group job) becomes a DIRAC job running its job script with ``/bin/sh``:
+JobName from the rule, wildcards and an output digest, JobGroup from the working directory,
+CPU time from ``runtime``, processors from threads, MaxRAM from ``mem_mb``, sites / banned
+sites / tags from settings or the ``dirac_sites`` / ``dirac_banned_sites`` / ``dirac_tags``
+resources. Several ready jobs of one rule go in one parametric submission, chunked to
+MaxParametricJobs. One bulk state query per polling cycle; Failed, Stalled, Killed and Deleted
+are failures, reported with DIRAC's minor and application status and the job's log from the
+output sandbox. A restarted driver adopts the jobs of its JobGroup still alive for the same
+outputs. Shared-filesystem mode: the job script runs in the workflow's directory on the
+workers (here the pilots run on the same machine).
+
+The DIRAC client (``scripts/install-dirac-client``) and its environment (``source
+run/dirac/env.sh`` from ``scripts/dirac-up``) must be present.
+"""
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
+from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
+
+from dcflow.states import JobState
+
+from .cancel import cancel_jobs
+from .jobs import prepare, submit_batches, tail_of_logs
+from .status import describe_failure
+from .submit import job_group
+from .wms import DiracError, DiracWMS
+
+__all__ = ["Executor", "ExecutorSettings", "common_settings"]
+
+
+def _help(text: str) -> dict:
+    return {"help": text, "required": False}
+
+
+@dataclass
+class ExecutorSettings(ExecutorSettingsBase):
+    """Settings of ``--executor dirac`` (``--dirac-<name>`` on the command line)."""
+
+    # typing.Optional[...], not `X | None` nor PEP 563 strings: snakemake-interface-common
+    # unwraps only typing.Union origins into argparse types (a string or a types.UnionType
+    # is not callable, and `snakemake --help` then fails for every plugin).
+    sites: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Comma-separated DIRAC sites every job may run at (JDL Site); a rule's dirac_sites "
+            "resource overrides it. Default: none (any site)."
+        ),
+    )
+    banned_sites: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Comma-separated DIRAC sites no job may run at (BannedSites); a rule's "
+            "dirac_banned_sites resource overrides it. Default: none."
+        ),
+    )
+    tags: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "Comma-separated tags every job requires (Tags); a rule's dirac_tags resource "
+            "adds to them. Default: none."
+        ),
+    )
+    job_group_prefix: Optional[str] = field(
+        default="smk",
+        metadata=_help(
+            "Prefix of the JobGroup '<prefix>-<8 hex of the working directory>' that ties a "
+            "run's jobs together (a restarted driver adopts them). Default: smk."
+        ),
+    )
+    parametric_min_jobs: Optional[int] = field(
+        default=2,
+        metadata=_help(
+            "Submit this many or more ready jobs of one rule with the same requirements as one "
+            "parametric (bulk) DIRAC job; 0 never does. Default: 2."
+        ),
+    )
+    max_parametric_jobs: Optional[int] = field(
+        default=100,
+        metadata=_help(
+            "Largest parametric submission (the JobManager's MaxParametricJobs, 100 by "
+            "default); bigger batches are chunked. Default: 100."
+        ),
+    )
+
+    def __post_init__(self):
+        for name in ("parametric_min_jobs", "max_parametric_jobs"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "parametric_min_jobs" else 1):
+                flag = "--dirac-" + name.replace("_", "-")
+                raise WorkflowError(
+                    f"{flag} must be >= {int(name != 'parametric_min_jobs')}, not {value}"
+                )
+        job_group(".", self.job_group_prefix)  # raises WorkflowError on a bad prefix
+
+
+common_settings = CommonSettings(
+    non_local_exec=True,
+    implies_no_shared_fs=False,
+    job_deploy_sources=False,
+    pass_default_storage_provider_args=True,
+    pass_default_resources_args=True,
+    pass_envvar_declarations_to_cmd=True,
+    auto_deploy_default_storage_provider=False,
+    init_seconds_before_status_checks=2,
+)
+
+
+class Executor(RemoteExecutor):
+    """Run Snakemake jobs as DIRAC jobs."""
+
+    def __post_init__(self):
+        self.settings = self.workflow.executor_settings or ExecutorSettings()
+        self.workdir = Path(self.workflow.workdir_init).resolve()
+        self.group = job_group(self.workdir, self.settings.job_group_prefix)
+        self.logdir = self.workdir / ".snakemake" / "dirac_logs"
+        self.wms = DiracWMS()
+        alive = self.wms.alive_in_group(self.group)
+        self.adoptable = {name: job_id for job_id, name in alive.items()}
+
+    def run_jobs(self, jobs: list[JobExecutorInterface]):
+        """Adopt jobs a previous driver left alive; submit the rest, in bulk where possible."""
+        prepared = []
+        for job in jobs:
+            self.run_job_pre(job)
+            item = prepare(self, job)
+            job_id = self.adoptable.pop(item.spec.name, None)
+            if job_id is not None:
+                self.logger.info(f"Adopting DIRAC job {job_id} ({item.spec.name}), still alive.")
+                self.report_job_submission(SubmittedJobInfo(job, external_jobid=job_id))
+            else:
+                prepared.append(item)
+        submit_batches(self, prepared)
+
+    def run_job(self, job: JobExecutorInterface):
+        """Submit one job (Snakemake calls run_jobs; this serves single submissions)."""
+        self.run_jobs([job])
+
+    async def check_active_jobs(
+        self, active_jobs: list[SubmittedJobInfo]
+    ) -> AsyncGenerator[SubmittedJobInfo, None]:
+        """One bulk state query per cycle; report finished jobs, yield the others again."""
+        async with self.status_rate_limiter:
+            try:
+                outcomes = self.wms.states(info.external_jobid for info in active_jobs)
+            except DiracError as err:
+                self.logger.warning(f"DIRAC state query failed, retrying next cycle: {err}")
+                outcomes = {}
+        for info in active_jobs:
+            outcome = outcomes.get(info.external_jobid)
+            if outcome is None or not outcome.finished:
+                yield info
+            elif outcome.state is JobState.SUCCEEDED:
+                self.report_job_success(info)
+            else:
+                log_dir, log_text = tail_of_logs(self, info.external_jobid)
+                msg = describe_failure(outcome, log_text, log_dir and str(log_dir))
+                self.report_job_error(info, msg=msg, aux_logs=[str(log_dir)] if log_dir else [])
+
+    def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
+        """Kill every active job with one DIRAC call."""
+        try:
+            cancel_jobs(self.wms, [info.external_jobid for info in active_jobs])
+        except DiracError as err:
+            self.logger.error(f"cancelling DIRAC jobs failed: {err}")
+
+    def shutdown(self):
+        """Stop polling."""
+        super().shutdown()

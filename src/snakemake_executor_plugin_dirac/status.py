@@ -1,0 +1,131 @@
+"""DIRAC job states: the one table mapping them to dcflow's JobState, and their parsing.
+
+A polling cycle makes one bulk ``getJobsStates`` call for all active jobs (see
+:class:`~snakemake_executor_plugin_dirac.wms.DiracWMS`); :func:`parse_states` turns its answer
+(recorded samples in tests/dirac/) into :class:`JobOutcome` values. A job the answer does not
+mention yet is yielded again, not failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dcflow.states import JobState
+
+__all__ = [
+    "ALIVE_STATES",
+    "STATE_MAP",
+    "JobOutcome",
+    "describe_failure",
+    "parse_states",
+]
+
+STATE_MAP: dict[str, JobState] = {
+    "Submitting": JobState.SUBMITTED,
+    "Received": JobState.SUBMITTED,
+    "Checking": JobState.SUBMITTED,
+    "Staging": JobState.SUBMITTED,
+    "Waiting": JobState.SUBMITTED,
+    "Matched": JobState.SUBMITTED,
+    "Rescheduled": JobState.SUBMITTED,
+    "Running": JobState.RUNNING,
+    "Completing": JobState.RUNNING,
+    "Done": JobState.SUCCEEDED,
+    "Completed": JobState.RUNNING,
+    "Failed": JobState.FAILED,
+    "Stalled": JobState.FAILED,
+    "Killed": JobState.CANCELLED,
+    "Deleted": JobState.CANCELLED,
+}
+"""DIRAC major status -> JobState. FAILED and CANCELLED are failures for Snakemake. Stalled
+(the pilot stopped sending heartbeats) is final for the executor: a retry is a new job."""
+
+ALIVE_STATES = tuple(
+    s for s, js in STATE_MAP.items() if js in (JobState.SUBMITTED, JobState.RUNNING)
+)
+"""DIRAC states of a job that may still produce its outputs (adopted after a restart)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """What DIRAC says about one job.
+
+    Attributes
+    ----------
+    job_id : str
+        DIRAC job id.
+    state : JobState
+        Mapped state.
+    status, minor_status, application_status : str
+        DIRAC's major, minor and application status, verbatim.
+    """
+
+    job_id: str
+    state: JobState
+    status: str
+    minor_status: str = ""
+    application_status: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """True once DIRAC will not change the job's fate any more."""
+        return self.state.is_terminal()
+
+
+def parse_states(answer: Mapping[object, Mapping[str, object]]) -> dict[str, JobOutcome]:
+    """Parse the value of ``JobMonitoringClient().getJobsStates(ids)``.
+
+    Parameters
+    ----------
+    answer : mapping
+        ``{job id (int or str): {"Status": ..., "MinorStatus": ..., "ApplicationStatus": ...}}``.
+
+    Returns
+    -------
+    dict
+        ``{job id as str: JobOutcome}``. An unknown DIRAC status maps to SUBMITTED (yielded
+        again) rather than to a failure.
+    """
+    outcomes = {}
+    for job_id, fields in answer.items():
+        status = str(fields.get("Status", ""))
+        outcomes[str(job_id)] = JobOutcome(
+            job_id=str(job_id),
+            state=STATE_MAP.get(status, JobState.SUBMITTED),
+            status=status,
+            minor_status=str(fields.get("MinorStatus", "") or ""),
+            application_status=str(fields.get("ApplicationStatus", "") or ""),
+        )
+    return outcomes
+
+
+def describe_failure(outcome: JobOutcome, log_text: str, log_dir: str | None) -> str:
+    """Return the message Snakemake prints for a failed DIRAC job.
+
+    Parameters
+    ----------
+    outcome : JobOutcome
+        The failed job's DIRAC status.
+    log_text : str
+        Tail of the job's log from its output sandbox ("" if none came back).
+    log_dir : str or None
+        Where the output sandbox was unpacked.
+
+    Returns
+    -------
+    str
+        One paragraph: DIRAC status, minor and application status, where the logs are, and
+        the log tail.
+    """
+    lines = [
+        f"DIRAC job {outcome.job_id} {outcome.status}: minor status {outcome.minor_status!r}, "
+        f"application status {outcome.application_status!r}."
+    ]
+    if log_dir:
+        lines.append(f"Output sandbox: {log_dir}")
+    if log_text:
+        lines.append("Job log (tail):\n" + log_text)
+    else:
+        lines.append("No job log came back from the output sandbox.")
+    return "\n".join(lines)
