@@ -19,6 +19,7 @@ from typing import Any
 
 from astropy.io import fits
 from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 
 from dcflow import io
 from dcflow.configs import from_mapping
@@ -49,13 +50,14 @@ def _up_to_date(path: Path, digest: str) -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", fits.verify.VerifyWarning)
+            warnings.simplefilter("error", AstropyUserWarning)  # "file may have been truncated"
             with fits.open(path, memmap=False, lazy_load_hdus=True) as hdus:
                 if hdus[0].header.get("SIMHASH") != digest:
                     return False
                 last = hdus[-1] if len(hdus) > 1 else hdus[0]
                 info = last.fileinfo()
                 return path.stat().st_size >= info["datLoc"] + info["datSpan"]
-    except (OSError, ValueError, IndexError, fits.verify.VerifyWarning):
+    except (OSError, ValueError, IndexError, fits.verify.VerifyWarning, AstropyUserWarning):
         return False
 
 
