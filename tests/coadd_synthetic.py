@@ -64,6 +64,8 @@ class VisitSpec:
     airmass: float
     mjd: float
     artefacts: bool = False
+    psf_beta: float = 0.0
+    """Moffat index of the PSF (0: Gaussian); written to the header as PSFBETA."""
 
 
 def default_visits() -> list[VisitSpec]:
@@ -202,6 +204,27 @@ def _gaussian_stamp(image, x, y, flux, sigma):
     image[y0:y1, x0:x1] += flux * np.outer(fy, fx)
 
 
+def _moffat_stamp(image, x, y, flux, fwhm_pix, beta):
+    alpha = fwhm_pix / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    r = int(np.ceil(12 * fwhm_pix))
+    ix, iy = round(float(x)), round(float(y))
+    sub = (np.arange(5) - 2) / 5
+    off = np.arange(-r, r + 1)
+    px = (off[:, None] + sub[None, :] + ix - x).ravel()
+    py = (off[:, None] + sub[None, :] + iy - y).ravel()
+    value = (
+        (beta - 1)
+        / (np.pi * alpha**2)
+        * (1 + (py[:, None] ** 2 + px[None, :] ** 2) / alpha**2) ** -beta
+    )
+    n = 2 * r + 1
+    stamp = value.reshape(n, 5, n, 5).mean(axis=(1, 3)) * flux
+    y0, x0 = iy - r, ix - r
+    ys = slice(max(0, y0), min(image.shape[0], y0 + n))
+    xs = slice(max(0, x0), min(image.shape[1], x0 + n))
+    image[ys, xs] += stamp[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+
+
 def _galaxy_stamp(image, x, y, flux, sigma, r_eff_pix, ellip, theta, rot_rad):
     over = 3
     r = int(np.ceil(6 * r_eff_pix + 4 * sigma)) + 1
@@ -272,6 +295,10 @@ def render_calexp(
                 truth["theta_rad"][k],
                 np.radians(spec.rot_deg),
             )
+        elif spec.psf_beta > 0:
+            _moffat_stamp(
+                signal, x[k], y[k], flux[k], spec.fwhm_arcsec / CALEXP_SCALE_ARCSEC, spec.psf_beta
+            )
         else:
             _gaussian_stamp(signal, x[k], y[k], flux[k], sigma_pix)
     variance = spec.sky_e + 16.0 + signal
@@ -284,6 +311,8 @@ def render_calexp(
     header["ZP"] = spec.zp
     header["PSFFWHM"] = spec.fwhm_arcsec
     header["AIRMASS"] = spec.airmass
+    if spec.psf_beta > 0:
+        header["PSFBETA"] = spec.psf_beta
     header["MJD"] = spec.mjd
     return Exposure(
         image=image.astype(np.float32),

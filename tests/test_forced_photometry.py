@@ -12,8 +12,11 @@ from coadd_synthetic import (
     VARIABLE_AMPLITUDE,
     VARIABLE_PERIOD_DAYS,
     artefact_pixels,
+    default_visits,
     mag_to_njy,
+    make_truth,
     measured_field,
+    render_calexp,
     variable_factor,
 )
 
@@ -136,3 +139,44 @@ def test_validation_errors():
         forced_photometry(replace(calexp, header=header), m.objects)
     with pytest.raises(ValueError, match="stamp_radius_fwhm must be > 0"):
         ForcedPhotometryConfig(stamp_radius_fwhm=0.0)
+
+
+def test_moffat_psf_from_header_gives_total_flux():
+    # Stars only (Moffat beta = 2.5, broad wings), as processCcd describes its PSF.
+    truth = make_truth(6, n_galaxies=0)
+    truth["kind"] = "star"
+    kept: list[int] = []  # grid positions 30+ pixels apart: no neighbour in the wings
+    for k in range(len(truth)):
+        gap = np.hypot(
+            truth["x_patch"][kept] - truth["x_patch"][k],
+            truth["y_patch"][kept] - truth["y_patch"][k],
+        )
+        if np.all(gap > 30):
+            kept.append(k)
+    truth = truth[kept]
+    truth["mag_r"] = np.linspace(17.0, 19.0, len(truth))
+    spec = replace(default_visits()[0], psf_beta=2.5, fwhm_arcsec=0.9)
+    calexp = render_calexp(truth, spec, seed=3)
+    objects = Table(
+        {"object_id": truth["id"], "ra_deg": truth["ra_deg"], "dec_deg": truth["dec_deg"]}
+    )
+    config = ForcedPhotometryConfig(apcorr_min_stars=5)
+    result = forced_photometry(calexp, objects, config=config)
+    ok = ~result.table["psf_flux_flag"]
+    ratio = result.table["psf_flux"][ok] / mag_to_njy(truth["mag_r"][ok])
+    pull = (result.table["psf_flux"][ok] - mag_to_njy(truth["mag_r"][ok])) / result.table[
+        "psf_flux_err"
+    ][ok]
+    assert abs(np.median(ratio) - 1) < 0.005  # total flux, to 0.5 %
+    assert 0.7 < np.std(pull) < 1.3
+    assert abs(result.aperture_correction - 1) < 0.01  # the Moffat model is right
+    # A Gaussian model of the same FWHM, without aperture correction, loses the wings.
+    header = calexp.header.copy()
+    del header["PSFBETA"]
+    gauss = forced_photometry(
+        replace(calexp, header=header),
+        objects,
+        config=ForcedPhotometryConfig(apply_aperture_correction=False),
+    )
+    gauss_ratio = gauss.table["psf_flux"][ok] / mag_to_njy(truth["mag_r"][ok])
+    assert np.median(gauss_ratio) < 0.95
