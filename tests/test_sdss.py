@@ -30,7 +30,7 @@ from dcflow.configs import from_mapping
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
 from dcflow.instruments import sdss
-from dcflow.io import read_fits, read_table
+from dcflow.io import read_fits, read_table, write_fits
 from dcflow.layout import DEFAULT_TEMPLATES, Layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,6 +240,22 @@ def test_fpm_mask_paints_spans_with_offsets_and_clips_the_frame_edge():
     expected[5, 0:2] = MaskPlane.SAT
     expected[6, 10:12] = MaskPlane.SUSPECT
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_fpm_survives_read_fits(tmp_path):
+    """read_fits keeps variable-length-array tables whole (astropy cannot copy them)."""
+    shape = (7, 12)
+    fpm = _fpm(shape, {"S_MASK_INTERP": [(1, 2, [(0, 0, 3), (1, 1, 2)])]})
+    write_fits(fpm, tmp_path / "fpM.fit")
+    mask = sdss.fpm_mask(read_fits(tmp_path / "fpM.fit"), shape=shape)
+    assert np.argwhere(mask == MaskPlane.INTRP).tolist() == [
+        [1, 2],
+        [1, 3],
+        [1, 4],
+        [1, 5],
+        [2, 3],
+        [2, 4],
+    ]
 
 
 def test_fpm_mask_rejects_a_frame_of_another_size():
