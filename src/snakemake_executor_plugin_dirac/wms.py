@@ -58,6 +58,9 @@ class DiracWMS:
                         f"DIRAC client initialisation failed: {err}. Is the proxy valid "
                         "(X509_USER_PROXY) and DIRACSYSCONFIG set (source run/dirac/env.sh)?"
                     ) from err
+                # The client's own warnings (e.g. "Need to upload the proxy" on every submit:
+                # the executor never uploads one) would flood Snakemake's output.
+                DIRAC.gLogger.setLevel("ERROR")
                 _initialized = True
         from DIRAC.Interfaces.API.Dirac import Dirac
         from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import (

@@ -1,0 +1,214 @@
+"""Unit tests of the DIRAC executor plugin: parsers on recorded DIRAC answers, names, quoting,
+resource mapping, settings. No DIRAC service needed; the JDL tests need the DIRAC client."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from snakemake_interface_common.exceptions import WorkflowError
+
+from dcflow.states import JobState
+from snakemake_executor_plugin_dirac import ExecutorSettings
+from snakemake_executor_plugin_dirac.jobs import split_list
+from snakemake_executor_plugin_dirac.status import (
+    ALIVE_STATES,
+    STATE_MAP,
+    JobOutcome,
+    describe_failure,
+    parse_states,
+)
+from snakemake_executor_plugin_dirac.submit import (
+    DEFAULT_CPU_TIME_S,
+    MAX_GROUP_CHARS,
+    MAX_NAME_CHARS,
+    DiracJobSpec,
+    arguments_string,
+    cpu_time_s,
+    job_group,
+    job_name,
+    job_script,
+    make_dirac_job,
+    output_digest,
+    parametric_chunks,
+)
+
+RECORDED = json.loads((Path(__file__).parent / "dirac" / "getJobsStates.json").read_text())
+
+
+# ---- states, on answers recorded from the project's DIRAC 9.1.22 ------------------------------
+
+
+def test_parse_recorded_states_while_a_job_runs():
+    outcomes = parse_states(RECORDED["while_running"])
+    assert {k: o.state for k, o in outcomes.items()} == {
+        "1": JobState.SUCCEEDED,
+        "3": JobState.SUCCEEDED,
+        "5": JobState.FAILED,
+        "9": JobState.RUNNING,
+        "10": JobState.SUBMITTED,
+        "11": JobState.CANCELLED,
+    }
+    assert outcomes["5"].application_status == "sh Exited With Status 3"
+    assert outcomes["5"].minor_status == "Application Finished With Errors"
+    assert [k for k, o in outcomes.items() if o.finished] == ["1", "11", "3", "5"]
+
+
+def test_parse_recorded_states_after_kill_and_unknown_id():
+    outcomes = parse_states(RECORDED["after_kill"])
+    assert outcomes["9"].state is JobState.CANCELLED
+    assert outcomes["9"].minor_status == "Marked for termination"
+    assert outcomes["10"].state is JobState.RUNNING
+    # the id 999999 was asked for and DIRAC left it out: absent, so the executor yields it again
+    assert "999999" not in outcomes
+
+
+def test_parse_states_int_keys_and_unknown_status():
+    outcomes = parse_states({42: {"Status": "SomethingNew", "MinorStatus": None}})
+    assert outcomes["42"] == JobOutcome("42", JobState.SUBMITTED, "SomethingNew", "", "")
+    assert not outcomes["42"].finished
+
+
+def test_state_map_failures_and_alive_states():
+    failures = {s for s, js in STATE_MAP.items() if js in (JobState.FAILED, JobState.CANCELLED)}
+    assert failures == {"Failed", "Stalled", "Killed", "Deleted"}
+    assert {s for s, js in STATE_MAP.items() if js is JobState.SUCCEEDED} == {"Done"}
+    assert set(ALIVE_STATES) == {
+        "Submitting", "Received", "Checking", "Staging", "Waiting", "Matched",
+        "Rescheduled", "Running", "Completing", "Completed",
+    }  # fmt: skip
+
+
+def test_describe_failure_names_statuses_and_log():
+    outcome = parse_states(RECORDED["after_kill"])["5"]
+    msg = describe_failure(outcome, "--- job.log ---\nboom", "/x/5")
+    assert "DIRAC job 5 Failed" in msg
+    assert "'Application Finished With Errors'" in msg
+    assert "'sh Exited With Status 3'" in msg
+    assert msg.endswith("boom")
+    assert "No job log came back" in describe_failure(outcome, "", None)
+
+
+# ---- names, groups, quoting, resources ---------------------------------------------------------
+
+
+def test_job_name_is_sanitised_bounded_and_ends_with_output_digest():
+    name = job_name("calexp", {"visit": "123", "ccd": "7"}, ["b.fits", "a.fits"])
+    assert name == f"calexp.visit=123,ccd=7~{output_digest(['a.fits', 'b.fits'])}"
+    assert len(output_digest(["x"])) == 10
+    odd = job_name("r", {"p": "a/b;c'd\"e f"}, ["o"])
+    assert odd.startswith("r.p=a_b_c_d_e_f~")
+    long = job_name("r", {"w": "x" * 500}, ["o"])
+    assert len(long) == MAX_NAME_CHARS and long.endswith("~" + output_digest(["o"]))
+    assert job_name("all", {}, ["o"]).startswith("all~")
+
+
+def test_job_group_depends_on_workdir_and_checks_prefix(tmp_path):
+    group = job_group(tmp_path, "camp")
+    assert group == job_group(str(tmp_path), "camp") and group.startswith("camp-")
+    assert len(group) == len("camp-") + 8 <= MAX_GROUP_CHARS
+    assert job_group(tmp_path / "other", "camp") != group
+    assert len(job_group(tmp_path, "p" * 23)) == MAX_GROUP_CHARS
+    with pytest.raises(WorkflowError, match=r"--dirac-job-group-prefix must be .* not 'a b'"):
+        job_group(tmp_path, "a b")
+    with pytest.raises(WorkflowError, match=r"not 'p{24}'"):
+        job_group(tmp_path, "p" * 24)
+
+
+@pytest.mark.parametrize("bad", ["a;b", 'say"hi"', "it's", "50%", "a b", "$HOME", "x`y`"])
+def test_arguments_refuse_what_breaks_the_jdl(bad):
+    with pytest.raises(WorkflowError, match=r"DIRAC job argument .* has a character outside"):
+        arguments_string(["/bin/ok", bad])
+
+
+def test_arguments_round_trip_through_shlex():
+    args = ["/work/run/.snakemake/tmp.x1/snakejob.a.1.sh", "k=v,w", "user@host:9"]
+    assert shlex.split(arguments_string(args)) == args
+
+
+def test_cpu_time_from_runtime_and_threads():
+    assert cpu_time_s(10, 1) == 600
+    assert cpu_time_s(10, 4) == 2400
+    assert cpu_time_s(0.5, 1) == 60  # floor of one minute
+    assert cpu_time_s(None, 2) == 2 * DEFAULT_CPU_TIME_S
+    assert cpu_time_s("1h", 1) == DEFAULT_CPU_TIME_S  # unparsed strings fall back
+
+
+def test_parametric_chunks_cover_all_jobs_once():
+    chunks = parametric_chunks(250, 100)
+    assert [len(c) for c in chunks] == [100, 100, 50]
+    assert [i for c in chunks for i in c] == list(range(250))
+    assert parametric_chunks(0, 100) == []
+    assert [len(c) for c in parametric_chunks(3, 0)] == [1, 1, 1]
+
+
+def test_split_list():
+    assert split_list(" A, B,,C ") == ("A", "B", "C")
+    assert split_list(None) == ()
+
+
+def test_job_script_quotes_workdir_and_restores_path():
+    text = job_script('{"rule": "a"}', "python -m snakemake --x", "/w/my dir", "/v/bin:/usr/bin")
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/sh"
+    assert "cd '/w/my dir' || exit 97" in lines
+    assert "PATH=/v/bin:/usr/bin" in lines
+    assert lines[-1] == "python -m snakemake --x"
+
+
+def test_settings_validation():
+    assert ExecutorSettings().parametric_min_jobs == 2
+    with pytest.raises(WorkflowError, match="--dirac-max-parametric-jobs must be >= 1, not 0"):
+        ExecutorSettings(max_parametric_jobs=0)
+    with pytest.raises(WorkflowError, match="--dirac-parametric-min-jobs must be >= 0, not -1"):
+        ExecutorSettings(parametric_min_jobs=-1)
+    with pytest.raises(WorkflowError, match="--dirac-job-group-prefix"):
+        ExecutorSettings(job_group_prefix="bad;prefix")
+
+
+# ---- JDL built by the DIRAC client (no server needed) -----------------------------------------
+
+
+def _jdl(job) -> str:
+    """The job's JDL with DIRAC's optional double quotes around values removed."""
+    return job._toJDL().replace('"', "")
+
+
+def test_jdl_carries_resources_and_placement():
+    pytest.importorskip("DIRAC", reason="the DIRAC client is not installed (install-dirac-client)")
+    spec = DiracJobSpec(
+        name="calexp.visit=1~0123456789",
+        group="smk-abcdef12",
+        arguments=("/w/.snakemake/tmp.a/snakejob.calexp.3.sh",),
+        cpu_time_s=1200,
+        processors=2,
+        max_ram_mb=3000,
+        banned_sites=("LCG.Bad.fr",),
+        tags=("GPU",),
+    )
+    job = make_dirac_job(spec)
+    jdl = _jdl(job)
+    assert "JobName = calexp.visit=1~0123456789;" in jdl
+    assert "JobGroup = smk-abcdef12;" in jdl
+    assert "CPUTime = 1200;" in jdl
+    assert "NumberOfProcessors = 2;" in jdl
+    assert "MaxRAM = 3000;" in jdl
+    assert "BannedSites = LCG.Bad.fr;" in jdl
+    assert "Tags = GPU;" in jdl
+    # a single job's arguments travel in the workflow XML (its input sandbox), not the JDL
+    assert "/w/.snakemake/tmp.a/snakejob.calexp.3.sh" in job.workflow.toXML()
+
+
+def test_jdl_parametric_has_one_parameter_per_job():
+    pytest.importorskip("DIRAC", reason="the DIRAC client is not installed (install-dirac-client)")
+    spec = DiracJobSpec("r~x", "smk-1", (), 600, 1, None)
+    scripts = ["/w/a.sh", "/w/b.sh", "/w/c.sh"]
+    jdl = _jdl(make_dirac_job(spec, scripts=scripts, names=["r.i=0", "r.i=1", "r.i=2"]))
+    assert "Parameters = 3;" in jdl
+    assert "JobName = %(name)s;" in jdl
+    assert "arguments='%(script)s'" in jdl
+    assert all(s in jdl for s in scripts)
+    with pytest.raises(WorkflowError, match="has a character outside"):
+        make_dirac_job(spec, scripts=["/w/a;rm.sh"], names=["x"])
