@@ -1,45 +1,189 @@
-"""The `dcflow` command: thin verbs over dcflow.driver."""
+"""The `dcflow` command: thin verbs over dcflow.driver.
+
+Verbs: simulate, ingest, run, demo (campaign set-up and running), plan, status, failed, rerun,
+ping, report (campaign control). Arguments after ``--`` pass to Snakemake untouched.
+
+Exit codes: 0 success; 1 a run or check found a failure (a job failed, files were rejected);
+2 bad command line or config; 3 failed tiles are waiting (status, failed); 4 the backend is
+unreachable or not ready (ping).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
+import time
 
 from dcflow import driver
+from dcflow.plan import Plan
+from dcflow.status import CampaignStatus, FailedTile
 
-__all__ = ["main"]
+__all__ = ["EXIT_FAILED", "EXIT_TILES_FAILED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
 
 EXIT_FAILED = 1
 """A verb ran and found a failure (a job failed, files were rejected)."""
 EXIT_USAGE = 2
 """Bad command line or config."""
+EXIT_TILES_FAILED = 3
+"""`status` / `failed`: some tiles' last attempt failed and their outputs are missing."""
+EXIT_UNREACHABLE = 4
+"""`ping`: the backend does not answer or cannot take jobs now."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dcflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default="config.yaml", help="campaign config (config.yaml)")
+    profile = argparse.ArgumentParser(add_help=False)
+    profile.add_argument("--profile", default="local", help="profile name or directory")
+    shard = argparse.ArgumentParser(add_help=False)
+    shard.add_argument("--shard", default=None, help="shard label recorded in the run ledger")
+    memory = argparse.ArgumentParser(add_help=False)
+    memory.add_argument(
+        "--mem-factor",
+        type=float,
+        default=None,
+        help="mem_mb multiplier after a memory failure (default: profile dcflow.yaml, else 2)",
+    )
+    memory.add_argument(
+        "--mem-cap-mb",
+        type=int,
+        default=None,
+        help="largest escalated mem_mb (default: profile dcflow.yaml, else 64000)",
+    )
+    memory.add_argument(
+        "--no-progress", action="store_true", help="do not print progress bars per stage"
+    )
+    passthrough = argparse.ArgumentParser(add_help=False)
+    passthrough.add_argument(
+        "snakemake_args", nargs=argparse.REMAINDER, help="after --: passed to snakemake"
+    )
+    selection = argparse.ArgumentParser(add_help=False)
+    selection.add_argument("--stage", default=None, help="only this stage (rule)")
+    selection.add_argument("--tract", type=int, default=None, help="only this tract")
+
     sub = parser.add_subparsers(dest="verb", required=True)
     sub.add_parser("simulate", parents=[common], help="write a simulated campaign's raw data")
     sub.add_parser("ingest", parents=[common], help="register raw files in the campaign registry")
     for verb, text in (
-        ("run", "run the campaign through Snakemake"),
+        ("run", "run the campaign through Snakemake (run ledger, progress per stage)"),
         ("demo", "simulate, ingest and run the campaign locally"),
     ):
-        cmd = sub.add_parser(verb, parents=[common], help=text)
-        cmd.add_argument("--profile", default="local", help="profile name or directory")
-        cmd.add_argument(
-            "snakemake_args", nargs=argparse.REMAINDER, help="after --: passed to snakemake"
-        )
+        sub.add_parser(verb, parents=[common, profile, shard, memory, passthrough], help=text)
+    cmd = sub.add_parser(
+        "plan", parents=[common, profile], help="jobs per stage: total, done, to run; CPU hours"
+    )
+    cmd.add_argument("--json", action="store_true", help="print the plan as JSON")
+    cmd.add_argument(
+        "--pictures",
+        default=None,
+        help="directory for rule_graph.png and sky.png (default: <output_root>/plan)",
+    )
+    cmd.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
+    cmd = sub.add_parser(
+        "status", parents=[common, profile], help="counts by state, running jobs, throughput, ETA"
+    )
+    cmd.add_argument("--json", action="store_true", help="print the status as JSON")
+    cmd = sub.add_parser(
+        "failed", parents=[common, selection], help="failed tiles with reason and log tail"
+    )
+    cmd.add_argument("--lines", type=int, default=10, help="log lines to show per tile")
+    cmd.add_argument("--json", action="store_true", help="print the tiles as JSON")
+    cmd = sub.add_parser(
+        "rerun",
+        parents=[common, profile, selection, memory, passthrough],
+        help="rerun failed tiles (and missing downstream jobs)",
+    )
+    cmd.add_argument("--failed", action="store_true", required=True, help="rerun failed tiles")
+    cmd = sub.add_parser("ping", parents=[profile], help="check the profile's backend takes jobs")
+    cmd.add_argument(
+        "--min-proxy-hours", type=float, default=24.0, help="DIRAC: proxy lifetime needed, h"
+    )
+    cmd = sub.add_parser(
+        "report",
+        parents=[common, profile, passthrough],
+        help="Snakemake HTML report + per-stage CPU/memory/IO from benchmark files",
+    )
+    cmd.add_argument("--output", default=None, help="report file (<output_root>/report/...)")
     return parser
+
+
+def _strip_separator(args: list[str]) -> list[str]:
+    return args[1:] if args[:1] == ["--"] else args
+
+
+def _print_plan(plan: Plan) -> None:
+    print(f"{'stage':<20} {'filter':<7} {'tract':<6} {'total':>7} {'done':>7} {'to run':>7}")
+    for row in plan.rows:
+        print(
+            f"{row.stage:<20} {row.filter or '-':<7} {'-' if row.tract is None else row.tract:<6}"
+            f" {row.total:>7} {row.done:>7} {row.to_run:>7}"
+        )
+    print(
+        f"{'total':<36} {plan.n_total:>7} {plan.n_done:>7} {plan.n_to_run:>7}"
+        f"   ~{plan.cpu_hours:.2f} CPU h to run"
+    )
+    sources = ", ".join(f"{rule}: {src}" for rule, src in plan.runtime_source.items())
+    print(f"runtime estimates: {sources}")
+    print(f"planned in {plan.seconds:.2f} s ({plan.n_files} files scanned)")
+
+
+def _print_status(status: CampaignStatus) -> None:
+    print(
+        f"{'stage':<20} {'filter':<7} {'total':>7} {'done':>7} {'to run':>7} "
+        f"{'running':>8} {'failed':>7} {'lost':>5}"
+    )
+    for r in status.rows:
+        print(
+            f"{r.stage:<20} {r.filter or '-':<7} {r.total:>7} {r.done:>7} {r.to_run:>7} "
+            f"{r.running:>8} {r.failed:>7} {r.lost:>5}"
+        )
+    for a in status.running:
+        since = a.started or a.submitted or time.time()
+        print(
+            f"  running: {a.rule} {a.data_id} on {a.backend} job {a.backend_jobid or '-'} "
+            f"for {time.time() - since:.0f} s (run {a.run_id})"
+        )
+    if status.reaped_runs:
+        print(f"runs whose driver died (attempts marked lost): {list(status.reaped_runs)}")
+    rate = f"{status.throughput_per_h:.1f} jobs/h" if status.throughput_per_h else "n/a"
+    eta = f"{status.eta_h:.2f} h" if status.eta_h is not None else "n/a"
+    live = ", ".join(map(str, status.live_runs)) or "none"
+    print(f"throughput {rate}, ETA {eta}; live runs: {live}")
+    print("campaign complete" if status.complete else f"{status.n_failed} failed tile(s)")
+
+
+def _print_failed(tiles: list[FailedTile]) -> None:
+    if not tiles:
+        print("no failed tiles")
+    for tile in tiles:
+        why = f"{tile.error_class}: {tile.reason}" if tile.error_class else tile.reason
+        memory = f" [memory, asked {tile.mem_mb_requested} MB]" if tile.memory_failure else ""
+        print(
+            f"{tile.rule} {tile.data_id}: {tile.attempts} attempt(s), exit {tile.exit_code}, "
+            f"{why}{memory}"
+        )
+        print(f"  log: {tile.log_path}  (backend {tile.backend} job {tile.backend_jobid or '-'})")
+        for line in tile.log_tail:
+            print(f"    | {line}")
+
+
+def _failed_json(tiles: list[FailedTile]) -> str:
+    import json
+    from dataclasses import asdict
+
+    return json.dumps([asdict(t) for t in tiles], indent=2, default=str)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dcflow` command; returns the exit code."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    extra = [a for a in getattr(args, "snakemake_args", []) if a != "--"]
+    extra = _strip_separator(list(getattr(args, "snakemake_args", []) or []))
     try:
         if args.verb in ("simulate", "demo"):
             written = driver.simulate_campaign(args.config)
@@ -55,7 +199,15 @@ def main(argv: list[str] | None = None) -> int:
             if report.rejected and args.verb == "ingest":
                 return EXIT_FAILED
         if args.verb in ("run", "demo"):
-            code = driver.run_snakemake(args.config, profile=args.profile, snakemake_args=extra)
+            code = driver.run_campaign(
+                args.config,
+                profile=args.profile,
+                snakemake_args=extra,
+                shard=args.shard,
+                mem_factor=args.mem_factor,
+                mem_cap_mb=args.mem_cap_mb,
+                progress=not args.no_progress,
+            )
             if args.verb == "demo" and code == 0:
                 from dcflow.config_schema import load_config
                 from dcflow.layout import Layout
@@ -66,9 +218,78 @@ def main(argv: list[str] | None = None) -> int:
                     f"(validation: {layout.path('science_validation')})"
                 )
             return EXIT_FAILED if code else 0
-    except (ValueError, FileNotFoundError) as exc:
+        if args.verb == "plan":
+            return _plan(args)
+        if args.verb == "status":
+            status = driver.status_campaign(args.config, profile=args.profile)
+            if args.json:
+                print(status.to_json())
+            else:
+                _print_status(status)
+            return EXIT_TILES_FAILED if status.n_failed else 0
+        if args.verb == "failed":
+            tiles = driver.failed_campaign(
+                args.config, stage=args.stage, tract=args.tract, n_lines=args.lines
+            )
+            if args.json:
+                print(_failed_json(tiles))
+            else:
+                _print_failed(tiles)
+            return EXIT_TILES_FAILED if tiles else 0
+        if args.verb == "rerun":
+            code, selected = driver.rerun_failed(
+                args.config,
+                profile=args.profile,
+                snakemake_args=extra,
+                stage=args.stage,
+                tract=args.tract,
+                mem_factor=args.mem_factor,
+                mem_cap_mb=args.mem_cap_mb,
+                progress=not args.no_progress,
+            )
+            print(f"rerun: {len(selected)} job(s) asked for" if selected else "nothing to rerun")
+            return EXIT_FAILED if code else 0
+        if args.verb == "ping":
+            result = driver.ping_profile(args.profile, min_proxy_hours=args.min_proxy_hours)
+            for check in result.checks:
+                print(
+                    f"{'ok  ' if check.ok else 'FAIL'} {result.backend} {check.name}: "
+                    f"{check.detail}"
+                )
+            return 0 if result.ok else EXIT_UNREACHABLE
+        if args.verb == "report":
+            code, report_path, page, stages = driver.report_campaign(
+                args.config, profile=args.profile, snakemake_args=extra, output=args.output
+            )
+            for stage in stages:
+                print(
+                    f"{stage.stage:<20} {stage.n_jobs:>5} jobs  CPU {stage.cpu_s_total:8.1f} s  "
+                    f"max RSS {stage.max_rss_mb_max:7.0f} MB  read {stage.io_in_mb_total:7.1f} MB"
+                    f"  written {stage.io_out_mb_total:7.1f} MB"
+                )
+            print(f"report: {report_path}; per-stage benchmarks: {page}")
+            return EXIT_FAILED if code else 0
+    except (ValueError, FileNotFoundError, KeyError, sqlite3.Error) as exc:
         print(f"dcflow {args.verb}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    plan = driver.plan_campaign(args.config, profile=args.profile)
+    pictures = None
+    if not args.no_pictures:
+        from dcflow.config_schema import load_config
+        from dcflow.layout import Layout
+
+        out = args.pictures or f"{Layout.from_config(load_config(args.config)).output_root}/plan"
+        pictures = driver.campaign_pictures(args.config, out, profile=args.profile)
+    if args.json:
+        print(plan.to_json())
+    else:
+        _print_plan(plan)
+        if pictures:
+            print(f"pictures: {pictures[0]}, {pictures[1]}")
     return 0
 
 

@@ -1,21 +1,133 @@
-"""Logging set-up shared by the thin scripts that Snakemake rules call."""
+"""Logging set-up shared by the thin scripts that Snakemake rules call, and the fault knob.
+
+A failing job writes one machine-readable line to its log (``DCFLOW-FAILURE {json}``) beside
+the human message, so the run ledger can store the error class, its metadata and whether the
+job ran out of memory, without guessing from free text.
+
+Fault knob (tests and drills): the environment variable ``DCFLOW_FAULTS`` lists
+``rule:tile[:mode]`` entries separated by ``;``. A job whose log is ``.../<rule>/<tile>.log``
+(the layout's ``log`` template) fails before doing any work: mode ``error`` (default) raises
+`InjectedFaultError`; mode ``memory`` raises `MemoryError`, as a job killed for memory would.
+Example: ``DCFLOW_FAULTS="process_visit:visit=1003;bias:ccd=2:memory"``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_logged"]
+from dcflow.errors import StageError
+
+__all__ = [
+    "FAILURE_TAG",
+    "FAULTS_ENV",
+    "FailureRecord",
+    "InjectedFaultError",
+    "fault_for",
+    "is_memory_text",
+    "parse_faults",
+    "read_failure",
+    "run_logged",
+]
+
+FAULTS_ENV = "DCFLOW_FAULTS"
+"""Environment variable naming the tiles that must fail (see the module docstring)."""
+
+FAILURE_TAG = "DCFLOW-FAILURE "
+"""Prefix of the machine-readable failure line a failing job writes to its log."""
+
+FAULT_MODES = ("error", "memory")
+
+_MEMORY_TEXT = re.compile(
+    r"MemoryError|out of memory|oom[- ]?kill|h_vmem|exceeded.*memory|memory.*exceeded|"
+    r"std::bad_alloc|Cannot allocate memory",
+    re.IGNORECASE,
+)
+
+
+class InjectedFaultError(StageError):
+    """A failure injected by the ``DCFLOW_FAULTS`` fault knob (tests and operator drills)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """Why a job failed, as read back from its log.
+
+    Attributes
+    ----------
+    error_class : str
+        Exception class name (``MemoryError``, ``CalibrationError``...).
+    message : str
+        The exception message.
+    metadata : dict
+        The StageError metadata (JSON-safe numbers and strings); empty for other errors.
+    memory : bool
+        True if the job failed for lack of memory.
+    exit_code : int
+        Exit code of the job's process (1 for a Python exception).
+    """
+
+    error_class: str
+    message: str
+    metadata: Mapping[str, Any]
+    memory: bool
+    exit_code: int
+
+
+def is_memory_text(text: str) -> bool:
+    """True if an error text says the job ran out of memory (Python, Linux OOM, Grid Engine)."""
+    return bool(_MEMORY_TEXT.search(text))
+
+
+def parse_faults(text: str) -> dict[tuple[str, str], str]:
+    """Parse a ``DCFLOW_FAULTS`` value into ``{(rule, tile): mode}``.
+
+    Raises
+    ------
+    ValueError
+        If an entry lacks ``rule:tile`` or names an unknown mode.
+    """
+    faults: dict[tuple[str, str], str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(";"))):
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise ValueError(f"{FAULTS_ENV} entry {entry!r} is not rule:tile[:mode]")
+        mode = parts[2] if len(parts) == 3 else "error"
+        if mode not in FAULT_MODES:
+            raise ValueError(f"{FAULTS_ENV} entry {entry!r}: mode {mode!r} not in {FAULT_MODES}")
+        faults[(parts[0], parts[1])] = mode
+    return faults
+
+
+def fault_for(log_path: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The fault mode the knob sets for the job writing ``log_path``, or None."""
+    text = (os.environ if environ is None else environ).get(FAULTS_ENV, "")
+    if not text or not log_path:
+        return None
+    path = Path(log_path)
+    rule, tile = path.parent.name, path.name.removesuffix(".log")
+    return parse_faults(text).get((rule, tile))
+
+
+def _raise_fault(mode: str, log_path: str) -> None:
+    if mode == "memory":
+        raise MemoryError(f"fault knob {FAULTS_ENV}: out of memory injected for {log_path}")
+    raise InjectedFaultError(f"fault knob {FAULTS_ENV}: failure injected for {log_path}", mode=mode)
 
 
 def run_logged(main: Callable[..., Any], log_path: str | None, /, **kwargs: Any) -> Any:
     """Call ``main(**kwargs)`` with logging sent to ``log_path`` (and stderr).
 
-    An exception is logged with its message (which names the file and the problem) before it
-    propagates, so the job exits non-zero and its log says why.
+    An exception is logged with its message (which names the file and the problem) and a
+    ``DCFLOW-FAILURE`` line before it propagates, so the job exits non-zero and its log says
+    why. The ``DCFLOW_FAULTS`` knob may make the job fail before ``main`` runs.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
@@ -29,13 +141,65 @@ def run_logged(main: Callable[..., Any], log_path: str | None, /, **kwargs: Any)
     )
     logger = logging.getLogger(getattr(main, "__module__", "dcflow"))
     try:
+        mode = fault_for(log_path)
+        if mode is not None and log_path:
+            _raise_fault(mode, log_path)
         return main(**kwargs)
     except BaseException as exc:
         metadata = getattr(exc, "metadata", None)
         logger.error(
             "FAILED: %s: %s%s", type(exc).__name__, exc, f" {metadata}" if metadata else ""
         )
+        if isinstance(exc, Exception):
+            record = {
+                "error_class": type(exc).__name__,
+                "message": str(exc),
+                "metadata": metadata if isinstance(metadata, dict) else {},
+                "memory": isinstance(exc, MemoryError) or is_memory_text(str(exc)),
+                "exit_code": 1,
+            }
+            logger.error("%s%s", FAILURE_TAG, json.dumps(record, default=str))
         raise
     finally:
         for handler in handlers:
             handler.flush()
+
+
+def read_failure(
+    log_path: str | os.PathLike | None, *, tail_bytes: int = 65536
+) -> FailureRecord | None:
+    """Read the last ``DCFLOW-FAILURE`` record of a job log, or None if it has none.
+
+    Only the last ``tail_bytes`` of the log are read. A log without a record but with text
+    that says the job ran out of memory (an OOM kill message) gives a record with
+    ``error_class`` ``"unknown"``.
+    """
+    if not log_path:
+        return None
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - tail_bytes))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in reversed(text.splitlines()):
+        where = line.find(FAILURE_TAG)
+        if where < 0:
+            continue
+        try:
+            data = json.loads(line[where + len(FAILURE_TAG) :])
+        except json.JSONDecodeError:
+            continue
+        return FailureRecord(
+            error_class=str(data.get("error_class", "unknown")),
+            message=str(data.get("message", "")),
+            metadata=dict(data.get("metadata") or {}),
+            memory=bool(data.get("memory", False)),
+            exit_code=int(data.get("exit_code", 1)),
+        )
+    if is_memory_text(text):
+        last = next((ln for ln in reversed(text.splitlines()) if is_memory_text(ln)), "")
+        return FailureRecord("unknown", last.strip(), {}, True, 1)
+    return None

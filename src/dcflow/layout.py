@@ -21,6 +21,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "refcat": "{instrument}/refcat.fits",
     "truth": "{instrument}/truth.fits",
     "registry": "registry.sqlite3",
+    "ledger": "ledger.sqlite3",
     "bias": "calib/bias/bias_{ccd}.fits",
     "flat": "calib/flat/{filter}/flat_{filter}_{ccd}.fits",
     "calexp": "calexp/{visit}/calexp_{visit}_{ccd}.fits",

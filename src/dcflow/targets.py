@@ -6,17 +6,47 @@ and tests call them too, so the job list has one definition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from dcflow.campaign.registry import Registry
 from dcflow.layout import Layout
 
-__all__ = ["Campaign", "filter_pattern"]
+__all__ = ["Campaign", "JobSpec", "filter_pattern"]
 
 
 def filter_pattern(filters: list[str]) -> str:
     """A wildcard constraint matching exactly the campaign's filter names (a small fixed set)."""
     return "(?:" + "|".join(sorted(filters, key=len, reverse=True)) + ")" if filters else "[a-z]+"
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job of the workflow as the planner sees it (mirrors one Snakemake job).
+
+    Attributes
+    ----------
+    rule : str
+        Rule name (the stage).
+    data_id : mapping
+        The job's wildcards as a data id (empty for campaign-wide jobs).
+    outputs : tuple of str
+        Output paths (what the job writes; no logs or benchmarks).
+    inputs : tuple of str
+        Input paths, products of other jobs or raw data.
+    filter : str or None
+        Filter of the data the job processes, if it has one.
+    tract : int or None
+        Tract of the data the job processes, if it has one.
+    """
+
+    rule: str
+    data_id: Mapping[str, int | str]
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...]
+    filter: str | None = None
+    tract: int | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +110,69 @@ class Campaign:
             for visit, _ in self.registry.science_visits()
             for ccd in self.science_ccds
         ]
+
+    def jobs(self) -> list[JobSpec]:
+        """Every job the default target (rule ``all``) needs, as Snakemake would build them.
+
+        This mirrors rules/*.smk (bias per CCD, flat per filter and CCD, process_visit per
+        science visit, science_validation, all); the planner counts it and tests check that
+        the counts equal ``snakemake -n``'s, so a new rule must be added here too.
+        """
+        ccds = self.science_ccds
+        visits = self.registry.science_visits()
+        bands = sorted({band for _, band in visits})
+        jobs: list[JobSpec] = [
+            JobSpec(
+                rule="bias",
+                data_id={"ccd": ccd},
+                outputs=(self.layout.path("bias", ccd=ccd),),
+                inputs=tuple(self.bias_inputs(ccd)),
+            )
+            for ccd in ccds
+        ]
+        jobs += [
+            JobSpec(
+                rule="flat",
+                data_id={"filter": band, "ccd": ccd},
+                outputs=(self.layout.path("flat", filter=band, ccd=ccd),),
+                inputs=(*self.flat_inputs(ccd, band), self.layout.path("bias", ccd=ccd)),
+                filter=band,
+            )
+            for band in bands
+            for ccd in ccds
+        ]
+        refcat = self.layout.path("refcat", instrument=self.instrument)
+        for visit, band in visits:
+            outputs = [self.layout.path("calexp", visit=visit, ccd=ccd) for ccd in ccds]
+            outputs += [self.layout.path("src", visit=visit, ccd=ccd) for ccd in ccds]
+            inputs = [
+                *self.visit_raws(visit),
+                *self.visit_calibs(visit, "bias"),
+                *self.visit_calibs(visit, "flat"),
+                refcat,
+            ]
+            jobs.append(
+                JobSpec(
+                    rule="process_visit",
+                    data_id={"visit": visit},
+                    outputs=tuple(outputs),
+                    inputs=tuple(inputs),
+                    filter=band,
+                )
+            )
+        products = self.visit_products("calexp") + self.visit_products("src")
+        validation = self.layout.path("science_validation")
+        jobs.append(
+            JobSpec(
+                rule="science_validation",
+                data_id={},
+                outputs=(validation, self.layout.path("science_validation_plot")),
+                inputs=(
+                    *self.visit_products("src"),
+                    *self.visit_products("calexp"),
+                    self.layout.path("truth", instrument=self.instrument),
+                ),
+            )
+        )
+        jobs.append(JobSpec(rule="all", data_id={}, outputs=(), inputs=(*products, validation)))
+        return jobs

@@ -1,0 +1,218 @@
+"""Campaign pictures for ``dcflow plan``: the rule graph and the sky, coloured by state.
+
+Both are drawn with matplotlib's Agg backend from the planner's job graph (no Graphviz, no
+Snakemake DAG), so they cost the same as the plan.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
+
+from dcflow.io import atomic_path
+from dcflow.ledger import tile_of
+from dcflow.targets import JobSpec
+
+__all__ = [
+    "STATE_COLOURS",
+    "CcdTile",
+    "rule_edges",
+    "rule_graph_figure",
+    "save_png",
+    "sky_figure",
+]
+
+STATE_COLOURS: dict[str, str] = {
+    "done": "#2ca02c",
+    "to run": "#c7c7c7",
+    "running": "#1f77b4",
+    "failed": "#d62728",
+    "partly done": "#ff7f0e",
+}
+"""Colour of each tile state in both pictures."""
+
+
+def rule_edges(jobs: Sequence[JobSpec]) -> set[tuple[str, str]]:
+    """``(upstream rule, downstream rule)`` pairs: a job of the second reads the first's."""
+    producer: dict[str, str] = {}
+    for job in jobs:
+        for path in job.outputs:
+            producer[os.path.normpath(path)] = job.rule
+    edges = set()
+    for job in jobs:
+        for path in job.inputs:
+            source = producer.get(os.path.normpath(path))
+            if source is not None and source != job.rule:
+                edges.add((source, job.rule))
+    return edges
+
+
+def _levels(rules: Sequence[str], edges: set[tuple[str, str]]) -> dict[str, int]:
+    level = dict.fromkeys(rules, 0)
+    for _ in rules:  # longest-path layering; the graph is a DAG with few rules
+        for up, down in edges:
+            level[down] = max(level[down], level[up] + 1)
+    return level
+
+
+def rule_graph_figure(
+    jobs: Sequence[JobSpec],
+    to_run: Mapping[tuple[str, str], object] | set[tuple[str, str]],
+    *,
+    failed: set[tuple[str, str]] = frozenset(),
+    running: set[tuple[str, str]] = frozenset(),
+    title: str = "rule graph",
+) -> Figure:
+    """The rule graph, one box per rule with its done / total job counts, coloured by state.
+
+    A rule is green when all its jobs are done, grey when none is, orange in between, red
+    if one of its tiles failed, blue if one is running.
+    """
+    rules = list(dict.fromkeys(job.rule for job in jobs))
+    totals = dict.fromkeys(rules, 0)
+    left = dict.fromkeys(rules, 0)
+    n_failed = dict.fromkeys(rules, 0)
+    n_running = dict.fromkeys(rules, 0)
+    for job in jobs:
+        key = (job.rule, tile_of(job.data_id))
+        totals[job.rule] += 1
+        left[job.rule] += key in to_run
+        n_failed[job.rule] += key in failed
+        n_running[job.rule] += key in running
+    edges = rule_edges(jobs)
+    level = _levels(rules, edges)
+    by_level: dict[int, list[str]] = {}
+    for rule in rules:
+        by_level.setdefault(level[rule], []).append(rule)
+    depth = max(by_level) + 1
+    width = max(len(v) for v in by_level.values())
+    fig, ax = plt.subplots(figsize=(max(6.0, 3.0 * width), max(4.0, 1.6 * depth)), dpi=100)
+    pos: dict[str, tuple[float, float]] = {}
+    for lvl, names in by_level.items():
+        for i, rule in enumerate(names):
+            pos[rule] = ((i + 0.5) * width / len(names), depth - lvl - 0.5)
+    for up, down in sorted(edges):
+        (x0, y0), (x1, y1) = pos[up], pos[down]
+        skip = level[down] - level[up] > 1  # bend edges that jump over a level around it
+        ax.annotate(
+            "",
+            xy=(x1 + (0.42 if skip else 0.0), y1 + (0.0 if skip else 0.22)),
+            xytext=(x0 + (0.42 if skip else 0.0), y0 - (0.0 if skip else 0.22)),
+            arrowprops={
+                "arrowstyle": "->",
+                "color": "#555555",
+                "lw": 1.5,
+                "connectionstyle": "arc3,rad=-0.4" if skip else "arc3",
+            },
+        )
+    for rule, (x, y) in pos.items():
+        done = totals[rule] - left[rule]
+        if n_failed[rule]:
+            state = "failed"
+        elif n_running[rule]:
+            state = "running"
+        elif left[rule] == 0:
+            state = "done"
+        elif done == 0:
+            state = "to run"
+        else:
+            state = "partly done"
+        box = FancyBboxPatch(
+            (x - 0.42, y - 0.2),
+            0.84,
+            0.4,
+            boxstyle="round,pad=0.02",
+            facecolor=STATE_COLOURS[state],
+            edgecolor="black",
+        )
+        ax.add_patch(box)
+        extra = f", {n_failed[rule]} failed" if n_failed[rule] else ""
+        ax.text(
+            x, y, f"{rule}\n{done}/{totals[rule]} done{extra}", ha="center", va="center", fontsize=9
+        )
+    ax.set_xlim(-0.1, width + 0.1)
+    ax.set_ylim(-0.1, depth + 0.1)
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.legend(
+        handles=[Patch(facecolor=c, edgecolor="black", label=s) for s, c in STATE_COLOURS.items()],
+        loc="lower left",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return fig
+
+
+@dataclass(frozen=True, slots=True)
+class CcdTile:
+    """One visit/CCD on the sky: its corners (deg) and state (a `STATE_COLOURS` key)."""
+
+    visit: int
+    ccd: int
+    band: str
+    ra_deg: float
+    dec_deg: float
+    width_deg: float
+    height_deg: float
+    state: str
+
+
+def sky_figure(tiles: Sequence[CcdTile], *, title: str = "visits / CCDs") -> Figure:
+    """Every visit's CCDs as boxes on the sky, coloured by the state of their job.
+
+    One panel per band (visits of one band overlap); RA increases to the left.
+    """
+    bands = sorted({t.band for t in tiles}) or ["-"]
+    fig, axes = plt.subplots(1, len(bands), figsize=(5.0 * len(bands), 5.0), dpi=100, squeeze=False)
+    for ax, band in zip(axes[0], bands, strict=True):
+        mine = [t for t in tiles if t.band == band]
+        for tile in mine:
+            ax.add_patch(
+                Rectangle(
+                    (tile.ra_deg - tile.width_deg / 2, tile.dec_deg - tile.height_deg / 2),
+                    tile.width_deg,
+                    tile.height_deg,
+                    facecolor=STATE_COLOURS[tile.state],
+                    edgecolor="black",
+                    alpha=0.55,
+                    lw=0.6,
+                )
+            )
+        if mine:
+            ras = [t.ra_deg for t in mine]
+            decs = [t.dec_deg for t in mine]
+            pad = max(max(t.width_deg for t in mine), max(t.height_deg for t in mine))
+            ax.set_xlim(max(ras) + pad, min(ras) - pad)
+            ax.set_ylim(min(decs) - pad, max(decs) + pad)
+        ax.ticklabel_format(useOffset=False)
+        ax.set_xlabel("RA (deg)")
+        ax.set_ylabel("Dec (deg)")
+        states = {t.state for t in mine}
+        counts = ", ".join(f"{sum(t.state == s for t in mine)} {s}" for s in sorted(states))
+        ax.set_title(f"{title}: {band} ({counts})", fontsize=9)
+        ax.set_aspect(1.0 / max(math.cos(math.radians(sum(decs) / len(decs))), 0.1) if mine else 1)
+    axes[0][-1].legend(
+        handles=[Patch(facecolor=c, edgecolor="black", label=s) for s, c in STATE_COLOURS.items()],
+        loc="upper right",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def save_png(fig: Figure, path: str | os.PathLike) -> str:
+    """Write a figure as PNG atomically (`dcflow.io.atomic_path`) and close it."""
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return os.fspath(path)

@@ -1,0 +1,452 @@
+"""Campaign status, failed tiles and backend checks: what ``dcflow status / failed / ping`` say.
+
+Status joins two views: the plan (what is complete on disk, from one scan of the output tree)
+and the run ledger (what is running, failed or was lost). It works while a run goes and after
+it stopped or died: a run whose driver is gone is closed first and its unfinished attempts
+become `JobState.LOST`, so "running" never counts jobs nobody watches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dcflow.ledger import Attempt, Ledger, Run
+from dcflow.plan import Plan
+from dcflow.states import ACTIVE_STATES, JobState
+
+__all__ = [
+    "CampaignStatus",
+    "Check",
+    "FailedTile",
+    "PingResult",
+    "QueueInstance",
+    "StageStatus",
+    "campaign_status",
+    "failed_tiles",
+    "log_tail",
+    "parse_proxy_timeleft",
+    "parse_qstat_f",
+    "ping_dirac",
+    "ping_gridengine",
+    "read_env_file",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StageStatus:
+    """Counts of one stage (and filter, tract) by state."""
+
+    stage: str
+    filter: str | None
+    tract: int | None
+    total: int
+    done: int
+    to_run: int
+    running: int
+    failed: int
+    lost: int
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignStatus:
+    """What ``dcflow status`` reports.
+
+    Attributes
+    ----------
+    rows : tuple of StageStatus
+        Per stage x filter x tract.
+    running : tuple of Attempt
+        Attempts submitted or running under a live driver (with backend ids).
+    live_runs : tuple of int
+        Ledger runs whose driver is alive.
+    reaped_runs : tuple of int
+        Runs found dead and closed by this call.
+    last_run : Run or None
+        The most recent run.
+    throughput_per_h : float or None
+        Jobs succeeded per hour over the last hour of activity.
+    eta_h : float or None
+        Hours left at that throughput.
+    """
+
+    rows: tuple[StageStatus, ...]
+    running: tuple[Attempt, ...]
+    live_runs: tuple[int, ...]
+    reaped_runs: tuple[int, ...]
+    last_run: Run | None
+    throughput_per_h: float | None
+    eta_h: float | None
+
+    @property
+    def n_failed(self) -> int:
+        """Tiles whose last attempt failed and whose outputs are still missing."""
+        return sum(r.failed for r in self.rows)
+
+    @property
+    def complete(self) -> bool:
+        """True if nothing is left to run."""
+        return all(r.to_run == 0 for r in self.rows)
+
+    def to_json(self) -> str:
+        """Machine-readable status."""
+        return json.dumps(
+            {
+                "complete": self.complete,
+                "n_failed": self.n_failed,
+                "rows": [asdict(r) for r in self.rows],
+                "running": [
+                    {
+                        "rule": a.rule,
+                        "data_id": a.data_id,
+                        "state": a.state.value,
+                        "backend": a.backend,
+                        "backend_jobid": a.backend_jobid,
+                        "run_id": a.run_id,
+                        "since": a.started or a.submitted,
+                    }
+                    for a in self.running
+                ],
+                "live_runs": list(self.live_runs),
+                "reaped_runs": list(self.reaped_runs),
+                "throughput_per_h": self.throughput_per_h,
+                "eta_h": self.eta_h,
+            },
+            indent=2,
+        )
+
+
+def _throughput(attempts: Sequence[Attempt], now: float, window_s: float) -> float | None:
+    ends = sorted(a.finished for a in attempts if a.state is JobState.SUCCEEDED and a.finished)
+    if not ends:
+        return None
+    last = max(ends[-1], now) if any(a.state in ACTIVE_STATES for a in attempts) else ends[-1]
+    recent = [t for t in ends if t >= last - window_s]
+    starts = [a.started or a.submitted for a in attempts if (a.started or a.submitted)]
+    first = max(last - window_s, min(starts) if starts else recent[0])
+    span = max(last - first, 1.0)
+    return len(recent) / span * 3600.0
+
+
+def campaign_status(plan: Plan, ledger: Ledger, *, window_s: float = 3600.0) -> CampaignStatus:
+    """Join the plan (disk) and the ledger (attempts) into per-stage counts by state.
+
+    Closes runs whose driver died before counting (their active attempts become lost).
+    """
+    reaped = ledger.reap_dead_runs()
+    runs = ledger.runs()
+    live = tuple(r.run_id for r in runs if r.finished is None)
+    latest = ledger.latest_attempts()
+    counts: dict[tuple[str, str | None, int | None], dict[str, int]] = {}
+    for (rule, tile), group in plan.to_run.items():
+        attempt = latest.get((rule, tile))
+        if attempt is None:
+            continue
+        state = attempt.state
+        key = (rule, *group)
+        row = counts.setdefault(key, {"running": 0, "failed": 0, "lost": 0})
+        if state in ACTIVE_STATES and attempt.run_id in live:
+            row["running"] += 1
+        elif state is JobState.FAILED:
+            row["failed"] += 1
+        elif state is JobState.LOST:
+            row["lost"] += 1
+    rows = tuple(
+        StageStatus(
+            stage=r.stage,
+            filter=r.filter,
+            tract=r.tract,
+            total=r.total,
+            done=r.done,
+            to_run=r.to_run,
+            **counts.get((r.stage, r.filter, r.tract), {"running": 0, "failed": 0, "lost": 0}),
+        )
+        for r in plan.rows
+    )
+    running = tuple(a for a in latest.values() if a.state in ACTIVE_STATES and a.run_id in live)
+    all_attempts = ledger.attempts()
+    now = time.time()
+    rate = _throughput(all_attempts, now, window_s)
+    left = sum(r.to_run for r in rows)
+    eta = left / rate if rate else (0.0 if left == 0 else None)
+    return CampaignStatus(
+        rows=rows,
+        running=running,
+        live_runs=live,
+        reaped_runs=tuple(reaped),
+        last_run=runs[-1] if runs else None,
+        throughput_per_h=rate,
+        eta_h=eta,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FailedTile:
+    """A tile whose last attempt failed, with what an operator needs to act on it."""
+
+    rule: str
+    data_id: str
+    attempts: int
+    exit_code: int | None
+    error_class: str | None
+    reason: str | None
+    memory_failure: bool
+    mem_mb_requested: int | None
+    backend: str | None
+    backend_jobid: str | None
+    log_path: str | None
+    log_tail: tuple[str, ...]
+    outputs: tuple[str, ...]
+    run_id: int
+
+
+def log_tail(
+    path: str | os.PathLike | None, n_lines: int = 10, *, max_bytes: int = 65536
+) -> tuple[str, ...]:
+    """The last ``n_lines`` lines of a log (reads at most ``max_bytes`` from its end)."""
+    if not path:
+        return ()
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - max_bytes))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ()
+    return tuple(text.splitlines()[-n_lines:])
+
+
+def _tract_of(attempt: Attempt, groups: Mapping[tuple[str, str], tuple]) -> int | None:
+    if "tract" in attempt.wildcards:
+        return int(attempt.wildcards["tract"])
+    group = groups.get((str(attempt.rule), str(attempt.data_id)))
+    return group[1] if group else None
+
+
+def failed_tiles(
+    ledger: Ledger,
+    *,
+    stage: str | None = None,
+    tract: int | None = None,
+    plan: Plan | None = None,
+    n_lines: int = 10,
+) -> list[FailedTile]:
+    """Tiles whose last attempt failed, optionally of one stage (rule) and tract.
+
+    With a ``plan``, tiles whose outputs are now complete on disk are left out.
+    """
+    counts = ledger.attempt_counts()
+    groups: Mapping[tuple[str, str], tuple] = plan.to_run if plan is not None else {}
+    out = []
+    for attempt in ledger.failed_tiles():
+        if attempt.state is not JobState.FAILED:
+            continue
+        key = (str(attempt.rule), str(attempt.data_id))
+        if stage is not None and attempt.rule != stage:
+            continue
+        if tract is not None and _tract_of(attempt, groups) != tract:
+            continue
+        if plan is not None and key not in plan.to_run:
+            continue
+        out.append(
+            FailedTile(
+                rule=key[0],
+                data_id=key[1],
+                attempts=counts.get(key, 1),
+                exit_code=attempt.exit_code,
+                error_class=attempt.error_class,
+                reason=attempt.reason,
+                memory_failure=attempt.memory_failure,
+                mem_mb_requested=attempt.mem_mb_requested,
+                backend=attempt.backend,
+                backend_jobid=attempt.backend_jobid,
+                log_path=attempt.log_path,
+                log_tail=log_tail(attempt.log_path, n_lines),
+                outputs=attempt.outputs,
+                run_id=attempt.run_id,
+            )
+        )
+    return out
+
+
+# --- backend checks (dcflow ping) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check of a backend: its name, whether it passed and what was found."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    """The checks of one backend; ``ok`` if all passed."""
+
+    backend: str
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True if every check passed."""
+        return all(c.ok for c in self.checks)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInstance:
+    """One queue instance of ``qstat -f``: ``queue@host``, slots and state letters."""
+
+    name: str
+    slots_used: int
+    slots_total: int
+    states: str
+
+    @property
+    def usable(self) -> bool:
+        """True unless in error (E), disabled (d), unreachable (u) or suspended (sSCAD)."""
+        return not set(self.states) & set("EduSsCAD")
+
+
+_QUEUE_LINE = re.compile(
+    r"^(?P<name>\S+@\S+)\s+\S+\s+(?:(?P<resv>\d+)/)?(?P<used>\d+)/(?P<total>\d+)\s+\S+\s+\S+"
+    r"(?:\s+(?P<states>[a-zA-Z]+))?\s*$"
+)
+
+
+def parse_qstat_f(text: str) -> list[QueueInstance]:
+    """Queue instances of ``qstat -f`` output (header and job lines are skipped)."""
+    out = []
+    for line in text.splitlines():
+        match = _QUEUE_LINE.match(line.strip())
+        if match:
+            out.append(
+                QueueInstance(
+                    name=match["name"],
+                    slots_used=int(match["used"]),
+                    slots_total=int(match["total"]),
+                    states=match["states"] or "",
+                )
+            )
+    return out
+
+
+def read_env_file(path: str | os.PathLike) -> dict[str, str]:
+    """``export KEY="value"`` lines of a shell env file (as written by scripts/*-up)."""
+    env = {}
+    for line in Path(path).read_text().splitlines():
+        match = re.match(r"^\s*export\s+(\w+)=(.*)$", line)
+        if match:
+            env[match[1]] = match[2].strip().strip("\"'")
+    return env
+
+
+def _run(argv: list[str], env: Mapping[str, str], timeout_s: float) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(
+            argv,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except FileNotFoundError:
+        return 127, f"{argv[0]}: command not found"
+    except subprocess.TimeoutExpired:
+        return 124, f"{' '.join(argv)}: no answer within {timeout_s:.0f} s"
+    return proc.returncode, (proc.stdout + proc.stderr)
+
+
+def ping_gridengine(
+    *, env_file: str | os.PathLike | None = None, queue: str | None = None, timeout_s: float = 20
+) -> PingResult:
+    """Check that Grid Engine accepts jobs.
+
+    The qmaster must answer ``qstat -f`` and at least one queue instance (of ``queue``, if
+    given) must be usable (not in error, disabled, unreachable or suspended).
+    """
+    env = dict(os.environ)
+    if "SGE_ROOT" not in env and env_file and Path(env_file).is_file():
+        env.update(read_env_file(env_file))
+    if shutil.which("qstat", path=env.get("PATH")) is None:
+        return PingResult("gridengine", (Check("qstat", False, "qstat not found on PATH"),))
+    code, text = _run(["qstat", "-f"], env, timeout_s)
+    if code != 0:
+        detail = f"qmaster did not answer (qstat -f exit {code}): {text.strip()[:300]}"
+        return PingResult("gridengine", (Check("qmaster", False, detail),))
+    checks = [Check("qmaster", True, "qstat -f answered")]
+    instances = [q for q in parse_qstat_f(text) if queue is None or q.name.split("@")[0] == queue]
+    bad = [q for q in instances if not q.usable]
+    good = [q for q in instances if q.usable]
+    if not instances:
+        checks.append(Check("queues", False, f"no queue instance{' of ' + queue if queue else ''}"))
+    elif not good:
+        listing = ", ".join(f"{q.name} ({q.states})" for q in bad)
+        checks.append(Check("queues", False, f"no usable queue instance: {listing}"))
+    else:
+        slots = sum(q.slots_total - q.slots_used for q in good)
+        detail = f"{len(good)} usable queue instance(s), {slots} free slot(s)"
+        if bad:
+            detail += "; not usable: " + ", ".join(f"{q.name} ({q.states})" for q in bad)
+        checks.append(Check("queues", True, detail))
+    return PingResult("gridengine", tuple(checks))
+
+
+def parse_proxy_timeleft(text: str) -> float | None:
+    """Seconds left on a proxy from ``dirac-proxy-info`` output (``timeleft : HH:MM:SS``)."""
+    match = re.search(r"timeleft\s*:\s*(\d+):(\d{2}):(\d{2})", text)
+    if not match:
+        return None
+    hours, minutes, seconds = (int(g) for g in match.groups())
+    return hours * 3600.0 + minutes * 60.0 + seconds
+
+
+DIRAC_SERVICES = ("WorkloadManagement/JobManager", "WorkloadManagement/JobMonitoring")
+"""Services a campaign needs to answer: submission and status."""
+
+
+def ping_dirac(
+    *,
+    env_file: str | os.PathLike | None = None,
+    min_proxy_hours: float = 24.0,
+    services: Sequence[str] = DIRAC_SERVICES,
+    timeout_s: float = 60,
+) -> PingResult:
+    """Check that DIRAC accepts jobs.
+
+    The proxy must be valid for ``min_proxy_hours`` and the WMS services must answer a ping.
+    """
+    env = dict(os.environ)
+    if env_file and Path(env_file).is_file():
+        env.update({k: v for k, v in read_env_file(env_file).items() if k not in os.environ})
+    server_python = env.get("DCFLOW_DIRAC_SERVER_PYTHON")
+    if server_python:
+        env["PATH"] = str(Path(server_python).parent) + os.pathsep + env.get("PATH", "")
+    if shutil.which("dirac-proxy-info", path=env.get("PATH")) is None:
+        detail = "dirac-proxy-info not found (no DIRAC client; scripts/dirac-up writes env.sh)"
+        return PingResult("dirac", (Check("client", False, detail),))
+    checks = []
+    code, text = _run(["dirac-proxy-info"], env, timeout_s)
+    left = parse_proxy_timeleft(text) if code == 0 else None
+    if left is None:
+        checks.append(Check("proxy", False, f"no valid proxy (exit {code}): {text.strip()[-300:]}"))
+    else:
+        ok = left >= min_proxy_hours * 3600.0
+        detail = f"proxy valid for {left / 3600.0:.1f} h (need {min_proxy_hours:g} h)"
+        checks.append(Check("proxy", ok, detail if ok else detail + ": renew it"))
+    for service in services:
+        system, name = service.split("/")
+        code, text = _run(["dirac-framework-ping-service", system, name], env, timeout_s)
+        ok = code == 0 and "'OK': True" in text
+        detail = "answered" if ok else f"no answer (exit {code}): {text.strip()[-300:]}"
+        checks.append(Check(service, ok, detail))
+    return PingResult("dirac", tuple(checks))
