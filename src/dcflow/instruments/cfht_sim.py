@@ -637,7 +637,7 @@ def ccd_electronics(config: SimConfig, ccd: int) -> CcdElectronics:
     )
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def flat_pattern(config: SimConfig, ccd: int) -> np.ndarray:
     """Relative response ``(ny, nx)`` of ``ccd``: vignetting x pixel response x dead columns.
 
