@@ -9,6 +9,7 @@ rule bias:
         benchmark_path("bias", "ccd={ccd}")
     params:
         isr=config["isr"],
+        calibs=config["calibs"],
     resources:
         mem_mb=1000,
         runtime=10,
@@ -30,6 +31,7 @@ rule flat:
         benchmark_path("flat", "filter={filter}_ccd={ccd}")
     params:
         isr=config["isr"],
+        calibs=config["calibs"],
     resources:
         mem_mb=1000,
         runtime=10,

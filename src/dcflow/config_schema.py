@@ -22,6 +22,7 @@ __all__ = ["SECTIONS", "build_schema", "load_config", "schema_path"]
 
 SECTIONS: dict[str, str] = {
     "simulation": "dcflow.instruments.cfht_sim:SimConfig",
+    "calibs": "dcflow.stages.calibs:CalibConfig",
     "isr": "dcflow.stages.isr:IsrConfig",
     "process_ccd": "dcflow.stages.process_ccd:ProcessCcdConfig",
     "validation": "dcflow.stages.validation:MatchScoreConfig",

@@ -1,0 +1,82 @@
+"""Gain of every amplifier of one Fe55 exposure: the gain table and the histogram picture."""
+
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from dcflow.configs import from_mapping
+from dcflow.errors import InputDataError
+from dcflow.geometry import DetectorLayout
+from dcflow.instruments.fe55_sim import Fe55SimConfig
+from dcflow.io import atomic_path, read_fits, write_table
+from dcflow.joblog import run_logged
+from dcflow.plots import fe55_exposure_figure
+from dcflow.stages.fe55 import Fe55Config, layout_mismatches, measure_fe55_gain
+
+log = logging.getLogger("fe55_gain")
+
+
+def read_fe55_frame(raw_path: str, expected: DetectorLayout):
+    """Read a raw Fe55 frame and its layout; raise InputDataError naming the file if unusable."""
+    hdus = read_fits(raw_path, required_keys=("AMPNAMES",))
+    data = hdus[0].data
+    if data is None or data.ndim != 2:
+        shape = None if data is None else data.shape
+        raise InputDataError(f"{raw_path}: no 2-d image in the primary HDU (shape {shape})")
+    try:
+        layout = DetectorLayout.from_header(hdus[0].header, data.shape)
+    except KeyError as exc:
+        raise InputDataError(f"{raw_path}: {exc.args[0]}") from None
+    except ValueError as exc:
+        raise InputDataError(f"{raw_path}: bad amplifier sections ({exc})") from None
+    mismatches = layout_mismatches(layout, expected)
+    if mismatches:
+        raise InputDataError(
+            f"{raw_path}: amplifier geometry differs from the fe55 config: "
+            + "; ".join(mismatches),
+            n_mismatches=len(mismatches),
+        )
+    return data, layout, hdus[0].header
+
+
+def main(
+    *,
+    raw_path: str,
+    table_path: str,
+    plot_path: str,
+    fe55: Mapping[str, Any],
+    analysis: Mapping[str, Any],
+) -> None:
+    """Measure the gains of one Fe55 exposure and write its gain table and picture."""
+    expected = from_mapping(Fe55SimConfig, fe55).layout()
+    config = from_mapping(Fe55Config, analysis)
+    data, layout, header = read_fe55_frame(raw_path, expected)
+    result = measure_fe55_gain(data, layout, config=config)
+    table = result.table()
+    table.meta["RAWFILE"] = str(raw_path)
+    for key in ("CCD", "EXPOSURE"):
+        if key in header:
+            table.meta[key] = header[key]
+    write_table(table, table_path)
+    for row in table:
+        log.info(
+            "amp %s: gain %.4f +- %.4f e-/ADU from %d events",
+            row["amp"], row["gain_e_per_adu"], row["gain_err_e_per_adu"], row["n_events"],
+        )  # fmt: skip
+    title = f"Fe55 ccd {header.get('CCD', '?')} exposure {header.get('EXPOSURE', '?')}"
+    figure = fe55_exposure_figure(result, title=title)
+    with atomic_path(plot_path) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+
+
+if "snakemake" in globals():
+    run_logged(
+        main,
+        snakemake.log[0],  # noqa: F821
+        raw_path=snakemake.input.raw,  # noqa: F821
+        table_path=snakemake.output.table,  # noqa: F821
+        plot_path=snakemake.output.plot,  # noqa: F821
+        fe55=snakemake.params.fe55,  # noqa: F821
+        analysis=snakemake.params.analysis,  # noqa: F821
+    )
