@@ -91,7 +91,7 @@ class CoaddConfig:
         2, "Fewest usable warps at a pixel for rejection to apply there", minimum=2
     )
     block_rows: int = config_field(
-        512, "Rows of the patch processed at a time (bounds memory)", minimum=16
+        128, "Rows of the patch processed at a time (bounds memory)", minimum=16
     )
 
     def __post_init__(self) -> None:
@@ -179,6 +179,23 @@ def _gaussian_kernel_sum_sq(sigma: float) -> float:
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     k /= k.sum()
     return float(np.sum(k**2) ** 2)
+
+
+def _nanmedian_first_axis(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median over axis 0 ignoring NaN, and the count of finite values.
+
+    Sorting puts NaN last, so the median is read at the middle of the finite entries; this is
+    an order of magnitude faster than ``numpy.nanmedian`` over a short first axis (measured on
+    6 x 512 x 4200 blocks).
+    """
+    count = np.sum(np.isfinite(stack), axis=0)
+    ordered = np.sort(stack, axis=0)
+    lo = np.clip((count - 1) // 2, 0, None)[None]
+    hi = np.clip(count // 2, 0, stack.shape[0] - 1)[None]
+    median = 0.5 * (
+        np.take_along_axis(ordered, lo, axis=0)[0] + np.take_along_axis(ordered, hi, axis=0)[0]
+    )
+    return np.where(count > 0, median, np.nan), count
 
 
 def _matched_block(image, variance, good, sigma):
@@ -284,12 +301,11 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
             else:
                 test_img = np.where(good, img, np.nan)
                 test_var = np.where(good, var, np.nan)
-            n_good = np.sum(np.isfinite(test_img), axis=0)
+            median, n_good = _nanmedian_first_axis(test_img)
             enough = n_good >= config.min_inputs_for_rejection
             with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-                # Pixels where every warp is masked give all-NaN slices: expected, not news.
+                # Pixels where every warp is masked give empty slices: expected, not news.
                 warnings.simplefilter("ignore", RuntimeWarning)
-                median = np.nanmedian(np.where(enough, test_img, np.nan), axis=0)
                 median_var = 0.5 * np.pi * np.nanmean(test_var, axis=0) / np.maximum(n_good, 1)
                 excess = test_img - median
                 limit = config.clip_sigma * np.sqrt(test_var + median_var)
