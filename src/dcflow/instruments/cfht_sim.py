@@ -99,7 +99,13 @@ INSTRUMENT = "cfht_sim"
 SATURATION_ADU = 65535
 """The 16-bit ADC's ceiling: every raw pixel at this value is saturated."""
 
-_BANDS = {"u": "u", "g": "g", "r": "r", "i": "i", "z": "z"}
+_BANDS = {
+    "u": "MegaCam u (u.MP9302)",
+    "g": "MegaCam g (g.MP9402)",
+    "r": "MegaCam r (r.MP9602)",
+    "i": "MegaCam i (i.MP9702)",
+    "z": "MegaCam z (z.MP9801)",
+}
 _COLOR_TERMS = {"u": 1.8, "g": 1.0, "r": 0.0, "i": -0.45, "z": -0.7}
 """Band magnitude = r magnitude + term * (g - r) colour, for the truth catalog."""
 
