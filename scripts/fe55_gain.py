@@ -1,5 +1,6 @@
 """Gain of every amplifier of one Fe55 exposure: the gain table and the histogram picture."""
 
+from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
@@ -62,8 +63,11 @@ def main(
     for row in table:
         log.info(
             "amp %s: gain %.4f +- %.4f e-/ADU from %d events",
-            row["amp"], row["gain_e_per_adu"], row["gain_err_e_per_adu"], row["n_events"],
-        )  # fmt: skip
+            row["amp"],
+            row["gain_e_per_adu"],
+            row["gain_err_e_per_adu"],
+            row["n_events"],
+        )
     title = f"Fe55 ccd {header.get('CCD', '?')} exposure {header.get('EXPOSURE', '?')}"
     figure = fe55_exposure_figure(result, title=title)
     with atomic_path(plot_path) as tmp:

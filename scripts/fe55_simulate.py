@@ -1,5 +1,6 @@
 """Simulate one Fe55 exposure of a sensor: the raw frame and its truth table (true gains)."""
 
+from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
@@ -24,8 +25,11 @@ def main(*, ccd: int, exposure: int, fe55: Mapping[str, Any], raw_path: str, tru
     write_table(truth, truth_path)
     log.info(
         "ccd %s exposure %s: %d X-rays over %d amplifiers",
-        ccd, exposure, len(sim.events), len(sim.layout.amps),
-    )  # fmt: skip
+        ccd,
+        exposure,
+        len(sim.events),
+        len(sim.layout.amps),
+    )
 
 
 if "snakemake" in globals():

@@ -1,5 +1,6 @@
 """Per-sensor Fe55 summary: the gain of each amplifier combined over the sensor's exposures."""
 
+from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
@@ -25,9 +26,12 @@ def main(*, gain_paths: Sequence[str], summary_path: str, truth_paths: Sequence[
     for row in summary:
         log.info(
             "amp %s: gain %.4f +- %.4f e-/ADU over %d exposure(s), chi2/dof %.2f",
-            row["amp"], row["gain_e_per_adu"], row["gain_err_e_per_adu"], row["n_exposures"],
+            row["amp"],
+            row["gain_e_per_adu"],
+            row["gain_err_e_per_adu"],
+            row["n_exposures"],
             row["chi2_per_dof"],
-        )  # fmt: skip
+        )
 
 
 if "snakemake" in globals():

@@ -1,0 +1,433 @@
+"""Simulated Fe55 exposures of a sensor-test camera, with the gain of every amplifier known.
+
+An Fe55 source emits Mn K-alpha (5.9 keV) and K-beta (6.49 keV) X-rays in a ratio of about
+7:1. Each photon absorbed in silicon frees 1620 (K-alpha) or 1778 (K-beta) electrons, with
+Fano noise, in a small cloud that diffuses into neighbouring pixels on its way to the
+potential wells. The simulator deposits such clouds at random positions in each amplifier's
+imaging area (integrating a 2-D Gaussian over the pixel boundaries, so the charge shared by
+a pixel is exact), optionally adds hot pixels and cosmic-ray tracks, converts electrons to ADU
+with each amplifier's gain, and adds a structured bias (a level per amplifier plus a slow
+drift along rows) and read noise to every pixel, prescan and overscan included.
+
+The amplifier geometry is a `dcflow.geometry.DetectorLayout`, so the same code writes a
+MegaCam-like two-amplifier CCD or a four-amplifier sensor-test CCD with 50 prescan and
+2 overscan columns. The gains are the truth against which the Fe55 analysis is checked; they
+go into the returned truth table, never into the frame's header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from scipy.special import ndtr
+
+from dcflow.configs import check_fields, config_field
+from dcflow.geometry import DetectorLayout
+from dcflow.stages.fe55 import KALPHA_ELECTRONS, KBETA_ELECTRONS
+
+__all__ = [
+    "KALPHA_ELECTRONS",
+    "KBETA_ELECTRONS",
+    "Fe55SimConfig",
+    "Fe55Simulation",
+    "amp_gains",
+    "fe55_hdulist",
+    "simulate_fe55",
+    "simulate_fe55_exposure",
+]
+
+_STAMP_HALF = 3  # charge is spread over a 7x7 stamp: beyond 2.5 px a 0.6 px cloud holds < 1e-4
+
+
+@dataclass(frozen=True, slots=True)
+class Fe55SimConfig:
+    """The ``fe55`` campaign section: sensor geometry and the simulated Fe55 exposures.
+
+    The geometry fields describe any camera whose amplifiers sit side by side along x
+    (`DetectorLayout.regular`); the other fields set the simulated source, sensor and defects.
+    """
+
+    n_amps: int = config_field(
+        4, "Number of amplifiers per sensor, side by side along x.", minimum=1, maximum=26
+    )
+    amp_nx: int = config_field(
+        256, "Imaging columns per amplifier (pixels).", minimum=32, maximum=8192
+    )
+    ny: int = config_field(512, "Imaging rows of the sensor (pixels).", minimum=32, maximum=8192)
+    prescan_cols: int = config_field(
+        50, "Prescan columns per amplifier, read before the imaging pixels (pixels).", minimum=0
+    )
+    overscan_cols: int = config_field(
+        2, "Serial overscan columns per amplifier, read after each row (pixels).", minimum=1
+    )
+    overscan_rows: int = config_field(
+        0, "Parallel overscan rows above the imaging area (pixels).", minimum=0
+    )
+    sensors: tuple[int, ...] = config_field(
+        (0, 1), "Sensor (ccd) numbers taking Fe55 exposures.", minimum=0
+    )
+    exposures: int = config_field(
+        2, "Fe55 exposures per sensor, numbered 0..exposures-1.", minimum=1, maximum=10000
+    )
+    seed: int = config_field(55, "Random seed of the simulation (gains, events, noise).", minimum=0)
+    events_per_amp: int = config_field(
+        1500,
+        "Mean number of X-rays absorbed per amplifier per exposure (Poisson).",
+        minimum=0,
+        maximum=10_000_000,
+    )
+    kbeta_fraction: float = config_field(
+        0.125,
+        "Fraction of X-rays at K-beta (0.125 is the 7:1 K-alpha:K-beta ratio).",
+        minimum=0.0,
+        maximum=0.5,
+    )
+    gain_e_per_adu: float = config_field(
+        1.6, "Mean gain of the amplifiers (electrons per ADU).", exclusive_minimum=0.0
+    )
+    gain_spread: float = config_field(
+        0.1,
+        "Full fractional spread of the amplifier gains around the mean (uniform), per sensor.",
+        minimum=0.0,
+        maximum=0.5,
+    )
+    read_noise_e: float = config_field(5.0, "Read noise per pixel (electrons).", minimum=0.0)
+    bias_level_adu: float = config_field(
+        1000.0, "Mean bias level (ADU); each amplifier is offset by up to +-50 ADU.", minimum=100.0
+    )
+    bias_drift_adu: float = config_field(
+        4.0, "Amplitude of the slow bias drift along rows (ADU).", minimum=0.0
+    )
+    diffusion_sigma_max_pix: float = config_field(
+        0.4,
+        "Largest rms radius of a charge cloud (pixels); each event draws from 0.1 to this.",
+        minimum=0.1,
+        maximum=0.6,
+    )
+    fano_factor: float = config_field(
+        0.12, "Fano factor of silicon (variance / mean of the freed electrons).", minimum=0.0
+    )
+    hot_pixels_per_amp: int = config_field(
+        10, "Hot pixels per amplifier, fixed per sensor (100 to 30000 electrons).", minimum=0
+    )
+    cosmic_rays_per_amp: int = config_field(
+        5, "Mean number of cosmic-ray tracks per amplifier per exposure (Poisson).", minimum=0
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def layout(self) -> DetectorLayout:
+        """The raw layout of one sensor."""
+        return DetectorLayout.regular(
+            n_amps=self.n_amps,
+            amp_nx=self.amp_nx,
+            ny=self.ny,
+            prescan_cols=self.prescan_cols,
+            overscan_cols=self.overscan_cols,
+            overscan_rows=self.overscan_rows,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Fe55Simulation:
+    """One simulated Fe55 exposure and its truth.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        ``(ny, nx)`` int32 raw frame in ADU, laid out as ``layout.raw_shape``.
+    layout : DetectorLayout
+        Where each amplifier's imaging, prescan and overscan pixels are.
+    truth : astropy.table.Table
+        One row per amplifier: ``amp``, ``gain_e_per_adu``, ``bias_adu`` (mean level),
+        ``read_noise_e``, ``n_kalpha``, ``n_kbeta``, ``n_hot``, ``n_cosmic``.
+    events : astropy.table.Table
+        One row per X-ray: ``amp``, ``x_pix``, ``y_pix`` (0-based, in the raw array),
+        ``electrons``, ``line`` (``Ka`` or ``Kb``), ``sigma_pix``.
+    """
+
+    raw: np.ndarray
+    layout: DetectorLayout
+    truth: Table
+    events: Table
+
+
+def amp_gains(n_amps: int, *, gain_e_per_adu: float, gain_spread: float, seed: int, ccd: int):
+    """Per-amplifier gains of one sensor (electrons per ADU), the same for all its exposures.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_amps,)`` gains uniform in ``gain_e_per_adu * (1 +- gain_spread / 2)``.
+    """
+    rng = np.random.default_rng([seed, ccd, 0])
+    return gain_e_per_adu * (1.0 + gain_spread * (rng.random(n_amps) - 0.5))
+
+
+def _deposit(plane: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: np.ndarray, charge):
+    """Add Gaussian charge clouds centred at continuous (x, y) to ``plane`` (pixel j = [j, j+1))."""
+    if x.size == 0:
+        return
+    offsets = np.arange(-_STAMP_HALF, _STAMP_HALF + 1)
+    ix = np.floor(x).astype(int)
+    iy = np.floor(y).astype(int)
+    cols = ix[:, None] + offsets[None, :]
+    rows = iy[:, None] + offsets[None, :]
+    s = sigma[:, None]
+    fx = ndtr((cols + 1 - x[:, None]) / s) - ndtr((cols - x[:, None]) / s)
+    fy = ndtr((rows + 1 - y[:, None]) / s) - ndtr((rows - y[:, None]) / s)
+    stamps = charge[:, None, None] * fy[:, :, None] * fx[:, None, :]
+    ny, nx = plane.shape
+    rr = np.broadcast_to(rows[:, :, None], stamps.shape)
+    cc = np.broadcast_to(cols[:, None, :], stamps.shape)
+    inside = (rr >= 0) & (rr < ny) & (cc >= 0) & (cc < nx)
+    np.add.at(plane, (rr[inside], cc[inside]), stamps[inside])
+
+
+def _cosmic_rays(plane: np.ndarray, n: int, rng: np.random.Generator) -> None:
+    """Add ``n`` straight cosmic-ray tracks (5-80 px long, ~80 e- per pixel of path)."""
+    ny, nx = plane.shape
+    for _ in range(n):
+        length = rng.uniform(5.0, 80.0)
+        angle = rng.uniform(0.0, np.pi)
+        x0, y0 = rng.uniform(0, nx), rng.uniform(0, ny)
+        steps = np.arange(0.0, length, 0.25)
+        xs = x0 + steps * np.cos(angle)
+        ys = y0 + steps * np.sin(angle)
+        charge = rng.gamma(2.0, 20.0, steps.size)  # e- per quarter pixel of path
+        _deposit(plane, xs, ys, np.full(steps.size, 0.4), charge)
+
+
+def simulate_fe55(
+    layout: DetectorLayout,
+    gains_e_per_adu: Sequence[float],
+    *,
+    events_per_amp: int = 1500,
+    kbeta_fraction: float = 0.125,
+    read_noise_e: float = 5.0,
+    bias_level_adu: float = 1000.0,
+    bias_drift_adu: float = 4.0,
+    diffusion_sigma_max_pix: float = 0.4,
+    fano_factor: float = 0.12,
+    hot_pixels_per_amp: int = 0,
+    cosmic_rays_per_amp: int = 0,
+    seed: int = 0,
+    ccd: int = 0,
+    exposure: int = 0,
+) -> Fe55Simulation:
+    """Simulate one Fe55 exposure of a sensor.
+
+    Random streams are separate for the events and noise (``seed, ccd, exposure``), the hot
+    pixels (``seed, ccd``: a sensor's hot pixels do not move) and the cosmic rays, so adding
+    defects leaves the X-ray events and the noise of a given seed unchanged.
+
+    Parameters
+    ----------
+    layout : DetectorLayout
+        The raw geometry.
+    gains_e_per_adu : sequence of float
+        Gain of each amplifier, in ``layout.amps`` order (electrons per ADU).
+    events_per_amp : int
+        Mean number of X-rays per amplifier (Poisson).
+    kbeta_fraction : float
+        Fraction of X-rays at K-beta.
+    read_noise_e : float
+        Read noise per pixel (electrons).
+    bias_level_adu, bias_drift_adu : float
+        Mean bias level and amplitude of its slow drift along rows (ADU).
+    diffusion_sigma_max_pix : float
+        Largest rms radius of a charge cloud (pixels); radii are uniform from 0.1 to this.
+    fano_factor : float
+        Fano factor of the freed charge.
+    hot_pixels_per_amp, cosmic_rays_per_amp : int
+        Hot pixels per amplifier; mean cosmic-ray tracks per amplifier.
+    seed, ccd, exposure : int
+        Seed the random streams.
+
+    Returns
+    -------
+    Fe55Simulation
+        The raw frame with its truth and event tables.
+
+    Raises
+    ------
+    ValueError
+        If the number of gains differs from the number of amplifiers, a gain is not positive,
+        or a rate is negative.
+    """
+    gains = np.asarray(gains_e_per_adu, dtype=float)
+    if gains.shape != (len(layout.amps),):
+        raise ValueError(
+            f"gains_e_per_adu must give one gain per amplifier ({len(layout.amps)}); "
+            f"got {gains.size}"
+        )
+    if not np.all(np.isfinite(gains) & (gains > 0)):
+        raise ValueError(f"gains_e_per_adu must be positive and finite; got {gains.tolist()}")
+    for name, value in (
+        ("events_per_amp", events_per_amp),
+        ("read_noise_e", read_noise_e),
+        ("hot_pixels_per_amp", hot_pixels_per_amp),
+        ("cosmic_rays_per_amp", cosmic_rays_per_amp),
+        ("fano_factor", fano_factor),
+    ):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0; got {value}")
+    if not 0.1 <= diffusion_sigma_max_pix <= 0.6:
+        raise ValueError(
+            f"diffusion_sigma_max_pix must be in [0.1, 0.6]; got {diffusion_sigma_max_pix}"
+        )
+    if not 0.0 <= kbeta_fraction <= 1.0:
+        raise ValueError(f"kbeta_fraction must be in [0, 1]; got {kbeta_fraction}")
+
+    rng_events = np.random.default_rng([seed, ccd, exposure, 1])
+    rng_noise = np.random.default_rng([seed, ccd, exposure, 2])
+    rng_hot = np.random.default_rng([seed, ccd, 3])
+    rng_cr = np.random.default_rng([seed, ccd, exposure, 4])
+    rng_bias = np.random.default_rng([seed, ccd, 5])
+
+    raw = np.zeros(layout.raw_shape, dtype=float)
+    truth_rows = []
+    event_cols: dict[str, list] = {k: [] for k in ("amp", "x_pix", "y_pix", "electrons", "line")}
+    event_cols["sigma_pix"] = []
+    ny_raw = layout.raw_shape[0]
+    rows = np.arange(ny_raw, dtype=float)[:, None]
+    for amp, gain in zip(layout.amps, gains, strict=True):
+        ys, xs = amp.data
+        electrons = np.zeros((ys.stop - ys.start, xs.stop - xs.start))
+        ny, nx = electrons.shape
+
+        n_events = rng_events.poisson(events_per_amp)
+        is_kbeta = rng_events.random(n_events) < kbeta_fraction
+        mean_e = np.where(is_kbeta, KBETA_ELECTRONS, KALPHA_ELECTRONS)
+        charge = rng_events.normal(mean_e, np.sqrt(fano_factor * mean_e))
+        x = rng_events.uniform(0, nx, n_events)
+        y = rng_events.uniform(0, ny, n_events)
+        sigma = rng_events.uniform(0.1, diffusion_sigma_max_pix, n_events)
+        _deposit(electrons, x, y, sigma, charge)
+
+        n_hot = min(hot_pixels_per_amp, electrons.size)
+        hot_flat = rng_hot.choice(electrons.size, n_hot, replace=False)
+        hot_e = np.exp(rng_hot.uniform(np.log(100.0), np.log(30000.0), n_hot))
+        electrons.flat[hot_flat] += hot_e
+
+        n_cr = rng_cr.poisson(cosmic_rays_per_amp) if cosmic_rays_per_amp else 0
+        _cosmic_rays(electrons, n_cr, rng_cr)
+
+        block = np.zeros((ny_raw, _block_width(amp)))
+        x0 = _block_start(amp)
+        block[ys, slice(xs.start - x0, xs.stop - x0)] = electrons
+        level = bias_level_adu + rng_bias.uniform(-50.0, 50.0)
+        phase = rng_bias.uniform(0, 2 * np.pi)
+        t = rows / ny_raw
+        drift = bias_drift_adu * (np.sin(2 * np.pi * 1.3 * t + phase) + 2.0 * (t - 0.5) ** 2)
+        noise = rng_noise.normal(0.0, read_noise_e, block.shape)
+        raw[:, x0 : x0 + block.shape[1]] = (block + noise) / gain + level + drift
+
+        truth_rows.append(
+            (
+                amp.name,
+                gain,
+                level,
+                read_noise_e,
+                int(n_events - is_kbeta.sum()),
+                int(is_kbeta.sum()),
+                n_hot,
+                n_cr,
+            )
+        )
+        event_cols["amp"].extend([amp.name] * n_events)
+        event_cols["x_pix"].extend(x + xs.start)
+        event_cols["y_pix"].extend(y + ys.start)
+        event_cols["electrons"].extend(charge)
+        event_cols["line"].extend(np.where(is_kbeta, "Kb", "Ka"))
+        event_cols["sigma_pix"].extend(sigma)
+
+    truth = Table(
+        rows=truth_rows,
+        names=(
+            "amp",
+            "gain_e_per_adu",
+            "bias_adu",
+            "read_noise_e",
+            "n_kalpha",
+            "n_kbeta",
+            "n_hot",
+            "n_cosmic",
+        ),
+        dtype=(str, float, float, float, int, int, int, int),
+    )
+    events = Table(
+        {
+            k: np.asarray(v, dtype=str if k in ("amp", "line") else float)
+            for k, v in event_cols.items()
+        }
+    )
+    return Fe55Simulation(
+        raw=np.round(raw).astype(np.int32), layout=layout, truth=truth, events=events
+    )
+
+
+def _block_start(amp) -> int:
+    starts = [amp.data[1].start, amp.serial_overscan[1].start]
+    if amp.prescan is not None:
+        starts.append(amp.prescan[1].start)
+    return min(starts)
+
+
+def _block_width(amp) -> int:
+    stops = [amp.data[1].stop, amp.serial_overscan[1].stop]
+    if amp.prescan is not None:
+        stops.append(amp.prescan[1].stop)
+    return max(stops) - _block_start(amp)
+
+
+def simulate_fe55_exposure(config: Fe55SimConfig, *, ccd: int, exposure: int) -> Fe55Simulation:
+    """Simulate exposure ``exposure`` of sensor ``ccd`` as the campaign config describes it.
+
+    The gains depend only on ``(config.seed, ccd)``, so every exposure of a sensor shares them.
+    """
+    layout = config.layout()
+    gains = amp_gains(
+        config.n_amps,
+        gain_e_per_adu=config.gain_e_per_adu,
+        gain_spread=config.gain_spread,
+        seed=config.seed,
+        ccd=ccd,
+    )
+    return simulate_fe55(
+        layout,
+        gains,
+        events_per_amp=config.events_per_amp,
+        kbeta_fraction=config.kbeta_fraction,
+        read_noise_e=config.read_noise_e,
+        bias_level_adu=config.bias_level_adu,
+        bias_drift_adu=config.bias_drift_adu,
+        diffusion_sigma_max_pix=config.diffusion_sigma_max_pix,
+        fano_factor=config.fano_factor,
+        hot_pixels_per_amp=config.hot_pixels_per_amp,
+        cosmic_rays_per_amp=config.cosmic_rays_per_amp,
+        seed=config.seed,
+        ccd=ccd,
+        exposure=exposure,
+    )
+
+
+def fe55_hdulist(sim: Fe55Simulation, *, ccd: int, exposure: int) -> fits.HDUList:
+    """The raw frame as a camera writes it: one primary HDU with the section keywords.
+
+    The header holds the layout's ``header_cards()`` and the exposure's identity; the true
+    gains are not in it (they are in ``sim.truth``).
+    """
+    header = fits.Header()
+    header["IMAGETYP"] = ("FE55", "Fe55 X-ray exposure")
+    header["CCD"] = (ccd, "sensor number")
+    header["EXPOSURE"] = (exposure, "exposure number")
+    header["EXPTIME"] = (30.0, "exposure time (s)")
+    for key, value in sim.layout.header_cards().items():
+        header[key] = value
+    return fits.HDUList([fits.PrimaryHDU(data=sim.raw, header=header)])

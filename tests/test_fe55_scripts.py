@@ -1,0 +1,202 @@
+"""The Fe55 scripts' main() on real files: simulate -> gain -> summary, and bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from dcflow.errors import InputDataError
+from dcflow.instruments.fe55_sim import Fe55SimConfig
+from dcflow.io import read_table
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+# the campaign's fe55 section, as config.yaml would give it (a 4-amp sensor-test camera)
+FE55 = {
+    "n_amps": 4,
+    "amp_nx": 200,
+    "ny": 400,
+    "prescan_cols": 50,
+    "overscan_cols": 2,
+    "sensors": [1],
+    "exposures": 2,
+    "seed": 3,
+    "events_per_amp": 700,
+}
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    return load("fe55_simulate"), load("fe55_gain"), load("fe55_summary")
+
+
+@pytest.fixture(scope="module")
+def raws(tmp_path_factory, scripts):
+    simulate, _, _ = scripts
+    root = tmp_path_factory.mktemp("fe55")
+    files = []
+    for exposure in range(2):
+        raw = root / f"raw_{exposure}.fits"
+        truth = root / f"truth_{exposure}.fits"
+        simulate.main(ccd=1, exposure=exposure, fe55=FE55, raw_path=str(raw), truth_path=str(truth))
+        files.append((raw, truth))
+    return files
+
+
+def test_gain_script_writes_a_table_within_half_a_percent_and_a_picture(raws, scripts, tmp_path):
+    _, gain, summary = scripts
+    tables = []
+    for exposure, (raw, _) in enumerate(raws):
+        table_path, plot_path = tmp_path / f"gain_{exposure}.fits", tmp_path / f"g{exposure}.png"
+        gain.main(
+            raw_path=str(raw),
+            table_path=str(table_path),
+            plot_path=str(plot_path),
+            fe55=FE55,
+            analysis={},
+        )
+        assert plot_path.read_bytes()[:4] == b"\x89PNG"
+        assert plot_path.stat().st_size > 20_000  # four panels of histogram and text
+        tables.append(table_path)
+        table = read_table(table_path)
+        truth = read_table(raws[exposure][1])
+        assert list(table["amp"]) == ["A", "B", "C", "D"]
+        assert np.all(np.abs(table["gain_e_per_adu"] / truth["gain_e_per_adu"] - 1) < 0.005)
+        assert fits.getheader(table_path, 1)["EXPOSURE"] == exposure
+    out = tmp_path / "summary.fits"
+    summary.main(
+        gain_paths=[str(p) for p in tables], summary_path=str(out), truth_paths=[str(raws[0][1])]
+    )
+    result = read_table(out)
+    assert np.all(result["n_exposures"] == 2)
+    assert np.all(np.abs(result["gain_dev_sigma"]) < 4)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes left no temporary file
+
+
+def test_truncated_file_is_named_in_the_error(raws, scripts, tmp_path):
+    _, gain, _ = scripts
+    data = raws[0][0].read_bytes()
+    broken = tmp_path / "fe55_truncated.fits"
+    broken.write_bytes(data[: len(data) // 2])
+    table = tmp_path / "gain.fits"
+    with pytest.raises(InputDataError, match=r"fe55_truncated\.fits: unreadable or truncated"):
+        gain.main(
+            raw_path=str(broken),
+            table_path=str(table),
+            plot_path=str(tmp_path / "p.png"),
+            fe55=FE55,
+            analysis={},
+        )
+    assert not table.exists()
+
+
+def test_wrong_geometry_is_named_in_the_error(scripts, tmp_path):
+    simulate, gain, _ = scripts
+    other = {**FE55, "overscan_cols": 8}
+    raw = tmp_path / "fe55_wide_overscan.fits"
+    simulate.main(
+        ccd=1, exposure=0, fe55=other, raw_path=str(raw), truth_path=str(tmp_path / "t.fits")
+    )
+    with pytest.raises(InputDataError) as info:
+        gain.main(
+            raw_path=str(raw),
+            table_path=str(tmp_path / "g.fits"),
+            plot_path=str(tmp_path / "p.png"),
+            fe55=FE55,
+            analysis={},
+        )
+    message = str(info.value)
+    assert message.startswith(f"{raw}: amplifier geometry differs from the fe55 config: ")
+    assert "raw shape (ny, nx)=(400, 1032) but the config gives (400, 1008)" in message
+    assert "BIASSECA=[251:258,1:400] but the config gives [251:252,1:400]" in message
+    two_amps = {**FE55, "n_amps": 2}
+    with pytest.raises(
+        InputDataError, match=r"4 amplifier\(s\) A,B,C,D but the config gives 2: A,B"
+    ):
+        gain.main(
+            raw_path=str(raw),
+            table_path=str(tmp_path / "g.fits"),
+            plot_path=str(tmp_path / "p.png"),
+            fe55=two_amps,
+            analysis={},
+        )
+
+
+def test_missing_or_broken_section_keywords_are_named(raws, scripts, tmp_path):
+    _, gain, _ = scripts
+    with fits.open(raws[0][0]) as hdus:
+        header, data = hdus[0].header.copy(), hdus[0].data.copy()
+    no_names = header.copy()
+    del no_names["AMPNAMES"]
+    path = tmp_path / "fe55_nonames.fits"
+    fits.PrimaryHDU(data, no_names).writeto(path)
+    kwargs = {
+        "table_path": str(tmp_path / "g.fits"),
+        "plot_path": str(tmp_path / "p.png"),
+        "fe55": FE55,
+        "analysis": {},
+    }
+    with pytest.raises(InputDataError, match=r"fe55_nonames\.fits: missing header keyword.*AMP"):
+        gain.main(raw_path=str(path), **kwargs)
+    no_bias = header.copy()
+    del no_bias["BIASSECC"]
+    path = tmp_path / "fe55_nobiassec.fits"
+    fits.PrimaryHDU(data, no_bias).writeto(path)
+    with pytest.raises(InputDataError, match=r"fe55_nobiassec\.fits: missing header keyword BI"):
+        gain.main(raw_path=str(path), **kwargs)
+    outside = header.copy()
+    outside["DATASECD"] = "[900:1200,1:400]"
+    path = tmp_path / "fe55_outside.fits"
+    fits.PrimaryHDU(data, outside).writeto(path)
+    with pytest.raises(InputDataError, match=r"fe55_outside\.fits: bad amplifier sections"):
+        gain.main(raw_path=str(path), **kwargs)
+
+
+def test_bad_analysis_config_is_rejected_by_name(raws, scripts, tmp_path):
+    _, gain, _ = scripts
+    with pytest.raises(ValueError, match=r"Fe55Config: unknown key\(s\) box"):
+        gain.main(
+            raw_path=str(raws[0][0]),
+            table_path=str(tmp_path / "g.fits"),
+            plot_path=str(tmp_path / "p.png"),
+            fe55=FE55,
+            analysis={"box": 3},
+        )
+
+
+def test_summary_of_mismatched_tables_names_the_files(raws, scripts, tmp_path):
+    _, gain, summary = scripts
+    paths = []
+    for exposure, fe55 in enumerate((FE55, {**FE55, "n_amps": 2})):
+        sim_cfg = dataclasses.replace(Fe55SimConfig(), **{**fe55, "sensors": (1,)})
+        raw = tmp_path / f"raw{exposure}.fits"
+        load("fe55_simulate").main(
+            ccd=1,
+            exposure=exposure,
+            fe55=dataclasses.asdict(sim_cfg),
+            raw_path=str(raw),
+            truth_path=str(tmp_path / f"t{exposure}.fits"),
+        )
+        table = tmp_path / f"gain{exposure}.fits"
+        gain.main(
+            raw_path=str(raw),
+            table_path=str(table),
+            plot_path=str(tmp_path / "p.png"),
+            fe55=fe55,
+            analysis={},
+        )
+        paths.append(str(table))
+    with pytest.raises(InputDataError, match=r"gain0\.fits, .*gain1\.fits: tables\[1\] has amp"):
+        summary.main(gain_paths=paths, summary_path=str(tmp_path / "s.fits"))
