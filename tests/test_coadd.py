@@ -222,3 +222,14 @@ def test_config_schema_matches_dataclass():
         p.name for p in MaskPlane
     }
     assert default_visits()[2].artefacts
+
+
+def test_warps_without_coverage_are_skipped():
+    warps = blank_warps(4)
+    no_data = np.full(PATCH.shape, int(MaskPlane.NO_DATA), dtype=np.int32)
+    empty = replace(warps[0], mask=no_data, header=warps[0].header.copy())
+    empty.header["VISIT"] = 4242
+    result = assemble_coadd([*warps[:2], empty])
+    assert 4242 not in result.visits and len(result.visits) == 2
+    with pytest.raises(InputDataError, match="none of the 1 warps has a usable pixel"):
+        assemble_coadd([empty])

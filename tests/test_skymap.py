@@ -17,6 +17,8 @@ from dcflow.campaign.skymap import (
     parse_patch_name,
     patch_info,
     patch_wcs,
+    patches_for_calexp,
+    patches_for_pointings,
     patches_overlapping,
     sky_to_tract_pixels,
     tract_wcs,
@@ -177,3 +179,25 @@ def test_argument_validation():
         circle_footprint(0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="shape must be positive"):
         ccd_footprint(tract_wcs(TRACT), (0, 3))
+
+
+def test_planning_and_run_time_overlaps():
+    tracts = make_tracts(CONFIG)
+    centre = tract_wcs(TRACT).pixel_to_world_values(159.5, 159.5)
+    corner = tract_wcs(TRACT).pixel_to_world_values(105.0, 105.0)
+    far = (200.0, 40.0)
+    radius = 5 * 0.2 / 3600  # 5 tract pixels
+    plan = patches_for_pointings(
+        tracts,
+        [(1, *centre), (2, *corner), (3, *far), (1, *corner)],  # a repeated visit is ignored
+        field_radius_deg=radius,
+    )
+    # Visit 1 sits in patch 1,1's inner box; visit 2 at (105, 105) within 5 px of the
+    # 0/1 overlap strips [99.5, 119.5): all four patches around it.
+    assert plan == {
+        (0, "0,0"): [2],
+        (0, "0,1"): [2],
+        (0, "1,0"): [2],
+        (0, "1,1"): [1, 2],
+    }
+    assert patches_for_calexp(tracts, ccd_wcs_at(150, 50), (30, 40)) == [(0, "1,0")]

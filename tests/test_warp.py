@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -19,7 +21,7 @@ from coadd_synthetic import (
 
 from dcflow.errors import InputDataError
 from dcflow.exposure import MaskPlane
-from dcflow.stages.warp import WarpConfig, calexp_flux_scale, warp_exposure
+from dcflow.stages.warp import WarpConfig, calexp_flux_scale, warp_exposure, warp_visit
 
 SPEC = default_visits()[1]
 
@@ -144,3 +146,41 @@ def test_validation_errors():
     with pytest.raises(ValueError, match="interpolation must be one of"):
         WarpConfig(interpolation="lanczos")
     assert CALEXP_SHAPE[0] != CALEXP_SHAPE[1]
+
+
+def test_warp_visit_pastes_ccds_together():
+    truth = bright_star_truth()
+    calexp = render_calexp(truth, SPEC)
+    whole = warp_exposure(calexp, PATCH_WCS, PATCH.shape)
+    # Split the frame into two "CCDs" (left/right halves), each with its own WCS origin.
+    half = CALEXP_SHAPE[1] // 2
+    parts = []
+    for x0, x1 in ((0, half), (half, CALEXP_SHAPE[1])):
+        wcs = calexp.wcs.deepcopy()
+        wcs.wcs.crpix = wcs.wcs.crpix - np.array([x0, 0.0])
+        parts.append(
+            replace(
+                calexp,
+                image=calexp.image[:, x0:x1].copy(),
+                mask=calexp.mask[:, x0:x1].copy(),
+                variance=calexp.variance[:, x0:x1].copy(),
+                wcs=wcs,
+            )
+        )
+    merged = warp_visit(parts, PATCH_WCS, PATCH.shape)
+    both = (whole.warp.mask == 0) & (merged.warp.mask == 0)
+    assert both.sum() > 0.9 * (whole.warp.mask == 0).sum()
+    # Away from the seam (where the spline sees a CCD edge) the pasted warp is the whole one.
+    yy, xx = np.mgrid[0 : PATCH.shape[0], 0 : PATCH.shape[1]]
+    ra, dec = PATCH_WCS.pixel_to_world_values(xx, yy)
+    x_in, _ = calexp.wcs.world_to_pixel_values(ra, dec)
+    away = both & (np.abs(x_in - (half - 0.5)) > 6)
+    np.testing.assert_allclose(merged.warp.image[away], whole.warp.image[away], rtol=1e-4, atol=0.5)
+    assert merged.warp.header["NCCDS"] == 2
+    assert merged.psf_fwhm_arcsec == pytest.approx(SPEC.fwhm_arcsec)
+    with pytest.raises(ValueError, match="one visit"):
+        other = replace(parts[1], header=parts[1].header.copy())
+        other.header["VISIT"] = 1
+        warp_visit([parts[0], other], PATCH_WCS, PATCH.shape)
+    with pytest.raises(ValueError, match="at least one calexp"):
+        warp_visit([], PATCH_WCS, PATCH.shape)

@@ -17,7 +17,7 @@ Patch names are ``"x,y"`` (``"3,4"``), the text used in data ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +38,8 @@ __all__ = [
     "parse_patch_name",
     "patch_info",
     "patch_wcs",
+    "patches_for_calexp",
+    "patches_for_pointings",
     "patches_overlapping",
     "sky_to_tract_pixels",
     "tract_wcs",
@@ -405,3 +407,47 @@ def find_patch(tract: TractInfo, ra_deg: float, dec_deg: float) -> PatchInfo | N
     if not (0 <= i < tract.n_patches and 0 <= j < tract.n_patches):
         return None
     return patch_info(tract, i, j)
+
+
+def patches_for_pointings(
+    tracts: Sequence[TractInfo],
+    pointings: Iterable[tuple[int, float, float]],
+    *,
+    field_radius_deg: float,
+) -> dict[tuple[int, str], list[int]]:
+    """Planning-time overlaps: for every (tract, patch), the visits whose field may touch it.
+
+    Parameters
+    ----------
+    tracts : sequence of TractInfo
+        The sky map.
+    pointings : iterable of (visit, ra_deg, dec_deg)
+        Each visit's boresight (one entry per visit; repeats are ignored).
+    field_radius_deg : float
+        Radius of a circle that holds the whole focal plane (and the pointing error), deg.
+
+    Returns
+    -------
+    dict
+        ``(tract_id, patch name)`` to the sorted visits overlapping it. A superset of the
+        run-time overlaps from `patches_for_calexp`: a visit listed here may still leave a
+        patch empty (its warp then covers no pixel).
+    """
+    found: dict[tuple[int, str], set[int]] = {}
+    seen: set[int] = set()
+    for visit, ra, dec in pointings:
+        if visit in seen:
+            continue
+        seen.add(visit)
+        poly_ra, poly_dec = circle_footprint(ra, dec, field_radius_deg)
+        for key in overlapping_tract_patches(tracts, poly_ra, poly_dec):
+            found.setdefault(key, set()).add(int(visit))
+    return {key: sorted(visits) for key, visits in sorted(found.items())}
+
+
+def patches_for_calexp(
+    tracts: Sequence[TractInfo], wcs: WCS, shape: tuple[int, int]
+) -> list[tuple[int, str]]:
+    """Run-time overlaps: ``(tract_id, patch name)`` of the patches a calexp's footprint touches."""
+    ra, dec = ccd_footprint(wcs, shape)
+    return overlapping_tract_patches(tracts, ra, dec)

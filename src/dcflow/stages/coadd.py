@@ -127,9 +127,10 @@ class CoaddResult:
     psf_fwhm_arcsec : float
         FWHM of the coadd PSF (the weighted mixture of the inputs' PSFs), arcsec.
     visits : tuple of int
-        ``VISIT`` of each input warp, in input order (-1 where the header has none).
+        ``VISIT`` of each warp used, in input order (-1 where the header has none); warps
+        without a usable pixel are left out of this and the following tuples.
     weights : tuple of float
-        Normalised weight of each input warp (sum 1).
+        Normalised weight of each warp used (sum 1).
     input_psf_fwhm_arcsec : tuple of float
         ``PSFFWHM`` of each input warp, arcsec.
     n_clipped_pixels : tuple of int
@@ -235,26 +236,35 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
     Raises
     ------
     InputDataError
-        If there is no warp, a header lacks ``ZP`` or ``PSFFWHM``, zero points differ, or a warp
-        has no usable pixel.
+        If there is no warp, a header lacks ``ZP`` or ``PSFFWHM``, zero points differ, or no
+        warp has a usable pixel (warps without one are skipped: see ``visits``).
     ValueError
         If warp shapes differ.
     """
     config = config or CoaddConfig()
     shape = _check_warps(warps)
     ny, nx = shape
-    n = len(warps)
     bad_bits = _bad_bits(config)
 
-    weights = np.empty(n)
-    for index, warp in enumerate(warps):
+    # Planning-time overlaps are conservative: a warp may cover none of the patch. Skip it.
+    kept, inverse_var = [], []
+    for warp in warps:
         sample_var = np.asarray(warp.variance[::4, ::4], dtype=np.float64)
         sample_good = ((np.asarray(warp.mask[::4, ::4]) & bad_bits) == 0) & (sample_var > 0)
         sample_good &= np.isfinite(sample_var)
-        if not sample_good.any():
-            raise InputDataError(f"warps[{index}] has no usable pixel", index=index)
-        weights[index] = 1.0 / np.median(sample_var[sample_good])
-    weights /= weights.sum()
+        if sample_good.any():
+            kept.append(warp)
+            inverse_var.append(1.0 / np.median(sample_var[sample_good]))
+    if not kept:
+        raise InputDataError(
+            f"none of the {len(warps)} warps has a usable pixel in this patch",
+            n_inputs=len(warps),
+        )
+    if len(kept) < len(warps):
+        log.info("skipped %d warps without usable pixels", len(warps) - len(kept))
+    warps = kept
+    n = len(warps)
+    weights = np.array(inverse_var) / np.sum(inverse_var)
 
     fwhm = np.array([float(w.header["PSFFWHM"]) for w in warps])
     beta = np.array([float(w.header.get("PSFBETA", 0.0) or 0.0) for w in warps])

@@ -22,6 +22,7 @@ warp is smaller than its variance plane says, while sums over a PSF-sized area f
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
 
-__all__ = ["WarpConfig", "WarpResult", "calexp_flux_scale", "warp_exposure"]
+__all__ = ["WarpConfig", "WarpResult", "calexp_flux_scale", "warp_exposure", "warp_visit"]
 
 log = logging.getLogger(__name__)
 
@@ -294,4 +295,86 @@ def warp_exposure(
         pixel_area_ratio=area_ratio,
         n_covered_pixels=n_covered,
         psf_fwhm_arcsec=fwhm_arcsec,
+    )
+
+
+def warp_visit(
+    calexps: Sequence[Exposure],
+    patch_wcs: WCS,
+    patch_shape: tuple[int, int],
+    *,
+    config: WarpConfig | None = None,
+) -> WarpResult:
+    """One warp per visit and patch: every CCD of the visit warped and pasted together.
+
+    CCDs do not overlap on the sky, so each patch pixel takes its value from the one CCD that
+    covers it (the first, should two touch at an edge). Each CCD is scaled with its own ``ZP``.
+
+    Parameters
+    ----------
+    calexps : sequence of Exposure
+        Calexps of one visit (as for `warp_exposure`); CCDs that miss the patch are allowed.
+    patch_wcs : astropy.wcs.WCS
+        WCS of the patch arrays.
+    patch_shape : tuple of int
+        ``(ny, nx)`` of the patch arrays.
+    config : WarpConfig, optional
+        As for `warp_exposure`.
+
+    Returns
+    -------
+    WarpResult
+        The merged warp; ``flux_scale`` and ``pixel_area_ratio`` are coverage-weighted means,
+        and so is the header's ``PSFFWHM`` (the coadd's PSF model takes one FWHM per visit).
+        The header otherwise comes from the CCD covering most pixels.
+
+    Raises
+    ------
+    InputDataError
+        As `warp_exposure`, for any CCD.
+    ValueError
+        If ``calexps`` is empty or holds more than one ``VISIT``.
+    """
+    if len(calexps) == 0:
+        raise ValueError("calexps must hold at least one calexp of the visit")
+    visits = {c.header.get("VISIT") for c in calexps}
+    if len(visits) > 1:
+        raise ValueError(
+            f"calexps must come from one visit; got VISIT values {sorted(map(str, visits))}"
+        )
+    results = [warp_exposure(c, patch_wcs, patch_shape, config=config) for c in calexps]
+    covered = [r.n_covered_pixels for r in results]
+    main = results[int(np.argmax(covered))]
+    if len(results) == 1:
+        return main
+    image = np.zeros(patch_shape, dtype=np.float32)
+    variance = np.zeros(patch_shape, dtype=np.float32)
+    mask = np.full(patch_shape, int(MaskPlane.NO_DATA), dtype=np.int32)
+    for result in results:
+        if result.n_covered_pixels == 0:
+            continue
+        take = ((mask & MaskPlane.NO_DATA) != 0) & ((result.warp.mask & MaskPlane.NO_DATA) == 0)
+        image[take] = result.warp.image[take]
+        variance[take] = result.warp.variance[take]
+        mask[take] = result.warp.mask[take]
+    total = max(sum(covered), 1)
+    weight = (
+        np.array(covered, dtype=float) / total
+        if sum(covered)
+        else np.ones(len(covered)) / len(covered)
+    )
+    fwhm = float(np.dot(weight, [r.psf_fwhm_arcsec for r in results]))
+    header = main.warp.header.copy()
+    header["PSFFWHM"] = (fwhm, "coverage-weighted PSF FWHM of the visit's CCDs, arcsec")
+    header["NCOVERED"] = (int(sum(covered)), "patch pixels covered by the visit")
+    header["NCCDS"] = (int(sum(c > 0 for c in covered)), "CCDs contributing to this warp")
+    warp = Exposure(
+        image=image, mask=mask, variance=variance, wcs=patch_wcs.deepcopy(), header=header
+    )
+    return WarpResult(
+        warp=warp,
+        flux_scale=float(np.dot(weight, [r.flux_scale for r in results])),
+        pixel_area_ratio=float(np.dot(weight, [r.pixel_area_ratio for r in results])),
+        n_covered_pixels=int(sum(covered)),
+        psf_fwhm_arcsec=fwhm,
     )
