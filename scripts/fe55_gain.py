@@ -1,7 +1,5 @@
 """Gain of every amplifier of one Fe55 exposure: the gain table and the histogram picture."""
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Mapping
 from typing import Any

@@ -1,7 +1,5 @@
 """Simulate one Fe55 exposure of a sensor: the raw frame and its truth table (true gains)."""
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Mapping
 from typing import Any

@@ -1,7 +1,5 @@
 """Per-sensor Fe55 summary: the gain of each amplifier combined over the sensor's exposures."""
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Sequence
 

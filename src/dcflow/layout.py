@@ -29,12 +29,17 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "process_ccd_metrics": "validate/process_ccd/{visit}.json",
     "science_validation": "validate/science_validation.json",
     "science_validation_plot": "validate/science_validation.png",
+    "fe55_raw": "fe55/raw/{ccd}/fe55_raw_{ccd}_{exposure}.fits",
+    "fe55_truth": "fe55/truth/{ccd}/fe55_truth_{ccd}_{exposure}.fits",
+    "fe55_gain": "fe55/gain/{ccd}/fe55_gain_{ccd}_{exposure}.fits",
+    "fe55_plot": "fe55/plots/{ccd}/fe55_hist_{ccd}_{exposure}.png",
+    "fe55_summary": "fe55/summary/fe55_summary_{ccd}.fits",
     "log": "logs/{rule}/{tile}.log",
     "benchmark": "benchmarks/{rule}/{tile}.tsv",
 }
 """Default path templates, one per dataset type; config.yaml's ``layout.templates`` overrides."""
 
-INPUT_DATASETS = frozenset({"raw", "refcat", "truth"})
+INPUT_DATASETS = frozenset({"raw", "refcat", "truth", "fe55_raw", "fe55_truth"})
 """Dataset types that live under the input root (the instrument's data), not the output root."""
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "Fe55SimConfig",
     "Fe55Simulation",
     "amp_gains",
+    "fe55_data_ids",
     "fe55_hdulist",
     "simulate_fe55",
     "simulate_fe55_exposure",
@@ -68,7 +69,9 @@ class Fe55SimConfig:
         0, "Parallel overscan rows above the imaging area (pixels).", minimum=0
     )
     sensors: tuple[int, ...] = config_field(
-        (0, 1), "Sensor (ccd) numbers taking Fe55 exposures.", minimum=0
+        (),
+        "Sensor (ccd) numbers taking Fe55 exposures; empty: the campaign has no Fe55 stage.",
+        minimum=0,
     )
     exposures: int = config_field(
         2, "Fe55 exposures per sensor, numbered 0..exposures-1.", minimum=1, maximum=10000
@@ -431,3 +434,24 @@ def fe55_hdulist(sim: Fe55Simulation, *, ccd: int, exposure: int) -> fits.HDULis
     for key, value in sim.layout.header_cards().items():
         header[key] = value
     return fits.HDUList([fits.PrimaryHDU(data=sim.raw, header=header)])
+
+
+def fe55_data_ids(config: Fe55SimConfig, *, ccd: int | None = None) -> list[dict[str, int]]:
+    """Data ids ``{"ccd", "exposure"}`` of the campaign's Fe55 exposures, sensor by sensor.
+
+    Parameters
+    ----------
+    config : Fe55SimConfig
+        The ``fe55`` section.
+    ccd : int, optional
+        Only this sensor's exposures.
+
+    Raises
+    ------
+    ValueError
+        If ``ccd`` is given and is not one of ``config.sensors``.
+    """
+    if ccd is not None and ccd not in config.sensors:
+        raise ValueError(f"ccd={ccd} is not an Fe55 sensor (fe55.sensors: {list(config.sensors)})")
+    sensors = config.sensors if ccd is None else (ccd,)
+    return [{"ccd": int(c), "exposure": e} for c in sensors for e in range(config.exposures)]
