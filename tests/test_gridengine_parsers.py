@@ -6,10 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.utils import format_cli_arg
 
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import (
@@ -33,11 +37,13 @@ from snakemake_executor_plugin_gridengine.submit import (
     JobRequest,
     SiteDefaults,
     array_dispatcher,
+    h_vmem_per_slot_mb,
     job_log_path,
     job_name,
     native_args,
     parse_qsub_terse,
     qsub_argv,
+    requote_config_args,
 )
 
 RECORDED = Path(__file__).parent / "gridengine"
@@ -153,8 +159,11 @@ def test_failure_message_names_exit_status_and_log():
     outcome = JobOutcome("12", JobState.FAILED, exit_status=3)
     msg = describe_failure(outcome, log="/w/.snakemake/gridengine_logs/r/x=1.log")
     assert msg == (
-        "Grid Engine job 12 failed: exit status 3; log: /w/.snakemake/gridengine_logs/r/x=1.log"
+        "Grid Engine job 12 failed: exit status 3; log: /w/.snakemake/gridengine_logs/r/x=1.log\n"
     )
+    tail = "Command 'set -euo pipefail;  exit 7' returned non-zero exit status 7.\n"
+    msg = describe_failure(replace(outcome, exit_status=1), log="l.log", log_tail=tail)
+    assert "exit status 1; rule command exit status 7; log: l.log" in msg
 
 
 def test_failure_message_memory_from_log():
@@ -219,7 +228,7 @@ def test_native_args_rule_overrides_and_extra_items_stay_separate():
         "mpi",
         "2",
         "-l",
-        "h_vmem=167M",
+        "h_vmem=500M",  # 333 MB is below the 1000 MB floor, split over 2 slots
         "-q",
         "long.q",
         "-P",
@@ -231,6 +240,13 @@ def test_native_args_rule_overrides_and_extra_items_stay_separate():
         "-m",
         "n",
     )
+
+
+def test_memory_floor_covers_the_jobs_own_snakemake():
+    assert h_vmem_per_slot_mb(1, {"mem_mb": 5}, SiteDefaults()) == 1000
+    assert h_vmem_per_slot_mb(3, {"mem_mb": 5}, SiteDefaults(min_mem_mb=0)) == 2
+    assert h_vmem_per_slot_mb(2, {"mem_mb": 3001}, SiteDefaults()) == 1501
+    assert h_vmem_per_slot_mb(2, {}, SiteDefaults()) is None
 
 
 def test_native_args_single_thread_has_no_pe():
@@ -331,3 +347,14 @@ def test_driver_marker_liveness(tmp_path):
     dead = DriverMarker(me.host, me.pid, (me.start_ticks or 0) + 1, "u", ())
     assert me.alive() and not dead.alive()
     assert [m for _, m in DriverMarker.read_all(tmp_path)] == [me]
+
+
+def test_config_args_requoted_for_the_shell():
+    """Regression: Snakemake repr()-quotes --config items; a single quote broke the job script."""
+    args = ['path="{\'x\': \\"/path/to file\\"}"', 'q="it\'s"', "n=3"]
+    line = "python -m snakemake " + format_cli_arg("--config", args) + " --mode remote"
+    fixed = requote_config_args(line, args)
+    assert shlex.split(fixed)[4:7] == args
+    out = subprocess.run(["sh", "-c", "printf '%s\\n' " + fixed], capture_output=True, text=True)
+    assert out.stdout.splitlines()[4:7] == args
+    assert requote_config_args(line, None) == line

@@ -36,10 +36,12 @@ from .submit import (
     JobRequest,
     SiteDefaults,
     array_dispatcher,
+    h_vmem_per_slot_mb,
     job_log_path,
     job_name,
     job_script,
     native_args,
+    requote_config_args,
     submit_qsub,
 )
 
@@ -95,6 +97,15 @@ class ExecutorSettings(ExecutorSettingsBase):
             "required": False,
         },
     )
+    min_mem_mb: Optional[int] = field(  # noqa: UP045
+        default=1000,
+        metadata={
+            "help": "Least memory a job asks (mem_mb below it is raised to it): h_vmem limits "
+            "every process of the job, its own Snakemake process too (~450 MB virtual). "
+            "Default: 1000.",
+            "required": False,
+        },
+    )
     array_min_jobs: Optional[int] = field(  # noqa: UP045
         default=2,
         metadata={
@@ -140,6 +151,7 @@ class Executor(RemoteExecutor):
         self.ledger = SubmissionLedger(self.state / "submissions.jsonl")
         self.defaults = SiteDefaults(
             pe=settings.pe or "smp",
+            min_mem_mb=settings.min_mem_mb or 0,
             queue=settings.queue,
             project=settings.project,
             extra_args=settings.extra_args,
@@ -153,7 +165,8 @@ class Executor(RemoteExecutor):
         self.unknown_since: dict[str, float] = {}
         self.adoptable = self._find_adoptable()
         lockfiles = getattr(getattr(self.workflow, "persistence", None), "_lockfile", {}) or {}
-        marker = DriverMarker.for_this_process(self.tag, map(str, lockfiles.values()))
+        locks = [str(self.workdir / lock) for lock in lockfiles.values()]
+        marker = DriverMarker.for_this_process(self.tag, locks)
         self.marker_path = marker.write(self.state)
 
     # ---- submission --------------------------------------------------------------------------
@@ -190,14 +203,12 @@ class Executor(RemoteExecutor):
         log = job_log_path(self.logdir, rule, wildcards)
         log.parent.mkdir(parents=True, exist_ok=True)
         script = Path(self.get_jobscript(job))
-        script.write_text(
-            job_script(
-                self.jobscript, job.properties(), self.format_job_exec(job), log, job.attempt
-            )
+        exec_job = requote_config_args(
+            self.format_job_exec(job), self.workflow.config_settings.config_args
         )
+        script.write_text(job_script(self.jobscript, job.properties(), exec_job, log, job.attempt))
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
         native = native_args(job.threads, job.resources, self.defaults)
-        mem_mb = job.resources.get("mem_mb")
         runtime = job.resources.get("runtime")
         request = JobRequest(
             name=job_name(self.tag, rule),
@@ -214,9 +225,7 @@ class Executor(RemoteExecutor):
             name_pattern=self.name_pattern,
             backend=self.backend_name,
             attempt=job.attempt,
-            h_vmem_mb=-(-int(mem_mb) // job.threads)
-            if isinstance(mem_mb, int) and mem_mb
-            else None,
+            h_vmem_mb=h_vmem_per_slot_mb(job.threads, job.resources, self.defaults),
             h_rt_s=int(runtime) * 60 if isinstance(runtime, int) and runtime else None,
             slots=job.threads,
         )

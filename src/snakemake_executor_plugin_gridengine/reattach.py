@@ -227,7 +227,7 @@ def recover(workdir: Path) -> RecoveryReport:
     removed: list[str] = []
     dead = [(p, m) for p, m in markers if not m.alive()]
     lockdir = workdir / ".snakemake" / "locks"
-    stale_locks = {Path(f) for _, m in dead for f in m.lockfiles}
+    stale_locks = {workdir / f for _, m in dead for f in m.lockfiles}  # absolute stays so
     if not live and lockdir.is_dir():
         stale_locks.update(lockdir.glob("*.lock"))
     for lock in sorted(stale_locks):

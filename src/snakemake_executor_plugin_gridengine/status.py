@@ -349,7 +349,11 @@ def describe_failure(
     slots: int = 1,
     log_tail: str = "",
 ) -> str:
-    """One line saying how a job failed: exit status, signal, qacct reason, limit, log path."""
+    """One line saying how a job failed: exit status, signal, qacct reason, limit, log path.
+
+    The job's exit status is that of the Snakemake process running the rule in the job; the
+    rule command's own status is taken from the log when Snakemake printed it there.
+    """
     parts = []
     if outcome.state is JobState.ERROR:
         parts.append("Grid Engine put the job in error state (E); it was deleted")
@@ -357,6 +361,9 @@ def describe_failure(
         parts.append("deleted (qdel) or never started")
     if outcome.exit_status is not None:
         parts.append(f"exit status {outcome.exit_status}")
+    command_exit = re.findall(r"returned non-zero exit status (\d+)", log_tail)
+    if command_exit:
+        parts.append(f"rule command exit status {command_exit[-1]}")
     if outcome.signal:
         parts.append(f"killed by signal {outcome.signal}")
     if outcome.failed_reason:
@@ -373,4 +380,4 @@ def describe_failure(
     elif cause == "runtime":
         parts.append(f"run time limit h_rt={h_rt_s} s exceeded; raise runtime (minutes)")
     parts.append(f"log: {log}")
-    return f"Grid Engine job {outcome.job_id} failed: " + "; ".join(parts)
+    return f"Grid Engine job {outcome.job_id} failed: " + "; ".join(parts) + "\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.utils import format_cli_arg
 
 from .status import run_command
 
@@ -25,12 +26,14 @@ __all__ = [
     "JobRequest",
     "SiteDefaults",
     "array_dispatcher",
+    "h_vmem_per_slot_mb",
     "job_log_path",
     "job_name",
     "job_script",
     "native_args",
     "parse_qsub_terse",
     "qsub_argv",
+    "requote_config_args",
     "submit_qsub",
 ]
 
@@ -43,6 +46,7 @@ class SiteDefaults:
     """Cluster-wide defaults from the executor settings; rules override them by resource."""
 
     pe: str = "smp"
+    min_mem_mb: int = 1000
     queue: str | None = None
     project: str | None = None
     extra_args: str | None = None
@@ -99,14 +103,29 @@ def _int_resource(resources: Mapping[str, object], name: str) -> int | None:
     raise WorkflowError(f"resource {name}={value!r} is not a number")
 
 
+def h_vmem_per_slot_mb(
+    threads: int, resources: Mapping[str, object], defaults: SiteDefaults
+) -> int | None:
+    """h_vmem per slot in MiB for a job asking ``mem_mb`` in total, or None without mem_mb.
+
+    h_vmem limits the address space of every process of the job, the job's own Snakemake
+    process included (~450 MB virtual here), so a job never asks less than ``min_mem_mb``.
+    """
+    mem_mb = _int_resource(resources, "mem_mb")
+    if not mem_mb:
+        return None
+    return math.ceil(max(mem_mb, defaults.min_mem_mb) / max(threads, 1))
+
+
 def native_args(
     threads: int, resources: Mapping[str, object], defaults: SiteDefaults
 ) -> tuple[str, ...]:
     """Map Snakemake resources to Grid Engine arguments.
 
-    threads -> ``-pe <pe> N`` (only when N > 1); mem_mb (per job) -> ``-l h_vmem=<mem_mb/N>M``
-    (h_vmem is per slot); runtime (minutes) -> ``-l h_rt=<seconds>``; queue and project from
-    the settings or the per-rule resources ``sge_queue``, ``sge_project``, ``sge_pe``;
+    threads -> ``-pe <pe> N`` (only when N > 1); mem_mb (per job, at least ``min_mem_mb``) ->
+    ``-l h_vmem=<mem_mb/N>M`` (h_vmem is per slot); runtime (minutes) -> ``-l h_rt=<seconds>``;
+    queue and project from the settings or the per-rule resources ``sge_queue``,
+    ``sge_project``, ``sge_pe``;
     ``sge_extra`` (per rule) and the ``extra_args`` setting are split like a shell would.
     """
     if threads < 1:
@@ -115,9 +134,9 @@ def native_args(
     pe = str(resources.get("sge_pe") or defaults.pe)
     if threads > 1:
         args += ["-pe", pe, str(threads)]
-    mem_mb = _int_resource(resources, "mem_mb")
-    if mem_mb:
-        args += ["-l", f"h_vmem={math.ceil(mem_mb / threads)}M"]
+    h_vmem_mb = h_vmem_per_slot_mb(threads, resources, defaults)
+    if h_vmem_mb:
+        args += ["-l", f"h_vmem={h_vmem_mb}M"]
     runtime_min = _int_resource(resources, "runtime")
     if runtime_min:
         args += ["-l", f"h_rt={runtime_min * 60}"]
@@ -131,6 +150,19 @@ def native_args(
         if extra:
             args += shlex.split(str(extra))
     return tuple(args)
+
+
+def requote_config_args(exec_job: str, config_args: Sequence[str] | None) -> str:
+    r"""Make the ``--config`` items of Snakemake's job command shell-safe.
+
+    Snakemake quotes them with Python's ``repr``, which a POSIX shell misreads when a value
+    holds a single quote (``'q="it\'s"'``); they are re-quoted with ``shlex.quote``.
+    """
+    if not config_args or isinstance(config_args, str):
+        return exec_job
+    broken = format_cli_arg("--config", list(config_args))
+    fixed = "--config " + " ".join(shlex.quote(str(a)) for a in config_args)
+    return exec_job.replace(broken, fixed)
 
 
 def job_script(template: str, properties: str, exec_job: str, log: Path, attempt: int) -> str:

@@ -1,0 +1,366 @@
+"""The gridengine executor plugin against the project's real single-node Grid Engine.
+
+scripts/run-tests starts the cluster (scripts/gridengine-up, as root) and sources
+run/gridengine/env.sh; without it these tests skip with the reason. Each workflow job runs a
+Snakemake process on the cluster (~4 s on this 2-core machine), so the workflows are small.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import snakemake.settings.types as settings
+from snakemake import api
+from snakemake.cli import parse_config
+from snakemake.common.tests import TestWorkflowsLocalStorageBase
+from snakemake.settings.types import ConfigSettings
+
+from snakemake_executor_plugin_gridengine import ExecutorSettings
+from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger, recover
+from snakemake_executor_plugin_gridengine.status import accounting_records, parse_qstat_xml
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_FILE = Path(os.environ.get("DCFLOW_RUN_DIR", REPO / "run")) / "gridengine" / "env.sh"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+pytestmark = [pytest.mark.gridengine, pytest.mark.root]
+
+
+def _load_cluster_env() -> None:
+    """Take SGE_ROOT etc. from run/gridengine/env.sh when the caller did not source it."""
+    if not ENV_FILE.exists():
+        return
+    for line in ENV_FILE.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, value = line[len("export ") :].split("=", 1)
+            os.environ.setdefault(key, value)
+
+
+def _cluster_missing() -> str | None:
+    _load_cluster_env()
+    if shutil.which("qstat") is None or "SGE_ROOT" not in os.environ:
+        return "no Grid Engine here: run scripts/gridengine-up as root (make test does)"
+    proc = subprocess.run(["qstat", "-g", "c"], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        return f"Grid Engine qmaster does not answer: {proc.stderr.strip()}"
+    return None
+
+
+def _drmaa_missing() -> str | None:
+    try:
+        import drmaa  # noqa: F401
+    except (ImportError, RuntimeError, OSError) as err:
+        return (
+            "python-drmaa cannot load libdrmaa; source run/gridengine/env.sh before pytest "
+            f"(GLIBC_TUNABLES must be set when the process starts): {err}"
+        )
+    return None
+
+
+CLUSTER_MISSING = _cluster_missing()
+needs_cluster = pytest.mark.skipif(CLUSTER_MISSING is not None, reason=str(CLUSTER_MISSING))
+DRMAA_MISSING = None if CLUSTER_MISSING else _drmaa_missing()
+needs_drmaa = pytest.mark.skipif(DRMAA_MISSING is not None, reason=str(DRMAA_MISSING))
+
+
+# ---- Snakemake's own plugin test workflows (simple: slashes in wildcards; groups) -----------
+
+
+class _GridEngineWorkflows(TestWorkflowsLocalStorageBase):
+    __test__ = False
+    backend = "drmaa"
+
+    def get_executor(self) -> str:
+        return "gridengine"
+
+    def get_executor_settings(self) -> ExecutorSettings:
+        return ExecutorSettings(backend=self.backend)
+
+    def get_remote_execution_settings(self) -> settings.RemoteExecutionSettings:
+        # The base polls with 0 s between checks: a busy loop on a 2-core machine.
+        return settings.RemoteExecutionSettings(seconds_between_status_checks=1)
+
+    def get_config_settings(self) -> Optional[ConfigSettings]:  # noqa: UP045
+        return None
+
+    def run_workflow(self, test_name, tmp_path, deployment_method=frozenset()):
+        """As the base class, plus config settings (the base does not pass any)."""
+        source = Path(sys.modules[TestWorkflowsLocalStorageBase.__module__].__file__).parent
+        workdir = Path(tmp_path) / test_name
+        shutil.copytree(source / "testcases" / test_name, workdir)
+        resources = self.get_resource_settings()
+        resources.cores, resources.nodes = 1, 3
+        with api.SnakemakeApi(
+            settings.OutputSettings(verbose=False, show_failed_logs=True)
+        ) as snakemake_api:
+            workflow_api = snakemake_api.workflow(
+                config_settings=self.get_config_settings() or ConfigSettings(),
+                resource_settings=resources,
+                storage_settings=settings.StorageSettings(
+                    shared_fs_usage=settings.SharedFSUsage.all()
+                ),
+                deployment_settings=self.get_deployment_settings(deployment_method),
+                workdir=workdir,
+                snakefile=workdir / "Snakefile",
+            )
+            workflow_api.dag().execute_workflow(
+                executor=self.get_executor(),
+                executor_settings=self.get_executor_settings(),
+                execution_settings=settings.ExecutionSettings(latency_wait=self.latency_wait),
+                remote_execution_settings=self.get_remote_execution_settings(),
+            )
+        # Beyond "it ran": every job went through Grid Engine and succeeded there.
+        ledger = SubmissionLedger(workdir / ".snakemake" / "gridengine" / "submissions.jsonl")
+        submissions, finished = ledger.read()
+        assert submissions, "no job was submitted to Grid Engine"
+        assert {s.job_id for s in submissions} == set(finished)
+        assert set(finished.values()) == {"succeeded"}
+        if test_name == "simple":
+            log_dir = workdir / ".snakemake" / "gridengine_logs" / "d"
+            logs = sorted(p.name for p in log_dir.iterdir())
+            assert logs == ["somewildcard=somedir1.log", "somewildcard=somedir2%2Fsubdir.log"]
+
+
+@needs_cluster
+@needs_drmaa
+class TestWorkflowsDrmaa(_GridEngineWorkflows):
+    __test__ = True
+    backend = "drmaa"
+
+
+@needs_cluster
+class TestWorkflowsQsub(_GridEngineWorkflows):
+    __test__ = True
+    backend = "qsub"
+
+
+@needs_cluster
+class TestQuotesInConfigQsub(_GridEngineWorkflows):
+    """Regression: quotes and a space in a config value reach the job's command line intact."""
+
+    __test__ = True
+    backend = "qsub"
+
+    def get_config_settings(self) -> ConfigSettings:
+        # As `snakemake --config ...` passes them: raw items plus their parsed values.
+        raw = ["path={'x': \"/path/to file\"}", "owner=it's"]
+        return ConfigSettings(config=parse_config(raw), config_args=raw)
+
+
+# ---- failure, deletion, driver death, memory -----------------------------------------------
+
+FAIL_SNAKEFILE = """
+rule all:
+    input: expand("out/{i}.txt", i=range(3))
+
+rule work:
+    output: "out/{i}.txt"
+    shell: "if [ {wildcards.i} = 1 ]; then echo failing on purpose; exit 3; fi; echo ok > {output}"
+"""
+
+SLOW_SNAKEFILE = """
+rule all:
+    input: "out/merged.txt"
+
+rule work:
+    output: "out/{i}.txt"
+    shell:
+        "echo $JOB_ID >> runs-{wildcards.i}.txt; "
+        "if [ -e slow-{wildcards.i} ]; then sleep 25; fi; echo {wildcards.i} > {output}"
+
+rule merge:
+    input: expand("out/{i}.txt", i=range(4))
+    output: "out/merged.txt"
+    shell: "cat {input} > {output}"
+"""
+
+MEMORY_SNAKEFILE = """
+def mem_for_attempt(wildcards, attempt):
+    return 1000 if attempt == 1 else 2500
+
+rule all:
+    input: "out/big.txt"
+
+rule big:
+    output: "out/big.txt"
+    resources: mem_mb=mem_for_attempt
+    shell: "{PYTHON} -c 'x = bytearray(1200 * 2**20)' && echo ok > {output}"
+"""
+
+
+def _snakemake_argv(workdir: Path, backend: str, *extra: str) -> list[str]:
+    return [
+        *SNAKEMAKE,
+        "--snakefile",
+        str(workdir / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--executor",
+        "gridengine",
+        "--gridengine-backend",
+        backend,
+        "--jobs",
+        "10",
+        "--seconds-between-status-checks",
+        "1",
+        "--latency-wait",
+        "5",
+        *extra,
+    ]
+
+
+def _workflow(tmp_path: Path, text: str) -> Path:
+    workdir = tmp_path / "wf"
+    workdir.mkdir()
+    (workdir / "Snakefile").write_text(text.replace("{PYTHON}", sys.executable))
+    return workdir
+
+
+def _ledger(workdir: Path) -> SubmissionLedger:
+    return SubmissionLedger(workdir / ".snakemake" / "gridengine" / "submissions.jsonl")
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _running(job_ids) -> bool:
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, check=True).stdout
+    states = parse_qstat_xml(out)
+    return all(states.get(j, "") == "r" for j in job_ids)
+
+
+@needs_cluster
+@pytest.mark.parametrize("backend", ["drmaa", "qsub"])
+def test_nonzero_exit_is_a_failure_with_exit_status_and_log(tmp_path, backend):
+    if backend == "drmaa" and DRMAA_MISSING:
+        pytest.skip(DRMAA_MISSING)
+    workdir = _workflow(tmp_path, FAIL_SNAKEFILE)
+    proc = subprocess.run(
+        _snakemake_argv(workdir, backend, "--keep-going"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 1
+    submissions, finished = _ledger(workdir).read()
+    failing = next(s for s in submissions if s.outputs == ("out/1.txt",))
+    log = workdir / ".snakemake" / "gridengine_logs" / "work" / "i=1.log"
+    expected = (
+        f"Grid Engine job {failing.job_id} failed: exit status 1; rule command exit status 3; "
+        f"log: {log}"
+    )
+    assert expected in proc.stderr
+    assert "failing on purpose" in log.read_text()
+    assert finished == {s.job_id: ("failed" if s is failing else "succeeded") for s in submissions}
+    assert (workdir / "out" / "0.txt").exists() and (workdir / "out" / "2.txt").exists()
+    assert not (workdir / "out" / "1.txt").exists()
+
+
+@needs_cluster
+def test_qdel_of_running_job_fails_it_and_plain_rerun_redoes_exactly_it(tmp_path):
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    workdir = _workflow(tmp_path, SLOW_SNAKEFILE)
+    (workdir / "slow-2").touch()
+    argv = _snakemake_argv(workdir, backend, "--keep-going")
+    driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ledger = _ledger(workdir)
+
+    def slow_job():
+        return next((s for s in ledger.read()[0] if s.outputs == ("out/2.txt",)), None)
+
+    _wait_for(lambda: (workdir / "runs-2.txt").exists(), 90, "job 2 to start its command")
+    victim = slow_job().job_id
+    subprocess.run(["qdel", victim], check=True, capture_output=True)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 1
+    assert f"Grid Engine job {victim} failed" in stderr
+    assert ledger.read()[1][victim] == "failed"
+    done = sorted(p.name for p in (workdir / "out").iterdir())
+    assert done == ["0.txt", "1.txt", "3.txt"]
+
+    (workdir / "slow-2").unlink()
+    first_run = {s.job_id for s in ledger.read()[0]}
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    redone = [s.outputs for s in ledger.read()[0] if s.job_id not in first_run]
+    assert redone == [("out/2.txt",), ("out/merged.txt",)]
+    assert [(workdir / f"runs-{i}.txt").read_text().count("\n") for i in range(4)] == [1, 1, 2, 1]
+
+
+@needs_cluster
+def test_sigkill_of_driver_then_restart_adopts_and_never_submits_twice(tmp_path):
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    workdir = _workflow(tmp_path, SLOW_SNAKEFILE)
+    for i in (1, 2, 3):
+        (workdir / f"slow-{i}").touch()  # job 0 ends while no driver watches
+    argv = _snakemake_argv(workdir, backend)
+    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = _ledger(workdir)
+    _wait_for(lambda: len(ledger.read()[0]) == 4, 60, "4 submissions")
+    first = ledger.read()[0]
+    _wait_for(lambda: _running([s.job_id for s in first]), 60, "4 running jobs")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    assert any((workdir / ".snakemake" / "locks").iterdir()), "the killed driver held locks"
+    job_of = {s.outputs: s.job_id for s in first}
+    _wait_for(
+        lambda: job_of[("out/0.txt",)] in accounting_records({first[0].name_pattern}),
+        60,
+        "job 0 to end unwatched",
+    )
+
+    report = recover(workdir)
+    assert report.live_drivers == 0
+    assert report.removed_lockfiles
+    assert report.finished_ok == (job_of[("out/0.txt",)],)
+    assert set(report.still_active) == {job_of[(f"out/{i}.txt",)] for i in (1, 2, 3)}
+
+    restart = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    for i in (1, 2, 3):
+        assert f"Adopting Grid Engine job {job_of[(f'out/{i}.txt',)]}" in restart.stderr
+    # Each output's job ran exactly once: from the jobs' own trace and from accounting.
+    assert [(workdir / f"runs-{i}.txt").read_text().count("\n") for i in range(4)] == [1] * 4
+    submissions = ledger.read()[0]
+    assert len(submissions) == 5  # the four work jobs once, then merge
+    records = accounting_records({s.name_pattern for s in submissions})
+    assert sorted(r.job_name.split(".", 1)[1] for r in records.values()) == ["merge"] + ["work"] * 4
+    assert all(r.exit_status == 0 for r in records.values())
+    locks = workdir / ".snakemake" / "locks"
+    assert not (locks.exists() and any(locks.iterdir()))
+    assert not [p for p in (workdir / ".snakemake" / "incomplete").rglob("*") if p.is_file()]
+    assert (workdir / "out" / "merged.txt").read_text() == "0\n1\n2\n3\n"
+
+
+@needs_cluster
+def test_job_over_h_vmem_is_a_memory_failure_and_a_retry_with_more_memory_succeeds(tmp_path):
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    workdir = _workflow(tmp_path, MEMORY_SNAKEFILE)
+    proc = subprocess.run(
+        _snakemake_argv(workdir, backend, "--retries", "1"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    submissions, finished = _ledger(workdir).read()
+    assert [(s.attempt, s.h_vmem_mb) for s in submissions] == [(1, 1000), (2, 2500)]
+    assert [finished[s.job_id] for s in submissions] == ["failed", "succeeded"]
+    assert f"Grid Engine job {submissions[0].job_id} failed: exit status 1" in proc.stderr
+    assert "memory failure: out of memory (h_vmem=1000M per slot x 1" in proc.stderr
+    assert (workdir / "out" / "big.txt").read_text() == "ok\n"
+    assert "MemoryError" in Path(submissions[0].log).read_text()
