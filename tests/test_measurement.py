@@ -10,6 +10,7 @@ from dcflow.stages.measurement import (
     aperture_fluxes,
     extract_stamps,
     psf_fluxes,
+    psf_photometry,
     windowed_centroids,
 )
 from dcflow.stages.psf import MoffatPsf
@@ -90,3 +91,26 @@ def test_empty_inputs():
     z = np.zeros((10, 10))
     assert windowed_centroids(z, np.zeros(0), np.zeros(0), sigma_pix=1.0)[0].size == 0
     assert aperture_fluxes(z, z, np.zeros(0), np.zeros(0), radius_pix=2.0)[0].size == 0
+
+
+def test_psf_photometry_separates_a_close_pair_and_fits_an_edge_star():
+    psf = MoffatPsf(alpha_pix=2.4, beta=3.0)
+    table = psf.phase_table(9)
+    shape = (60, 90)
+    truth = [(30.3, 25.6, 20000.0), (34.6, 27.9, 5000.0), (0.3, 40.2, 10000.0)]
+    image = np.zeros(shape)
+    for x0, y0, f in truth:
+        image += f * psf.render_at(shape, x0, y0)
+    variance = np.full(shape, 25.0)
+    bad = np.zeros(shape, bool)
+    # Starting positions 0.3-0.8 pixel off (as a windowed centroid pulled by a neighbour).
+    xs = np.array([30.0, 35.2, 1.1])
+    ys = np.array([25.9, 27.5, 40.0])
+    x, y, flux, err, chi2 = psf_photometry(image, variance, bad, xs, ys, table, n_iter=6)
+    np.testing.assert_allclose(x, [t[0] for t in truth], atol=0.01)
+    np.testing.assert_allclose(y, [t[1] for t in truth], atol=0.01)
+    np.testing.assert_allclose(flux, [t[2] for t in truth], rtol=0.005)
+    assert (err > 0).all() and (chi2 < 0.01).all()  # noise-free image
+    # Without neighbour subtraction or position fit the pair's fluxes are biased.
+    f0, _, _ = psf_fluxes(image, variance, bad, xs, ys, table)
+    assert abs(f0[1] / 5000.0 - 1) > 0.05

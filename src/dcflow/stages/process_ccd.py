@@ -6,10 +6,11 @@ The steps, each a function of its own module:
    interpolated, subtracted;
 2. detection (`dcflow.stages.detection`): matched-filter smoothing, threshold, footprints
    and peaks, with cosmic-ray and bad pixels zeroed first so they do not become sources;
-3. centroids (`dcflow.stages.measurement.windowed_centroids`);
+3. centroids (`dcflow.stages.measurement.windowed_centroids`) and flags;
 4. PSF (`dcflow.stages.psf`): an elliptical Moffat fitted to bright isolated unsaturated
-   stars, then the centroids are refined with a window matched to it;
-5. aperture and PSF fluxes, flags (`dcflow.stages.measurement`), and an aperture correction
+   stars;
+5. PSF-fit positions and fluxes of every source with its neighbours' models subtracted
+   (`dcflow.stages.measurement.psf_photometry`), aperture fluxes, and an aperture correction
    (aperture flux over PSF-model flux in the same aperture, fitted as a low-order
    polynomial over the CCD) that puts PSF fluxes on a total-flux scale;
 6. astrometry (`dcflow.stages.astrometry`): offset voting against the reference catalogue,
@@ -39,7 +40,7 @@ from dcflow.stages.measurement import (
     SourceFlag,
     aperture_fluxes,
     extract_stamps,
-    psf_fluxes,
+    psf_photometry,
     windowed_centroids,
 )
 from dcflow.stages.photocal import fit_zero_point
@@ -129,6 +130,13 @@ class ProcessCcdConfig:
         "Points per pixel per axis to integrate the PSF model over a pixel",
         minimum=1,
         maximum=15,
+    )
+    psf_fit_iterations: int = config_field(
+        3,
+        "Iterations of the PSF fit of positions and fluxes with neighbours subtracted "
+        "(0 = fluxes at the windowed centroids)",
+        minimum=0,
+        maximum=10,
     )
     apcorr_order: int = config_field(
         1,
@@ -465,16 +473,13 @@ def process_ccd(
     used_psf[candidates[psf_fit.used]] = True
     fwhm_pix = psf.fwhm_pix
 
-    # Centroids again with a window matched to the measured PSF.
-    xc, yc = windowed_centroids(
-        sub, xc, yc, sigma_pix=fwhm_pix * _FWHM_TO_SIGMA, bad=bad & ~sat, n_iter=4
-    )
-
-    # 5. Fluxes.
-    ap_flux, ap_err = aperture_fluxes(sub, variance, xc, yc, radius_pix=ap_r)
+    # 5. PSF-fit positions and fluxes (neighbours subtracted), then aperture fluxes there.
     phot_half = int(np.clip(np.ceil(2.0 * fwhm_pix), 4, 15))
     table = psf.phase_table(phot_half)
-    psf_flux, psf_err, psf_chi2 = psf_fluxes(sub, variance, bad, xc, yc, table)
+    xc, yc, psf_flux, psf_err, psf_chi2 = psf_photometry(
+        sub, variance, bad, xc, yc, table, n_iter=cfg.psf_fit_iterations
+    )
+    ap_flux, ap_err = aperture_fluxes(sub, variance, xc, yc, radius_pix=ap_r)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = psf_flux / psf_err
     frac = _enclosed_fraction(psf, ap_r)

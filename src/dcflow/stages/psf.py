@@ -102,14 +102,49 @@ class MoffatPsf:
             np.arange(nx, dtype=float)[None, :] - x, np.arange(ny, dtype=float)[:, None] - y
         )
 
+    def pixel_value_and_gradient(
+        self, dx: np.ndarray, dy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`pixel_value` and its derivatives with respect to the PSF centre ``(x0, y0)``.
+
+        Returns
+        -------
+        value, d_dx0, d_dy0 : numpy.ndarray
+            Pixel-integrated profile and ``d value / d x0 = -d value / d dx`` (same for y).
+        """
+        off = _subsample_offsets(self.subsample)
+        dx = np.asarray(dx, dtype=float)[..., None, None] + off[None, :]
+        dy = np.asarray(dy, dtype=float)[..., None, None] + off[:, None]
+        e = np.sqrt(1.0 - self.e1**2 - self.e2**2)
+        a2 = self.alpha_pix**2 * e
+        q = ((1.0 - self.e1) * dx * dx - 2.0 * self.e2 * dx * dy + (1.0 + self.e1) * dy * dy) / a2
+        norm = (self.beta - 1.0) / (np.pi * self.alpha_pix**2)
+        value = norm * (1.0 + q) ** (-self.beta)
+        # d value / d q = -beta value / (1 + q); d q / d dx = 2 ((1 - e1) dx - e2 dy) / a2.
+        common = self.beta * value / (1.0 + q) * (2.0 / a2)
+        d_dx0 = common * ((1.0 - self.e1) * dx - self.e2 * dy)
+        d_dy0 = common * ((1.0 + self.e1) * dy - self.e2 * dx)
+        axes = (-2, -1)
+        return value.mean(axis=axes), d_dx0.mean(axis=axes), d_dy0.mean(axis=axes)
+
     def phase_table(self, half_size: int, n_phase: int = 10) -> PsfPhaseTable:
-        """Tabulate pixel-integrated stamps on an ``(n_phase+1)^2`` grid of sub-pixel phases."""
+        """Tabulate pixel-integrated stamps (and their gradients) on a grid of phases.
+
+        Parameters
+        ----------
+        half_size : int
+            Stamp half size ``h``, pixels.
+        n_phase : int
+            Phase steps per pixel; the grid has ``(n_phase + 1)^2`` phases.
+        """
         phases = -0.5 + np.arange(n_phase + 1) / n_phase
         j = np.arange(-half_size, half_size + 1, dtype=float)
         dx = j[None, None, None, :] - phases[None, :, None, None]
         dy = j[None, None, :, None] - phases[:, None, None, None]
-        table = self.pixel_value(dx, dy)
-        return PsfPhaseTable(table=table, half_size=half_size, n_phase=n_phase)
+        value, d_dx0, d_dy0 = self.pixel_value_and_gradient(dx, dy)
+        return PsfPhaseTable(
+            table=value, d_dx0=d_dx0, d_dy0=d_dy0, half_size=half_size, n_phase=n_phase
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +156,8 @@ class PsfPhaseTable:
     table : numpy.ndarray
         ``(n_phase+1, n_phase+1, 2h+1, 2h+1)``: ``table[ky, kx]`` is the stamp of a star whose
         centre is offset by ``(-0.5 + kx/n_phase, -0.5 + ky/n_phase)`` from the central pixel.
+    d_dx0, d_dy0 : numpy.ndarray
+        Same shape: derivatives of ``table`` with respect to the star's x and y centre.
     half_size : int
         ``h``, pixels.
     n_phase : int
@@ -128,11 +165,12 @@ class PsfPhaseTable:
     """
 
     table: np.ndarray
+    d_dx0: np.ndarray
+    d_dy0: np.ndarray
     half_size: int
     n_phase: int
 
-    def stamps(self, phase_x: np.ndarray, phase_y: np.ndarray) -> np.ndarray:
-        """Stamps ``(n, 2h+1, 2h+1)`` for stars at phases in ``[-0.5, 0.5]`` (bilinear in phase)."""
+    def _interpolate(self, tables, phase_x, phase_y):
         n = self.n_phase
         fx = (np.clip(phase_x, -0.5, 0.5) + 0.5) * n
         fy = (np.clip(phase_y, -0.5, 0.5) + 0.5) * n
@@ -140,10 +178,23 @@ class PsfPhaseTable:
         iy = np.minimum(fy.astype(int), n - 1)
         tx = (fx - ix)[:, None, None]
         ty = (fy - iy)[:, None, None]
-        t = self.table
-        return (1 - ty) * ((1 - tx) * t[iy, ix] + tx * t[iy, ix + 1]) + ty * (
-            (1 - tx) * t[iy + 1, ix] + tx * t[iy + 1, ix + 1]
-        )
+        w00, w01 = (1 - ty) * (1 - tx), (1 - ty) * tx
+        w10, w11 = ty * (1 - tx), ty * tx
+        return [
+            w00 * t[iy, ix] + w01 * t[iy, ix + 1] + w10 * t[iy + 1, ix] + w11 * t[iy + 1, ix + 1]
+            for t in tables
+        ]
+
+    def stamps(self, phase_x: np.ndarray, phase_y: np.ndarray) -> np.ndarray:
+        """Stamps ``(n, 2h+1, 2h+1)`` for stars at phases in ``[-0.5, 0.5]`` (bilinear in phase)."""
+        return self._interpolate((self.table,), phase_x, phase_y)[0]
+
+    def stamps_and_gradients(
+        self, phase_x: np.ndarray, phase_y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stamps and their derivatives with respect to the star centre, ``(n, 2h+1, 2h+1)``."""
+        value, gx, gy = self._interpolate((self.table, self.d_dx0, self.d_dy0), phase_x, phase_y)
+        return value, gx, gy
 
 
 @dataclass(frozen=True, slots=True)
