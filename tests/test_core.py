@@ -98,6 +98,9 @@ def test_exposure_round_trip(tmp_path):
     np.testing.assert_array_equal(back.mask, exposure.mask)
     assert back.header["FILTER"] == "r"
     assert [p.name for p in tmp_path.iterdir()] == ["e.fits"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "e.fits").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_truncated_fits_is_named(tmp_path):
