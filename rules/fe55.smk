@@ -12,13 +12,13 @@ rule fe55_simulate:
         log_path("fe55_simulate", "ccd={ccd}_exposure={exposure}"),
     benchmark:
         benchmark_path("fe55_simulate", "ccd={ccd}_exposure={exposure}")
-    params:
-        fe55=config["fe55"],
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        fe55=config["fe55"],
     script:
         "../scripts/fe55_simulate.py"
 
@@ -38,14 +38,14 @@ rule fe55_gain:
         log_path("fe55_gain", "ccd={ccd}_exposure={exposure}"),
     benchmark:
         benchmark_path("fe55_gain", "ccd={ccd}_exposure={exposure}")
-    params:
-        fe55=config["fe55"],
-        analysis=config["fe55_gain"],
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        fe55=config["fe55"],
+        analysis=config["fe55_gain"],
     script:
         "../scripts/fe55_gain.py"
 
@@ -60,10 +60,10 @@ rule fe55_summary:
         log_path("fe55_summary", "ccd={ccd}"),
     benchmark:
         benchmark_path("fe55_summary", "ccd={ccd}")
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../envs/pipeline.yaml"
     script:
         "../scripts/fe55_summary.py"

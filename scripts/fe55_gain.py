@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dcflow.configs import from_mapping
-from dcflow.errors import InputDataError
+from dcflow.errors import InputDataError, StageError
 from dcflow.geometry import DetectorLayout
 from dcflow.instruments.fe55_sim import Fe55SimConfig
 from dcflow.io import atomic_path, read_fits, write_table
@@ -51,7 +51,10 @@ def main(
     expected = from_mapping(Fe55SimConfig, fe55).layout()
     config = from_mapping(Fe55Config, analysis)
     data, layout, header = read_fe55_frame(raw_path, expected)
-    result = measure_fe55_gain(data, layout, config=config)
+    try:
+        result = measure_fe55_gain(data, layout, config=config)
+    except StageError as exc:
+        raise type(exc)(f"{raw_path}: {exc}", **exc.metadata) from exc
     table = result.table()
     table.meta["RAWFILE"] = str(raw_path)
     for key in ("CCD", "EXPOSURE"):

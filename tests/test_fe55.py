@@ -415,6 +415,10 @@ def test_measure_rejects_frames_that_do_not_fit_the_layout():
     flat = np.full(sim.raw.shape, 1000, dtype=np.int32)
     with pytest.raises(InputDataError, match="amplifier A: both columns are all 1000: no read"):
         measure_fe55_gain(flat, sim.layout)
+    nan = sim.raw.astype(float)
+    nan[10, sim.layout.amps[0].data[1].start + 3] = np.nan
+    with pytest.raises(InputDataError, match="amplifier A: 1 of 16384 imaging pixels are not"):
+        measure_fe55_gain(nan, sim.layout)
     with pytest.raises(CalibrationError, match="amplifier A: only") as info:
         measure_fe55_gain(sim.raw, sim.layout, config=Fe55Config(min_events=1000))
     assert info.value.metadata["amp"] == "A"

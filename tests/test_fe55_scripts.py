@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from dcflow.errors import InputDataError
+from dcflow.errors import CalibrationError, InputDataError
 from dcflow.instruments.fe55_sim import Fe55SimConfig
 from dcflow.io import read_table
 
@@ -200,3 +200,15 @@ def test_summary_of_mismatched_tables_names_the_files(raws, scripts, tmp_path):
         paths.append(str(table))
     with pytest.raises(InputDataError, match=r"gain0\.fits, .*gain1\.fits: tables\[1\] has amp"):
         summary.main(gain_paths=paths, summary_path=str(tmp_path / "s.fits"))
+
+
+def test_stage_failure_names_the_file(raws, scripts, tmp_path):
+    _, gain, _ = scripts
+    with pytest.raises(CalibrationError, match=r"raw_0\.fits: amplifier A: only \d+ events"):
+        gain.main(
+            raw_path=str(raws[0][0]),
+            table_path=str(tmp_path / "g.fits"),
+            plot_path=str(tmp_path / "p.png"),
+            fe55=FE55,
+            analysis={"min_events": 5000},
+        )

@@ -725,7 +725,8 @@ def measure_amp_gain(
     Raises
     ------
     InputDataError
-        If the amplifier lies outside ``raw``, or its pixels are non-finite or carry no noise.
+        If the amplifier lies outside ``raw``, its imaging pixels are not all finite, or its
+        bias columns are non-finite or constant.
     CalibrationError
         If too few events are found or the peak fit fails.
     """
@@ -737,6 +738,13 @@ def measure_amp_gain(
         method=config.bias_method,
         poly_degree=config.bias_poly_degree,
     )
+    n_bad = int(np.sum(~np.isfinite(bias.image_adu)))
+    if n_bad:
+        raise InputDataError(
+            f"amplifier {amp.name}: {n_bad} of {bias.image_adu.size} imaging pixels are not finite",
+            amp=amp.name,
+            n_nonfinite=n_bad,
+        )
     events = find_events(
         bias.image_adu,
         threshold_adu=config.detection_threshold_sigma * bias.noise_adu,
