@@ -1,0 +1,42 @@
+"""Tiny simulated campaigns for workflow tests: a config file in a temporary directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from dcflow import driver
+
+
+def write_campaign_config(root: Path, *, name: str = "test", **simulation) -> Path:
+    """Write a campaign config whose inputs and outputs live under ``root``."""
+    sim = {
+        "seed": 7,
+        "n_ccds": 2,
+        "ccd_nx": 1024,
+        "ccd_ny": 2048,
+        "filters": ["g", "r"],
+        "visits_per_filter": 2,
+        "n_bias": 2,
+        "n_flat": 2,
+    }
+    sim.update(simulation)
+    config = {
+        "campaign": {"name": name, "instrument": "cfht_sim"},
+        "layout": {"input_root": str(root / "input"), "output_root": str(root / "output")},
+        "simulation": sim,
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_workflow(config_path: Path, *extra: str) -> int:
+    """Run the campaign's Snakemake workflow with the local profile; return the exit code."""
+    return driver.run_snakemake(
+        config_path,
+        profile="local",
+        snakemake_args=["--cores", "2", *extra],
+        workdir=config_path.parent,
+    )
