@@ -380,10 +380,12 @@ def measured_field() -> MeasuredField:
     from dcflow.stages.multiband import chi2_detection_image
 
     field = warped_field()
-    coadds = {band: assemble_coadd(field.for_filter(band)).coadd for band in ("r", "g")}
+    results = {band: assemble_coadd(field.for_filter(band)) for band in ("r", "g")}
+    coadds = {band: result.coadd for band, result in results.items()}
     detection = chi2_detection_image(coadds)
     config = CoaddMeasurementConfig(apcorr_min_stars=3)
-    objects = measure_coadds(coadds, detection, PATCH, config=config).objects
+    coverages = {band: result.input_coverage for band, result in results.items()}
+    objects = measure_coadds(coadds, detection, PATCH, coverages=coverages, config=config).objects
     truth = field.truth
     tx, ty = PATCH_WCS.world_to_pixel_values(truth["ra_deg"], truth["dec_deg"])
     dist = np.hypot(tx[:, None] - objects["x"][None, :], ty[:, None] - objects["y"][None, :])

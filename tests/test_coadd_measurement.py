@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -9,7 +11,8 @@ from coadd_synthetic import PATCH, PATCH_WCS, TRACT, mag_to_njy, measured_field,
 
 from dcflow.campaign.skymap import patch_info
 from dcflow.errors import InputDataError
-from dcflow.exposure import Exposure
+from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.coadd import assemble_coadd
 from dcflow.stages.coadd_measurement import (
     CoaddMeasurementConfig,
     adaptive_moments,
@@ -174,3 +177,49 @@ def test_validation_errors():
         MixturePsf(fwhm_pix=(1.0,), beta=(0.0,), weights=())
     with pytest.raises(ValueError, match="beta 0 or > 1"):
         MixturePsf(fwhm_pix=(1.0,), beta=(0.5,), weights=(1.0,))
+
+
+def test_local_psf_from_coverage_where_visits_are_missing():
+    # The bad-seeing r visits (FWHM > 0.9") miss the left half of the patch, as behind a CCD
+    # gap: there the coadd PSF is sharper than the global mixture.
+    field = warped_field()
+    specs = [s for s in field.specs if s.filter == "r"]
+    warps = []
+    for spec, warp in zip(specs, field.for_filter("r", clean=True), strict=True):
+        if spec.fwhm_arcsec > 0.9:
+            mask = warp.mask.copy()
+            mask[:, : PATCH.shape[1] // 2] |= int(MaskPlane.NO_DATA)
+            warp = replace(warp, mask=mask)
+        warps.append(warp)
+    result = assemble_coadd(warps)
+    coadds = {"r": result.coadd}
+    detection = chi2_detection_image(coadds)
+    truth = field.truth
+    config = CoaddMeasurementConfig(apcorr_min_stars=3)
+    rms = {}
+    for label, coverages in (("local", {"r": result.input_coverage}), ("global", None)):
+        objects = measure_coadds(
+            coadds, detection, PATCH, coverages=coverages, config=config
+        ).objects
+        tx, ty = PATCH_WCS.world_to_pixel_values(truth["ra_deg"], truth["dec_deg"])
+        dist = np.hypot(tx[:, None] - objects["x"][None, :], ty[:, None] - objects["y"][None, :])
+        obj = objects[dist.argmin(axis=1)]
+        snr = obj["r_psf_flux"] / obj["r_psf_flux_err"]
+        sel = (dist.min(axis=1) < 2) & (truth["kind"] == "star") & (snr > 100)
+        straddle = np.abs(tx - PATCH.shape[1] // 2) < 6  # the PSF changes across these
+        if coverages is not None:
+            assert np.all(obj["r_psf_inexact"][sel & straddle])
+            assert not np.any(obj["r_psf_inexact"][sel & (np.abs(tx - PATCH.shape[1] // 2) > 20)])
+        sel &= ~straddle
+        left = sel & (tx < PATCH.shape[1] // 2 - 10)
+        assert left.sum() >= 8
+        dm = -2.5 * np.log10(obj["r_psf_flux"][sel] / mag_to_njy(truth["mag_r"][sel]))
+        rms[label] = np.sqrt(np.mean(dm**2)) * 1000
+    assert rms["local"] <= 10.0
+    assert rms["global"] > 2 * rms["local"]
+    # The coverage map: bad-seeing visits have zero coverage on the left, one on the right.
+    bad = [i for i, s in enumerate(specs) if s.fwhm_arcsec > 0.9]
+    cells = result.input_coverage
+    assert cells.shape == (len(specs), 30, 30)
+    assert np.all(cells[bad, 5:25, 2:12] == 0)
+    assert np.all(cells[bad, 5:25, 18:28] == 1)

@@ -82,7 +82,7 @@ class CoaddConfig:
         5.0, "Rejection threshold above the median, standard deviations", exclusive_minimum=0.0
     )
     clip_flux_fraction: float = config_field(
-        0.1, "Extra rejection threshold, fraction of the median value (dimensionless)", minimum=0.0
+        0.3, "Extra rejection threshold, fraction of the median value (dimensionless)", minimum=0.0
     )
     clip_grow_pixels: int = config_field(
         2, "Growth of each rejected region, patch pixels", minimum=0, maximum=20
@@ -91,11 +91,24 @@ class CoaddConfig:
         2, "Fewest usable warps at a pixel for rejection to apply there", minimum=2
     )
     block_rows: int = config_field(
-        128, "Rows of the patch processed at a time (bounds memory)", minimum=16
+        128,
+        "Rows of the patch processed at a time (bounds memory); a multiple of coverage_bin_pixels",
+        minimum=16,
+    )
+    coverage_bin_pixels: int = config_field(
+        8,
+        "Cell size of the per-input coverage maps that give the local PSF mixture, pixels",
+        minimum=1,
+        maximum=256,
     )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.block_rows % self.coverage_bin_pixels:
+            raise ValueError(
+                f"CoaddConfig.block_rows ({self.block_rows}) must be a multiple of "
+                f"coverage_bin_pixels ({self.coverage_bin_pixels})"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +148,11 @@ class CoaddResult:
         ``PSFFWHM`` of each input warp, arcsec.
     n_clipped_pixels : tuple of int
         Pixels of each warp rejected as artefacts (after growth).
+    input_coverage : numpy.ndarray
+        ``(n_used, ceil(ny / b), ceil(nx / b))`` float32 fraction of each cell of
+        ``b = coverage_bin_pixels`` (header ``COVBIN``) where each warp was used. With the
+        header's PSF weights it gives the *local* coadd PSF, which differs from the global
+        mixture wherever a visit is missing (CCD gaps, edges, saturated or clipped pixels).
     """
 
     coadd: Exposure
@@ -144,6 +162,7 @@ class CoaddResult:
     weights: tuple[float, ...]
     input_psf_fwhm_arcsec: tuple[float, ...]
     n_clipped_pixels: tuple[int, ...]
+    input_coverage: np.ndarray
 
 
 def _bad_bits(config: CoaddConfig) -> int:
@@ -285,6 +304,9 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
     mask = np.zeros(shape, dtype=np.int32)
     n_inputs = np.zeros(shape, dtype=np.int16)
     n_clipped = np.zeros(n, dtype=np.int64)
+    b = config.coverage_bin_pixels
+    ncy, ncx = -(-ny // b), -(-nx // b)
+    coverage = np.zeros((n, ncy, ncx), dtype=np.float64)
     pass_bits = ~(int(MaskPlane.DETECTED) | int(MaskPlane.NO_DATA) | bad_bits)
     structure = ndimage.generate_binary_structure(2, 2)
 
@@ -355,7 +377,15 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
         mask[y0:y1] = blk_mask
         n_inputs[y0:y1] = count
         n_clipped += blk_clipped.sum(axis=(1, 2))
+        rows = y1 - y0
+        padded = np.zeros((n, -(-rows // b) * b, ncx * b), dtype=bool)
+        padded[:, :rows, :nx] = use
+        cells = padded.reshape(n, -1, b, ncx, b).sum(axis=(2, 4))
+        coverage[:, y0 // b : y0 // b + cells.shape[1]] += cells
 
+    cell_rows = np.minimum(b, ny - np.arange(ncy) * b)
+    cell_cols = np.minimum(b, nx - np.arange(ncx) * b)
+    coverage /= cell_rows[:, None] * cell_cols[None, :]
     psf_fwhm = mixture_fwhm(fwhm, weights, beta)
     visits = tuple(int(w.header.get("VISIT", -1)) for w in warps)
     header = fits.Header()
@@ -364,6 +394,7 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
             header[key] = warps[0].header[key]
     header["PSFFWHM"] = (psf_fwhm, "FWHM of the coadd PSF mixture, arcsec")
     header["NINPUTS"] = (n, "warps coadded")
+    header["COVBIN"] = (b, "cell of the input coverage maps, pixels")
     header["PSFNCOMP"] = (n, "components of the coadd PSF mixture")
     for index in range(n):
         header[f"PSFF{index}"] = (float(fwhm[index]), f"FWHM of PSF component {index}, arcsec")
@@ -391,6 +422,7 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
         weights=tuple(float(x) for x in weights),
         input_psf_fwhm_arcsec=tuple(float(x) for x in fwhm),
         n_clipped_pixels=tuple(int(x) for x in n_clipped),
+        input_coverage=coverage.astype(np.float32),
     )
 
 

@@ -65,6 +65,7 @@ _PER_FILTER_COLUMNS = (
     ("psf_flux", float),
     ("psf_flux_err", float),
     ("psf_flux_flag", bool),
+    ("psf_inexact", bool),
     ("ap_flux", float),
     ("ap_flux_err", float),
     ("ap_flux_flag", bool),
@@ -126,6 +127,8 @@ class CoaddMeasurementResult:
         ``y`` (patch pixels, reference filter), ``ra_deg``, ``dec_deg``, ``detect_significance``,
         ``ref_filter``, ``extendedness``, ``size_ratio``, and per filter ``<f>_centroid_x``,
         ``<f>_centroid_y``, ``<f>_psf_flux``, ``<f>_psf_flux_err``, ``<f>_psf_flux_flag``,
+        ``<f>_psf_inexact`` (the local PSF mixture changes across the PSF stamp: an input's
+        edge crosses it, so the PSF flux is less exact),
         ``<f>_ap_flux``, ``<f>_ap_flux_err``, ``<f>_ap_flux_flag``, ``<f>_ixx``, ``<f>_iyy``,
         ``<f>_ixy`` (pixel^2), ``<f>_moments_flag``. Fluxes are in the coadd unit (``ZP``).
     filters : tuple of str
@@ -284,6 +287,26 @@ def adaptive_moments(
     return wxx, wyy, wxy, flag
 
 
+def _local_weights(coverage, coadd, psf, x, y, name):
+    """``(n, k)`` PSF component weights at each position: global weight times local coverage."""
+    k = len(psf.weights)
+    if coverage.ndim != 3 or coverage.shape[0] != k:
+        raise ValueError(
+            f"coverages[{name!r}] must be (n_components={k}, ny_cells, nx_cells); "
+            f"got {coverage.shape}"
+        )
+    b = int(coadd.header.get("COVBIN", 1))
+    ny, nx = coadd.shape
+    if coverage.shape[1:] != (-(-ny // b), -(-nx // b)):
+        raise ValueError(
+            f"coverages[{name!r}] cells {coverage.shape[1:]} do not tile the coadd {coadd.shape} "
+            f"with COVBIN={b}"
+        )
+    cy = np.clip(np.round(y).astype(np.int64) // b, 0, coverage.shape[1] - 1)
+    cx = np.clip(np.round(x).astype(np.int64) // b, 0, coverage.shape[2] - 1)
+    return np.asarray(psf.weights, dtype=float)[None, :] * coverage[:, cy, cx].T
+
+
 def _empty_table(filters: tuple[str, ...]) -> Table:
     columns = {
         "object_id": np.zeros(0, dtype=np.int64),
@@ -309,6 +332,7 @@ def measure_coadds(
     detection: MultibandResult,
     patch: PatchInfo,
     *,
+    coverages: Mapping[str, np.ndarray] | None = None,
     config: CoaddMeasurementConfig | None = None,
 ) -> CoaddMeasurementResult:
     """Detect and measure the Objects of one patch.
@@ -322,6 +346,10 @@ def measure_coadds(
         The chi-square detection image of the same coadds.
     patch : PatchInfo
         The patch (its tract id, name and boxes).
+    coverages : mapping of str to numpy.ndarray, optional
+        Filter to the coadd's ``input_coverage`` (`CoaddResult`), cells of header ``COVBIN``
+        pixels: the PSF model at each Object is then the mixture of the inputs that cover it.
+        Without it, the global mixture is used everywhere (biased where inputs are missing).
     config : CoaddMeasurementConfig, optional
         Thresholds and apertures.
 
@@ -335,7 +363,8 @@ def measure_coadds(
     InputDataError
         If a filter of ``detection`` has no coadd, or a coadd lacks a WCS or PSF description.
     ValueError
-        If a coadd's shape is not ``patch.shape``.
+        If a coadd's shape is not ``patch.shape``, or a coverage map does not match its
+        coadd's PSF components and shape.
     """
     config = config or CoaddMeasurementConfig()
     filters = tuple(detection.filters)
@@ -376,8 +405,20 @@ def measure_coadds(
         sigma_pix = fwhm_pix / FWHM_PER_SIGMA
         image = np.where((coadd.mask & _BAD) == 0, coadd.image, np.nan)
         cx, cy, cflag = gaussian_centroid(image, px, py, sigma_pix)
+        local = None
         radius = max(2, int(np.ceil(config.stamp_radius_fwhm * fwhm_pix)))
-        flux, err, flag = psf_photometry(coadd, cx, cy, psf, radius_pix=radius)
+        inexact = np.zeros(n, dtype=bool)
+        if coverages is not None and name in coverages:
+            local = _local_weights(coverages[name], coadd, psf, cx, cy, name)
+            # The PSF changes inside the stamp (an input's edge or gap crosses it): flag.
+            centre = psf.normalised_weights(local, n)
+            for sx, sy in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
+                corner = _local_weights(
+                    coverages[name], coadd, psf, cx + sx * radius, cy + sy * radius, name
+                )
+                change = np.abs(psf.normalised_weights(corner, n) - centre).sum(axis=1)
+                inexact |= change > 0.1
+        flux, err, flag = psf_photometry(coadd, cx, cy, psf, radius_pix=radius, weights=local)
         ap_radius = config.aperture_radius_arcsec / pixel_arcsec
         ap_flux, ap_err, ap_flag = aperture_photometry(coadd, cx, cy, radius_pix=ap_radius)
 
@@ -386,7 +427,7 @@ def measure_coadds(
         ix, iy = np.round(cx).astype(np.int64), np.round(cy).astype(np.int64)
         stamps, _ = gather_stamps(np.nan_to_num(image, nan=0.0), ix, iy, offsets, 0.0)
         ixx, iyy, ixy, mflag = adaptive_moments(stamps, cx - ix, cy - iy, offsets, sigma_pix)
-        model = psf.stamps(cx - ix, cy - iy, offsets)
+        model = psf.stamps(cx - ix, cy - iy, offsets, local)
         pxx, pyy, _, pflag = adaptive_moments(model, cx - ix, cy - iy, offsets, sigma_pix)
         mflag |= pflag | cflag
         ratio = np.where(mflag, np.nan, (ixx + iyy) / (pxx + pyy) - 1.0)
@@ -402,7 +443,7 @@ def measure_coadds(
             point_like & lonely & ~ap_flag & ~flag,
             min_snr=config.apcorr_min_snr,
             min_stars=config.apcorr_min_stars,
-            enclosed_fraction=psf.enclosed_fraction(ap_radius),
+            enclosed_fraction=psf.enclosed_fraction(ap_radius, local),
         )
         log.info("filter %s: aperture correction %.4f from %d stars", name, correction, n_stars)
         corrections.append(correction)
@@ -412,6 +453,7 @@ def measure_coadds(
             "psf_flux": flux * correction,
             "psf_flux_err": err * correction,
             "psf_flux_flag": flag,
+            "psf_inexact": inexact,
             "ap_flux": ap_flux,
             "ap_flux_err": ap_err,
             "ap_flux_flag": ap_flag,

@@ -162,18 +162,46 @@ class MixturePsf:
         """FWHM of the mixture, pixels."""
         return mixture_fwhm(self.fwhm_pix, self.weights, self.beta)
 
-    def enclosed_fraction(self, radius_pix: float) -> float:
-        """Fraction of the total flux within a circle of ``radius_pix`` (continuous profile)."""
+    def normalised_weights(self, weights: np.ndarray | None, n: int) -> np.ndarray:
+        """``(n, k)`` component weights summing to 1 per source (global ones if None)."""
+        k = len(self.fwhm_pix)
+        if weights is None:
+            w = np.broadcast_to(np.asarray(self.weights, dtype=float), (n, k))
+        else:
+            w = np.asarray(weights, dtype=float)
+            if w.shape != (n, k):
+                raise ValueError(f"weights must have shape ({n}, {k}); got {w.shape}")
+        total = w.sum(axis=1, keepdims=True)
+        fallback = np.asarray(self.weights, dtype=float)[None, :] / np.sum(self.weights)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, w / total, fallback)
+
+    def enclosed_fraction(
+        self, radius_pix: float, weights: np.ndarray | None = None
+    ) -> float | np.ndarray:
+        """Fraction of the total flux within ``radius_pix`` (continuous profile).
+
+        With per-source component ``weights`` (``(n, k)``) it returns one value per source.
+        """
         fwhm = np.asarray(self.fwhm_pix)
         beta = np.asarray(self.beta)
-        w = np.asarray(self.weights) / np.sum(self.weights)
         sigma = fwhm / FWHM_PER_SIGMA
         gauss = 1.0 - np.exp(-0.5 * (radius_pix / sigma) ** 2)
         b = np.where(beta > 0, beta, 2.0)
         moffat = 1.0 - (1.0 + (radius_pix / _moffat_alpha(fwhm, b)) ** 2) ** (1.0 - b)
-        return float(np.sum(w * np.where(beta > 0, moffat, gauss)))
+        per_component = np.where(beta > 0, moffat, gauss)
+        if weights is None:
+            w = np.asarray(self.weights) / np.sum(self.weights)
+            return float(np.sum(w * per_component))
+        return self.normalised_weights(weights, len(weights)) @ per_component
 
-    def stamps(self, dx: np.ndarray, dy: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def stamps(
+        self,
+        dx: np.ndarray,
+        dy: np.ndarray,
+        offsets: np.ndarray,
+        weights: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Pixel-integrated model on stamps: ``(n, len(offsets), len(offsets))``.
 
         Gaussian components are integrated exactly (error functions), Moffat components by
@@ -185,14 +213,19 @@ class MixturePsf:
             ``(n,)`` source position minus the stamp's central pixel, pixels.
         offsets : numpy.ndarray
             Integer pixel offsets of the stamp rows/columns from its central pixel.
+        weights : numpy.ndarray, optional
+            ``(n, k)`` component weights per source (the local mix of a coadd's inputs); the
+            global ``weights`` if omitted.
         """
         dx = np.asarray(dx, dtype=float)
         dy = np.asarray(dy, dtype=float)
-        w = np.asarray(self.weights, dtype=float)
-        w = w / w.sum()
+        w = self.normalised_weights(weights, len(dx))
         out = np.zeros((len(dx), len(offsets), len(offsets)))
         sub = (np.arange(5) - 2.0) / 5.0
-        for weight, fwhm, beta in zip(w, self.fwhm_pix, self.beta, strict=True):
+        for index, (fwhm, beta) in enumerate(zip(self.fwhm_pix, self.beta, strict=True)):
+            weight = w[:, index, None, None]
+            if not np.any(weight):
+                continue
             if beta <= 0:
                 s = np.sqrt(2.0) * fwhm / FWHM_PER_SIGMA
                 lo = offsets[None, :] - 0.5
@@ -208,7 +241,7 @@ class MixturePsf:
                 py = offsets[None, :, None] + sub[None, None, :] - dy[lo:hi, None, None]
                 r2 = py[:, :, None, :, None] ** 2 + px[:, None, :, None, :] ** 2
                 value = norm * (1.0 + r2 / alpha**2) ** (-beta)
-                out[lo:hi] += weight * value.mean(axis=(3, 4))
+                out[lo:hi] += weight[lo:hi] * value.mean(axis=(3, 4))
         return out
 
 
@@ -229,6 +262,7 @@ def psf_photometry(
     psf: MixturePsf,
     *,
     radius_pix: int,
+    weights: np.ndarray | None = None,
     bad_mask_bits: int = _BAD_FOR_PHOTOMETRY,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PSF flux at fixed positions (uniform weights over a square stamp).
@@ -243,6 +277,8 @@ def psf_photometry(
         PSF model.
     radius_pix : int
         Half-size of the square stamp, pixels.
+    weights : numpy.ndarray, optional
+        ``(n, k)`` per-source component weights of the PSF mixture (see `MixturePsf.stamps`).
     bad_mask_bits : int, optional
         Mask bits whose pixels are left out.
 
@@ -264,7 +300,7 @@ def psf_photometry(
     variance, _ = gather_stamps(exposure.variance, ix, iy, offsets, 0.0)
     mask, _ = gather_stamps(exposure.mask, ix, iy, offsets, int(MaskPlane.NO_DATA))
     good = inside & ((mask & bad_mask_bits) == 0) & np.isfinite(image) & np.isfinite(variance)
-    model = psf.stamps(x - ix, y - iy, offsets)
+    model = psf.stamps(x - ix, y - iy, offsets, weights)
     p2_all = np.sum(model**2, axis=(1, 2))
     pm = np.where(good, model, 0.0)
     p2 = np.sum(pm**2, axis=(1, 2))
@@ -330,7 +366,7 @@ def aperture_correction(
     *,
     min_snr: float,
     min_stars: int,
-    enclosed_fraction: float = 1.0,
+    enclosed_fraction: float | np.ndarray = 1.0,
 ) -> tuple[float, int]:
     """Median of ``aperture_flux / (psf_flux * enclosed_fraction)`` over bright usable stars.
 
@@ -344,9 +380,9 @@ def aperture_correction(
         Least PSF S/N of a source used.
     min_stars : int
         Fewest sources for a correction.
-    enclosed_fraction : float, optional
-        The PSF model's flux fraction inside the aperture, so that corrected PSF fluxes are
-        total fluxes.
+    enclosed_fraction : float or numpy.ndarray, optional
+        The PSF model's flux fraction inside the aperture (per source, or one value), so that
+        corrected PSF fluxes are total fluxes.
 
     Returns
     -------
@@ -355,7 +391,8 @@ def aperture_correction(
     n_stars : int
         Sources used (0 when the correction fell back to 1.0).
     """
-    if not 0.0 < enclosed_fraction <= 1.0:
+    enclosed = np.broadcast_to(np.asarray(enclosed_fraction, dtype=float), np.shape(psf_flux))
+    if np.any(~(enclosed > 0.0) | (enclosed > 1.0)):
         raise ValueError(f"enclosed_fraction must be in (0, 1]; got {enclosed_fraction}")
     psf_flux = np.asarray(psf_flux, dtype=float)
     aperture_flux = np.asarray(aperture_flux, dtype=float)
@@ -365,7 +402,7 @@ def aperture_correction(
     if n < min_stars:
         log.warning("aperture correction: %d stars (< %d): not applied", n, min_stars)
         return 1.0, 0
-    return float(np.median(aperture_flux[ok] / (psf_flux[ok] * enclosed_fraction))), n
+    return float(np.median(aperture_flux[ok] / (psf_flux[ok] * enclosed[ok]))), n
 
 
 def isolated(x: np.ndarray, y: np.ndarray, radius_pix: float) -> np.ndarray:
