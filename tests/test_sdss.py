@@ -15,6 +15,7 @@ Truth on the real frames:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -22,16 +23,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sep
-import yaml
 from astropy.io import fits
 from astropy.table import Table
 
+from dcflow.config_schema import load_config
 from dcflow.configs import from_mapping
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
 from dcflow.instruments import sdss
 from dcflow.io import read_fits, read_table, write_fits
-from dcflow.layout import DEFAULT_TEMPLATES, Layout
+from dcflow.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_PATH = REPO / "config" / "sdss-stripe82.yaml"
@@ -50,12 +51,7 @@ APERTURE_SNR_MIN = 50.0
 APERTURE_MEDIAN_TOLERANCE = 0.01
 
 
-def _campaign_config() -> dict:
-    with open(CONFIG_PATH) as handle:
-        return yaml.safe_load(handle)
-
-
-CONFIG = _campaign_config()
+CONFIG = load_config(CONFIG_PATH)
 DATA_ROOT = (REPO / CONFIG["layout"]["input_root"]).resolve()
 needs_data = pytest.mark.skipif(
     not DATA_ROOT.is_dir(),
@@ -65,9 +61,31 @@ needs_data = pytest.mark.skipif(
 
 
 def _input_layout() -> Layout:
-    # Every file read here is an input of the campaign: root both sides at the input root.
-    templates = {**DEFAULT_TEMPLATES, **CONFIG["layout"].get("templates", {})}
-    return Layout(input_root=str(DATA_ROOT), output_root=str(DATA_ROOT), templates=templates)
+    # The campaign's layout, its relative input root taken from the repository (as Snakemake,
+    # which runs there, does) rather than from the test's working directory.
+    return dataclasses.replace(Layout.from_config(CONFIG), input_root=str(DATA_ROOT))
+
+
+def test_campaign_config_is_valid_and_names_every_sdss_input():
+    """config/sdss-stripe82.yaml passes the campaign schema (load_config above), its processCcd
+    section builds the stage config, and its templates place every file of the five frames."""
+    assert CONFIG["campaign"] == {"name": "sdss-stripe82", "instrument": "sdss"}
+    config = _process_ccd_config()
+    assert config.detection_fwhm_arcsec == CONFIG["process_ccd"]["detection_fwhm_arcsec"]
+    layout = Layout.from_config(CONFIG)
+    names = {
+        layout.path(dataset_type, instrument="sdss", ccd=CAMCOL, filter=band).split("/")[-1]
+        for dataset_type in ("raw", "sdss_mask", "sdss_psfield", "sdss_tsfield", "refcat")
+        for band in BANDS
+    }
+    assert names == {
+        *(f"fpC-006377-{band}4-0399.fit.gz" for band in BANDS),
+        *(f"fpM-006377-{band}4-0399.fit" for band in BANDS),
+        "psField-006377-4-0399.fit",
+        "tsField-006377-4-40-0399.fit",
+        "ref_stars.fits",
+    }
+    assert layout.path("raw", ccd=CAMCOL, filter="r").startswith("../shared/data/sdss-stripe82/")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +311,7 @@ def _calibration(band: str = "r") -> sdss.FrameCalibration:
         sky_adu=100.0,
         psf_fwhm_arcsec=1.2,
         aa_mag=-24.0,
+        aa_err_mag=0.01,
         kk_mag_per_airmass=0.1,
         airmass=1.2,
     )
@@ -539,7 +558,7 @@ def test_process_ccd_zero_point_matches_sdss_calibration(band):
     zp_mag = float(_processed(band).calexp.header["ZP"])
     assert abs(zp_mag - expected) <= ZP_TOLERANCE_MAG[band], (
         f"{band}: processCcd ZP {zp_mag:.4f}, SDSS tsField {expected:.4f} "
-        f"(diff {zp_mag - expected:+.4f} mag)"
+        f"(diff {zp_mag - expected:+.4f} mag; SDSS's own aaErr {calibration.aa_err_mag:.4f})"
     )
 
 

@@ -34,12 +34,18 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "fe55_gain": "fe55/gain/{ccd}/fe55_gain_{ccd}_{exposure}.fits",
     "fe55_plot": "fe55/plots/{ccd}/fe55_hist_{ccd}_{exposure}.png",
     "fe55_summary": "fe55/summary/fe55_summary_{ccd}.fits",
+    "sdss_mask": "{instrument}/objcs/{ccd}/fpM_{visit}_{ccd}.fit",
+    "sdss_psfield": "{instrument}/objcs/{ccd}/psField_{visit}_{ccd}.fit",
+    "sdss_tsfield": "{instrument}/calibChunks/{ccd}/tsField_{visit}_{ccd}.fit",
     "log": "logs/{rule}/{tile}.log",
     "benchmark": "benchmarks/{rule}/{tile}.tsv",
 }
 """Default path templates, one per dataset type; config.yaml's ``layout.templates`` overrides."""
 
-INPUT_DATASETS = frozenset({"raw", "refcat", "truth", "fe55_raw", "fe55_truth"})
+INPUT_DATASETS = frozenset(
+    {"raw", "refcat", "truth", "fe55_raw", "fe55_truth"}
+    | {"sdss_mask", "sdss_psfield", "sdss_tsfield"}
+)
 """Dataset types that live under the input root (the instrument's data), not the output root."""
 
 

@@ -453,6 +453,8 @@ class FrameCalibration:
         PSF FWHM from photo's PSF fit (``psf_width``), arcsec.
     aa_mag : float
         Photometric zero point ``aa`` (mag for 1 ADU/s above the atmosphere; negative).
+    aa_err_mag : float
+        SDSS's error of ``aa`` (``aaErr``; 0.036 mag in u, 0.002-0.005 in g r i z on run 6377).
     kk_mag_per_airmass : float
         Extinction coefficient ``kk``.
     airmass : float
@@ -465,6 +467,7 @@ class FrameCalibration:
     sky_adu: float
     psf_fwhm_arcsec: float
     aa_mag: float
+    aa_err_mag: float
     kk_mag_per_airmass: float
     airmass: float
 
@@ -516,6 +519,7 @@ def frame_calibration(
         sky_adu=_band_value(ps, "sky", index, "psField"),
         psf_fwhm_arcsec=_band_value(ps, "psf_width", index, "psField"),
         aa_mag=_band_value(ts, "aa", index, "tsField"),
+        aa_err_mag=_band_value(ts, "aaErr", index, "tsField"),
         kk_mag_per_airmass=_band_value(ts, "kk", index, "tsField"),
         airmass=_band_value(ts, "airmass", index, "tsField"),
     )
