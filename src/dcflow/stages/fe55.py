@@ -20,13 +20,12 @@ of the K-alpha peak in the histogram of event signals (ADU) gives the gain,
 combines exposures of a sensor. Everything here is a pure function over arrays and tables;
 the scripts read and write the files.
 
-Hand-written parts, and why: the event finder uses scipy.ndimage for the local maxima but
-cuts its own fixed-size stamps, because the isolation test and the box sum need every
-candidate's neighbourhood at once (one fancy-indexing gather, ~1 ms per amplifier) and ties
-between equal integer maxima must count once (photutils' ``find_peaks`` neither labels
-plateaus nor applies an isolation cut). The fit is a binned Poisson likelihood minimised with
-scipy.optimize, because astropy.modeling's fitters are least squares, biased at the few
-counts per bin of the K-beta line and the tails.
+Hand-written parts, and why: the event finder uses scipy.ndimage for the local maxima and
+plateau labels but cuts its own fixed-size stamps, because the isolation test and the box sum
+need every candidate's neighbourhood at once (one fancy-indexing gather: a few ms for a
+256 x 512 amplifier) and photutils' ``find_peaks`` has no isolation cut. The fit is a binned
+Poisson likelihood minimised with scipy.optimize, because astropy.modeling's fitters minimise
+least squares, which are biased at the few counts per bin of the K-beta line and the tails.
 """
 
 from __future__ import annotations
