@@ -243,15 +243,25 @@ def warp_exposure(
         x_in, y_in = _input_coordinates(patch_wcs, calexp.wcs, box, config.interp_length_pixels)
         in_ny, in_nx = calexp.shape
         inside = (x_in >= -0.5) & (x_in < in_nx - 0.5) & (y_in >= -0.5) & (y_in < in_ny - 0.5)
-        coords = np.array([y_in, x_in])
-        source = np.where(finite, calexp.image, 0.0).astype(np.float64)
+    if box is not None and inside.any():
+        # Crop the calexp to what the patch needs (plus a margin that keeps the cubic spline's
+        # boundary far away): the float64 copies of a full CCD dominate the memory otherwise.
+        margin = 8
+        cx0 = max(0, int(np.floor(x_in[inside].min())) - margin)
+        cx1 = min(in_nx, int(np.ceil(x_in[inside].max())) + margin + 1)
+        cy0 = max(0, int(np.floor(y_in[inside].min())) - margin)
+        cy1 = min(in_ny, int(np.ceil(y_in[inside].max())) + margin + 1)
+        crop = (slice(cy0, cy1), slice(cx0, cx1))
+        ok = finite[crop]
+        coords = np.array([y_in - cy0, x_in - cx0])
+        source = np.where(ok, calexp.image[crop], 0.0).astype(np.float64)
         order = _SPLINE_ORDER[config.interpolation]
         sub_image = ndimage.map_coordinates(source, coords, order=order, mode="nearest")
-        source_var = np.where(finite, calexp.variance, 0.0).astype(np.float64)
+        source_var = np.where(ok, calexp.variance[crop], 0.0).astype(np.float64)
         sub_var = ndimage.map_coordinates(source_var, coords, order=1, mode="nearest")
 
         sub_mask = np.where(inside, 0, int(MaskPlane.NO_DATA)).astype(np.int32)
-        in_mask = calexp.mask.astype(np.int64) | np.where(finite, 0, int(MaskPlane.NO_DATA))
+        in_mask = calexp.mask[crop].astype(np.int64) | np.where(ok, 0, int(MaskPlane.NO_DATA))
         grow = order > 1
         for bit in MaskPlane:
             plane = (in_mask & int(bit)) != 0
