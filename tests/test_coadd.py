@@ -233,3 +233,37 @@ def test_warps_without_coverage_are_skipped():
     assert 4242 not in result.visits and len(result.visits) == 2
     with pytest.raises(InputDataError, match="none of the 1 warps has a usable pixel"):
         assemble_coadd([empty])
+
+
+ALL_CONFIGS = [
+    "dcflow.campaign.skymap:SkyMapConfig",
+    "dcflow.stages.warp:WarpConfig",
+    "dcflow.stages.coadd:CoaddConfig",
+    "dcflow.stages.coadd:TemplateSelectionConfig",
+    "dcflow.stages.multiband:MultibandConfig",
+    "dcflow.stages.coadd_measurement:CoaddMeasurementConfig",
+    "dcflow.stages.forced_photometry:ForcedPhotometryConfig",
+]
+
+
+@pytest.mark.parametrize("spec", ALL_CONFIGS)
+def test_every_config_schema_validates_its_defaults(spec):
+    import dataclasses
+    import importlib
+
+    import jsonschema
+
+    module, name = spec.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    schema = dataclass_schema(cls)
+    defaults = {
+        f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+        for f in dataclasses.fields(cls)
+    }
+    assert set(schema["properties"]) == set(defaults)
+    jsonschema.validate(defaults, schema)
+    for field in dataclasses.fields(cls):
+        assert field.metadata["doc"]  # every field documented
+        assert schema["properties"][field.name]["default"] == defaults[field.name]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**defaults, "no_such_key": 1}, schema)
