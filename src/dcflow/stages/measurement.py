@@ -334,6 +334,7 @@ def psf_photometry(
     fit_position: np.ndarray | None = None,
     n_iter: int = 3,
     max_shift_pix: float = 2.0,
+    sky_variance: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """PSF-fit positions and fluxes of all sources, each fitted with its neighbours removed.
 
@@ -363,6 +364,11 @@ def psf_photometry(
         Number of position iterations.
     max_shift_pix : float
         A source that moves farther than this from its starting position goes back to it.
+    sky_variance : float, optional
+        Background (sky + read) variance per pixel. When given, the final fluxes are
+        weighted by ``1 / (sky_variance + flux * psf)``, the model variance, which lowers
+        the noise of bright (source-photon limited) stars while staying unbiased; by default
+        uniform weights (optimal for faint, sky-limited sources).
 
     Returns
     -------
@@ -382,12 +388,31 @@ def psf_photometry(
     half = psf_table.half_size
     xc, yc = x0.copy(), y0.copy()
     flux = np.zeros(n)
+    xi = yi = None
     for it in range(n_iter + 2):
-        xi, yi = np.rint(xc).astype(np.int64), np.rint(yc).astype(np.int64)
-        data, inside = extract_stamps(image, xi, yi, half)
-        var = extract_stamps(variance, xi, yi, half)[0]
-        good = inside & ~extract_stamps(bad, xi, yi, half)[0] & np.isfinite(data) & (var > 0)
-        data = np.where(good, data, 0.0)
+        new_xi, new_yi = np.rint(xc).astype(np.int64), np.rint(yc).astype(np.int64)
+        if xi is None:
+            xi, yi = new_xi, new_yi
+            stamp0, inside = extract_stamps(image, xi, yi, half)
+            var = extract_stamps(variance, xi, yi, half)[0]
+            good = inside & ~extract_stamps(bad, xi, yi, half)[0] & np.isfinite(stamp0) & (var > 0)
+            stamp0 = np.where(good, stamp0, 0.0)
+        else:
+            # Gather again only the stamps whose centre pixel changed.
+            moved = np.nonzero((new_xi != xi) | (new_yi != yi))[0]
+            if moved.size:
+                xi, yi = new_xi, new_yi
+                d, ins = extract_stamps(image, xi[moved], yi[moved], half)
+                v = extract_stamps(variance, xi[moved], yi[moved], half)[0]
+                g = ins & ~extract_stamps(bad, xi[moved], yi[moved], half)[0]
+                g &= np.isfinite(d) & (v > 0)
+                stamp0[moved], inside[moved], var[moved], good[moved] = (
+                    np.where(g, d, 0.0),
+                    ins,
+                    v,
+                    g,
+                )
+        data = stamp0
         p, gx, gy = psf_table.stamps_and_gradients(xc - xi, yc - yi)
         if it > 0:
             # Remove the neighbours: data - (all models) + own model.
@@ -404,6 +429,15 @@ def psf_photometry(
             flux = np.where(ok, (p * data).sum(axis=(1, 2)) / ptp_safe, 0.0)
             if it == 0:
                 continue
+            w = np.ones_like(p)
+            if sky_variance is not None:
+                # Weights from the model, not the data (unbiased): sky + source photons.
+                for _ in range(2):
+                    w = 1.0 / (sky_variance + np.maximum(flux, 0.0)[:, None, None] * p)
+                    wpp = (w * p * p).sum(axis=(1, 2))
+                    flux = np.where(
+                        ok, (w * p * data).sum(axis=(1, 2)) / np.where(ok, wpp, 1.0), 0.0
+                    )
             break
         # One Gauss-Newton step in (flux, x0, y0).
         a = np.stack([p, flux[:, None, None] * gx * good, flux[:, None, None] * gy * good], 1)
@@ -426,7 +460,8 @@ def psf_photometry(
         away = np.hypot(xc - x0, yc - y0) > max_shift_pix
         xc = np.where(away, x0, xc)
         yc = np.where(away, y0, yc)
-    flux_err = np.sqrt((p * p * np.where(good, var, 0.0)).sum(axis=(1, 2))) / ptp_safe
+    wpp = np.where(ok, (w * p * p).sum(axis=(1, 2)), 1.0)
+    flux_err = np.sqrt((w * w * p * p * np.where(good, var, 0.0)).sum(axis=(1, 2))) / wpp
     resid = data - flux[:, None, None] * p
     ngood = good.sum(axis=(1, 2))
     chi2 = (resid**2 / np.where(good, var, 1.0) * good).sum(axis=(1, 2)) / np.maximum(ngood - 3, 1)
