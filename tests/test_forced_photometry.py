@@ -106,6 +106,7 @@ def test_objects_off_the_calexp_are_flagged():
         }
     )
     table = forced_photometry(calexp, objects).table
+    assert table.meta["VISIT"] == calexp.header["VISIT"] and table.meta["ZP"] == 31.4
     assert table["psf_flux_flag"].tolist() == [False, True]
     assert np.isnan(table["psf_flux"][1])
     assert forced_photometry(calexp, objects[:0]).table.colnames == table.colnames

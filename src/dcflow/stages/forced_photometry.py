@@ -457,7 +457,9 @@ class ForcedPhotometryResult:
     table : astropy.table.Table
         One row per Object: ``object_id``, ``x``, ``y`` (calexp pixels), ``psf_flux`` and
         ``psf_flux_err`` (at ``zero_point_mag``, aperture-corrected), ``psf_flux_flag``.
-        Objects off the calexp are kept with the flag set and NaN fluxes.
+        Objects off the calexp are kept with the flag set and NaN fluxes. ``meta`` holds
+        ``ZP``, ``APCORR``, ``NAPCORR`` and the calexp's ``VISIT``, ``CCD``, ``FILTER`` and
+        ``MJD-OBS`` (or ``MJD``) when its header has them.
     aperture_correction : float
         Factor applied to the PSF fluxes.
     n_apcorr_stars : int
@@ -548,6 +550,9 @@ def forced_photometry(
         }
     )
     table.meta["ZP"] = config.zero_point_mag
+    for key in ("VISIT", "CCD", "FILTER", "MJD-OBS", "MJD"):
+        if key in calexp.header:
+            table.meta[key] = calexp.header[key]
     table.meta["APCORR"] = correction
     table.meta["NAPCORR"] = n_stars
     return ForcedPhotometryResult(
