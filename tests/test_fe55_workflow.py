@@ -1,31 +1,35 @@
 """rules/fe55.smk run by Snakemake: simulate -> gain per exposure -> summary per sensor.
 
 The harness Snakefile below stands in for rules/common.smk: it defines the path helpers and
-the two input functions that rules/fe55.smk expects (the same few lines as common.smk), so
-the rules are exercised as Snakemake runs them, scripts and logs included.
+the input functions that rules/fe55.smk expects (the lines proposed for common.smk), so the
+rules are exercised as Snakemake runs them, scripts and logs included, and the planner's
+Fe55 job list (`dcflow.fe55_targets.fe55_jobs`) is checked against ``snakemake -n``.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from dcflow.fe55_targets import fe55_config, fe55_jobs
 from dcflow.io import read_table
+from dcflow.layout import Layout
+from dcflow.plan import parse_dry_run_counts
 
 REPO = Path(__file__).resolve().parents[1]
 
 HARNESS = """\
-from dcflow.configs import from_mapping
-from dcflow.instruments.fe55_sim import Fe55SimConfig, fe55_data_ids
+from dcflow.fe55_targets import fe55_config, fe55_inputs, fe55_targets
 from dcflow.layout import Layout
 
 LAYOUT = Layout(input_root=config["input_root"], output_root=config["output_root"])
-FE55 = from_mapping(Fe55SimConfig, config["fe55"])
+FE55 = fe55_config(config)
 
 
 wildcard_constraints:
@@ -46,13 +50,15 @@ def benchmark_path(rule, tile):
 
 
 def get_fe55_gains(wildcards):
-    ids = fe55_data_ids(FE55, ccd=int(wildcards.ccd))
-    return [LAYOUT.path("fe55_gain", **i) for i in ids]
+    return fe55_inputs(FE55, LAYOUT, "fe55_gain", int(wildcards.ccd))
 
 
 def get_fe55_truths(wildcards):
-    ids = fe55_data_ids(FE55, ccd=int(wildcards.ccd))
-    return [LAYOUT.path("fe55_truth", **i) for i in ids]
+    return fe55_inputs(FE55, LAYOUT, "fe55_truth", int(wildcards.ccd))
+
+
+def get_fe55_targets(wildcards):
+    return fe55_targets(FE55, LAYOUT)
 
 
 include: "{rules}"
@@ -60,7 +66,7 @@ include: "{rules}"
 
 rule all:
     input:
-        [LAYOUT.path("fe55_summary", ccd=c) for c in FE55.sensors],
+        get_fe55_targets,
 """
 
 
@@ -86,11 +92,20 @@ def test_fe55_rules_run_end_to_end(tmp_path):
     (tmp_path / "Snakefile").write_text(
         HARNESS.replace("{rules}", str(REPO / "rules" / "fe55.smk"))
     )
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", "Snakefile",
+               "--configfile", "config.yaml"]  # fmt: skip
+    dry = subprocess.run(
+        [*command, "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    # the planner's job list for Fe55 is Snakemake's
+    layout = Layout(input_root=config["input_root"], output_root=config["output_root"])
+    planned = Counter(job.rule for job in fe55_jobs(fe55_config(config), layout))
+    assert parse_dry_run_counts(dry.stdout + dry.stderr) == {**planned, "all": 1}
+    assert planned == {"fe55_simulate": 2, "fe55_gain": 2, "fe55_summary": 1}
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", "Snakefile",
-         "--configfile", "config.yaml", "--quiet", "rules"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [*command, "--quiet", "rules"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "out"
     summary = read_table(out / "fe55/summary/fe55_summary_2.fits")
