@@ -31,7 +31,6 @@ from dcflow.configs import from_mapping
 from dcflow.layout import Layout
 from dcflow.ledger import Attempt, Ledger, MemoryPolicy, read_benchmark, tile_of
 from dcflow.plan import Plan, plan_jobs, rule_resources
-from dcflow.plots_campaign import CcdTile, rule_graph_figure, save_png, sky_figure
 from dcflow.states import JobState
 from dcflow.status import (
     CampaignStatus,
@@ -157,8 +156,13 @@ def run_snakemake(
 # --- campaign control: ledger-backed run, plan, rerun, report (issue 4) -----------------------
 
 
-def open_campaign(config_path: str | Path) -> tuple[dict, Layout, Campaign]:
+def open_campaign(
+    config_path: str | Path, workdir: str | Path | None = None
+) -> tuple[dict, Layout, Campaign]:
     """Load a campaign config and open its registry.
+
+    With ``workdir``, relative layout roots are taken relative to it (Snakemake's
+    ``--directory``) instead of the current directory.
 
     Raises
     ------
@@ -169,11 +173,13 @@ def open_campaign(config_path: str | Path) -> tuple[dict, Layout, Campaign]:
     """
     config = load_config(config_path)
     layout = Layout.from_config(config)
-    campaign = Campaign(
-        layout=layout,
-        registry=Registry(layout.path("registry")),
-        instrument=config["campaign"]["instrument"],
-    )
+    if workdir is not None:
+        layout = Layout(
+            input_root=str(Path(workdir) / layout.input_root),
+            output_root=str(Path(workdir) / layout.output_root),
+            templates=layout.templates,
+        )
+    campaign = Campaign.from_config(config, layout)
     return config, layout, campaign
 
 
@@ -311,6 +317,12 @@ def run_campaign(
         log.warning("--quiet hides job completions: the ledger will not see jobs succeed")
     with Ledger(ledger_file) as ledger:
         ledger.reap_dead_runs()
+        locks = workdir / ".snakemake" / "locks"
+        stale_lock = (
+            locks.is_dir()
+            and any(locks.iterdir())
+            and not any(r.finished is None for r in ledger.runs())
+        )
         requests = ledger.memory_requests(policy)
         extra = memory_override_args(requests, rule_defaults(profile)) if requests else []
         for (rule, tile), mem_mb in sorted(requests.items()):
@@ -333,6 +345,11 @@ def run_campaign(
         "--directory",
         str(workdir),
     ]
+    if stale_lock:
+        # no run of this campaign is alive (dead drivers were closed above): a killed driver
+        # left its Snakemake lock behind
+        log.info("stale Snakemake lock in %s (no live run in the ledger): unlocking", workdir)
+        subprocess.run([*argv, "--unlock"], check=False, capture_output=True)
     if profile:
         argv += ["--profile", str(profile_dir(profile))]
     argv += [
@@ -347,7 +364,8 @@ def run_campaign(
         "--logger-dcflow-shard",
         shard or "all",
     ]
-    argv += extra + list(snakemake_args) + list(targets or [])
+    # targets first and our --set-resources (nargs +) last, so neither swallows the other
+    argv += list(targets or []) + list(snakemake_args) + extra
     log.info("running (ledger run %d): %s", run_id, shlex.join(argv))
     child = subprocess.Popen(argv)
     with Ledger(ledger_file) as ledger:
@@ -429,12 +447,12 @@ def plan_campaign(
     config_path: str | Path, *, profile: str | None = "local", workdir: str | Path | None = None
 ) -> Plan:
     """The campaign's dry-run plan (`dcflow.plan`), with CPU estimates from the ledger."""
-    _, layout, campaign = open_campaign(config_path)
-    workdir = Path(workdir or os.getcwd())
-    ledger_file = Path(layout.path("ledger"))
+    workdir = Path(workdir or os.getcwd()).resolve()
+    _, layout, campaign = open_campaign(config_path, workdir)
+    ledger_file = _ledger_file(layout, workdir)
     measured: dict[str, tuple[float, int]] = {}
-    if (workdir / ledger_file).exists():
-        with Ledger(workdir / ledger_file) as ledger:
+    if ledger_file.exists():
+        with Ledger(ledger_file) as ledger:
             measured = ledger.mean_runtimes()
     defaults = {r: v["runtime"] for r, v in rule_defaults(profile).items() if "runtime" in v}
     try:
@@ -459,8 +477,9 @@ def status_campaign(
     config_path: str | Path, *, profile: str | None = "local", workdir: str | Path | None = None
 ) -> CampaignStatus:
     """The campaign's status: the plan (disk) joined with the ledger (attempts)."""
-    _, layout, _ = open_campaign(config_path)
     workdir = Path(workdir or os.getcwd()).resolve()
+    _, layout, campaign = open_campaign(config_path, workdir)
+    campaign.registry.close()
     plan = plan_campaign(config_path, profile=profile, workdir=workdir)
     with Ledger(_ledger_file(layout, workdir)) as ledger:
         return campaign_status(plan, ledger)
@@ -475,8 +494,9 @@ def failed_campaign(
     n_lines: int = 10,
 ) -> list[FailedTile]:
     """Failed tiles of the campaign whose outputs are still missing (optionally filtered)."""
-    _, layout, _ = open_campaign(config_path)
     workdir = Path(workdir or os.getcwd()).resolve()
+    _, layout, campaign = open_campaign(config_path, workdir)
+    campaign.registry.close()
     plan = plan_campaign(config_path, profile=None, workdir=workdir)
     with Ledger(_ledger_file(layout, workdir)) as ledger:
         return failed_tiles(ledger, stage=stage, tract=tract, plan=plan, n_lines=n_lines)
@@ -552,7 +572,7 @@ def rerun_failed(
         The tiles asked for.
     """
     workdir = Path(workdir or os.getcwd()).resolve()
-    _, layout, campaign = open_campaign(config_path)
+    _, layout, campaign = open_campaign(config_path, workdir)
     try:
         jobs = campaign.jobs()
     finally:
@@ -565,6 +585,7 @@ def rerun_failed(
     if not keys:
         return 0, set()
     targets, selected = rerun_targets(jobs, keys, set(plan.to_run))
+    targets = [os.path.relpath(t, workdir) for t in targets]  # as the rules name them
     code = run_campaign(
         config_path,
         profile=profile,
@@ -636,8 +657,15 @@ def campaign_pictures(
 
     Returns the two paths (``rule_graph.png``, ``sky.png`` in ``out_dir``).
     """
-    config, layout, campaign = open_campaign(config_path)
     workdir = Path(workdir or os.getcwd()).resolve()
+    from dcflow.plots_campaign import (  # matplotlib: imported only when drawing
+        CcdTile,
+        rule_graph_figure,
+        save_png,
+        sky_figure,
+    )
+
+    config, layout, campaign = open_campaign(config_path, workdir)
     try:
         jobs = campaign.jobs()
         records = campaign.registry.records(obstype="object")
@@ -782,8 +810,9 @@ def report_campaign(
     Returns Snakemake's exit code, the report path, the benchmark page path and the summary.
     The benchmark table is also written as ``<report stem>_benchmarks.tsv``.
     """
-    config, layout, _ = open_campaign(config_path)
     workdir = Path(workdir or os.getcwd()).resolve()
+    config, layout, campaign = open_campaign(config_path, workdir)
+    campaign.registry.close()
     report = Path(output) if output else Path(layout.output_root) / "report" / "report.html"
     report = report if report.is_absolute() else workdir / report
     report.parent.mkdir(parents=True, exist_ok=True)

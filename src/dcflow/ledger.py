@@ -196,6 +196,8 @@ class BenchmarkRecord:
 def pid_start_time(pid: int) -> str | None:
     """Start time of a process (clock ticks since boot, from /proc), or None if it is gone.
 
+    A zombie (exited, not yet reaped) counts as gone.
+
     With the pid it identifies a process even after pid reuse.
     """
     try:
@@ -203,7 +205,10 @@ def pid_start_time(pid: int) -> str | None:
             text = handle.read()
     except OSError:
         return None
-    return text.rsplit(")", 1)[1].split()[19]
+    fields = text.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # a zombie has exited: nobody watches its jobs any more
+        return None
+    return fields[19]
 
 
 def tile_of(wildcards: Mapping[str, object]) -> str:

@@ -139,7 +139,7 @@ def rule_graph_figure(
         ax.text(
             x, y, f"{rule}\n{done}/{totals[rule]} done{extra}", ha="center", va="center", fontsize=9
         )
-    ax.set_xlim(-0.1, width + 0.1)
+    ax.set_xlim(-0.7, width + 0.1)  # room for the legend on the left
     ax.set_ylim(-0.1, depth + 0.1)
     ax.set_axis_off()
     ax.set_title(title)

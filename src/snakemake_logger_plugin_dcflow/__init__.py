@@ -103,11 +103,12 @@ class LogHandlerSettings(LogHandlerSettingsBase):
 
 
 def _files(value: Any) -> list[str]:
+    """File names of an event as absolute paths (Snakemake runs in its workdir)."""
     if value is None:
         return []
     if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]
+        return [os.path.abspath(value)]
+    return [os.path.abspath(str(v)) for v in value]
 
 
 def _mem_mb(resources: Any) -> int | None:

@@ -1,0 +1,387 @@
+"""Run ledger: states, events, crash safety, memory escalation, fault knob, logger plugin."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dcflow.driver import memory_override_args
+from dcflow.joblog import (
+    FAULTS_ENV,
+    InjectedFaultError,
+    fault_for,
+    parse_faults,
+    read_failure,
+    run_logged,
+)
+from dcflow.ledger import (
+    Ledger,
+    MemoryPolicy,
+    escalated_memory,
+    read_benchmark,
+    tile_of,
+)
+from dcflow.states import ACTIVE_STATES, TERMINAL_STATES, JobState
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+# --- states ------------------------------------------------------------------------------------
+
+
+def test_every_job_state_has_a_docstring_and_one_class():
+    import ast
+    import inspect
+
+    import dcflow.states as states
+
+    tree = ast.parse(inspect.getsource(states))
+    enum = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "JobState")
+    documented = set()
+    body = enum.body
+    for first, second in itertools.pairwise(body):
+        if isinstance(first, ast.Assign) and isinstance(second, ast.Expr):
+            documented.add(first.targets[0].id)
+    assert documented == {m.name for m in JobState}
+    assert TERMINAL_STATES.isdisjoint(ACTIVE_STATES)
+    assert JobState.LOST not in TERMINAL_STATES | ACTIVE_STATES
+    assert JobState("failed").is_terminal() and not JobState("running").is_terminal()
+
+
+# --- ledger events -----------------------------------------------------------------------------
+
+
+def _info(ledger, run_id, jobid, rule="process_visit", visit=1001, mem_mb=2000, t=100.0):
+    return ledger.job_info(
+        run_id,
+        jobid,
+        rule=rule,
+        wildcards={"visit": visit},
+        mem_mb=mem_mb,
+        threads=1,
+        log_path=f"logs/{rule}/visit={visit}.log",
+        benchmark_path=None,
+        outputs=[f"calexp/{visit}.fits"],
+        when=t,
+    )
+
+
+def test_ledger_records_attempts_and_retries(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        run = ledger.start_run(campaign="c", shard="s0", profile="local", backend="local")
+        ledger.job_started(run, 3, state=JobState.RUNNING, when=100.0)
+        first = _info(ledger, run, 3, t=100.5)
+        ledger.job_finished(
+            run,
+            3,
+            state=JobState.FAILED,
+            exit_code=1,
+            error_class="MemoryError",
+            reason="out of memory",
+            memory_failure=True,
+            when=110.0,
+        )
+        second = _info(ledger, run, 3, mem_mb=4000, t=111.0)  # Snakemake's own retry
+        ledger.job_backend_id(run, 3, "4711")
+        ledger.job_finished(run, 3, when=131.0)
+        attempts = ledger.attempts(rule="process_visit")
+    assert first != second
+    assert [a.state for a in attempts] == [JobState.FAILED, JobState.SUCCEEDED]
+    assert attempts[0].data_id == "visit=1001" and attempts[0].memory_failure
+    assert attempts[0].runtime_s == pytest.approx(10.0)  # from the start event
+    assert attempts[1].runtime_s == pytest.approx(20.0)
+    assert attempts[1].backend_jobid == "4711" and attempts[1].mem_mb_requested == 4000
+    assert attempts[1].outputs == ("calexp/1001.fits",)
+
+
+def test_finish_run_marks_unwatched_attempts_lost(tmp_path):
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        run = ledger.start_run()
+        _info(ledger, run, 1)
+        _info(ledger, run, 2, visit=1002)
+        ledger.job_finished(run, 2)
+        ledger.finish_run(run, 1)
+        states = {a.data_id: a.state for a in ledger.attempts()}
+        assert states == {"visit=1001": JobState.LOST, "visit=1002": JobState.SUCCEEDED}
+        assert [a.data_id for a in ledger.failed_tiles()] == ["visit=1001"]
+
+
+def test_reap_dead_runs_closes_runs_whose_driver_died(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        dead = ledger.start_run(pid=child.pid)
+        alive = ledger.start_run()  # this process
+        _info(ledger, dead, 1)
+        assert ledger.reap_dead_runs() == [dead]
+        assert ledger.run(dead).finished is not None and ledger.run(alive).finished is None
+        assert ledger.attempts()[0].state is JobState.LOST
+    with pytest.raises(KeyError, match="run 99 is not in the ledger"):
+        Ledger(tmp_path / "l.sqlite3").run(99)
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from dcflow.ledger import Ledger
+    ledger = Ledger(sys.argv[1])
+    run = ledger.start_run()
+    for jobid in range(100000):
+        ledger.job_info(run, jobid, rule="r", wildcards={"visit": jobid}, mem_mb=1,
+                        threads=1, log_path=None, benchmark_path=None, outputs=[])
+        print(jobid, flush=True)
+    """
+)
+
+
+def test_ledger_survives_sigkill_of_its_writer(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    acknowledged = -1
+    for line in proc.stdout:
+        acknowledged = int(line)
+        if acknowledged >= 200:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    with Ledger(path) as ledger:
+        n = len(ledger.attempts())
+    # every event the writer acknowledged is there (it may have committed one more)
+    assert acknowledged + 1 <= n <= acknowledged + 2
+
+
+# --- memory escalation -------------------------------------------------------------------------
+
+
+def test_memory_escalation_doubles_caps_and_persists(tmp_path):
+    policy = MemoryPolicy(factor=2.0, cap_mb=5000)
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        for run_no, (mem, state, memory) in enumerate(
+            [(2000, JobState.FAILED, True), (4000, JobState.FAILED, True)]
+        ):
+            run = ledger.start_run()
+            _info(ledger, run, 1, mem_mb=mem, t=float(run_no))
+            _info(ledger, run, 2, visit=1002, mem_mb=2000, t=float(run_no))
+            ledger.job_finished(run, 1, state=state, memory_failure=memory)
+            ledger.job_finished(run, 2, state=JobState.FAILED, memory_failure=False)
+            ledger.finish_run(run, 1)
+        needs = ledger.memory_requests(policy)
+    # 2000 -> 4000 -> 8000 capped at 5000; a non-memory failure asks for nothing more
+    assert needs == {("process_visit", "visit=1001"): 5000}
+    with Ledger(tmp_path / "l.sqlite3") as ledger:  # a new driver days later sees the same
+        assert ledger.memory_requests(policy) == needs
+        run = ledger.start_run()
+        _info(ledger, run, 1, mem_mb=5000)
+        ledger.job_finished(run, 1)
+        assert ledger.memory_requests(policy) == needs  # what worked is kept
+        assert escalated_memory(ledger.attempts(), MemoryPolicy(factor=3.0, cap_mb=99999)) == {
+            ("process_visit", "visit=1001"): 5000
+        }
+
+
+def test_memory_policy_validation():
+    with pytest.raises(ValueError, match="factor"):
+        MemoryPolicy(factor=0.5)
+    with pytest.raises(ValueError, match="cap_mb"):
+        MemoryPolicy(cap_mb=0)
+
+
+def test_memory_override_args_is_a_per_tile_expression():
+    args = memory_override_args(
+        {("process_visit", "visit=1003"): 4000, ("flat", "ccd=1_filter=g"): 2000},
+        {"process_visit": {"mem_mb": 2000}},
+    )
+    assert args[0] == "--set-resources" and len(args) == 3
+    expr = next(a for a in args if a.startswith("process_visit:")).split("=", 1)[1]
+
+    class Wildcards(dict):
+        pass
+
+    assert eval(expr, {"wildcards": Wildcards(visit="1003")}) == 4000
+    assert eval(expr, {"wildcards": Wildcards(visit="1004")}) == 2000
+
+
+# --- small readers -----------------------------------------------------------------------------
+
+
+def test_tile_of_matches_log_names():
+    assert tile_of({"visit": "1001"}) == "visit=1001"
+    assert tile_of({"filter": "g", "ccd": "3"}) == "ccd=3_filter=g"
+    assert tile_of({}) == "campaign"
+    assert tile_of({"visit": 5, "chunk": "a"}) == "visit=5_chunk=a"
+
+
+def test_read_benchmark(tmp_path):
+    path = tmp_path / "b.tsv"
+    path.write_text(
+        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+        "12.5\t0:00:12\t250.3\t300\t200\t210\t1.5\t7.25\t80.0\t10.0\n"
+    )
+    bench = read_benchmark(path)
+    assert (bench.runtime_s, bench.max_rss_mb, bench.cpu_s) == (12.5, 250.3, 10.0)
+    assert (bench.io_in_mb, bench.io_out_mb) == (1.5, 7.25)
+    assert read_benchmark(tmp_path / "missing.tsv") is None
+
+
+def test_fault_knob_parsing_and_matching():
+    faults = parse_faults("process_visit:visit=1003; bias:ccd=2:memory")
+    assert faults == {("process_visit", "visit=1003"): "error", ("bias", "ccd=2"): "memory"}
+    env = {FAULTS_ENV: "bias:ccd=2:memory"}
+    assert fault_for("out/logs/bias/ccd=2.log", env) == "memory"
+    assert fault_for("out/logs/bias/ccd=3.log", env) is None
+    with pytest.raises(ValueError, match="not rule:tile"):
+        parse_faults("bias")
+    with pytest.raises(ValueError, match="mode 'disk'"):
+        parse_faults("bias:ccd=1:disk")
+
+
+def test_run_logged_writes_a_failure_record(tmp_path, monkeypatch):
+    log = tmp_path / "logs" / "process_visit" / "visit=7.log"
+    monkeypatch.setenv(FAULTS_ENV, "process_visit:visit=7:memory")
+    with pytest.raises(MemoryError, match="fault knob"):
+        run_logged(lambda: 1, str(log))
+    record = read_failure(log)
+    assert record.error_class == "MemoryError" and record.memory and record.exit_code == 1
+    monkeypatch.setenv(FAULTS_ENV, "process_visit:visit=7")
+    with pytest.raises(InjectedFaultError):
+        run_logged(lambda: 1, str(log))
+    record = read_failure(log)
+    assert record.error_class == "InjectedFaultError" and not record.memory
+    assert record.metadata == {"mode": "error"}
+    monkeypatch.delenv(FAULTS_ENV)
+    assert run_logged(lambda x: x + 1, str(log), x=1) == 2
+    assert read_failure(log) is None
+
+
+# --- the logger plugin in a real Snakemake run -------------------------------------------------
+
+TOY_SNAKEFILE = """
+rule all:
+    input: expand("out/b_{visit}.txt", visit=[1, 2, 3])
+
+rule a:
+    output: "out/a_{visit}.txt"
+    log: "logs/a/visit={visit}.log"
+    benchmark: "bench/a/visit={visit}.tsv"
+    resources: mem_mb=1000, runtime=5
+    script: "job.py"
+
+rule b:
+    input: "out/a_{visit}.txt"
+    output: "out/b_{visit}.txt"
+    log: "logs/b/visit={visit}.log"
+    benchmark: "bench/b/visit={visit}.tsv"
+    resources: mem_mb=500
+    script: "job.py"
+"""
+
+TOY_SCRIPT = """
+from dcflow.joblog import run_logged
+
+def main(out, mem_mb):
+    with open(out, "w") as handle:
+        handle.write(str(mem_mb))
+
+run_logged(main, snakemake.log[0], out=snakemake.output[0], mem_mb=snakemake.resources.mem_mb)
+"""
+
+
+def toy_workflow(path: Path) -> Path:
+    """A three-visit, two-rule workflow whose jobs go through run_logged."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "Snakefile").write_text(TOY_SNAKEFILE)
+    (path / "job.py").write_text(TOY_SCRIPT)
+    return path
+
+
+def run_toy(workdir: Path, *extra: str, faults: str | None = None, ledger: str = "l.sqlite3"):
+    env = dict(os.environ)
+    env.pop(FAULTS_ENV, None)
+    if faults:
+        env[FAULTS_ENV] = faults
+    argv = [*SNAKEMAKE, "-c2", "-k", "--logger", "dcflow", "--logger-dcflow-ledger", ledger]
+    return subprocess.run(
+        [*argv, *extra], cwd=workdir, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def test_logger_plugin_records_every_attempt(tmp_path):
+    work = toy_workflow(tmp_path / "toy")
+    proc = run_toy(work, faults="a:visit=2:memory;b:visit=3")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Logging error" not in proc.stderr
+    with Ledger(work / "l.sqlite3") as ledger:
+        runs = ledger.runs()
+        attempts = {(a.rule, a.data_id): a for a in ledger.attempts()}
+        needs = ledger.memory_requests(MemoryPolicy(factor=2.0, cap_mb=3000))
+    assert len(runs) == 1 and runs[0].finished is not None
+    assert runs[0].planned == {"a": 3, "b": 3, "all": 1}
+    assert set(attempts) == {
+        ("a", "visit=1"),
+        ("a", "visit=2"),
+        ("a", "visit=3"),
+        ("b", "visit=1"),
+        ("b", "visit=3"),
+    }
+    mem_fail, err_fail = attempts[("a", "visit=2")], attempts[("b", "visit=3")]
+    assert mem_fail.state is JobState.FAILED and mem_fail.memory_failure
+    assert mem_fail.error_class == "MemoryError" and mem_fail.exit_code == 1
+    assert err_fail.state is JobState.FAILED and not err_fail.memory_failure
+    assert err_fail.error_class == "InjectedFaultError" and "fault knob" in err_fail.reason
+    good = attempts[("a", "visit=1")]
+    assert good.state is JobState.SUCCEEDED and good.exit_code == 0
+    assert good.mem_mb_requested == 1000 and good.log_path == str(work / "logs/a/visit=1.log")
+    assert good.mem_mb_used > 1.0 and good.runtime_s > 0.0 and good.cpu_s is not None
+    assert good.backend == "local" and good.shard == "all"
+    assert good.submitted <= good.started <= good.finished
+    assert needs == {("a", "visit=2"): 2000}
+
+    # a new run (days later: a new process) asks for more memory for exactly that tile
+    proc = run_toy(work, *memory_override_args(needs, {"a": {"mem_mb": 1000}}))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with Ledger(work / "l.sqlite3") as ledger:
+        second = ledger.attempts(run_id=ledger.runs()[-1].run_id)
+    asked = {(a.rule, a.data_id): a.mem_mb_requested for a in second}
+    assert asked[("a", "visit=2")] == 2000
+    assert (work / "out" / "a_2.txt").read_text() == "2000"  # the job's own resources
+    assert ("a", "visit=1") not in asked  # nothing else reran
+    assert {k for k, a in asked.items() if k[0] != "all"} == {
+        ("a", "visit=2"),
+        ("b", "visit=2"),
+        ("b", "visit=3"),
+    }
+
+
+def test_logger_plugin_is_silent_in_dry_runs(tmp_path):
+    work = toy_workflow(tmp_path / "toy")
+    proc = run_toy(work, "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (work / "l.sqlite3").exists()
+
+
+def test_plugin_settings_are_declared_for_the_cli():
+    from snakemake_logger_plugin_dcflow import LogHandlerSettings, backend_job_extra
+
+    fields = LogHandlerSettings.__dataclass_fields__
+    assert set(fields) == {"ledger", "run_id", "backend", "shard", "campaign"}
+    assert all(f.metadata["help"] for f in fields.values())
+    assert backend_job_extra(3, 4711, "running") == {
+        "jobid": 3,
+        "dcflow_backend_jobid": "4711",
+        "dcflow_state": "running",
+    }
+    assert json.dumps(backend_job_extra(1, "x"))

@@ -1,0 +1,206 @@
+"""The analytic planner against Snakemake's own dry run, its readers, and the plan pictures."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from test_ledger import toy_workflow
+
+from dcflow.driver import REPO_ROOT, rerun_targets
+from dcflow.plan import (
+    incomplete_outputs,
+    inventory,
+    needrun_jobs,
+    parse_dry_run_counts,
+    plan_jobs,
+    rule_resources,
+)
+from dcflow.plots_campaign import CcdTile, rule_graph_figure, save_png, sky_figure
+from dcflow.targets import JobSpec
+
+VISITS = (1, 2, 3)
+
+
+def toy_jobs() -> list[JobSpec]:
+    """The toy workflow of test_ledger as JobSpecs (paths relative to its workdir)."""
+    jobs = [JobSpec("a", {"visit": v}, (f"out/a_{v}.txt",), ()) for v in VISITS]
+    jobs += [JobSpec("b", {"visit": v}, (f"out/b_{v}.txt",), (f"out/a_{v}.txt",)) for v in VISITS]
+    jobs.append(JobSpec("all", {}, (), tuple(f"out/b_{v}.txt" for v in VISITS)))
+    return jobs
+
+
+def snakemake_counts(work: Path) -> dict[str, int]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-c1", "--rerun-incomplete"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return parse_dry_run_counts(proc.stdout + proc.stderr)
+
+
+def planner_counts(work: Path) -> dict[str, int]:
+    return plan_jobs(toy_jobs(), output_root="out", workdir=work).to_run_by_rule()
+
+
+def mark_incomplete(work: Path, path: str) -> None:
+    """Write Snakemake's incomplete marker for an output (as a killed job leaves it)."""
+    marker = work / ".snakemake" / "incomplete" / base64.urlsafe_b64encode(path.encode()).decode()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text('{"external_jobid": null}')
+
+
+def test_planner_equals_snakemake_dry_run_in_every_state(tmp_path):
+    work = toy_workflow(tmp_path / "toy")
+    fresh = {"a": 3, "b": 3, "all": 1}
+    assert planner_counts(work) == snakemake_counts(work) == fresh
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-c2", "--quiet"], cwd=work, capture_output=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert planner_counts(work) == snakemake_counts(work) == {}
+    (work / "out" / "a_1.txt").unlink()  # an intermediate gone: nothing needs it
+    assert planner_counts(work) == snakemake_counts(work) == {}
+    (work / "out" / "b_1.txt").unlink()  # now b_1 needs a_1 again
+    assert planner_counts(work) == snakemake_counts(work) == {"a": 1, "b": 1, "all": 1}
+    mark_incomplete(work, "out/a_2.txt")  # a job killed halfway: it and downstream rerun
+    assert planner_counts(work) == snakemake_counts(work) == {"a": 2, "b": 2, "all": 1}
+
+
+def test_parse_dry_run_counts():
+    text = """Building DAG of jobs...
+Job stats:
+job              count
+-------------  -------
+bias                 2
+process_visit       10
+all                  1
+total               13
+
+[Wed Nov 25 08:00:00 2026]
+rule bias:
+Job stats:
+job              count
+-------------  -------
+bias                 2
+process_visit       10
+all                  1
+total               13
+
+This was a dry-run (flag -n)."""
+    assert parse_dry_run_counts(text) == {"bias": 2, "process_visit": 10, "all": 1}
+    nothing = "Building DAG of jobs...\nNothing to be done (all requested files are present)."
+    assert parse_dry_run_counts(nothing) == {}
+
+
+def test_rule_resources_reads_literal_resources(tmp_path):
+    (tmp_path / "x.smk").write_text(
+        "rule one:\n    resources:\n        mem_mb=1500,\n        runtime=7,\n"
+        "    threads: 4\n\n\nrule two:\n    resources:\n        mem_mb=get_mem,\n"
+    )
+    (tmp_path / "common.smk").write_text("def f():\n    return 1\n")
+    assert rule_resources(tmp_path) == {
+        "one": {"mem_mb": 1500, "runtime": 7, "threads": 4},
+        "two": {},
+    }
+    shipped = rule_resources(REPO_ROOT / "rules")
+    assert shipped["bias"] == {"mem_mb": 1000, "runtime": 10}
+    assert shipped["process_visit"]["mem_mb"] == 2000
+
+
+def test_inventory_and_incomplete_markers(tmp_path):
+    (tmp_path / "out" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "out" / "a" / "b" / "f.fits").write_text("x")
+    (tmp_path / "out" / "g.txt").write_text("x")
+    assert inventory(tmp_path / "out") == {
+        str(tmp_path / "out" / "a" / "b" / "f.fits"),
+        str(tmp_path / "out" / "g.txt"),
+    }
+    long_name = "out/" + "d" * 300 + "/x.fits"  # a marker name longer than 255: split in '@' parts
+    encoded = base64.urlsafe_b64encode(long_name.encode()).decode()
+    parts = [encoded[i : i + 254] for i in range(0, len(encoded), 254)]
+    marker = tmp_path / ".snakemake" / "incomplete"
+    nested = marker.joinpath(*["@" + p for p in parts[:-1]])
+    nested.mkdir(parents=True)
+    (nested / parts[-1]).write_text("{}")
+    mark_incomplete(tmp_path, "out/g.txt")
+    (marker / "migration_underway").write_text("")
+    assert incomplete_outputs(tmp_path) == {
+        str(tmp_path / long_name),
+        str(tmp_path / "out" / "g.txt"),
+    }
+
+
+def test_needrun_ignores_missing_intermediates_and_forces_incomplete():
+    jobs = toy_jobs()
+    every = {f"/w/out/{r}_{v}.txt" for r in "ab" for v in VISITS}
+    assert needrun_jobs(jobs, every, workdir="/w") == set()
+    assert needrun_jobs(jobs, every - {"/w/out/a_3.txt"}, workdir="/w") == set()
+    need = needrun_jobs(jobs, every - {"/w/out/b_3.txt", "/w/out/a_3.txt"}, workdir="/w")
+    assert {(jobs[i].rule, jobs[i].data_id.get("visit")) for i in need} == {
+        ("a", 3),
+        ("b", 3),
+        ("all", None),
+    }
+    forced = needrun_jobs(jobs, every, {"/w/out/a_1.txt"}, workdir="/w")
+    assert {(jobs[i].rule, jobs[i].data_id.get("visit")) for i in forced} == {
+        ("a", 1),
+        ("b", 1),
+        ("all", None),
+    }
+
+
+def test_rerun_targets_select_failed_and_missing_downstream():
+    jobs = toy_jobs()
+    targets, selected = rerun_targets(
+        jobs, {("a", "visit=2")}, {("a", "visit=2"), ("b", "visit=2"), ("all", "campaign")}
+    )
+    assert selected == {("a", "visit=2"), ("b", "visit=2")}  # the target rule is not a job
+    assert targets == ["out/a_2.txt", "out/b_2.txt"]
+    _, only = rerun_targets(jobs, {("a", "visit=2")}, {("a", "visit=2")})  # b_2 is on disk
+    assert only == {("a", "visit=2")}
+
+
+GREEN = np.array([0x2C, 0xA0, 0x2C]) / 255.0
+RED = np.array([0xD6, 0x27, 0x28]) / 255.0
+
+
+def _colour_pixels(path: Path, rgb: np.ndarray) -> int:
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(path)[..., :3]
+    return int(np.all(np.abs(pixels - rgb) < 0.03, axis=-1).sum())
+
+
+def test_rule_graph_picture_colours_rules_by_state(tmp_path):
+    jobs = toy_jobs()
+    to_run = {("b", "visit=3"): (None, None), ("all", "campaign"): (None, None)}
+    fig = rule_graph_figure(jobs, to_run, failed={("b", "visit=3")})
+    path = Path(save_png(fig, tmp_path / "graph.png"))
+    assert path.stat().st_size > 10_000
+    # rule a is done (green), rule b has a failed tile (red): two big boxes of each colour
+    assert _colour_pixels(path, GREEN) > 5_000
+    assert _colour_pixels(path, RED) > 5_000
+
+
+def test_sky_picture_colours_ccds_by_state(tmp_path):
+    tiles = [
+        CcdTile(1, 0, "g", 10.0, 5.0, 0.1, 0.2, "done"),
+        CcdTile(2, 0, "g", 10.3, 5.0, 0.1, 0.2, "failed"),
+        CcdTile(3, 0, "r", 10.0, 5.0, 0.1, 0.2, "to run"),
+    ]
+    path = Path(save_png(sky_figure(tiles), tmp_path / "sky.png"))
+    # boxes are drawn with alpha 0.55 over white
+    blend = lambda rgb: 0.55 * rgb + 0.45  # noqa: E731
+    assert _colour_pixels(path, blend(GREEN)) > 2_000
+    assert _colour_pixels(path, blend(RED)) > 2_000
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(path)[..., :3]
+    assert pixels.shape[1] > pixels.shape[0]  # one panel per band, side by side
