@@ -6,6 +6,7 @@
 #   calib/bias/, calib/flat/<filter>/   master bias per CCD, master flat per filter and CCD
 #   calexp/<visit>/, src/<visit>/       calibrated exposures and source tables per visit and CCD
 #   validate/                           science validation metrics and plots
+#   fe55/                               Fe55 gain tables and histograms per sensor exposure
 #   logs/<rule>/<tile>.log              one log per job; benchmarks/<rule>/<tile>.tsv likewise
 # Raw data, the reference catalog and (for simulations) the truth catalog live under
 # layout.input_root.
@@ -21,6 +22,7 @@ include: "rules/common.smk"
 include: "rules/calibs.smk"
 include: "rules/process_ccd.smk"
 include: "rules/validation.smk"
+include: "rules/fe55.smk"
 
 
 rule all:

@@ -2,23 +2,19 @@
 # The logic lives in src/dcflow (targets.py, layout.py); these functions only adapt wildcards.
 from snakemake.utils import validate
 
-from dcflow.campaign.registry import Registry
-from dcflow.layout import Layout
+from dcflow.fe55_targets import fe55_inputs
 from dcflow.targets import Campaign, filter_pattern
 
 validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
 
-LAYOUT = Layout.from_config(config)
-CAMPAIGN = Campaign(
-    layout=LAYOUT,
-    registry=Registry(LAYOUT.path("registry")),
-    instrument=config["campaign"]["instrument"],
-)
+CAMPAIGN = Campaign.from_config(config)
+LAYOUT = CAMPAIGN.layout
 
 
 wildcard_constraints:
     visit=r"\d+",
     ccd=r"\d+",
+    exposure=r"\d+",
     filter=filter_pattern(CAMPAIGN.registry.filters("flat") + CAMPAIGN.registry.filters("object")),
 
 
@@ -73,9 +69,13 @@ def get_all_products(dataset_type):
     return CAMPAIGN.visit_products(dataset_type)
 
 
+def get_fe55_gains(wildcards):
+    return fe55_inputs(CAMPAIGN.fe55, LAYOUT, "fe55_gain", int(wildcards.ccd))
+
+
+def get_fe55_truths(wildcards):
+    return fe55_inputs(CAMPAIGN.fe55, LAYOUT, "fe55_truth", int(wildcards.ccd))
+
+
 def get_final_targets(wildcards):
-    return (
-        CAMPAIGN.visit_products("calexp")
-        + CAMPAIGN.visit_products("src")
-        + [LAYOUT.path("science_validation")]
-    )
+    return CAMPAIGN.final_targets()

@@ -26,6 +26,8 @@ SECTIONS: dict[str, str] = {
     "isr": "dcflow.stages.isr:IsrConfig",
     "process_ccd": "dcflow.stages.process_ccd:ProcessCcdConfig",
     "validation": "dcflow.stages.validation:MatchScoreConfig",
+    "fe55": "dcflow.instruments.fe55_sim:Fe55SimConfig",
+    "fe55_gain": "dcflow.stages.fe55:Fe55Config",
 }
 """Config section -> the dataclass that owns its keys, defaults and bounds."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from dcflow.campaign.registry import Registry
 from dcflow.layout import Layout
@@ -66,6 +67,38 @@ class Campaign:
     layout: Layout
     registry: Registry
     instrument: str
+    fe55: Any = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], layout: Layout | None = None) -> Campaign:
+        """The campaign of a validated config (its layout, registry, instrument and Fe55 part).
+
+        Raises
+        ------
+        FileNotFoundError
+            If the registry does not exist yet (run `dcflow ingest`).
+        """
+        from dcflow.fe55_targets import fe55_config
+
+        layout = layout or Layout.from_config(config)
+        return cls(
+            layout=layout,
+            registry=Registry(layout.path("registry")),
+            instrument=config["campaign"]["instrument"],
+            fe55=fe55_config(config),
+        )
+
+    def final_targets(self) -> list[str]:
+        """What rule ``all`` asks for: every calexp and src, the validation, the Fe55 gains."""
+        targets = self.visit_products("calexp") + self.visit_products("src")
+        targets.append(self.layout.path("science_validation"))
+        return targets + self.fe55_targets()
+
+    def fe55_targets(self) -> list[str]:
+        """The Fe55 per-sensor summaries (none when the config lists no sensor)."""
+        from dcflow.fe55_targets import fe55_targets
+
+        return [] if self.fe55 is None else fe55_targets(self.fe55, self.layout)
 
     @property
     def science_ccds(self) -> list[int]:
@@ -160,7 +193,6 @@ class Campaign:
                     filter=band,
                 )
             )
-        products = self.visit_products("calexp") + self.visit_products("src")
         validation = self.layout.path("science_validation")
         jobs.append(
             JobSpec(
@@ -174,5 +206,9 @@ class Campaign:
                 ),
             )
         )
-        jobs.append(JobSpec(rule="all", data_id={}, outputs=(), inputs=(*products, validation)))
+        if self.fe55 is not None:
+            from dcflow.fe55_targets import fe55_jobs
+
+            jobs += fe55_jobs(self.fe55, self.layout)
+        jobs.append(JobSpec(rule="all", data_id={}, outputs=(), inputs=tuple(self.final_targets())))
         return jobs
