@@ -26,6 +26,6 @@ include: "rules/fe55.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_targets,
-    default_target: True

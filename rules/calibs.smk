@@ -7,14 +7,14 @@ rule bias:
         log_path("bias", "ccd={ccd}"),
     benchmark:
         benchmark_path("bias", "ccd={ccd}")
-    params:
-        isr=config["isr"],
-        calibs=config["calibs"],
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        isr=config["isr"],
+        calibs=config["calibs"],
     script:
         "../scripts/make_bias.py"
 
@@ -29,13 +29,13 @@ rule flat:
         log_path("flat", "filter={filter}_ccd={ccd}"),
     benchmark:
         benchmark_path("flat", "filter={filter}_ccd={ccd}")
-    params:
-        isr=config["isr"],
-        calibs=config["calibs"],
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        isr=config["isr"],
+        calibs=config["calibs"],
     script:
         "../scripts/make_flat.py"

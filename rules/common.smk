@@ -15,7 +15,9 @@ wildcard_constraints:
     visit=r"\d+",
     ccd=r"\d+",
     exposure=r"\d+",
-    filter=filter_pattern(CAMPAIGN.registry.filters("flat") + CAMPAIGN.registry.filters("object")),
+    filter=filter_pattern(
+        CAMPAIGN.registry.filters("flat") + CAMPAIGN.registry.filters("object")
+    ),
 
 
 def path(dataset_type, **fixed):

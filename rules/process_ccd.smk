@@ -11,14 +11,14 @@ rule process_visit:
         log_path("process_visit", "visit={visit}"),
     benchmark:
         benchmark_path("process_visit", "visit={visit}")
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         band=get_visit_band,
         isr=config["isr"],
         process_ccd=config["process_ccd"],
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
     script:
         "../scripts/process_visit.py"

@@ -15,12 +15,12 @@ rule science_validation:
         log_path("science_validation", "campaign"),
     benchmark:
         benchmark_path("science_validation", "campaign")
-    params:
-        validation=config["validation"],
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        validation=config["validation"],
     script:
         "../scripts/science_validation.py"

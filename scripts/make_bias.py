@@ -1,6 +1,5 @@
 """Combine a CCD's raw bias exposures into its master bias."""
 
-
 import logging
 
 from dcflow.configs import from_mapping

@@ -1,6 +1,5 @@
 """Combine a CCD's raw flat exposures of one filter into its master flat."""
 
-
 import logging
 
 from dcflow.configs import from_mapping

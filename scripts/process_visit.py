@@ -4,7 +4,6 @@ A CCD that fails (unreadable raw, NaN amplifier, failed calibration) does not st
 from being tried: every failure is logged with the file and the problem, then the job fails.
 """
 
-
 import logging
 
 from dcflow.configs import from_mapping

@@ -1,6 +1,5 @@
 """Score every calexp/src of the campaign against the truth catalog; write metrics and a plot."""
 
-
 import logging
 from collections import defaultdict
 

@@ -21,14 +21,17 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.skipped and any(item.get_closest_marker(m) for m in SERVICE_MARKERS):
-        _skipped_service_tests.append(f"{item.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        _skipped_service_tests.append(f"{item.nodeid}: {reason}")
 
 
 def pytest_sessionfinish(session, exitstatus):
     if _skipped_service_tests and in_ci_as_root():
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line("CI as root: these service tests skipped, which CI forbids:", red=True)
+            reporter.write_line(
+                "CI as root: these service tests skipped (CI forbids it):", red=True
+            )
             for line in _skipped_service_tests:
                 reporter.write_line(f"  {line}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

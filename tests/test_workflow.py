@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 from astropy.io import fits
-
 from campaigns import run_workflow, write_campaign_config
+
 from dcflow import driver
 from dcflow.config_schema import load_config
 from dcflow.io import read_exposure, read_table
@@ -30,7 +30,7 @@ def campaign(tmp_path_factory):
 
 
 def test_workflow_succeeds_and_writes_every_product(campaign):
-    config_path, layout, code = campaign
+    _, layout, code = campaign
     assert code == 0
     for visit in (1001, 1002, 1003, 1004):
         for ccd in (0, 1):
@@ -40,7 +40,8 @@ def test_workflow_succeeds_and_writes_every_product(campaign):
             src = read_table(layout.path("src", visit=visit, ccd=ccd))
             assert len(src) > 50
     log = layout.path("log", rule="process_visit", tile="visit=1001")
-    assert "sources, zero point" in open(log).read()
+    with open(log) as handle:
+        assert "sources, zero point" in handle.read()
     bench = layout.path("benchmark", rule="process_visit", tile="visit=1001")
     assert os.path.getsize(bench) > 0
 
@@ -49,7 +50,8 @@ def test_outputs_match_truth(campaign):
     """Issue 2's science targets, over every visit of the campaign."""
     _, layout, code = campaign
     assert code == 0
-    metrics = json.loads(open(layout.path("science_validation")).read())["visits"]
+    with open(layout.path("science_validation")) as handle:
+        metrics = json.load(handle)["visits"]
     assert len(metrics) == 4
     n_acc = np.array([m["n_accuracy"] for m in metrics.values()])
     assert n_acc.sum() >= 60, "too few S/N > 100 stars to measure accuracy"
@@ -70,7 +72,7 @@ def test_outputs_match_truth(campaign):
 
 
 def test_rerun_is_a_no_op(campaign):
-    config_path, layout, code = campaign
+    config_path, layout, _ = campaign
     before = os.path.getmtime(layout.path("calexp", visit=1001, ccd=0))
     assert run_workflow(config_path) == 0
     assert os.path.getmtime(layout.path("calexp", visit=1001, ccd=0)) == before
@@ -139,7 +141,8 @@ def broken_campaign(tmp_path_factory):
 
 
 def _log(layout, rule, tile):
-    return open(layout.path("log", rule=rule, tile=tile)).read()
+    with open(layout.path("log", rule=rule, tile=tile)) as handle:
+        return handle.read()
 
 
 def test_bad_inputs_fail_their_tiles_only(broken_campaign):
