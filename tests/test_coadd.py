@@ -231,8 +231,9 @@ def test_warps_without_coverage_are_skipped():
     empty.header["VISIT"] = 4242
     result = assemble_coadd([*warps[:2], empty])
     assert 4242 not in result.visits and len(result.visits) == 2
-    with pytest.raises(InputDataError, match="none of the 1 warps has a usable pixel"):
-        assemble_coadd([empty])
+    nothing = assemble_coadd([empty])
+    assert nothing.visits == () and nothing.coadd.header["NINPUTS"] == 0
+    assert np.all(nothing.coadd.mask & MaskPlane.NO_DATA) and np.all(nothing.n_inputs == 0)
 
 
 ALL_CONFIGS = [

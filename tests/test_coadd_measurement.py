@@ -223,3 +223,22 @@ def test_local_psf_from_coverage_where_visits_are_missing():
     assert cells.shape == (len(specs), 30, 30)
     assert np.all(cells[bad, 5:25, 2:12] == 0)
     assert np.all(cells[bad, 5:25, 18:28] == 1)
+
+
+def test_empty_filter_coadd_gives_nan_columns():
+    m = measured_field()
+    field = m.field
+    no_data = np.full(PATCH.shape, int(MaskPlane.NO_DATA), dtype=np.int32)
+    empty_warps = [replace(w, mask=no_data) for w in field.for_filter("g")]
+    empty_g = assemble_coadd(empty_warps).coadd
+    coadds = {"r": m.coadds["r"], "g": empty_g}
+    detection = chi2_detection_image(coadds)
+    assert np.all(detection.n_filters[60:180, 60:180] == 1)
+    objects = measure_coadds(coadds, detection, PATCH).objects
+    assert len(objects) >= 0.9 * len(m.objects)
+    assert np.all(np.isnan(objects["g_psf_flux"])) and np.all(objects["g_psf_flux_flag"])
+    assert np.all(objects["ref_filter"] == "r")
+    # A patch with no data at all: an empty table with every column.
+    nothing = {"r": assemble_coadd(empty_warps).coadd, "g": empty_g}
+    result = measure_coadds(nothing, chi2_detection_image(nothing), PATCH)
+    assert len(result.objects) == 0 and result.objects.colnames == m.objects.colnames

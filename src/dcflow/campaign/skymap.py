@@ -72,6 +72,13 @@ class SkyMapConfig:
         100, "Overlap border added on each side of the inner box, pixels", minimum=0
     )
     n_patches: int = config_field(8, "Patches along each axis of a tract", minimum=1)
+    field_radius_deg: float = config_field(
+        0.75,
+        "Radius of a circle around a visit's pointing that holds its whole focal plane and "
+        "the pointing error, deg (planning-time patch overlaps; MegaCam: 0.75)",
+        exclusive_minimum=0.0,
+        maximum=10.0,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -424,7 +431,8 @@ def patches_for_pointings(
     pointings : iterable of (visit, ra_deg, dec_deg)
         Each visit's boresight (one entry per visit; repeats are ignored).
     field_radius_deg : float
-        Radius of a circle that holds the whole focal plane (and the pointing error), deg.
+        Radius of a circle that holds the whole focal plane (and the pointing error), deg:
+        `SkyMapConfig.field_radius_deg`.
 
     Returns
     -------

@@ -165,6 +165,37 @@ class CoaddResult:
     input_coverage: np.ndarray
 
 
+def _empty_coadd(template: Exposure, config: CoaddConfig) -> CoaddResult:
+    """All-NO_DATA coadd: planning-time overlaps are conservative, so a patch can be empty."""
+    shape = template.shape
+    b = config.coverage_bin_pixels
+    header = fits.Header()
+    for key in ("FILTER", "ZP"):
+        if key in template.header:
+            header[key] = template.header[key]
+    header["PSFFWHM"] = (0.0, "no input: no PSF")
+    header["NINPUTS"] = (0, "warps coadded")
+    header["COVBIN"] = (b, "cell of the input coverage maps, pixels")
+    header["PSFNCOMP"] = (0, "components of the coadd PSF mixture")
+    coadd = Exposure(
+        image=np.full(shape, np.nan, dtype=np.float32),
+        mask=np.full(shape, int(MaskPlane.NO_DATA), dtype=np.int32),
+        variance=np.full(shape, np.nan, dtype=np.float32),
+        wcs=template.wcs.deepcopy() if template.wcs is not None else None,
+        header=header,
+    )
+    return CoaddResult(
+        coadd=coadd,
+        n_inputs=np.zeros(shape, dtype=np.int16),
+        psf_fwhm_arcsec=float("nan"),
+        visits=(),
+        weights=(),
+        input_psf_fwhm_arcsec=(),
+        n_clipped_pixels=(),
+        input_coverage=np.zeros((0, -(-shape[0] // b), -(-shape[1] // b)), dtype=np.float32),
+    )
+
+
 def _bad_bits(config: CoaddConfig) -> int:
     bits = 0
     for name in config.bad_mask_planes:
@@ -255,8 +286,10 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
     Raises
     ------
     InputDataError
-        If there is no warp, a header lacks ``ZP`` or ``PSFFWHM``, zero points differ, or no
-        warp has a usable pixel (warps without one are skipped: see ``visits``).
+        If there is no warp, a header lacks ``ZP`` or ``PSFFWHM``, or zero points differ.
+        Warps without a usable pixel are skipped (see ``visits``); if none has one, the
+        result is an all-``NO_DATA`` coadd with ``NINPUTS = 0`` and ``PSFNCOMP = 0`` in its
+        header (planned overlaps are conservative, so an empty patch is legitimate).
     ValueError
         If warp shapes differ.
     """
@@ -275,10 +308,8 @@ def assemble_coadd(warps: Sequence[Exposure], *, config: CoaddConfig | None = No
             kept.append(warp)
             inverse_var.append(1.0 / np.median(sample_var[sample_good]))
     if not kept:
-        raise InputDataError(
-            f"none of the {len(warps)} warps has a usable pixel in this patch",
-            n_inputs=len(warps),
-        )
+        log.warning("none of the %d warps has a usable pixel: empty coadd", len(warps))
+        return _empty_coadd(warps[0], config)
     if len(kept) < len(warps):
         log.info("skipped %d warps without usable pixels", len(warps) - len(kept))
     warps = kept

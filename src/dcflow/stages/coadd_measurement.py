@@ -399,6 +399,16 @@ def measure_coadds(
     corrections = []
     for name in filters:
         coadd = coadds[name]
+        if int(coadd.header.get("PSFNCOMP", 1)) == 0:  # an empty coadd: nothing to measure
+            per_filter[name] = {
+                column: np.ones(n, dtype=bool) if dtype is bool else np.full(n, np.nan)
+                for column, dtype in _PER_FILTER_COLUMNS
+            }
+            per_filter[name]["psf_inexact"] = np.zeros(n, dtype=bool)
+            size_ratio[name] = np.full(n, np.nan)
+            snr[name] = np.full(n, -np.inf)
+            corrections.append(1.0)
+            continue
         pixel_arcsec = float(np.mean(proj_plane_pixel_scales(coadd.wcs.celestial))) * 3600.0
         psf = MixturePsf.from_header(coadd.header, pixel_arcsec)
         fwhm_pix = psf.effective_fwhm_pix

@@ -114,8 +114,9 @@ def chi2_detection_image(
     Parameters
     ----------
     coadds : mapping of str to Exposure
-        Filter name to deepCoadd of the same patch (same ``(ny, nx)`` grid and WCS), with
-        header ``PSFFWHM`` (arcsec) when ``detection_kernel="psf"``.
+        Filter name to deepCoadd of the same patch (same ``(ny, nx)`` grid and WCS), with a
+        PSF description in the header when ``detection_kernel="psf"``; an empty coadd
+        (``PSFNCOMP = 0``) contributes no data.
     config : MultibandConfig, optional
         Smoothing and masked planes.
 
@@ -145,6 +146,9 @@ def chi2_detection_image(
         if coadd.shape != shape:
             raise ValueError(f"coadds[{name!r}] shape {coadd.shape} differs from {shape}")
         sigma = 0.0
+        if int(coadd.header.get("PSFNCOMP", 1)) == 0:  # an empty coadd: no data, no PSF
+            snr[index] = np.nan
+            continue
         if config.detection_kernel == "psf":
             if coadd.wcs is None:
                 raise InputDataError(f"coadds[{name!r}] has no WCS", filter=name)
