@@ -148,6 +148,7 @@ class TestQuotesInConfigQsub(_GridEngineWorkflows):
 
     __test__ = True
     backend = "qsub"
+    test_group_workflow = None  # the simple workflow carries the regression; saves ~20 s
 
     def get_config_settings(self) -> ConfigSettings:
         # As `snakemake --config ...` passes them: raw items plus their parsed values.

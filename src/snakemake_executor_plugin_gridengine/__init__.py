@@ -163,6 +163,8 @@ class Executor(RemoteExecutor):
 
             self.backend = DrmaaBackend()
         self.unknown_since: dict[str, float] = {}
+        self.open_ids: set[str] = set()  # submitted (or adopted) and not seen to end
+        self.submission_stats = [0, 0.0]  # jobs submitted, seconds spent in run_jobs
         self.adoptable = self._find_adoptable()
         lockfiles = getattr(getattr(self.workflow, "persistence", None), "_lockfile", {}) or {}
         locks = [str(self.workdir / lock) for lock in lockfiles.values()]
@@ -173,6 +175,7 @@ class Executor(RemoteExecutor):
 
     def run_jobs(self, jobs: list[JobExecutorInterface]):
         """Adopt jobs a killed driver left running; submit the rest, in arrays where possible."""
+        started = time.monotonic()
         batches: dict[tuple, list[tuple[JobExecutorInterface, JobRequest, Submission]]] = {}
         for job in jobs:
             self.run_job_pre(job)
@@ -181,19 +184,24 @@ class Executor(RemoteExecutor):
             request, submission = self._prepare(job)
             key = (request.name, request.native, job.is_group())
             batches.setdefault(key, []).append((job, request, submission))
+        units = []
         for (_, _, is_group), batch in batches.items():
             if is_group or self.array_min_jobs == 0 or len(batch) < self.array_min_jobs:
-                for job, request, submission in batch:
-                    self._submit([job], request, [submission], None)
-                continue
-            for start in range(0, len(batch), ARRAY_CHUNK):
-                self._submit_array(batch[start : start + ARRAY_CHUNK])
+                units += [([job], request, [sub], None) for job, request, sub in batch]
+            else:
+                units += [
+                    self._array(batch[i : i + ARRAY_CHUNK])
+                    for i in range(0, len(batch), ARRAY_CHUNK)
+                ]
+        self._submit(units)
+        self.submission_stats[0] += sum(len(u[0]) for u in units)
+        self.submission_stats[1] += time.monotonic() - started
 
     def run_job(self, job: JobExecutorInterface):
         """Submit one job (Snakemake calls run_jobs; this serves single submissions)."""
         if not self._adopt(job):
             request, submission = self._prepare(job)
-            self._submit([job], request, [submission], None)
+            self._submit([([job], request, [submission], None)])
 
     def _prepare(self, job: JobExecutorInterface) -> tuple[JobRequest, Submission]:
         if job.is_group():
@@ -231,28 +239,44 @@ class Executor(RemoteExecutor):
         )
         return request, submission
 
-    def _submit_array(self, batch):
+    def _array(self, batch):
         jobs, requests, submissions = zip(*batch, strict=True)
         dispatcher = Path(self.tmpdir) / f"array-{uuid.uuid4().hex[:12]}.sh"
         dispatcher.write_text(array_dispatcher([Path(r.command[1]) for r in requests]))
         request = replace(requests[0], command=("/bin/sh", str(dispatcher)), log=os.devnull)
-        self._submit(list(jobs), request, list(submissions), len(jobs))
+        return list(jobs), request, list(submissions), len(jobs)
 
-    def _submit(self, jobs, request: JobRequest, submissions, n_tasks: int | None):
-        try:
-            if self.backend is not None:
-                ids = self.backend.submit(request, n_tasks)
-            else:
-                ids = submit_qsub(request, n_tasks)
-        except WorkflowError as err:
-            for job in jobs:
-                self.report_job_error(SubmittedJobInfo(job), msg=f"submission failed: {err}")
+    def _submit(self, units):
+        """Submit (jobs, request, submissions, n_tasks) units; record every id durably.
+
+        All ids are written with one fsync before Snakemake hears of any of them, so the
+        successor of a killed driver finds them.
+        """
+        submitted = []
+        for jobs, request, submissions, n_tasks in units:
+            try:
+                if self.backend is not None:
+                    ids = self.backend.submit(request, n_tasks)
+                else:
+                    ids = submit_qsub(request, n_tasks)
+            except WorkflowError as err:
+                for job in jobs:
+                    self.report_job_error(SubmittedJobInfo(job), msg=f"submission failed: {err}")
+                continue
+            now = time.time()
+            recorded = [
+                replace(s, job_id=i, submitted_at=now)
+                for s, i in zip(submissions, ids, strict=True)
+            ]
+            submitted += zip(jobs, recorded, strict=True)
+        if not submitted:
             return
-        recorded = [replace(s, job_id=i) for s, i in zip(submissions, ids, strict=True)]
-        self.ledger.record_submitted(recorded)  # durable before Snakemake hears of it
-        for job, submission in zip(jobs, recorded, strict=True):
-            info = SubmittedJobInfo(job, external_jobid=submission.job_id, aux={"sub": submission})
-            self.report_job_submission(info)
+        self.ledger.record_submitted([sub for _, sub in submitted])
+        self.open_ids.update(sub.job_id for _, sub in submitted)
+        for job, sub in submitted:
+            self.report_job_submission(
+                SubmittedJobInfo(job, external_jobid=sub.job_id, aux={"sub": sub})
+            )
 
     def _adopt(self, job: JobExecutorInterface) -> bool:
         submission = self.adoptable.pop(output_key(job.output), None)
@@ -262,6 +286,7 @@ class Executor(RemoteExecutor):
             f"Adopting Grid Engine job {submission.job_id} ({submission.rule}), submitted by a "
             "previous driver and still queued or running, instead of submitting it again."
         )
+        self.open_ids.add(submission.job_id)
         self.report_job_submission(
             SubmittedJobInfo(job, external_jobid=submission.job_id, aux={"sub": submission})
         )
@@ -296,6 +321,7 @@ class Executor(RemoteExecutor):
                 yield info
                 continue
             submission: Submission = info.aux["sub"]
+            self.open_ids.discard(submission.job_id)
             self.ledger.record_finished(submission.job_id, outcome.state, outcome.exit_status)
             if outcome.state is JobState.SUCCEEDED:
                 self.report_job_success(info)
@@ -352,8 +378,9 @@ class Executor(RemoteExecutor):
     # ---- cancel and shutdown -----------------------------------------------------------------
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
-        """Delete every active job with one qdel."""
-        ids = [info.external_jobid for info in active_jobs if info.external_jobid]
+        """Delete every active job with one qdel, and those submitted but not yet reported."""
+        ids = {info.external_jobid for info in active_jobs if info.external_jobid}
+        ids |= self.open_ids
         if ids:
             try:
                 cancel_jobs(ids)
@@ -363,6 +390,12 @@ class Executor(RemoteExecutor):
     def shutdown(self):
         """Stop polling, close the DRMAA session and remove the driver marker."""
         super().shutdown()
+        n_jobs, seconds = self.submission_stats
+        if n_jobs:
+            self.logger.info(
+                f"Grid Engine ({self.backend_name}): {n_jobs} jobs submitted in {seconds:.2f} s "
+                f"({n_jobs / max(seconds, 1e-6):.0f} jobs/s, preparing scripts included)"
+            )
         if self.backend is not None:
             self.backend.close()
         self.marker_path.unlink(missing_ok=True)
