@@ -184,3 +184,18 @@ def test_warp_visit_pastes_ccds_together():
         warp_visit([parts[0], other], PATCH_WCS, PATCH.shape)
     with pytest.raises(ValueError, match="at least one calexp"):
         warp_visit([], PATCH_WCS, PATCH.shape)
+
+
+def test_strips_give_the_same_warp(monkeypatch):
+    import dcflow.stages.warp as warp_module
+
+    spec = default_visits()[2]
+    calexp = render_calexp(make_truth(2), spec)
+    calexp.mask[100:104, 150:152] = int(MaskPlane.SAT)
+    whole = warp_exposure(calexp, PATCH_WCS, PATCH.shape).warp
+    monkeypatch.setattr(warp_module, "_STRIP_ROWS", 37)
+    strips = warp_exposure(calexp, PATCH_WCS, PATCH.shape).warp
+    assert np.array_equal(whole.mask, strips.mask)
+    scale = np.sqrt(np.median(whole.variance[whole.mask == 0]))
+    assert np.max(np.abs(whole.image - strips.image)) < 1e-3 * scale
+    np.testing.assert_allclose(whole.variance, strips.variance, rtol=1e-5)

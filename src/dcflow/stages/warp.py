@@ -22,7 +22,7 @@ warp is smaller than its variance plane says, while sums over a PSF-sized area f
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +41,8 @@ __all__ = ["WarpConfig", "WarpResult", "calexp_flux_scale", "warp_exposure", "wa
 log = logging.getLogger(__name__)
 
 _SPLINE_ORDER = {"bilinear": 1, "cubic": 3}
+_STRIP_ROWS = 512
+"""Output rows resampled at a time (bounds the temporaries: ~60 MB per 512 x 4200 strip)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +155,12 @@ def _footprint_box(
 
 def _input_coordinates(
     out_wcs: WCS, in_wcs: WCS, box: tuple[int, int, int, int], step: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Input pixel coordinates ``(x_in, y_in)`` of every output pixel in ``box``."""
+) -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
+    """A function giving input pixel ``(x_in, y_in)`` of output rows ``[r0, r1)`` of ``box``.
+
+    The exact WCS transform is computed on a grid of nodes every ``step`` output pixels and
+    interpolated with a bicubic spline (exact when the box is small or ``step`` is 1).
+    """
     x0, y0, x1, y1 = box
     nx, ny = x1 - x0, y1 - y0
 
@@ -165,19 +171,77 @@ def _input_coordinates(
         count = int(np.ceil((n - 1) / step)) + 1
         return np.arange(n, dtype=float) if count >= n else np.linspace(0.0, n - 1.0, max(count, 4))
 
+    def exact(gx: np.ndarray, gy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mx, my = np.meshgrid(gx + x0, gy + y0)
+        ra, dec = out_wcs.all_pix2world(mx.ravel(), my.ravel(), 0)
+        ix, iy = in_wcs.all_world2pix(ra, dec, 0)
+        return ix.reshape(mx.shape), iy.reshape(mx.shape)
+
     gx, gy = nodes(nx), nodes(ny)
-    mx, my = np.meshgrid(gx + x0, gy + y0)
-    ra, dec = out_wcs.all_pix2world(mx.ravel(), my.ravel(), 0)
-    ix, iy = in_wcs.all_world2pix(ra, dec, 0)
-    ix = ix.reshape(mx.shape)
-    iy = iy.reshape(mx.shape)
-    if len(gx) == nx and len(gy) == ny:
-        return ix, iy
     fx = np.arange(nx, dtype=float)
-    fy = np.arange(ny, dtype=float)
-    x_in = RectBivariateSpline(gy, gx, ix, kx=3, ky=3)(fy, fx)
-    y_in = RectBivariateSpline(gy, gx, iy, kx=3, ky=3)(fy, fx)
-    return x_in, y_in
+    if len(gx) == nx and len(gy) == ny:
+        return lambda r0, r1: exact(fx, np.arange(r0, r1, dtype=float))
+    ix, iy = exact(gx, gy)
+    spline_x = RectBivariateSpline(gy, gx, ix, kx=3, ky=3)
+    spline_y = RectBivariateSpline(gy, gx, iy, kx=3, ky=3)
+
+    def rows(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        fy = np.arange(r0, r1, dtype=float)
+        return spline_x(fy, fx), spline_y(fy, fx)
+
+    return rows
+
+
+def _resample(calexp, finite, patch_wcs, box, config, scale, image, variance, mask) -> int:
+    """Fill ``image``, ``variance``, ``mask`` in ``box``, by strips of rows; covered pixel count.
+
+    Working by strips of ``_STRIP_ROWS`` output rows, each with the calexp cropped to what the
+    strip needs (plus a margin that keeps the cubic spline's boundary away), bounds the
+    float64 temporaries; mask bits are grown for the cubic kernel once, over the whole box.
+    """
+    x0, y0, x1, y1 = box
+    mapping = _input_coordinates(patch_wcs, calexp.wcs, box, config.interp_length_pixels)
+    in_ny, in_nx = calexp.shape
+    order = _SPLINE_ORDER[config.interpolation]
+    margin = 8
+    n_covered = 0
+    flagged_bits: dict[int, np.ndarray] = {}
+    for r0 in range(0, y1 - y0, _STRIP_ROWS):
+        r1 = min(y1 - y0, r0 + _STRIP_ROWS)
+        x_in, y_in = mapping(r0, r1)
+        inside = (x_in >= -0.5) & (x_in < in_nx - 0.5) & (y_in >= -0.5) & (y_in < in_ny - 0.5)
+        rows = slice(y0 + r0, y0 + r1)
+        if not inside.any():
+            continue
+        cx0 = max(0, int(np.floor(x_in[inside].min())) - margin)
+        cx1 = min(in_nx, int(np.ceil(x_in[inside].max())) + margin + 1)
+        cy0 = max(0, int(np.floor(y_in[inside].min())) - margin)
+        cy1 = min(in_ny, int(np.ceil(y_in[inside].max())) + margin + 1)
+        crop = (slice(cy0, cy1), slice(cx0, cx1))
+        ok = finite[crop]
+        coords = np.array([y_in - cy0, x_in - cx0])
+        source = np.where(ok, calexp.image[crop], 0.0).astype(np.float64)
+        sub_image = ndimage.map_coordinates(source, coords, order=order, mode="nearest")
+        source = np.where(ok, calexp.variance[crop], 0.0).astype(np.float64)
+        sub_var = ndimage.map_coordinates(source, coords, order=1, mode="nearest")
+        image[rows, x0:x1] = np.where(inside, sub_image * scale, 0.0)
+        variance[rows, x0:x1] = np.where(inside, sub_var * scale**2, 0.0)
+        mask[rows, x0:x1] = np.where(inside, 0, int(MaskPlane.NO_DATA))
+        in_mask = calexp.mask[crop].astype(np.int64) | np.where(ok, 0, int(MaskPlane.NO_DATA))
+        for bit in MaskPlane:
+            plane = (in_mask & int(bit)) != 0
+            if not plane.any():
+                continue
+            hit = ndimage.map_coordinates(plane.astype(np.float32), coords, order=1, mode="nearest")
+            if bit not in flagged_bits:
+                flagged_bits[bit] = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+            flagged_bits[bit][r0:r1] = hit > 1e-3
+        n_covered += int(inside.sum())
+    for bit, flagged in flagged_bits.items():
+        if order > 1:
+            flagged = ndimage.binary_dilation(flagged)
+        mask[y0:y1, x0:x1] |= np.where(flagged, int(bit), 0).astype(np.int32)
+    return n_covered
 
 
 def warp_exposure(
@@ -239,47 +303,7 @@ def warp_exposure(
     box = _footprint_box(calexp.wcs, calexp.shape, patch_wcs, patch_shape)
     n_covered = 0
     if box is not None:
-        x0, y0, x1, y1 = box
-        x_in, y_in = _input_coordinates(patch_wcs, calexp.wcs, box, config.interp_length_pixels)
-        in_ny, in_nx = calexp.shape
-        inside = (x_in >= -0.5) & (x_in < in_nx - 0.5) & (y_in >= -0.5) & (y_in < in_ny - 0.5)
-    if box is not None and inside.any():
-        # Crop the calexp to what the patch needs (plus a margin that keeps the cubic spline's
-        # boundary far away): the float64 copies of a full CCD dominate the memory otherwise.
-        margin = 8
-        cx0 = max(0, int(np.floor(x_in[inside].min())) - margin)
-        cx1 = min(in_nx, int(np.ceil(x_in[inside].max())) + margin + 1)
-        cy0 = max(0, int(np.floor(y_in[inside].min())) - margin)
-        cy1 = min(in_ny, int(np.ceil(y_in[inside].max())) + margin + 1)
-        crop = (slice(cy0, cy1), slice(cx0, cx1))
-        ok = finite[crop]
-        coords = np.array([y_in - cy0, x_in - cx0])
-        source = np.where(ok, calexp.image[crop], 0.0).astype(np.float64)
-        order = _SPLINE_ORDER[config.interpolation]
-        sub_image = ndimage.map_coordinates(source, coords, order=order, mode="nearest")
-        source_var = np.where(ok, calexp.variance[crop], 0.0).astype(np.float64)
-        sub_var = ndimage.map_coordinates(source_var, coords, order=1, mode="nearest")
-
-        sub_mask = np.where(inside, 0, int(MaskPlane.NO_DATA)).astype(np.int32)
-        in_mask = calexp.mask[crop].astype(np.int64) | np.where(ok, 0, int(MaskPlane.NO_DATA))
-        grow = order > 1
-        for bit in MaskPlane:
-            plane = (in_mask & int(bit)) != 0
-            if not plane.any():
-                continue
-            hit = ndimage.map_coordinates(plane.astype(np.float32), coords, order=1, mode="nearest")
-            flagged = hit > 1e-3
-            if grow:
-                flagged = ndimage.binary_dilation(flagged)
-            sub_mask |= np.where(flagged, int(bit), 0).astype(np.int32)
-
-        sub_image = np.where(inside, sub_image * scale, 0.0)
-        sub_var = np.where(inside, sub_var * scale**2, 0.0)
-        image[y0:y1, x0:x1] = sub_image
-        variance[y0:y1, x0:x1] = sub_var
-        mask[y0:y1, x0:x1] = sub_mask
-        n_covered = int(inside.sum())
-
+        n_covered = _resample(calexp, finite, patch_wcs, box, config, scale, image, variance, mask)
     header = calexp.header.copy()
     wcs_keys = set(calexp.wcs.to_header(relax=True)) | {"WCSAXES"}
     for key in list(header.keys()):
