@@ -149,6 +149,13 @@ class Executor(RemoteExecutor):
         self, active_jobs: list[SubmittedJobInfo]
     ) -> AsyncGenerator[SubmittedJobInfo, None]:
         """One bulk state query per cycle; report finished jobs, yield the others again."""
+        if not active_jobs or not hasattr(self, "wms"):
+            # The interface starts polling before __post_init__ has finished (the DIRAC
+            # client takes seconds to initialise); an exception here would end the polling
+            # thread for good and hang the run.
+            for info in active_jobs:
+                yield info
+            return
         async with self.status_rate_limiter:
             try:
                 outcomes = self.wms.states(info.external_jobid for info in active_jobs)

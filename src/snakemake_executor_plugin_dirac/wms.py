@@ -9,6 +9,7 @@ getJobParameters / peekJob / getJobOutputLFNs.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +27,21 @@ _initialized = False
 
 class DiracError(WorkflowError):
     """A DIRAC call answered S_ERROR (the message names the call, its arguments, the reason)."""
+
+
+def _serialized(method):
+    """Run the method under the client's lock.
+
+    Snakemake submits from its main thread and polls from another; DIRAC's DISET clients are
+    not documented as thread-safe, so one call at a time.
+    """
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def _value(result: dict, call: str, detail: object = ""):
@@ -68,15 +84,18 @@ class DiracWMS:
         )
         from DIRAC.WorkloadManagementSystem.Client.WMSClient import WMSClient
 
+        self._lock = threading.RLock()
         self._dirac = Dirac()
-        self._monitoring = JobMonitoringClient()
+        self._monitoring = JobMonitoringClient(timeout=timeout_s)
         self._wms = WMSClient(timeout=timeout_s)
 
+    @_serialized
     def submit(self, spec: DiracJobSpec) -> str:
         """Submit one job; return its DIRAC id."""
         value = _value(self._dirac.submitJob(make_dirac_job(spec)), "submitJob", spec.name)
         return str(value)
 
+    @_serialized
     def submit_parametric(
         self, spec: DiracJobSpec, scripts: Sequence[str], names: Sequence[str]
     ) -> list[str]:
@@ -94,6 +113,7 @@ class DiracWMS:
             )
         return [by_name[name] for name in names]
 
+    @_serialized
     def states(self, job_ids: Iterable[str]) -> dict[str, JobOutcome]:
         """Return the outcome of each known job, with one bulk call."""
         ids = [int(j) for j in job_ids]
@@ -101,6 +121,7 @@ class DiracWMS:
             return {}
         return parse_states(_value(self._monitoring.getJobsStates(ids), "getJobsStates", ids))
 
+    @_serialized
     def alive_in_group(self, group: str) -> dict[str, str]:
         """Return ``{job id: JobName}`` of the group's jobs that may still finish."""
         ids = _value(
@@ -115,11 +136,13 @@ class DiracWMS:
         )
         return {str(job_id): str(fields.get("JobName", "")) for job_id, fields in summary.items()}
 
+    @_serialized
     def group_job_ids(self, group: str) -> list[str]:
         """Return the ids of every job of a group, whatever their state."""
         ids = _value(self._monitoring.getJobs({"JobGroup": group}), "getJobs", group)
         return [str(i) for i in ids or []]
 
+    @_serialized
     def fetch_output(self, job_id: str, directory: Path) -> Path:
         """Download and unpack a job's output sandbox into ``directory/<job id>``."""
         from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import SandboxStoreClient
@@ -135,6 +158,7 @@ class DiracWMS:
         )
         return target
 
+    @_serialized
     def kill(self, job_ids: Iterable[str]) -> None:
         """Kill the jobs, in one call."""
         ids = [int(j) for j in job_ids]

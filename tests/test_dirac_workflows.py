@@ -1,0 +1,244 @@
+"""The DIRAC executor plugin against the project's real loopback DIRAC (scripts/dirac-up).
+
+Snakemake's own plugin test workflows (simple, groups) run through the real WMS (JobManager,
+optimizers, Matcher, private-pilot JobAgents, sandboxes); then a failing job, a job killed
+through the DIRAC API, and a driver killed with SIGKILL while its job runs. Each test checks
+what DIRAC recorded in the run's JobGroup. Skipped, with the reason, when the services are not
+up (run `scripts/dirac-up` as root and source run/dirac/env.sh; scripts/run-tests does both).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from snakemake.common.tests import TestWorkflowsLocalStorageBase
+from snakemake_interface_executor_plugins.settings import ExecutorSettingsBase
+
+REPO = Path(__file__).resolve().parents[1]
+PREFIX = "test"
+
+
+def _load_env_file() -> None:
+    """Take the DIRAC client environment from run/dirac/env.sh when the caller did not."""
+    if "DIRACSYSCONFIG" in os.environ:
+        return
+    run_dir = Path(os.environ.get("DCFLOW_RUN_DIR", REPO / "run"))
+    env_file = run_dir / "dirac" / "env.sh"
+    if not env_file.is_file():
+        return
+    for line in env_file.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export ") :].partition("=")
+            os.environ.setdefault(key, value.strip().strip('"'))
+
+
+def _why_no_dirac() -> str | None:
+    _load_env_file()
+    try:
+        import DIRAC  # noqa: F401
+    except ImportError:
+        return "the DIRAC client is not installed (scripts/install-dirac-client)"
+    config = os.environ.get("DIRACSYSCONFIG")
+    if not config or not Path(config).is_file():
+        return "DIRAC services not up: no run/dirac/env.sh (run scripts/dirac-up as root)"
+    proxy = os.environ.get("X509_USER_PROXY", "")
+    if not Path(proxy).is_file():
+        return f"no DIRAC user proxy at {proxy!r} (scripts/dirac-up makes it)"
+    try:
+        socket.create_connection(("127.0.0.1", 9135), timeout=2).close()
+    except OSError:
+        return "the DIRAC Configuration service does not answer on localhost:9135"
+    return None
+
+
+WHY = _why_no_dirac()
+pytestmark = [
+    pytest.mark.dirac,
+    pytest.mark.root,
+    pytest.mark.slow,
+    pytest.mark.skipif(WHY is not None, reason=WHY or ""),
+]
+
+
+@pytest.fixture(scope="module")
+def wms():
+    from snakemake_executor_plugin_dirac.wms import DiracWMS
+
+    return DiracWMS()
+
+
+def _group_jobs(wms, workdir: Path) -> dict[str, tuple[str, str]]:
+    """{job id: (JobName, Status)} of every DIRAC job of the run in ``workdir``."""
+    from snakemake_executor_plugin_dirac.submit import job_group
+
+    group = job_group(workdir, PREFIX)
+    ids = wms.group_job_ids(group)
+    if not ids:
+        return {}
+    from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient
+
+    summary = JobMonitoringClient().getJobsSummary([int(i) for i in ids])["Value"]
+    return {str(k): (v["JobName"], v["Status"]) for k, v in summary.items()}
+
+
+def _snakemake(workdir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "snakemake", "--directory", str(workdir),
+        "--snakefile", str(workdir / "Snakefile"),
+        "--executor", "dirac", "--jobs", "4", "--latency-wait", "5",
+        "--seconds-between-status-checks", "1", "--dirac-job-group-prefix", PREFIX,
+        *extra,
+    ]  # fmt: skip
+
+
+def _wait_for(predicate, timeout_s: float, what: str):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+# ---- Snakemake's own plugin test workflows -----------------------------------------------------
+
+
+class TestDiracWorkflows(TestWorkflowsLocalStorageBase):
+    """Snakemake's simple and groups workflows through the real DIRAC WMS."""
+
+    __test__ = True
+    expected_jobs = {"simple": 5, "groups": 4}  # a, b, c, d x2 / 3 group jobs + c
+
+    def get_executor(self) -> str:
+        return "dirac"
+
+    def get_executor_settings(self) -> ExecutorSettingsBase | None:
+        from snakemake_executor_plugin_dirac import ExecutorSettings
+
+        return ExecutorSettings(job_group_prefix=PREFIX)
+
+    def run_workflow(self, test_name, tmp_path, deployment_method=frozenset()):
+        super().run_workflow(test_name, tmp_path, deployment_method)
+        workdir = Path(tmp_path) / test_name
+        assert (workdir / "test3.out").is_file()
+        from snakemake_executor_plugin_dirac.wms import DiracWMS
+
+        jobs = _group_jobs(DiracWMS(), workdir)
+        assert len(jobs) == self.expected_jobs[test_name], jobs
+        assert {status for _, status in jobs.values()} == {"Done"}, jobs
+        if test_name == "simple":
+            # rule d's two jobs went as one parametric submission: consecutive ids
+            d_ids = sorted(int(i) for i, (name, _) in jobs.items() if name.startswith("d."))
+            assert d_ids[1] - d_ids[0] == 1
+            assert any(
+                name.startswith("d.somewildcard=somedir2_subdir~") for name, _ in jobs.values()
+            )
+
+
+# ---- failures, kill, reattach ------------------------------------------------------------------
+
+FAILING = """
+rule all:
+    input: "ok.txt", "bad.txt"
+
+rule ok:
+    output: "ok.txt"
+    shell: "echo fine > {output}"
+
+rule bad:
+    output: "bad.txt"
+    shell: "echo dcflow-marker-before-failure; exit 3"
+"""
+
+
+def test_failing_job_reported_with_dirac_status_and_log(tmp_path, wms):
+    (tmp_path / "Snakefile").write_text(FAILING)
+    proc = subprocess.run(
+        _snakemake(tmp_path, "--keep-going"), capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode != 0
+    assert (tmp_path / "ok.txt").read_text() == "fine\n", proc.stderr[-3000:]
+    assert not (tmp_path / "bad.txt").exists()
+    err = proc.stderr
+    assert "Failed: minor status 'Application Finished With Errors'" in err
+    assert "application status 'sh Exited With Status 1'" in err
+    assert "dcflow-marker-before-failure" in err  # the job's log, from its output sandbox
+    statuses = sorted((n.split("~")[0], s) for n, s in _group_jobs(wms, tmp_path).values())
+    assert statuses == [("bad", "Failed"), ("ok", "Done")]
+
+
+HOLDING = """
+rule all:
+    input: "fast.txt", "slow.txt"
+
+rule fast:
+    output: "fast.txt"
+    shell: "echo fast > {output}"
+
+rule slow:
+    output: "slow.txt"
+    shell: "while [ -e hold ]; do sleep 1; done; echo slow > {output}"
+"""
+
+
+def _running_slow(wms, workdir: Path) -> str | None:
+    for job_id, (name, status) in _group_jobs(wms, workdir).items():
+        if name.startswith("slow~") and status == "Running":
+            return job_id
+    return None
+
+
+def test_killed_job_fails_and_plain_rerun_redoes_only_it(tmp_path, wms):
+    (tmp_path / "Snakefile").write_text(HOLDING)
+    (tmp_path / "hold").touch()
+    with subprocess.Popen(
+        _snakemake(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        job_id = _wait_for(lambda: _running_slow(wms, tmp_path), 120, "the slow job to run")
+        wms.kill([job_id])
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert f"DIRAC job {job_id} Killed" in err
+    fast_mtime = (tmp_path / "fast.txt").stat().st_mtime_ns
+    assert not (tmp_path / "slow.txt").exists()
+
+    (tmp_path / "hold").unlink()
+    rerun = subprocess.run(_snakemake(tmp_path), capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (tmp_path / "slow.txt").read_text() == "slow\n"
+    assert (tmp_path / "fast.txt").stat().st_mtime_ns == fast_mtime
+    statuses = sorted((n.split("~")[0], s) for n, s in _group_jobs(wms, tmp_path).values())
+    # the killed attempt may end as Failed: the JobWrapper reports its payload's end after kill
+    assert statuses[:2] == [("fast", "Done"), ("slow", "Done")]
+    assert statuses[2][0] == "slow" and statuses[2][1] in ("Killed", "Failed")
+
+
+def test_restarted_driver_adopts_running_job_instead_of_resubmitting(tmp_path, wms):
+    (tmp_path / "Snakefile").write_text(HOLDING)
+    (tmp_path / "hold").touch()
+    proc = subprocess.Popen(
+        _snakemake(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for(lambda: _running_slow(wms, tmp_path), 120, "the slow job to run")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    subprocess.run([*_snakemake(tmp_path), "--unlock"], capture_output=True, check=True)
+    (tmp_path / "hold").unlink()  # the adopted job finishes while the new driver watches it
+    rerun = subprocess.run(
+        _snakemake(tmp_path, "--rerun-incomplete"), capture_output=True, text=True, timeout=240
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Adopting DIRAC job" in rerun.stderr
+    assert (tmp_path / "slow.txt").read_text() == "slow\n"
+    names = sorted(n.split("~")[0] for n, _ in _group_jobs(wms, tmp_path).values())
+    assert names == ["fast", "slow"]  # nothing submitted twice
