@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from photutils.geometry import circular_overlap_grid
+from scipy.spatial import cKDTree
 
 if TYPE_CHECKING:
     from dcflow.stages.psf import PsfPhaseTable
@@ -312,15 +313,25 @@ def psf_fluxes(
     return flux, flux_err, chi2
 
 
-def _model_image(shape, xi, yi, stamps, inside):
-    """Sum of ``stamps`` placed at integer centres ``(xi, yi)`` into a float64 image."""
+def _neighbour_light(shape, xi, yi, stamps, inside):
+    """For each stamp, the sum of the *other* stamps over its pixels.
+
+    The stamps' pixels are indexed compactly (``numpy.unique`` of their flat image indices)
+    rather than summed into a full-frame image, which would cost a 9.4-Mpixel allocation per
+    call on a MegaCam CCD.
+    """
     ny, nx = shape
     half = (stamps.shape[-1] - 1) // 2
     j = np.arange(-half, half + 1)
     iy = np.clip(yi[:, None] + j[None, :], 0, ny - 1)
     ix = np.clip(xi[:, None] + j[None, :], 0, nx - 1)
-    flat = iy[:, :, None] * nx + ix[:, None, :]
-    return np.bincount(flat[inside], weights=stamps[inside], minlength=ny * nx).reshape(ny, nx)
+    flat = (iy[:, :, None] * nx + ix[:, None, :])[inside]
+    own = np.where(inside, stamps, 0.0)
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    total = np.bincount(inverse, weights=own[inside], minlength=uniq.size)
+    out = np.zeros(stamps.shape)
+    out[inside] = total[inverse]
+    return out - own
 
 
 def psf_photometry(
@@ -388,6 +399,10 @@ def psf_photometry(
     half = psf_table.half_size
     xc, yc = x0.copy(), y0.copy()
     flux = np.zeros(n)
+    # Sources whose stamps can overlap another's (positions move by <= max_shift_pix).
+    reach = 2 * half + 1 + 2 * max_shift_pix
+    pairs = cKDTree(np.column_stack([x0, y0])).query_pairs(reach, p=np.inf, output_type="ndarray")
+    crowded = np.unique(pairs)
     xi = yi = None
     for it in range(n_iter + 2):
         new_xi, new_yi = np.rint(xc).astype(np.int64), np.rint(yc).astype(np.int64)
@@ -413,18 +428,27 @@ def psf_photometry(
                     g,
                 )
         data = stamp0
-        p, gx, gy = psf_table.stamps_and_gradients(xc - xi, yc - yi)
-        if it > 0:
-            # Remove the neighbours: data - (all models) + own model.
-            model = _model_image(image.shape, xi, yi, flux[:, None, None] * p, inside)
-            data = data - np.where(good, extract_stamps(model, xi, yi, half)[0], 0.0)
-            data += np.where(good, flux[:, None, None] * p, 0.0)
-            del model
+        final = it == n_iter + 1
+        if it == 0 or final:
+            p = psf_table.stamps(xc - xi, yc - yi)
+        else:
+            p, gx, gy = psf_table.stamps_and_gradients(xc - xi, yc - yi)
+        if it > 0 and crowded.size:
+            # Remove the neighbours' models from the stamps of sources that have any.
+            light = _neighbour_light(
+                image.shape,
+                xi[crowded],
+                yi[crowded],
+                flux[crowded, None, None] * p[crowded],
+                inside[crowded],
+            )
+            data = data.copy()
+            data[crowded] -= np.where(good[crowded], light, 0.0)
         p = np.where(good, p, 0.0)
         ptp = (p * p).sum(axis=(1, 2))
         ok = ptp > 0
         ptp_safe = np.where(ok, ptp, 1.0)
-        if it == 0 or it == n_iter + 1:
+        if it == 0 or final:
             # Linear flux at fixed position: the start, and the final answer.
             flux = np.where(ok, (p * data).sum(axis=(1, 2)) / ptp_safe, 0.0)
             if it == 0:
