@@ -251,6 +251,8 @@ def test_report_has_per_stage_benchmarks(work):
     report = work / "out" / "report" / "report.html"
     bench = work / "out" / "report" / "report_benchmarks.tsv"
     assert report.stat().st_size > 50_000
+    page = report.read_text()  # per-stage figures on the landing page of Snakemake's report
+    assert "stage process_visit" in page and "max RSS" in page
     rows = [line.split("\t") for line in bench.read_text().splitlines()]
     stages = {row[0]: row for row in rows[1:]}
     assert set(stages) == {"bias", "flat", "process_visit", "science_validation"}

@@ -204,3 +204,16 @@ def test_sky_picture_colours_ccds_by_state(tmp_path):
 
     pixels = matplotlib.image.imread(path)[..., :3]
     assert pixels.shape[1] > pixels.shape[0]  # one panel per band, side by side
+
+
+def test_marker_jobid_reads_the_backend_id_snakemake_stored(tmp_path):
+    from dcflow.status import marker_jobid
+
+    mark_incomplete(tmp_path, "out/a_1.txt")
+    assert marker_jobid(tmp_path, str(tmp_path / "out" / "a_1.txt")) is None  # local: no id
+    marker = tmp_path / ".snakemake" / "incomplete"
+    name = base64.urlsafe_b64encode(b"out/a_2.txt").decode()
+    (marker / name).write_text('{"external_jobid": "4711"}')
+    assert marker_jobid(tmp_path, str(tmp_path / "out" / "a_2.txt")) == "4711"
+    assert marker_jobid(tmp_path, "out/a_2.txt") == "4711"
+    assert marker_jobid(tmp_path, "out/none.txt") is None

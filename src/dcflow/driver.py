@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import html
 import importlib
+import json
 import logging
 import os
 import re
@@ -22,7 +23,6 @@ import yaml
 
 from dcflow.campaign.registry import (
     IngestReport,
-    Registry,
     ingest,
     record_from_standard_header,
 )
@@ -482,7 +482,7 @@ def status_campaign(
     campaign.registry.close()
     plan = plan_campaign(config_path, profile=profile, workdir=workdir)
     with Ledger(_ledger_file(layout, workdir)) as ledger:
-        return campaign_status(plan, ledger)
+        return campaign_status(plan, ledger, workdir=workdir)
 
 
 def failed_campaign(
@@ -807,6 +807,9 @@ def report_campaign(
 ) -> tuple[int, str, str, list[StageBenchmark]]:
     """Write Snakemake's HTML report and the per-stage benchmark summary beside it.
 
+    The per-stage CPU, memory and I/O figures are shown on the report's landing page
+    (``--report-metadata``) and written as their own page and TSV.
+
     Returns Snakemake's exit code, the report path, the benchmark page path and the summary.
     The benchmark table is also written as ``<report stem>_benchmarks.tsv``.
     """
@@ -826,10 +829,28 @@ def report_campaign(
         handle.write("\t".join(names) + "\n")
         for stage in stages:
             handle.write("\t".join(str(getattr(stage, n)) for n in names) + "\n")
+    # the per-stage figures also go on the landing page of Snakemake's own report
+    metadata = report.with_name(report.stem + "_metadata.yaml")
+    lines = [f"campaign: {json.dumps(config['campaign']['name'])}"]
+    for stage in stages:
+        text = (
+            f"{stage.n_jobs} jobs; CPU {stage.cpu_s_total:.1f} s (wall {stage.wall_s_total:.1f} s,"
+            f" longest {stage.wall_s_max:.1f} s); max RSS {stage.max_rss_mb_max:.0f} MB"
+            f" (mean {stage.max_rss_mb_mean:.0f} MB); read {stage.io_in_mb_total:.1f} MB,"
+            f" written {stage.io_out_mb_total:.1f} MB"
+        )
+        lines.append(f"{json.dumps('stage ' + stage.stage)}: {json.dumps(text)}")
+    metadata.write_text("\n".join(lines) + "\n")
     code = run_snakemake(
         config_path,
         profile=profile,
-        snakemake_args=["--report", str(report), *snakemake_args],
+        snakemake_args=[
+            "--report",
+            str(report),
+            "--report-metadata",
+            str(metadata),
+            *snakemake_args,
+        ],
         workdir=workdir,
     )
     return code, str(report), str(page), stages

@@ -8,6 +8,7 @@ become `JobState.LOST`, so "running" never counts jobs nobody watches.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from dcflow.ledger import Attempt, Ledger, Run
@@ -32,6 +33,7 @@ __all__ = [
     "campaign_status",
     "failed_tiles",
     "log_tail",
+    "marker_jobid",
     "parse_proxy_timeleft",
     "parse_qstat_f",
     "ping_dirac",
@@ -135,10 +137,36 @@ def _throughput(attempts: Sequence[Attempt], now: float, window_s: float) -> flo
     return len(recent) / span * 3600.0
 
 
-def campaign_status(plan: Plan, ledger: Ledger, *, window_s: float = 3600.0) -> CampaignStatus:
+def marker_jobid(workdir: str | os.PathLike, output: str) -> str | None:
+    """The backend job id Snakemake stored in the incomplete marker of a running job's output.
+
+    Snakemake writes ``{"external_jobid": ...}`` when an executor registers a submitted job,
+    whatever the executor: a fallback when the executor did not log its ids for the ledger.
+    """
+    rel = os.path.relpath(output, workdir) if os.path.isabs(output) else output
+    marker = Path(workdir) / ".snakemake" / "incomplete"
+    name = base64.urlsafe_b64encode(rel.encode()).decode()
+    if len(name) > 254:
+        return None  # split marker names: not worth a walk here
+    try:
+        value = json.loads((marker / name).read_text()).get("external_jobid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if value is None else str(value)
+
+
+def campaign_status(
+    plan: Plan,
+    ledger: Ledger,
+    *,
+    window_s: float = 3600.0,
+    workdir: str | os.PathLike | None = None,
+) -> CampaignStatus:
     """Join the plan (disk) and the ledger (attempts) into per-stage counts by state.
 
-    Closes runs whose driver died before counting (their active attempts become lost).
+    Closes runs whose driver died before counting (their active attempts become lost). With
+    ``workdir``, running attempts without a backend job id get the one Snakemake stored in
+    their output's incomplete marker (`marker_jobid`).
     """
     reaped = ledger.reap_dead_runs()
     runs = ledger.runs()
@@ -170,7 +198,13 @@ def campaign_status(plan: Plan, ledger: Ledger, *, window_s: float = 3600.0) -> 
         )
         for r in plan.rows
     )
-    running = tuple(a for a in latest.values() if a.state in ACTIVE_STATES and a.run_id in live)
+    running = tuple(
+        a
+        if a.backend_jobid or workdir is None or not a.outputs
+        else replace(a, backend_jobid=marker_jobid(workdir, a.outputs[0]))
+        for a in latest.values()
+        if a.state in ACTIVE_STATES and a.run_id in live
+    )
     all_attempts = ledger.attempts()
     now = time.time()
     rate = _throughput(all_attempts, now, window_s)

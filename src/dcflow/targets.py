@@ -149,66 +149,72 @@ class Campaign:
 
         This mirrors rules/*.smk (bias per CCD, flat per filter and CCD, process_visit per
         science visit, science_validation, all); the planner counts it and tests check that
-        the counts equal ``snakemake -n``'s, so a new rule must be added here too.
+        the counts equal ``snakemake -n``'s, so a new rule must be added here too. The
+        registry is read in one query for the science raws (not one per visit).
+
+        Raises
+        ------
+        KeyError
+            If a science visit lacks one of the campaign's CCDs.
         """
+        path = self.layout.path
         ccds = self.science_ccds
-        visits = self.registry.science_visits()
-        bands = sorted({band for _, band in visits})
+        raws: dict[int, dict[int, str]] = {}
+        bands: dict[int, str] = {}
+        for record in self.registry.records(obstype="object"):
+            raws.setdefault(record.visit, {})[record.ccd] = record.path
+            bands[record.visit] = record.filter
+        bias = {ccd: path("bias", ccd=ccd) for ccd in ccds}
         jobs: list[JobSpec] = [
-            JobSpec(
-                rule="bias",
-                data_id={"ccd": ccd},
-                outputs=(self.layout.path("bias", ccd=ccd),),
-                inputs=tuple(self.bias_inputs(ccd)),
-            )
+            JobSpec("bias", {"ccd": ccd}, (bias[ccd],), tuple(self.bias_inputs(ccd)))
             for ccd in ccds
         ]
-        jobs += [
-            JobSpec(
-                rule="flat",
-                data_id={"filter": band, "ccd": ccd},
-                outputs=(self.layout.path("flat", filter=band, ccd=ccd),),
-                inputs=(*self.flat_inputs(ccd, band), self.layout.path("bias", ccd=ccd)),
-                filter=band,
-            )
-            for band in bands
-            for ccd in ccds
-        ]
-        refcat = self.layout.path("refcat", instrument=self.instrument)
-        for visit, band in visits:
-            outputs = [self.layout.path("calexp", visit=visit, ccd=ccd) for ccd in ccds]
-            outputs += [self.layout.path("src", visit=visit, ccd=ccd) for ccd in ccds]
-            inputs = [
-                *self.visit_raws(visit),
-                *self.visit_calibs(visit, "bias"),
-                *self.visit_calibs(visit, "flat"),
+        flat = {}
+        for band in sorted(set(bands.values())):
+            for ccd in ccds:
+                flat[band, ccd] = path("flat", filter=band, ccd=ccd)
+                inputs = (*self.flat_inputs(ccd, band), bias[ccd])
+                jobs.append(
+                    JobSpec("flat", {"filter": band, "ccd": ccd}, (flat[band, ccd],), inputs, band)
+                )
+        refcat = path("refcat", instrument=self.instrument)
+        calexps: list[str] = []
+        srcs: list[str] = []
+        for visit in sorted(raws):
+            band = bands[visit]
+            missing = [ccd for ccd in ccds if ccd not in raws[visit]]
+            if missing:
+                raise KeyError(
+                    f"visit {visit} has no raw for ccd(s) {missing} in {self.registry.path}"
+                )
+            visit_calexps = [path("calexp", visit=visit, ccd=ccd) for ccd in ccds]
+            visit_srcs = [path("src", visit=visit, ccd=ccd) for ccd in ccds]
+            calexps += visit_calexps
+            srcs += visit_srcs
+            inputs = (
+                *(raws[visit][ccd] for ccd in ccds),
+                *(bias[ccd] for ccd in ccds),
+                *(flat[band, ccd] for ccd in ccds),
                 refcat,
-            ]
+            )
             jobs.append(
                 JobSpec(
-                    rule="process_visit",
-                    data_id={"visit": visit},
-                    outputs=tuple(outputs),
-                    inputs=tuple(inputs),
-                    filter=band,
+                    "process_visit",
+                    {"visit": visit},
+                    (*visit_calexps, *visit_srcs),
+                    inputs,
+                    band,
                 )
             )
-        validation = self.layout.path("science_validation")
+        validation = path("science_validation")
+        truth = path("truth", instrument=self.instrument)
         jobs.append(
             JobSpec(
-                rule="science_validation",
-                data_id={},
-                outputs=(validation, self.layout.path("science_validation_plot")),
-                inputs=(
-                    *self.visit_products("src"),
-                    *self.visit_products("calexp"),
-                    self.layout.path("truth", instrument=self.instrument),
-                ),
+                "science_validation",
+                {},
+                (validation, path("science_validation_plot")),
+                (*srcs, *calexps, truth),
             )
         )
-        if self.fe55 is not None:
-            from dcflow.fe55_targets import fe55_jobs
-
-            jobs += fe55_jobs(self.fe55, self.layout)
-        jobs.append(JobSpec(rule="all", data_id={}, outputs=(), inputs=tuple(self.final_targets())))
+        jobs.append(JobSpec("all", {}, (), (*calexps, *srcs, validation)))
         return jobs
