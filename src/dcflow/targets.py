@@ -216,5 +216,9 @@ class Campaign:
                 (*srcs, *calexps, truth),
             )
         )
-        jobs.append(JobSpec("all", {}, (), (*calexps, *srcs, validation)))
+        if self.fe55 is not None:
+            from dcflow.fe55_targets import fe55_jobs
+
+            jobs += fe55_jobs(self.fe55, self.layout)
+        jobs.append(JobSpec(rule="all", data_id={}, outputs=(), inputs=tuple(self.final_targets())))
         return jobs
