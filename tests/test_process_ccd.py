@@ -171,6 +171,18 @@ def test_empty_field_raises_calibration_error_with_n_matched():
     json.dumps(info.value.metadata)
 
 
+def test_refcat_of_another_field_raises_calibration_error_with_counts():
+    f = small_exposure()
+    far = f.refcat.copy()
+    far["ra_deg"] += 0.5  # half a degree away: nothing to match
+    with pytest.raises(CalibrationError, match="matched the reference catalogue") as info:
+        process_ccd(f.exposure, far, band="r")
+    meta = info.value.metadata
+    assert meta["n_matched"] == 0 and meta["n_reference_in_field"] == 0
+    assert meta["n_detected"] >= 10
+    json.dumps(meta)
+
+
 def test_empty_src_table_has_all_columns():
     t = empty_src_table()
     assert len(t) == 0 and list(t.colnames) == list(SRC_COLUMNS)
