@@ -175,7 +175,7 @@ rule work:
     output: "out/{i}.txt"
     shell:
         "echo $JOB_ID >> runs-{wildcards.i}.txt; "
-        "if [ -e slow-{wildcards.i} ]; then sleep 25; fi; echo {wildcards.i} > {output}"
+        "if [ -e slow-{wildcards.i} ]; then sleep 20; fi; echo {wildcards.i} > {output}"
 
 rule merge:
     input: expand("out/{i}.txt", i=range(4))
