@@ -154,6 +154,8 @@ def test_ledger_survives_sigkill_of_its_writer(tmp_path):
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    for line in proc.stdout:  # acknowledgements already in the pipe when it was killed
+        acknowledged = int(line)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -385,3 +387,18 @@ def test_plugin_settings_are_declared_for_the_cli():
         "dcflow_state": "running",
     }
     assert json.dumps(backend_job_extra(1, "x"))
+
+
+def test_throughput_over_the_last_window(tmp_path):
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        assert ledger.throughput_per_h() is None
+        run = ledger.start_run(when=90.0)
+        ledger.job_started(run, 1, state=JobState.RUNNING, when=100.0)
+        ledger.job_started(run, 2, state=JobState.RUNNING, when=105.0)
+        ledger.job_finished(run, 1, when=110.0)
+        ledger.job_finished(run, 2, when=120.0)
+        ledger.finish_run(run, 0, when=121.0)
+        # 2 jobs between the first start (100 s) and the last success (120 s): 360 jobs/h
+        assert ledger.throughput_per_h() == pytest.approx(360.0)
+        # last 15 s (from 105 s): both successes, over 15 s
+        assert ledger.throughput_per_h(window_s=15.0) == pytest.approx(2 / 15 * 3600)

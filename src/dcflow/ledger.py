@@ -633,6 +633,34 @@ class Ledger:
         """``(rule, data_id) -> mem_mb`` for tiles whose history needs more memory."""
         return escalated_memory(self.attempts(), policy)
 
+    def throughput_per_h(
+        self, *, window_s: float = 3600.0, now: float | None = None
+    ) -> float | None:
+        """Jobs succeeded per hour over the last ``window_s`` of activity (None without any).
+
+        The window ends now if a run is still going, else at the last success; it starts no
+        earlier than the first attempt started within it (so a fresh campaign is not diluted).
+        """
+        last = self._conn.execute(
+            "SELECT MAX(finished) FROM attempts WHERE state = ?", (JobState.SUCCEEDED.value,)
+        ).fetchone()[0]
+        if last is None:
+            return None
+        live = self._conn.execute("SELECT COUNT(*) FROM runs WHERE finished IS NULL").fetchone()[0]
+        end = max(last, time.time() if now is None else now) if live else last
+        begin = end - window_s
+        n_done = self._conn.execute(
+            "SELECT COUNT(*) FROM attempts WHERE state = ? AND finished >= ?",
+            (JobState.SUCCEEDED.value, begin),
+        ).fetchone()[0]
+        first = self._conn.execute(
+            "SELECT MIN(COALESCE(started, submitted)) FROM attempts"
+            " WHERE COALESCE(started, submitted) >= ?",
+            (begin,),
+        ).fetchone()[0]
+        span = max(end - max(begin, first if first is not None else begin), 1.0)
+        return n_done / span * 3600.0
+
     def mean_runtimes(self) -> dict[str, tuple[float, int]]:
         """Per rule: mean measured runtime of succeeded attempts (s) and how many there were."""
         rows = self._conn.execute(

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -125,18 +124,6 @@ class CampaignStatus:
         )
 
 
-def _throughput(attempts: Sequence[Attempt], now: float, window_s: float) -> float | None:
-    ends = sorted(a.finished for a in attempts if a.state is JobState.SUCCEEDED and a.finished)
-    if not ends:
-        return None
-    last = max(ends[-1], now) if any(a.state in ACTIVE_STATES for a in attempts) else ends[-1]
-    recent = [t for t in ends if t >= last - window_s]
-    starts = [a.started or a.submitted for a in attempts if (a.started or a.submitted)]
-    first = max(last - window_s, min(starts) if starts else recent[0])
-    span = max(last - first, 1.0)
-    return len(recent) / span * 3600.0
-
-
 def marker_jobid(workdir: str | os.PathLike, output: str) -> str | None:
     """The backend job id Snakemake stored in the incomplete marker of a running job's output.
 
@@ -205,9 +192,7 @@ def campaign_status(
         for a in latest.values()
         if a.state in ACTIVE_STATES and a.run_id in live
     )
-    all_attempts = ledger.attempts()
-    now = time.time()
-    rate = _throughput(all_attempts, now, window_s)
+    rate = ledger.throughput_per_h(window_s=window_s)
     left = sum(r.to_run for r in rows)
     eta = left / rate if rate else (0.0 if left == 0 else None)
     return CampaignStatus(
