@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_ledger import toy_workflow
 
 from dcflow.driver import REPO_ROOT, rerun_targets
@@ -56,6 +57,7 @@ def mark_incomplete(work: Path, path: str) -> None:
     marker.write_text('{"external_jobid": null}')
 
 
+@pytest.mark.slow
 def test_planner_equals_snakemake_dry_run_in_every_state(tmp_path):
     work = toy_workflow(tmp_path / "toy")
     fresh = {"a": 3, "b": 3, "all": 1}
