@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dcflow.errors import CalibrationError
+from dcflow.stages.measurement import psf_fluxes
 from dcflow.stages.psf import MoffatPsf, fit_psf
 
 
@@ -92,3 +93,65 @@ def test_too_few_stars_raise_with_counts():
     with pytest.raises(CalibrationError, match="only 2 PSF star candidates") as info:
         fit_psf(z, z + 1, z.astype(bool), [10, 20], [10, 20], fwhm_guess_pix=3.0)
     assert info.value.metadata == {"n_psf_stars": 2, "min_stars": 3}
+
+
+def _field_with_varying_width(rng, shape, alpha_of, n_side=7, flux=2e5, sky=400.0):
+    """Stars on a grid whose Moffat width follows ``alpha_of(x, y)``; returns data and truth."""
+    ny, nx = shape
+    gx, gy = np.meshgrid(np.linspace(25, nx - 25, n_side), np.linspace(25, ny - 25, n_side))
+    xs = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    ys = gy.ravel() + rng.uniform(-0.5, 0.5, gy.size)
+    model = np.zeros(shape)
+    for x, y in zip(xs, ys, strict=True):
+        add_star(model, MoffatPsf(alpha_pix=alpha_of(x, y), beta=3.0), x, y, flux)
+    image = rng.poisson(model + sky) - sky
+    return image, model + sky, xs, ys
+
+
+def test_width_polynomial_follows_a_psf_that_broadens_across_the_image():
+    rng = np.random.default_rng(11)
+    shape = (360, 300)
+
+    def alpha_of(x, y):  # 8 % broader in the corners than at the centre
+        return 2.6 * (1.0 + 0.04 * (((x - 150) / 150) ** 2 + ((y - 180) / 180) ** 2))
+
+    image, var, xs, ys = _field_with_varying_width(rng, shape, alpha_of)
+    bad = np.zeros(shape, bool)
+    res = fit_psf(image, var, bad, xs, ys, fwhm_guess_pix=3.0, width_order=2)
+    assert res.width_order == 2
+    assert res.n_width_stars >= 45
+    probe_x, probe_y = np.array([150.0, 30.0, 270.0, 150.0]), np.array([180.0, 30.0, 330.0, 30.0])
+    got = res.alpha_at(probe_x, probe_y)
+    assert np.abs(got / alpha_of(probe_x, probe_y) - 1).max() < 0.004
+    assert res.psf_at(30.0, 30.0).alpha_pix == pytest.approx(got[1])
+    # A constant-width fit leaves the width error of the corners (~4 %).
+    const = fit_psf(image, var, bad, xs, ys, fwhm_guess_pix=3.0)
+    assert const.width_order == 0 and const.width_coeffs == (0.0,)
+    assert np.abs(const.alpha_at(probe_x, probe_y) / alpha_of(probe_x, probe_y) - 1).max() > 0.02
+
+
+def test_bound_phase_table_gives_unbiased_psf_fluxes_where_one_model_does_not():
+    rng = np.random.default_rng(12)
+    shape = (360, 300)
+
+    def alpha_of(x, y):  # a 6 % gradient in width along y
+        return 2.4 * (1.0 + 0.06 * y / 360)
+
+    flux = 2e5
+    image, var, xs, ys = _field_with_varying_width(rng, shape, alpha_of, flux=flux)
+    bad = np.zeros(shape, bool)
+    res = fit_psf(image, var, bad, xs, ys, fwhm_guess_pix=3.0, width_order=1)
+    nodes, index, weight = res.width_nodes(xs, ys)
+    assert 3 <= len(nodes) <= 5  # 2 % steps over a 6 % range
+    assert index.min() >= 0 and index.max() <= len(nodes) - 2
+    assert np.all((weight >= 0) & (weight <= 1))
+    bound = res.phase_table(8, xs, ys)
+    got, err, _ = psf_fluxes(image, var, bad, xs, ys, bound)
+    ratio = got / flux
+    # Photon noise: ~0.3 % per star; what is left is below it, and flat in y.
+    assert np.std(ratio) < 1.5 * np.median(err / got)
+    assert abs(np.polyfit(ys, ratio, 1)[0] * 360) < 0.004
+    single, _, _ = psf_fluxes(image, var, bad, xs, ys, res.psf.phase_table(8))
+    assert abs(np.polyfit(ys, single / flux, 1)[0] * 360) > 0.03  # ~1 % per 1 % of width
+    with pytest.raises(ValueError, match="bound to 49 sources"):
+        bound.stamps(np.zeros(3), np.zeros(3))
