@@ -65,7 +65,11 @@ def dcflow(work: Path, *args: str, faults: str | None = None, timeout: float = 3
 
 
 def dry_run_counts(work: Path) -> dict[str, int]:
-    """Snakemake's own dry run of the default target, with the local profile."""
+    """Snakemake's own dry run of the default target, with the local profile.
+
+    ``--rerun-triggers mtime``: the planner does not model provenance triggers (changed
+    params or code), and other developers change stage configs while this test runs.
+    """
     proc = subprocess.run(
         [
             sys.executable,
@@ -80,6 +84,8 @@ def dry_run_counts(work: Path) -> dict[str, int]:
             str(work),
             "--profile",
             str(driver.REPO_ROOT / "profiles" / "local"),
+            "--rerun-triggers",
+            "mtime",
         ],
         cwd=work,
         capture_output=True,
