@@ -562,7 +562,9 @@ def rerun_failed(
     """Rerun the failed tiles (and the missing jobs downstream of them) through `run_campaign`.
 
     The campaign is not replanned through Snakemake's default target: the outputs of the
-    selected jobs are passed as targets, so Snakemake builds a DAG of those jobs only.
+    selected jobs are passed as targets, so Snakemake builds a DAG of those jobs only. Unless
+    ``snakemake_args`` name ``--rerun-triggers``, only modification times trigger reruns, so
+    tiles that succeeded are not redone because a param or script changed since.
 
     Returns
     -------
@@ -586,10 +588,15 @@ def rerun_failed(
         return 0, set()
     targets, selected = rerun_targets(jobs, keys, set(plan.to_run))
     targets = [os.path.relpath(t, workdir) for t in targets]  # as the rules name them
+    extra = list(snakemake_args)
+    if "--rerun-triggers" not in extra:
+        # exactly those jobs: a params or code change since the good tiles ran must not pull
+        # them in again through the targets' inputs (pass --rerun-triggers to override)
+        extra = ["--rerun-triggers", "mtime", *extra]
     code = run_campaign(
         config_path,
         profile=profile,
-        snakemake_args=snakemake_args,
+        snakemake_args=extra,
         targets=targets,
         workdir=workdir,
         shard="rerun-failed",
