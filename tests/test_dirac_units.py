@@ -96,10 +96,10 @@ def test_describe_failure_names_statuses_and_log():
 
 def test_job_name_is_sanitised_bounded_and_ends_with_output_digest():
     name = job_name("calexp", {"visit": "123", "ccd": "7"}, ["b.fits", "a.fits"])
-    assert name == f"calexp.visit=123,ccd=7~{output_digest(['a.fits', 'b.fits'])}"
+    assert name == f"calexp.visit=123.ccd=7~{output_digest(['a.fits', 'b.fits'])}"
     assert len(output_digest(["x"])) == 10
-    odd = job_name("r", {"p": "a/b;c'd\"e f"}, ["o"])
-    assert odd.startswith("r.p=a_b_c_d_e_f~")
+    odd = job_name("r", {"p": "a/b;c'd\"e f,g{h}"}, ["o"])
+    assert odd.startswith("r.p=a_b_c_d_e_f_g_h_~")
     long = job_name("r", {"w": "x" * 500}, ["o"])
     assert len(long) == MAX_NAME_CHARS and long.endswith("~" + output_digest(["o"]))
     assert job_name("all", {}, ["o"]).startswith("all~")
@@ -205,7 +205,13 @@ def test_jdl_parametric_has_one_parameter_per_job():
     pytest.importorskip("DIRAC", reason="the DIRAC client is not installed (install-dirac-client)")
     spec = DiracJobSpec("r~x", "smk-1", (), 600, 1, None)
     scripts = ["/w/a.sh", "/w/b.sh", "/w/c.sh"]
-    jdl = _jdl(make_dirac_job(spec, scripts=scripts, names=["r.i=0", "r.i=1", "r.i=2"]))
+    names = [job_name("r", {"filter": f, "ccd": 1}, [f]) for f in "gri"]
+    job = make_dirac_job(spec, scripts=scripts, names=names)
+    from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd
+
+    # DIRAC's own JDL parser sees one name per job (a comma in a name would split it)
+    assert ClassAd("[" + job._toJDL() + "]").getListFromExpression("Parameters.name") == names
+    jdl = _jdl(job)
     assert "Parameters = 3;" in jdl
     assert "JobName = %(name)s;" in jdl
     assert "arguments='%(script)s'" in jdl

@@ -46,7 +46,7 @@ DEFAULT_CPU_TIME_S = 3600
 """CPU time asked for a job whose rule declares no ``runtime`` (DIRAC's own default: 600 s)."""
 
 _SAFE_ARGUMENT = re.compile(r"^[A-Za-z0-9_./=:,+@-]+$")
-_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.=,+-]")
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.=+-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +103,11 @@ def output_digest(outputs: Iterable[str]) -> str:
 
 
 def job_name(rule: str, wildcards: Mapping[str, object], outputs: Iterable[str]) -> str:
-    """Build the DIRAC JobName ``<rule>.<k>=<v>,...~<digest>`` (at most 128 characters).
+    """Build the DIRAC JobName ``<rule>.<k>=<v>.<k2>=<v2>~<digest>`` (at most 128 characters).
 
-    Characters outside ``[A-Za-z0-9_.=,+-]`` become ``_``; the wildcards part is cut if too
-    long; the output digest (after ``~``) always ends the name, so it stays unique.
+    Characters outside ``[A-Za-z0-9_.=+-]`` become ``_`` (a comma would split the name in a
+    parametric JDL's list of names); the wildcards part is cut if too long; the output digest
+    (after ``~``) always ends the name, so it stays unique.
 
     Parameters
     ----------
@@ -122,7 +123,7 @@ def job_name(rule: str, wildcards: Mapping[str, object], outputs: Iterable[str])
     str
         The JobName.
     """
-    label = ",".join(f"{key}={value}" for key, value in wildcards.items())
+    label = ".".join(f"{key}={value}" for key, value in wildcards.items())
     label = _NAME_CHARS.sub("_", f"{rule}.{label}" if label else rule)
     suffix = f"~{output_digest(outputs)}"
     return label[: MAX_NAME_CHARS - len(suffix)] + suffix
