@@ -7,7 +7,7 @@ import pytest
 
 from dcflow.errors import CalibrationError
 from dcflow.stages.measurement import psf_fluxes
-from dcflow.stages.psf import MoffatPsf, fit_psf
+from dcflow.stages.psf import MoffatPsf, fit_psf, fit_psf_width
 
 
 def add_star(image, psf, x0, y0, flux, half=20):
@@ -155,3 +155,31 @@ def test_bound_phase_table_gives_unbiased_psf_fluxes_where_one_model_does_not():
     assert abs(np.polyfit(ys, single / flux, 1)[0] * 360) > 0.03  # ~1 % per 1 % of width
     with pytest.raises(ValueError, match="bound to 49 sources"):
         bound.stamps(np.zeros(3), np.zeros(3))
+
+
+def test_width_polynomial_from_many_faint_stars_around_a_shape_from_few_bright_ones():
+    rng = np.random.default_rng(13)
+    shape = (400, 300)
+
+    def alpha_of(x, y):
+        return 2.5 * (1.0 + 0.05 * ((y - 200) / 200) ** 2 + 0.02 * x / 300)
+
+    image, var, xs, ys = _field_with_varying_width(rng, shape, alpha_of, n_side=10, flux=4e4)
+    bad = np.zeros(shape, bool)
+    # Shape from the 6 stars of the central column pair only: no handle on the variation.
+    central = np.argsort(np.abs(xs - 150) + np.abs(ys - 200))[:6]
+    shape_fit = fit_psf(image, var, bad, xs[central], ys[central], fwhm_guess_pix=3.0)
+    res = fit_psf_width(shape_fit, image, var, bad, xs, ys, order=2)
+    assert res.psf == shape_fit.psf and res.n_stars == shape_fit.n_stars
+    assert res.width_order == 2 and res.n_width_stars >= 95
+    probe_x, probe_y = np.array([150.0, 20.0, 280.0, 150.0]), np.array([200.0, 20.0, 380.0, 380.0])
+    got, truth = res.alpha_at(probe_x, probe_y), alpha_of(probe_x, probe_y)
+    # The variation (relative to the centre) is what the fluxes need; the absolute width
+    # trades off against the shape-fit's beta (2.97 here for 3).
+    assert np.abs(got / got[0] - truth / truth[0]).max() < 0.004
+    assert np.ptp(truth / truth[0]) > 0.04
+    # 14 stars are too few for 6 coefficients (4 per coefficient): the order drops to 1.
+    few = fit_psf_width(shape_fit, image, var, bad, xs[:14], ys[:14], order=2)
+    assert few.width_order == 1
+    with pytest.raises(ValueError, match="order must be >= 0; got -1"):
+        fit_psf_width(shape_fit, image, var, bad, xs, ys, order=-1)

@@ -78,7 +78,7 @@ def interpolation_weights(n: int, n_boxes: int, box: int) -> np.ndarray:
 
 
 def _clipped_box_stats(
-    boxes: np.ndarray, clip_sigma: float, n_iter: int, min_valid: int = 20
+    boxes: np.ndarray, clip_sigma: float, n_iter: int, min_valid: int = 20, statistic: str = "mode"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sigma-clipped level and rms of each row of ``boxes`` (NaN = ignored), vectorised.
 
@@ -96,13 +96,15 @@ def _clipped_box_stats(
         Number of clipping iterations.
     min_valid : int
         Boxes with fewer kept pixels get NaN.
+    statistic : {"mode", "mean"}
+        Level estimate: ``"mode"``, SExtractor's ``2.5 median - 1.5 mean`` when the kept
+        values are only mildly skewed (``|mean - median| < 0.3 std``), else the median;
+        ``"mean"``, the clipped mean.
 
     Returns
     -------
     level, rms : numpy.ndarray
-        Per box: SExtractor's mode estimate ``2.5 median - 1.5 mean`` when the kept values
-        are only mildly skewed (``|mean - median| < 0.3 std``), else the median; and the
-        clipped standard deviation.
+        Per box: the level and the clipped standard deviation.
     """
     srt = np.sort(boxes, axis=1)
     n_box, m = srt.shape
@@ -135,8 +137,11 @@ def _clipped_box_stats(
     var = (csum2[rows, hi_i] - csum2[rows, lo_i]) / safe - mean**2
     std = np.sqrt(np.maximum(var, 0.0))
     med = quantile(0.5)
-    mild = np.abs(mean - med) < 0.3 * std
-    level = np.where(mild, 2.5 * med - 1.5 * mean, med)
+    if statistic == "mean":
+        level = mean.copy()
+    else:
+        mild = np.abs(mean - med) < 0.3 * std
+        level = np.where(mild, 2.5 * med - 1.5 * mean, med)
     bad = n < min_valid
     level[bad] = np.nan
     std[bad] = np.nan
@@ -152,6 +157,7 @@ def estimate_background(
     clip_sigma: float = 3.0,
     n_clip_iter: int = 3,
     subsample: int = 2,
+    statistic: str = "mode",
 ) -> BackgroundResult:
     """Estimate a smooth sky background.
 
@@ -172,6 +178,13 @@ def estimate_background(
         Number of clipping iterations.
     subsample : int
         Use every ``subsample``-th row and column of each box (1 = all pixels).
+    statistic : {"mode", "mean"}
+        Box level: ``"mode"`` (SExtractor's ``2.5 median - 1.5 mean``), robust to the
+        sources in an unmasked box but biased low on a skewed, photon-noise sky (measured
+        0.2-0.3 e- low for Poisson skies of 190-300 e- with a few e- of read noise: the
+        median and mode of a Poisson distribution lie below its mean); ``"mean"``, the
+        clipped mean, unbiased within a few 0.01 e- for a sky whose sources are masked
+        (``mask``).
 
     Returns
     -------
@@ -191,6 +204,8 @@ def estimate_background(
         raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
     if box_size < 8:
         raise ValueError(f"box_size must be >= 8 pixels, got {box_size}")
+    if statistic not in ("mode", "mean"):
+        raise ValueError(f"statistic must be 'mode' or 'mean', got {statistic!r}")
     ny, nx = image.shape
     nby, nbx = max(1, round(ny / box_size)), max(1, round(nx / box_size))
     # Equal boxes of by x bx pixels; the last few rows / columns (fewer than one box per
@@ -206,7 +221,7 @@ def estimate_background(
             mask[: nby * by : subsample, : nbx * bx : subsample][: nby * sub_by, : nbx * sub_bx]
         ] = np.nan
     boxes = values.reshape(nby, sub_by, nbx, sub_bx).transpose(0, 2, 1, 3).reshape(nby * nbx, -1)
-    level, rms = _clipped_box_stats(boxes, clip_sigma, n_clip_iter)
+    level, rms = _clipped_box_stats(boxes, clip_sigma, n_clip_iter, statistic=statistic)
     level = level.reshape(nby, nbx)
     rms = rms.reshape(nby, nbx)
     bad = ~np.isfinite(level)

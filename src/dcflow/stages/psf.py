@@ -25,7 +25,7 @@ from scipy.optimize import least_squares
 from dcflow.errors import CalibrationError
 from dcflow.stages.measurement import extract_stamps
 
-__all__ = ["MoffatPsf", "PsfFitResult", "PsfPhaseTable", "fit_psf"]
+__all__ = ["MoffatPsf", "PsfFitResult", "PsfPhaseTable", "fit_psf", "fit_psf_width"]
 
 log = logging.getLogger(__name__)
 
@@ -352,33 +352,50 @@ def _poly_design(x, y, shape, order):
     )
 
 
-def _star_log_widths(data, weight, dx, dy, psf, span=0.15, n_grid=13):
-    """Per-star ``ln(alpha / psf.alpha_pix)`` and its error, shape held at ``psf``.
+def _star_log_widths(data, weight, dx, dy, psf, n_iter=4, max_step=0.1, max_abs=0.3):
+    """Per-star ``ln(alpha / psf.alpha_pix)`` and its error, beta and ellipticity held.
 
-    The chi^2 of each star (amplitude solved linearly) is evaluated on a grid of widths and a
-    parabola is fitted through the three points around its minimum. Stars whose minimum lies
-    on the edge of the grid get an infinite error.
+    Gauss-Newton on each star's width with its amplitude solved jointly: the model is
+    linearised as ``A m + B dm/d(ln alpha)``, so ``B / A`` is the step in ``ln alpha``.
+    Stars that do not converge within ``max_abs`` get an infinite error.
     """
-    grid = np.linspace(-span, span, n_grid)
-    chi2 = np.empty((grid.size, data.shape[0]))
-    for i, g in enumerate(grid):
-        model = dataclasses.replace(psf, alpha_pix=psf.alpha_pix * np.exp(g)).pixel_value(dx, dy)
-        wm = weight * model
-        amp = (wm * data).sum(axis=(1, 2)) / np.maximum((wm * model).sum(axis=(1, 2)), 1e-30)
-        chi2[i] = (weight * (data - amp[:, None, None] * model) ** 2).sum(axis=(1, 2))
-    k = np.clip(np.argmin(chi2, axis=0), 1, grid.size - 2)
-    cols = np.arange(data.shape[0])
-    c0, c1, c2 = chi2[k - 1, cols], chi2[k, cols], chi2[k + 1, cols]
-    h = grid[1] - grid[0]
-    curv = (c0 - 2.0 * c1 + c2) / h**2  # d2 chi2 / d g2
-    slope = (c2 - c0) / (2.0 * h)
-    ok = curv > 0
-    safe = np.where(ok, curv, 1.0)
-    log_width = grid[k] - slope / safe
-    err = np.where(ok, np.sqrt(2.0 / safe), np.inf)
-    edge = np.abs(log_width) > span - h
-    err[edge] = np.inf
-    return np.where(ok, log_width, 0.0), err
+    off = _subsample_offsets(psf.subsample)
+    dxs = np.asarray(dx, float)[..., None, None] + off[None, :]
+    dys = np.asarray(dy, float)[..., None, None] + off[:, None]
+    e = np.sqrt(1.0 - psf.e1**2 - psf.e2**2)
+    q0 = ((1.0 - psf.e1) * dxs * dxs - 2.0 * psf.e2 * dxs * dys + (1.0 + psf.e1) * dys * dys) / (
+        psf.alpha_pix**2 * e
+    )
+    n = data.shape[0]
+    g = np.zeros(n)
+    err = np.full(n, np.inf)
+    for _ in range(n_iter):
+        scale = np.exp(-2.0 * g)[:, None, None, None, None]
+        q = q0 * scale
+        value = (psf.beta - 1.0) / (np.pi * psf.alpha_pix**2) * scale * (1.0 + q) ** (-psf.beta)
+        # d ln I / d ln alpha = -2 + 2 beta q / (1 + q)
+        dvalue = value * (2.0 * psf.beta * q / (1.0 + q) - 2.0)
+        m = value.mean(axis=(-2, -1))
+        dm = dvalue.mean(axis=(-2, -1))
+        wm, wd = weight * m, weight * dm
+        a11 = (wm * m).sum(axis=(1, 2))
+        a12 = (wm * dm).sum(axis=(1, 2))
+        a22 = (wd * dm).sum(axis=(1, 2))
+        b1 = (wm * data).sum(axis=(1, 2))
+        b2 = (wd * data).sum(axis=(1, 2))
+        det = a11 * a22 - a12 * a12
+        ok = (det > 0) & (a11 > 0)
+        safe = np.where(ok, det, 1.0)
+        amp = (a22 * b1 - a12 * b2) / safe
+        slope = (a11 * b2 - a12 * b1) / safe
+        ok &= amp > 0
+        step = np.where(ok, slope / np.where(ok, amp, 1.0), 0.0)
+        g = g + np.clip(step, -max_step, max_step)
+        err = np.where(
+            ok, np.sqrt(np.where(ok, a11 / safe, 1.0)) / np.abs(np.where(ok, amp, 1.0)), np.inf
+        )
+    err = np.where(np.abs(g) < max_abs, err, np.inf)
+    return g, err
 
 
 def _fit_width_polynomial(x, y, log_width, err, shape, order, floor=0.003):
@@ -432,6 +449,90 @@ def _fit(data, weight, dx, dy, p0, subsample):
     res = residuals(sol.x).reshape(data.shape)
     chi2_star = (res**2).sum(axis=(1, 2)) / np.maximum((weight > 0).sum(axis=(1, 2)), 1)
     return sol.x, chi2_star
+
+
+def fit_psf_width(
+    fit: PsfFitResult,
+    image: np.ndarray,
+    variance: np.ndarray,
+    bad: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    order: int = 2,
+    half_size: int | None = None,
+) -> PsfFitResult:
+    """Fit the width of ``fit.psf`` as a polynomial over the image, from stars at ``(x, y)``.
+
+    Each star's width is measured with the model's beta and ellipticity (Gauss-Newton on
+    ``ln alpha`` with the amplitude solved jointly, weights from ``variance``), then
+    ``ln(alpha / fit.psf.alpha_pix)`` is fitted as a polynomial of total order ``order`` in
+    ``(x, y)`` by weighted least squares with 3-sigma clipping. The order drops when there
+    are fewer than 4 usable stars per coefficient. The width needs fewer photons per star than
+    the full shape, so many more (fainter) stars can take part than in `fit_psf`: a width
+    polynomial of order 2 from ~20 stars is noisy at the 1 % level, and a PSF width off by
+    1 % biases PSF fluxes by about 1 %.
+
+    Parameters
+    ----------
+    fit : PsfFitResult
+        The PSF model (from `fit_psf`); its width is the reference.
+    image, variance : numpy.ndarray
+        ``(ny, nx)`` background-subtracted image and its variance.
+    bad : numpy.ndarray of bool
+        ``(ny, nx)``; True pixels are left out.
+    x, y : numpy.ndarray
+        Centroids of isolated, unsaturated stars (0-based array coordinates, pixels).
+    order : int
+        Total polynomial order (0: a single width, refitted).
+    half_size : int, optional
+        Stamp half size, pixels; default ``clip(ceil(2 * fwhm), 4, 15)``.
+
+    Returns
+    -------
+    PsfFitResult
+        ``fit`` with ``width_coeffs``, ``width_order``, ``image_shape`` and ``n_width_stars``
+        replaced (the other fields, ``used`` included, refer to the shape fit).
+
+    Raises
+    ------
+    ValueError
+        If ``order`` is negative or ``x`` and ``y`` differ in length.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if order < 0:
+        raise ValueError(f"order must be >= 0; got {order}")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape; got {x.shape} and {y.shape}")
+    if half_size is None:
+        half_size = int(np.clip(np.ceil(2.0 * fit.psf.fwhm_pix), 4, 15))
+    data, weight, dx, dy = _gather(image, variance, bad, x, y, half_size)
+    log_width, err = _star_log_widths(data, weight, dx, dy, fit.psf)
+    coeffs, used_order, n_width = _fit_width_polynomial(x, y, log_width, err, image.shape, order)
+    log.debug("PSF width: order %d over %d stars, coefficients %s", used_order, n_width, coeffs)
+    return dataclasses.replace(
+        fit,
+        width_coeffs=tuple(float(c) for c in coeffs),
+        width_order=used_order,
+        image_shape=tuple(int(n) for n in image.shape),
+        n_width_stars=n_width,
+    )
+
+
+def _gather(image, variance, bad, x, y, half_size):
+    """Stamps, inverse-variance weights (0 on bad pixels) and pixel offsets from ``(x, y)``."""
+    xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    data, inside = extract_stamps(image, xi, yi, half_size)
+    var, _ = extract_stamps(variance, xi, yi, half_size)
+    badst, _ = extract_stamps(bad, xi, yi, half_size)
+    good = inside & ~badst & (var > 0) & np.isfinite(data)
+    weight = np.where(good, 1.0 / np.where(var > 0, var, 1.0), 0.0)
+    data = np.where(good, data, 0.0).astype(float)
+    j = np.arange(-half_size, half_size + 1, dtype=float)
+    dx = j[None, None, :] - (x - xi)[:, None, None]
+    dy = j[None, :, None] - (y - yi)[:, None, None]
+    return data, weight, dx, dy
 
 
 def fit_psf(
@@ -500,16 +601,7 @@ def fit_psf(
         )
     if half_size is None:
         half_size = int(np.clip(np.ceil(2.0 * fwhm_guess_pix), 4, 15))
-    xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    data, inside = extract_stamps(image, xi, yi, half_size)
-    var, _ = extract_stamps(variance, xi, yi, half_size)
-    badst, _ = extract_stamps(bad, xi, yi, half_size)
-    good = inside & ~badst & (var > 0) & np.isfinite(data)
-    weight = np.where(good, 1.0 / np.where(var > 0, var, 1.0), 0.0)
-    data = np.where(good, data, 0.0).astype(float)
-    j = np.arange(-half_size, half_size + 1, dtype=float)
-    dx = j[None, None, :] - (x - xi)[:, None, None]
-    dy = j[None, :, None] - (y - yi)[:, None, None]
+    data, weight, dx, dy = _gather(image, variance, bad, x, y, half_size)
 
     beta0 = 3.0
     alpha0 = fwhm_guess_pix / (2.0 * np.sqrt(2.0 ** (1.0 / beta0) - 1.0))
