@@ -190,8 +190,15 @@ def test_memory_escalation_doubles_caps_and_persists(tmp_path):
         _info(ledger, run, 1, mem_mb=5000)
         ledger.job_finished(run, 1)
         assert ledger.memory_requests(policy) == needs  # what worked is kept
+        run = ledger.start_run()  # a Snakemake retry with the same request: no compounding
+        _info(ledger, run, 7, visit=1007, mem_mb=1000)
+        ledger.job_finished(run, 7, state=JobState.FAILED, memory_failure=True)
+        _info(ledger, run, 7, visit=1007, mem_mb=1000)
+        ledger.job_finished(run, 7, state=JobState.FAILED, memory_failure=True)
+        assert ledger.memory_requests(policy)[("process_visit", "visit=1007")] == 2000
         assert escalated_memory(ledger.attempts(), MemoryPolicy(factor=3.0, cap_mb=99999)) == {
-            ("process_visit", "visit=1001"): 5000
+            ("process_visit", "visit=1001"): 5000,
+            ("process_visit", "visit=1007"): 3000,
         }
 
 

@@ -31,7 +31,7 @@ from dcflow.configs import from_mapping
 from dcflow.layout import Layout
 from dcflow.ledger import Attempt, Ledger, MemoryPolicy, read_benchmark, tile_of
 from dcflow.plan import Plan, plan_jobs, rule_resources
-from dcflow.states import JobState
+from dcflow.states import ACTIVE_STATES, JobState
 from dcflow.status import (
     CampaignStatus,
     Check,
@@ -39,6 +39,7 @@ from dcflow.status import (
     PingResult,
     campaign_status,
     failed_tiles,
+    marker_jobid,
     ping_dirac,
     ping_gridengine,
 )
@@ -370,29 +371,42 @@ def run_campaign(
     child = subprocess.Popen(argv)
     with Ledger(ledger_file) as ledger:
         ledger.set_run_pid(run_id, child.pid)
-        watcher = None
-        if progress:
-            watcher = ProgressPrinter(ledger_file, run_id, period_s=progress_seconds)
-            watcher.start()
+        watcher = ProgressPrinter(
+            ledger_file, run_id, period_s=progress_seconds, workdir=workdir, show=progress
+        )
+        watcher.start()
         try:
             code = child.wait()
         except KeyboardInterrupt:
             child.send_signal(signal.SIGINT)
             code = child.wait()
         finally:
-            if watcher is not None:
-                watcher.stop()
+            watcher.stop()
         ledger.finish_run(run_id, code)
     return code
 
 
 class ProgressPrinter:
-    """Prints one progress bar per stage of a run, from the ledger, whenever counts change."""
+    """Watches a run from the ledger while it goes.
 
-    def __init__(self, ledger_path: str | Path, run_id: int, *, period_s: float = 2.0) -> None:
+    Prints one progress bar per stage whenever counts change, and fills in the backend job
+    ids that Snakemake stored in its incomplete markers (for executors that do not log them).
+    """
+
+    def __init__(
+        self,
+        ledger_path: str | Path,
+        run_id: int,
+        *,
+        period_s: float = 2.0,
+        workdir: str | Path | None = None,
+        show: bool = True,
+    ) -> None:
         self.ledger_path = str(ledger_path)
         self.run_id = run_id
         self.period_s = period_s
+        self.workdir = workdir
+        self.show = show
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._last: tuple = ()
@@ -417,8 +431,16 @@ class ProgressPrinter:
             with Ledger(self.ledger_path) as ledger:
                 run = ledger.run(self.run_id)
                 attempts = ledger.attempts(run_id=self.run_id)
+                if self.workdir is not None:
+                    for a in attempts:
+                        if a.state in ACTIVE_STATES and not a.backend_jobid and a.outputs:
+                            jobid = marker_jobid(self.workdir, a.outputs[0])
+                            if jobid:
+                                ledger.set_attempt_backend_id(a.attempt_id, jobid)
         except (sqlite3.Error, KeyError) as exc:
             log.debug("progress: ledger not readable yet: %s", exc)
+            return
+        if not self.show:
             return
         lines = progress_lines(run.planned, attempts)
         key = tuple(lines)

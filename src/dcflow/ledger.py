@@ -269,10 +269,10 @@ def escalated_memory(
 ) -> dict[tuple[str, str], int]:
     """Memory each tile must ask for next, from its attempt history.
 
-    Walking a tile's attempts in order: a memory failure sets the need to
-    ``min(cap, ceil(requested * factor))``; a later success keeps what it was given (so a
-    rerun days later does not fall back to the failing default). Tiles with no memory failure
-    are absent.
+    Walking a tile's attempts in order: a memory failure raises the need to
+    ``min(cap, ceil(requested * factor))`` (never lowers it); a later success keeps what it
+    was given (so a rerun days later does not fall back to the failing default). Tiles with
+    no memory failure are absent.
 
     Parameters
     ----------
@@ -292,8 +292,10 @@ def escalated_memory(
             continue
         key = (attempt.rule, attempt.data_id)
         if attempt.state is JobState.FAILED and attempt.memory_failure:
-            base = max(attempt.mem_mb_requested, need.get(key, 0))
-            need[key] = min(policy.cap_mb, math.ceil(base * policy.factor))
+            # a retry that ran with the same request (Snakemake's own --retries) does not
+            # compound: the need grows only from what the failing attempt was given
+            grown = min(policy.cap_mb, math.ceil(attempt.mem_mb_requested * policy.factor))
+            need[key] = max(need.get(key, 0), grown)
         elif attempt.state is JobState.SUCCEEDED and key in need:
             need[key] = max(attempt.mem_mb_requested, 1)
     return need
@@ -526,6 +528,13 @@ class Ledger:
             "UPDATE attempts SET backend_jobid = ?, state = COALESCE(?, state)"
             " WHERE attempt_id = ?",
             (str(backend_jobid), None if state is None else state.value, attempt_id),
+        )
+
+    def set_attempt_backend_id(self, attempt_id: int, backend_jobid: str) -> None:
+        """Record the backend job id of one attempt found after the fact (incomplete markers)."""
+        self._write(
+            "UPDATE attempts SET backend_jobid = ? WHERE attempt_id = ? AND backend_jobid IS NULL",
+            (str(backend_jobid), attempt_id),
         )
 
     def job_finished(
