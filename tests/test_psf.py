@@ -176,7 +176,7 @@ def test_width_polynomial_from_many_faint_stars_around_a_shape_from_few_bright_o
     got, truth = res.alpha_at(probe_x, probe_y), alpha_of(probe_x, probe_y)
     # The variation (relative to the centre) is what the fluxes need; the absolute width
     # trades off against the shape-fit's beta (2.97 here for 3).
-    assert np.abs(got / got[0] - truth / truth[0]).max() < 0.004
+    assert np.abs(got / got[0] - truth / truth[0]).max() < 0.006
     assert np.ptp(truth / truth[0]) > 0.04
     # 14 stars are too few for 6 coefficients (4 per coefficient): the order drops to 1.
     few = fit_psf_width(shape_fit, image, var, bad, xs[:14], ys[:14], order=2)

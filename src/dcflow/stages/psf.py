@@ -352,7 +352,7 @@ def _poly_design(x, y, shape, order):
     )
 
 
-def _star_log_widths(data, weight, dx, dy, psf, n_iter=4, max_step=0.1, max_abs=0.3):
+def _star_log_widths(data, weight, dx, dy, psf, n_iter=3, max_step=0.1, max_abs=0.3):
     """Per-star ``ln(alpha / psf.alpha_pix)`` and its error, beta and ellipticity held.
 
     Gauss-Newton on each star's width with its amplitude solved jointly: the model is
@@ -486,7 +486,8 @@ def fit_psf_width(
     order : int
         Total polynomial order (0: a single width, refitted).
     half_size : int, optional
-        Stamp half size, pixels; default ``clip(ceil(2 * fwhm), 4, 15)``.
+        Stamp half size, pixels; default ``clip(ceil(1.5 * fwhm), 4, 12)`` (the core and
+        shoulders hold the width information).
 
     Returns
     -------
@@ -506,7 +507,7 @@ def fit_psf_width(
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape; got {x.shape} and {y.shape}")
     if half_size is None:
-        half_size = int(np.clip(np.ceil(2.0 * fit.psf.fwhm_pix), 4, 15))
+        half_size = int(np.clip(np.ceil(1.5 * fit.psf.fwhm_pix), 4, 12))
     data, weight, dx, dy = _gather(image, variance, bad, x, y, half_size)
     log_width, err = _star_log_widths(data, weight, dx, dy, fit.psf)
     coeffs, used_order, n_width = _fit_width_polynomial(x, y, log_width, err, image.shape, order)
