@@ -289,7 +289,7 @@ def test_qdel_of_running_job_fails_it_and_plain_rerun_redoes_exactly_it(tmp_path
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 1
     assert f"Grid Engine job {victim} failed" in stderr
-    assert ledger.read()[1][victim] == "failed"
+    assert ledger.read()[1][victim] in ("failed", "cancelled")  # DRMAA knows it was deleted
     done = sorted(p.name for p in (workdir / "out").iterdir())
     assert done == ["0.txt", "1.txt", "3.txt"]
 
@@ -365,3 +365,60 @@ def test_job_over_h_vmem_is_a_memory_failure_and_a_retry_with_more_memory_succee
     assert "memory failure: out of memory (h_vmem=1000M per slot x 1" in proc.stderr
     assert (workdir / "out" / "big.txt").read_text() == "ok\n"
     assert "MemoryError" in Path(submissions[0].log).read_text()
+
+
+HELD_SNAKEFILE = """
+rule all:
+    input: "out/a.txt", "out/b.txt"
+
+rule a:
+    output: "out/a.txt"
+    shell: "echo ok > {output}"
+
+rule b:
+    output: "out/b.txt"
+    resources: sge_extra="-h"
+    shell: "echo ok > {output}"
+"""
+
+
+@needs_cluster
+@pytest.mark.parametrize("backend", ["drmaa", "qsub"])
+def test_job_in_error_state_is_failed_and_deleted(tmp_path, backend):
+    """A job Grid Engine cannot start (its log directory vanished) sits in state Eqw forever:
+    the plugin reports it failed and deletes it. Also checks a rule's sge_extra (-h) is used."""
+    if backend == "drmaa" and DRMAA_MISSING:
+        pytest.skip(DRMAA_MISSING)
+    workdir = _workflow(tmp_path, HELD_SNAKEFILE)
+    argv = _snakemake_argv(workdir, backend, "--keep-going")
+    driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ledger = _ledger(workdir)
+
+    def held():
+        return next((s for s in ledger.read()[0] if s.rule == "b"), None)
+
+    _wait_for(lambda: held() is not None, 60, "the held job's submission")
+    job = held()
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, check=True).stdout
+    assert parse_qstat_xml(out)[job.job_id] == "hqw"
+    shutil.rmtree(Path(job.log).parent)
+    subprocess.run(["qrls", job.job_id], check=True, capture_output=True)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 1
+    assert f"Grid Engine job {job.job_id} failed: " in stderr
+    if backend == "qsub":
+        # qacct's reason ("26 : opening input/output file") is added when already flushed
+        assert "Grid Engine put the job in error state (E); it was deleted" in stderr
+    else:  # SGE's DRMAA ends a job it could not start as aborted
+        assert "never started" in stderr or "error state" in stderr
+    _wait_for(
+        lambda: (
+            job.job_id
+            not in parse_qstat_xml(
+                subprocess.run(["qstat", "-xml"], capture_output=True, text=True).stdout
+            )
+        ),
+        30,
+        "the error-state job to be deleted",
+    )
+    assert (workdir / "out" / "a.txt").read_text() == "ok\n"

@@ -15,6 +15,7 @@ import pytest
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
+from dcflow.states import JobState
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import (
     DriverMarker,
@@ -24,7 +25,6 @@ from snakemake_executor_plugin_gridengine.reattach import (
 )
 from snakemake_executor_plugin_gridengine.status import (
     JobOutcome,
-    JobState,
     describe_failure,
     expand_task_ids,
     native_state,
@@ -65,8 +65,8 @@ def test_qstat_mixed_states_recorded():
         "9.3": "hqw",
         "9.4": "hqw",
     }
-    assert native_state(states["10"]) is JobState.ERROR
-    assert native_state(states["9.1"]) is JobState.QUEUED
+    assert native_state(states["10"]) is JobState.FAILED  # Eqw: never runs, must be deleted
+    assert native_state(states["9.1"]) is JobState.SUBMITTED
     assert native_state(states["8"]) is JobState.RUNNING
 
 
@@ -84,19 +84,22 @@ def test_qstat_empty_output_is_no_jobs():
 @pytest.mark.parametrize(
     ("code", "state"),
     [
-        ("qw", JobState.QUEUED),
-        ("hqw", JobState.QUEUED),
-        ("Rq", JobState.QUEUED),
+        ("qw", JobState.SUBMITTED),
+        ("hqw", JobState.SUBMITTED),
+        ("Rq", JobState.SUBMITTED),
         ("r", JobState.RUNNING),
         ("t", JobState.RUNNING),
         ("dr", JobState.RUNNING),
         ("s", JobState.RUNNING),
-        ("Eqw", JobState.ERROR),
-        ("", JobState.UNKNOWN),
+        ("Eqw", JobState.FAILED),
+        ("", None),
     ],
 )
 def test_native_state_table(code, state):
     assert native_state(code) is state
+    assert JobOutcome("1", state or JobState.SUBMITTED, native=code).in_error_state == (
+        code == "Eqw"
+    )
 
 
 def test_task_ranges():
@@ -278,6 +281,8 @@ def test_qsub_argv_keeps_values_as_items():
 def test_qsub_terse_ids():
     assert parse_qsub_terse("123\n") == ["123"]
     assert parse_qsub_terse("77.1-3:1\n") == ["77.1", "77.2", "77.3"]
+    warned = 'qsub: warning: "-j" option has already been set, overriding previous setting\n2593\n'
+    assert parse_qsub_terse(warned) == ["2593"]
     with pytest.raises(WorkflowError, match="cannot read a job id"):
         parse_qsub_terse("Unable to run job: denied\n")
 

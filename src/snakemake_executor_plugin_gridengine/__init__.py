@@ -21,14 +21,16 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
 
+from dcflow.states import JobState
+
 from .cancel import cancel_jobs
 from .reattach import DriverMarker, Submission, SubmissionLedger, output_key, state_dir
 from .status import (
     GridEngineCommandError,
     JobOutcome,
-    JobState,
     accounting_records,
     describe_failure,
+    jobs_in_error_state,
     query_states,
 )
 from .submit import (
@@ -299,8 +301,12 @@ class Executor(RemoteExecutor):
         outcomes = query_states(
             [s.job_id for s in pending.values()], {s.name_pattern for s in pending.values()}
         )
-        alive = (JobState.QUEUED, JobState.RUNNING)
-        return {k: s for k, s in pending.items() if outcomes[s.job_id].state in alive}
+        alive = (JobState.SUBMITTED, JobState.RUNNING)
+        return {
+            k: s
+            for k, s in pending.items()
+            if s.job_id in outcomes and outcomes[s.job_id].state in alive
+        }
 
     @property
     def backend_name(self) -> str:
@@ -326,7 +332,7 @@ class Executor(RemoteExecutor):
             if outcome.state is JobState.SUCCEEDED:
                 self.report_job_success(info)
                 continue
-            if outcome.state is JobState.ERROR:
+            if outcome.in_error_state:
                 cancel_jobs([submission.job_id])  # an Eqw job would sit in the queue forever
             msg = describe_failure(
                 outcome,
@@ -351,19 +357,28 @@ class Executor(RemoteExecutor):
                     outcomes[jid] = outcome
             else:
                 via_cli[jid] = info.aux["sub"]
+        if self.backend is not None:
+            own_active = [
+                i.external_jobid
+                for i in active_jobs
+                if self.backend.owns(i.external_jobid) and i.external_jobid not in outcomes
+            ]
+            for jid, code in jobs_in_error_state(own_active).items():
+                outcomes[jid] = JobOutcome(jid, JobState.FAILED, native=code)
         if via_cli:
-            found = query_states(via_cli, {s.name_pattern for s in via_cli.values()})
+            found = query_states(via_cli, {sub.name_pattern for sub in via_cli.values()})
             now = time.monotonic()
-            for jid, outcome in found.items():
-                first_unknown = self.unknown_since.setdefault(jid, now)
-                if outcome.state is JobState.UNKNOWN and now - first_unknown > VANISHED_AFTER_S:
-                    reason = f"not in qstat nor in accounting for {VANISHED_AFTER_S:.0f} s"
-                    outcome = JobOutcome(jid, JobState.FAILED, failed_reason=reason)
-                elif outcome.state is not JobState.UNKNOWN:
+            for jid in via_cli:
+                if jid in found:
                     self.unknown_since.pop(jid, None)
-                outcomes[jid] = outcome
+                    outcomes[jid] = found[jid]
+                elif now - self.unknown_since.setdefault(jid, now) > VANISHED_AFTER_S:
+                    reason = f"not in qstat nor in accounting for {VANISHED_AFTER_S:.0f} s"
+                    outcomes[jid] = JobOutcome(jid, JobState.FAILED, failed_reason=reason)
         failed = [
-            j for j, o in outcomes.items() if o.state is JobState.FAILED and not o.failed_reason
+            j
+            for j, o in outcomes.items()
+            if o.finished and o.state is not JobState.SUCCEEDED and not o.failed_reason
         ]
         if failed and self.backend is not None:
             # DRMAA gives no failure reason: take it from accounting when already flushed.

@@ -14,7 +14,9 @@ from typing import Any
 
 from snakemake_interface_common.exceptions import WorkflowError
 
-from .status import JobOutcome, JobState
+from dcflow.states import JobState
+
+from .status import JobOutcome
 from .submit import JobRequest
 
 __all__ = ["DrmaaBackend", "outcome_from_job_info"]
@@ -35,7 +37,9 @@ def outcome_from_job_info(info: Any) -> JobOutcome:
     ok = exited and exit_status == 0 and not info.wasAborted
     return JobOutcome(
         job_id=str(info.jobId),
-        state=JobState.SUCCEEDED if ok else JobState.FAILED,
+        state=JobState.SUCCEEDED
+        if ok
+        else (JobState.CANCELLED if info.wasAborted else JobState.FAILED),
         exit_status=exit_status,
         signal=signal,
         aborted=bool(info.wasAborted),

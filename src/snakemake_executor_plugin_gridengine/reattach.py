@@ -22,7 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .status import JobOutcome, JobState, query_states
+from dcflow.states import JobState
+
+from .status import JobOutcome, query_states
 
 __all__ = [
     "DriverMarker",
@@ -250,7 +252,7 @@ def recover(workdir: Path) -> RecoveryReport:
             ledger.record_finished(job_id, outcome.state, outcome.exit_status)
             cleared += clear_incomplete_marks(workdir, by_id[job_id].outputs)
             ok.append(job_id)
-        elif outcome.state in (JobState.FAILED, JobState.ERROR):
+        elif outcome.finished:
             ledger.record_finished(job_id, outcome.state, outcome.exit_status)
             failed.append(job_id)
         else:

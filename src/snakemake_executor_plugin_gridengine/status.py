@@ -7,14 +7,15 @@ jobs that have left ``qstat``, one ``qacct`` per job-name pattern (one per drive
 
 from __future__ import annotations
 
-import enum
 import re
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from snakemake_interface_common.exceptions import WorkflowError
+
+from dcflow.states import JobState
 
 __all__ = [
     "COMMAND_TIMEOUT_S",
@@ -23,11 +24,11 @@ __all__ = [
     "AccountingRecord",
     "GridEngineCommandError",
     "JobOutcome",
-    "JobState",
     "accounting_records",
     "describe_failure",
     "expand_task_ids",
     "failure_cause",
+    "jobs_in_error_state",
     "native_state",
     "outcome_from_accounting",
     "parse_memory_mb",
@@ -41,36 +42,20 @@ COMMAND_TIMEOUT_S = 60.0
 """Timeout of one qsub/qstat/qacct/qdel call, in seconds."""
 
 
-class JobState(enum.Enum):
-    """State of one batch job as the plugin sees it."""
-
-    QUEUED = "queued"
-    """Waiting in the queue (pending, held or being rescheduled)."""
-    RUNNING = "running"
-    """Started on an execution host (running, transferring or suspended)."""
-    SUCCEEDED = "succeeded"
-    """Finished with exit status 0 and no Grid Engine failure."""
-    FAILED = "failed"
-    """Finished with a non-zero exit status, a signal, a Grid Engine failure code, or deleted."""
-    ERROR = "error"
-    """In Grid Engine's error state (``E``): it will never run unless an operator clears it."""
-    UNKNOWN = "unknown"
-    """Neither in ``qstat`` nor (yet) in the accounting file."""
-
-
-# One table from native state letters to JobState, in priority order: "Eqw" is an error, "dr"
-# is a running job being deleted, "hqw" a held pending job.
+# One table from native state letters to the project's JobState, in priority order: "Eqw" (error
+# state: it will never run unless an operator clears it) is a failure, "dr" a running job being
+# deleted, "hqw" a held pending job.
 NATIVE_STATE_LETTERS: tuple[tuple[str, JobState], ...] = (
-    ("E", JobState.ERROR),
+    ("E", JobState.FAILED),
     ("r", JobState.RUNNING),
     ("t", JobState.RUNNING),
     ("s", JobState.RUNNING),
     ("S", JobState.RUNNING),
     ("T", JobState.RUNNING),
-    ("R", JobState.QUEUED),
-    ("h", JobState.QUEUED),
-    ("w", JobState.QUEUED),
-    ("q", JobState.QUEUED),
+    ("R", JobState.SUBMITTED),
+    ("h", JobState.SUBMITTED),
+    ("w", JobState.SUBMITTED),
+    ("q", JobState.SUBMITTED),
     ("d", JobState.RUNNING),
 )
 
@@ -107,12 +92,12 @@ def run_command(
     return proc
 
 
-def native_state(code: str) -> JobState:
-    """Map a ``qstat`` state code ("qw", "r", "Eqw", "dr", ...) to a :class:`JobState`."""
+def native_state(code: str) -> JobState | None:
+    """Map a ``qstat`` state code ("qw", "r", "Eqw", "dr", ...) to a JobState (None: unknown)."""
     for letter, state in NATIVE_STATE_LETTERS:
         if letter in code:
             return state
-    return JobState.UNKNOWN
+    return None
 
 
 def expand_task_ids(tasks: str) -> list[int]:
@@ -222,6 +207,7 @@ class JobOutcome:
 
     job_id: str
     state: JobState
+    native: str = ""
     exit_status: int | None = None
     signal: str | None = None
     failed_reason: str | None = None
@@ -231,8 +217,13 @@ class JobOutcome:
 
     @property
     def finished(self) -> bool:
-        """True once the job has ended, well or badly."""
-        return self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.ERROR)
+        """True once the job has ended, well or badly (or sits in Grid Engine's error state)."""
+        return self.state.is_terminal()
+
+    @property
+    def in_error_state(self) -> bool:
+        """True for a job Grid Engine holds in error state ("Eqw"): it must be deleted."""
+        return "E" in self.native
 
 
 def outcome_from_accounting(record: AccountingRecord) -> JobOutcome:
@@ -256,30 +247,29 @@ def outcome_from_accounting(record: AccountingRecord) -> JobOutcome:
     )
 
 
-_GONE = JobOutcome("", JobState.UNKNOWN)
-
-
 def query_states(job_ids: Iterable[str], name_patterns: Iterable[str]) -> dict[str, JobOutcome]:
     """One bulk status query for ``job_ids``.
 
-    Runs ``qstat -xml`` once; jobs absent from it are looked up with one ``qacct -j <pattern>``
-    per job-name pattern (each driver run names its jobs with its own tag). A job found in
-    neither gets state UNKNOWN: its accounting record may not have been flushed yet.
+    Runs ``qstat -xml`` once; jobs absent from it, and jobs in error state (whose reason is in
+    accounting), are looked up with one ``qacct -j <pattern>`` per job-name pattern (each
+    driver run names its jobs with its own tag).
 
     Returns
     -------
     dict of str to JobOutcome
-        One entry per requested job id.
+        The jobs found; a job in neither qstat nor accounting is left out (its accounting
+        record may not have been flushed yet).
     """
     wanted = set(job_ids)
     if not wanted:
         return {}
     live = parse_qstat_xml(run_command(["qstat", "-xml"]).stdout)
-    outcomes = {jid: JobOutcome(jid, native_state(live[jid])) for jid in wanted if jid in live}
-    # Jobs gone from qstat, and jobs in error state (qacct holds the reason), go to accounting.
-    missing = {
-        jid for jid in wanted if outcomes.get(jid, _GONE).state in (_GONE.state, JobState.ERROR)
-    }
+    outcomes: dict[str, JobOutcome] = {}
+    for jid in wanted & live.keys():
+        state = native_state(live[jid])
+        if state is not None:
+            outcomes[jid] = JobOutcome(jid, state, native=live[jid])
+    missing = {jid for jid in wanted if jid not in outcomes or outcomes[jid].in_error_state}
     if missing:
         for pattern in sorted(set(name_patterns)):
             # qacct exits 1 with "job name ... not found" when nothing matches yet.
@@ -287,14 +277,22 @@ def query_states(job_ids: Iterable[str], name_patterns: Iterable[str]) -> dict[s
             for jid, record in parse_qacct(proc.stdout).items():
                 if jid in missing:
                     outcome = outcome_from_accounting(record)
-                    if jid in outcomes:  # still listed in error state: keep ERROR, add the reason
-                        outcome = JobOutcome(
-                            jid, JobState.ERROR, failed_reason=outcome.failed_reason
-                        )
+                    if jid in outcomes:  # still listed in error state: add the reason
+                        outcome = replace(outcomes[jid], failed_reason=outcome.failed_reason)
                     outcomes[jid] = outcome
-    for jid in wanted - outcomes.keys():
-        outcomes[jid] = JobOutcome(jid, JobState.UNKNOWN)
     return outcomes
+
+
+def jobs_in_error_state(job_ids: Iterable[str]) -> dict[str, str]:
+    """Which of ``job_ids`` Grid Engine holds in error state ("Eqw"), from one ``qstat``.
+
+    DRMAA reports a job only once it has ended, and a job in error state never ends.
+    """
+    wanted = set(job_ids)
+    if not wanted:
+        return {}
+    live = parse_qstat_xml(run_command(["qstat", "-xml"]).stdout)
+    return {jid: code for jid, code in live.items() if jid in wanted and "E" in code}
 
 
 def accounting_records(name_patterns: Iterable[str]) -> Mapping[str, AccountingRecord]:
@@ -355,9 +353,9 @@ def describe_failure(
     rule command's own status is taken from the log when Snakemake printed it there.
     """
     parts = []
-    if outcome.state is JobState.ERROR:
+    if outcome.in_error_state:
         parts.append("Grid Engine put the job in error state (E); it was deleted")
-    if outcome.aborted:
+    if outcome.aborted or outcome.state is JobState.CANCELLED:
         parts.append("deleted (qdel) or never started")
     if outcome.exit_status is not None:
         parts.append(f"exit status {outcome.exit_status}")

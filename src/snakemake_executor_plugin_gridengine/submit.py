@@ -203,8 +203,11 @@ def qsub_argv(request: JobRequest, n_tasks: int | None = None) -> list[str]:
 
 def parse_qsub_terse(text: str) -> list[str]:
     """Job ids from ``qsub -terse`` output: ``"123"`` or, for an array, ``"123.1-5:1"``."""
-    first = text.strip().splitlines()[0].strip() if text.strip() else ""
-    m = re.fullmatch(r"(\d+)(?:\.(\d+)-(\d+):(\d+))?", first)
+    # qsub may print warnings first (e.g. an option given twice): the id is its own line.
+    matches = [
+        re.fullmatch(r"(\d+)(?:\.(\d+)-(\d+):(\d+))?", line.strip()) for line in text.splitlines()
+    ]
+    m = next((m for m in reversed(matches) if m is not None), None)
     if m is None:
         raise WorkflowError(f"cannot read a job id from qsub output {text!r}")
     if m.group(2) is None:
