@@ -119,11 +119,15 @@ def test_ping_gridengine_unreachable_qmaster(tmp_path):
 
 
 def test_ping_dirac_without_client_or_with_short_proxy(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DCFLOW_DIRAC", "X509"))}
+    drop = ("DCFLOW_DIRAC", "X509", "DIRAC")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(PATH="/usr/bin:/bin", DCFLOW_RUN_DIR=str(tmp_path / "run"))
     profile = tmp_path / "dirac"
     profile.mkdir()
     (profile / "config.yaml").write_text("executor: dirac\n")
+    proc = dcflow("ping", "--profile", str(profile), env=env)
+    assert proc.returncode == cli.EXIT_UNREACHABLE and "no DIRAC environment" in proc.stdout
+    env["DIRACSYSCONFIG"] = str(tmp_path / "dirac.cfg")
     proc = dcflow("ping", "--profile", str(profile), env=env)
     assert proc.returncode == cli.EXIT_UNREACHABLE and "no DIRAC client" in proc.stdout
     fake_tool(tmp_path / "bin", "dirac-proxy-info", "timeleft     : 02:00:00\n")

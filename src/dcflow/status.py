@@ -450,8 +450,12 @@ def ping_dirac(
     server_python = env.get("DCFLOW_DIRAC_SERVER_PYTHON")
     if server_python:
         env["PATH"] = str(Path(server_python).parent) + os.pathsep + env.get("PATH", "")
+    if "DIRACSYSCONFIG" not in env:
+        where = f"{env_file} is missing" if env_file else "no env file given"
+        detail = f"no DIRAC environment: DIRACSYSCONFIG unset and {where} (scripts/dirac-up)"
+        return PingResult("dirac", (Check("environment", False, detail),))
     if shutil.which("dirac-proxy-info", path=env.get("PATH")) is None:
-        detail = "dirac-proxy-info not found (no DIRAC client; scripts/dirac-up writes env.sh)"
+        detail = "dirac-proxy-info not found (no DIRAC client: scripts/install-dirac-client)"
         return PingResult("dirac", (Check("client", False, detail),))
     checks = []
     code, text = _run(["dirac-proxy-info"], env, timeout_s)
