@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from dcflow.states import JobState
 from dcflow.status import parse_proxy_timeleft, parse_qstat_f, ping_dirac, ping_gridengine
 
 DCFLOW = str(Path(sys.executable).parent / "dcflow")
+SNAKEMAKE_DCFLOW = [sys.executable, "-m", "snakemake", "-c2", "--logger", "dcflow"]
 
 QSTAT_F = """queuename                      qtype resv/used/tot. load_avg arch          states
 ---------------------------------------------------------------------------------
@@ -202,3 +204,52 @@ def test_progress_lines_count_by_stage():
     assert "[##########]     2/2" in lines[1]
     assert "[----------]     0/4" in lines[2] and "running 1" in lines[2]
     assert lines[2].endswith("failed 1")
+
+
+def test_cancel_stops_a_live_run_and_its_jobs(tmp_path):
+    from test_ledger import toy_workflow
+
+    from dcflow.ledger import Ledger
+
+    work = toy_workflow(tmp_path / "toy")
+    ledger_path = work / "l.sqlite3"
+    proc = subprocess.Popen(
+        [*SNAKEMAKE_DCFLOW, "--logger-dcflow-ledger", str(ledger_path)],
+        cwd=work,
+        env={**os.environ, "TOY_SLEEP": "60"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        running = []
+        while time.monotonic() < deadline and len(running) < 2:
+            time.sleep(0.3)
+            if ledger_path.exists():
+                with Ledger(ledger_path) as ledger:
+                    running = ledger.attempts(states=[JobState.RUNNING])
+        assert len(running) == 2, "two toy jobs never ran at once"
+        jobs = driver._descendants(proc.pid)
+        assert jobs
+        stopped, n_cancelled = driver.cancel_runs(ledger_path, timeout_s=60, grace_s=3)
+        assert proc.wait(timeout=30) != 0
+    finally:
+        proc.kill()
+    assert len(stopped) == 1 and n_cancelled == 2
+    with Ledger(ledger_path) as ledger:
+        states = {a.tile: a.state for a in ledger.attempts()}
+        assert ledger.runs()[0].finished is not None
+    assert set(states.values()) == {JobState.CANCELLED}
+    time.sleep(1.0)
+    assert all(not Path(f"/proc/{pid}").exists() for pid in jobs)  # job processes gone
+    assert not list((work / "out").glob("a_*.txt"))
+    proc = dcflow("cancel", "--config", str(tmp_path / "c.yaml"))
+    assert proc.returncode == 2  # no such config: usage error
+
+
+def test_cancel_without_live_run(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "campaign: {name: c, instrument: cfht_sim}\nlayout: {output_root: out}\n"
+    )
+    proc = dcflow("cancel", "--config", "c.yaml", cwd=tmp_path)
+    assert proc.returncode == 0 and "no live run" in proc.stdout

@@ -299,9 +299,13 @@ rule b:
 """
 
 TOY_SCRIPT = """
+import os
+import time
+
 from dcflow.joblog import run_logged
 
 def main(out, mem_mb):
+    time.sleep(float(os.environ.get("TOY_SLEEP", "0")))
     with open(out, "w") as handle:
         handle.write(str(mem_mb))
 

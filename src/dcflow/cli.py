@@ -1,7 +1,7 @@
 """The `dcflow` command: thin verbs over dcflow.driver.
 
 Verbs: simulate, ingest, run, demo (campaign set-up and running), plan, status, failed, rerun,
-ping, report (campaign control). Arguments after ``--`` pass to Snakemake untouched.
+cancel, ping, report (campaign control). Arguments after ``--`` pass to Snakemake untouched.
 
 Exit codes: 0 success; 1 a run or check found a failure (a job failed, files were rejected);
 2 bad command line or config; 3 failed tiles are waiting (status, failed); 4 the backend is
@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         help="rerun failed tiles (and missing downstream jobs)",
     )
     cmd.add_argument("--failed", action="store_true", required=True, help="rerun failed tiles")
+    cmd = sub.add_parser(
+        "cancel", parents=[common], help="stop the campaign's live runs and their jobs"
+    )
+    cmd.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for each run to stop"
+    )
     cmd = sub.add_parser("ping", parents=[profile], help="check the profile's backend takes jobs")
     cmd.add_argument(
         "--min-proxy-hours", type=float, default=24.0, help="DIRAC: proxy lifetime needed, h"
@@ -249,6 +255,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"rerun: {len(selected)} job(s) asked for" if selected else "nothing to rerun")
             return EXIT_FAILED if code else 0
+        if args.verb == "cancel":
+            try:
+                stopped, n_jobs = driver.cancel_campaign(args.config, timeout_s=args.timeout)
+            except TimeoutError as exc:
+                print(f"dcflow cancel: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+            print(
+                f"cancelled runs {stopped}: {n_jobs} job attempt(s)" if stopped else "no live run"
+            )
+            return 0
         if args.verb == "ping":
             result = driver.ping_profile(args.profile, min_proxy_hours=args.min_proxy_hours)
             for check in result.checks:

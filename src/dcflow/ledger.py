@@ -403,6 +403,30 @@ class Ledger:
                 (JobState.LOST.value, run_id, *[s.value for s in ACTIVE_STATES]),
             )
 
+    def cancel_run(
+        self, run_id: int, *, since: float | None = None, when: float | None = None
+    ) -> int:
+        """Mark a run's unfinished attempts cancelled and close the run.
+
+        Submitted, running and lost attempts become `JobState.CANCELLED`, and so do attempts
+        that failed at or after ``since`` (jobs killed by the cancel itself); returns how many.
+        """
+        now = time.time() if when is None else when
+        states = [*(s.value for s in ACTIVE_STATES), JobState.LOST.value]
+        killed = "" if since is None else " OR (state = ? AND finished >= ?)"
+        extra: tuple = () if since is None else (JobState.FAILED.value, since)
+        with self._conn:
+            cursor = self._conn.execute(
+                f"UPDATE attempts SET state = ?, finished = COALESCE(finished, ?)"
+                f" WHERE run_id = ? AND (state IN ({_marks(states)}){killed})",
+                (JobState.CANCELLED.value, now, run_id, *states, *extra),
+            )
+            self._conn.execute(
+                "UPDATE runs SET finished = COALESCE(finished, ?) WHERE run_id = ?",
+                (now, run_id),
+            )
+        return int(cursor.rowcount)
+
     def runs(self) -> list[Run]:
         """Every run, oldest first."""
         rows = self._conn.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
