@@ -22,6 +22,7 @@ TIMEOUT_S = 150.0
 def main() -> int:
     """Run the warm-up job; return the process exit code."""
     DIRAC.initialize()
+    DIRAC.gLogger.setLevel("ERROR")  # not "Need to upload the proxy" on every submit
     from DIRAC.Interfaces.API.Dirac import Dirac
     from DIRAC.Interfaces.API.Job import Job
 
