@@ -60,7 +60,7 @@ def _drmaa_missing() -> str | None:
     except (ImportError, RuntimeError, OSError) as err:
         return (
             "python-drmaa cannot load libdrmaa; source run/gridengine/env.sh before pytest "
-            f"(GLIBC_TUNABLES must be set when the process starts): {err}"
+            f"(LD_PRELOAD must be set when the process starts): {err}"
         )
     return None
 

@@ -1,8 +1,10 @@
 """The DRMAA backend: one DRMAA session, jobs and bulk (array) jobs, finished jobs reaped in bulk.
 
 Python ``drmaa`` is imported only when this backend is chosen: Snakemake imports every executor
-plugin at start-up, and ``import drmaa`` needs SGE_ROOT, DRMAA_LIBRARY_PATH and (Debian's
-libdrmaa) GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 in the environment.
+plugin at start-up, and ``import drmaa`` needs SGE_ROOT, SGE_CELL and DRMAA_LIBRARY_PATH, and,
+with Debian's libdrmaa, its libjemalloc preloaded (LD_PRELOAD) from process start: loaded late it
+needs GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 and then mixes with glibc's malloc (a
+later ``import scipy.optimize`` aborted with "free(): invalid pointer").
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class DrmaaBackend:
         except (ImportError, RuntimeError, OSError) as err:
             raise WorkflowError(
                 "the DRMAA backend needs python-drmaa and libdrmaa: set SGE_ROOT, SGE_CELL, "
-                "DRMAA_LIBRARY_PATH and GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 "
-                f"(or use --gridengine-backend qsub): {err}"
+                "DRMAA_LIBRARY_PATH and LD_PRELOAD=<the libjemalloc libdrmaa links> before "
+                f"Python starts (or use --gridengine-backend qsub): {err}"
             ) from err
         self._drmaa = drmaa
         self._session = drmaa.Session()
