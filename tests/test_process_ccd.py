@@ -19,6 +19,7 @@ from dcflow.stages.measurement import SourceFlag
 from dcflow.stages.process_ccd import (
     SRC_COLUMNS,
     ProcessCcdConfig,
+    _aperture_correction,
     empty_src_table,
     process_ccd,
 )
@@ -282,3 +283,19 @@ def test_cfht_sim_ccd_scored_against_truth():
     assert abs(score.mag_median_mmag) <= 5.0
     assert score.completeness >= 0.95
     assert result.psf_fwhm_arcsec == pytest.approx(science.fwhm_arcsec, rel=0.05)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_aperture_correction_is_not_set_by_one_bright_contaminated_star(order):
+    # 30 stars with ratio 1.010 +- 0.005, and one very bright star whose aperture holds an
+    # unresolved companion (cfht_sim seed 9: ratio 1.088 +- 0.001 at a CCD corner). Without
+    # an error floor and a first clip around the median it set the fit (apcorr 1.027).
+    rng = np.random.default_rng(2)
+    x = np.append(rng.uniform(0, 1000, 30), 980.0)
+    y = np.append(rng.uniform(0, 2000, 30), 1960.0)
+    ratio = np.append(1.010 + rng.normal(0.0, 0.005, 30), 1.088)
+    err = np.append(np.full(30, 0.005), 0.001)
+    fn, median, n_kept = _aperture_correction(x, y, ratio, err, (2048, 1024), order)
+    assert n_kept <= 30
+    assert fn(np.array([980.0]), np.array([1960.0]))[0] == pytest.approx(1.010, abs=0.004)
+    assert median == pytest.approx(1.010, abs=0.002)

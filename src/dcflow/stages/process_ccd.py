@@ -190,8 +190,10 @@ class ProcessCcdConfig:
         },
     )
     apcorr_order: int = config_field(
-        1,
-        "Polynomial order in (x, y) of the aperture correction over the CCD (0 = a constant)",
+        0,
+        "Polynomial order in (x, y) of the aperture correction over the CCD (0 = a constant, "
+        "which cancels in the zero point; the PSF model already follows the seeing over the "
+        "CCD, and a fitted slope only adds the noise of the bright stars' aperture fluxes)",
         minimum=0,
         maximum=2,
     )
@@ -337,12 +339,23 @@ def _poly_design(x, y, nx, ny, order):
     return np.column_stack(cols)
 
 
-def _aperture_correction(x, y, ratio, ratio_err, shape, order):
-    """Fit ratio(x, y) as a polynomial with clipping; constant if the stars are few."""
+def _aperture_correction(x, y, ratio, ratio_err, shape, order, floor=0.005):
+    """Fit ratio(x, y) as a polynomial with clipping; constant if the stars are few.
+
+    The errors get a floor (``floor``, the scatter of aperture-to-PSF ratios from PSF-model
+    errors and light of neighbours in the aperture), and stars are first clipped around
+    the median, so that no single bright star with a contaminated aperture sets the fit.
+    """
     ny, nx = shape
     good = np.isfinite(ratio) & np.isfinite(ratio_err) & (ratio_err > 0)
     if good.sum() < 3:
         return lambda xx, yy: np.ones_like(np.asarray(xx, float)), 1.0, int(good.sum())
+    ratio_err = np.hypot(np.where(good, ratio_err, 1.0), floor)
+    resid0 = (ratio - np.median(ratio[good])) / ratio_err
+    scatter0 = 1.4826 * np.median(np.abs(resid0[good]))
+    first = good & (np.abs(resid0) < 3.0 * max(scatter0, 1.0))
+    if first.sum() >= 3:
+        good = first
     n_terms = (order + 1) * (order + 2) // 2
     while order > 0 and good.sum() < 5 * n_terms:
         order -= 1
