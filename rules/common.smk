@@ -43,16 +43,8 @@ def get_flat_raws(wildcards):
     return CAMPAIGN.flat_inputs(int(wildcards.ccd), wildcards.filter)
 
 
-def get_visit_raws(wildcards):
-    return CAMPAIGN.visit_raws(int(wildcards.visit))
-
-
-def get_visit_biases(wildcards):
-    return CAMPAIGN.visit_calibs(int(wildcards.visit), "bias")
-
-
-def get_visit_flats(wildcards):
-    return CAMPAIGN.visit_calibs(int(wildcards.visit), "flat")
+def get_visit_inputs(wildcards):
+    return CAMPAIGN.visit_inputs(int(wildcards.visit))
 
 
 def get_visit_band(wildcards):

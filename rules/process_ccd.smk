@@ -1,9 +1,6 @@
 rule process_visit:
     input:
-        raws=get_visit_raws,
-        biases=get_visit_biases,
-        flats=get_visit_flats,
-        refcat=path("refcat", instrument=CAMPAIGN.instrument),
+        unpack(get_visit_inputs),
     output:
         calexps=get_calexp_outputs(),
         srcs=get_src_outputs(),
@@ -17,6 +14,7 @@ rule process_visit:
         mem_mb=2000,
         runtime=30,
     params:
+        instrument=CAMPAIGN.instrument,
         band=get_visit_band,
         isr=config["isr"],
         process_ccd=config["process_ccd"],

@@ -13,7 +13,19 @@ from typing import Any
 from dcflow.campaign.registry import Registry
 from dcflow.layout import Layout
 
-__all__ = ["Campaign", "JobSpec", "filter_pattern"]
+__all__ = [
+    "PROCESSED_INSTRUMENTS",
+    "SIMULATED_INSTRUMENTS",
+    "Campaign",
+    "JobSpec",
+    "filter_pattern",
+]
+
+SIMULATED_INSTRUMENTS = frozenset({"cfht_sim"})
+"""Instruments whose campaigns carry a truth catalog (science validation runs on them)."""
+
+PROCESSED_INSTRUMENTS = frozenset({"sdss"})
+"""Instruments whose frames arrive bias-subtracted and flat-fielded (no ISR, no calibs)."""
 
 
 def filter_pattern(filters: list[str]) -> str:
@@ -91,7 +103,8 @@ class Campaign:
     def final_targets(self) -> list[str]:
         """What rule ``all`` asks for: every calexp and src, the validation, the Fe55 gains."""
         targets = self.visit_products("calexp") + self.visit_products("src")
-        targets.append(self.layout.path("science_validation"))
+        if self.has_truth:
+            targets.append(self.layout.path("science_validation"))
         return targets + self.fe55_targets()
 
     def fe55_targets(self) -> list[str]:
@@ -132,6 +145,43 @@ class Campaign:
         band = self.registry.visit_filter(visit)
         return [self.layout.path(dataset_type, ccd=ccd, filter=band) for ccd in self.science_ccds]
 
+    @property
+    def needs_calibs(self) -> bool:
+        """Whether science frames need master bias and flat (raw cameras) or not (SDSS fpC)."""
+        return self.instrument not in PROCESSED_INSTRUMENTS
+
+    def visit_inputs(self, visit: int) -> dict[str, list[str] | str]:
+        """Every input of one visit's processing job, by name, each in `science_ccds` order.
+
+        Raw cameras need their master ``biases`` and ``flats``; SDSS corrected frames need
+        their mask (fpM), ``psfields`` and ``tsfields`` files instead. Unused names are empty.
+        """
+        band = self.registry.visit_filter(visit)
+        inputs: dict[str, list[str] | str] = {
+            name: [] for name in ("biases", "flats", "masks", "psfields", "tsfields")
+        }
+        inputs["raws"] = self.visit_raws(visit)
+        inputs["refcat"] = self.layout.path("refcat", instrument=self.instrument)
+        if self.needs_calibs:
+            inputs["biases"] = self.visit_calibs(visit, "bias")
+            inputs["flats"] = self.visit_calibs(visit, "flat")
+        else:
+            for name, dataset_type in (
+                ("masks", "sdss_mask"),
+                ("psfields", "sdss_psfield"),
+                ("tsfields", "sdss_tsfield"),
+            ):
+                inputs[name] = [
+                    self.layout.path(dataset_type, ccd=ccd, filter=band, instrument=self.instrument)
+                    for ccd in self.science_ccds
+                ]
+        return inputs
+
+    @property
+    def has_truth(self) -> bool:
+        """Whether the instrument is simulated, so products can be scored against truth."""
+        return self.instrument in SIMULATED_INSTRUMENTS
+
     def visit_outputs(self, dataset_type: str) -> list[str]:
         """Per-CCD output patterns of a per-visit job (``{visit}`` left as a wildcard)."""
         return [self.layout.pattern(dataset_type, ccd=ccd) for ccd in self.science_ccds]
@@ -166,12 +216,13 @@ class Campaign:
             raws.setdefault(record.visit, {})[record.ccd] = record.path
             bands[record.visit] = record.filter
         bias = {ccd: path("bias", ccd=ccd) for ccd in ccds}
+        calib_ccds = ccds if self.needs_calibs else []
         jobs: list[JobSpec] = [
             JobSpec("bias", {"ccd": ccd}, (bias[ccd],), tuple(self.bias_inputs(ccd)))
-            for ccd in ccds
+            for ccd in calib_ccds
         ]
         flat = {}
-        for band in sorted(set(bands.values())):
+        for band in sorted(set(bands.values())) if self.needs_calibs else []:
             for ccd in ccds:
                 flat[band, ccd] = path("flat", filter=band, ccd=ccd)
                 inputs = (*self.flat_inputs(ccd, band), bias[ccd])
@@ -192,12 +243,16 @@ class Campaign:
             visit_srcs = [path("src", visit=visit, ccd=ccd) for ccd in ccds]
             calexps += visit_calexps
             srcs += visit_srcs
-            inputs = (
-                *(raws[visit][ccd] for ccd in ccds),
-                *(bias[ccd] for ccd in ccds),
-                *(flat[band, ccd] for ccd in ccds),
-                refcat,
-            )
+            if self.needs_calibs:
+                calibs = [*(bias[ccd] for ccd in ccds), *(flat[band, ccd] for ccd in ccds)]
+            else:
+                calibs = [
+                    p
+                    for key, paths in self.visit_inputs(visit).items()
+                    if key not in ("raws", "refcat")
+                    for p in paths
+                ]
+            inputs = (*(raws[visit][ccd] for ccd in ccds), *calibs, refcat)
             jobs.append(
                 JobSpec(
                     "process_visit",
@@ -207,16 +262,16 @@ class Campaign:
                     band,
                 )
             )
-        validation = path("science_validation")
-        truth = path("truth", instrument=self.instrument)
-        jobs.append(
-            JobSpec(
-                "science_validation",
-                {},
-                (validation, path("science_validation_plot")),
-                (*srcs, *calexps, truth),
+        if self.has_truth:
+            truth = path("truth", instrument=self.instrument)
+            jobs.append(
+                JobSpec(
+                    "science_validation",
+                    {},
+                    (path("science_validation"), path("science_validation_plot")),
+                    (*srcs, *calexps, truth),
+                )
             )
-        )
         if self.fe55 is not None:
             from dcflow.fe55_targets import fe55_jobs
 

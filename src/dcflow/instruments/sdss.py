@@ -60,6 +60,7 @@ __all__ = [
     "make_exposure",
     "prepare_frame",
     "record_from_fpc_header",
+    "record_from_header",
     "refcat_in_frame",
     "reference_catalog",
     "sdss_data_id",
@@ -810,3 +811,7 @@ def prepare_frame(
         calibration=calibration,
         zero_point=sdss_zero_point(header, calibration),
     )
+
+
+record_from_header = record_from_fpc_header
+"""The registry's ingest translation for this instrument (`dcflow.driver` looks it up)."""
