@@ -7,7 +7,13 @@ import pytest
 
 from dcflow.errors import CalibrationError
 from dcflow.stages.measurement import psf_fluxes
-from dcflow.stages.psf import MoffatPsf, fit_psf, fit_psf_width
+from dcflow.stages.psf import (
+    MoffatPsf,
+    _fit_width_polynomial,
+    _poly_design,
+    fit_psf,
+    fit_psf_width,
+)
 
 
 def add_star(image, psf, x0, y0, flux, half=20):
@@ -183,3 +189,16 @@ def test_width_polynomial_from_many_faint_stars_around_a_shape_from_few_bright_o
     assert few.width_order == 1
     with pytest.raises(ValueError, match="order must be >= 0; got -1"):
         fit_psf_width(shape_fit, image, var, bad, xs, ys, order=-1)
+
+
+def test_width_polynomial_that_would_run_wild_over_the_image_is_lowered():
+    # 14 precise widths crowded in one corner with a steep curvature: a quadratic through
+    # them would reach widths far off elsewhere on the CCD; the order drops instead.
+    shape = (360, 300)
+    x = np.array([10, 20, 30, 10, 20, 30, 10, 20, 30, 15, 25, 12, 22, 18.0])
+    y = x[::-1] * 1.0
+    log_width = 0.002 * (x - 20) ** 2
+    coef, order, n_kept = _fit_width_polynomial(x, y, log_width, np.full(x.size, 0.001), shape, 2)
+    gy, gx = np.mgrid[0:360:40, 0:300:40]
+    values = _poly_design(gx.ravel() * 1.0, gy.ravel() * 1.0, shape, order) @ coef
+    assert order < 2 and np.ptp(values) <= 0.25 and n_kept >= 3

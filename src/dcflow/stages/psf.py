@@ -398,8 +398,26 @@ def _star_log_widths(data, weight, dx, dy, psf, n_iter=3, max_step=0.1, max_abs=
     return g, err
 
 
-def _fit_width_polynomial(x, y, log_width, err, shape, order, floor=0.003):
-    """Weighted, clipped least-squares polynomial of the per-star log widths."""
+def _fit_width_polynomial(x, y, log_width, err, shape, order, floor=0.003, max_span=0.25):
+    """Weighted, clipped least-squares polynomial of the per-star log widths.
+
+    A polynomial whose values over the image span more than ``max_span`` in ``ln alpha``
+    (28 %; seeing varies by less across one CCD) is taken for a fit gone wild where the
+    stars are sparse, and the order is lowered.
+    """
+    coef, used_order, n_kept = _fit_width_once(x, y, log_width, err, shape, order, floor)
+    gy, gx = np.meshgrid(np.linspace(0, shape[0] - 1, 9), np.linspace(0, shape[1] - 1, 9))
+    while used_order > 0:
+        values = _poly_design(gx.ravel(), gy.ravel(), shape, used_order) @ coef
+        if np.ptp(values) <= max_span:
+            break
+        coef, used_order, n_kept = _fit_width_once(
+            x, y, log_width, err, shape, used_order - 1, floor
+        )
+    return coef, used_order, n_kept
+
+
+def _fit_width_once(x, y, log_width, err, shape, order, floor):
     good = np.isfinite(err) & np.isfinite(log_width)
     n_terms = (order + 1) * (order + 2) // 2
     while order > 0 and good.sum() < 4 * n_terms:
