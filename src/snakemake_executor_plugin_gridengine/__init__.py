@@ -24,15 +24,15 @@ from snakemake_interface_executor_plugins.settings import CommonSettings, Execut
 from dcflow.states import JobState
 
 from .cancel import cancel_jobs
-from .reattach import DriverMarker, Submission, SubmissionLedger, output_key, state_dir
-from .status import (
-    GridEngineCommandError,
-    JobOutcome,
-    accounting_records,
-    describe_failure,
-    jobs_in_error_state,
-    query_states,
+from .reattach import (
+    DriverMarker,
+    Submission,
+    SubmissionLedger,
+    adoptable_submissions,
+    output_key,
+    state_dir,
 )
+from .status import GridEngineCommandError, describe_failure, read_log_tail
 from .submit import (
     ARRAY_CHUNK,
     JobRequest,
@@ -46,11 +46,9 @@ from .submit import (
     requote_config_args,
     submit_qsub,
 )
+from .tracker import StatusTracker
 
-__all__ = ["VANISHED_AFTER_S", "Executor", "ExecutorSettings", "common_settings"]
-
-VANISHED_AFTER_S = 90.0
-"""A job absent from qstat and from accounting this long is failed (deleted while pending)."""
+__all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
 BACKENDS = ("drmaa", "qsub")
 
@@ -164,10 +162,10 @@ class Executor(RemoteExecutor):
             from .drmaa_backend import DrmaaBackend
 
             self.backend = DrmaaBackend()
-        self.unknown_since: dict[str, float] = {}
+        self.tracker = StatusTracker(self.backend, self.name_pattern)
         self.open_ids: set[str] = set()  # submitted (or adopted) and not seen to end
         self.submission_stats = [0, 0.0]  # jobs submitted, seconds spent in run_jobs
-        self.adoptable = self._find_adoptable()
+        self.adoptable = adoptable_submissions(self.ledger)
         lockfiles = getattr(getattr(self.workflow, "persistence", None), "_lockfile", {}) or {}
         locks = [str(self.workdir / lock) for lock in lockfiles.values()]
         marker = DriverMarker.for_this_process(self.tag, locks)
@@ -294,20 +292,6 @@ class Executor(RemoteExecutor):
         )
         return True
 
-    def _find_adoptable(self) -> dict[tuple[str, ...], Submission]:
-        pending = self.ledger.open_submissions()
-        if not pending:
-            return {}
-        outcomes = query_states(
-            [s.job_id for s in pending.values()], {s.name_pattern for s in pending.values()}
-        )
-        alive = (JobState.SUBMITTED, JobState.RUNNING)
-        return {
-            k: s
-            for k, s in pending.items()
-            if s.job_id in outcomes and outcomes[s.job_id].state in alive
-        }
-
     @property
     def backend_name(self) -> str:
         """'drmaa' or 'qsub'."""
@@ -320,7 +304,7 @@ class Executor(RemoteExecutor):
     ) -> AsyncGenerator[SubmittedJobInfo, None]:
         """One bulk query per cycle; report finished jobs, yield the others again."""
         async with self.status_rate_limiter:
-            outcomes = self._poll(active_jobs)
+            outcomes = self.tracker.poll({i.external_jobid: i.aux["sub"] for i in active_jobs})
         for info in active_jobs:
             outcome = outcomes.get(info.external_jobid)
             if outcome is None or not outcome.finished:
@@ -340,55 +324,9 @@ class Executor(RemoteExecutor):
                 h_vmem_mb=submission.h_vmem_mb,
                 h_rt_s=submission.h_rt_s,
                 slots=submission.slots,
-                log_tail=_tail(submission.log),
+                log_tail=read_log_tail(submission.log),
             )
             self.report_job_error(info, msg=msg, aux_logs=[submission.log])
-
-    def _poll(self, active_jobs: list[SubmittedJobInfo]) -> dict[str, JobOutcome]:
-        outcomes: dict[str, JobOutcome] = {}
-        via_cli: dict[str, Submission] = {}
-        if self.backend is not None:
-            self.backend.reap()
-        for info in active_jobs:
-            jid = info.external_jobid
-            if self.backend is not None and self.backend.owns(jid):
-                outcome = self.backend.outcome(jid)
-                if outcome is not None:
-                    outcomes[jid] = outcome
-            else:
-                via_cli[jid] = info.aux["sub"]
-        if self.backend is not None:
-            own_active = [
-                i.external_jobid
-                for i in active_jobs
-                if self.backend.owns(i.external_jobid) and i.external_jobid not in outcomes
-            ]
-            for jid, code in jobs_in_error_state(own_active).items():
-                outcomes[jid] = JobOutcome(jid, JobState.FAILED, native=code)
-        if via_cli:
-            found = query_states(via_cli, {sub.name_pattern for sub in via_cli.values()})
-            now = time.monotonic()
-            for jid in via_cli:
-                if jid in found:
-                    self.unknown_since.pop(jid, None)
-                    outcomes[jid] = found[jid]
-                elif now - self.unknown_since.setdefault(jid, now) > VANISHED_AFTER_S:
-                    reason = f"not in qstat nor in accounting for {VANISHED_AFTER_S:.0f} s"
-                    outcomes[jid] = JobOutcome(jid, JobState.FAILED, failed_reason=reason)
-        failed = [
-            j
-            for j, o in outcomes.items()
-            if o.finished and o.state is not JobState.SUCCEEDED and not o.failed_reason
-        ]
-        if failed and self.backend is not None:
-            # DRMAA gives no failure reason: take it from accounting when already flushed.
-            records = accounting_records({self.name_pattern})
-            for jid in failed:
-                record = records.get(jid)
-                if record is not None and record.failed_code:
-                    reason = f"{record.failed_code} : {record.failed_reason}"
-                    outcomes[jid] = replace(outcomes[jid], failed_reason=reason)
-        return outcomes
 
     # ---- cancel and shutdown -----------------------------------------------------------------
 
@@ -414,13 +352,3 @@ class Executor(RemoteExecutor):
         if self.backend is not None:
             self.backend.close()
         self.marker_path.unlink(missing_ok=True)
-
-
-def _tail(path: str, n_bytes: int = 4096) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - n_bytes))
-            return fh.read().decode(errors="replace")
-    except OSError:
-        return ""

@@ -31,6 +31,7 @@ __all__ = [
     "RecoveryReport",
     "Submission",
     "SubmissionLedger",
+    "adoptable_submissions",
     "clear_incomplete_marks",
     "main",
     "output_key",
@@ -116,6 +117,22 @@ class SubmissionLedger:
         for sub in submissions:
             latest[output_key(sub.outputs)] = sub
         return {k: s for k, s in latest.items() if s.job_id not in finished}
+
+
+def adoptable_submissions(ledger: SubmissionLedger) -> dict[tuple[str, ...], Submission]:
+    """Submissions without a recorded end whose job is still queued or running, by outputs."""
+    pending = ledger.open_submissions()
+    if not pending:
+        return {}
+    outcomes = query_states(
+        [s.job_id for s in pending.values()], {s.name_pattern for s in pending.values()}
+    )
+    alive = (JobState.SUBMITTED, JobState.RUNNING)
+    return {
+        key: sub
+        for key, sub in pending.items()
+        if sub.job_id in outcomes and outcomes[sub.job_id].state in alive
+    }
 
 
 def _start_ticks(pid: int) -> int | None:

@@ -35,6 +35,7 @@ __all__ = [
     "parse_qacct",
     "parse_qstat_xml",
     "query_states",
+    "read_log_tail",
     "run_command",
 ]
 
@@ -281,6 +282,17 @@ def query_states(job_ids: Iterable[str], name_patterns: Iterable[str]) -> dict[s
                         outcome = replace(outcomes[jid], failed_reason=outcome.failed_reason)
                     outcomes[jid] = outcome
     return outcomes
+
+
+def read_log_tail(path: str, n_bytes: int = 4096) -> str:
+    """The last ``n_bytes`` of a job's log ("" when it does not exist)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - n_bytes))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def jobs_in_error_state(job_ids: Iterable[str]) -> dict[str, str]:
