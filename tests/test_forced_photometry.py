@@ -24,6 +24,7 @@ from dcflow.errors import InputDataError
 from dcflow.stages.forced_photometry import (
     ForcedPhotometryConfig,
     aperture_correction,
+    aperture_correction_field,
     forced_photometry,
     isolated,
 )
@@ -181,3 +182,20 @@ def test_moffat_psf_from_header_gives_total_flux():
     )
     gauss_ratio = gauss.table["psf_flux"][ok] / mag_to_njy(truth["mag_r"][ok])
     assert np.median(gauss_ratio) < 0.95
+
+
+def test_aperture_correction_field_fits_a_plane_and_degrades_gracefully():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 2048, 60)
+    y = rng.uniform(0, 4612, 60)
+    truth = 1.0 + 0.01 * (2 * x / 2048 - 1) - 0.02 * (2 * y / 4612 - 1)
+    ratio = truth + rng.normal(0, 0.002, 60)
+    ratio[:3] = 1.5  # contaminated stars are clipped
+    used = np.ones(60, dtype=bool)
+    field = aperture_correction_field(x, y, ratio, used, (4612, 2048), order=1)
+    assert np.max(np.abs(field[3:] - truth[3:])) < 0.002
+    # With 10 stars a plane (3 terms) needs 15: the median is used instead.
+    few = np.zeros(60, dtype=bool)
+    few[10:20] = True
+    flat = aperture_correction_field(x, y, ratio, few, (4612, 2048), order=1)
+    assert np.all(flat == np.median(ratio[10:20]))

@@ -39,6 +39,7 @@ __all__ = [
     "ForcedPhotometryResult",
     "MixturePsf",
     "aperture_correction",
+    "aperture_correction_field",
     "aperture_photometry",
     "forced_photometry",
     "gather_stamps",
@@ -405,6 +406,62 @@ def aperture_correction(
     return float(np.median(aperture_flux[ok] / (psf_flux[ok] * enclosed[ok]))), n
 
 
+def aperture_correction_field(
+    x: np.ndarray,
+    y: np.ndarray,
+    ratio: np.ndarray,
+    used: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    order: int,
+) -> np.ndarray:
+    """Aperture correction at every position: a clipped polynomial fit of ``ratio`` over stars.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        Positions of all sources, pixels.
+    ratio : numpy.ndarray
+        Aperture flux over (PSF flux times enclosed fraction), per source.
+    used : numpy.ndarray of bool
+        Sources that enter the fit (bright, isolated, point-like).
+    shape : tuple of int
+        ``(ny, nx)`` of the image (normalises the coordinates).
+    order : int
+        Total polynomial order, lowered until there are at least 5 stars per term; 0 gives
+        the median.
+
+    Returns
+    -------
+    numpy.ndarray
+        The correction at every source.
+    """
+    ny, nx = shape
+    u = 2.0 * np.asarray(x, dtype=float) / nx - 1.0
+    v = 2.0 * np.asarray(y, dtype=float) / ny - 1.0
+    used = np.asarray(used, dtype=bool) & np.isfinite(ratio)
+    while order > 0 and used.sum() < 5 * (order + 1) * (order + 2) // 2:
+        order -= 1
+    if order == 0:
+        return np.full(len(u), float(np.median(ratio[used])))
+
+    def design(uu: np.ndarray, vv: np.ndarray) -> np.ndarray:
+        return np.column_stack(
+            [uu**p * vv ** (t - p) for t in range(order + 1) for p in range(t + 1)]
+        )
+
+    keep = used.copy()
+    for _ in range(4):
+        coef, *_ = np.linalg.lstsq(design(u[keep], v[keep]), ratio[keep], rcond=None)
+        resid = ratio - design(u, v) @ coef
+        scatter = 1.4826 * np.median(np.abs(resid[keep]))
+        new_keep = used & (np.abs(resid) <= 3.0 * max(scatter, 1e-4))
+        if np.array_equal(new_keep, keep) or new_keep.sum() < len(coef) + 2:
+            break
+        keep = new_keep
+    return design(u, v) @ coef
+
+
 def isolated(x: np.ndarray, y: np.ndarray, radius_pix: float) -> np.ndarray:
     """True for positions with no other position within ``radius_pix``."""
     x = np.asarray(x, dtype=float)
@@ -443,6 +500,14 @@ class ForcedPhotometryConfig:
     apcorr_min_stars: int = config_field(
         10, "Fewest stars for an aperture correction (else none is applied)", minimum=1
     )
+    apcorr_order: int = config_field(
+        1,
+        "Polynomial order in (x, y) of the aperture correction over the calexp (0: one "
+        "value); it absorbs the PSF width varying across the CCD, which the single-FWHM model "
+        "ignores. Lowered automatically when there are fewer than 5 stars per term",
+        minimum=0,
+        maximum=3,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -461,7 +526,8 @@ class ForcedPhotometryResult:
         ``ZP``, ``APCORR``, ``NAPCORR`` and the calexp's ``VISIT``, ``CCD``, ``FILTER`` and
         ``MJD-OBS`` (or ``MJD``) when its header has them.
     aperture_correction : float
-        Factor applied to the PSF fluxes.
+        Median aperture correction; the factor applied varies over the calexp as a
+        polynomial of ``apcorr_order`` (1.0 everywhere if too few stars).
     n_apcorr_stars : int
         Stars behind the aperture correction (0 if none was applied).
     flux_scale : float
@@ -522,6 +588,7 @@ def forced_photometry(
         x = y = np.zeros(0)
     flux, err, flag = psf_photometry(calexp, x, y, psf, radius_pix=radius)
     correction, n_stars = 1.0, 0
+    field = np.ones(n)
     if config.apply_aperture_correction and n:
         ap_radius = config.aperture_radius_arcsec / pixel_arcsec
         ap_flux, _, ap_flag = aperture_photometry(calexp, x, y, radius_pix=ap_radius)
@@ -529,6 +596,7 @@ def forced_photometry(
         if "extendedness" in objects.colnames:
             stars = np.asarray(objects["extendedness"]) == 0
         usable = stars & ~flag & ~ap_flag & isolated(x, y, ap_radius + 2.0 * fwhm_pix)
+        enclosed = psf.enclosed_fraction(ap_radius)
         correction, n_stars = aperture_correction(
             flux,
             ap_flux,
@@ -536,9 +604,17 @@ def forced_photometry(
             usable,
             min_snr=config.apcorr_min_snr,
             min_stars=config.apcorr_min_stars,
-            enclosed_fraction=psf.enclosed_fraction(ap_radius),
+            enclosed_fraction=enclosed,
         )
-    scale = flux_scale * correction
+        field = np.full(n, correction)
+        if n_stars and config.apcorr_order > 0:
+            used = usable & (flux / err >= config.apcorr_min_snr) & (flux > 0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = ap_flux / (flux * enclosed)
+            field = aperture_correction_field(
+                x, y, ratio, used, calexp.shape, order=config.apcorr_order
+            )
+    scale = flux_scale * field
     table = Table(
         {
             "object_id": np.asarray(objects["object_id"], dtype=np.int64),
