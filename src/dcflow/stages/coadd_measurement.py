@@ -39,6 +39,7 @@ from dcflow.stages.forced_photometry import (
     FWHM_PER_SIGMA,
     MixturePsf,
     aperture_correction,
+    aperture_correction_field,
     aperture_photometry,
     gather_stamps,
     isolated,
@@ -110,6 +111,13 @@ class CoaddMeasurementConfig:
     )
     apcorr_min_stars: int = config_field(
         10, "Fewest stars for an aperture correction (else none is applied)", minimum=1
+    )
+    apcorr_order: int = config_field(
+        1,
+        "Polynomial order in (x, y) of the aperture correction over the patch (0: one value); "
+        "lowered automatically when there are fewer than 5 stars per term",
+        minimum=0,
+        maximum=3,
     )
 
     def __post_init__(self) -> None:
@@ -457,11 +465,20 @@ def measure_coadds(
         )
         log.info("filter %s: aperture correction %.4f from %d stars", name, correction, n_stars)
         corrections.append(correction)
+        field = np.full(n, correction)
+        if n_stars and config.apcorr_order > 0:
+            enclosed = psf.enclosed_fraction(ap_radius, local)
+            used = point_like & lonely & ~ap_flag & ~flag & (snr[name] >= config.apcorr_min_snr)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = ap_flux / (flux * enclosed)
+            field = aperture_correction_field(
+                cx, cy, ratio, used & (flux > 0), coadd.shape, order=config.apcorr_order
+            )
         per_filter[name] = {
             "centroid_x": cx,
             "centroid_y": cy,
-            "psf_flux": flux * correction,
-            "psf_flux_err": err * correction,
+            "psf_flux": flux * field,
+            "psf_flux_err": err * field,
             "psf_flux_flag": flag,
             "psf_inexact": inexact,
             "ap_flux": ap_flux,
