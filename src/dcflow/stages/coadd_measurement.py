@@ -113,9 +113,10 @@ class CoaddMeasurementConfig:
         10, "Fewest stars for an aperture correction (else none is applied)", minimum=1
     )
     apcorr_order: int = config_field(
-        1,
+        0,
         "Polynomial order in (x, y) of the aperture correction over the patch (0: one value); "
-        "lowered automatically when there are fewer than 5 stars per term",
+        "lowered automatically when there are fewer than 5 stars per term. 0 by default: in "
+        "dense test fields a plane fitted to contaminated apertures cost 3 mmag at S/N > 100",
         minimum=0,
         maximum=3,
     )
