@@ -171,7 +171,8 @@ class Executor(RemoteExecutor):
             else:
                 log_dir, log_text = tail_of_logs(self, info.external_jobid)
                 msg = describe_failure(outcome, log_text, log_dir and str(log_dir))
-                self.report_job_error(info, msg=msg, aux_logs=[str(log_dir)] if log_dir else [])
+                logs = [str(p) for p in sorted(log_dir.iterdir()) if p.is_file()] if log_dir else []
+                self.report_job_error(info, msg=msg, aux_logs=logs)
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
         """Kill every active job with one DIRAC call."""
