@@ -218,3 +218,29 @@ def test_jdl_parametric_has_one_parameter_per_job():
     assert all(s in jdl for s in scripts)
     with pytest.raises(WorkflowError, match="has a character outside"):
         make_dirac_job(spec, scripts=["/w/a;rm.sh"], names=["x"])
+
+
+# ---- DIRAC call results -------------------------------------------------------------------------
+
+
+def test_connection_failures_are_retried_other_errors_raised(monkeypatch):
+    from snakemake_executor_plugin_dirac import wms
+
+    monkeypatch.setattr(wms.time, "sleep", lambda s: None)
+    answers = iter(
+        [{"OK": False, "Message": "Can't connect to dips://localhost:9130/x: reset"}] * 2
+        + [{"OK": True, "Value": [7]}]
+    )
+    assert wms._value(lambda: next(answers), "getJobs", "g") == [7]
+    calls = []
+
+    def refused():
+        calls.append(1)
+        return {"OK": False, "Message": "Job 5 not found"}
+
+    with pytest.raises(wms.DiracError, match=r"DIRAC killJob\(\[5\]\) failed: Job 5 not found"):
+        wms._value(refused, "killJob", [5])
+    assert len(calls) == 1
+    down = {"OK": False, "Message": "Can't connect to dips://localhost:9130/x"}
+    with pytest.raises(wms.DiracError, match="Can't connect"):
+        wms._value(lambda: down, "getJobsStates", [1])

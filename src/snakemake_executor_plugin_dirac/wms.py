@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from snakemake_interface_common.exceptions import WorkflowError
 from .status import ALIVE_STATES, JobOutcome, parse_states
 from .submit import DiracJobSpec, make_dirac_job
 
-__all__ = ["DiracError", "DiracWMS"]
+__all__ = ["CONNECT_RETRIES", "DiracError", "DiracWMS"]
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -44,11 +45,25 @@ def _serialized(method):
     return locked
 
 
-def _value(result: dict, call: str, detail: object = ""):
-    if not isinstance(result, dict) or not result.get("OK"):
+CONNECT_RETRIES = 3
+"""Attempts of a call whose connection failed (a loaded server drops TLS handshakes)."""
+
+
+def _value(request, call: str, detail: object = ""):
+    """Run ``request()`` (a DIRAC call) and return its Value, or raise DiracError.
+
+    A "Can't connect" answer means the request never reached the service, so it is retried
+    (at most CONNECT_RETRIES attempts, 1 s and 2 s apart); any other error is raised at once.
+    """
+    for attempt in range(CONNECT_RETRIES):
+        result = request()
+        if isinstance(result, dict) and result.get("OK"):
+            return result["Value"]
         message = result.get("Message") if isinstance(result, dict) else result
-        raise DiracError(f"DIRAC {call}({detail}) failed: {message}")
-    return result["Value"]
+        if "Can't connect" not in str(message) or attempt == CONNECT_RETRIES - 1:
+            break
+        time.sleep(1 + attempt)
+    raise DiracError(f"DIRAC {call}({detail}) failed: {message}")
 
 
 class DiracWMS:
@@ -92,7 +107,7 @@ class DiracWMS:
     @_serialized
     def submit(self, spec: DiracJobSpec) -> str:
         """Submit one job; return its DIRAC id."""
-        value = _value(self._dirac.submitJob(make_dirac_job(spec)), "submitJob", spec.name)
+        value = _value(lambda: self._dirac.submitJob(make_dirac_job(spec)), "submitJob", spec.name)
         return str(value)
 
     @_serialized
@@ -101,10 +116,11 @@ class DiracWMS:
     ) -> list[str]:
         """Submit one parametric job over ``scripts`` and ``names``; return the ids in order."""
         job = make_dirac_job(spec, scripts=scripts, names=names)
-        value = _value(self._dirac.submitJob(job), "submitJob", f"{spec.name}, {len(scripts)}")
+        detail = f"{spec.name}, {len(scripts)} jobs"
+        value = _value(lambda: self._dirac.submitJob(job), "submitJob", detail)
         ids = [int(v) for v in (value if isinstance(value, list) else [value])]
         # Map ids to jobs by the JobName DIRAC recorded, not by the order of the answer.
-        summary = _value(self._monitoring.getJobsSummary(ids), "getJobsSummary", ids)
+        summary = _value(lambda: self._monitoring.getJobsSummary(ids), "getJobsSummary", ids)
         by_name = {str(fields.get("JobName")): str(job_id) for job_id, fields in summary.items()}
         missing = [name for name in names if name not in by_name]
         if missing or len(by_name) != len(names):
@@ -119,27 +135,28 @@ class DiracWMS:
         ids = [int(j) for j in job_ids]
         if not ids:
             return {}
-        return parse_states(_value(self._monitoring.getJobsStates(ids), "getJobsStates", ids))
+        answer = _value(lambda: self._monitoring.getJobsStates(ids), "getJobsStates", ids)
+        return parse_states(answer)
 
     @_serialized
     def alive_in_group(self, group: str) -> dict[str, str]:
         """Return ``{job id: JobName}`` of the group's jobs that may still finish."""
         ids = _value(
-            self._monitoring.getJobs({"JobGroup": group, "Status": list(ALIVE_STATES)}),
+            lambda: self._monitoring.getJobs({"JobGroup": group, "Status": list(ALIVE_STATES)}),
             "getJobs",
             group,
         )
         if not ids:
             return {}
         summary = _value(
-            self._monitoring.getJobsSummary([int(i) for i in ids]), "getJobsSummary", group
+            lambda: self._monitoring.getJobsSummary([int(i) for i in ids]), "getJobsSummary", group
         )
         return {str(job_id): str(fields.get("JobName", "")) for job_id, fields in summary.items()}
 
     @_serialized
     def group_job_ids(self, group: str) -> list[str]:
         """Return the ids of every job of a group, whatever their state."""
-        ids = _value(self._monitoring.getJobs({"JobGroup": group}), "getJobs", group)
+        ids = _value(lambda: self._monitoring.getJobs({"JobGroup": group}), "getJobs", group)
         return [str(i) for i in ids or []]
 
     @_serialized
@@ -152,7 +169,7 @@ class DiracWMS:
         # Not Dirac().getOutputSandbox: on a missing sandbox it falls back to getJobParameters,
         # which needs OpenSearch.
         _value(
-            SandboxStoreClient().downloadSandboxForJob(int(job_id), "Output", str(target)),
+            lambda: SandboxStoreClient().downloadSandboxForJob(int(job_id), "Output", str(target)),
             "downloadSandboxForJob",
             job_id,
         )
@@ -163,4 +180,4 @@ class DiracWMS:
         """Kill the jobs, in one call."""
         ids = [int(j) for j in job_ids]
         if ids:
-            _value(self._wms.killJob(ids), "killJob", ids)
+            _value(lambda: self._wms.killJob(ids), "killJob", ids)
