@@ -422,3 +422,24 @@ def test_job_in_error_state_is_failed_and_deleted(tmp_path, backend):
         "the error-state job to be deleted",
     )
     assert (workdir / "out" / "a.txt").read_text() == "ok\n"
+
+
+@needs_cluster
+@pytest.mark.parametrize("backend", ["drmaa", "qsub"])
+def test_interrupt_cancels_every_job_with_qdel(tmp_path, backend):
+    """Ctrl-C of the driver deletes its queued jobs (held here, so none can finish first)."""
+    if backend == "drmaa" and DRMAA_MISSING:
+        pytest.skip(DRMAA_MISSING)
+    workdir = _workflow(tmp_path, FAIL_SNAKEFILE)
+    argv = _snakemake_argv(workdir, backend, "--gridengine-extra-args=-h")
+    driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ledger = _ledger(workdir)
+    _wait_for(lambda: len(ledger.read()[0]) == 3, 60, "3 submissions")
+    ids = {s.job_id for s in ledger.read()[0]}
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, check=True).stdout
+    assert {parse_qstat_xml(out).get(i) for i in ids} == {"hqw"}
+    driver.send_signal(signal.SIGINT)
+    driver.communicate(timeout=60)
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, check=True).stdout
+    assert not ids & set(parse_qstat_xml(out))
+    assert not list((workdir / ".snakemake" / "gridengine" / "drivers").glob("*.json"))
