@@ -15,8 +15,10 @@ from snakemake_executor_plugin_dirac import ExecutorSettings
 from snakemake_executor_plugin_dirac.jobs import split_list
 from snakemake_executor_plugin_dirac.status import (
     ALIVE_STATES,
+    KILL_MINOR_STATUS,
     STATE_MAP,
     JobOutcome,
+    adoptable_jobs,
     describe_failure,
     parse_states,
 )
@@ -79,6 +81,18 @@ def test_state_map_failures_and_alive_states():
         "Submitting", "Received", "Checking", "Staging", "Waiting", "Matched",
         "Rescheduled", "Running", "Completing", "Completed",
     }  # fmt: skip
+
+
+def test_killed_jobs_are_never_adopted():
+    # the status sequence of a job killed while running, measured on the test DIRAC
+    def one(status, minor):
+        return {"JobName": "slow~1", "Status": status, "MinorStatus": minor}
+
+    assert adoptable_jobs({"7": one("Running", "Application")}) == {"slow~1": "7"}
+    assert adoptable_jobs({8: one("Waiting", "Pilot Agent Submission")}) == {"slow~1": "8"}
+    for status in ("Killed", "Running", "Failed"):
+        assert adoptable_jobs({"7": one(status, KILL_MINOR_STATUS)}) == {}
+    assert adoptable_jobs({"7": one("Done", "Execution Complete")}) == {}
 
 
 def test_describe_failure_names_statuses_and_log():

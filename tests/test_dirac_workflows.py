@@ -226,6 +226,11 @@ def test_killed_job_fails_and_plain_rerun_redoes_only_it(tmp_path, wms):
     assert statuses[2][0] == "slow" and statuses[2][1] in ("Killed", "Failed")
 
 
+def _log_mentions(workdir: Path, text: str, after: float) -> bool:
+    logs = (workdir / ".snakemake" / "log").glob("*.snakemake.log")
+    return any(p.stat().st_mtime >= after and text in p.read_text() for p in logs)
+
+
 def test_restarted_driver_adopts_running_job_instead_of_resubmitting(tmp_path, wms):
     (tmp_path / "Snakefile").write_text(HOLDING)
     (tmp_path / "hold").touch()
@@ -238,12 +243,18 @@ def test_restarted_driver_adopts_running_job_instead_of_resubmitting(tmp_path, w
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     subprocess.run([*_snakemake(tmp_path), "--unlock"], capture_output=True, check=True)
-    (tmp_path / "hold").unlink()  # the adopted job finishes while the new driver watches it
-    rerun = subprocess.run(
-        _snakemake(tmp_path, "--rerun-incomplete"), capture_output=True, text=True, timeout=240
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "Adopting DIRAC job" in rerun.stderr
+    started = time.time()
+    with subprocess.Popen(
+        _snakemake(tmp_path, "--rerun-incomplete"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as rerun:
+        # the job still holds: the new driver must adopt it, then it is let finish
+        _wait_for(lambda: _log_mentions(tmp_path, "Adopting DIRAC job", started), 120, "adoption")
+        (tmp_path / "hold").unlink()
+        _, err = rerun.communicate(timeout=240)
+    assert rerun.returncode == 0, err[-3000:]
     assert (tmp_path / "slow.txt").read_text() == "slow\n"
     names = sorted(n.split("~")[0] for n, _ in _group_jobs(wms, tmp_path).values())
     assert names == ["fast", "slow"]  # nothing submitted twice

@@ -124,8 +124,7 @@ class Executor(RemoteExecutor):
         self.group = job_group(self.workdir, self.settings.job_group_prefix)
         self.logdir = self.workdir / ".snakemake" / "dirac_logs"
         self.wms = DiracWMS()
-        alive = self.wms.alive_in_group(self.group)
-        self.adoptable = {name: job_id for job_id, name in alive.items()}
+        self.adoptable = self.wms.alive_in_group(self.group)
 
     def run_jobs(self, jobs: list[JobExecutorInterface]):
         """Adopt jobs a previous driver left alive; submit the rest, in bulk where possible."""

@@ -15,8 +15,10 @@ from dcflow.states import JobState
 
 __all__ = [
     "ALIVE_STATES",
+    "KILL_MINOR_STATUS",
     "STATE_MAP",
     "JobOutcome",
+    "adoptable_jobs",
     "describe_failure",
     "parse_states",
 ]
@@ -45,6 +47,33 @@ ALIVE_STATES = tuple(
     s for s, js in STATE_MAP.items() if js in (JobState.SUBMITTED, JobState.RUNNING)
 )
 """DIRAC states of a job that may still produce its outputs (adopted after a restart)."""
+
+
+KILL_MINOR_STATUS = "Marked for termination"
+"""Minor status of a killed job. DIRAC 9.1 shows a job killed while running as Killed, then
+Running again (its JobWrapper still reports) until the wrapper ends it as Failed 'Received Kill
+signal' about 15 s later, with this minor status throughout (measured on the test DIRAC)."""
+
+
+def adoptable_jobs(summary: Mapping[object, Mapping[str, object]]) -> dict[str, str]:
+    """Return ``{JobName: job id}`` of the jobs a restarted driver may adopt.
+
+    Parameters
+    ----------
+    summary : mapping
+        ``getJobsSummary`` value for the alive jobs of a JobGroup: ``{id: {"JobName": ...,
+        "Status": ..., "MinorStatus": ...}}``.
+
+    Returns
+    -------
+    dict
+        Jobs whose status is alive and that were not killed (see KILL_MINOR_STATUS).
+    """
+    adoptable = {}
+    for job_id, fields in summary.items():
+        if fields.get("Status") in ALIVE_STATES and fields.get("MinorStatus") != KILL_MINOR_STATUS:
+            adoptable[str(fields.get("JobName", ""))] = str(job_id)
+    return adoptable
 
 
 @dataclass(frozen=True, slots=True)

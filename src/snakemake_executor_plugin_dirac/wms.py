@@ -17,7 +17,7 @@ from pathlib import Path
 
 from snakemake_interface_common.exceptions import WorkflowError
 
-from .status import ALIVE_STATES, JobOutcome, parse_states
+from .status import ALIVE_STATES, JobOutcome, adoptable_jobs, parse_states
 from .submit import DiracJobSpec, make_dirac_job
 
 __all__ = ["CONNECT_RETRIES", "DiracError", "DiracWMS"]
@@ -140,7 +140,7 @@ class DiracWMS:
 
     @_serialized
     def alive_in_group(self, group: str) -> dict[str, str]:
-        """Return ``{job id: JobName}`` of the group's jobs that may still finish."""
+        """Return ``{JobName: job id}`` of the group's jobs that may still finish (not killed)."""
         ids = _value(
             lambda: self._monitoring.getJobs({"JobGroup": group, "Status": list(ALIVE_STATES)}),
             "getJobs",
@@ -151,7 +151,7 @@ class DiracWMS:
         summary = _value(
             lambda: self._monitoring.getJobsSummary([int(i) for i in ids]), "getJobsSummary", group
         )
-        return {str(job_id): str(fields.get("JobName", "")) for job_id, fields in summary.items()}
+        return adoptable_jobs(summary)
 
     @_serialized
     def group_job_ids(self, group: str) -> list[str]:
