@@ -7,6 +7,7 @@ Snakemake process on the cluster (~4 s on this 2-core machine), so the workflows
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from snakemake.common.tests import TestWorkflowsLocalStorageBase
 from snakemake.settings.types import ConfigSettings
 
 from snakemake_executor_plugin_gridengine import ExecutorSettings
-from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger, recover
+from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger
 from snakemake_executor_plugin_gridengine.status import accounting_records, parse_qstat_xml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,11 +325,18 @@ def test_sigkill_of_driver_then_restart_adopts_and_never_submits_twice(tmp_path)
         "job 0 to end unwatched",
     )
 
-    report = recover(workdir)
-    assert report.live_drivers == 0
-    assert report.removed_lockfiles
-    assert report.finished_ok == (job_of[("out/0.txt",)],)
-    assert set(report.still_active) == {job_of[(f"out/{i}.txt",)] for i in (1, 2, 3)}
+    # What `python -m snakemake_executor_plugin_gridengine <workdir>` does, before a restart.
+    recovery = subprocess.run(
+        [sys.executable, "-m", "snakemake_executor_plugin_gridengine", str(workdir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(recovery.stdout)
+    assert report["live_drivers"] == 0
+    assert report["removed_lockfiles"]
+    assert report["finished_ok"] == [job_of[("out/0.txt",)]]
+    assert set(report["still_active"]) == {job_of[(f"out/{i}.txt",)] for i in (1, 2, 3)}
 
     restart = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     assert restart.returncode == 0, restart.stderr[-3000:]

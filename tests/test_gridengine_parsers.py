@@ -291,6 +291,10 @@ def test_log_path_and_job_name():
     path = job_log_path(Path("/l"), "d", {"somewildcard": "somedir2/subdir", "b": "x y"})
     assert path == Path("/l/d/somewildcard=somedir2%2Fsubdir,b=x%20y.log")
     assert job_log_path(Path("/l"), "all", {}) == Path("/l/all/all.log")
+    long_a = job_log_path(Path("/l"), "r", {"a": "x" * 300})
+    long_b = job_log_path(Path("/l"), "r", {"a": "x" * 299 + "y"})
+    assert len(long_a.name) == 204 and long_a.name.startswith("a=xxx")
+    assert long_a != long_b
     assert job_name("1a2b", "calexp") == "sm1a2b.calexp"
     assert job_name("1a2b", "group:x/y") == "sm1a2b.group_x_y"
 

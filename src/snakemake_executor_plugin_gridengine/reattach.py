@@ -2,8 +2,8 @@
 
 Every submission is appended (and fsynced) to ``.snakemake/gridengine/submissions.jsonl``
 before Snakemake is told about it. A driver writes a marker naming its PID and the Snakemake
-lock files it holds. :func:`recover`, run before a restart (``dcflow run`` does; so can
-``python -m snakemake_executor_plugin_gridengine.reattach``), removes the locks of dead drivers,
+lock files it holds. :func:`recover`, run before a restart (``python -m
+snakemake_executor_plugin_gridengine <workdir>``), removes the locks of dead drivers,
 and for jobs that finished well while no driver watched, clears Snakemake's "incomplete" marks
 so they are not run again. Jobs still queued or running are adopted by the restarted driver
 (see ``Executor.run_jobs``) instead of being submitted a second time.
@@ -285,14 +285,10 @@ def recover(workdir: Path) -> RecoveryReport:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m snakemake_executor_plugin_gridengine.reattach [WORKDIR]``."""
+    """Command line: ``python -m snakemake_executor_plugin_gridengine [WORKDIR]``."""
     parser = argparse.ArgumentParser(description=recover.__doc__.splitlines()[0])
     parser.add_argument("workdir", nargs="?", default=".", type=Path)
     args = parser.parse_args(argv)
     report = recover(args.workdir)
     print(json.dumps(asdict(report), indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

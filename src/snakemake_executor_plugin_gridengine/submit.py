@@ -8,6 +8,7 @@ after the rule and wildcards.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import shlex
@@ -23,6 +24,7 @@ from .status import run_command
 
 __all__ = [
     "ARRAY_CHUNK",
+    "MAX_LOG_STEM",
     "JobRequest",
     "SiteDefaults",
     "array_dispatcher",
@@ -36,6 +38,9 @@ __all__ = [
     "requote_config_args",
     "submit_qsub",
 ]
+
+MAX_LOG_STEM = 200
+"""Longest log file name before ``.log``; longer wildcard strings end in a hash."""
 
 ARRAY_CHUNK = 1000
 """Most tasks in one array job (SGE's default max_aj_tasks is 75000; keep arrays modest)."""
@@ -84,11 +89,17 @@ def job_name(tag: str, rule: str) -> str:
 
 
 def job_log_path(logdir: Path, rule: str, wildcards: Mapping[str, str]) -> Path:
-    """Per-job log ``<logdir>/<rule>/<k=v,k=v>.log``; a slash in a value is kept as ``%2F``."""
+    """Per-job log ``<logdir>/<rule>/<k=v,k=v>.log``; a slash in a value is kept as ``%2F``.
+
+    Names longer than MAX_LOG_STEM keep their start and end in a hash of the whole.
+    """
     if wildcards:
         stem = ",".join(f"{k}={quote(str(v), safe='=+-_.@')}" for k, v in wildcards.items())
     else:
         stem = rule
+    if len(stem) > MAX_LOG_STEM:  # a file name has at most 255 bytes
+        digest = hashlib.sha1(stem.encode()).hexdigest()[:12]
+        stem = f"{stem[: MAX_LOG_STEM - 13]}~{digest}"
     return logdir / rule / f"{stem}.log"
 
 
