@@ -6,6 +6,9 @@
 #   calib/bias/, calib/flat/<filter>/   master bias per CCD, master flat per filter and CCD
 #   calexp/<visit>/, src/<visit>/       calibrated exposures and source tables per visit and CCD
 #   validate/                           science validation metrics and plots
+#   warp/, deepCoadd/, templateCoadd/   per (visit,) patch and filter on the sky map's tracts
+#   deepCoadd_det/, object/             multi-band detection image and Object table per patch
+#   forced_src/<visit>/                 forced photometry at Object positions per visit and CCD
 #   fe55/                               Fe55 gain tables and histograms per sensor exposure
 #   logs/<rule>/<tile>.log              one log per job; benchmarks/<rule>/<tile>.tsv likewise
 # Raw data, the reference catalog and (for simulations) the truth catalog live under
@@ -22,6 +25,7 @@ include: "rules/common.smk"
 include: "rules/calibs.smk"
 include: "rules/process_ccd.smk"
 include: "rules/validation.smk"
+include: "rules/coadd.smk"
 include: "rules/fe55.smk"
 
 

@@ -15,6 +15,8 @@ wildcard_constraints:
     visit=r"\d+",
     ccd=r"\d+",
     exposure=r"\d+",
+    tract=r"\d+",
+    patch=r"\d+,\d+",
     filter=filter_pattern(
         CAMPAIGN.registry.filters("flat") + CAMPAIGN.registry.filters("object")
     ),
@@ -61,6 +63,29 @@ def get_src_outputs():
 
 def get_all_products(dataset_type):
     return CAMPAIGN.visit_products(dataset_type)
+
+
+def get_visit_calexps(wildcards):
+    return [
+        LAYOUT.path("calexp", visit=wildcards.visit, ccd=c)
+        for c in CAMPAIGN.science_ccds
+    ]
+
+
+def get_coadd_warps(wildcards):
+    return CAMPAIGN.coadd_warps(int(wildcards.tract), wildcards.patch, wildcards.filter)
+
+
+def get_patch_coadds(wildcards):
+    return CAMPAIGN.patch_coadds(int(wildcards.tract), wildcards.patch)
+
+
+def get_forced_objects(wildcards):
+    return CAMPAIGN.forced_objects(int(wildcards.visit))
+
+
+def get_forced_outputs():
+    return CAMPAIGN.visit_outputs("forced_src")
 
 
 def get_fe55_gains(wildcards):

@@ -26,10 +26,20 @@ SECTIONS: dict[str, str] = {
     "isr": "dcflow.stages.isr:IsrConfig",
     "process_ccd": "dcflow.stages.process_ccd:ProcessCcdConfig",
     "validation": "dcflow.stages.validation:MatchScoreConfig",
+    "skymap": "dcflow.campaign.skymap:SkyMapConfig",
+    "warp": "dcflow.stages.warp:WarpConfig",
+    "coadd": "dcflow.stages.coadd:CoaddConfig",
+    "template": "dcflow.stages.coadd:TemplateSelectionConfig",
+    "multiband": "dcflow.stages.multiband:MultibandConfig",
+    "coadd_measurement": "dcflow.stages.coadd_measurement:CoaddMeasurementConfig",
+    "forced_photometry": "dcflow.stages.forced_photometry:ForcedPhotometryConfig",
     "fe55": "dcflow.instruments.fe55_sim:Fe55SimConfig",
     "fe55_gain": "dcflow.stages.fe55:Fe55Config",
 }
 """Config section -> the dataclass that owns its keys, defaults and bounds."""
+
+OPTIONAL_SECTIONS = frozenset({"skymap"})
+"""Sections whose absence switches a part of the pipeline off (no sky map: no coadds)."""
 
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"}
 
@@ -88,7 +98,8 @@ def build_schema() -> dict[str, Any]:
     }
     for section, spec in SECTIONS.items():
         sub = dataclass_schema(_section_class(spec))
-        sub["default"] = {}
+        if section not in OPTIONAL_SECTIONS:
+            sub["default"] = {}
         sub["description"] = (_section_class(spec).__doc__ or "").strip().splitlines()[0]
         properties[section] = sub
     return {

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -152,8 +152,16 @@ def _wcs_from_header(header: fits.Header) -> WCS | None:
         return WCS(header, relax=True)
 
 
-def write_exposure(exposure: Exposure, path: str | os.PathLike) -> None:
-    """Write an exposure as a FITS file: primary header, IMAGE, MASK and VARIANCE HDUs."""
+def write_exposure(
+    exposure: Exposure,
+    path: str | os.PathLike,
+    *,
+    extra_planes: Mapping[str, np.ndarray] | None = None,
+) -> None:
+    """Write an exposure as a FITS file: primary header, IMAGE, MASK and VARIANCE HDUs.
+
+    ``extra_planes`` adds named image HDUs after them (a coadd's NINPUTS and COVERAGE).
+    """
     header = exposure.header.copy()
     if exposure.wcs is not None:
         for key in list(header):
@@ -172,6 +180,8 @@ def write_exposure(exposure: Exposure, path: str | os.PathLike) -> None:
             fits.ImageHDU(np.asarray(exposure.variance, dtype=np.float32), name="VARIANCE"),
         ]
     )
+    for name, plane in (extra_planes or {}).items():
+        hdus.append(fits.ImageHDU(np.asarray(plane), name=name))
     write_fits(hdus, path)
 
 

@@ -26,6 +26,14 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "flat": "calib/flat/{filter}/flat_{filter}_{ccd}.fits",
     "calexp": "calexp/{visit}/calexp_{visit}_{ccd}.fits",
     "src": "src/{visit}/src_{visit}_{ccd}.fits",
+    "warp": "warp/{tract}/{patch}/{visit}/warp_{tract}_{patch}_{visit}.fits",
+    "deepCoadd": "deepCoadd/{filter}/{tract}/{patch}/deepCoadd_{filter}_{tract}_{patch}.fits",
+    "templateCoadd": (
+        "templateCoadd/{filter}/{tract}/{patch}/templateCoadd_{filter}_{tract}_{patch}.fits"
+    ),
+    "deepCoadd_det": "deepCoadd_det/{tract}/{patch}/deepCoadd_det_{tract}_{patch}.fits",
+    "object": "object/{tract}/{patch}/object_{tract}_{patch}.fits",
+    "forced_src": "forced_src/{visit}/forced_src_{visit}_{ccd}.fits",
     "process_ccd_metrics": "validate/process_ccd/{visit}.json",
     "science_validation": "validate/science_validation.json",
     "science_validation_plot": "validate/science_validation.png",

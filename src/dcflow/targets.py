@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcflow.campaign.registry import Registry
+from dcflow.campaign.skymap import SkyMapConfig, make_tracts, patches_for_pointings
+from dcflow.configs import from_mapping
 from dcflow.layout import Layout
 
 __all__ = [
@@ -80,6 +82,9 @@ class Campaign:
     registry: Registry
     instrument: str
     fe55: Any = None
+    skymap: Any = None
+    patch_visits: Mapping[tuple[int, str], tuple[int, ...]] = field(default_factory=dict)
+    visit_bands: Mapping[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], layout: Layout | None = None) -> Campaign:
@@ -93,19 +98,85 @@ class Campaign:
         from dcflow.fe55_targets import fe55_config
 
         layout = layout or Layout.from_config(config)
+        registry = Registry(layout.path("registry"))
+        skymap = None
+        patch_visits: dict[tuple[int, str], tuple[int, ...]] = {}
+        if config.get("skymap"):
+            skymap = from_mapping(SkyMapConfig, config["skymap"])
+            pointings = [
+                (r.visit, r.ra_deg, r.dec_deg)
+                for r in registry.records(obstype="object")
+                if r.ra_deg is not None and r.dec_deg is not None
+            ]
+            overlaps = patches_for_pointings(
+                make_tracts(skymap), pointings, field_radius_deg=skymap.field_radius_deg
+            )
+            patch_visits = {key: tuple(visits) for key, visits in overlaps.items()}
         return cls(
             layout=layout,
-            registry=Registry(layout.path("registry")),
+            registry=registry,
             instrument=config["campaign"]["instrument"],
             fe55=fe55_config(config),
+            skymap=skymap,
+            patch_visits=patch_visits,
+            visit_bands=dict(registry.science_visits()),
         )
+
+    def visit_patches(self, visit: int) -> list[tuple[int, str]]:
+        """``(tract, patch)`` of every patch a visit may overlap (planning-time overlaps)."""
+        return [key for key, visits in self.patch_visits.items() if visit in visits]
+
+    def patch_bands(self, tract: int, patch: str) -> list[str]:
+        """Filters with at least one visit overlapping a patch."""
+        visits = self.patch_visits.get((tract, patch), ())
+        return sorted({self.visit_bands[v] for v in visits})
+
+    def coadd_warps(self, tract: int, patch: str, band: str) -> list[str]:
+        """Warps of one patch in one filter: one per overlapping visit of that filter."""
+        return [
+            self.layout.path("warp", tract=tract, patch=patch, visit=visit)
+            for visit in self.patch_visits.get((tract, patch), ())
+            if self.visit_bands[visit] == band
+        ]
+
+    def patch_coadds(self, tract: int, patch: str) -> list[str]:
+        """The deepCoadd of each filter with data on one patch, in filter order."""
+        return [
+            self.layout.path("deepCoadd", filter=band, tract=tract, patch=patch)
+            for band in self.patch_bands(tract, patch)
+        ]
+
+    def forced_objects(self, visit: int) -> list[str]:
+        """Object tables of the patches a visit overlaps (forced photometry's positions)."""
+        return [
+            self.layout.path("object", tract=tract, patch=patch)
+            for tract, patch in self.visit_patches(visit)
+        ]
+
+    def coadd_targets(self) -> list[str]:
+        """Every templateCoadd, Object table and forced_src (none without a sky map)."""
+        if self.skymap is None:
+            return []
+        targets = [
+            self.layout.path("templateCoadd", filter=band, tract=tract, patch=patch)
+            for tract, patch in self.patch_visits
+            for band in self.patch_bands(tract, patch)
+        ]
+        targets += [self.layout.path("object", tract=t, patch=p) for t, p in self.patch_visits]
+        targets += [
+            self.layout.path("forced_src", visit=visit, ccd=ccd)
+            for visit in self.visit_bands
+            if self.visit_patches(visit)
+            for ccd in self.science_ccds
+        ]
+        return targets
 
     def final_targets(self) -> list[str]:
         """What rule ``all`` asks for: every calexp and src, the validation, the Fe55 gains."""
         targets = self.visit_products("calexp") + self.visit_products("src")
         if self.has_truth:
             targets.append(self.layout.path("science_validation"))
-        return targets + self.fe55_targets()
+        return targets + self.coadd_targets() + self.fe55_targets()
 
     def fe55_targets(self) -> list[str]:
         """The Fe55 per-sensor summaries (none when the config lists no sensor)."""
@@ -149,6 +220,52 @@ class Campaign:
     def needs_calibs(self) -> bool:
         """Whether science frames need master bias and flat (raw cameras) or not (SDSS fpC)."""
         return self.instrument not in PROCESSED_INSTRUMENTS
+
+    def _coadd_jobs(self) -> list[JobSpec]:
+        """The jobs of rules/coadd.smk (mirrors it, as `jobs` does the other rules)."""
+        if self.skymap is None:
+            return []
+        path = self.layout.path
+        jobs: list[JobSpec] = []
+        for (tract, patch), visits in self.patch_visits.items():
+            tile = {"tract": tract, "patch": patch}
+            for visit in visits:
+                calexps = tuple(path("calexp", visit=visit, ccd=c) for c in self.science_ccds)
+                warp = path("warp", visit=visit, **tile)
+                band = self.visit_bands[visit]
+                jobs.append(
+                    JobSpec("make_warp", {"visit": visit, **tile}, (warp,), calexps, band, tract)
+                )
+            for band in self.patch_bands(tract, patch):
+                outputs = (
+                    path("deepCoadd", filter=band, **tile),
+                    path("templateCoadd", filter=band, **tile),
+                )
+                warps = tuple(self.coadd_warps(tract, patch, band))
+                jobs.append(
+                    JobSpec("assemble_coadd", {"filter": band, **tile}, outputs, warps, band, tract)
+                )
+            outputs = (path("deepCoadd_det", **tile), path("object", **tile))
+            jobs.append(
+                JobSpec(
+                    "measure_patch",
+                    tile,
+                    outputs,
+                    tuple(self.patch_coadds(tract, patch)),
+                    None,
+                    tract,
+                )
+            )
+        for visit, band in self.visit_bands.items():
+            objects = self.forced_objects(visit)
+            if not objects:
+                continue
+            calexps = tuple(path("calexp", visit=visit, ccd=c) for c in self.science_ccds)
+            outputs = tuple(path("forced_src", visit=visit, ccd=c) for c in self.science_ccds)
+            jobs.append(
+                JobSpec("forced_photometry", {"visit": visit}, outputs, (*calexps, *objects), band)
+            )
+        return jobs
 
     def visit_inputs(self, visit: int) -> dict[str, list[str] | str]:
         """Every input of one visit's processing job, by name, each in `science_ccds` order.
@@ -272,6 +389,7 @@ class Campaign:
                     (*srcs, *calexps, truth),
                 )
             )
+        jobs += self._coadd_jobs()
         if self.fe55 is not None:
             from dcflow.fe55_targets import fe55_jobs
 

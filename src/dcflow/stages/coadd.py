@@ -52,6 +52,7 @@ __all__ = [
     "TemplateSelectionConfig",
     "assemble_coadd",
     "assemble_template_coadd",
+    "empty_coadd",
     "select_template_inputs",
 ]
 
@@ -194,6 +195,11 @@ def _empty_coadd(template: Exposure, config: CoaddConfig) -> CoaddResult:
         n_clipped_pixels=(),
         input_coverage=np.zeros((0, -(-shape[0] // b), -(-shape[1] // b)), dtype=np.float32),
     )
+
+
+def empty_coadd(template: Exposure, *, config: CoaddConfig | None = None) -> CoaddResult:
+    """An all-NO_DATA coadd on the grid of ``template`` (a patch no usable input covers)."""
+    return _empty_coadd(template, config or CoaddConfig())
 
 
 def _bad_bits(config: CoaddConfig) -> int:

@@ -1,0 +1,55 @@
+"""deepCoadd and templateCoadd of one patch and filter from its warps."""
+
+import logging
+
+from dcflow.configs import from_mapping
+from dcflow.errors import StageError
+from dcflow.io import read_exposure, write_exposure
+from dcflow.joblog import run_logged
+from dcflow.stages.coadd import (
+    CoaddConfig,
+    TemplateSelectionConfig,
+    assemble_coadd,
+    assemble_template_coadd,
+    empty_coadd,
+)
+
+log = logging.getLogger("assemble_coadd")
+
+
+def write_coadd(result, path):
+    """A coadd with its number-of-inputs and input-coverage planes."""
+    write_exposure(
+        result.coadd,
+        path,
+        extra_planes={"NINPUTS": result.n_inputs, "COVERAGE": result.input_coverage},
+    )
+
+
+def main(*, warps, deep_path, template_path, coadd_config, template_config):
+    coadd_config = from_mapping(CoaddConfig, coadd_config)
+    selection = from_mapping(TemplateSelectionConfig, template_config)
+    exposures = [read_exposure(path) for path in warps]
+    deep = assemble_coadd(exposures, config=coadd_config)
+    write_coadd(deep, deep_path)
+    log.info(
+        "%s: %d warps, PSF FWHM %.2f arcsec", deep_path, len(deep.visits), deep.psf_fwhm_arcsec
+    )
+    try:
+        template = assemble_template_coadd(exposures, selection=selection, config=coadd_config)
+    except StageError as exc:
+        log.warning("%s: no template (%s); writing an empty one", template_path, exc)
+        template = empty_coadd(deep.coadd, config=coadd_config)
+    write_coadd(template, template_path)
+
+
+if "snakemake" in globals():
+    run_logged(
+        main,
+        snakemake.log[0],  # noqa: F821
+        warps=list(snakemake.input.warps),  # noqa: F821
+        deep_path=snakemake.output.deep,  # noqa: F821
+        template_path=snakemake.output.template,  # noqa: F821
+        coadd_config=snakemake.params.coadd,  # noqa: F821
+        template_config=snakemake.params.template,  # noqa: F821
+    )
