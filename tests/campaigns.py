@@ -9,7 +9,9 @@ import yaml
 from dcflow import driver
 
 
-def write_campaign_config(root: Path, *, name: str = "test", **simulation) -> Path:
+def write_campaign_config(
+    root: Path, *, name: str = "test", skymap: bool = False, **simulation
+) -> Path:
     """Write a campaign config whose inputs and outputs live under ``root``."""
     sim = {
         "seed": 7,
@@ -27,6 +29,16 @@ def write_campaign_config(root: Path, *, name: str = "test", **simulation) -> Pa
         "layout": {"input_root": str(root / "input"), "output_root": str(root / "output")},
         "simulation": sim,
     }
+    if skymap:
+        # one patch holding the whole 2-CCD field (simulator's default field centre)
+        config["skymap"] = {
+            "tract_ra_deg": [150.0],
+            "tract_dec_deg": [2.2],
+            "patch_inner_pixels": 2400,
+            "patch_border_pixels": 50,
+            "n_patches": 1,
+            "field_radius_deg": 0.08,
+        }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

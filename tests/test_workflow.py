@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     root = tmp_path_factory.mktemp("campaign")
-    config_path = write_campaign_config(root)
+    config_path = write_campaign_config(root, skymap=True)
     driver.simulate_campaign(config_path)
     report = driver.ingest_campaign(config_path)
     assert report.rejected == ()
@@ -69,6 +69,47 @@ def test_outputs_match_truth(campaign):
         assert m["completeness"] >= 0.95, f"visit {visit}: completeness {m['completeness']}"
         assert m["n_completeness"] >= 50
     assert os.path.getsize(layout.path("science_validation_plot")) > 20_000
+
+
+def test_objects_and_forced_photometry_match_truth(campaign):
+    """The sky-map half on the same campaign: Objects against truth, forced fluxes per visit."""
+    _, layout, code = campaign
+    assert code == 0
+    truth = read_table(layout.path("truth", instrument="cfht_sim"))
+    objects = read_table(layout.path("object", tract=0, patch="0,0"))
+    assert len(objects) > 300 and len(set(objects["object_id"])) == len(objects)
+    matched, sep = _match(objects, truth)
+    snr = np.asarray(objects["r_psf_flux"] / objects["r_psf_flux_err"])
+    bright = matched & (snr > 100)
+    assert bright.sum() >= 30
+    assert np.sqrt(np.mean(sep[bright] ** 2)) <= 20.0, "Object astrometric rms vs truth (mas)"
+    assert matched.mean() >= 0.95
+    # forced photometry: one row per Object on every CCD, fluxes where the Object lies on it
+    for visit in (1003, 1004):
+        rows = [read_table(layout.path("forced_src", visit=visit, ccd=c)) for c in (0, 1)]
+        assert all(len(t) == len(objects) for t in rows)
+        ratio = []
+        for table in rows:
+            ok = np.isfinite(np.asarray(table["psf_flux"]))
+            x, y = np.asarray(table["x"]), np.asarray(table["y"])
+            on_ccd = (x >= 10) & (x < 1024 - 10) & (y >= 10) & (y < 2048 - 10)
+            far_off = (x < -20) | (x >= 1024 + 20) | (y < -20) | (y >= 2048 + 20)
+            assert not ok[far_off].any(), "a flux for an Object off the CCD"
+            assert ok[on_ccd].mean() >= 0.95, "Objects on the CCD without a forced flux"
+            good = ok & (snr > 100) & matched
+            flux = np.asarray(table["psf_flux"])[good]
+            ratio.append(flux / np.asarray(objects["r_psf_flux"])[good])
+        assert abs(np.median(np.concatenate(ratio)) - 1) < 0.02, "forced vs coadd flux scale"
+
+
+def _match(table, truth):
+    from astropy.coordinates import SkyCoord
+
+    coords = SkyCoord(table["ra_deg"], table["dec_deg"], unit="deg")
+    truth_coords = SkyCoord(truth["ra_deg"], truth["dec_deg"], unit="deg")
+    _, sep, _ = coords.match_to_catalog_sky(truth_coords)
+    sep_mas = sep.to_value("mas")
+    return sep_mas < 500, sep_mas
 
 
 def test_rerun_is_a_no_op(campaign):
