@@ -1,5 +1,5 @@
-"""Part of a small simulated campaign (its calibrations: a master bias and two flats) through
-profiles/dirac gives byte-identical products to the local run. The whole campaign takes
+"""Part of a small simulated campaign (one visit's catalogs: master bias, flat, calexp and src)
+through profiles/dirac gives byte-identical products to the local run. The whole campaign takes
 minutes more on the 2-core CI machine (the Grid Engine campaign test runs it whole)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _hdus(path: Path) -> list[tuple[str, bytes]]:
         return [(h.name, np.asarray(h.data).tobytes()) for h in hdus if h.data is not None]
 
 
-def test_campaign_calibs_through_profiles_dirac_match_the_local_run(tmp_path):
+def test_campaign_catalogs_through_profiles_dirac_match_the_local_run(tmp_path):
     from snakemake_executor_plugin_dirac.submit import job_group
     from snakemake_executor_plugin_dirac.wms import DiracWMS
 
@@ -42,17 +42,17 @@ def test_campaign_calibs_through_profiles_dirac_match_the_local_run(tmp_path):
         driver.simulate_campaign(config)
         driver.ingest_campaign(config)
         layout = Layout.from_config(load_config(config))
-        targets = [layout.path("flat", filter=f, ccd=0) for f in ("g", "r")]
+        targets = [layout.path(kind, visit=1001, ccd=0) for kind in ("calexp", "src")]
         args = [*targets, "--quiet", "rules"]
         if profile == "dirac":
             args += ["--seconds-between-status-checks", "2"]
         code = driver.run_snakemake(config, profile=profile, snakemake_args=args, workdir=root)
         assert code == 0, f"{profile} run failed"
-        paths = [layout.path("bias", ccd=0), *targets]
+        paths = [layout.path("bias", ccd=0), layout.path("flat", filter="g", ccd=0), *targets]
         products[profile] = [_hdus(Path(p)) for p in paths]
 
     # Every job of the DIRAC run went through the WMS (its JobGroup) and ended Done:
-    # one master bias, then the two flats (one parametric submission).
+    # the master bias, the g flat, then visit 1001's processCcd.
     wms = DiracWMS()
     ids = wms.group_job_ids(job_group(tmp_path / "dirac", "dcflow"))
     assert len(ids) == 3
