@@ -124,7 +124,20 @@ class Executor(RemoteExecutor):
         self.group = job_group(self.workdir, self.settings.job_group_prefix)
         self.logdir = self.workdir / ".snakemake" / "dirac_logs"
         self.wms = DiracWMS()
-        self.adoptable = self.wms.alive_in_group(self.group)
+        # A job an earlier driver saw fail or cancelled is never adopted, even while DIRAC
+        # still shows it alive (a killed job reads Running again until its wrapper stops).
+        self.ended_dir = self.workdir / ".snakemake" / "dirac_ended"
+        self.adoptable = {
+            name: job_id
+            for name, job_id in self.wms.alive_in_group(self.group).items()
+            if not (self.ended_dir / str(job_id)).exists()
+        }
+
+    def mark_ended(self, job_ids) -> None:
+        """Record durably that these jobs are finished with, so no later driver adopts them."""
+        self.ended_dir.mkdir(parents=True, exist_ok=True)
+        for job_id in job_ids:
+            (self.ended_dir / str(job_id)).touch()
 
     def run_jobs(self, jobs: list[JobExecutorInterface]):
         """Adopt jobs a previous driver left alive; submit the rest, in bulk where possible."""
@@ -171,10 +184,12 @@ class Executor(RemoteExecutor):
                 log_dir, log_text = tail_of_logs(self, info.external_jobid)
                 msg = describe_failure(outcome, log_text, log_dir and str(log_dir))
                 logs = [str(p) for p in sorted(log_dir.iterdir()) if p.is_file()] if log_dir else []
+                self.mark_ended([info.external_jobid])
                 self.report_job_error(info, msg=msg, aux_logs=logs)
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
         """Kill every active job with one DIRAC call."""
+        self.mark_ended(info.external_jobid for info in active_jobs)
         try:
             cancel_jobs(self.wms, [info.external_jobid for info in active_jobs])
         except DiracError as err:
