@@ -138,7 +138,7 @@ def test_arguments_refuse_what_breaks_the_jdl(bad):
 
 
 def test_arguments_round_trip_through_shlex():
-    args = ["/work/run/.snakemake/tmp.x1/snakejob.a.1.sh", "k=v,w", "user@host:9"]
+    args = ["/site/run/.snakemake/tmp.x1/snakejob.a.1.sh", "k=v,w", "user@host:9"]
     assert shlex.split(arguments_string(args)) == args
 
 
