@@ -35,6 +35,7 @@ SECTIONS: dict[str, str] = {
     "forced_photometry": "dcflow.stages.forced_photometry:ForcedPhotometryConfig",
     "fe55": "dcflow.instruments.fe55_sim:Fe55SimConfig",
     "fe55_gain": "dcflow.stages.fe55:Fe55Config",
+    "shards": "dcflow.campaign.shards:ShardConfig",
 }
 """Config section -> the dataclass that owns its keys, defaults and bounds."""
 
@@ -68,6 +69,13 @@ def build_schema() -> dict[str, Any]:
                     "enum": ["cfht_sim", "sdss"],
                     "description": "Instrument of the raw data: cfht_sim (simulated MegaCam) "
                     "or sdss (SDSS corrected frames).",
+                },
+                "payload": {
+                    "type": "string",
+                    "enum": ["full", "noop"],
+                    "default": "full",
+                    "description": "What each job runs: full (the stage) or noop (writes "
+                    "placeholder outputs only: scale runs of the orchestration).",
                 },
             },
         },
