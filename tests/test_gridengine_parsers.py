@@ -41,6 +41,7 @@ from snakemake_executor_plugin_gridengine.submit import (
     job_log_path,
     job_name,
     native_args,
+    noop_exec,
     parse_qsub_terse,
     qsub_argv,
     requote_config_args,
@@ -367,3 +368,24 @@ def test_config_args_requoted_for_the_shell():
     out = subprocess.run(["sh", "-c", "printf '%s\\n' " + fixed], capture_output=True, text=True)
     assert out.stdout.splitlines()[4:7] == args
     assert requote_config_args(line, None) == line
+
+
+def test_noop_exec_writes_quoted_outputs_atomically(tmp_path):
+    outputs = [tmp_path / "a b" / "calexp_1_0.fits", tmp_path / "it's" / "$(touch pwned)"]
+    script = tmp_path / "job.sh"
+    script.write_text(noop_exec([str(p) for p in outputs], seconds=0.05))
+    done = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert [p.read_text() for p in outputs] == ["noop\n", "noop\n"]
+    assert not (tmp_path / "pwned").exists()
+    assert not list(tmp_path.rglob("*noop-tmp*"))
+
+
+def test_noop_exec_fails_when_an_output_cannot_be_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    script = tmp_path / "job.sh"
+    script.write_text(noop_exec([str(blocker / "x.fits"), str(tmp_path / "later.fits")]))
+    done = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, check=False)
+    assert done.returncode != 0
+    assert not (tmp_path / "later.fits").exists()

@@ -43,6 +43,7 @@ from .submit import (
     job_name,
     job_script,
     native_args,
+    noop_exec,
     requote_config_args,
     submit_qsub,
 )
@@ -114,8 +115,28 @@ class ExecutorSettings(ExecutorSettingsBase):
             "required": False,
         },
     )
+    noop_direct: Optional[bool] = field(  # noqa: UP045 (the settings parser needs typing.Optional)
+        default=False,
+        metadata={
+            "help": "Only for campaigns with campaign.payload: noop (scale runs of the "
+            "orchestration): each job writes its placeholder outputs from the job script "
+            "instead of starting a Snakemake process (2-4 CPU s and ~150 MB each), so "
+            "hundreds of slots fit on a small host. Default: off.",
+            "required": False,
+        },
+    )
+    noop_seconds: Optional[float] = field(  # noqa: UP045
+        default=0.0,
+        metadata={
+            "help": "With noop-direct: seconds each job holds its slot before writing its "
+            "outputs (a stand-in for work; sleeps, no CPU). Default: 0.",
+            "required": False,
+        },
+    )
 
     def __post_init__(self):
+        if self.noop_seconds is not None and self.noop_seconds < 0:
+            raise WorkflowError(f"--gridengine-noop-seconds must be >= 0, not {self.noop_seconds}")
         if self.backend not in BACKENDS:
             raise WorkflowError(
                 f"--gridengine-backend must be one of {BACKENDS}, not {self.backend!r}"
@@ -157,6 +178,14 @@ class Executor(RemoteExecutor):
             extra_args=settings.extra_args,
         )
         self.array_min_jobs = settings.array_min_jobs or 0
+        self.noop_seconds = settings.noop_seconds or 0.0
+        self.noop_direct = bool(settings.noop_direct)
+        payload = (self.workflow.config.get("campaign") or {}).get("payload", "full")
+        if self.noop_direct and payload != "noop":
+            raise WorkflowError(
+                "--gridengine-noop-direct skips each job's stage: it is only for campaigns "
+                f"with campaign.payload: noop, and this one has payload {payload!r}"
+            )
         self.backend = None
         if settings.backend == "drmaa":
             from .drmaa_backend import DrmaaBackend
@@ -211,9 +240,12 @@ class Executor(RemoteExecutor):
         log = job_log_path(self.logdir, rule, wildcards)
         log.parent.mkdir(parents=True, exist_ok=True)
         script = Path(self.get_jobscript(job))
-        exec_job = requote_config_args(
-            self.format_job_exec(job), self.workflow.config_settings.config_args
-        )
+        if self.noop_direct:
+            exec_job = noop_exec([str(self.workdir / o) for o in job.output], self.noop_seconds)
+        else:
+            exec_job = requote_config_args(
+                self.format_job_exec(job), self.workflow.config_settings.config_args
+            )
         script.write_text(job_script(self.jobscript, job.properties(), exec_job, log, job.attempt))
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
         native = native_args(job.threads, job.resources, self.defaults)

@@ -192,6 +192,24 @@ def job_script(template: str, properties: str, exec_job: str, log: Path, attempt
     return template.format(properties=properties, exec_job=body)
 
 
+def noop_exec(outputs: Sequence[str], seconds: float = 0.0) -> str:
+    """Shell lines that stand in for a noop-payload job's Snakemake process.
+
+    They hold the slot ``seconds`` (a stand-in for work, no CPU) and then write each output
+    as a placeholder through a temporary name and a rename, so a killed job leaves no file
+    that looks complete. Paths are quoted: nothing from data ids reaches the shell raw.
+    """
+    lines = [f"sleep {float(seconds):g} || exit 1"] if seconds > 0 else []
+    for output in outputs:
+        path = shlex.quote(str(output))
+        temp = shlex.quote(f"{output}.noop-tmp") + "$$"
+        lines.append(
+            f"mkdir -p \"$(dirname {path})\" && printf 'noop\\n' >{temp} && mv -f {temp} {path}"
+            " || exit 1"
+        )
+    return "\n".join([*lines, "true", ""])
+
+
 def array_dispatcher(task_scripts: Sequence[Path]) -> str:
     """Script text that runs task ``$SGE_TASK_ID`` (1-based) of ``task_scripts``."""
     lines = ["#!/bin/sh", 'case "$SGE_TASK_ID" in']
