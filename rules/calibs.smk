@@ -16,7 +16,7 @@ rule bias:
         isr=config["isr"],
         calibs=config["calibs"],
     script:
-        "../scripts/make_bias.py"
+        stage_script("make_bias")
 
 
 rule flat:
@@ -38,4 +38,4 @@ rule flat:
         isr=config["isr"],
         calibs=config["calibs"],
     script:
-        "../scripts/make_flat.py"
+        stage_script("make_flat")

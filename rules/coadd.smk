@@ -21,7 +21,7 @@ rule make_warp:
         skymap=config.get("skymap", {}),
         warp=config["warp"],
     script:
-        "../scripts/make_warp.py"
+        stage_script("make_warp")
 
 
 rule assemble_coadd:
@@ -43,7 +43,7 @@ rule assemble_coadd:
         coadd=config["coadd"],
         template=config["template"],
     script:
-        "../scripts/assemble_coadd.py"
+        stage_script("assemble_coadd")
 
 
 rule measure_patch:
@@ -66,7 +66,7 @@ rule measure_patch:
         multiband=config["multiband"],
         measurement=config["coadd_measurement"],
     script:
-        "../scripts/measure_patch.py"
+        stage_script("measure_patch")
 
 
 rule forced_photometry:
@@ -87,4 +87,4 @@ rule forced_photometry:
     params:
         forced=config["forced_photometry"],
     script:
-        "../scripts/forced_photometry.py"
+        stage_script("forced_photometry")

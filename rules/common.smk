@@ -3,7 +3,7 @@
 from snakemake.utils import validate
 
 from dcflow.fe55_targets import fe55_inputs
-from dcflow.targets import Campaign, filter_pattern
+from dcflow.targets import Campaign, filter_pattern, payload_script
 
 validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
 
@@ -25,6 +25,11 @@ wildcard_constraints:
 def path(dataset_type, **fixed):
     """Path pattern of a dataset type, from the campaign layout (the only path builder)."""
     return LAYOUT.pattern(dataset_type, **fixed)
+
+
+def stage_script(stage):
+    """The stage script to run (scripts/<stage>.py), or scripts/noop.py under payload noop."""
+    return f"../scripts/{payload_script(config, stage)}.py"
 
 
 def log_path(rule, tile):

@@ -20,7 +20,7 @@ rule fe55_simulate:
     params:
         fe55=config["fe55"],
     script:
-        "../scripts/fe55_simulate.py"
+        stage_script("fe55_simulate")
 
 
 rule fe55_gain:
@@ -47,7 +47,7 @@ rule fe55_gain:
         fe55=config["fe55"],
         analysis=config["fe55_gain"],
     script:
-        "../scripts/fe55_gain.py"
+        stage_script("fe55_gain")
 
 
 rule fe55_summary:
@@ -66,4 +66,4 @@ rule fe55_summary:
         mem_mb=500,
         runtime=5,
     script:
-        "../scripts/fe55_summary.py"
+        stage_script("fe55_summary")

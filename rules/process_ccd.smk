@@ -19,4 +19,4 @@ rule process_visit:
         isr=config["isr"],
         process_ccd=config["process_ccd"],
     script:
-        "../scripts/process_visit.py"
+        stage_script("process_visit")

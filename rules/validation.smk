@@ -23,4 +23,4 @@ rule science_validation:
     params:
         validation=config["validation"],
     script:
-        "../scripts/science_validation.py"
+        stage_script("science_validation")

@@ -21,6 +21,7 @@ __all__ = [
     "Campaign",
     "JobSpec",
     "filter_pattern",
+    "payload_script",
 ]
 
 SIMULATED_INSTRUMENTS = frozenset({"cfht_sim"})
@@ -33,6 +34,15 @@ PROCESSED_INSTRUMENTS = frozenset({"sdss"})
 def filter_pattern(filters: list[str]) -> str:
     """A wildcard constraint matching exactly the campaign's filter names (a small fixed set)."""
     return "(?:" + "|".join(sorted(filters, key=len, reverse=True)) + ")" if filters else "[a-z]+"
+
+
+def payload_script(config: Mapping[str, Any], stage: str) -> str:
+    """Name (no suffix) of the script under scripts/ that a stage's rule runs.
+
+    The stage's own script, or ``noop`` when ``campaign.payload`` is ``noop`` (placeholder
+    outputs, same DAG).
+    """
+    return "noop" if config["campaign"].get("payload", "full") == "noop" else stage
 
 
 @dataclass(frozen=True, slots=True)

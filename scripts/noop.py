@@ -1,0 +1,55 @@
+"""The noop payload: write every declared output of a job as a small placeholder.
+
+Under ``campaign.payload: noop`` every rule runs this script instead of its stage (the rules,
+inputs and outputs, hence the DAG, are those of the full payload): scale runs of the
+orchestration without the science. Inputs are not opened. Each output is written atomically
+(`dcflow.io.write_text`), so a killed job leaves no partial file. ``DCFLOW_NOOP_SECONDS``
+(default 0) makes each job sleep that long first, to emulate a stage's duration.
+"""
+
+import json
+import logging
+import os
+import time
+
+from dcflow.io import write_text
+from dcflow.joblog import run_logged
+
+__all__ = ["NOOP_SECONDS_ENV", "main", "placeholder_text"]
+
+log = logging.getLogger("noop")
+
+NOOP_SECONDS_ENV = "DCFLOW_NOOP_SECONDS"
+"""Environment variable: seconds each noop job sleeps before writing (emulated stage time)."""
+
+
+def placeholder_text(rule, wildcards, output):
+    """The content of one placeholder output: says which job wrote it (one JSON line)."""
+    record = {"payload": "noop", "rule": rule, "wildcards": wildcards, "output": output}
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+def main(*, rule, wildcards, outputs, n_inputs, seconds=0.0):
+    if seconds > 0:
+        time.sleep(seconds)
+    for output in outputs:
+        write_text(placeholder_text(rule, wildcards, output), output)
+    log.info(
+        "noop %s %s: %d input(s) not read, %d placeholder(s)",
+        rule,
+        wildcards,
+        n_inputs,
+        len(outputs),
+    )
+
+
+if "snakemake" in globals():
+    run_logged(
+        main,
+        snakemake.log[0] if snakemake.log else None,  # noqa: F821
+        rule=snakemake.rule,  # noqa: F821
+        wildcards=dict(snakemake.wildcards.items()),  # noqa: F821
+        outputs=[str(o) for o in snakemake.output],  # noqa: F821
+        n_inputs=len(snakemake.input),  # noqa: F821
+        seconds=float(os.environ.get(NOOP_SECONDS_ENV, "0") or 0),
+    )

@@ -1,0 +1,111 @@
+"""The noop payload: same DAG as the full payload, every output a whole placeholder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from noop_campaigns import write_noop_campaign
+
+from dcflow import driver
+from dcflow.plan import parse_dry_run_counts
+
+pytestmark = pytest.mark.slow
+
+
+def _dry_run_counts(config: Path) -> dict[str, int]:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(driver.REPO_ROOT / "Snakefile"),
+            "--configfile",
+            str(config),
+            "--directory",
+            str(config.parent),
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return parse_dry_run_counts(proc.stdout + proc.stderr)
+
+
+def _set_payload(config: Path, payload: str) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["campaign"]["payload"] = payload
+    config.write_text(yaml.safe_dump(data))
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory) -> Path:
+    return write_noop_campaign(tmp_path_factory.mktemp("noop"))
+
+
+def test_noop_dag_equals_full_dag(campaign):
+    noop = _dry_run_counts(campaign)
+    _set_payload(campaign, "full")
+    try:
+        full = _dry_run_counts(campaign)
+    finally:
+        _set_payload(campaign, "noop")
+    _, _, planned = driver.open_campaign(campaign)
+    expected = dict(Counter(job.rule for job in planned.jobs()))
+    assert noop == full == expected
+    assert {"make_warp", "forced_photometry", "fe55_gain", "science_validation"} <= set(noop)
+
+
+def test_noop_run_writes_every_output_as_a_placeholder(campaign):
+    code = driver.run_snakemake(
+        campaign, profile="local", snakemake_args=["--quiet", "rules"], workdir=campaign.parent
+    )
+    assert code == 0
+    _, _, planned = driver.open_campaign(campaign)
+    jobs = [job for job in planned.jobs() if job.rule != "all"]
+    for job in jobs:
+        for output in job.outputs:
+            record = json.loads(Path(output).read_text())
+            assert record["rule"] == job.rule, output
+            assert record["output"] == output
+            assert record["wildcards"] == {k: str(v) for k, v in job.data_id.items()}
+    logs = sorted(Path(planned.layout.output_root, "logs").rglob("*.log"))
+    assert len(logs) == len(jobs)
+    assert all("placeholder(s)" in p.read_text() for p in logs)
+    # atomic writes leave no temporary file behind; nothing but placeholders in products
+    output_root = Path(planned.layout.output_root)
+    assert not [p for p in output_root.rglob("*") if p.name.endswith(".tmp")]
+    outputs = {output for job in jobs for output in job.outputs}
+    products = {
+        str(p)
+        for p in output_root.rglob("*")
+        if p.is_file()
+        and p.parts[len(output_root.parts)] not in ("logs", "benchmarks")
+        and not p.name.startswith("registry.sqlite3")
+    }
+    assert products == {o for o in outputs if o.startswith(str(output_root) + "/")}
+
+
+def test_noop_main_writes_atomically(tmp_path):
+    spec = importlib.util.spec_from_file_location("noop", driver.REPO_ROOT / "scripts/noop.py")
+    noop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(noop)
+    out = tmp_path / "a" / "b.fits"
+    noop.main(rule="make_warp", wildcards={"visit": "1"}, outputs=[str(out)], n_inputs=3)
+    assert json.loads(out.read_text())["wildcards"] == {"visit": "1"}
+    assert [p.name for p in out.parent.iterdir()] == ["b.fits"]
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    with pytest.raises(OSError, match="file"):
+        noop.main(rule="r", wildcards={}, outputs=[str(blocked / "x.fits")], n_inputs=0)
