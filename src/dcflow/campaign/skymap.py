@@ -34,12 +34,14 @@ __all__ = [
     "circle_footprint",
     "find_patch",
     "make_tracts",
+    "overlap_pairs",
     "overlapping_tract_patches",
     "parse_patch_name",
     "patch_info",
     "patch_wcs",
     "patches_for_calexp",
     "patches_for_pointings",
+    "patches_for_pointings_loop",
     "patches_overlapping",
     "sky_to_tract_pixels",
     "tract_wcs",
@@ -416,6 +418,204 @@ def find_patch(tract: TractInfo, ra_deg: float, dec_deg: float) -> PatchInfo | N
     return patch_info(tract, i, j)
 
 
+_CIRCLE_VERTICES = 32
+"""Vertices of the planning-time circle polygon (`circle_footprint`'s default)."""
+
+
+def _circle_footprints(
+    ra_deg: np.ndarray, dec_deg: np.ndarray, radius_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """`circle_footprint` of many pointings at once, ``(n, 32)``: the same operations, in order."""
+    if not 0.0 < radius_deg < 45.0:
+        raise ValueError(f"radius_deg must be in (0, 45); got {radius_deg}")
+    n_vertices = _CIRCLE_VERTICES
+    rho = np.radians(radius_deg / np.cos(np.pi / n_vertices))
+    angle = np.linspace(0.0, 2.0 * np.pi, n_vertices, endpoint=False)
+    ra0 = np.radians(ra_deg)[:, None]
+    dec0 = np.radians(dec_deg)[:, None]
+    sin_dec = np.sin(dec0) * np.cos(rho) + np.cos(dec0) * np.sin(rho) * np.cos(angle)
+    dec = np.arcsin(np.clip(sin_dec, -1.0, 1.0))
+    ra = ra0 + np.arctan2(
+        np.sin(angle) * np.sin(rho) * np.cos(dec0), np.cos(rho) - np.sin(dec0) * sin_dec
+    )
+    return np.degrees(ra) % 360.0, np.degrees(dec)
+
+
+@dataclass(frozen=True, slots=True)
+class _Polygons:
+    """Convex polygons ``(m, k)`` with what the separating-axis test needs per polygon."""
+
+    xmin: np.ndarray
+    xmax: np.ndarray
+    ymin: np.ndarray
+    ymax: np.ndarray
+    nx: np.ndarray
+    ny: np.ndarray
+    pmin: np.ndarray
+    pmax: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray) -> _Polygons:
+        # the same expressions as _convex_polygon_overlaps_box, per polygon row
+        ex = np.roll(x, -1, axis=1) - x
+        ey = np.roll(y, -1, axis=1) - y
+        nx, ny = -ey, ex
+        pmin = np.empty_like(nx)
+        pmax = np.empty_like(nx)
+        for start in range(0, len(x), 8192):
+            part = slice(start, start + 8192)
+            poly = nx[part, :, None] * x[part, None, :] + ny[part, :, None] * y[part, None, :]
+            pmin[part] = poly.min(axis=2)
+            pmax[part] = poly.max(axis=2)
+        return cls(x.min(axis=1), x.max(axis=1), y.min(axis=1), y.max(axis=1), nx, ny, pmin, pmax)
+
+
+def _boxes_overlap(
+    polygons: _Polygons,
+    row: np.ndarray,
+    bx0: np.ndarray,
+    bx1: np.ndarray,
+    by0: np.ndarray,
+    by1: np.ndarray,
+) -> np.ndarray:
+    """`_convex_polygon_overlaps_box` of polygon ``row[i]`` and box ``i``, for every ``i``.
+
+    Every comparison uses the same floating-point expressions as the scalar test (a box's
+    projection extremes are the corners picked by the normal's signs, which equal the min and
+    max over the four corners because rounding is monotonic), so results are identical.
+    """
+    p = polygons
+    ok = ~((p.xmax[row] <= bx0) | (p.xmin[row] >= bx1))
+    ok &= ~((p.ymax[row] <= by0) | (p.ymin[row] >= by1))
+    candidates = np.flatnonzero(ok)
+    for start in range(0, candidates.size, 65536):
+        sel = candidates[start : start + 65536]
+        r = row[sel]
+        nx, ny = p.nx[r], p.ny[r]
+        x0, x1 = bx0[sel][:, None], bx1[sel][:, None]
+        y0, y1 = by0[sel][:, None], by1[sel][:, None]
+        positive_x, positive_y = nx >= 0, ny >= 0
+        bmin = nx * np.where(positive_x, x0, x1) + ny * np.where(positive_y, y0, y1)
+        bmax = nx * np.where(positive_x, x1, x0) + ny * np.where(positive_y, y1, y0)
+        separated = (p.pmax[r] <= bmin) | (p.pmin[r] >= bmax)
+        ok[sel] = ~separated.any(axis=1)
+    return ok
+
+
+def _angular_separation_deg(
+    ra1_deg: np.ndarray, dec1_deg: np.ndarray, ra2_deg: float, dec2_deg: float
+) -> np.ndarray:
+    ra1, dec1 = np.radians(ra1_deg), np.radians(dec1_deg)
+    ra2, dec2 = np.radians(ra2_deg), np.radians(dec2_deg)
+    sin_dra = np.sin(ra2 - ra1)
+    cos_dra = np.cos(ra2 - ra1)
+    num = np.hypot(
+        np.cos(dec2) * sin_dra, np.cos(dec1) * np.sin(dec2) - np.sin(dec1) * np.cos(dec2) * cos_dra
+    )
+    den = np.sin(dec1) * np.sin(dec2) + np.cos(dec1) * np.cos(dec2) * cos_dra
+    return np.degrees(np.arctan2(num, den))
+
+
+def overlap_pairs(
+    tracts: Sequence[TractInfo],
+    ra_deg: np.ndarray,
+    dec_deg: np.ndarray,
+    *,
+    field_radius_deg: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Planning-time overlaps of many pointings at once (vectorized per tract).
+
+    The result is exactly that of `patches_overlapping` applied to each pointing's
+    `circle_footprint` (same candidate patch ranges, same floating-point tests), computed for
+    all pointings near a tract together: a pointing farther from a tract centre than the
+    tract's half diagonal plus the circle's radius cannot overlap it and is skipped.
+
+    Parameters
+    ----------
+    tracts : sequence of TractInfo
+        The sky map.
+    ra_deg, dec_deg : numpy.ndarray
+        Pointings, deg (1-d, same length).
+    field_radius_deg : float
+        Circle radius, deg.
+
+    Returns
+    -------
+    pointing, tract_id, patch_x, patch_y : numpy.ndarray
+        One entry per overlapping (pointing, patch): the pointing's index in the inputs and
+        the patch (int64 arrays), sorted by tract, then pointing, then ``(patch_y, patch_x)``.
+    """
+    ra = np.asarray(ra_deg, dtype=float)
+    dec = np.asarray(dec_deg, dtype=float)
+    if ra.ndim != 1 or ra.shape != dec.shape:
+        raise ValueError(
+            f"ra_deg and dec_deg must be 1-d of one length; got {ra.shape}, {dec.shape}"
+        )
+    poly_ra, poly_dec = _circle_footprints(ra, dec, field_radius_deg)
+    rho_deg = float(np.degrees(np.radians(field_radius_deg / np.cos(np.pi / _CIRCLE_VERTICES))))
+    empty = np.zeros(0, dtype=np.int64)
+    out: list[tuple[np.ndarray, ...]] = []
+    edge = -0.5
+    for tract in tracts:
+        size = tract.size_pixels
+        half_diag_rad = (
+            np.sqrt(2.0) * (size / 2.0 + 1.0) * np.radians(tract.pixel_scale_arcsec / 3600.0)
+        )
+        reach = np.degrees(np.arctan(half_diag_rad)) + rho_deg + 1e-3
+        near = np.flatnonzero(
+            _angular_separation_deg(ra, dec, tract.ra_deg, tract.dec_deg) <= reach
+        )
+        if near.size == 0:
+            continue
+        x, y, in_front = sky_to_tract_pixels(tract, poly_ra[near].ravel(), poly_dec[near].ravel())
+        shape = (near.size, _CIRCLE_VERTICES)
+        x, y, in_front = x.reshape(shape), y.reshape(shape), in_front.reshape(shape)
+        keep = in_front.all(axis=1)
+        near, x, y = near[keep], x[keep], y[keep]
+        polygons = _Polygons.of(x, y)
+        full = np.full(near.size, float(edge))
+        rows = np.arange(near.size)
+        on_tract = _boxes_overlap(polygons, rows, full, full + size, full, full + size)
+        if not on_tract.any():
+            continue
+        inner = tract.patch_inner_pixels
+        border = tract.patch_border_pixels
+        n = tract.n_patches
+        xmin, xmax = polygons.xmin, polygons.xmax
+        ymin, ymax = polygons.ymin, polygons.ymax
+        lo_x = np.maximum(0, np.floor((xmin - border - edge - border) / inner).astype(np.int64) - 1)
+        hi_x = np.minimum(n - 1, np.floor((xmax - edge) / inner).astype(np.int64) + 1)
+        lo_y = np.maximum(0, np.floor((ymin - border - edge - border) / inner).astype(np.int64) - 1)
+        hi_y = np.minimum(n - 1, np.floor((ymax - edge) / inner).astype(np.int64) + 1)
+        width = np.maximum(hi_x - lo_x + 1, 0)
+        count = np.where(on_tract, width * np.maximum(hi_y - lo_y + 1, 0), 0)
+        row = np.repeat(np.arange(near.size), count)
+        if row.size == 0:
+            continue
+        offset = np.arange(row.size) - np.repeat(np.cumsum(count) - count, count)
+        j = lo_y[row] + offset // width[row]
+        i = lo_x[row] + offset % width[row]
+        bx0 = (border + i * inner - border) + edge
+        bx1 = (border + (i + 1) * inner + border) + edge
+        by0 = (border + j * inner - border) + edge
+        by1 = (border + (j + 1) * inner + border) + edge
+        hit = _boxes_overlap(
+            polygons,
+            row,
+            bx0.astype(float),
+            bx1.astype(float),
+            by0.astype(float),
+            by1.astype(float),
+        )
+        out.append((near[row[hit]], np.full(int(hit.sum()), tract.tract_id), i[hit], j[hit]))
+    if not out:
+        return empty, empty, empty, empty
+    pointing, tract_id, patch_x, patch_y = (
+        np.concatenate(a).astype(np.int64) for a in zip(*out, strict=True)
+    )
+    return pointing, tract_id, patch_x, patch_y
+
+
 def patches_for_pointings(
     tracts: Sequence[TractInfo],
     pointings: Iterable[tuple[int, float, float]],
@@ -439,8 +639,33 @@ def patches_for_pointings(
     dict
         ``(tract_id, patch name)`` to the sorted visits overlapping it. A superset of the
         run-time overlaps from `patches_for_calexp`: a visit listed here may still leave a
-        patch empty (its warp then covers no pixel).
+        patch empty (its warp then covers no pixel). Computed by `overlap_pairs` (all
+        pointings of a tract at once), equal to testing each visit's `circle_footprint` with
+        `overlapping_tract_patches`.
     """
+    first: dict[int, tuple[float, float]] = {}
+    for visit, ra, dec in pointings:
+        first.setdefault(int(visit), (float(ra), float(dec)))
+    visits = np.fromiter(first, dtype=np.int64, count=len(first))
+    coords = np.array(list(first.values()), dtype=float).reshape(-1, 2)
+    pointing, tract_id, patch_x, patch_y = overlap_pairs(
+        tracts, coords[:, 0], coords[:, 1], field_radius_deg=field_radius_deg
+    )
+    found: dict[tuple[int, str], set[int]] = {}
+    for k, t, i, j in zip(
+        pointing.tolist(), tract_id.tolist(), patch_x.tolist(), patch_y.tolist(), strict=True
+    ):
+        found.setdefault((t, f"{i},{j}"), set()).add(int(visits[k]))
+    return {key: sorted(v) for key, v in sorted(found.items())}
+
+
+def patches_for_pointings_loop(
+    tracts: Sequence[TractInfo],
+    pointings: Iterable[tuple[int, float, float]],
+    *,
+    field_radius_deg: float,
+) -> dict[tuple[int, str], list[int]]:
+    """`patches_for_pointings` one visit at a time (the reference the vectorized one equals)."""
     found: dict[tuple[int, str], set[int]] = {}
     seen: set[int] = set()
     for visit, ra, dec in pointings:
