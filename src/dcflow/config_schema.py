@@ -104,6 +104,11 @@ def build_schema() -> dict[str, Any]:
             },
         },
     }
+    properties["shard"] = {
+        "type": "string",
+        "description": "Shard mode: the JSON manifest of one shard (set by `dcflow run "
+        "--sharded` through --config; absent: the whole campaign).",
+    }
     for section, spec in SECTIONS.items():
         sub = dataclass_schema(_section_class(spec))
         if section not in OPTIONAL_SECTIONS:

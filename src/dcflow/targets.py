@@ -95,10 +95,15 @@ class Campaign:
     skymap: Any = None
     patch_visits: Mapping[tuple[int, str], tuple[int, ...]] = field(default_factory=dict)
     visit_bands: Mapping[int, str] = field(default_factory=dict)
+    shard_targets: tuple[str, ...] | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], layout: Layout | None = None) -> Campaign:
         """The campaign of a validated config (its layout, registry, instrument and Fe55 part).
+
+        With a ``shard`` key (a manifest written by `dcflow.campaign.shards.write_manifest`),
+        the registry is read for the manifest's visits only and `final_targets` is the
+        shard's targets: the bounded DAG of one shard.
 
         Raises
         ------
@@ -108,7 +113,18 @@ class Campaign:
         from dcflow.fe55_targets import fe55_config
 
         layout = layout or Layout.from_config(config)
-        registry = Registry(layout.path("registry"))
+        shard_targets = None
+        if config.get("shard"):
+            # shard mode (`dcflow run --sharded`): only the manifest's visits, its targets
+            from dcflow.campaign.shards import VisitSubsetRegistry, read_manifest
+
+            manifest = read_manifest(config["shard"])
+            registry: Registry = VisitSubsetRegistry(
+                layout.path("registry"), manifest, instrument=config["campaign"]["instrument"]
+            )
+            shard_targets = manifest.targets
+        else:
+            registry = Registry(layout.path("registry"))
         skymap = None
         patch_visits: dict[tuple[int, str], tuple[int, ...]] = {}
         if config.get("skymap"):
@@ -130,6 +146,7 @@ class Campaign:
             skymap=skymap,
             patch_visits=patch_visits,
             visit_bands=dict(registry.science_visits()),
+            shard_targets=shard_targets,
         )
 
     def visit_patches(self, visit: int) -> list[tuple[int, str]]:
@@ -182,7 +199,12 @@ class Campaign:
         return targets
 
     def final_targets(self) -> list[str]:
-        """What rule ``all`` asks for: every calexp and src, the validation, the Fe55 gains."""
+        """What rule ``all`` asks for: every calexp and src, the validation, the Fe55 gains.
+
+        In shard mode (config ``shard``: a manifest path), the shard's targets only.
+        """
+        if self.shard_targets is not None:
+            return list(self.shard_targets)
         targets = self.visit_products("calexp") + self.visit_products("src")
         if self.has_truth:
             targets.append(self.layout.path("science_validation"))
