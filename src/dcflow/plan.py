@@ -1,9 +1,11 @@
-"""The analytic planner: what a campaign will run, from the registry and one scan of the outputs.
+"""The reference planner: what a campaign will run, from its job list and one scan of the outputs.
 
 Snakemake's own dry run builds the whole DAG (about 0.5 ms and 15 KB per job, see
-notes/scale.md); this planner enumerates the same jobs from `dcflow.targets.Campaign.jobs`,
-learns what exists from one directory walk of the output tree (names only, no stat per file)
-plus Snakemake's incomplete markers, and applies Snakemake's needrun rules:
+notes/scale.md); this planner enumerates the same jobs from `dcflow.targets.Campaign.jobs`
+(one Python object per job), learns what exists from one directory walk of the output tree
+(names only, no stat per file) plus Snakemake's incomplete markers, and applies Snakemake's
+needrun rules. `dcflow.campaign.analytic` applies the same rules to arrays (what `dcflow plan`
+runs, at any scale); tests check both against each other and against ``snakemake -n``:
 
 - the target job (rule ``all``) runs if one of its inputs is missing;
 - a job whose outputs are marked incomplete (a job killed halfway) is rerun
@@ -24,7 +26,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from dcflow.ledger import tile_of
 from dcflow.targets import JobSpec
 
 __all__ = [
+    "LazyMapping",
     "Plan",
     "StageCount",
     "incomplete_outputs",
@@ -40,6 +43,7 @@ __all__ = [
     "parse_dry_run_counts",
     "plan_jobs",
     "rule_resources",
+    "runtime_estimates",
 ]
 
 TARGET_RULES = frozenset({"all"})
@@ -59,6 +63,37 @@ class StageCount:
     cpu_hours: float
 
 
+class LazyMapping(Mapping):
+    """A read-only mapping built on first use (a plan's jobs to run, at campaign scale).
+
+    Parameters
+    ----------
+    build : callable
+        Returns the dict; called once, when the mapping is first read.
+    """
+
+    def __init__(self, build: Callable[[], dict]) -> None:
+        self._build = build
+        self._data: dict | None = None
+
+    def _mapping(self) -> dict:
+        if self._data is None:
+            self._data = self._build()
+        return self._data
+
+    def __getitem__(self, key: object) -> object:
+        return self._mapping()[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._mapping()
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """A campaign's dry-run plan.
@@ -68,7 +103,8 @@ class Plan:
     rows : tuple of StageCount
         Counts per stage x filter x tract, in workflow order.
     to_run : mapping
-        ``(rule, data_id) -> (filter, tract)`` of every job that must run.
+        ``(rule, data_id) -> (filter, tract)`` of every job that must run (a `LazyMapping`
+        from the analytic planner: built only when read, one entry per job).
     cpu_hours : float
         Estimated CPU time of the jobs to run, hours.
     runtime_source : dict
@@ -272,6 +308,37 @@ def rule_resources(rules_dir: str | os.PathLike) -> dict[str, dict[str, int]]:
     return out
 
 
+def runtime_estimates(
+    rules: Iterable[str],
+    *,
+    mean_runtimes_s: Mapping[str, tuple[float, int]] | None = None,
+    default_runtimes_min: Mapping[str, float] | None = None,
+    fallback_runtime_min: float = 30.0,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """CPU hours per job of each rule, and where each estimate comes from.
+
+    The ledger's measured mean first, then the rule's default ``runtime``, then
+    ``fallback_runtime_min``; target rules cost nothing.
+    """
+    measured = dict(mean_runtimes_s or {})
+    defaults = dict(default_runtimes_min or {})
+    per_job_h: dict[str, float] = {}
+    source: dict[str, str] = {}
+    for rule in rules:
+        if rule in TARGET_RULES:
+            per_job_h[rule], source[rule] = 0.0, "target (no work)"
+        elif rule in measured:
+            per_job_h[rule] = measured[rule][0] / 3600.0
+            source[rule] = f"ledger ({measured[rule][1]} jobs)"
+        elif rule in defaults:
+            per_job_h[rule] = defaults[rule] / 60.0
+            source[rule] = "rule default runtime"
+        else:
+            per_job_h[rule] = fallback_runtime_min / 60.0
+            source[rule] = "fallback runtime"
+    return per_job_h, source
+
+
 def plan_jobs(
     jobs: Sequence[JobSpec],
     *,
@@ -303,22 +370,12 @@ def plan_jobs(
     existing = inventory(os.path.join(workdir, output_root))
     incomplete = incomplete_outputs(workdir)
     needed = needrun_jobs(jobs, existing, incomplete, workdir=workdir)
-    measured = dict(mean_runtimes_s or {})
-    defaults = dict(default_runtimes_min or {})
-    per_job_h: dict[str, float] = {}
-    source: dict[str, str] = {}
-    for rule in dict.fromkeys(job.rule for job in jobs):
-        if rule in TARGET_RULES:
-            per_job_h[rule], source[rule] = 0.0, "target (no work)"
-        elif rule in measured:
-            per_job_h[rule] = measured[rule][0] / 3600.0
-            source[rule] = f"ledger ({measured[rule][1]} jobs)"
-        elif rule in defaults:
-            per_job_h[rule] = defaults[rule] / 60.0
-            source[rule] = "rule default runtime"
-        else:
-            per_job_h[rule] = fallback_runtime_min / 60.0
-            source[rule] = "fallback runtime"
+    per_job_h, source = runtime_estimates(
+        dict.fromkeys(job.rule for job in jobs),
+        mean_runtimes_s=mean_runtimes_s,
+        default_runtimes_min=default_runtimes_min,
+        fallback_runtime_min=fallback_runtime_min,
+    )
     counts: dict[tuple[str, str | None, int | None], list[int]] = {}
     to_run: dict[tuple[str, str], tuple[str | None, int | None]] = {}
     for index, job in enumerate(jobs):
