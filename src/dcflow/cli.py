@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
         help="directory for rule_graph.png and sky.png (default: <output_root>/plan)",
     )
     cmd.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
+    cmd.add_argument(
+        "--inventory",
+        default=None,
+        help="file list of the outputs (one path per line, .gz allowed) instead of a tree walk",
+    )
     cmd = sub.add_parser(
         "status", parents=[common, profile], help="counts by state, running jobs, throughput, ETA"
     )
@@ -292,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    plan = driver.plan_campaign(args.config, profile=args.profile)
+    plan = driver.plan_campaign(args.config, profile=args.profile, inventory=args.inventory)
     pictures = None
     if not args.no_pictures:
         from dcflow.config_schema import load_config

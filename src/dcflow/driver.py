@@ -40,7 +40,7 @@ from dcflow.ledger import (
     read_benchmark,
     tile_of,
 )
-from dcflow.plan import Plan, plan_jobs, rule_resources
+from dcflow.plan import Plan, rule_resources
 from dcflow.states import ACTIVE_STATES, JobState
 from dcflow.status import (
     CampaignStatus,
@@ -478,27 +478,52 @@ def progress_lines(planned: dict[str, int], attempts: list[Attempt], width: int 
 
 
 def plan_campaign(
-    config_path: str | Path, *, profile: str | None = "local", workdir: str | Path | None = None
+    config_path: str | Path,
+    *,
+    profile: str | None = "local",
+    workdir: str | Path | None = None,
+    inventory: str | Path | None = None,
 ) -> Plan:
-    """The campaign's dry-run plan (`dcflow.plan`), with CPU estimates from the ledger."""
+    """The campaign's dry-run plan (`dcflow.campaign.analytic`), with CPU estimates from the ledger.
+
+    Parameters
+    ----------
+    config_path : path-like
+        The campaign config.
+    profile : str or None
+        Profile whose default resources give rules without a literal ``runtime``.
+    workdir : path-like, optional
+        Snakemake's working directory (default: the current one).
+    inventory : path-like, optional
+        A file list of the outputs (one path per line, ``.gz`` allowed) to read instead of
+        walking the output tree.
+    """
+    from dcflow.campaign.analytic import plan_index
+    from dcflow.campaign.index import CampaignIndex
+
+    start = time.perf_counter()
     workdir = Path(workdir or os.getcwd()).resolve()
-    _, layout, campaign = open_campaign(config_path, workdir)
+    config = load_config(config_path)
+    layout = Layout.from_config(config)
+    layout = Layout(
+        input_root=str(workdir / layout.input_root),
+        output_root=str(workdir / layout.output_root),
+        templates=layout.templates,
+    )
+    index = CampaignIndex.from_config(config, layout)
     ledger_file = _ledger_file(layout, workdir)
     measured: dict[str, tuple[float, int]] = {}
     if ledger_file.exists():
         with Ledger(ledger_file) as ledger:
             measured = ledger.mean_runtimes()
     defaults = {r: v["runtime"] for r, v in rule_defaults(profile).items() if "runtime" in v}
-    try:
-        jobs = campaign.jobs()
-    finally:
-        campaign.registry.close()
-    return plan_jobs(
-        jobs,
-        output_root=layout.output_root,
+    return plan_index(
+        index,
         workdir=workdir,
+        inventory=inventory,
         mean_runtimes_s=measured,
         default_runtimes_min=defaults,
+        start_time=start,
     )
 
 
