@@ -73,7 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "run the campaign through Snakemake (run ledger, progress per stage)"),
         ("demo", "simulate, ingest and run the campaign locally"),
     ):
-        sub.add_parser(verb, parents=[common, profile, shard, memory, passthrough], help=text)
+        cmd = sub.add_parser(verb, parents=[common, profile, shard, memory, passthrough], help=text)
+        if verb == "run":
+            cmd.add_argument(
+                "--sharded",
+                action="store_true",
+                help="run shard by shard (config section shards): bounded DAGs, markers",
+            )
     cmd = sub.add_parser(
         "plan", parents=[common, profile], help="jobs per stage: total, done, to run; CPU hours"
     )
@@ -209,6 +215,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  rejected {path}: {reason}", file=sys.stderr)
             if report.rejected and args.verb == "ingest":
                 return EXIT_FAILED
+        if args.verb == "run" and args.sharded:
+            from dcflow.campaign.shard_driver import run_sharded
+
+            result = run_sharded(
+                args.config,
+                profile=args.profile,
+                snakemake_args=extra,
+                mem_factor=args.mem_factor,
+                mem_cap_mb=args.mem_cap_mb,
+                progress=not args.no_progress,
+            )
+            return 0 if result.exit_code == 0 else EXIT_FAILED
         if args.verb in ("run", "demo"):
             code = driver.run_campaign(
                 args.config,

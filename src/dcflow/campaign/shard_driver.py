@@ -1,0 +1,421 @@
+"""`dcflow run --sharded`: drive a campaign's shards with bounded concurrency and backpressure.
+
+The shards (`dcflow.campaign.shards.build_shards`) run in topological order, at most
+``shards.max_concurrent_shards`` Snakemake processes at once, each through
+`dcflow.driver.run_campaign` (ledger run labelled with the shard id, so the ledger, ``dcflow
+status``, memory escalation and the backend's reattachment keep working). Backpressure: a
+shard's Snakemake gets ``--jobs`` = min(its jobs, the free budget), and the sum over running
+shards never exceeds ``shards.max_queued_jobs`` (with the local executor, never more than its
+cores), so the batch system never holds more queued jobs than that cap.
+
+A shard that succeeds is marked with its hash; a failed shard blocks its downstream shards
+while the others go on. After a killed driver, the next one clears what the dead one left
+(stale Snakemake locks; on Grid Engine the plugin's `recover`, which also records jobs that
+ended meanwhile) and reruns the unmarked shards: finished shards are skipped by their markers,
+and jobs still queued or running on Grid Engine are adopted by the plugin, not submitted again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dcflow.campaign.shards import (
+    Shard,
+    ShardConfig,
+    ShardManifest,
+    build_shards,
+    campaign_axes,
+    shard_hashes,
+    shards_dir,
+    shards_left,
+    write_manifest,
+    write_marker,
+)
+from dcflow.config_schema import load_config
+from dcflow.configs import from_mapping
+from dcflow.layout import Layout
+from dcflow.ledger import Ledger
+from dcflow.states import JobState
+
+__all__ = [
+    "ShardOutcome",
+    "ShardedRun",
+    "clear_stale_state",
+    "plan_shards",
+    "run_sharded",
+    "shard_jobs_budget",
+]
+
+log = logging.getLogger(__name__)
+
+FINISHED_OK = ("done", "up to date")
+"""Shard states whose products downstream shards may read."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardOutcome:
+    """How one shard ended in a sharded run.
+
+    ``state`` is ``done`` (ran now and succeeded), ``up to date`` (its marker matched: not
+    run), ``failed`` (its Snakemake exited non-zero), ``blocked`` (an upstream shard failed),
+    ``interrupted`` (stopped by Ctrl-C) or ``not started``.
+    """
+
+    shard_id: str
+    state: str
+    exit_code: int | None = None
+    run_id: int | None = None
+    jobs: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardedRun:
+    """The outcome of `run_sharded`: every shard's state and where to look."""
+
+    outcomes: tuple[ShardOutcome, ...]
+    ledger: str
+    logs: str
+    markers: str
+    interrupted: bool
+
+    @property
+    def exit_code(self) -> int:
+        """0 if every shard is done or up to date, 130 after Ctrl-C, else 1."""
+        if self.interrupted:
+            return 130
+        return 0 if all(o.state in FINISHED_OK for o in self.outcomes) else 1
+
+    def count(self, state: str) -> int:
+        """Number of shards in ``state``."""
+        return sum(o.state == state for o in self.outcomes)
+
+    def summary_lines(self) -> list[str]:
+        """A human summary: counts, then every shard not done with its reason."""
+        states = ("done", "up to date", "failed", "blocked", "interrupted", "not started")
+        counts = ", ".join(f"{self.count(s)} {s}" for s in states if self.count(s))
+        lines = [f"sharded run: {len(self.outcomes)} shards: {counts}"]
+        for o in self.outcomes:
+            if o.state not in FINISHED_OK:
+                run = f" (ledger run {o.run_id})" if o.run_id is not None else ""
+                code = f" exit {o.exit_code}" if o.exit_code is not None else ""
+                lines.append(f"  {o.state:<12} {o.shard_id}{code}{run} {o.detail}".rstrip())
+        lines.append(f"ledger: {self.ledger} (dcflow status / failed); job logs: {self.logs}")
+        lines.append(f"shard markers and manifests: {self.markers}")
+        return lines
+
+
+def _rooted(layout: Layout, workdir: Path) -> Layout:
+    """The layout with relative roots taken under ``workdir`` (for the driver's own I/O)."""
+    return Layout(
+        input_root=str(workdir / layout.input_root),
+        output_root=str(workdir / layout.output_root),
+        templates=layout.templates,
+    )
+
+
+def plan_shards(
+    config: dict, workdir: Path
+) -> tuple[list[Shard], dict[str, str], list[Shard], Layout, ShardConfig, object]:
+    """Shards of a campaign, their hashes, those left to run, the rooted layout and settings.
+
+    Shard targets use the config's own layout (paths as the rules name them); markers and
+    manifests are read and written under ``workdir``.
+    """
+    from dcflow.fe55_targets import fe55_config
+
+    layout = Layout.from_config(config)
+    io_layout = _rooted(layout, workdir)
+    settings = from_mapping(ShardConfig, config.get("shards", {}))
+    axes = campaign_axes(config, io_layout)
+    fe55 = fe55_config(config)
+    shards = build_shards(
+        axes,
+        layout,
+        instrument=config["campaign"]["instrument"],
+        visits_per_shard=settings.visits_per_shard,
+        fe55_sensors=tuple(fe55.sensors),
+        fe55_exposures=fe55.exposures,
+    )
+    hashes = shard_hashes(shards, axes, config)
+    return shards, hashes, shards_left(shards, hashes, io_layout), io_layout, settings, axes
+
+
+def shard_jobs_budget(max_queued_jobs: int, profile: str | None) -> int:
+    """Total ``--jobs`` over running shards: the cap, and at most the cores when local."""
+    from dcflow.driver import profile_backend, profile_settings
+
+    if profile is None or profile_backend(profile) == "local":
+        cores = (profile_settings(profile) if profile else {}).get("cores") or os.cpu_count()
+        return max(1, min(max_queued_jobs, int(cores)))
+    return max_queued_jobs
+
+
+def clear_stale_state(workdir: Path, ledger_file: Path, backend: str) -> str:
+    """Make the working directory restartable after a killed driver; say what was done.
+
+    Runs whose Snakemake died are closed in the ledger. If no run is alive: on Grid Engine the
+    plugin's `recover` (removes dead drivers' locks, records jobs that ended unwatched and
+    clears their "incomplete" marks, leaves queued/running jobs for adoption); otherwise the
+    Snakemake lock files are removed (what ``snakemake --unlock`` does, without parsing the
+    whole campaign).
+    """
+    from dcflow.driver import GRIDENGINE_EXECUTORS
+
+    live = False
+    if ledger_file.exists():
+        with Ledger(ledger_file) as ledger:
+            ledger.reap_dead_runs()
+            live = any(r.is_alive() for r in ledger.runs())
+    if live:
+        return "a run of this campaign is alive: nothing cleared"
+    if backend in GRIDENGINE_EXECUTORS:
+        from snakemake_executor_plugin_gridengine.reattach import recover
+
+        report = recover(workdir)
+        return (
+            f"gridengine recovery: {len(report.removed_lockfiles)} stale lock(s) removed, "
+            f"{len(report.finished_ok)} job(s) finished unwatched, "
+            f"{len(report.still_active)} still queued/running (adopted on restart)"
+        )
+    locks = sorted((workdir / ".snakemake" / "locks").glob("*.lock"))
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    return f"{len(locks)} stale Snakemake lock(s) removed" if locks else "no stale state"
+
+
+def _shard_argv(
+    snakemake_args: Sequence[str], manifest: Path, shard: Shard, jobs: int
+) -> list[str]:
+    # ours last, each option ended by the next flag, so no nargs option swallows another
+    return [
+        *snakemake_args,
+        "--config",
+        f"shard={manifest}",
+        "--allowed-rules",
+        *shard.rules,
+        "all",
+        "--jobs",
+        str(jobs),
+    ]
+
+
+def _terminal_sent_sigint() -> bool:
+    """Whether a Ctrl-C came from a terminal whose foreground group holds the shards too."""
+    for stream in (sys.stdin, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if os.isatty(stream.fileno()):
+                return os.tcgetpgrp(stream.fileno()) == os.getpgrp()
+    return False
+
+
+class _Progress:
+    """Per-shard progress lines from the ledger (printed when they change)."""
+
+    def __init__(self, ledger_file: Path, out: Callable[[str], None]) -> None:
+        self.ledger_file = ledger_file
+        self.out = out
+        self.last: dict[str, str] = {}
+
+    def run_of(self, shard_id: str, since: float) -> tuple[int, int | None] | None:
+        """``(run_id, pid)`` of the shard's ledger run started at or after ``since``."""
+        try:
+            with Ledger(self.ledger_file) as ledger:
+                runs = [r for r in ledger.runs() if r.shard == shard_id and r.started >= since]
+        except sqlite3.Error:
+            return None
+        return (runs[-1].run_id, runs[-1].pid) if runs else None
+
+    def show(self, running: dict[str, dict]) -> None:
+        for shard_id, info in running.items():
+            found = self.run_of(shard_id, info["since"])
+            if found is None:
+                continue
+            info["run_id"] = found[0]
+            try:
+                with Ledger(self.ledger_file) as ledger:
+                    run = ledger.run(found[0])
+                    attempts = ledger.attempts(run_id=found[0])
+            except (sqlite3.Error, KeyError):
+                continue
+            planned = sum(n for rule, n in run.planned.items() if rule != "all")
+            done = sum(a.state is JobState.SUCCEEDED and a.rule != "all" for a in attempts)
+            active = sum(a.state in (JobState.RUNNING, JobState.SUBMITTED) for a in attempts)
+            failed = sum(a.state is JobState.FAILED for a in attempts)
+            line = (
+                f"[{shard_id}] {done}/{planned or info['shard'].n_jobs} jobs done, "
+                f"{active} queued/running, {failed} failed (--jobs {info['jobs']}, "
+                f"ledger run {found[0]})"
+            )
+            if self.last.get(shard_id) != line:
+                self.last[shard_id] = line
+                self.out(line)
+
+
+def run_sharded(
+    config_path: str | Path,
+    *,
+    profile: str | None,
+    snakemake_args: Sequence[str] = (),
+    workdir: str | Path | None = None,
+    mem_factor: float | None = None,
+    mem_cap_mb: int | None = None,
+    progress: bool = True,
+    progress_seconds: float = 5.0,
+    out: Callable[[str], None] = print,
+) -> ShardedRun:
+    """Run every shard left of the campaign; return each shard's outcome.
+
+    Parameters
+    ----------
+    config_path : path-like
+        The campaign config (its ``shards`` section sets batch size, concurrency and cap).
+    profile : str or None
+        Snakemake profile name or directory (``None``: Snakemake defaults, local).
+    snakemake_args : sequence of str
+        Passed to every shard's Snakemake (before the shard's own ``--config shard=``,
+        ``--allowed-rules`` and ``--jobs``).
+    workdir : path-like, optional
+        Snakemake's working directory (default: the current directory).
+    progress : bool
+        Print one line per running shard when its counts change.
+
+    Returns
+    -------
+    ShardedRun
+        Per-shard outcomes; ``exit_code`` is 0 only if every shard is done or up to date.
+    """
+    from dcflow.driver import profile_backend, run_campaign
+
+    workdir = Path(workdir or os.getcwd()).resolve()
+    config_path = Path(config_path).resolve()
+    config = load_config(config_path)
+    shards, hashes, left, io_layout, settings, axes = plan_shards(config, workdir)
+    ledger_file = Path(io_layout.path("ledger"))
+    backend = profile_backend(profile) if profile else "local"
+    out(clear_stale_state(workdir, ledger_file, backend))
+    budget = shard_jobs_budget(settings.max_queued_jobs, profile)
+    left_ids = {s.shard_id for s in left}
+    state = {s.shard_id: ("pending" if s.shard_id in left_ids else "up to date") for s in shards}
+    outcome: dict[str, ShardOutcome] = {}
+    out(
+        f"{len(shards)} shards, {len(left)} to run ({len(shards) - len(left)} up to date); "
+        f"at most {settings.max_concurrent_shards} at once, {budget} jobs queued in all"
+    )
+    events: queue.Queue = queue.Queue()
+    running: dict[str, dict] = {}
+    watcher = _Progress(ledger_file, out)
+
+    def work(shard: Shard, jobs: int, manifest: Path) -> None:
+        code: int | None = None
+        try:
+            code = run_campaign(
+                config_path,
+                profile=profile,
+                snakemake_args=_shard_argv(snakemake_args, manifest, shard, jobs),
+                workdir=workdir,
+                shard=shard.shard_id,
+                mem_factor=mem_factor,
+                mem_cap_mb=mem_cap_mb,
+                progress=False,
+            )
+        except (OSError, ValueError, RuntimeError, sqlite3.Error) as exc:
+            log.error("shard %s: %s: %s", shard.shard_id, type(exc).__name__, exc)
+        finally:
+            events.put((shard.shard_id, code))
+
+    def start_ready() -> None:
+        for shard in shards:
+            sid = shard.shard_id
+            if state[sid] != "pending":
+                continue
+            ups = [state[u] for u in shard.upstream]
+            bad = [u for u in shard.upstream if state[u] in ("failed", "blocked")]
+            if bad:
+                state[sid] = "blocked"
+                outcome[sid] = ShardOutcome(sid, "blocked", detail=f"(upstream {bad[0]})")
+                continue
+            if not all(u in FINISHED_OK for u in ups):
+                continue
+            free = budget - sum(info["jobs"] for info in running.values())
+            if len(running) >= settings.max_concurrent_shards or free < 1:
+                continue
+            jobs = max(1, min(shard.n_jobs, free))
+            manifest = write_manifest(ShardManifest.of(shard, axes), io_layout)
+            state[sid] = "running"
+            running[sid] = {"shard": shard, "jobs": jobs, "since": time.time(), "run_id": None}
+            out(f"[{sid}] starting: {shard.n_jobs} jobs, --jobs {jobs}")
+            threading.Thread(target=work, args=(shard, jobs, manifest), daemon=True).start()
+
+    def finish(sid: str, code: int | None) -> None:
+        info = running.pop(sid)
+        found = watcher.run_of(sid, info["since"])
+        run_id = found[0] if found else info["run_id"]
+        if code == 0 and not interrupted:
+            write_marker(io_layout, sid, hashes[sid], run_id=run_id)
+            state[sid] = "done"
+        else:
+            state[sid] = "interrupted" if interrupted else "failed"
+        outcome[sid] = ShardOutcome(sid, state[sid], code, run_id, info["jobs"])
+        out(f"[{sid}] {state[sid]} (exit {code})")
+
+    interrupted = False
+    start_ready()
+    while running:
+        try:
+            sid, code = events.get(timeout=progress_seconds)
+        except queue.Empty:
+            if progress:
+                watcher.show(running)
+            continue
+        except KeyboardInterrupt:
+            interrupted = True
+            out("interrupted: stopping the running shards (their jobs are cancelled)")
+            if not _terminal_sent_sigint():
+                for sid_, info in running.items():
+                    found = watcher.run_of(sid_, info["since"])
+                    if found and found[1] and found[1] != os.getpid():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(found[1], signal.SIGINT)
+            while running:
+                sid, code = events.get()
+                finish(sid, code)
+            break
+        if progress:
+            watcher.show(running)
+        finish(sid, code)
+        start_ready()
+    for shard in shards:
+        sid = shard.shard_id
+        if sid in outcome:
+            continue
+        if state[sid] == "up to date":
+            outcome[sid] = ShardOutcome(sid, "up to date")
+        elif state[sid] == "pending":
+            bad = [u for u in shard.upstream if state[u] in ("failed", "blocked")]
+            if bad and not interrupted:
+                outcome[sid] = ShardOutcome(sid, "blocked", detail=f"(upstream {bad[0]})")
+                state[sid] = "blocked"
+            else:
+                outcome[sid] = ShardOutcome(sid, "not started")
+    result = ShardedRun(
+        outcomes=tuple(outcome[s.shard_id] for s in shards),
+        ledger=str(ledger_file),
+        logs=str(Path(io_layout.output_root) / "logs"),
+        markers=str(shards_dir(io_layout)),
+        interrupted=interrupted,
+    )
+    for line in result.summary_lines():
+        out(line)
+    return result
