@@ -367,7 +367,16 @@ def plan_jobs(
     """
     start = time.perf_counter()
     workdir = os.path.abspath(workdir)
-    existing = inventory(os.path.join(workdir, output_root))
+    root = os.path.normpath(os.path.join(workdir, output_root))
+    existing = inventory(root)
+    # outputs written outside the output root (Fe55 raws and truth under the input root)
+    outside = {
+        full
+        for job in jobs
+        for path in job.outputs
+        if not (full := os.path.normpath(os.path.join(workdir, path))).startswith(root + os.sep)
+    }
+    existing |= {path for path in outside if os.path.exists(path)}
     incomplete = incomplete_outputs(workdir)
     needed = needrun_jobs(jobs, existing, incomplete, workdir=workdir)
     per_job_h, source = runtime_estimates(

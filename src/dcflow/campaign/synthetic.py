@@ -93,6 +93,8 @@ class SyntheticSpec:
         Instrument name in the registry and config.
     fe55_sensors : tuple of int
         Fe55 sensors of the config (empty: no Fe55 stage).
+    with_skymap : bool
+        Write the sky map section (without it: no coadd stages).
     """
 
     n_visits: int
@@ -115,6 +117,7 @@ class SyntheticSpec:
     seed: int = 2013
     instrument: str = "cfht_sim"
     fe55_sensors: tuple[int, ...] = field(default_factory=tuple)
+    with_skymap: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_visits", "n_ccds"):
@@ -242,6 +245,8 @@ def campaign_config(spec: SyntheticSpec, directory: str | os.PathLike) -> dict:
             "field_radius_deg": spec.field_radius_deg,
         },
     }
+    if not spec.with_skymap:
+        del config["skymap"]
     if spec.fe55_sensors:
         config["fe55"] = {"sensors": list(spec.fe55_sensors), "exposures": 2}
     return config
@@ -457,6 +462,12 @@ def output_paths(config_path: str | os.PathLike, state: str) -> Iterator[tuple[i
     for start in range(0, len(forced), 2000):
         batch = forced[start : start + 2000].tolist()
         yield 5, [path("forced_src", visit=v, ccd=c) for v in batch for c in ccds]
+    if index.fe55.sensors:
+        from dcflow.fe55_targets import fe55_jobs
+
+        level = {"fe55_simulate": 0, "fe55_gain": 1, "fe55_summary": 2}
+        for job in fe55_jobs(index.fe55, layout):
+            yield level[job.rule], list(job.outputs)
 
 
 def write_inventory(
