@@ -1,0 +1,379 @@
+"""Sharded campaigns: shard graph, hashes and markers, the shard driver, killing the driver."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from noop_campaigns import write_noop_campaign
+
+from dcflow import driver
+from dcflow.campaign.shard_driver import plan_shards, run_sharded
+from dcflow.campaign.shards import (
+    Shard,
+    read_marker,
+    shard_hashes,
+    shard_of_job,
+    shards_left,
+    write_marker,
+)
+from dcflow.config_schema import load_config
+from dcflow.ledger import Ledger
+from dcflow.states import JobState
+
+DCFLOW = str(Path(sys.executable).parent / "dcflow")
+SHARDS = {"visits_per_shard": 3, "max_concurrent_shards": 2, "max_queued_jobs": 4}
+ENV_FILE = Path(os.environ.get("DCFLOW_RUN_DIR", driver.REPO_ROOT / "run")) / "gridengine/env.sh"
+
+
+def _closure(shard_id: str, by_id: dict[str, Shard]) -> set[str]:
+    seen: set[str] = set()
+    todo = [shard_id]
+    while todo:
+        for up in by_id[todo.pop()].upstream:
+            if up not in seen:
+                seen.add(up)
+                todo.append(up)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory) -> Path:
+    return write_noop_campaign(tmp_path_factory.mktemp("graph"), shards=SHARDS)
+
+
+def test_every_job_is_in_exactly_one_shard_and_dependencies_are_upstream(campaign):
+    config = load_config(campaign)
+    shards, _, _, _, _, _ = plan_shards(config, campaign.parent)
+    by_id = {s.shard_id: s for s in shards}
+    assert [s.shard_id for s in shards][:4] == [
+        "calibs",
+        "visits-00000",
+        "visits-00001",
+        "visits-00002",
+    ]
+    _, _, planned = driver.open_campaign(campaign)
+    jobs = [j for j in planned.jobs() if j.rule != "all"]
+    owner = {
+        (j.rule, tuple(sorted(j.data_id.items()))): shard_of_job(j.rule, j.data_id, shards)
+        for j in jobs
+    }
+    assert len(owner) == len(jobs)
+    assert Counter(owner.values()) == {s.shard_id: s.n_jobs for s in shards}
+    assert (
+        max(s.n_jobs for s in shards if s.kind in ("visits", "forced"))
+        <= SHARDS["visits_per_shard"]
+    )
+    # every product a job reads comes from its own shard or one upstream of it
+    producer = {
+        o: owner[(j.rule, tuple(sorted(j.data_id.items())))] for j in jobs for o in j.outputs
+    }
+    n_edges = 0
+    for job in jobs:
+        mine = owner[(job.rule, tuple(sorted(job.data_id.items())))]
+        for path in job.inputs:
+            if path in producer and producer[path] != mine:
+                assert producer[path] in _closure(mine, by_id), (job.rule, path, mine)
+                n_edges += 1
+    assert n_edges > 0
+    # shards upstream only where a product flows (no needless dependency)
+    flows = {
+        (producer[p], owner[(j.rule, tuple(sorted(j.data_id.items())))])
+        for j in jobs
+        for p in j.inputs
+        if p in producer
+    }
+    for shard in shards:
+        for up in shard.upstream:
+            assert (up, shard.shard_id) in flows
+
+
+def _hashes(config):
+    shards, hashes, _, layout, _, axes = plan_shards(
+        config, Path(config["layout"]["output_root"]).parent
+    )
+    return shards, hashes, layout, axes
+
+
+def test_a_changed_config_section_reopens_exactly_the_shards_reading_it(campaign):
+    config = load_config(campaign)
+    shards, hashes, layout, axes = _hashes(config)
+    for shard in shards:
+        write_marker(layout, shard.shard_id, hashes[shard.shard_id])
+    assert shards_left(shards, hashes, layout) == []
+    kinds = {s.shard_id: s.kind for s in shards}
+
+    def reopened(section: str, key: str, value) -> set[str]:
+        changed = copy.deepcopy(config)
+        changed[section][key] = value
+        new = shard_hashes(shards, axes, changed)
+        left = {s.shard_id for s in shards_left(shards, new, layout)}
+        assert left == {s for s in hashes if new[s] != hashes[s]}
+        return {kinds[s] for s in left}, left
+
+    coadd_kinds, coadd_left = reopened("coadd", "clip_sigma", 2.5)
+    assert coadd_kinds == {"tract", "forced"}
+    assert coadd_left == {s for s, k in kinds.items() if k in ("tract", "forced")}
+    _, isr_left = reopened("isr", "saturation_grow_pix", 3)
+    assert isr_left == set(kinds) - {"fe55"}
+    assert reopened("forced_photometry", "aperture_radius_arcsec", 2.5)[0] == {"forced"}
+    assert reopened("fe55_gain", "isolation_cut", 2.0)[1] == {"fe55"}
+    assert reopened("validation", "match_radius_arcsec", 0.7)[1] == {"final"}
+    # the marker names the hash it was written with
+    assert read_marker(layout, "fe55")["hash"] == hashes["fe55"]
+
+
+def _products(root: Path) -> dict[str, str]:
+    out = {}
+    for path in (root / "output").rglob("*"):
+        rel = path.relative_to(root / "output")
+        if (
+            path.is_file()
+            and rel.parts[0] not in ("logs", "benchmarks", "shards")
+            and not rel.name.startswith(("ledger", "registry"))
+        ):
+            out[str(rel)] = path.read_text().replace(str(root), "ROOT")
+    return out
+
+
+@pytest.mark.slow
+def test_sharded_run_equals_the_unsharded_run(tmp_path):
+    single = write_noop_campaign(tmp_path / "single", shards=SHARDS)
+    sharded = write_noop_campaign(tmp_path / "sharded", shards=SHARDS)
+    assert (
+        driver.run_snakemake(
+            single, profile="local", snakemake_args=["--quiet", "rules"], workdir=single.parent
+        )
+        == 0
+    )
+    lines: list[str] = []
+    result = run_sharded(
+        sharded,
+        profile="local",
+        snakemake_args=["--quiet", "rules"],
+        workdir=sharded.parent,
+        out=lines.append,
+        progress_seconds=1.0,
+    )
+    assert result.exit_code == 0, "\n".join(lines)
+    assert _products(single.parent) == _products(sharded.parent)
+    assert len(_products(single.parent)) > 100
+    # one ledger run per shard, holding exactly the shard's jobs, each succeeded once
+    shards, hashes, _, layout, _, _ = plan_shards(load_config(sharded), sharded.parent)
+    with Ledger(layout.path("ledger")) as ledger:
+        runs = {r.shard: r for r in ledger.runs()}
+        assert sorted(runs) == sorted(s.shard_id for s in shards)
+        for shard in shards:
+            attempts = [
+                a for a in ledger.attempts(run_id=runs[shard.shard_id].run_id) if a.rule != "all"
+            ]
+            assert len(attempts) == shard.n_jobs, shard.shard_id
+            assert {a.state for a in attempts} == {JobState.SUCCEEDED}
+            assert set(shard.rules) >= {a.rule for a in attempts}
+    assert all(read_marker(layout, s)["hash"] == h for s, h in hashes.items())
+    again = run_sharded(sharded, profile="local", workdir=sharded.parent, out=lines.append)
+    assert again.count("up to date") == len(shards)
+    with Ledger(layout.path("ledger")) as ledger:
+        assert len(ledger.runs()) == len(shards)
+
+
+@pytest.mark.slow
+def test_a_failed_shard_blocks_its_downstream_only(tmp_path):
+    config = write_noop_campaign(tmp_path / "c", shards=SHARDS)
+    env_before = os.environ.get("DCFLOW_FAULTS")
+    os.environ["DCFLOW_FAULTS"] = "process_visit:visit=1007"
+    try:
+        lines: list[str] = []
+        result = run_sharded(
+            config,
+            profile="local",
+            snakemake_args=["--quiet", "rules"],
+            workdir=config.parent,
+            out=lines.append,
+        )
+    finally:
+        if env_before is None:
+            os.environ.pop("DCFLOW_FAULTS")
+        else:
+            os.environ["DCFLOW_FAULTS"] = env_before
+    states = {o.shard_id: o.state for o in result.outcomes}
+    assert states["visits-00002"] == "failed"
+    assert {s for s, v in states.items() if v == "blocked"} == {
+        "tract-00001",
+        "forced-00002",
+        "final",
+    }
+    assert {s for s, v in states.items() if v == "done"} == set(states) - {
+        "visits-00002",
+        "tract-00001",
+        "forced-00002",
+        "final",
+    }
+    assert result.exit_code == 1
+    text = "\n".join(result.summary_lines())
+    assert (
+        "failed       visits-00002 exit 1" in text
+        and "blocked      final (upstream visits-00002)" in text
+    )
+
+
+def _ledger_state(layout_ledger: Path) -> tuple[dict, list]:
+    with Ledger(layout_ledger) as ledger:
+        return {r.run_id: r for r in ledger.runs()}, ledger.attempts()
+
+
+def _kill_and_restart(config: Path, profile: str, env: dict[str, str], min_markers: int) -> dict:
+    """Start `dcflow run --sharded`, SIGKILL its process group once ``min_markers`` shards are
+    marked and another shard has a job running, restart it, and return what happened."""
+    work = config.parent
+    shards, hashes, _, layout, _, _ = plan_shards(load_config(config), work)
+    ledger_file = Path(layout.path("ledger"))
+    argv = [
+        DCFLOW,
+        "run",
+        "--sharded",
+        "--config",
+        str(config),
+        "--profile",
+        profile,
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        marked = [s.shard_id for s in shards if read_marker(layout, s.shard_id)]
+        if len(marked) < min_markers or not ledger_file.exists():
+            continue
+        runs, attempts = _ledger_state(ledger_file)
+        busy = {
+            runs[a.run_id].shard
+            for a in attempts
+            if a.state in (JobState.RUNNING, JobState.SUBMITTED)
+        }
+        if busy - set(marked):
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = time.time()
+            break
+    proc.wait(timeout=30)
+    assert killed_at is not None, "the campaign ended before the driver could be killed"
+    before_markers = {s.shard_id: read_marker(layout, s.shard_id) for s in shards}
+    before_runs, before_attempts = _ledger_state(ledger_file)
+    restart = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert restart.returncode == 0, restart.stdout[-3000:] + restart.stderr[-3000:]
+    after_runs, after_attempts = _ledger_state(ledger_file)
+    return {
+        "shards": shards,
+        "hashes": hashes,
+        "layout": layout,
+        "before_markers": before_markers,
+        "before_runs": before_runs,
+        "before_attempts": before_attempts,
+        "after_runs": after_runs,
+        "after_attempts": after_attempts,
+        "restart": restart,
+    }
+
+
+def _assert_no_finished_shard_redone(found: dict) -> None:
+    done_before = {s for s, m in found["before_markers"].items() if m}
+    assert done_before and len(done_before) < len(found["shards"])
+    new_runs = {
+        r.shard for rid, r in found["after_runs"].items() if rid not in found["before_runs"]
+    }
+    assert new_runs, "the restart ran no shard"
+    assert not (new_runs & done_before), f"finished shards redone: {new_runs & done_before}"
+    for shard in found["shards"]:
+        marker = read_marker(found["layout"], shard.shard_id)
+        assert marker["hash"] == found["hashes"][shard.shard_id]
+        if shard.shard_id in done_before:
+            assert marker == found["before_markers"][shard.shard_id]  # not rewritten
+    # every job succeeded exactly once over both drivers
+    ok = Counter(
+        (a.rule, a.data_id)
+        for a in found["after_attempts"]
+        if a.state is JobState.SUCCEEDED and a.rule != "all"
+    )
+    assert set(ok.values()) == {1}
+    assert len(ok) == sum(s.n_jobs for s in found["shards"])
+    succeeded_before = {
+        (a.rule, a.data_id) for a in found["before_attempts"] if a.state is JobState.SUCCEEDED
+    }
+    redone = [
+        (a.rule, a.data_id)
+        for a in found["after_attempts"]
+        if a.run_id not in found["before_runs"] and (a.rule, a.data_id) in succeeded_before
+    ]
+    assert not redone, f"jobs finished before the kill ran again: {redone}"
+
+
+@pytest.mark.slow
+def test_killed_driver_restarts_without_redoing_finished_shards_local(tmp_path):
+    config = write_noop_campaign(tmp_path / "c", shards=SHARDS)
+    env = {**os.environ, "DCFLOW_NOOP_SECONDS": "1"}
+    found = _kill_and_restart(config, "local", env, min_markers=2)
+    _assert_no_finished_shard_redone(found)
+    # jobs killed with the driver are rerun once (local processes die with it): lost, then ok
+    killed = [
+        a for a in found["before_attempts"] if a.state in (JobState.RUNNING, JobState.SUBMITTED)
+    ]
+    after = {a.attempt_id: a for a in found["after_attempts"]}
+    assert killed and all(after[a.attempt_id].state is not JobState.SUCCEEDED for a in killed)
+
+
+def _cluster_env() -> dict[str, str] | None:
+    if not ENV_FILE.exists() or subprocess.run(["which", "qstat"], capture_output=True).returncode:
+        return None
+    env = {}
+    for line in ENV_FILE.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, value = line[len("export ") :].split("=", 1)
+            env[key] = value
+    probe = subprocess.run(
+        ["qstat", "-g", "c"], capture_output=True, env={**os.environ, **env}, timeout=30
+    )
+    return env if probe.returncode == 0 else None
+
+
+@pytest.mark.gridengine
+@pytest.mark.root
+@pytest.mark.slow
+def test_killed_driver_restarts_without_resubmitting_on_gridengine(tmp_path):
+    cluster = _cluster_env()
+    if cluster is None:
+        pytest.skip("no Grid Engine: run scripts/gridengine-up as root (make test does)")
+    from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger
+    from snakemake_executor_plugin_gridengine.status import accounting_records
+
+    config = write_noop_campaign(tmp_path / "c", shards=SHARDS)
+    env = {**os.environ, **cluster, "DCFLOW_NOOP_SECONDS": "3"}
+    found = _kill_and_restart(config, "sge", env, min_markers=1)
+    _assert_no_finished_shard_redone(found)
+    submissions, finished = SubmissionLedger(
+        config.parent / ".snakemake/gridengine/submissions.jsonl"
+    ).read()
+    per_outputs = Counter(s.outputs for s in submissions)
+    assert per_outputs and set(per_outputs.values()) == {1}, "a job was submitted twice"
+    assert set(finished.values()) == {"succeeded"}
+    assert "Adopting Grid Engine job" in found["restart"].stdout + found["restart"].stderr or all(
+        s.job_id in finished for s in submissions
+    )
+    records = accounting_records({s.name_pattern for s in submissions})
+    names = Counter(r.job_name for r in records.values())
+    assert sum(names.values()) <= len(submissions)
+    assert all(r.exit_status == 0 for r in records.values())
