@@ -15,6 +15,7 @@ import pytest
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.utils import format_cli_arg
 
+from dcflow.ledger import read_benchmark
 from dcflow.states import JobState
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import (
@@ -373,11 +374,14 @@ def test_config_args_requoted_for_the_shell():
 def test_noop_exec_writes_quoted_outputs_atomically(tmp_path):
     outputs = [tmp_path / "a b" / "calexp_1_0.fits", tmp_path / "it's" / "$(touch pwned)"]
     script = tmp_path / "job.sh"
-    script.write_text(noop_exec([str(p) for p in outputs], seconds=0.05))
+    bench = tmp_path / "bench" / "visit=1.tsv"
+    script.write_text(noop_exec([str(p) for p in outputs], seconds=0.05, benchmarks=[str(bench)]))
     done = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert [p.read_text() for p in outputs] == ["noop\n", "noop\n"]
     assert not (tmp_path / "pwned").exists()
+    record = read_benchmark(bench)
+    assert record is not None and record.runtime_s == pytest.approx(0.05)
     assert not list(tmp_path.rglob("*noop-tmp*"))
 
 

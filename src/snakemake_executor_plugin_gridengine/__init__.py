@@ -241,7 +241,10 @@ class Executor(RemoteExecutor):
         log.parent.mkdir(parents=True, exist_ok=True)
         script = Path(self.get_jobscript(job))
         if self.noop_direct:
-            exec_job = noop_exec([str(self.workdir / o) for o in job.output], self.noop_seconds)
+            members = job.jobs if job.is_group() else [job]
+            benchmarks = [str(self.workdir / m.benchmark) for m in members if m.benchmark]
+            outputs = [str(self.workdir / o) for o in job.output]
+            exec_job = noop_exec(outputs, self.noop_seconds, benchmarks)
         else:
             exec_job = requote_config_args(
                 self.format_job_exec(job), self.workflow.config_settings.config_args

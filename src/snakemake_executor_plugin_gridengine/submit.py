@@ -192,21 +192,46 @@ def job_script(template: str, properties: str, exec_job: str, log: Path, attempt
     return template.format(properties=properties, exec_job=body)
 
 
-def noop_exec(outputs: Sequence[str], seconds: float = 0.0) -> str:
+BENCHMARK_HEADER = "\t".join(
+    [
+        "s",
+        "h:m:s",
+        "max_rss",
+        "max_vms",
+        "max_uss",
+        "max_pss",
+        "io_in",
+        "io_out",
+        "mean_load",
+        "cpu_time",
+    ]
+)
+"""Columns of Snakemake's benchmark files (a noop job writes them with its slot time)."""
+
+
+def _atomic_printf(path: str, text: str) -> str:
+    quoted = shlex.quote(str(path))
+    temp = shlex.quote(f"{path}.noop-tmp") + "$$"
+    return (
+        f'mkdir -p "$(dirname {quoted})" && printf %s {shlex.quote(text)} >{temp}'
+        f" && mv -f {temp} {quoted} || exit 1"
+    )
+
+
+def noop_exec(outputs: Sequence[str], seconds: float = 0.0, benchmarks: Sequence[str] = ()) -> str:
     """Shell lines that stand in for a noop-payload job's Snakemake process.
 
-    They hold the slot ``seconds`` (a stand-in for work, no CPU) and then write each output
-    as a placeholder through a temporary name and a rename, so a killed job leaves no file
-    that looks complete. Paths are quoted: nothing from data ids reaches the shell raw.
+    They hold the slot ``seconds`` (a stand-in for work, no CPU), then write each output as a
+    placeholder and each benchmark file with that wall time, through a temporary name and a
+    rename, so a killed job leaves no file that looks complete. Paths are quoted: nothing
+    from data ids reaches the shell raw.
     """
     lines = [f"sleep {float(seconds):g} || exit 1"] if seconds > 0 else []
-    for output in outputs:
-        path = shlex.quote(str(output))
-        temp = shlex.quote(f"{output}.noop-tmp") + "$$"
-        lines.append(
-            f"mkdir -p \"$(dirname {path})\" && printf 'noop\\n' >{temp} && mv -f {temp} {path}"
-            " || exit 1"
-        )
+    lines += [_atomic_printf(str(output), "noop\n") for output in outputs]
+    whole = int(seconds)
+    row = f"{seconds:.2f}\t{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+    row += "\tNA" * 7 + "\t0.00"
+    lines += [_atomic_printf(str(path), f"{BENCHMARK_HEADER}\n{row}\n") for path in benchmarks]
     return "\n".join([*lines, "true", ""])
 
 
