@@ -23,6 +23,7 @@ photometry, no validation. "Done" means every output of every job exists.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import math
 import os
@@ -413,25 +414,29 @@ def output_paths(config_path: str | os.PathLike, state: str) -> Iterator[tuple[i
     layout = Layout.from_config(config)
     index = CampaignIndex.from_config(config, layout=layout)
     path = layout.path
+    pattern = {name: layout.pattern(name) for name in ("calexp", "src", "warp", "forced_src")}
     visits = index.visits if state == "all" else index.visits[: len(index.visits) // 2]
     ccds = index.ccds.tolist()
     yield 0, [path("bias", ccd=c) for c in ccds]
     yield 0, [path("flat", filter=b, ccd=c) for b in index.flat_filters for c in ccds]
+    per_visit = [pattern["calexp"], pattern["src"]]
     for start in range(0, len(visits), 2000):
         batch = visits[start : start + 2000].tolist()
-        out = [path(t, visit=v, ccd=c) for v in batch for t in ("calexp", "src") for c in ccds]
-        yield 1, out
+        yield 1, [p.format(visit=v, ccd=c) for v in batch for p in per_visit for c in ccds]
     n_done = len(visits)
     chosen = np.flatnonzero(index.pair_visit < n_done)
+    names = [index.patch_name(i) for i in range(index.n_patches)]
+    warp = pattern["warp"]
     for start in range(0, len(chosen), 50_000):
         sel = chosen[start : start + 50_000]
+        patches = index.pair_patch[sel].tolist()
         yield (
             2,
             [
-                path("warp", tract=t, patch=p, visit=v)
+                warp.format(tract=t, patch=names[p], visit=v)
                 for t, p, v in zip(
                     index.patch_tract[index.pair_patch[sel]].tolist(),
-                    [index.patch_name(i) for i in index.pair_patch[sel].tolist()],
+                    patches,
                     index.visits[index.pair_visit[sel]].tolist(),
                     strict=True,
                 )
@@ -461,7 +466,7 @@ def output_paths(config_path: str | os.PathLike, state: str) -> Iterator[tuple[i
     forced = index.visits[index.forced_visit_mask]
     for start in range(0, len(forced), 2000):
         batch = forced[start : start + 2000].tolist()
-        yield 5, [path("forced_src", visit=v, ccd=c) for v in batch for c in ccds]
+        yield 5, [pattern["forced_src"].format(visit=v, ccd=c) for v in batch for c in ccds]
     if index.fe55.sensors:
         from dcflow.fe55_targets import fe55_jobs
 
@@ -497,11 +502,14 @@ def write_inventory(
     """
     now = time.time()
     n = 0
-    handle = None
-    if list_path is not None:
-        opener = gzip.open if str(list_path).endswith(".gz") else open
-        handle = opener(list_path, "wt", encoding="utf-8")  # type: ignore[operator]
-    try:
+    with contextlib.ExitStack() as stack:
+        handle = None
+        if list_path is not None and str(list_path).endswith(".gz"):
+            handle = stack.enter_context(
+                gzip.open(list_path, "wt", encoding="utf-8", compresslevel=1)
+            )
+        elif list_path is not None:
+            handle = stack.enter_context(open(list_path, "w", encoding="utf-8"))
         for level, paths in output_paths(config_path, state):
             n += len(paths)
             if tree:
@@ -509,9 +517,6 @@ def write_inventory(
             if handle is not None and paths:
                 handle.write("\n".join(paths))
                 handle.write("\n")
-    finally:
-        if handle is not None:
-            handle.close()
     return n
 
 
