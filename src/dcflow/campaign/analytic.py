@@ -25,7 +25,6 @@ import os
 import re
 import string
 import time
-from array import array
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -225,21 +224,27 @@ def _template_regex(template: str, filters: tuple[str, ...]) -> str:
 
 
 class _Accumulator:
-    """Parsed data id columns per dataset type, as compact int64 arrays."""
+    """Parsed data id columns per dataset type, as int64 arrays (filters as band indices)."""
 
     def __init__(self, band_of: Mapping[str, int]) -> None:
-        self.columns: dict[str, dict[str, array]] = {}
+        self.columns: dict[str, dict[str, list[np.ndarray]]] = {}
         self.band_of = band_of
 
-    def add(self, dataset: str, matches: list[tuple[str, ...]], names: tuple[str, ...]) -> None:
+    def add(self, dataset: str, matches: list, names: tuple[str, ...]) -> None:
+        """Add regex matches: tuples of group texts in ``names`` order (or texts, one group)."""
         if not matches:
             return
-        cols = self.columns.setdefault(dataset, {n: array("q") for n in names})
+        cols = self.columns.setdefault(dataset, {n: [] for n in names})
+        single = not isinstance(matches[0], tuple)
+        n = len(matches)
         for k, name in enumerate(names):
+            values = matches if single else [m[k] for m in matches]
             if name == "filter":
-                cols[name].extend(self.band_of.get(m[k], -1) for m in matches)
+                band_of = self.band_of
+                found = (band_of.get(v, -1) for v in values)
+                cols[name].append(np.fromiter(found, dtype=np.int64, count=n))
             else:
-                cols[name].extend(int(m[k]) for m in matches)
+                cols[name].append(np.fromiter(map(int, values), dtype=np.int64, count=n))
 
     def add_one(self, dataset: str, values: dict[str, str]) -> None:
         names = tuple(values)
@@ -248,10 +253,10 @@ class _Accumulator:
 
 def _apply(state: OutputState, acc: _Accumulator, locator: _Locator) -> None:
     for dataset, cols in acc.columns.items():
-        columns = {name: np.frombuffer(col, dtype=np.int64) for name, col in cols.items()}
-        if not columns:
+        if not cols:
             state.arrays[dataset][0] = True
             continue
+        columns = {name: np.concatenate(parts) for name, parts in cols.items()}
         flat, _ = locator.flat_index(dataset, columns)
         target = state.arrays[dataset].reshape(-1)
         target[flat[flat >= 0]] = True
@@ -375,7 +380,7 @@ def read_file_list(
     lines: str | os.PathLike | Iterable[str],
     *,
     workdir: str | os.PathLike = ".",
-    chunk_bytes: int = 1 << 24,
+    chunk_bytes: int = 1 << 26,
 ) -> OutputState:
     """What exists, from a file list: one path per line (absolute or relative to ``workdir``).
 
@@ -388,82 +393,78 @@ def read_file_list(
     workdir : path-like
         Directory that relative paths (and relative layout roots) are relative to.
     chunk_bytes : int
-        Read this much at a time: lines are grouped by their first directory under the output
-        root and each group is parsed by one regex pass, so memory stays per chunk.
+        Read about this much text at a time. A chunk whose lines all start with the absolute
+        output root is parsed by one regex pass per template over the whole chunk (no Python
+        work per line); other chunks are normalized line by line first.
     """
     workdir = os.path.abspath(workdir)
     state = _empty_state(index)
     locator = _Locator(index)
     acc = _Accumulator(locator.band_of)
     root = os.path.normpath(os.path.join(workdir, index.layout.output_root))
-    prefixes = [root + os.sep]
-    relative = os.path.relpath(root, workdir)
-    if not relative.startswith(".."):
-        prefixes += [relative + os.sep, "." + os.sep + relative + os.sep]
-    groups_of: dict[str, list[tuple[str, re.Pattern, tuple[str, ...]]]] = {}
+    head = root + os.sep
+    absolute: list[tuple[str, re.Pattern, tuple[str, ...]]] = []
+    relative: list[tuple[str, re.Pattern, tuple[str, ...]]] = []
     for dataset, pattern in _rooted_templates(index).items():
         rel = os.path.relpath(os.path.normpath(os.path.join(workdir, pattern)), root)
-        first, _, _ = rel.partition(os.sep)
-        regex = re.compile("^" + _template_regex(rel, index.filters) + "$", re.MULTILINE)
-        names = tuple(sorted(regex.groupindex, key=regex.groupindex.get))
-        groups_of.setdefault(first, []).append((dataset, regex, names))
+        body = _template_regex(rel, index.filters) + "(?=\n)"
+        for prefix, out in ((re.escape("\n" + head), absolute), ("\n", relative)):
+            regex = re.compile(prefix + body)
+            names = tuple(sorted(regex.groupindex, key=regex.groupindex.get))
+            out.append((dataset, regex, names))
     _, fe55_paths = _fe55_outputs(index, workdir)
     fe55_found: set[str] = set()
 
-    def consume(batch: list[str]) -> None:
-        grouped: dict[str, list[str]] = {}
-        for line in batch:
-            path = line.rstrip("\n")
-            rel = None
-            for prefix in prefixes:
-                if path.startswith(prefix):
-                    rel = path[len(prefix) :]
-                    break
-            if rel is None or "/." in rel or "//" in rel:
-                full = os.path.normpath(os.path.join(workdir, path))
-                if fe55_paths and full in fe55_paths:
-                    fe55_found.add(full)
-                if not full.startswith(root + os.sep):
-                    continue
-                rel = full[len(root) + 1 :]
-            first, sep, _ = rel.partition(os.sep)
-            if sep and first in groups_of:
-                grouped.setdefault(first, []).append(rel)
-            elif fe55_paths:
-                full = os.path.normpath(os.path.join(root, rel))
-                if full in fe55_paths:
-                    fe55_found.add(full)
-        for first, rels in grouped.items():
-            text = "\n".join(rels)
-            for dataset, regex, names in groups_of[first]:
-                matches = regex.findall(text)
-                if not names:
-                    if matches:
-                        acc.add_one(dataset, {})
-                    continue
-                if len(names) == 1:
-                    matches = [(m,) for m in matches]
+    def parse(text: str, regexes: list[tuple[str, re.Pattern, tuple[str, ...]]]) -> None:
+        for dataset, regex, names in regexes:
+            matches = regex.findall(text)
+            if names:
                 acc.add(dataset, matches, names)
+            elif matches:
+                acc.add_one(dataset, {})
+
+    def consume(text: str) -> int:
+        """Parse a block of whole lines; returns the number of lines."""
+        if not text.endswith("\n"):
+            text += "\n"
+        n_lines = text.count("\n")
+        text = "\n" + text
+        if text.count("\n" + head) == n_lines:
+            parse(text, absolute)
+            for path in fe55_paths:
+                if "\n" + path + "\n" in text:
+                    fe55_found.add(path)
+            return n_lines
+        rels = []
+        for line in text[1:-1].split("\n"):
+            full = os.path.normpath(os.path.join(workdir, line))
+            if full in fe55_paths:
+                fe55_found.add(full)
+            if full.startswith(head):
+                rels.append(full[len(head) :])
+        if rels:
+            parse("\n" + "\n".join(rels) + "\n", relative)
+        return n_lines
 
     n = 0
     if isinstance(lines, (str, os.PathLike)):
         with _open_text(lines) as handle:
             while True:
-                batch = handle.readlines(chunk_bytes)
-                if not batch:
+                text = handle.read(chunk_bytes)
+                if not text:
                     break
-                n += len(batch)
-                consume(batch)
+                if not text.endswith("\n"):
+                    text += handle.readline()
+                n += consume(text)
     else:
-        batch = []
+        batch: list[str] = []
         for line in lines:
-            batch.append(line)
+            batch.append(line.rstrip("\n"))
             if len(batch) >= 200_000:
-                n += len(batch)
-                consume(batch)
+                n += consume("\n".join(batch))
                 batch = []
-        n += len(batch)
-        consume(batch)
+        if batch:
+            n += consume("\n".join(batch))
     state.n_files = n
     _apply(state, acc, locator)
     state.fe55 = fe55_found
