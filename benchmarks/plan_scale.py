@@ -1,0 +1,231 @@
+"""Seconds and peak memory of `dcflow plan` (the analytic planner) up to DC2013 scale.
+
+Usage: .venv/bin/python benchmarks/plan_scale.py [--fractions 0.01 0.1 1] [--scratch DIR]
+       [--reuse] [--no-snakemake] [--done-list]
+
+For each fraction of DC2013 (4.4 M raw files), writes a synthetic campaign
+(`dcflow.campaign.synthetic`: registry rows, config, no images) under the scratch directory,
+then measures `dcflow.driver.plan_campaign` fresh (empty output tree) and half done (the first
+half of the visits processed and warped), each in its own subprocess (wall time from reading
+the config to the plan, peak RSS from ``ru_maxrss``). Half done is a real tree of empty files
+at 1 % and a gzipped file list (``--inventory``) above. With ``--done-list`` the fully done
+state (a ~21 M line list at 100 %) is measured too.
+
+At the smallest fraction it also times one ``snakemake -n`` of the same campaign (raws touched
+as empty files; ``--rerun-triggers mtime``), checks that the job counts agree, and prints the
+ratio; larger fractions print what Snakemake would need by the cost model of
+notes/scale.md. Prints figures; it is not a test. Targets (issue 8): full DC2013 plan
+<= 5 min and <= 8 GB, fresh and half done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# notes/scale.md, coarse rules: ~0.6 s + 0.364 ms per job + 0.125 ms per output file;
+# ~80 MB + 11.4 KB per job + 2.6 KB per output file.
+SNAKEMAKE_S = (0.6, 0.364e-3, 0.125e-3)
+SNAKEMAKE_MB = (80.0, 11.4 / 1024, 2.6 / 1024)
+
+
+def measure(config: str, inventory: str | None) -> None:
+    """Child mode: plan once, print one JSON line."""
+    from dcflow import driver
+
+    start = time.perf_counter()
+    plan = driver.plan_campaign(
+        config, profile=None, workdir=Path(config).parent, inventory=inventory
+    )
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_mb": peak_mb,
+                "n_total": plan.n_total,
+                "n_to_run": plan.n_to_run,
+                "n_files": plan.n_files,
+                "to_run": plan.to_run_by_rule(),
+            }
+        )
+    )
+
+
+def run_child(argv: list[str]) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, *argv], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def snakemake_dry_run(config: Path) -> tuple[float, float, dict[str, int]]:
+    """Wall s, peak RSS MB and job counts of one ``snakemake -n`` of the campaign."""
+    from dcflow.plan import parse_dry_run_counts
+
+    argv = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(config),
+        "--directory",
+        str(config.parent),
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--rerun-triggers",
+        "mtime",
+    ]
+    start = time.perf_counter()
+    log = config.parent / "snakemake_dry_run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, cwd=config.parent, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"snakemake -n failed, see {log}")
+    return seconds, usage.ru_maxrss / 1024, parse_dry_run_counts(log.read_text())
+
+
+def model(n_jobs: int, n_files: int) -> tuple[float, float]:
+    """Snakemake dry-run hours and GB by notes/scale.md's coarse-rule cost model."""
+    s = SNAKEMAKE_S[0] + SNAKEMAKE_S[1] * n_jobs + SNAKEMAKE_S[2] * n_files
+    mb = SNAKEMAKE_MB[0] + SNAKEMAKE_MB[1] * n_jobs + SNAKEMAKE_MB[2] * n_files
+    return s / 3600.0, mb / 1024.0
+
+
+def output_files(jobs: dict[str, int], n_ccds: int = 36) -> int:
+    """Output files of a campaign from its job counts per rule (rules/*.smk's outputs)."""
+    per_job = {"process_visit": 2 * n_ccds, "forced_photometry": n_ccds, "all": 0}
+    per_job |= {"science_validation": 2, "assemble_coadd": 2, "measure_patch": 2}
+    return sum(n * per_job.get(rule, 1) for rule, n in jobs.items())
+
+
+def prepare(fraction: float, root: Path, *, reuse: bool, done_list: bool) -> Path:
+    from dcflow.campaign.synthetic import dc2013_spec, write_campaign, write_inventory
+
+    directory = root / f"dc2013_{fraction:g}"
+    config = directory / "config.yaml"
+    if reuse and config.exists():
+        return config
+    shutil.rmtree(directory, ignore_errors=True)
+    start = time.perf_counter()
+    spec = dc2013_spec(fraction)
+    write_campaign(spec, directory)
+    print(
+        f"  generated {spec.n_raws:,} raw rows ({spec.n_visits:,} visits) "
+        f"in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
+    start = time.perf_counter()
+    half = directory / "inventory_half.txt.gz"
+    n = write_inventory(config, "half", list_path=half)
+    print(f"  half-done list: {n:,} paths in {time.perf_counter() - start:.1f} s", flush=True)
+    if done_list:
+        start = time.perf_counter()
+        n = write_inventory(config, "all", list_path=directory / "inventory_all.txt.gz")
+        print(f"  done list: {n:,} paths in {time.perf_counter() - start:.1f} s", flush=True)
+    return config
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--scratch", default="/tmp/dcflow-plan-scale", help="generated data")
+    parser.add_argument("--reuse", action="store_true", help="reuse campaigns already written")
+    parser.add_argument("--no-snakemake", action="store_true", help="skip the snakemake -n run")
+    parser.add_argument("--done-list", action="store_true", help="also the fully done state")
+    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure(args.measure[0], args.measure[1] if len(args.measure) > 1 else None)
+        return 0
+    from dcflow.campaign.synthetic import touch_raws, write_inventory
+
+    root = Path(args.scratch)
+    root.mkdir(parents=True, exist_ok=True)
+    smallest = min(args.fractions)
+    print(f"machine: {os.cpu_count()} cores; scratch {root}")
+    for fraction in sorted(args.fractions):
+        print(f"== {fraction:g} of DC2013 ({fraction * 4.4e6:,.0f} raws)", flush=True)
+        config = prepare(fraction, root, reuse=args.reuse, done_list=args.done_list)
+        directory = config.parent
+        fresh = run_child(["--measure", str(config)])
+        print(
+            f"  fresh:     plan {fresh['seconds']:7.1f} s, peak {fresh['peak_mb']:7.0f} MB;"
+            f" {fresh['n_total']:,} jobs, {fresh['n_to_run']:,} to run",
+            flush=True,
+        )
+        half = run_child(["--measure", str(config), str(directory / "inventory_half.txt.gz")])
+        print(
+            f"  half done: plan {half['seconds']:7.1f} s, peak {half['peak_mb']:7.0f} MB;"
+            f" {half['n_files']:,} listed files, {half['n_to_run']:,} to run (file list)",
+            flush=True,
+        )
+        if args.done_list:
+            done = run_child(["--measure", str(config), str(directory / "inventory_all.txt.gz")])
+            print(
+                f"  done:      plan {done['seconds']:7.1f} s, peak {done['peak_mb']:7.0f} MB;"
+                f" {done['n_files']:,} listed files, {done['n_to_run']:,} to run (file list)",
+                flush=True,
+            )
+        n_jobs = fresh["n_total"]
+        n_outputs = output_files(fresh["to_run"])
+        if fraction == smallest and not args.no_snakemake:
+            print("  snakemake -n (fresh; raws touched as empty files) ...", flush=True)
+            touch_raws(config)
+            sm_s, sm_mb, counts = snakemake_dry_run(config)
+            same = counts == fresh["to_run"]
+            print(
+                f"  snakemake -n fresh: {sm_s:7.1f} s, peak {sm_mb:7.0f} MB; same counts as "
+                f"the planner: {same}; ratio snakemake/planner: {sm_s / fresh['seconds']:.1f}x "
+                f"time, {sm_mb / fresh['peak_mb']:.1f}x memory",
+                flush=True,
+            )
+            start = time.perf_counter()
+            write_inventory(config, "half", tree=True)
+            print(f"  half-done tree written in {time.perf_counter() - start:.1f} s", flush=True)
+            tree = run_child(["--measure", str(config)])
+            print(
+                f"  half done: plan {tree['seconds']:7.1f} s, peak {tree['peak_mb']:7.0f} MB"
+                f" (tree walk, {tree['n_files']:,} names)",
+                flush=True,
+            )
+            sm_s, sm_mb, counts = snakemake_dry_run(config)
+            same = counts == tree["to_run"]
+            print(
+                f"  snakemake -n half: {sm_s:7.1f} s, peak {sm_mb:7.0f} MB; same counts: {same};"
+                f" ratio {sm_s / tree['seconds']:.1f}x time, {sm_mb / tree['peak_mb']:.1f}x memory",
+                flush=True,
+            )
+            if n_outputs:
+                hours, gb = model(n_jobs, n_outputs)
+                print(f"  (cost model at this size: {hours * 3600:.0f} s, {gb:.1f} GB)")
+        else:
+            n_files = output_files(fresh["to_run"])
+            hours, gb = model(n_jobs, n_files)
+            print(
+                f"  snakemake -n: not run: would need ~{hours:.1f} h / ~{gb:.0f} GB by "
+                f"notes/scale.md's cost model ({n_jobs:,} jobs, {n_files:,} output files)",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
