@@ -221,3 +221,23 @@ def test_analytic_equals_snakemake_dry_run(tmp_path, shape):
     marked = driver.plan_campaign(config_path, profile=None, workdir=work).to_run_by_rule()
     assert marked == snakemake_counts(config_path)
     assert marked["all"] == 1
+
+
+def test_plan_command_reads_a_file_list(tmp_path, monkeypatch, capsys):
+    import json
+
+    from dcflow.cli import main
+
+    config_path = make(tmp_path, "2ccd-gr-fe55")
+    work = config_path.parent
+    list_path = work / "half.txt"
+    n = write_inventory(config_path, "half", list_path=list_path)
+    monkeypatch.chdir(work)
+    assert (
+        main(["plan", "--config", str(config_path), "--inventory", str(list_path), "--json"]) == 0
+    )
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["n_files_scanned"] == n
+    assert plan["to_run_by_rule"]["process_visit"] == 12 - 6
+    assert "make_warp" in plan["to_run_by_rule"] and "bias" not in plan["to_run_by_rule"]
+    assert plan["n_total"] == plan["n_done"] + plan["n_to_run"]

@@ -20,7 +20,14 @@ from dcflow import driver
 from dcflow.plan import Plan
 from dcflow.status import CampaignStatus, FailedTile
 
-__all__ = ["EXIT_FAILED", "EXIT_TILES_FAILED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_TILES_FAILED",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "PICTURE_MAX_JOBS",
+    "main",
+]
 
 EXIT_FAILED = 1
 """A verb ran and found a failure (a job failed, files were rejected)."""
@@ -30,6 +37,9 @@ EXIT_TILES_FAILED = 3
 """`status` / `failed`: some tiles' last attempt failed and their outputs are missing."""
 EXIT_UNREACHABLE = 4
 """`ping`: the backend does not answer or cannot take jobs now."""
+
+PICTURE_MAX_JOBS = 50_000
+"""`plan` draws its pictures (one Python object per job) only up to this many jobs."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -317,7 +327,14 @@ def main(argv: list[str] | None = None) -> int:
 def _plan(args: argparse.Namespace) -> int:
     plan = driver.plan_campaign(args.config, profile=args.profile, inventory=args.inventory)
     pictures = None
-    if not args.no_pictures:
+    too_big = plan.n_total > PICTURE_MAX_JOBS and not args.pictures
+    if not args.no_pictures and too_big:
+        print(
+            f"pictures skipped: {plan.n_total} jobs (more than {PICTURE_MAX_JOBS}; "
+            "--pictures DIR draws them anyway)",
+            file=sys.stderr,
+        )
+    elif not args.no_pictures:
         from dcflow.config_schema import load_config
         from dcflow.layout import Layout
 
