@@ -1,0 +1,226 @@
+"""Scale run on the real Grid Engine cluster: a sharded noop campaign of thousands of jobs.
+
+Needs the project's cluster configured with a few hundred slots
+(``DCFLOW_GE_SLOTS=300 scripts/gridengine-up``) and its environment
+(``source run/gridengine/env.sh``). Prints figures, asserts nothing.
+
+What runs: a synthetic DC2013-shaped campaign (`dcflow.campaign.synthetic`, ``--fraction`` of
+DC2013's 4.4 M raws; empty raw files) with ``campaign.payload: noop``, driven by
+``dcflow run --sharded --profile sge`` with the plugin's ``noop-direct`` mode: each Grid Engine
+job holds its slot ``--job-seconds`` (a sleep standing in for work) and writes its outputs from
+the job script, so hundreds of jobs fit at once on this 2-core host (a Snakemake process per
+job costs 2-4 CPU s and ~150 MB here; that cost is measured by benchmarks/gridengine_submit.py).
+
+Measured:
+
+* jobs completed (ledger), wall time, sustained jobs/s over the steady part (from the first
+  time the queue held >= 90 % of the cap to the last);
+* the driver's CPU per job: CPU time of ``dcflow run --sharded`` and every process it waited
+  for (its shard Snakemakes: DAGs, submission, status checks, ledger), from ``wait4``; Grid
+  Engine jobs run under sge_execd and are not counted;
+* queue occupancy: ``qstat`` sampled every ``--sample-seconds``: jobs queued or running against
+  ``shards.max_queued_jobs``, time-weighted over the run and over the steady part;
+* submissions per job (ledger attempts and the plugin's submission records): 1.0 expected.
+
+Usage: ``.venv/bin/python benchmarks/scale_run.py [--fraction 0.001] [--cap 300]
+[--job-seconds 20] [--concurrent 4] [--visits-per-shard 16] [--workdir DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from snakemake_executor_plugin_gridengine.status import parse_qstat_xml
+
+REPO = Path(__file__).resolve().parents[1]
+DCFLOW = Path(sys.executable).with_name("dcflow")
+
+
+def generate(workdir: Path, fraction: float, settings: dict) -> Path:
+    """A synthetic campaign in ``workdir`` with placeholder raws; its config path."""
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "dcflow.campaign.synthetic"),
+            *("--fraction", str(fraction), "--out", str(workdir), "--touch-raws"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    config_path = workdir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["shards"] = settings
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return config_path
+
+
+class QueueSampler:
+    """Samples how many Grid Engine jobs are queued or running, every ``period_s``."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.samples: list[tuple[float, int, int]] = []  # time, running, queued
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            done = subprocess.run(
+                ["qstat", "-xml", "-u", "*"], capture_output=True, text=True, check=False
+            )
+            if done.returncode == 0:
+                states = parse_qstat_xml(done.stdout).values()
+                running = sum(1 for s in states if "q" not in s)  # r, t (not qw, hqw)
+                self.samples.append((time.time(), running, len(states) - running))
+            self._stop.wait(self.period_s)
+
+
+def time_weighted(samples: list[tuple[float, int, int]], start: float, end: float) -> float:
+    """Mean of queued + running over [start, end], each sample held until the next."""
+    total = weight = 0.0
+    for (t0, run, queued), (t1, _, _) in itertools.pairwise(samples):
+        lo, hi = max(t0, start), min(t1, end)
+        if hi > lo:
+            total += (run + queued) * (hi - lo)
+            weight += hi - lo
+    return total / weight if weight else float("nan")
+
+
+def ledger_counts(ledger: Path) -> dict:
+    """Jobs, successes, attempts per (rule, data id) and finish times, from the run ledger."""
+    with sqlite3.connect(ledger) as db:
+        rows = db.execute("SELECT rule, data_id, state, finished FROM attempts").fetchall()
+    per_job: dict[tuple[str, str], int] = {}
+    finished: list[float] = []
+    for rule, data_id, state, end in rows:
+        if rule == "all":
+            continue
+        per_job[(rule, data_id)] = per_job.get((rule, data_id), 0) + 1
+        if state == "succeeded" and end:
+            finished.append(end)
+    jobs = list(per_job.values())
+    return {
+        "jobs": len(jobs),
+        "done": len(finished),
+        "finished": sorted(finished),
+        "attempts_per_job_max": max(jobs, default=0),
+        "attempts_per_job_mean": sum(jobs) / len(jobs) if jobs else float("nan"),
+    }
+
+
+def submissions_per_job(workdir: Path) -> tuple[int, int]:
+    """Grid Engine submission records (plugin's submissions.jsonl): records, distinct outputs."""
+    records = outputs = 0
+    seen: set[str] = set()
+    for path in (workdir / ".snakemake").rglob("submissions.jsonl"):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if entry.get("job_id"):
+                records += 1
+                key = json.dumps(entry.get("outputs"), sort_keys=True)
+                outputs += key not in seen
+                seen.add(key)
+    return records, outputs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fraction", type=float, default=0.001, help="of DC2013's raws")
+    parser.add_argument("--cap", type=int, default=300, help="shards.max_queued_jobs")
+    parser.add_argument("--concurrent", type=int, default=4, help="shards at once")
+    parser.add_argument("--visits-per-shard", type=int, default=16)
+    parser.add_argument("--job-seconds", type=float, default=20.0, help="slot time per job")
+    parser.add_argument("--sample-seconds", type=float, default=2.0)
+    parser.add_argument("--workdir", default=None, help="campaign directory (default: a temp)")
+    args = parser.parse_args()
+    if not os.environ.get("SGE_ROOT"):
+        print("needs the cluster environment: source run/gridengine/env.sh", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dcflow-scale-")).resolve()
+    settings = {
+        "visits_per_shard": args.visits_per_shard,
+        "max_concurrent_shards": args.concurrent,
+        "max_queued_jobs": args.cap,
+    }
+    started = time.monotonic()
+    config_path = generate(workdir, args.fraction, settings)
+    print(f"campaign: {workdir} ({time.monotonic() - started:.1f} s to generate)")
+    plan = subprocess.run(
+        [str(DCFLOW), "plan", "--config", str(config_path), "--json", "--no-pictures"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    planned = json.loads(plan.stdout)
+    print(f"planned: {planned['n_to_run']} jobs {planned['to_run_by_rule']}")
+    sampler = QueueSampler(args.sample_seconds)
+    sampler.start()
+    argv = [str(DCFLOW), "run", "--sharded", "--profile", "sge", "--config", str(config_path)]
+    argv += ["--no-progress", "--", "--gridengine-noop-direct", "True"]
+    argv += ["--gridengine-noop-seconds", str(args.job_seconds)]
+    log_path = workdir / "driver.log"
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    wall = time.time() - t0
+    sampler.stop()
+    code = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    counts = ledger_counts(workdir / "output" / "ledger.sqlite3")
+    records, distinct = submissions_per_job(workdir)
+    full = [t for t, run, queued in sampler.samples if run + queued >= 0.9 * args.cap]
+    steady = (full[0], full[-1]) if full else (t0, t0 + wall)
+    steady_s = steady[1] - steady[0]
+    print(f"driver exit {code}; log {log_path}")
+    print(f"jobs done (ledger): {counts['done']} of {counts['jobs']} planned-job tiles")
+    print(f"wall {wall:.1f} s: {counts['done'] / wall:.2f} jobs/s over the whole run")
+    if full and steady_s > 0:
+        n_steady = sum(1 for t in counts["finished"] if steady[0] <= t <= steady[1])
+        print(
+            f"steady part (queue >= 90 % of {args.cap} from first to last such sample): "
+            f"{steady_s:.1f} s, {n_steady} jobs finished: {n_steady / steady_s:.2f} jobs/s "
+            f"(slots / job time = {args.cap / args.job_seconds:.2f} jobs/s if always full)"
+        )
+    print(
+        f"driver CPU: {cpu:.1f} s ({usage.ru_utime:.1f} user + {usage.ru_stime:.1f} sys), "
+        f"{1000 * cpu / max(1, counts['done']):.1f} ms per job; peak RSS of one process "
+        f"{usage.ru_maxrss / 1024:.0f} MB"
+    )
+    whole = time_weighted(sampler.samples, t0, t0 + wall)
+    print(f"queue occupancy (queued + running), time-weighted: {whole:.1f} of cap {args.cap}")
+    if full:
+        mean_steady = time_weighted(sampler.samples, *steady)
+        print(f"  over the steady part: {mean_steady:.1f} ({100 * mean_steady / args.cap:.0f} %)")
+        print(f"  max seen: {max(r + q for _, r, q in sampler.samples)}")
+    print(
+        f"attempts per job: mean {counts['attempts_per_job_mean']:.3f}, "
+        f"max {counts['attempts_per_job_max']}; Grid Engine submissions {records} for "
+        f"{distinct} distinct jobs"
+    )
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
