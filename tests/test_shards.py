@@ -229,7 +229,9 @@ def _ledger_state(layout_ledger: Path) -> tuple[dict, list]:
         return {r.run_id: r for r in ledger.runs()}, ledger.attempts()
 
 
-def _kill_and_restart(config: Path, profile: str, env: dict[str, str], min_markers: int) -> dict:
+def _kill_and_restart(
+    config: Path, profile: str, env: dict[str, str], min_markers: int, extra: tuple = ()
+) -> dict:
     """Start `dcflow run --sharded`, SIGKILL its process group once ``min_markers`` shards are
     marked and another shard has a job running, restart it, and return what happened."""
     work = config.parent
@@ -244,6 +246,7 @@ def _kill_and_restart(config: Path, profile: str, env: dict[str, str], min_marke
         "--profile",
         profile,
         "--no-progress",
+        *(("--", *extra) if extra else ()),
     ]
     proc = subprocess.Popen(
         argv,
@@ -317,7 +320,9 @@ def _assert_no_finished_shard_redone(found: dict) -> None:
     redone = [
         (a.rule, a.data_id)
         for a in found["after_attempts"]
-        if a.run_id not in found["before_runs"] and (a.rule, a.data_id) in succeeded_before
+        if a.run_id not in found["before_runs"]
+        and a.rule != "all"
+        and (a.rule, a.data_id) in succeeded_before
     ]
     assert not redone, f"jobs finished before the kill ran again: {redone}"
 
@@ -361,14 +366,23 @@ def test_killed_driver_restarts_without_resubmitting_on_gridengine(tmp_path):
     from snakemake_executor_plugin_gridengine.status import accounting_records
 
     config = write_noop_campaign(tmp_path / "c", shards=SHARDS)
-    env = {**os.environ, **cluster, "DCFLOW_NOOP_SECONDS": "3"}
-    found = _kill_and_restart(config, "sge", env, min_markers=1)
+    env = {**os.environ, **cluster}
+    # noop-direct: the job script writes the placeholders (the lead's scale-run mode; a
+    # Snakemake-in-the-job run of make_warp breaks on the comma in patch "x,y"). Jobs hold
+    # their slot 20 s so that the killed driver's jobs are still running when the restarted
+    # one starts: a job ending between recovery and the executor's start is not adopted and
+    # is submitted again (plugin race, reported).
+    extra = ("--gridengine-noop-direct", "True", "--gridengine-noop-seconds", "20")
+    found = _kill_and_restart(config, "sge", env, min_markers=1, extra=extra)
     _assert_no_finished_shard_redone(found)
     submissions, finished = SubmissionLedger(
         config.parent / ".snakemake/gridengine/submissions.jsonl"
     ).read()
     per_outputs = Counter(s.outputs for s in submissions)
-    assert per_outputs and set(per_outputs.values()) == {1}, "a job was submitted twice"
+    twice = {o: n for o, n in per_outputs.items() if n > 1}
+    dup = [(s.rule, s.job_id, finished.get(s.job_id)) for s in submissions if s.outputs in twice]
+    head = found["restart"].stdout[:400]
+    assert per_outputs and not twice, f"submitted twice: {dup} {head}"
     assert set(finished.values()) == {"succeeded"}
     assert "Adopting Grid Engine job" in found["restart"].stdout + found["restart"].stderr or all(
         s.job_id in finished for s in submissions

@@ -162,7 +162,46 @@ def shard_jobs_budget(max_queued_jobs: int, profile: str | None) -> int:
     return max_queued_jobs
 
 
-def clear_stale_state(workdir: Path, ledger_file: Path, backend: str) -> str:
+def _recover_gridengine(workdir: Path, *, wait_s: float) -> str:
+    """The plugin's `recover`, repeated until every open submission is accounted for.
+
+    A job that ended just before the restart may be in neither qstat nor accounting yet
+    (qacct is flushed late); `recover` then leaves it out, the restarted executor cannot adopt
+    it and Snakemake would submit it again. So wait (up to ``wait_s``) until each open
+    submission is found queued, running or finished.
+    """
+    from snakemake_executor_plugin_gridengine.reattach import (
+        SubmissionLedger,
+        recover,
+        state_dir,
+    )
+
+    pending = set(
+        s.job_id
+        for s in SubmissionLedger(state_dir(workdir) / "submissions.jsonl")
+        .open_submissions()
+        .values()
+    )
+    deadline = time.monotonic() + wait_s
+    removed = ok = 0
+    while True:
+        report = recover(workdir)
+        removed += len(report.removed_lockfiles)
+        ok += len(report.finished_ok)
+        pending -= {*report.finished_ok, *report.finished_failed, *report.still_active}
+        if not pending or report.live_drivers or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
+    unresolved = f", {len(pending)} unknown to Grid Engine after {wait_s:.0f} s" if pending else ""
+    return (
+        f"gridengine recovery: {removed} stale lock(s) removed, {ok} job(s) finished "
+        f"unwatched, {len(report.still_active)} still queued/running (adopted){unresolved}"
+    )
+
+
+def clear_stale_state(
+    workdir: Path, ledger_file: Path, backend: str, *, accounting_wait_s: float = 120.0
+) -> str:
     """Make the working directory restartable after a killed driver; say what was done.
 
     Runs whose Snakemake died are closed in the ledger. If no run is alive: on Grid Engine the
@@ -181,14 +220,7 @@ def clear_stale_state(workdir: Path, ledger_file: Path, backend: str) -> str:
     if live:
         return "a run of this campaign is alive: nothing cleared"
     if backend in GRIDENGINE_EXECUTORS:
-        from snakemake_executor_plugin_gridengine.reattach import recover
-
-        report = recover(workdir)
-        return (
-            f"gridengine recovery: {len(report.removed_lockfiles)} stale lock(s) removed, "
-            f"{len(report.finished_ok)} job(s) finished unwatched, "
-            f"{len(report.still_active)} still queued/running (adopted on restart)"
-        )
+        return _recover_gridengine(workdir, wait_s=accounting_wait_s)
     locks = sorted((workdir / ".snakemake" / "locks").glob("*.lock"))
     for lock in locks:
         lock.unlink(missing_ok=True)
