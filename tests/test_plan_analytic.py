@@ -161,6 +161,8 @@ def test_file_list_equals_tree_walk(tmp_path):
         assert (array == from_list.arrays[name]).all(), name
         assert (array == relative.arrays[name]).all(), name
     assert from_list.n_files == len(listed)
+    products = [p for p in listed if "registry" not in p and not p.endswith("junk.txt")]
+    assert tree.n_files == len(products)  # names listed in the product directories
     # half done: the first half of the visits' calexps, none of the second half
     half = index.n_visits // 2
     assert tree.arrays["calexp"][:half].all() and not tree.arrays["calexp"][half:].any()

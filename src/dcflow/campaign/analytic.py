@@ -337,6 +337,7 @@ def _walk(
         return 0
     regex = re.compile(_template_regex(segment, filters))
     if not last:
+        found = 0
         for name in names:
             match = regex.fullmatch(name)
             if match is None:
@@ -344,7 +345,7 @@ def _walk(
             values = {k: v for k, v in match.groupdict().items() if v is not None}
             if any(captured.get(k, v) != v for k, v in values.items()):
                 continue
-            _walk(
+            found += _walk(
                 os.path.join(directory, name),
                 segments[1:],
                 filters,
@@ -352,7 +353,7 @@ def _walk(
                 acc,
                 {**captured, **values},
             )
-        return 0
+        return found
     multi = re.compile("^" + regex.pattern + "$", re.MULTILINE)
     group_names = tuple(sorted(multi.groupindex, key=multi.groupindex.get))
     matches = multi.findall("\n".join(names))
