@@ -66,8 +66,14 @@ def get_src_outputs():
     return CAMPAIGN.visit_outputs("src")
 
 
-def get_all_products(dataset_type):
-    return CAMPAIGN.visit_products(dataset_type)
+def get_validation_srcs(wildcards):
+    # a function (evaluated when the job is built), not a list built while parsing: a shard
+    # without the validation job never lists every product of the campaign
+    return CAMPAIGN.visit_products("src")
+
+
+def get_validation_calexps(wildcards):
+    return CAMPAIGN.visit_products("calexp")
 
 
 def get_visit_calexps(wildcards):

@@ -1,7 +1,7 @@
 rule science_validation:
     input:
-        srcs=get_all_products("src"),
-        calexps=get_all_products("calexp"),
+        srcs=get_validation_srcs,
+        calexps=get_validation_calexps,
         truth=path("truth", instrument=CAMPAIGN.instrument),
     output:
         metrics=path("science_validation"),

@@ -54,6 +54,7 @@ __all__ = [
     "clear_stale_state",
     "plan_shards",
     "run_sharded",
+    "settle_orphan_submissions",
     "shard_jobs_budget",
 ]
 
@@ -199,6 +200,49 @@ def _recover_gridengine(workdir: Path, *, wait_s: float) -> str:
     )
 
 
+def settle_orphan_submissions(workdir: Path, *, wait_s: float = 60.0) -> int:
+    """Record how orphaned Grid Engine jobs ended; return how many succeeded meanwhile.
+
+    An orphan is an open submission (no recorded end) whose driver is dead: no live driver
+    marker carries its job-name tag. One that succeeded since gets its end recorded and its
+    Snakemake "incomplete" marks cleared, so the shard that owns it, started later than the
+    driver's recovery, neither adopts a finished job nor submits it again. Jobs unknown to
+    both qstat and accounting (accounting is flushed late) are waited for up to ``wait_s``.
+    """
+    from snakemake_executor_plugin_gridengine.reattach import (
+        DriverMarker,
+        SubmissionLedger,
+        clear_incomplete_marks,
+        state_dir,
+    )
+    from snakemake_executor_plugin_gridengine.status import query_states
+
+    ledger = SubmissionLedger(state_dir(workdir) / "submissions.jsonl")
+    live_patterns = {f"{m.tag}" for _, m in DriverMarker.read_all(state_dir(workdir)) if m.alive()}
+    orphans = {
+        s.job_id: s
+        for s in ledger.open_submissions().values()
+        if not any(tag and tag in s.name_pattern for tag in live_patterns)
+    }
+    deadline = time.monotonic() + wait_s
+    n_ok = 0
+    while orphans:
+        outcomes = query_states(orphans, {s.name_pattern for s in orphans.values()})
+        for job_id, outcome in outcomes.items():
+            if outcome.finished:
+                ledger.record_finished(job_id, outcome.state, outcome.exit_status)
+                if outcome.state is JobState.SUCCEEDED:
+                    clear_incomplete_marks(workdir, orphans[job_id].outputs)
+                    n_ok += 1
+                del orphans[job_id]
+            else:
+                del orphans[job_id]  # queued or running: the shard's executor adopts it
+        if not orphans or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
+    return n_ok
+
+
 def clear_stale_state(
     workdir: Path, ledger_file: Path, backend: str, *, accounting_wait_s: float = 120.0
 ) -> str:
@@ -338,6 +382,9 @@ def run_sharded(
     backend = profile_backend(profile) if profile else "local"
     out(clear_stale_state(workdir, ledger_file, backend))
     budget = shard_jobs_budget(settings.max_queued_jobs, profile)
+    from dcflow.driver import GRIDENGINE_EXECUTORS
+
+    gridengine = backend in GRIDENGINE_EXECUTORS
     left_ids = {s.shard_id for s in left}
     state = {s.shard_id: ("pending" if s.shard_id in left_ids else "up to date") for s in shards}
     outcome: dict[str, ShardOutcome] = {}
@@ -384,6 +431,9 @@ def run_sharded(
             if len(running) >= settings.max_concurrent_shards or free < 1:
                 continue
             jobs = max(1, min(shard.n_jobs, free))
+            if gridengine:
+                # jobs the dead driver left may have ended since the recovery above
+                settle_orphan_submissions(workdir)
             manifest = write_manifest(ShardManifest.of(shard, axes), io_layout)
             state[sid] = "running"
             running[sid] = {"shard": shard, "jobs": jobs, "since": time.time(), "run_id": None}

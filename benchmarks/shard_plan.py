@@ -1,0 +1,130 @@
+"""Per-shard Snakemake planning cost on a DC2013-scale synthetic campaign.
+
+Writes (or reuses) the synthetic campaign of `dcflow.campaign.synthetic` at ``--fraction`` of
+DC2013, builds its shards (`dcflow.campaign.shard_driver.plan_shards`), touches only what one
+visit shard and one tract shard read (the visit shard's raws and the master calibs; the tract
+shard's calexps), and times ``snakemake -n --quiet`` of each in shard mode, printing wall time
+and the Snakemake process's peak RSS. Targets (issue 8): <= 10 s and <= 500 MB per shard.
+
+    python benchmarks/shard_plan.py --fraction 1.0 --out /tmp/dc2013
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dcflow.campaign.shard_driver import plan_shards
+from dcflow.campaign.shards import Shard, ShardManifest, write_manifest
+from dcflow.campaign.synthetic import dc2013_spec, touch_raws, write_campaign
+from dcflow.config_schema import load_config
+from dcflow.driver import REPO_ROOT
+from dcflow.layout import Layout
+
+__all__ = ["main"]
+
+
+def _touch(paths: list[str]) -> None:
+    for path in paths:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).touch()
+
+
+def _dry_run(config_path: Path, manifest: Path, shard: Shard) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS (MB) of one shard's ``snakemake -n``, and its last line."""
+    argv = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--quiet",
+        "--snakefile",
+        str(REPO_ROOT / "Snakefile"),
+        "--configfile",
+        str(config_path),
+        "--directory",
+        str(config_path.parent),
+        "--cores",
+        "1",
+        "--config",
+        f"shard={manifest}",
+        "--allowed-rules",
+        *shard.rules,
+        "all",
+    ]
+    # a wrapper process per run, so that its children's peak RSS is this run's alone
+    wrapper = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "sys.stderr.write(p.stdout + p.stderr); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)"
+    )
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{shard.shard_id}: snakemake -n failed:\n{proc.stderr[-3000:]}")
+    peak_kb = int(proc.stdout.strip().splitlines()[-1])
+    proc.stdout = ""
+    last = (proc.stdout + proc.stderr).strip().splitlines()[-1:]
+    return wall, peak_kb / 1024.0, last[0] if last else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print one line per measured shard."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fraction", type=float, default=1.0, help="of DC2013 (4.4 M raws)")
+    parser.add_argument("--out", required=True, help="campaign directory (reused if present)")
+    parser.add_argument("--visits-per-shard", type=int, default=200)
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    config_path = out / "config.yaml"
+    if not config_path.exists():
+        start = time.perf_counter()
+        spec = dc2013_spec(args.fraction)
+        write_campaign(spec, out)
+        print(f"campaign: {spec.n_raws} raws written in {time.perf_counter() - start:.1f} s")
+    config = load_config(config_path)
+    config["shards"] = {**config.get("shards", {}), "visits_per_shard": args.visits_per_shard}
+    start = time.perf_counter()
+    shards, _, _, layout, _, axes = plan_shards(config, out)
+    n_jobs = sum(s.n_jobs for s in shards)
+    print(
+        f"shards: {len(shards)} ({n_jobs} jobs, {len(axes.visits)} visits, "
+        f"{len(axes.patch_tract)} patches) built in {time.perf_counter() - start:.1f} s; "
+        f"largest {max(s.n_jobs for s in shards)} jobs"
+    )
+    visit_shard = next(s for s in shards if s.kind == "visits")
+    tracts = [s for s in shards if s.kind == "tract"]
+    tract_shard = tracts[len(tracts) // 2]  # a tract in the middle of the strip
+    rule_layout = Layout.from_config(config)
+    touch_raws(config_path, visits=np.array(visit_shard.visits), calibs=False)
+    calibs = next(s for s in shards if s.kind == "calibs")
+    _touch(list(calibs.targets))
+    _touch([rule_layout.path("flat", filter=b, ccd=c) for b in axes.filters for c in axes.ccds])
+    _touch([rule_layout.path("refcat", instrument=config["campaign"]["instrument"])])
+    calexps = [
+        rule_layout.path("calexp", visit=v, ccd=c) for v in tract_shard.visits for c in axes.ccds
+    ]
+    _touch(calexps)
+    print(f"touched {len(visit_shard.visits) * len(axes.ccds)} raws and {len(calexps)} calexps")
+    for shard in (visit_shard, tract_shard):
+        manifest = write_manifest(ShardManifest.of(shard, axes), layout)
+        wall, rss_mb, last = _dry_run(config_path, manifest, shard)
+        verdict = "ok" if wall <= 10.0 and rss_mb <= 500.0 else "OVER TARGET"
+        print(
+            f"{shard.shard_id}: {shard.n_jobs} jobs ({len(shard.visits)} visits), "
+            f"snakemake -n {wall:.1f} s, peak RSS {rss_mb:.0f} MB [{verdict}] ({last})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
