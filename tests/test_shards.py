@@ -313,7 +313,12 @@ def _assert_no_finished_shard_redone(found: dict) -> None:
         if a.state is JobState.SUCCEEDED and a.rule != "all"
     )
     assert set(ok.values()) == {1}
-    assert len(ok) == sum(s.n_jobs for s in found["shards"])
+    # a job missing from the successes ended while no driver watched (Grid Engine): it was
+    # started before the kill and not run again
+    started_before = {(a.rule, a.data_id) for a in found["before_attempts"]}
+    all_jobs = {(a.rule, a.data_id) for a in found["after_attempts"] if a.rule != "all"}
+    assert len(all_jobs) == sum(s.n_jobs for s in found["shards"])
+    assert all_jobs - set(ok) <= started_before
     succeeded_before = {
         (a.rule, a.data_id) for a in found["before_attempts"] if a.state is JobState.SUCCEEDED
     }
