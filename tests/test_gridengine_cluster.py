@@ -157,6 +157,37 @@ class TestQuotesInConfigQsub(_GridEngineWorkflows):
         return ConfigSettings(config=parse_config(raw), config_args=raw)
 
 
+# ---- wildcard values with a comma (sky-map patches "x,y") ----------------------------------
+
+COMMA_SNAKEFILE = """
+rule all:
+    input: expand("out/{patch}/warp_{patch}.txt", patch=["3,4", "0,0"])
+
+rule warp:
+    output: "out/{patch}/warp_{patch}.txt"
+    resources: mem_mb=1000, runtime=5
+    shell: "echo {wildcards.patch:q} > {output:q}"
+"""
+
+
+@needs_cluster
+@pytest.mark.parametrize("backend", ["drmaa", "qsub"])
+def test_wildcard_value_with_a_comma_runs_in_the_job(tmp_path, backend):
+    """Regression: Snakemake's --target-jobs parser splits "patch=3,4" at the comma."""
+    if backend == "drmaa" and DRMAA_MISSING:
+        pytest.skip(DRMAA_MISSING)
+    workdir = _workflow(tmp_path, COMMA_SNAKEFILE)
+    proc = subprocess.run(
+        _snakemake_argv(workdir, backend, "--gridengine-array-min-jobs", "0"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for patch in ("3,4", "0,0"):
+        assert (workdir / "out" / patch / f"warp_{patch}.txt").read_text() == f"{patch}\n"
+
+
 # ---- failure, deletion, driver death, memory -----------------------------------------------
 
 FAIL_SNAKEFILE = """

@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 from snakemake_interface_common.exceptions import WorkflowError
-from snakemake_interface_executor_plugins.utils import format_cli_arg
+from snakemake_interface_executor_plugins.utils import (
+    TargetSpec,
+    encode_target_jobs_cli_args,
+    format_cli_arg,
+)
 
 from dcflow.ledger import read_benchmark
+from dcflow.remote_jobs import comma_safe_job_exec
 from dcflow.states import JobState
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import (
@@ -393,3 +398,21 @@ def test_noop_exec_fails_when_an_output_cannot_be_written(tmp_path):
     done = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, check=False)
     assert done.returncode != 0
     assert not (tmp_path / "later.fits").exists()
+
+
+def test_comma_safe_job_exec_names_comma_jobs_by_their_outputs():
+    plain = [TargetSpec("warp", {"visit": "7"})]
+    comma = [TargetSpec("warp", {"visit": "7", "patch": "3,4"})]
+    command = "python -m snakemake --snakefile S {} --allowed-rules warp --cores 1"
+    for specs in (plain, comma):
+        exec_job = command.format(
+            format_cli_arg("--target-jobs", encode_target_jobs_cli_args(specs))
+        )
+        fixed = comma_safe_job_exec(exec_job, specs, ["out/3,4/warp 7.fits"])
+        if specs is plain:
+            assert fixed == exec_job
+        else:
+            assert shlex.split(fixed)[5:7] == ["out/3,4/warp 7.fits", "--allowed-rules"]
+            assert "--target-jobs" not in fixed
+    with pytest.raises(ValueError, match="cannot name the job"):
+        comma_safe_job_exec(command.format(""), comma, ["out/3,4/warp.fits"])

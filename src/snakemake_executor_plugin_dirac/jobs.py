@@ -14,6 +14,8 @@ from pathlib import Path
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 
+from dcflow.remote_jobs import comma_safe_job_exec
+
 from .submit import DiracJobSpec, cpu_time_s, job_name, job_script, parametric_chunks
 from .wms import DiracError
 
@@ -70,7 +72,9 @@ def prepare(executor, job: JobExecutorInterface) -> PreparedJob:
     script.write_text(
         job_script(
             job.properties(),
-            executor.format_job_exec(job),
+            comma_safe_job_exec(
+                executor.format_job_exec(job), job.get_target_spec(), list(job.output)
+            ),
             str(executor.workdir),
             os.environ.get("PATH", "/usr/bin:/bin"),
         )

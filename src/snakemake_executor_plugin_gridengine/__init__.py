@@ -21,6 +21,7 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
 
+from dcflow.remote_jobs import comma_safe_job_exec
 from dcflow.states import JobState
 
 from .cancel import cancel_jobs
@@ -249,6 +250,7 @@ class Executor(RemoteExecutor):
             exec_job = requote_config_args(
                 self.format_job_exec(job), self.workflow.config_settings.config_args
             )
+            exec_job = comma_safe_job_exec(exec_job, job.get_target_spec(), list(job.output))
         script.write_text(job_script(self.jobscript, job.properties(), exec_job, log, job.attempt))
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
         native = native_args(job.threads, job.resources, self.defaults)
