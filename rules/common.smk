@@ -55,7 +55,7 @@ def get_visit_inputs(wildcards):
 
 
 def get_visit_band(wildcards):
-    return CAMPAIGN.registry.visit_filter(int(wildcards.visit))
+    return CAMPAIGN.visit_band(int(wildcards.visit))
 
 
 def get_calexp_outputs():
@@ -77,10 +77,7 @@ def get_validation_calexps(wildcards):
 
 
 def get_visit_calexps(wildcards):
-    return [
-        LAYOUT.path("calexp", visit=wildcards.visit, ccd=c)
-        for c in CAMPAIGN.science_ccds
-    ]
+    return CAMPAIGN.visit_calexps(int(wildcards.visit))
 
 
 def get_coadd_warps(wildcards):

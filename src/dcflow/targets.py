@@ -96,6 +96,9 @@ class Campaign:
     patch_visits: Mapping[tuple[int, str], tuple[int, ...]] = field(default_factory=dict)
     visit_bands: Mapping[int, str] = field(default_factory=dict)
     shard_targets: tuple[str, ...] | None = None
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Answers computed once per Campaign (CCD list, visit -> patches, per-visit calexps):
+    Snakemake calls the input functions once per job, a tract has thousands."""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], layout: Layout | None = None) -> Campaign:
@@ -150,8 +153,41 @@ class Campaign:
         )
 
     def visit_patches(self, visit: int) -> list[tuple[int, str]]:
-        """``(tract, patch)`` of every patch a visit may overlap (planning-time overlaps)."""
-        return [key for key, visits in self.patch_visits.items() if visit in visits]
+        """``(tract, patch)`` of every patch a visit may overlap (planning-time overlaps).
+
+        In ``patch_visits`` order; the visit -> patches map is built once (one pass over the
+        overlaps), not one scan of every overlap per visit.
+        """
+        by_visit = self._memo.get("visit_patches")
+        if by_visit is None:
+            by_visit = {}
+            for key, visits in self.patch_visits.items():
+                for v in visits:
+                    by_visit.setdefault(v, []).append(key)
+            self._memo["visit_patches"] = by_visit
+        return list(by_visit.get(visit, ()))
+
+    def visit_band(self, visit: int) -> str:
+        """The filter of one visit (from `visit_bands`, else asked of the registry).
+
+        Raises
+        ------
+        KeyError
+            If the visit is not in the registry.
+        """
+        band = self.visit_bands.get(visit)
+        return band if band is not None else self.registry.visit_filter(visit)
+
+    def visit_calexps(self, visit: int) -> list[str]:
+        """The calexps of one visit, in `science_ccds` order (built once per visit)."""
+        memo = self._memo.setdefault("visit_calexps", {})
+        paths = memo.get(visit)
+        if paths is None:
+            path = self.layout.path
+            paths = memo[visit] = tuple(
+                path("calexp", visit=visit, ccd=ccd) for ccd in self.science_ccds
+            )
+        return list(paths)
 
     def patch_bands(self, tract: int, patch: str) -> list[str]:
         """Filters with at least one visit overlapping a patch."""
@@ -218,8 +254,14 @@ class Campaign:
 
     @property
     def science_ccds(self) -> list[int]:
-        """CCDs read out in every science visit (each per-visit job writes all of them)."""
-        return self.registry.ccds("object")
+        """CCDs read out in every science visit (each per-visit job writes all of them).
+
+        Asked of the registry once per Campaign (a ``SELECT DISTINCT`` over the science rows).
+        """
+        ccds = self._memo.get("science_ccds")
+        if ccds is None:
+            ccds = self._memo["science_ccds"] = tuple(self.registry.ccds("object"))
+        return list(ccds)
 
     def bias_inputs(self, ccd: int) -> list[str]:
         """Raw bias exposures of one CCD."""
@@ -245,7 +287,7 @@ class Campaign:
 
     def visit_calibs(self, visit: int, dataset_type: str) -> list[str]:
         """Bias or flat products one science visit needs, in `science_ccds` order."""
-        band = self.registry.visit_filter(visit)
+        band = self.visit_band(visit)
         return [self.layout.path(dataset_type, ccd=ccd, filter=band) for ccd in self.science_ccds]
 
     @property
@@ -262,7 +304,7 @@ class Campaign:
         for (tract, patch), visits in self.patch_visits.items():
             tile = {"tract": tract, "patch": patch}
             for visit in visits:
-                calexps = tuple(path("calexp", visit=visit, ccd=c) for c in self.science_ccds)
+                calexps = tuple(self.visit_calexps(visit))
                 warp = path("warp", visit=visit, **tile)
                 band = self.visit_bands[visit]
                 jobs.append(
@@ -292,7 +334,7 @@ class Campaign:
             objects = self.forced_objects(visit)
             if not objects:
                 continue
-            calexps = tuple(path("calexp", visit=visit, ccd=c) for c in self.science_ccds)
+            calexps = tuple(self.visit_calexps(visit))
             outputs = tuple(path("forced_src", visit=visit, ccd=c) for c in self.science_ccds)
             jobs.append(
                 JobSpec("forced_photometry", {"visit": visit}, outputs, (*calexps, *objects), band)
@@ -305,7 +347,7 @@ class Campaign:
         Raw cameras need their master ``biases`` and ``flats``; SDSS corrected frames need
         their mask (fpM), ``psfields`` and ``tsfields`` files instead. Unused names are empty.
         """
-        band = self.registry.visit_filter(visit)
+        band = self.visit_band(visit)
         inputs: dict[str, list[str] | str] = {
             name: [] for name in ("biases", "flats", "masks", "psfields", "tsfields")
         }

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS raw (
     PRIMARY KEY (instrument, visit, ccd)
 );
 CREATE INDEX IF NOT EXISTS raw_by_type ON raw (obstype, filter, visit);
+CREATE INDEX IF NOT EXISTS raw_by_visit ON raw (visit);
 CREATE TABLE IF NOT EXISTS rejected (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
 """
 

@@ -319,11 +319,13 @@ def write_campaign(spec: SyntheticSpec, directory: str | os.PathLike) -> Path:
         conn.execute("PRAGMA journal_mode=OFF")
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("DROP INDEX IF EXISTS raw_by_type")
+        conn.execute("DROP INDEX IF EXISTS raw_by_visit")
         with conn:
             conn.executemany(
                 "INSERT INTO raw VALUES (?,?,?,?,?,?,?,?,?,?,?)", _raw_rows(spec, layout)
             )
         conn.execute("CREATE INDEX IF NOT EXISTS raw_by_type ON raw (obstype, filter, visit)")
+        conn.execute("CREATE INDEX IF NOT EXISTS raw_by_visit ON raw (visit)")
         conn.execute("PRAGMA journal_mode=WAL")
     finally:
         conn.close()
