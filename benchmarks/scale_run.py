@@ -135,7 +135,7 @@ def submissions_per_job(workdir: Path) -> tuple[int, int]:
             if not line.strip():
                 continue
             entry = json.loads(line)
-            if entry.get("job_id"):
+            if entry.get("event") == "submitted" and entry.get("job_id"):
                 records += 1
                 key = json.dumps(entry.get("outputs"), sort_keys=True)
                 outputs += key not in seen
