@@ -2,9 +2,11 @@
 
 Writes (or reuses) the synthetic campaign of `dcflow.campaign.synthetic` at ``--fraction`` of
 DC2013, builds its shards (`dcflow.campaign.shard_driver.plan_shards`), touches only what one
-visit shard and one tract shard read (the visit shard's raws and the master calibs; the tract
-shard's calexps), and times ``snakemake -n --quiet`` of each in shard mode, printing wall time
-and the Snakemake process's peak RSS. Targets (issue 8): <= 10 s and <= 500 MB per shard.
+visit shard and two patch-group shards read (the visit shard's raws and the master calibs; the
+groups' calexps), and times ``snakemake -n --quiet`` of each in shard mode: the first visit
+shard, a typical patch group (median job count) and the largest one, printing wall time, CPU
+time (user + system: steadier than wall on a shared machine) and the Snakemake process's peak
+RSS. Targets (issue 8): <= 10 s and <= 500 MB per shard.
 
     python benchmarks/shard_plan.py --fraction 1.0 --out /tmp/dc2013
 """
@@ -35,8 +37,8 @@ def _touch(paths: list[str]) -> None:
         Path(path).touch()
 
 
-def _dry_run(config_path: Path, manifest: Path, shard: Shard) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (MB) of one shard's ``snakemake -n``, and its last line."""
+def _dry_run(config_path: Path, manifest: Path, shard: Shard) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (MB) of one shard's ``snakemake -n``."""
     argv = [
         sys.executable,
         "-m",
@@ -62,7 +64,8 @@ def _dry_run(config_path: Path, manifest: Path, shard: Shard) -> tuple[float, fl
         "import resource, subprocess, sys; "
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
         "sys.stderr.write(p.stdout + p.stderr); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "print(u.ru_utime + u.ru_stime, u.ru_maxrss); sys.exit(p.returncode)"
     )
     start = time.perf_counter()
     proc = subprocess.run(
@@ -71,10 +74,8 @@ def _dry_run(config_path: Path, manifest: Path, shard: Shard) -> tuple[float, fl
     wall = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"{shard.shard_id}: snakemake -n failed:\n{proc.stderr[-3000:]}")
-    peak_kb = int(proc.stdout.strip().splitlines()[-1])
-    proc.stdout = ""
-    last = (proc.stdout + proc.stderr).strip().splitlines()[-1:]
-    return wall, peak_kb / 1024.0, last[0] if last else ""
+    cpu_s, peak_kb = proc.stdout.strip().splitlines()[-1].split()
+    return wall, float(cpu_s), int(peak_kb) / 1024.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=1.0, help="of DC2013 (4.4 M raws)")
     parser.add_argument("--out", required=True, help="campaign directory (reused if present)")
     parser.add_argument("--visits-per-shard", type=int, default=200)
+    parser.add_argument(
+        "--patches-per-shard", type=int, default=None, help="default: the config's (ShardConfig)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     config_path = out / "config.yaml"
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"campaign: {spec.n_raws} raws written in {time.perf_counter() - start:.1f} s")
     config = load_config(config_path)
     config["shards"] = {**config.get("shards", {}), "visits_per_shard": args.visits_per_shard}
+    if args.patches_per_shard is not None:
+        config["shards"]["patches_per_shard"] = args.patches_per_shard
     start = time.perf_counter()
     shards, _, _, layout, _, axes = plan_shards(config, out)
     n_jobs = sum(s.n_jobs for s in shards)
@@ -102,26 +108,30 @@ def main(argv: list[str] | None = None) -> int:
         f"largest {max(s.n_jobs for s in shards)} jobs"
     )
     visit_shard = next(s for s in shards if s.kind == "visits")
-    tracts = [s for s in shards if s.kind == "tract"]
-    tract_shard = tracts[len(tracts) // 2]  # a tract in the middle of the strip
+    groups = sorted((s for s in shards if s.kind == "patches"), key=lambda s: s.n_jobs)
+    typical, largest = groups[len(groups) // 2], groups[-1]
+    print(
+        f"patch groups: {len(groups)}, jobs per group: median {typical.n_jobs}, "
+        f"largest {largest.n_jobs}"
+    )
     rule_layout = Layout.from_config(config)
     touch_raws(config_path, visits=np.array(visit_shard.visits), calibs=False)
     calibs = next(s for s in shards if s.kind == "calibs")
     _touch(list(calibs.targets))
     _touch([rule_layout.path("flat", filter=b, ccd=c) for b in axes.filters for c in axes.ccds])
     _touch([rule_layout.path("refcat", instrument=config["campaign"]["instrument"])])
-    calexps = [
-        rule_layout.path("calexp", visit=v, ccd=c) for v in tract_shard.visits for c in axes.ccds
-    ]
+    group_visits = sorted({*typical.visits, *largest.visits})
+    calexps = [rule_layout.path("calexp", visit=v, ccd=c) for v in group_visits for c in axes.ccds]
     _touch(calexps)
     print(f"touched {len(visit_shard.visits) * len(axes.ccds)} raws and {len(calexps)} calexps")
-    for shard in (visit_shard, tract_shard):
+    for label, shard in (("visit", visit_shard), ("typical", typical), ("largest", largest)):
         manifest = write_manifest(ShardManifest.of(shard, axes), layout)
-        wall, rss_mb, last = _dry_run(config_path, manifest, shard)
+        wall, cpu_s, rss_mb = _dry_run(config_path, manifest, shard)
         verdict = "ok" if wall <= 10.0 and rss_mb <= 500.0 else "OVER TARGET"
         print(
-            f"{shard.shard_id}: {shard.n_jobs} jobs ({len(shard.visits)} visits), "
-            f"snakemake -n {wall:.1f} s, peak RSS {rss_mb:.0f} MB [{verdict}] ({last})"
+            f"{label} {shard.shard_id}: {shard.n_jobs} jobs ({len(shard.visits)} visits), "
+            f"snakemake -n {wall:.1f} s wall, {cpu_s:.1f} s CPU, peak RSS {rss_mb:.0f} MB "
+            f"[{verdict}]"
         )
     return 0
 

@@ -49,8 +49,12 @@ def campaign(tmp_path_factory) -> Path:
     return write_noop_campaign(tmp_path_factory.mktemp("graph"), shards=SHARDS)
 
 
-def test_every_job_is_in_exactly_one_shard_and_dependencies_are_upstream(campaign):
+@pytest.mark.parametrize("patches_per_shard", [1, 2, 3])
+def test_every_job_is_in_exactly_one_shard_and_dependencies_are_upstream(
+    campaign, patches_per_shard
+):
     config = load_config(campaign)
+    config["shards"]["patches_per_shard"] = patches_per_shard
     shards, _, _, _, _, _ = plan_shards(config, campaign.parent)
     by_id = {s.shard_id: s for s in shards}
     assert [s.shard_id for s in shards][:4] == [
@@ -71,6 +75,13 @@ def test_every_job_is_in_exactly_one_shard_and_dependencies_are_upstream(campaig
         max(s.n_jobs for s in shards if s.kind in ("visits", "forced"))
         <= SHARDS["visits_per_shard"]
     )
+    # patch groups: at most patches_per_shard patches, all of one tract, each patch once
+    groups = [s for s in shards if s.kind == "patches"]
+    assert max(len(s.patches) for s in groups) == patches_per_shard
+    assert all(len({t for t, _ in s.patches}) == 1 for s in groups)
+    patches = [p for s in groups for p in s.patches]
+    assert len(patches) == len(set(patches)) == 8  # 2 tracts x 2 x 2 patches
+    assert all(s.shard_id == f"patches-{s.patches[0][0]:05d}-{s.shard_id[-3:]}" for s in groups)
     # every product a job reads comes from its own shard or one upstream of it
     producer = {
         o: owner[(j.rule, tuple(sorted(j.data_id.items())))] for j in jobs for o in j.outputs
@@ -119,8 +130,8 @@ def test_a_changed_config_section_reopens_exactly_the_shards_reading_it(campaign
         return {kinds[s] for s in left}, left
 
     coadd_kinds, coadd_left = reopened("coadd", "clip_sigma", 2.5)
-    assert coadd_kinds == {"tract", "forced"}
-    assert coadd_left == {s for s, k in kinds.items() if k in ("tract", "forced")}
+    assert coadd_kinds == {"patches", "forced"}
+    assert coadd_left == {s for s, k in kinds.items() if k in ("patches", "forced")}
     _, isr_left = reopened("isr", "saturation_grow_pix", 3)
     assert isr_left == set(kinds) - {"fe55"}
     assert reopened("forced_photometry", "aperture_radius_arcsec", 2.5)[0] == {"forced"}
@@ -205,16 +216,12 @@ def test_a_failed_shard_blocks_its_downstream_only(tmp_path):
             os.environ["DCFLOW_FAULTS"] = env_before
     states = {o.shard_id: o.state for o in result.outcomes}
     assert states["visits-00002"] == "failed"
-    assert {s for s, v in states.items() if v == "blocked"} == {
-        "tract-00001",
-        "forced-00002",
-        "final",
-    }
+    # visits-00002 holds the visits of tract 1 only (both of its patch groups)
+    blocked = {"patches-00001-000", "patches-00001-001", "forced-00002", "final"}
+    assert {s for s, v in states.items() if v == "blocked"} == blocked
     assert {s for s, v in states.items() if v == "done"} == set(states) - {
         "visits-00002",
-        "tract-00001",
-        "forced-00002",
-        "final",
+        *blocked,
     }
     assert result.exit_code == 1
     text = "\n".join(result.summary_lines())

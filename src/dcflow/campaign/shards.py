@@ -7,12 +7,15 @@ A campaign of millions of jobs cannot be one Snakemake DAG (../shared/notes/scal
     master bias per CCD and flat per filter and CCD (raw cameras only);
 ``visits-NNNNN``
     ``process_visit`` for a batch of ``shards.visits_per_shard`` science visits;
-``tract-NNNNN``
-    ``make_warp`` for every (visit, patch) pair of the tract's patches, ``assemble_coadd`` per
-    patch and filter, ``measure_patch`` per patch; depends on the visit shards of its visits;
+``patches-TTTTT-GGG``
+    group GGG of tract TTTTT: ``make_warp`` for every (visit, patch) pair of the group's
+    ``shards.patches_per_shard`` patches, ``assemble_coadd`` per patch and filter,
+    ``measure_patch`` per patch; depends on the visit shards of its visits. A whole tract
+    would not do: each warp lists its visit's 36 calexps, and Snakemake's cost follows input
+    files (a dense tract at DC2013 depth: ~35 k jobs, over a minute and 500 MB to plan);
 ``forced-NNNNN``
     ``forced_photometry`` for the visits of visit batch NNNNN that overlap a patch; depends on
-    that visit shard and on the tract shards of the patches its visits overlap;
+    that visit shard and on the patch groups holding the patches its visits overlap;
 ``final``
     ``science_validation`` (simulated instruments); depends on every visit shard;
 ``fe55``
@@ -80,7 +83,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 SHARD_RULES: dict[str, tuple[str, ...]] = {
     "calibs": ("bias", "flat"),
     "visits": ("process_visit",),
-    "tract": ("make_warp", "assemble_coadd", "measure_patch"),
+    "patches": ("make_warp", "assemble_coadd", "measure_patch"),
     "forced": ("forced_photometry",),
     "final": ("science_validation",),
     "fe55": ("fe55_simulate", "fe55_gain", "fe55_summary"),
@@ -97,6 +100,13 @@ class ShardConfig:
 
     visits_per_shard: int = config_field(
         200, "Science visits per visit shard (process_visit) and per forced shard", minimum=1
+    )
+    patches_per_shard: int = config_field(
+        2,
+        "Patches of one tract per coadd shard (make_warp, assemble_coadd, measure_patch); "
+        "at DC2013 depth (up to ~870 warps of 36 calexps per patch) a group of 2 plans in "
+        "<= 9 s and 330 MB",
+        minimum=1,
     )
     max_concurrent_shards: int = config_field(
         2, "Shards whose Snakemake runs at the same time", minimum=1
@@ -242,13 +252,14 @@ class Shard:
     Attributes
     ----------
     shard_id : str
-        ``calibs``, ``visits-NNNNN``, ``tract-NNNNN``, ``forced-NNNNN``, ``final`` or ``fe55``.
+        ``calibs``, ``visits-NNNNN``, ``patches-TTTTT-GGG``, ``forced-NNNNN``, ``final`` or
+        ``fe55``.
     kind : str
         Key of `SHARD_RULES`.
     visits : tuple of int
         Science visits the shard's Campaign reads from the registry.
     patches : tuple of (int, str)
-        ``(tract, patch)`` whose coadd jobs the shard runs (tract shards).
+        ``(tract, patch)`` whose coadd jobs the shard runs (patch-group shards).
     targets : tuple of str
         What rule ``all`` asks for in shard mode (one output per job that nothing else in the
         shard needs).
@@ -278,6 +289,7 @@ def build_shards(
     *,
     instrument: str,
     visits_per_shard: int,
+    patches_per_shard: int = 2,
     fe55_sensors: Sequence[int] = (),
     fe55_exposures: int = 0,
 ) -> list[Shard]:
@@ -289,12 +301,14 @@ def build_shards(
     Raises
     ------
     ValueError
-        If ``visits_per_shard`` < 1.
+        If ``visits_per_shard`` or ``patches_per_shard`` < 1.
     """
     from dcflow.targets import PROCESSED_INSTRUMENTS, SIMULATED_INSTRUMENTS
 
     if visits_per_shard < 1:
         raise ValueError(f"visits_per_shard must be >= 1, got {visits_per_shard}")
+    if patches_per_shard < 1:
+        raise ValueError(f"patches_per_shard must be >= 1, got {patches_per_shard}")
     path = layout.path
     ccds = axes.ccds
     n_visits = len(axes.visits)
@@ -316,39 +330,52 @@ def build_shards(
         shards.append(
             Shard(f"visits-{k:05d}", "visits", visits, (), targets, calib_up, len(visits))
         )
-    pair_tract = axes.patch_tract[axes.pair_patch] if axes.pair_patch.size else axes.pair_patch
-    tracts = sorted(set(axes.patch_tract.tolist()))
-    for tract in tracts:
-        mask = pair_tract == tract
-        pv, pp = axes.pair_visit[mask], axes.pair_patch[mask]
-        patches = sorted(set(pp.tolist()))
-        targets: list[str] = []
-        n_coadds = 0
-        for p in patches:
-            name = axes.patch_name(p)
-            bands = sorted({axes.filters[b] for b in axes.visit_band[pv[pp == p]].tolist()})
-            n_coadds += len(bands)
-            targets += [path("templateCoadd", filter=b, tract=tract, patch=name) for b in bands]
-            targets.append(path("object", tract=tract, patch=name))
-        upstream = tuple(f"visits-{b:05d}" for b in sorted(set(batch_of[pv].tolist())))
-        shards.append(
-            Shard(
-                f"tract-{tract:05d}",
-                "tract",
-                tuple(visit_ids[i] for i in sorted(set(pv.tolist()))),
-                tuple((tract, axes.patch_name(p)) for p in patches),
-                tuple(targets),
-                upstream,
-                int(mask.sum()) + n_coadds + len(patches),
+    # pairs sorted by patch (and by visit batch, for the forced shards): one slice per patch
+    by_patch = np.argsort(axes.pair_patch, kind="stable")
+    n_patches = len(axes.patch_tract)
+    bounds = np.searchsorted(axes.pair_patch[by_patch], np.arange(n_patches + 1))
+    group_of_patch = np.full(n_patches, -1, dtype=np.int64)
+    group_ids: list[str] = []
+    order = np.lexsort((axes.patch_y, axes.patch_x, axes.patch_tract))
+    for tract in sorted(set(axes.patch_tract.tolist())):
+        in_tract = [int(p) for p in order if axes.patch_tract[p] == tract]
+        for g, start in enumerate(range(0, len(in_tract), patches_per_shard)):
+            group = in_tract[start : start + patches_per_shard]
+            rows = np.concatenate([by_patch[bounds[p] : bounds[p + 1]] for p in group])
+            pv = axes.pair_visit[rows]
+            targets: list[str] = []
+            n_coadds = 0
+            for p in group:
+                name = axes.patch_name(p)
+                mine = axes.pair_visit[by_patch[bounds[p] : bounds[p + 1]]]
+                bands = sorted({axes.filters[b] for b in axes.visit_band[mine].tolist()})
+                n_coadds += len(bands)
+                targets += [path("templateCoadd", filter=b, tract=tract, patch=name) for b in bands]
+                targets.append(path("object", tract=tract, patch=name))
+            shard_id = f"patches-{tract:05d}-{g:03d}"
+            group_of_patch[group] = len(group_ids)
+            group_ids.append(shard_id)
+            upstream = tuple(f"visits-{b:05d}" for b in sorted(set(batch_of[pv].tolist())))
+            shards.append(
+                Shard(
+                    shard_id,
+                    "patches",
+                    tuple(visit_ids[i] for i in sorted(set(pv.tolist()))),
+                    tuple((tract, axes.patch_name(p)) for p in group),
+                    tuple(targets),
+                    upstream,
+                    int(rows.size) + n_coadds + len(group),
+                )
             )
-        )
+    pair_batch = batch_of[axes.pair_visit] if axes.pair_visit.size else axes.pair_visit
+    by_batch = np.argsort(pair_batch, kind="stable")
+    batch_bounds = np.searchsorted(pair_batch[by_batch], np.arange(n_batches + 1))
     for k in range(n_batches if axes.pair_visit.size else 0):
-        in_batch = batch_of[axes.pair_visit] == k
-        rows = sorted(set(axes.pair_visit[in_batch].tolist()))
-        if not rows:
+        rows = by_batch[batch_bounds[k] : batch_bounds[k + 1]]
+        if not rows.size:
             continue
-        tracts_k = sorted(set(pair_tract[in_batch].tolist()))
-        visits = tuple(visit_ids[i] for i in rows)
+        visits = tuple(visit_ids[i] for i in sorted(set(axes.pair_visit[rows].tolist())))
+        groups = sorted(set(group_of_patch[axes.pair_patch[rows]].tolist()))
         shards.append(
             Shard(
                 f"forced-{k:05d}",
@@ -356,7 +383,7 @@ def build_shards(
                 visits,
                 (),
                 tuple(path("forced_src", visit=v, ccd=first_ccd) for v in visits),
-                (f"visits-{k:05d}", *(f"tract-{t:05d}" for t in tracts_k)),
+                (f"visits-{k:05d}", *(group_ids[g] for g in groups)),
                 len(visits),
             )
         )
@@ -398,8 +425,8 @@ def shard_of_job(rule: str, data_id: Mapping[str, Any], shards: Sequence[Shard])
             continue
         if kind in ("calibs", "final", "fe55"):
             return shard.shard_id
-        if kind == "tract":
-            if int(data_id["tract"]) == shard.patches[0][0]:
+        if kind == "patches":
+            if (int(data_id["tract"]), str(data_id["patch"])) in shard.patches:
                 return shard.shard_id
         elif int(data_id["visit"]) in shard.visits:
             return shard.shard_id
