@@ -3,10 +3,13 @@
 The shards (`dcflow.campaign.shards.build_shards`) run in topological order, at most
 ``shards.max_concurrent_shards`` Snakemake processes at once, each through
 `dcflow.driver.run_campaign` (ledger run labelled with the shard id, so the ledger, ``dcflow
-status``, memory escalation and the backend's reattachment keep working). Backpressure: a
-shard's Snakemake gets ``--jobs`` = min(its jobs, the free budget), and the sum over running
-shards never exceeds ``shards.max_queued_jobs`` (with the local executor, never more than its
-cores), so the batch system never holds more queued jobs than that cap.
+status``, memory escalation and the backend's reattachment keep working). Backpressure with a
+fair share (`fair_share_jobs`): a starting shard's Snakemake gets ``--jobs`` = min(its jobs,
+the free budget, ceil(budget / min(max_concurrent_shards, shards ready or running))), so
+several shards share the cap instead of the first big one taking it all (and the queue
+draining at its tail while the others wait); the sum over running shards never exceeds
+``shards.max_queued_jobs`` (with the local executor, never more than its cores), so the batch
+system never holds more queued jobs than that cap.
 
 A shard that succeeds is marked with its hash; a failed shard blocks its downstream shards
 while the others go on. After a killed driver, the next one clears what the dead one left
@@ -52,6 +55,7 @@ __all__ = [
     "ShardOutcome",
     "ShardedRun",
     "clear_stale_state",
+    "fair_share_jobs",
     "plan_shards",
     "run_sharded",
     "settle_orphan_submissions",
@@ -146,6 +150,7 @@ def plan_shards(
         layout,
         instrument=config["campaign"]["instrument"],
         visits_per_shard=settings.visits_per_shard,
+        patches_per_shard=settings.patches_per_shard,
         fe55_sensors=tuple(fe55.sensors),
         fe55_exposures=fe55.exposures,
     )
@@ -161,6 +166,50 @@ def shard_jobs_budget(max_queued_jobs: int, profile: str | None) -> int:
         cores = (profile_settings(profile) if profile else {}).get("cores") or os.cpu_count()
         return max(1, min(max_queued_jobs, int(cores)))
     return max_queued_jobs
+
+
+def fair_share_jobs(
+    n_jobs: int, *, budget: int, in_use: int, n_contending: int, max_concurrent_shards: int
+) -> int:
+    """``--jobs`` for a shard about to start (0: not now, the budget is used up).
+
+    min(``n_jobs``, ``budget - in_use``, ceil(``budget`` / min(``max_concurrent_shards``,
+    ``n_contending``))), at least 1 when anything is free: each of the shards that can run
+    together gets an equal part of the cap, and the running shards' ``--jobs`` never sum to
+    more than ``budget``.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Jobs of the starting shard.
+    budget : int
+        Most jobs queued or running over all shards (`shard_jobs_budget`).
+    in_use : int
+        Sum of the running shards' ``--jobs``.
+    n_contending : int
+        Shards ready to start or running, the starting one included.
+    max_concurrent_shards : int
+        Most shards running at once.
+
+    Raises
+    ------
+    ValueError
+        If a count is out of range; the message names it.
+    """
+    for name, value, low in (
+        ("n_jobs", n_jobs, 0),
+        ("budget", budget, 1),
+        ("in_use", in_use, 0),
+        ("n_contending", n_contending, 1),
+        ("max_concurrent_shards", max_concurrent_shards, 1),
+    ):
+        if value < low:
+            raise ValueError(f"fair_share_jobs: {name} must be >= {low}, got {value}")
+    free = budget - in_use
+    if free < 1:
+        return 0
+    share = -(-budget // min(max_concurrent_shards, n_contending))
+    return max(1, min(n_jobs, free, share))
 
 
 def _recover_gridengine(workdir: Path, *, wait_s: float) -> str:
@@ -414,7 +463,12 @@ def run_sharded(
         finally:
             events.put((shard.shard_id, code))
 
+    def upstream_ok(shard: Shard) -> bool:
+        return all(state[u] in FINISHED_OK for u in shard.upstream)
+
     def start_ready() -> None:
+        ready = sum(state[s.shard_id] == "pending" and upstream_ok(s) for s in shards)
+        contending = ready + len(running)  # constant below: a shard moves ready -> running
         for shard in shards:
             sid = shard.shard_id
             if state[sid] != "pending":
@@ -427,10 +481,17 @@ def run_sharded(
                 continue
             if not all(u in FINISHED_OK for u in ups):
                 continue
-            free = budget - sum(info["jobs"] for info in running.values())
-            if len(running) >= settings.max_concurrent_shards or free < 1:
+            if len(running) >= settings.max_concurrent_shards:
                 continue
-            jobs = max(1, min(shard.n_jobs, free))
+            jobs = fair_share_jobs(
+                shard.n_jobs,
+                budget=budget,
+                in_use=sum(info["jobs"] for info in running.values()),
+                n_contending=max(1, contending),
+                max_concurrent_shards=settings.max_concurrent_shards,
+            )
+            if jobs < 1:
+                continue
             if gridengine:
                 # jobs the dead driver left may have ended since the recovery above
                 settle_orphan_submissions(workdir)
