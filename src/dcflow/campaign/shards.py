@@ -102,10 +102,10 @@ class ShardConfig:
         200, "Science visits per visit shard (process_visit) and per forced shard", minimum=1
     )
     patches_per_shard: int = config_field(
-        2,
+        1,
         "Patches of one tract per coadd shard (make_warp, assemble_coadd, measure_patch); "
-        "at DC2013 depth (up to ~870 warps of 36 calexps per patch) a group of 2 plans in "
-        "<= 9 s and 330 MB",
+        "at DC2013 depth (up to ~870 warps of 36 calexps per patch) one patch plans in "
+        "<= 7.5 s and 290 MB, two in <= 9.6 s and 330 MB",
         minimum=1,
     )
     max_concurrent_shards: int = config_field(
@@ -289,7 +289,7 @@ def build_shards(
     *,
     instrument: str,
     visits_per_shard: int,
-    patches_per_shard: int = 2,
+    patches_per_shard: int = 1,
     fe55_sensors: Sequence[int] = (),
     fe55_exposures: int = 0,
 ) -> list[Shard]:
