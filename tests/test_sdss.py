@@ -70,7 +70,7 @@ def _input_layout() -> Layout:
 def test_campaign_config_is_valid_and_names_every_sdss_input():
     """config/sdss-stripe82.yaml passes the campaign schema (load_config above), its processCcd
     section builds the stage config, and its templates place every file of the five frames."""
-    assert CONFIG["campaign"] == {"name": "sdss-stripe82", "instrument": "sdss"}
+    assert CONFIG["campaign"] == {"name": "sdss-stripe82", "instrument": "sdss", "payload": "full"}
     config = _process_ccd_config()
     assert config.detection_fwhm_arcsec == CONFIG["process_ccd"]["detection_fwhm_arcsec"]
     layout = Layout.from_config(CONFIG)
