@@ -49,6 +49,10 @@ def benchmark_path(rule, tile):
     return LAYOUT.pattern("benchmark", rule=rule, tile=tile)
 
 
+def stage_script(stage):
+    return f"../scripts/{stage}.py"
+
+
 def get_fe55_gains(wildcards):
     return fe55_inputs(FE55, LAYOUT, "fe55_gain", int(wildcards.ccd))
 
