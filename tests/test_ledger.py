@@ -332,7 +332,9 @@ def run_toy(workdir: Path, *extra: str, faults: str | None = None, ledger: str =
     )
 
 
-def test_logger_plugin_records_every_attempt(tmp_path):
+def test_logger_plugin_records_every_attempt(tmp_path, monkeypatch):
+    # Snakemake's benchmark samples memory every 0.5 s: a job that ends sooner may read 0 MB
+    monkeypatch.setenv("TOY_SLEEP", "1.2")
     work = toy_workflow(tmp_path / "toy")
     proc = run_toy(work, faults="a:visit=2:memory;b:visit=3")
     assert proc.returncode == 1, proc.stderr[-2000:]
