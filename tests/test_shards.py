@@ -382,11 +382,10 @@ def test_killed_driver_restarts_without_resubmitting_on_gridengine(tmp_path):
     shards = {**SHARDS, "max_concurrent_shards": 3, "max_queued_jobs": 16}
     config = write_noop_campaign(tmp_path / "c", shards=shards)
     env = {**os.environ, **cluster}
-    # noop-direct: the job script writes the placeholders (the lead's scale-run mode; a
-    # Snakemake-in-the-job run of make_warp breaks on the comma in patch "x,y"). Jobs hold
-    # their slot 15 s so that the killed driver's jobs are still running when the restarted
-    # one starts: a job ending between recovery and the executor's start is not adopted and
-    # is submitted again (plugin race, reported).
+    # noop-direct: the job script writes the placeholders (the scale-run mode: no Snakemake
+    # process per job). Jobs hold their slot 15 s so that the killed driver's jobs are still
+    # queued or running when the restarted one starts: the restart must adopt them (jobs that
+    # ended meanwhile are settled from accounting before each shard starts).
     extra = ("--gridengine-noop-direct", "True", "--gridengine-noop-seconds", "15")
     found = _kill_and_restart(config, "sge", env, min_markers=1, extra=extra)
     _assert_no_finished_shard_redone(found)
