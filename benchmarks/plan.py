@@ -1,4 +1,4 @@
-"""Seconds of `dcflow plan` (the analytic planner) against `snakemake -n` on the same campaign.
+"""Seconds of the JobSpec planner (`plan_jobs`) against `snakemake -n` on the same campaign.
 
 Usage: .venv/bin/python benchmarks/plan.py [--visits N] [--ccds C] [--done F] [--snakemake]
 
@@ -8,7 +8,8 @@ the visits' calexp/src files and every calib exist as empty files. Then times, i
 process: the job graph (`Campaign.jobs`), the output scan + needrun (`plan_jobs`); and, with
 ``--snakemake``, Snakemake's own dry run of the same campaign (a subprocess), checking that the
 job counts agree (``--rerun-triggers mtime``: the outputs here were not made by Snakemake, so
-it has no metadata for them). Prints figures; it is not a test.
+it has no metadata for them). Prints figures; it is not a test. The analytic planner that
+`dcflow plan` uses at campaign scale is measured by benchmarks/plan_scale.py.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import os
 import resource
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from dcflow.driver import REPO_ROOT
+from dcflow.driver import DRY_RUN_ARGS, snakemake_argv
 from dcflow.layout import Layout
 from dcflow.plan import parse_dry_run_counts, plan_jobs
 
@@ -124,20 +124,7 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"planner total {t_jobs + plan.seconds:.2f} s, peak RSS {peak:.0f} MB")
         if args.snakemake:
-            argv = [
-                sys.executable,
-                "-m",
-                "snakemake",
-                "-n",
-                "--snakefile",
-                str(REPO_ROOT / "Snakefile"),
-                "--configfile",
-                str(config),
-                "--directory",
-                tmp,
-                "--cores",
-                "1",
-            ]
+            argv = snakemake_argv(config, profile="local", snakemake_args=DRY_RUN_ARGS, workdir=tmp)
             t0 = time.perf_counter()
             proc = subprocess.run(argv, capture_output=True, text=True, check=False)
             t_sm = time.perf_counter() - t0

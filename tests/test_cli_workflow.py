@@ -25,7 +25,6 @@ import yaml
 from dcflow import driver
 from dcflow.joblog import FAULTS_ENV
 from dcflow.ledger import Ledger
-from dcflow.plan import parse_dry_run_counts
 from dcflow.states import JobState
 
 pytestmark = pytest.mark.slow
@@ -67,33 +66,11 @@ def dcflow(work: Path, *args: str, faults: str | None = None, timeout: float = 3
 def dry_run_counts(work: Path) -> dict[str, int]:
     """Snakemake's own dry run of the default target, with the local profile.
 
-    ``--rerun-triggers mtime``: the planner does not model provenance triggers (changed
-    params or code), and other developers change stage configs while this test runs.
+    ``--rerun-triggers mtime`` (`driver.DRY_RUN_ARGS`): the planner does not model provenance
+    triggers (changed params or code), and other developers change stage configs while this
+    test runs.
     """
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(driver.REPO_ROOT / "Snakefile"),
-            "--configfile",
-            str(work / "config.yaml"),
-            "--directory",
-            str(work),
-            "--profile",
-            str(driver.REPO_ROOT / "profiles" / "local"),
-            "--rerun-triggers",
-            "mtime",
-        ],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return parse_dry_run_counts(proc.stdout + proc.stderr)
+    return driver.snakemake_dry_run_counts(work / "config.yaml", workdir=work)
 
 
 def plan_counts(work: Path) -> dict[str, int]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,33 +12,12 @@ import yaml
 from noop_campaigns import write_noop_campaign
 
 from dcflow import driver
-from dcflow.plan import parse_dry_run_counts
 
 pytestmark = pytest.mark.slow
 
 
 def _dry_run_counts(config: Path) -> dict[str, int]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(driver.REPO_ROOT / "Snakefile"),
-            "--configfile",
-            str(config),
-            "--directory",
-            str(config.parent),
-            "--cores",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return parse_dry_run_counts(proc.stdout + proc.stderr)
+    return driver.snakemake_dry_run_counts(config)
 
 
 def _set_payload(config: Path, payload: str) -> None:

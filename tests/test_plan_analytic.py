@@ -11,8 +11,6 @@ import base64
 import gzip
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from dcflow.campaign.synthetic import (
     write_inventory,
 )
 from dcflow.config_schema import load_config
-from dcflow.plan import inventory, parse_dry_run_counts, plan_jobs
+from dcflow.plan import inventory, plan_jobs
 
 SHAPES = {
     "1ccd-1filter-1patch": {"n_visits": 5, "n_ccds": 1, "filters": ("r",), "n_patches": 1},
@@ -174,31 +172,7 @@ def test_file_list_equals_tree_walk(tmp_path):
 
 
 def snakemake_counts(config_path: Path) -> dict[str, int]:
-    work = config_path.parent
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-n",
-            "--snakefile",
-            str(driver.REPO_ROOT / "Snakefile"),
-            "--configfile",
-            str(config_path),
-            "--directory",
-            str(work),
-            "--profile",
-            str(driver.REPO_ROOT / "profiles" / "local"),
-            "--rerun-triggers",
-            "mtime",
-        ],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return parse_dry_run_counts(proc.stdout + proc.stderr)
+    return driver.snakemake_dry_run_counts(config_path)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from dcflow.ledger import (
     read_benchmark,
     tile_of,
 )
-from dcflow.plan import Plan, rule_resources
+from dcflow.plan import Plan, parse_dry_run_counts, rule_resources
 from dcflow.states import ACTIVE_STATES, JobState
 from dcflow.status import (
     CampaignStatus,
@@ -56,6 +57,7 @@ from dcflow.status import (
 from dcflow.targets import Campaign, JobSpec
 
 __all__ = [
+    "DRY_RUN_ARGS",
     "GRIDENGINE_EXECUTORS",
     "REPO_ROOT",
     "ProgressPrinter",
@@ -84,6 +86,8 @@ __all__ = [
     "run_campaign",
     "run_snakemake",
     "simulate_campaign",
+    "snakemake_argv",
+    "snakemake_dry_run_counts",
     "status_campaign",
 ]
 
@@ -131,17 +135,22 @@ def ingest_campaign(config_path: str | Path) -> IngestReport:
     return ingest(paths, layout.path("registry"), translate=translate)
 
 
-def run_snakemake(
+def snakemake_argv(
     config_path: str | Path,
     *,
     profile: str | None,
-    snakemake_args: list[str],
+    snakemake_args: Sequence[str] = (),
     workdir: str | Path | None = None,
-) -> int:
-    """Run the campaign's workflow through Snakemake; return its exit code.
+) -> list[str]:
+    """The command line that runs the campaign's workflow through Snakemake.
 
     ``snakemake_args`` pass through untouched; ``profile`` may be a name under profiles/ or a
     directory.
+
+    Raises
+    ------
+    ValueError
+        If the profile is neither a directory nor a name under profiles/.
     """
     argv = [
         sys.executable,
@@ -155,15 +164,49 @@ def run_snakemake(
         str(Path(workdir or os.getcwd()).resolve()),
     ]
     if profile:
-        profile_dir = Path(profile)
-        if not profile_dir.is_dir():
-            profile_dir = REPO_ROOT / "profiles" / profile
-        if not profile_dir.is_dir():
-            raise ValueError(f"profile {profile!r}: no such directory (nor under profiles/)")
-        argv += ["--profile", str(profile_dir)]
-    argv += snakemake_args
+        argv += ["--profile", str(profile_dir(profile))]
+    return [*argv, *snakemake_args]
+
+
+def run_snakemake(
+    config_path: str | Path,
+    *,
+    profile: str | None,
+    snakemake_args: list[str],
+    workdir: str | Path | None = None,
+) -> int:
+    """Run the campaign's workflow through Snakemake (`snakemake_argv`); return its exit code."""
+    argv = snakemake_argv(
+        config_path, profile=profile, snakemake_args=snakemake_args, workdir=workdir
+    )
     log.info("running: %s", " ".join(argv))
     return subprocess.run(argv, check=False).returncode
+
+
+DRY_RUN_ARGS = ("-n", "--rerun-triggers", "mtime")
+"""Snakemake's dry run as the planner models it: mtime triggers only (no params/code reruns)."""
+
+
+def snakemake_dry_run_counts(
+    config_path: str | Path, *, workdir: str | Path | None = None
+) -> dict[str, int]:
+    """Jobs per rule that ``snakemake -n`` (local profile, `DRY_RUN_ARGS`) would run.
+
+    The reference the planners are checked against.
+
+    Raises
+    ------
+    RuntimeError
+        If Snakemake fails; the message holds the end of its output.
+    """
+    workdir = Path(workdir or Path(config_path).parent)
+    argv = snakemake_argv(
+        config_path, profile="local", snakemake_args=list(DRY_RUN_ARGS), workdir=workdir
+    )
+    proc = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"snakemake -n exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return parse_dry_run_counts(proc.stdout + proc.stderr)
 
 
 # --- campaign control: ledger-backed run, plan, rerun, report (issue 4) -----------------------
@@ -347,17 +390,7 @@ def run_campaign(
             backend=backend,
             argv=[*snakemake_args, *(targets or [])],
         )
-    argv = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO_ROOT / "Snakefile"),
-        "--configfile",
-        str(Path(config_path).resolve()),
-        "--directory",
-        str(workdir),
-    ]
+    argv = snakemake_argv(config_path, profile=None, workdir=workdir)
     if stale_lock:
         # no run of this campaign is alive (dead drivers were closed above): a killed driver
         # left its Snakemake lock behind
