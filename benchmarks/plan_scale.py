@@ -7,7 +7,8 @@ For each fraction of DC2013 (4.4 M raw files), writes a synthetic campaign
 (`dcflow.campaign.synthetic`: registry rows, config, no images) under the scratch directory,
 then measures `dcflow.driver.plan_campaign` fresh (empty output tree) and half done (the first
 half of the visits processed and warped), each in its own subprocess (wall time from reading
-the config to the plan, peak RSS from ``ru_maxrss``). Half done is a real tree of empty files
+the config to the plan, peak RSS from ``VmHWM``: benchmarks/child_usage.py says why not
+``ru_maxrss``). Half done is a real tree of empty files
 at 1 % and a gzipped file list (``--inventory``) above. With ``--done-list`` the fully done
 state (a ~21 M line list at 100 %) is measured too.
 
@@ -23,12 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child_usage import own_peak_mb, run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def measure(config: str, inventory: str | None) -> None:
         config, profile=None, workdir=Path(config).parent, inventory=inventory
     )
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = own_peak_mb()
     print(
         json.dumps(
             {
@@ -62,44 +63,27 @@ def measure(config: str, inventory: str | None) -> None:
     )
 
 
-def run_child(argv: list[str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, *argv], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def run_child(argv: list[str], log: Path) -> dict:
+    measured = run_measured([sys.executable, __file__, *argv], log=log)
+    text = log.read_text()
+    if measured.returncode != 0:
+        raise RuntimeError(f"{argv}: exit {measured.returncode}\n{text[-3000:]}")
+    return json.loads(text.strip().splitlines()[-1])
 
 
 def snakemake_dry_run(config: Path) -> tuple[float, float, dict[str, int]]:
     """Wall s, peak RSS MB and job counts of one ``snakemake -n`` of the campaign."""
+    from dcflow.driver import DRY_RUN_ARGS, snakemake_argv
     from dcflow.plan import parse_dry_run_counts
 
-    argv = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-n",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--configfile",
-        str(config),
-        "--directory",
-        str(config.parent),
-        "--profile",
-        str(REPO / "profiles" / "local"),
-        "--rerun-triggers",
-        "mtime",
-    ]
-    start = time.perf_counter()
+    argv = snakemake_argv(
+        config, profile="local", snakemake_args=DRY_RUN_ARGS, workdir=config.parent
+    )
     log = config.parent / "snakemake_dry_run.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(argv, cwd=config.parent, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    measured = run_measured(argv, log=log, cwd=config.parent)
+    if measured.returncode != 0:
         raise RuntimeError(f"snakemake -n failed, see {log}")
-    return seconds, usage.ru_maxrss / 1024, parse_dry_run_counts(log.read_text())
+    return measured.wall_s, measured.peak_mb, parse_dry_run_counts(log.read_text())
 
 
 def model(n_jobs: int, n_files: int) -> tuple[float, float]:
@@ -165,20 +149,26 @@ def main() -> int:
         print(f"== {fraction:g} of DC2013 ({fraction * 4.4e6:,.0f} raws)", flush=True)
         config = prepare(fraction, root, reuse=args.reuse, done_list=args.done_list)
         directory = config.parent
-        fresh = run_child(["--measure", str(config)])
+        fresh = run_child(["--measure", str(config)], directory / "plan_fresh.log")
         print(
             f"  fresh:     plan {fresh['seconds']:7.1f} s, peak {fresh['peak_mb']:7.0f} MB;"
             f" {fresh['n_total']:,} jobs, {fresh['n_to_run']:,} to run",
             flush=True,
         )
-        half = run_child(["--measure", str(config), str(directory / "inventory_half.txt.gz")])
+        half = run_child(
+            ["--measure", str(config), str(directory / "inventory_half.txt.gz")],
+            directory / "plan_half_list.log",
+        )
         print(
             f"  half done: plan {half['seconds']:7.1f} s, peak {half['peak_mb']:7.0f} MB;"
             f" {half['n_files']:,} listed files, {half['n_to_run']:,} to run (file list)",
             flush=True,
         )
         if args.done_list:
-            done = run_child(["--measure", str(config), str(directory / "inventory_all.txt.gz")])
+            done = run_child(
+                ["--measure", str(config), str(directory / "inventory_all.txt.gz")],
+                directory / "plan_done_list.log",
+            )
             print(
                 f"  done:      plan {done['seconds']:7.1f} s, peak {done['peak_mb']:7.0f} MB;"
                 f" {done['n_files']:,} listed files, {done['n_to_run']:,} to run (file list)",
@@ -200,7 +190,7 @@ def main() -> int:
             start = time.perf_counter()
             write_inventory(config, "half", tree=True)
             print(f"  half-done tree written in {time.perf_counter() - start:.1f} s", flush=True)
-            tree = run_child(["--measure", str(config)])
+            tree = run_child(["--measure", str(config)], directory / "plan_half_tree.log")
             print(
                 f"  half done: plan {tree['seconds']:7.1f} s, peak {tree['peak_mb']:7.0f} MB"
                 f" (tree walk, {tree['n_files']:,} names)",

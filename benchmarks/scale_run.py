@@ -16,7 +16,7 @@ Measured:
 * jobs completed (ledger), wall time, sustained jobs/s over the steady part (from the first
   time the queue held >= 90 % of the cap to the last);
 * the driver's CPU per job: CPU time of ``dcflow run --sharded`` and every process it waited
-  for (its shard Snakemakes: DAGs, submission, status checks, ledger), from ``wait4``; Grid
+  for (its shard Snakemakes: DAGs, submission, status checks, ledger), from `run_measured`; Grid
   Engine jobs run under sge_execd and are not counted;
 * queue occupancy: ``qstat`` sampled every ``--sample-seconds``: jobs queued or running against
   ``shards.max_queued_jobs``, time-weighted over the run and over the steady part;
@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import yaml
+from child_usage import run_measured
 
 from snakemake_executor_plugin_gridengine.status import parse_qstat_xml
 
@@ -181,13 +182,11 @@ def main() -> int:
     argv += ["--gridengine-noop-seconds", str(args.job_seconds)]
     log_path = workdir / "driver.log"
     t0 = time.time()
-    with open(log_path, "w") as log:
-        child = subprocess.Popen(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
+    driver = run_measured(argv, log=log_path, cwd=workdir)
     wall = time.time() - t0
     sampler.stop()
-    code = os.waitstatus_to_exitcode(status)
-    cpu = usage.ru_utime + usage.ru_stime
+    code = driver.returncode
+    cpu = driver.cpu_s
     counts = ledger_counts(workdir / "output" / "ledger.sqlite3")
     records, distinct = submissions_per_job(workdir)
     full = [t for t, run, queued in sampler.samples if run + queued >= 0.9 * args.cap]
@@ -204,9 +203,9 @@ def main() -> int:
             f"(slots / job time = {args.cap / args.job_seconds:.2f} jobs/s if always full)"
         )
     print(
-        f"driver CPU: {cpu:.1f} s ({usage.ru_utime:.1f} user + {usage.ru_stime:.1f} sys), "
+        f"driver CPU: {cpu:.1f} s ({driver.user_s:.1f} user + {driver.sys_s:.1f} sys), "
         f"{1000 * cpu / max(1, counts['done']):.1f} ms per job; peak RSS of one process "
-        f"{usage.ru_maxrss / 1024:.0f} MB"
+        f"{driver.peak_mb:.0f} MB"
     )
     whole = time_weighted(sampler.samples, t0, t0 + wall)
     print(f"queue occupancy (queued + running), time-weighted: {whole:.1f} of cap {args.cap}")

@@ -14,18 +14,18 @@ RSS. Targets (issue 8): <= 10 s and <= 500 MB per shard.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from child_usage import run_measured
 
 from dcflow.campaign.shard_driver import plan_shards
 from dcflow.campaign.shards import Shard, ShardManifest, write_manifest
 from dcflow.campaign.synthetic import dc2013_spec, touch_raws, write_campaign
 from dcflow.config_schema import load_config
-from dcflow.driver import REPO_ROOT
+from dcflow.driver import snakemake_argv
 from dcflow.layout import Layout
 
 __all__ = ["main"]
@@ -39,43 +39,16 @@ def _touch(paths: list[str]) -> None:
 
 def _dry_run(config_path: Path, manifest: Path, shard: Shard) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds and peak RSS (MB) of one shard's ``snakemake -n``."""
-    argv = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-n",
-        "--quiet",
-        "--snakefile",
-        str(REPO_ROOT / "Snakefile"),
-        "--configfile",
-        str(config_path),
-        "--directory",
-        str(config_path.parent),
-        "--cores",
-        "1",
-        "--config",
-        f"shard={manifest}",
-        "--allowed-rules",
-        *shard.rules,
-        "all",
-    ]
-    # a wrapper process per run, so that its children's peak RSS is this run's alone
-    wrapper = (
-        "import resource, subprocess, sys; "
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-        "sys.stderr.write(p.stdout + p.stderr); "
-        "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
-        "print(u.ru_utime + u.ru_stime, u.ru_maxrss); sys.exit(p.returncode)"
+    args = ["-n", "--quiet", "--cores", "1", "--config", f"shard={manifest}"]
+    args += ["--allowed-rules", *shard.rules, "all"]
+    argv = snakemake_argv(
+        config_path, profile=None, snakemake_args=args, workdir=config_path.parent
     )
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, check=False
-    )
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        raise RuntimeError(f"{shard.shard_id}: snakemake -n failed:\n{proc.stderr[-3000:]}")
-    cpu_s, peak_kb = proc.stdout.strip().splitlines()[-1].split()
-    return wall, float(cpu_s), int(peak_kb) / 1024.0
+    log = manifest.with_suffix(".dry_run.log")
+    measured = run_measured(argv, log=log)
+    if measured.returncode:
+        raise RuntimeError(f"{shard.shard_id}: snakemake -n failed:\n{log.read_text()[-3000:]}")
+    return measured.wall_s, measured.cpu_s, measured.peak_mb
 
 
 def main(argv: list[str] | None = None) -> int:
