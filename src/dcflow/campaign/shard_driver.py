@@ -3,13 +3,16 @@
 The shards (`dcflow.campaign.shards.build_shards`) run in topological order, at most
 ``shards.max_concurrent_shards`` Snakemake processes at once, each through
 `dcflow.driver.run_campaign` (ledger run labelled with the shard id, so the ledger, ``dcflow
-status``, memory escalation and the backend's reattachment keep working). Backpressure with a
-fair share (`fair_share_jobs`): a starting shard's Snakemake gets ``--jobs`` = min(its jobs,
-the free budget, ceil(budget / min(max_concurrent_shards, shards ready or running))), so
-several shards share the cap instead of the first big one taking it all (and the queue
-draining at its tail while the others wait); the sum over running shards never exceeds
-``shards.max_queued_jobs`` (with the local executor, never more than its cores), so the batch
-system never holds more queued jobs than that cap.
+status``, memory escalation and the backend's reattachment keep working).
+
+Backpressure: the running shards together never hold more than ``shards.max_queued_jobs``
+batch jobs (with the local executor, never more than its cores). A running shard holds
+`reserved_jobs` of that cap: its ``--jobs``, or its jobs left when fewer (a shard can never
+have more queued or running), read from the ledger every few seconds, so a shard draining at
+its tail (a patch group's few coadds after its warps) frees its part. A starting shard gets
+as much of the free cap as it can use (`starting_shard_jobs`), but not less than an equal
+share, so the queue stays full while shards overlap: one fills its widest stage while others
+drain.
 
 A shard that succeeds is marked with its hash; a failed shard blocks its downstream shards
 while the others go on. After a killed driver, the next one clears what the dead one left
@@ -55,11 +58,12 @@ __all__ = [
     "ShardOutcome",
     "ShardedRun",
     "clear_stale_state",
-    "fair_share_jobs",
     "plan_shards",
+    "reserved_jobs",
     "run_sharded",
     "settle_orphan_submissions",
     "shard_jobs_budget",
+    "starting_shard_jobs",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,15 +172,16 @@ def shard_jobs_budget(max_queued_jobs: int, profile: str | None) -> int:
     return max_queued_jobs
 
 
-def fair_share_jobs(
-    n_jobs: int, *, budget: int, in_use: int, n_contending: int, max_concurrent_shards: int
+def starting_shard_jobs(
+    n_jobs: int, *, budget: int, in_use: int, max_concurrent_shards: int
 ) -> int:
-    """``--jobs`` for a shard about to start (0: not now, the budget is used up).
+    """``--jobs`` for a shard about to start; 0: not now, wait for part of the cap to free.
 
-    min(``n_jobs``, ``budget - in_use``, ceil(``budget`` / min(``max_concurrent_shards``,
-    ``n_contending``))), at least 1 when anything is free: each of the shards that can run
-    together gets an equal part of the cap, and the running shards' ``--jobs`` never sum to
-    more than ``budget``.
+    The shard gets min(``n_jobs``, ``budget - in_use``): as much of the free cap as it can use,
+    so the queue fills. It starts only if that is at least min(``n_jobs``, ceil(``budget`` /
+    ``max_concurrent_shards``)), its share when every shard that may run holds an equal part:
+    a shard started on a sliver of the cap would keep that ``--jobs`` for its whole run. The
+    running shards' reservations (`reserved_jobs`) never sum to more than ``budget``.
 
     Parameters
     ----------
@@ -185,9 +190,7 @@ def fair_share_jobs(
     budget : int
         Most jobs queued or running over all shards (`shard_jobs_budget`).
     in_use : int
-        Sum of the running shards' ``--jobs``.
-    n_contending : int
-        Shards ready to start or running, the starting one included.
+        Sum of the running shards' reservations (`reserved_jobs`).
     max_concurrent_shards : int
         Most shards running at once.
 
@@ -200,16 +203,13 @@ def fair_share_jobs(
         ("n_jobs", n_jobs, 0),
         ("budget", budget, 1),
         ("in_use", in_use, 0),
-        ("n_contending", n_contending, 1),
         ("max_concurrent_shards", max_concurrent_shards, 1),
     ):
         if value < low:
-            raise ValueError(f"fair_share_jobs: {name} must be >= {low}, got {value}")
-    free = budget - in_use
-    if free < 1:
-        return 0
-    share = -(-budget // min(max_concurrent_shards, n_contending))
-    return max(1, min(n_jobs, free, share))
+            raise ValueError(f"starting_shard_jobs: {name} must be >= {low}, got {value}")
+    grant = min(n_jobs, budget - in_use)
+    least = min(n_jobs, -(-budget // max_concurrent_shards))
+    return grant if grant >= max(1, least) else 0
 
 
 def _recover_gridengine(workdir: Path, *, wait_s: float) -> str:
@@ -346,7 +346,7 @@ def _terminal_sent_sigint() -> bool:
 
 
 class _Progress:
-    """Per-shard progress lines from the ledger (printed when they change)."""
+    """Per-shard counts from the ledger (jobs planned, done, active), and progress lines."""
 
     def __init__(self, ledger_file: Path, out: Callable[[str], None]) -> None:
         self.ledger_file = ledger_file
@@ -362,7 +362,8 @@ class _Progress:
             return None
         return (runs[-1].run_id, runs[-1].pid) if runs else None
 
-    def show(self, running: dict[str, dict]) -> None:
+    def refresh(self, running: dict[str, dict], *, show: bool) -> None:
+        """Update each running shard's ``planned``, ``done`` and ``active``; print changes."""
         for shard_id, info in running.items():
             found = self.run_of(shard_id, info["since"])
             if found is None:
@@ -375,17 +376,30 @@ class _Progress:
             except (sqlite3.Error, KeyError):
                 continue
             planned = sum(n for rule, n in run.planned.items() if rule != "all")
-            done = sum(a.state is JobState.SUCCEEDED and a.rule != "all" for a in attempts)
+            info["planned"] = planned or None
+            info["done"] = sum(a.state is JobState.SUCCEEDED and a.rule != "all" for a in attempts)
             active = sum(a.state in (JobState.RUNNING, JobState.SUBMITTED) for a in attempts)
             failed = sum(a.state is JobState.FAILED for a in attempts)
             line = (
-                f"[{shard_id}] {done}/{planned or info['shard'].n_jobs} jobs done, "
+                f"[{shard_id}] {info['done']}/{planned or info['shard'].n_jobs} jobs done, "
                 f"{active} queued/running, {failed} failed (--jobs {info['jobs']}, "
                 f"ledger run {found[0]})"
             )
-            if self.last.get(shard_id) != line:
+            if show and self.last.get(shard_id) != line:
                 self.last[shard_id] = line
                 self.out(line)
+
+
+def reserved_jobs(jobs: int, n_jobs: int, planned: int | None, done: int) -> int:
+    """Batch jobs a running shard may still hold at once: its ``--jobs``, or fewer near its end.
+
+    A shard never has more jobs queued or running than it has left, so its share of the cap
+    shrinks to ``planned - done`` (``planned``: what its Snakemake said it would run, else the
+    shard's job count) as it drains: a patch group whose warps are done holds its few coadd
+    jobs, not the width of its warps, and the driver starts another shard in the freed part.
+    """
+    left = (planned if planned is not None else n_jobs) - done
+    return max(0, min(jobs, left))
 
 
 def run_sharded(
@@ -467,8 +481,6 @@ def run_sharded(
         return all(state[u] in FINISHED_OK for u in shard.upstream)
 
     def start_ready() -> None:
-        ready = sum(state[s.shard_id] == "pending" and upstream_ok(s) for s in shards)
-        contending = ready + len(running)  # constant below: a shard moves ready -> running
         for shard in shards:
             sid = shard.shard_id
             if state[sid] != "pending":
@@ -483,11 +495,13 @@ def run_sharded(
                 continue
             if len(running) >= settings.max_concurrent_shards:
                 continue
-            jobs = fair_share_jobs(
+            jobs = starting_shard_jobs(
                 shard.n_jobs,
                 budget=budget,
-                in_use=sum(info["jobs"] for info in running.values()),
-                n_contending=max(1, contending),
+                in_use=sum(
+                    reserved_jobs(info["jobs"], info["shard"].n_jobs, info["planned"], info["done"])
+                    for info in running.values()
+                ),
                 max_concurrent_shards=settings.max_concurrent_shards,
             )
             if jobs < 1:
@@ -497,7 +511,14 @@ def run_sharded(
                 settle_orphan_submissions(workdir)
             manifest = write_manifest(ShardManifest.of(shard, axes), io_layout)
             state[sid] = "running"
-            running[sid] = {"shard": shard, "jobs": jobs, "since": time.time(), "run_id": None}
+            running[sid] = {
+                "shard": shard,
+                "jobs": jobs,
+                "since": time.time(),
+                "run_id": None,
+                "planned": None,
+                "done": 0,
+            }
             out(f"[{sid}] starting: {shard.n_jobs} jobs, --jobs {jobs}")
             threading.Thread(target=work, args=(shard, jobs, manifest), daemon=True).start()
 
@@ -519,8 +540,8 @@ def run_sharded(
         try:
             sid, code = events.get(timeout=progress_seconds)
         except queue.Empty:
-            if progress:
-                watcher.show(running)
+            watcher.refresh(running, show=progress)
+            start_ready()  # draining shards may have freed part of the cap
             continue
         except KeyboardInterrupt:
             interrupted = True
@@ -535,9 +556,8 @@ def run_sharded(
                 sid, code = events.get()
                 finish(sid, code)
             break
-        if progress:
-            watcher.show(running)
         finish(sid, code)
+        watcher.refresh(running, show=progress)
         start_ready()
     for shard in shards:
         sid = shard.shard_id
