@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from noop_campaigns import write_noop_campaign
 
 from dcflow import driver
+from dcflow.campaign.driver_lock import DriverBusyError, hold_driver_lock, sharded_driver_running
 from dcflow.campaign.shard_driver import plan_shards, run_sharded
 from dcflow.campaign.shards import (
     Shard,
@@ -405,3 +407,38 @@ def test_killed_driver_restarts_without_resubmitting_on_gridengine(tmp_path):
     names = Counter(r.job_name for r in records.values())
     assert sum(names.values()) <= len(submissions)
     assert all(r.exit_status == 0 for r in records.values())
+
+
+def test_one_sharded_driver_per_working_directory(tmp_path):
+    config = write_noop_campaign(tmp_path / "c", shards=SHARDS)
+    work = config.parent
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from dcflow.campaign.driver_lock import hold_driver_lock\n"
+            "with hold_driver_lock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(120)\n",
+            str(work),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert sharded_driver_running(work) == f"pid {holder.pid} on {socket.gethostname()}"
+        with pytest.raises(DriverBusyError, match=rf"dcflow-sharded.lock: .*pid {holder.pid}"):
+            run_sharded(config, profile="local", workdir=work, out=lambda _: None)
+        with pytest.raises(DriverBusyError, match="sharded driver"):
+            driver.run_campaign(config, profile="local", snakemake_args=[], workdir=work)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the dead holder's lock; nothing ran meanwhile
+    assert sharded_driver_running(work) is None
+    layout = plan_shards(load_config(config), work)[3]
+    assert not Path(layout.path("ledger")).exists()
+    with hold_driver_lock(work):
+        assert sharded_driver_running(work) is not None

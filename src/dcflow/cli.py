@@ -17,6 +17,7 @@ import sys
 import time
 
 from dcflow import driver
+from dcflow.campaign.driver_lock import DriverBusyError
 from dcflow.plan import Plan
 from dcflow.status import CampaignStatus, FailedTile
 
@@ -321,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, sqlite3.Error) as exc:
         print(f"dcflow {args.verb}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DriverBusyError as exc:
+        print(f"dcflow {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

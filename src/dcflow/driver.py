@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from dcflow.campaign.driver_lock import DriverBusyError, sharded_driver_running
 from dcflow.campaign.registry import (
     IngestReport,
     ingest,
@@ -360,6 +361,11 @@ def run_campaign(
     tiles whose last attempt failed for memory ask for more (`MemoryPolicy`); a progress bar
     per stage is printed while it runs. ``snakemake_args`` pass through untouched (a
     ``--quiet`` that hides progress also hides job completions from the ledger: warned).
+
+    Raises
+    ------
+    DriverBusyError
+        If ``shard`` is None and a sharded driver runs in ``workdir``.
     """
     config = load_config(config_path)
     layout = Layout.from_config(config)
@@ -371,6 +377,13 @@ def run_campaign(
         ledger_file = workdir / ledger_file
     if _quiet_hides_progress(snakemake_args):
         log.warning("--quiet hides job completions: the ledger will not see jobs succeed")
+    holder = None if shard else sharded_driver_running(workdir)
+    if holder:
+        # its shards run without Snakemake's lock (dcflow.campaign.driver_lock)
+        raise DriverBusyError(
+            f"a sharded driver ({holder}) runs in {workdir}: a plain run beside it could "
+            "write the same outputs; wait for it to end"
+        )
     with Ledger(ledger_file) as ledger:
         ledger.reap_dead_runs()
         locks = workdir / ".snakemake" / "locks"

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcflow.campaign.driver_lock import hold_driver_lock
 from dcflow.campaign.shards import (
     Shard,
     ShardConfig,
@@ -323,9 +324,11 @@ def clear_stale_state(
 def _shard_argv(
     snakemake_args: Sequence[str], manifest: Path, shard: Shard, jobs: int
 ) -> list[str]:
-    # ours last, each option ended by the next flag, so no nargs option swallows another
+    # ours last, each option ended by the next flag, so no nargs option swallows another;
+    # --nolock: concurrent Snakemakes race on .snakemake/locks (dcflow.campaign.driver_lock)
     return [
         *snakemake_args,
+        "--nolock",
         "--config",
         f"shard={manifest}",
         "--allowed-rules",
@@ -434,10 +437,42 @@ def run_sharded(
     -------
     ShardedRun
         Per-shard outcomes; ``exit_code`` is 0 only if every shard is done or up to date.
+
+    Raises
+    ------
+    DriverBusyError
+        If another sharded driver runs in the working directory.
     """
+    workdir = Path(workdir or os.getcwd()).resolve()
+    with hold_driver_lock(workdir):
+        return _drive(
+            config_path,
+            profile=profile,
+            snakemake_args=snakemake_args,
+            workdir=workdir,
+            mem_factor=mem_factor,
+            mem_cap_mb=mem_cap_mb,
+            progress=progress,
+            progress_seconds=progress_seconds,
+            out=out,
+        )
+
+
+def _drive(
+    config_path: str | Path,
+    *,
+    profile: str | None,
+    snakemake_args: Sequence[str],
+    workdir: Path,
+    mem_factor: float | None,
+    mem_cap_mb: int | None,
+    progress: bool,
+    progress_seconds: float,
+    out: Callable[[str], None],
+) -> ShardedRun:
+    """`run_sharded` with the driver lock held."""
     from dcflow.driver import profile_backend, run_campaign
 
-    workdir = Path(workdir or os.getcwd()).resolve()
     config_path = Path(config_path).resolve()
     config = load_config(config_path)
     shards, hashes, left, io_layout, settings, axes = plan_shards(config, workdir)
