@@ -105,6 +105,19 @@ def time_weighted(samples: list[tuple[float, int, int]], start: float, end: floa
     return total / weight if weight else float("nan")
 
 
+def time_at_least(
+    samples: list[tuple[float, int, int]], level: float, start: float, end: float
+) -> float:
+    """Fraction of [start, end] with queued + running >= ``level`` (samples held)."""
+    held = total = 0.0
+    for (t0, run, queued), (t1, _, _) in itertools.pairwise(samples):
+        lo, hi = max(t0, start), min(t1, end)
+        if hi > lo:
+            total += hi - lo
+            held += (hi - lo) if run + queued >= level else 0.0
+    return held / total if total else float("nan")
+
+
 def ledger_counts(ledger: Path) -> dict:
     """Jobs, successes, attempts per (rule, data id) and finish times, from the run ledger."""
     with sqlite3.connect(ledger) as db:
@@ -212,7 +225,17 @@ def main() -> int:
     if full:
         mean_steady = time_weighted(sampler.samples, *steady)
         print(f"  over the steady part: {mean_steady:.1f} ({100 * mean_steady / args.cap:.0f} %)")
+    if sampler.samples:
         print(f"  max seen: {max(r + q for _, r, q in sampler.samples)}")
+        for level in (0.5, 0.75, 0.9):
+            share = time_at_least(sampler.samples, level * args.cap, t0, t0 + wall)
+            print(f"  time with >= {level:.0%} of the cap queued or running: {share:.0%}")
+        samples_path = workdir / "queue_samples.tsv"
+        samples_path.write_text(
+            "time_s\trunning\tqueued\n"
+            + "".join(f"{t - t0:.1f}\t{r}\t{q}\n" for t, r, q in sampler.samples)
+        )
+        print(f"  samples: {samples_path}")
     print(
         f"attempts per job: mean {counts['attempts_per_job_mean']:.3f}, "
         f"max {counts['attempts_per_job_max']}; Grid Engine submissions {records} for "
