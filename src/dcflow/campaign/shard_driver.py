@@ -366,16 +366,17 @@ class _Progress:
         return (runs[-1].run_id, runs[-1].pid) if runs else None
 
     def refresh(self, running: dict[str, dict], *, show: bool) -> None:
-        """Update each running shard's ``planned``, ``done`` and ``active``; print changes."""
+        """Update each running shard's ``run_id``, ``planned`` and ``done``; print changes."""
         for shard_id, info in running.items():
-            found = self.run_of(shard_id, info["since"])
-            if found is None:
-                continue
-            info["run_id"] = found[0]
+            if info["run_id"] is None:
+                found = self.run_of(shard_id, info["since"])
+                if found is None:
+                    continue
+                info["run_id"] = found[0]
             try:
                 with Ledger(self.ledger_file) as ledger:
-                    run = ledger.run(found[0])
-                    attempts = ledger.attempts(run_id=found[0])
+                    run = ledger.run(info["run_id"])
+                    attempts = ledger.attempts(run_id=info["run_id"])
             except (sqlite3.Error, KeyError):
                 continue
             planned = sum(n for rule, n in run.planned.items() if rule != "all")
@@ -386,7 +387,7 @@ class _Progress:
             line = (
                 f"[{shard_id}] {info['done']}/{planned or info['shard'].n_jobs} jobs done, "
                 f"{active} queued/running, {failed} failed (--jobs {info['jobs']}, "
-                f"ledger run {found[0]})"
+                f"ledger run {info['run_id']})"
             )
             if show and self.last.get(shard_id) != line:
                 self.last[shard_id] = line
