@@ -18,7 +18,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# the default campaign, unless a campaign is given with --configfile (dcflow always names its
+# campaign's file): a second campaign must never inherit the default's sections
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
 
 
 include: "rules/common.smk"

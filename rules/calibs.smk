@@ -1,41 +1,40 @@
+# Calibration products: master bias per CCD, master flat per filter and CCD (raw cameras).
+# Jobs, inputs and outputs: src/dcflow/pipeline/spec.py.
+
+
 rule bias:
     input:
-        raws=get_bias_raws,
+        unpack(get_inputs("bias")),
     output:
-        bias=path("bias"),
+        **get_outputs("bias"),
     log:
-        log_path("bias", "ccd={ccd}"),
+        get_log("bias"),
     benchmark:
-        benchmark_path("bias", "ccd={ccd}")
+        get_benchmark("bias")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **get_resources("bias"),
     params:
-        isr=config["isr"],
-        calibs=config["calibs"],
+        **get_params("bias"),
     script:
-        stage_script("make_bias")
+        get_script("bias")
 
 
 rule flat:
     input:
-        raws=get_flat_raws,
-        bias=path("bias"),
+        unpack(get_inputs("flat")),
     output:
-        flat=path("flat"),
+        **get_outputs("flat"),
     log:
-        log_path("flat", "filter={filter}_ccd={ccd}"),
+        get_log("flat"),
     benchmark:
-        benchmark_path("flat", "filter={filter}_ccd={ccd}")
+        get_benchmark("flat")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **get_resources("flat"),
     params:
-        isr=config["isr"],
-        calibs=config["calibs"],
+        **get_params("flat"),
     script:
-        stage_script("make_flat")
+        get_script("flat")

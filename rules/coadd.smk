@@ -1,90 +1,79 @@
 # The sky-map half of the pipeline: warps per visit and patch, deep and template coadds per
 # patch and filter, multi-band detection and Object measurement per patch, forced photometry
-# per visit. Patches come from the sky map in config["skymap"] (none without one).
+# per visit. Jobs, inputs and outputs: src/dcflow/pipeline/spec.py.
 
 
 rule make_warp:
     input:
-        calexps=get_visit_calexps,
+        unpack(get_inputs("make_warp")),
     output:
-        warp=path("warp"),
+        **get_outputs("make_warp"),
     log:
-        log_path("make_warp", "visit={visit}_tract={tract}_patch={patch}"),
+        get_log("make_warp"),
     benchmark:
-        benchmark_path("make_warp", "visit={visit}_tract={tract}_patch={patch}")
+        get_benchmark("make_warp")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=2000,
-        runtime=15,
+        **get_resources("make_warp"),
     params:
-        skymap=config.get("skymap", {}),
-        warp=config["warp"],
+        **get_params("make_warp"),
     script:
-        stage_script("make_warp")
+        get_script("make_warp")
 
 
 rule assemble_coadd:
     input:
-        warps=get_coadd_warps,
+        unpack(get_inputs("assemble_coadd")),
     output:
-        deep=path("deepCoadd"),
-        template=path("templateCoadd"),
+        **get_outputs("assemble_coadd"),
     log:
-        log_path("assemble_coadd", "filter={filter}_tract={tract}_patch={patch}"),
+        get_log("assemble_coadd"),
     benchmark:
-        benchmark_path("assemble_coadd", "filter={filter}_tract={tract}_patch={patch}")
+        get_benchmark("assemble_coadd")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **get_resources("assemble_coadd"),
     params:
-        coadd=config["coadd"],
-        template=config["template"],
+        **get_params("assemble_coadd"),
     script:
-        stage_script("assemble_coadd")
+        get_script("assemble_coadd")
 
 
 rule measure_patch:
     input:
-        coadds=get_patch_coadds,
+        unpack(get_inputs("measure_patch")),
     output:
-        detection=path("deepCoadd_det"),
-        objects=path("object"),
+        **get_outputs("measure_patch"),
     log:
-        log_path("measure_patch", "tract={tract}_patch={patch}"),
+        get_log("measure_patch"),
     benchmark:
-        benchmark_path("measure_patch", "tract={tract}_patch={patch}")
+        get_benchmark("measure_patch")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **get_resources("measure_patch"),
     params:
-        skymap=config.get("skymap", {}),
-        multiband=config["multiband"],
-        measurement=config["coadd_measurement"],
+        **get_params("measure_patch"),
     script:
-        stage_script("measure_patch")
+        get_script("measure_patch")
 
 
 rule forced_photometry:
     input:
-        calexps=get_visit_calexps,
-        objects=get_forced_objects,
+        unpack(get_inputs("forced_photometry")),
     output:
-        forced=get_forced_outputs(),
+        **get_outputs("forced_photometry"),
     log:
-        log_path("forced_photometry", "visit={visit}"),
+        get_log("forced_photometry"),
     benchmark:
-        benchmark_path("forced_photometry", "visit={visit}")
+        get_benchmark("forced_photometry")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **get_resources("forced_photometry"),
     params:
-        forced=config["forced_photometry"],
+        **get_params("forced_photometry"),
     script:
-        stage_script("forced_photometry")
+        get_script("forced_photometry")

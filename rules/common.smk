@@ -1,14 +1,17 @@
-# Config validation, the campaign registry, wildcard constraints and every input function.
-# The logic lives in src/dcflow (targets.py, layout.py); these functions only adapt wildcards.
+# Config validation, the campaign's job graph, wildcard constraints and the rule adapters.
+# The pipeline is described once, in src/dcflow/pipeline/spec.py; these adapters hand each
+# rule its inputs, outputs, params and resources from that description.
 from snakemake.utils import validate
 
-from dcflow.fe55_targets import fe55_inputs
-from dcflow.targets import Campaign, filter_pattern, payload_script
+from dcflow.campaign.index import CampaignIndex
+from dcflow.pipeline.graph import JobGraph
+from dcflow.pipeline.payload import command_for, payload_script
+from dcflow.pipeline.spec import stage
 
 validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
 
-CAMPAIGN = Campaign.from_config(config)
-LAYOUT = CAMPAIGN.layout
+GRAPH = JobGraph(CampaignIndex.from_config(config))
+LAYOUT = GRAPH.index.layout
 
 
 wildcard_constraints:
@@ -17,92 +20,57 @@ wildcard_constraints:
     exposure=r"\d+",
     tract=r"\d+",
     patch=r"\d+,\d+",
-    filter=filter_pattern(
-        CAMPAIGN.registry.filters("flat") + CAMPAIGN.registry.filters("object")
-    ),
+    filter=GRAPH.filter_pattern(),
 
 
-def path(dataset_type, **fixed):
-    """Path pattern of a dataset type, from the campaign layout (the only path builder)."""
-    return LAYOUT.pattern(dataset_type, **fixed)
+def get_inputs(rule):
+    """Input function of a rule: the job's named inputs, from the pipeline spec."""
+
+    def inputs(wildcards):
+        return GRAPH.input_paths(rule, GRAPH.job_of(rule, wildcards))
+
+    return inputs
 
 
-def stage_script(stage):
-    """The stage script to run (scripts/<stage>.py), or scripts/noop.py under payload noop."""
-    return f"../scripts/{payload_script(config, stage)}.py"
+def get_outputs(rule):
+    """Named output patterns of a rule (report items wrapped with their captions)."""
+    outputs = GRAPH.output_patterns(rule)
+    for item in stage(rule).outputs:
+        if item.caption:
+            outputs[item.name] = report(
+                outputs[item.name],
+                caption=f"../workflow/report/{item.caption}",
+                category=item.category,
+                labels=GRAPH.report_labels(rule),
+            )
+    return outputs
 
 
-def log_path(rule, tile):
+def get_params(rule):
+    """Config sections the stage reads, its per-job params and its site command, if any."""
+    return GRAPH.params(rule, config, command=command_for(config, rule))
+
+
+def get_resources(rule):
+    """Default mem_mb and runtime (minutes) of a rule's jobs."""
+    return {"mem_mb": stage(rule).mem_mb, "runtime": stage(rule).runtime}
+
+
+def get_script(rule):
+    """The script a rule runs: its stage's, noop.py, or command.py (payload.commands)."""
+    return f"../scripts/{payload_script(config, stage(rule).script, rule)}.py"
+
+
+def get_log(rule):
     """Log file of one job, named after its rule and data id."""
-    return LAYOUT.pattern("log", rule=rule, tile=tile)
+    return LAYOUT.pattern("log", rule=rule, tile=GRAPH.tile_pattern(rule))
 
 
-def benchmark_path(rule, tile):
+def get_benchmark(rule):
     """Benchmark file of one job, named after its rule and data id."""
-    return LAYOUT.pattern("benchmark", rule=rule, tile=tile)
-
-
-def get_bias_raws(wildcards):
-    return CAMPAIGN.bias_inputs(int(wildcards.ccd))
-
-
-def get_flat_raws(wildcards):
-    return CAMPAIGN.flat_inputs(int(wildcards.ccd), wildcards.filter)
-
-
-def get_visit_inputs(wildcards):
-    return CAMPAIGN.visit_inputs(int(wildcards.visit))
-
-
-def get_visit_band(wildcards):
-    return CAMPAIGN.visit_band(int(wildcards.visit))
-
-
-def get_calexp_outputs():
-    return CAMPAIGN.visit_outputs("calexp")
-
-
-def get_src_outputs():
-    return CAMPAIGN.visit_outputs("src")
-
-
-def get_validation_srcs(wildcards):
-    # a function (evaluated when the job is built), not a list built while parsing: a shard
-    # without the validation job never lists every product of the campaign
-    return CAMPAIGN.visit_products("src")
-
-
-def get_validation_calexps(wildcards):
-    return CAMPAIGN.visit_products("calexp")
-
-
-def get_visit_calexps(wildcards):
-    return CAMPAIGN.visit_calexps(int(wildcards.visit))
-
-
-def get_coadd_warps(wildcards):
-    return CAMPAIGN.coadd_warps(int(wildcards.tract), wildcards.patch, wildcards.filter)
-
-
-def get_patch_coadds(wildcards):
-    return CAMPAIGN.patch_coadds(int(wildcards.tract), wildcards.patch)
-
-
-def get_forced_objects(wildcards):
-    return CAMPAIGN.forced_objects(int(wildcards.visit))
-
-
-def get_forced_outputs():
-    return CAMPAIGN.visit_outputs("forced_src")
-
-
-def get_fe55_gains(wildcards):
-    return fe55_inputs(CAMPAIGN.fe55, LAYOUT, "fe55_gain", int(wildcards.ccd))
-
-
-def get_fe55_truths(wildcards):
-    return fe55_inputs(CAMPAIGN.fe55, LAYOUT, "fe55_truth", int(wildcards.ccd))
+    return LAYOUT.pattern("benchmark", rule=rule, tile=GRAPH.tile_pattern(rule))
 
 
 def get_final_targets(wildcards):
-    return CAMPAIGN.final_targets()
+    """What rule all asks for: the campaign's target products, or a shard's targets."""
+    return GRAPH.final_targets(config)

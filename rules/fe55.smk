@@ -1,69 +1,60 @@
-# Fe55 sensor gain (issue 9): simulate each Fe55 exposure of a sensor, measure the gain of
-# every amplifier per exposure (one job per exposure: the amplifiers of a frame take seconds
-# together), then combine a sensor's exposures. Geometry and source: config["fe55"]; analysis
-# settings: config["fe55_gain"].
+# Fe55 sensor gain: simulate each Fe55 exposure of a sensor, measure the gain of every
+# amplifier per exposure, then combine a sensor's exposures.
+# Jobs, inputs and outputs: src/dcflow/pipeline/spec.py.
 
 
 rule fe55_simulate:
+    input:
+        unpack(get_inputs("fe55_simulate")),
     output:
-        raw=path("fe55_raw"),
-        truth=path("fe55_truth"),
+        **get_outputs("fe55_simulate"),
     log:
-        log_path("fe55_simulate", "ccd={ccd}_exposure={exposure}"),
+        get_log("fe55_simulate"),
     benchmark:
-        benchmark_path("fe55_simulate", "ccd={ccd}_exposure={exposure}")
+        get_benchmark("fe55_simulate")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=500,
-        runtime=5,
+        **get_resources("fe55_simulate"),
     params:
-        fe55=config["fe55"],
+        **get_params("fe55_simulate"),
     script:
-        stage_script("fe55_simulate")
+        get_script("fe55_simulate")
 
 
 rule fe55_gain:
     input:
-        raw=path("fe55_raw"),
+        unpack(get_inputs("fe55_gain")),
     output:
-        table=path("fe55_gain"),
-        plot=report(
-            path("fe55_plot"),
-            caption="../workflow/report/fe55_gain.rst",
-            category="Fe55 gain",
-            labels={"ccd": "{ccd}", "exposure": "{exposure}"},
-        ),
+        **get_outputs("fe55_gain"),
     log:
-        log_path("fe55_gain", "ccd={ccd}_exposure={exposure}"),
+        get_log("fe55_gain"),
     benchmark:
-        benchmark_path("fe55_gain", "ccd={ccd}_exposure={exposure}")
+        get_benchmark("fe55_gain")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **get_resources("fe55_gain"),
     params:
-        fe55=config["fe55"],
-        analysis=config["fe55_gain"],
+        **get_params("fe55_gain"),
     script:
-        stage_script("fe55_gain")
+        get_script("fe55_gain")
 
 
 rule fe55_summary:
     input:
-        gains=get_fe55_gains,
-        truths=get_fe55_truths,
+        unpack(get_inputs("fe55_summary")),
     output:
-        summary=path("fe55_summary"),
+        **get_outputs("fe55_summary"),
     log:
-        log_path("fe55_summary", "ccd={ccd}"),
+        get_log("fe55_summary"),
     benchmark:
-        benchmark_path("fe55_summary", "ccd={ccd}")
+        get_benchmark("fe55_summary")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=500,
-        runtime=5,
+        **get_resources("fe55_summary"),
+    params:
+        **get_params("fe55_summary"),
     script:
-        stage_script("fe55_summary")
+        get_script("fe55_summary")

@@ -1,22 +1,21 @@
+# processCcd per visit: ISR, astrometric and photometric calibration of every CCD.
+# Jobs, inputs and outputs: src/dcflow/pipeline/spec.py.
+
+
 rule process_visit:
     input:
-        unpack(get_visit_inputs),
+        unpack(get_inputs("process_visit")),
     output:
-        calexps=get_calexp_outputs(),
-        srcs=get_src_outputs(),
+        **get_outputs("process_visit"),
     log:
-        log_path("process_visit", "visit={visit}"),
+        get_log("process_visit"),
     benchmark:
-        benchmark_path("process_visit", "visit={visit}")
+        get_benchmark("process_visit")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **get_resources("process_visit"),
     params:
-        instrument=CAMPAIGN.instrument,
-        band=get_visit_band,
-        isr=config["isr"],
-        process_ccd=config["process_ccd"],
+        **get_params("process_visit"),
     script:
-        stage_script("process_visit")
+        get_script("process_visit")

@@ -1,26 +1,21 @@
+# Science validation of processCcd against the simulation's truth.
+# Jobs, inputs and outputs: src/dcflow/pipeline/spec.py.
+
+
 rule science_validation:
     input:
-        srcs=get_validation_srcs,
-        calexps=get_validation_calexps,
-        truth=path("truth", instrument=CAMPAIGN.instrument),
+        unpack(get_inputs("science_validation")),
     output:
-        metrics=path("science_validation"),
-        plot=report(
-            path("science_validation_plot"),
-            caption="../workflow/report/science_validation.rst",
-            category="Science validation",
-            labels={"stage": "processCcd"},
-        ),
+        **get_outputs("science_validation"),
     log:
-        log_path("science_validation", "campaign"),
+        get_log("science_validation"),
     benchmark:
-        benchmark_path("science_validation", "campaign")
+        get_benchmark("science_validation")
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **get_resources("science_validation"),
     params:
-        validation=config["validation"],
+        **get_params("science_validation"),
     script:
-        stage_script("science_validation")
+        get_script("science_validation")

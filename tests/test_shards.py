@@ -27,6 +27,7 @@ from dcflow.campaign.shards import (
     write_marker,
 )
 from dcflow.config_schema import load_config
+from dcflow.pipeline.graph import JobGraph
 from dcflow.ledger import Ledger
 from dcflow.states import JobState
 
@@ -66,7 +67,7 @@ def test_every_job_is_in_exactly_one_shard_and_dependencies_are_upstream(
         "visits-00002",
     ]
     _, _, planned = driver.open_campaign(campaign)
-    jobs = [j for j in planned.jobs() if j.rule != "all"]
+    jobs = [j for j in JobGraph(planned).job_specs() if j.rule != "all"]
     owner = {
         (j.rule, tuple(sorted(j.data_id.items()))): shard_of_job(j.rule, j.data_id, shards)
         for j in jobs

@@ -17,6 +17,7 @@ import yaml
 
 from dcflow.configs import dataclass_schema
 from dcflow.layout import DEFAULT_TEMPLATES
+from dcflow.pipeline.spec import STAGES
 
 __all__ = ["SECTIONS", "build_schema", "load_config", "schema_path"]
 
@@ -102,6 +103,27 @@ def build_schema() -> dict[str, Any]:
                     "properties": templates,
                 },
             },
+        },
+    }
+    properties["payload"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "description": "A site's own stage commands (bring your own pipeline).",
+        "properties": {
+            "commands": {
+                "type": "object",
+                "additionalProperties": False,
+                "default": {},
+                "description": "Per stage (rule name): a command template run instead of the "
+                "built-in stage. Fields: the job's wildcards ({visit}, {ccd}, {patch}...), "
+                "{input.<name>}, {output.<name>}, {log}, {threads}, {mem_mb}, {runtime}; every "
+                "value is shell-quoted. The command must write every declared output.",
+                "properties": {
+                    s.rule: {"type": "string", "minLength": 1, "description": f"Command of {s.rule}."}
+                    for s in STAGES
+                },
+            }
         },
     }
     properties["shard"] = {

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +39,11 @@ from dcflow.ledger import (
     Ledger,
     MemoryPolicy,
     pid_start_time,
+    parse_tile,
     read_benchmark,
     tile_of,
 )
-from dcflow.plan import Plan, parse_dry_run_counts, rule_resources
+from dcflow.plan import Plan, parse_dry_run_counts
 from dcflow.states import ACTIVE_STATES, JobState
 from dcflow.status import (
     CampaignStatus,
@@ -55,7 +56,10 @@ from dcflow.status import (
     ping_dirac,
     ping_gridengine,
 )
-from dcflow.targets import Campaign, JobSpec
+from dcflow.campaign.index import CampaignIndex
+from dcflow.jobspec import JobSpec
+from dcflow.pipeline.graph import JobGraph
+from dcflow.pipeline.spec import STAGES
 
 __all__ = [
     "DRY_RUN_ARGS",
@@ -215,8 +219,8 @@ def snakemake_dry_run_counts(
 
 def open_campaign(
     config_path: str | Path, workdir: str | Path | None = None
-) -> tuple[dict, Layout, Campaign]:
-    """Load a campaign config and open its registry.
+) -> tuple[dict, Layout, CampaignIndex]:
+    """Load a campaign config and index it (`CampaignIndex`: arrays, no object per job).
 
     With ``workdir``, relative layout roots are taken relative to it (Snakemake's
     ``--directory``) instead of the current directory.
@@ -236,8 +240,7 @@ def open_campaign(
             output_root=str(Path(workdir) / layout.output_root),
             templates=layout.templates,
         )
-    campaign = Campaign.from_config(config, layout)
-    return config, layout, campaign
+    return config, layout, CampaignIndex.from_config(config, layout)
 
 
 def profile_dir(profile: str) -> Path:
@@ -294,7 +297,7 @@ def memory_policy(
 def rule_defaults(profile: str | None) -> dict[str, dict[str, int]]:
     """Per rule ``mem_mb`` and ``runtime`` (min) defaults.
 
-    Literal values in rules/*.smk, else the profile's default-resources.
+    The pipeline spec's values (every stage has both).
     """
     fallback: dict[str, int] = {}
     if profile:
@@ -303,10 +306,8 @@ def rule_defaults(profile: str | None) -> dict[str, dict[str, int]]:
             if value.strip().isdigit():
                 fallback[key.strip()] = int(value)
     out: dict[str, dict[str, int]] = {}
-    for rule, values in rule_resources(REPO_ROOT / "rules").items():
-        merged = {k: v for k, v in fallback.items() if k in ("mem_mb", "runtime")}
-        merged.update(values)
-        out[rule] = merged
+    for s in STAGES:
+        out[s.rule] = {**{k: v for k, v in fallback.items() if k in ("mem_mb", "runtime")}, "mem_mb": s.mem_mb, "runtime": s.runtime}
     return out
 
 
@@ -529,6 +530,7 @@ def plan_campaign(
     profile: str | None = "local",
     workdir: str | Path | None = None,
     inventory: str | Path | None = None,
+    mtimes: bool | None = None,
 ) -> Plan:
     """The campaign's dry-run plan (`dcflow.campaign.analytic`), with CPU estimates from the ledger.
 
@@ -543,6 +545,8 @@ def plan_campaign(
     inventory : path-like, optional
         A file list of the outputs (one path per line, ``.gz`` allowed) to read instead of
         walking the output tree.
+    mtimes : bool, optional
+        Whether a tree walk stats files (Snakemake's mtime trigger; default: small campaigns).
     """
     from dcflow.campaign.analytic import plan_index
     from dcflow.campaign.index import CampaignIndex
@@ -567,9 +571,20 @@ def plan_campaign(
         index,
         workdir=workdir,
         inventory=inventory,
+        mtimes=mtimes,
         mean_runtimes_s=measured,
         default_runtimes_min=defaults,
         start_time=start,
+    )
+
+
+def _rooted_layout(config_path: str | Path, workdir: Path) -> Layout:
+    """The campaign's layout with relative roots under ``workdir`` (no registry read)."""
+    layout = Layout.from_config(load_config(config_path))
+    return Layout(
+        input_root=str(workdir / layout.input_root),
+        output_root=str(workdir / layout.output_root),
+        templates=layout.templates,
     )
 
 
@@ -583,8 +598,7 @@ def status_campaign(
 ) -> CampaignStatus:
     """The campaign's status: the plan (disk) joined with the ledger (attempts)."""
     workdir = Path(workdir or os.getcwd()).resolve()
-    _, layout, campaign = open_campaign(config_path, workdir)
-    campaign.registry.close()
+    layout = _rooted_layout(config_path, workdir)
     plan = plan_campaign(config_path, profile=profile, workdir=workdir)
     with Ledger(_ledger_file(layout, workdir)) as ledger:
         return campaign_status(plan, ledger, workdir=workdir)
@@ -600,27 +614,28 @@ def failed_campaign(
 ) -> list[FailedTile]:
     """Failed tiles of the campaign whose outputs are still missing (optionally filtered)."""
     workdir = Path(workdir or os.getcwd()).resolve()
-    _, layout, campaign = open_campaign(config_path, workdir)
-    campaign.registry.close()
+    layout = _rooted_layout(config_path, workdir)
     plan = plan_campaign(config_path, profile=None, workdir=workdir)
     with Ledger(_ledger_file(layout, workdir)) as ledger:
         return failed_tiles(ledger, stage=stage, tract=tract, plan=plan, n_lines=n_lines)
 
 
 def rerun_targets(
-    jobs: list[JobSpec], failed: set[tuple[str, str]], missing_ok: set[tuple[str, str]]
+    graph: JobGraph,
+    failed: set[tuple[str, str]],
+    need: Mapping[str, np.ndarray] | None,
 ) -> tuple[list[str], set[tuple[str, str]]]:
     """Targets that rerun exactly the failed tiles and the missing jobs downstream of them.
 
     Parameters
     ----------
-    jobs : list of JobSpec
-        The campaign's job graph.
+    graph : JobGraph
+        The campaign's job graph (arrays: no object per job).
     failed : set of (rule, data_id)
         Tiles to rerun.
-    missing_ok : set of (rule, data_id)
-        Tiles that must run per the plan (outputs missing); downstream tiles are rerun only
-        if they are in it.
+    need : mapping, optional
+        Per rule, the jobs that must run per the plan (outputs missing): downstream tiles are
+        rerun only if they are among them (all downstream jobs when None).
 
     Returns
     -------
@@ -629,27 +644,27 @@ def rerun_targets(
     selected : set of (rule, data_id)
         The tiles those targets make run.
     """
-    producer: dict[str, int] = {}
-    keys = [(job.rule, tile_of(job.data_id)) for job in jobs]
-    for index, job in enumerate(jobs):
-        for path in job.outputs:
-            producer[os.path.normpath(path)] = index
-    dependents: dict[int, set[int]] = {}
-    for index, job in enumerate(jobs):
-        for path in job.inputs:
-            source = producer.get(os.path.normpath(path))
-            if source is not None:
-                dependents.setdefault(source, set()).add(index)
-    queue = [i for i, key in enumerate(keys) if key in failed]
-    selected = set(queue)
-    while queue:
-        index = queue.pop()
-        for sink in dependents.get(index, ()):
-            if sink not in selected and keys[sink] in missing_ok and jobs[sink].outputs:
-                selected.add(sink)
-                queue.append(sink)
-    targets = [path for i in sorted(selected) for path in jobs[i].outputs]
-    return targets, {keys[i] for i in selected}
+    by_rule: dict[str, list[str]] = {}
+    for rule, tile in failed:
+        by_rule.setdefault(rule, []).append(tile)
+    seeds: dict[str, np.ndarray] = {}
+    for rule, tiles in by_rule.items():
+        if not graph.active(rule):
+            continue
+        found = graph.find_jobs(rule, [parse_tile(t) for t in tiles])
+        flags = np.zeros(graph.jobs(rule).n_jobs, dtype=bool)
+        flags[found[found >= 0]] = True
+        seeds[rule] = flags
+    selected = graph.downstream(seeds, need)
+    targets: list[str] = []
+    keys: set[tuple[str, str]] = set()
+    for s in graph.stages:
+        for j in np.flatnonzero(selected[s.rule]).tolist():
+            keys.add((s.rule, tile_of(graph.data_id(s.rule, j))))
+            targets += [
+                p for item in s.outputs for p in graph.output_paths(s.rule, item.dataset, j)
+            ]
+    return targets, keys
 
 
 def rerun_failed(
@@ -679,11 +694,7 @@ def rerun_failed(
         The tiles asked for.
     """
     workdir = Path(workdir or os.getcwd()).resolve()
-    _, layout, campaign = open_campaign(config_path, workdir)
-    try:
-        jobs = campaign.jobs()
-    finally:
-        campaign.registry.close()
+    _, layout, index = open_campaign(config_path, workdir)
     plan = plan_campaign(config_path, profile=profile, workdir=workdir)
     with Ledger(_ledger_file(layout, workdir)) as ledger:
         ledger.reap_dead_runs()
@@ -691,7 +702,7 @@ def rerun_failed(
     keys = {(f.rule, f.data_id) for f in failed}
     if not keys:
         return 0, set()
-    targets, selected = rerun_targets(jobs, keys, set(plan.to_run))
+    targets, selected = rerun_targets(JobGraph(index), keys, plan.need)
     targets = [os.path.relpath(t, workdir) for t in targets]  # as the rules name them
     extra = list(snakemake_args)
     if "--rerun-triggers" not in extra:
@@ -777,13 +788,11 @@ def campaign_pictures(
         sky_figure,
     )
 
-    config, layout, campaign = open_campaign(config_path, workdir)
-    try:
-        jobs = campaign.jobs()
-        records = campaign.registry.records(obstype="object")
-        ccds = campaign.science_ccds
-    finally:
-        campaign.registry.close()
+    config, layout, index = open_campaign(config_path, workdir)
+    graph = JobGraph(index)
+    jobs = graph.job_specs()
+    records = graph.registry.records(obstype="object")
+    ccds = [int(c) for c in index.ccds]
     plan = plan_campaign(config_path, profile=profile, workdir=workdir)
     failed: set[tuple[str, str]] = set()
     running: set[tuple[str, str]] = set()
@@ -926,8 +935,8 @@ def report_campaign(
     The benchmark table is also written as ``<report stem>_benchmarks.tsv``.
     """
     workdir = Path(workdir or os.getcwd()).resolve()
-    config, layout, campaign = open_campaign(config_path, workdir)
-    campaign.registry.close()
+    config = load_config(config_path)
+    layout = _rooted_layout(config_path, workdir)
     report = Path(output) if output else Path(layout.output_root) / "report" / "report.html"
     report = report if report.is_absolute() else workdir / report
     report.parent.mkdir(parents=True, exist_ok=True)

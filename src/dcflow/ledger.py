@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import os
 import socket
 import sqlite3
@@ -44,6 +45,7 @@ __all__ = [
     "Run",
     "escalated_memory",
     "pid_start_time",
+    "parse_tile",
     "read_benchmark",
     "tile_of",
 ]
@@ -224,6 +226,20 @@ def tile_of(wildcards: Mapping[str, object]) -> str:
     parts = [format_data_id(known)] if known else []
     parts += [f"{k}={v}" for k, v in other]
     return "_".join(parts)
+
+
+_TILE_KEY = re.compile(r"(?:^|_)(" + "|".join(DATA_ID_KEYS) + r")=")
+
+
+def parse_tile(tile: str) -> dict[str, str]:
+    """The data id of a tile name (`tile_of`'s inverse; ``campaign`` is the empty data id)."""
+    if tile == "campaign":
+        return {}
+    marks = list(_TILE_KEY.finditer(tile))
+    return {
+        m.group(1): tile[m.end() : marks[i + 1].start() if i + 1 < len(marks) else len(tile)]
+        for i, m in enumerate(marks)
+    }
 
 
 def _float(value: str | None) -> float | None:

@@ -1,8 +1,8 @@
 """The reference planner: what a campaign will run, from its job list and one scan of the outputs.
 
 Snakemake's own dry run builds the whole DAG (about 0.5 ms and 15 KB per job, see
-notes/scale.md); this planner enumerates the same jobs from `dcflow.targets.Campaign.jobs`
-(one Python object per job), learns what exists from one directory walk of the output tree
+notes/scale.md); this planner enumerates the same jobs from `dcflow.pipeline.graph.JobGraph.job_specs`
+(one Python object per job: small campaigns only), learns what exists from one directory walk of the output tree
 (names only, no stat per file) plus Snakemake's incomplete markers, and applies Snakemake's
 needrun rules. `dcflow.campaign.analytic` applies the same rules to arrays (what `dcflow plan`
 runs, at any scale); tests check both against each other and against ``snakemake -n``:
@@ -13,9 +13,10 @@ runs, at any scale); tests check both against each other and against ``snakemake
 - a job that must run makes every job downstream of it run, and makes the jobs upstream of it
   run if the files it needs from them are missing.
 
-Not modelled: reruns that Snakemake triggers from modification times, changed params, code or
-software environments (they need a stat or metadata read per file). Counts equal
-``snakemake -n``'s when nobody edited inputs, params or scripts after the outputs were made.
+Not modelled here: reruns that Snakemake triggers from modification times (the analytic
+planner models them), changed params, code or software environments (they need a metadata
+read per file). Counts equal ``snakemake -n``'s when nobody edited params or scripts after the
+outputs were made.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
 from dcflow.ledger import tile_of
-from dcflow.targets import JobSpec
+from dcflow.jobspec import JobSpec
+from dcflow.pipeline.spec import TARGET_RULE
 
 __all__ = [
     "LazyMapping",
@@ -42,11 +45,10 @@ __all__ = [
     "needrun_jobs",
     "parse_dry_run_counts",
     "plan_jobs",
-    "rule_resources",
     "runtime_estimates",
 ]
 
-TARGET_RULES = frozenset({"all"})
+TARGET_RULES = frozenset({TARGET_RULE})
 """Rules whose job is a target (no outputs of its own; runs when an input is missing)."""
 
 
@@ -122,6 +124,8 @@ class Plan:
     runtime_source: Mapping[str, str]
     n_files: int
     seconds: float
+    need: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """Per stage, one boolean per job (the analytic planner's arrays; None from plan_jobs)."""
 
     @property
     def n_total(self) -> int:
@@ -278,36 +282,6 @@ def needrun_jobs(
     return needed
 
 
-_RULE = re.compile(r"^rule\s+(\w+)\s*:", re.MULTILINE)
-
-
-def rule_resources(rules_dir: str | os.PathLike) -> dict[str, dict[str, int]]:
-    """Literal ``mem_mb``, ``runtime`` (minutes) and ``threads`` of each rule in ``*.smk``.
-
-    STYLE rule 3 keeps these literal in the rules; non-literal values are left out (callers
-    fall back on the profile's default-resources).
-    """
-    out: dict[str, dict[str, int]] = {}
-    for smk in sorted(Path(rules_dir).glob("*.smk")):
-        text = smk.read_text()
-        starts = list(_RULE.finditer(text))
-        if not starts:
-            continue
-        ends = [m.start() for m in starts[1:]] + [len(text)]
-        for match, end in zip(starts, ends, strict=True):
-            block = text[match.end() : end]
-            values: dict[str, int] = {}
-            for key in ("mem_mb", "runtime"):
-                found = re.search(rf"^\s+{key}\s*=\s*(\d+)\s*,?\s*$", block, re.MULTILINE)
-                if found:
-                    values[key] = int(found.group(1))
-            threads = re.search(r"^\s+threads:\s*(\d+)\s*$", block, re.MULTILINE)
-            if threads:
-                values["threads"] = int(threads.group(1))
-            out[match.group(1)] = values
-    return out
-
-
 def runtime_estimates(
     rules: Iterable[str],
     *,
@@ -353,7 +327,7 @@ def plan_jobs(
     Parameters
     ----------
     jobs : sequence of JobSpec
-        The campaign's jobs (`dcflow.targets.Campaign.jobs`).
+        The campaign's jobs (`dcflow.pipeline.graph.JobGraph.job_specs`).
     output_root : path-like
         Root of the output tree (scanned once); relative to ``workdir`` unless absolute.
     workdir : path-like

@@ -20,7 +20,7 @@ from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
 
 from dcflow.io import atomic_path
 from dcflow.ledger import tile_of
-from dcflow.targets import JobSpec
+from dcflow.jobspec import JobSpec
 
 __all__ = [
     "STATE_COLOURS",

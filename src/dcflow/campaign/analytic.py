@@ -1,21 +1,23 @@
 """The analytic planner: Snakemake's dry run of a whole campaign, as array passes.
 
 What exists is learnt once: either one guided walk of the output tree (``os.listdir`` of the
-directories the layout templates name, file names only, no stat per file), or a file list
-(one path per line, optionally gzipped: an inventory from a storage dump). Each name is parsed
-against the layout templates into boolean "exists" arrays indexed like `CampaignIndex`
-(calexp ``[visit, ccd]``, warp ``[pair]``, deepCoadd ``[patch, filter]``...), without a set of
-path strings. Snakemake's incomplete markers (`dcflow.plan.incomplete_outputs`) are parsed the
-same way.
+directories the layout templates name, file names only; on a small campaign also a stat per
+file, for modification times), or a file list (one path per line, optionally followed by a
+tab and its modification time; optionally gzipped: an inventory from a storage dump). Each
+name is parsed against the layout templates into boolean "exists" arrays, one per output
+dataset type, indexed by its stage's jobs (`dcflow.pipeline.graph`) and by CCD where one job
+writes one file per CCD. Snakemake's incomplete markers (`dcflow.plan.incomplete_outputs`) are
+parsed the same way.
 
-The needrun rules are those of `dcflow.plan` (and Snakemake's): a job runs if it produces a
-missing final target (rule ``all``'s inputs) or an output marked incomplete; a job that runs
-makes every job downstream of it run, and the jobs upstream of it whose files it needs are
-missing. Here each rule is a boolean array over its jobs and each dependency a vectorized
-pass (gathers and ``bincount``); passes repeat until nothing changes. The jobs mirror
-`dcflow.targets.Campaign.jobs` (a test compares the two planners, and both with ``snakemake
--n``, on many campaign shapes); the Fe55 rules, a separate small graph, go through
-`dcflow.plan.needrun_jobs`.
+The needrun rules are Snakemake's: a job runs if it produces a missing final target (rule
+``all``'s inputs), an output marked incomplete, or an output older than one of its inputs
+(when modification times are known); a job that runs makes every job downstream of it run,
+and the jobs upstream of it whose files it needs are missing. Each stage is a boolean array
+over its jobs and each edge of the pipeline spec a `dcflow.pipeline.graph.Relation` (gathers
+and ``bincount``); the passes repeat until nothing changes. No stage or dependency is named
+here: they all come from `dcflow.pipeline.spec`. A test compares this planner with the per-job
+reference planner (`dcflow.plan.plan_jobs`) and both with ``snakemake -n`` on many campaign
+shapes.
 """
 
 from __future__ import annotations
@@ -32,18 +34,12 @@ import numpy as np
 
 from dcflow.campaign.index import CampaignIndex
 from dcflow.ledger import tile_of
-from dcflow.plan import (
-    LazyMapping,
-    Plan,
-    StageCount,
-    incomplete_outputs,
-    needrun_jobs,
-    runtime_estimates,
-)
-from dcflow.targets import JobSpec
+from dcflow.pipeline.graph import JobGraph
+from dcflow.pipeline.spec import TARGET_RULE
+from dcflow.plan import LazyMapping, Plan, StageCount, incomplete_outputs, runtime_estimates
 
 __all__ = [
-    "TRACKED_DATASETS",
+    "SMALL_CAMPAIGN_JOBS",
     "NeedRun",
     "OutputState",
     "needrun",
@@ -52,39 +48,27 @@ __all__ = [
     "scan_tree",
 ]
 
-TRACKED_DATASETS: dict[str, tuple[str, ...]] = {
-    "bias": ("ccd",),
-    "flat": ("filter", "ccd"),
-    "calexp": ("visit", "ccd"),
-    "src": ("visit", "ccd"),
-    "science_validation": (),
-    "science_validation_plot": (),
-    "warp": ("tract", "patch", "visit"),
-    "deepCoadd": ("tract", "patch", "filter"),
-    "templateCoadd": ("tract", "patch", "filter"),
-    "deepCoadd_det": ("tract", "patch"),
-    "object": ("tract", "patch"),
-    "forced_src": ("visit", "ccd"),
-}
-"""Output dataset types the planner tracks, with the data id keys that index them."""
-
-RULE_ORDER = (
-    "bias",
-    "flat",
-    "process_visit",
-    "science_validation",
-    "make_warp",
-    "assemble_coadd",
-    "measure_patch",
-    "forced_photometry",
-    "fe55_simulate",
-    "fe55_gain",
-    "fe55_summary",
-    "all",
-)
-"""Rules in workflow order (plan rows follow it)."""
+SMALL_CAMPAIGN_JOBS = 50_000
+"""Up to this many jobs, a tree walk also stats every file (modification times, as Snakemake's
+mtime trigger needs); above it, times come only from a file list that carries them."""
 
 _INT = r"(?:0|[1-9][0-9]*)"
+_MTIME = r"(?:\t(?P<mtime>[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?))?"
+
+
+def _graph(campaign: CampaignIndex | JobGraph) -> JobGraph:
+    return campaign if isinstance(campaign, JobGraph) else JobGraph(campaign)
+
+
+def _tracked(graph: JobGraph) -> dict[str, tuple[str, int]]:
+    """Output dataset type -> (producing rule, files per job) of every active stage."""
+    n_ccds = len(graph.index.ccds)
+    out = {}
+    for s in graph.stages:
+        for item in s.outputs:
+            fan = n_ccds if graph.fan_out(s.rule, item.dataset) else 1
+            out[item.dataset] = (s.rule, fan)
+    return out
 
 
 @dataclass(slots=True)
@@ -94,46 +78,36 @@ class OutputState:
     Attributes
     ----------
     arrays : dict of numpy.ndarray
-        Per tracked dataset type: ``bias (ccd)``, ``flat (filter, ccd)``, ``calexp``, ``src``,
-        ``forced_src (visit, ccd)``, ``warp (pair)``, ``deepCoadd``, ``templateCoadd
-        (patch, filter)``, ``deepCoadd_det``, ``object (patch)``, ``science_validation``,
-        ``science_validation_plot`` (shape ``(1,)``); indices as in `CampaignIndex`.
-    fe55 : set of str
-        Normalized absolute paths of Fe55 outputs found (a small set).
+        Per output dataset type: ``(n_jobs, n_files_per_job)`` booleans, jobs as in
+        `dcflow.pipeline.graph.JobGraph.jobs` of the producing stage, files per CCD where one
+        job writes one per science CCD.
+    mtimes : dict of numpy.ndarray or None
+        Modification times (NaN: missing or unknown) in the same shapes, when known.
     n_files : int
         Names read (files listed, or lines of the file list).
     """
 
     arrays: dict[str, np.ndarray]
-    fe55: set[str]
+    mtimes: dict[str, np.ndarray] | None
     n_files: int
 
 
-def _empty_state(index: CampaignIndex) -> OutputState:
-    nv, nc, nb = index.n_visits, len(index.ccds), len(index.filters)
-    npatch = index.n_patches
-    shapes = {
-        "bias": (nc,),
-        "flat": (nb, nc),
-        "calexp": (nv, nc),
-        "src": (nv, nc),
-        "forced_src": (nv, nc),
-        "science_validation": (1,),
-        "science_validation_plot": (1,),
-        "warp": (index.n_pairs,),
-        "deepCoadd": (npatch, nb),
-        "templateCoadd": (npatch, nb),
-        "deepCoadd_det": (npatch,),
-        "object": (npatch,),
+def _empty_state(graph: JobGraph) -> OutputState:
+    arrays = {
+        dataset: np.zeros((graph.jobs(rule).n_jobs, fan), dtype=bool)
+        for dataset, (rule, fan) in _tracked(graph).items()
     }
-    return OutputState({k: np.zeros(v, dtype=bool) for k, v in shapes.items()}, set(), 0)
+    return OutputState(arrays, None, 0)
 
 
 class _Locator:
     """Turns parsed data id columns into flat indices of the `OutputState` arrays."""
 
-    def __init__(self, index: CampaignIndex) -> None:
+    def __init__(self, graph: JobGraph) -> None:
+        self.graph = graph
+        index = graph.index
         self.index = index
+        self.tracked = _tracked(graph)
         self.band_of = {band: i for i, band in enumerate(index.filters)}
         ccds = index.ccds
         self.ccd_lookup = np.full(int(ccds.max()) + 2 if ccds.size else 1, -1, dtype=np.int64)
@@ -142,62 +116,71 @@ class _Locator:
         keys = index.patch_keys()
         self.patch_order = np.argsort(keys, kind="stable")
         self.patch_keys_sorted = keys[self.patch_order]
-        self.pair_keys = index.pair_patch.astype(np.int64) * max(index.n_visits, 1) + (
-            index.pair_visit
-        )
+        self._job_keys: dict[str, tuple[list[int], np.ndarray, np.ndarray]] = {}
 
-    def _lookup(self, sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _lookup(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         if sorted_keys.size == 0:
             return np.full(values.shape, -1, dtype=np.int64)
         where = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
         return np.where(sorted_keys[where] == values, where, -1)
 
-    def visit(self, values: np.ndarray) -> np.ndarray:
-        return self._lookup(self.index.visits, values)
-
-    def ccd(self, values: np.ndarray) -> np.ndarray:
+    def _ccd(self, values: np.ndarray) -> np.ndarray:
         ok = (values >= 0) & (values < self.ccd_lookup.size)
         return np.where(ok, self.ccd_lookup[np.where(ok, values, 0)], -1)
 
-    def patch(self, tract: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _patch(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         n = self.n_side
+        x, y, tract = columns["patch_x"], columns["patch_y"], columns["tract"]
         ok = (x < n) & (y < n)
         found = self._lookup(self.patch_keys_sorted, (tract * n + y) * n + x)
-        found = np.where(ok & (found >= 0), self.patch_order[np.maximum(found, 0)], -1)
+        return np.where(ok & (found >= 0), self.patch_order[np.maximum(found, 0)], -1)
+
+    def _dense(self, name: str, columns: Mapping[str, np.ndarray], sensors: bool) -> np.ndarray:
+        """A parsed column in the encoding of `JobGraph` columns (-1: not of this campaign)."""
+        if name == "visit":
+            return self._lookup(self.index.visits, columns["visit"])
+        if name == "ccd":
+            return columns["ccd"] if sensors else self._ccd(columns["ccd"])
+        if name == "patch":
+            return self._patch(columns)
+        return columns[name]
+
+    def _keys(self, rule: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+        found = self._job_keys.get(rule)
+        if found is None:
+            jobs = self.graph.jobs(rule)
+            radices: list[int] = []
+            key = np.zeros(jobs.n_jobs, dtype=np.int64)
+            for name in jobs.stage.keys:
+                radix = int(jobs.columns[name].max(initial=-1)) + 1
+                radices.append(max(radix, 1))
+                key = key * radices[-1] + jobs.columns[name]
+            order = np.argsort(key, kind="stable")
+            found = self._job_keys[rule] = (radices, key[order], order)
         return found
 
-    def flat_index(self, dataset: str, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple]:
-        """Flat indices (``-1``: not a job output of this campaign) and the array shape."""
-        idx = self.index
-        nv, nc, nb = idx.n_visits, len(idx.ccds), len(idx.filters)
-        keys = TRACKED_DATASETS[dataset]
-        if not keys:
-            return np.zeros(1, dtype=np.int64), (1,)
-        parts: list[tuple[np.ndarray, int]] = []
-        patch = None
-        if "tract" in keys:
-            patch = self.patch(columns["tract"], columns["patch_x"], columns["patch_y"])
-        for key in keys:
-            if key == "visit" and dataset != "warp":
-                parts.append((self.visit(columns["visit"]), nv))
-            elif key == "ccd":
-                parts.append((self.ccd(columns["ccd"]), nc))
-            elif key == "filter":
-                parts.append((columns["filter"], nb))
-            elif key == "patch" and dataset != "warp":
-                parts.append((patch, idx.n_patches))
-        if dataset == "warp":
-            v = self.visit(columns["visit"])
-            pair = self._lookup(self.pair_keys, patch * max(nv, 1) + v)
-            return np.where((patch >= 0) & (v >= 0), pair, -1), (idx.n_pairs,)
-        flat = np.zeros(len(parts[0][0]), dtype=np.int64)
-        bad = np.zeros(len(flat), dtype=bool)
-        shape = []
-        for values, size in parts:
-            bad |= values < 0
-            flat = flat * size + np.maximum(values, 0)
-            shape.append(size)
-        return np.where(bad, -1, flat), tuple(shape)
+    def flat_index(self, dataset: str, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """Flat indices into the dataset's array (``-1``: not an output of this campaign)."""
+        rule, fan = self.tracked[dataset]
+        jobs = self.graph.jobs(rule)
+        n = len(next(iter(columns.values()))) if columns else 1
+        sensors = jobs.stage.space in ("sensor", "sensor_exposure")
+        radices, sorted_keys, order = self._keys(rule)
+        key = np.zeros(n, dtype=np.int64)
+        bad = np.zeros(n, dtype=bool)
+        for name, radix in zip(jobs.stage.keys, radices, strict=True):
+            values = self._dense(name, columns, sensors)
+            bad |= (values < 0) | (values >= radix)
+            key = key * radix + np.clip(values, 0, radix - 1)
+        found = self._lookup(sorted_keys, key)
+        job = np.where(found >= 0, order[np.maximum(found, 0)], -1)
+        bad |= job < 0
+        if fan > 1:
+            ccd = self._ccd(columns["ccd"])
+            bad |= ccd < 0
+            job = job * fan + np.maximum(ccd, 0)
+        return np.where(bad, -1, job)
 
 
 def _field_regex(name: str, filters: tuple[str, ...], seen: set[str]) -> str:
@@ -224,7 +207,7 @@ def _template_regex(template: str, filters: tuple[str, ...]) -> str:
 
 
 class _Accumulator:
-    """Parsed data id columns per dataset type, as int64 arrays (filters as band indices)."""
+    """Parsed data id columns per dataset type, as arrays (filters as band indices)."""
 
     def __init__(self, band_of: Mapping[str, int]) -> None:
         self.columns: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -234,7 +217,7 @@ class _Accumulator:
         """Add regex matches: tuples of group texts in ``names`` order (or texts, one group)."""
         if not matches:
             return
-        cols = self.columns.setdefault(dataset, {n: [] for n in names})
+        cols = self.columns.setdefault(dataset, {})
         single = not isinstance(matches[0], tuple)
         n = len(matches)
         for k, name in enumerate(names):
@@ -242,9 +225,14 @@ class _Accumulator:
             if name == "filter":
                 band_of = self.band_of
                 found = (band_of.get(v, -1) for v in values)
-                cols[name].append(np.fromiter(found, dtype=np.int64, count=n))
+                array = np.fromiter(found, dtype=np.int64, count=n)
+            elif name == "mtime":
+                array = np.fromiter((float(v) if v else np.nan for v in values), float, count=n)
             else:
-                cols[name].append(np.fromiter(map(int, values), dtype=np.int64, count=n))
+                array = np.fromiter(map(int, values), dtype=np.int64, count=n)
+            cols.setdefault(name, []).append(array)
+        if "mtime" not in names and "mtime" in cols:
+            cols["mtime"].append(np.full(n, np.nan))
 
     def add_one(self, dataset: str, values: dict[str, str]) -> None:
         names = tuple(values)
@@ -253,31 +241,28 @@ class _Accumulator:
 
 def _apply(state: OutputState, acc: _Accumulator, locator: _Locator) -> None:
     for dataset, cols in acc.columns.items():
-        if not cols:
-            state.arrays[dataset][0] = True
-            continue
         columns = {name: np.concatenate(parts) for name, parts in cols.items()}
-        flat, _ = locator.flat_index(dataset, columns)
-        target = state.arrays[dataset].reshape(-1)
-        target[flat[flat >= 0]] = True
+        mtime = columns.pop("mtime", None)
+        flat = locator.flat_index(dataset, columns)
+        ok = flat >= 0
+        state.arrays[dataset].reshape(-1)[flat[ok]] = True
+        if mtime is not None and len(mtime) == len(flat) and np.isfinite(mtime).any():
+            if state.mtimes is None:
+                state.mtimes = {d: np.full(a.shape, np.nan) for d, a in state.arrays.items()}
+            state.mtimes[dataset].reshape(-1)[flat[ok]] = mtime[ok]
 
 
-def _rooted_templates(index: CampaignIndex) -> dict[str, str]:
-    layout = index.layout
-    return {name: layout.pattern(name) for name in TRACKED_DATASETS}
+def _rooted_templates(graph: JobGraph) -> dict[str, str]:
+    layout = graph.index.layout
+    return {name: layout.pattern(name) for name in _tracked(graph)}
 
 
-def _fe55_outputs(index: CampaignIndex, workdir: str) -> tuple[list[JobSpec], set[str]]:
-    if not index.fe55.sensors:
-        return [], set()
-    from dcflow.fe55_targets import fe55_jobs
-
-    jobs = fe55_jobs(index.fe55, index.layout)
-    paths = {os.path.normpath(os.path.join(workdir, p)) for job in jobs for p in job.outputs}
-    return jobs, paths
-
-
-def scan_tree(index: CampaignIndex, *, workdir: str | os.PathLike = ".") -> OutputState:
+def scan_tree(
+    campaign: CampaignIndex | JobGraph,
+    *,
+    workdir: str | os.PathLike = ".",
+    mtimes: bool | None = None,
+) -> OutputState:
     """What exists, from one guided walk of the output tree (names only, no stat per file).
 
     Only the directories that the tracked templates name are listed: for
@@ -286,17 +271,23 @@ def scan_tree(index: CampaignIndex, *, workdir: str | os.PathLike = ".") -> Outp
 
     Parameters
     ----------
-    index : CampaignIndex
+    campaign : CampaignIndex or JobGraph
         The campaign (its layout gives the templates).
     workdir : path-like
         Directory that relative layout roots are relative to.
+    mtimes : bool, optional
+        Also stat each file for its modification time (default: on campaigns of at most
+        `SMALL_CAMPAIGN_JOBS` jobs).
     """
+    graph = _graph(campaign)
     workdir = os.path.abspath(workdir)
-    state = _empty_state(index)
-    locator = _Locator(index)
+    if mtimes is None:
+        mtimes = _n_jobs(graph) <= SMALL_CAMPAIGN_JOBS
+    state = _empty_state(graph)
+    locator = _Locator(graph)
     acc = _Accumulator(locator.band_of)
-    filters = index.filters
-    for dataset, pattern in _rooted_templates(index).items():
+    filters = graph.index.filters
+    for dataset, pattern in _rooted_templates(graph).items():
         full = os.path.normpath(os.path.join(workdir, pattern))
         segments = full.split(os.sep)
         # the longest literal prefix is the starting directory
@@ -305,11 +296,15 @@ def scan_tree(index: CampaignIndex, *, workdir: str | os.PathLike = ".") -> Outp
             k += 1
         start = os.sep.join(segments[:k]) or os.sep
         rest = segments[k:]
-        state.n_files += _walk(start, rest, filters, dataset, acc, {})
+        state.n_files += _walk(start, rest, filters, dataset, acc, {}, mtimes)
     _apply(state, acc, locator)
-    _, fe55_paths = _fe55_outputs(index, workdir)
-    state.fe55 = {p for p in fe55_paths if os.path.exists(p)}
+    if mtimes and state.mtimes is None:
+        state.mtimes = {d: np.full(a.shape, np.nan) for d, a in state.arrays.items()}
     return state
+
+
+def _n_jobs(graph: JobGraph) -> int:
+    return sum(graph.jobs(s.rule).n_jobs for s in graph.stages)
 
 
 def _walk(
@@ -319,6 +314,7 @@ def _walk(
     dataset: str,
     acc: _Accumulator,
     captured: dict[str, str],
+    mtimes: bool = False,
 ) -> int:
     segment = segments[0]
     last = len(segments) == 1
@@ -327,10 +323,13 @@ def _walk(
         path = os.path.join(directory, segment)
         if last:
             if os.path.isfile(path):
-                acc.add_one(dataset, dict(captured))
+                values = dict(captured)
+                if mtimes:
+                    values["mtime"] = repr(os.stat(path).st_mtime)
+                acc.add_one(dataset, values)
                 return 1
             return 0
-        return _walk(path, segments[1:], filters, dataset, acc, captured)
+        return _walk(path, segments[1:], filters, dataset, acc, captured, mtimes)
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
@@ -352,8 +351,11 @@ def _walk(
                 dataset,
                 acc,
                 {**captured, **values},
+                mtimes,
             )
         return found
+    if mtimes:
+        return _walk_stat(directory, names, regex, dataset, acc, captured)
     multi = re.compile("^" + regex.pattern + "$", re.MULTILINE)
     group_names = tuple(sorted(multi.groupindex, key=multi.groupindex.get))
     matches = multi.findall("\n".join(names))
@@ -370,6 +372,34 @@ def _walk(
     return len(names)
 
 
+def _walk_stat(
+    directory: str,
+    names: list[str],
+    regex: re.Pattern,
+    dataset: str,
+    acc: _Accumulator,
+    captured: dict[str, str],
+) -> int:
+    """The last level of a walk with a stat per matched file (small campaigns: mtimes)."""
+    rows: list[tuple[str, ...]] = []
+    group_names = tuple(sorted(regex.groupindex, key=regex.groupindex.get))
+    extra = [k for k in captured if k not in group_names]
+    for name in names:
+        match = regex.fullmatch(name)
+        if match is None:
+            continue
+        values = match.groupdict()
+        if any(values.get(k, v) != v for k, v in captured.items() if k in values):
+            continue
+        try:
+            mtime = os.stat(os.path.join(directory, name)).st_mtime
+        except FileNotFoundError:
+            continue
+        rows.append((*(values[k] for k in group_names), *(captured[k] for k in extra), repr(mtime)))
+    acc.add(dataset, rows, (*group_names, *extra, "mtime"))
+    return len(names)
+
+
 def _open_text(path: str | os.PathLike):
     if str(path).endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8", newline="\n")
@@ -377,7 +407,7 @@ def _open_text(path: str | os.PathLike):
 
 
 def read_file_list(
-    index: CampaignIndex,
+    campaign: CampaignIndex | JobGraph,
     lines: str | os.PathLike | Iterable[str],
     *,
     workdir: str | os.PathLike = ".",
@@ -385,9 +415,12 @@ def read_file_list(
 ) -> OutputState:
     """What exists, from a file list: one path per line (absolute or relative to ``workdir``).
 
+    A line may carry the file's modification time after a tab (``path<TAB>mtime``, seconds
+    since the epoch): then the plan applies Snakemake's mtime trigger too.
+
     Parameters
     ----------
-    index : CampaignIndex
+    campaign : CampaignIndex or JobGraph
         The campaign.
     lines : path-like or iterable of str
         A file (gzipped if its name ends in ``.gz``) or the paths themselves.
@@ -398,31 +431,34 @@ def read_file_list(
         output root is parsed by one regex pass per template over the whole chunk (no Python
         work per line); other chunks are normalized line by line first.
     """
+    graph = _graph(campaign)
     workdir = os.path.abspath(workdir)
-    state = _empty_state(index)
-    locator = _Locator(index)
+    state = _empty_state(graph)
+    locator = _Locator(graph)
     acc = _Accumulator(locator.band_of)
-    root = os.path.normpath(os.path.join(workdir, index.layout.output_root))
-    head = root + os.sep
+    layout = graph.index.layout
+    out_root = os.path.normpath(os.path.join(workdir, layout.output_root))
+    in_root = os.path.normpath(os.path.join(workdir, layout.input_root))
+    head = out_root + os.sep
     absolute: list[tuple[str, re.Pattern, tuple[str, ...]]] = []
-    relative: list[tuple[str, re.Pattern, tuple[str, ...]]] = []
-    for dataset, pattern in _rooted_templates(index).items():
-        rel = os.path.relpath(os.path.normpath(os.path.join(workdir, pattern)), root)
-        body = _template_regex(rel, index.filters) + "(?=\n)"
-        for prefix, out in ((re.escape("\n" + head), absolute), ("\n", relative)):
-            regex = re.compile(prefix + body)
-            names = tuple(sorted(regex.groupindex, key=regex.groupindex.get))
-            out.append((dataset, regex, names))
-    _, fe55_paths = _fe55_outputs(index, workdir)
-    fe55_found: set[str] = set()
+    relative: dict[str, list[tuple[str, re.Pattern, tuple[str, ...]]]] = {}
+    filters = graph.index.filters
+    for dataset, pattern in _rooted_templates(graph).items():
+        full = os.path.normpath(os.path.join(workdir, pattern))
+        root = out_root if full.startswith(head) else in_root
+        rel = os.path.relpath(full, root)
+        body = _template_regex(rel, filters) + _MTIME + "(?=\n)"
+        regex = re.compile(re.escape("\n" + root + os.sep) + body)
+        absolute.append((dataset, regex, tuple(sorted(regex.groupindex, key=regex.groupindex.get))))
+        regex = re.compile("\n" + body)
+        names = tuple(sorted(regex.groupindex, key=regex.groupindex.get))
+        relative.setdefault(root + os.sep, []).append((dataset, regex, names))
 
     def parse(text: str, regexes: list[tuple[str, re.Pattern, tuple[str, ...]]]) -> None:
         for dataset, regex, names in regexes:
             matches = regex.findall(text)
-            if names:
+            if matches:
                 acc.add(dataset, matches, names)
-            elif matches:
-                acc.add_one(dataset, {})
 
     def consume(text: str) -> int:
         """Parse a block of whole lines; returns the number of lines."""
@@ -432,19 +468,17 @@ def read_file_list(
         text = "\n" + text
         if text.count("\n" + head) == n_lines:
             parse(text, absolute)
-            for path in fe55_paths:
-                if "\n" + path + "\n" in text:
-                    fe55_found.add(path)
             return n_lines
-        rels = []
+        rels: dict[str, list[str]] = {root: [] for root in relative}
         for line in text[1:-1].split("\n"):
-            full = os.path.normpath(os.path.join(workdir, line))
-            if full in fe55_paths:
-                fe55_found.add(full)
-            if full.startswith(head):
-                rels.append(full[len(head) :])
-        if rels:
-            parse("\n" + "\n".join(rels) + "\n", relative)
+            path, tab, mtime = line.partition("\t")
+            full = os.path.normpath(os.path.join(workdir, path))
+            for root, found in rels.items():
+                if full.startswith(root):
+                    found.append(full[len(root) :] + tab + mtime)
+        for root, found in rels.items():
+            if found:
+                parse("\n" + "\n".join(found) + "\n", relative[root])
         return n_lines
 
     n = 0
@@ -468,118 +502,143 @@ def read_file_list(
             n += consume("\n".join(batch))
     state.n_files = n
     _apply(state, acc, locator)
-    state.fe55 = fe55_found
     return state
 
 
 @dataclass(frozen=True, slots=True)
 class NeedRun:
-    """Which jobs must run, per rule, as boolean arrays (indices as in `CampaignIndex`).
+    """Which jobs must run, per rule, as boolean arrays over `JobGraph.jobs` of each stage.
 
     Attributes
     ----------
-    bias : (n_ccds,)
-    flat : (n_filters, n_ccds)
-    process_visit : (n_visits,)
-    science_validation : (1,) or (0,)
-    make_warp : (n_pairs,)
-    assemble_coadd : (n_coadds,), jobs ``coadd_patch``/``coadd_band``
-    measure_patch : (n_patches,)
-    forced_photometry : (n_visits,), only where ``forced_visit``
+    jobs : dict of numpy.ndarray
+        Per active stage: one boolean per job.
     all : bool
+        Whether the target rule runs (something is missing).
+    passes : int
+        Fixed-point passes made.
     """
 
-    bias: np.ndarray
-    flat: np.ndarray
-    process_visit: np.ndarray
-    science_validation: np.ndarray
-    make_warp: np.ndarray
-    assemble_coadd: np.ndarray
-    measure_patch: np.ndarray
-    forced_photometry: np.ndarray
-    coadd_patch: np.ndarray
-    coadd_band: np.ndarray
-    forced_visit: np.ndarray
-    fe55_jobs: tuple[JobSpec, ...]
-    fe55_needed: frozenset[int]
+    jobs: dict[str, np.ndarray]
     all: bool
     passes: int
 
+    def __getattr__(self, rule: str) -> np.ndarray:
+        try:
+            return self.jobs[rule]
+        except KeyError:
+            raise AttributeError(rule) from None
+
 
 def _seed(exists: OutputState, incomplete: OutputState | None, name: str) -> np.ndarray:
-    """Outputs that are both present and marked incomplete (their job reruns)."""
+    """Per job: an output file that is both present and marked incomplete (the job reruns)."""
     if incomplete is None:
-        return np.zeros_like(exists.arrays[name])
-    return exists.arrays[name] & incomplete.arrays[name]
+        return np.zeros(exists.arrays[name].shape[0], dtype=bool)
+    return (exists.arrays[name] & incomplete.arrays[name]).any(axis=1)
 
 
-def _any_per(mask: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
-    """For each of ``n`` groups: whether any element of ``mask`` in it is set."""
-    return np.bincount(groups[mask], minlength=n)[:n] > 0
+def _newest(values: np.ndarray) -> np.ndarray:
+    """Per job: the newest file time of a ``(n_jobs, n_files)`` array (-inf: none known)."""
+    if values.shape[1] == 0:
+        return np.full(values.shape[0], -np.inf)
+    return np.nan_to_num(np.nanmax(np.where(np.isnan(values), -np.inf, values), axis=1), nan=-np.inf)
+
+
+def _oldest(values: np.ndarray) -> np.ndarray:
+    """Per job: the oldest existing file time (+inf: none known)."""
+    return np.min(np.where(np.isnan(values), np.inf, values), axis=1)
+
+
+def _outdated(
+    graph: JobGraph, exists: OutputState, external_mtimes: Mapping[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
+    """Per stage: jobs with an input newer than their oldest output (Snakemake's mtime rule)."""
+    mtimes = exists.mtimes
+    out: dict[str, np.ndarray] = {}
+    for s in graph.stages:
+        n = graph.jobs(s.rule).n_jobs
+        oldest = np.full(n, np.inf)
+        for item in s.outputs:
+            oldest = np.minimum(oldest, _oldest(mtimes[item.dataset]))
+        newest = np.full(n, -np.inf)
+        for item, producer in graph.upstream_inputs(s):
+            relation = graph.relation(s.rule, item)
+            per_up = _newest(mtimes[item.dataset])
+            newest = np.maximum(newest, relation.downstream_max(per_up, n))
+        if external_mtimes and s.rule in external_mtimes:
+            newest = np.maximum(newest, external_mtimes[s.rule])
+        out[s.rule] = newest > oldest
+    return out
+
+
+def external_input_mtimes(graph: JobGraph) -> dict[str, np.ndarray]:
+    """Per stage: the newest modification time of each job's raw and other external inputs.
+
+    One stat per file: for small campaigns only (`SMALL_CAMPAIGN_JOBS`).
+    """
+    out: dict[str, np.ndarray] = {}
+    seen: dict[str, float] = {}
+
+    def mtime(path: str) -> float:
+        if path not in seen:
+            try:
+                seen[path] = os.stat(path).st_mtime
+            except OSError:
+                seen[path] = -np.inf
+        return seen[path]
+
+    for s in graph.stages:
+        upstream = {item.name for item, _ in graph.upstream_inputs(s)}
+        external = [
+            i
+            for i in graph.inputs(s)
+            if i.name not in upstream and i.dataset not in graph.producer
+        ]
+        if not external:
+            continue
+        n = graph.jobs(s.rule).n_jobs
+        newest = np.full(n, -np.inf)
+        for j in range(n):
+            for item in external:
+                for path in graph.external_paths(s.rule, item, j):
+                    newest[j] = max(newest[j], mtime(path))
+        out[s.rule] = newest
+    return out
 
 
 def needrun(
-    index: CampaignIndex,
+    campaign: CampaignIndex | JobGraph,
     exists: OutputState,
     incomplete: OutputState | None = None,
     *,
+    external_mtimes: Mapping[str, np.ndarray] | None = None,
     workdir: str | os.PathLike = ".",
 ) -> NeedRun:
     """Apply Snakemake's needrun rules to the whole campaign (see the module docstring)."""
-    ex = exists.arrays
-    nv, nb = index.n_visits, len(index.filters)
-    npatch = index.n_patches
-    calib = index.needs_calibs
-    band = index.visit_band.astype(np.int64)
-    pair_visit = index.pair_visit.astype(np.int64)
-    pair_patch = index.pair_patch.astype(np.int64)
-    pair_band = band[pair_visit] if pair_visit.size else np.zeros(0, dtype=np.int64)
-    coadd_patch, coadd_band = np.nonzero(index.patch_band_visits > 0)
-    n_coadds = coadd_patch.size
-    coadd_of = np.full((npatch, max(nb, 1)), -1, dtype=np.int64)
-    coadd_of[coadd_patch, coadd_band] = np.arange(n_coadds)
-    pair_coadd = coadd_of[pair_patch, pair_band] if pair_patch.size else pair_patch
-    forced_visit = index.forced_visit_mask
-
-    calexp_ok = ex["calexp"].all(axis=1)
-    visit_done = calexp_ok & ex["src"].all(axis=1)
-    pv = ~visit_done | (_seed(exists, incomplete, "calexp") | _seed(exists, incomplete, "src")).any(
-        axis=1
-    )
-    bias = _seed(exists, incomplete, "bias") if calib else np.zeros(0, dtype=bool)
-    flat = _seed(exists, incomplete, "flat") if calib else np.zeros((0, 0), dtype=bool)
-    if index.has_truth:
-        sv_inc = _seed(exists, incomplete, "science_validation") | _seed(
-            exists, incomplete, "science_validation_plot"
-        )
-        sv = ~ex["science_validation"] | sv_inc
-    else:
-        sv = np.zeros(0, dtype=bool)
-    warp = _seed(exists, incomplete, "warp")
-    template_ok = ex["templateCoadd"][coadd_patch, coadd_band]
-    deep_ok = ex["deepCoadd"][coadd_patch, coadd_band]
-    coadd = (
-        ~template_ok
-        | _seed(exists, incomplete, "templateCoadd")[coadd_patch, coadd_band]
-        | _seed(exists, incomplete, "deepCoadd")[coadd_patch, coadd_band]
-    )
-    mp = (
-        ~ex["object"]
-        | _seed(exists, incomplete, "object")
-        | _seed(exists, incomplete, "deepCoadd_det")
-    )
-    fp = forced_visit & (
-        ~ex["forced_src"].all(axis=1) | _seed(exists, incomplete, "forced_src").any(axis=1)
-    )
-    warp_ok = ex["warp"]
-    object_ok = ex["object"]
-    bias_ok = ex["bias"] if calib else bias
-    flat_ok = ex["flat"] if calib else flat
+    graph = _graph(campaign)
+    need: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    for s in graph.stages:
+        seed = np.zeros(graph.jobs(s.rule).n_jobs, dtype=bool)
+        for item in s.outputs:
+            ok = exists.arrays[item.dataset].all(axis=1)
+            present[item.dataset] = ok
+            if item.target:
+                seed |= ~ok
+            seed |= _seed(exists, incomplete, item.dataset)
+        need[s.rule] = seed
+    if exists.mtimes is not None:
+        for rule, outdated in _outdated(graph, exists, external_mtimes).items():
+            need[rule] |= outdated
+    edges = [
+        (s.rule, producer.rule, item.dataset, graph.relation(s.rule, item))
+        for s in graph.stages
+        for item, producer in graph.upstream_inputs(s)
+    ]
+    size = {s.rule: graph.jobs(s.rule).n_jobs for s in graph.stages}
 
     def total() -> int:
-        return int(bias.sum() + flat.sum() + pv.sum() + sv.sum() + warp.sum() + coadd.sum()) + int(
-            mp.sum() + fp.sum()
-        )
+        return int(sum(int(flags.sum()) for flags in need.values()))
 
     passes = 0
     before = -1
@@ -589,61 +648,13 @@ def needrun(
             break
         before = now
         passes += 1
-        # downstream: a job that runs makes every job using its outputs run
-        if calib:
-            flat |= bias[None, :]
-            if bias.any():
-                pv[:] = True
-            pv |= flat.any(axis=1)[band]
-        if sv.size and pv.any():
-            sv[:] = True
-        warp |= pv[pair_visit]
-        fp |= pv & forced_visit
-        coadd |= _any_per(warp, pair_coadd, n_coadds)
-        mp |= _any_per(coadd, coadd_patch, npatch)
-        fp |= _any_per(mp[pair_patch], pair_visit, nv)
-        # upstream: the files a running job needs that are missing make their producer run
-        if calib and pv.any():
-            bias |= ~bias_ok
-            flat |= _any_per(pv, band, nb)[:, None] & ~flat_ok
-        if calib:
-            bias |= flat.any(axis=0) & ~bias_ok
-        if sv.size and sv.any():
-            pv |= ~visit_done
-        pv |= _any_per(warp, pair_visit, nv) & ~calexp_ok
-        pv |= fp & ~calexp_ok
-        warp |= coadd[pair_coadd] & ~warp_ok
-        coadd |= mp[coadd_patch] & ~deep_ok
-        mp |= _any_per(fp[pair_visit] & ~object_ok[pair_patch], pair_patch, npatch)
-
-    fe55_jobs, _ = _fe55_outputs(index, os.fspath(workdir))
-    fe55_needed: set[int] = set()
-    if fe55_jobs:
-        from dcflow.fe55_targets import fe55_targets
-
-        targets = JobSpec("all", {}, (), tuple(fe55_targets(index.fe55, index.layout)))
-        marked = incomplete.fe55 if incomplete is not None else set()
-        fe55_needed = needrun_jobs(
-            [*fe55_jobs, targets], exists.fe55, marked, workdir=os.path.abspath(workdir)
-        ) - {len(fe55_jobs)}
-    run_all = bool(total() or fe55_needed)
-    return NeedRun(
-        bias=bias,
-        flat=flat,
-        process_visit=pv,
-        science_validation=sv,
-        make_warp=warp,
-        assemble_coadd=coadd,
-        measure_patch=mp,
-        forced_photometry=fp,
-        coadd_patch=coadd_patch,
-        coadd_band=coadd_band,
-        forced_visit=forced_visit,
-        fe55_jobs=tuple(fe55_jobs),
-        fe55_needed=frozenset(fe55_needed),
-        all=run_all,
-        passes=passes,
-    )
+        for down, up, _, relation in edges:
+            # downstream: a job that runs makes every job using its outputs run
+            need[down] |= relation.downstream_any(need[up], size[down])
+        for down, up, dataset, relation in edges:
+            # upstream: the files a running job needs that are missing make their producer run
+            need[up] |= relation.upstream_any(need[down], size[up]) & ~present[dataset]
+    return NeedRun(jobs=need, all=bool(total()), passes=passes)
 
 
 def _group_rows(
@@ -681,42 +692,15 @@ def _group_rows(
     return out
 
 
-def _to_run_builder(index: CampaignIndex, need: NeedRun) -> Callable[[], dict]:
+def _to_run_builder(graph: JobGraph, need: NeedRun) -> Callable[[], dict]:
     def build() -> dict:
         out: dict[tuple[str, str], tuple[str | None, int | None]] = {}
-        filters = index.filters
-        ccds = index.ccds.tolist()
-        for c in np.flatnonzero(need.bias).tolist():
-            out[("bias", tile_of({"ccd": ccds[c]}))] = (None, None)
-        for b, c in zip(*np.nonzero(need.flat), strict=True):
-            out[("flat", tile_of({"filter": filters[b], "ccd": ccds[c]}))] = (filters[b], None)
-        for v in np.flatnonzero(need.process_visit).tolist():
-            band = filters[index.visit_band[v]]
-            out[("process_visit", tile_of({"visit": int(index.visits[v])}))] = (band, None)
-        if need.science_validation.any():
-            out[("science_validation", tile_of({}))] = (None, None)
-        for k in np.flatnonzero(need.make_warp).tolist():
-            v, p = int(index.pair_visit[k]), int(index.pair_patch[k])
-            tract = int(index.patch_tract[p])
-            data_id = {"visit": int(index.visits[v]), "tract": tract, "patch": index.patch_name(p)}
-            out[("make_warp", tile_of(data_id))] = (filters[index.visit_band[v]], tract)
-        for k in np.flatnonzero(need.assemble_coadd).tolist():
-            p, b = int(need.coadd_patch[k]), int(need.coadd_band[k])
-            tract = int(index.patch_tract[p])
-            data_id = {"filter": filters[b], "tract": tract, "patch": index.patch_name(p)}
-            out[("assemble_coadd", tile_of(data_id))] = (filters[b], tract)
-        for p in np.flatnonzero(need.measure_patch).tolist():
-            tract = int(index.patch_tract[p])
-            data_id = {"tract": tract, "patch": index.patch_name(p)}
-            out[("measure_patch", tile_of(data_id))] = (None, tract)
-        for v in np.flatnonzero(need.forced_photometry).tolist():
-            band = filters[index.visit_band[v]]
-            out[("forced_photometry", tile_of({"visit": int(index.visits[v])}))] = (band, None)
-        for i in sorted(need.fe55_needed):
-            job = need.fe55_jobs[i]
-            out[(job.rule, tile_of(job.data_id))] = (job.filter, job.tract)
+        for s in graph.stages:
+            for j in np.flatnonzero(need.jobs[s.rule]).tolist():
+                key = (s.rule, tile_of(graph.data_id(s.rule, j)))
+                out[key] = graph.job_filter_tract(s.rule, j)
         if need.all:
-            out[("all", tile_of({}))] = (None, None)
+            out[(TARGET_RULE, tile_of({}))] = (None, None)
         return out
 
     return build
@@ -727,6 +711,7 @@ def plan_index(
     *,
     workdir: str | os.PathLike = ".",
     inventory: str | os.PathLike | None = None,
+    mtimes: bool | None = None,
     mean_runtimes_s: Mapping[str, tuple[float, int]] | None = None,
     default_runtimes_min: Mapping[str, float] | None = None,
     fallback_runtime_min: float = 30.0,
@@ -741,7 +726,10 @@ def plan_index(
     workdir : path-like
         Snakemake's working directory (relative roots, ``.snakemake/incomplete``).
     inventory : path-like, optional
-        A file list (one path per line, ``.gz`` allowed) instead of walking the output tree.
+        A file list (one path per line, optionally ``<TAB>mtime``; ``.gz`` allowed) instead of
+        walking the output tree.
+    mtimes : bool, optional
+        Whether a tree walk stats files for modification times (default: small campaigns).
     mean_runtimes_s, default_runtimes_min, fallback_runtime_min
         CPU estimates, as `dcflow.plan.runtime_estimates`.
     start_time : float, optional
@@ -751,50 +739,27 @@ def plan_index(
     Returns
     -------
     Plan
-        Rows in workflow order; ``to_run`` is a `dcflow.plan.LazyMapping` (built on first use).
+        Rows in workflow order; ``to_run`` is a `dcflow.plan.LazyMapping` (built on first use)
+        and ``need`` the per-stage arrays.
     """
     start = time.perf_counter() if start_time is None else start_time
     workdir = os.path.abspath(workdir)
+    graph = JobGraph(index)
     if inventory is None:
-        exists = scan_tree(index, workdir=workdir)
+        exists = scan_tree(graph, workdir=workdir, mtimes=mtimes)
     else:
-        exists = read_file_list(index, inventory, workdir=workdir)
+        exists = read_file_list(graph, inventory, workdir=workdir)
+    external = external_input_mtimes(graph) if inventory is None and exists.mtimes else None
     marked = incomplete_outputs(workdir)
-    incomplete = read_file_list(index, sorted(marked), workdir=workdir) if marked else None
-    need = needrun(index, exists, incomplete, workdir=workdir)
-    filters = index.filters
-    band = index.visit_band
-    pair_band = band[index.pair_visit] if index.n_pairs else np.zeros(0, dtype=np.int8)
-    pair_tract = index.patch_tract[index.pair_patch] if index.n_pairs else np.zeros(0)
-    nb, nc = len(filters), len(index.ccds)
+    incomplete = read_file_list(graph, sorted(marked), workdir=workdir) if marked else None
+    need = needrun(graph, exists, incomplete, external_mtimes=external)
     counts = []
-    counts += _group_rows("bias", need.bias, None, None, filters)
-    counts += _group_rows(
-        "flat",
-        need.flat.reshape(-1),
-        np.repeat(np.arange(nb), nc) if need.flat.size else None,
-        None,
-        filters,
-    )
-    counts += _group_rows("process_visit", need.process_visit, band, None, filters)
-    counts += _group_rows("science_validation", need.science_validation, None, None, filters)
-    counts += _group_rows("make_warp", need.make_warp, pair_band, pair_tract, filters)
-    counts += _group_rows(
-        "assemble_coadd",
-        need.assemble_coadd,
-        need.coadd_band,
-        index.patch_tract[need.coadd_patch],
-        filters,
-    )
-    counts += _group_rows("measure_patch", need.measure_patch, None, index.patch_tract, filters)
-    fv = need.forced_visit
-    counts += _group_rows("forced_photometry", need.forced_photometry[fv], band[fv], None, filters)
-    for rule in ("fe55_simulate", "fe55_gain", "fe55_summary"):
-        jobs = [i for i, job in enumerate(need.fe55_jobs) if job.rule == rule]
-        if jobs:
-            n_run = sum(i in need.fe55_needed for i in jobs)
-            counts.append((rule, None, None, len(jobs), n_run))
-    counts.append(("all", None, None, 1, int(need.all)))
+    for s in graph.stages:
+        columns = graph.jobs(s.rule).columns
+        counts += _group_rows(
+            s.rule, need.jobs[s.rule], columns.get("filter"), columns.get("tract"), index.filters
+        )
+    counts.append((TARGET_RULE, None, None, 1, int(need.all)))
     per_job_h, source = runtime_estimates(
         dict.fromkeys(row[0] for row in counts),
         mean_runtimes_s=mean_runtimes_s,
@@ -807,9 +772,10 @@ def plan_index(
     )
     return Plan(
         rows=rows,
-        to_run=LazyMapping(_to_run_builder(index, need)),
+        to_run=LazyMapping(_to_run_builder(graph, need)),
         cpu_hours=sum(r.cpu_hours for r in rows),
         runtime_source=source,
         n_files=exists.n_files,
         seconds=time.perf_counter() - start,
+        need=need.jobs,
     )

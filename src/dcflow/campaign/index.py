@@ -1,12 +1,12 @@
 """The campaign as compact arrays: visits, CCDs, filters, patches and visit/patch overlaps.
 
-`dcflow.targets.Campaign` answers the workflow's questions one job at a time (and reads one
-Python object per raw file); at DC2013 scale (4.4 M raws, ~120 k visits, ~8 M visit/patch
-overlaps) the planner and the shard builder need the same facts as numpy arrays instead.
-`CampaignIndex.from_config` reads the registry with a few aggregate SQL queries (one row per
-visit, never one per raw) and computes the overlaps with
-`dcflow.campaign.skymap.overlap_pairs`, the function `patches_for_pointings` (hence the
-Snakemake workflow) uses, so both see the same overlaps by construction.
+The one view of a campaign: the Snakemake workflow (through `dcflow.pipeline.graph`), the
+analytic planner and the shard builder all read it. At DC2013 scale (4.4 M raws, ~120 k
+visits, ~8 M visit/patch overlaps) these facts must be numpy arrays, never one Python object
+per raw or per job. `CampaignIndex.from_config` reads the registry with a few aggregate SQL
+queries (one row per visit, never one per raw) and computes the overlaps with
+`dcflow.campaign.skymap.overlap_pairs`. In shard mode (config ``shard``: a manifest) it reads
+only the manifest's visits, with the campaign's CCDs and filters from the manifest.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from dcflow.campaign.manifest import read_manifest
 from dcflow.campaign.skymap import SkyMapConfig, TractInfo, make_tracts, overlap_pairs
 from dcflow.configs import from_mapping
+from dcflow.instruments.fe55_sim import Fe55SimConfig
+from dcflow.jobspec import PROCESSED_INSTRUMENTS, SIMULATED_INSTRUMENTS
 from dcflow.layout import Layout
 
 __all__ = ["CampaignIndex"]
@@ -102,27 +105,24 @@ class CampaignIndex:
         KeyError
             If a science visit lacks one of the campaign's CCDs (as `Campaign.jobs`).
         """
-        from dcflow.fe55_targets import fe55_config
-        from dcflow.targets import PROCESSED_INSTRUMENTS, SIMULATED_INSTRUMENTS
-
         layout = layout or Layout.from_config(config)
         instrument = str(config["campaign"]["instrument"])
         path = layout.path("registry")
+        manifest = read_manifest(config["shard"]) if config.get("shard") else None
         conn = _open_readonly(path)
         try:
-            ccds = np.array(
-                [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT DISTINCT ccd FROM raw WHERE obstype = 'object' ORDER BY ccd"
-                    )
-                ],
-                dtype=np.int64,
-            )
-            rows = conn.execute(
-                "SELECT visit, filter, COUNT(DISTINCT ccd) FROM raw WHERE obstype = 'object' "
-                "GROUP BY visit ORDER BY visit"
-            ).fetchall()
+            if manifest is None:
+                ccd_rows = conn.execute(
+                    "SELECT DISTINCT ccd FROM raw WHERE obstype = 'object' ORDER BY ccd"
+                )
+                ccds = np.array([r[0] for r in ccd_rows], dtype=np.int64)
+                rows = conn.execute(
+                    "SELECT visit, filter, COUNT(DISTINCT ccd) FROM raw WHERE obstype = 'object' "
+                    "GROUP BY visit ORDER BY visit"
+                ).fetchall()
+            else:
+                ccds = np.array(sorted(manifest.ccds), dtype=np.int64)
+                rows = _visit_rows(conn, manifest.visits)
             short = [r[0] for r in rows if r[2] != len(ccds)]
             if short:
                 have = {
@@ -134,15 +134,15 @@ class CampaignIndex:
                 missing = [int(c) for c in ccds if int(c) not in have]
                 raise KeyError(f"visit {short[0]} has no raw for ccd(s) {missing} in {path}")
             visits = np.array([r[0] for r in rows], dtype=np.int64)
-            filters = tuple(sorted({str(r[1]) for r in rows}))
+            if manifest is None:
+                filters = tuple(sorted({str(r[1]) for r in rows}))
+            else:
+                filters = tuple(sorted(manifest.filters))
             band_of = {band: i for i, band in enumerate(filters)}
             visit_band = np.array([band_of[str(r[1])] for r in rows], dtype=np.int8)
             ra = np.full(len(visits), np.nan)
             dec = np.full(len(visits), np.nan)
-            pointing = conn.execute(
-                "SELECT visit, MIN(ccd), ra_deg, dec_deg FROM raw WHERE obstype = 'object' "
-                "AND ra_deg IS NOT NULL AND dec_deg IS NOT NULL GROUP BY visit ORDER BY visit"
-            ).fetchall()
+            pointing = _pointing_rows(conn, None if manifest is None else manifest.visits)
             if pointing:
                 where = np.searchsorted(visits, [r[0] for r in pointing])
                 ra[where] = [float(r[2]) for r in pointing]
@@ -182,7 +182,7 @@ class CampaignIndex:
             skymap=skymap,
             tracts=tracts,
             **pairs,
-            fe55=fe55_config(config),
+            fe55=from_mapping(Fe55SimConfig, config.get("fe55") or {}),
         )
 
     @property
@@ -233,6 +233,38 @@ class CampaignIndex:
         """A sortable int64 key per patch: ``(tract * n + y) * n + x`` with ``n = n_patches``."""
         n = self.skymap.n_patches if self.skymap is not None else 1
         return (self.patch_tract.astype(np.int64) * n + self.patch_y) * n + self.patch_x
+
+
+def _visit_rows(conn: sqlite3.Connection, visits: tuple[int, ...]) -> list[tuple]:
+    """``(visit, filter, n_ccds)`` of a shard's visits (indexed queries, in chunks)."""
+    rows: list[tuple] = []
+    wanted = sorted(set(visits))
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows += conn.execute(
+            "SELECT visit, filter, COUNT(DISTINCT ccd) FROM raw WHERE obstype = 'object' "
+            f"AND visit IN ({marks}) GROUP BY visit ORDER BY visit",
+            chunk,
+        ).fetchall()
+    return rows
+
+
+def _pointing_rows(conn: sqlite3.Connection, visits: tuple[int, ...] | None) -> list[tuple]:
+    """``(visit, ccd, ra_deg, dec_deg)`` of each visit's lowest CCD with a position."""
+    query = (
+        "SELECT visit, MIN(ccd), ra_deg, dec_deg FROM raw WHERE obstype = 'object' "
+        "AND ra_deg IS NOT NULL AND dec_deg IS NOT NULL {} GROUP BY visit ORDER BY visit"
+    )
+    if visits is None:
+        return conn.execute(query.format("")).fetchall()
+    rows: list[tuple] = []
+    wanted = sorted(set(visits))
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows += conn.execute(query.format(f"AND visit IN ({marks})"), chunk).fetchall()
+    return rows
 
 
 def _open_readonly(path: str) -> sqlite3.Connection:

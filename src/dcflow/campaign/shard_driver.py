@@ -37,16 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcflow.campaign.driver_lock import hold_driver_lock
+from dcflow.campaign.index import CampaignIndex
+from dcflow.campaign.manifest import shards_dir, write_manifest
 from dcflow.campaign.shards import (
     Shard,
     ShardConfig,
-    ShardManifest,
     build_shards,
-    campaign_axes,
+    manifest_of,
     shard_hashes,
-    shards_dir,
     shards_left,
-    write_manifest,
     write_marker,
 )
 from dcflow.config_schema import load_config
@@ -143,24 +142,18 @@ def plan_shards(
     Shard targets use the config's own layout (paths as the rules name them); markers and
     manifests are read and written under ``workdir``.
     """
-    from dcflow.fe55_targets import fe55_config
-
     layout = Layout.from_config(config)
     io_layout = _rooted(layout, workdir)
     settings = from_mapping(ShardConfig, config.get("shards", {}))
-    axes = campaign_axes(config, io_layout)
-    fe55 = fe55_config(config)
+    index = CampaignIndex.from_config(config, io_layout)
     shards = build_shards(
-        axes,
+        index,
         layout,
-        instrument=config["campaign"]["instrument"],
         visits_per_shard=settings.visits_per_shard,
         patches_per_shard=settings.patches_per_shard,
-        fe55_sensors=tuple(fe55.sensors),
-        fe55_exposures=fe55.exposures,
     )
-    hashes = shard_hashes(shards, axes, config)
-    return shards, hashes, shards_left(shards, hashes, io_layout), io_layout, settings, axes
+    hashes = shard_hashes(shards, index, config)
+    return shards, hashes, shards_left(shards, hashes, io_layout), io_layout, settings, index
 
 
 def shard_jobs_budget(max_queued_jobs: int, profile: str | None) -> int:
@@ -545,7 +538,7 @@ def _drive(
             if gridengine:
                 # jobs the dead driver left may have ended since the recovery above
                 settle_orphan_submissions(workdir)
-            manifest = write_manifest(ShardManifest.of(shard, axes), io_layout)
+            manifest = write_manifest(manifest_of(shard, axes), io_layout)
             state[sid] = "running"
             running[sid] = {
                 "shard": shard,

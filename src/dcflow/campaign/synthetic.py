@@ -15,9 +15,10 @@ once per filter and epoch. The sky map is a grid of tracts (MegaCam-like 0.185"/
 8 x 8 patches of 4000 + 2 x 100 pixels, about 1.6 deg per tract) covering the strip.
 
 "Half done" means: the first half of the science visits (``visits[: n // 2]``, time order)
-went through ``process_visit`` (calexp + src of every CCD) and ``make_warp`` (every warp of
-those visits), with the master biases and flats made; no coadd, no measurement, no forced
-photometry, no validation. "Done" means every output of every job exists.
+went through the per-visit stages that read only per-visit products and calibrations
+(``JobGraph.per_visit_closure``: processCcd, warps), with the calibrations they read made; no
+coadd, no measurement, no forced photometry, no validation. "Done" means every output of every
+job exists.
 """
 
 from __future__ import annotations
@@ -395,86 +396,42 @@ def output_paths(config_path: str | os.PathLike, state: str) -> Iterator[tuple[i
     config_path : path-like
         The campaign config.
     state : {"none", "half", "all"}
-        What is done (see the module docstring).
+        What is done (see the module docstring): "half" is the per-visit stages that read only
+        per-visit products and calibrations (for the first half of the visits) and the
+        calibrations they read, as the pipeline spec's edges say.
 
     Yields
     ------
     level : int
-        Depth of the producing rule in the workflow (calibs 0, process_visit 1, warps 2, ...):
+        Depth of the producing stage in the pipeline (its longest chain of producers):
         outputs get modification times increasing with it, so no job looks out of date.
     paths : list of str
         The outputs.
     """
     from dcflow.campaign.index import CampaignIndex
     from dcflow.config_schema import load_config
+    from dcflow.pipeline.graph import JobGraph
 
     if state not in ("none", "half", "all"):
         raise ValueError(f"state must be 'none', 'half' or 'all'; got {state!r}")
     if state == "none":
         return
     config = load_config(config_path)
-    layout = Layout.from_config(config)
-    index = CampaignIndex.from_config(config, layout=layout)
-    path = layout.path
-    pattern = {name: layout.pattern(name) for name in ("calexp", "src", "warp", "forced_src")}
-    visits = index.visits if state == "all" else index.visits[: len(index.visits) // 2]
-    ccds = index.ccds.tolist()
-    yield 0, [path("bias", ccd=c) for c in ccds]
-    yield 0, [path("flat", filter=b, ccd=c) for b in index.flat_filters for c in ccds]
-    per_visit = [pattern["calexp"], pattern["src"]]
-    for start in range(0, len(visits), 2000):
-        batch = visits[start : start + 2000].tolist()
-        yield 1, [p.format(visit=v, ccd=c) for v in batch for p in per_visit for c in ccds]
-    n_done = len(visits)
-    chosen = np.flatnonzero(index.pair_visit < n_done)
-    names = [index.patch_name(i) for i in range(index.n_patches)]
-    warp = pattern["warp"]
-    for start in range(0, len(chosen), 50_000):
-        sel = chosen[start : start + 50_000]
-        patches = index.pair_patch[sel].tolist()
-        yield (
-            2,
-            [
-                warp.format(tract=t, patch=names[p], visit=v)
-                for t, p, v in zip(
-                    index.patch_tract[index.pair_patch[sel]].tolist(),
-                    patches,
-                    index.visits[index.pair_visit[sel]].tolist(),
-                    strict=True,
-                )
-            ],
-        )
-    if state == "half":
-        return
-    if index.has_truth:
-        yield 2, [path("science_validation"), path("science_validation_plot")]
-    coadds = []
-    for p, b in zip(*np.nonzero(index.patch_band_visits > 0), strict=True):
-        tile = {"tract": int(index.patch_tract[p]), "patch": index.patch_name(int(p))}
-        band = index.filters[b]
-        coadds += [
-            path("deepCoadd", filter=band, **tile),
-            path("templateCoadd", filter=band, **tile),
-        ]
-    yield 3, coadds
-    yield (
-        4,
-        [
-            path(t, tract=int(index.patch_tract[p]), patch=index.patch_name(p))
-            for p in range(index.n_patches)
-            for t in ("deepCoadd_det", "object")
-        ],
-    )
-    forced = index.visits[index.forced_visit_mask]
-    for start in range(0, len(forced), 2000):
-        batch = forced[start : start + 2000].tolist()
-        yield 5, [pattern["forced_src"].format(visit=v, ccd=c) for v in batch for c in ccds]
-    if index.fe55.sensors:
-        from dcflow.fe55_targets import fe55_jobs
-
-        level = {"fe55_simulate": 0, "fe55_gain": 1, "fe55_summary": 2}
-        for job in fe55_jobs(index.fe55, layout):
-            yield level[job.rule], list(job.outputs)
+    graph = JobGraph(CampaignIndex.from_config(config, layout=Layout.from_config(config)))
+    levels = graph.levels()
+    chosen = graph.per_visit_closure() if state == "half" else None
+    n_done = graph.index.n_visits // 2
+    for s in graph.stages:
+        if chosen is not None and s.rule not in chosen:
+            continue
+        jobs = np.arange(graph.jobs(s.rule).n_jobs)
+        columns = graph.jobs(s.rule).columns
+        if chosen is not None and "visit" in columns:
+            jobs = jobs[columns["visit"] < n_done]
+        for start in range(0, len(jobs), 50_000):
+            batch = jobs[start : start + 50_000]
+            paths = [p for item in s.outputs for p in graph.path_batch(s.rule, item.dataset, batch)]
+            yield levels[s.rule], paths
 
 
 def write_inventory(
