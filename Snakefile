@@ -25,7 +25,6 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-
 include: "rules/common.smk"
 include: "rules/calibs.smk"
 include: "rules/process_ccd.smk"

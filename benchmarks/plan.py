@@ -5,7 +5,7 @@ Usage: .venv/bin/python benchmarks/plan.py [--visits N] [--ccds C] [--done F] [-
 Builds a synthetic campaign without pixels: a registry of N science visits x C CCDs (plus
 biases and flats, rows inserted directly), and an output tree where the first fraction F of
 the visits' calexp/src files and every calib exist as empty files. Then times, in this
-process: the job graph (`Campaign.jobs`), the output scan + needrun (`plan_jobs`); and, with
+process: the job graph (`JobGraph.job_specs`), the output scan + needrun (`plan_jobs`); and, with
 ``--snakemake``, Snakemake's own dry run of the same campaign (a subprocess), checking that the
 job counts agree (``--rerun-triggers mtime``: the outputs here were not made by Snakemake, so
 it has no metadata for them). Prints figures; it is not a test. The analytic planner that
@@ -108,8 +108,10 @@ def main() -> None:
         from dcflow.driver import open_campaign
 
         t0 = time.perf_counter()
-        _, layout, campaign = open_campaign(config)
-        jobs = campaign.jobs()
+        from dcflow.pipeline.graph import JobGraph
+
+        _, layout, index = open_campaign(config)
+        jobs = JobGraph(index).job_specs()
         t_jobs = time.perf_counter() - t0
         plan = plan_jobs(jobs, output_root=layout.output_root, workdir=tmp)
         n_outputs = sum(len(j.outputs) for j in jobs)

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from child_usage import run_measured
 
+from dcflow.campaign.manifest import write_manifest
 from dcflow.campaign.shard_driver import plan_shards
-from dcflow.campaign.shards import Shard, ShardManifest, write_manifest
+from dcflow.campaign.shards import Shard, manifest_of
 from dcflow.campaign.synthetic import dc2013_spec, touch_raws, write_campaign
 from dcflow.config_schema import load_config
 from dcflow.driver import snakemake_argv
@@ -91,14 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     touch_raws(config_path, visits=np.array(visit_shard.visits), calibs=False)
     calibs = next(s for s in shards if s.kind == "calibs")
     _touch(list(calibs.targets))
-    _touch([rule_layout.path("flat", filter=b, ccd=c) for b in axes.filters for c in axes.ccds])
+    _touch(
+        [
+            rule_layout.path("flat", filter=b, ccd=c)
+            for b in axes.filters
+            for c in axes.ccds.tolist()
+        ]
+    )
     _touch([rule_layout.path("refcat", instrument=config["campaign"]["instrument"])])
     group_visits = sorted({*typical.visits, *largest.visits})
-    calexps = [rule_layout.path("calexp", visit=v, ccd=c) for v in group_visits for c in axes.ccds]
+    calexps = [
+        rule_layout.path("calexp", visit=v, ccd=c) for v in group_visits for c in axes.ccds.tolist()
+    ]
     _touch(calexps)
     print(f"touched {len(visit_shard.visits) * len(axes.ccds)} raws and {len(calexps)} calexps")
     for label, shard in (("visit", visit_shard), ("typical", typical), ("largest", largest)):
-        manifest = write_manifest(ShardManifest.of(shard, axes), layout)
+        manifest = write_manifest(manifest_of(shard, axes), layout)
         wall, cpu_s, rss_mb = _dry_run(config_path, manifest, shard)
         verdict = "ok" if wall <= 10.0 and rss_mb <= 500.0 else "OVER TARGET"
         print(

@@ -57,7 +57,7 @@ def get_resources(rule):
 
 
 def get_script(rule):
-    """The script a rule runs: its stage's, noop.py, or command.py (payload.commands)."""
+    """The script of a stage: its own, noop.py, or command.py (payload.commands)."""
     return f"../scripts/{payload_script(config, stage(rule).script, rule)}.py"
 
 
@@ -72,5 +72,5 @@ def get_benchmark(rule):
 
 
 def get_final_targets(wildcards):
-    """What rule all asks for: the campaign's target products, or a shard's targets."""
+    """The default target: the campaign's target products, or a shard's targets."""
     return GRAPH.final_targets(config)

@@ -41,7 +41,9 @@ def main(*, rule, template, wildcards, inputs, outputs, log_path, threads, mem_m
             log.info("%s:\n%s", stream, text.rstrip())
     if done.returncode != 0:
         raise CommandPayloadError(f"{rule} {wildcards}: command exited {done.returncode}")
-    declared = [p for value in outputs.values() for p in ([value] if isinstance(value, str) else value)]
+    declared = [
+        p for value in outputs.values() for p in ([value] if isinstance(value, str) else value)
+    ]
     missing = [p for p in declared if not Path(p).is_file()]
     if missing:
         raise CommandPayloadError(
@@ -51,7 +53,10 @@ def main(*, rule, template, wildcards, inputs, outputs, log_path, threads, mem_m
 
 
 def _named(files):
-    return {name: (list(value) if not isinstance(value, str) else value) for name, value in files.items()}
+    return {
+        name: (list(value) if not isinstance(value, str) else value)
+        for name, value in files.items()
+    }
 
 
 if "snakemake" in globals():

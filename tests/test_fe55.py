@@ -19,7 +19,6 @@ from astropy.table import Table
 
 from dcflow.configs import dataclass_schema
 from dcflow.errors import CalibrationError, InputDataError
-from dcflow.fe55_targets import fe55_config, fe55_inputs, fe55_jobs, fe55_targets
 from dcflow.geometry import DetectorLayout
 from dcflow.instruments.fe55_sim import (
     Fe55SimConfig,
@@ -29,7 +28,6 @@ from dcflow.instruments.fe55_sim import (
     simulate_fe55,
     simulate_fe55_exposure,
 )
-from dcflow.layout import Layout
 from dcflow.plots import fe55_amp_figure, fe55_exposure_figure
 from dcflow.stages.fe55 import (
     KALPHA_ELECTRONS,
@@ -468,8 +466,8 @@ def test_empty_result_has_all_columns_and_no_picture():
         fe55_exposure_figure(Fe55Result(amps=()))
 
 
-def test_fe55_data_ids_and_targets():
-    fe55 = fe55_config({"fe55": {"sensors": [3, 1], "exposures": 2}})
+def test_fe55_data_ids():
+    fe55 = Fe55SimConfig(sensors=(3, 1), exposures=2)
     assert fe55_data_ids(fe55) == [
         {"ccd": 3, "exposure": 0},
         {"ccd": 3, "exposure": 1},
@@ -478,16 +476,3 @@ def test_fe55_data_ids_and_targets():
     ]
     with pytest.raises(ValueError, match=r"ccd=2 is not an Fe55 sensor \(fe55.sensors: \[3, 1\]\)"):
         fe55_data_ids(fe55, ccd=2)
-    layout = Layout(input_root="in", output_root="out")
-    assert fe55_inputs(fe55, layout, "fe55_truth", 1) == [
-        "in/fe55/truth/1/fe55_truth_1_0.fits",
-        "in/fe55/truth/1/fe55_truth_1_1.fits",
-    ]
-    assert fe55_targets(fe55, layout) == [
-        "out/fe55/summary/fe55_summary_3.fits",
-        "out/fe55/summary/fe55_summary_1.fits",
-    ]
-    assert len(fe55_jobs(fe55, layout)) == 4 + 4 + 2
-    # without sensors (the default) a campaign has no Fe55 stage
-    assert fe55_targets(fe55_config({}), layout) == []
-    assert fe55_jobs(fe55_config({}), layout) == []

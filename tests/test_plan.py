@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 from test_ledger import toy_workflow
 
-from dcflow.driver import REPO_ROOT, rerun_targets
+from dcflow.driver import rerun_targets
+from dcflow.jobspec import JobSpec
 from dcflow.plan import (
     incomplete_outputs,
     inventory,
     needrun_jobs,
     parse_dry_run_counts,
     plan_jobs,
-    rule_resources,
 )
 from dcflow.plots_campaign import CcdTile, rule_graph_figure, save_png, sky_figure
-from dcflow.targets import JobSpec
 
 VISITS = (1, 2, 3)
 
@@ -101,21 +100,6 @@ This was a dry-run (flag -n)."""
     assert parse_dry_run_counts(nothing) == {}
 
 
-def test_rule_resources_reads_literal_resources(tmp_path):
-    (tmp_path / "x.smk").write_text(
-        "rule one:\n    resources:\n        mem_mb=1500,\n        runtime=7,\n"
-        "    threads: 4\n\n\nrule two:\n    resources:\n        mem_mb=get_mem,\n"
-    )
-    (tmp_path / "common.smk").write_text("def f():\n    return 1\n")
-    assert rule_resources(tmp_path) == {
-        "one": {"mem_mb": 1500, "runtime": 7, "threads": 4},
-        "two": {},
-    }
-    shipped = rule_resources(REPO_ROOT / "rules")
-    assert shipped["bias"] == {"mem_mb": 1000, "runtime": 10}
-    assert shipped["process_visit"]["mem_mb"] == 2000
-
-
 def test_inventory_and_incomplete_markers(tmp_path):
     (tmp_path / "out" / "a" / "b").mkdir(parents=True)
     (tmp_path / "out" / "a" / "b" / "f.fits").write_text("x")
@@ -158,15 +142,52 @@ def test_needrun_ignores_missing_intermediates_and_forces_incomplete():
     }
 
 
-def test_rerun_targets_select_failed_and_missing_downstream():
-    jobs = toy_jobs()
-    targets, selected = rerun_targets(
-        jobs, {("a", "visit=2")}, {("a", "visit=2"), ("b", "visit=2"), ("all", "campaign")}
-    )
-    assert selected == {("a", "visit=2"), ("b", "visit=2")}  # the target rule is not a job
-    assert targets == ["out/a_2.txt", "out/b_2.txt"]
-    _, only = rerun_targets(jobs, {("a", "visit=2")}, {("a", "visit=2")})  # b_2 is on disk
-    assert only == {("a", "visit=2")}
+def _reference_downstream(jobs, failed, allowed):
+    """Failed tiles and the allowed jobs downstream of them, by a walk over JobSpecs."""
+    from dcflow.ledger import tile_of
+
+    producer = {p: i for i, job in enumerate(jobs) for p in job.outputs}
+    users: dict[int, set[int]] = {}
+    for i, job in enumerate(jobs):
+        for p in job.inputs:
+            if p in producer:
+                users.setdefault(producer[p], set()).add(i)
+    keys = [(job.rule, tile_of(job.data_id)) for job in jobs]
+    todo = [i for i, key in enumerate(keys) if key in failed]
+    chosen = set(todo)
+    while todo:
+        for sink in users.get(todo.pop(), ()):
+            if sink not in chosen and keys[sink] in allowed and jobs[sink].outputs:
+                chosen.add(sink)
+                todo.append(sink)
+    return {keys[i] for i in chosen}
+
+
+def test_rerun_targets_select_failed_and_missing_downstream(tmp_path):
+    from test_plan_analytic import make
+
+    from dcflow.campaign.index import CampaignIndex
+    from dcflow.config_schema import load_config
+    from dcflow.ledger import tile_of
+    from dcflow.pipeline.graph import JobGraph
+
+    config_path = make(tmp_path, "2ccd-gr-fe55")
+    graph = JobGraph(CampaignIndex.from_config(load_config(config_path)))
+    jobs = graph.job_specs()
+    visit = graph.data_id("process_visit", 3)
+    failed = {("process_visit", tile_of(visit)), ("fe55_gain", "ccd=0_exposure=1")}
+    everything = {s.rule: np.ones(graph.jobs(s.rule).n_jobs, bool) for s in graph.stages}
+    targets, selected = rerun_targets(graph, failed, everything)
+    allowed = {(j.rule, tile_of(j.data_id)) for j in jobs}
+    assert selected == _reference_downstream(jobs, failed, allowed)
+    rules = {rule for rule, _ in selected}
+    assert {"process_visit", "make_warp", "assemble_coadd", "forced_photometry"} <= rules
+    assert {"fe55_gain", "fe55_summary"} <= rules and "bias" not in rules
+    assert graph.output_paths("fe55_summary", "fe55_summary", 0)[0] in targets
+    # a plan where nothing downstream is missing: only the failed tiles themselves
+    nothing = {s.rule: np.zeros(graph.jobs(s.rule).n_jobs, bool) for s in graph.stages}
+    _, only = rerun_targets(graph, failed, nothing)
+    assert only == failed
 
 
 GREEN = np.array([0x2C, 0xA0, 0x2C]) / 255.0

@@ -7,8 +7,6 @@ import pytest
 from astropy.io import fits
 
 from dcflow.campaign.registry import Registry, ingest
-from dcflow.layout import Layout
-from dcflow.targets import Campaign
 
 
 def _raw(path, **cards):
@@ -68,20 +66,6 @@ def test_registry_queries(registry_path, tmp_path):
         registry.visit_filter(99)
 
 
-def test_campaign_targets(registry_path):
-    layout = Layout(input_root="/in", output_root="/out")
-    campaign = Campaign(layout=layout, registry=Registry(registry_path), instrument="cfht_sim")
-    assert campaign.visit_calibs(11, "flat") == [
-        "/out/calib/flat/r/flat_r_0.fits",
-        "/out/calib/flat/r/flat_r_1.fits",
-    ]
-    assert campaign.visit_outputs("calexp") == [
-        "/out/calexp/{visit}/calexp_{visit}_0.fits",
-        "/out/calexp/{visit}/calexp_{visit}_1.fits",
-    ]
-    assert len(campaign.visit_products("src")) == 4
-
-
 def test_missing_registry_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `dcflow ingest` first"):
         Registry(tmp_path / "none.sqlite3")
@@ -97,31 +81,3 @@ def test_per_visit_queries_use_the_visit_index(registry_path):
         0: str(registry_path.parent / "v11_c0.fits"),
         1: str(registry_path.parent / "v11_c1.fits"),
     }
-
-
-def test_campaign_memoised_answers_equal_the_direct_ones(registry_path):
-    layout = Layout(input_root="/in", output_root="/out")
-    patch_visits = {(0, "0,0"): (10, 11), (0, "1,0"): (11,), (1, "0,0"): (10,)}
-    campaign = Campaign(
-        layout=layout,
-        registry=Registry(registry_path),
-        instrument="cfht_sim",
-        patch_visits=patch_visits,
-        visit_bands={10: "g", 11: "r"},
-    )
-    for visit in (10, 11, 12):
-        expected = [key for key, visits in patch_visits.items() if visit in visits]
-        assert campaign.visit_patches(visit) == expected
-        assert campaign.visit_patches(visit) == expected  # memo hit, same answer
-    assert campaign.visit_calexps(11) == [
-        "/out/calexp/11/calexp_11_0.fits",
-        "/out/calexp/11/calexp_11_1.fits",
-    ]
-    campaign.visit_calexps(11).append("x")  # a caller's edit does not reach the memo
-    assert len(campaign.visit_calexps(11)) == 2
-    assert campaign.science_ccds == [0, 1] == campaign.registry.ccds("object")
-    assert campaign.visit_band(11) == "r"
-    bare = Campaign(layout=layout, registry=Registry(registry_path), instrument="cfht_sim")
-    assert bare.visit_band(10) == "g"  # not in visit_bands: asked of the registry
-    with pytest.raises(KeyError, match="visit 99 is not in the registry"):
-        bare.visit_band(99)

@@ -27,8 +27,8 @@ from dcflow.campaign.shards import (
     write_marker,
 )
 from dcflow.config_schema import load_config
-from dcflow.pipeline.graph import JobGraph
 from dcflow.ledger import Ledger
+from dcflow.pipeline.graph import JobGraph
 from dcflow.states import JobState
 
 DCFLOW = str(Path(sys.executable).parent / "dcflow")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dcflow.campaign.index import CampaignIndex
+from dcflow.campaign.registry import Registry
 from dcflow.campaign.skymap import (
     SkyMapConfig,
     make_tracts,
@@ -27,7 +28,6 @@ from dcflow.campaign.synthetic import (
     write_campaign,
     write_inventory,
 )
-from dcflow.campaign.registry import Registry
 from dcflow.config_schema import load_config
 from dcflow.configs import from_mapping
 

@@ -8,11 +8,12 @@ import pytest
 import yaml
 
 from dcflow import driver
+from dcflow.campaign.index import CampaignIndex
 from dcflow.config_schema import load_config
 from dcflow.instruments import sdss
 from dcflow.io import read_exposure, read_fits
 from dcflow.layout import Layout
-from dcflow.targets import Campaign
+from dcflow.pipeline.graph import JobGraph
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "sdss-stripe82"
@@ -37,18 +38,19 @@ def sdss_campaign(tmp_path_factory):
         config_path, profile="local", snakemake_args=["--cores", "2"], workdir=root
     )
     loaded = load_config(config_path)
-    return Campaign.from_config(loaded), Layout.from_config(loaded), code
+    return JobGraph(CampaignIndex.from_config(loaded)), Layout.from_config(loaded), code
 
 
 def test_sdss_frames_calibrated_like_sdss(sdss_campaign):
-    campaign, layout, code = sdss_campaign
+    graph, layout, code = sdss_campaign
     assert code == 0
-    assert not campaign.needs_calibs and not campaign.has_truth
-    visits = campaign.registry.science_visits()
+    assert not graph.index.needs_calibs and not graph.index.has_truth
+    assert {s.rule for s in graph.stages} == {"process_visit"}
+    visits = graph.registry.science_visits()
     assert sorted(band for _, band in visits) == ["g", "i", "r", "u", "z"]
     for visit, band in visits:
         calexp = read_exposure(layout.path("calexp", visit=visit, ccd=4))
-        inputs = campaign.visit_inputs(visit)
+        inputs = graph.input_paths("process_visit", graph.job_of("process_visit", {"visit": visit}))
         fpc = read_fits(inputs["raws"][0])
         calibration = sdss.frame_calibration(
             read_fits(inputs["psfields"][0]), read_fits(inputs["tsfields"][0]), band=band

@@ -120,7 +120,11 @@ def build_schema() -> dict[str, Any]:
                 "{input.<name>}, {output.<name>}, {log}, {threads}, {mem_mb}, {runtime}; every "
                 "value is shell-quoted. The command must write every declared output.",
                 "properties": {
-                    s.rule: {"type": "string", "minLength": 1, "description": f"Command of {s.rule}."}
+                    s.rule: {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": f"Command of {s.rule}.",
+                    }
                     for s in STAGES
                 },
             }

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from dcflow.campaign.driver_lock import DriverBusyError, sharded_driver_running
+from dcflow.campaign.index import CampaignIndex
 from dcflow.campaign.registry import (
     IngestReport,
     ingest,
@@ -38,11 +39,13 @@ from dcflow.ledger import (
     Attempt,
     Ledger,
     MemoryPolicy,
-    pid_start_time,
     parse_tile,
+    pid_start_time,
     read_benchmark,
     tile_of,
 )
+from dcflow.pipeline.graph import JobGraph
+from dcflow.pipeline.spec import STAGES
 from dcflow.plan import Plan, parse_dry_run_counts
 from dcflow.states import ACTIVE_STATES, JobState
 from dcflow.status import (
@@ -56,10 +59,6 @@ from dcflow.status import (
     ping_dirac,
     ping_gridengine,
 )
-from dcflow.campaign.index import CampaignIndex
-from dcflow.jobspec import JobSpec
-from dcflow.pipeline.graph import JobGraph
-from dcflow.pipeline.spec import STAGES
 
 __all__ = [
     "DRY_RUN_ARGS",
@@ -307,7 +306,11 @@ def rule_defaults(profile: str | None) -> dict[str, dict[str, int]]:
                 fallback[key.strip()] = int(value)
     out: dict[str, dict[str, int]] = {}
     for s in STAGES:
-        out[s.rule] = {**{k: v for k, v in fallback.items() if k in ("mem_mb", "runtime")}, "mem_mb": s.mem_mb, "runtime": s.runtime}
+        out[s.rule] = {
+            **{k: v for k, v in fallback.items() if k in ("mem_mb", "runtime")},
+            "mem_mb": s.mem_mb,
+            "runtime": s.runtime,
+        }
     return out
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -44,8 +44,8 @@ __all__ = [
     "MemoryPolicy",
     "Run",
     "escalated_memory",
-    "pid_start_time",
     "parse_tile",
+    "pid_start_time",
     "read_benchmark",
     "tile_of",
 ]

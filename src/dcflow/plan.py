@@ -1,11 +1,12 @@
 """The reference planner: what a campaign will run, from its job list and one scan of the outputs.
 
 Snakemake's own dry run builds the whole DAG (about 0.5 ms and 15 KB per job, see
-notes/scale.md); this planner enumerates the same jobs from `dcflow.pipeline.graph.JobGraph.job_specs`
-(one Python object per job: small campaigns only), learns what exists from one directory walk of the output tree
-(names only, no stat per file) plus Snakemake's incomplete markers, and applies Snakemake's
-needrun rules. `dcflow.campaign.analytic` applies the same rules to arrays (what `dcflow plan`
-runs, at any scale); tests check both against each other and against ``snakemake -n``:
+notes/scale.md); this planner enumerates the same jobs from
+`dcflow.pipeline.graph.JobGraph.job_specs` (one Python object per job: small campaigns only),
+learns what exists from one directory walk of the output tree plus Snakemake's incomplete
+markers, and applies Snakemake's needrun rules. `dcflow.campaign.analytic` applies the same
+rules to arrays (what `dcflow plan` runs, at any scale); tests check both against each other
+and against ``snakemake -n``:
 
 - the target job (rule ``all``) runs if one of its inputs is missing;
 - a job whose outputs are marked incomplete (a job killed halfway) is rerun
@@ -29,11 +30,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
-from dcflow.ledger import tile_of
 from dcflow.jobspec import JobSpec
+from dcflow.ledger import tile_of
 from dcflow.pipeline.spec import TARGET_RULE
 
 __all__ = [

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
 
 from dcflow.io import atomic_path
-from dcflow.ledger import tile_of
 from dcflow.jobspec import JobSpec
+from dcflow.ledger import tile_of
 
 __all__ = [
     "STATE_COLOURS",

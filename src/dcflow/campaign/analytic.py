@@ -541,7 +541,9 @@ def _newest(values: np.ndarray) -> np.ndarray:
     """Per job: the newest file time of a ``(n_jobs, n_files)`` array (-inf: none known)."""
     if values.shape[1] == 0:
         return np.full(values.shape[0], -np.inf)
-    return np.nan_to_num(np.nanmax(np.where(np.isnan(values), -np.inf, values), axis=1), nan=-np.inf)
+    return np.nan_to_num(
+        np.nanmax(np.where(np.isnan(values), -np.inf, values), axis=1), nan=-np.inf
+    )
 
 
 def _oldest(values: np.ndarray) -> np.ndarray:
@@ -561,7 +563,7 @@ def _outdated(
         for item in s.outputs:
             oldest = np.minimum(oldest, _oldest(mtimes[item.dataset]))
         newest = np.full(n, -np.inf)
-        for item, producer in graph.upstream_inputs(s):
+        for item, _ in graph.upstream_inputs(s):
             relation = graph.relation(s.rule, item)
             per_up = _newest(mtimes[item.dataset])
             newest = np.maximum(newest, relation.downstream_max(per_up, n))
@@ -590,9 +592,7 @@ def external_input_mtimes(graph: JobGraph) -> dict[str, np.ndarray]:
     for s in graph.stages:
         upstream = {item.name for item, _ in graph.upstream_inputs(s)}
         external = [
-            i
-            for i in graph.inputs(s)
-            if i.name not in upstream and i.dataset not in graph.producer
+            i for i in graph.inputs(s) if i.name not in upstream and i.dataset not in graph.producer
         ]
         if not external:
             continue

@@ -160,7 +160,10 @@ def _target_stages(graph: JobGraph, kind: str) -> list[tuple[Stage, str]]:
     """(stage, dataset) whose first file per job a kind's shards ask for."""
     stages = [s for s in graph.stages if s.shard == kind]
     consumed = {
-        producer.rule for s in stages for _, producer in graph.upstream_inputs(s) if producer in stages
+        producer.rule
+        for s in stages
+        for _, producer in graph.upstream_inputs(s)
+        if producer in stages
     }
     out = []
     for s in stages:
@@ -199,9 +202,7 @@ def _shard(
     for s, dataset in _target_stages(graph, kind):
         for j in _selected(graph, s, visits, patches).tolist():
             targets.append(graph.output_paths(s.rule, dataset, j)[0])
-    n_jobs = sum(
-        len(_selected(graph, s, visits, patches)) for s in graph.stages if s.shard == kind
-    )
+    n_jobs = sum(len(_selected(graph, s, visits, patches)) for s in graph.stages if s.shard == kind)
     shown = visits if read_visits is None else read_visits
     return Shard(
         shard_id,
@@ -249,7 +250,10 @@ def build_shards(
     if has_calibs:
         shards.append(_shard(graph, "calibs", "calibs", ()))
     calib_up = ("calibs",) if has_calibs else ()
-    batches = [np.arange(k * visits_per_shard, min((k + 1) * visits_per_shard, n_visits)) for k in range(n_batches)]
+    batches = [
+        np.arange(k * visits_per_shard, min((k + 1) * visits_per_shard, n_visits))
+        for k in range(n_batches)
+    ]
     if "visits" in kinds:
         for k, visits in enumerate(batches):
             shards.append(_shard(graph, f"visits-{k:05d}", "visits", calib_up, visits=visits))
@@ -274,7 +278,7 @@ def build_shards(
                 )
     if "forced" in kinds and index.n_pairs:
         pair_batch = batch_of[index.pair_visit]
-        for k, visits in enumerate(batches):
+        for k in range(len(batches)):
             rows = np.flatnonzero(pair_batch == k)
             if not rows.size:
                 continue

@@ -296,9 +296,7 @@ class JobGraph:
         keys = jobs.stage.keys
         names = tuple(jobs.columns) if attributes else keys
         sensors = jobs.stage.space in _SENSOR_SPACES
-        return {
-            name: self._value(name, int(jobs.columns[name][job]), sensors) for name in names
-        }
+        return {name: self._value(name, int(jobs.columns[name][job]), sensors) for name in names}
 
     def _value(self, name: str, value: int, sensors: bool) -> int | str:
         index = self.index
@@ -324,15 +322,16 @@ class JobGraph:
         if table is None:
             jobs = self.jobs(rule)
             table = {
-                tuple(str(v) for v in self.data_id(rule, j).values()): j
-                for j in range(jobs.n_jobs)
+                tuple(str(v) for v in self.data_id(rule, j).values()): j for j in range(jobs.n_jobs)
             }
             self._lookup[rule] = table
         key = tuple(str(wildcards[k]) for k in self.stage(rule).keys)
         try:
             return table[key]
         except KeyError:
-            raise KeyError(f"{rule}: no job with data id {dict(zip(self.stage(rule).keys, key))}") from None
+            raise KeyError(
+                f"{rule}: no job with data id {dict(zip(self.stage(rule).keys, key, strict=True))}"
+            ) from None
 
     def fan_out(self, rule: str, dataset: str) -> tuple[str, ...]:
         """Keys of a dataset's template that one job spans (``ccd``: every science CCD)."""
@@ -448,8 +447,10 @@ class JobGraph:
         )
 
     def job_specs(self) -> list[JobSpec]:
-        """One `JobSpec` per job, rule ``all`` last: the reference planner's view (small
-        campaigns only: one object per job)."""
+        """One `JobSpec` per job, rule ``all`` last (small campaigns only: one object per job).
+
+        The reference planner's and the tests' view of the graph.
+        """
         specs: list[JobSpec] = []
         for s in self.stages:
             for j in range(self.jobs(s.rule).n_jobs):
@@ -459,7 +460,9 @@ class JobGraph:
                 inputs = [p for paths in self.input_paths(s.rule, j).values() for p in paths]
                 band, tract = self.job_filter_tract(s.rule, j)
                 specs.append(
-                    JobSpec(s.rule, self.data_id(s.rule, j), tuple(outputs), tuple(inputs), band, tract)
+                    JobSpec(
+                        s.rule, self.data_id(s.rule, j), tuple(outputs), tuple(inputs), band, tract
+                    )
                 )
         specs.append(JobSpec(TARGET_RULE, {}, (), tuple(self.targets())))
         return specs
@@ -578,7 +581,9 @@ class JobGraph:
             Per rule, which jobs may be added (a plan's jobs to run); seeds are kept as given.
         """
         selected = {
-            s.rule: np.array(seeds.get(s.rule, np.zeros(self.jobs(s.rule).n_jobs, bool)), dtype=bool)
+            s.rule: np.array(
+                seeds.get(s.rule, np.zeros(self.jobs(s.rule).n_jobs, bool)), dtype=bool
+            )
             for s in self.stages
         }
         edges = [
@@ -610,8 +615,10 @@ class JobGraph:
         return out
 
     def per_visit_closure(self) -> set[str]:
-        """Per-visit stages fed only by per-visit stages and calibrations, with those
-        calibrations: what a campaign half way through its visits has done."""
+        """Per-visit stages fed only by per-visit stages and calibrations, and those calibrations.
+
+        What a campaign half way through its visits has done (synthetic "half" inventories).
+        """
         visit_keyed = {s.rule for s in self.stages if "visit" in s.keys}
         tainted: set[str] = set()  # stages with a per-visit stage upstream
         chosen: set[str] = set()

@@ -216,9 +216,23 @@ STAGES: tuple[Stage, ...] = (
             Input("raws", "raw", ("visit",), obstype="object"),
             Input("biases", "bias", when="needs_calibs"),
             Input("flats", "flat", ("filter",), when="needs_calibs"),
-            Input("masks", "sdss_mask", ("visit", "filter"), fan_out=("ccd",), when="processed_frames"),
-            Input("psfields", "sdss_psfield", ("visit", "filter"), fan_out=("ccd",), when="processed_frames"),
-            Input("tsfields", "sdss_tsfield", ("visit", "filter"), fan_out=("ccd",), when="processed_frames"),
+            Input(
+                "masks", "sdss_mask", ("visit", "filter"), fan_out=("ccd",), when="processed_frames"
+            ),
+            Input(
+                "psfields",
+                "sdss_psfield",
+                ("visit", "filter"),
+                fan_out=("ccd",),
+                when="processed_frames",
+            ),
+            Input(
+                "tsfields",
+                "sdss_tsfield",
+                ("visit", "filter"),
+                fan_out=("ccd",),
+                when="processed_frames",
+            ),
             Input("refcat", "refcat"),
         ),
         script="process_visit",
@@ -370,4 +384,6 @@ def stage(rule: str) -> Stage:
     try:
         return _BY_RULE[rule]
     except KeyError:
-        raise KeyError(f"no stage {rule!r} in the pipeline (stages: {', '.join(_BY_RULE)})") from None
+        raise KeyError(
+            f"no stage {rule!r} in the pipeline (stages: {', '.join(_BY_RULE)})"
+        ) from None
