@@ -95,10 +95,19 @@ def model(n_jobs: int, n_files: int) -> tuple[float, float]:
 
 
 def output_files(jobs: dict[str, int], n_ccds: int = 36) -> int:
-    """Output files of a campaign from its job counts per rule (rules/*.smk's outputs)."""
-    per_job = {"process_visit": 2 * n_ccds, "forced_photometry": n_ccds, "all": 0}
-    per_job |= {"science_validation": 2, "assemble_coadd": 2, "measure_patch": 2}
-    return sum(n * per_job.get(rule, 1) for rule, n in jobs.items())
+    """Output files of a campaign from its job counts per rule (the pipeline spec's outputs)."""
+    from dcflow.layout import Layout
+    from dcflow.pipeline.spec import STAGES
+
+    layout = Layout(input_root="in", output_root="out")
+    per_job = {
+        s.rule: sum(
+            n_ccds if "ccd" in layout.fields(o.dataset) and "ccd" not in s.keys else 1
+            for o in s.outputs
+        )
+        for s in STAGES
+    }
+    return sum(n * per_job.get(rule, 0) for rule, n in jobs.items())
 
 
 def prepare(fraction: float, root: Path, *, reuse: bool, done_list: bool) -> Path:

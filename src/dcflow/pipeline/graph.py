@@ -364,14 +364,38 @@ class JobGraph:
             return [path(dataset, **{**data_id, "ccd": int(c)}) for c in self.index.ccds]
         return [path(dataset, **data_id)]
 
-    def input_paths(self, rule: str, job: int) -> dict[str, list[str]]:
-        """Every input of one job, by name (upstream products and external files)."""
+    def single(self, item: Input) -> bool:
+        """Whether an input is one file per job (a path, not a list, in the rule)."""
+        producer = self.producer.get(item.dataset)
+        if producer is None:
+            return item.dataset != "raw" and not item.fan_out
+        return (
+            item.relation == "match"
+            and set(producer.keys) <= set(item.match)
+            and not self.fan_out(producer.rule, item.dataset)
+        )
+
+    def input_paths(self, rule: str, job: int) -> dict[str, list[str] | str]:
+        """Every input of one job, by name (upstream products and external files).
+
+        An input that is one file per job (`single`) is a path, the others lists.
+        """
+        return {
+            name: paths[0] if len(paths) == 1 and self.single(item) else paths
+            for (name, paths), item in zip(
+                self._input_lists(rule, job).items(), self.stage(rule).inputs, strict=True
+            )
+        }
+
+    def _input_lists(self, rule: str, job: int) -> dict[str, list[str]]:
         s = self.stage(rule)
         out: dict[str, list[str]] = {}
         upstream = {item.name: producer for item, producer in self.upstream_inputs(s)}
-        for item in self.inputs(s):
+        for item in s.inputs:
             producer = upstream.get(item.name)
-            if producer is not None:
+            if not self.holds(item.when):
+                out[item.name] = []  # not read in this campaign (an SDSS frame's fpM, say)
+            elif producer is not None:
                 jobs = self.relation(rule, item).upstream_of(job)
                 out[item.name] = [
                     p
@@ -457,7 +481,7 @@ class JobGraph:
                 outputs = [
                     p for item in s.outputs for p in self.output_paths(s.rule, item.dataset, j)
                 ]
-                inputs = [p for paths in self.input_paths(s.rule, j).values() for p in paths]
+                inputs = [p for paths in self._input_lists(s.rule, j).values() for p in paths]
                 band, tract = self.job_filter_tract(s.rule, j)
                 specs.append(
                     JobSpec(
