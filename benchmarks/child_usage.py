@@ -10,10 +10,11 @@ own, and `own_peak_mb` reads the process's ``VmHWM`` (reset at exec).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +42,19 @@ class Measured:
     returncode: int
 
 
-def run_measured(argv: Sequence[str], *, log: Path, cwd: str | Path | None = None) -> Measured:
+def run_measured(
+    argv: Sequence[str],
+    *,
+    log: Path,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Measured:
     """Run ``argv`` with its stdout and stderr written to ``log``; return a `Measured`."""
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", _WRAPPER, str(log), *argv],
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
         stderr=subprocess.PIPE,
         text=True,
         check=False,

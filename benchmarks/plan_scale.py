@@ -1,7 +1,7 @@
 """Seconds and peak memory of `dcflow plan` (the analytic planner) up to DC2013 scale.
 
 Usage: .venv/bin/python benchmarks/plan_scale.py [--fractions 0.01 0.1 1] [--scratch DIR]
-       [--reuse] [--no-snakemake] [--done-list]
+       [--reuse] [--no-snakemake] [--done-list] [--baseline REV]
 
 For each fraction of DC2013 (4.4 M raw files), writes a synthetic campaign
 (`dcflow.campaign.synthetic`: registry rows, config, no images) under the scratch directory,
@@ -17,7 +17,10 @@ as empty files; ``--rerun-triggers mtime``), checks that the job counts agree, a
 ratio; larger fractions print what Snakemake would need by the cost model of notes/scale.md
 and by the per-job cost just measured (this workflow's warps list 36 calexps each: it costs
 Snakemake more per job than the notes' synthetic workflow). Prints figures; it is not a test.
-Targets (issue 8): full DC2013 plan <= 5 min and <= 8 GB, fresh and half done.
+Targets (issue 8): full DC2013 plan <= 5 min and <= 8 GB, fresh and half done. With
+``--baseline REV`` the same campaigns are also planned by the code of git revision REV (a
+detached worktree under the scratch directory) and the ratios printed side by side (issue 13:
+within 1.3x of f1ee213, the planner before the pipeline spec).
 """
 
 from __future__ import annotations
@@ -64,8 +67,10 @@ def measure(config: str, inventory: str | None) -> None:
     )
 
 
-def run_child(argv: list[str], log: Path) -> dict:
-    measured = run_measured([sys.executable, __file__, *argv], log=log)
+def run_child(argv: list[str], log: Path, *, src: Path | None = None) -> dict:
+    """Run this script's ``--measure`` mode (with ``src`` first on the path: another revision)."""
+    env = None if src is None else {"PYTHONPATH": f"{src}:{Path(__file__).parent}"}
+    measured = run_measured([sys.executable, __file__, *argv], log=log, env=env)
     text = log.read_text()
     if measured.returncode != 0:
         raise RuntimeError(f"{argv}: exit {measured.returncode}\n{text[-3000:]}")
@@ -85,6 +90,31 @@ def snakemake_dry_run(config: Path) -> tuple[float, float, dict[str, int]]:
     if measured.returncode != 0:
         raise RuntimeError(f"snakemake -n failed, see {log}")
     return measured.wall_s, measured.peak_mb, parse_dry_run_counts(log.read_text())
+
+
+def baseline_src(rev: str, root: Path) -> Path:
+    """``src`` of a detached worktree of revision ``rev`` under ``root`` (made once)."""
+    import subprocess
+
+    tree = root / f"baseline-{rev}"
+    if not tree.exists():
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
+            check=True,
+            capture_output=True,
+        )
+    return tree / "src"
+
+
+def compare(label: str, ours: dict, theirs: dict) -> None:
+    """One line: this revision's and the baseline's seconds and peak MB, and the ratios."""
+    print(
+        f"  {label:<10} baseline {theirs['seconds']:7.1f} s, {theirs['peak_mb']:7.0f} MB; "
+        f"ratio ours/baseline {ours['seconds'] / theirs['seconds']:.2f}x time, "
+        f"{ours['peak_mb'] / theirs['peak_mb']:.2f}x memory; same to-run counts: "
+        f"{ours['to_run'] == theirs['to_run']}",
+        flush=True,
+    )
 
 
 def model(n_jobs: int, n_files: int) -> tuple[float, float]:
@@ -146,6 +176,7 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse campaigns already written")
     parser.add_argument("--no-snakemake", action="store_true", help="skip the snakemake -n run")
     parser.add_argument("--done-list", action="store_true", help="also the fully done state")
+    parser.add_argument("--baseline", help="also plan with this git revision's code")
     parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -155,6 +186,7 @@ def main() -> int:
 
     root = Path(args.scratch)
     root.mkdir(parents=True, exist_ok=True)
+    baseline = baseline_src(args.baseline, root) if args.baseline else None
     smallest = min(args.fractions)
     per_job: tuple[float, float, float] | None = None  # snakemake -n s, MB per job; fraction
     print(f"machine: {os.cpu_count()} cores; scratch {root}")
@@ -177,6 +209,15 @@ def main() -> int:
             f" {half['n_files']:,} listed files, {half['n_to_run']:,} to run (file list)",
             flush=True,
         )
+        if baseline is not None:
+            old = run_child(["--measure", str(config)], directory / "base_fresh.log", src=baseline)
+            compare("fresh:", fresh, old)
+            old = run_child(
+                ["--measure", str(config), str(directory / "inventory_half.txt.gz")],
+                directory / "base_half.log",
+                src=baseline,
+            )
+            compare("half done:", half, old)
         if args.done_list:
             done = run_child(
                 ["--measure", str(config), str(directory / "inventory_all.txt.gz")],
