@@ -15,12 +15,12 @@ from dcflow.exposure import Exposure, MaskPlane
 from dcflow.stages.coadd import assemble_coadd
 from dcflow.stages.coadd_measurement import (
     CoaddMeasurementConfig,
-    adaptive_moments,
     make_object_ids,
     measure_coadds,
 )
 from dcflow.stages.forced_photometry import MixturePsf
 from dcflow.stages.multiband import MultibandConfig, chi2_detection_image
+from dcflow.stages.stamps import adaptive_moments
 
 
 def test_completeness_at_snr_10():

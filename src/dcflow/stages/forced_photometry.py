@@ -33,6 +33,7 @@ from scipy.special import erf
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.stamps import extract_stamps
 from dcflow.stages.warp import calexp_flux_scale
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "aperture_correction_field",
     "aperture_photometry",
     "forced_photometry",
-    "gather_stamps",
     "isolated",
     "mixture_fwhm",
     "psf_photometry",
@@ -247,16 +247,6 @@ class MixturePsf:
         return out
 
 
-def gather_stamps(array: np.ndarray, ix: np.ndarray, iy: np.ndarray, offsets: np.ndarray, fill):
-    """Stamps ``(n, m, m)`` of ``array`` around integer centres; outside pixels get ``fill``."""
-    ny, nx = array.shape
-    ys = iy[:, None, None] + offsets[None, :, None]
-    xs = ix[:, None, None] + offsets[None, None, :]
-    inside = (ys >= 0) & (ys < ny) & (xs >= 0) & (xs < nx)
-    values = array[np.clip(ys, 0, ny - 1), np.clip(xs, 0, nx - 1)]
-    return np.where(inside, values, fill), inside
-
-
 def psf_photometry(
     exposure: Exposure,
     x: np.ndarray,
@@ -298,9 +288,9 @@ def psf_photometry(
     ix = np.round(np.where(finite, x, -(10**6))).astype(np.int64)
     iy = np.round(np.where(finite, y, -(10**6))).astype(np.int64)
     offsets = np.arange(-radius_pix, radius_pix + 1)
-    image, inside = gather_stamps(exposure.image, ix, iy, offsets, 0.0)
-    variance, _ = gather_stamps(exposure.variance, ix, iy, offsets, 0.0)
-    mask, _ = gather_stamps(exposure.mask, ix, iy, offsets, int(MaskPlane.NO_DATA))
+    image, inside = extract_stamps(exposure.image, ix, iy, radius_pix, fill=0.0)
+    variance, _ = extract_stamps(exposure.variance, ix, iy, radius_pix, fill=0.0)
+    mask, _ = extract_stamps(exposure.mask, ix, iy, radius_pix, fill=int(MaskPlane.NO_DATA))
     good = inside & ((mask & bad_mask_bits) == 0) & np.isfinite(image) & np.isfinite(variance)
     model = psf.stamps(x - ix, y - iy, offsets, weights)
     p2_all = np.sum(model**2, axis=(1, 2))

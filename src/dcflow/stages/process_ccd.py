@@ -50,12 +50,12 @@ from dcflow.stages.detection import detect_sources
 from dcflow.stages.measurement import (
     SourceFlag,
     aperture_fluxes,
-    extract_stamps,
     psf_photometry,
     windowed_centroids,
 )
 from dcflow.stages.photocal import fit_zero_point
-from dcflow.stages.psf import MoffatPsf, fit_psf, fit_psf_width
+from dcflow.stages.psf import MoffatPsf, PsfFitResult, fit_psf, fit_psf_width
+from dcflow.stages.stamps import extract_stamps
 
 __all__ = [
     "SRC_COLUMNS",
@@ -255,7 +255,9 @@ class ProcessCcdResult:
     zero_point_err : float
         Its standard error, mag.
     psf_fwhm_arcsec : float
-        FWHM of the fitted PSF model, arcsec.
+        Half-maximum FWHM of the fitted PSF model at the CCD centre, arcsec (header
+        ``PSFFWHM``; ``PSFMOMFW`` and ``PSFEFFW`` give the widths to compare with adaptive
+        moments of stars and with SDSS's ``psf_width``).
     astrom_rms_mas : float
         rms of the sky offsets of the reference matches, mas.
     n_astrom_matched : int
@@ -265,7 +267,9 @@ class ProcessCcdResult:
     background_mean : float
         Mean sky level subtracted, e-/pixel.
     psf : dcflow.stages.psf.MoffatPsf
-        The PSF model (pixel units).
+        The PSF model at the CCD centre (pixel units).
+    psf_fit : dcflow.stages.psf.PsfFitResult
+        The spatially varying PSF model (its width a polynomial over the CCD).
     """
 
     calexp: Exposure
@@ -278,6 +282,7 @@ class ProcessCcdResult:
     n_photcal: int
     background_mean: float
     psf: MoffatPsf
+    psf_fit: PsfFitResult
 
 
 def empty_src_table(n: int = 0) -> Table:
@@ -652,14 +657,23 @@ def process_ccd(
     src["flags"] = flags
     src["used_psf"], src["used_astrom"], src["used_photcal"] = used_psf, used_astrom, used_photcal
 
-    psf_fwhm_arcsec = fwhm_pix * scale_arcsec
+    centre_psf = psf_fit.psf_at((nx - 1) / 2.0, (ny - 1) / 2.0)
+    psf_fwhm_arcsec = centre_psf.fwhm_pix * scale_arcsec
     out_mask = mask.copy()
     out_mask[det.footprints > 0] |= int(MaskPlane.DETECTED)
     header = exposure.header.copy()
     header["ZP"] = (photo.zero_point, "mag zero point: mag = ZP - 2.5 log10(flux_e)")
     header["ZPERR"] = (photo.zero_point_err, "zero-point standard error, mag")
-    header["PSFFWHM"] = (psf_fwhm_arcsec, "PSF FWHM, arcsec")
+    header["PSFFWHM"] = (psf_fwhm_arcsec, "PSF model half-maximum FWHM at centre, arcsec")
     header["PSFBETA"] = (psf.beta, "PSF Moffat beta")
+    header["PSFMOMFW"] = (
+        centre_psf.moments_fwhm_pix() * scale_arcsec,
+        "PSF 2.3548 x adaptive-moment sigma, arcsec",
+    )
+    header["PSFEFFW"] = (
+        centre_psf.effective_fwhm_pix() * scale_arcsec,
+        "PSF noise-equivalent-area width, arcsec",
+    )
     header["APCORR"] = (apcorr_median, "median aperture correction of PSF fluxes")
     header["ASTRMS"] = (astro.rms_mas, "rms of reference-matched offsets, mas")
     header["NASTREF"] = (astro.n_matched, "reference stars in the astrometric fit")
@@ -683,5 +697,6 @@ def process_ccd(
         n_astrom_matched=astro.n_matched,
         n_photcal=photo.n_used,
         background_mean=bkg.mean,
-        psf=psf,
+        psf=centre_psf,
+        psf_fit=psf_fit,
     )
