@@ -92,8 +92,8 @@ class MoffatPsf:
 
         ``FWHM_PER_SIGMA * (det M)^(1/4)`` (`dcflow.stages.stamps.adaptive_moments`), the
         LSST stack's measure of a PSF's seeing. For a Moffat it exceeds `fwhm_pix` (by 17 %
-        at beta = 3, 20 % at beta = 2.5): the wings widen the second moments but not the half maximum. Compare it
-        with adaptive moments of stars, not with the half-maximum width.
+        at beta = 3, 20 % at beta = 2.5): the wings widen the second moments but not the half
+        maximum. Compare it with adaptive moments of stars, not with the half-maximum width.
         """
         half = int(np.clip(np.ceil(4.0 * self.fwhm_pix), 8, 40))
         zero = np.zeros(1)
