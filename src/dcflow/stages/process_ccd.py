@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
-from photutils.aperture import CircularAperture, aperture_photometry
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -327,14 +326,6 @@ def _validate(exposure: Exposure, refcat: Table, band: str) -> None:
         raise ValueError("refcat is empty")
 
 
-def _enclosed_fraction(psf: MoffatPsf, radius_pix: float) -> float:
-    """Fraction of the pixel-integrated model's total flux within a circular aperture."""
-    half = int(np.ceil(radius_pix)) + 2
-    stamp = psf.render(half)
-    aper = CircularAperture((half, half), r=radius_pix)
-    return float(aperture_photometry(stamp, aper, method="exact")["aperture_sum"][0])
-
-
 def _poly_design(x, y, nx, ny, order):
     u = 2.0 * x / nx - 1.0
     v = 2.0 * y / ny - 1.0
@@ -581,11 +572,7 @@ def process_ccd(
     ap_flux, ap_err = aperture_fluxes(sub, variance, xc, yc, radius_pix=ap_r)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = psf_flux / psf_err
-    nodes, node_index, node_weight = psf_fit.width_nodes(xc, yc)
-    node_frac = np.array([_enclosed_fraction(node, ap_r) for node in nodes])
-    frac = node_frac[node_index]
-    if len(nodes) > 1:
-        frac = frac + node_weight * (node_frac[node_index + 1] - frac)
+    frac = psf_fit.enclosed_fraction(ap_r, xc, yc)
     bright = (flags == 0) & (snr >= cfg.psf_min_snr) & (n_near == 1)
     if bright.sum() < 10:
         bright = (flags == 0) & (snr >= 20.0) & (n_near == 1)
@@ -675,6 +662,9 @@ def process_ccd(
         "PSF noise-equivalent-area width, arcsec",
     )
     header["APCORR"] = (apcorr_median, "median aperture correction of PSF fluxes")
+    for key, card in psf_fit.to_header().items():
+        if key != "PSFBETA":
+            header[key] = card
     header["ASTRMS"] = (astro.rms_mas, "rms of reference-matched offsets, mas")
     header["NASTREF"] = (astro.n_matched, "reference stars in the astrometric fit")
     header["NPHOTREF"] = (photo.n_used, "reference stars in the zero-point fit")

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from photutils.aperture import CircularAperture, aperture_photometry
 from scipy.optimize import least_squares
 
 from dcflow.errors import CalibrationError
@@ -33,6 +35,7 @@ __all__ = [
     "effective_area",
     "fit_psf",
     "fit_psf_width",
+    "psf_model_from_header",
 ]
 
 FWHM_PER_SIGMA = float(2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -388,6 +391,111 @@ class PsfFitResult:
             node_index=index,
             node_weight=weight,
         )
+
+
+    def enclosed_fraction(self, radius_pix: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Fraction of the pixel-integrated model's flux within a circle, per source.
+
+        Parameters
+        ----------
+        radius_pix : float
+            Aperture radius, pixels.
+        x, y : numpy.ndarray
+            Source positions (0-based array coordinates, pixels); the width is the model's
+            there, interpolated between the `width_nodes`.
+
+        Returns
+        -------
+        numpy.ndarray
+            Enclosed fraction per source (photutils' exact pixel/circle overlaps).
+        """
+        nodes, index, weight = self.width_nodes(np.asarray(x, float), np.asarray(y, float))
+        node_frac = np.array([_enclosed_fraction(node, radius_pix) for node in nodes])
+        frac = node_frac[index]
+        if len(nodes) > 1:
+            frac = frac + weight * (node_frac[index + 1] - frac)
+        return frac
+
+    def to_header(self) -> dict[str, tuple[float | int | str, str]]:
+        """Header cards that describe the model (`psf_model_from_header` reads them back).
+
+        ``PSFMODEL`` names the model; ``PSFALPHA`` (pixels), ``PSFBETA``, ``PSFE1``,
+        ``PSFE2`` and ``PSFSUBS`` are the reference Moffat; ``PSFWORD`` is the order of the
+        width polynomial, ``PSFWNX`` / ``PSFWNY`` the image shape it was fitted on and
+        ``PSFWC<k>`` its coefficients. Keywords rather than a table extension: the model is
+        at most 14 numbers, and every reader of a calexp already reads its header.
+        """
+        ny, nx = self.image_shape
+        cards: dict[str, tuple[float | int | str, str]] = {
+            "PSFMODEL": ("moffat-widthpoly", "PSF model: Moffat, ln(width) polynomial in x, y"),
+            "PSFALPHA": (self.psf.alpha_pix, "PSF Moffat reference alpha, pixels"),
+            "PSFBETA": (self.psf.beta, "PSF Moffat beta"),
+            "PSFE1": (self.psf.e1, "PSF ellipticity e1 (> 0: along x)"),
+            "PSFE2": (self.psf.e2, "PSF ellipticity e2"),
+            "PSFSUBS": (self.psf.subsample, "PSF pixel-integration points per axis"),
+            "PSFWORD": (self.width_order, "PSF ln(width) polynomial total order"),
+            "PSFWNX": (nx, "PSF width polynomial: image columns"),
+            "PSFWNY": (ny, "PSF width polynomial: image rows"),
+        }
+        for k, c in enumerate(self.width_coeffs):
+            cards[f"PSFWC{k}"] = (c, f"PSF ln(width) polynomial coefficient {k}")
+        return cards
+
+
+def _enclosed_fraction(psf: MoffatPsf, radius_pix: float) -> float:
+    """Fraction of the pixel-integrated model's total flux within a circular aperture."""
+    half = int(np.ceil(radius_pix)) + 2
+    stamp = psf.render(half)
+    aper = CircularAperture((half, half), r=radius_pix)
+    return float(aperture_photometry(stamp, aper, method="exact")["aperture_sum"][0])
+
+
+def psf_model_from_header(header: Mapping) -> PsfFitResult | None:
+    """The spatially varying PSF model written by `PsfFitResult.to_header`, or None.
+
+    Parameters
+    ----------
+    header : Mapping
+        A calexp header (``astropy.io.fits.Header`` or a dict).
+
+    Returns
+    -------
+    PsfFitResult or None
+        The model (``used`` empty, ``n_stars`` and ``chi2_per_dof`` unknown: 0 and NaN);
+        None if the header has no ``PSFMODEL`` card.
+
+    Raises
+    ------
+    ValueError
+        If ``PSFMODEL`` names another model or a card is missing or not a number.
+    """
+    if "PSFMODEL" not in header:
+        return None
+    if header["PSFMODEL"] != "moffat-widthpoly":
+        raise ValueError(f"PSFMODEL={header['PSFMODEL']!r} is not 'moffat-widthpoly'")
+    try:
+        order = int(header["PSFWORD"])
+        n_terms = (order + 1) * (order + 2) // 2
+        psf = MoffatPsf(
+            alpha_pix=float(header["PSFALPHA"]),
+            beta=float(header["PSFBETA"]),
+            e1=float(header["PSFE1"]),
+            e2=float(header["PSFE2"]),
+            subsample=int(header["PSFSUBS"]),
+        )
+        coeffs = tuple(float(header[f"PSFWC{k}"]) for k in range(n_terms))
+        shape = (int(header["PSFWNY"]), int(header["PSFWNX"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"PSF model header card missing or not a number: {exc}") from None
+    return PsfFitResult(
+        psf=psf,
+        used=np.zeros(0, dtype=bool),
+        n_stars=0,
+        chi2_per_dof=float("nan"),
+        width_coeffs=coeffs,
+        width_order=order,
+        image_shape=shape,
+    )
 
 
 def _poly_design(x, y, shape, order):
