@@ -392,7 +392,6 @@ class PsfFitResult:
             node_weight=weight,
         )
 
-
     def enclosed_fraction(self, radius_pix: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Fraction of the pixel-integrated model's flux within a circle, per source.
 
