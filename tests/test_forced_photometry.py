@@ -272,3 +272,20 @@ def test_stored_psf_model_puts_bright_constant_stars_at_the_noise_floor():
     chi2_single = _chi2_per_epoch(single, bright)
     assert np.median(chi2) <= 1.5
     assert np.median(chi2_single) > 4.0
+
+
+def test_a_psf_model_of_another_image_shape_is_an_input_error():
+    from synthetic import make_star_field
+
+    from dcflow.stages.process_ccd import process_ccd
+
+    field = make_star_field((400, 300), n_stars=120, seed=9, mag_range=(16.0, 21.0))
+    calexp = process_ccd(field.exposure, field.refcat, band="r").calexp
+    header = calexp.header.copy()
+    header["PSFWNX"] = 2048
+    objects = Table({"object_id": [1], "ra_deg": [0.0], "dec_deg": [0.0]})
+    with pytest.raises(InputDataError, match=r"fitted on an image of shape \(400, 2048\)"):
+        forced_photometry(replace(calexp, header=header), objects)
+    header["PSFMODEL"] = "other"
+    with pytest.raises(InputDataError, match="calexp PSF model: PSFMODEL='other'"):
+        forced_photometry(replace(calexp, header=header), objects)

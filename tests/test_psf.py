@@ -288,3 +288,39 @@ def test_fit_recovers_the_widths_of_undersampled_moffat_stars(fwhm_pix):
     assert res.psf.moments_fwhm_pix() == pytest.approx(truth.moments_fwhm_pix(), rel=0.03)
     assert res.psf.effective_fwhm_pix() == pytest.approx(truth.effective_fwhm_pix(), rel=0.03)
     assert res.chi2_per_dof == pytest.approx(1.0, abs=0.2)
+
+
+def test_psf_model_header_round_trip_and_errors():
+    from astropy.io import fits
+
+    from dcflow.stages.psf import PsfFitResult, psf_model_from_header
+
+    fit = PsfFitResult(
+        psf=MoffatPsf(alpha_pix=2.1, beta=2.7, e1=0.03, e2=-0.02),
+        used=np.ones(5, bool),
+        n_stars=5,
+        chi2_per_dof=1.1,
+        width_coeffs=(0.01, -0.02, 0.03),
+        width_order=1,
+        image_shape=(300, 200),
+    )
+    header = fits.Header()
+    for key, card in fit.to_header().items():
+        header[key] = card
+    back = psf_model_from_header(header)
+    assert back.psf == fit.psf and back.width_coeffs == fit.width_coeffs
+    assert back.image_shape == (300, 200) and back.width_order == 1
+    x, y = np.array([0.0, 150.0, 199.0]), np.array([0.0, 100.0, 299.0])
+    assert np.allclose(back.alpha_at(x, y), fit.alpha_at(x, y))
+    assert psf_model_from_header(fits.Header()) is None
+    header["PSFMODEL"] = "pixel-basis"
+    with pytest.raises(ValueError, match="PSFMODEL='pixel-basis' is not 'moffat-widthpoly'"):
+        psf_model_from_header(header)
+    header["PSFMODEL"] = "moffat-widthpoly"
+    del header["PSFWC2"]
+    with pytest.raises(ValueError, match="card missing or not a number"):
+        psf_model_from_header(header)
+    # The enclosed fraction follows the width: more of a narrower PSF falls in 3 pixels.
+    frac = fit.enclosed_fraction(3.0, x, y)
+    order = np.argsort(fit.alpha_at(x, y))
+    assert np.all(np.diff(frac[order]) < 0)
