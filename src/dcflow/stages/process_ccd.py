@@ -40,6 +40,7 @@ from astropy.wcs import WCS
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from dcflow.catalog_schema import SRC_COLUMNS, annotate
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import CalibrationError, InputDataError
 from dcflow.exposure import Exposure, MaskPlane
@@ -68,27 +69,6 @@ log = logging.getLogger(__name__)
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 _MAG_PER_FLUX = 2.5 / np.log(10.0)
-
-SRC_COLUMNS: dict[str, tuple[str, str]] = {
-    "id": ("i8", "source number, 1..n in decreasing detection significance"),
-    "x": ("f8", "centroid column, 0-based array coordinates (FITS x - 1), pixels"),
-    "y": ("f8", "centroid row, 0-based array coordinates (FITS y - 1), pixels"),
-    "ra_deg": ("f8", "right ascension from the calibrated WCS, deg"),
-    "dec_deg": ("f8", "declination from the calibrated WCS, deg"),
-    "ap_flux": ("f8", "circular-aperture flux, e-"),
-    "ap_flux_err": ("f8", "its error, e-"),
-    "psf_flux": ("f8", "PSF-model flux (model normalised to unit total flux), e-"),
-    "psf_flux_err": ("f8", "its error, e-"),
-    "psf_chi2": ("f8", "reduced chi^2 of the PSF fit"),
-    "apcorr": ("f8", "aperture correction applied to psf_flux for mag"),
-    "snr": ("f8", "psf_flux / psf_flux_err"),
-    "mag": ("f8", "calibrated magnitude, ZP - 2.5 log10(apcorr * psf_flux)"),
-    "mag_err": ("f8", "statistical magnitude error (zero-point error not included)"),
-    "flags": ("i4", "SourceFlag bits: 1 saturated, 2 edge, 4 bad/CR pixels, 8 blended"),
-    "used_psf": ("?", "used to fit the PSF model"),
-    "used_astrom": ("?", "used in the final astrometric fit"),
-    "used_photcal": ("?", "used in the zero-point fit"),
-}
 
 _BAD_BITS = int(MaskPlane.BAD | MaskPlane.SAT | MaskPlane.CR | MaskPlane.NO_DATA)
 _DET_ZERO_BITS = int(MaskPlane.BAD | MaskPlane.CR | MaskPlane.NO_DATA)
@@ -188,6 +168,14 @@ class ProcessCcdConfig:
             "more weight on the PSF core, so more sensitive to PSF-model errors",
         },
     )
+    extendedness_threshold: float = config_field(
+        0.05,
+        "A source is extended (extendedness 1) when its aperture flux exceeds what its "
+        "aperture-corrected PSF flux puts in the aperture by more than this fraction and by "
+        "more than 3 sigma of the two fluxes' noise, dimensionless",
+        exclusive_minimum=0.0,
+        maximum=10.0,
+    )
     apcorr_order: int = config_field(
         0,
         "Polynomial order in (x, y) of the aperture correction over the CCD (0 = a constant, "
@@ -285,12 +273,12 @@ class ProcessCcdResult:
 
 
 def empty_src_table(n: int = 0) -> Table:
-    """A src table of ``n`` rows with every column of `SRC_COLUMNS` (zeros / False)."""
-    table = Table()
-    for name, (dtype, doc) in SRC_COLUMNS.items():
-        table[name] = np.zeros(n, dtype=dtype)
-        table[name].description = doc
-    return table
+    """A src table of ``n`` rows with every column of `SRC_COLUMNS` (zeros / False).
+
+    Units and descriptions come from `dcflow.catalog_schema`.
+    """
+    table = Table({name: np.zeros(n, dtype=col.dtype) for name, col in SRC_COLUMNS.items()})
+    return annotate(table, "src")
 
 
 def _validate(exposure: Exposure, refcat: Table, band: str) -> None:
@@ -585,6 +573,15 @@ def process_ccd(
     apcorr = apcorr_fn(xc, yc)
     log.debug("aperture correction median %.4f from %d stars", apcorr_median, n_apcorr)
     total_flux = psf_flux * apcorr
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Aperture flux over what the PSF model of the fitted flux puts in the aperture.
+        excess = ap_flux / (total_flux * frac) - 1.0
+        excess_err = np.hypot(ap_err / ap_flux, psf_err / psf_flux)
+    measurable = (
+        (psf_flux > 0) & (ap_flux > 0) & np.isfinite(excess) & ((flags & SourceFlag.EDGE) == 0)
+    )
+    extended = excess > np.maximum(cfg.extendedness_threshold, 3.0 * excess_err)
+    extendedness = np.where(measurable, extended.astype(float), np.nan)
 
     # 6. Astrometry.
     usable = np.nonzero((flags == 0) & (snr >= cfg.astrom_min_snr))[0]
@@ -641,6 +638,7 @@ def process_ccd(
     src["apcorr"] = apcorr
     src["snr"] = snr
     src["mag"], src["mag_err"] = mag, mag_err
+    src["extendedness"] = extendedness
     src["flags"] = flags
     src["used_psf"], src["used_astrom"], src["used_photcal"] = used_psf, used_astrom, used_photcal
 
@@ -665,6 +663,8 @@ def process_ccd(
     for key, card in psf_fit.to_header().items():
         if key != "PSFBETA":
             header[key] = card
+    header["APRADIUS"] = (cfg.aperture_radius_arcsec, "radius of src ap_flux, arcsec")
+    header["EXTFRAC"] = (cfg.extendedness_threshold, "src extendedness: least aperture excess")
     header["ASTRMS"] = (astro.rms_mas, "rms of reference-matched offsets, mas")
     header["NASTREF"] = (astro.n_matched, "reference stars in the astrometric fit")
     header["NPHOTREF"] = (photo.n_used, "reference stars in the zero-point fit")
