@@ -25,6 +25,7 @@ __all__ = [
     "SRC_COLUMNS",
     "ColumnSchema",
     "annotate",
+    "flux_unit_of_zero_point",
     "schema_for",
 ]
 
@@ -74,8 +75,8 @@ SRC_COLUMNS: dict[str, ColumnSchema] = _columns(
         "extendedness",
         "f8",
         None,
-        "1 extended (galaxy), 0 point-like (star), NaN unmeasured: aperture flux above the "
-        "aperture-corrected PSF flux by more than the noise and EXTFRAC of the header",
+        "1 extended (galaxy), 0 point-like (star), NaN unmeasured: adaptive-moment size "
+        "above the PSF model's by more than EXTFRAC of the header and 3 / snr",
     ),
     ("flags", "i4", None, "SourceFlag bits: 1 saturated, 2 edge, 4 bad/CR pixels, 8 blended"),
     ("used_psf", "?", None, "used to fit the PSF model"),
@@ -153,6 +154,11 @@ def schema_for(kind: str, *, filters: Iterable[str] = ()) -> dict[str, ColumnSch
                 full = f"{band}_{name}"
                 out[full] = ColumnSchema(full, col.dtype, col.unit, f"{band}: {col.description}")
     return out
+
+
+def flux_unit_of_zero_point(zero_point_mag: float) -> str | None:
+    """``nJy`` for fluxes at an AB zero point of 31.4 (1 nJy), else None (units of the ZP)."""
+    return "nJy" if abs(float(zero_point_mag) - 31.4) < 1e-6 else None
 
 
 def annotate(

@@ -32,6 +32,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy import ndimage
 
 from dcflow.campaign.skymap import PatchInfo
+from dcflow.catalog_schema import annotate, flux_unit_of_zero_point
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
@@ -272,7 +273,7 @@ def _empty_table(filters: tuple[str, ...]) -> Table:
     for name in filters:
         for column, dtype in _PER_FILTER_COLUMNS:
             columns[f"{name}_{column}"] = np.zeros(0, dtype=dtype)
-    return Table(columns)
+    return annotate(Table(columns), "object", filters=filters)
 
 
 def measure_coadds(
@@ -462,4 +463,5 @@ def measure_coadds(
             columns[f"{name}_{column}"] = per_filter[name][column]
     table = Table({key: columns[key] for key in table.colnames})
     table.meta["ZP"] = float(coadds[filters[0]].header.get("ZP", np.nan))
+    annotate(table, "object", filters=filters, flux_unit=flux_unit_of_zero_point(table.meta["ZP"]))
     return CoaddMeasurementResult(table, filters, tuple(corrections), n_peaks)

@@ -36,6 +36,7 @@ from scipy import stats
 from scipy.optimize import brentq
 from scipy.special import erf
 
+from dcflow.catalog_schema import annotate, flux_unit_of_zero_point
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
@@ -663,6 +664,7 @@ def forced_photometry(
         }
     )
     table.meta["ZP"] = config.zero_point_mag
+    annotate(table, "forced_src", flux_unit=flux_unit_of_zero_point(config.zero_point_mag))
     for key in ("VISIT", "CCD", "FILTER", "MJD-OBS", "MJD"):
         if key in calexp.header:
             table.meta[key] = calexp.header[key]
