@@ -289,3 +289,15 @@ def test_a_psf_model_of_another_image_shape_is_an_input_error():
     header["PSFMODEL"] = "other"
     with pytest.raises(InputDataError, match="calexp PSF model: PSFMODEL='other'"):
         forced_photometry(replace(calexp, header=header), objects)
+
+
+def test_forced_src_columns_are_all_in_the_schema():
+    from dcflow.catalog_schema import FORCED_SRC_COLUMNS
+
+    m = measured_field()
+    calexp = next(c for s, c in zip(m.field.specs, m.field.calexps, strict=True) if s.filter == "r")
+    table = forced_photometry(calexp, m.objects).table
+    assert list(table.colnames) == list(FORCED_SRC_COLUMNS)
+    assert str(table["psf_flux"].unit) == "nJy" and str(table["x"].unit) == "pix"
+    other = forced_photometry(calexp, m.objects, config=ForcedPhotometryConfig(zero_point_mag=27.0))
+    assert other.table["psf_flux"].unit is None  # units of the table's ZP, not nJy
