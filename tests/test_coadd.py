@@ -179,7 +179,7 @@ def test_template_uses_exactly_the_allowed_visits():
     assert mask.tolist() == [True, False, False]
     assert result.coadd.header["TMPLFALL"] is False and result.coadd.header["TMPLNSEL"] == 5
     strict = TemplateSelectionConfig(0.9, 1.2, min_visits=6, fallback=False)
-    with pytest.raises(StageError, match="only 5 of 8 visits pass.*fallback is off") as info:
+    with pytest.raises(StageError, match=r"only 5 of 8 visits pass.*fallback is off") as info:
         assemble_template_coadd(warps, selection=strict)
     assert info.value.metadata == {"n_selected": 5, "n_candidates": 8, "min_visits": 6}
     with pytest.raises(StageError, match="only 5 of 8 visits pass"):
