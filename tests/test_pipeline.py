@@ -153,7 +153,7 @@ def test_no_import_cycle_in_dcflow():
         stack.append(node)
         for nxt in sorted(graph[node]):
             if seen.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt) :] + [nxt])
+                cycles.append([*stack[stack.index(nxt) :], nxt])
             elif nxt not in seen:
                 visit(nxt)
         stack.pop()
@@ -222,7 +222,7 @@ def _hostile_campaign(tmp_path: Path, commands: dict[str, str]) -> Path:
 @pytest.mark.slow
 def test_command_payload_runs_site_commands_with_hostile_paths(tmp_path):
     # a site's own "stage": writes its outputs with the data id in them (printf, quoted args)
-    site = "for f in {output.calexps} {output.srcs}; do printf '%s %s' {visit} \"$f\" > \"$f\"; done"
+    site = 'for f in {output.calexps} {output.srcs}; do printf \'%s %s\' {visit} "$f" > "$f"; done'
     config_path = _hostile_campaign(tmp_path, {"process_visit": site})
     code = driver.run_snakemake(
         config_path,
