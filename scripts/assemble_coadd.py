@@ -3,7 +3,6 @@
 import logging
 
 from dcflow.configs import from_mapping
-from dcflow.errors import StageError
 from dcflow.io import read_exposure, write_exposure
 from dcflow.joblog import run_logged
 from dcflow.stages.coadd import (
@@ -11,7 +10,6 @@ from dcflow.stages.coadd import (
     TemplateSelectionConfig,
     assemble_coadd,
     assemble_template_coadd,
-    empty_coadd,
 )
 
 log = logging.getLogger("assemble_coadd")
@@ -35,11 +33,9 @@ def main(*, warps, deep_path, template_path, coadd_config, template_config):
     log.info(
         "%s: %d warps, PSF FWHM %.2f arcsec", deep_path, len(deep.visits), deep.psf_fwhm_arcsec
     )
-    try:
-        template = assemble_template_coadd(exposures, selection=selection, config=coadd_config)
-    except StageError as exc:
-        log.warning("%s: no template (%s); writing an empty one", template_path, exc)
-        template = empty_coadd(deep.coadd, config=coadd_config)
+    # Too few good visits: the stage falls back to the best-ranked ones (TMPLFALL in the
+    # header) or, with template.fallback off, raises and the tile fails: never an empty template.
+    template = assemble_template_coadd(exposures, selection=selection, config=coadd_config)
     write_coadd(template, template_path)
 
 

@@ -74,9 +74,10 @@ def _true_wcs(shape, crval, rotation_deg, distortion_arcsec, crpix) -> WCS:
 def _render_moffat(image, x, y, flux, alpha, beta, rng_sub=5):
     """Add pixel-integrated circular Moffat stars to ``image`` in place."""
     ny, nx = image.shape
-    norm = (beta - 1.0) / (np.pi * alpha**2)
     offs = (np.arange(rng_sub) - (rng_sub - 1) / 2.0) / rng_sub
-    for xi, yi, fi in zip(x, y, flux, strict=True):
+    alphas = np.broadcast_to(np.asarray(alpha, dtype=float), np.shape(x))
+    for xi, yi, fi, alpha in zip(x, y, flux, alphas, strict=True):
+        norm = (beta - 1.0) / (np.pi * alpha**2)
         # Radius beyond which the lost flux is below ~0.3 e- (fraction capped to [1e-5, 1e-2]).
         lost = min(max(0.3 / max(fi, 1.0), 1e-5), 1e-2)
         r_max = alpha * np.sqrt(lost ** (1.0 / (1.0 - beta)) - 1.0)
@@ -124,6 +125,8 @@ def make_star_field(
     n_cosmic_rays: int = 0,
     saturation_e: float | None = None,
     band: str = "r",
+    fwhm_edge_growth: float = 0.0,
+    noise_seed: int | None = None,
 ) -> SyntheticField:
     """Make a synthetic star field in electrons with known truth.
 
@@ -159,6 +162,13 @@ def make_star_field(
         Level at which pixels are clipped and masked SAT.
     band : str
         Band name of the reference-catalogue magnitude columns.
+    fwhm_edge_growth : float
+        Relative growth of the FWHM from mid-height (``fwhm_arcsec``) to the top and bottom
+        rows, quadratic in the row: a PSF that varies across the CCD as seeing and optics
+        make it do.
+    noise_seed : int, optional
+        Seed of the pixel noise and cosmic rays alone (default: drawn on from ``seed``), so
+        that epochs of the same stars differ only by their noise.
     """
     rng = np.random.default_rng(seed)
     ny, nx = shape
@@ -176,9 +186,11 @@ def make_star_field(
     ra, dec = true_wcs.all_pix2world(x, y, 0)
 
     fwhm_pix = fwhm_arcsec / PIXEL_SCALE_ARCSEC
-    alpha = moffat_alpha(fwhm_pix, beta)
+    alpha = moffat_alpha(fwhm_pix, beta) * (1.0 + fwhm_edge_growth * (2.0 * y / ny - 1.0) ** 2)
     model = np.zeros(shape, dtype=np.float64)
     _render_moffat(model, x, y, flux, alpha, beta)
+    if noise_seed is not None:
+        rng = np.random.default_rng(noise_seed)
     image = rng.poisson(model + sky_e).astype(np.float64)
     image += rng.normal(0.0, read_noise_e, shape)
     mask = np.zeros(shape, dtype=np.int32)

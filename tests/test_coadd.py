@@ -177,9 +177,28 @@ def test_template_uses_exactly_the_allowed_visits():
     assert list(result.visits) == expected
     mask = select_template_inputs([0.7, 0.95, 0.9], [1.0, 1.0, 1.21], config=selection)
     assert mask.tolist() == [True, False, False]
-    with pytest.raises(StageError, match="only 5 of 8 visits pass") as info:
-        assemble_template_coadd(warps, selection=TemplateSelectionConfig(0.9, 1.2, min_visits=6))
+    assert result.coadd.header["TMPLFALL"] is False and result.coadd.header["TMPLNSEL"] == 5
+    strict = TemplateSelectionConfig(0.9, 1.2, min_visits=6, fallback=False)
+    with pytest.raises(StageError, match=r"only 5 of 8 visits pass.*fallback is off") as info:
+        assemble_template_coadd(warps, selection=strict)
     assert info.value.metadata == {"n_selected": 5, "n_candidates": 8, "min_visits": 6}
+    with pytest.raises(StageError, match="only 5 of 8 visits pass"):
+        assemble_template_coadd(warps, selection=TemplateSelectionConfig(0.9, 1.2, min_visits=9))
+
+
+def test_template_falls_back_to_the_best_ranked_visits_and_says_so():
+    """No visit passes (as for the demo's g band: airmass up to 1.5 against a 1.3 cut): the
+    template is built from the min_visits best-ranked visits, flagged, and is not empty."""
+    field = warped_field()
+    warps = field.for_filter("r")
+    specs = [s for s in field.specs if s.filter == "r"]
+    selection = TemplateSelectionConfig(max_psf_fwhm_arcsec=0.3, max_airmass=1.0, min_visits=3)
+    score = [max(s.fwhm_arcsec / 0.3, s.airmass / 1.0) for s in specs]
+    ranked = [specs[i].visit for i in np.lexsort(([s.fwhm_arcsec for s in specs], score))]
+    result = assemble_template_coadd(warps, selection=selection)
+    assert sorted(result.visits) == sorted(ranked[:3])
+    assert result.coadd.header["TMPLFALL"] is True and result.coadd.header["TMPLNSEL"] == 0
+    assert np.isfinite(result.coadd.image).mean() > 0.9
 
 
 def test_validation_errors():

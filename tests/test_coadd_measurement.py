@@ -15,12 +15,12 @@ from dcflow.exposure import Exposure, MaskPlane
 from dcflow.stages.coadd import assemble_coadd
 from dcflow.stages.coadd_measurement import (
     CoaddMeasurementConfig,
-    adaptive_moments,
     make_object_ids,
     measure_coadds,
 )
 from dcflow.stages.forced_photometry import MixturePsf
 from dcflow.stages.multiband import MultibandConfig, chi2_detection_image
+from dcflow.stages.stamps import adaptive_moments
 
 
 def test_completeness_at_snr_10():
@@ -242,3 +242,14 @@ def test_empty_filter_coadd_gives_nan_columns():
     nothing = {"r": assemble_coadd(empty_warps).coadd, "g": empty_g}
     result = measure_coadds(nothing, chi2_detection_image(nothing), PATCH)
     assert len(result.objects) == 0 and result.objects.colnames == m.objects.colnames
+
+
+def test_object_columns_are_all_in_the_schema():
+    from dcflow.catalog_schema import schema_for
+
+    m = measured_field()
+    schema = schema_for("object", filters=("r", "g"))
+    assert set(m.objects.colnames) <= set(schema)
+    for name in m.objects.colnames:
+        assert m.objects[name].description == schema[name].description
+    assert str(m.objects["r_psf_flux"].unit) == "nJy" and str(m.objects["ra_deg"].unit) == "deg"

@@ -8,12 +8,12 @@ from photutils.aperture import CircularAperture, aperture_photometry
 
 from dcflow.stages.measurement import (
     aperture_fluxes,
-    extract_stamps,
     psf_fluxes,
     psf_photometry,
     windowed_centroids,
 )
 from dcflow.stages.psf import MoffatPsf
+from dcflow.stages.stamps import extract_stamps
 
 
 def add_star(image, psf, x0, y0, flux, half=20):

@@ -686,3 +686,60 @@ def test_process_ccd_background_is_unbiased_between_sources(band):
 def _aperture_radius_pix(result) -> float:
     scale_arcsec = 3600.0 * math.sqrt(abs(np.linalg.det(result.calexp.wcs.pixel_scale_matrix)))
     return _process_ccd_config().aperture_radius_arcsec / scale_arcsec
+
+
+@needs_data
+@pytest.mark.parametrize("band", BANDS)
+def test_psf_model_width_matches_the_stars_and_photo(band):
+    """The PSF model's adaptive-moment FWHM at the bright isolated stars is within 3 % of theirs
+    (median over the stars; measured ratios 0.989-1.002), and its noise-equivalent width within 6 %
+    of photo's psField ``psf_width`` (measured +2.3 to +4.7 %: photo's double Gaussian has less
+    wing than the Moffat that fits the stars). ``PSFFWHM`` is the Moffat's half maximum, which
+    for beta ~2.5 is ~20 % below both (benchmarks/psf_sdss.py prints all three)."""
+    from dcflow.stages.psf import FWHM_PER_SIGMA
+    from dcflow.stages.stamps import adaptive_moments, extract_stamps
+
+    result = _processed(band)
+    _, _, calibration, _ = _frame(band)
+    src = result.src
+    x, y = np.asarray(src["x"]), np.asarray(src["y"])
+    near = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    stars = np.nonzero((src["flags"] == 0) & (src["snr"] > 100) & ((near < 24).sum(axis=1) == 1))[0]
+    assert stars.size >= 8
+    half = 12
+    xi, yi = np.rint(x[stars]).astype(int), np.rint(y[stars]).astype(int)
+    stamps, _ = extract_stamps(result.calexp.image, xi, yi, half, fill=0.0)
+    offsets = np.arange(-half, half + 1)
+    mxx, myy, mxy, flag = adaptive_moments(
+        stamps.astype(float), x[stars] - xi, y[stars] - yi, offsets, 1.5
+    )
+    star_fwhm = FWHM_PER_SIGMA * np.median(((mxx * myy - mxy**2) ** 0.25)[~flag])
+    # The model at each star's position and phase (the width varies over the frame by ~10 %).
+    models = np.stack(
+        [
+            result.psf_fit.psf_at(xs, ys).render(half, xs - i, ys - k)
+            for xs, ys, i, k in zip(x[stars], y[stars], xi, yi, strict=True)
+        ]
+    )
+    pxx, pyy, pxy, pflag = adaptive_moments(models, x[stars] - xi, y[stars] - yi, offsets, 1.5)
+    model_fwhm = FWHM_PER_SIGMA * np.median(((pxx * pyy - pxy**2) ** 0.25)[~pflag])
+    assert model_fwhm == pytest.approx(star_fwhm, rel=0.03)
+    assert result.calexp.header["PSFEFFW"] == pytest.approx(calibration.psf_fwhm_arcsec, rel=0.06)
+
+
+@needs_data
+@pytest.mark.parametrize("band", ["g", "r", "i"])
+def test_reference_stars_are_point_like(band):
+    """Stripe 82 reference stars (all stars) matched at S/N > 30: at most 3 % extended
+    (measured 1.1-1.4 %); the other bright sources, mostly galaxies, are mostly extended."""
+    result = _processed(band)
+    _, _, frame = _prepared(band)
+    src = result.src
+    ok, _, _, _ = _match(
+        src["ra_deg"], src["dec_deg"], frame.refcat["ra_deg"], frame.refcat["dec_deg"], 1.0
+    )
+    bright = np.asarray(src["snr"]) > 30
+    ext = np.asarray(src["extendedness"])
+    assert (ok & bright).sum() >= 50
+    assert np.nanmean(ext[ok & bright]) <= 0.03
+    assert np.nanmean(ext[~ok & bright]) >= 0.6

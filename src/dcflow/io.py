@@ -72,8 +72,23 @@ def write_fits(hdus: fits.HDUList, path: str | os.PathLike) -> None:
 
 
 def write_table(table: Table, path: str | os.PathLike) -> None:
-    """Write an astropy Table as a FITS binary table, atomically."""
-    hdu = fits.table_to_hdu(table)
+    """Write an astropy Table as a FITS binary table, atomically.
+
+    Column units become ``TUNITn`` (astropy) and column descriptions ``TCOMMn`` (the HEASARC
+    column-comment keyword, which FITS readers other than astropy show), so that a catalog
+    says what its columns hold (`dcflow.catalog_schema`).
+    """
+    with warnings.catch_warnings():
+        # Units outside the FITS standard ('electron') are written below as given.
+        warnings.filterwarnings("ignore", message=".*could not be saved in native FITS format")
+        hdu = fits.table_to_hdu(table)
+    for index, name in enumerate(table.colnames, start=1):
+        unit = table[name].unit
+        if unit is not None and f"TUNIT{index}" not in hdu.header:
+            hdu.header[f"TUNIT{index}"] = unit.to_string()
+        description = getattr(table[name], "description", None)
+        if description:
+            hdu.header[f"TCOMM{index}"] = str(description)
     write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
 
 

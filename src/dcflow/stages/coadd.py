@@ -121,6 +121,12 @@ class TemplateSelectionConfig:
     )
     max_airmass: float = config_field(1.3, "Largest airmass of a template visit", minimum=1.0)
     min_visits: int = config_field(1, "Fewest visits a template may be built from", minimum=1)
+    fallback: bool = config_field(
+        True,
+        "When fewer than min_visits visits pass the thresholds, build the template from the "
+        "min_visits best-ranked visits (by the larger of PSF FWHM / max_psf_fwhm_arcsec and "
+        "airmass / max_airmass), flagged TMPLFALL in its header; false: the tile fails",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -515,7 +521,14 @@ def assemble_template_coadd(
     InputDataError
         If a header lacks ``PSFFWHM`` or ``AIRMASS``.
     StageError
-        If fewer than ``selection.min_visits`` visits pass the thresholds.
+        If fewer than ``selection.min_visits`` visits pass the thresholds and
+        ``selection.fallback`` is off, or there are fewer warps than ``min_visits``.
+
+    Notes
+    -----
+    With ``selection.fallback`` (the default) a template is never missing for want of good
+    visits: the ``min_visits`` best-ranked visits are used and the header says so
+    (``TMPLFALL`` True; ``TMPLNSEL`` counts the visits that passed).
     """
     selection = selection or TemplateSelectionConfig()
     for index, warp in enumerate(warps):
@@ -528,13 +541,29 @@ def assemble_template_coadd(
         config=selection,
     )
     n_kept = int(keep.sum())
-    if n_kept < selection.min_visits:
-        raise StageError(
+    fallback = n_kept < selection.min_visits
+    if fallback:
+        cuts = (
             f"only {n_kept} of {len(warps)} visits pass the template thresholds (PSF FWHM <= "
             f"{selection.max_psf_fwhm_arcsec} arcsec, airmass <= {selection.max_airmass}); "
-            f"{selection.min_visits} needed",
-            n_selected=n_kept,
-            n_candidates=len(warps),
-            min_visits=selection.min_visits,
+            f"{selection.min_visits} needed"
         )
-    return assemble_coadd([w for w, k in zip(warps, keep, strict=True) if k], config=config)
+        if not selection.fallback or len(warps) < selection.min_visits:
+            raise StageError(
+                cuts + ("" if selection.fallback else "; template.fallback is off"),
+                n_selected=n_kept,
+                n_candidates=len(warps),
+                min_visits=selection.min_visits,
+            )
+        fwhm = np.array([float(w.header["PSFFWHM"]) for w in warps])
+        airmass = np.array([float(w.header["AIRMASS"]) for w in warps])
+        score = np.maximum(fwhm / selection.max_psf_fwhm_arcsec, airmass / selection.max_airmass)
+        best = np.lexsort((fwhm, score))[: selection.min_visits]
+        keep = np.zeros(len(warps), dtype=bool)
+        keep[best] = True
+        log.warning("%s: template from the %d best-ranked visits instead", cuts, keep.sum())
+    result = assemble_coadd([w for w, k in zip(warps, keep, strict=True) if k], config=config)
+    header = result.coadd.header
+    header["TMPLFALL"] = (fallback, "template from best-ranked visits: too few passed cuts")
+    header["TMPLNSEL"] = (n_kept, "visits passing the template thresholds")
+    return result

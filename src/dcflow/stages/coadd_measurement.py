@@ -32,6 +32,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy import ndimage
 
 from dcflow.campaign.skymap import PatchInfo
+from dcflow.catalog_schema import annotate, flux_unit_of_zero_point
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
@@ -41,16 +42,15 @@ from dcflow.stages.forced_photometry import (
     aperture_correction,
     aperture_correction_field,
     aperture_photometry,
-    gather_stamps,
     isolated,
     psf_photometry,
 )
 from dcflow.stages.multiband import MultibandResult
+from dcflow.stages.stamps import adaptive_moments, extract_stamps
 
 __all__ = [
     "CoaddMeasurementConfig",
     "CoaddMeasurementResult",
-    "adaptive_moments",
     "detect_peaks",
     "gaussian_centroid",
     "make_object_ids",
@@ -219,7 +219,7 @@ def gaussian_centroid(
     flag = np.zeros(len(x), dtype=bool)
     for _ in range(n_iter):
         ix, iy = np.round(x).astype(np.int64), np.round(y).astype(np.int64)
-        stamp, inside = gather_stamps(data, ix, iy, offsets, 0.0)
+        stamp, inside = extract_stamps(data, ix, iy, radius, fill=0.0)
         dx = offsets[None, None, :] + (ix - x)[:, None, None]
         dy = offsets[None, :, None] + (iy - y)[:, None, None]
         w = np.exp(-0.5 * (dx**2 + dy**2) / sigma_pix**2) * inside * stamp
@@ -234,66 +234,6 @@ def gaussian_centroid(
         x = np.where(flag, x0, x)
         y = np.where(flag, y0, y)
     return x, y, flag
-
-
-def adaptive_moments(
-    stamps: np.ndarray,
-    dx0: np.ndarray,
-    dy0: np.ndarray,
-    offsets: np.ndarray,
-    start_sigma_pix: float,
-    *,
-    n_iter: int = 20,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Adaptive second moments ``(ixx, iyy, ixy)`` on stamps, and a failure flag.
-
-    The weight is an elliptical Gaussian of covariance ``W``; the weighted moments ``Q`` of a
-    Gaussian source of covariance ``C`` are ``(C^-1 + W^-1)^-1``, so iterating ``W <- 2 Q``
-    converges to ``W = C``: the returned moments are the source's own for a Gaussian.
-
-    Parameters
-    ----------
-    stamps : numpy.ndarray
-        ``(n, m, m)`` pixel values around each source (0 where unusable).
-    dx0, dy0 : numpy.ndarray
-        ``(n,)`` source centre relative to each stamp's central pixel.
-    offsets : numpy.ndarray
-        ``(m,)`` pixel offsets of the stamp from its central pixel.
-    start_sigma_pix : float
-        Initial circular weight width, pixels.
-    """
-    n = stamps.shape[0]
-    dx = offsets[None, None, :] - dx0[:, None, None]
-    dy = offsets[None, :, None] - dy0[:, None, None]
-    wxx = np.full(n, start_sigma_pix**2)
-    wyy = np.full(n, start_sigma_pix**2)
-    wxy = np.zeros(n)
-    flag = np.zeros(n, dtype=bool)
-    max_var = (offsets.max() / 1.5) ** 2
-    for _ in range(n_iter):
-        det = wxx * wyy - wxy**2
-        q = (
-            wyy[:, None, None] * dx**2
-            - 2 * wxy[:, None, None] * dx * dy
-            + wxx[:, None, None] * dy**2
-        )
-        q = q / det[:, None, None]
-        w = np.exp(-0.5 * q) * stamps
-        total = w.sum(axis=(1, 2))
-        bad = total <= 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            qxx = (w * dx**2).sum(axis=(1, 2)) / total
-            qyy = (w * dy**2).sum(axis=(1, 2)) / total
-            qxy = (w * dx * dy).sum(axis=(1, 2)) / total
-        bad |= ~np.isfinite(qxx) | (qxx <= 0) | (qyy <= 0) | (qxx * qyy - qxy**2 <= 0)
-        flag |= bad
-        nxx = np.clip(np.where(bad, wxx, 2 * qxx), 0.05, max_var)
-        nyy = np.clip(np.where(bad, wyy, 2 * qyy), 0.05, max_var)
-        nxy = np.where(bad, wxy, 2 * qxy)
-        limit = 0.95 * np.sqrt(nxx * nyy)
-        wxx, wyy, wxy = nxx, nyy, np.clip(nxy, -limit, limit)
-    flag |= (wxx >= max_var) | (wyy >= max_var)
-    return wxx, wyy, wxy, flag
 
 
 def _local_weights(coverage, coadd, psf, x, y, name):
@@ -333,7 +273,7 @@ def _empty_table(filters: tuple[str, ...]) -> Table:
     for name in filters:
         for column, dtype in _PER_FILTER_COLUMNS:
             columns[f"{name}_{column}"] = np.zeros(0, dtype=dtype)
-    return Table(columns)
+    return annotate(Table(columns), "object", filters=filters)
 
 
 def measure_coadds(
@@ -444,7 +384,7 @@ def measure_coadds(
         m_radius = max(3, int(np.ceil(config.moments_radius_fwhm * fwhm_pix)))
         offsets = np.arange(-m_radius, m_radius + 1)
         ix, iy = np.round(cx).astype(np.int64), np.round(cy).astype(np.int64)
-        stamps, _ = gather_stamps(np.nan_to_num(image, nan=0.0), ix, iy, offsets, 0.0)
+        stamps, _ = extract_stamps(np.nan_to_num(image, nan=0.0), ix, iy, m_radius, fill=0.0)
         ixx, iyy, ixy, mflag = adaptive_moments(stamps, cx - ix, cy - iy, offsets, sigma_pix)
         model = psf.stamps(cx - ix, cy - iy, offsets, local)
         pxx, pyy, _, pflag = adaptive_moments(model, cx - ix, cy - iy, offsets, sigma_pix)
@@ -523,4 +463,5 @@ def measure_coadds(
             columns[f"{name}_{column}"] = per_filter[name][column]
     table = Table({key: columns[key] for key in table.colnames})
     table.meta["ZP"] = float(coadds[filters[0]].header.get("ZP", np.nan))
+    annotate(table, "object", filters=filters, flux_unit=flux_unit_of_zero_point(table.meta["ZP"]))
     return CoaddMeasurementResult(table, filters, tuple(corrections), n_peaks)

@@ -6,13 +6,19 @@ least-squares amplitude of the PSF model with uniform pixel weights over a stamp
 (uniform weights keep bright stars unbiased: per-pixel inverse-variance weights would include
 the star's own Poisson noise). Masked pixels are left out of both sums.
 
-The PSF model is a circular mixture of Gaussian and Moffat components integrated over pixels
-(`MixturePsf`): a calexp's ``PSFFWHM`` and ``PSFBETA`` (a Gaussian if there is no ``PSFBETA``),
-or a coadd's mixture of its inputs' PSFs. Fluxes are on a *total-flux* scale, as processCcd's
-are (its zero point is fitted to them): the model's own flux outside any aperture is part of
-the PSF flux, and an *aperture correction* absorbs the model's errors (ellipticity,
-interpolation): the median over bright, isolated, point-like Objects of the aperture flux
-over the PSF flux times the model's enclosed fraction in that aperture.
+On a calexp whose header carries processCcd's spatially varying PSF model (``PSFMODEL``,
+`dcflow.stages.psf.psf_model_from_header`: an elliptical Moffat whose width is a polynomial
+over the CCD) that model is used, at each Object's position: one width per CCD leaves a
+flux error that follows the seeing across the CCD, which shows as a chi^2 of several per
+epoch for bright constant stars. Otherwise the PSF model is a circular mixture of Gaussian
+and Moffat components integrated over pixels (`MixturePsf`): a calexp's ``PSFFWHM`` and
+``PSFBETA`` (a Gaussian if there is no ``PSFBETA``), or a coadd's mixture of its inputs' PSFs.
+
+Fluxes are on a *total-flux* scale, as processCcd's are (its zero point is fitted to them): the
+model's own flux outside any aperture is part of the PSF flux, and an *aperture correction*
+absorbs the model's errors (ellipticity, interpolation): the median over bright, isolated,
+point-like Objects of the aperture flux over the PSF flux times the model's enclosed fraction
+in that aperture.
 
 Forced fluxes are reported at the configured zero point (31.4: nJy), as coadd fluxes are.
 """
@@ -30,9 +36,12 @@ from scipy import stats
 from scipy.optimize import brentq
 from scipy.special import erf
 
+from dcflow.catalog_schema import annotate, flux_unit_of_zero_point
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.psf import PsfFitResult, psf_model_from_header
+from dcflow.stages.stamps import extract_stamps
 from dcflow.stages.warp import calexp_flux_scale
 
 __all__ = [
@@ -43,7 +52,6 @@ __all__ = [
     "aperture_correction_field",
     "aperture_photometry",
     "forced_photometry",
-    "gather_stamps",
     "isolated",
     "mixture_fwhm",
     "psf_photometry",
@@ -247,21 +255,11 @@ class MixturePsf:
         return out
 
 
-def gather_stamps(array: np.ndarray, ix: np.ndarray, iy: np.ndarray, offsets: np.ndarray, fill):
-    """Stamps ``(n, m, m)`` of ``array`` around integer centres; outside pixels get ``fill``."""
-    ny, nx = array.shape
-    ys = iy[:, None, None] + offsets[None, :, None]
-    xs = ix[:, None, None] + offsets[None, None, :]
-    inside = (ys >= 0) & (ys < ny) & (xs >= 0) & (xs < nx)
-    values = array[np.clip(ys, 0, ny - 1), np.clip(xs, 0, nx - 1)]
-    return np.where(inside, values, fill), inside
-
-
 def psf_photometry(
     exposure: Exposure,
     x: np.ndarray,
     y: np.ndarray,
-    psf: MixturePsf,
+    psf: MixturePsf | PsfFitResult,
     *,
     radius_pix: int,
     weights: np.ndarray | None = None,
@@ -275,8 +273,9 @@ def psf_photometry(
         Background-subtracted image with variance and mask.
     x, y : numpy.ndarray
         Source positions, pixels (array origin).
-    psf : MixturePsf
-        PSF model.
+    psf : MixturePsf or dcflow.stages.psf.PsfFitResult
+        PSF model: one circular mixture for every source, or processCcd's spatially varying
+        model (evaluated at each source's position, clipped to the image).
     radius_pix : int
         Half-size of the square stamp, pixels.
     weights : numpy.ndarray, optional
@@ -298,11 +297,18 @@ def psf_photometry(
     ix = np.round(np.where(finite, x, -(10**6))).astype(np.int64)
     iy = np.round(np.where(finite, y, -(10**6))).astype(np.int64)
     offsets = np.arange(-radius_pix, radius_pix + 1)
-    image, inside = gather_stamps(exposure.image, ix, iy, offsets, 0.0)
-    variance, _ = gather_stamps(exposure.variance, ix, iy, offsets, 0.0)
-    mask, _ = gather_stamps(exposure.mask, ix, iy, offsets, int(MaskPlane.NO_DATA))
+    image, inside = extract_stamps(exposure.image, ix, iy, radius_pix, fill=0.0)
+    variance, _ = extract_stamps(exposure.variance, ix, iy, radius_pix, fill=0.0)
+    mask, _ = extract_stamps(exposure.mask, ix, iy, radius_pix, fill=int(MaskPlane.NO_DATA))
     good = inside & ((mask & bad_mask_bits) == 0) & np.isfinite(image) & np.isfinite(variance)
-    model = psf.stamps(x - ix, y - iy, offsets, weights)
+    if isinstance(psf, PsfFitResult):
+        ny, nx = exposure.image.shape
+        at_x = np.clip(np.where(finite, x, 0.0), 0, nx - 1)
+        at_y = np.clip(np.where(finite, y, 0.0), 0, ny - 1)
+        table = psf.phase_table(radius_pix, at_x, at_y)
+        model = table.stamps(np.clip(x - ix, -0.5, 0.5), np.clip(y - iy, -0.5, 0.5))
+    else:
+        model = psf.stamps(x - ix, y - iy, offsets, weights)
     p2_all = np.sum(model**2, axis=(1, 2))
     pm = np.where(good, model, 0.0)
     p2 = np.sum(pm**2, axis=(1, 2))
@@ -588,6 +594,18 @@ def forced_photometry(
     psf = MixturePsf.from_header(calexp.header, pixel_arcsec)
     fwhm_pix = psf.effective_fwhm_pix
     radius = max(2, int(np.ceil(config.stamp_radius_fwhm * fwhm_pix)))
+    try:
+        varying = psf_model_from_header(calexp.header)
+    except ValueError as exc:
+        raise InputDataError(f"calexp PSF model: {exc}") from None
+    if varying is not None and varying.image_shape != calexp.image.shape:
+        raise InputDataError(
+            f"calexp PSF model was fitted on an image of shape {varying.image_shape}, the "
+            f"calexp is {calexp.image.shape}",
+            psf_nx=int(varying.image_shape[1]),
+            calexp_nx=int(calexp.image.shape[1]),
+        )
+    fit_model = varying if varying is not None else psf
 
     n = len(objects)
     if n:
@@ -598,7 +616,7 @@ def forced_photometry(
         )
     else:
         x = y = np.zeros(0)
-    flux, err, flag = psf_photometry(calexp, x, y, psf, radius_pix=radius)
+    flux, err, flag = psf_photometry(calexp, x, y, fit_model, radius_pix=radius)
     correction, n_stars = 1.0, 0
     field = np.ones(n)
     if config.apply_aperture_correction and n:
@@ -608,7 +626,15 @@ def forced_photometry(
         if "extendedness" in objects.colnames:
             stars = np.asarray(objects["extendedness"]) == 0
         usable = stars & ~flag & ~ap_flag & isolated(x, y, ap_radius + 2.0 * fwhm_pix)
-        enclosed = psf.enclosed_fraction(ap_radius)
+        if varying is not None:
+            ny, nx = calexp.image.shape
+            enclosed = varying.enclosed_fraction(
+                ap_radius,
+                np.clip(np.nan_to_num(x), 0, nx - 1),
+                np.clip(np.nan_to_num(y), 0, ny - 1),
+            )
+        else:
+            enclosed = psf.enclosed_fraction(ap_radius)
         correction, n_stars = aperture_correction(
             flux,
             ap_flux,
@@ -638,6 +664,7 @@ def forced_photometry(
         }
     )
     table.meta["ZP"] = config.zero_point_mag
+    annotate(table, "forced_src", flux_unit=flux_unit_of_zero_point(config.zero_point_mag))
     for key in ("VISIT", "CCD", "FILTER", "MJD-OBS", "MJD"):
         if key in calexp.header:
             table.meta[key] = calexp.header[key]

@@ -18,6 +18,8 @@ import numpy as np
 from photutils.geometry import circular_overlap_grid
 from scipy.spatial import cKDTree
 
+from dcflow.stages.stamps import extract_stamps
+
 if TYPE_CHECKING:
     from dcflow.stages.psf import PsfPhaseTable
 
@@ -25,7 +27,6 @@ __all__ = [
     "SourceFlag",
     "aperture_fluxes",
     "aperture_weight_table",
-    "extract_stamps",
     "psf_fluxes",
     "psf_photometry",
     "windowed_centroids",
@@ -43,40 +44,6 @@ class SourceFlag(enum.IntFlag):
     """A cosmic-ray or bad pixel lies within the aperture."""
     BLENDED = 1 << 3
     """The source shares its detection footprint with another peak."""
-
-
-def extract_stamps(
-    array: np.ndarray, xc: np.ndarray, yc: np.ndarray, half_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gather ``(2h+1, 2h+1)`` stamps centred on integer pixels.
-
-    Parameters
-    ----------
-    array : numpy.ndarray
-        ``(ny, nx)`` array.
-    xc, yc : numpy.ndarray
-        Integer column and row of each stamp centre.
-    half_size : int
-        ``h``, pixels.
-
-    Returns
-    -------
-    stamps : numpy.ndarray
-        ``(n, 2h+1, 2h+1)`` values (beyond the array: the nearest edge pixel).
-    inside : numpy.ndarray
-        ``(n, 2h+1, 2h+1)`` bool, False where the stamp pixel lies outside the array.
-    """
-    ny, nx = array.shape
-    j = np.arange(-half_size, half_size + 1)
-    iy = np.asarray(yc)[:, None] + j[None, :]
-    ix = np.asarray(xc)[:, None] + j[None, :]
-    in_y = (iy >= 0) & (iy < ny)
-    in_x = (ix >= 0) & (ix < nx)
-    iy = np.clip(iy, 0, ny - 1)
-    ix = np.clip(ix, 0, nx - 1)
-    stamps = array[iy[:, :, None], ix[:, None, :]]
-    inside = in_y[:, :, None] & in_x[:, None, :]
-    return stamps, inside
 
 
 def windowed_centroids(

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
-from photutils.aperture import CircularAperture, aperture_photometry
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from dcflow.catalog_schema import SRC_COLUMNS, annotate
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import CalibrationError, InputDataError
 from dcflow.exposure import Exposure, MaskPlane
@@ -50,12 +50,12 @@ from dcflow.stages.detection import detect_sources
 from dcflow.stages.measurement import (
     SourceFlag,
     aperture_fluxes,
-    extract_stamps,
     psf_photometry,
     windowed_centroids,
 )
 from dcflow.stages.photocal import fit_zero_point
-from dcflow.stages.psf import MoffatPsf, fit_psf, fit_psf_width
+from dcflow.stages.psf import MoffatPsf, PsfFitResult, fit_psf, fit_psf_width
+from dcflow.stages.stamps import adaptive_moments, extract_stamps
 
 __all__ = [
     "SRC_COLUMNS",
@@ -69,27 +69,6 @@ log = logging.getLogger(__name__)
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 _MAG_PER_FLUX = 2.5 / np.log(10.0)
-
-SRC_COLUMNS: dict[str, tuple[str, str]] = {
-    "id": ("i8", "source number, 1..n in decreasing detection significance"),
-    "x": ("f8", "centroid column, 0-based array coordinates (FITS x - 1), pixels"),
-    "y": ("f8", "centroid row, 0-based array coordinates (FITS y - 1), pixels"),
-    "ra_deg": ("f8", "right ascension from the calibrated WCS, deg"),
-    "dec_deg": ("f8", "declination from the calibrated WCS, deg"),
-    "ap_flux": ("f8", "circular-aperture flux, e-"),
-    "ap_flux_err": ("f8", "its error, e-"),
-    "psf_flux": ("f8", "PSF-model flux (model normalised to unit total flux), e-"),
-    "psf_flux_err": ("f8", "its error, e-"),
-    "psf_chi2": ("f8", "reduced chi^2 of the PSF fit"),
-    "apcorr": ("f8", "aperture correction applied to psf_flux for mag"),
-    "snr": ("f8", "psf_flux / psf_flux_err"),
-    "mag": ("f8", "calibrated magnitude, ZP - 2.5 log10(apcorr * psf_flux)"),
-    "mag_err": ("f8", "statistical magnitude error (zero-point error not included)"),
-    "flags": ("i4", "SourceFlag bits: 1 saturated, 2 edge, 4 bad/CR pixels, 8 blended"),
-    "used_psf": ("?", "used to fit the PSF model"),
-    "used_astrom": ("?", "used in the final astrometric fit"),
-    "used_photcal": ("?", "used in the zero-point fit"),
-}
 
 _BAD_BITS = int(MaskPlane.BAD | MaskPlane.SAT | MaskPlane.CR | MaskPlane.NO_DATA)
 _DET_ZERO_BITS = int(MaskPlane.BAD | MaskPlane.CR | MaskPlane.NO_DATA)
@@ -189,6 +168,13 @@ class ProcessCcdConfig:
             "more weight on the PSF core, so more sensitive to PSF-model errors",
         },
     )
+    extendedness_threshold: float = config_field(
+        0.1,
+        "A source is extended (extendedness 1) when its adaptive-moment size exceeds the PSF "
+        "model's by more than this fraction and by more than 3 / (its S/N), dimensionless",
+        exclusive_minimum=0.0,
+        maximum=10.0,
+    )
     apcorr_order: int = config_field(
         0,
         "Polynomial order in (x, y) of the aperture correction over the CCD (0 = a constant, "
@@ -255,7 +241,9 @@ class ProcessCcdResult:
     zero_point_err : float
         Its standard error, mag.
     psf_fwhm_arcsec : float
-        FWHM of the fitted PSF model, arcsec.
+        Half-maximum FWHM of the fitted PSF model at the CCD centre, arcsec (header
+        ``PSFFWHM``; ``PSFMOMFW`` and ``PSFEFFW`` give the widths to compare with adaptive
+        moments of stars and with SDSS's ``psf_width``).
     astrom_rms_mas : float
         rms of the sky offsets of the reference matches, mas.
     n_astrom_matched : int
@@ -265,7 +253,9 @@ class ProcessCcdResult:
     background_mean : float
         Mean sky level subtracted, e-/pixel.
     psf : dcflow.stages.psf.MoffatPsf
-        The PSF model (pixel units).
+        The PSF model at the CCD centre (pixel units).
+    psf_fit : dcflow.stages.psf.PsfFitResult
+        The spatially varying PSF model (its width a polynomial over the CCD).
     """
 
     calexp: Exposure
@@ -278,15 +268,16 @@ class ProcessCcdResult:
     n_photcal: int
     background_mean: float
     psf: MoffatPsf
+    psf_fit: PsfFitResult
 
 
 def empty_src_table(n: int = 0) -> Table:
-    """A src table of ``n`` rows with every column of `SRC_COLUMNS` (zeros / False)."""
-    table = Table()
-    for name, (dtype, doc) in SRC_COLUMNS.items():
-        table[name] = np.zeros(n, dtype=dtype)
-        table[name].description = doc
-    return table
+    """A src table of ``n`` rows with every column of `SRC_COLUMNS` (zeros / False).
+
+    Units and descriptions come from `dcflow.catalog_schema`.
+    """
+    table = Table({name: np.zeros(n, dtype=col.dtype) for name, col in SRC_COLUMNS.items()})
+    return annotate(table, "src")
 
 
 def _validate(exposure: Exposure, refcat: Table, band: str) -> None:
@@ -322,12 +313,31 @@ def _validate(exposure: Exposure, refcat: Table, band: str) -> None:
         raise ValueError("refcat is empty")
 
 
-def _enclosed_fraction(psf: MoffatPsf, radius_pix: float) -> float:
-    """Fraction of the pixel-integrated model's total flux within a circular aperture."""
-    half = int(np.ceil(radius_pix)) + 2
-    stamp = psf.render(half)
-    aper = CircularAperture((half, half), r=radius_pix)
-    return float(aperture_photometry(stamp, aper, method="exact")["aperture_sum"][0])
+def _extendedness(image, bad, x, y, psf_table, snr, flags, threshold):
+    """1 where a source's adaptive-moment size exceeds the PSF model's there, else 0 or NaN.
+
+    The size is ``(det M)^(1/4)`` of the adaptive second moments
+    (`dcflow.stages.stamps.adaptive_moments`) of the source's stamp and of the PSF model at
+    its position and phase, on the same stamp. A source is extended when its size exceeds the
+    PSF's by more than ``max(threshold, 3 / snr)`` (the moments' noise: a size measured at S/N
+    ``s`` scatters by about ``1 / s``); NaN when the moments fail or the stamp reaches the edge.
+    The same measure as the Object table's ``size_ratio`` (`dcflow.stages.coadd_measurement`);
+    unlike an aperture-to-PSF flux ratio it is barely touched by neighbours a few FWHM away.
+    """
+    half = psf_table.half_size
+    xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    stamps, _ = extract_stamps(np.where(bad, 0.0, image), xi, yi, half, fill=0.0)
+    model = psf_table.stamps(x - xi, y - yi)
+    offsets = np.arange(-half, half + 1)
+    sigma0 = max(1.0, half / 4.0)
+    sxx, syy, sxy, sflag = adaptive_moments(stamps.astype(float), x - xi, y - yi, offsets, sigma0)
+    pxx, pyy, pxy, pflag = adaptive_moments(model, x - xi, y - yi, offsets, sigma0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        size_ratio = ((sxx * syy - sxy**2) / (pxx * pyy - pxy**2)) ** 0.25
+        allowance = np.maximum(threshold, 3.0 / snr)
+    measurable = ~sflag & ~pflag & np.isfinite(size_ratio) & (snr > 0)
+    measurable &= (flags & SourceFlag.EDGE) == 0
+    return np.where(measurable, (size_ratio > 1.0 + allowance).astype(float), np.nan)
 
 
 def _poly_design(x, y, nx, ny, order):
@@ -576,11 +586,7 @@ def process_ccd(
     ap_flux, ap_err = aperture_fluxes(sub, variance, xc, yc, radius_pix=ap_r)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = psf_flux / psf_err
-    nodes, node_index, node_weight = psf_fit.width_nodes(xc, yc)
-    node_frac = np.array([_enclosed_fraction(node, ap_r) for node in nodes])
-    frac = node_frac[node_index]
-    if len(nodes) > 1:
-        frac = frac + node_weight * (node_frac[node_index + 1] - frac)
+    frac = psf_fit.enclosed_fraction(ap_r, xc, yc)
     bright = (flags == 0) & (snr >= cfg.psf_min_snr) & (n_near == 1)
     if bright.sum() < 10:
         bright = (flags == 0) & (snr >= 20.0) & (n_near == 1)
@@ -593,6 +599,7 @@ def process_ccd(
     apcorr = apcorr_fn(xc, yc)
     log.debug("aperture correction median %.4f from %d stars", apcorr_median, n_apcorr)
     total_flux = psf_flux * apcorr
+    extendedness = _extendedness(sub, bad, xc, yc, table, snr, flags, cfg.extendedness_threshold)
 
     # 6. Astrometry.
     usable = np.nonzero((flags == 0) & (snr >= cfg.astrom_min_snr))[0]
@@ -649,18 +656,34 @@ def process_ccd(
     src["apcorr"] = apcorr
     src["snr"] = snr
     src["mag"], src["mag_err"] = mag, mag_err
+    src["extendedness"] = extendedness
     src["flags"] = flags
     src["used_psf"], src["used_astrom"], src["used_photcal"] = used_psf, used_astrom, used_photcal
+    annotate(src, "src")  # assigning a column replaces it: units and descriptions go on last
 
-    psf_fwhm_arcsec = fwhm_pix * scale_arcsec
+    centre_psf = psf_fit.psf_at((nx - 1) / 2.0, (ny - 1) / 2.0)
+    psf_fwhm_arcsec = centre_psf.fwhm_pix * scale_arcsec
     out_mask = mask.copy()
     out_mask[det.footprints > 0] |= int(MaskPlane.DETECTED)
     header = exposure.header.copy()
     header["ZP"] = (photo.zero_point, "mag zero point: mag = ZP - 2.5 log10(flux_e)")
     header["ZPERR"] = (photo.zero_point_err, "zero-point standard error, mag")
-    header["PSFFWHM"] = (psf_fwhm_arcsec, "PSF FWHM, arcsec")
+    header["PSFFWHM"] = (psf_fwhm_arcsec, "PSF model half-maximum FWHM at centre, arcsec")
     header["PSFBETA"] = (psf.beta, "PSF Moffat beta")
+    header["PSFMOMFW"] = (
+        centre_psf.moments_fwhm_pix() * scale_arcsec,
+        "PSF 2.3548 x adaptive-moment sigma, arcsec",
+    )
+    header["PSFEFFW"] = (
+        centre_psf.effective_fwhm_pix() * scale_arcsec,
+        "PSF noise-equivalent-area width, arcsec",
+    )
     header["APCORR"] = (apcorr_median, "median aperture correction of PSF fluxes")
+    for key, card in psf_fit.to_header().items():
+        if key != "PSFBETA":
+            header[key] = card
+    header["APRADIUS"] = (cfg.aperture_radius_arcsec, "radius of src ap_flux, arcsec")
+    header["EXTFRAC"] = (cfg.extendedness_threshold, "src extendedness: least size excess over PSF")
     header["ASTRMS"] = (astro.rms_mas, "rms of reference-matched offsets, mas")
     header["NASTREF"] = (astro.n_matched, "reference stars in the astrometric fit")
     header["NPHOTREF"] = (photo.n_used, "reference stars in the zero-point fit")
@@ -683,5 +706,6 @@ def process_ccd(
         n_astrom_matched=astro.n_matched,
         n_photcal=photo.n_used,
         background_mean=bkg.mean,
-        psf=psf,
+        psf=centre_psf,
+        psf_fit=psf_fit,
     )

@@ -309,6 +309,11 @@ def warp_exposure(
     for key in list(header.keys()):
         if key in wcs_keys or key.startswith(("A_", "B_", "AP_", "BP_", "PV")):
             header.remove(key, ignore_missing=True, remove_all=True)
+    # The calexp's PSF model is in its own pixel grid (dcflow.stages.psf.PsfFitResult.to_header):
+    # it does not describe the warp; PSFFWHM and PSFBETA do.
+    for key in list(header.keys()):
+        if key.startswith("PSFW") or key in ("PSFMODEL", "PSFALPHA", "PSFE1", "PSFE2", "PSFSUBS"):
+            header.remove(key, ignore_missing=True, remove_all=True)
     header["ZP"] = (config.zero_point_mag, "mag of one unit of warp flux")
     header["FLUXSCAL"] = (flux_scale, "warp units per calexp electron")
     header["AREARAT"] = (area_ratio, "patch / calexp pixel area")

@@ -1,0 +1,200 @@
+"""PSF model width and PSF-flux quality on the real SDSS Stripe 82 frames, per filter.
+
+Usage: .venv/bin/python benchmarks/psf_sdss.py [--bands g r i]
+
+For each filter, runs processCcd (config/sdss-stripe82.yaml settings) on the frame and prints:
+
+- the PSF model's widths at the CCD centre: half-maximum FWHM of the Moffat (``PSFFWHM``),
+  its Gaussian-equivalent FWHM from adaptive moments (``PSFMOMFW``) and its
+  noise-equivalent-area width (``PSFEFFW``);
+- independent measures of the same quantities: SDSS photo's ``psf_width`` (psField, a
+  noise-equivalent width), and, per bright isolated unsaturated star (S/N > 100), the median
+  of an adaptive-moment FWHM, of a pixel-integrated Gaussian fit and of a Moffat fit (free
+  centre, width, beta and background); the model's moments are measured on the model at
+  each star's position, so like is compared with like;
+- the robust scatter (1.4826 MAD) of ``apcorr * psf_flux / ap_flux`` over those stars and the
+  scatter the noise explains, from the quoted errors and the covariance of the two fluxes
+  (both sums over the same pixels).
+
+Prints figures; it is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from dcflow.config_schema import load_config
+from dcflow.configs import from_mapping
+from dcflow.instruments import sdss
+from dcflow.io import read_fits, read_table
+from dcflow.layout import Layout
+from dcflow.stages.measurement import aperture_weight_table
+from dcflow.stages.process_ccd import ProcessCcdConfig, process_ccd
+from dcflow.stages.psf import FWHM_PER_SIGMA
+from dcflow.stages.stamps import adaptive_moments, extract_stamps
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = load_config(ROOT / "config" / "sdss-stripe82.yaml")
+CAMCOL = 4
+HALF = 12
+_OFF = (np.arange(5) - 2) / 5.0
+
+
+def _frame(layout: Layout, band: str) -> sdss.SdssFrame:
+    return sdss.prepare_frame(
+        read_fits(layout.path("raw", ccd=CAMCOL, filter=band)),
+        read_fits(layout.path("sdss_mask", ccd=CAMCOL, filter=band)),
+        read_fits(layout.path("sdss_psfield", ccd=CAMCOL, filter=band)),
+        read_fits(layout.path("sdss_tsfield", ccd=CAMCOL, filter=band)),
+        read_table(layout.path("refcat", instrument="sdss")),
+    )
+
+
+def _integrated(profile, dx, dy):
+    xs = dx[..., None, None] + _OFF[None, :]
+    ys = dy[..., None, None] + _OFF[:, None]
+    return profile(xs, ys).mean(axis=(-2, -1))
+
+
+def _fit_star(stamp, weight, kind):
+    """Per-star fit with free centre and background: (half-maximum FWHM pix, beta or nan)."""
+    j = np.arange(-HALF, HALF + 1, dtype=float)
+    dx, dy = j[None, :] + 0 * j[:, None], j[:, None] + 0 * j[None, :]
+    sw = np.sqrt(weight)
+    total = stamp.sum()
+
+    if kind == "gauss":
+
+        def model(p):
+            s, x0, y0, amp, bg = p
+            g = _integrated(
+                lambda x, y: np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * s * s)), dx, dy
+            )
+            return amp * g / (2 * np.pi * s * s) + bg
+
+        p0, lo, hi = [1.5, 0, 0, total, 0], [0.3, -1, -1, 0, -np.inf], [20, 1, 1, np.inf, np.inf]
+    else:
+
+        def model(p):
+            a, b, x0, y0, amp, bg = p
+            m = _integrated(
+                lambda x, y: (1 + ((x - x0) ** 2 + (y - y0) ** 2) / (a * a)) ** -b, dx, dy
+            )
+            return amp * (b - 1) / (np.pi * a * a) * m + bg
+
+        p0 = [2.0, 3.0, 0, 0, total, 0]
+        lo, hi = [0.3, 1.2, -1, -1, 0, -np.inf], [20, 20, 1, 1, np.inf, np.inf]
+    sol = least_squares(lambda p: (sw * (stamp - model(p))).ravel(), p0, bounds=(lo, hi))
+    if kind == "gauss":
+        return FWHM_PER_SIGMA * sol.x[0], np.nan
+    a, b = sol.x[:2]
+    return 2 * a * np.sqrt(2 ** (1 / b) - 1), b
+
+
+def measure(band: str, layout: Layout) -> dict[str, float]:
+    frame = _frame(layout, band)
+    config = from_mapping(ProcessCcdConfig, CONFIG.get("process_ccd"))
+    result = process_ccd(frame.exposure, frame.refcat, band=band, config=config)
+    scale = sdss.PIXEL_SCALE_ARCSEC
+    src, image, var = result.src, result.calexp.image, result.calexp.variance
+    x, y = np.asarray(src["x"]), np.asarray(src["y"])
+    near = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    isolated = (near < 2 * HALF).sum(axis=1) == 1
+    stars = np.nonzero((src["flags"] == 0) & (src["snr"] > 100) & isolated)[0]
+    xi, yi = np.rint(x[stars]).astype(int), np.rint(y[stars]).astype(int)
+    stamps, inside = extract_stamps(image, xi, yi, HALF)
+    variance, _ = extract_stamps(var, xi, yi, HALF)
+    inside &= variance > 0
+    stamps = np.where(inside, stamps, 0.0).astype(float)
+    weight = np.where(inside, 1.0 / np.where(variance > 0, variance, 1.0), 0.0)
+    offsets = np.arange(-HALF, HALF + 1)
+    phase_x, phase_y = x[stars] - xi, y[stars] - yi
+    sigma0 = result.psf.fwhm_pix / FWHM_PER_SIGMA
+
+    def moments_fwhm(s):
+        mxx, myy, mxy, flag = adaptive_moments(s, phase_x, phase_y, offsets, sigma0, n_iter=40)
+        return np.where(flag, np.nan, FWHM_PER_SIGMA * (mxx * myy - mxy**2) ** 0.25)
+
+    star_mom = moments_fwhm(stamps)
+    models = np.stack(
+        [
+            result.psf_fit.psf_at(xs, ys).render(HALF, xs - i, ys - k)
+            for xs, ys, i, k in zip(x[stars], y[stars], xi, yi, strict=True)
+        ]
+    )
+    model_mom = moments_fwhm(models)
+    gauss = np.array([_fit_star(s, w, "gauss")[0] for s, w in zip(stamps, weight, strict=True)])
+    moffat = np.array([_fit_star(s, w, "moffat") for s, w in zip(stamps, weight, strict=True)])
+
+    # PSF / aperture flux ratios and the scatter the noise explains (covariance included).
+    ratio = src["apcorr"][stars] * src["psf_flux"][stars] / src["ap_flux"][stars]
+    ap_r = config.aperture_radius_arcsec / scale
+    ap_table = aperture_weight_table(ap_r)
+    ah = (ap_table.shape[-1] - 1) // 2
+    table = result.psf_fit.phase_table(HALF, x[stars], y[stars])
+    p = table.stamps(x[stars] - xi, y[stars] - yi)
+    ph = p / (p * p).sum(axis=(1, 2))[:, None, None]  # uniform-weight PSF flux weights
+    w_ap = np.zeros_like(p)
+    n_ph = ap_table.shape[0] - 1
+    kx = np.rint((x[stars] - xi + 0.5) * n_ph).astype(int)
+    ky = np.rint((y[stars] - yi + 0.5) * n_ph).astype(int)
+    w_ap[:, HALF - ah : HALF + ah + 1, HALF - ah : HALF + ah + 1] = ap_table[ky, kx]
+    v = np.where(inside, variance, 0.0)
+    var_psf = (ph * ph * v).sum(axis=(1, 2))
+    var_ap = (w_ap * w_ap * v).sum(axis=(1, 2))
+    cov = (ph * w_ap * v).sum(axis=(1, 2))
+    flux = np.asarray(src["ap_flux"][stars])
+    expected = np.sqrt(np.maximum(var_psf + var_ap - 2 * cov, 0)) / flux
+    mad = 1.4826 * np.median(np.abs(ratio - np.median(ratio)))
+    h = result.calexp.header
+    return {
+        "n_stars": len(stars),
+        "psField_width": frame.calibration.psf_fwhm_arcsec,
+        "model_fwhm": h["PSFFWHM"],
+        "model_beta": h["PSFBETA"],
+        "model_mom_fwhm": h["PSFMOMFW"],
+        "model_eff_fwhm": h["PSFEFFW"],
+        "model_mom_at_stars": float(np.nanmedian(model_mom)) * scale,
+        "star_mom": float(np.nanmedian(star_mom)) * scale,
+        "star_gauss": float(np.nanmedian(gauss)) * scale,
+        "star_moffat": float(np.nanmedian(moffat[:, 0])) * scale,
+        "star_moffat_beta": float(np.nanmedian(moffat[:, 1])),
+        "ratio_mad_mmag": 1086 * mad,
+        "ratio_noise_mmag": 1086 * float(np.sqrt(np.median(expected**2))),
+        "psf_err_mmag": 1086
+        * float(np.median(src["psf_flux_err"][stars] / src["psf_flux"][stars])),
+        "ap_err_mmag": 1086 * float(np.median(src["ap_flux_err"][stars] / flux)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bands", nargs="+", default=list(sdss.SDSS_BANDS))
+    args = parser.parse_args(argv)
+    layout = dataclasses.replace(
+        Layout.from_config(CONFIG),
+        input_root=str((ROOT / CONFIG["layout"]["input_root"]).resolve()),
+    )
+    rows = {band: measure(band, layout) for band in args.bands}
+    keys = list(next(iter(rows.values())))
+    print(f"{'':20s}" + "".join(f"{b:>9s}" for b in rows))
+    for key in keys:
+        print(f"{key:20s}" + "".join(f"{rows[b][key]:9.3f}" for b in rows))
+    for band, r in rows.items():
+        print(
+            f"{band}: model moments / star moments {r['model_mom_at_stars'] / r['star_mom']:.3f}, "
+            f"model effective width / psField {r['model_eff_fwhm'] / r['psField_width']:.3f}, "
+            f"model FWHM / per-star Moffat {r['model_fwhm'] / r['star_moffat']:.3f}, "
+            f"ratio scatter / noise {r['ratio_mad_mmag'] / r['ratio_noise_mmag']:.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
