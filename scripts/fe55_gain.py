@@ -83,5 +83,5 @@ if "snakemake" in globals():
         table_path=snakemake.output.table,  # noqa: F821
         plot_path=snakemake.output.plot,  # noqa: F821
         fe55=snakemake.params.fe55,  # noqa: F821
-        analysis=snakemake.params.analysis,  # noqa: F821
+        analysis=snakemake.params.fe55_gain,  # noqa: F821
     )

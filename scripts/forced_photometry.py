@@ -31,5 +31,5 @@ if "snakemake" in globals():
         calexps=list(snakemake.input.calexps),  # noqa: F821
         objects=list(snakemake.input.objects),  # noqa: F821
         forced_paths=list(snakemake.output.forced),  # noqa: F821
-        config=snakemake.params.forced,  # noqa: F821
+        config=snakemake.params.forced_photometry,  # noqa: F821
     )

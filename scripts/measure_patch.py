@@ -60,6 +60,6 @@ if "snakemake" in globals():
         skymap_config=snakemake.params.skymap,  # noqa: F821
         configs={
             "multiband": snakemake.params.multiband,  # noqa: F821
-            "measurement": snakemake.params.measurement,  # noqa: F821
+            "measurement": snakemake.params.coadd_measurement,  # noqa: F821
         },
     )

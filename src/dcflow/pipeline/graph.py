@@ -127,7 +127,7 @@ class JobGraph:
         self.conditions = {
             "needs_calibs": bool(index.needs_calibs),
             "processed_frames": not index.needs_calibs,
-            "has_truth": bool(index.has_truth),
+            "has_truth": bool(index.has_truth) and index.n_visits > 0,
             "has_skymap": index.skymap is not None,
             "has_fe55": bool(index.fe55.sensors),
         }
@@ -518,7 +518,8 @@ class JobGraph:
             elif name == "band":
                 out[name] = self._band_of(rule)
         if command:
-            out["command"] = command
+            # a function, so that Snakemake does not expand the template's {output.x} itself
+            out["command"] = lambda wildcards: command
         return out
 
     def _band_of(self, rule: str):
