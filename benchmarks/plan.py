@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from dcflow.driver import DRY_RUN_ARGS, snakemake_argv
 from dcflow.layout import Layout
+from dcflow.orchestration.snakemake_cli import DRY_RUN_ARGS, snakemake_argv
 from dcflow.plan import parse_dry_run_counts, plan_jobs
 
 BANDS = ("u", "g", "r", "i", "z")
@@ -105,7 +105,7 @@ def main() -> None:
             f"campaign: {args.visits} visits x {args.ccds} CCDs, {args.done:.0%} done "
             f"(set up in {time.perf_counter() - t0:.1f} s)"
         )
-        from dcflow.driver import open_campaign
+        from dcflow.orchestration.campaign_files import open_campaign
 
         t0 = time.perf_counter()
         from dcflow.pipeline.graph import JobGraph

@@ -5,7 +5,7 @@ Usage: .venv/bin/python benchmarks/plan_scale.py [--fractions 0.01 0.1 1] [--scr
 
 For each fraction of DC2013 (4.4 M raw files), writes a synthetic campaign
 (`dcflow.campaign.synthetic`: registry rows, config, no images) under the scratch directory,
-then measures `dcflow.driver.plan_campaign` fresh (empty output tree) and half done (the first
+then measures `dcflow.plan_campaign` fresh (empty output tree) and half done (the first
 half of the visits processed and warped), each in its own subprocess (wall time from reading
 the config to the plan, peak RSS from ``VmHWM``: benchmarks/child_usage.py says why not
 ``ru_maxrss``). Half done is a real tree of empty files at 1 % and a gzipped file list
@@ -45,12 +45,10 @@ SNAKEMAKE_MB = (80.0, 11.4 / 1024, 2.6 / 1024)
 
 def measure(config: str, inventory: str | None) -> None:
     """Child mode: plan once, print one JSON line."""
-    from dcflow import driver
+    from dcflow.orchestration.plan_status import plan_campaign
 
     start = time.perf_counter()
-    plan = driver.plan_campaign(
-        config, profile=None, workdir=Path(config).parent, inventory=inventory
-    )
+    plan = plan_campaign(config, profile=None, workdir=Path(config).parent, inventory=inventory)
     seconds = time.perf_counter() - start
     peak_mb = own_peak_mb()
     print(
@@ -79,7 +77,7 @@ def run_child(argv: list[str], log: Path, *, src: Path | None = None) -> dict:
 
 def snakemake_dry_run(config: Path) -> tuple[float, float, dict[str, int]]:
     """Wall s, peak RSS MB and job counts of one ``snakemake -n`` of the campaign."""
-    from dcflow.driver import DRY_RUN_ARGS, snakemake_argv
+    from dcflow.orchestration.snakemake_cli import DRY_RUN_ARGS, snakemake_argv
     from dcflow.plan import parse_dry_run_counts
 
     argv = snakemake_argv(

@@ -1,7 +1,7 @@
 """Per-shard Snakemake planning cost on a DC2013-scale synthetic campaign.
 
 Writes (or reuses) the synthetic campaign of `dcflow.campaign.synthetic` at ``--fraction`` of
-DC2013, builds its shards (`dcflow.campaign.shard_driver.plan_shards`), touches only what one
+DC2013, builds its shards (`dcflow.orchestration.sharded.plan_shards`), touches only what one
 visit shard and two patch-group shards read (the visit shard's raws and the master calibs; the
 groups' calexps), and times ``snakemake -n --quiet`` of each in shard mode: the first visit
 shard, a typical patch group (median job count) and the largest one, printing wall time, CPU
@@ -22,12 +22,12 @@ import numpy as np
 from child_usage import run_measured
 
 from dcflow.campaign.manifest import write_manifest
-from dcflow.campaign.shard_driver import plan_shards
 from dcflow.campaign.shards import Shard, manifest_of
 from dcflow.campaign.synthetic import dc2013_spec, touch_raws, write_campaign
 from dcflow.config_schema import load_config
-from dcflow.driver import snakemake_argv
 from dcflow.layout import Layout
+from dcflow.orchestration.sharded import plan_shards
+from dcflow.orchestration.snakemake_cli import snakemake_argv
 
 __all__ = ["main"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from dcflow import driver
+from dcflow.orchestration.snakemake_cli import run_snakemake
 
 
 def write_campaign_config(
@@ -46,7 +46,7 @@ def write_campaign_config(
 
 def run_workflow(config_path: Path, *extra: str) -> int:
     """Run the campaign's Snakemake workflow with the local profile; return the exit code."""
-    return driver.run_snakemake(
+    return run_snakemake(
         config_path,
         profile="local",
         snakemake_args=["--cores", "2", *extra],

@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from dcflow import cli, driver
+from dcflow import cli
 from dcflow.ledger import Attempt, MemoryPolicy
+from dcflow.orchestration.campaign_files import REPO_ROOT
+from dcflow.orchestration.cancel import _descendants, cancel_runs
+from dcflow.orchestration.ping import ping_profile
+from dcflow.orchestration.profiles import memory_policy
+from dcflow.orchestration.run import progress_lines
 from dcflow.states import JobState
 from dcflow.status import parse_proxy_timeleft, parse_qstat_f, ping_dirac, ping_gridengine
 
@@ -108,7 +113,7 @@ def test_ping_gridengine_reports_queue_in_error(tmp_path, monkeypatch):
     assert "1 usable queue instance(s), 4 free slot(s)" in proc.stdout
     monkeypatch.setenv("PATH", env["PATH"])
     monkeypatch.setenv("SGE_ROOT", "/nonexistent")
-    result = driver.ping_profile(str(profile))  # the API, directly
+    result = ping_profile(str(profile))  # the API, directly
     assert not result.ok and result.backend == "gridengine"
 
 
@@ -148,8 +153,8 @@ def test_ping_local_profile():
     assert proc.returncode == 0 and "ok   local" in proc.stdout
 
 
-GE_ENV = driver.REPO_ROOT / "run" / "gridengine" / "env.sh"
-DIRAC_ENV = driver.REPO_ROOT / "run" / "dirac" / "env.sh"
+GE_ENV = REPO_ROOT / "run" / "gridengine" / "env.sh"
+DIRAC_ENV = REPO_ROOT / "run" / "dirac" / "env.sh"
 
 
 @pytest.mark.gridengine
@@ -178,11 +183,11 @@ def test_memory_policy_from_profile(tmp_path):
     profile = tmp_path / "p"
     profile.mkdir()
     (profile / "dcflow.yaml").write_text("memory_escalation: {factor: 1.5, cap_mb: 9000}\n")
-    assert driver.memory_policy(str(profile)) == MemoryPolicy(factor=1.5, cap_mb=9000)
-    assert driver.memory_policy(str(profile), factor=3.0).factor == 3.0
-    assert driver.memory_policy(None) == MemoryPolicy()
+    assert memory_policy(str(profile)) == MemoryPolicy(factor=1.5, cap_mb=9000)
+    assert memory_policy(str(profile), factor=3.0).factor == 3.0
+    assert memory_policy(None) == MemoryPolicy()
     with pytest.raises(ValueError, match="factor"):
-        driver.memory_policy(None, factor=0.5)
+        memory_policy(None, factor=0.5)
 
 
 def _attempt(rule: str, state: JobState) -> Attempt:
@@ -199,7 +204,7 @@ def test_progress_lines_count_by_stage():
         _attempt("process_visit", JobState.FAILED),
         _attempt("process_visit", JobState.RUNNING),
     ]
-    lines = driver.progress_lines({"bias": 2, "process_visit": 4}, attempts, width=10)
+    lines = progress_lines({"bias": 2, "process_visit": 4}, attempts, width=10)
     assert lines[0] == "progress:"
     assert "[##########]     2/2" in lines[1]
     assert "[----------]     0/4" in lines[2] and "running 1" in lines[2]
@@ -229,9 +234,9 @@ def test_cancel_stops_a_live_run_and_its_jobs(tmp_path):
                 with Ledger(ledger_path) as ledger:
                     running = ledger.attempts(states=[JobState.RUNNING])
         assert len(running) == 2, "two toy jobs never ran at once"
-        jobs = driver._descendants(proc.pid)
+        jobs = _descendants(proc.pid)
         assert jobs
-        stopped, n_cancelled = driver.cancel_runs(ledger_path, timeout_s=60, grace_s=3)
+        stopped, n_cancelled = cancel_runs(ledger_path, timeout_s=60, grace_s=3)
         assert proc.wait(timeout=30) != 0
     finally:
         proc.kill()

@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import yaml
 
-from dcflow import driver
 from dcflow.joblog import FAULTS_ENV
 from dcflow.ledger import Ledger
+from dcflow.orchestration.plan_status import failed_campaign, plan_campaign, status_campaign
+from dcflow.orchestration.snakemake_cli import snakemake_dry_run_counts
 from dcflow.states import JobState
 
 pytestmark = pytest.mark.slow
@@ -66,15 +67,15 @@ def dcflow(work: Path, *args: str, faults: str | None = None, timeout: float = 3
 def dry_run_counts(work: Path) -> dict[str, int]:
     """Snakemake's own dry run of the default target, with the local profile.
 
-    ``--rerun-triggers mtime`` (`driver.DRY_RUN_ARGS`): the planner does not model provenance
+    ``--rerun-triggers mtime`` (`DRY_RUN_ARGS`): the planner does not model provenance
     triggers (changed params or code), and other developers change stage configs while this
     test runs.
     """
-    return driver.snakemake_dry_run_counts(work / "config.yaml", workdir=work)
+    return snakemake_dry_run_counts(work / "config.yaml", workdir=work)
 
 
 def plan_counts(work: Path) -> dict[str, int]:
-    return driver.plan_campaign(work / "config.yaml", workdir=work).to_run_by_rule()
+    return plan_campaign(work / "config.yaml", workdir=work).to_run_by_rule()
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_status_after_sigkill_matches_disk(work):
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, Snakemake and its jobs, mid-run
     proc.wait()
     assert done and running, "the run never had a finished and a running job at once"
-    status = driver.status_campaign(work / "config.yaml", workdir=work)
+    status = status_campaign(work / "config.yaml", workdir=work)
     left: dict[str, int] = {}
     done_by_stage: dict[str, int] = {}
     for row in status.rows:  # rows are per stage and filter
@@ -136,7 +137,7 @@ def test_status_after_sigkill_matches_disk(work):
     assert status.reaped_runs and not status.live_runs
     with Ledger(ledger_path) as ledger:
         lost = {a.tile for a in ledger.attempts() if a.state is JobState.LOST}
-    plan = driver.plan_campaign(work / "config.yaml", workdir=work)
+    plan = plan_campaign(work / "config.yaml", workdir=work)
     # jobs running at the kill are lost (one may have finished between the poll and the kill)
     assert lost and lost <= {a.tile for a in running} | {a.tile for a in done} | lost
     assert lost.isdisjoint({a.tile for a in done})
@@ -156,7 +157,7 @@ def test_fault_knob_then_failed_lists_exactly_those_tiles(work):
     expected = {"process_visit": 2, "science_validation": 1, "all": 1}
     assert dry_run_counts(work) == expected
     assert plan_counts(work) == expected
-    tiles = driver.failed_campaign(work / "config.yaml", workdir=work)
+    tiles = failed_campaign(work / "config.yaml", workdir=work)
     assert {(t.rule, t.data_id) for t in tiles} == {
         ("process_visit", "visit=1001"),
         ("process_visit", "visit=1002"),

@@ -12,9 +12,10 @@ from astropy.io import fits
 from campaigns import write_campaign_config
 from test_dirac_workflows import WHY
 
-from dcflow import driver
 from dcflow.config_schema import load_config
 from dcflow.layout import Layout
+from dcflow.orchestration.prepare import ingest_campaign, simulate_campaign
+from dcflow.orchestration.snakemake_cli import run_snakemake
 
 pytestmark = [
     pytest.mark.dirac,
@@ -39,14 +40,14 @@ def test_campaign_catalogs_through_profiles_dirac_match_the_local_run(tmp_path):
         root = tmp_path / profile
         root.mkdir()
         config = write_campaign_config(root, visits_per_filter=1, n_ccds=1)
-        driver.simulate_campaign(config)
-        driver.ingest_campaign(config)
+        simulate_campaign(config)
+        ingest_campaign(config)
         layout = Layout.from_config(load_config(config))
         targets = [layout.path(kind, visit=1001, ccd=0) for kind in ("calexp", "src")]
         args = [*targets, "--quiet", "rules"]
         if profile == "dirac":
             args += ["--seconds-between-status-checks", "2"]
-        code = driver.run_snakemake(config, profile=profile, snakemake_args=args, workdir=root)
+        code = run_snakemake(config, profile=profile, snakemake_args=args, workdir=root)
         assert code == 0, f"{profile} run failed"
         paths = [layout.path("bias", ccd=0), layout.path("flat", filter="g", ccd=0), *targets]
         products[profile] = [_hdus(Path(p)) for p in paths]

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import yaml
 
-from dcflow import driver
 from dcflow.campaign.index import CampaignIndex
 from dcflow.config_schema import load_config
 from dcflow.io import read_table
+from dcflow.orchestration.prepare import ingest_campaign
+from dcflow.orchestration.snakemake_cli import run_snakemake, snakemake_dry_run_counts
 from dcflow.pipeline.graph import JobGraph
 
 
@@ -39,14 +40,14 @@ def test_fe55_rules_run_end_to_end(tmp_path):
     }
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    assert driver.ingest_campaign(config_path).n_added == 0  # a sensor-test campaign: no visits
-    dry = driver.snakemake_dry_run_counts(config_path, workdir=tmp_path)
+    assert ingest_campaign(config_path).n_added == 0  # a sensor-test campaign: no visits
+    dry = snakemake_dry_run_counts(config_path, workdir=tmp_path)
     # the pipeline spec's Fe55 jobs are Snakemake's, and nothing else runs
     graph = JobGraph(CampaignIndex.from_config(load_config(config_path)))
     planned = Counter(job.rule for job in graph.job_specs())
     assert dry == dict(planned)
     assert planned == {"fe55_simulate": 2, "fe55_gain": 2, "fe55_summary": 1, "all": 1}
-    code = driver.run_snakemake(
+    code = run_snakemake(
         config_path, profile="local", snakemake_args=["--cores", "2", "--quiet", "rules"],
         workdir=tmp_path,
     )  # fmt: skip

@@ -13,9 +13,10 @@ import pytest
 from astropy.io import fits
 from campaigns import write_campaign_config
 
-from dcflow import driver
 from dcflow.config_schema import load_config
 from dcflow.layout import Layout
+from dcflow.orchestration.prepare import ingest_campaign, simulate_campaign
+from dcflow.orchestration.snakemake_cli import run_snakemake
 from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,9 +73,9 @@ def test_campaign_through_profiles_sge_matches_the_local_run(tmp_path, monkeypat
         root = tmp_path / profile
         root.mkdir()
         config = write_campaign_config(root, visits_per_filter=1)
-        driver.simulate_campaign(config)
-        driver.ingest_campaign(config)
-        code = driver.run_snakemake(
+        simulate_campaign(config)
+        ingest_campaign(config)
+        code = run_snakemake(
             config, profile=profile, snakemake_args=["--quiet", "rules"], workdir=root
         )
         assert code == 0, f"{profile} run failed"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from dcflow.driver import memory_override_args
 from dcflow.joblog import (
     FAULTS_ENV,
     InjectedFaultError,
@@ -30,6 +29,7 @@ from dcflow.ledger import (
     read_benchmark,
     tile_of,
 )
+from dcflow.orchestration.profiles import memory_override_args
 from dcflow.states import ACTIVE_STATES, TERMINAL_STATES, JobState
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

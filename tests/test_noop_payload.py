@@ -11,14 +11,15 @@ import pytest
 import yaml
 from noop_campaigns import write_noop_campaign
 
-from dcflow import driver
+from dcflow.orchestration.campaign_files import REPO_ROOT, open_campaign
+from dcflow.orchestration.snakemake_cli import run_snakemake, snakemake_dry_run_counts
 from dcflow.pipeline.graph import JobGraph
 
 pytestmark = pytest.mark.slow
 
 
 def _dry_run_counts(config: Path) -> dict[str, int]:
-    return driver.snakemake_dry_run_counts(config)
+    return snakemake_dry_run_counts(config)
 
 
 def _set_payload(config: Path, payload: str) -> None:
@@ -39,18 +40,18 @@ def test_noop_dag_equals_full_dag(campaign):
         full = _dry_run_counts(campaign)
     finally:
         _set_payload(campaign, "noop")
-    _, _, planned = driver.open_campaign(campaign)
+    _, _, planned = open_campaign(campaign)
     expected = dict(Counter(job.rule for job in JobGraph(planned).job_specs()))
     assert noop == full == expected
     assert {"make_warp", "forced_photometry", "fe55_gain", "science_validation"} <= set(noop)
 
 
 def test_noop_run_writes_every_output_as_a_placeholder(campaign):
-    code = driver.run_snakemake(
+    code = run_snakemake(
         campaign, profile="local", snakemake_args=["--quiet", "rules"], workdir=campaign.parent
     )
     assert code == 0
-    _, _, planned = driver.open_campaign(campaign)
+    _, _, planned = open_campaign(campaign)
     jobs = [job for job in JobGraph(planned).job_specs() if job.rule != "all"]
     for job in jobs:
         for output in job.outputs:
@@ -76,7 +77,7 @@ def test_noop_run_writes_every_output_as_a_placeholder(campaign):
 
 
 def test_noop_main_writes_atomically(tmp_path):
-    spec = importlib.util.spec_from_file_location("noop", driver.REPO_ROOT / "scripts/noop.py")
+    spec = importlib.util.spec_from_file_location("noop", REPO_ROOT / "scripts/noop.py")
     noop = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(noop)
     out = tmp_path / "a" / "b.fits"

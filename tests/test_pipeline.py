@@ -19,12 +19,12 @@ import pytest
 import yaml
 from test_plan_analytic import SHAPES, make, snakemake_counts
 
-from dcflow import driver
 from dcflow.campaign.analytic import read_file_list, scan_tree
 from dcflow.campaign.index import CampaignIndex
 from dcflow.campaign.synthetic import output_paths, touch_raws, write_inventory
 from dcflow.config_schema import load_config
 from dcflow.layout import DEFAULT_TEMPLATES
+from dcflow.orchestration.snakemake_cli import run_snakemake, snakemake_argv
 from dcflow.pipeline.graph import JobGraph
 from dcflow.pipeline.payload import PayloadError, fill_command
 from dcflow.pipeline.spec import STAGES
@@ -40,7 +40,7 @@ def _norm(work: Path, path: str) -> str:
 def snakemake_jobs(config_path: Path) -> dict[tuple[str, frozenset], frozenset]:
     """(rule, outputs) -> inputs of every job of Snakemake's own DAG (``-n --forceall``)."""
     work = config_path.parent
-    argv = driver.snakemake_argv(
+    argv = snakemake_argv(
         config_path,
         profile=None,
         snakemake_args=["-n", "--forceall", "--cores", "1"],
@@ -224,7 +224,7 @@ def test_command_payload_runs_site_commands_with_hostile_paths(tmp_path):
     # a site's own "stage": writes its outputs with the data id in them (printf, quoted args)
     site = 'for f in {output.calexps} {output.srcs}; do printf \'%s %s\' {visit} "$f" > "$f"; done'
     config_path = _hostile_campaign(tmp_path, {"process_visit": site})
-    code = driver.run_snakemake(
+    code = run_snakemake(
         config_path,
         profile="local",
         snakemake_args=["--cores", "2", "--quiet", "rules"],
@@ -244,7 +244,7 @@ def test_command_payload_runs_site_commands_with_hostile_paths(tmp_path):
 @pytest.mark.slow
 def test_command_that_writes_nothing_fails_naming_the_file(tmp_path):
     config_path = _hostile_campaign(tmp_path, {"make_warp": "true {output.warp}"})
-    code = driver.run_snakemake(
+    code = run_snakemake(
         config_path,
         profile="local",
         snakemake_args=["--cores", "2", "--quiet", "rules"],

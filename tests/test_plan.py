@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_ledger import toy_workflow
 
-from dcflow.driver import rerun_targets
 from dcflow.jobspec import JobSpec
+from dcflow.orchestration.rerun import rerun_targets
 from dcflow.plan import (
     incomplete_outputs,
     inventory,

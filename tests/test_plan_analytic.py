@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from dcflow import driver
 from dcflow.campaign.analytic import plan_index, read_file_list, scan_tree
 from dcflow.campaign.index import CampaignIndex
 from dcflow.campaign.synthetic import (
@@ -26,6 +25,9 @@ from dcflow.campaign.synthetic import (
     write_inventory,
 )
 from dcflow.config_schema import load_config
+from dcflow.orchestration.campaign_files import open_campaign
+from dcflow.orchestration.plan_status import plan_campaign
+from dcflow.orchestration.snakemake_cli import snakemake_dry_run_counts
 from dcflow.pipeline.graph import JobGraph
 from dcflow.plan import inventory, plan_jobs
 
@@ -87,7 +89,7 @@ def mark_incomplete(work: Path, path: str) -> None:
 
 def reference_plan(config_path: Path):
     work = config_path.parent
-    _, layout, index = driver.open_campaign(config_path, work)
+    _, layout, index = open_campaign(config_path, work)
     jobs = JobGraph(index).job_specs()
     return plan_jobs(jobs, output_root=layout.output_root, workdir=work)
 
@@ -100,7 +102,7 @@ def summary(plan) -> tuple[dict, dict]:
 def assert_same_as_reference(config_path: Path) -> dict[str, int]:
     work = config_path.parent
     # the reference planner does not model modification times (random touches here)
-    analytic = driver.plan_campaign(config_path, profile=None, workdir=work, mtimes=False)
+    analytic = plan_campaign(config_path, profile=None, workdir=work, mtimes=False)
     reference = reference_plan(config_path)
     assert summary(analytic) == summary(reference)
     assert analytic.n_total == reference.n_total
@@ -171,7 +173,7 @@ def test_file_list_equals_tree_walk(tmp_path):
 
 
 def snakemake_counts(config_path: Path) -> dict[str, int]:
-    return driver.snakemake_dry_run_counts(config_path)
+    return snakemake_dry_run_counts(config_path)
 
 
 @pytest.mark.slow
@@ -181,19 +183,19 @@ def test_analytic_equals_snakemake_dry_run(tmp_path, shape):
     work = config_path.parent
     touch_raws(config_path)
     n_visits = SHAPES[shape]["n_visits"]
-    fresh = driver.plan_campaign(config_path, profile=None, workdir=work).to_run_by_rule()
+    fresh = plan_campaign(config_path, profile=None, workdir=work).to_run_by_rule()
     assert fresh == snakemake_counts(config_path)
     assert fresh["process_visit"] == n_visits
     write_inventory(config_path, "half", tree=True)
-    half = driver.plan_campaign(config_path, profile=None, workdir=work).to_run_by_rule()
+    half = plan_campaign(config_path, profile=None, workdir=work).to_run_by_rule()
     assert half == snakemake_counts(config_path)
     assert half["process_visit"] == n_visits - n_visits // 2
     write_inventory(config_path, "all", tree=True)
-    done = driver.plan_campaign(config_path, profile=None, workdir=work).to_run_by_rule()
+    done = plan_campaign(config_path, profile=None, workdir=work).to_run_by_rule()
     assert done == snakemake_counts(config_path) == {}
     victim = sorted(all_outputs(config_path))[len(all_outputs(config_path)) // 2]
     mark_incomplete(work, victim)  # a killed job: it and everything downstream rerun
-    marked = driver.plan_campaign(config_path, profile=None, workdir=work).to_run_by_rule()
+    marked = plan_campaign(config_path, profile=None, workdir=work).to_run_by_rule()
     assert marked == snakemake_counts(config_path)
     assert marked["all"] == 1
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from dcflow.campaign.shard_driver import reserved_jobs, starting_shard_jobs
+from dcflow.orchestration.sharded import reserved_jobs, starting_shard_jobs
 
 
 def test_a_starting_shard_takes_what_it_can_use_of_the_free_cap():

@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 from noop_campaigns import write_noop_campaign
 
-from dcflow import driver
 from dcflow.campaign.driver_lock import DriverBusyError, hold_driver_lock, sharded_driver_running
-from dcflow.campaign.shard_driver import plan_shards, run_sharded
 from dcflow.campaign.shards import (
     Shard,
     read_marker,
@@ -28,12 +26,16 @@ from dcflow.campaign.shards import (
 )
 from dcflow.config_schema import load_config
 from dcflow.ledger import Ledger
+from dcflow.orchestration.campaign_files import REPO_ROOT, open_campaign
+from dcflow.orchestration.run import run_campaign
+from dcflow.orchestration.sharded import plan_shards, run_sharded
+from dcflow.orchestration.snakemake_cli import run_snakemake
 from dcflow.pipeline.graph import JobGraph
 from dcflow.states import JobState
 
 DCFLOW = str(Path(sys.executable).parent / "dcflow")
 SHARDS = {"visits_per_shard": 3, "max_concurrent_shards": 2, "max_queued_jobs": 4}
-ENV_FILE = Path(os.environ.get("DCFLOW_RUN_DIR", driver.REPO_ROOT / "run")) / "gridengine/env.sh"
+ENV_FILE = Path(os.environ.get("DCFLOW_RUN_DIR", REPO_ROOT / "run")) / "gridengine/env.sh"
 
 
 def _closure(shard_id: str, by_id: dict[str, Shard]) -> set[str]:
@@ -66,7 +68,7 @@ def test_every_job_is_in_exactly_one_shard_and_dependencies_are_upstream(
         "visits-00001",
         "visits-00002",
     ]
-    _, _, planned = driver.open_campaign(campaign)
+    _, _, planned = open_campaign(campaign)
     jobs = [j for j in JobGraph(planned).job_specs() if j.rule != "all"]
     owner = {
         (j.rule, tuple(sorted(j.data_id.items()))): shard_of_job(j.rule, j.data_id, shards)
@@ -162,7 +164,7 @@ def test_sharded_run_equals_the_unsharded_run(tmp_path):
     single = write_noop_campaign(tmp_path / "single", shards=SHARDS)
     sharded = write_noop_campaign(tmp_path / "sharded", shards=SHARDS)
     assert (
-        driver.run_snakemake(
+        run_snakemake(
             single, profile="local", snakemake_args=["--quiet", "rules"], workdir=single.parent
         )
         == 0
@@ -433,7 +435,7 @@ def test_one_sharded_driver_per_working_directory(tmp_path):
         with pytest.raises(DriverBusyError, match=rf"dcflow-sharded.lock: .*pid {holder.pid}"):
             run_sharded(config, profile="local", workdir=work, out=lambda _: None)
         with pytest.raises(DriverBusyError, match="sharded driver"):
-            driver.run_campaign(config, profile="local", snakemake_args=[], workdir=work)
+            run_campaign(config, profile="local", snakemake_args=[], workdir=work)
     finally:
         holder.kill()
         holder.wait()

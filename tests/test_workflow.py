@@ -10,10 +10,10 @@ import pytest
 from astropy.io import fits
 from campaigns import run_workflow, write_campaign_config
 
-from dcflow import driver
 from dcflow.config_schema import load_config
 from dcflow.io import read_exposure, read_table
 from dcflow.layout import Layout
+from dcflow.orchestration.prepare import ingest_campaign, simulate_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 def campaign(tmp_path_factory):
     root = tmp_path_factory.mktemp("campaign")
     config_path = write_campaign_config(root, skymap=True)
-    driver.simulate_campaign(config_path)
-    report = driver.ingest_campaign(config_path)
+    simulate_campaign(config_path)
+    report = ingest_campaign(config_path)
     assert report.rejected == ()
     code = run_workflow(config_path)
     return config_path, Layout.from_config(load_config(config_path)), code
@@ -154,7 +154,7 @@ def broken_campaign(tmp_path_factory):
         zero_point_1s_mag=[26.9, 26.6, 26.3],
         sky_mag_arcsec2=[22.0, 21.2, 20.5],
     )
-    driver.simulate_campaign(config_path)
+    simulate_campaign(config_path)
     layout = Layout.from_config(load_config(config_path))
     raw = {
         (v, c): layout.path("raw", instrument="cfht_sim", visit=v, ccd=c)
@@ -173,7 +173,7 @@ def broken_campaign(tmp_path_factory):
     assert len(flats_i) == 2
     for path in flats_i:
         os.remove(path)
-    assert driver.ingest_campaign(config_path).rejected == ()
+    assert ingest_campaign(config_path).rejected == ()
     _truncate(raw[1001, 0])
     _nan_amplifier(raw[1003, 1])
     _drop_keyword(raw[1004, 0], "GAINA")

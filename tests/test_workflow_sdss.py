@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcflow import driver
 from dcflow.campaign.index import CampaignIndex
 from dcflow.config_schema import load_config
 from dcflow.instruments import sdss
 from dcflow.io import read_exposure, read_fits
 from dcflow.layout import Layout
+from dcflow.orchestration.prepare import ingest_campaign
+from dcflow.orchestration.snakemake_cli import run_snakemake
 from dcflow.pipeline.graph import JobGraph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,9 +33,9 @@ def sdss_campaign(tmp_path_factory):
     config["layout"]["output_root"] = str(root / "out")
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    report = driver.ingest_campaign(config_path)
+    report = ingest_campaign(config_path)
     assert (report.n_added, report.rejected) == (5, ())
-    code = driver.run_snakemake(
+    code = run_snakemake(
         config_path, profile="local", snakemake_args=["--cores", "2"], workdir=root
     )
     loaded = load_config(config_path)

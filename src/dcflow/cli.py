@@ -1,23 +1,37 @@
-"""The `dcflow` command: thin verbs over dcflow.driver.
+"""The `dcflow` command: thin verbs over `dcflow.orchestration`.
 
 Verbs: simulate, ingest, run, demo (campaign set-up and running), plan, status, failed, rerun,
 cancel, ping, report (campaign control). Arguments after ``--`` pass to Snakemake untouched.
 
-Exit codes: 0 success; 1 a run or check found a failure (a job failed, files were rejected);
-2 bad command line or config; 3 failed tiles are waiting (status, failed); 4 the backend is
-unreachable or not ready (ping).
+Exit codes: 0 success; 1 a run or check found a failure (a job failed, files were rejected, the
+ledger is unreadable); 2 bad command line or config; 3 failed tiles are waiting (status,
+failed); 4 the backend is unreachable or not ready (ping). Errors a user can fix are
+`dcflow.errors.CampaignError`s, reported once in `main` as ``dcflow <verb>: <message>`` with
+the error's exit code; anything else is a bug and ends in a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import sqlite3
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 
-from dcflow import driver
-from dcflow.campaign.driver_lock import DriverBusyError
+from dcflow.errors import BackendUnreachableError, CampaignError
+from dcflow.layout import Layout
+from dcflow.orchestration.campaign_files import load_campaign_config
+from dcflow.orchestration.cancel import cancel_campaign
+from dcflow.orchestration.pictures import campaign_pictures
+from dcflow.orchestration.ping import ping_profile
+from dcflow.orchestration.plan_status import failed_campaign, plan_campaign, status_campaign
+from dcflow.orchestration.prepare import ingest_campaign, simulate_campaign
+from dcflow.orchestration.report import report_campaign
+from dcflow.orchestration.rerun import rerun_failed
+from dcflow.orchestration.run import run_campaign
+from dcflow.orchestration.sharded import run_sharded
 from dcflow.plan import Plan
 from dcflow.status import CampaignStatus, FailedTile
 
@@ -27,6 +41,7 @@ __all__ = [
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "PICTURE_MAX_JOBS",
+    "VERBS",
     "main",
 ]
 
@@ -201,135 +216,72 @@ def _print_failed(tiles: list[FailedTile]) -> None:
 
 
 def _failed_json(tiles: list[FailedTile]) -> str:
-    import json
-    from dataclasses import asdict
-
     return json.dumps([asdict(t) for t in tiles], indent=2, default=str)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `dcflow` command; returns the exit code."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    extra = _strip_separator(list(getattr(args, "snakemake_args", []) or []))
-    try:
-        if args.verb in ("simulate", "demo"):
-            written = driver.simulate_campaign(args.config)
-            print(f"simulated campaign: {len(written)} new files")
-        if args.verb in ("ingest", "demo"):
-            report = driver.ingest_campaign(args.config)
-            print(
-                f"ingest: {report.n_added} added, {report.n_known} known, "
-                f"{len(report.rejected)} rejected ({report.seconds:.1f} s)"
-            )
-            for path, reason in report.rejected:
-                print(f"  rejected {path}: {reason}", file=sys.stderr)
-            if report.rejected and args.verb == "ingest":
-                return EXIT_FAILED
-        if args.verb == "run" and args.sharded:
-            from dcflow.campaign.shard_driver import run_sharded
-
-            result = run_sharded(
-                args.config,
-                profile=args.profile,
-                snakemake_args=extra,
-                mem_factor=args.mem_factor,
-                mem_cap_mb=args.mem_cap_mb,
-                progress=not args.no_progress,
-            )
-            return 0 if result.exit_code == 0 else EXIT_FAILED
-        if args.verb in ("run", "demo"):
-            code = driver.run_campaign(
-                args.config,
-                profile=args.profile,
-                snakemake_args=extra,
-                shard=args.shard,
-                mem_factor=args.mem_factor,
-                mem_cap_mb=args.mem_cap_mb,
-                progress=not args.no_progress,
-            )
-            if args.verb == "demo" and code == 0:
-                from dcflow.config_schema import load_config
-                from dcflow.layout import Layout
-
-                layout = Layout.from_config(load_config(args.config))
-                print(
-                    f"demo campaign done: outputs under {layout.output_root}/ "
-                    f"(validation: {layout.path('science_validation')})"
-                )
-            return EXIT_FAILED if code else 0
-        if args.verb == "plan":
-            return _plan(args)
-        if args.verb == "status":
-            status = driver.status_campaign(args.config, profile=args.profile)
-            if args.json:
-                print(status.to_json())
-            else:
-                _print_status(status)
-            return EXIT_TILES_FAILED if status.n_failed else 0
-        if args.verb == "failed":
-            tiles = driver.failed_campaign(
-                args.config, stage=args.stage, tract=args.tract, n_lines=args.lines
-            )
-            if args.json:
-                print(_failed_json(tiles))
-            else:
-                _print_failed(tiles)
-            return EXIT_TILES_FAILED if tiles else 0
-        if args.verb == "rerun":
-            code, selected = driver.rerun_failed(
-                args.config,
-                profile=args.profile,
-                snakemake_args=extra,
-                stage=args.stage,
-                tract=args.tract,
-                mem_factor=args.mem_factor,
-                mem_cap_mb=args.mem_cap_mb,
-                progress=not args.no_progress,
-            )
-            print(f"rerun: {len(selected)} job(s) asked for" if selected else "nothing to rerun")
-            return EXIT_FAILED if code else 0
-        if args.verb == "cancel":
-            try:
-                stopped, n_jobs = driver.cancel_campaign(args.config, timeout_s=args.timeout)
-            except TimeoutError as exc:
-                print(f"dcflow cancel: {exc}", file=sys.stderr)
-                return EXIT_FAILED
-            print(
-                f"cancelled runs {stopped}: {n_jobs} job attempt(s)" if stopped else "no live run"
-            )
-            return 0
-        if args.verb == "ping":
-            result = driver.ping_profile(args.profile, min_proxy_hours=args.min_proxy_hours)
-            for check in result.checks:
-                print(
-                    f"{'ok  ' if check.ok else 'FAIL'} {result.backend} {check.name}: "
-                    f"{check.detail}"
-                )
-            return 0 if result.ok else EXIT_UNREACHABLE
-        if args.verb == "report":
-            code, report_path, page, stages = driver.report_campaign(
-                args.config, profile=args.profile, snakemake_args=extra, output=args.output
-            )
-            for stage in stages:
-                print(
-                    f"{stage.stage:<20} {stage.n_jobs:>5} jobs  CPU {stage.cpu_s_total:8.1f} s  "
-                    f"max RSS {stage.max_rss_mb_max:7.0f} MB  read {stage.io_in_mb_total:7.1f} MB"
-                    f"  written {stage.io_out_mb_total:7.1f} MB"
-                )
-            print(f"report: {report_path}; per-stage benchmarks: {page}")
-            return EXIT_FAILED if code else 0
-    except (ValueError, FileNotFoundError, KeyError, sqlite3.Error) as exc:
-        print(f"dcflow {args.verb}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except DriverBusyError as exc:
-        print(f"dcflow {args.verb}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+def _simulate(args: argparse.Namespace, extra: list[str]) -> int:
+    written = simulate_campaign(args.config)
+    print(f"simulated campaign: {len(written)} new files")
     return 0
 
 
-def _plan(args: argparse.Namespace) -> int:
-    plan = driver.plan_campaign(args.config, profile=args.profile, inventory=args.inventory)
+def _ingest(args: argparse.Namespace, extra: list[str]) -> int:
+    report = ingest_campaign(args.config)
+    print(
+        f"ingest: {report.n_added} added, {report.n_known} known, "
+        f"{len(report.rejected)} rejected ({report.seconds:.1f} s)"
+    )
+    for path, reason in report.rejected:
+        print(f"  rejected {path}: {reason}", file=sys.stderr)
+    return EXIT_FAILED if report.rejected else 0
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.sharded:
+        result = run_sharded(
+            args.config,
+            profile=args.profile,
+            snakemake_args=extra,
+            mem_factor=args.mem_factor,
+            mem_cap_mb=args.mem_cap_mb,
+            progress=not args.no_progress,
+        )
+        return 0 if result.exit_code == 0 else EXIT_FAILED
+    code = run_campaign(
+        args.config,
+        profile=args.profile,
+        snakemake_args=extra,
+        shard=args.shard,
+        mem_factor=args.mem_factor,
+        mem_cap_mb=args.mem_cap_mb,
+        progress=not args.no_progress,
+    )
+    return EXIT_FAILED if code else 0
+
+
+def _demo(args: argparse.Namespace, extra: list[str]) -> int:
+    _simulate(args, extra)
+    _ingest(args, extra)  # rejected files are reported, and the demo goes on
+    code = run_campaign(
+        args.config,
+        profile=args.profile,
+        snakemake_args=extra,
+        shard=args.shard,
+        mem_factor=args.mem_factor,
+        mem_cap_mb=args.mem_cap_mb,
+        progress=not args.no_progress,
+    )
+    if code == 0:
+        layout = Layout.from_config(load_campaign_config(args.config))
+        print(
+            f"demo campaign done: outputs under {layout.output_root}/ "
+            f"(validation: {layout.path('science_validation')})"
+        )
+    return EXIT_FAILED if code else 0
+
+
+def _plan(args: argparse.Namespace, extra: list[str]) -> int:
+    plan = plan_campaign(args.config, profile=args.profile, inventory=args.inventory)
     pictures = None
     too_big = plan.n_total > PICTURE_MAX_JOBS and not args.pictures
     if not args.no_pictures and too_big:
@@ -339,11 +291,9 @@ def _plan(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     elif not args.no_pictures:
-        from dcflow.config_schema import load_config
-        from dcflow.layout import Layout
-
-        out = args.pictures or f"{Layout.from_config(load_config(args.config)).output_root}/plan"
-        pictures = driver.campaign_pictures(args.config, out, profile=args.profile)
+        layout = Layout.from_config(load_campaign_config(args.config))
+        out = args.pictures or f"{layout.output_root}/plan"
+        pictures = campaign_pictures(args.config, out, profile=args.profile)
     if args.json:
         print(plan.to_json())
     else:
@@ -351,6 +301,97 @@ def _plan(args: argparse.Namespace) -> int:
         if pictures:
             print(f"pictures: {pictures[0]}, {pictures[1]}")
     return 0
+
+
+def _status(args: argparse.Namespace, extra: list[str]) -> int:
+    status = status_campaign(args.config, profile=args.profile)
+    if args.json:
+        print(status.to_json())
+    else:
+        _print_status(status)
+    return EXIT_TILES_FAILED if status.n_failed else 0
+
+
+def _failed(args: argparse.Namespace, extra: list[str]) -> int:
+    tiles = failed_campaign(args.config, stage=args.stage, tract=args.tract, n_lines=args.lines)
+    if args.json:
+        print(_failed_json(tiles))
+    else:
+        _print_failed(tiles)
+    return EXIT_TILES_FAILED if tiles else 0
+
+
+def _rerun(args: argparse.Namespace, extra: list[str]) -> int:
+    code, selected = rerun_failed(
+        args.config,
+        profile=args.profile,
+        snakemake_args=extra,
+        stage=args.stage,
+        tract=args.tract,
+        mem_factor=args.mem_factor,
+        mem_cap_mb=args.mem_cap_mb,
+        progress=not args.no_progress,
+    )
+    print(f"rerun: {len(selected)} job(s) asked for" if selected else "nothing to rerun")
+    return EXIT_FAILED if code else 0
+
+
+def _cancel(args: argparse.Namespace, extra: list[str]) -> int:
+    stopped, n_jobs = cancel_campaign(args.config, timeout_s=args.timeout)
+    print(f"cancelled runs {stopped}: {n_jobs} job attempt(s)" if stopped else "no live run")
+    return 0
+
+
+def _ping(args: argparse.Namespace, extra: list[str]) -> int:
+    result = ping_profile(args.profile, min_proxy_hours=args.min_proxy_hours)
+    for check in result.checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {result.backend} {check.name}: {check.detail}")
+    if not result.ok:
+        failing = "; ".join(f"{c.name}: {c.detail}" for c in result.checks if not c.ok)
+        raise BackendUnreachableError(f"{result.backend} does not take jobs ({failing})")
+    return 0
+
+
+def _report(args: argparse.Namespace, extra: list[str]) -> int:
+    code, report_path, page, stages = report_campaign(
+        args.config, profile=args.profile, snakemake_args=extra, output=args.output
+    )
+    for stage in stages:
+        print(
+            f"{stage.stage:<20} {stage.n_jobs:>5} jobs  CPU {stage.cpu_s_total:8.1f} s  "
+            f"max RSS {stage.max_rss_mb_max:7.0f} MB  read {stage.io_in_mb_total:7.1f} MB"
+            f"  written {stage.io_out_mb_total:7.1f} MB"
+        )
+    print(f"report: {report_path}; per-stage benchmarks: {page}")
+    return EXIT_FAILED if code else 0
+
+
+VERBS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
+    "simulate": _simulate,
+    "ingest": _ingest,
+    "run": _run,
+    "demo": _demo,
+    "plan": _plan,
+    "status": _status,
+    "failed": _failed,
+    "rerun": _rerun,
+    "cancel": _cancel,
+    "ping": _ping,
+    "report": _report,
+}
+"""Each verb's function: the parsed arguments and the Snakemake arguments in, the exit code out."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dcflow` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    extra = _strip_separator(list(getattr(args, "snakemake_args", []) or []))
+    try:
+        return VERBS[args.verb](args, extra)
+    except CampaignError as exc:
+        print(f"dcflow {args.verb}: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

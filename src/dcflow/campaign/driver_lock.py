@@ -17,11 +17,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from dcflow.errors import DriverBusyError
+
 __all__ = ["DriverBusyError", "driver_lock_path", "hold_driver_lock", "sharded_driver_running"]
-
-
-class DriverBusyError(RuntimeError):
-    """Another sharded driver runs in this working directory."""
 
 
 def driver_lock_path(workdir: str | Path) -> Path:

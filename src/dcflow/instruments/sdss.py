@@ -814,4 +814,4 @@ def prepare_frame(
 
 
 record_from_header = record_from_fpc_header
-"""The registry's ingest translation for this instrument (`dcflow.driver` looks it up)."""
+"""The registry's ingest translation for this instrument (`dcflow.orchestration.prepare`)."""

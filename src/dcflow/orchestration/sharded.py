@@ -2,8 +2,8 @@
 
 The shards (`dcflow.campaign.shards.build_shards`) run in topological order, at most
 ``shards.max_concurrent_shards`` Snakemake processes at once, each through
-`dcflow.driver.run_campaign` (ledger run labelled with the shard id, so the ledger, ``dcflow
-status``, memory escalation and the backend's reattachment keep working).
+`dcflow.orchestration.run.run_campaign` (ledger run labelled with the shard id, so the ledger,
+``dcflow status``, memory escalation and the backend's reattachment keep working).
 
 Backpressure: the running shards together never hold more than ``shards.max_queued_jobs``
 batch jobs (with the local executor, never more than its cores). A running shard holds
@@ -48,10 +48,12 @@ from dcflow.campaign.shards import (
     shards_left,
     write_marker,
 )
-from dcflow.config_schema import load_config
 from dcflow.configs import from_mapping
 from dcflow.layout import Layout
 from dcflow.ledger import Ledger
+from dcflow.orchestration.campaign_files import load_campaign_config
+from dcflow.orchestration.profiles import GRIDENGINE_EXECUTORS, profile_backend, profile_settings
+from dcflow.orchestration.run import run_campaign
 from dcflow.states import JobState
 
 __all__ = [
@@ -158,8 +160,6 @@ def plan_shards(
 
 def shard_jobs_budget(max_queued_jobs: int, profile: str | None) -> int:
     """Total ``--jobs`` over running shards: the cap, and at most the cores when local."""
-    from dcflow.driver import profile_backend, profile_settings
-
     if profile is None or profile_backend(profile) == "local":
         cores = (profile_settings(profile) if profile else {}).get("cores") or os.cpu_count()
         return max(1, min(max_queued_jobs, int(cores)))
@@ -297,8 +297,6 @@ def clear_stale_state(
     Snakemake lock files are removed (what ``snakemake --unlock`` does, without parsing the
     whole campaign).
     """
-    from dcflow.driver import GRIDENGINE_EXECUTORS
-
     live = False
     if ledger_file.exists():
         with Ledger(ledger_file) as ledger:
@@ -465,17 +463,13 @@ def _drive(
     out: Callable[[str], None],
 ) -> ShardedRun:
     """`run_sharded` with the driver lock held."""
-    from dcflow.driver import profile_backend, run_campaign
-
     config_path = Path(config_path).resolve()
-    config = load_config(config_path)
+    config = load_campaign_config(config_path)
     shards, hashes, left, io_layout, settings, axes = plan_shards(config, workdir)
     ledger_file = Path(io_layout.path("ledger"))
     backend = profile_backend(profile) if profile else "local"
     out(clear_stale_state(workdir, ledger_file, backend))
     budget = shard_jobs_budget(settings.max_queued_jobs, profile)
-    from dcflow.driver import GRIDENGINE_EXECUTORS
-
     gridengine = backend in GRIDENGINE_EXECUTORS
     left_ids = {s.shard_id for s in left}
     state = {s.shard_id: ("pending" if s.shard_id in left_ids else "up to date") for s in shards}
