@@ -328,7 +328,12 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "fe55_simulate",
         "sensor_exposure",
-        outputs=(Output("raw", "fe55_raw"), Output("truth", "fe55_truth")),
+        outputs=(
+            Output("raw", "fe55_raw"),
+            Output("truth", "fe55_truth"),
+            Output("flat", "fe55_flat"),
+            Output("bias", "fe55_bias"),
+        ),
         inputs=(),
         script="fe55_simulate",
         sections=("fe55",),
@@ -353,14 +358,37 @@ STAGES: tuple[Stage, ...] = (
         family="fe55",
     ),
     Stage(
+        "photon_transfer",
+        "sensor",
+        outputs=(
+            Output("table", "fe55_ptc"),
+            Output(
+                "plot", "fe55_ptc_plot", caption="photon_transfer.rst", category="Fe55 gain"
+            ),
+        ),
+        inputs=(
+            Input("flats", "fe55_flat", ("ccd",)),
+            Input("biases", "fe55_bias", ("ccd",)),
+        ),
+        script="photon_transfer",
+        sections=("fe55", "photon_transfer"),
+        mem_mb=1000,
+        runtime=10,
+        shard="fe55",
+        when="has_fe55",
+        family="fe55",
+    ),
+    Stage(
         "fe55_summary",
         "sensor",
         outputs=(Output("summary", "fe55_summary", target=True),),
         inputs=(
             Input("gains", "fe55_gain", ("ccd",)),
             Input("truths", "fe55_truth", ("ccd",)),
+            Input("ptc", "fe55_ptc", ("ccd",)),
         ),
         script="fe55_summary",
+        sections=("fe55_gain",),
         mem_mb=500,
         runtime=5,
         shard="fe55",

@@ -217,6 +217,12 @@ class Fe55Config:
     max_deviance_per_dof: float = config_field(
         2.0, "Largest Poisson deviance per degree of freedom for a trusted gain.", minimum=1.0
     )
+    max_ptc_deviation: float = config_field(
+        0.015,
+        "Largest |Fe55 / photon-transfer gain - 1| of a trusted amplifier in the sensor "
+        "summary (fraction; a correct Fe55 analysis lands within 1-1.5 %).",
+        exclusive_minimum=0.0,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -1160,31 +1166,49 @@ def layout_mismatches(found: DetectorLayout, expected: DetectorLayout) -> tuple[
     return tuple(lines)
 
 
-def summarize_gains(tables: Sequence[Table], *, truth: Table | None = None) -> Table:
-    """Combine the gain tables of several exposures of one sensor, per amplifier.
+def summarize_gains(
+    tables: Sequence[Table],
+    *,
+    truth: Table | None = None,
+    ptc: Table | None = None,
+    max_ptc_deviation: float = 0.015,
+) -> Table:
+    """Combine the gain tables of several exposures of one sensor, per amplifier, with a verdict.
+
+    Per amplifier the exposures whose gain is trusted are combined (all of them, marked
+    untrusted, when none is); with a photon-transfer table the Fe55 gain is set against it and
+    an amplifier whose ratio departs from 1 by more than ``max_ptc_deviation`` is untrusted.
 
     Parameters
     ----------
     tables : sequence of astropy.table.Table
-        Gain tables (`Fe55Result.table`), one per exposure.
+        Gain tables (`Fe55Result.table`), one per exposure (tables without ``trusted`` count
+        as trusted).
     truth : astropy.table.Table, optional
         True gains (columns ``amp``, ``gain_e_per_adu``), for simulated sensors.
+    ptc : astropy.table.Table, optional
+        Photon-transfer gains (`dcflow.stages.photon_transfer.PhotonTransferResult.table`).
+    max_ptc_deviation : float
+        Largest ``|Fe55 / PTC - 1|`` of a trusted amplifier.
 
     Returns
     -------
     astropy.table.Table
-        One row per amplifier: ``amp``, ``n_exposures``, ``gain_e_per_adu`` (inverse-variance
-        weighted mean), ``gain_err_e_per_adu`` (its error), ``gain_scatter_e_per_adu``
-        (standard deviation over exposures, 0 for one exposure), ``chi2_per_dof`` (of the
-        exposures about the mean; 0 for one exposure), ``peak_sigma_e`` (mean),
-        ``n_events`` (total); with ``truth`` also ``gain_truth_e_per_adu`` and
-        ``gain_dev_sigma`` ((mean - truth) / error).
+        One row per amplifier: ``amp``, ``n_exposures``, ``n_trusted`` (exposures combined),
+        ``gain_e_per_adu`` (inverse-variance weighted mean), ``gain_err_e_per_adu`` (its
+        error), ``gain_scatter_e_per_adu`` (standard deviation over the combined exposures, 0
+        for one), ``chi2_per_dof`` (of those exposures about the mean; 0 for one),
+        ``peak_sigma_e`` (mean), ``n_events`` (total); with ``ptc`` also
+        ``ptc_gain_e_per_adu``, ``ptc_gain_err_e_per_adu``, ``fe55_over_ptc`` and
+        ``fe55_over_ptc_err``; with ``truth`` also ``gain_truth_e_per_adu`` and
+        ``gain_dev_sigma`` ((mean - truth) / error); last ``trusted`` and ``verdict``. Header
+        ``NUNTRUST``: untrusted amplifiers.
 
     Raises
     ------
     ValueError
         If ``tables`` is empty, a table lacks a column, the tables name different amplifiers,
-        an error is not positive, or ``truth`` lacks an amplifier.
+        an error is not positive, or ``truth`` or ``ptc`` lacks an amplifier.
     """
     if len(tables) == 0:
         raise ValueError("tables is empty: no gain table to summarize")
@@ -1204,19 +1228,67 @@ def summarize_gains(tables: Sequence[Table], *, truth: Table | None = None) -> T
     errors = np.array([np.asarray(t["gain_err_e_per_adu"], dtype=float) for t in tables])
     if not np.all(errors > 0):
         raise ValueError("gain_err_e_per_adu must be > 0 in every table")
-    weights = errors**-2
+    trusted = np.array(
+        [
+            np.asarray(t["trusted"], dtype=bool)
+            if "trusted" in t.colnames
+            else np.ones(len(amps), dtype=bool)
+            for t in tables
+        ]
+    )
+    verdicts = [
+        [str(v) for v in t["verdict"]] if "verdict" in t.colnames else ["ok"] * len(amps)
+        for t in tables
+    ]
+    any_trusted = trusted.any(axis=0)
+    use = np.where(any_trusted[None, :], trusted, True)
+    weights = np.where(use, errors**-2, 0.0)
     mean = np.sum(weights * gains, axis=0) / np.sum(weights, axis=0)
-    n = len(tables)
-    chi2 = np.sum(weights * (gains - mean) ** 2, axis=0) / max(n - 1, 1)
+    n_used = use.sum(axis=0)
+    chi2 = np.sum(weights * (gains - mean) ** 2, axis=0) / np.maximum(n_used - 1, 1)
+    scatter = np.array(
+        [gains[use[:, j], j].std(ddof=1) if n_used[j] > 1 else 0.0 for j in range(len(amps))]
+    )
     out = Table()
     out["amp"] = amps
-    out["n_exposures"] = np.full(len(amps), n)
+    out["n_exposures"] = np.full(len(amps), len(tables))
+    out["n_trusted"] = trusted.sum(axis=0)
     out["gain_e_per_adu"] = mean
     out["gain_err_e_per_adu"] = np.sum(weights, axis=0) ** -0.5
-    out["gain_scatter_e_per_adu"] = gains.std(axis=0, ddof=1) if n > 1 else np.zeros(len(amps))
-    out["chi2_per_dof"] = chi2 if n > 1 else np.zeros(len(amps))
+    out["gain_scatter_e_per_adu"] = scatter
+    out["chi2_per_dof"] = np.where(n_used > 1, chi2, 0.0)
     out["peak_sigma_e"] = np.mean([np.asarray(t["peak_sigma_e"], float) for t in tables], axis=0)
     out["n_events"] = np.sum([np.asarray(t["n_events"], int) for t in tables], axis=0)
+    reasons = [
+        []
+        if any_trusted[j]
+        else ["no trusted exposure (" + ", ".join(sorted({v[j] for v in verdicts})) + ")"]
+        for j in range(len(amps))
+    ]
+    if ptc is not None:
+        by_amp = {
+            str(a): (float(g), float(e))
+            for a, g, e in zip(
+                ptc["amp"], ptc["gain_e_per_adu"], ptc["gain_err_e_per_adu"], strict=True
+            )
+        }
+        absent = [a for a in amps if a not in by_amp]
+        if absent:
+            raise ValueError(f"ptc lacks amplifier(s) {', '.join(absent)}")
+        ptc_gain = np.array([by_amp[a][0] for a in amps])
+        ptc_err = np.array([by_amp[a][1] for a in amps])
+        ratio = mean / ptc_gain
+        out["ptc_gain_e_per_adu"] = ptc_gain
+        out["ptc_gain_err_e_per_adu"] = ptc_err
+        out["fe55_over_ptc"] = ratio
+        out["fe55_over_ptc_err"] = ratio * np.hypot(
+            out["gain_err_e_per_adu"] / mean, ptc_err / ptc_gain
+        )
+        for j in range(len(amps)):
+            if abs(ratio[j] - 1.0) > max_ptc_deviation:
+                reasons[j].append(
+                    f"Fe55/PTC {ratio[j]:.3f} +- {out['fe55_over_ptc_err'][j]:.3f}"
+                )
     if truth is not None:
         by_amp = {
             str(a): float(g) for a, g in zip(truth["amp"], truth["gain_e_per_adu"], strict=True)
@@ -1227,4 +1299,7 @@ def summarize_gains(tables: Sequence[Table], *, truth: Table | None = None) -> T
         true_gain = np.array([by_amp[a] for a in amps])
         out["gain_truth_e_per_adu"] = true_gain
         out["gain_dev_sigma"] = (mean - true_gain) / out["gain_err_e_per_adu"]
+    out["trusted"] = np.array([not r for r in reasons], dtype=bool)
+    out["verdict"] = ["; ".join(r) or "ok" for r in reasons]
+    out.meta["NUNTRUST"] = int(np.sum(~out["trusted"]))
     return out
