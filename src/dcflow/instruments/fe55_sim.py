@@ -30,8 +30,8 @@ from dcflow.geometry import DetectorLayout
 from dcflow.stages.fe55 import (
     KALPHA_ELECTRONS,
     KBETA_ELECTRONS,
-    MN_KBETA_EV,
     MN_KALPHA_EV,
+    MN_KBETA_EV,
     kalpha_yield,
 )
 from dcflow.stages.sensor_layout import TapGridLayout
@@ -44,9 +44,9 @@ __all__ = [
     "amp_gains",
     "fe55_data_ids",
     "fe55_hdulist",
+    "pair_hdulist",
     "simulate_fe55",
     "simulate_fe55_exposure",
-    "pair_hdulist",
     "simulate_flat_pairs",
     "simulate_sensor_flats",
 ]
@@ -426,9 +426,9 @@ def simulate_fe55(
             amp_rows = slice(amp_rows.start, amp.parallel_overscan[0].stop)
         block = np.zeros((amp_rows.stop - amp_rows.start, _block_width(amp)))
         x0 = _block_start(amp)
-        block[ys.start - amp_rows.start : ys.stop - amp_rows.start, xs.start - x0 : xs.stop - x0] = (
-            electrons
-        )
+        block[
+            ys.start - amp_rows.start : ys.stop - amp_rows.start, xs.start - x0 : xs.stop - x0
+        ] = electrons
         block = _defer_charge(block, deferred_charge, reverse=amp.flip_x)
         level = bias_level_adu + rng_bias.uniform(-50.0, 50.0)
         phase = rng_bias.uniform(0, 2 * np.pi)
@@ -711,8 +711,10 @@ def pair_hdulist(
     ccd: int,
     exposure: int,
 ) -> fits.HDUList:
-    """Two raw frames (a flat or bias pair) as one FITS file: a primary HDU per frame's header
-    cards, the frames in image extensions ``FRAME1`` and ``FRAME2`` with the section keywords.
+    """Two raw frames (a flat or bias pair) as one FITS file.
+
+    The primary header holds the exposure type, the sensor and exposure numbers and the
+    section keywords; the frames are the image extensions ``FRAME1`` and ``FRAME2``.
     """
     header = fits.Header()
     header["IMAGETYP"] = (imagetyp, "exposure type of both frames")

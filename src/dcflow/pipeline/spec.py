@@ -362,9 +362,7 @@ STAGES: tuple[Stage, ...] = (
         "sensor",
         outputs=(
             Output("table", "fe55_ptc"),
-            Output(
-                "plot", "fe55_ptc_plot", caption="photon_transfer.rst", category="Fe55 gain"
-            ),
+            Output("plot", "fe55_ptc_plot", caption="photon_transfer.rst", category="Fe55 gain"),
         ),
         inputs=(
             Input("flats", "fe55_flat", ("ccd",)),

@@ -39,8 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from astropy.table import Table
 from astropy.stats import sigma_clipped_stats
+from astropy.table import Table
 from scipy import ndimage, optimize
 from scipy.special import ndtr
 
@@ -62,12 +62,12 @@ __all__ = [
     "PeakFit",
     "fe55_verdict",
     "fit_kalpha_peak",
+    "image_pedestal",
     "kalpha_yield",
     "layout_mismatches",
     "line_model",
     "measure_amp_gain",
     "measure_fe55_gain",
-    "image_pedestal",
     "pair_energy_ev",
     "subtract_bias",
     "summarize_gains",
@@ -837,9 +837,7 @@ def fit_kalpha_peak(
     # a shelf or floor fitted at zero sits on its bound: it is held there for the errors (its
     # derivative over bins of almost no expected events would swamp the Fisher matrix)
     free = [
-        i
-        for i, (lo, hi) in enumerate(bounds)
-        if hi > lo and not (i >= 4 and best.x[i] - lo < 1e-4)
+        i for i, (lo, hi) in enumerate(bounds) if hi > lo and not (i >= 4 and best.x[i] - lo < 1e-4)
     ]
     jac = np.empty((n_bins, len(free)))
     for column, i in enumerate(free):
@@ -936,7 +934,9 @@ def fe55_verdict(
     """
     reasons = []
     if fit.n_kalpha < config.min_kalpha_events:
-        reasons.append(f"too few K-alpha events ({fit.n_kalpha:.0f} < {config.min_kalpha_events:g})")
+        reasons.append(
+            f"too few K-alpha events ({fit.n_kalpha:.0f} < {config.min_kalpha_events:g})"
+        )
     ratio = fit.sigma_adu / expected_sigma_adu
     if abs(ratio - 1.0) > config.max_width_deviation:
         reasons.append(f"line width {ratio:.2f} x expected")
@@ -1286,9 +1286,7 @@ def summarize_gains(
         )
         for j in range(len(amps)):
             if abs(ratio[j] - 1.0) > max_ptc_deviation:
-                reasons[j].append(
-                    f"Fe55/PTC {ratio[j]:.3f} +- {out['fe55_over_ptc_err'][j]:.3f}"
-                )
+                reasons[j].append(f"Fe55/PTC {ratio[j]:.3f} +- {out['fe55_over_ptc_err'][j]:.3f}")
     if truth is not None:
         by_amp = {
             str(a): float(g) for a, g in zip(truth["amp"], truth["gain_e_per_adu"], strict=True)

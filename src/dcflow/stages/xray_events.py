@@ -99,9 +99,7 @@ def asca_grades(above: np.ndarray) -> np.ndarray:
     grade[(n_sides == 0) & ~any_corner] = 0
     grade[(n_sides == 0) & any_corner] = 1
     one = n_sides == 1
-    touching = (
-        (up & (ul | ur)) | (down & (dl | dr)) | (left & (ul | dl)) | (right & (ur | dr))
-    )
+    touching = (up & (ul | ur)) | (down & (dl | dr)) | (left & (ul | dl)) | (right & (ur | dr))
     grade[one & touching] = 5
     grade[one & ~touching & (up | down)] = 2
     grade[one & ~touching & left] = 3
