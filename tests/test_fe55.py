@@ -29,7 +29,6 @@ from dcflow.instruments.fe55_sim import (
     simulate_fe55_exposure,
 )
 from dcflow.plots import fe55_amp_figure, fe55_exposure_figure
-from dcflow.stages.xray_events import asca_grades, find_xray_events
 from dcflow.stages.fe55 import (
     KALPHA_ELECTRONS,
     KBETA_ELECTRONS,
@@ -42,6 +41,7 @@ from dcflow.stages.fe55 import (
     subtract_bias,
     summarize_gains,
 )
+from dcflow.stages.xray_events import asca_grades, find_xray_events
 
 # A sensor-test camera: 4 amplifiers, 50 prescan and 2 overscan columns each, non-square.
 CLEAN = Fe55SimConfig(

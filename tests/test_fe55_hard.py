@@ -61,7 +61,7 @@ def test_gain_within_half_a_percent_over_ten_seeds_and_errors_cover_the_truth(ru
 
 
 def test_the_partial_charge_continuum_is_there(runs):
-    sim, table = runs[0]
+    _, table = runs[0]
     # half the X-rays are diffuse: graded events are far fewer than candidates
     assert np.all(table["n_graded"] < 0.6 * table["n_candidates"])
     assert np.all(table["shelf_fraction"] >= 0)
