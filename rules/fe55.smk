@@ -1,5 +1,6 @@
-# Fe55 sensor gain: simulate each Fe55 exposure of a sensor, measure the gain of every
-# amplifier per exposure, then combine a sensor's exposures.
+# Fe55 sensor gain: simulate each Fe55 exposure of a sensor (with a flat and a bias pair),
+# measure the gain of every amplifier per exposure, the photon-transfer gain per sensor, then
+# combine a sensor's exposures and set them against photon transfer.
 # Jobs, inputs and outputs: src/dcflow/pipeline/spec.py.
 
 
@@ -39,6 +40,25 @@ rule fe55_gain:
         **get_params("fe55_gain"),
     script:
         get_script("fe55_gain")
+
+
+rule photon_transfer:
+    input:
+        unpack(get_inputs("photon_transfer")),
+    output:
+        **get_outputs("photon_transfer"),
+    log:
+        get_log("photon_transfer"),
+    benchmark:
+        get_benchmark("photon_transfer")
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        **get_resources("photon_transfer"),
+    params:
+        **get_params("photon_transfer"),
+    script:
+        get_script("photon_transfer")
 
 
 rule fe55_summary:

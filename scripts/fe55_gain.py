@@ -57,17 +57,26 @@ def main(
         raise type(exc)(f"{raw_path}: {exc}", **exc.metadata) from exc
     table = result.table()
     table.meta["RAWFILE"] = str(raw_path)
+    table.meta["KAYIELD"] = config.kalpha_e()
     for key in ("CCD", "EXPOSURE"):
         if key in header:
             table.meta[key] = header[key]
     write_table(table, table_path)
     for row in table:
         log.info(
-            "amp %s: gain %.4f +- %.4f e-/ADU from %d events",
+            "amp %s: gain %.4f +- %.4f e-/ADU from %d events: %s",
             row["amp"],
             row["gain_e_per_adu"],
             row["gain_err_e_per_adu"],
             row["n_events"],
+            "trusted" if row["trusted"] else f"UNTRUSTED ({row['verdict']})",
+        )
+    if table.meta["NUNTRUST"]:
+        log.warning(
+            "%d of %d amplifier(s) untrusted: see the verdict column of %s",
+            table.meta["NUNTRUST"],
+            len(table),
+            table_path,
         )
     title = f"Fe55 ccd {header.get('CCD', '?')} exposure {header.get('EXPOSURE', '?')}"
     figure = fe55_exposure_figure(result, title=title)

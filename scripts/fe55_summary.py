@@ -1,34 +1,59 @@
 """Per-sensor Fe55 summary: the gain of each amplifier combined over the sensor's exposures."""
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from dcflow.configs import from_mapping
 from dcflow.errors import InputDataError
 from dcflow.io import read_table, write_table
 from dcflow.joblog import run_logged
-from dcflow.stages.fe55 import summarize_gains
+from dcflow.stages.fe55 import Fe55Config, summarize_gains
 
 log = logging.getLogger("fe55_summary")
 
 
-def main(*, gain_paths: Sequence[str], summary_path: str, truth_paths: Sequence[str] = ()):
-    """Combine the gain tables of one sensor; compare with the truth tables when given."""
+def main(
+    *,
+    gain_paths: Sequence[str],
+    summary_path: str,
+    truth_paths: Sequence[str] = (),
+    ptc_path: str = "",
+    fe55_gain: Mapping[str, Any] | None = None,
+):
+    """Combine the gain tables of one sensor; set them against the photon-transfer table and
+    the truth tables when given (a real sensor has no truth)."""
+    config = from_mapping(Fe55Config, fe55_gain)
     tables = [read_table(path) for path in gain_paths]
     truth = read_table(truth_paths[0]) if truth_paths else None
+    ptc = read_table(ptc_path) if ptc_path else None
     try:
-        summary = summarize_gains(tables, truth=truth)
+        summary = summarize_gains(
+            tables, truth=truth, ptc=ptc, max_ptc_deviation=config.max_ptc_deviation
+        )
     except ValueError as exc:
-        raise InputDataError(f"{', '.join(map(str, gain_paths))}: {exc}") from exc
+        names = [*map(str, gain_paths), *([ptc_path] if ptc_path else [])]
+        raise InputDataError(f"{', '.join(names)}: {exc}") from exc
     summary.meta["NEXPOSUR"] = len(tables)
     write_table(summary, summary_path)
     for row in summary:
+        ratio = f", Fe55/PTC {row['fe55_over_ptc']:.4f}" if ptc is not None else ""
         log.info(
-            "amp %s: gain %.4f +- %.4f e-/ADU over %d exposure(s), chi2/dof %.2f",
+            "amp %s: gain %.4f +- %.4f e-/ADU over %d exposure(s), chi2/dof %.2f%s: %s",
             row["amp"],
             row["gain_e_per_adu"],
             row["gain_err_e_per_adu"],
             row["n_exposures"],
             row["chi2_per_dof"],
+            ratio,
+            "trusted" if row["trusted"] else f"UNTRUSTED ({row['verdict']})",
+        )
+    if summary.meta["NUNTRUST"]:
+        log.warning(
+            "%d of %d amplifier(s) untrusted in %s",
+            summary.meta["NUNTRUST"],
+            len(summary),
+            summary_path,
         )
 
 
@@ -39,4 +64,6 @@ if "snakemake" in globals():
         gain_paths=list(snakemake.input.gains),  # noqa: F821
         summary_path=snakemake.output.summary,  # noqa: F821
         truth_paths=list(snakemake.input.truths),  # noqa: F821
+        ptc_path=str(snakemake.input.ptc),  # noqa: F821
+        fe55_gain=snakemake.params.fe55_gain,  # noqa: F821
     )

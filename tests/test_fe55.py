@@ -34,13 +34,14 @@ from dcflow.stages.fe55 import (
     KBETA_ELECTRONS,
     Fe55Config,
     Fe55Result,
-    find_events,
     fit_kalpha_peak,
+    kalpha_yield,
     layout_mismatches,
     measure_fe55_gain,
     subtract_bias,
     summarize_gains,
 )
+from dcflow.stages.xray_events import asca_grades, find_xray_events
 
 # A sensor-test camera: 4 amplifiers, 50 prescan and 2 overscan columns each, non-square.
 CLEAN = Fe55SimConfig(
@@ -98,8 +99,12 @@ def test_simulated_events_match_the_source():
     kbeta = np.mean(events["line"] == "Kb")
     assert abs(kbeta - 0.125) < 5 * np.sqrt(0.125 * 0.875 / n)  # 7:1
     ka = events["electrons"][events["line"] == "Ka"]
-    assert abs(np.mean(ka) - KALPHA_ELECTRONS) < 5 * 14 / np.sqrt(ka.size)
-    assert np.std(ka) == pytest.approx(np.sqrt(0.12 * KALPHA_ELECTRONS), rel=0.1)
+    # a sensor at 173 K: 1591 e- per K-alpha photon, fewer than the room-temperature 1620
+    yield_e = kalpha_yield(173.0)
+    assert yield_e == pytest.approx(1591.0, abs=1.0)
+    assert abs(np.mean(ka) - yield_e) < 5 * 14 / np.sqrt(ka.size)
+    assert np.std(ka) == pytest.approx(np.sqrt(0.12 * yield_e), rel=0.1)
+    assert kalpha_yield(293.0) == pytest.approx(KALPHA_ELECTRONS, abs=5.0)
     # charge is conserved: the bias-free imaging pixels of amp A hold the events' electrons
     amp, truth = sim.layout.amps[0], sim.truth[0]
     image_e = (sim.raw[amp.data] - truth["bias_adu"]) * truth["gain_e_per_adu"]
@@ -174,7 +179,7 @@ def test_bias_from_prescan_or_overscan_alone(clean):
     # 2 overscan columns know the bias level 5 times less well than 52 columns: a 5x5 signal
     # multiplies that error by 25, ~0.25 % of the gain, and the quoted error says so
     over = measure_fe55_gain(sim.raw, sim.layout, config=Fe55Config(bias_region="overscan"))
-    both = measure_fe55_gain(sim.raw, sim.layout)
+    both = measure_fe55_gain(sim.raw, sim.layout, config=Fe55Config(bias_region="both"))
     for o, b in zip(over.amps, both.amps, strict=True):
         assert o.peak_bias_err_adu == pytest.approx(b.peak_bias_err_adu * np.sqrt(52 / 2), rel=0.1)
         assert o.gain_err_e_per_adu / o.gain_e_per_adu > 0.002
@@ -228,36 +233,65 @@ def test_subtract_bias_recovers_a_row_gradient():
     assert np.ptp(flat.image_adu.mean(axis=1)) > 10
 
 
-def test_find_events_sums_isolated_events_and_rejects_neighbours():
+def test_find_xray_events_sums_grades_and_isolates():
     image = np.zeros((40, 50))
-    image[10, 10] = 900.0  # a single-pixel event
+    image[10, 10] = 900.0  # a single-pixel event with a split neighbour to its right
     image[10, 11] = 100.0
-    image[20, 30] = 600.0  # two equal maxima: one event (plateau)
+    image[20, 30] = 600.0  # two equal maxima: one event (plateau), a horizontal split
     image[20, 31] = 600.0
     image[30, 10] = 800.0  # a pile-up pair 3 px apart: both fail the isolation cut
     image[30, 13] = 700.0
     image[1, 25] = 999.0  # too close to the edge for its isolation square
-    events = find_events(image, threshold_adu=50.0, isolation_threshold_adu=20.0)
-    assert events.n_candidates == 4
-    assert events.n_rejected_isolation == 2
-    kept = sorted(zip(events.y_pix.tolist(), events.x_pix.tolist(), strict=True))
-    assert kept == [(10, 10), (20, 30)]
-    np.testing.assert_allclose(sorted(events.signal_adu), [1000.0, 1200.0])
-    # without the cut the pair is kept, each box holding part of the other
-    loose = find_events(
-        image, threshold_adu=50.0, isolation_threshold_adu=20.0, isolation_cut=False
+    events = find_xray_events(
+        image, threshold_adu=50.0, split_threshold_adu=20.0, isolation_radius_pix=4
     )
-    assert loose.signal_adu.size == 4
-    assert loose.n_rejected_isolation == 0
-    # a 3x3 box (half-width 1) misses the neighbour 3 px away
-    small = find_events(
+    assert events.n_candidates == 4
+    order = np.lexsort((events.x_pix, events.y_pix))
+    assert list(zip(events.y_pix[order].tolist(), events.x_pix[order].tolist(), strict=True)) == [
+        (10, 10),
+        (20, 30),
+        (30, 10),
+        (30, 13),
+    ]
+    np.testing.assert_allclose(events.sum3_adu[order], [1000.0, 1200.0, 800.0, 700.0])
+    np.testing.assert_allclose(events.sum5_adu[order], [1000.0, 1200.0, 800.0, 700.0])
+    np.testing.assert_array_equal(events.isolated[order], [True, True, False, False])
+    # right split (4) and, from the plateau's first pixel, a right split too
+    np.testing.assert_array_equal(events.grade[order][:2], [4, 4])
+    # a 5x5 box left out of the isolation test keeps the pair 3 px apart isolated no longer
+    # than its box reaches: 3 px is outside a 5x5 box, so still not isolated
+    wide = find_xray_events(
         image,
         threshold_adu=50.0,
-        isolation_threshold_adu=20.0,
-        isolation_radius_pix=2,
-        signal_box_half_pix=1,
+        split_threshold_adu=20.0,
+        isolation_radius_pix=4,
+        isolation_box_half_pix=2,
     )
-    assert small.signal_adu.size == 4
+    assert int(np.sum(wide.isolated)) == 2
+
+
+def test_asca_grades_of_hand_made_patterns():
+    def pattern(*cells):
+        above = np.zeros((3, 3), dtype=bool)
+        for y, x in cells:
+            above[y, x] = True
+        return above
+
+    patterns = [
+        pattern(),  # single
+        pattern((0, 0), (2, 2)),  # single with detached corners
+        pattern((2, 1)),  # vertical split (above)
+        pattern((1, 0)),  # left split
+        pattern((1, 2)),  # right split
+        pattern((1, 2), (2, 2)),  # right split with a touching corner
+        pattern((2, 1), (1, 2), (2, 2)),  # square
+        pattern((0, 1), (1, 0)),  # L without the corner
+        pattern((0, 1), (2, 1)),  # both vertical sides: diffuse
+        pattern((2, 1), (1, 2), (0, 2)),  # L with a far corner: diffuse
+    ]
+    np.testing.assert_array_equal(asca_grades(np.array(patterns)), [0, 1, 2, 3, 4, 5, 6, 6, 7, 7])
+    with pytest.raises(ValueError, match=r"above must have shape \(n, 3, 3\)"):
+        asca_grades(np.zeros((2, 3)))
 
 
 def test_fit_recovers_the_peak_and_its_error():
@@ -318,8 +352,12 @@ def test_schema_section_matches_the_dataclass(cls):
         ({"bias_region": "left"}, "bias_region must be one of"),
         ({"bias_method": "spline"}, "bias_method must be one of"),
         ({"signal_box_half_pix": 0}, "signal_box_half_pix must be >= 1"),
+        ({"signal_box_half_pix": 3}, "signal_box_half_pix must be <= 2"),
         ({"isolation_radius_pix": 2, "signal_box_half_pix": 2}, "isolation_radius_pix must be"),
-        ({"isolation_threshold_sigma": 30.0}, "isolation_threshold_sigma must be below"),
+        ({"split_threshold_sigma": 30.0}, "split_threshold_sigma must be below"),
+        ({"grades": ()}, "grades must name at least one grade"),
+        ({"grades": (8,)}, "grades must be <= 7"),
+        ({"temperature_k": 400.0}, "temperature_k must be <= 300"),
         ({"detection_threshold_sigma": 0.0}, "detection_threshold_sigma must be > 0"),
         ({"min_events": 5}, "min_events must be >= 10"),
     ],
@@ -373,22 +411,26 @@ def test_subtract_bias_rejects_bad_arguments():
         subtract_bias(raw[:, :20], amp)
 
 
-def test_find_events_rejects_bad_arguments():
+def test_find_xray_events_rejects_bad_arguments():
     image = np.zeros((20, 20))
     with pytest.raises(ValueError, match="image_adu must be 2-D"):
-        find_events(image.ravel(), threshold_adu=1.0, isolation_threshold_adu=1.0)
+        find_xray_events(image.ravel(), threshold_adu=2.0, split_threshold_adu=1.0)
     nan = image.copy()
     nan[2, 2] = np.inf
     with pytest.raises(InputDataError, match="image_adu holds 1 non-finite"):
-        find_events(nan, threshold_adu=1.0, isolation_threshold_adu=1.0)
-    with pytest.raises(ValueError, match=r"threshold_adu must be > 0; got 0\.0"):
-        find_events(image, threshold_adu=0.0, isolation_threshold_adu=1.0)
-    with pytest.raises(ValueError, match="isolation_threshold_adu must be > 0; got -1"):
-        find_events(image, threshold_adu=1.0, isolation_threshold_adu=-1)
-    with pytest.raises(ValueError, match="signal_box_half_pix must be >= 1; got 0"):
-        find_events(image, threshold_adu=1.0, isolation_threshold_adu=1.0, signal_box_half_pix=0)
-    with pytest.raises(ValueError, match="isolation_radius_pix must be >= signal_box_half_pix"):
-        find_events(image, threshold_adu=1.0, isolation_threshold_adu=1.0, isolation_radius_pix=2)
+        find_xray_events(nan, threshold_adu=2.0, split_threshold_adu=1.0)
+    with pytest.raises(ValueError, match=r"split_threshold_adu must be > 0 and below threshold"):
+        find_xray_events(image, threshold_adu=1.0, split_threshold_adu=1.0)
+    with pytest.raises(ValueError, match="isolation_radius_pix must be in"):
+        find_xray_events(image, threshold_adu=2.0, split_threshold_adu=1.0, isolation_radius_pix=1)
+    with pytest.raises(ValueError, match="isolation_box_half_pix must be >= 1 and below"):
+        find_xray_events(
+            image,
+            threshold_adu=2.0,
+            split_threshold_adu=1.0,
+            isolation_radius_pix=2,
+            isolation_box_half_pix=2,
+        )
 
 
 def test_fit_rejects_bad_signals():
@@ -397,11 +439,11 @@ def test_fit_rejects_bad_signals():
     with pytest.raises(ValueError, match="signal_adu holds non-finite values"):
         fit_kalpha_peak(np.array([1.0, np.nan]))
     with pytest.raises(CalibrationError, match="only 20 events with positive signal"):
-        fit_kalpha_peak(np.full(20, 1000.0))
-    # 25 events at the median, the rest far away: the window around the peak holds 25
+        fit_kalpha_peak(np.full(20, 1000.0), min_events=50)
+    # 25 events at the line, the rest far away: the window around the peak holds 25
     signal = np.concatenate([np.full(25, 1000.0), np.full(10, 5000.0), np.full(25, 1e6)])
     with pytest.raises(CalibrationError, match="only 25 events in the fit window") as info:
-        fit_kalpha_peak(signal)
+        fit_kalpha_peak(signal, expected_sigma_adu=20.0, min_events=50)
     assert info.value.metadata == {"n_in_window": 25, "min_events": 50}
 
 
@@ -414,7 +456,7 @@ def test_measure_rejects_frames_that_do_not_fit_the_layout():
     with pytest.raises(InputDataError, match="raw must be 2-D"):
         measure_fe55_gain(sim.raw.ravel(), sim.layout)
     flat = np.full(sim.raw.shape, 1000, dtype=np.int32)
-    with pytest.raises(InputDataError, match="amplifier A: both columns are all 1000: no read"):
+    with pytest.raises(InputDataError, match="amplifier A: prescan columns are all 1000: no read"):
         measure_fe55_gain(flat, sim.layout)
     nan = sim.raw.astype(float)
     nan[10, sim.layout.amps[0].data[1].start + 3] = np.nan

@@ -42,23 +42,32 @@ def scripts():
     return load("fe55_simulate"), load("fe55_gain"), load("fe55_summary")
 
 
+def simulate_files(simulate, root, *, exposure, fe55=FE55, name="raw"):
+    """Run the simulate script; return the paths of the raw frame, truth, flat and bias pair."""
+    paths = [root / f"{kind}_{exposure}.fits" for kind in (name, "truth", "flat", "bias")]
+    simulate.main(
+        ccd=1,
+        exposure=exposure,
+        fe55=fe55,
+        raw_path=str(paths[0]),
+        truth_path=str(paths[1]),
+        flat_path=str(paths[2]),
+        bias_path=str(paths[3]),
+    )
+    return paths
+
+
 @pytest.fixture(scope="module")
 def raws(tmp_path_factory, scripts):
     simulate, _, _ = scripts
     root = tmp_path_factory.mktemp("fe55")
-    files = []
-    for exposure in range(2):
-        raw = root / f"raw_{exposure}.fits"
-        truth = root / f"truth_{exposure}.fits"
-        simulate.main(ccd=1, exposure=exposure, fe55=FE55, raw_path=str(raw), truth_path=str(truth))
-        files.append((raw, truth))
-    return files
+    return [simulate_files(simulate, root, exposure=exposure) for exposure in range(2)]
 
 
 def test_gain_script_writes_a_table_within_half_a_percent_and_a_picture(raws, scripts, tmp_path):
     _, gain, summary = scripts
     tables = []
-    for exposure, (raw, _) in enumerate(raws):
+    for exposure, (raw, *_) in enumerate(raws):
         table_path, plot_path = tmp_path / f"gain_{exposure}.fits", tmp_path / f"g{exposure}.png"
         gain.main(
             raw_path=str(raw),
@@ -75,13 +84,34 @@ def test_gain_script_writes_a_table_within_half_a_percent_and_a_picture(raws, sc
         assert list(table["amp"]) == ["A", "B", "C", "D"]
         assert np.all(np.abs(table["gain_e_per_adu"] / truth["gain_e_per_adu"] - 1) < 0.005)
         assert fits.getheader(table_path, 1)["EXPOSURE"] == exposure
+    ptc_path, ptc_plot = tmp_path / "ptc.fits", tmp_path / "ptc.png"
+    load("photon_transfer").main(
+        flat_paths=[str(r[2]) for r in raws],
+        bias_paths=[str(r[3]) for r in raws],
+        table_path=str(ptc_path),
+        plot_path=str(ptc_plot),
+        fe55=FE55,
+        photon_transfer={},
+    )
+    assert ptc_plot.read_bytes()[:4] == b"\x89PNG"
+    ptc = read_table(ptc_path)
+    truth = read_table(raws[0][1])
+    # two flat pairs (20000 and 40000 e-) of 80000 pixels: the gain to ~0.3 %
+    assert np.all(ptc["n_pairs"] == 2)
+    assert np.all(np.abs(ptc["gain_e_per_adu"] / truth["gain_e_per_adu"] - 1) < 0.01)
     out = tmp_path / "summary.fits"
     summary.main(
-        gain_paths=[str(p) for p in tables], summary_path=str(out), truth_paths=[str(raws[0][1])]
+        gain_paths=[str(p) for p in tables],
+        summary_path=str(out),
+        truth_paths=[str(raws[0][1])],
+        ptc_path=str(ptc_path),
+        fe55_gain={},
     )
     result = read_table(out)
     assert np.all(result["n_exposures"] == 2)
     assert np.all(np.abs(result["gain_dev_sigma"]) < 4)
+    assert np.all(np.abs(result["fe55_over_ptc"] - 1) < 0.015)
+    assert np.all(result["trusted"]) and fits.getheader(out, 1)["NUNTRUST"] == 0
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes left no temporary file
 
 
@@ -105,10 +135,7 @@ def test_truncated_file_is_named_in_the_error(raws, scripts, tmp_path):
 def test_wrong_geometry_is_named_in_the_error(scripts, tmp_path):
     simulate, gain, _ = scripts
     other = {**FE55, "overscan_cols": 8}
-    raw = tmp_path / "fe55_wide_overscan.fits"
-    simulate.main(
-        ccd=1, exposure=0, fe55=other, raw_path=str(raw), truth_path=str(tmp_path / "t.fits")
-    )
+    raw = simulate_files(simulate, tmp_path, exposure=0, fe55=other, name="fe55_wide_overscan")[0]
     with pytest.raises(InputDataError) as info:
         gain.main(
             raw_path=str(raw),
@@ -181,14 +208,9 @@ def test_summary_of_mismatched_tables_names_the_files(raws, scripts, tmp_path):
     paths = []
     for exposure, fe55 in enumerate((FE55, {**FE55, "n_amps": 2})):
         sim_cfg = dataclasses.replace(Fe55SimConfig(), **{**fe55, "sensors": (1,)})
-        raw = tmp_path / f"raw{exposure}.fits"
-        load("fe55_simulate").main(
-            ccd=1,
-            exposure=exposure,
-            fe55=dataclasses.asdict(sim_cfg),
-            raw_path=str(raw),
-            truth_path=str(tmp_path / f"t{exposure}.fits"),
-        )
+        raw = simulate_files(
+            load("fe55_simulate"), tmp_path, exposure=exposure, fe55=dataclasses.asdict(sim_cfg)
+        )[0]
         table = tmp_path / f"gain{exposure}.fits"
         gain.main(
             raw_path=str(raw),

@@ -46,7 +46,13 @@ def test_fe55_rules_run_end_to_end(tmp_path):
     graph = JobGraph(CampaignIndex.from_config(load_config(config_path)))
     planned = Counter(job.rule for job in graph.job_specs())
     assert dry == dict(planned)
-    assert planned == {"fe55_simulate": 2, "fe55_gain": 2, "fe55_summary": 1, "all": 1}
+    assert planned == {
+        "fe55_simulate": 2,
+        "fe55_gain": 2,
+        "photon_transfer": 1,
+        "fe55_summary": 1,
+        "all": 1,
+    }
     code = run_snakemake(
         config_path, profile="local", snakemake_args=["--cores", "2", "--quiet", "rules"],
         workdir=tmp_path,
@@ -57,6 +63,8 @@ def test_fe55_rules_run_end_to_end(tmp_path):
     assert list(summary["amp"]) == ["A", "B", "C", "D"]
     assert np.all(summary["n_exposures"] == 2)
     assert np.all(np.abs(summary["gain_e_per_adu"] / summary["gain_truth_e_per_adu"] - 1) < 0.005)
+    assert np.all(np.abs(summary["fe55_over_ptc"] - 1) < 0.015)
+    assert (out / "fe55/ptc/fe55_ptc_2.fits").exists()
     for exposure in (0, 1):
         assert (tmp_path / f"input/fe55/raw/2/fe55_raw_2_{exposure}.fits").exists()
         png = out / f"fe55/plots/2/fe55_hist_2_{exposure}.png"

@@ -36,6 +36,7 @@ SECTIONS: dict[str, str] = {
     "forced_photometry": "dcflow.stages.forced_photometry:ForcedPhotometryConfig",
     "fe55": "dcflow.instruments.fe55_sim:Fe55SimConfig",
     "fe55_gain": "dcflow.stages.fe55:Fe55Config",
+    "photon_transfer": "dcflow.stages.photon_transfer:PhotonTransferConfig",
     "shards": "dcflow.campaign.shards:ShardConfig",
 }
 """Config section -> the dataclass that owns its keys, defaults and bounds."""

@@ -39,8 +39,12 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "science_validation_plot": "validate/science_validation.png",
     "fe55_raw": "fe55/raw/{ccd}/fe55_raw_{ccd}_{exposure}.fits",
     "fe55_truth": "fe55/truth/{ccd}/fe55_truth_{ccd}_{exposure}.fits",
+    "fe55_flat": "fe55/flat/{ccd}/fe55_flat_{ccd}_{exposure}.fits",
+    "fe55_bias": "fe55/bias/{ccd}/fe55_bias_{ccd}_{exposure}.fits",
     "fe55_gain": "fe55/gain/{ccd}/fe55_gain_{ccd}_{exposure}.fits",
     "fe55_plot": "fe55/plots/{ccd}/fe55_hist_{ccd}_{exposure}.png",
+    "fe55_ptc": "fe55/ptc/fe55_ptc_{ccd}.fits",
+    "fe55_ptc_plot": "fe55/plots/{ccd}/fe55_ptc_{ccd}.png",
     "fe55_summary": "fe55/summary/fe55_summary_{ccd}.fits",
     "sdss_mask": "{instrument}/objcs/{ccd}/fpM_{visit}_{ccd}.fit",
     "sdss_psfield": "{instrument}/objcs/{ccd}/psField_{visit}_{ccd}.fit",
@@ -51,7 +55,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
 """Default path templates, one per dataset type; config.yaml's ``layout.templates`` overrides."""
 
 INPUT_DATASETS = frozenset(
-    {"raw", "refcat", "truth", "fe55_raw", "fe55_truth"}
+    {"raw", "refcat", "truth", "fe55_raw", "fe55_truth", "fe55_flat", "fe55_bias"}
     | {"sdss_mask", "sdss_psfield", "sdss_tsfield"}
 )
 """Dataset types that live under the input root (the instrument's data), not the output root."""

@@ -14,18 +14,20 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dcflow.stages.fe55 import KALPHA_ELECTRONS, Fe55AmpResult, Fe55Result, line_model
+from dcflow.stages.fe55 import Fe55AmpResult, Fe55Result, line_model
+from dcflow.stages.photon_transfer import PhotonTransferResult
 
-__all__ = ["draw_fe55_amp", "fe55_amp_figure", "fe55_exposure_figure"]
+__all__ = ["draw_fe55_amp", "fe55_amp_figure", "fe55_exposure_figure", "ptc_figure"]
 
 
 def draw_fe55_amp(ax: Axes, amp: Fe55AmpResult) -> None:
     """Draw one amplifier's event-signal histogram, the fitted lines and the gain on ``ax``.
 
     The histogram covers 0.5 to 1.5 times the K-alpha peak with the fit's bin width; the
-    fitted model (K-alpha + K-beta + background) is drawn over the fit window, the K-alpha
-    peak is marked, and the gain, its error, the peak width and the event count are written
-    in the panel.
+    fitted model (K-alpha + K-beta, their partial-charge shelf and a floor) is drawn over the
+    fit window, the K-alpha peak is marked, and the gain, its error, the peak width against
+    its expectation, the event count and the verdict are written in the panel (an untrusted
+    amplifier's panel is framed in red with ``UNTRUSTED`` and its reasons).
     """
     fit = amp.fit
     width = float(np.diff(fit.edges_adu[:2])[0])
@@ -34,10 +36,8 @@ def draw_fe55_amp(ax: Axes, amp: Fe55AmpResult) -> None:
     n_bins = max(int((high - low) / width), 10)
     edges = np.linspace(low, high, n_bins + 1)
     counts, _ = np.histogram(amp.events.signal_adu, bins=edges)
-    ax.stairs(counts, edges, color="0.3", label=f"isolated events ({amp.events.signal_adu.size})")
-    params = np.array(
-        [fit.n_kalpha, fit.peak_adu, fit.sigma_adu, fit.kbeta_ratio, fit.background_per_adu]
-    )
+    ax.stairs(counts, edges, color="0.3", label=f"graded events ({amp.events.signal_adu.size})")
+    params = fit.params()
     fine = np.linspace(fit.edges_adu[0], fit.edges_adu[-1], 400)
     model = line_model(fine, params) / np.diff(fine) * (edges[1] - edges[0])
     centres = 0.5 * (fine[1:] + fine[:-1])
@@ -47,8 +47,9 @@ def draw_fe55_amp(ax: Axes, amp: Fe55AmpResult) -> None:
         f"amp {amp.amp}\n"
         f"peak {fit.peak_adu:.1f} ADU\n"
         f"gain {amp.gain_e_per_adu:.4f} $\\pm$ {amp.gain_err_e_per_adu:.4f} e$^-$/ADU\n"
-        f"width {amp.peak_sigma_e:.1f} e$^-$ rms\n"
-        f"events in fit {fit.n_in_window}"
+        f"width {amp.peak_sigma_e:.1f} e$^-$ rms ({amp.width_ratio:.2f} x expected)\n"
+        f"events in fit {fit.n_in_window}, K$\\alpha$ {fit.n_kalpha:.0f}\n"
+        + ("trusted" if amp.trusted else f"UNTRUSTED: {amp.verdict}")
     )
     ax.text(
         0.02,
@@ -60,7 +61,11 @@ def draw_fe55_amp(ax: Axes, amp: Fe55AmpResult) -> None:
         fontsize=8,
         bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"},
     )
-    ax.set_xlabel(f"event signal (ADU); gain = {KALPHA_ELECTRONS:.0f} e$^-$ / peak")
+    if not amp.trusted:
+        for spine in ax.spines.values():
+            spine.set_color("tab:red")
+            spine.set_linewidth(2)
+    ax.set_xlabel(f"event signal (ADU); gain = {amp.kalpha_yield_e:.1f} e$^-$ / peak")
     ax.set_ylabel(f"events per {edges[1] - edges[0]:.1f} ADU")
     ax.set_xlim(low, high)
     ax.legend(loc="upper right", fontsize=7)
@@ -96,6 +101,47 @@ def fe55_exposure_figure(result: Fe55Result, *, title: str = "") -> Figure:
     axes = figure.subplots(rows, cols, squeeze=False)
     for ax, amp in zip(axes.flat, result.amps, strict=False):
         draw_fe55_amp(ax, amp)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def ptc_figure(result: PhotonTransferResult, *, title: str = "") -> Figure:
+    """Photon-transfer curves: temporal variance against mean signal, one panel per amplifier.
+
+    Each panel shows the flat pairs' points and the fitted line ``variance = signal / gain``,
+    with the gain, its error, the read noise and the verdict written in it.
+
+    Raises
+    ------
+    ValueError
+        If ``result`` holds no amplifier.
+    """
+    n = len(result.amps)
+    if n == 0:
+        raise ValueError("result holds no amplifier to draw")
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    figure = Figure(figsize=(5.0 * cols, 3.5 * rows))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, cols, squeeze=False)
+    for ax, amp in zip(axes.flat, result.amps, strict=False):
+        signal = np.asarray(amp.signal_adu)
+        ax.plot(signal, amp.variance_adu2, "o", color="0.2", label="flat pairs")
+        line = np.linspace(0.0, 1.05 * signal.max(), 50)
+        ax.plot(line, line / amp.gain_e_per_adu, color="tab:red", label="signal / gain")
+        text = (
+            f"amp {amp.amp}\ngain {amp.gain_e_per_adu:.4f} $\\pm$ "
+            f"{amp.gain_err_e_per_adu:.4f} e$^-$/ADU\nread noise {amp.read_noise_e:.2f} e$^-$\n"
+            + ("trusted" if amp.trusted else f"UNTRUSTED: {amp.verdict}")
+        )
+        ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", ha="left", fontsize=8)
+        ax.set_xlabel("mean signal (ADU)")
+        ax.set_ylabel("variance (ADU$^2$)")
+        ax.legend(loc="lower right", fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     if title:

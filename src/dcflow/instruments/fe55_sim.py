@@ -27,7 +27,14 @@ from scipy.special import ndtr
 
 from dcflow.configs import check_fields, config_field
 from dcflow.geometry import DetectorLayout
-from dcflow.stages.fe55 import KALPHA_ELECTRONS, KBETA_ELECTRONS
+from dcflow.stages.fe55 import (
+    KALPHA_ELECTRONS,
+    KBETA_ELECTRONS,
+    MN_KALPHA_EV,
+    MN_KBETA_EV,
+    kalpha_yield,
+)
+from dcflow.stages.sensor_layout import TapGridLayout
 
 __all__ = [
     "KALPHA_ELECTRONS",
@@ -37,8 +44,11 @@ __all__ = [
     "amp_gains",
     "fe55_data_ids",
     "fe55_hdulist",
+    "pair_hdulist",
     "simulate_fe55",
     "simulate_fe55_exposure",
+    "simulate_flat_pairs",
+    "simulate_sensor_flats",
 ]
 
 _STAMP_HALF = 3  # charge is spread over a 7x7 stamp: beyond 2.5 px a 0.6 px cloud holds < 1e-4
@@ -53,7 +63,10 @@ class Fe55SimConfig:
     """
 
     n_amps: int = config_field(
-        4, "Number of amplifiers per sensor, side by side along x.", minimum=1, maximum=26
+        4,
+        "Number of amplifiers per row of amplifiers, side by side along x.",
+        minimum=1,
+        maximum=26,
     )
     amp_nx: int = config_field(
         256, "Imaging columns per amplifier (pixels).", minimum=32, maximum=8192
@@ -120,12 +133,69 @@ class Fe55SimConfig:
     cosmic_rays_per_amp: int = config_field(
         5, "Mean number of cosmic-ray tracks per amplifier per exposure (Poisson).", minimum=0
     )
+    amp_rows: int = config_field(
+        1,
+        "Rows of amplifiers: 1 (side by side along x) or 2 (a second row mirrored in y, as "
+        "the ESIS and LSST sensors; names are then 'xy', '00' lower-left).",
+        minimum=1,
+        maximum=2,
+    )
+    temperature_k: float = config_field(
+        173.0,
+        "Sensor temperature (K): the K-alpha yield follows the pair-creation energy "
+        "(`dcflow.stages.fe55.kalpha_yield`).",
+        minimum=120.0,
+        maximum=300.0,
+    )
+    partial_charge_fraction: float = config_field(
+        0.0,
+        "Fraction of X-rays absorbed deep in the silicon: their cloud spreads to 0.5-1.5 px "
+        "and keeps only 40-100 % of its charge (the partial-charge continuum; about half the "
+        "candidates of the real ESIS1 frame are diffuse).",
+        minimum=0.0,
+        maximum=0.9,
+    )
+    deferred_charge: float = config_field(
+        0.0,
+        "Fraction of each pixel's charge left behind into the next pixel read (serial "
+        "deferred charge: a trail behind every event and into the first overscan column).",
+        minimum=0.0,
+        maximum=0.1,
+    )
+    dead_rows_per_amp: int = config_field(
+        0, "Rows per amplifier that hold no charge (a blocked row; fixed per sensor).", minimum=0
+    )
+    flat_level_e: float = config_field(
+        40000.0,
+        "Mean signal of the brightest simulated flat pair (electrons); exposure e of a sensor "
+        "has a pair at (e + 1) / exposures of it.",
+        exclusive_minimum=0.0,
+    )
+    prnu: float = config_field(
+        0.01,
+        "Pixel response non-uniformity of the simulated flats (rms fraction; fixed pattern).",
+        minimum=0.0,
+        maximum=0.2,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.amp_rows == 2 and self.n_amps % 2 and self.n_amps > 1:
+            raise ValueError(
+                f"Fe55SimConfig.n_amps must be 1 or even with amp_rows=2; got {self.n_amps}"
+            )
 
     def layout(self) -> DetectorLayout:
         """The raw layout of one sensor."""
+        if self.amp_rows == 2:
+            return TapGridLayout(
+                n_tap_rows=2,
+                n_tap_cols=self.n_amps,
+                tap_ny=self.ny // 2,
+                prescan_cols=self.prescan_cols,
+                data_cols=self.amp_nx,
+                overscan_cols=self.overscan_cols,
+            ).detector_layout()
         return DetectorLayout.regular(
             n_amps=self.n_amps,
             amp_nx=self.amp_nx,
@@ -219,6 +289,10 @@ def simulate_fe55(
     fano_factor: float = 0.12,
     hot_pixels_per_amp: int = 0,
     cosmic_rays_per_amp: int = 0,
+    kalpha_e: float = KALPHA_ELECTRONS,
+    partial_charge_fraction: float = 0.0,
+    deferred_charge: float = 0.0,
+    dead_rows_per_amp: int = 0,
     seed: int = 0,
     ccd: int = 0,
     exposure: int = 0,
@@ -249,6 +323,15 @@ def simulate_fe55(
         Fano factor of the freed charge.
     hot_pixels_per_amp, cosmic_rays_per_amp : int
         Hot pixels per amplifier; mean cosmic-ray tracks per amplifier.
+    kalpha_e : float
+        K-alpha yield (electrons); K-beta scales with the line energies.
+    partial_charge_fraction : float
+        Fraction of X-rays absorbed deep: cloud rms 0.5-1.5 px, 40-100 % of the charge kept.
+    deferred_charge : float
+        Fraction of each pixel's charge trailed into the next pixel read (serial direction,
+        overscan included).
+    dead_rows_per_amp : int
+        Imaging rows per amplifier that hold no charge (fixed per sensor).
     seed, ccd, exposure : int
         Seed the random streams.
 
@@ -286,6 +369,15 @@ def simulate_fe55(
         )
     if not 0.0 <= kbeta_fraction <= 1.0:
         raise ValueError(f"kbeta_fraction must be in [0, 1]; got {kbeta_fraction}")
+    if not 0.0 <= partial_charge_fraction < 1.0:
+        raise ValueError(
+            f"partial_charge_fraction must be in [0, 1); got {partial_charge_fraction}"
+        )
+    if not 0.0 <= deferred_charge < 1.0:
+        raise ValueError(f"deferred_charge must be in [0, 1); got {deferred_charge}")
+    if dead_rows_per_amp < 0:
+        raise ValueError(f"dead_rows_per_amp must be >= 0; got {dead_rows_per_amp}")
+    kbeta_e = kalpha_e * MN_KBETA_EV / MN_KALPHA_EV
 
     rng_events = np.random.default_rng([seed, ccd, exposure, 1])
     rng_noise = np.random.default_rng([seed, ccd, exposure, 2])
@@ -293,7 +385,9 @@ def simulate_fe55(
     rng_cr = np.random.default_rng([seed, ccd, exposure, 4])
     rng_bias = np.random.default_rng([seed, ccd, 5])
 
-    raw = np.zeros(layout.raw_shape, dtype=float)
+    rng_deep = np.random.default_rng([seed, ccd, exposure, 6])
+    raw = np.full(layout.raw_shape, float(bias_level_adu))
+    raw += np.random.default_rng([seed, ccd, exposure, 7]).normal(0.0, 1.0, raw.shape)
     truth_rows = []
     event_cols: dict[str, list] = {k: [] for k in ("amp", "x_pix", "y_pix", "electrons", "line")}
     event_cols["sigma_pix"] = []
@@ -306,12 +400,18 @@ def simulate_fe55(
 
         n_events = rng_events.poisson(events_per_amp)
         is_kbeta = rng_events.random(n_events) < kbeta_fraction
-        mean_e = np.where(is_kbeta, KBETA_ELECTRONS, KALPHA_ELECTRONS)
+        mean_e = np.where(is_kbeta, kbeta_e, kalpha_e)
         charge = rng_events.normal(mean_e, np.sqrt(fano_factor * mean_e))
         x = rng_events.uniform(0, nx, n_events)
         y = rng_events.uniform(0, ny, n_events)
         sigma = rng_events.uniform(0.1, diffusion_sigma_max_pix, n_events)
+        # a separate stream: partial_charge_fraction=0 leaves the events of a seed unchanged
+        deep = rng_deep.random(n_events) < partial_charge_fraction
+        sigma = np.where(deep, rng_deep.uniform(0.5, 1.5, n_events), sigma)
+        charge = np.where(deep, charge * rng_deep.uniform(0.4, 1.0, n_events), charge)
         _deposit(electrons, x, y, sigma, charge)
+        if dead_rows_per_amp:
+            electrons[rng_hot.choice(ny, min(dead_rows_per_amp, ny), replace=False), :] = 0.0
 
         n_hot = min(hot_pixels_per_amp, electrons.size)
         hot_flat = rng_hot.choice(electrons.size, n_hot, replace=False)
@@ -321,15 +421,21 @@ def simulate_fe55(
         n_cr = rng_cr.poisson(cosmic_rays_per_amp) if cosmic_rays_per_amp else 0
         _cosmic_rays(electrons, n_cr, rng_cr)
 
-        block = np.zeros((ny_raw, _block_width(amp)))
+        amp_rows = amp.serial_overscan[0]
+        if amp.parallel_overscan is not None:
+            amp_rows = slice(amp_rows.start, amp.parallel_overscan[0].stop)
+        block = np.zeros((amp_rows.stop - amp_rows.start, _block_width(amp)))
         x0 = _block_start(amp)
-        block[ys, slice(xs.start - x0, xs.stop - x0)] = electrons
+        block[
+            ys.start - amp_rows.start : ys.stop - amp_rows.start, xs.start - x0 : xs.stop - x0
+        ] = electrons
+        block = _defer_charge(block, deferred_charge, reverse=amp.flip_x)
         level = bias_level_adu + rng_bias.uniform(-50.0, 50.0)
         phase = rng_bias.uniform(0, 2 * np.pi)
-        t = rows / ny_raw
+        t = rows[amp_rows] / ny_raw
         drift = bias_drift_adu * (np.sin(2 * np.pi * 1.3 * t + phase) + 2.0 * (t - 0.5) ** 2)
         noise = rng_noise.normal(0.0, read_noise_e, block.shape)
-        raw[:, x0 : x0 + block.shape[1]] = (block + noise) / gain + level + drift
+        raw[amp_rows, x0 : x0 + block.shape[1]] = (block + noise) / gain + level + drift
 
         truth_rows.append(
             (
@@ -375,6 +481,22 @@ def simulate_fe55(
     )
 
 
+def _defer_charge(block: np.ndarray, fraction: float, *, reverse: bool) -> np.ndarray:
+    """Leave ``fraction`` of each pixel's charge in the next pixel read along each row.
+
+    Pixels are read in increasing column order (decreasing when ``reverse``: an amplifier
+    reading from the right).
+    """
+    if fraction == 0.0:
+        return block
+    out = block * (1.0 - fraction)
+    if reverse:
+        out[:, :-1] += fraction * block[:, 1:]
+    else:
+        out[:, 1:] += fraction * block[:, :-1]
+    return out
+
+
 def _block_start(amp) -> int:
     starts = [amp.data[1].start, amp.serial_overscan[1].start]
     if amp.prescan is not None:
@@ -396,7 +518,7 @@ def simulate_fe55_exposure(config: Fe55SimConfig, *, ccd: int, exposure: int) ->
     """
     layout = config.layout()
     gains = amp_gains(
-        config.n_amps,
+        len(layout.amps),
         gain_e_per_adu=config.gain_e_per_adu,
         gain_spread=config.gain_spread,
         seed=config.seed,
@@ -414,6 +536,10 @@ def simulate_fe55_exposure(config: Fe55SimConfig, *, ccd: int, exposure: int) ->
         fano_factor=config.fano_factor,
         hot_pixels_per_amp=config.hot_pixels_per_amp,
         cosmic_rays_per_amp=config.cosmic_rays_per_amp,
+        kalpha_e=kalpha_yield(config.temperature_k),
+        partial_charge_fraction=config.partial_charge_fraction,
+        deferred_charge=config.deferred_charge,
+        dead_rows_per_amp=config.dead_rows_per_amp,
         seed=config.seed,
         ccd=ccd,
         exposure=exposure,
@@ -455,3 +581,151 @@ def fe55_data_ids(config: Fe55SimConfig, *, ccd: int | None = None) -> list[dict
         raise ValueError(f"ccd={ccd} is not an Fe55 sensor (fe55.sensors: {list(config.sensors)})")
     sensors = config.sensors if ccd is None else (ccd,)
     return [{"ccd": int(c), "exposure": e} for c in sensors for e in range(config.exposures)]
+
+
+def simulate_flat_pairs(
+    layout: DetectorLayout,
+    gains_e_per_adu: Sequence[float],
+    *,
+    levels_e: Sequence[float],
+    read_noise_e: float = 5.0,
+    bias_level_adu: float = 1000.0,
+    prnu: float = 0.01,
+    deferred_charge: float = 0.0,
+    seed: int = 0,
+    ccd: int = 0,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+    """Simulate flat pairs at several levels and a bias pair, for the photon-transfer gain.
+
+    Each flat is an illumination with a 30 % gradient along rows times a fixed pixel response
+    pattern (``prnu`` rms), drawn with Poisson statistics; every frame gets read noise and a
+    bias level per amplifier that moves by up to +-3 ADU from frame to frame (so the bias must
+    come from each frame's own prescan or overscan).
+
+    Parameters
+    ----------
+    layout : DetectorLayout
+        The raw geometry.
+    gains_e_per_adu : sequence of float
+        Gain of each amplifier (electrons per ADU).
+    levels_e : sequence of float
+        Mean signal of each flat pair (electrons), positive.
+    read_noise_e, bias_level_adu, prnu, deferred_charge : float
+        Read noise (e-), mean bias (ADU), response non-uniformity (rms fraction), serial
+        deferred charge fraction.
+    seed, ccd : int
+        Seed the random streams.
+
+    Returns
+    -------
+    pairs : list of (numpy.ndarray, numpy.ndarray)
+        ``(ny, nx)`` int32 raw flat frames, one pair per level.
+    bias_pair : (numpy.ndarray, numpy.ndarray)
+        Two raw bias frames.
+
+    Raises
+    ------
+    ValueError
+        If the gains do not match the amplifiers or a level is not positive.
+    """
+    gains = np.asarray(gains_e_per_adu, dtype=float)
+    if gains.shape != (len(layout.amps),) or not np.all(gains > 0):
+        raise ValueError(
+            f"gains_e_per_adu must give one positive gain per amplifier ({len(layout.amps)}); "
+            f"got {gains.tolist()}"
+        )
+    levels = np.asarray(levels_e, dtype=float)
+    if levels.size == 0 or not np.all(levels > 0):
+        raise ValueError(f"levels_e must be positive; got {levels.tolist()}")
+    rng_fixed = np.random.default_rng([seed, ccd, 8])
+    response = 1.0 + prnu * rng_fixed.standard_normal(layout.raw_shape)
+    levels_adu = bias_level_adu + rng_fixed.uniform(-50.0, 50.0, len(layout.amps))
+    rng = np.random.default_rng([seed, ccd, 9])
+    rows = np.linspace(0.85, 1.15, layout.raw_shape[0])[:, None]
+
+    def frame(level_e: float) -> np.ndarray:
+        raw = np.full(layout.raw_shape, float(bias_level_adu))
+        for amp, gain, bias in zip(layout.amps, gains, levels_adu, strict=True):
+            amp_rows = amp.serial_overscan[0]
+            x0, width = _block_start(amp), _block_width(amp)
+            electrons = np.zeros((amp_rows.stop - amp_rows.start, width))
+            if level_e > 0:
+                ys, xs = amp.data
+                mean = level_e * rows[ys] * response[ys, xs]
+                electrons[
+                    ys.start - amp_rows.start : ys.stop - amp_rows.start,
+                    xs.start - x0 : xs.stop - x0,
+                ] = rng.poisson(mean)
+            electrons = _defer_charge(electrons, deferred_charge, reverse=amp.flip_x)
+            noise = rng.normal(0.0, read_noise_e, electrons.shape)
+            offset = bias + rng.uniform(-3.0, 3.0)
+            raw[amp_rows, x0 : x0 + width] = (electrons + noise) / gain + offset
+        return np.round(raw).astype(np.int32)
+
+    pairs = [(frame(level), frame(level)) for level in levels]
+    return pairs, (frame(0.0), frame(0.0))
+
+
+def simulate_sensor_flats(
+    config: Fe55SimConfig, *, ccd: int, exposure: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The flat pair and bias pair simulated with Fe55 exposure ``exposure`` of sensor ``ccd``.
+
+    The pair's level is ``config.flat_level_e * (exposure + 1) / config.exposures``, so a
+    sensor's exposures span a photon-transfer curve; the gains are the sensor's.
+
+    Returns
+    -------
+    flat_pair, bias_pair : (numpy.ndarray, numpy.ndarray)
+        Raw frames (int32).
+    gains : numpy.ndarray
+        The true gain of each amplifier.
+    """
+    layout = config.layout()
+    gains = amp_gains(
+        len(layout.amps),
+        gain_e_per_adu=config.gain_e_per_adu,
+        gain_spread=config.gain_spread,
+        seed=config.seed,
+        ccd=ccd,
+    )
+    pairs, bias_pair = simulate_flat_pairs(
+        layout,
+        gains,
+        levels_e=[config.flat_level_e * (exposure + 1) / config.exposures],
+        read_noise_e=config.read_noise_e,
+        bias_level_adu=config.bias_level_adu,
+        prnu=config.prnu,
+        deferred_charge=config.deferred_charge,
+        seed=config.seed + 1000 * exposure,
+        ccd=ccd,
+    )
+    return pairs[0], bias_pair, gains
+
+
+def pair_hdulist(
+    pair: tuple[np.ndarray, np.ndarray],
+    layout: DetectorLayout,
+    *,
+    imagetyp: str,
+    ccd: int,
+    exposure: int,
+) -> fits.HDUList:
+    """Two raw frames (a flat or bias pair) as one FITS file.
+
+    The primary header holds the exposure type, the sensor and exposure numbers and the
+    section keywords; the frames are the image extensions ``FRAME1`` and ``FRAME2``.
+    """
+    header = fits.Header()
+    header["IMAGETYP"] = (imagetyp, "exposure type of both frames")
+    header["CCD"] = (ccd, "sensor number")
+    header["EXPOSURE"] = (exposure, "exposure number")
+    for key, value in layout.header_cards().items():
+        header[key] = value
+    hdus = [fits.PrimaryHDU(header=header)]
+    for i, frame in enumerate(pair, start=1):
+        ext = fits.ImageHDU(data=np.asarray(frame), name=f"FRAME{i}")
+        for key, value in layout.header_cards().items():
+            ext.header[key] = value
+        hdus.append(ext)
+    return fits.HDUList(hdus)

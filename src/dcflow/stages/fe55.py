@@ -1,31 +1,35 @@
-"""Fe55 gain of each amplifier: X-ray events, their signal histogram and the K-alpha peak.
+"""Fe55 gain of each amplifier: graded X-ray events, their signal histogram and the K-alpha line.
 
-Each Mn K-alpha photon from an Fe55 source frees 1620 electrons in silicon, so the position
-of the K-alpha peak in the histogram of event signals (ADU) gives the gain,
-``gain_e_per_adu = 1620 / peak_adu``. Per amplifier:
+Each Mn K-alpha photon (5.889 keV) absorbed in silicon frees ``E / w(T)`` electrons, with
+``w`` the pair-creation energy at the sensor's temperature (`kalpha_yield`: 1591 e- at 173 K,
+1616 e- at 293 K), so the K-alpha line of the histogram of event signals (ADU) gives the gain,
+``gain_e_per_adu = yield / peak_adu``. Per amplifier:
 
-1. `subtract_bias`: the bias, from the prescan and/or serial overscan columns (one level, or
-   a polynomial along rows fitted to each row's clipped mean), and the pixel noise from the
-   same columns. The bias error enters the gain error: a 5x5 signal multiplies it by 25.
-2. `find_events`: local maxima of the bias-subtracted imaging pixels above a threshold; the
-   signal of an event is the sum of a small box around its maximum. The isolation cut keeps an
-   event only if no pixel around it, outside the 3x3 core, exceeds a low threshold: this drops
-   events whose box holds charge of a neighbouring event (pile-up), which otherwise push the
-   peak up, and defects that are not X-rays (cosmic-ray tracks).
-3. `fit_kalpha_peak`: a binned Poisson maximum-likelihood fit of two Gaussians (K-alpha, and
-   K-beta at 1778/1620 of its position with the same width) over a flat background; the peak
-   error comes from the Fisher information. The peak width is the noise figure.
+1. `subtract_bias`: the bias, from the prescan (default: the overscan can carry deferred
+   charge) and/or serial overscan columns, one level or a polynomial along rows, and the
+   pixel noise; then the pedestal of the imaging area (dark current, an offset between the
+   prescan and the imaging pixels: -0.4 to +0.6 ADU per pixel on ESIS1, 2 % of a 5x5 sum).
+2. `dcflow.stages.xray_events.find_xray_events`: local maxima above a threshold, their 3x3 /
+   5x5 sums, an isolation cut and the ASCA grade of their 3x3 pattern; the compact grades
+   (0, 2, 3, 4, 6) are kept, the diffuse events that fill a partial-charge continuum go.
+3. `fit_kalpha_peak`: a binned Poisson maximum-likelihood fit of K-alpha and K-beta lines
+   over their partial-charge shelf (events that lost part of their charge, which a real
+   sensor holds and a naive simulator does not) and a floor, started at the highest-signal
+   mode of the histogram; errors from the Fisher information.
+4. `fe55_verdict`: whether the gain can be trusted (enough K-alpha events, a line width within
+   30 % of the width expected from the box noise measured on the image and the Fano noise,
+   no parameter at a bound, a small gain error, a sane deviance); an amplifier that fails is
+   marked ``trusted = False`` with its reasons in the table (``NUNTRUST`` counts them).
 
-`measure_fe55_gain` runs the three over every amplifier of a raw frame; `summarize_gains`
-combines exposures of a sensor. Everything here is a pure function over arrays and tables;
-the scripts read and write the files.
+`measure_fe55_gain` runs these over every amplifier of a raw frame; `summarize_gains`
+combines exposures of a sensor and sets each Fe55 gain against the photon-transfer gain where
+there is one. Everything here is a pure function over arrays and tables; the scripts read and
+write the files.
 
-Hand-written parts, and why: the event finder uses scipy.ndimage for the local maxima and
-plateau labels but cuts its own fixed-size stamps, because the isolation test and the box sum
-need every candidate's neighbourhood at once (one fancy-indexing gather: a few ms for a
-256 x 512 amplifier) and photutils' ``find_peaks`` has no isolation cut. The fit is a binned
-Poisson likelihood minimised with scipy.optimize, because astropy.modeling's fitters minimise
-least squares, which are biased at the few counts per bin of the K-beta line and the tails.
+The fit is a binned Poisson likelihood minimised with scipy.optimize, because
+astropy.modeling's fitters minimise least squares, which are biased at the few counts per bin
+of the K-beta line and the shelf; Powell then Nelder-Mead from three starting widths, because
+the likelihood of a few dozen real events has local minima (a wide line swallowing the shelf).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from scipy import ndimage, optimize
 from scipy.special import ndtr
@@ -42,35 +47,48 @@ from scipy.special import ndtr
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import CalibrationError, InputDataError
 from dcflow.geometry import AmpGeometry, DetectorLayout
+from dcflow.stages.xray_events import find_xray_events
 
 __all__ = [
     "KALPHA_ELECTRONS",
     "KBETA_ELECTRONS",
+    "MN_KALPHA_EV",
+    "MN_KBETA_EV",
     "BiasResult",
     "Fe55AmpResult",
     "Fe55Config",
     "Fe55Events",
     "Fe55Result",
     "PeakFit",
-    "find_events",
+    "fe55_verdict",
     "fit_kalpha_peak",
+    "image_pedestal",
+    "kalpha_yield",
     "layout_mismatches",
     "line_model",
     "measure_amp_gain",
     "measure_fe55_gain",
+    "pair_energy_ev",
     "subtract_bias",
     "summarize_gains",
 ]
 
 log = logging.getLogger(__name__)
 
+MN_KALPHA_EV = 5889.0
+"""Energy of the Mn K-alpha line (Ka1/Ka2 weighted, eV)."""
+
+MN_KBETA_EV = 6490.0
+"""Energy of the Mn K-beta line (eV)."""
+
 KALPHA_ELECTRONS = 1620.0
-"""Electrons freed in silicon by one Mn K-alpha photon (5.895 keV at 3.65 eV per pair)."""
+"""Electrons freed in silicon by one Mn K-alpha photon at room temperature (the usual
+figure; a cold sensor frees fewer: see `kalpha_yield`)."""
 
-KBETA_ELECTRONS = 1778.0
-"""Electrons freed in silicon by one Mn K-beta photon (6.490 keV)."""
+KBETA_ELECTRONS = KALPHA_ELECTRONS * MN_KBETA_EV / MN_KALPHA_EV
+"""Electrons freed in silicon by one Mn K-beta photon at room temperature."""
 
-_KBETA_OVER_KALPHA = KBETA_ELECTRONS / KALPHA_ELECTRONS
+_KBETA_OVER_KALPHA = MN_KBETA_EV / MN_KALPHA_EV
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +96,11 @@ class Fe55Config:
     """Settings of the Fe55 gain analysis (the ``fe55_gain`` config section)."""
 
     bias_region: str = config_field(
-        "both",
+        "prescan",
         "Pixels the bias is measured from.",
         choices={
-            "overscan": "the serial overscan columns (BIASSEC)",
-            "prescan": "the prescan columns (PRESEC)",
+            "prescan": "the prescan columns (PRESEC): clean, read before any charge",
+            "overscan": "the serial overscan columns (BIASSEC): can carry deferred charge",
             "both": "prescan and serial overscan columns together (overscan alone without prescan)",
         },
     )
@@ -97,19 +115,39 @@ class Fe55Config:
     bias_poly_degree: int = config_field(
         6, "Degree of the bias polynomial along rows (row_poly only).", minimum=0, maximum=15
     )
+    pedestal: str = config_field(
+        "image",
+        "Level of the imaging pixels left after the bias (dark current, an offset between the "
+        "prescan and the imaging area's video chain), subtracted from every event sum.",
+        choices={
+            "image": "the sigma-clipped mean of the bias-subtracted imaging pixels",
+            "none": "no pedestal: the bias columns give the zero of the imaging area",
+        },
+    )
     detection_threshold_sigma: float = config_field(
         20.0,
         "An event's peak pixel must exceed this many pixel-noise sigma (noise from the bias "
         "region).",
         exclusive_minimum=0.0,
     )
+    split_threshold_sigma: float = config_field(
+        4.0,
+        "A neighbour holds split charge above this many pixel-noise sigma: it sets the grade "
+        "and the isolation cut (ACIS uses ~13 ADU for ~3 ADU noise).",
+        exclusive_minimum=0.0,
+    )
+    grades: tuple[int, ...] = config_field(
+        (0, 2, 3, 4, 6),
+        "ASCA grades of the events fitted (0 single, 1 single with corners, 2 vertical, "
+        "3 left, 4 right split, 5 split with a touching corner, 6 L or square, 7 diffuse); "
+        "0, 2, 3, 4, 6 is the standard set of compact events with whole charge.",
+        minimum=0,
+        maximum=7,
+    )
     isolation_cut: bool = config_field(
         True,
         "Keep only isolated events: no pixel within isolation_radius_pix of the peak, outside "
-        "its 3x3 core, above isolation_threshold_sigma.",
-    )
-    isolation_threshold_sigma: float = config_field(
-        5.0, "Isolation threshold, in pixel-noise sigma.", exclusive_minimum=0.0
+        "the signal box (3x3 core for a 3x3 box), above the split threshold.",
     )
     isolation_radius_pix: int = config_field(
         4,
@@ -119,21 +157,71 @@ class Fe55Config:
     )
     signal_box_half_pix: int = config_field(
         2,
-        "Half-width of the box summed for an event's signal (pixels; 2 gives a 5x5 box).",
+        "Half-width of the box summed for an event's signal (pixels; 1: 3x3, 2: 5x5, which "
+        "holds the whole charge cloud of a 15 um pixel sensor).",
         minimum=1,
-        maximum=4,
+        maximum=2,
+    )
+    temperature_k: float = config_field(
+        173.0,
+        "Sensor temperature (K): sets the electron-hole pair energy and so the K-alpha yield "
+        "(Lowe & Sareen 2007, NIM A 576, 367: 3.654 eV at 270 K, -0.0131 %/K; valid 120-300 K).",
+        minimum=120.0,
+        maximum=300.0,
+    )
+    kalpha_yield_e: float = config_field(
+        0.0,
+        "K-alpha yield (electrons) overriding the temperature law; 0: from temperature_k "
+        "(1591 e- at 173 K, 1616 e- at 293 K; msfc-ccd uses 1602.3 e-).",
+        minimum=0.0,
+        maximum=2000.0,
+    )
+    fano_factor: float = config_field(
+        0.12,
+        "Fano factor of silicon, for the expected line width (0.115-0.12 measured at 5.9 keV).",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    partial_charge_shelf: bool = config_field(
+        True,
+        "Model the partial-charge shelf below each line (events that lost part of their "
+        "charge) in the fit.",
     )
     bins_per_sigma: float = config_field(
-        4.0, "Histogram bins per peak sigma in the fit (bins).", minimum=1.0, maximum=20.0
+        2.0, "Histogram bins per expected peak sigma in the fit (bins).", minimum=1.0, maximum=20.0
     )
-    fit_window_sigma: float = config_field(
-        5.0,
-        "The fit spans from this many peak sigma below K-alpha to as many above K-beta.",
-        minimum=2.0,
-        maximum=20.0,
+    fit_window_low: float = config_field(
+        0.3,
+        "The fit starts this fraction of the K-alpha peak below it (the shelf) and ends 5 "
+        "sigma above K-beta.",
+        minimum=0.05,
+        maximum=0.6,
     )
     min_events: int = config_field(
-        50, "Fewest isolated events in the fit window for a gain (events).", minimum=10
+        20, "Fewest graded events in the fit window for a fit at all (events).", minimum=10
+    )
+    min_kalpha_events: float = config_field(
+        20.0,
+        "Fewest fitted K-alpha events for a trusted gain (events).",
+        minimum=1.0,
+    )
+    max_width_deviation: float = config_field(
+        0.3,
+        "Largest relative difference between the fitted line width and the expected one "
+        "(box read noise measured on the image, and Fano noise) for a trusted gain.",
+        exclusive_minimum=0.0,
+    )
+    max_gain_rel_err: float = config_field(
+        0.02, "Largest relative gain error for a trusted gain (fraction).", exclusive_minimum=0.0
+    )
+    max_deviance_per_dof: float = config_field(
+        2.0, "Largest Poisson deviance per degree of freedom for a trusted gain.", minimum=1.0
+    )
+    max_ptc_deviation: float = config_field(
+        0.015,
+        "Largest |Fe55 / photon-transfer gain - 1| of a trusted amplifier in the sensor "
+        "summary (fraction; a correct Fe55 analysis lands within 1-1.5 %).",
+        exclusive_minimum=0.0,
     )
 
     def __post_init__(self) -> None:
@@ -143,11 +231,38 @@ class Fe55Config:
                 "Fe55Config.isolation_radius_pix must be >= signal_box_half_pix + 1 "
                 f"({self.signal_box_half_pix + 1}); got {self.isolation_radius_pix}"
             )
-        if self.isolation_threshold_sigma >= self.detection_threshold_sigma:
+        if self.split_threshold_sigma >= self.detection_threshold_sigma:
             raise ValueError(
-                "Fe55Config.isolation_threshold_sigma must be below detection_threshold_sigma "
-                f"({self.detection_threshold_sigma}); got {self.isolation_threshold_sigma}"
+                "Fe55Config.split_threshold_sigma must be below detection_threshold_sigma "
+                f"({self.detection_threshold_sigma}); got {self.split_threshold_sigma}"
             )
+        if not self.grades:
+            raise ValueError("Fe55Config.grades must name at least one grade; got ()")
+
+    def kalpha_e(self) -> float:
+        """The K-alpha yield used (electrons): the override, or the temperature law."""
+        return self.kalpha_yield_e or kalpha_yield(self.temperature_k)
+
+
+def pair_energy_ev(temperature_k: float) -> float:
+    """Mean energy to create one electron-hole pair in silicon (eV) at a temperature (K).
+
+    Lowe & Sareen 2007 (NIM A 576, 367), as eotest's ``fe55_yield`` uses it: 3.654 eV at
+    270 K with a slope of -0.0131 % per K.
+
+    Raises
+    ------
+    ValueError
+        If the temperature is outside 100-320 K (beyond the measurement).
+    """
+    if not 100.0 <= temperature_k <= 320.0:
+        raise ValueError(f"temperature_k must be in [100, 320] K; got {temperature_k}")
+    return 3.654 * (1.0 - 1.31e-4 * (temperature_k - 270.0))
+
+
+def kalpha_yield(temperature_k: float) -> float:
+    """Electrons freed by one Mn K-alpha photon (5.889 keV, weighted Ka1/Ka2) at a temperature."""
+    return MN_KALPHA_EV / pair_energy_ev(temperature_k)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,25 +289,31 @@ class BiasResult:
 
 @dataclass(frozen=True, slots=True)
 class Fe55Events:
-    """X-ray events found in one amplifier.
+    """The graded X-ray events of one amplifier kept for the fit.
 
     Parameters
     ----------
     y_pix, x_pix : numpy.ndarray
         Row and column of each kept event's peak pixel in the amplifier's imaging array.
     signal_adu : numpy.ndarray
-        Sum of the signal box around each kept event (ADU).
+        Sum of the signal box around each kept event, pedestal removed (ADU).
+    grade : numpy.ndarray
+        ASCA grade of each kept event.
     n_candidates : int
         Local maxima above the detection threshold, away from the edges.
     n_rejected_isolation : int
         Candidates dropped by the isolation cut (0 when it is off).
+    n_rejected_grade : int
+        Isolated candidates whose grade is not in the fitted set.
     """
 
     y_pix: np.ndarray
     x_pix: np.ndarray
     signal_adu: np.ndarray
+    grade: np.ndarray
     n_candidates: int
     n_rejected_isolation: int
+    n_rejected_grade: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +330,8 @@ class PeakFit:
         Fitted number of K-alpha events.
     kbeta_ratio : float
         Fitted K-beta / K-alpha number ratio.
+    shelf_per_adu : float
+        Density of the partial-charge shelf just below the K-alpha line (events per ADU).
     background_per_adu : float
         Flat background density (events per ADU).
     edges_adu : numpy.ndarray
@@ -219,6 +342,8 @@ class PeakFit:
         Poisson deviance of the fit per degree of freedom (about 1 for a good fit).
     n_in_window : int
         Events inside the fit window.
+    at_bound : str
+        Comma-separated names of the parameters that ended at a bound (empty if none).
     """
 
     peak_adu: float
@@ -227,23 +352,38 @@ class PeakFit:
     sigma_err_adu: float
     n_kalpha: float
     kbeta_ratio: float
+    shelf_per_adu: float
     background_per_adu: float
     edges_adu: np.ndarray
     counts: np.ndarray
     deviance_per_dof: float
     n_in_window: int
+    at_bound: str
+
+    def params(self) -> np.ndarray:
+        """The fitted parameters in `line_model` order."""
+        return np.array(
+            [
+                self.n_kalpha,
+                self.peak_adu,
+                self.sigma_adu,
+                self.kbeta_ratio,
+                self.shelf_per_adu,
+                self.background_per_adu,
+            ]
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Fe55AmpResult:
-    """Gain of one amplifier.
+    """Gain of one amplifier and the verdict on it.
 
     Parameters
     ----------
     amp : str
         Amplifier name.
     gain_e_per_adu : float
-        ``1620 / fit.peak_adu`` (electrons per ADU).
+        ``kalpha_yield_e / fit.peak_adu`` (electrons per ADU).
     gain_err_e_per_adu : float
         Statistical error of the gain: the fit's peak error and ``peak_bias_err_adu`` added in
         quadrature (electrons per ADU).
@@ -251,14 +391,23 @@ class Fe55AmpResult:
         Error of the peak from the error of the bias level, ``bias_err_adu`` times the number
         of pixels in the signal box (ADU).
     peak_sigma_e : float
-        Width of the K-alpha peak in electrons, the noise figure of the event signal
-        (read noise of the box and Fano noise).
+        Width of the K-alpha peak in electrons (read noise of the box and Fano noise).
+    expected_sigma_adu : float
+        Width expected from the box-sum noise measured on the image and the Fano noise (ADU).
+    kalpha_yield_e : float
+        K-alpha yield used (electrons).
     bias_adu, bias_err_adu, noise_adu : float
         Mean bias level subtracted, its error and the pixel noise (ADU).
+    pedestal_adu : float
+        Level of the imaging area above the bias, removed from the event sums (ADU).
     events : Fe55Events
-        The events found and their signals.
+        The events fitted.
     fit : PeakFit
         The peak fit.
+    trusted : bool
+        Whether the gain can be used.
+    verdict : str
+        ``"ok"`` or every reason the gain cannot be trusted.
     """
 
     amp: str
@@ -266,11 +415,21 @@ class Fe55AmpResult:
     gain_err_e_per_adu: float
     peak_bias_err_adu: float
     peak_sigma_e: float
+    expected_sigma_adu: float
+    kalpha_yield_e: float
     bias_adu: float
     bias_err_adu: float
     noise_adu: float
+    pedestal_adu: float
     events: Fe55Events
     fit: PeakFit
+    trusted: bool
+    verdict: str
+
+    @property
+    def width_ratio(self) -> float:
+        """Fitted over expected line width."""
+        return self.fit.sigma_adu / self.expected_sigma_adu
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,8 +449,12 @@ class Fe55Result:
 
         Columns: ``amp``, ``peak_adu``, ``peak_fit_err_adu``, ``peak_bias_err_adu``,
         ``gain_e_per_adu``, ``gain_err_e_per_adu``, ``peak_sigma_adu``, ``peak_sigma_e``,
-        ``kbeta_ratio``, ``bias_adu``, ``noise_adu``, ``n_candidates``, ``n_isolated``,
-        ``n_events`` (in the fit window), ``deviance_per_dof``.
+        ``expected_sigma_adu``, ``width_ratio``, ``kbeta_ratio``, ``shelf_fraction`` (shelf
+        events per ADU times the peak, over the K-alpha events), ``kalpha_yield_e``,
+        ``bias_adu``, ``noise_adu``, ``pedestal_adu``, ``n_candidates``, ``n_isolated``,
+        ``n_graded`` (events fitted), ``n_events`` (in the fit window), ``n_kalpha``,
+        ``deviance_per_dof``, ``trusted``, ``verdict``. Header: ``NUNTRUST``, the number of
+        untrusted amplifiers.
         """
         names = (
             "amp",
@@ -302,13 +465,22 @@ class Fe55Result:
             "gain_err_e_per_adu",
             "peak_sigma_adu",
             "peak_sigma_e",
+            "expected_sigma_adu",
+            "width_ratio",
             "kbeta_ratio",
+            "shelf_fraction",
+            "kalpha_yield_e",
             "bias_adu",
             "noise_adu",
+            "pedestal_adu",
             "n_candidates",
             "n_isolated",
+            "n_graded",
             "n_events",
+            "n_kalpha",
             "deviance_per_dof",
+            "trusted",
+            "verdict",
         )
         rows = [
             (
@@ -320,18 +492,29 @@ class Fe55Result:
                 a.gain_err_e_per_adu,
                 a.fit.sigma_adu,
                 a.peak_sigma_e,
+                a.expected_sigma_adu,
+                a.width_ratio,
                 a.fit.kbeta_ratio,
+                a.fit.shelf_per_adu * a.fit.peak_adu / max(a.fit.n_kalpha, 1e-9),
+                a.kalpha_yield_e,
                 a.bias_adu,
                 a.noise_adu,
+                a.pedestal_adu,
                 a.events.n_candidates,
+                a.events.n_candidates - a.events.n_rejected_isolation,
                 a.events.signal_adu.size,
                 a.fit.n_in_window,
+                a.fit.n_kalpha,
                 a.fit.deviance_per_dof,
+                a.trusted,
+                a.verdict,
             )
             for a in self.amps
         ]
-        dtype = (str,) + (float,) * 10 + (int, int, int, float)
-        return Table(rows=rows or None, names=names, dtype=dtype)
+        dtype = (str,) + (float,) * 15 + (int, int, int, int, float, float, bool, str)
+        table = Table(rows=rows or None, names=names, dtype=dtype)
+        table.meta["NUNTRUST"] = sum(not a.trusted for a in self.amps)
+        return table
 
 
 def _check_amp(raw: np.ndarray, amp: AmpGeometry) -> None:
@@ -459,172 +642,100 @@ def _clipped_mean(values: np.ndarray, n_sigma: float = 4.0) -> float:
     return float(np.mean(values[np.abs(values - center) < n_sigma * spread]))
 
 
-def find_events(
-    image_adu: np.ndarray,
-    *,
-    threshold_adu: float,
-    isolation_threshold_adu: float,
-    isolation_radius_pix: int = 4,
-    signal_box_half_pix: int = 2,
-    isolation_cut: bool = True,
-) -> Fe55Events:
-    """Find X-ray events in a bias-subtracted amplifier and sum their signal.
-
-    An event is a local maximum (3x3) above ``threshold_adu`` whose isolation square fits in the
-    image; among equal adjacent maxima one is kept. Its signal is the sum of the
-    ``(2 * signal_box_half_pix + 1)`` square box around it. With ``isolation_cut`` an event is
-    kept only if every pixel of the ``(2 * isolation_radius_pix + 1)`` square around it, outside
-    the 3x3 core, is below ``isolation_threshold_adu``.
-
-    Parameters
-    ----------
-    image_adu : numpy.ndarray
-        ``(ny, nx)`` bias-subtracted imaging pixels (ADU), finite.
-    threshold_adu : float
-        Detection threshold on the peak pixel (ADU), positive.
-    isolation_threshold_adu : float
-        Isolation threshold (ADU), positive.
-    isolation_radius_pix : int
-        Half-width of the isolation square (pixels); at least ``signal_box_half_pix + 1``.
-    signal_box_half_pix : int
-        Half-width of the summed box (pixels), at least 1.
-    isolation_cut : bool
-        Apply the isolation cut.
-
-    Returns
-    -------
-    Fe55Events
-        Kept events (possibly none) and the candidate counts.
-
-    Raises
-    ------
-    ValueError
-        If the image is not 2-D, a threshold is not positive, or a size is out of range.
-    InputDataError
-        If the image holds non-finite values.
-    """
-    image = np.asarray(image_adu, dtype=float)
-    if image.ndim != 2:
-        raise ValueError(f"image_adu must be 2-D (ny, nx); got {image.ndim} dimension(s)")
-    if not np.all(np.isfinite(image)):
-        raise InputDataError(
-            f"image_adu holds {int(np.sum(~np.isfinite(image)))} non-finite pixel(s)"
-        )
-    for name, value in (
-        ("threshold_adu", threshold_adu),
-        ("isolation_threshold_adu", isolation_threshold_adu),
-    ):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0; got {value}")
-    if signal_box_half_pix < 1:
-        raise ValueError(f"signal_box_half_pix must be >= 1; got {signal_box_half_pix}")
-    if isolation_radius_pix < signal_box_half_pix + 1:
-        raise ValueError(
-            f"isolation_radius_pix must be >= signal_box_half_pix + 1; got {isolation_radius_pix}"
-        )
-    radius = isolation_radius_pix
-    ny, nx = image.shape
-    peaks = (image == ndimage.maximum_filter(image, size=3, mode="nearest")) & (
-        image > threshold_adu
-    )
-    # one pixel per plateau of equal maxima (integer raw values make ties common)
-    labels, _ = ndimage.label(peaks, structure=np.ones((3, 3)))
-    flat = np.flatnonzero(labels)
-    _, first = np.unique(labels.flat[flat], return_index=True)
-    y, x = np.unravel_index(flat[first], image.shape)
-    inside = (y >= radius) & (y < ny - radius) & (x >= radius) & (x < nx - radius)
-    y, x = y[inside], x[inside]
-    n_candidates = int(y.size)
-
-    offsets = np.arange(-radius, radius + 1)
-    stamps = image[
-        y[:, None, None] + offsets[None, :, None], x[:, None, None] + offsets[None, None, :]
-    ]
-    h = signal_box_half_pix
-    box = slice(radius - h, radius + h + 1)
-    signal = stamps[:, box, box].sum(axis=(1, 2))
-    n_rejected = 0
-    if isolation_cut and n_candidates:
-        outer = stamps.copy()
-        outer[:, radius - 1 : radius + 2, radius - 1 : radius + 2] = -np.inf
-        isolated = outer.max(axis=(1, 2)) < isolation_threshold_adu
-        n_rejected = int(np.sum(~isolated))
-        y, x, signal = y[isolated], x[isolated], signal[isolated]
-    return Fe55Events(
-        y_pix=y,
-        x_pix=x,
-        signal_adu=signal,
-        n_candidates=n_candidates,
-        n_rejected_isolation=n_rejected,
-    )
+def _shelf_antiderivative(z: np.ndarray, sigma: float) -> np.ndarray:
+    """Antiderivative in x of ``ndtr(-(x - peak) / sigma)``, with ``z = (x - peak) / sigma``."""
+    return sigma * (z - (z * ndtr(z) + np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)))
 
 
 def line_model(edges_adu: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """Expected events per bin of the K-alpha + K-beta + flat background model.
+    """Expected events per bin: K-alpha and K-beta lines, their partial-charge shelf, a floor.
+
+    Each line is a Gaussian; below each sits a flat shelf of events that lost part of their
+    charge, ending at the line in a step smoothed by the line's width (its density is
+    ``shelf * ndtr((peak - x) / sigma)``, the K-beta shelf scaled by ``kbeta_ratio``); a flat
+    background covers the window.
 
     Parameters
     ----------
     edges_adu : numpy.ndarray
         ``(n + 1,)`` increasing bin edges (ADU).
     params : numpy.ndarray
-        ``(n_kalpha, peak_adu, sigma_adu, kbeta_ratio, background_per_adu)``.
+        ``(n_kalpha, peak_adu, sigma_adu, kbeta_ratio, shelf_per_adu, background_per_adu)``.
 
     Returns
     -------
     numpy.ndarray
-        ``(n,)`` expected counts: each line's Gaussian integrated over the bin.
+        ``(n,)`` expected counts integrated over each bin.
     """
-    n_alpha, peak, sigma, ratio, background = params
-    cdf_alpha = ndtr((edges_adu - peak) / sigma)
-    cdf_beta = ndtr((edges_adu - peak * _KBETA_OVER_KALPHA) / sigma)
-    return n_alpha * (np.diff(cdf_alpha) + ratio * np.diff(cdf_beta)) + background * np.diff(
-        edges_adu
-    )
-
-
-def _line_model_jacobian(edges_adu: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """``(n, 5)`` derivatives of `line_model` with respect to its five parameters."""
-    n_alpha, peak, sigma, ratio, _ = params
+    n_alpha, peak, sigma, ratio, shelf, background = params
     z_alpha = (edges_adu - peak) / sigma
     z_beta = (edges_adu - peak * _KBETA_OVER_KALPHA) / sigma
-    pdf_alpha = np.exp(-0.5 * z_alpha**2) / np.sqrt(2 * np.pi)
-    pdf_beta = np.exp(-0.5 * z_beta**2) / np.sqrt(2 * np.pi)
-    d_peak = -(np.diff(pdf_alpha) + ratio * _KBETA_OVER_KALPHA * np.diff(pdf_beta)) / sigma
-    d_sigma = -(np.diff(pdf_alpha * z_alpha) + ratio * np.diff(pdf_beta * z_beta)) / sigma
-    beta = np.diff(ndtr(z_beta))
-    return np.column_stack(
-        [
-            np.diff(ndtr(z_alpha)) + ratio * beta,
-            n_alpha * d_peak,
-            n_alpha * d_sigma,
-            n_alpha * beta,
-            np.diff(edges_adu),
-        ]
+    lines = n_alpha * (np.diff(ndtr(z_alpha)) + ratio * np.diff(ndtr(z_beta)))
+    shelves = shelf * (
+        np.diff(_shelf_antiderivative(z_alpha, sigma))
+        + ratio * np.diff(_shelf_antiderivative(z_beta, sigma))
     )
+    return lines + shelves + background * np.diff(edges_adu)
+
+
+def _start_peak(signal: np.ndarray, sigma: float) -> float:
+    """The K-alpha line's position to start the fit from: the highest-signal mode.
+
+    The smoothed density of the signals is scanned in steps of a quarter of the expected
+    width; of its local maxima at least half as high as the highest, the one at the largest
+    signal is K-alpha (the partial-charge continuum lies below the line, K-beta holds ~1/7
+    of its events).
+    """
+    low, high = np.percentile(signal, [2.0, 99.5])
+    grid = np.arange(low, high + sigma, sigma / 4.0)
+    ordered = np.sort(signal)
+    counts = np.searchsorted(ordered, grid + 1.5 * sigma) - np.searchsorted(
+        ordered, grid - 1.5 * sigma
+    )
+    density = np.convolve(counts, np.ones(3) / 3.0, mode="same")
+    is_max = (
+        (density >= np.roll(density, 1))
+        & (density >= np.roll(density, -1))
+        & (density >= 0.5 * density.max())
+    )
+    peak = float(grid[np.flatnonzero(is_max)[-1]])
+    near = signal[np.abs(signal - peak) < 1.5 * sigma]
+    return float(np.median(near)) if near.size >= 5 else peak
+
+
+_PARAM_NAMES = ("n_kalpha", "peak", "sigma", "kbeta_ratio", "shelf", "background")
 
 
 def fit_kalpha_peak(
     signal_adu: np.ndarray,
     *,
-    bins_per_sigma: float = 4.0,
-    fit_window_sigma: float = 5.0,
-    min_events: int = 50,
+    expected_sigma_adu: float | None = None,
+    bins_per_sigma: float = 2.0,
+    window_low: float = 0.3,
+    shelf: bool = True,
+    min_events: int = 20,
 ) -> PeakFit:
-    """Fit the K-alpha peak (with the K-beta line and a flat background) to event signals.
+    """Fit the K-alpha line (with K-beta, their partial-charge shelf and a floor) to signals.
 
-    The starting peak and width are the median and the MAD-based rms of the signals near
-    their median; the histogram spans ``fit_window_sigma`` sigma below K-alpha to as many
-    above K-beta with ``bins_per_sigma`` bins per sigma. The fit maximises the binned Poisson
-    likelihood; errors are from the inverse Fisher information.
+    The fit starts at the highest-signal mode of the signals (`_start_peak`) with the
+    expected width (or, without one, the MAD-based rms of the signals near the median); the
+    histogram spans ``window_low`` times the peak below it to 5 sigma above K-beta, with
+    ``bins_per_sigma`` bins per starting sigma. The binned Poisson likelihood is maximised
+    with bounds (peak within 15 % of the start, width 0.3-4 times the start, K-beta ratio
+    0.05-0.25); errors come from the Fisher information.
 
     Parameters
     ----------
     signal_adu : numpy.ndarray
         ``(n,)`` event signals (ADU).
+    expected_sigma_adu : float, optional
+        The expected line width (ADU).
     bins_per_sigma : float
         Histogram bins per starting sigma.
-    fit_window_sigma : float
-        Window half-width around the lines, in starting sigma.
+    window_low : float
+        Fraction of the peak the window extends below it.
+    shelf : bool
+        Fit the partial-charge shelf (else it is fixed at zero).
     min_events : int
         Fewest events in the window for a fit.
 
@@ -638,7 +749,7 @@ def fit_kalpha_peak(
     ValueError
         If ``signal_adu`` is not 1-D or holds non-finite values.
     CalibrationError
-        If too few events lie in the window or the fit does not converge to a peak inside it.
+        If too few events lie in the window or the fit does not converge.
     """
     signal = np.asarray(signal_adu, dtype=float)
     if signal.ndim != 1:
@@ -653,14 +764,18 @@ def fit_kalpha_peak(
             n_events=int(positive.size),
             min_events=int(min_events),
         )
-    peak0 = float(np.median(positive))
-    sigma0 = 1.4826 * float(np.median(np.abs(positive - peak0)))
-    near = positive[np.abs(positive - peak0) < 2.5 * sigma0]
-    if near.size:
-        peak0 = float(np.median(near))
-        sigma0 = max(1.4826 * float(np.median(np.abs(near - peak0))), 1e-3 * peak0)
-    low = peak0 - fit_window_sigma * sigma0
-    high = peak0 * _KBETA_OVER_KALPHA + fit_window_sigma * sigma0
+    if expected_sigma_adu is None:
+        median = float(np.median(positive))
+        sigma0 = 1.4826 * float(np.median(np.abs(positive - median)))
+        near = positive[np.abs(positive - median) < 2.5 * sigma0]
+        if near.size:
+            sigma0 = 1.4826 * float(np.median(np.abs(near - np.median(near))))
+        sigma0 = max(sigma0, 1e-3 * median)
+    else:
+        sigma0 = float(expected_sigma_adu)
+    peak0 = _start_peak(positive, sigma0)
+    low = peak0 * (1.0 - window_low)
+    high = peak0 * _KBETA_OVER_KALPHA + 5.0 * sigma0
     n_bins = max(int(np.ceil((high - low) / sigma0 * bins_per_sigma)), 8)
     edges = np.linspace(low, high, n_bins + 1)
     counts, _ = np.histogram(signal, bins=edges)
@@ -672,32 +787,46 @@ def fit_kalpha_peak(
             n_in_window=n_window,
             min_events=int(min_events),
         )
+    density = n_window / (high - low)
+    scale = np.array([n_window, peak0, sigma0, 0.15, 0.3 * density, 0.05 * density])
+    bounds = [
+        (1e-3, 2.0),
+        (0.85, 1.15),
+        (0.3, 4.0),
+        (1 / 3, 5 / 3),
+        (0.0, 20.0 if shelf else 0.0),
+        (0.0, 20.0),
+    ]
 
-    scale = np.array([n_window, peak0, sigma0, 0.1, n_window / (high - low)])
+    def nll(u: np.ndarray) -> float:
+        mu = np.maximum(line_model(edges, u * scale), 1e-12)
+        return float(np.sum(mu - counts * np.log(mu)))
 
-    def nll(u: np.ndarray) -> tuple[float, np.ndarray]:
-        params = u * scale
-        mu = np.maximum(line_model(edges, params), 1e-12)
-        grad = (1.0 - counts / mu) @ _line_model_jacobian(edges, params) * scale
-        return float(np.sum(mu - counts * np.log(mu))), grad
-
-    start = np.array([0.8, 1.0, 1.0, 1.0, 0.02])
-    bounds = [(1e-3, 2.0), (0.8, 1.2), (0.2, 5.0), (0.0, 5.0), (0.0, 1.0)]
-    # TNC rather than L-BFGS-B: the latter calls BLAS on 5-vectors, and OpenBLAS threads make
-    # it 10-30x slower on a busy machine (measured: 8 ms against 110-250 ms per fit)
-    best = optimize.minimize(nll, start, jac=True, method="TNC", bounds=bounds)
-    if not best.success:
-        # a stalled line search: the simplex needs no gradient
-        best = optimize.minimize(
-            lambda u: nll(u)[0],
-            best.x,
+    best = None
+    # the likelihood of a few dozen events has local minima (a wide line swallowing the
+    # shelf): start from a line as wide as expected, wider and narrower, keep the best
+    for start in ([0.6, 1, 1, 1, 1, 0.2], [0.3, 1, 1.5, 1, 3, 0.2], [0.6, 1, 0.7, 1, 1, 0.2]):
+        start = np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds])
+        trial = optimize.minimize(
+            nll,
+            start,
+            method="Powell",
+            bounds=bounds,
+            options={"xtol": 1e-6, "ftol": 1e-10, "maxfev": 20000},
+        )
+        trial = optimize.minimize(
+            nll,
+            trial.x,
             method="Nelder-Mead",
             bounds=bounds,
-            options={"xatol": 1e-7, "fatol": 1e-7, "maxiter": 4000},
+            options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 20000},
         )
+        trial = optimize.minimize(nll, trial.x, method="TNC", bounds=bounds)
+        if best is None or trial.fun < best.fun:
+            best = trial
     params = best.x * scale
-    peak, sigma = params[1], params[2]
-    if not (best.success and low < peak < high):
+    peak = params[1]
+    if not (np.all(np.isfinite(params)) and low < peak < high):
         raise CalibrationError(
             f"K-alpha fit did not converge to a peak inside [{low:.1f}, {high:.1f}] ADU "
             f"({best.message}); the histogram may lack a K-alpha line",
@@ -705,34 +834,129 @@ def fit_kalpha_peak(
             n_in_window=n_window,
         )
     mu = np.maximum(line_model(edges, params), 1e-12)
-    # Fisher information of the binned Poisson likelihood, in the scaled parameters (all of
-    # order one, so the matrix is well conditioned), then back to physical units.
-    jac = _line_model_jacobian(edges, params) * scale
+    # a shelf or floor fitted at zero sits on its bound: it is held there for the errors (its
+    # derivative over bins of almost no expected events would swamp the Fisher matrix)
+    free = [
+        i for i, (lo, hi) in enumerate(bounds) if hi > lo and not (i >= 4 and best.x[i] - lo < 1e-4)
+    ]
+    jac = np.empty((n_bins, len(free)))
+    for column, i in enumerate(free):
+        step = np.zeros(params.size)
+        step[i] = 1e-4 * scale[i]
+        jac[:, column] = (line_model(edges, params + step) - line_model(edges, params - step)) / (
+            2 * step[i]
+        )
     fisher = jac.T @ (jac / mu[:, None])
-    cov = np.linalg.pinv(fisher) * np.outer(scale, scale)
+    cov = np.zeros((params.size, params.size))
+    cov[np.ix_(free, free)] = np.linalg.pinv(fisher)
     with np.errstate(divide="ignore", invalid="ignore"):
         dev_terms = np.where(counts > 0, counts * np.log(counts / mu), 0.0) - (counts - mu)
     deviance = 2.0 * float(np.sum(dev_terms))
-    dof = max(n_bins - params.size, 1)
+    dof = max(n_bins - len(free), 1)
+    at_bound = [
+        _PARAM_NAMES[i]
+        for i in free
+        if i in (1, 2) and min(best.x[i] - bounds[i][0], bounds[i][1] - best.x[i]) < 1e-3
+    ]
     return PeakFit(
         peak_adu=float(peak),
         peak_err_adu=float(np.sqrt(max(cov[1, 1], 0.0))),
-        sigma_adu=float(sigma),
+        sigma_adu=float(params[2]),
         sigma_err_adu=float(np.sqrt(max(cov[2, 2], 0.0))),
         n_kalpha=float(params[0]),
         kbeta_ratio=float(params[3]),
-        background_per_adu=float(params[4]),
+        shelf_per_adu=float(params[4]),
+        background_per_adu=float(params[5]),
         edges_adu=edges,
         counts=counts,
         deviance_per_dof=deviance / dof,
         n_in_window=n_window,
+        at_bound=",".join(at_bound),
     )
+
+
+def image_pedestal(image_adu: np.ndarray, noise_adu: float) -> float:
+    """Level of the bias-subtracted imaging pixels away from any charge (ADU).
+
+    Pixels within 3 px of a pixel above 3 ``noise_adu`` are masked (an X-ray's cloud and
+    wings: the wings of a dense Fe55 exposure would otherwise lift a clipped mean by ~0.1 ADU,
+    which a 5x5 sum multiplies by 25), then the sigma-clipped mean of the rest.
+
+    Parameters
+    ----------
+    image_adu : numpy.ndarray
+        ``(ny, nx)`` bias-subtracted imaging pixels (ADU).
+    noise_adu : float
+        Pixel noise (ADU), positive.
+
+    Returns
+    -------
+    float
+        The pedestal (ADU).
+    """
+    charged = ndimage.maximum_filter(image_adu > 3.0 * noise_adu, size=7)
+    quiet = image_adu[~charged]
+    if quiet.size < 100:
+        quiet = image_adu.ravel()
+    return float(sigma_clipped_stats(quiet, sigma=3.0, maxiters=10)[0])
+
+
+def _box_noise(image: np.ndarray, half: int) -> float:
+    """Rms of the sums of a (2 half + 1)^2 box of pedestal-subtracted pixels (ADU).
+
+    Summed on a grid of disjoint boxes: the noise of an event's signal box as the sensor makes
+    it, correlations between neighbours included (measured on ESIS1: 5x5 box sums scatter
+    25 % less than 5 times the pixel noise). X-rays only add charge, and a dense exposure
+    puts one in a large share of the boxes, so the rms comes from the sums below zero alone
+    (the half-normal of a zero-mean noise).
+    """
+    k = 2 * half + 1
+    ny, nx = (image.shape[0] // k) * k, (image.shape[1] // k) * k
+    sums = image[:ny, :nx].reshape(ny // k, k, nx // k, k).sum(axis=(1, 3))
+    below = sums[sums < 0]
+    if below.size < 10:
+        return float(k * 1.4826 * np.median(np.abs(image - np.median(image))))
+    return float(np.sqrt(np.mean(below**2)))
+
+
+def fe55_verdict(
+    fit: PeakFit,
+    *,
+    expected_sigma_adu: float,
+    gain_rel_err: float,
+    config: Fe55Config,
+) -> str:
+    """Why a fitted gain cannot be trusted: ``"ok"`` or the reasons, joined by ``"; "``.
+
+    Checks the fitted K-alpha events (``min_kalpha_events``), the width against its
+    expectation (``max_width_deviation``) and against the fit's bounds, the relative gain error
+    (``max_gain_rel_err``) and the deviance per degree of freedom (``max_deviance_per_dof``).
+    """
+    reasons = []
+    if fit.n_kalpha < config.min_kalpha_events:
+        reasons.append(
+            f"too few K-alpha events ({fit.n_kalpha:.0f} < {config.min_kalpha_events:g})"
+        )
+    ratio = fit.sigma_adu / expected_sigma_adu
+    if abs(ratio - 1.0) > config.max_width_deviation:
+        reasons.append(f"line width {ratio:.2f} x expected")
+    if fit.at_bound:
+        reasons.append(f"fit at its bound ({fit.at_bound})")
+    if not gain_rel_err <= config.max_gain_rel_err:
+        reasons.append(f"gain error {100 * gain_rel_err:.1f} %")
+    if fit.deviance_per_dof > config.max_deviance_per_dof:
+        reasons.append(f"deviance/dof {fit.deviance_per_dof:.1f}")
+    return "; ".join(reasons) or "ok"
 
 
 def measure_amp_gain(
     raw: np.ndarray, amp: AmpGeometry, *, config: Fe55Config | None = None
 ) -> Fe55AmpResult:
-    """Measure the gain of one amplifier from a raw Fe55 frame.
+    """Measure the gain of one amplifier from a raw Fe55 frame, with a verdict on it.
+
+    Bias from the configured columns, pedestal of the imaging area, graded events
+    (`dcflow.stages.xray_events`), the line fit with its partial-charge shelf, gain from the
+    K-alpha yield at the sensor's temperature, and the verdict (`fe55_verdict`).
 
     Parameters
     ----------
@@ -746,7 +970,7 @@ def measure_amp_gain(
     Returns
     -------
     Fe55AmpResult
-        The gain, its error, the events and the fit.
+        The gain, its error, the events, the fit and the verdict.
 
     Raises
     ------
@@ -754,7 +978,7 @@ def measure_amp_gain(
         If the amplifier lies outside ``raw``, its imaging pixels are not all finite, or its
         bias columns are non-finite or constant.
     CalibrationError
-        If too few events are found or the peak fit fails.
+        If too few events lie in the fit window or the peak fit fails.
     """
     config = config or Fe55Config()
     bias = subtract_bias(
@@ -771,50 +995,97 @@ def measure_amp_gain(
             amp=amp.name,
             n_nonfinite=n_bad,
         )
-    events = find_events(
-        bias.image_adu,
+    image = bias.image_adu
+    pedestal = 0.0
+    if config.pedestal == "image":
+        pedestal = image_pedestal(image, bias.noise_adu)
+        image = image - pedestal
+    half = config.signal_box_half_pix
+    candidates = find_xray_events(
+        image,
         threshold_adu=config.detection_threshold_sigma * bias.noise_adu,
-        isolation_threshold_adu=config.isolation_threshold_sigma * bias.noise_adu,
+        split_threshold_adu=config.split_threshold_sigma * bias.noise_adu,
         isolation_radius_pix=config.isolation_radius_pix,
-        signal_box_half_pix=config.signal_box_half_pix,
-        isolation_cut=config.isolation_cut,
+        isolation_box_half_pix=half,
     )
+    isolated = candidates.isolated if config.isolation_cut else np.ones_like(candidates.isolated)
+    graded = isolated & np.isin(candidates.grade, config.grades)
+    sums = candidates.sum5_adu if half == 2 else candidates.sum3_adu
+    events = Fe55Events(
+        y_pix=candidates.y_pix[graded],
+        x_pix=candidates.x_pix[graded],
+        signal_adu=sums[graded],
+        grade=candidates.grade[graded],
+        n_candidates=candidates.n_candidates,
+        n_rejected_isolation=int(np.sum(~isolated)),
+        n_rejected_grade=int(np.sum(isolated & ~graded)),
+    )
+    yield_e = config.kalpha_e()
+    box_noise = _box_noise(image, half)
+
+    def expected_sigma(peak_adu: float) -> float:
+        return float(np.sqrt(box_noise**2 + config.fano_factor * peak_adu**2 / yield_e))
+
     try:
         fit = fit_kalpha_peak(
             events.signal_adu,
+            expected_sigma_adu=expected_sigma(_start_peak_or_median(events.signal_adu, box_noise)),
             bins_per_sigma=config.bins_per_sigma,
-            fit_window_sigma=config.fit_window_sigma,
+            window_low=config.fit_window_low,
+            shelf=config.partial_charge_shelf,
             min_events=config.min_events,
         )
     except CalibrationError as exc:
         raise CalibrationError(
             f"amplifier {amp.name}: {exc}", amp=amp.name, **exc.metadata
         ) from exc
-    gain = KALPHA_ELECTRONS / fit.peak_adu
-    box_pixels = (2 * config.signal_box_half_pix + 1) ** 2
+    gain = yield_e / fit.peak_adu
+    box_pixels = (2 * half + 1) ** 2
     peak_bias_err = box_pixels * bias.bias_err_adu
     peak_err = float(np.hypot(fit.peak_err_adu, peak_bias_err))
+    gain_err = gain * peak_err / fit.peak_adu
+    sigma_expected = expected_sigma(fit.peak_adu)
+    verdict = fe55_verdict(
+        fit, expected_sigma_adu=sigma_expected, gain_rel_err=gain_err / gain, config=config
+    )
     log.info(
-        "amp %s: %d candidates, %d isolated, peak %.2f +- %.2f ADU, gain %.4f e-/ADU",
+        "amp %s: %d candidates, %d graded, peak %.2f +- %.2f ADU, gain %.4f e-/ADU "
+        "(yield %.1f e-), width %.2f x expected: %s",
         amp.name,
         events.n_candidates,
         events.signal_adu.size,
         fit.peak_adu,
         peak_err,
         gain,
+        yield_e,
+        fit.sigma_adu / sigma_expected,
+        verdict,
     )
     return Fe55AmpResult(
         amp=amp.name,
         gain_e_per_adu=gain,
-        gain_err_e_per_adu=gain * peak_err / fit.peak_adu,
+        gain_err_e_per_adu=gain_err,
         peak_bias_err_adu=peak_bias_err,
         peak_sigma_e=fit.sigma_adu * gain,
+        expected_sigma_adu=sigma_expected,
+        kalpha_yield_e=yield_e,
         bias_adu=bias.bias_adu,
         bias_err_adu=bias.bias_err_adu,
         noise_adu=bias.noise_adu,
+        pedestal_adu=pedestal,
         events=events,
         fit=fit,
+        trusted=verdict == "ok",
+        verdict=verdict,
     )
+
+
+def _start_peak_or_median(signal: np.ndarray, sigma: float) -> float:
+    """Where the K-alpha line probably is, for its expected width (median if no signals)."""
+    positive = signal[signal > 0]
+    if positive.size < 5:
+        return float(np.median(positive)) if positive.size else 1.0
+    return _start_peak(positive, sigma)
 
 
 def measure_fe55_gain(
@@ -895,31 +1166,49 @@ def layout_mismatches(found: DetectorLayout, expected: DetectorLayout) -> tuple[
     return tuple(lines)
 
 
-def summarize_gains(tables: Sequence[Table], *, truth: Table | None = None) -> Table:
-    """Combine the gain tables of several exposures of one sensor, per amplifier.
+def summarize_gains(
+    tables: Sequence[Table],
+    *,
+    truth: Table | None = None,
+    ptc: Table | None = None,
+    max_ptc_deviation: float = 0.015,
+) -> Table:
+    """Combine the gain tables of several exposures of one sensor, per amplifier, with a verdict.
+
+    Per amplifier the exposures whose gain is trusted are combined (all of them, marked
+    untrusted, when none is); with a photon-transfer table the Fe55 gain is set against it and
+    an amplifier whose ratio departs from 1 by more than ``max_ptc_deviation`` is untrusted.
 
     Parameters
     ----------
     tables : sequence of astropy.table.Table
-        Gain tables (`Fe55Result.table`), one per exposure.
+        Gain tables (`Fe55Result.table`), one per exposure (tables without ``trusted`` count
+        as trusted).
     truth : astropy.table.Table, optional
         True gains (columns ``amp``, ``gain_e_per_adu``), for simulated sensors.
+    ptc : astropy.table.Table, optional
+        Photon-transfer gains (`dcflow.stages.photon_transfer.PhotonTransferResult.table`).
+    max_ptc_deviation : float
+        Largest ``|Fe55 / PTC - 1|`` of a trusted amplifier.
 
     Returns
     -------
     astropy.table.Table
-        One row per amplifier: ``amp``, ``n_exposures``, ``gain_e_per_adu`` (inverse-variance
-        weighted mean), ``gain_err_e_per_adu`` (its error), ``gain_scatter_e_per_adu``
-        (standard deviation over exposures, 0 for one exposure), ``chi2_per_dof`` (of the
-        exposures about the mean; 0 for one exposure), ``peak_sigma_e`` (mean),
-        ``n_events`` (total); with ``truth`` also ``gain_truth_e_per_adu`` and
-        ``gain_dev_sigma`` ((mean - truth) / error).
+        One row per amplifier: ``amp``, ``n_exposures``, ``n_trusted`` (exposures combined),
+        ``gain_e_per_adu`` (inverse-variance weighted mean), ``gain_err_e_per_adu`` (its
+        error), ``gain_scatter_e_per_adu`` (standard deviation over the combined exposures, 0
+        for one), ``chi2_per_dof`` (of those exposures about the mean; 0 for one),
+        ``peak_sigma_e`` (mean), ``n_events`` (total); with ``ptc`` also
+        ``ptc_gain_e_per_adu``, ``ptc_gain_err_e_per_adu``, ``fe55_over_ptc`` and
+        ``fe55_over_ptc_err``; with ``truth`` also ``gain_truth_e_per_adu`` and
+        ``gain_dev_sigma`` ((mean - truth) / error); last ``trusted`` and ``verdict``. Header
+        ``NUNTRUST``: untrusted amplifiers.
 
     Raises
     ------
     ValueError
         If ``tables`` is empty, a table lacks a column, the tables name different amplifiers,
-        an error is not positive, or ``truth`` lacks an amplifier.
+        an error is not positive, or ``truth`` or ``ptc`` lacks an amplifier.
     """
     if len(tables) == 0:
         raise ValueError("tables is empty: no gain table to summarize")
@@ -939,19 +1228,65 @@ def summarize_gains(tables: Sequence[Table], *, truth: Table | None = None) -> T
     errors = np.array([np.asarray(t["gain_err_e_per_adu"], dtype=float) for t in tables])
     if not np.all(errors > 0):
         raise ValueError("gain_err_e_per_adu must be > 0 in every table")
-    weights = errors**-2
+    trusted = np.array(
+        [
+            np.asarray(t["trusted"], dtype=bool)
+            if "trusted" in t.colnames
+            else np.ones(len(amps), dtype=bool)
+            for t in tables
+        ]
+    )
+    verdicts = [
+        [str(v) for v in t["verdict"]] if "verdict" in t.colnames else ["ok"] * len(amps)
+        for t in tables
+    ]
+    any_trusted = trusted.any(axis=0)
+    use = np.where(any_trusted[None, :], trusted, True)
+    weights = np.where(use, errors**-2, 0.0)
     mean = np.sum(weights * gains, axis=0) / np.sum(weights, axis=0)
-    n = len(tables)
-    chi2 = np.sum(weights * (gains - mean) ** 2, axis=0) / max(n - 1, 1)
+    n_used = use.sum(axis=0)
+    chi2 = np.sum(weights * (gains - mean) ** 2, axis=0) / np.maximum(n_used - 1, 1)
+    scatter = np.array(
+        [gains[use[:, j], j].std(ddof=1) if n_used[j] > 1 else 0.0 for j in range(len(amps))]
+    )
     out = Table()
     out["amp"] = amps
-    out["n_exposures"] = np.full(len(amps), n)
+    out["n_exposures"] = np.full(len(amps), len(tables))
+    out["n_trusted"] = trusted.sum(axis=0)
     out["gain_e_per_adu"] = mean
     out["gain_err_e_per_adu"] = np.sum(weights, axis=0) ** -0.5
-    out["gain_scatter_e_per_adu"] = gains.std(axis=0, ddof=1) if n > 1 else np.zeros(len(amps))
-    out["chi2_per_dof"] = chi2 if n > 1 else np.zeros(len(amps))
+    out["gain_scatter_e_per_adu"] = scatter
+    out["chi2_per_dof"] = np.where(n_used > 1, chi2, 0.0)
     out["peak_sigma_e"] = np.mean([np.asarray(t["peak_sigma_e"], float) for t in tables], axis=0)
     out["n_events"] = np.sum([np.asarray(t["n_events"], int) for t in tables], axis=0)
+    reasons = [
+        []
+        if any_trusted[j]
+        else ["no trusted exposure (" + ", ".join(sorted({v[j] for v in verdicts})) + ")"]
+        for j in range(len(amps))
+    ]
+    if ptc is not None:
+        by_amp = {
+            str(a): (float(g), float(e))
+            for a, g, e in zip(
+                ptc["amp"], ptc["gain_e_per_adu"], ptc["gain_err_e_per_adu"], strict=True
+            )
+        }
+        absent = [a for a in amps if a not in by_amp]
+        if absent:
+            raise ValueError(f"ptc lacks amplifier(s) {', '.join(absent)}")
+        ptc_gain = np.array([by_amp[a][0] for a in amps])
+        ptc_err = np.array([by_amp[a][1] for a in amps])
+        ratio = mean / ptc_gain
+        out["ptc_gain_e_per_adu"] = ptc_gain
+        out["ptc_gain_err_e_per_adu"] = ptc_err
+        out["fe55_over_ptc"] = ratio
+        out["fe55_over_ptc_err"] = ratio * np.hypot(
+            out["gain_err_e_per_adu"] / mean, ptc_err / ptc_gain
+        )
+        for j in range(len(amps)):
+            if abs(ratio[j] - 1.0) > max_ptc_deviation:
+                reasons[j].append(f"Fe55/PTC {ratio[j]:.3f} +- {out['fe55_over_ptc_err'][j]:.3f}")
     if truth is not None:
         by_amp = {
             str(a): float(g) for a, g in zip(truth["amp"], truth["gain_e_per_adu"], strict=True)
@@ -962,4 +1297,7 @@ def summarize_gains(tables: Sequence[Table], *, truth: Table | None = None) -> T
         true_gain = np.array([by_amp[a] for a in amps])
         out["gain_truth_e_per_adu"] = true_gain
         out["gain_dev_sigma"] = (mean - true_gain) / out["gain_err_e_per_adu"]
+    out["trusted"] = np.array([not r for r in reasons], dtype=bool)
+    out["verdict"] = ["; ".join(r) or "ok" for r in reasons]
+    out.meta["NUNTRUST"] = int(np.sum(~out["trusted"]))
     return out

@@ -1,0 +1,51 @@
+"""Fe55 and photon-transfer gains of the real ESIS1 frames, side by side with the references.
+
+Run: .venv/bin/python benchmarks/fe55_real.py [data directory]
+(default ../shared/data/fe55-esis1 relative to the repository). Prints per tap the Fe55 gain
+(K-alpha yield 1602.3 e-, msfc-ccd's), its verdict, the photon-transfer gain, msfc-ccd's
+references and the ratios.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from astropy.io import fits
+
+from dcflow.stages.fe55 import Fe55Config, measure_fe55_gain
+from dcflow.stages.photon_transfer import measure_photon_transfer
+from dcflow.stages.sensor_layout import esis1
+
+PTC_REFERENCE = {"00": 2.529, "10": 2.508, "01": 2.530, "11": 2.512}
+FE55_REFERENCE = {"00": 2.555, "10": 2.503, "01": 2.462, "11": float("nan")}
+
+
+def main(data: Path) -> None:
+    """Print the table."""
+    layout = esis1().detector_layout()
+    raw = fits.getdata(data / "ESIS1_00002.fit.gz")
+    led = [fits.getdata(data / "led" / f"ESIS1_0{n}.fit.gz") for n in (4803, 4804, 4860, 4861)]
+    fe55 = measure_fe55_gain(raw, layout, config=Fe55Config(kalpha_yield_e=1602.3))
+    ptc = {
+        a.amp: a for a in measure_photon_transfer([(led[0], led[1])], (led[2], led[3]), layout).amps
+    }
+    print(
+        f"{'tap':>3} {'Fe55':>7} {'err':>6} {'PTC':>7} {'PTCref':>6} {'PTC/ref':>7} "
+        f"{'Fe55/PTC':>8} {'msfc Fe55':>9} {'width':>5} {'nKa':>4}  verdict"
+    )
+    for amp in fe55.amps:
+        p = ptc[amp.amp]
+        print(
+            f"{amp.amp:>3} {amp.gain_e_per_adu:7.4f} {amp.gain_err_e_per_adu:6.4f} "
+            f"{p.gain_e_per_adu:7.4f} {PTC_REFERENCE[amp.amp]:6.3f} "
+            f"{p.gain_e_per_adu / PTC_REFERENCE[amp.amp]:7.4f} "
+            f"{amp.gain_e_per_adu / p.gain_e_per_adu:8.4f} {FE55_REFERENCE[amp.amp]:9.3f} "
+            f"{amp.width_ratio:5.2f} {amp.fit.n_kalpha:4.0f}  "
+            + ("trusted" if amp.trusted else f"UNTRUSTED: {amp.verdict}")
+        )
+
+
+if __name__ == "__main__":
+    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fe55-esis1"
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
