@@ -83,6 +83,17 @@ def fe55_amp_figure(amp: Fe55AmpResult, *, title: str = "") -> Figure:
     return figure
 
 
+def _amp_panels(n: int, panel_size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n`` amplifier panels, two per row (axes as a 2-d array)."""
+    if n == 0:
+        raise ValueError("result holds no amplifier to draw")
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    figure = Figure(figsize=(panel_size[0] * cols, panel_size[1] * rows))
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, cols, squeeze=False)
+
+
 def fe55_exposure_figure(result: Fe55Result, *, title: str = "") -> Figure:
     """A picture per amplifier of one Fe55 exposure, as panels of one figure.
 
@@ -91,14 +102,8 @@ def fe55_exposure_figure(result: Fe55Result, *, title: str = "") -> Figure:
     ValueError
         If ``result`` holds no amplifier.
     """
+    figure, axes = _amp_panels(len(result.amps), (6.0, 3.8))
     n = len(result.amps)
-    if n == 0:
-        raise ValueError("result holds no amplifier to draw")
-    cols = min(n, 2)
-    rows = math.ceil(n / cols)
-    figure = Figure(figsize=(6.0 * cols, 3.8 * rows))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, cols, squeeze=False)
     for ax, amp in zip(axes.flat, result.amps, strict=False):
         draw_fe55_amp(ax, amp)
     for ax in list(axes.flat)[n:]:
@@ -120,14 +125,8 @@ def ptc_figure(result: PhotonTransferResult, *, title: str = "") -> Figure:
     ValueError
         If ``result`` holds no amplifier.
     """
+    figure, axes = _amp_panels(len(result.amps), (5.0, 3.5))
     n = len(result.amps)
-    if n == 0:
-        raise ValueError("result holds no amplifier to draw")
-    cols = min(n, 2)
-    rows = math.ceil(n / cols)
-    figure = Figure(figsize=(5.0 * cols, 3.5 * rows))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, cols, squeeze=False)
     for ax, amp in zip(axes.flat, result.amps, strict=False):
         signal = np.asarray(amp.signal_adu)
         ax.plot(signal, amp.variance_adu2, "o", color="0.2", label="flat pairs")
