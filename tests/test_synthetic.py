@@ -193,7 +193,8 @@ def test_inventories_tree_and_list_hold_the_same_outputs(tmp_path):
         + 2  # science validation json + png
         + 2 * n_coadds
         + 2 * index.n_patches
-        + 2 * 4  # Fe55: 2 exposures x (raw, truth, gain, plot)
+        + 2 * 6  # Fe55: 2 exposures x (raw, truth, flat, bias, gain, plot)
+        + 2  # the sensor's photon-transfer table and plot
         + 1  # and the sensor's summary
     )
     assert n_all == expected
