@@ -7,6 +7,7 @@ workflow/schemas/config.schema.yaml is this module's output, checked in so that 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from dcflow.configs import dataclass_schema
 from dcflow.layout import DEFAULT_TEMPLATES
 from dcflow.pipeline.spec import STAGES
 
-__all__ = ["SECTIONS", "build_schema", "load_config", "schema_path"]
+__all__ = ["SECTIONS", "build_schema", "checked_in_schema", "load_config", "schema_path"]
 
 SECTIONS: dict[str, str] = {
     "simulation": "dcflow.instruments.cfht_sim:SimConfig",
@@ -157,6 +158,18 @@ def schema_path() -> Path:
     return Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
+@functools.cache
+def checked_in_schema() -> dict[str, Any]:
+    """The checked-in schema (equal to `build_schema`, a test says so), read once.
+
+    Building it imports every stage module (scipy, photutils: seconds); reading it does not,
+    so `dcflow status` and the planner start fast.
+    """
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(schema_path()) as handle:
+        return yaml.load(handle, Loader=loader)
+
+
 def _fill_defaults(instance: dict, schema: dict) -> None:
     for key, sub in schema.get("properties", {}).items():
         if "default" in sub and key not in instance:
@@ -177,7 +190,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict[str, An
         config = yaml.safe_load(handle) or {}
     for key, value in (overrides or {}).items():
         config[key] = value
-    schema = build_schema()
+    schema = checked_in_schema()
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(config), key=str)
     if errors:
         where = "/".join(map(str, errors[0].absolute_path)) or "(top level)"
