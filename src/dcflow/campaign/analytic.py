@@ -657,41 +657,6 @@ def needrun(
     return NeedRun(jobs=need, all=bool(total()), passes=passes)
 
 
-def _group_rows(
-    rule: str,
-    need: np.ndarray,
-    band: np.ndarray | None,
-    tract: np.ndarray | None,
-    filters: tuple[str, ...],
-) -> list[tuple[str, str | None, int | None, int, int]]:
-    """``(rule, filter, tract, total, to_run)`` per filter x tract of one rule's jobs."""
-    if need.size == 0:
-        return []
-    nb = max(len(filters), 1)
-    b = band.astype(np.int64) if band is not None else np.zeros(need.size, dtype=np.int64)
-    if tract is not None:
-        tracts, t = np.unique(tract, return_inverse=True)
-    else:
-        tracts, t = np.zeros(1, dtype=np.int64), np.zeros(need.size, dtype=np.int64)
-    key = t.astype(np.int64) * nb + b
-    size = len(tracts) * nb
-    totals = np.bincount(key, minlength=size)
-    runs = np.bincount(key[need], minlength=size)
-    out = []
-    for k in np.flatnonzero(totals):
-        t_i, b_i = divmod(int(k), nb)
-        out.append(
-            (
-                rule,
-                filters[b_i] if band is not None else None,
-                int(tracts[t_i]) if tract is not None else None,
-                int(totals[k]),
-                int(runs[k]),
-            )
-        )
-    return out
-
-
 def _to_run_builder(graph: JobGraph, need: NeedRun) -> Callable[[], dict]:
     def build() -> dict:
         out: dict[tuple[str, str], tuple[str | None, int | None]] = {}
@@ -755,10 +720,10 @@ def plan_index(
     need = needrun(graph, exists, incomplete, external_mtimes=external)
     counts = []
     for s in graph.stages:
-        columns = graph.jobs(s.rule).columns
-        counts += _group_rows(
-            s.rule, need.jobs[s.rule], columns.get("filter"), columns.get("tract"), index.filters
-        )
+        counts += [
+            (s.rule, band, tract, total, n["to_run"])
+            for band, tract, total, n in graph.group_counts(s.rule, {"to_run": need.jobs[s.rule]})
+        ]
     counts.append((TARGET_RULE, None, None, 1, int(need.all)))
     per_job_h, source = runtime_estimates(
         dict.fromkeys(row[0] for row in counts),

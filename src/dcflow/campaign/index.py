@@ -106,7 +106,6 @@ class CampaignIndex:
             If a science visit lacks one of the campaign's CCDs (as `Campaign.jobs`).
         """
         layout = layout or Layout.from_config(config)
-        instrument = str(config["campaign"]["instrument"])
         path = layout.path("registry")
         manifest = read_manifest(config["shard"]) if config.get("shard") else None
         conn = _open_readonly(path)
@@ -164,25 +163,40 @@ class CampaignIndex:
             conn.close()
         skymap = from_mapping(SkyMapConfig, config["skymap"]) if config.get("skymap") else None
         tracts = make_tracts(skymap) if skymap is not None else ()
-        pairs = _overlaps(tracts, visits, ra, dec, skymap)
+        arrays = {
+            "filters": filters,
+            "ccds": ccds,
+            "visits": visits,
+            "visit_band": visit_band,
+            "visit_ra_deg": ra,
+            "visit_dec_deg": dec,
+            "bias_raws": bias_raws,
+            "flat_raws": flat_raws,
+            **_overlaps(tracts, visits, ra, dec, skymap),
+        }
+        return cls.assemble(config, layout, arrays)
+
+    @classmethod
+    def assemble(
+        cls, config: Mapping[str, Any], layout: Layout, arrays: Mapping[str, Any]
+    ) -> CampaignIndex:
+        """The index of a config from the arrays its registry and overlaps gave.
+
+        ``arrays`` holds ``filters`` and every array attribute (`from_config` computes them;
+        `dcflow.campaign.snapshots` keeps them between calls).
+        """
+        instrument = str(config["campaign"]["instrument"])
+        skymap = from_mapping(SkyMapConfig, config["skymap"]) if config.get("skymap") else None
         return cls(
             instrument=instrument,
-            registry_path=str(path),
+            registry_path=str(layout.path("registry")),
             layout=layout,
-            filters=filters,
-            ccds=ccds,
-            visits=visits,
-            visit_band=visit_band,
-            visit_ra_deg=ra,
-            visit_dec_deg=dec,
-            bias_raws=bias_raws,
-            flat_raws=flat_raws,
             needs_calibs=instrument not in PROCESSED_INSTRUMENTS,
             has_truth=instrument in SIMULATED_INSTRUMENTS,
             skymap=skymap,
-            tracts=tracts,
-            **pairs,
+            tracts=make_tracts(skymap) if skymap is not None else (),
             fe55=from_mapping(Fe55SimConfig, config.get("fe55") or {}),
+            **arrays,
         )
 
     @property

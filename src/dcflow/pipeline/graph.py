@@ -470,6 +470,45 @@ class JobGraph:
             int(tract[job]) if tract is not None else None,
         )
 
+    def group_counts(
+        self, rule: str, masks: Mapping[str, np.ndarray]
+    ) -> list[tuple[str | None, int | None, int, dict[str, int]]]:
+        """Jobs of one stage per filter x tract: ``(filter, tract, total, {mask: count})``.
+
+        Groups without jobs are left out; the order is tract, then filter. What plan and status
+        rows are made of, with one `numpy.bincount` per mask (no object per job).
+        """
+        jobs = self.jobs(rule)
+        if jobs.n_jobs == 0:
+            return []
+        band = jobs.columns.get("filter")
+        tract = jobs.columns.get("tract")
+        n_bands = max(len(self.index.filters), 1)
+        b = band if band is not None else np.zeros(jobs.n_jobs, dtype=np.int64)
+        if tract is not None:
+            tracts, t = np.unique(tract, return_inverse=True)
+        else:
+            tracts, t = np.zeros(1, dtype=np.int64), np.zeros(jobs.n_jobs, dtype=np.int64)
+        key = t.astype(np.int64) * n_bands + b
+        size = len(tracts) * n_bands
+        totals = np.bincount(key, minlength=size)
+        counts = {
+            name: np.bincount(key[np.asarray(mask, dtype=bool)], minlength=size)
+            for name, mask in masks.items()
+        }
+        out = []
+        for k in np.flatnonzero(totals).tolist():
+            t_i, b_i = divmod(k, n_bands)
+            out.append(
+                (
+                    self.index.filters[b_i] if band is not None else None,
+                    int(tracts[t_i]) if tract is not None else None,
+                    int(totals[k]),
+                    {name: int(c[k]) for name, c in counts.items()},
+                )
+            )
+        return out
+
     def job_specs(self) -> list[JobSpec]:
         """One `JobSpec` per job, rule ``all`` last (small campaigns only: one object per job).
 
