@@ -152,7 +152,7 @@ def _products(root: Path) -> dict[str, str]:
         rel = path.relative_to(root / "output")
         if (
             path.is_file()
-            and rel.parts[0] not in ("logs", "benchmarks", "shards")
+            and rel.parts[0] not in ("logs", "benchmarks", "shards", ".dcflow")
             and not rel.name.startswith(("ledger", "registry"))
         ):
             out[str(rel)] = path.read_text().replace(str(root), "ROOT")

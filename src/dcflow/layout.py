@@ -22,6 +22,8 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "truth": "{instrument}/truth.fits",
     "registry": "registry.sqlite3",
     "ledger": "ledger.sqlite3",
+    "index_cache": ".dcflow/index.npz",
+    "plan_snapshot": ".dcflow/plan.npz",
     "bias": "calib/bias/bias_{ccd}.fits",
     "flat": "calib/flat/{filter}/flat_{filter}_{ccd}.fits",
     "calexp": "calexp/{visit}/calexp_{visit}_{ccd}.fits",

@@ -662,6 +662,18 @@ class Ledger:
             out[(str(attempt.rule), str(attempt.data_id))] = attempt
         return out
 
+    def latest_states(self) -> list[tuple[str, str, str, int, float | None]]:
+        """``(rule, data_id, state, run_id, finished)`` of every tile's last attempt.
+
+        The lean form of `latest_attempts` (no JSON decoded, no object per attempt): what
+        ``dcflow status`` reads from a ledger of millions of attempts.
+        """
+        return self._conn.execute(
+            "SELECT a.rule, a.data_id, a.state, a.run_id, a.finished FROM attempts a JOIN"
+            " (SELECT MAX(attempt_id) AS last FROM attempts WHERE rule IS NOT NULL"
+            " GROUP BY rule, data_id) m ON a.attempt_id = m.last"
+        ).fetchall()
+
     def attempt_counts(self) -> dict[tuple[str, str], int]:
         """Number of attempts of every tile ever attempted."""
         rows = self._conn.execute(
@@ -671,12 +683,29 @@ class Ledger:
         return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
 
     def failed_tiles(self) -> list[Attempt]:
-        """Tiles whose last attempt failed (or was lost), in ledger order."""
-        return [
-            a
-            for a in self.latest_attempts().values()
-            if a.state in (JobState.FAILED, JobState.LOST)
-        ]
+        """Tiles whose last attempt failed (or was lost), in ledger order.
+
+        Only those attempts are decoded: the tiles' last attempt ids come from one grouped
+        query over the ``attempts_by_tile`` index.
+        """
+        states = (JobState.FAILED.value, JobState.LOST.value)
+        rows = self._conn.execute(
+            "SELECT a.* FROM attempts a JOIN (SELECT MAX(attempt_id) AS last FROM attempts"
+            " WHERE rule IS NOT NULL GROUP BY rule, data_id) m ON a.attempt_id = m.last"
+            f" WHERE a.state IN ({_marks(states)}) ORDER BY a.attempt_id",
+            states,
+        )
+        return [_attempt(row) for row in rows]
+
+    def tile_attempt_counts(self, tiles: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Number of attempts of the given tiles ``(rule, data_id)`` (indexed lookups)."""
+        out: dict[tuple[str, str], int] = {}
+        for rule, data_id in tiles:
+            count = self._conn.execute(
+                "SELECT COUNT(*) FROM attempts WHERE rule = ? AND data_id = ?", (rule, data_id)
+            ).fetchone()[0]
+            out[(rule, data_id)] = int(count)
+        return out
 
     def memory_requests(self, policy: MemoryPolicy) -> dict[tuple[str, str], int]:
         """``(rule, data_id) -> mem_mb`` for tiles whose history needs more memory."""

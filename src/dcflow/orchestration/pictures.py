@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
+from dcflow.campaign.snapshots import PlanSnapshot
 from dcflow.configs import from_mapping
 from dcflow.ledger import tile_of
 from dcflow.orchestration.campaign_files import campaign_ledger_path, open_campaign, open_ledger
@@ -62,14 +64,20 @@ def campaign_pictures(
     jobs = graph.job_specs()
     records = graph.registry.records(obstype="object")
     ccds = [int(c) for c in index.ccds]
+    scanned_at = time.time()
     plan = plan_campaign(config_path, profile=profile, workdir=workdir)
     failed: set[tuple[str, str]] = set()
     running: set[tuple[str, str]] = set()
     ledger_file = campaign_ledger_path(layout, workdir)
     if ledger_file.exists():
         with open_ledger(ledger_file) as ledger:
-            status = campaign_status(plan, ledger)
-            failed = {(f.rule, f.data_id) for f in failed_tiles(ledger, plan=plan, n_lines=0)}
+            status = campaign_status(graph, PlanSnapshot(plan.need or {}, scanned_at), ledger)
+            failed = {
+                (f.rule, f.data_id)
+                for f in failed_tiles(
+                    ledger, on_disk=lambda path: os.path.exists(workdir / path), n_lines=0
+                )
+            }
             running = {(str(a.rule), str(a.data_id)) for a in status.running}
     out = Path(out_dir)
     graph = save_png(

@@ -1,4 +1,10 @@
-"""`dcflow plan`, `status` and `failed`: the analytic plan, joined with the run ledger."""
+"""`dcflow plan`, `status` and `failed`: the analytic plan, joined with the run ledger.
+
+Every plan keeps its needrun arrays (`dcflow.campaign.snapshots`). A small campaign is
+replanned for each status (a scan of its outputs costs little); a large one (more than
+`SMALL_CAMPAIGN_JOBS` jobs) is answered from the last plan's arrays and the ledger since, so
+``dcflow status`` on a DC2013 campaign takes seconds, not a replanning minute.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,17 @@ import os
 import time
 from pathlib import Path
 
-from dcflow.campaign.analytic import plan_index
+from dcflow.campaign.analytic import SMALL_CAMPAIGN_JOBS, plan_index
+from dcflow.campaign.index import CampaignIndex
+from dcflow.campaign.snapshots import (
+    PlanSnapshot,
+    campaign_digest,
+    load_index,
+    read_plan_snapshot,
+    save_index,
+    write_plan_snapshot,
+)
+from dcflow.errors import InputMissingError
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import (
     campaign_ledger_path,
@@ -16,10 +32,41 @@ from dcflow.orchestration.campaign_files import (
     rooted_layout,
 )
 from dcflow.orchestration.profiles import rule_defaults
+from dcflow.pipeline.graph import JobGraph
 from dcflow.plan import Plan
 from dcflow.status import CampaignStatus, FailedTile, campaign_status, failed_tiles
 
-__all__ = ["failed_campaign", "plan_campaign", "status_campaign"]
+__all__ = [
+    "current_need",
+    "failed_campaign",
+    "indexed_campaign",
+    "plan_campaign",
+    "status_campaign",
+]
+
+
+def indexed_campaign(config_path: str | Path, workdir: Path) -> tuple[dict, Layout, CampaignIndex]:
+    """The campaign's config, rooted layout and index, the index kept between calls.
+
+    The index is read back from the output root when neither the config nor the registry
+    changed since it was kept (`dcflow.campaign.snapshots`); a shard's config is always
+    indexed afresh.
+    """
+    config = load_campaign_config(config_path)
+    layout = rooted_layout(config_path, workdir)
+    if config.get("shard"):
+        return config, layout, index_campaign(config, layout)
+    try:
+        digest = campaign_digest(config, layout.path("registry"))
+    except FileNotFoundError as exc:
+        raise InputMissingError(
+            f"{layout.path('registry')}: no campaign registry (run `dcflow ingest` first)"
+        ) from exc
+    index = load_index(layout.path("index_cache"), digest, config, layout)
+    if index is None:
+        index = index_campaign(config, layout)
+        save_index(index, layout.path("index_cache"), digest)
+    return config, layout, index
 
 
 def plan_campaign(
@@ -31,6 +78,8 @@ def plan_campaign(
     mtimes: bool | None = None,
 ) -> Plan:
     """The campaign's dry-run plan (`dcflow.campaign.analytic`), with CPU estimates from the ledger.
+
+    The plan's needrun arrays are kept under the output root for `status_campaign`.
 
     Parameters
     ----------
@@ -48,21 +97,15 @@ def plan_campaign(
     """
     start = time.perf_counter()
     workdir = Path(workdir or os.getcwd()).resolve()
-    config = load_campaign_config(config_path)
-    layout = Layout.from_config(config)
-    layout = Layout(
-        input_root=str(workdir / layout.input_root),
-        output_root=str(workdir / layout.output_root),
-        templates=layout.templates,
-    )
-    index = index_campaign(config, layout)
+    config, layout, index = indexed_campaign(config_path, workdir)
     ledger_file = campaign_ledger_path(layout, workdir)
     measured: dict[str, tuple[float, int]] = {}
     if ledger_file.exists():
         with open_ledger(ledger_file) as ledger:
             measured = ledger.mean_runtimes()
     defaults = {r: v["runtime"] for r, v in rule_defaults(profile).items() if "runtime" in v}
-    return plan_index(
+    scanned_at = os.stat(inventory).st_mtime if inventory is not None else time.time()
+    plan = plan_index(
         index,
         workdir=workdir,
         inventory=inventory,
@@ -71,17 +114,56 @@ def plan_campaign(
         default_runtimes_min=defaults,
         start_time=start,
     )
+    if not config.get("shard"):
+        write_plan_snapshot(
+            layout.path("plan_snapshot"),
+            PlanSnapshot(need=plan.need or {}, scanned_at=scanned_at),
+            campaign_digest(config, layout.path("registry")),
+        )
+    return plan
+
+
+def current_need(
+    config_path: str | Path, workdir: Path, *, replan: bool | None = None
+) -> tuple[JobGraph, PlanSnapshot]:
+    """The campaign's job graph and the needrun arrays status and rerun start from.
+
+    Parameters
+    ----------
+    replan : bool, optional
+        Plan afresh (True) or use the last plan's arrays when they are still the campaign's
+        (False: plan only if there are none). Default: replan campaigns of at most
+        `SMALL_CAMPAIGN_JOBS` jobs.
+    """
+    config, layout, index = indexed_campaign(config_path, workdir)
+    graph = JobGraph(index)
+    if replan is None:
+        replan = sum(graph.jobs(s.rule).n_jobs for s in graph.stages) <= SMALL_CAMPAIGN_JOBS
+    if not replan:
+        digest = campaign_digest(config, layout.path("registry"))
+        snapshot = read_plan_snapshot(layout.path("plan_snapshot"), digest)
+        if snapshot is not None:
+            return graph, snapshot
+    scanned_at = time.time()
+    plan = plan_campaign(config_path, profile=None, workdir=workdir)
+    return graph, PlanSnapshot(need=plan.need or {}, scanned_at=scanned_at)
 
 
 def status_campaign(
-    config_path: str | Path, *, profile: str | None = "local", workdir: str | Path | None = None
+    config_path: str | Path,
+    *,
+    profile: str | None = "local",
+    workdir: str | Path | None = None,
+    replan: bool | None = None,
 ) -> CampaignStatus:
-    """The campaign's status: the plan (disk) joined with the ledger (attempts)."""
+    """The campaign's status: the plan's arrays (disk) joined with the ledger (attempts).
+
+    ``replan`` as `current_need`; ``profile`` is kept for the CLI (status needs no estimates).
+    """
     workdir = Path(workdir or os.getcwd()).resolve()
-    layout = rooted_layout(config_path, workdir)
-    plan = plan_campaign(config_path, profile=profile, workdir=workdir)
-    with open_ledger(campaign_ledger_path(layout, workdir)) as ledger:
-        return campaign_status(plan, ledger, workdir=workdir)
+    graph, snapshot = current_need(config_path, workdir, replan=replan)
+    with open_ledger(campaign_ledger_path(graph.index.layout, workdir)) as ledger:
+        return campaign_status(graph, snapshot, ledger, workdir=workdir)
 
 
 def failed_campaign(
@@ -92,9 +174,17 @@ def failed_campaign(
     workdir: str | Path | None = None,
     n_lines: int = 10,
 ) -> list[FailedTile]:
-    """Failed tiles of the campaign whose outputs are still missing (optionally filtered)."""
+    """Failed tiles of the campaign whose outputs are still missing (optionally filtered).
+
+    Reads the ledger and stats the failed tiles' outputs: no plan, no index.
+    """
     workdir = Path(workdir or os.getcwd()).resolve()
     layout = rooted_layout(config_path, workdir)
-    plan = plan_campaign(config_path, profile=None, workdir=workdir)
     with open_ledger(campaign_ledger_path(layout, workdir)) as ledger:
-        return failed_tiles(ledger, stage=stage, tract=tract, plan=plan, n_lines=n_lines)
+        return failed_tiles(
+            ledger,
+            stage=stage,
+            tract=tract,
+            on_disk=lambda path: os.path.exists(workdir / path),
+            n_lines=n_lines,
+        )

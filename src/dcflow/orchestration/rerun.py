@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from dcflow.ledger import parse_tile, tile_of
-from dcflow.orchestration.campaign_files import campaign_ledger_path, open_campaign, open_ledger
-from dcflow.orchestration.plan_status import plan_campaign
+from dcflow.orchestration.campaign_files import campaign_ledger_path, open_ledger, rooted_layout
+from dcflow.orchestration.plan_status import current_need
 from dcflow.orchestration.run import run_campaign
 from dcflow.pipeline.graph import JobGraph
 from dcflow.status import failed_tiles
 
-__all__ = ["rerun_failed", "rerun_targets"]
+__all__ = ["rerun_failed", "rerun_targets", "select_failed"]
 
 
 def rerun_targets(
@@ -65,6 +65,36 @@ def rerun_targets(
     return targets, keys
 
 
+def select_failed(
+    config_path: str | Path,
+    workdir: Path,
+    *,
+    stage: str | None = None,
+    tract: int | None = None,
+    replan: bool | None = None,
+) -> tuple[list[str], set[tuple[str, str]]]:
+    """`rerun_targets` of the campaign's failed tiles whose outputs are missing.
+
+    Downstream jobs are limited to those the plan's arrays say must run (`current_need`:
+    replanned for small campaigns, the last plan's arrays for large ones).
+    """
+    layout = rooted_layout(config_path, workdir)
+    with open_ledger(campaign_ledger_path(layout, workdir)) as ledger:
+        ledger.reap_dead_runs()
+        failed = failed_tiles(
+            ledger,
+            stage=stage,
+            tract=tract,
+            on_disk=lambda path: os.path.exists(workdir / path),
+            n_lines=0,
+        )
+    keys = {(f.rule, f.data_id) for f in failed}
+    if not keys:
+        return [], set()
+    graph, snapshot = current_need(config_path, workdir, replan=replan)
+    return rerun_targets(graph, keys, snapshot.need)
+
+
 def rerun_failed(
     config_path: str | Path,
     *,
@@ -92,15 +122,9 @@ def rerun_failed(
         The tiles asked for.
     """
     workdir = Path(workdir or os.getcwd()).resolve()
-    _, layout, index = open_campaign(config_path, workdir)
-    plan = plan_campaign(config_path, profile=profile, workdir=workdir)
-    with open_ledger(campaign_ledger_path(layout, workdir)) as ledger:
-        ledger.reap_dead_runs()
-        failed = failed_tiles(ledger, stage=stage, tract=tract, plan=plan, n_lines=0)
-    keys = {(f.rule, f.data_id) for f in failed}
-    if not keys:
+    targets, selected = select_failed(config_path, workdir, stage=stage, tract=tract)
+    if not selected:
         return 0, set()
-    targets, selected = rerun_targets(JobGraph(index), keys, plan.need)
     targets = [os.path.relpath(t, workdir) for t in targets]  # as the rules name them
     extra = list(snakemake_args)
     if "--rerun-triggers" not in extra:
