@@ -597,7 +597,7 @@ class JobGraph:
         for name in keys:
             column = jobs.columns[name]
             radix = max(int(column.max(initial=-1)) + 1, 1)
-            values = self._encode(name, [d.get(name) for d in data_ids], sensors)
+            values = self._encode(name, [_key_value(name, d) for d in data_ids], sensors)
             bad |= (values < 0) | (values >= radix)
             query = query * radix + np.clip(values, 0, radix - 1)
             job_key = job_key * radix + column
@@ -621,8 +621,12 @@ class JobGraph:
             band_of = {b: i for i, b in enumerate(index.filters)}
             return np.array([band_of.get(str(v), -1) for v in values], dtype=np.int64)
         if name == "patch":
-            names = {index.patch_name(p): p for p in range(index.n_patches)}
-            return np.array([names.get(str(v), -1) for v in values], dtype=np.int64)
+            # patch names repeat from tract to tract: a patch is its (tract, name)
+            names = {
+                (str(int(index.patch_tract[p])), index.patch_name(p)): p
+                for p in range(index.n_patches)
+            }
+            return np.array([names.get(v, -1) for v in values], dtype=np.int64)
         raw = np.array([number(v) for v in values], dtype=np.int64)
         if name == "visit" or (name == "ccd" and not sensors):
             table = index.visits if name == "visit" else index.ccds
@@ -732,3 +736,10 @@ class JobGraph:
         if name == "ccd" and not sensors:
             return index.ccds[column].tolist()
         return column.tolist()
+
+
+def _key_value(name: str, data_id: Mapping[str, Any]) -> Any:
+    """A data id's value of one job key (a patch is named within its tract)."""
+    if name == "patch":
+        return (str(data_id.get("tract")), str(data_id.get("patch")))
+    return data_id.get(name)
