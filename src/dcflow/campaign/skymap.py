@@ -516,6 +516,33 @@ def _angular_separation_deg(
     return np.degrees(np.arctan2(num, den))
 
 
+class _PointingTree:
+    """Pointings on the unit sphere in a k-d tree: the few near a tract, without a pass over all.
+
+    `within` returns a superset (a chord radius padded well beyond rounding) of the pointings
+    within an angle; the caller keeps those its own separation test accepts, so results do
+    not depend on the tree.
+    """
+
+    def __init__(self, ra_deg: np.ndarray, dec_deg: np.ndarray) -> None:
+        from scipy.spatial import cKDTree  # heavy: imported when overlaps are computed
+
+        self._tree = cKDTree(_unit_vectors(ra_deg, dec_deg)) if len(ra_deg) else None
+
+    def within(self, ra_deg: float, dec_deg: float, radius_deg: float) -> np.ndarray:
+        if self._tree is None:
+            return np.zeros(0, dtype=np.int64)
+        centre = _unit_vectors(np.array([ra_deg]), np.array([dec_deg]))[0]
+        chord = 2.0 * np.sin(np.radians(min(radius_deg, 180.0)) / 2.0) * (1 + 1e-9) + 1e-9
+        found = self._tree.query_ball_point(centre, chord)
+        return np.sort(np.asarray(found, dtype=np.int64))
+
+
+def _unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    return np.column_stack((np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)))
+
+
 def overlap_pairs(
     tracts: Sequence[TractInfo],
     ra_deg: np.ndarray,
@@ -556,15 +583,18 @@ def overlap_pairs(
     empty = np.zeros(0, dtype=np.int64)
     out: list[tuple[np.ndarray, ...]] = []
     edge = -0.5
+    pointings = _PointingTree(ra, dec)
     for tract in tracts:
         size = tract.size_pixels
         half_diag_rad = (
             np.sqrt(2.0) * (size / 2.0 + 1.0) * np.radians(tract.pixel_scale_arcsec / 3600.0)
         )
         reach = np.degrees(np.arctan(half_diag_rad)) + rho_deg + 1e-3
-        near = np.flatnonzero(
-            _angular_separation_deg(ra, dec, tract.ra_deg, tract.dec_deg) <= reach
+        candidates = pointings.within(tract.ra_deg, tract.dec_deg, reach)
+        separation = _angular_separation_deg(
+            ra[candidates], dec[candidates], tract.ra_deg, tract.dec_deg
         )
+        near = candidates[separation <= reach]
         if near.size == 0:
             continue
         x, y, in_front = sky_to_tract_pixels(tract, poly_ra[near].ravel(), poly_dec[near].ravel())
