@@ -464,10 +464,45 @@ class _Polygons:
         pmax = np.empty_like(nx)
         for start in range(0, len(x), 8192):
             part = slice(start, start + 8192)
-            poly = nx[part, :, None] * x[part, None, :] + ny[part, :, None] * y[part, None, :]
-            pmin[part] = poly.min(axis=2)
-            pmax[part] = poly.max(axis=2)
+            pmin[part], pmax[part] = _edge_projections(x[part], y[part], nx[part], ny[part])
         return cls(x.min(axis=1), x.max(axis=1), y.min(axis=1), y.max(axis=1), nx, ny, pmin, pmax)
+
+
+_WINDOW = 3
+"""Vertices on each side of the antipode of an edge that `_edge_projections` projects."""
+
+
+def _edge_projections(
+    x: np.ndarray, y: np.ndarray, nx: np.ndarray, ny: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max over the vertices of each polygon's projection on each of its edge normals.
+
+    A convex polygon lies on one side of each edge, so one extreme is at the edge's own two
+    vertices; the other is at the vertex farthest from it, near the antipode of a near-circle.
+    Projecting those plus ``2 * _WINDOW + 1`` vertices around the antipode gives exactly the
+    extremes over all vertices whenever the window's extreme lies strictly inside it (the
+    projections of a convex polygon's vertices rise to one peak and fall); rows where it does
+    not are projected on every vertex. Values are the same floating-point expressions.
+    """
+    n_vertices = x.shape[1]
+    edge = np.arange(n_vertices)
+    window = (edge[:, None] + n_vertices // 2 + np.arange(-_WINDOW, _WINDOW + 1)) % n_vertices
+    columns = np.concatenate([edge[:, None], (edge[:, None] + 1) % n_vertices, window], axis=1)
+    proj = nx[:, :, None] * x[:, columns] + ny[:, :, None] * y[:, columns]
+    pmin, pmax = proj.min(axis=2), proj.max(axis=2)
+    inner = proj[:, :, 2:]
+    ends = np.stack((inner[:, :, 0], inner[:, :, -1]), axis=2)
+    peak_inside = inner.max(axis=2) > ends.max(axis=2)
+    trough_inside = inner.min(axis=2) < ends.min(axis=2)
+    edge_is_low = proj[:, :, :2].max(axis=2) < inner.min(axis=2)
+    edge_is_high = proj[:, :, :2].min(axis=2) > inner.max(axis=2)
+    exact = (edge_is_low & peak_inside) | (edge_is_high & trough_inside)
+    redo = np.flatnonzero(~exact.all(axis=1))
+    if redo.size:
+        full = nx[redo, :, None] * x[redo, None, :] + ny[redo, :, None] * y[redo, None, :]
+        pmin[redo] = full.min(axis=2)
+        pmax[redo] = full.max(axis=2)
+    return pmin, pmax
 
 
 def _boxes_overlap(
