@@ -6,7 +6,9 @@ Usage: .venv/bin/python benchmarks/plan_scale.py [--fractions 0.01 0.1 1] [--scr
 For each fraction of DC2013 (4.4 M raw files), writes a synthetic campaign
 (`dcflow.campaign.synthetic`: registry rows, config, no images) under the scratch directory,
 then measures `dcflow.plan_campaign` fresh (empty output tree) and half done (the first
-half of the visits processed and warped), each in its own subprocess (wall time from reading
+half of the visits processed and warped), each in its own subprocess and cold (the index
+that `dcflow plan` keeps under the output root removed first; the half-done plan is also
+timed with the index kept by the plan before it) (wall time from reading
 the config to the plan, peak RSS from ``VmHWM``: benchmarks/child_usage.py says why not
 ``ru_maxrss``). Half done is a real tree of empty files at 1 % and a gzipped file list
 (``--inventory``) above. With ``--done-list`` the fully done state (a ~21 M line list at
@@ -192,12 +194,19 @@ def main() -> int:
         print(f"== {fraction:g} of DC2013 ({fraction * 4.4e6:,.0f} raws)", flush=True)
         config = prepare(fraction, root, reuse=args.reuse, done_list=args.done_list)
         directory = config.parent
+        index_cache = directory / "output" / ".dcflow" / "index.npz"
+        index_cache.unlink(missing_ok=True)  # cold: the index is built, then kept
         fresh = run_child(["--measure", str(config)], directory / "plan_fresh.log")
         print(
             f"  fresh:     plan {fresh['seconds']:7.1f} s, peak {fresh['peak_mb']:7.0f} MB;"
             f" {fresh['n_total']:,} jobs, {fresh['n_to_run']:,} to run",
             flush=True,
         )
+        warm = run_child(
+            ["--measure", str(config), str(directory / "inventory_half.txt.gz")],
+            directory / "plan_half_list_warm.log",
+        )
+        index_cache.unlink(missing_ok=True)
         half = run_child(
             ["--measure", str(config), str(directory / "inventory_half.txt.gz")],
             directory / "plan_half_list.log",
@@ -205,6 +214,12 @@ def main() -> int:
         print(
             f"  half done: plan {half['seconds']:7.1f} s, peak {half['peak_mb']:7.0f} MB;"
             f" {half['n_files']:,} listed files, {half['n_to_run']:,} to run (file list)",
+            flush=True,
+        )
+        print(
+            f"  half done, index kept from the previous plan: {warm['seconds']:7.1f} s,"
+            f" peak {warm['peak_mb']:7.0f} MB; same to-run counts:"
+            f" {warm['to_run'] == half['to_run']}",
             flush=True,
         )
         if baseline is not None:
