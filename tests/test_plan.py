@@ -20,7 +20,15 @@ from dcflow.plan import (
     parse_dry_run_counts,
     plan_jobs,
 )
-from dcflow.plots_campaign import CcdTile, rule_graph_figure, save_png, sky_figure
+from dcflow.plots_campaign import (
+    CcdTile,
+    RuleCounts,
+    rule_counts,
+    rule_edges,
+    rule_graph_figure,
+    save_png,
+    sky_figure,
+)
 
 VISITS = (1, 2, 3)
 
@@ -204,7 +212,10 @@ def _colour_pixels(path: Path, rgb: np.ndarray) -> int:
 def test_rule_graph_picture_colours_rules_by_state(tmp_path):
     jobs = toy_jobs()
     to_run = {("b", "visit=3"): (None, None), ("all", "campaign"): (None, None)}
-    fig = rule_graph_figure(jobs, to_run, failed={("b", "visit=3")})
+    counts = rule_counts(jobs, to_run, failed={("b", "visit=3")})
+    n_b = len([j for j in jobs if j.rule == "b"])
+    assert counts["b"] == RuleCounts(total=n_b, to_run=1, failed=1)
+    fig = rule_graph_figure(counts, rule_edges(jobs))
     path = Path(save_png(fig, tmp_path / "graph.png"))
     assert path.stat().st_size > 10_000
     # rule a is done (green), rule b has a failed tile (red): two big boxes of each colour

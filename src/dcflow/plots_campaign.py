@@ -25,6 +25,8 @@ from dcflow.ledger import tile_of
 __all__ = [
     "STATE_COLOURS",
     "CcdTile",
+    "RuleCounts",
+    "rule_counts",
     "rule_edges",
     "rule_graph_figure",
     "save_png",
@@ -39,6 +41,35 @@ STATE_COLOURS: dict[str, str] = {
     "partly done": "#ff7f0e",
 }
 """Colour of each tile state in both pictures."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCounts:
+    """Jobs of one rule: all of them, those still to run, and of those the failed and running."""
+
+    total: int
+    to_run: int
+    failed: int = 0
+    running: int = 0
+
+
+def rule_counts(
+    jobs: Sequence[JobSpec],
+    to_run: Mapping[tuple[str, str], object] | set[tuple[str, str]],
+    *,
+    failed: set[tuple[str, str]] = frozenset(),
+    running: set[tuple[str, str]] = frozenset(),
+) -> dict[str, RuleCounts]:
+    """`RuleCounts` per rule of a job list (small campaigns: one object per job)."""
+    tallies: dict[str, list[int]] = {}
+    for job in jobs:
+        key = (job.rule, tile_of(job.data_id))
+        tally = tallies.setdefault(job.rule, [0, 0, 0, 0])
+        tally[0] += 1
+        tally[1] += key in to_run
+        tally[2] += key in failed
+        tally[3] += key in running
+    return {rule: RuleCounts(*tally) for rule, tally in tallies.items()}
 
 
 def rule_edges(jobs: Sequence[JobSpec]) -> set[tuple[str, str]]:
@@ -65,30 +96,22 @@ def _levels(rules: Sequence[str], edges: set[tuple[str, str]]) -> dict[str, int]
 
 
 def rule_graph_figure(
-    jobs: Sequence[JobSpec],
-    to_run: Mapping[tuple[str, str], object] | set[tuple[str, str]],
+    counts: Mapping[str, RuleCounts],
+    edges: set[tuple[str, str]],
     *,
-    failed: set[tuple[str, str]] = frozenset(),
-    running: set[tuple[str, str]] = frozenset(),
     title: str = "rule graph",
 ) -> Figure:
     """The rule graph, one box per rule with its done / total job counts, coloured by state.
 
     A rule is green when all its jobs are done, grey when none is, orange in between, red
-    if one of its tiles failed, blue if one is running.
+    if one of its tiles failed, blue if one is running. ``counts`` come from arrays at any
+    scale (`dcflow.status.job_states`) or from a job list (`rule_counts`).
     """
-    rules = list(dict.fromkeys(job.rule for job in jobs))
-    totals = dict.fromkeys(rules, 0)
-    left = dict.fromkeys(rules, 0)
-    n_failed = dict.fromkeys(rules, 0)
-    n_running = dict.fromkeys(rules, 0)
-    for job in jobs:
-        key = (job.rule, tile_of(job.data_id))
-        totals[job.rule] += 1
-        left[job.rule] += key in to_run
-        n_failed[job.rule] += key in failed
-        n_running[job.rule] += key in running
-    edges = rule_edges(jobs)
+    rules = list(counts)
+    totals = {r: c.total for r, c in counts.items()}
+    left = {r: c.to_run for r, c in counts.items()}
+    n_failed = {r: c.failed for r, c in counts.items()}
+    n_running = {r: c.running for r, c in counts.items()}
     level = _levels(rules, edges)
     by_level: dict[int, list[str]] = {}
     for rule in rules:

@@ -35,6 +35,7 @@ __all__ = [
     "StageStatus",
     "campaign_status",
     "failed_tiles",
+    "job_states",
     "log_tail",
     "marker_jobid",
     "parse_proxy_timeleft",
@@ -166,18 +167,12 @@ def campaign_status(
     reaped = ledger.reap_dead_runs()
     runs = ledger.runs()
     live = tuple(r.run_id for r in runs if r.finished is None)
-    latest: dict[str, list[tuple]] = {}
-    for rule, tile, state, run_id, finished in ledger.latest_states():
-        latest.setdefault(rule, []).append((tile, state, run_id, finished))
     rows: list[StageStatus] = []
     anything_left = False
-    for s in graph.stages:
-        n_jobs = graph.jobs(s.rule).n_jobs
-        need = np.array(snapshot.need.get(s.rule, np.zeros(n_jobs, dtype=bool)), dtype=bool)
-        masks = _state_masks(graph, s.rule, latest.get(s.rule, []), need, snapshot, live)
-        anything_left |= bool(need.any())
-        for band, tract, total, n in graph.group_counts(s.rule, {"to_run": need, **masks}):
-            rows.append(StageStatus(s.rule, band, tract, total, total - n["to_run"], **n))
+    for rule, masks in job_states(graph, snapshot, ledger, live).items():
+        anything_left |= bool(masks["to_run"].any())
+        for band, tract, total, n in graph.group_counts(rule, masks):
+            rows.append(StageStatus(rule, band, tract, total, total - n["to_run"], **n))
     rows.append(
         StageStatus(TARGET_RULE, None, None, 1, int(not anything_left), int(anything_left), 0, 0, 0)
     )
@@ -200,6 +195,27 @@ def campaign_status(
         throughput_per_h=rate,
         eta_h=eta,
     )
+
+
+def job_states(
+    graph: JobGraph, snapshot: PlanSnapshot, ledger: Ledger, live: Sequence[int]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per stage, one boolean per job for each of ``to_run``, ``running``, ``failed``, ``lost``.
+
+    ``to_run`` is the plan's needrun array less the jobs whose last attempt succeeded after the
+    plan's scan; the others are among ``to_run``, by the state of the job's last attempt
+    (running: under one of the ``live`` runs).
+    """
+    latest: dict[str, list[tuple]] = {}
+    for rule, tile, state, run_id, finished in ledger.latest_states():
+        latest.setdefault(rule, []).append((tile, state, run_id, finished))
+    out = {}
+    for s in graph.stages:
+        n_jobs = graph.jobs(s.rule).n_jobs
+        need = np.array(snapshot.need.get(s.rule, np.zeros(n_jobs, dtype=bool)), dtype=bool)
+        masks = _state_masks(graph, s.rule, latest.get(s.rule, []), need, snapshot, tuple(live))
+        out[s.rule] = {"to_run": need, **masks}
+    return out
 
 
 def _state_masks(

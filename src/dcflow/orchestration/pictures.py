@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
-from dcflow.campaign.snapshots import PlanSnapshot
 from dcflow.configs import from_mapping
-from dcflow.ledger import tile_of
-from dcflow.orchestration.campaign_files import campaign_ledger_path, open_campaign, open_ledger
-from dcflow.orchestration.plan_status import plan_campaign
+from dcflow.orchestration.campaign_files import (
+    campaign_ledger_path,
+    load_campaign_config,
+    open_ledger,
+    rooted_layout,
+)
+from dcflow.orchestration.plan_status import current_need
 from dcflow.pipeline.graph import JobGraph
-from dcflow.status import campaign_status, failed_tiles
+from dcflow.pipeline.spec import TARGET_RULE
+from dcflow.status import job_states
 
 __all__ = ["campaign_pictures"]
 
@@ -53,75 +56,92 @@ def campaign_pictures(
     """
     workdir = Path(workdir or os.getcwd()).resolve()
     from dcflow.plots_campaign import (  # matplotlib: imported only when drawing
-        CcdTile,
+        RuleCounts,
         rule_graph_figure,
         save_png,
         sky_figure,
     )
 
-    config, layout, index = open_campaign(config_path, workdir)
-    graph = JobGraph(index)
-    jobs = graph.job_specs()
-    records = graph.registry.records(obstype="object")
-    ccds = [int(c) for c in index.ccds]
-    scanned_at = time.time()
-    plan = plan_campaign(config_path, profile=profile, workdir=workdir)
-    failed: set[tuple[str, str]] = set()
-    running: set[tuple[str, str]] = set()
+    config = load_campaign_config(config_path)
+    layout = rooted_layout(config_path, workdir)
+    graph, snapshot = current_need(config_path, workdir)
     ledger_file = campaign_ledger_path(layout, workdir)
     if ledger_file.exists():
         with open_ledger(ledger_file) as ledger:
-            status = campaign_status(graph, PlanSnapshot(plan.need or {}, scanned_at), ledger)
-            failed = {
-                (f.rule, f.data_id)
-                for f in failed_tiles(
-                    ledger, on_disk=lambda path: os.path.exists(workdir / path), n_lines=0
-                )
-            }
-            running = {(str(a.rule), str(a.data_id)) for a in status.running}
+            ledger.reap_dead_runs()
+            live = [r.run_id for r in ledger.runs() if r.finished is None]
+            states = job_states(graph, snapshot, ledger, live)
+    else:
+        states = {
+            rule: {"to_run": np.asarray(need, dtype=bool)} for rule, need in snapshot.need.items()
+        }
+    counts = {
+        rule: RuleCounts(
+            total=int(masks["to_run"].size),
+            **{k: int(v.sum()) for k, v in masks.items() if k in ("to_run", "failed", "running")},
+        )
+        for rule, masks in states.items()
+    }
+    left = any(c.to_run for c in counts.values())
+    counts[TARGET_RULE] = RuleCounts(total=1, to_run=int(left))
+    edges = {(p.rule, s.rule) for s in graph.stages for _, p in graph.upstream_inputs(s)}
+    edges |= {(s.rule, TARGET_RULE) for s in graph.stages if any(o.target for o in s.outputs)}
     out = Path(out_dir)
-    graph = save_png(
-        rule_graph_figure(
-            jobs, plan.to_run, failed=failed, running=running, title=config["campaign"]["name"]
-        ),
+    rule_graph = save_png(
+        rule_graph_figure(counts, edges, title=config["campaign"]["name"]),
         out / "rule_graph.png",
     )
-    visit_state: dict[int, str] = {}
-    for job in jobs:
-        visit = job.data_id.get("visit")
+    tiles = _sky_tiles(config, graph, states)
+    sky = save_png(sky_figure(tiles, title=config["campaign"]["name"]), out / "sky.png")
+    return rule_graph, sky
+
+
+_STATE_ORDER = ("done", "to run", "running", "failed")
+"""A visit takes the worst state of its jobs, in this order."""
+
+MAX_CCD_TILES = 100_000
+"""Above this many visit x CCD boxes the sky shows one box per visit (its focal plane)."""
+
+
+def _sky_tiles(config: dict, graph: JobGraph, states: dict[str, dict[str, np.ndarray]]) -> list:
+    """`CcdTile` boxes per visit and CCD (per visit at scale), by the worst state of its jobs."""
+    from dcflow.plots_campaign import CcdTile
+
+    index = graph.index
+    code = np.zeros(index.n_visits, dtype=np.int8)
+    for rule, masks in states.items():
+        visit = graph.jobs(rule).columns.get("visit")
         if visit is None:
             continue
-        key = (job.rule, tile_of(job.data_id))
-        state = (
-            "failed"
-            if key in failed
-            else "running"
-            if key in running
-            else "to run"
-            if key in plan.to_run
-            else "done"
-        )
-        order = ("done", "to run", "running", "failed")
-        old = visit_state.get(int(visit), "done")
-        visit_state[int(visit)] = max(old, state, key=order.index)
+        job_code = masks["to_run"].astype(np.int8)
+        for level, name in ((2, "running"), (3, "failed")):
+            if name in masks:
+                job_code = np.where(masks[name], np.int8(level), job_code)
+        np.maximum.at(code, visit, job_code)
+    ccds = [int(c) for c in index.ccds]
     offsets = _ccd_offsets_deg(config, ccds)
+    if index.n_visits * len(ccds) > MAX_CCD_TILES:
+        xi = [o[0] for o in offsets.values()]
+        eta = [o[1] for o in offsets.values()]
+        span = max(max(xi) - min(xi) + max(o[2] for o in offsets.values()), 0.01)
+        height = max(max(eta) - min(eta) + max(o[3] for o in offsets.values()), 0.01)
+        offsets = {-1: ((max(xi) + min(xi)) / 2, (max(eta) + min(eta)) / 2, span, height)}
     tiles = []
-    for record in records:
-        if record.ra_deg is None or record.dec_deg is None or record.ccd not in offsets:
-            continue
-        xi, eta, width, height = offsets[record.ccd]
-        cos_dec = max(np.cos(np.radians(record.dec_deg)), 0.1)
-        tiles.append(
-            CcdTile(
-                visit=record.visit,
-                ccd=record.ccd,
-                band=record.filter,
-                ra_deg=record.ra_deg + xi / cos_dec,
-                dec_deg=record.dec_deg + eta,
-                width_deg=width / cos_dec,
-                height_deg=height,
-                state=visit_state.get(record.visit, "to run"),
+    known = np.flatnonzero(np.isfinite(index.visit_ra_deg) & np.isfinite(index.visit_dec_deg))
+    for v in known.tolist():
+        ra, dec = float(index.visit_ra_deg[v]), float(index.visit_dec_deg[v])
+        cos_dec = max(np.cos(np.radians(dec)), 0.1)
+        for ccd, (xi, eta, width, height) in offsets.items():
+            tiles.append(
+                CcdTile(
+                    visit=int(index.visits[v]),
+                    ccd=ccd,
+                    band=index.filters[int(index.visit_band[v])],
+                    ra_deg=ra + xi / cos_dec,
+                    dec_deg=dec + eta,
+                    width_deg=width / cos_dec,
+                    height_deg=height,
+                    state=_STATE_ORDER[int(code[v])],
+                )
             )
-        )
-    sky = save_png(sky_figure(tiles, title=config["campaign"]["name"]), out / "sky.png")
-    return graph, sky
+    return tiles
