@@ -2,7 +2,7 @@
 on a DC2013-sized campaign with a ledger of 10^6 attempts.
 
 Usage: .venv/bin/python benchmarks/status_scale.py [--fraction 1] [--attempts 1000000]
-       [--scratch DIR] [--reuse]
+       [--scratch DIR] [--reuse]  (--reuse: also the ledger and plan snapshot of a previous run)
 
 Writes (or reuses, `plan_scale.py`'s scratch layout) the synthetic campaign at ``--fraction``
 of DC2013, plans it once (`dcflow plan`: it keeps the index and the plan's needrun arrays under
@@ -144,27 +144,30 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} cores; scratch {root}", flush=True)
     config = prepare(args.fraction, root, reuse=args.reuse, done_list=False)
-    for name in ("index.npz", "plan.npz"):
-        (config.parent / "output" / ".dcflow" / name).unlink(missing_ok=True)
-    start = time.perf_counter()
-    measured = run_measured(
-        [sys.executable, "-m", "dcflow.cli", "plan", "--config", str(config)],
-        log=config.parent / "status_scale_plan.log",
-        cwd=config.parent,
-    )
-    print(
-        f"  dcflow plan (cold: builds and keeps the index and the plan's arrays): "
-        f"{measured.wall_s:.1f} s, peak {measured.peak_mb:.0f} MB, exit {measured.returncode}",
-        flush=True,
-    )
-    start = time.perf_counter()
-    counts = fill_ledger(config, args.attempts)
-    print(
-        f"  ledger: {counts['attempts']:,} attempts ({counts['succeeded']:,} succeeded, "
-        f"{counts['failed']:,} failed last, {counts['running']:,} running, "
-        f"{counts['retried']:,} retried) written in {time.perf_counter() - start:.1f} s",
-        flush=True,
-    )
+    ledger = config.parent / "output" / "ledger.sqlite3"
+    if args.reuse and ledger.exists() and (config.parent / "output" / ".dcflow").exists():
+        print("  reusing the plan snapshot and the ledger written before", flush=True)
+    else:
+        for name in ("index.npz", "plan.npz"):
+            (config.parent / "output" / ".dcflow" / name).unlink(missing_ok=True)
+        measured = run_measured(
+            [sys.executable, "-m", "dcflow.cli", "plan", "--config", str(config), "--no-pictures"],
+            log=config.parent / "status_scale_plan.log",
+            cwd=config.parent,
+        )
+        print(
+            f"  dcflow plan (cold: builds and keeps the index and the plan's arrays): "
+            f"{measured.wall_s:.1f} s, peak {measured.peak_mb:.0f} MB, exit {measured.returncode}",
+            flush=True,
+        )
+        start = time.perf_counter()
+        counts = fill_ledger(config, args.attempts)
+        print(
+            f"  ledger: {counts['attempts']:,} attempts ({counts['succeeded']:,} succeeded, "
+            f"{counts['failed']:,} failed last, {counts['running']:,} running, "
+            f"{counts['retried']:,} retried) written in {time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
     for verb in ("status", "failed", "rerun-select", "status-replan"):
         result = run_child(verb, config)
         figures = ", ".join(f"{k} {v:,}" for k, v in result.items() if isinstance(v, int))

@@ -63,8 +63,13 @@ def test_find_jobs_names_every_job_of_a_multi_tract_campaign(tmp_path):
     assert len(set(graph.index.patch_tract.tolist())) > 1  # patch names repeat across tracts
     for s in graph.stages:
         n = graph.jobs(s.rule).n_jobs
-        tiles = [parse_tile(tile_of(graph.data_id(s.rule, j))) for j in range(n)]
+        names = [tile_of(graph.data_id(s.rule, j)) for j in range(n)]
+        tiles = [parse_tile(name) for name in names]
         assert np.array_equal(graph.find_jobs(s.rule, tiles), np.arange(n)), s.rule
+        assert np.array_equal(graph.find_tiles(s.rule, names), np.arange(n)), s.rule
+        unknown = [name.replace("visit=", "visit=9") for name in names]
+        if "visit" in graph.jobs(s.rule).columns:
+            assert (graph.find_tiles(s.rule, unknown) == -1).all(), s.rule
 
 
 def test_status_from_the_snapshot_equals_a_replan(tmp_path):

@@ -100,6 +100,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_by_tile ON attempts (rule, data_id, attempt_id);
 CREATE INDEX IF NOT EXISTS attempts_by_run ON attempts (run_id, jobid);
 CREATE INDEX IF NOT EXISTS attempts_by_state ON attempts (state);
+CREATE INDEX IF NOT EXISTS attempts_by_state_time ON attempts (state, finished);
 """
 
 
@@ -662,16 +663,32 @@ class Ledger:
             out[(str(attempt.rule), str(attempt.data_id))] = attempt
         return out
 
-    def latest_states(self) -> list[tuple[str, str, str, int, float | None]]:
-        """``(rule, data_id, state, run_id, finished)`` of every tile's last attempt.
+    def succeeded_since(self, when: float) -> dict[str, list[str]]:
+        """Per rule, the tiles with an attempt that succeeded at or after ``when`` (Unix s).
 
-        The lean form of `latest_attempts` (no JSON decoded, no object per attempt): what
-        ``dcflow status`` reads from a ledger of millions of attempts.
+        One indexed range query, the tiles of a rule concatenated by SQLite: what
+        ``dcflow status`` reads of the (up to millions of) successes since its last plan.
         """
+        rows = self._conn.execute(
+            "SELECT rule, group_concat(data_id, char(10)) FROM attempts"
+            " WHERE state = ? AND finished >= ? AND rule IS NOT NULL GROUP BY rule",
+            (JobState.SUCCEEDED.value, when),
+        )
+        return {str(rule): str(text).split("\n") for rule, text in rows}
+
+    def unsettled_tiles(self) -> list[tuple[str, str, str, int]]:
+        """``(rule, data_id, state, run_id)`` of tiles whose last attempt is not a success.
+
+        Active, failed and lost attempts found through the state index, kept when no later
+        attempt of their tile exists (the tile index).
+        """
+        states = [*(s.value for s in ACTIVE_STATES), JobState.FAILED.value, JobState.LOST.value]
         return self._conn.execute(
-            "SELECT a.rule, a.data_id, a.state, a.run_id, a.finished FROM attempts a JOIN"
-            " (SELECT MAX(attempt_id) AS last FROM attempts WHERE rule IS NOT NULL"
-            " GROUP BY rule, data_id) m ON a.attempt_id = m.last"
+            "SELECT a.rule, a.data_id, a.state, a.run_id FROM attempts a"
+            f" WHERE a.state IN ({_marks(states)}) AND a.rule IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM attempts b WHERE b.rule = a.rule AND b.data_id = a.data_id"
+            " AND b.attempt_id > a.attempt_id)",
+            states,
         ).fetchall()
 
     def attempt_counts(self) -> dict[tuple[str, str], int]:
@@ -685,14 +702,15 @@ class Ledger:
     def failed_tiles(self) -> list[Attempt]:
         """Tiles whose last attempt failed (or was lost), in ledger order.
 
-        Only those attempts are decoded: the tiles' last attempt ids come from one grouped
-        query over the ``attempts_by_tile`` index.
+        Failed and lost attempts come through the state index and are kept when no later
+        attempt of their tile exists: no pass over the whole ledger.
         """
         states = (JobState.FAILED.value, JobState.LOST.value)
         rows = self._conn.execute(
-            "SELECT a.* FROM attempts a JOIN (SELECT MAX(attempt_id) AS last FROM attempts"
-            " WHERE rule IS NOT NULL GROUP BY rule, data_id) m ON a.attempt_id = m.last"
-            f" WHERE a.state IN ({_marks(states)}) ORDER BY a.attempt_id",
+            f"SELECT a.* FROM attempts a WHERE a.state IN ({_marks(states)})"
+            " AND a.rule IS NOT NULL AND NOT EXISTS (SELECT 1 FROM attempts b"
+            " WHERE b.rule = a.rule AND b.data_id = a.data_id AND b.attempt_id > a.attempt_id)"
+            " ORDER BY a.attempt_id",
             states,
         )
         return [_attempt(row) for row in rows]

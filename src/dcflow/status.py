@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dcflow.campaign.snapshots import PlanSnapshot
-from dcflow.ledger import Attempt, Ledger, Run, parse_tile
+from dcflow.ledger import Attempt, Ledger, Run
 from dcflow.pipeline.graph import JobGraph
 from dcflow.pipeline.spec import TARGET_RULE
 from dcflow.states import ACTIVE_STATES, JobState
@@ -129,6 +129,10 @@ class CampaignStatus:
         )
 
 
+MAX_MARKER_READS = 1000
+"""Running attempts above which status does not read Snakemake's markers for missing job ids."""
+
+
 def marker_jobid(workdir: str | os.PathLike, output: str) -> str | None:
     """The backend job id Snakemake stored in the incomplete marker of a running job's output.
 
@@ -176,13 +180,14 @@ def campaign_status(
     rows.append(
         StageStatus(TARGET_RULE, None, None, 1, int(not anything_left), int(anything_left), 0, 0, 0)
     )
-    running = tuple(
-        a
-        if a.backend_jobid or workdir is None or not a.outputs
-        else replace(a, backend_jobid=marker_jobid(workdir, a.outputs[0]))
-        for a in ledger.attempts(states=ACTIVE_STATES)
-        if a.run_id in live
-    )
+    running = tuple(a for a in ledger.attempts(states=ACTIVE_STATES) if a.run_id in live)
+    if workdir is not None and len(running) <= MAX_MARKER_READS:
+        running = tuple(
+            a
+            if a.backend_jobid or not a.outputs
+            else replace(a, backend_jobid=marker_jobid(workdir, a.outputs[0]))
+            for a in running
+        )
     rate = ledger.throughput_per_h(window_s=window_s)
     left = sum(r.to_run for r in rows)
     eta = left / rate if rate else (0.0 if left == 0 else None)
@@ -202,50 +207,42 @@ def job_states(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per stage, one boolean per job for each of ``to_run``, ``running``, ``failed``, ``lost``.
 
-    ``to_run`` is the plan's needrun array less the jobs whose last attempt succeeded after the
-    plan's scan; the others are among ``to_run``, by the state of the job's last attempt
-    (running: under one of the ``live`` runs).
+    ``to_run`` is the plan's needrun array less the jobs that succeeded after the plan's scan,
+    plus the jobs whose last attempt is running or failed (a failed job's outputs are gone);
+    the others are among ``to_run``, by the state of the job's last attempt (running: under one
+    of the ``live`` runs). Two indexed ledger queries and array lookups: seconds for a ledger
+    of 10^6 attempts against a DC2013 campaign.
     """
-    latest: dict[str, list[tuple]] = {}
-    for rule, tile, state, run_id, finished in ledger.latest_states():
-        latest.setdefault(rule, []).append((tile, state, run_id, finished))
+    done_since = ledger.succeeded_since(snapshot.scanned_at)
+    unsettled: dict[str, list[tuple]] = {}
+    for rule, tile, state, run_id in ledger.unsettled_tiles():
+        unsettled.setdefault(rule, []).append((tile, state, run_id))
+    active = [s.value for s in ACTIVE_STATES]
     out = {}
     for s in graph.stages:
         n_jobs = graph.jobs(s.rule).n_jobs
         need = np.array(snapshot.need.get(s.rule, np.zeros(n_jobs, dtype=bool)), dtype=bool)
-        masks = _state_masks(graph, s.rule, latest.get(s.rule, []), need, snapshot, tuple(live))
+        if s.rule in done_since:
+            jobs = graph.find_tiles(s.rule, done_since[s.rule])
+            need[jobs[jobs >= 0]] = False
+        masks = {name: np.zeros(n_jobs, dtype=bool) for name in ("running", "failed", "lost")}
+        entries = unsettled.get(s.rule, [])
+        if entries:
+            jobs = graph.find_tiles(s.rule, [e[0] for e in entries])
+            state = np.array([e[1] for e in entries])
+            run_id = np.array([e[2] for e in entries], dtype=np.int64)
+            known = jobs >= 0
+            where = {
+                "running": known & np.isin(state, active) & np.isin(run_id, list(live)),
+                "failed": known & (state == JobState.FAILED.value),
+                "lost": known & (state == JobState.LOST.value),
+            }
+            need[jobs[where["running"] | where["failed"]]] = True
+            for name, found in where.items():
+                masks[name][jobs[found]] = True
+                masks[name] &= need
         out[s.rule] = {"to_run": need, **masks}
     return out
-
-
-def _state_masks(
-    graph: JobGraph,
-    rule: str,
-    latest: list[tuple],
-    need: np.ndarray,
-    snapshot: PlanSnapshot,
-    live: tuple[int, ...],
-) -> dict[str, np.ndarray]:
-    """Running, failed and lost jobs of one stage among those to run (updates ``need``)."""
-    masks = {name: np.zeros(need.size, dtype=bool) for name in ("running", "failed", "lost")}
-    if not latest:
-        return masks
-    jobs = graph.find_jobs(rule, [parse_tile(entry[0]) for entry in latest])
-    state = np.array([entry[1] for entry in latest])
-    run_id = np.array([entry[2] for entry in latest], dtype=np.int64)
-    finished = np.array([np.nan if e[3] is None else e[3] for e in latest], dtype=float)
-    known = jobs >= 0
-    done_since = known & (state == JobState.SUCCEEDED.value) & (finished >= snapshot.scanned_at)
-    need[jobs[done_since]] = False
-    active = np.isin(state, [s.value for s in ACTIVE_STATES]) & np.isin(run_id, live)
-    for name, where in (
-        ("running", active),
-        ("failed", state == JobState.FAILED.value),
-        ("lost", state == JobState.LOST.value),
-    ):
-        masks[name][jobs[known & where]] = True
-        masks[name] &= need
-    return masks
 
 
 @dataclass(frozen=True, slots=True)

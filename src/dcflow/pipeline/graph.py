@@ -10,6 +10,7 @@ definition (`dcflow.pipeline.spec`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from dcflow.campaign.index import CampaignIndex
+from dcflow.dataids import DATA_ID_KEYS, INT_KEYS
 from dcflow.jobspec import JobSpec
+from dcflow.ledger import parse_tile
 from dcflow.pipeline.spec import STAGES, TARGET_RULE, Input, Stage, stage
 
 __all__ = ["JobGraph", "Relation", "StageJobs"]
@@ -584,28 +587,91 @@ class JobGraph:
         object per job (a ledger of 10^6 attempts against a DC2013 campaign).
         """
         jobs = self.jobs(rule)
+        sensors = jobs.stage.space in _SENSOR_SPACES
+        values = {
+            name: self._encode(name, [_key_value(name, d) for d in data_ids], sensors)
+            for name in jobs.stage.keys
+        }
+        return self._match(rule, values, len(data_ids))
+
+    def find_tiles(self, rule: str, tiles: Sequence[str]) -> np.ndarray:
+        """Job indices of tile names (`dcflow.ledger.tile_of`) of one stage, -1 where none.
+
+        The names are parsed by one regular expression over all of them at once (the ledger's
+        succeeded attempts since a plan: up to millions); names it does not fit go through
+        `dcflow.ledger.parse_tile` and `find_jobs`.
+        """
+        jobs = self.jobs(rule)
+        keys = [k for k in DATA_ID_KEYS if k in jobs.stage.keys]
+        if not keys or not tiles:
+            return self.find_jobs(rule, [parse_tile(t) for t in tiles])
+        fields = [r"patch=(\d+),(\d+)" if k == "patch" else rf"{k}=([^_\n]+)" for k in keys]
+        found = re.findall("^" + "_".join(fields) + "$", "\n".join(tiles), flags=re.M)
+        if len(found) != len(tiles):
+            return self.find_jobs(rule, [parse_tile(t) for t in tiles])
+        columns = np.array(found, dtype=str).reshape(len(tiles), -1)
+        sensors = jobs.stage.space in _SENSOR_SPACES
+        values: dict[str, np.ndarray] = {}
+        column = 0
+        for key in keys:
+            if key == "patch":
+                continue
+            values[key] = self._encode_array(key, columns[:, column], sensors)
+            column += 1
+        if "patch" in keys:
+            x, y = columns[:, column].astype(np.int64), columns[:, column + 1].astype(np.int64)
+            values["patch"] = self._patch_of(values.get("tract"), x, y)
+        return self._match(rule, values, len(tiles))
+
+    def _match(self, rule: str, values: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+        """Jobs whose key columns equal the encoded ``values`` (-1: none)."""
+        jobs = self.jobs(rule)
         keys = jobs.stage.keys
-        n = len(data_ids)
         if jobs.n_jobs == 0 or n == 0:
             return np.full(n, -1, dtype=np.int64)
         if not keys:
             return np.zeros(n, dtype=np.int64)
-        sensors = jobs.stage.space in _SENSOR_SPACES
         query = np.zeros(n, dtype=np.int64)
         bad = np.zeros(n, dtype=bool)
         job_key = np.zeros(jobs.n_jobs, dtype=np.int64)
         for name in keys:
             column = jobs.columns[name]
             radix = max(int(column.max(initial=-1)) + 1, 1)
-            values = self._encode(name, [_key_value(name, d) for d in data_ids], sensors)
-            bad |= (values < 0) | (values >= radix)
-            query = query * radix + np.clip(values, 0, radix - 1)
+            encoded = values[name]
+            bad |= (encoded < 0) | (encoded >= radix)
+            query = query * radix + np.clip(encoded, 0, radix - 1)
             job_key = job_key * radix + column
         order = np.argsort(job_key, kind="stable")
         ordered = job_key[order]
         where = np.minimum(np.searchsorted(ordered, query), len(ordered) - 1)
         found = (ordered[where] == query) & ~bad
         return np.where(found, order[where], -1)
+
+    def _encode_array(self, name: str, text: np.ndarray, sensors: bool) -> np.ndarray:
+        """`_encode` of parsed text values: integers converted by numpy, filters by table."""
+        if name in INT_KEYS:
+            raw = np.char.isdigit(text)
+            numbers = np.where(raw, text, "-1").astype(np.int64)
+            if name == "visit" or (name == "ccd" and not sensors):
+                table = self.index.visits if name == "visit" else self.index.ccds
+                return _position(table, numbers)
+            return numbers
+        unique, inverse = np.unique(text, return_inverse=True)
+        return self._encode(name, unique.tolist(), sensors)[inverse.reshape(-1)]
+
+    def _patch_of(self, tract: np.ndarray | None, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Patch indices of ``(tract, x, y)`` (tract: an ``_encode``d value, kept as is)."""
+        index = self.index
+        n = index.skymap.n_patches if index.skymap is not None else 1
+        tract = np.zeros(len(x), dtype=np.int64) if tract is None else tract
+        keys = index.patch_keys()
+        if len(keys) == 0:
+            return np.full(len(x), -1, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        wanted = (tract * n + y) * n + x
+        where = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
+        ok = (keys[order][where] == wanted) & (x < n) & (y < n) & (tract >= 0)
+        return np.where(ok, order[where], -1)
 
     def _encode(self, name: str, values: list[Any], sensors: bool) -> np.ndarray:
         """Data id values in the encoding of the job columns (-1: unknown)."""
@@ -743,3 +809,11 @@ def _key_value(name: str, data_id: Mapping[str, Any]) -> Any:
     if name == "patch":
         return (str(data_id.get("tract")), str(data_id.get("patch")))
     return data_id.get(name)
+
+
+def _position(table: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value in a sorted table (-1 where absent)."""
+    if table.size == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    where = np.minimum(np.searchsorted(table, values), table.size - 1)
+    return np.where(table[where] == values, where, -1)
