@@ -168,6 +168,10 @@ def main() -> int:
             f"{counts['retried']:,} retried) written in {time.perf_counter() - start:.1f} s",
             flush=True,
         )
+    from dcflow.ledger import Ledger
+
+    with Ledger(ledger):  # a ledger of an older dcflow gets its indexes here, not in a verb
+        pass
     for verb in ("status", "failed", "rerun-select", "status-replan"):
         result = run_child(verb, config)
         figures = ", ".join(f"{k} {v:,}" for k, v in result.items() if isinstance(v, int))
