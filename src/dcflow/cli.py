@@ -197,6 +197,11 @@ def _print_status(status: CampaignStatus) -> None:
     eta = f"{status.eta_h:.2f} h" if status.eta_h is not None else "n/a"
     live = ", ".join(map(str, status.live_runs)) or "none"
     print(f"throughput {rate}, ETA {eta}; live runs: {live}")
+    if status.disk_seen_at is not None:
+        age = time.time() - status.disk_seen_at
+        if age > 60:
+            seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(status.disk_seen_at))
+            print(f"outputs as scanned by the plan of {seen}, with the ledger's attempts since")
     print("campaign complete" if status.complete else f"{status.n_failed} failed tile(s)")
 
 

@@ -90,6 +90,8 @@ class CampaignStatus:
     last_run: Run | None
     throughput_per_h: float | None
     eta_h: float | None
+    disk_seen_at: float | None = None
+    """When the plan these counts start from scanned the outputs (later: the ledger's news)."""
 
     @property
     def n_failed(self) -> int:
@@ -124,6 +126,7 @@ class CampaignStatus:
                 "reaped_runs": list(self.reaped_runs),
                 "throughput_per_h": self.throughput_per_h,
                 "eta_h": self.eta_h,
+                "disk_seen_at": self.disk_seen_at,
             },
             indent=2,
         )
@@ -199,6 +202,7 @@ def campaign_status(
         last_run=runs[-1] if runs else None,
         throughput_per_h=rate,
         eta_h=eta,
+        disk_seen_at=snapshot.scanned_at,
     )
 
 
