@@ -488,8 +488,9 @@ class JobGraph:
         tract = jobs.columns.get("tract")
         n_bands = max(len(self.index.filters), 1)
         b = band if band is not None else np.zeros(jobs.n_jobs, dtype=np.int64)
-        if tract is not None:
-            tracts, t = np.unique(tract, return_inverse=True)
+        if tract is not None:  # tract ids are small non-negative integers: count them directly
+            tracts = np.arange(int(tract.max()) + 1, dtype=np.int64)
+            t = tract
         else:
             tracts, t = np.zeros(1, dtype=np.int64), np.zeros(jobs.n_jobs, dtype=np.int64)
         key = t.astype(np.int64) * n_bands + b
