@@ -51,6 +51,7 @@ from snakemake_executor_plugin_gridengine.submit import (
     parse_qsub_terse,
     qsub_argv,
     requote_config_args,
+    requote_file_args,
 )
 
 RECORDED = Path(__file__).parent / "gridengine"
@@ -374,6 +375,30 @@ def test_config_args_requoted_for_the_shell():
     out = subprocess.run(["sh", "-c", "printf '%s\\n' " + fixed], capture_output=True, text=True)
     assert out.stdout.splitlines()[4:7] == args
     assert requote_config_args(line, None) == line
+
+
+def test_wait_for_files_requoted_for_the_shell(tmp_path):
+    """Regression: Snakemake repr()-quotes --wait-for-files; an output root holding a quote,
+    ``$(...)`` or a backquote broke the job script or ran what the path spells."""
+    files = [
+        str(tmp_path / "tmp.1"),
+        str(tmp_path / "out a b'c;d\"e$(touch f)`touch g`" / "b.fits"),
+    ]
+    line = "python -m snakemake " + format_cli_arg("--wait-for-files", files) + " --mode remote"
+    fixed = requote_file_args(line, "--wait-for-files", files)
+    assert shlex.split(fixed)[4:6] == files
+    out = subprocess.run(
+        ["sh", "-c", "printf '%s\\n' " + fixed], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.stdout.splitlines()[4:6] == files
+    assert not (tmp_path / "f").exists() and not (tmp_path / "g").exists()
+    one = str(tmp_path / "it's.txt")
+    line = "x " + format_cli_arg("--wait-for-files-file", one)
+    assert shlex.split(requote_file_args(line, "--wait-for-files-file", one))[1:] == [
+        "--wait-for-files-file",
+        one,
+    ]
+    assert requote_file_args(line, "--wait-for-files", files) == line
 
 
 def test_noop_exec_writes_quoted_outputs_atomically(tmp_path):

@@ -46,6 +46,7 @@ from .submit import (
     native_args,
     noop_exec,
     requote_config_args,
+    requote_file_args,
     submit_qsub,
 )
 from .tracker import StatusTracker
@@ -249,6 +250,12 @@ class Executor(RemoteExecutor):
         else:
             exec_job = requote_config_args(
                 self.format_job_exec(job), self.workflow.config_settings.config_args
+            )
+            # paths Snakemake's job command names (the output root may hold quotes, `$`, `;`)
+            waits = [str(self.tmpdir), *job.get_wait_for_files()]
+            exec_job = requote_file_args(exec_job, "--wait-for-files", waits)
+            exec_job = requote_file_args(
+                exec_job, "--wait-for-files-file", f"{script}.waitforfilesfile.txt"
             )
             exec_job = comma_safe_job_exec(exec_job, job.get_target_spec(), list(job.output))
         script.write_text(job_script(self.jobscript, job.properties(), exec_job, log, job.attempt))
