@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from dcflow.ledger import Attempt, Ledger, Run
+from dcflow.errors import InputDataError
+from dcflow.io import read_fits
+from dcflow.ledger import Attempt, Ledger, Run, tile_of
 from dcflow.plan import Plan
 from dcflow.states import ACTIVE_STATES, JobState
 
@@ -29,6 +31,7 @@ __all__ = [
     "PingResult",
     "QueueInstance",
     "StageStatus",
+    "UntrustedResult",
     "campaign_status",
     "failed_tiles",
     "log_tail",
@@ -38,6 +41,7 @@ __all__ = [
     "ping_dirac",
     "ping_gridengine",
     "read_env_file",
+    "untrusted_results",
 ]
 
 
@@ -76,6 +80,8 @@ class CampaignStatus:
         Jobs succeeded per hour over the last hour of activity.
     eta_h : float or None
         Hours left at that throughput.
+    untrusted : tuple of UntrustedResult
+        Outputs on disk whose stage judged (part of) them untrusted (`untrusted_results`).
     """
 
     rows: tuple[StageStatus, ...]
@@ -85,6 +91,7 @@ class CampaignStatus:
     last_run: Run | None
     throughput_per_h: float | None
     eta_h: float | None
+    untrusted: tuple[UntrustedResult, ...] = ()
 
     @property
     def n_failed(self) -> int:
@@ -93,8 +100,13 @@ class CampaignStatus:
 
     @property
     def complete(self) -> bool:
-        """True if nothing is left to run."""
+        """True if nothing is left to run (see ``untrusted`` before calling it a success)."""
         return all(r.to_run == 0 for r in self.rows)
+
+    @property
+    def n_untrusted(self) -> int:
+        """Outputs whose stage judged them untrusted."""
+        return len(self.untrusted)
 
     def to_json(self) -> str:
         """Machine-readable status."""
@@ -102,6 +114,8 @@ class CampaignStatus:
             {
                 "complete": self.complete,
                 "n_failed": self.n_failed,
+                "n_untrusted": self.n_untrusted,
+                "untrusted": [asdict(u) for u in self.untrusted],
                 "rows": [asdict(r) for r in self.rows],
                 "running": [
                     {
@@ -122,6 +136,72 @@ class CampaignStatus:
             },
             indent=2,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class UntrustedResult:
+    """An output that exists, but whose stage judged some of its rows untrusted.
+
+    Attributes
+    ----------
+    rule, data_id : str
+        The job that wrote it (``data_id`` as in the ledger).
+    path : str
+        The output file.
+    n_untrusted : int
+        Rows judged untrusted (the header keyword the pipeline spec names, e.g. ``NUNTRUST``).
+    reasons : tuple of str
+        ``"<amp>: <verdict>"`` per untrusted row, or why the file could not be read.
+    """
+
+    rule: str
+    data_id: str
+    path: str
+    n_untrusted: int
+    reasons: tuple[str, ...]
+
+
+def untrusted_results(
+    outputs: Sequence[tuple[str, Mapping[str, object], str, str]],
+) -> list[UntrustedResult]:
+    """The outputs among ``outputs`` that exist and carry an untrusted verdict.
+
+    Parameters
+    ----------
+    outputs : sequence of (rule, data id, path, keyword)
+        Outputs with a verdict (`dcflow.pipeline.graph.JobGraph.verdict_outputs`): FITS tables
+        whose HDU 1 header counts untrusted rows under ``keyword`` and whose ``trusted`` and
+        ``verdict`` columns say which and why.
+
+    Returns
+    -------
+    list of UntrustedResult
+        Missing files are left out (the plan counts them to run); a file that cannot be read
+        as such a table is reported untrusted with the reason, never taken as a success.
+    """
+    found = []
+    for rule, data_id, path, keyword in outputs:
+        if not os.path.exists(path):
+            continue
+        tile = tile_of(data_id)
+        try:
+            hdus = read_fits(path)
+            if len(hdus) < 2 or keyword not in hdus[1].header:
+                raise InputDataError(f"{path}: no {keyword} in the table header")
+            n_untrusted = int(hdus[1].header[keyword])
+            rows = hdus[1].data
+            names = rows.columns.names if rows is not None else []
+            reasons = tuple(
+                f"{row['amp'] if 'amp' in names else i}: {row['verdict']}"
+                for i, row in enumerate(rows if rows is not None else [])
+                if "trusted" in names and "verdict" in names and not bool(row["trusted"])
+            )
+        except (InputDataError, ValueError) as exc:
+            found.append(UntrustedResult(rule, tile, str(path), 0, (f"unreadable: {exc}",)))
+            continue
+        if n_untrusted:
+            found.append(UntrustedResult(rule, tile, str(path), n_untrusted, reasons))
+    return found
 
 
 def marker_jobid(workdir: str | os.PathLike, output: str) -> str | None:
@@ -148,8 +228,11 @@ def campaign_status(
     *,
     window_s: float = 3600.0,
     workdir: str | os.PathLike | None = None,
+    untrusted: Sequence[UntrustedResult] = (),
 ) -> CampaignStatus:
     """Join the plan (disk) and the ledger (attempts) into per-stage counts by state.
+
+    ``untrusted`` (`untrusted_results`) is carried into the status as it is.
 
     Closes runs whose driver died before counting (their active attempts become lost). With
     ``workdir``, running attempts without a backend job id get the one Snakemake stored in
@@ -203,6 +286,7 @@ def campaign_status(
         last_run=runs[-1] if runs else None,
         throughput_per_h=rate,
         eta_h=eta,
+        untrusted=tuple(untrusted),
     )
 
 

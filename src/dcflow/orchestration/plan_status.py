@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from dcflow.campaign.analytic import plan_index
+from dcflow.campaign.index import CampaignIndex
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import (
     campaign_ledger_path,
@@ -16,10 +17,18 @@ from dcflow.orchestration.campaign_files import (
     rooted_layout,
 )
 from dcflow.orchestration.profiles import rule_defaults
+from dcflow.pipeline.graph import JobGraph
 from dcflow.plan import Plan
-from dcflow.status import CampaignStatus, FailedTile, campaign_status, failed_tiles
+from dcflow.status import (
+    CampaignStatus,
+    FailedTile,
+    UntrustedResult,
+    campaign_status,
+    failed_tiles,
+    untrusted_results,
+)
 
-__all__ = ["failed_campaign", "plan_campaign", "status_campaign"]
+__all__ = ["failed_and_untrusted", "failed_campaign", "plan_campaign", "status_campaign"]
 
 
 def plan_campaign(
@@ -46,6 +55,20 @@ def plan_campaign(
     mtimes : bool, optional
         Whether a tree walk stats files (Snakemake's mtime trigger; default: small campaigns).
     """
+    return _plan_and_index(
+        config_path, profile=profile, workdir=workdir, inventory=inventory, mtimes=mtimes
+    )[0]
+
+
+def _plan_and_index(
+    config_path: str | Path,
+    *,
+    profile: str | None,
+    workdir: str | Path | None,
+    inventory: str | Path | None = None,
+    mtimes: bool | None = None,
+) -> tuple[Plan, CampaignIndex, dict]:
+    """`plan_campaign`, also returning the campaign index and config it planned from."""
     start = time.perf_counter()
     workdir = Path(workdir or os.getcwd()).resolve()
     config = load_campaign_config(config_path)
@@ -62,7 +85,7 @@ def plan_campaign(
         with open_ledger(ledger_file) as ledger:
             measured = ledger.mean_runtimes()
     defaults = {r: v["runtime"] for r, v in rule_defaults(profile).items() if "runtime" in v}
-    return plan_index(
+    plan = plan_index(
         index,
         workdir=workdir,
         inventory=inventory,
@@ -71,17 +94,27 @@ def plan_campaign(
         default_runtimes_min=defaults,
         start_time=start,
     )
+    return plan, index, config
+
+
+def _untrusted(index: CampaignIndex, config: dict) -> list[UntrustedResult]:
+    """Outputs on disk that their stage judged untrusted (the spec names which carry verdicts)."""
+    return untrusted_results(JobGraph(index).verdict_outputs(config))
 
 
 def status_campaign(
     config_path: str | Path, *, profile: str | None = "local", workdir: str | Path | None = None
 ) -> CampaignStatus:
-    """The campaign's status: the plan (disk) joined with the ledger (attempts)."""
+    """The campaign's status: the plan (disk) joined with the ledger (attempts).
+
+    Also the outputs whose stage judged them untrusted (a Fe55 gain that failed its verdict).
+    """
     workdir = Path(workdir or os.getcwd()).resolve()
     layout = rooted_layout(config_path, workdir)
-    plan = plan_campaign(config_path, profile=profile, workdir=workdir)
+    plan, index, config = _plan_and_index(config_path, profile=profile, workdir=workdir)
+    untrusted = _untrusted(index, config)
     with open_ledger(campaign_ledger_path(layout, workdir)) as ledger:
-        return campaign_status(plan, ledger, workdir=workdir)
+        return campaign_status(plan, ledger, workdir=workdir, untrusted=untrusted)
 
 
 def failed_campaign(
@@ -93,8 +126,28 @@ def failed_campaign(
     n_lines: int = 10,
 ) -> list[FailedTile]:
     """Failed tiles of the campaign whose outputs are still missing (optionally filtered)."""
+    return failed_and_untrusted(
+        config_path, stage=stage, tract=tract, workdir=workdir, n_lines=n_lines
+    )[0]
+
+
+def failed_and_untrusted(
+    config_path: str | Path,
+    *,
+    stage: str | None = None,
+    tract: int | None = None,
+    workdir: str | Path | None = None,
+    n_lines: int = 10,
+) -> tuple[list[FailedTile], list[UntrustedResult]]:
+    """What ``dcflow failed`` lists: failed tiles, and outputs judged untrusted.
+
+    The tiles are `failed_campaign`'s; the untrusted outputs exist on disk but their stage
+    judged them untrusted (of ``stage`` only, when given; tracts do not apply).
+    """
     workdir = Path(workdir or os.getcwd()).resolve()
     layout = rooted_layout(config_path, workdir)
-    plan = plan_campaign(config_path, profile=None, workdir=workdir)
+    plan, index, config = _plan_and_index(config_path, profile=None, workdir=workdir)
+    untrusted = [u for u in _untrusted(index, config) if stage is None or u.rule == stage]
     with open_ledger(campaign_ledger_path(layout, workdir)) as ledger:
-        return failed_tiles(ledger, stage=stage, tract=tract, plan=plan, n_lines=n_lines)
+        tiles = failed_tiles(ledger, stage=stage, tract=tract, plan=plan, n_lines=n_lines)
+    return tiles, untrusted
