@@ -36,7 +36,6 @@ __all__ = [
     "parse_qsub_terse",
     "qsub_argv",
     "requote_config_args",
-    "requote_file_args",
     "submit_qsub",
 ]
 
@@ -175,22 +174,6 @@ def requote_config_args(exec_job: str, config_args: Sequence[str] | None) -> str
     broken = format_cli_arg("--config", list(config_args))
     fixed = "--config " + " ".join(shlex.quote(str(a)) for a in config_args)
     return exec_job.replace(broken, fixed)
-
-
-def requote_file_args(exec_job: str, flag: str, files: Sequence[str] | str) -> str:
-    r"""Make a file argument of Snakemake's job command (``--wait-for-files``...) shell-safe.
-
-    Snakemake quotes each path with Python's ``repr``: a path holding a single quote ends in
-    ``"..."``, where the shell expands ``$(...)``, backquotes and ``$`` and misreads ``\"``,
-    so the job script fails ("Unterminated quoted string") or runs what the path spells.
-    Each path is re-quoted with ``shlex.quote``; a command without the argument is returned
-    unchanged.
-    """
-    broken = format_cli_arg(flag, files)
-    if not broken or broken not in exec_job:
-        return exec_job
-    items = [files] if isinstance(files, str) else [str(f) for f in files]
-    return exec_job.replace(broken, f"{flag} {shlex.join(items)}")
 
 
 def job_script(template: str, properties: str, exec_job: str, log: Path, attempt: int) -> str:
