@@ -12,11 +12,16 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from campaigns import write_campaign_config
+from test_pipeline import HOSTILE, hostile_campaign
 
+from dcflow.campaign.index import CampaignIndex
 from dcflow.config_schema import load_config
 from dcflow.layout import Layout
+from dcflow.orchestration.plan_status import failed_campaign, status_campaign
 from dcflow.orchestration.prepare import ingest_campaign, simulate_campaign
+from dcflow.orchestration.run import run_campaign
 from dcflow.orchestration.snakemake_cli import run_snakemake
+from dcflow.pipeline.graph import JobGraph
 from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,3 +108,65 @@ def test_campaign_through_profiles_sge_matches_the_local_run(tmp_path, monkeypat
         with open(layout.path("science_validation")) as handle:
             metrics[profile] = json.load(handle)
     assert metrics["sge"] == metrics["local"]
+
+
+@pytest.mark.skipif(
+    CLUSTER_ENV is None, reason="no Grid Engine: run scripts/gridengine-up as root (make test does)"
+)
+def test_command_payload_through_profiles_sge_with_hostile_paths(tmp_path, monkeypatch):
+    # Site commands (payload.commands) on Grid Engine, output root holding spaces, quotes, `;`,
+    # `$(...)` and backquotes: process_visit's command writes its outputs, make_warp's exits 0
+    # writing nothing. One run through `dcflow run`'s API, so the run ledger records both.
+    for key, value in CLUSTER_ENV.items():
+        monkeypatch.setenv(key, value)
+    site = 'for f in {output.calexps} {output.srcs}; do printf \'%s %s\' {visit} "$f" > "$f"; done'
+    config_path = hostile_campaign(
+        tmp_path, {"process_visit": site, "make_warp": "true {output.warp}"}
+    )
+    work = config_path.parent
+    graph = JobGraph(CampaignIndex.from_config(load_config(config_path)))
+    # every visit's calexps and two warps (of ~60): a dozen Grid Engine jobs, retries included
+    calexps = {
+        graph.data_id("process_visit", j)["visit"]: graph.output_paths("process_visit", "calexp", j)
+        for j in range(graph.jobs("process_visit").n_jobs)
+    }
+    warps = [graph.output_paths("make_warp", "warp", j)[0] for j in range(2)]
+    targets = [p for paths in calexps.values() for p in paths] + warps
+    code = run_campaign(
+        config_path,
+        profile="sge",
+        snakemake_args=[],
+        targets=targets,
+        workdir=work,
+        progress=False,
+    )
+    assert code != 0
+
+    for visit, paths in calexps.items():
+        for path in paths:
+            assert HOSTILE in path
+            assert Path(path).read_text() == f"{visit} {path}"  # written by the site command
+    assert not any(Path(p).exists() for p in warps)
+
+    # Grid Engine ran every job: process_visit succeeded, make_warp failed on every attempt
+    ledger = SubmissionLedger(work / ".snakemake" / "gridengine" / "submissions.jsonl")
+    submissions, finished = ledger.read()
+    by_rule: dict[str, set[str]] = {}
+    for s in submissions:
+        by_rule.setdefault(s.rule, set()).add(finished.get(s.job_id))
+    assert by_rule["process_visit"] == {"succeeded"}
+    assert by_rule["make_warp"] == {"failed"}
+
+    # the run ledger (what `dcflow failed` reads) names the missing file of each failed warp
+    failed = failed_campaign(config_path, workdir=work)
+    assert {t.rule for t in failed} == {"make_warp"}
+    assert len(failed) == len(warps)
+    for tile in failed:
+        assert tile.backend == "gridengine" and tile.backend_jobid
+        assert tile.error_class == "CommandPayloadError"
+        assert "exited 0 without writing" in tile.reason
+        assert any(p in tile.reason for p in warps), tile.reason
+        assert tile.attempts == 2  # the profile's one retry ran, and failed the same way
+    status = status_campaign(config_path, profile="sge", workdir=work)
+    assert not status.complete
+    assert sum(r.failed for r in status.rows if r.stage == "make_warp") == len(warps)

@@ -20,7 +20,7 @@ from snakemake_interface_executor_plugins.utils import (
 )
 
 from dcflow.ledger import read_benchmark
-from dcflow.remote_jobs import comma_safe_job_exec
+from dcflow.remote_jobs import comma_safe_job_exec, requote_file_args, shell_safe_job_exec
 from dcflow.states import JobState
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import (
@@ -374,6 +374,52 @@ def test_config_args_requoted_for_the_shell():
     out = subprocess.run(["sh", "-c", "printf '%s\\n' " + fixed], capture_output=True, text=True)
     assert out.stdout.splitlines()[4:7] == args
     assert requote_config_args(line, None) == line
+
+
+def test_wait_for_files_requoted_for_the_shell(tmp_path):
+    """Regression: Snakemake repr()-quotes --wait-for-files; an output root holding a quote,
+    ``$(...)`` or a backquote broke the job script or ran what the path spells."""
+    files = [
+        str(tmp_path / "tmp.1"),
+        str(tmp_path / "out a b'c;d\"e$(touch f)`touch g`" / "b.fits"),
+    ]
+    line = "python -m snakemake " + format_cli_arg("--wait-for-files", files) + " --mode remote"
+    fixed = requote_file_args(line, "--wait-for-files", files)
+    assert shlex.split(fixed)[4:6] == files
+    out = subprocess.run(
+        ["sh", "-c", "printf '%s\\n' " + fixed], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.stdout.splitlines()[4:6] == files
+    assert not (tmp_path / "f").exists() and not (tmp_path / "g").exists()
+    one = str(tmp_path / "it's.txt")
+    line = "x " + format_cli_arg("--wait-for-files-file", one)
+    assert shlex.split(requote_file_args(line, "--wait-for-files-file", one))[1:] == [
+        "--wait-for-files-file",
+        one,
+    ]
+    assert requote_file_args(line, "--wait-for-files", files) == line
+
+
+def test_shell_safe_job_exec_requotes_what_the_remote_executor_wrote(tmp_path):
+    """Both executors (Grid Engine and DIRAC) build the job command through it."""
+    hostile = str(tmp_path / "out a b'c;d$(touch f)" / "bias_0.fits")
+
+    class Job:
+        def get_wait_for_files(self):
+            return [hostile]
+
+    class Executor:
+        tmpdir = str(tmp_path / ".snakemake" / "tmp.x")
+
+        def get_jobscript(self, job):
+            return str(tmp_path / "snakejob.flat.3.sh")
+
+        def format_job_exec(self, job):  # what RemoteExecutor.get_job_args writes
+            waits = format_cli_arg("--wait-for-files", [self.tmpdir, hostile])
+            return f"python -m snakemake --target-jobs 'flat:ccd=0' {waits} --mode remote"
+
+    fixed = shell_safe_job_exec(Executor(), Job())
+    assert shlex.split(fixed)[5:8] == ["--wait-for-files", Executor.tmpdir, hostile]
 
 
 def test_noop_exec_writes_quoted_outputs_atomically(tmp_path):

@@ -205,7 +205,7 @@ def test_fill_command_quotes_every_value():
         fill_command("x {visit!r}", wildcards={"visit": 1}, inputs={}, outputs={})
 
 
-def _hostile_campaign(tmp_path: Path, commands: dict[str, str]) -> Path:
+def hostile_campaign(tmp_path: Path, commands: dict[str, str]) -> Path:
     """A tiny synthetic campaign whose output root holds spaces, quotes and ``;``."""
     config_path = make(tmp_path, "1ccd-1filter-1patch")
     config = yaml.safe_load(config_path.read_text())
@@ -223,7 +223,7 @@ def _hostile_campaign(tmp_path: Path, commands: dict[str, str]) -> Path:
 def test_command_payload_runs_site_commands_with_hostile_paths(tmp_path):
     # a site's own "stage": writes its outputs with the data id in them (printf, quoted args)
     site = 'for f in {output.calexps} {output.srcs}; do printf \'%s %s\' {visit} "$f" > "$f"; done'
-    config_path = _hostile_campaign(tmp_path, {"process_visit": site})
+    config_path = hostile_campaign(tmp_path, {"process_visit": site})
     code = run_snakemake(
         config_path,
         profile="local",
@@ -243,7 +243,7 @@ def test_command_payload_runs_site_commands_with_hostile_paths(tmp_path):
 
 @pytest.mark.slow
 def test_command_that_writes_nothing_fails_naming_the_file(tmp_path):
-    config_path = _hostile_campaign(tmp_path, {"make_warp": "true {output.warp}"})
+    config_path = hostile_campaign(tmp_path, {"make_warp": "true {output.warp}"})
     code = run_snakemake(
         config_path,
         profile="local",

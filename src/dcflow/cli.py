@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from dcflow.errors import BackendUnreachableError, CampaignError
@@ -26,19 +26,24 @@ from dcflow.orchestration.campaign_files import load_campaign_config
 from dcflow.orchestration.cancel import cancel_campaign
 from dcflow.orchestration.pictures import campaign_pictures
 from dcflow.orchestration.ping import ping_profile
-from dcflow.orchestration.plan_status import failed_campaign, plan_campaign, status_campaign
+from dcflow.orchestration.plan_status import (
+    failed_and_untrusted,
+    plan_campaign,
+    status_campaign,
+)
 from dcflow.orchestration.prepare import ingest_campaign, simulate_campaign
 from dcflow.orchestration.report import report_campaign
 from dcflow.orchestration.rerun import rerun_failed
 from dcflow.orchestration.run import run_campaign
 from dcflow.orchestration.sharded import run_sharded
 from dcflow.plan import Plan
-from dcflow.status import CampaignStatus, FailedTile
+from dcflow.status import CampaignStatus, FailedTile, UntrustedResult
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_TILES_FAILED",
     "EXIT_UNREACHABLE",
+    "EXIT_UNTRUSTED",
     "EXIT_USAGE",
     "PICTURE_MAX_JOBS",
     "VERBS",
@@ -53,6 +58,9 @@ EXIT_TILES_FAILED = 3
 """`status` / `failed`: some tiles' last attempt failed and their outputs are missing."""
 EXIT_UNREACHABLE = 4
 """`ping`: the backend does not answer or cannot take jobs now."""
+EXIT_UNTRUSTED = 5
+"""`status` / `failed`: no tile failed, but outputs exist that their stage judged untrusted
+(a Fe55 gain whose fit failed its verdict): not a clean success."""
 
 PICTURE_MAX_JOBS = 50_000
 """`plan` draws its pictures (one Python object per job) only up to this many jobs."""
@@ -202,10 +210,24 @@ def _print_status(status: CampaignStatus) -> None:
         if age > 60:
             seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(status.disk_seen_at))
             print(f"outputs as scanned by the plan of {seen}, with the ledger's attempts since")
-    print("campaign complete" if status.complete else f"{status.n_failed} failed tile(s)")
+    _print_untrusted(status.untrusted)
+    if not status.complete:
+        print(f"{status.n_failed} failed tile(s)")
+    elif status.untrusted:
+        print(f"campaign complete, but {status.n_untrusted} output(s) untrusted")
+    else:
+        print("campaign complete")
 
 
-def _print_failed(tiles: list[FailedTile]) -> None:
+def _print_untrusted(untrusted: Sequence[UntrustedResult]) -> None:
+    for u in untrusted:
+        print(f"UNTRUSTED {u.rule} {u.data_id}: {u.n_untrusted} row(s), {u.path}")
+        for reason in u.reasons:
+            print(f"    | {reason}")
+
+
+def _print_failed(tiles: list[FailedTile], untrusted: Sequence[UntrustedResult]) -> None:
+    _print_untrusted(untrusted)
     if not tiles:
         print("no failed tiles")
     for tile in tiles:
@@ -220,8 +242,10 @@ def _print_failed(tiles: list[FailedTile]) -> None:
             print(f"    | {line}")
 
 
-def _failed_json(tiles: list[FailedTile]) -> str:
-    return json.dumps([asdict(t) for t in tiles], indent=2, default=str)
+def _failed_json(tiles: list[FailedTile], untrusted: Sequence[UntrustedResult]) -> str:
+    items = [{"kind": "failed", **asdict(t)} for t in tiles]
+    items += [{"kind": "untrusted", **asdict(u)} for u in untrusted]
+    return json.dumps(items, indent=2, default=str)
 
 
 def _simulate(args: argparse.Namespace, extra: list[str]) -> int:
@@ -314,16 +338,22 @@ def _status(args: argparse.Namespace, extra: list[str]) -> int:
         print(status.to_json())
     else:
         _print_status(status)
-    return EXIT_TILES_FAILED if status.n_failed else 0
+    if status.n_failed:
+        return EXIT_TILES_FAILED
+    return EXIT_UNTRUSTED if status.untrusted else 0
 
 
 def _failed(args: argparse.Namespace, extra: list[str]) -> int:
-    tiles = failed_campaign(args.config, stage=args.stage, tract=args.tract, n_lines=args.lines)
+    tiles, untrusted = failed_and_untrusted(
+        args.config, stage=args.stage, tract=args.tract, n_lines=args.lines
+    )
     if args.json:
-        print(_failed_json(tiles))
+        print(_failed_json(tiles, untrusted))
     else:
-        _print_failed(tiles)
-    return EXIT_TILES_FAILED if tiles else 0
+        _print_failed(tiles, untrusted)
+    if tiles:
+        return EXIT_TILES_FAILED
+    return EXIT_UNTRUSTED if untrusted else 0
 
 
 def _rerun(args: argparse.Namespace, extra: list[str]) -> int:

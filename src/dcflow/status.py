@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from dcflow.campaign.snapshots import PlanSnapshot
-from dcflow.ledger import Attempt, Ledger, Run
+from dcflow.errors import InputDataError
+from dcflow.io import read_fits
+from dcflow.ledger import Attempt, Ledger, Run, tile_of
 from dcflow.pipeline.graph import JobGraph
 from dcflow.pipeline.spec import TARGET_RULE
 from dcflow.states import ACTIVE_STATES, JobState
@@ -33,6 +35,7 @@ __all__ = [
     "PingResult",
     "QueueInstance",
     "StageStatus",
+    "UntrustedResult",
     "campaign_status",
     "failed_tiles",
     "job_states",
@@ -43,6 +46,7 @@ __all__ = [
     "ping_dirac",
     "ping_gridengine",
     "read_env_file",
+    "untrusted_results",
 ]
 
 
@@ -81,6 +85,8 @@ class CampaignStatus:
         Jobs succeeded per hour over the last hour of activity.
     eta_h : float or None
         Hours left at that throughput.
+    untrusted : tuple of UntrustedResult
+        Outputs on disk whose stage judged (part of) them untrusted (`untrusted_results`).
     """
 
     rows: tuple[StageStatus, ...]
@@ -92,6 +98,7 @@ class CampaignStatus:
     eta_h: float | None
     disk_seen_at: float | None = None
     """When the plan these counts start from scanned the outputs (later: the ledger's news)."""
+    untrusted: tuple[UntrustedResult, ...] = ()
 
     @property
     def n_failed(self) -> int:
@@ -100,8 +107,13 @@ class CampaignStatus:
 
     @property
     def complete(self) -> bool:
-        """True if nothing is left to run."""
+        """True if nothing is left to run (see ``untrusted`` before calling it a success)."""
         return all(r.to_run == 0 for r in self.rows)
+
+    @property
+    def n_untrusted(self) -> int:
+        """Outputs whose stage judged them untrusted."""
+        return len(self.untrusted)
 
     def to_json(self) -> str:
         """Machine-readable status."""
@@ -109,6 +121,8 @@ class CampaignStatus:
             {
                 "complete": self.complete,
                 "n_failed": self.n_failed,
+                "n_untrusted": self.n_untrusted,
+                "untrusted": [asdict(u) for u in self.untrusted],
                 "rows": [asdict(r) for r in self.rows],
                 "running": [
                     {
@@ -130,6 +144,72 @@ class CampaignStatus:
             },
             indent=2,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class UntrustedResult:
+    """An output that exists, but whose stage judged some of its rows untrusted.
+
+    Attributes
+    ----------
+    rule, data_id : str
+        The job that wrote it (``data_id`` as in the ledger).
+    path : str
+        The output file.
+    n_untrusted : int
+        Rows judged untrusted (the header keyword the pipeline spec names, e.g. ``NUNTRUST``).
+    reasons : tuple of str
+        ``"<amp>: <verdict>"`` per untrusted row, or why the file could not be read.
+    """
+
+    rule: str
+    data_id: str
+    path: str
+    n_untrusted: int
+    reasons: tuple[str, ...]
+
+
+def untrusted_results(
+    outputs: Sequence[tuple[str, Mapping[str, object], str, str]],
+) -> list[UntrustedResult]:
+    """The outputs among ``outputs`` that exist and carry an untrusted verdict.
+
+    Parameters
+    ----------
+    outputs : sequence of (rule, data id, path, keyword)
+        Outputs with a verdict (`dcflow.pipeline.graph.JobGraph.verdict_outputs`): FITS tables
+        whose HDU 1 header counts untrusted rows under ``keyword`` and whose ``trusted`` and
+        ``verdict`` columns say which and why.
+
+    Returns
+    -------
+    list of UntrustedResult
+        Missing files are left out (the plan counts them to run); a file that cannot be read
+        as such a table is reported untrusted with the reason, never taken as a success.
+    """
+    found = []
+    for rule, data_id, path, keyword in outputs:
+        if not os.path.exists(path):
+            continue
+        tile = tile_of(data_id)
+        try:
+            hdus = read_fits(path)
+            if len(hdus) < 2 or keyword not in hdus[1].header:
+                raise InputDataError(f"{path}: no {keyword} in the table header")
+            n_untrusted = int(hdus[1].header[keyword])
+            rows = hdus[1].data
+            names = rows.columns.names if rows is not None else []
+            reasons = tuple(
+                f"{row['amp'] if 'amp' in names else i}: {row['verdict']}"
+                for i, row in enumerate(rows if rows is not None else [])
+                if "trusted" in names and "verdict" in names and not bool(row["trusted"])
+            )
+        except (InputDataError, ValueError) as exc:
+            found.append(UntrustedResult(rule, tile, str(path), 0, (f"unreadable: {exc}",)))
+            continue
+        if n_untrusted:
+            found.append(UntrustedResult(rule, tile, str(path), n_untrusted, reasons))
+    return found
 
 
 MAX_MARKER_READS = 1000
@@ -161,12 +241,14 @@ def campaign_status(
     *,
     window_s: float = 3600.0,
     workdir: str | os.PathLike | None = None,
+    untrusted: Sequence[UntrustedResult] = (),
 ) -> CampaignStatus:
     """Join a plan's needrun arrays (disk) and the ledger (attempts) into counts by state.
 
     A job the plan found to run but whose last attempt succeeded after the plan's scan is
     done; running, failed and lost count the jobs still to run whose last attempt is in that
     state. Closes runs whose driver died first (their active attempts become lost). With
+    ``untrusted`` (`untrusted_results`) is carried into the status as it is.
     ``workdir``, running attempts without a backend job id get the one Snakemake stored in
     their output's incomplete marker (`marker_jobid`). Arrays throughout: a ledger of 10^6
     attempts against a DC2013 campaign takes seconds.
@@ -203,6 +285,7 @@ def campaign_status(
         throughput_per_h=rate,
         eta_h=eta,
         disk_seen_at=snapshot.scanned_at,
+        untrusted=tuple(untrusted),
     )
 
 

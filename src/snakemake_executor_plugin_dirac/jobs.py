@@ -14,7 +14,7 @@ from pathlib import Path
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 
-from dcflow.remote_jobs import comma_safe_job_exec
+from dcflow.remote_jobs import comma_safe_job_exec, shell_safe_job_exec
 
 from .submit import DiracJobSpec, cpu_time_s, job_name, job_script, parametric_chunks
 from .wms import DiracError
@@ -73,7 +73,7 @@ def prepare(executor, job: JobExecutorInterface) -> PreparedJob:
         job_script(
             job.properties(),
             comma_safe_job_exec(
-                executor.format_job_exec(job), job.get_target_spec(), list(job.output)
+                shell_safe_job_exec(executor, job), job.get_target_spec(), list(job.output)
             ),
             str(executor.workdir),
             os.environ.get("PATH", "/usr/bin:/bin"),

@@ -21,7 +21,7 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
 
-from dcflow.remote_jobs import comma_safe_job_exec
+from dcflow.remote_jobs import comma_safe_job_exec, shell_safe_job_exec
 from dcflow.states import JobState
 
 from .cancel import cancel_jobs
@@ -248,7 +248,7 @@ class Executor(RemoteExecutor):
             exec_job = noop_exec(outputs, self.noop_seconds, benchmarks)
         else:
             exec_job = requote_config_args(
-                self.format_job_exec(job), self.workflow.config_settings.config_args
+                shell_safe_job_exec(self, job), self.workflow.config_settings.config_args
             )
             exec_job = comma_safe_job_exec(exec_job, job.get_target_spec(), list(job.output))
         script.write_text(job_script(self.jobscript, job.properties(), exec_job, log, job.attempt))

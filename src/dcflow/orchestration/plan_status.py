@@ -34,10 +34,18 @@ from dcflow.orchestration.campaign_files import (
 from dcflow.orchestration.profiles import rule_defaults
 from dcflow.pipeline.graph import JobGraph
 from dcflow.plan import Plan
-from dcflow.status import CampaignStatus, FailedTile, campaign_status, failed_tiles
+from dcflow.status import (
+    CampaignStatus,
+    FailedTile,
+    UntrustedResult,
+    campaign_status,
+    failed_tiles,
+    untrusted_results,
+)
 
 __all__ = [
     "current_need",
+    "failed_and_untrusted",
     "failed_campaign",
     "indexed_campaign",
     "plan_campaign",
@@ -159,11 +167,13 @@ def status_campaign(
     """The campaign's status: the plan's arrays (disk) joined with the ledger (attempts).
 
     ``replan`` as `current_need`; ``profile`` is kept for the CLI (status needs no estimates).
+    Also the outputs whose stage judged them untrusted (a Fe55 gain that failed its verdict).
     """
     workdir = Path(workdir or os.getcwd()).resolve()
     graph, snapshot = current_need(config_path, workdir, replan=replan)
+    untrusted = untrusted_results(graph.verdict_outputs(load_campaign_config(config_path)))
     with open_ledger(campaign_ledger_path(graph.index.layout, workdir)) as ledger:
-        return campaign_status(graph, snapshot, ledger, workdir=workdir)
+        return campaign_status(graph, snapshot, ledger, workdir=workdir, untrusted=untrusted)
 
 
 def failed_campaign(
@@ -188,3 +198,28 @@ def failed_campaign(
             on_disk=lambda path: os.path.exists(workdir / path),
             n_lines=n_lines,
         )
+
+
+def failed_and_untrusted(
+    config_path: str | Path,
+    *,
+    stage: str | None = None,
+    tract: int | None = None,
+    workdir: str | Path | None = None,
+    n_lines: int = 10,
+) -> tuple[list[FailedTile], list[UntrustedResult]]:
+    """What ``dcflow failed`` lists: failed tiles, and outputs judged untrusted.
+
+    The tiles are `failed_campaign`'s; the untrusted outputs exist on disk but their stage
+    judged them untrusted (of ``stage`` only, when given; tracts do not apply). The index is
+    the one kept under the output root (no plan).
+    """
+    workdir = Path(workdir or os.getcwd()).resolve()
+    tiles = failed_campaign(config_path, stage=stage, tract=tract, workdir=workdir, n_lines=n_lines)
+    config, _, index = indexed_campaign(config_path, workdir)
+    untrusted = [
+        u
+        for u in untrusted_results(JobGraph(index).verdict_outputs(config))
+        if stage is None or u.rule == stage
+    ]
+    return tiles, untrusted

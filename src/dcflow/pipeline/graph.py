@@ -21,6 +21,7 @@ from dcflow.campaign.index import CampaignIndex
 from dcflow.dataids import DATA_ID_KEYS, INT_KEYS
 from dcflow.jobspec import JobSpec
 from dcflow.ledger import parse_tile
+from dcflow.pipeline.payload import payload_script
 from dcflow.pipeline.spec import STAGES, TARGET_RULE, Input, Stage, stage
 
 __all__ = ["JobGraph", "Relation", "StageJobs"]
@@ -461,6 +462,28 @@ class JobGraph:
                 if item.target:
                     n = self.jobs(s.rule).n_jobs
                     out += [p for j in range(n) for p in self.output_paths(s.rule, item.dataset, j)]
+        return out
+
+    def verdict_outputs(
+        self, config: Mapping[str, Any]
+    ) -> list[tuple[str, dict[str, Any], str, str]]:
+        """``(rule, data id, path, header keyword)`` of every output that carries a verdict.
+
+        Only stages that run their built-in payload: a placeholder (noop payload) or a site
+        command's output holds no verdict dcflow can read. Few jobs at any scale (one per
+        sensor or sensor exposure), so one tuple per output file.
+        """
+        out = []
+        for s in self.stages:
+            if payload_script(config, s.script, s.rule) != s.script:
+                continue
+            for item in s.outputs:
+                if not item.verdict:
+                    continue
+                for j in range(self.jobs(s.rule).n_jobs):
+                    data_id = self.data_id(s.rule, j)
+                    for path in self.output_paths(s.rule, item.dataset, j):
+                        out.append((s.rule, data_id, path, item.verdict))
         return out
 
     def job_filter_tract(self, rule: str, job: int) -> tuple[str | None, int | None]:

@@ -119,6 +119,10 @@ class Output:
         For a report item: the caption file under workflow/report/ (empty: not in the report).
     category : str
         Report category.
+    verdict : str
+        For a table whose rows the stage may judge untrusted (columns ``trusted`` and
+        ``verdict``): the header keyword counting those rows; ``dcflow status`` and ``failed``
+        report such a table as untrusted, never as a clean success. Empty: no verdict.
     """
 
     name: str
@@ -126,6 +130,7 @@ class Output:
     target: bool = False
     caption: str = ""
     category: str = ""
+    verdict: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +352,7 @@ STAGES: tuple[Stage, ...] = (
         "fe55_gain",
         "sensor_exposure",
         outputs=(
-            Output("table", "fe55_gain"),
+            Output("table", "fe55_gain", verdict="NUNTRUST"),
             Output("plot", "fe55_plot", caption="fe55_gain.rst", category="Fe55 gain"),
         ),
         inputs=(Input("raw", "fe55_raw", ("ccd", "exposure")),),
@@ -379,7 +384,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "fe55_summary",
         "sensor",
-        outputs=(Output("summary", "fe55_summary", target=True),),
+        outputs=(Output("summary", "fe55_summary", target=True, verdict="NUNTRUST"),),
         inputs=(
             Input("gains", "fe55_gain", ("ccd",)),
             Input("truths", "fe55_truth", ("ccd",)),
