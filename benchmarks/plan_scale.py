@@ -47,7 +47,10 @@ SNAKEMAKE_MB = (80.0, 11.4 / 1024, 2.6 / 1024)
 
 def measure(config: str, inventory: str | None) -> None:
     """Child mode: plan once, print one JSON line."""
-    from dcflow.orchestration.plan_status import plan_campaign
+    try:
+        from dcflow.orchestration.plan_status import plan_campaign
+    except ImportError:  # a --baseline revision from before dcflow.orchestration
+        from dcflow.driver import plan_campaign
 
     start = time.perf_counter()
     plan = plan_campaign(config, profile=None, workdir=Path(config).parent, inventory=inventory)
