@@ -192,6 +192,8 @@ def test_rerun_targets_select_failed_and_missing_downstream(tmp_path):
     assert {"process_visit", "make_warp", "assemble_coadd", "forced_photometry"} <= rules
     assert {"fe55_gain", "fe55_summary"} <= rules and "bias" not in rules
     assert graph.output_paths("fe55_summary", "fe55_summary", 0)[0] in targets
+    outputs = {p for j in jobs if (j.rule, tile_of(j.data_id)) in selected for p in j.outputs}
+    assert len(targets) == len(set(targets)) and set(targets) == outputs
     # a plan where nothing downstream is missing: only the failed tiles themselves
     nothing = {s.rule: np.zeros(graph.jobs(s.rule).n_jobs, bool) for s in graph.stages}
     _, only = rerun_targets(graph, failed, nothing)

@@ -64,6 +64,7 @@ def test_find_jobs_names_every_job_of_a_multi_tract_campaign(tmp_path):
     for s in graph.stages:
         n = graph.jobs(s.rule).n_jobs
         names = [tile_of(graph.data_id(s.rule, j)) for j in range(n)]
+        assert graph.tile_batch(s.rule, np.arange(n)) == names, s.rule
         tiles = [parse_tile(name) for name in names]
         assert np.array_equal(graph.find_jobs(s.rule, tiles), np.arange(n)), s.rule
         assert np.array_equal(graph.find_tiles(s.rule, names), np.arange(n)), s.rule

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcflow.ledger import parse_tile, tile_of
+from dcflow.ledger import parse_tile
 from dcflow.orchestration.campaign_files import campaign_ledger_path, open_ledger, rooted_layout
 from dcflow.orchestration.plan_status import current_need
 from dcflow.orchestration.run import run_campaign
@@ -57,11 +57,12 @@ def rerun_targets(
     targets: list[str] = []
     keys: set[tuple[str, str]] = set()
     for s in graph.stages:
-        for j in np.flatnonzero(selected[s.rule]).tolist():
-            keys.add((s.rule, tile_of(graph.data_id(s.rule, j))))
-            targets += [
-                p for item in s.outputs for p in graph.output_paths(s.rule, item.dataset, j)
-            ]
+        jobs = np.flatnonzero(selected[s.rule])
+        if jobs.size == 0:
+            continue
+        keys.update((s.rule, tile) for tile in graph.tile_batch(s.rule, jobs))
+        for item in s.outputs:
+            targets += graph.path_batch(s.rule, item.dataset, jobs)
     return targets, keys
 
 

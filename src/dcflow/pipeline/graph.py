@@ -815,6 +815,19 @@ class JobGraph:
                 out.append(pattern.format(**fields))
         return out
 
+    def tile_batch(self, rule: str, jobs: np.ndarray) -> list[str]:
+        """The tile names (`dcflow.ledger.tile_of`) of many jobs of one stage."""
+        stage_jobs = self.jobs(rule)
+        sensors = stage_jobs.stage.space in _SENSOR_SPACES
+        names = [k for k in DATA_ID_KEYS if k in stage_jobs.stage.keys]
+        if not names:
+            return ["campaign"] * len(jobs)
+        values = [self._values(name, stage_jobs.columns[name][jobs], sensors) for name in names]
+        return [
+            "_".join(f"{k}={v}" for k, v in zip(names, row, strict=True))
+            for row in zip(*values, strict=True)
+        ]
+
     def _values(self, name: str, column: np.ndarray, sensors: bool) -> list:
         index = self.index
         if name == "visit":
