@@ -50,8 +50,8 @@ def measure(verb: str, config: str) -> None:
     elif verb == "failed":
         result = {"failed": len(failed_campaign(config, workdir=workdir, n_lines=0))}
     elif verb == "rerun-select":
-        targets, selected = select_failed(config, workdir, replan=False)
-        result = {"targets": len(targets), "selected": len(selected)}
+        selection = select_failed(config, workdir, replan=False)
+        result = {"selected": selection.n_jobs if selection is not None else 0}
     else:
         raise SystemExit(f"unknown verb {verb!r}")
     result.update(seconds=time.perf_counter() - start, peak_mb=own_peak_mb())

@@ -185,7 +185,9 @@ def test_rerun_targets_select_failed_and_missing_downstream(tmp_path):
     visit = graph.data_id("process_visit", 3)
     failed = {("process_visit", tile_of(visit)), ("fe55_gain", "ccd=0_exposure=1")}
     everything = {s.rule: np.ones(graph.jobs(s.rule).n_jobs, bool) for s in graph.stages}
-    targets, selected = rerun_targets(graph, failed, everything)
+    selection = rerun_targets(graph, failed, everything)
+    targets, selected = selection.targets(), selection.tiles()
+    assert selection.n_jobs == len(selected)
     allowed = {(j.rule, tile_of(j.data_id)) for j in jobs}
     assert selected == _reference_downstream(jobs, failed, allowed)
     rules = {rule for rule, _ in selected}
@@ -196,7 +198,7 @@ def test_rerun_targets_select_failed_and_missing_downstream(tmp_path):
     assert len(targets) == len(set(targets)) and set(targets) == outputs
     # a plan where nothing downstream is missing: only the failed tiles themselves
     nothing = {s.rule: np.zeros(graph.jobs(s.rule).n_jobs, bool) for s in graph.stages}
-    _, only = rerun_targets(graph, failed, nothing)
+    only = rerun_targets(graph, failed, nothing).tiles()
     assert only == failed
 
 

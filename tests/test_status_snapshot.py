@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_synthetic import SMALL
 
 from dcflow.campaign.snapshots import campaign_digest, read_plan_snapshot
@@ -130,8 +131,26 @@ def test_failed_lists_tiles_whose_outputs_are_missing_without_a_plan(tmp_path):
     tiles = failed_campaign(config, workdir=config.parent, n_lines=0)
     assert [t.data_id for t in tiles] == [rows[0][3], rows[2][3]]
     assert not (config.parent / layout.path("plan_snapshot")).exists()  # no plan was made
-    targets, selected = select_failed(config, config.parent, replan=False)
+    selection = select_failed(config, config.parent, replan=False)
+    targets, selected = selection.targets(), selection.tiles()
     assert {("process_visit", rows[0][3]), ("process_visit", rows[2][3])} <= selected
     assert ("process_visit", rows[1][3]) not in selected
     assert all(rule != "process_visit" or tile != rows[1][3] for rule, tile in selected)
     assert len(targets) >= len(selected)
+
+
+def test_rerun_of_more_jobs_than_one_dag_should_hold_is_refused(tmp_path, monkeypatch):
+    from dcflow.errors import RerunTooLargeError
+    from dcflow.orchestration import rerun
+
+    config, graph = _campaign(tmp_path)
+    layout = Layout.from_config(load_config(config))
+    ledger_path = str(config.parent / layout.path("ledger"))
+    with Ledger(ledger_path) as ledger:
+        run = ledger.start_run(campaign="t", profile="local", backend="local")
+    _insert(ledger_path, [_row(graph, run, "process_visit", 0, "failed", time.time())])
+    selection = select_failed(config, config.parent)
+    assert selection is not None and selection.n_jobs > 1  # the visit's warps and beyond
+    monkeypatch.setattr(rerun, "MAX_RERUN_JOBS", selection.n_jobs - 1)
+    with pytest.raises(RerunTooLargeError, match="--sharded"):
+        rerun.rerun_failed(config, profile="local", snakemake_args=[], workdir=config.parent)

@@ -113,3 +113,9 @@ class DriverBusyError(CampaignError, RuntimeError):
     """Another sharded driver runs in this working directory."""
 
     exit_code = EXIT_FAILED
+
+
+class RerunTooLargeError(CampaignError, RuntimeError):
+    """``rerun --failed`` selected more jobs than one Snakemake DAG should hold."""
+
+    exit_code = EXIT_FAILED

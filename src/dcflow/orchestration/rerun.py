@@ -4,26 +4,68 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dcflow.ledger import parse_tile
+from dcflow.campaign.analytic import SMALL_CAMPAIGN_JOBS
+from dcflow.errors import RerunTooLargeError
 from dcflow.orchestration.campaign_files import campaign_ledger_path, open_ledger, rooted_layout
 from dcflow.orchestration.plan_status import current_need
 from dcflow.orchestration.run import run_campaign
 from dcflow.pipeline.graph import JobGraph
-from dcflow.status import failed_tiles
+from dcflow.status import failed_tiles, job_states
 
-__all__ = ["rerun_failed", "rerun_targets", "select_failed"]
+__all__ = ["MAX_RERUN_JOBS", "RerunSelection", "rerun_failed", "rerun_targets", "select_failed"]
+
+
+MAX_RERUN_JOBS = SMALL_CAMPAIGN_JOBS
+"""Jobs above which ``rerun --failed`` refuses to build one Snakemake DAG (use the sharded run)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RerunSelection:
+    """The jobs ``rerun --failed`` asks for, as one boolean array per stage.
+
+    Paths and tile names are made only when asked for (`targets`, `tiles`): a selection
+    over a DC2013 campaign stays a few arrays.
+    """
+
+    graph: JobGraph
+    jobs: Mapping[str, np.ndarray]
+
+    @property
+    def n_jobs(self) -> int:
+        """Jobs selected."""
+        return int(sum(int(flags.sum()) for flags in self.jobs.values()))
+
+    def tiles(self) -> set[tuple[str, str]]:
+        """``(rule, data_id)`` of every selected job."""
+        out: set[tuple[str, str]] = set()
+        for s in self.graph.stages:
+            jobs = np.flatnonzero(self.jobs[s.rule])
+            if jobs.size:
+                out.update((s.rule, tile) for tile in self.graph.tile_batch(s.rule, jobs))
+        return out
+
+    def targets(self) -> list[str]:
+        """Output files to ask Snakemake for: the outputs of the selected jobs."""
+        out: list[str] = []
+        for s in self.graph.stages:
+            jobs = np.flatnonzero(self.jobs[s.rule])
+            if jobs.size:
+                for item in s.outputs:
+                    out += self.graph.path_batch(s.rule, item.dataset, jobs)
+        return out
 
 
 def rerun_targets(
     graph: JobGraph,
     failed: set[tuple[str, str]],
     need: Mapping[str, np.ndarray] | None,
-) -> tuple[list[str], set[tuple[str, str]]]:
-    """Targets that rerun exactly the failed tiles and the missing jobs downstream of them.
+) -> RerunSelection:
+    """Exactly the failed tiles and the missing jobs downstream of them.
 
     Parameters
     ----------
@@ -32,15 +74,8 @@ def rerun_targets(
     failed : set of (rule, data_id)
         Tiles to rerun.
     need : mapping, optional
-        Per rule, the jobs that must run per the plan (outputs missing): downstream tiles are
-        rerun only if they are among them (all downstream jobs when None).
-
-    Returns
-    -------
-    targets : list of str
-        Output files to ask Snakemake for (the outputs of the selected jobs).
-    selected : set of (rule, data_id)
-        The tiles those targets make run.
+        Per rule, the jobs that must run (outputs missing): downstream tiles are rerun only
+        if they are among them (all downstream jobs when None).
     """
     by_rule: dict[str, list[str]] = {}
     for rule, tile in failed:
@@ -49,21 +84,11 @@ def rerun_targets(
     for rule, tiles in by_rule.items():
         if not graph.active(rule):
             continue
-        found = graph.find_jobs(rule, [parse_tile(t) for t in tiles])
+        found = graph.find_tiles(rule, tiles)
         flags = np.zeros(graph.jobs(rule).n_jobs, dtype=bool)
         flags[found[found >= 0]] = True
         seeds[rule] = flags
-    selected = graph.downstream(seeds, need)
-    targets: list[str] = []
-    keys: set[tuple[str, str]] = set()
-    for s in graph.stages:
-        jobs = np.flatnonzero(selected[s.rule])
-        if jobs.size == 0:
-            continue
-        keys.update((s.rule, tile) for tile in graph.tile_batch(s.rule, jobs))
-        for item in s.outputs:
-            targets += graph.path_batch(s.rule, item.dataset, jobs)
-    return targets, keys
+    return RerunSelection(graph, graph.downstream(seeds, need))
 
 
 def select_failed(
@@ -73,11 +98,12 @@ def select_failed(
     stage: str | None = None,
     tract: int | None = None,
     replan: bool | None = None,
-) -> tuple[list[str], set[tuple[str, str]]]:
-    """`rerun_targets` of the campaign's failed tiles whose outputs are missing.
+) -> RerunSelection | None:
+    """`rerun_targets` of the campaign's failed tiles whose outputs are missing (None: none).
 
-    Downstream jobs are limited to those the plan's arrays say must run (`current_need`:
-    replanned for small campaigns, the last plan's arrays for large ones).
+    Downstream jobs are limited to those still to run: the plan's arrays (`current_need`:
+    replanned for small campaigns, the last plan's for large ones) with the ledger's news
+    since (`dcflow.status.job_states`).
     """
     layout = rooted_layout(config_path, workdir)
     with open_ledger(campaign_ledger_path(layout, workdir)) as ledger:
@@ -89,11 +115,13 @@ def select_failed(
             on_disk=lambda path: os.path.exists(workdir / path),
             n_lines=0,
         )
-    keys = {(f.rule, f.data_id) for f in failed}
-    if not keys:
-        return [], set()
-    graph, snapshot = current_need(config_path, workdir, replan=replan)
-    return rerun_targets(graph, keys, snapshot.need)
+        keys = {(f.rule, f.data_id) for f in failed}
+        if not keys:
+            return None
+        graph, snapshot = current_need(config_path, workdir, replan=replan)
+        live = [r.run_id for r in ledger.runs() if r.finished is None]
+        states = job_states(graph, snapshot, ledger, live)
+    return rerun_targets(graph, keys, {rule: masks["to_run"] for rule, masks in states.items()})
 
 
 def rerun_failed(
@@ -123,9 +151,16 @@ def rerun_failed(
         The tiles asked for.
     """
     workdir = Path(workdir or os.getcwd()).resolve()
-    targets, selected = select_failed(config_path, workdir, stage=stage, tract=tract)
-    if not selected:
+    selection = select_failed(config_path, workdir, stage=stage, tract=tract)
+    if selection is None or selection.n_jobs == 0:
         return 0, set()
+    if selection.n_jobs > MAX_RERUN_JOBS:
+        raise RerunTooLargeError(
+            f"{selection.n_jobs:,} jobs are failed or missing downstream of the failed tiles: "
+            f"more than one Snakemake DAG should hold ({MAX_RERUN_JOBS:,}); "
+            "`dcflow run --sharded` runs exactly the missing jobs, shard by shard"
+        )
+    targets, selected = selection.targets(), selection.tiles()
     targets = [os.path.relpath(t, workdir) for t in targets]  # as the rules name them
     extra = list(snakemake_args)
     if "--rerun-triggers" not in extra:
