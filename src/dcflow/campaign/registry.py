@@ -7,6 +7,7 @@ registry instead of globbing the file system. Files that cannot be ingested are 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -24,6 +25,7 @@ __all__ = [
     "IngestReport",
     "RawRecord",
     "Registry",
+    "connect_for_write",
     "ingest",
     "record_from_standard_header",
 ]
@@ -59,6 +61,13 @@ CREATE TABLE IF NOT EXISTS raw (
 CREATE INDEX IF NOT EXISTS raw_by_type ON raw (obstype, filter, visit);
 CREATE INDEX IF NOT EXISTS raw_by_visit ON raw (visit);
 CREATE TABLE IF NOT EXISTS rejected (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS raw_data_id (path TEXT PRIMARY KEY, data_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS companion (
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    companion_path TEXT NOT NULL,
+    PRIMARY KEY (path, kind)
+);
 """
 
 
@@ -141,6 +150,11 @@ def _connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conn
         conn.executescript(_SCHEMA)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def connect_for_write(path: str | os.PathLike) -> sqlite3.Connection:
+    """Open (creating if needed) a registry for writing, with every table in place."""
+    return _connect(path)
 
 
 def ingest(
@@ -296,6 +310,27 @@ class Registry:
                 "obstype = ? AND ccd = ? AND filter = ?", (obstype, ccd, filter)
             )
         return [r.path for r in records]
+
+    def data_id(self, path: str) -> dict:
+        """The full data id of a raw registered through a camera description (run, field...).
+
+        Raises
+        ------
+        KeyError
+            If the raw was not ingested through a description.
+        """
+        row = self._conn.execute("SELECT data_id FROM raw_data_id WHERE path = ?", (path,))
+        found = row.fetchone()
+        if found is None:
+            raise KeyError(f"{path} has no described data id in {self.path}")
+        return json.loads(found[0])
+
+    def companions(self, path: str) -> dict[str, str]:
+        """Companion kind -> path of the companions matched to a raw at ingest."""
+        rows = self._conn.execute(
+            "SELECT kind, companion_path FROM companion WHERE path = ?", (path,)
+        )
+        return {str(k): str(p) for k, p in rows}
 
     def rejected(self) -> list[tuple[str, str]]:
         """Files that ingest could not register, with the reason."""
