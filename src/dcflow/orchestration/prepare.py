@@ -43,7 +43,10 @@ def simulate_campaign(config_path: str | Path) -> list[str]:
     instrument = config["campaign"]["instrument"]
     if instrument != "cfht_sim":
         raise ConfigInvalidError(f"{config_path}: instrument {instrument!r} has no simulator")
-    sim_config = from_mapping(SimConfig, config["simulation"])
+    try:
+        sim_config = from_mapping(SimConfig, config["simulation"])
+    except ValueError as exc:
+        raise ConfigInvalidError(f"{config_path}: {exc}") from None
     return write_simulated_campaign(sim_config, Layout.from_config(config), instrument=instrument)
 
 
