@@ -319,17 +319,28 @@ class Registry:
         KeyError
             If the raw was not ingested through a description.
         """
-        row = self._conn.execute("SELECT data_id FROM raw_data_id WHERE path = ?", (path,))
-        found = row.fetchone()
-        if found is None:
+        found = self.described_data_id(path)
+        if not found:
             raise KeyError(f"{path} has no described data id in {self.path}")
-        return json.loads(found[0])
+        return found
+
+    def described_data_id(self, path: str) -> dict:
+        """`data_id`, or an empty dict for a raw ingested without a description."""
+        try:
+            row = self._conn.execute("SELECT data_id FROM raw_data_id WHERE path = ?", (path,))
+        except sqlite3.OperationalError:  # a registry written before descriptions existed
+            return {}
+        found = row.fetchone()
+        return {} if found is None else json.loads(found[0])
 
     def companions(self, path: str) -> dict[str, str]:
         """Companion kind -> path of the companions matched to a raw at ingest."""
-        rows = self._conn.execute(
-            "SELECT kind, companion_path FROM companion WHERE path = ?", (path,)
-        )
+        try:
+            rows = self._conn.execute(
+                "SELECT kind, companion_path FROM companion WHERE path = ?", (path,)
+            )
+        except sqlite3.OperationalError:  # a registry written before descriptions existed
+            return {}
         return {str(k): str(p) for k, p in rows}
 
     def rejected(self) -> list[tuple[str, str]]:

@@ -276,9 +276,7 @@ class SimConfig:
         if self.ccd_nx % 2:
             raise ValueError(f"SimConfig.ccd_nx must be even (two amplifiers); got {self.ccd_nx}")
         if len(set(self.filters)) != len(self.filters):
-            raise ValueError(
-                f"simulation.filters must not repeat a band; got {list(self.filters)}"
-            )
+            raise ValueError(f"simulation.filters must not repeat a band; got {list(self.filters)}")
         for name, nominal in _NOMINAL_PER_BAND.items():
             values = getattr(self, name)
             if not values:
