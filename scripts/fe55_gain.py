@@ -73,11 +73,13 @@ def main(
 ) -> None:
     """Measure the gains of one Fe55 exposure and write its gain table and picture.
 
-    ``camera`` names a camera description (`dcflow.instruments.camera`) that gives the
-    geometry of raws without section keywords; their geometry is then not compared with the
-    ``fe55`` section (which describes the simulated camera).
+    ``camera`` (else the ``fe55`` section's ``camera``) names a camera description
+    (`dcflow.instruments.camera`) that gives the geometry of raws without section keywords;
+    their geometry is then not compared with the ``fe55`` section's simulated geometry.
     """
-    expected = None if camera else from_mapping(Fe55SimConfig, fe55).layout()
+    sim = from_mapping(Fe55SimConfig, fe55)
+    camera = camera or sim.camera or None
+    expected = None if camera else sim.layout()
     config = from_mapping(Fe55Config, analysis)
     data, layout, header = read_fe55_frame(raw_path, expected, camera)
     try:

@@ -221,8 +221,9 @@ def test_fe55_gain_script_reads_esis1_through_its_description(tmp_path):
     kwargs = {"table_path": str(tmp_path / "g.fits"), "plot_path": str(tmp_path / "g.png")}
     with pytest.raises(InputDataError, match=r"ESIS1_00002\.fits: missing header keyword"):
         gain.main(raw_path=str(raw), fe55={}, analysis={}, **kwargs)
+    # the campaign's fe55 section names the camera (the workflow's params)
     gain.main(
-        raw_path=str(raw), fe55={}, analysis={"kalpha_yield_e": 1602.3}, camera="esis1", **kwargs
+        raw_path=str(raw), fe55={"camera": "esis1"}, analysis={"kalpha_yield_e": 1602.3}, **kwargs
     )
     table = read_table(kwargs["table_path"])
     assert list(table["amp"]) == ["00", "10", "01", "11"]
