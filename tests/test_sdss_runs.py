@@ -20,10 +20,12 @@ from astropy.io import fits
 from astropy.table import Table
 from sdss_runs import SHARED_RUN, relabel_run, shared_run_copy
 
+from dcflow.campaign.index import CampaignIndex
 from dcflow.errors import ConfigInvalidError
 from dcflow.layout import Layout, check_templates
 from dcflow.orchestration.campaign_files import load_campaign_config
-from dcflow.orchestration.prepare import ingest_files
+from dcflow.orchestration.prepare import ingest_campaign, ingest_files
+from dcflow.pipeline.graph import JobGraph
 
 REPO = Path(__file__).resolve().parents[1]
 DCFLOW = Path(sys.executable).parent / "dcflow"
@@ -153,3 +155,30 @@ def test_two_runs_from_one_config_through_ingest_and_run(tmp_path):
     for band in "ugriz":
         assert zero_points[6378, band] == zero_points[6377, band]
         assert zero_points[6377, band][1] > 50  # measured: u 81, g-z 400-700
+
+
+def test_template_ingest_fills_companion_templates_from_run_and_field(tmp_path):
+    inputs = tmp_path / "in"
+    shared_run_copy(inputs)
+    relabel_run(inputs, 6378)
+    shutil.copyfile(SHARED_RUN.parent / "ref_stars.fits", inputs / "ref_stars.fits")
+    config = _config(tmp_path, TEMPLATES)
+    report = ingest_campaign(config)  # no paths: the files matching the raw template
+    assert (report.n_added, report.rejected) == (10, ())
+    graph = JobGraph(CampaignIndex.from_config(load_campaign_config(config)))
+    n_jobs = graph.jobs("process_visit").n_jobs
+    assert n_jobs == 10
+    runs = set()
+    for job in range(n_jobs):
+        lists = {
+            k: v if isinstance(v, list) else [v]
+            for k, v in graph.input_paths("process_visit", job).items()
+        }
+        raw = Path(lists["raws"][0])
+        run = raw.name.split("-")[1]
+        runs.add(run)
+        for name in ("masks", "psfields", "tsfields"):
+            (companion,) = map(Path, lists[name])
+            assert companion.exists() and f"-{run}-" in companion.name, (raw, companion)
+            assert fits.getheader(companion)["RUN"] == int(run)
+    assert runs == {"006377", "006378"}

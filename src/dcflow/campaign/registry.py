@@ -162,6 +162,7 @@ def ingest(
     registry_path: str | os.PathLike,
     *,
     translate: Callable[[Mapping, str], RawRecord] = record_from_standard_header,
+    describe: Callable[[Mapping, str], dict] | None = None,
     progress_every: int = 10000,
 ) -> IngestReport:
     """Add raw files to the registry from their primary headers.
@@ -174,6 +175,9 @@ def ingest(
         The SQLite registry (created if needed).
     translate : callable
         Instrument-specific header -> `RawRecord` translation.
+    describe : callable, optional
+        Header, path -> the raw's full data id (run, field... from its camera description),
+        kept in the ``raw_data_id`` table for path templates that use those keys.
     progress_every : int
         Log a progress line every this many files.
 
@@ -186,6 +190,7 @@ def ingest(
     conn = _connect(registry_path)
     known = {row[0] for row in conn.execute("SELECT path FROM raw")}
     records: list[RawRecord] = []
+    described: dict[str, dict] = {}
     rejected: list[tuple[str, str]] = []
     n_known = 0
     for i, raw_path in enumerate(paths, 1):
@@ -196,6 +201,8 @@ def ingest(
         try:
             header = fits.getheader(path, 0)
             records.append(translate(header, path))
+            if describe is not None:
+                described[path] = describe(header, path)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             reason = str(exc).strip("'\"")
             rejected.append((path, reason))
@@ -221,6 +228,10 @@ def ingest(
                 )
                 for r in records
             ],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO raw_data_id VALUES (?, ?)",
+            [(p, json.dumps(d, sort_keys=True)) for p, d in described.items() if d],
         )
         conn.executemany("INSERT OR REPLACE INTO rejected VALUES (?,?)", rejected)
         conn.executemany("DELETE FROM rejected WHERE path = ?", [(r.path,) for r in records])

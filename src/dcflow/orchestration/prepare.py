@@ -51,7 +51,13 @@ def simulate_campaign(config_path: str | Path) -> list[str]:
 
 
 def ingest_campaign(config_path: str | Path) -> IngestReport:
-    """Register every raw file of the campaign found under its input root."""
+    """Register every raw file of the campaign found under its input root.
+
+    The files are those matching the ``raw`` template. For a camera with a description and no
+    section keywords (sdss), each raw's full data id (run, rerun, camcol, field) is kept too,
+    so the templates of its companions may use those keys. Companions are not checked here:
+    `ingest_files` matches and checks them.
+    """
     config = load_campaign_config(config_path)
     layout = Layout.from_config(config)
     instrument = config["campaign"]["instrument"]
@@ -59,7 +65,20 @@ def ingest_campaign(config_path: str | Path) -> IngestReport:
     translate = getattr(module, "record_from_header", record_from_standard_header)
     paths = sorted(glob.glob(raw_glob(layout, instrument)))
     log.info("ingest: %d files match %s", len(paths), raw_glob(layout, instrument))
-    return ingest(paths, layout.path("registry"), translate=translate)
+    describe = None
+    try:
+        camera = load_camera(instrument)
+    except FileNotFoundError:
+        camera = None
+    if camera is not None and not camera.section_keywords:
+
+        def describe(header, path: str) -> dict:
+            try:
+                return camera.read_data_id(header, path)[0]
+            except (KeyError, ValueError):  # named unlike the description: keys unknown
+                return {}
+
+    return ingest(paths, layout.path("registry"), translate=translate, describe=describe)
 
 
 def ingest_files(
