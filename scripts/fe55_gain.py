@@ -7,6 +7,7 @@ from typing import Any
 from dcflow.configs import from_mapping
 from dcflow.errors import InputDataError, StageError
 from dcflow.geometry import DetectorLayout
+from dcflow.instruments.camera import load_camera
 from dcflow.instruments.fe55_sim import Fe55SimConfig
 from dcflow.io import atomic_path, read_fits, write_table
 from dcflow.joblog import run_logged
@@ -16,20 +17,28 @@ from dcflow.stages.fe55 import Fe55Config, layout_mismatches, measure_fe55_gain
 log = logging.getLogger("fe55_gain")
 
 
-def read_fe55_frame(raw_path: str, expected: DetectorLayout):
-    """Read a raw Fe55 frame and its layout; raise InputDataError naming the file if unusable."""
-    hdus = read_fits(raw_path, required_keys=("AMPNAMES",))
+def read_fe55_frame(raw_path: str, expected: DetectorLayout | None, camera: str | None = None):
+    """Read a raw Fe55 frame and its layout; raise InputDataError naming the file if unusable.
+
+    The layout comes from the header's section keywords, or, when the header has none and a
+    camera description is named (``esis1``, or a YAML path), from that description (detector
+    ``CCD`` of the header, else the camera's first). ``expected`` None skips the comparison
+    with the fe55 config (a real camera's geometry is its description's).
+    """
+    hdus = read_fits(raw_path, required_keys=() if camera else ("AMPNAMES",))
     data = hdus[0].data
     if data is None or data.ndim != 2:
         shape = None if data is None else data.shape
         raise InputDataError(f"{raw_path}: no 2-d image in the primary HDU (shape {shape})")
+    if camera and "AMPNAMES" not in hdus[0].header:
+        return data, _described_layout(raw_path, data.shape, hdus[0].header, camera), hdus[0].header
     try:
         layout = DetectorLayout.from_header(hdus[0].header, data.shape)
     except KeyError as exc:
         raise InputDataError(f"{raw_path}: {exc.args[0]}") from None
     except ValueError as exc:
         raise InputDataError(f"{raw_path}: bad amplifier sections ({exc})") from None
-    mismatches = layout_mismatches(layout, expected)
+    mismatches = layout_mismatches(layout, expected) if expected is not None else ()
     if mismatches:
         raise InputDataError(
             f"{raw_path}: amplifier geometry differs from the fe55 config: "
@@ -39,6 +48,20 @@ def read_fe55_frame(raw_path: str, expected: DetectorLayout):
     return data, layout, hdus[0].header
 
 
+def _described_layout(raw_path: str, shape, header, camera: str) -> DetectorLayout:
+    try:
+        description = load_camera(camera)
+        grid = description.detector(int(header.get("CCD", description.detectors[0].ids[0])))
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise InputDataError(f"{raw_path}: camera {camera}: {exc.args[0]}") from None
+    if tuple(shape) != grid.raw_shape:
+        raise InputDataError(
+            f"{raw_path}: raw shape (ny, nx)={tuple(shape)} but camera {description.name} "
+            f"gives {grid.raw_shape}"
+        )
+    return grid.detector_layout()
+
+
 def main(
     *,
     raw_path: str,
@@ -46,11 +69,19 @@ def main(
     plot_path: str,
     fe55: Mapping[str, Any],
     analysis: Mapping[str, Any],
+    camera: str | None = None,
 ) -> None:
-    """Measure the gains of one Fe55 exposure and write its gain table and picture."""
-    expected = from_mapping(Fe55SimConfig, fe55).layout()
+    """Measure the gains of one Fe55 exposure and write its gain table and picture.
+
+    ``camera`` (else the ``fe55`` section's ``camera``) names a camera description
+    (`dcflow.instruments.camera`) that gives the geometry of raws without section keywords;
+    their geometry is then not compared with the ``fe55`` section's simulated geometry.
+    """
+    sim = from_mapping(Fe55SimConfig, fe55)
+    camera = camera or sim.camera or None
+    expected = None if camera else sim.layout()
     config = from_mapping(Fe55Config, analysis)
-    data, layout, header = read_fe55_frame(raw_path, expected)
+    data, layout, header = read_fe55_frame(raw_path, expected, camera)
     try:
         result = measure_fe55_gain(data, layout, config=config)
     except StageError as exc:

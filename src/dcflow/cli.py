@@ -31,7 +31,7 @@ from dcflow.orchestration.plan_status import (
     plan_campaign,
     status_campaign,
 )
-from dcflow.orchestration.prepare import ingest_campaign, simulate_campaign
+from dcflow.orchestration.prepare import ingest_campaign, ingest_files, simulate_campaign
 from dcflow.orchestration.report import report_campaign
 from dcflow.orchestration.rerun import rerun_failed
 from dcflow.orchestration.run import run_campaign
@@ -102,7 +102,23 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = parser.add_subparsers(dest="verb", required=True)
     sub.add_parser("simulate", parents=[common], help="write a simulated campaign's raw data")
-    sub.add_parser("ingest", parents=[common], help="register raw files in the campaign registry")
+    cmd = sub.add_parser(
+        "ingest", parents=[common], help="register raw files in the campaign registry"
+    )
+    cmd.add_argument(
+        "sources",
+        nargs="*",
+        help="directories (walked) or files to ingest; none: the raw template under input_root",
+    )
+    cmd.add_argument(
+        "--file-list", action="append", default=[], help="text file naming one file per line"
+    )
+    cmd.add_argument(
+        "--camera", default=None, help="camera description name or YAML (default: instrument)"
+    )
+    cmd.add_argument(
+        "--workers", type=int, default=None, help="processes reading headers (default: CPUs)"
+    )
     for verb, text in (
         ("run", "run the campaign through Snakemake (run ledger, progress per stage)"),
         ("demo", "simulate, ingest and run the campaign locally"),
@@ -255,6 +271,8 @@ def _simulate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _ingest(args: argparse.Namespace, extra: list[str]) -> int:
+    if getattr(args, "sources", None) or getattr(args, "file_list", None):
+        return _ingest_files(args)
     report = ingest_campaign(args.config)
     print(
         f"ingest: {report.n_added} added, {report.n_known} known, "
@@ -263,6 +281,58 @@ def _ingest(args: argparse.Namespace, extra: list[str]) -> int:
     for path, reason in report.rejected:
         print(f"  rejected {path}: {reason}", file=sys.stderr)
     return EXIT_FAILED if report.rejected else 0
+
+
+class ProgressLine:
+    """A progress bar on one terminal line (a line per tenth when not a terminal)."""
+
+    def __init__(self, label: str, *, stream, width: int = 30) -> None:
+        self.label, self.stream, self.width = label, stream, width
+        self.start = time.perf_counter()
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.shown = -1
+        self.drawn = False
+
+    def update(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total`` with the rate so far."""
+        tenth = 10 * done // max(total, 1)
+        if not self.tty and tenth == self.shown:
+            return
+        self.shown = tenth
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        filled = self.width * done // max(total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        text = f"{self.label} [{bar}] {done}/{total} ({rate:,.0f} files/s)"
+        self.stream.write(("\r" + text) if self.tty else text + "\n")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        """End the bar's line."""
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+
+
+def _ingest_files(args: argparse.Namespace) -> int:
+    bar = ProgressLine("ingest: headers", stream=sys.stderr)
+    summary = ingest_files(
+        args.config,
+        args.sources,
+        file_lists=args.file_list,
+        camera=args.camera,
+        workers=args.workers,
+        progress=bar.update,
+    )
+    bar.close()
+    print(
+        f"ingest: {summary.n_raws} raw file(s) of {summary.n_files} FITS file(s): "
+        f"{summary.n_added} new, {summary.n_known} already registered, "
+        f"{len(summary.rejected)} rejected; {summary.n_companions} companion(s) matched "
+        f"({summary.seconds:.1f} s)"
+    )
+    for path, reason in summary.rejected:
+        print(f"  rejected {reason if path in reason else path + ': ' + reason}", file=sys.stderr)
+    return EXIT_FAILED if summary.rejected else 0
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:

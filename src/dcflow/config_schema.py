@@ -17,7 +17,7 @@ import jsonschema
 import yaml
 
 from dcflow.configs import dataclass_schema
-from dcflow.layout import DEFAULT_TEMPLATES
+from dcflow.layout import DEFAULT_TEMPLATES, Layout
 from dcflow.pipeline.spec import STAGES
 
 __all__ = ["SECTIONS", "build_schema", "checked_in_schema", "load_config", "schema_path"]
@@ -196,6 +196,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict[str, An
         where = "/".join(map(str, errors[0].absolute_path)) or "(top level)"
         raise ValueError(f"{path}: invalid config at {where}: {errors[0].message}")
     _fill_defaults(config, schema)
+    try:
+        Layout.from_config(config)  # path templates against the instrument's data-id keys
+    except ValueError as exc:
+        raise ValueError(f"{path}: invalid config: {exc}") from None
     return config
 
 

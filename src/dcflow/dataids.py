@@ -1,4 +1,9 @@
-"""Data ids: the keys (instrument, visit, ccd, amp, filter, tract, patch) that name a tile."""
+"""Data ids: the keys (instrument, visit, ccd, amp, filter, tract, patch) that name a tile.
+
+Raws of real cameras carry more keys (SDSS: run, rerun, camcol, field), which path templates
+of their input datasets may use; their camera description (`dcflow.instruments.camera`) says
+which.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,23 @@ from collections.abc import Mapping
 
 __all__ = ["DATA_ID_KEYS", "INT_KEYS", "format_data_id", "normalize_data_id"]
 
-DATA_ID_KEYS = ("instrument", "visit", "ccd", "amp", "filter", "tract", "patch", "exposure")
+DATA_ID_KEYS = (
+    "instrument",
+    "visit",
+    "ccd",
+    "amp",
+    "filter",
+    "tract",
+    "patch",
+    "exposure",
+    "run",
+    "rerun",
+    "camcol",
+    "field",
+)
 """Every key a data id may hold, in the order used to name logs and ledger rows."""
 
-INT_KEYS = frozenset({"visit", "ccd", "tract", "exposure"})
+INT_KEYS = frozenset({"visit", "ccd", "tract", "exposure", "run", "rerun", "camcol", "field"})
 """Keys whose values are non-negative integers (rendered without padding)."""
 
 _FREE_TEXT = frozenset({"instrument", "filter", "amp", "patch"})

@@ -1,20 +1,26 @@
 """The one place that turns a dataset type and a data id into a path.
 
 Templates are relative to a root: ``raw`` datasets (and what the instrument writes beside
-them) live under the campaign's input root, everything else under its output root. Templates
-use plain ``{key}`` fields so the same strings serve as Snakemake wildcard patterns.
+them) live under the campaign's input root, everything else under its output root. A field
+may carry a format spec (``{run:06d}``, ``{field:04d}``): paths are formatted with it, and
+the Snakemake pattern of a template drops it (``{run}``).
+
+`check_templates` checks, when a config is loaded, that every template uses only the keys its
+dataset has: an input dataset of the camera (raw, SDSS companions) the keys of the camera's
+description, a product the keys of its default template.
 """
 
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from dcflow.dataids import normalize_data_id
+from dcflow.dataids import DATA_ID_KEYS, INT_KEYS, normalize_data_id
+from dcflow.instruments.camera import load_camera
 
-__all__ = ["DEFAULT_TEMPLATES", "INPUT_DATASETS", "Layout"]
+__all__ = ["CAMERA_DATASETS", "DEFAULT_TEMPLATES", "INPUT_DATASETS", "Layout", "check_templates"]
 
 DEFAULT_TEMPLATES: dict[str, str] = {
     "raw": "{instrument}/raw/{visit}/raw_{visit}_{ccd}.fits",
@@ -62,6 +68,84 @@ INPUT_DATASETS = frozenset(
 )
 """Dataset types that live under the input root (the instrument's data), not the output root."""
 
+CAMERA_DATASETS = frozenset({"raw", "sdss_mask", "sdss_psfield", "sdss_tsfield"})
+"""Input datasets named by the camera's data-id keys (its description's ``data_id``)."""
+
+_FIXED_KEYS = {
+    "refcat": {"instrument"},
+    "truth": {"instrument"},
+    "registry": set(),
+    "ledger": set(),
+    "log": {"rule", "tile"},
+    "benchmark": {"rule", "tile"},
+}
+
+
+def _parse(template: str) -> list[tuple[str, str | None, str]]:
+    return [(text, name, spec) for text, name, spec, _ in string.Formatter().parse(template)]
+
+
+def check_templates(
+    templates: Mapping[str, str], camera_keys: Iterable[str], *, camera: str = "the camera"
+) -> list[str]:
+    """Problems of a campaign's path templates: one line per template and unknown key.
+
+    Parameters
+    ----------
+    templates : mapping of str to str
+        Dataset type -> template (defaults already merged).
+    camera_keys : iterable of str
+        Data-id keys of the camera's raws (its description's ``data_id`` keys).
+    camera : str
+        The camera's name, for the messages.
+
+    Returns
+    -------
+    list of str
+        Empty when every template is usable; else e.g. ``layout.templates.calexp uses {run},
+        which calexp does not have (it has ccd, instrument, visit)``. A format spec that does
+        not fit an integer key (``{run:s}``) is reported too.
+    """
+    problems = []
+    camera_keys = set(camera_keys) | {"instrument"}
+    for dataset, template in templates.items():
+        if dataset in CAMERA_DATASETS:
+            allowed, owner = camera_keys, f"the raws of {camera}"
+        elif dataset in _FIXED_KEYS:
+            allowed, owner = _FIXED_KEYS[dataset], dataset
+        elif dataset.startswith("fe55_"):
+            allowed, owner = {"instrument", "ccd", "exposure"}, dataset
+        elif dataset in DEFAULT_TEMPLATES:
+            allowed = {n for _, n, _ in _parse(DEFAULT_TEMPLATES[dataset]) if n} | {"instrument"}
+            owner = dataset
+        else:
+            problems.append(f"layout.templates.{dataset}: unknown dataset type")
+            continue
+        try:
+            fields = _parse(template)
+        except ValueError as exc:
+            problems.append(f"layout.templates.{dataset} {template!r}: {exc}")
+            continue
+        for _, name, spec in fields:
+            if name is None:
+                continue
+            if name not in allowed:
+                problems.append(
+                    f"layout.templates.{dataset} {template!r} uses {{{name}}}, which "
+                    f"{owner} do{'es' if owner == dataset else ''} not have "
+                    f"(known: {', '.join(sorted(allowed)) or 'none'})"
+                )
+            elif spec:
+                sample = 1 if name in INT_KEYS else "r"
+                try:
+                    format(sample, spec)
+                except ValueError as exc:
+                    problems.append(
+                        f"layout.templates.{dataset} {template!r}: format spec {{{name}:{spec}}} "
+                        f"does not fit {name} ({exc})"
+                    )
+    return problems
+
 
 @dataclass(frozen=True, slots=True)
 class Layout:
@@ -87,6 +171,15 @@ class Layout:
         section = config.get("layout", {})
         templates = dict(DEFAULT_TEMPLATES)
         templates.update(section.get("templates", {}))
+        instrument = config.get("campaign", {}).get("instrument")
+        if instrument:
+            try:
+                keys: Iterable[str] = load_camera(instrument).data_id
+            except FileNotFoundError:  # an instrument without a description (synthetic runs)
+                keys = DATA_ID_KEYS
+            problems = check_templates(templates, keys, camera=str(instrument))
+            if problems:
+                raise ValueError("; ".join(problems))
         return cls(
             input_root=str(section.get("input_root", "results/demo/input")),
             output_root=str(section.get("output_root", "results/demo")),
@@ -94,19 +187,27 @@ class Layout:
         )
 
     def fields(self, dataset_type: str) -> tuple[str, ...]:
-        """Names of the fields a dataset type's template needs."""
-        return tuple(
-            name for _, name, _, _ in string.Formatter().parse(self._template(dataset_type)) if name
-        )
+        """Names of the fields a dataset type's template needs (each once, in order)."""
+        names = [name for _, name, _ in _parse(self._template(dataset_type)) if name]
+        return tuple(dict.fromkeys(names))
 
     def pattern(self, dataset_type: str, **fixed: object) -> str:
         """The rooted template, with ``fixed`` fields filled and the others left as ``{key}``.
 
-        This is what Snakemake rules use as input/output patterns.
+        This is what Snakemake rules use as input/output patterns; format specs apply to the
+        fixed fields and are dropped from the others.
         """
-        values = {name: "{" + name + "}" for name in self.fields(dataset_type)}
-        values.update({k: str(v) for k, v in normalize_data_id_loose(fixed).items()})
-        return self._rooted(dataset_type).format(**values)
+        values = normalize_data_id_loose(fixed)
+        out = []
+        for text, name, spec in _parse(self._rooted(dataset_type)):
+            out.append(text)
+            if name is None:
+                continue
+            if name in values:
+                out.append(format(values[name], spec or ""))
+            else:
+                out.append("{" + name + "}")
+        return "".join(out)
 
     def path(self, dataset_type: str, **data_id: object) -> str:
         """The path of one dataset.

@@ -7,6 +7,7 @@ registry instead of globbing the file system. Files that cannot be ingested are 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -24,6 +25,7 @@ __all__ = [
     "IngestReport",
     "RawRecord",
     "Registry",
+    "connect_for_write",
     "ingest",
     "record_from_standard_header",
 ]
@@ -59,6 +61,13 @@ CREATE TABLE IF NOT EXISTS raw (
 CREATE INDEX IF NOT EXISTS raw_by_type ON raw (obstype, filter, visit);
 CREATE INDEX IF NOT EXISTS raw_by_visit ON raw (visit);
 CREATE TABLE IF NOT EXISTS rejected (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS raw_data_id (path TEXT PRIMARY KEY, data_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS companion (
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    companion_path TEXT NOT NULL,
+    PRIMARY KEY (path, kind)
+);
 """
 
 
@@ -143,11 +152,17 @@ def _connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conn
     return conn
 
 
+def connect_for_write(path: str | os.PathLike) -> sqlite3.Connection:
+    """Open (creating if needed) a registry for writing, with every table in place."""
+    return _connect(path)
+
+
 def ingest(
     paths: Iterable[str | os.PathLike],
     registry_path: str | os.PathLike,
     *,
     translate: Callable[[Mapping, str], RawRecord] = record_from_standard_header,
+    describe: Callable[[Mapping, str], dict] | None = None,
     progress_every: int = 10000,
 ) -> IngestReport:
     """Add raw files to the registry from their primary headers.
@@ -160,6 +175,9 @@ def ingest(
         The SQLite registry (created if needed).
     translate : callable
         Instrument-specific header -> `RawRecord` translation.
+    describe : callable, optional
+        Header, path -> the raw's full data id (run, field... from its camera description),
+        kept in the ``raw_data_id`` table for path templates that use those keys.
     progress_every : int
         Log a progress line every this many files.
 
@@ -172,6 +190,7 @@ def ingest(
     conn = _connect(registry_path)
     known = {row[0] for row in conn.execute("SELECT path FROM raw")}
     records: list[RawRecord] = []
+    described: dict[str, dict] = {}
     rejected: list[tuple[str, str]] = []
     n_known = 0
     for i, raw_path in enumerate(paths, 1):
@@ -182,6 +201,8 @@ def ingest(
         try:
             header = fits.getheader(path, 0)
             records.append(translate(header, path))
+            if describe is not None:
+                described[path] = describe(header, path)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             reason = str(exc).strip("'\"")
             rejected.append((path, reason))
@@ -207,6 +228,10 @@ def ingest(
                 )
                 for r in records
             ],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO raw_data_id VALUES (?, ?)",
+            [(p, json.dumps(d, sort_keys=True)) for p, d in described.items() if d],
         )
         conn.executemany("INSERT OR REPLACE INTO rejected VALUES (?,?)", rejected)
         conn.executemany("DELETE FROM rejected WHERE path = ?", [(r.path,) for r in records])
@@ -296,6 +321,38 @@ class Registry:
                 "obstype = ? AND ccd = ? AND filter = ?", (obstype, ccd, filter)
             )
         return [r.path for r in records]
+
+    def data_id(self, path: str) -> dict:
+        """The full data id of a raw registered through a camera description (run, field...).
+
+        Raises
+        ------
+        KeyError
+            If the raw was not ingested through a description.
+        """
+        found = self.described_data_id(path)
+        if not found:
+            raise KeyError(f"{path} has no described data id in {self.path}")
+        return found
+
+    def described_data_id(self, path: str) -> dict:
+        """`data_id`, or an empty dict for a raw ingested without a description."""
+        try:
+            row = self._conn.execute("SELECT data_id FROM raw_data_id WHERE path = ?", (path,))
+        except sqlite3.OperationalError:  # a registry written before descriptions existed
+            return {}
+        found = row.fetchone()
+        return {} if found is None else json.loads(found[0])
+
+    def companions(self, path: str) -> dict[str, str]:
+        """Companion kind -> path of the companions matched to a raw at ingest."""
+        try:
+            rows = self._conn.execute(
+                "SELECT kind, companion_path FROM companion WHERE path = ?", (path,)
+            )
+        except sqlite3.OperationalError:  # a registry written before descriptions existed
+            return {}
+        return {str(k): str(p) for k, p in rows}
 
     def rejected(self) -> list[tuple[str, str]]:
         """Files that ingest could not register, with the reason."""

@@ -106,6 +106,12 @@ _BANDS = {
     "i": "MegaCam i (i.MP9702)",
     "z": "MegaCam z (z.MP9801)",
 }
+_NOMINAL_PER_BAND = {
+    "zero_point_1s_mag": {"u": 25.6, "g": 26.9, "r": 26.6, "i": 26.3, "z": 25.3},
+    "sky_mag_arcsec2": {"u": 22.7, "g": 22.0, "r": 21.2, "i": 20.5, "z": 19.6},
+}
+"""Per-band values taken when the config leaves a per-filter list out (MegaCam-like: 1 e-/s
+zero points and dark-sky brightness)."""
 _COLOR_TERMS = {"u": 1.8, "g": 1.0, "r": 0.0, "i": -0.45, "z": -0.7}
 """Band magnitude = r magnitude + term * (g - r) colour, for the truth catalog."""
 
@@ -155,14 +161,16 @@ class SimConfig:
     )
     flat_exptime_s: float = config_field(5.0, "Flat exposure time (s).", exclusive_minimum=0.0)
     zero_point_1s_mag: tuple[float, ...] = config_field(
-        (26.9, 26.6),
-        "Magnitude giving 1 electron in 1 s at transparency 1, per band (same order as filters).",
+        (),
+        "Magnitude giving 1 electron in 1 s at transparency 1, per band (same order as "
+        "filters); empty: each band's nominal value (u 25.6, g 26.9, r 26.6, i 26.3, z 25.3).",
         minimum=15.0,
         maximum=35.0,
     )
     sky_mag_arcsec2: tuple[float, ...] = config_field(
-        (22.0, 21.2),
-        "Sky surface brightness per band (mag/arcsec^2, same order as filters).",
+        (),
+        "Sky surface brightness per band (mag/arcsec^2, same order as filters); empty: each "
+        "band's nominal value (u 22.7, g 22.0, r 21.2, i 20.5, z 19.6).",
         minimum=10.0,
         maximum=30.0,
     )
@@ -267,14 +275,20 @@ class SimConfig:
         check_fields(self)
         if self.ccd_nx % 2:
             raise ValueError(f"SimConfig.ccd_nx must be even (two amplifiers); got {self.ccd_nx}")
-        for name in ("zero_point_1s_mag", "sky_mag_arcsec2"):
-            if len(getattr(self, name)) != len(self.filters):
-                raise ValueError(
-                    f"SimConfig.{name} must give one value per filter {self.filters}; "
-                    f"got {getattr(self, name)}"
-                )
         if len(set(self.filters)) != len(self.filters):
-            raise ValueError(f"SimConfig.filters must not repeat a band; got {self.filters}")
+            raise ValueError(f"simulation.filters must not repeat a band; got {list(self.filters)}")
+        for name, nominal in _NOMINAL_PER_BAND.items():
+            values = getattr(self, name)
+            if not values:
+                object.__setattr__(self, name, tuple(nominal[b] for b in self.filters))
+            elif len(values) != len(self.filters):
+                defaults = ", ".join(f"{b} {nominal[b]}" for b in self.filters)
+                raise ValueError(
+                    f"simulation.{name} must give one value per filter of simulation.filters "
+                    f"{list(self.filters)}, in the same order; got {list(values)}. Give "
+                    f"{len(self.filters)} value(s), or leave simulation.{name} out to use "
+                    f"each band's nominal value ({defaults})"
+                )
         for low, high in (
             ("mag_min", "mag_max"),
             ("fwhm_min_arcsec", "fwhm_max_arcsec"),

@@ -177,6 +177,12 @@ class Fe55SimConfig:
         minimum=0.0,
         maximum=0.2,
     )
+    camera: str = config_field(
+        "",
+        "Camera description (dcflow/instruments/cameras: esis1, lsst_e2v..., or a YAML path) "
+        "giving the geometry of Fe55 raws whose headers lack section keywords; empty: raws "
+        "must carry them and match this section's geometry.",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)

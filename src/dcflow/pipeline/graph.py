@@ -19,7 +19,9 @@ import numpy as np
 
 from dcflow.campaign.index import CampaignIndex
 from dcflow.dataids import DATA_ID_KEYS, INT_KEYS
+from dcflow.instruments.camera import load_camera
 from dcflow.jobspec import JobSpec
+from dcflow.layout import CAMERA_DATASETS
 from dcflow.ledger import parse_tile
 from dcflow.pipeline.payload import payload_script
 from dcflow.pipeline.spec import STAGES, TARGET_RULE, Input, Stage, stage
@@ -423,11 +425,49 @@ class JobGraph:
         data_id = self.data_id(rule, job, attributes=True)
         if item.dataset == "raw":
             return self._raw_paths(item, data_id)
-        layout = self.index.layout
         values = {**data_id, "instrument": self.index.instrument}
         if item.fan_out:
-            return [layout.path(item.dataset, **{**values, "ccd": int(c)}) for c in self.index.ccds]
-        return [layout.path(item.dataset, **values)]
+            return [
+                self._external_path(item.dataset, {**values, "ccd": int(c)})
+                for c in self.index.ccds
+            ]
+        return [self._external_path(item.dataset, values)]
+
+    def _external_path(self, dataset: str, values: Mapping[str, Any]) -> str:
+        """One external input: a companion of the job's raw matched at ingest, else the layout's.
+
+        A companion (an SDSS frame's fpM, psField, tsField) that ingest matched to the raw by
+        its headers is read from the registry; otherwise the layout's template is filled from
+        the job's data id and the raw's full data id (run, field... when ingested through the
+        camera description).
+        """
+        if dataset in CAMERA_DATASETS and "visit" in values and "ccd" in values:
+            raw = self.registry.raw_paths(int(values["visit"])).get(int(values["ccd"]))
+            if raw is not None:
+                kind = self.companion_kinds.get(dataset)
+                found = self.registry.companions(raw).get(kind) if kind else None
+                if found:
+                    return found
+                described = self.registry.described_data_id(raw)
+                values = {**described, **values}
+        return self.index.layout.path(dataset, **values)
+
+    @property
+    def companion_kinds(self) -> dict[str, str]:
+        """Dataset type -> companion kind of the campaign's camera description."""
+        kinds = self.__dict__.get("_companion_kinds")
+        if kinds is None:
+            try:
+                camera = load_camera(self.index.instrument)
+                kinds = {
+                    spec["dataset"]: kind
+                    for kind, spec in camera.companions.items()
+                    if "dataset" in spec
+                }
+            except FileNotFoundError:
+                kinds = {}
+            self.__dict__["_companion_kinds"] = kinds
+        return kinds
 
     def _raw_paths(self, item: Input, data_id: Mapping[str, Any]) -> list[str]:
         registry = self.registry

@@ -10,6 +10,11 @@ register) may be not live.
 `TapGridLayout` describes such a grid and builds the `dcflow.geometry.DetectorLayout` that the
 Fe55 and photon-transfer stages read, with every region already trimmed to live pixels.
 Tap names are ``"<x><y>"``: ``"00"`` lower-left, ``"10"`` lower-right, ``"01"`` upper-left.
+
+The same geometry is also declared in the camera description
+``dcflow/instruments/cameras/esis1.yaml`` (`dcflow.instruments.camera`), whose
+``detector(0).detector_layout()`` equals ``esis1().detector_layout()`` (tests/test_camera.py);
+the Fe55 gain script takes such a description for raws without section keywords.
 """
 
 from __future__ import annotations
