@@ -118,6 +118,28 @@ def fill_ledger(config: Path, n_attempts: int) -> dict[str, int]:
     return counts
 
 
+def refresh_ledger(ledger_path: Path) -> None:
+    """Make a reused ledger's news new again: successes after the latest plan snapshot, the
+    live run this process (its running attempts running again), as `fill_ledger` left them."""
+    from dcflow.ledger import pid_start_time
+
+    now = time.time() + 1.0
+    conn = sqlite3.connect(ledger_path)
+    with conn:
+        conn.execute("UPDATE attempts SET finished = ? WHERE state = 'succeeded'", (now,))
+        live_run = conn.execute("SELECT MAX(run_id) FROM runs").fetchone()[0]
+        conn.execute(
+            "UPDATE runs SET finished = NULL, exit_code = NULL, pid = ?, pid_start = ?"
+            " WHERE run_id = ?",
+            (os.getpid(), pid_start_time(os.getpid()), live_run),
+        )
+        conn.execute(
+            "UPDATE attempts SET state = 'running' WHERE run_id = ? AND state = 'lost'",
+            (live_run,),
+        )
+    conn.close()
+
+
 def run_child(verb: str, config: Path) -> dict:
     log = config.parent / f"status_scale_{verb}.log"
     measured = run_measured([sys.executable, __file__, "--measure", verb, str(config)], log=log)
@@ -146,6 +168,7 @@ def main() -> int:
     config = prepare(args.fraction, root, reuse=args.reuse, done_list=False)
     ledger = config.parent / "output" / "ledger.sqlite3"
     if args.reuse and ledger.exists() and (config.parent / "output" / ".dcflow").exists():
+        refresh_ledger(ledger)
         print("  reusing the plan snapshot and the ledger written before", flush=True)
     else:
         for name in ("index.npz", "plan.npz"):
