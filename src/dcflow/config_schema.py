@@ -7,6 +7,7 @@ workflow/schemas/config.schema.yaml is this module's output, checked in so that 
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import sys
@@ -173,7 +174,7 @@ def checked_in_schema() -> dict[str, Any]:
 def _fill_defaults(instance: dict, schema: dict) -> None:
     for key, sub in schema.get("properties", {}).items():
         if "default" in sub and key not in instance:
-            instance[key] = yaml.safe_load(yaml.safe_dump(sub["default"]))
+            instance[key] = copy.deepcopy(sub["default"])  # the schema is plain YAML data
         if sub.get("type") == "object" and isinstance(instance.get(key), dict):
             _fill_defaults(instance[key], sub)
 

@@ -380,12 +380,14 @@ def failed_tiles(
     tract: int | None = None,
     on_disk: Callable[[str], bool] | None = os.path.exists,
     n_lines: int = 10,
+    count_attempts: bool = True,
 ) -> list[FailedTile]:
     """Tiles whose last attempt failed, optionally of one stage (rule) and tract.
 
     Tiles whose every output is now on disk (``on_disk``; None: do not look) are left out:
     a later run made them. Only failed attempts are read, never a plan: one indexed query and
-    a stat per output of a failed tile.
+    a stat per output of a failed tile (and, with ``count_attempts``, one count per tile;
+    without, ``attempts`` is 0).
     """
     attempts = [
         a
@@ -395,12 +397,16 @@ def failed_tiles(
         and (tract is None or _tract_of(a) == tract)
         and not (on_disk is not None and a.outputs and all(map(on_disk, a.outputs)))
     ]
-    counts = ledger.tile_attempt_counts((str(a.rule), str(a.data_id)) for a in attempts)
+    counts = (
+        ledger.tile_attempt_counts((str(a.rule), str(a.data_id)) for a in attempts)
+        if count_attempts
+        else {}
+    )
     return [
         FailedTile(
             rule=str(a.rule),
             data_id=str(a.data_id),
-            attempts=counts[(str(a.rule), str(a.data_id))],
+            attempts=counts.get((str(a.rule), str(a.data_id)), 0),
             exit_code=a.exit_code,
             error_class=a.error_class,
             reason=a.reason,

@@ -114,6 +114,7 @@ def select_failed(
             tract=tract,
             on_disk=lambda path: os.path.exists(workdir / path),
             n_lines=0,
+            count_attempts=False,
         )
         keys = {(f.rule, f.data_id) for f in failed}
         if not keys:
