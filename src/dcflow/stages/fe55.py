@@ -150,8 +150,11 @@ class Fe55Config:
         "the signal box (3x3 core for a 3x3 box), above the split threshold.",
     )
     isolation_radius_pix: int = config_field(
-        4,
-        "Half-width of the square examined by the isolation cut (pixels).",
+        3,
+        "Half-width of the square examined by the isolation cut (pixels): the signal box "
+        "grown by one pixel, the reach of a neighbour's charge cloud into it (measured on "
+        "ESIS1: the mean K-alpha event holds within 0.5 % the same charge in 5x5, 7x7 and "
+        "9x9 boxes, so a wider square only throws away events, 12-18 % of them for 4).",
         minimum=2,
         maximum=10,
     )
@@ -212,7 +215,11 @@ class Fe55Config:
         exclusive_minimum=0.0,
     )
     max_gain_rel_err: float = config_field(
-        0.02, "Largest relative gain error for a trusted gain (fraction).", exclusive_minimum=0.0
+        0.0075,
+        "Largest relative gain error for a trusted gain (fraction): half of max_ptc_deviation, "
+        "so that a trusted gain's 2-sigma statistical range lies within the tolerance it is "
+        "checked against (a gain known to 1.2 % cannot be said to agree to 1.5 %).",
+        exclusive_minimum=0.0,
     )
     max_deviance_per_dof: float = config_field(
         2.0, "Largest Poisson deviance per degree of freedom for a trusted gain.", minimum=1.0
