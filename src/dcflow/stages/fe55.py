@@ -14,11 +14,13 @@ Each Mn K-alpha photon (5.889 keV) absorbed in silicon frees ``E / w(T)`` electr
    (0, 2, 3, 4, 6) are kept, the diffuse events that fill a partial-charge continuum go.
 3. `fit_kalpha_peak`: a binned Poisson maximum-likelihood fit of K-alpha and K-beta lines
    over their partial-charge shelf (events that lost part of their charge, which a real
-   sensor holds and a naive simulator does not) and a floor, started at the highest-signal
-   mode of the histogram; errors from the Fisher information.
+   sensor holds and a naive simulator does not) and a floor, started at the strongest narrow
+   line of the signals of every isolated event (`_start_peak`: a real histogram also has a
+   continuum and other lines above K-alpha); errors from the Fisher information.
 4. `fe55_verdict`: whether the gain can be trusted (enough K-alpha events, a line width within
    30 % of the width expected from the box noise measured on the image and the Fano noise,
-   no parameter at a bound, a small gain error, a sane deviance); an amplifier that fails is
+   no parameter at a bound, a gain error under half the 1.5 % an Fe55 gain is checked to
+   against photon transfer, a sane deviance); an amplifier that fails is
    marked ``trusted = False`` with its reasons in the table (``NUNTRUST`` counts them).
 
 `measure_fe55_gain` runs these over every amplifier of a raw frame; `summarize_gains`
