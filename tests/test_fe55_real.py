@@ -82,9 +82,10 @@ def test_fe55_trusted_taps_agree_with_photon_transfer_and_the_rest_are_flagged(f
     table = fe55.table()
     ptc_gain = {a.amp: a.gain_e_per_adu for a in ptc.amps}
     trusted = [a for a in fe55.amps if a.trusted]
-    # measured: 00 trusted at 1.004 of photon transfer (+-0.6 %, width 0.90 x expected);
-    # 10 (18 K-alpha events, width 0.64), 01 (0.979 +- 1.3 %, width 1.31) and 11 (its
-    # start taken by a second line, 3 K-alpha events) untrusted
+    # measured: 00 trusted at 1.001 of photon transfer (+-0.6 %, width 0.85 x expected);
+    # untrusted: 10 (its ~14 K-alpha events fit as well by a narrow line at 0.994 as by a
+    # line 2.8 x too wide at 0.93, +-15 %), 01 (0.978 +- 1.2 %) and 11 (Cu K-alpha at
+    # 8.05 keV as strong as Mn K-alpha: the fit sits on it, 3 K-alpha events)
     assert [a.amp for a in trusted] == ["00"]
     for amp in trusted:
         assert abs(amp.gain_e_per_adu / ptc_gain[amp.amp] - 1) < 0.015
