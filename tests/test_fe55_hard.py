@@ -54,7 +54,8 @@ def test_gain_within_half_a_percent_over_ten_seeds_and_errors_cover_the_truth(ru
         pulls.append((gain - truth) / table["gain_err_e_per_adu"])
         assert np.all(table["trusted"]), list(table["verdict"])
     deviations, pulls = np.concatenate(deviations), np.concatenate(pulls)
-    # measured: max 0.29 %, pulls rms 1.05 over 40 amplifiers
+    # measured: max 0.27 %, pulls rms 1.01 over 40 amplifiers (before the 7x7 isolation
+    # square and the narrow-line start: 0.29 %, 1.05)
     assert np.max(np.abs(deviations)) < 0.005
     assert 0.7 < np.sqrt(np.mean(pulls**2)) < 1.4
     assert np.mean(np.abs(pulls) < 2) > 0.85
