@@ -109,9 +109,7 @@ def _render(image: np.ndarray, model: PsfFitResult, x, y, flux, half_size: int) 
         x1, x2 = max(ix - half_size, 0), min(ix + half_size + 1, nx)
         y1, y2 = max(iy - half_size, 0), min(iy + half_size + 1, ny)
         sy, sx = y1 - (iy - half_size), x1 - (ix - half_size)
-        image[y1:y2, x1:x2] += (f * stamp[sy : sy + y2 - y1, sx : sx + x2 - x1]).astype(
-            np.float32
-        )
+        image[y1:y2, x1:x2] += (f * stamp[sy : sy + y2 - y1, sx : sx + x2 - x1]).astype(np.float32)
 
 
 def _spread_positions(rng, n, shape, margin, min_sep, avoid_x=(), avoid_y=()):
@@ -180,7 +178,7 @@ def simulate_diffim_pair(
         Images, variances, PSF models and truth tables.
     """
     rng = np.random.default_rng(seed)
-    ny, nx = shape
+    nx = shape[1]
     sci_psf = varying_moffat(science_fwhm_pix, 3.0, shape, width_slope_x=0.08, width_slope_y=-0.05)
     tmpl_psf = varying_moffat(
         template_fwhm_pix, 8.0, shape, width_slope_x=-0.04, width_slope_y=0.07, e1=0.05

@@ -239,7 +239,7 @@ def _basis_1d(half_size, sigmas, degrees):
 
 
 def _convolve_basis_stack(stack: np.ndarray, half_size: int, sigmas, degrees) -> np.ndarray:
-    """Correlate ``(n, L, L)`` stamps with every basis; ``valid`` part ``(n_basis, n, L-2h, L-2h)``."""
+    """Correlate ``(n, L, L)`` stamps with every basis: ``(n_basis, n, L-2h, L-2h)`` valid part."""
     factors, index = _basis_1d(half_size, sigmas, degrees)
     n_deg = [d + 1 for d in degrees]
     h = half_size
@@ -260,20 +260,27 @@ def _convolve_basis_stack(stack: np.ndarray, half_size: int, sigmas, degrees) ->
 class DiffimPsf:
     """PSF of a difference image: the broader image's PSF, convolved by the decorrelation kernel.
 
+    When the template was convolved, a transient keeps the science PSF (``base_psf``). When
+    the science image was, its PSF is ``K * base_psf`` with the spatially varying ``K``: the
+    image is then cut into ``grid_cells x grid_cells`` cells, each with the PSF and kernel at
+    its centre.
+
     Attributes
     ----------
     base_psf : PsfFitResult
         The science image's PSF model.
-    matching_kernel : numpy.ndarray or None
-        When the science image was the convolved one, the normalised matching kernel at the
-        image centre (correlation form) applied to ``base_psf``; None otherwise.
+    matching_kernel : MatchingKernel or None
+        The kernel applied to the science image (None when the template was convolved).
     decorrelation : numpy.ndarray
         ``(2m+1, 2m+1)`` decorrelation kernel (a delta when not decorrelated).
+    grid_cells : int
+        Cells per axis over which a convolved science PSF is taken as constant.
     """
 
     base_psf: PsfFitResult
-    matching_kernel: np.ndarray | None
+    matching_kernel: MatchingKernel | None
     decorrelation: np.ndarray
+    grid_cells: int = 4
 
     @property
     def fwhm_pix(self) -> float:
@@ -288,27 +295,59 @@ class DiffimPsf:
         See `dcflow.stages.psf.PsfFitResult.phase_table`; every tabulated stamp (and its
         gradients) is convolved with the kernels of this PSF.
         """
-        kernels = [self.decorrelation]
-        if self.matching_kernel is not None:
-            kernels.insert(0, self.matching_kernel[::-1, ::-1])
-        pad = sum((k.shape[0] - 1) // 2 for k in kernels)
-        base = self.base_psf.phase_table(half_size + pad, x, y, n_phase)
-
-        def conv(t):
-            for k in kernels:
-                shape = (1,) * (t.ndim - 2) + k.shape
-                t = signal.fftconvolve(t, k.reshape(shape), mode="same", axes=(-2, -1))
-            return t[..., pad : t.shape[-2] - pad, pad : t.shape[-1] - pad]
-
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        m = (self.decorrelation.shape[0] - 1) // 2
+        if self.matching_kernel is None:
+            base = self.base_psf.phase_table(half_size + m, x, y, n_phase)
+            return _convolve_table(base, [self.decorrelation], half_size, m)
+        ny, nx = self.base_psf.image_shape
+        kern = self.matching_kernel
+        pad = m + kern.half_size
+        n = self.grid_cells
+        cx = np.clip((x / nx * n).astype(np.int64), 0, n - 1)
+        cy = np.clip((y / ny * n).astype(np.int64), 0, n - 1)
+        cell = cy * n + cx
+        used = np.unique(cell)
+        tables, grads_x, grads_y = [], [], []
+        for c in used:
+            xc, yc = (c % n + 0.5) * nx / n, (c // n + 0.5) * ny / n
+            base = self.base_psf.psf_at(xc, yc).phase_table(half_size + pad, n_phase)
+            k = kern.kernel_image(xc, yc) / kern.kernel_sum
+            t = _convolve_table(base, [k[::-1, ::-1], self.decorrelation], half_size, pad)
+            tables.append(t.table)
+            grads_x.append(t.d_dx0)
+            grads_y.append(t.d_dy0)
+        # A node per cell, and a copy of the last so that "the next node" always exists.
+        index = np.searchsorted(used, cell)
         return PsfPhaseTable(
-            table=conv(base.table),
-            d_dx0=conv(base.d_dx0),
-            d_dy0=conv(base.d_dy0),
+            table=np.stack([*tables, tables[-1]]),
+            d_dx0=np.stack([*grads_x, grads_x[-1]]),
+            d_dy0=np.stack([*grads_y, grads_y[-1]]),
             half_size=half_size,
             n_phase=n_phase,
-            node_index=base.node_index,
-            node_weight=base.node_weight,
+            node_index=index.astype(np.int64),
+            node_weight=np.zeros(x.size),
         )
+
+
+def _convolve_table(base: PsfPhaseTable, kernels, half_size: int, pad: int) -> PsfPhaseTable:
+    """Convolve every stamp of a phase table (and its gradients) and crop ``pad`` pixels."""
+
+    def conv(t):
+        for k in kernels:
+            shape = (1,) * (t.ndim - 2) + k.shape
+            t = signal.fftconvolve(t, k.reshape(shape), mode="same", axes=(-2, -1))
+        return t[..., pad : t.shape[-2] - pad, pad : t.shape[-1] - pad]
+
+    return PsfPhaseTable(
+        table=conv(base.table),
+        d_dx0=conv(base.d_dx0),
+        d_dy0=conv(base.d_dy0),
+        half_size=half_size,
+        n_phase=base.n_phase,
+        node_index=base.node_index,
+        node_weight=base.node_weight,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -779,7 +818,7 @@ def subtract_images(
     variance = np.where(no_data, np.inf, variance).astype(np.float32)
     psf = DiffimPsf(
         base_psf=science_psf,
-        matching_kernel=None if template_is_sharper else center_kernel,
+        matching_kernel=None if template_is_sharper else kernel,
         decorrelation=phi,
     )
     return DiffimResult(
