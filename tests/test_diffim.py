@@ -166,8 +166,11 @@ def test_transient_psf_flux_and_errors(run):
 
 def test_false_detections_and_dipole(run):
     tab, pair = run["dia"].table, run["pair"]
-    matched = np.zeros(len(tab), dtype=bool)
-    matched[run["k"][run["found"]]] = True
+    # A detection is false when no transient lies within one PSF FWHM (a faint transient's
+    # centroid can be 2-3 pixels off; the completeness test uses 2 pixels).
+    tree = cKDTree(np.column_stack([pair.transients["x"], pair.transients["y"]]))
+    dist, _ = tree.query(np.column_stack([tab["x"], tab["y"]]))
+    matched = dist < run["diff"].psf.fwhm_pix
     moved = pair.stars[pair.stars["dx_science"] != 0][0]
     near_moved = np.hypot(tab["x"] - moved["x"], tab["y"] - moved["y"]) < 8
     # The moved star leaves a positive and a negative lobe, both flagged DIPOLE.
@@ -179,6 +182,8 @@ def test_false_detections_and_dipole(run):
     # Outside the transients, at most 5 detections at 5 sigma (the dipole included).
     assert (~matched).sum() <= 5
     assert np.median(tab["reliability"][matched]) > 0.8
+    # The kernel's Gaussian basis does not quite reach the beta = 3 Moffat wings: what is
+    # left are negative residuals a few pixels from the brightest stars (measured: 2 here).
 
 
 def test_science_sharper_convolves_science():

@@ -15,11 +15,10 @@ ip_diffim does:
   least-squares fit over stamps around bright isolated stars, with rounds of rejection of
   stamps that do not subtract (variables, transients, blends).
 
-Every basis function is separable, so the convolution of an image with the whole basis is one
-row pass per (width, x degree) and one column pass per basis function
-(``scipy.ndimage.correlate1d``), done in row strips so the memory stays a few strips whatever
-the image size. This is why the convolution is hand-written rather than a 2-d
-``scipy.signal`` call per basis function (measured in ``benchmarks/diffim.py``).
+Every basis function is separable, so on the fit's star stamps the whole basis costs one row
+pass per (width, x degree) and one column pass per basis function
+(``scipy.ndimage.correlate1d``). The whole image is convolved once per spatial term of the
+kernel, by FFT (`convolve_with_kernel`; measured in ``benchmarks/diffim.py``).
 
 Convolution correlates the noise of the convolved image, so the per-pixel scatter of a plain
 difference is below what the summed variance planes say. The difference is therefore
@@ -36,7 +35,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import fft as sp_fft
+from scipy import linalg, ndimage, signal
 from scipy.spatial import cKDTree
 
 from dcflow.configs import check_fields, config_field
@@ -59,9 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_STRIP_ROWS = 256
-"""Output rows convolved at a time (bounds the temporaries to a few strips of the image)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +86,17 @@ class DiffimConfig:
     spatial_order: int = config_field(
         2, "Total order of the polynomials in x, y of the kernel coefficients", minimum=0, maximum=4
     )
+    fit_background: bool = config_field(
+        False,
+        "Fit a differential background polynomial with the kernel (off: both inputs are "
+        "background-subtracted; fitted on star stamps it soaks up the kernel's missing wing "
+        "light and offsets the whole difference, measured -0.03 sigma per pixel)",
+    )
     background_order: int = config_field(
-        1, "Total order of the differential background polynomial", minimum=0, maximum=3
+        1,
+        "Total order of the differential background polynomial (with fit_background)",
+        minimum=0,
+        maximum=3,
     )
     n_stars_max: int = config_field(
         150, "Brightest isolated template stars used to fit the kernel", minimum=10
@@ -156,7 +162,7 @@ class MatchingKernel:
     background_coeffs : numpy.ndarray
         Differential background polynomial (broader minus convolved sharper image).
     background_order : int
-        Its total order.
+        Its total order (-1: no background term).
     image_shape : tuple of int
         ``(ny, nx)`` the positions are normalised by.
     n_stars : int
@@ -195,6 +201,30 @@ class MatchingKernel:
         a0 = self.kernel_sum - a @ sums
         return np.concatenate([a0[..., None], a], axis=-1)
 
+    def basis_images(self) -> np.ndarray:
+        """The ``(n_basis, 2h+1, 2h+1)`` basis functions (the first with unit sum)."""
+        factors, index = self.basis_1d()
+        n_deg = [d + 1 for d in self.degrees]
+        return np.stack(
+            [
+                np.outer(factors[sum(n_deg[:g]) + j], factors[sum(n_deg[:g]) + i])
+                for g, i, j, _ in index
+            ]
+        )
+
+    def spatial_kernel_images(self) -> np.ndarray:
+        """Kernels ``K_t`` with ``K(x, y) = sum_t P_t(u, v) K_t``: ``(n_spatial, 2h+1, 2h+1)``.
+
+        ``P_t`` are the terms ``u^p v^q`` of `coeffs`; the kernel sum is all in ``K_0``.
+        """
+        basis = self.basis_images()
+        _, index = self.basis_1d()
+        sums = np.array([s for *_, s in index])
+        shaped = basis[1:] - sums[1:, None, None] * basis[0][None]
+        out = np.einsum("bt,bij->tij", self.coeffs, shaped)
+        out[0] += self.kernel_sum * basis[0]
+        return out
+
     def kernel_image(self, x: float, y: float) -> np.ndarray:
         """The ``(2h+1, 2h+1)`` kernel at array position ``(x, y)`` (row: v, column: u)."""
         factors, index = self.basis_1d()
@@ -208,7 +238,9 @@ class MatchingKernel:
         return kern
 
     def background(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Differential background at positions ``(x, y)``."""
+        """Differential background at positions ``(x, y)`` (0 when none was fitted)."""
+        if self.background_order < 0:
+            return np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)))
         ny, nx = self.image_shape
         return _poly_terms(_unit(x, nx), _unit(y, ny), self.background_order) @ (
             self.background_coeffs
@@ -465,7 +497,7 @@ def fit_matching_kernel(
     half_size: int,
     stamp_half_size: int,
     spatial_order: int,
-    background_order: int,
+    background_order: int | None,
     n_reject_iter: int = 3,
     reject_sigma: float = 3.0,
 ) -> tuple[MatchingKernel, np.ndarray]:
@@ -483,8 +515,10 @@ def fit_matching_kernel(
         The basis (`MatchingKernel`).
     stamp_half_size : int
         Half size of the fitted stamps, pixels.
-    spatial_order, background_order : int
-        Orders of the kernel-coefficient and background polynomials.
+    spatial_order : int
+        Order of the kernel-coefficient polynomials.
+    background_order : int or None
+        Order of the differential background polynomial (None: no background term).
     n_reject_iter, reject_sigma : int, float
         Rounds of rejection of stamps whose reduced chi^2 is an outlier.
 
@@ -502,6 +536,13 @@ def fit_matching_kernel(
     """
     ny, nx = broad.shape
     h, hs = half_size, stamp_half_size
+    n_sp = (spatial_order + 1) * (spatial_order + 2) // 2
+    if np.size(x) < 3 * n_sp:
+        raise CalibrationError(
+            f"PSF matching: {np.size(x)} kernel stars left, too few for a kernel of spatial "
+            f"order {spatial_order} (at least {3 * n_sp})",
+            n_stars=int(np.size(x)),
+        )
     big, _ = extract_stamps(sharp.astype(np.float64), x, y, hs + h)
     conv = _convolve_basis_stack(big, h, sigmas_pix, degrees)  # (n_basis, n, L, L)
     target, _ = extract_stamps(broad.astype(np.float64), x, y, hs)
@@ -515,7 +556,10 @@ def fit_matching_kernel(
     py = y[:, None, None] + j[None, :, None]
     uu, vv = _unit(px, nx), _unit(py, ny)
     spatial = _poly_terms(uu, vv, spatial_order)  # (n, L, L, n_sp)
-    bg = _poly_terms(uu, vv, background_order)
+    if background_order is None:
+        bg = np.zeros((*target.shape, 0))
+    else:
+        bg = _poly_terms(uu, vv, background_order)
     n_sp = spatial.shape[-1]
     n_params = 1 + (len(index) - 1) * n_sp + bg.shape[-1]
     cols = [conv[0][..., None]]
@@ -527,6 +571,12 @@ def fit_matching_kernel(
     cols.append(bg)
     design = np.concatenate(cols, axis=-1)  # (n, L, L, n_params)
     weight = 1.0 / np.sqrt(np.maximum(var, 1e-30))
+    # Per-stamp normal equations, computed once: a rejection round only re-sums them
+    # (n_params^2 work per pixel once, instead of once per round or an SVD of the tall matrix).
+    weighted = (design * weight[..., None]).reshape(x.size, -1, n_params)
+    normal = np.matmul(weighted.transpose(0, 2, 1), weighted)
+    rhs = np.einsum("npk,np->nk", weighted, (target * weight).reshape(x.size, -1))
+    del weighted
     used = np.ones(x.size, dtype=bool)
     n_pix = target.shape[1] * target.shape[2]
     chi2 = np.full(x.size, np.nan)
@@ -538,12 +588,10 @@ def fit_matching_kernel(
                 n_stars=int(used.sum()),
                 n_params=int(n_params),
             )
-        a = (design[used] * weight[used][..., None]).reshape(-1, n_params)
-        b = (target[used] * weight[used]).ravel()
-        # Normal equations: n_params^2 work per pixel instead of an SVD of the tall matrix
-        # (measured 7 s -> 0.05 s for 150 stamps and 160 parameters); lstsq on the small
-        # matrix keeps a near-degenerate basis solvable.
-        sol, *_ = np.linalg.lstsq(a.T @ a, a.T @ b, rcond=None)
+        ata = normal[used].sum(axis=0)
+        # A negligible ridge keeps near-degenerate bases solvable by Cholesky.
+        ata[np.diag_indices_from(ata)] += 1e-12 * np.trace(ata) / n_params
+        sol = linalg.solve(ata, rhs[used].sum(axis=0), assume_a="pos")
         resid = (target - design @ sol) * weight
         chi2 = (resid**2).sum(axis=(1, 2)) / max(n_pix - n_params / used.sum(), 1.0)
         if iteration == n_reject_iter:
@@ -563,7 +611,7 @@ def fit_matching_kernel(
         kernel_sum=float(sol[0]),
         coeffs=sol[1 : 1 + (n_basis - 1) * n_sp].reshape(n_basis - 1, n_sp),
         background_coeffs=sol[1 + (n_basis - 1) * n_sp :],
-        background_order=background_order,
+        background_order=-1 if background_order is None else background_order,
         image_shape=(ny, nx),
         n_stars=int(used.sum()),
         residual_chi2=float(np.median(chi2[used])),
@@ -573,6 +621,12 @@ def fit_matching_kernel(
 
 def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarray:
     """Apply a spatially varying matching kernel (and its background) to a whole image.
+
+    The kernel is ``sum_t P_t(x, y) K_t`` (`MatchingKernel.spatial_kernel_images`), so the
+    result is ``sum_t P_t (K_t * image)``: one forward FFT of the image and one product and
+    inverse FFT per spatial term (6 at order 2). Measured on a 2048 x 4612 CCD: 1.3 s CPU,
+    against 8 s for the separable basis convolved in row strips with ``correlate1d``
+    (27 basis functions, 38 one-dimensional passes of 23 taps).
 
     Parameters
     ----------
@@ -589,30 +643,28 @@ def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarra
     """
     ny, nx = image.shape
     h = kernel.half_size
-    factors, index = kernel.basis_1d()
-    n_deg = [d + 1 for d in kernel.degrees]
     padded = np.pad(np.asarray(image, dtype=np.float32), h, mode="edge")
-    out = np.empty((ny, nx), dtype=np.float32)
-    xs = np.arange(nx, dtype=float)
-    for r0 in range(0, ny, _STRIP_ROWS):
-        r1 = min(r0 + _STRIP_ROWS, ny)
-        strip = padded[r0 : r1 + 2 * h]
-        ys = np.arange(r0, r1, dtype=float)
-        # Coefficient maps per basis (float32, one strip): a_b(x, y).
-        amap = kernel.coefficient_maps(xs[None, :], ys[:, None]).astype(np.float32)
-        acc = np.zeros((r1 - r0, nx), dtype=np.float32)
-        rows = {}
-        for b, (g, i, j, _) in enumerate(index):
-            first = sum(n_deg[:g])
-            if (g, i) not in rows:
-                rows[(g, i)] = ndimage.correlate1d(
-                    strip, factors[first + i].astype(np.float32), axis=1, mode="constant"
-                )[:, h : h + nx]
-            col = ndimage.correlate1d(
-                rows[(g, i)], factors[first + j].astype(np.float32), axis=0, mode="constant"
-            )[h : h + r1 - r0]
-            acc += amap[..., b] * col
-        out[r0:r1] = acc + kernel.background(xs[None, :], ys[:, None]).astype(np.float32)
+    fshape = (sp_fft.next_fast_len(ny + 2 * h, True), sp_fft.next_fast_len(nx + 2 * h, True))
+    image_ft = sp_fft.rfft2(padded, s=fshape)
+    del padded
+    kernels = kernel.spatial_kernel_images()
+    u, v = _unit(np.arange(nx), nx), _unit(np.arange(ny), ny)
+    terms = [(p, total - p) for total in range(kernel.spatial_order + 1) for p in range(total + 1)]
+    out = np.zeros((ny, nx), dtype=np.float32)
+    for (p, q), k in zip(terms, kernels, strict=True):
+        grid = np.zeros(fshape, dtype=np.float32)
+        grid[: 2 * h + 1, : 2 * h + 1] = k
+        grid = np.roll(grid, (-h, -h), axis=(0, 1))
+        # Correlation: the product with the conjugate transform of the kernel.
+        conv = sp_fft.irfft2(image_ft * np.conj(sp_fft.rfft2(grid)), s=fshape)
+        conv = conv[h : h + ny, h : h + nx]
+        if p == 0 and q == 0:
+            out += conv
+        else:
+            out += conv * (v[:, None] ** q * u[None, :] ** p).astype(np.float32)
+    if kernel.background_order >= 0:
+        xs, ys = np.arange(nx, dtype=float), np.arange(ny, dtype=float)
+        out += kernel.background(xs[None, :], ys[:, None]).astype(np.float32)
     return out
 
 
@@ -746,7 +798,7 @@ def subtract_images(
     s_match = max(np.sqrt(max(s_broad**2 - s_sharp**2, 0.0)), 0.4 * s_broad)
     sigmas = tuple(max(f * s_match, 0.4) for f in config.basis_sigma_factors)
     half = config.kernel_half_size_pix or max(int(np.ceil(3.5 * max(sigmas))), 5)
-    stamp_half = max(int(np.ceil(1.5 * broad_fwhm)), 6)
+    stamp_half = max(int(np.ceil(2.5 * broad_fwhm)), 6)
 
     if template_is_sharper:
         sharp, broad, convolved = tmpl, sci, "template"
@@ -773,7 +825,7 @@ def subtract_images(
         half_size=half,
         stamp_half_size=stamp_half,
         spatial_order=config.spatial_order,
-        background_order=config.background_order,
+        background_order=config.background_order if config.fit_background else None,
         n_reject_iter=config.n_reject_iter,
         reject_sigma=config.reject_sigma,
     )
@@ -799,7 +851,7 @@ def subtract_images(
     center_kernel = kernel.kernel_image((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0) / c0
     if config.decorrelate:
         phi = decorrelation_kernel(center_kernel, var_conv, var_other, half_size=half)
-        diff = signal.oaconvolve(diff, phi.astype(np.float32), mode="same")
+        diff = signal.fftconvolve(diff, phi.astype(np.float32), mode="same")
     else:
         phi = np.zeros((1, 1))
         phi[0, 0] = 1.0
