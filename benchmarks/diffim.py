@@ -156,7 +156,8 @@ def main() -> None:
         )
     sys.stdout.write(
         "noise = std(diff / sqrt(variance)) away from sources (1 = variance plane true); "
-        "false = diaSrc farther than one PSF FWHM from every transient; found = transients with a diaSrc within 2 px\n"
+        "false = diaSrc farther than one PSF FWHM from every transient;\n"
+        "found = transients with a diaSrc within 2 px\n"
     )
 
 
