@@ -20,8 +20,8 @@ Then, each in a fresh subprocess with BLAS / OpenMP limited to one thread (so it
 
 No library is run: properimage builds on sep (SExtractor's library) and sfft on the
 SExtractor program for its source selection (its fast path on CuPy and a GPU), which issue 17
-rules out; neither is installed here. Peak RSS includes the ~230 MB of the loaded input arrays (printed as the
-baseline). Wall and CPU seconds are both printed: the shared machine is often loaded, and CPU
+rules out; neither is installed here. Peak RSS includes the loaded input arrays and
+libraries (printed as the baseline, ~480 MB). Wall and CPU seconds are both printed: the shared machine is often loaded, and CPU
 seconds are then the fairer figure. Prints figures; it is not a test.
 """
 
