@@ -21,8 +21,9 @@ Then, each in a fresh subprocess with BLAS / OpenMP limited to one thread (so it
 No library is run: properimage builds on sep (SExtractor's library) and sfft on the
 SExtractor program for its source selection (its fast path on CuPy and a GPU), which issue 17
 rules out; neither is installed here. Peak RSS includes the loaded input arrays and
-libraries (printed as the baseline, ~480 MB). Wall and CPU seconds are both printed: the shared machine is often loaded, and CPU
-seconds are then the fairer figure. Prints figures; it is not a test.
+libraries (printed as the baseline, ~480 MB). Wall and CPU seconds are both printed: the
+shared machine is often loaded, and CPU seconds are then the fairer figure. Prints figures;
+it is not a test.
 """
 
 from __future__ import annotations
