@@ -208,6 +208,13 @@ def test_science_sharper_convolves_science():
     truth = np.asarray(pair.transients["flux"])
     assert abs(np.median(flux / truth) - 1.0) < 0.03
     assert 0.8 < np.std((flux - truth) / err) < 1.25
+    # The difference's PSF is the template's, broader than the science PSF.
+    assert diff.psf.fwhm_pix == pytest.approx(4.4, rel=0.15)
+    dia = detect_dia_sources(diff.image, diff.variance, diff.mask, diff.psf)
+    dist, _ = cKDTree(np.column_stack([dia.table["x"], dia.table["y"]])).query(
+        np.column_stack([tx, ty])
+    )
+    assert np.mean(dist < MATCH_RADIUS_PIX) >= 0.95
 
 
 def test_empty_difference_gives_empty_table_with_columns():

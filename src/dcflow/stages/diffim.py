@@ -43,7 +43,7 @@ from dcflow.configs import check_fields, config_field
 from dcflow.errors import CalibrationError
 from dcflow.exposure import MaskPlane
 from dcflow.stages.detection import detect_sources
-from dcflow.stages.psf import FWHM_PER_SIGMA, PsfFitResult, PsfPhaseTable
+from dcflow.stages.psf import FWHM_PER_SIGMA, PsfFitResult, PsfPhaseTable, effective_area
 from dcflow.stages.stamps import extract_stamps
 
 __all__ = [
@@ -316,8 +316,20 @@ class DiffimPsf:
 
     @property
     def fwhm_pix(self) -> float:
-        """FWHM of the base PSF at its reference width, pixels (for detection smoothing)."""
-        return self.base_psf.psf.fwhm_pix
+        """FWHM of the Gaussian of the same noise-equivalent area as the PSF at the centre.
+
+        The matched-filter width for detection (and the scale of the dipole radius). Computed
+        from the rendered PSF (with the matching kernel when the science image was
+        convolved), since a Moffat-to-Gaussian kernel has negative wings that make moments
+        misleading.
+        """
+        ny, nx = self.base_psf.image_shape
+        centre = self.base_psf.psf_at((nx - 1) / 2.0, (ny - 1) / 2.0)
+        stamp = centre.render(int(np.ceil(4.0 * centre.fwhm_pix)) + 4)
+        if self.matching_kernel is not None:
+            k = self.matching_kernel.kernel_image((nx - 1) / 2.0, (ny - 1) / 2.0)
+            stamp = signal.fftconvolve(stamp, k[::-1, ::-1] / k.sum(), mode="same")
+        return float(FWHM_PER_SIGMA * np.sqrt(effective_area(stamp) / (4.0 * np.pi)))
 
     def phase_table(
         self, half_size: int, x: np.ndarray, y: np.ndarray, n_phase: int = 10
