@@ -5,9 +5,10 @@ plane, so ``image / sqrt(variance)`` is unit white noise away from sources: it i
 for peaks of both signs with the same matched-filter detection as calexps
 (`dcflow.stages.detection.detect_sources`), with a threshold in sigma. Each detection gets a
 Gaussian-windowed centroid and a PSF flux with its error (`dcflow.stages.measurement`) using
-the difference's PSF (`dcflow.stages.diffim.DiffimPsf`). A positive and a negative source
-closer than ``dipole_radius_fwhm`` FWHM are both flagged DIPOLE (a misregistered or moving
-star leaves such a pair). The reliability score is a simple product of terms, not a trained
+the difference's PSF (`dcflow.stages.diffim.DiffimPsf`); detections whose PSF-fit S/N is
+below ``min_psf_snr`` are dropped. A positive and a negative source closer than
+``dipole_radius_fwhm`` FWHM are both flagged DIPOLE (a misregistered or moving star leaves
+such a pair). The reliability score is a simple product of terms, not a trained
 classifier: it is there so that downstream stages can rank and cut, and can be replaced by a
 real-bogus model without changing the table.
 """
@@ -82,6 +83,12 @@ class DiaSourceConfig:
     )
     min_pixels: int = config_field(
         3, "Minimum number of above-threshold pixels of a detection footprint", minimum=1
+    )
+    min_psf_snr: float = config_field(
+        5.0,
+        "Detections whose PSF-fit |flux / error| is below this are dropped (0: keep all); "
+        "the Gaussian detection filter over-rates broad residuals of bright stars",
+        minimum=0.0,
     )
     stamp_half_size_pix: int = config_field(
         0, "Half size of the PSF-fit stamp, pixels (0: 2.5 x the PSF FWHM)", minimum=0
@@ -215,6 +222,20 @@ def detect_dia_sources(
         np.where(excluded, 0.0, image), var_fit, excluded, xc, yc, table
     )
     snr = flux / np.where(flux_err > 0, flux_err, np.nan)
+    keep = np.abs(np.nan_to_num(snr, nan=0.0)) >= config.min_psf_snr
+    if not keep.all():
+        x0, y0, xc, yc, sig, negative = (
+            x0[keep],
+            y0[keep],
+            xc[keep],
+            yc[keep],
+            sig[keep],
+            negative[keep],
+        )
+        flux, flux_err, chi2, snr = flux[keep], flux_err[keep], chi2[keep], snr[keep]
+        n_pos = int((~negative).sum())
+        if x0.size == 0:
+            return DiaSourceResult(table=_empty_table(), n_positive=0, n_negative=0, n_dipoles=0)
 
     xi, yi = np.rint(xc).astype(np.int64), np.rint(yc).astype(np.int64)
     flags = np.zeros(x0.size, dtype=np.int32)
