@@ -216,7 +216,9 @@ def detect_dia_sources(
             sign * np.where(excluded, 0.0, image), x0[sel], y0[sel], sigma_pix=sigma, bad=bad_pix
         )
     half = config.stamp_half_size_pix or max(int(np.ceil(2.5 * fwhm)), 5)
-    table = psf.phase_table(half, xc, yc)
+    # Six phase steps per pixel: fluxes within 0.13 % of those with 20 steps (measured, 4.5-
+    # pixel FWHM), at 40 % of the cost of ten steps (building the tables dominates).
+    table = psf.phase_table(half, xc, yc, n_phase=6)
     var_fit = np.where(usable, variance, 0.0)
     flux, flux_err, chi2 = psf_fluxes(
         np.where(excluded, 0.0, image), var_fit, excluded, xc, yc, table
