@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from dcflow.errors import CalibrationError
+from dcflow.errors import CalibrationError, InputDataError
 from dcflow.exposure import MaskPlane
 from dcflow.instruments.diffim_sim import simulate_diffim_pair
 from dcflow.stages.dia_sources import (
@@ -254,8 +254,11 @@ def test_validation_errors():
     with pytest.raises(CalibrationError, match="kernel stars left"):
         subtract_images(sci, var, ok, pair.template, pair.template_variance, ok, **args)
     no_data = np.full(ok.shape, int(MaskPlane.NO_DATA), dtype=np.int32)
-    with pytest.raises(CalibrationError, match="no usable pixel"):
+    with pytest.raises(InputDataError, match="template has no usable pixel"):
         subtract_images(sci, var, ok, sci, var, no_data, **args)
+    bad = np.full(ok.shape, int(MaskPlane.BAD), dtype=np.int32)
+    with pytest.raises(InputDataError, match="science image has no usable pixel"):
+        subtract_images(sci, var, bad, sci, var, ok, **args)
     with pytest.raises(ValueError, match="one entry per basis_sigma_factors"):
         DiffimConfig(basis_degrees=(4, 2))
     with pytest.raises(ValueError, match=r"DiffimConfig\.spatial_order must be <= 4"):

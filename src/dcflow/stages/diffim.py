@@ -40,7 +40,7 @@ from scipy import linalg, ndimage, signal
 from scipy.spatial import cKDTree
 
 from dcflow.configs import check_fields, config_field
-from dcflow.errors import CalibrationError
+from dcflow.errors import CalibrationError, InputDataError
 from dcflow.exposure import MaskPlane
 from dcflow.stages.detection import detect_sources
 from dcflow.stages.psf import FWHM_PER_SIGMA, PsfFitResult, PsfPhaseTable, effective_area
@@ -416,8 +416,6 @@ class DiffimResult:
         ``"template"`` or ``"science"``: which image was convolved.
     template_scale : float
         Factor applied to the template from the zero points (science units per template unit).
-    decorrelation : numpy.ndarray
-        The decorrelation kernel applied (a delta when not decorrelating).
     kernel_star_x, kernel_star_y : numpy.ndarray
         Positions of the stamps kept in the kernel fit.
     """
@@ -429,7 +427,6 @@ class DiffimResult:
     kernel: MatchingKernel
     convolved: str
     template_scale: float
-    decorrelation: np.ndarray
     kernel_star_x: np.ndarray
     kernel_star_y: np.ndarray
 
@@ -766,6 +763,8 @@ def subtract_images(
     ------
     ValueError
         If an array is not 2-d, shapes differ, or a zero point or FWHM is not finite.
+    InputDataError
+        If the science image or the template has no usable pixel.
     CalibrationError
         If too few kernel stars are found or survive rejection.
     """
@@ -794,7 +793,9 @@ def subtract_images(
         ~np.isfinite(science) | ~np.isfinite(science_variance)
     )
     if tmpl_bad.all():
-        raise CalibrationError("template has no usable pixel on this image", n_good=0)
+        raise InputDataError("template has no usable pixel on this image", n_good=0)
+    if sci_bad.all():
+        raise InputDataError("science image has no usable pixel", n_good=0)
     tmpl = np.where(tmpl_bad, 0.0, template * scale).astype(np.float32)
     tvar = np.where(tmpl_bad, 0.0, template_variance * scale**2).astype(np.float32)
     sci = np.where(sci_bad, 0.0, science).astype(np.float32)
@@ -893,7 +894,6 @@ def subtract_images(
         kernel=kernel,
         convolved=convolved,
         template_scale=scale,
-        decorrelation=phi,
         kernel_star_x=x[used],
         kernel_star_y=y[used],
     )
