@@ -158,7 +158,7 @@ def _simulate(directory: Path, n_stars: int, n_transients: int) -> None:
     np.save(directory / "source_free.npy", free)
     centre = pair.template_psf.psf_at(SHAPE[1] / 2, SHAPE[0] / 2)
     meta = {
-        "template_fwhm_pix": centre.moments_fwhm_pix(),
+        "template_fwhm_pix": centre.fwhm_pix,
         "tx": [float(v) for v in pair.transients["x"]],
         "ty": [float(v) for v in pair.transients["y"]],
     }

@@ -44,7 +44,7 @@ def _run(pair, template_mask=None, config=None):
         science_zero_point=pair.science_zero_point,
         template_zero_point=pair.template_zero_point,
         science_psf=pair.science_psf,
-        template_fwhm_pix=centre.moments_fwhm_pix(),
+        template_fwhm_pix=centre.fwhm_pix,
         config=config,
     )
 

@@ -750,7 +750,9 @@ def subtract_images(
         PSF model of the science image (its FWHM sizes the basis; it is the difference's
         PSF before decorrelation).
     template_fwhm_pix : float
-        PSF FWHM of the template, pixels.
+        Half-maximum PSF FWHM of the template, pixels (its header ``PSFFWHM`` over the pixel
+        scale); compared with the science PSF's to choose which image to convolve, and
+        sizes the basis.
     config : DiffimConfig, optional
         Basis, orders, star selection and decorrelation.
 
@@ -801,10 +803,9 @@ def subtract_images(
     sci = np.where(sci_bad, 0.0, science).astype(np.float32)
     svar = np.where(sci_bad, 0.0, science_variance).astype(np.float32)
 
-    # Representative width of the science PSF (its model at the image centre).
-    sci_fwhm = float(
-        science_psf.psf_at((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0).moments_fwhm_pix()
-    )
+    # Representative width of the science PSF: its model's half-maximum FWHM at the centre
+    # (the measure of the calexp and coadd headers' PSFFWHM).
+    sci_fwhm = float(science_psf.psf_at((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0).fwhm_pix)
     template_is_sharper = template_fwhm_pix <= sci_fwhm
     sharp_fwhm, broad_fwhm = sorted((template_fwhm_pix, sci_fwhm))
     s_sharp, s_broad = sharp_fwhm / FWHM_PER_SIGMA, broad_fwhm / FWHM_PER_SIGMA
