@@ -279,3 +279,36 @@ def test_dia_validation_errors():
         detect_dia_sources(img, img[:10], img.astype(np.int32), psf)
     with pytest.raises(ValueError, match="no finite positive pixel"):
         detect_dia_sources(img, np.full_like(img, np.inf), img.astype(np.int32), psf)
+
+
+def test_subtract_exposures_reads_headers():
+    """The Exposure entry point takes zero points and PSFs from the headers, as the script will."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from dcflow.exposure import Exposure
+    from dcflow.stages.diffim import subtract_exposures
+
+    shape = (500, 380)
+    pair = simulate_diffim_pair(shape, n_stars=120, transient_fluxes=np.full(10, 8000.0), seed=7)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [53.0, -28.0]
+    wcs.wcs.crpix = [190.0, 250.0]
+    wcs.wcs.cd = [[-0.187 / 3600, 0.0], [0.0, 0.187 / 3600]]
+    mask = np.zeros(shape, dtype=np.int32)
+    sci_header = fits.Header({"ZP": pair.science_zero_point})
+    for key, value in pair.science_psf.to_header().items():
+        sci_header[key] = value
+    centre = pair.template_psf.psf_at(190, 250)
+    tmpl_header = fits.Header({"ZP": pair.template_zero_point, "PSFFWHM": centre.fwhm_pix * 0.187})
+    calexp = Exposure(pair.science, mask, pair.science_variance, wcs, sci_header)
+    template = Exposure(pair.template, mask, pair.template_variance, wcs, tmpl_header)
+    diff = subtract_exposures(calexp, template)
+    assert diff.convolved == "template"
+    assert abs(diff.kernel.kernel_sum - 1.0) < 0.03
+    del tmpl_header["PSFFWHM"]
+    with pytest.raises(InputDataError, match="template header lacks PSFFWHM"):
+        subtract_exposures(calexp, template)
+    with pytest.raises(InputDataError, match="template shape"):
+        subtract_exposures(calexp, Exposure(pair.template[:10], mask[:10], mask[:10]))

@@ -35,15 +35,22 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.wcs.utils import proj_plane_pixel_area
 from scipy import fft as sp_fft
 from scipy import linalg, ndimage, signal
 from scipy.spatial import cKDTree
 
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import CalibrationError, InputDataError
-from dcflow.exposure import MaskPlane
+from dcflow.exposure import Exposure, MaskPlane
 from dcflow.stages.detection import detect_sources
-from dcflow.stages.psf import FWHM_PER_SIGMA, PsfFitResult, PsfPhaseTable, effective_area
+from dcflow.stages.psf import (
+    FWHM_PER_SIGMA,
+    PsfFitResult,
+    PsfPhaseTable,
+    effective_area,
+    psf_model_from_header,
+)
 from dcflow.stages.stamps import extract_stamps
 
 __all__ = [
@@ -55,6 +62,7 @@ __all__ = [
     "decorrelation_kernel",
     "fit_matching_kernel",
     "select_kernel_stars",
+    "subtract_exposures",
     "subtract_images",
 ]
 
@@ -897,4 +905,72 @@ def subtract_images(
         template_scale=scale,
         kernel_star_x=x[used],
         kernel_star_y=y[used],
+    )
+
+
+def _header_number(header, key: str, what: str) -> float:
+    try:
+        value = float(header[key])
+    except KeyError:
+        raise InputDataError(f"{what} header lacks {key}", key=key) from None
+    except (TypeError, ValueError):
+        raise InputDataError(
+            f"{what} header {key}={header[key]!r} is not a number", key=key
+        ) from None
+    if not np.isfinite(value):
+        raise InputDataError(f"{what} header {key}={value} is not finite", key=key)
+    return value
+
+
+def subtract_exposures(
+    calexp: Exposure, template: Exposure, *, config: DiffimConfig | None = None
+) -> DiffimResult:
+    """`subtract_images` on a calexp and a template warped to its pixel grid.
+
+    Parameters
+    ----------
+    calexp : Exposure
+        Background-subtracted calibrated exposure with a WCS, header ``ZP`` (mag of one
+        pixel unit) and the PSF model cards of `dcflow.stages.psf.PsfFitResult.to_header`.
+    template : Exposure
+        templateCoadd warped to the calexp's pixel grid, header ``ZP`` and ``PSFFWHM``
+        (half-maximum FWHM, arcsec).
+    config : DiffimConfig, optional
+        As for `subtract_images`.
+
+    Returns
+    -------
+    DiffimResult
+        As `subtract_images`.
+
+    Raises
+    ------
+    InputDataError
+        If a header card is missing or not a finite number, the calexp has no WCS or PSF
+        model, or the shapes differ.
+    """
+    if calexp.wcs is None:
+        raise InputDataError("calexp has no WCS: the template's PSF width cannot be converted")
+    if template.shape != calexp.shape:
+        raise InputDataError(
+            f"template shape {template.shape} differs from calexp shape {calexp.shape}: warp "
+            "the template to the calexp grid first"
+        )
+    psf = psf_model_from_header(calexp.header)
+    if psf is None:
+        raise InputDataError("calexp header has no PSF model (PSFMODEL card)")
+    scale_arcsec = float(np.sqrt(proj_plane_pixel_area(calexp.wcs.celestial)) * 3600.0)
+    fwhm_arcsec = _header_number(template.header, "PSFFWHM", "template")
+    return subtract_images(
+        calexp.image,
+        calexp.variance,
+        calexp.mask,
+        template.image,
+        template.variance,
+        template.mask,
+        science_zero_point=_header_number(calexp.header, "ZP", "calexp"),
+        template_zero_point=_header_number(template.header, "ZP", "template"),
+        science_psf=psf,
+        template_fwhm_pix=fwhm_arcsec / scale_arcsec,
+        config=config,
     )
