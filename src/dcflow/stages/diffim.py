@@ -98,7 +98,8 @@ class DiffimConfig:
         False,
         "Fit a differential background polynomial with the kernel (off: both inputs are "
         "background-subtracted; fitted on star stamps it soaks up the kernel's missing wing "
-        "light and offsets the whole difference: measured -0.024 sigma per pixel, +1 e- background)",
+        "light and offsets the whole difference: measured -0.024 sigma per pixel, "
+        "from a fitted +1 e- background)",
     )
     background_order: int = config_field(
         1,
