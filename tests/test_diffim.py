@@ -312,3 +312,33 @@ def test_subtract_exposures_reads_headers():
         subtract_exposures(calexp, template)
     with pytest.raises(InputDataError, match="template shape"):
         subtract_exposures(calexp, Exposure(pair.template[:10], mask[:10], mask[:10]))
+
+
+def test_masked_science_pixels_are_zeroed_and_flagged():
+    """A cosmic ray next to a transient flags it; saturated star cores are not detected."""
+    shape = (600, 400)
+    pair = simulate_diffim_pair(shape, n_stars=150, transient_fluxes=np.full(12, 8000.0), seed=8)
+    mask = np.zeros(shape, dtype=np.int32)
+    t0 = pair.transients[0]
+    cr = (round(t0["y"]) + 2, round(t0["x"]))
+    mask[cr] = int(MaskPlane.CR)
+    bright = pair.stars[np.argmax(pair.stars["flux"])]
+    sy, sx = round(bright["y"]), round(bright["x"])
+    mask[sy - 1 : sy + 2, sx - 1 : sx + 2] = int(MaskPlane.SAT)
+    centre = pair.template_psf.psf_at(200, 300)
+    diff = subtract_images(
+        pair.science, pair.science_variance, mask,
+        pair.template, pair.template_variance, np.zeros(shape, dtype=np.int32),
+        science_zero_point=pair.science_zero_point,
+        template_zero_point=pair.template_zero_point,
+        science_psf=pair.science_psf, template_fwhm_pix=centre.fwhm_pix,
+    )  # fmt: skip
+    assert diff.image[cr] == 0.0 and np.all(diff.image[sy - 1 : sy + 2, sx - 1 : sx + 2] == 0.0)
+    assert diff.mask[cr[0] + 3, cr[1]] & int(MaskPlane.SUSPECT)
+    tab = detect_dia_sources(diff.image, diff.variance, diff.mask, diff.psf).table
+    near_t0 = np.hypot(tab["x"] - t0["x"], tab["y"] - t0["y"]) < MATCH_RADIUS_PIX
+    assert near_t0.sum() == 1
+    assert tab["flags"][near_t0][0] & int(DiaSourceFlag.BAD_PIXELS)
+    near_star = np.hypot(tab["x"] - bright["x"], tab["y"] - bright["y"]) < 5
+    flagged = int(DiaSourceFlag.SATURATED | DiaSourceFlag.BAD_PIXELS)
+    assert np.all(tab["flags"][near_star] & flagged)
