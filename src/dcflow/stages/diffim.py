@@ -410,9 +410,11 @@ class DiffimResult:
     Attributes
     ----------
     image : numpy.ndarray
-        ``(ny, nx)`` float32 difference, in science-image units (0 where masked NO_DATA).
+        ``(ny, nx)`` float32 difference, in science-image units; 0 where the template has no
+        data (grown by the kernel) and on the science image's BAD, SAT and CR pixels.
     variance : numpy.ndarray
-        ``(ny, nx)`` float32 per-pixel variance of ``image``.
+        ``(ny, nx)`` float32 per-pixel variance of ``image`` (``inf`` where there is no
+        template).
     mask : numpy.ndarray
         ``(ny, nx)`` int32 `MaskPlane` bits: the science mask, the template mask grown by the
         kernel, ``EDGE`` within a kernel of the border and ``NO_DATA`` where the template has
