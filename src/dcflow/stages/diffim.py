@@ -11,9 +11,10 @@ ip_diffim does:
 * every basis but the first is shifted to zero sum, so the kernel's sum (the photometric
   ratio) is one number for the whole image, while the shape's coefficients are polynomials in
   the image position (spatially varying kernel);
-* the coefficients, and a polynomial differential background, are one weighted linear
-  least-squares fit over stamps around bright isolated stars, with rounds of rejection of
-  stamps that do not subtract (variables, transients, blends).
+* the coefficients (and, optionally, a differential background polynomial: off by default,
+  since both inputs are background-subtracted) are one weighted linear least-squares fit
+  over stamps around bright isolated template stars, with rounds of rejection of stamps
+  that do not subtract (variables, transients, blends).
 
 Every basis function is separable, so on the fit's star stamps the whole basis costs one row
 pass per (width, x degree) and one column pass per basis function
@@ -26,7 +27,13 @@ convolved with the decorrelation kernel of Kaiser (2004) and Reiss & Lupton (DMT
 ``phi(k) = sqrt((s_a^2 + s_b^2) / (s_a^2 |K(k)|^2 + s_b^2))`` (``a`` the convolved image,
 ``K`` the normalised matching kernel at the image centre), after which its noise is white
 and the variance plane (the sum of the two, scaled) is true pixel by pixel. The difference's
-PSF is then the broader image's PSF convolved with ``phi`` (`DiffimPsf`).
+PSF is then the science PSF (or, when the science image was the convolved one, the science
+PSF convolved with the matching kernel) convolved with ``phi`` (`DiffimPsf`).
+
+ZOGY (Zackay, Ofek & Gal-Yam 2016) assumes one PSF per image; with PSFs that vary across a
+MegaCam CCD, as here, it would need tiling. Measured side by side in ``benchmarks/diffim.py``
+(constant PSFs, one FFT): faster, but ~1100 false 5-sigma detections on a CCD where this
+spatially varying kernel leaves ~5.
 """
 
 from __future__ import annotations
