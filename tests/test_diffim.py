@@ -247,6 +247,8 @@ def test_validation_errors():
         subtract_images(sci, var, ok, sci[:, :100], var, ok, **args)
     with pytest.raises(ValueError, match="science must be 2-d"):
         subtract_images(sci[0], var, ok, sci, var, ok, **args)
+    with pytest.raises(ValueError, match="science_mask must hold integer MaskPlane bits"):
+        subtract_images(sci, var, ok.astype(float), sci, var, ok, **args)
     with pytest.raises(ValueError, match="template_zero_point must be finite"):
         subtract_images(sci, var, ok, sci, var, ok, **{**args, "template_zero_point": np.nan})
     with pytest.raises(ValueError, match="template_fwhm_pix must be finite and > 0"):

@@ -796,6 +796,9 @@ def subtract_images(
     template = _check_plane("template", template, shape)
     template_variance = _check_plane("template_variance", template_variance, shape)
     template_mask = _check_plane("template_mask", template_mask, shape)
+    for name, plane in (("science_mask", science_mask), ("template_mask", template_mask)):
+        if plane.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer MaskPlane bits; got dtype {plane.dtype}")
     for name, value in (
         ("science_zero_point", science_zero_point),
         ("template_zero_point", template_zero_point),
