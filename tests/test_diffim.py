@@ -279,6 +279,8 @@ def test_dia_validation_errors():
         detect_dia_sources(img[0], img, img.astype(np.int32), psf)
     with pytest.raises(ValueError, match="variance shape"):
         detect_dia_sources(img, img[:10], img.astype(np.int32), psf)
+    with pytest.raises(ValueError, match="mask must hold integer MaskPlane bits"):
+        detect_dia_sources(img, img, img, psf)
     with pytest.raises(ValueError, match="no finite positive pixel"):
         detect_dia_sources(img, np.full_like(img, np.inf), img.astype(np.int32), psf)
 

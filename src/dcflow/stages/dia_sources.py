@@ -179,6 +179,8 @@ def detect_dia_sources(
             raise ValueError(f"{name} shape {np.shape(arr)} differs from image shape {image.shape}")
     variance = np.asarray(variance)
     mask = np.asarray(mask)
+    if mask.dtype.kind not in "iu":
+        raise ValueError(f"mask must hold integer MaskPlane bits; got dtype {mask.dtype}")
     usable = np.isfinite(image) & np.isfinite(variance) & (variance > 0)
     if not usable.any():
         raise ValueError("variance has no finite positive pixel: nothing can be detected")
