@@ -1,0 +1,989 @@
+"""Difference imaging (deepDiff): Alard-Lupton PSF matching, photometric scaling, decorrelation.
+
+The template, already warped to the science image's pixel grid, is put on the science image's
+photometric scale from the two zero points. The sharper of the two images is convolved with a
+kernel that matches its PSF to the other's (Alard & Lupton 1998; Alard 2000), as Rubin's
+ip_diffim does:
+
+* the kernel is a sum of basis functions ``B_b(u, v) = g_s(u) g_s(v) (u/s)^i (v/s)^j``,
+  Gaussians of a few widths ``s`` (scaled to the matching width ``sqrt(s_broad^2 -
+  s_sharp^2)``) times polynomials of total degree ``i + j <= d_s``;
+* every basis but the first is shifted to zero sum, so the kernel's sum (the photometric
+  ratio) is one number for the whole image, while the shape's coefficients are polynomials in
+  the image position (spatially varying kernel);
+* the coefficients (and, optionally, a differential background polynomial: off by default,
+  since both inputs are background-subtracted) are one weighted linear least-squares fit
+  over stamps around bright isolated template stars, with rounds of rejection of stamps
+  that do not subtract (variables, transients, blends).
+
+Every basis function is separable, so on the fit's star stamps the whole basis costs one row
+pass per (width, x degree) and one column pass per basis function
+(``scipy.ndimage.correlate1d``). The whole image is convolved once per spatial term of the
+kernel, by FFT (`convolve_with_kernel`; measured in ``benchmarks/diffim.py``).
+
+Convolution correlates the noise of the convolved image, so the per-pixel scatter of a plain
+difference is below what the summed variance planes say. The difference is therefore
+convolved with the decorrelation kernel of Kaiser (2004) and Reiss & Lupton (DMTN-021)
+``phi(k) = sqrt((s_a^2 + s_b^2) / (s_a^2 |K(k)|^2 + s_b^2))`` (``a`` the convolved image,
+``K`` the normalised matching kernel at the image centre), after which its noise is white
+and the variance plane (the sum of the two, scaled) is true pixel by pixel. The difference's
+PSF is then the science PSF (or, when the science image was the convolved one, the science
+PSF convolved with the matching kernel) convolved with ``phi`` (`DiffimPsf`).
+
+ZOGY (Zackay, Ofek & Gal-Yam 2016) assumes one PSF per image; with PSFs that vary across a
+MegaCam CCD, as here, it would need tiling. Measured side by side in ``benchmarks/diffim.py``
+(constant PSFs, one FFT): faster, but ~1100 false 5-sigma detections on a CCD where this
+spatially varying kernel leaves ~5.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.wcs.utils import proj_plane_pixel_area
+from scipy import fft as sp_fft
+from scipy import linalg, ndimage, signal
+from scipy.spatial import cKDTree
+
+from dcflow.configs import check_fields, config_field
+from dcflow.errors import CalibrationError, InputDataError
+from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.detection import detect_sources
+from dcflow.stages.psf import (
+    FWHM_PER_SIGMA,
+    PsfFitResult,
+    PsfPhaseTable,
+    effective_area,
+    psf_model_from_header,
+)
+from dcflow.stages.stamps import extract_stamps
+
+__all__ = [
+    "DiffimConfig",
+    "DiffimPsf",
+    "DiffimResult",
+    "MatchingKernel",
+    "convolve_with_kernel",
+    "decorrelation_kernel",
+    "fit_matching_kernel",
+    "select_kernel_stars",
+    "subtract_exposures",
+    "subtract_images",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DiffimConfig:
+    """Configuration of `subtract_images`."""
+
+    basis_sigma_factors: tuple[float, ...] = config_field(
+        (0.5, 1.0, 2.0),
+        "Widths of the Gaussian basis functions, in units of the matching width "
+        "sqrt(sigma_broad^2 - sigma_sharp^2) (at least 0.4 pixel each)",
+        exclusive_minimum=0.0,
+    )
+    basis_degrees: tuple[int, ...] = config_field(
+        (4, 2, 2),
+        "Total polynomial degree multiplying each Gaussian of basis_sigma_factors",
+        minimum=0,
+        maximum=6,
+    )
+    kernel_half_size_pix: int = config_field(
+        0,
+        "Kernel half size, pixels (0: 3.5 x the widest basis Gaussian, at least 5)",
+        minimum=0,
+        maximum=30,
+    )
+    spatial_order: int = config_field(
+        2, "Total order of the polynomials in x, y of the kernel coefficients", minimum=0, maximum=4
+    )
+    fit_background: bool = config_field(
+        False,
+        "Fit a differential background polynomial with the kernel (off: both inputs are "
+        "background-subtracted; fitted on star stamps it soaks up the kernel's missing wing "
+        "light and offsets the whole difference: measured -0.024 sigma per pixel, "
+        "from a fitted +1 e- background)",
+    )
+    background_order: int = config_field(
+        1,
+        "Total order of the differential background polynomial (with fit_background)",
+        minimum=0,
+        maximum=3,
+    )
+    n_stars_max: int = config_field(
+        150, "Brightest isolated template stars used to fit the kernel", minimum=10
+    )
+    star_min_snr: float = config_field(
+        30.0, "Minimum detection significance of a kernel star in the template", minimum=5.0
+    )
+    n_reject_iter: int = config_field(
+        3, "Rounds of rejection of stamps that do not subtract", minimum=0, maximum=10
+    )
+    reject_sigma: float = config_field(
+        3.0,
+        "Stamps whose reduced chi^2 exceeds the median by this many robust sigma are rejected",
+        exclusive_minimum=0.0,
+    )
+    decorrelate: bool = config_field(
+        True, "Convolve the difference with the decorrelation kernel (white noise, true variance)"
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if len(self.basis_sigma_factors) != len(self.basis_degrees):
+            raise ValueError(
+                "DiffimConfig.basis_degrees must have one entry per basis_sigma_factors entry; "
+                f"got {len(self.basis_degrees)} and {len(self.basis_sigma_factors)}"
+            )
+
+
+def _poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
+    """``u^p v^q`` for ``p + q <= order`` (total ascending, then ``p`` ascending), last axis."""
+    terms = [u**p * v ** (total - p) for total in range(order + 1) for p in range(total + 1)]
+    return np.stack(np.broadcast_arrays(*terms), axis=-1)
+
+
+def _unit(x: np.ndarray, n: int) -> np.ndarray:
+    """Array coordinate to ``[-1, 1]`` across an axis of length ``n``."""
+    return 2.0 * np.asarray(x, dtype=float) / max(n - 1, 1) - 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class MatchingKernel:
+    """A fitted spatially varying PSF-matching kernel.
+
+    The kernel at array position ``(x, y)`` is ``sum_b a_b(x, y) B_b`` (``B_b`` the basis,
+    applied as a correlation: ``(K * I)(p) = sum_u K(u) I(p + u)``) with ``a_0 =
+    kernel_sum`` and ``a_b = sum_t coeffs[b - 1, t] P_t(u, v)`` for the zero-sum bases.
+
+    Attributes
+    ----------
+    half_size : int
+        Kernel half size ``h``, pixels; the kernel is ``(2h+1, 2h+1)``.
+    sigmas_pix : tuple of float
+        Width of each Gaussian, pixels.
+    degrees : tuple of int
+        Polynomial degree with each Gaussian.
+    spatial_order : int
+        Order of the coefficient polynomials.
+    kernel_sum : float
+        Sum of the kernel (everywhere): the fitted photometric ratio, ~1 when the zero points
+        are right.
+    coeffs : numpy.ndarray
+        ``(n_basis - 1, n_spatial)`` coefficients of the zero-sum bases.
+    background_coeffs : numpy.ndarray
+        Differential background polynomial (broader minus convolved sharper image).
+    background_order : int
+        Its total order (-1: no background term).
+    image_shape : tuple of int
+        ``(ny, nx)`` the positions are normalised by.
+    n_stars : int
+        Stamps kept in the final fit.
+    residual_chi2 : float
+        Reduced chi^2 of the kept stamps in the final fit.
+    """
+
+    half_size: int
+    sigmas_pix: tuple[float, ...]
+    degrees: tuple[int, ...]
+    spatial_order: int
+    kernel_sum: float
+    coeffs: np.ndarray
+    background_coeffs: np.ndarray
+    background_order: int
+    image_shape: tuple[int, int]
+    n_stars: int
+    residual_chi2: float
+
+    def basis_1d(self) -> tuple[list[np.ndarray], list[tuple[int, int, int, float]]]:
+        """1-d factors and, per basis function, ``(width index, i, j, sum)``."""
+        return _basis_1d(self.half_size, self.sigmas_pix, self.degrees)
+
+    def coefficient_maps(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Coefficients ``a_b`` of every basis at positions ``(x, y)``: shape ``(..., n_basis)``.
+
+        The first is ``kernel_sum`` minus the zero-sum corrections of the others (their sums
+        are folded into the first basis, which has unit sum).
+        """
+        ny, nx = self.image_shape
+        p = _poly_terms(_unit(x, nx), _unit(y, ny), self.spatial_order)
+        a = p @ self.coeffs.T
+        _, index = self.basis_1d()
+        sums = np.array([s for *_, s in index[1:]])
+        a0 = self.kernel_sum - a @ sums
+        return np.concatenate([a0[..., None], a], axis=-1)
+
+    def basis_images(self) -> np.ndarray:
+        """The ``(n_basis, 2h+1, 2h+1)`` basis functions (the first with unit sum)."""
+        factors, index = self.basis_1d()
+        n_deg = [d + 1 for d in self.degrees]
+        return np.stack(
+            [
+                np.outer(factors[sum(n_deg[:g]) + j], factors[sum(n_deg[:g]) + i])
+                for g, i, j, _ in index
+            ]
+        )
+
+    def spatial_kernel_images(self) -> np.ndarray:
+        """Kernels ``K_t`` with ``K(x, y) = sum_t P_t(u, v) K_t``: ``(n_spatial, 2h+1, 2h+1)``.
+
+        ``P_t`` are the terms ``u^p v^q`` of `coeffs`; the kernel sum is all in ``K_0``.
+        """
+        basis = self.basis_images()
+        _, index = self.basis_1d()
+        sums = np.array([s for *_, s in index])
+        shaped = basis[1:] - sums[1:, None, None] * basis[0][None]
+        out = np.einsum("bt,bij->tij", self.coeffs, shaped)
+        out[0] += self.kernel_sum * basis[0]
+        return out
+
+    def kernel_image(self, x: float, y: float) -> np.ndarray:
+        """The ``(2h+1, 2h+1)`` kernel at array position ``(x, y)`` (row: v, column: u)."""
+        factors, index = self.basis_1d()
+        a = self.coefficient_maps(np.array([x]), np.array([y]))[0]
+        n_deg = [d + 1 for d in self.degrees]
+        kern = np.zeros((2 * self.half_size + 1,) * 2)
+        for b, (g, i, j, _) in enumerate(index):
+            fx = factors[sum(n_deg[:g]) + i]
+            fy = factors[sum(n_deg[:g]) + j]
+            kern += a[b] * np.outer(fy, fx)
+        return kern
+
+    def background(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Differential background at positions ``(x, y)`` (0 when none was fitted)."""
+        if self.background_order < 0:
+            return np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)))
+        ny, nx = self.image_shape
+        return _poly_terms(_unit(x, nx), _unit(y, ny), self.background_order) @ (
+            self.background_coeffs
+        )
+
+
+def _basis_1d(half_size, sigmas, degrees):
+    """1-d factors ``g_s(u) (u/s)^i`` (width-major) and the index of the 2-d bases.
+
+    The first factor of the first width is normalised to unit sum, so the first 2-d basis
+    (``i = j = 0``) has unit sum; the others are normalised to unit sum of absolute values.
+    """
+    u = np.arange(-half_size, half_size + 1, dtype=float)
+    factors = []
+    index = []
+    for g, (s, d) in enumerate(zip(sigmas, degrees, strict=True)):
+        gauss = np.exp(-0.5 * (u / s) ** 2)
+        fs = []
+        for i in range(d + 1):
+            f = gauss * (u / s) ** i
+            f = f / (f.sum() if i == 0 else np.abs(f).sum())
+            fs.append(f)
+        factors.extend(fs)
+        for total in range(d + 1):
+            for i in range(total + 1):
+                index.append((g, i, total - i, float(fs[i].sum() * fs[total - i].sum())))
+    return factors, index
+
+
+def _convolve_basis_stack(stack: np.ndarray, half_size: int, sigmas, degrees) -> np.ndarray:
+    """Correlate ``(n, L, L)`` stamps with every basis: ``(n_basis, n, L-2h, L-2h)`` valid part."""
+    factors, index = _basis_1d(half_size, sigmas, degrees)
+    n_deg = [d + 1 for d in degrees]
+    h = half_size
+    out = []
+    rows = {}
+    for g, i, j, _ in index:
+        first = sum(n_deg[:g])
+        if (g, i) not in rows:
+            rows[(g, i)] = ndimage.correlate1d(stack, factors[first + i], axis=-1, mode="constant")[
+                ..., h:-h
+            ]
+        col = ndimage.correlate1d(rows[(g, i)], factors[first + j], axis=-2, mode="constant")
+        out.append(col[..., h:-h, :])
+    return np.stack(out)
+
+
+@dataclass(frozen=True, slots=True)
+class DiffimPsf:
+    """PSF of a difference image: the broader image's PSF, convolved by the decorrelation kernel.
+
+    When the template was convolved, a transient keeps the science PSF (``base_psf``). When
+    the science image was, its PSF is ``K * base_psf`` with the spatially varying ``K``: the
+    image is then cut into ``grid_cells x grid_cells`` cells, each with the PSF and kernel at
+    its centre.
+
+    Attributes
+    ----------
+    base_psf : PsfFitResult
+        The science image's PSF model.
+    matching_kernel : MatchingKernel or None
+        The kernel applied to the science image (None when the template was convolved).
+    decorrelation : numpy.ndarray
+        ``(2m+1, 2m+1)`` decorrelation kernel (a delta when not decorrelated).
+    grid_cells : int
+        Cells per axis over which a convolved science PSF is taken as constant.
+    """
+
+    base_psf: PsfFitResult
+    matching_kernel: MatchingKernel | None
+    decorrelation: np.ndarray
+    grid_cells: int = 4
+
+    @property
+    def fwhm_pix(self) -> float:
+        """FWHM of the Gaussian of the same noise-equivalent area as the PSF at the centre.
+
+        The matched-filter width for detection (and the scale of the dipole radius). Computed
+        from the rendered PSF (with the matching kernel when the science image was
+        convolved), since a Moffat-to-Gaussian kernel has negative wings that make moments
+        misleading.
+        """
+        ny, nx = self.base_psf.image_shape
+        centre = self.base_psf.psf_at((nx - 1) / 2.0, (ny - 1) / 2.0)
+        stamp = centre.render(int(np.ceil(4.0 * centre.fwhm_pix)) + 4)
+        if self.matching_kernel is not None:
+            k = self.matching_kernel.kernel_image((nx - 1) / 2.0, (ny - 1) / 2.0)
+            stamp = signal.fftconvolve(stamp, k[::-1, ::-1] / k.sum(), mode="same")
+        return float(FWHM_PER_SIGMA * np.sqrt(effective_area(stamp) / (4.0 * np.pi)))
+
+    def phase_table(
+        self, half_size: int, x: np.ndarray, y: np.ndarray, n_phase: int = 10
+    ) -> PsfPhaseTable:
+        """PSF stamps tabulated in sub-pixel phase for sources at ``(x, y)``.
+
+        See `dcflow.stages.psf.PsfFitResult.phase_table`; every tabulated stamp (and its
+        gradients) is convolved with the kernels of this PSF.
+        """
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        m = (self.decorrelation.shape[0] - 1) // 2
+        if self.matching_kernel is None:
+            base = self.base_psf.phase_table(half_size + m, x, y, n_phase)
+            return _convolve_table(base, [self.decorrelation], half_size, m)
+        ny, nx = self.base_psf.image_shape
+        kern = self.matching_kernel
+        pad = m + kern.half_size
+        n = self.grid_cells
+        cx = np.clip((x / nx * n).astype(np.int64), 0, n - 1)
+        cy = np.clip((y / ny * n).astype(np.int64), 0, n - 1)
+        cell = cy * n + cx
+        used = np.unique(cell)
+        tables, grads_x, grads_y = [], [], []
+        for c in used:
+            xc, yc = (c % n + 0.5) * nx / n, (c // n + 0.5) * ny / n
+            base = self.base_psf.psf_at(xc, yc).phase_table(half_size + pad, n_phase)
+            k = kern.kernel_image(xc, yc) / kern.kernel_sum
+            t = _convolve_table(base, [k[::-1, ::-1], self.decorrelation], half_size, pad)
+            tables.append(t.table)
+            grads_x.append(t.d_dx0)
+            grads_y.append(t.d_dy0)
+        # A node per cell, and a copy of the last so that "the next node" always exists.
+        index = np.searchsorted(used, cell)
+        return PsfPhaseTable(
+            table=np.stack([*tables, tables[-1]]),
+            d_dx0=np.stack([*grads_x, grads_x[-1]]),
+            d_dy0=np.stack([*grads_y, grads_y[-1]]),
+            half_size=half_size,
+            n_phase=n_phase,
+            node_index=index.astype(np.int64),
+            node_weight=np.zeros(x.size),
+        )
+
+
+def _convolve_table(base: PsfPhaseTable, kernels, half_size: int, pad: int) -> PsfPhaseTable:
+    """Convolve every stamp of a phase table (and its gradients) and crop ``pad`` pixels."""
+
+    def conv(t):
+        for k in kernels:
+            shape = (1,) * (t.ndim - 2) + k.shape
+            t = signal.fftconvolve(t, k.reshape(shape), mode="same", axes=(-2, -1))
+        return t[..., pad : t.shape[-2] - pad, pad : t.shape[-1] - pad]
+
+    return PsfPhaseTable(
+        table=conv(base.table),
+        d_dx0=conv(base.d_dx0),
+        d_dy0=conv(base.d_dy0),
+        half_size=half_size,
+        n_phase=base.n_phase,
+        node_index=base.node_index,
+        node_weight=base.node_weight,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DiffimResult:
+    """A difference image (deepDiff): science minus PSF-matched, scaled template.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` float32 difference, in science-image units; 0 where the template has no
+        data (grown by the kernel) and on the science image's BAD, SAT and CR pixels.
+    variance : numpy.ndarray
+        ``(ny, nx)`` float32 per-pixel variance of ``image`` (``inf`` where there is no
+        template).
+    mask : numpy.ndarray
+        ``(ny, nx)`` int32 `MaskPlane` bits: the science mask, the template mask grown by the
+        kernel, ``EDGE`` within a kernel of the border and ``NO_DATA`` where the template has
+        none.
+    psf : DiffimPsf
+        PSF of the difference.
+    kernel : MatchingKernel
+        The fitted matching kernel.
+    convolved : str
+        ``"template"`` or ``"science"``: which image was convolved.
+    template_scale : float
+        Factor applied to the template from the zero points (science units per template unit).
+    kernel_star_x, kernel_star_y : numpy.ndarray
+        Positions of the stamps kept in the kernel fit.
+    """
+
+    image: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    psf: DiffimPsf
+    kernel: MatchingKernel
+    convolved: str
+    template_scale: float
+    kernel_star_x: np.ndarray
+    kernel_star_y: np.ndarray
+
+
+def _check_plane(name: str, array: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-d (ny, nx); got shape {array.shape}")
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"{name} shape {array.shape} differs from the science shape {shape}")
+    return array
+
+
+def select_kernel_stars(
+    image: np.ndarray,
+    variance: np.ndarray,
+    bad: np.ndarray,
+    *,
+    fwhm_pix: float,
+    stamp_half_size: int,
+    min_snr: float,
+    n_max: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bright isolated unmasked point sources to fit the matching kernel on.
+
+    Parameters
+    ----------
+    image, variance : numpy.ndarray
+        ``(ny, nx)`` background-subtracted image (the template: transients are absent from
+        it) and its variance.
+    bad : numpy.ndarray of bool
+        ``(ny, nx)`` pixels unusable in either image.
+    fwhm_pix : float
+        PSF FWHM of ``image``, pixels.
+    stamp_half_size : int
+        Half size of the stamps the fit uses (including the kernel's reach), pixels.
+    min_snr, n_max : float, int
+        Minimum detection significance; at most this many, brightest first.
+
+    Returns
+    -------
+    x, y : numpy.ndarray
+        int64 peak positions.
+    """
+    noise = float(np.sqrt(np.median(variance[~bad]))) if (~bad).any() else 1.0
+    det = detect_sources(
+        np.where(bad, 0.0, image), noise_rms=noise, fwhm_pix=fwhm_pix, threshold_sigma=5.0
+    )
+    x, y = det.x_peak, det.y_peak
+    ny, nx = image.shape
+    h = stamp_half_size
+    ok = (x >= h) & (x < nx - h) & (y >= h) & (y < ny - h)
+    ok &= det.n_peaks_in_footprint == 1
+    if x.size > 1:
+        # Isolated: no other detected peak within a stamp.
+        tree = cKDTree(np.column_stack([x, y]))
+        counts = np.array([len(n) for n in tree.query_ball_point(np.column_stack([x, y]), h)])
+        ok &= counts == 1
+    ok &= det.significance >= min_snr
+    x, y = x[ok], y[ok]
+    if x.size:
+        badst, _ = extract_stamps(bad, x, y, h)
+        clean = ~badst.any(axis=(1, 2))
+        x, y = x[clean], y[clean]
+    return x[:n_max], y[:n_max]
+
+
+def fit_matching_kernel(
+    sharp: np.ndarray,
+    broad: np.ndarray,
+    variance: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    sigmas_pix: tuple[float, ...],
+    degrees: tuple[int, ...],
+    half_size: int,
+    stamp_half_size: int,
+    spatial_order: int,
+    background_order: int | None,
+    n_reject_iter: int = 3,
+    reject_sigma: float = 3.0,
+) -> tuple[MatchingKernel, np.ndarray]:
+    """Fit the kernel that turns ``sharp`` into ``broad`` on stamps around stars.
+
+    Parameters
+    ----------
+    sharp, broad : numpy.ndarray
+        ``(ny, nx)`` images on the same pixel grid and photometric scale.
+    variance : numpy.ndarray
+        ``(ny, nx)`` variance of ``broad - K * sharp`` (the sum of the two variances).
+    x, y : numpy.ndarray
+        int64 stamp centres, at least ``stamp_half_size + half_size`` from the edges.
+    sigmas_pix, degrees, half_size : tuple, tuple, int
+        The basis (`MatchingKernel`).
+    stamp_half_size : int
+        Half size of the fitted stamps, pixels.
+    spatial_order : int
+        Order of the kernel-coefficient polynomials.
+    background_order : int or None
+        Order of the differential background polynomial (None: no background term).
+    n_reject_iter, reject_sigma : int, float
+        Rounds of rejection of stamps whose reduced chi^2 is an outlier.
+
+    Returns
+    -------
+    kernel : MatchingKernel
+        The fit.
+    used : numpy.ndarray
+        bool per star: kept in the final fit.
+
+    Raises
+    ------
+    CalibrationError
+        If fewer stamps remain than the fit needs.
+    """
+    ny, nx = broad.shape
+    h, hs = half_size, stamp_half_size
+    n_sp = (spatial_order + 1) * (spatial_order + 2) // 2
+    if np.size(x) < 3 * n_sp:
+        raise CalibrationError(
+            f"PSF matching: {np.size(x)} kernel stars left, too few for a kernel of spatial "
+            f"order {spatial_order} (at least {3 * n_sp})",
+            n_stars=int(np.size(x)),
+        )
+    big, _ = extract_stamps(sharp.astype(np.float64), x, y, hs + h)
+    conv = _convolve_basis_stack(big, h, sigmas_pix, degrees)  # (n_basis, n, L, L)
+    target, _ = extract_stamps(broad.astype(np.float64), x, y, hs)
+    var, _ = extract_stamps(variance.astype(np.float64), x, y, hs)
+    _, index = _basis_1d(h, sigmas_pix, degrees)
+    sums = np.array([s for *_, s in index])
+    # Zero-sum bases: B_b - sum(B_b) B_0.
+    shaped = conv[1:] - sums[1:, None, None, None] * conv[0][None]
+    j = np.arange(-hs, hs + 1, dtype=float)
+    px = x[:, None, None] + j[None, None, :]
+    py = y[:, None, None] + j[None, :, None]
+    uu, vv = _unit(px, nx), _unit(py, ny)
+    spatial = _poly_terms(uu, vv, spatial_order)  # (n, L, L, n_sp)
+    if background_order is None:
+        bg = np.zeros((*target.shape, 0))
+    else:
+        bg = _poly_terms(uu, vv, background_order)
+    n_sp = spatial.shape[-1]
+    n_params = 1 + (len(index) - 1) * n_sp + bg.shape[-1]
+    cols = [conv[0][..., None]]
+    cols.append(
+        (shaped.transpose(1, 2, 3, 0)[..., :, None] * spatial[..., None, :]).reshape(
+            *target.shape, -1
+        )
+    )
+    cols.append(bg)
+    design = np.concatenate(cols, axis=-1)  # (n, L, L, n_params)
+    weight = 1.0 / np.sqrt(np.maximum(var, 1e-30))
+    # Per-stamp normal equations, computed once: a rejection round only re-sums them
+    # (n_params^2 work per pixel once, instead of once per round or an SVD of the tall matrix).
+    weighted = (design * weight[..., None]).reshape(x.size, -1, n_params)
+    normal = np.matmul(weighted.transpose(0, 2, 1), weighted)
+    rhs = np.einsum("npk,np->nk", weighted, (target * weight).reshape(x.size, -1))
+    del weighted
+    used = np.ones(x.size, dtype=bool)
+    n_pix = target.shape[1] * target.shape[2]
+    chi2 = np.full(x.size, np.nan)
+    for iteration in range(n_reject_iter + 1):
+        if used.sum() * n_pix < 3 * n_params or used.sum() < 3 * n_sp:
+            raise CalibrationError(
+                f"PSF matching: {int(used.sum())} kernel stars left, too few for "
+                f"{n_params} parameters (spatial order {spatial_order})",
+                n_stars=int(used.sum()),
+                n_params=int(n_params),
+            )
+        ata = normal[used].sum(axis=0)
+        # A negligible ridge keeps near-degenerate bases solvable by Cholesky.
+        ata[np.diag_indices_from(ata)] += 1e-12 * np.trace(ata) / n_params
+        sol = linalg.solve(ata, rhs[used].sum(axis=0), assume_a="pos")
+        resid = (target - design @ sol) * weight
+        chi2 = (resid**2).sum(axis=(1, 2)) / max(n_pix - n_params / used.sum(), 1.0)
+        if iteration == n_reject_iter:
+            break
+        med = np.median(chi2[used])
+        mad = 1.4826 * np.median(np.abs(chi2[used] - med))
+        new_used = used & (chi2 <= med + reject_sigma * max(mad, 0.05 * med))
+        if new_used.sum() == used.sum():
+            break
+        used = new_used
+    n_basis = len(index)
+    kernel = MatchingKernel(
+        half_size=h,
+        sigmas_pix=tuple(float(s) for s in sigmas_pix),
+        degrees=tuple(int(d) for d in degrees),
+        spatial_order=spatial_order,
+        kernel_sum=float(sol[0]),
+        coeffs=sol[1 : 1 + (n_basis - 1) * n_sp].reshape(n_basis - 1, n_sp),
+        background_coeffs=sol[1 + (n_basis - 1) * n_sp :],
+        background_order=-1 if background_order is None else background_order,
+        image_shape=(ny, nx),
+        n_stars=int(used.sum()),
+        residual_chi2=float(np.median(chi2[used])),
+    )
+    return kernel, used
+
+
+def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarray:
+    """Apply a spatially varying matching kernel (and its background) to a whole image.
+
+    The kernel is ``sum_t P_t(x, y) K_t`` (`MatchingKernel.spatial_kernel_images`), so the
+    result is ``sum_t P_t (K_t * image)``: one forward FFT of the image and one product and
+    inverse FFT per spatial term (6 at order 2). Measured on a 2048 x 4612 CCD: 1.5 s CPU,
+    against 8 s for the separable basis convolved in row strips with ``correlate1d``
+    (27 basis functions, 38 one-dimensional passes of 23 taps).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(ny, nx)`` image, finite everywhere (fill masked pixels beforehand).
+    kernel : MatchingKernel
+        The kernel; its ``image_shape`` must be ``image.shape``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(ny, nx)`` float32 ``K * image + background``; within ``half_size`` of the edges
+        the image is extended by its nearest pixels (flag those pixels EDGE).
+    """
+    ny, nx = image.shape
+    h = kernel.half_size
+    padded = np.pad(np.asarray(image, dtype=np.float32), h, mode="edge")
+    fshape = (sp_fft.next_fast_len(ny + 2 * h, True), sp_fft.next_fast_len(nx + 2 * h, True))
+    image_ft = sp_fft.rfft2(padded, s=fshape)
+    del padded
+    kernels = kernel.spatial_kernel_images()
+    u, v = _unit(np.arange(nx), nx), _unit(np.arange(ny), ny)
+    terms = [(p, total - p) for total in range(kernel.spatial_order + 1) for p in range(total + 1)]
+    out = np.zeros((ny, nx), dtype=np.float32)
+    for (p, q), k in zip(terms, kernels, strict=True):
+        grid = np.zeros(fshape, dtype=np.float32)
+        grid[: 2 * h + 1, : 2 * h + 1] = k
+        grid = np.roll(grid, (-h, -h), axis=(0, 1))
+        # Correlation: the product with the conjugate transform of the kernel.
+        conv = sp_fft.irfft2(image_ft * np.conj(sp_fft.rfft2(grid)), s=fshape)
+        conv = conv[h : h + ny, h : h + nx]
+        if p == 0 and q == 0:
+            out += conv
+        else:
+            out += conv * (v[:, None] ** q * u[None, :] ** p).astype(np.float32)
+    if kernel.background_order >= 0:
+        xs, ys = np.arange(nx, dtype=float), np.arange(ny, dtype=float)
+        out += kernel.background(xs[None, :], ys[:, None]).astype(np.float32)
+    return out
+
+
+def decorrelation_kernel(
+    kernel: np.ndarray, variance_convolved: float, variance_other: float, *, half_size: int
+) -> np.ndarray:
+    """Kernel that whitens the noise of ``other - K * convolved`` (DMTN-021, Kaiser 2004).
+
+    Parameters
+    ----------
+    kernel : numpy.ndarray
+        ``(2h+1, 2h+1)`` matching kernel normalised to unit sum.
+    variance_convolved, variance_other : float
+        Sky variance of the convolved image (after scaling) and of the other image.
+    half_size : int
+        Half size of the returned kernel, pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(2m+1, 2m+1)`` kernel of unit sum; the difference convolved with it has white noise
+        of variance ``variance_convolved + variance_other``.
+    """
+    n = int(2 ** np.ceil(np.log2(4 * max(kernel.shape[0], 2 * half_size + 1))))
+    grid = np.zeros((n, n))
+    k = kernel.shape[0]
+    grid[:k, :k] = kernel
+    grid = np.roll(grid, (-(k // 2), -(k // 2)), axis=(0, 1))
+    power = np.abs(np.fft.fft2(grid)) ** 2
+    phi_hat = np.sqrt(
+        (variance_convolved + variance_other) / (variance_convolved * power + variance_other)
+    )
+    phi = np.fft.fftshift(np.real(np.fft.ifft2(phi_hat)))
+    c = n // 2
+    phi = phi[c - half_size : c + half_size + 1, c - half_size : c + half_size + 1]
+    return phi / phi.sum()
+
+
+def _grow(flags: np.ndarray, half_size: int) -> np.ndarray:
+    """Dilate by a ``(2h+1)^2`` box, as two 1-d maximum filters (20x faster than 2-d)."""
+    if not flags.any():
+        return np.zeros(flags.shape, dtype=bool)
+    size = 2 * half_size + 1
+    grown = ndimage.maximum_filter1d(flags.astype(np.uint8), size, axis=0)
+    return ndimage.maximum_filter1d(grown, size, axis=1).astype(bool)
+
+
+def subtract_images(
+    science: np.ndarray,
+    science_variance: np.ndarray,
+    science_mask: np.ndarray,
+    template: np.ndarray,
+    template_variance: np.ndarray,
+    template_mask: np.ndarray,
+    *,
+    science_zero_point: float,
+    template_zero_point: float,
+    science_psf: PsfFitResult,
+    template_fwhm_pix: float,
+    config: DiffimConfig | None = None,
+) -> DiffimResult:
+    """Science minus the PSF-matched template, decorrelated: a deepDiff.
+
+    Parameters
+    ----------
+    science, science_variance, science_mask : numpy.ndarray
+        ``(ny, nx)`` background-subtracted calexp image, variance and `MaskPlane` bits.
+    template, template_variance, template_mask : numpy.ndarray
+        ``(ny, nx)`` background-subtracted template warped to the science pixel grid, its
+        variance and mask (``NO_DATA`` where no template input covers a pixel).
+    science_zero_point, template_zero_point : float
+        Magnitude of one unit of each image's pixels.
+    science_psf : PsfFitResult
+        PSF model of the science image (its FWHM sizes the basis; it is the difference's
+        PSF before decorrelation).
+    template_fwhm_pix : float
+        Half-maximum PSF FWHM of the template, pixels (its header ``PSFFWHM`` over the pixel
+        scale); compared with the science PSF's to choose which image to convolve, and
+        sizes the basis.
+    config : DiffimConfig, optional
+        Basis, orders, star selection and decorrelation.
+
+    Returns
+    -------
+    DiffimResult
+        The difference image, variance, mask, PSF and the fitted kernel.
+
+    Raises
+    ------
+    ValueError
+        If an array is not 2-d, shapes differ, or a zero point or FWHM is not finite.
+    InputDataError
+        If the science image or the template has no usable pixel.
+    CalibrationError
+        If too few kernel stars are found or survive rejection.
+    """
+    config = config or DiffimConfig()
+    science = _check_plane("science", science, None)
+    shape = science.shape
+    science_variance = _check_plane("science_variance", science_variance, shape)
+    science_mask = _check_plane("science_mask", science_mask, shape)
+    template = _check_plane("template", template, shape)
+    template_variance = _check_plane("template_variance", template_variance, shape)
+    template_mask = _check_plane("template_mask", template_mask, shape)
+    for name, plane in (("science_mask", science_mask), ("template_mask", template_mask)):
+        if plane.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer MaskPlane bits; got dtype {plane.dtype}")
+    for name, value in (
+        ("science_zero_point", science_zero_point),
+        ("template_zero_point", template_zero_point),
+    ):
+        if not np.isfinite(value):
+            raise ValueError(f"{name} must be finite; got {value}")
+    if not (np.isfinite(template_fwhm_pix) and template_fwhm_pix > 0):
+        raise ValueError(f"template_fwhm_pix must be finite and > 0; got {template_fwhm_pix}")
+
+    scale = float(10.0 ** (0.4 * (science_zero_point - template_zero_point)))
+    no_data_bits = int(MaskPlane.NO_DATA | MaskPlane.BAD | MaskPlane.SAT)
+    tmpl_bad = ((template_mask & no_data_bits) != 0) | ~np.isfinite(template)
+    tmpl_bad |= ~np.isfinite(template_variance)
+    sci_bad = ((science_mask & int(MaskPlane.BAD | MaskPlane.SAT | MaskPlane.CR)) != 0) | (
+        ~np.isfinite(science) | ~np.isfinite(science_variance)
+    )
+    if tmpl_bad.all():
+        raise InputDataError("template has no usable pixel on this image", n_good=0)
+    if sci_bad.all():
+        raise InputDataError("science image has no usable pixel", n_good=0)
+    tmpl = np.where(tmpl_bad, 0.0, template * scale).astype(np.float32)
+    tvar = np.where(tmpl_bad, 0.0, template_variance * scale**2).astype(np.float32)
+    sci = np.where(sci_bad, 0.0, science).astype(np.float32)
+    svar = np.where(sci_bad, 0.0, science_variance).astype(np.float32)
+
+    # Representative width of the science PSF: its model's half-maximum FWHM at the centre
+    # (the measure of the calexp and coadd headers' PSFFWHM).
+    sci_fwhm = float(science_psf.psf_at((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0).fwhm_pix)
+    template_is_sharper = template_fwhm_pix <= sci_fwhm
+    sharp_fwhm, broad_fwhm = sorted((template_fwhm_pix, sci_fwhm))
+    s_sharp, s_broad = sharp_fwhm / FWHM_PER_SIGMA, broad_fwhm / FWHM_PER_SIGMA
+    s_match = max(np.sqrt(max(s_broad**2 - s_sharp**2, 0.0)), 0.4 * s_broad)
+    sigmas = tuple(max(f * s_match, 0.4) for f in config.basis_sigma_factors)
+    half = config.kernel_half_size_pix or max(int(np.ceil(3.5 * max(sigmas))), 5)
+    stamp_half = max(int(np.ceil(2.5 * broad_fwhm)), 6)
+
+    if template_is_sharper:
+        sharp, broad, convolved = tmpl, sci, "template"
+    else:
+        sharp, broad, convolved = sci, tmpl, "science"
+    bad = tmpl_bad | sci_bad
+    x, y = select_kernel_stars(
+        tmpl,
+        tvar,
+        bad,
+        fwhm_pix=template_fwhm_pix,
+        stamp_half_size=stamp_half + half,
+        min_snr=config.star_min_snr,
+        n_max=config.n_stars_max,
+    )
+    kernel, used = fit_matching_kernel(
+        sharp,
+        broad,
+        svar + tvar,
+        x,
+        y,
+        sigmas_pix=sigmas,
+        degrees=config.basis_degrees,
+        half_size=half,
+        stamp_half_size=stamp_half,
+        spatial_order=config.spatial_order,
+        background_order=config.background_order if config.fit_background else None,
+        n_reject_iter=config.n_reject_iter,
+        reject_sigma=config.reject_sigma,
+    )
+    log.info(
+        "PSF matching (%s convolved): %d of %d stars, kernel sum %.4f, stamp chi2 %.2f",
+        convolved,
+        kernel.n_stars,
+        x.size,
+        kernel.kernel_sum,
+        kernel.residual_chi2,
+    )
+    c0 = kernel.kernel_sum
+    matched = convolve_with_kernel(sharp, kernel)
+    if template_is_sharper:
+        diff = sci - matched
+        variance = svar + c0**2 * tvar
+        var_conv, var_other = c0**2 * np.median(tvar[~bad]), np.median(svar[~bad])
+    else:
+        # Science convolved: divide by the kernel sum to stay in science units.
+        diff = (matched - tmpl) / c0
+        variance = svar + tvar / c0**2
+        var_conv, var_other = np.median(svar[~bad]), np.median(tvar[~bad]) / c0**2
+    center_kernel = kernel.kernel_image((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0) / c0
+    if config.decorrelate:
+        phi = decorrelation_kernel(center_kernel, var_conv, var_other, half_size=half)
+        diff = signal.fftconvolve(diff, phi.astype(np.float32), mode="same")
+    else:
+        phi = np.zeros((1, 1))
+        phi[0, 0] = 1.0
+
+    mask = np.asarray(science_mask, dtype=np.int32).copy()
+    tmpl_flags = _grow(tmpl_bad, half)
+    mask |= np.where(tmpl_flags, int(MaskPlane.NO_DATA), 0).astype(np.int32)
+    sci_flags = _grow(sci_bad, half) & ~sci_bad
+    mask |= np.where(sci_flags, int(MaskPlane.SUSPECT), 0).astype(np.int32)
+    edge = np.zeros(shape, dtype=bool)
+    e = 2 * half
+    edge[:e], edge[-e:], edge[:, :e], edge[:, -e:] = True, True, True, True
+    mask |= np.where(edge, int(MaskPlane.EDGE), 0).astype(np.int32)
+    no_data = (mask & int(MaskPlane.NO_DATA)) != 0
+    diff = np.where(no_data | sci_bad, 0.0, diff).astype(np.float32)
+    variance = np.where(no_data, np.inf, variance).astype(np.float32)
+    psf = DiffimPsf(
+        base_psf=science_psf,
+        matching_kernel=None if template_is_sharper else kernel,
+        decorrelation=phi,
+    )
+    return DiffimResult(
+        image=diff,
+        variance=variance,
+        mask=mask,
+        psf=psf,
+        kernel=kernel,
+        convolved=convolved,
+        template_scale=scale,
+        kernel_star_x=x[used],
+        kernel_star_y=y[used],
+    )
+
+
+def _header_number(header, key: str, what: str) -> float:
+    try:
+        value = float(header[key])
+    except KeyError:
+        raise InputDataError(f"{what} header lacks {key}", key=key) from None
+    except (TypeError, ValueError):
+        raise InputDataError(
+            f"{what} header {key}={header[key]!r} is not a number", key=key
+        ) from None
+    if not np.isfinite(value):
+        raise InputDataError(f"{what} header {key}={value} is not finite", key=key)
+    return value
+
+
+def subtract_exposures(
+    calexp: Exposure, template: Exposure, *, config: DiffimConfig | None = None
+) -> DiffimResult:
+    """`subtract_images` on a calexp and a template warped to its pixel grid.
+
+    Parameters
+    ----------
+    calexp : Exposure
+        Background-subtracted calibrated exposure with a WCS, header ``ZP`` (mag of one
+        pixel unit) and the PSF model cards of `dcflow.stages.psf.PsfFitResult.to_header`.
+    template : Exposure
+        templateCoadd warped to the calexp's pixel grid, header ``ZP`` and ``PSFFWHM``
+        (half-maximum FWHM, arcsec).
+    config : DiffimConfig, optional
+        As for `subtract_images`.
+
+    Returns
+    -------
+    DiffimResult
+        As `subtract_images`.
+
+    Raises
+    ------
+    InputDataError
+        If a header card is missing or not a finite number, the calexp has no WCS or PSF
+        model, or the shapes differ.
+    """
+    if calexp.wcs is None:
+        raise InputDataError("calexp has no WCS: the template's PSF width cannot be converted")
+    if template.shape != calexp.shape:
+        raise InputDataError(
+            f"template shape {template.shape} differs from calexp shape {calexp.shape}: warp "
+            "the template to the calexp grid first"
+        )
+    psf = psf_model_from_header(calexp.header)
+    if psf is None:
+        raise InputDataError("calexp header has no PSF model (PSFMODEL card)")
+    scale_arcsec = float(np.sqrt(proj_plane_pixel_area(calexp.wcs.celestial)) * 3600.0)
+    fwhm_arcsec = _header_number(template.header, "PSFFWHM", "template")
+    return subtract_images(
+        calexp.image,
+        calexp.variance,
+        calexp.mask,
+        template.image,
+        template.variance,
+        template.mask,
+        science_zero_point=_header_number(calexp.header, "ZP", "calexp"),
+        template_zero_point=_header_number(template.header, "ZP", "template"),
+        science_psf=psf,
+        template_fwhm_pix=fwhm_arcsec / scale_arcsec,
+        config=config,
+    )
