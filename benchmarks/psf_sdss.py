@@ -20,13 +20,17 @@ For each filter, runs processCcd (config/sdss-stripe82.yaml settings) on the fra
   ``ratio_noise_sky``; ``ratio_mad_boot_sd`` is the bootstrap error of the MAD (a handful
   of stars: the ratio scatter / noise is uncertain by 0.25-0.7), and ``chi_mad`` the robust
   scatter of each star's deviation over its own noise, which does not mix stars of very
-  different noise as MAD / median noise does.
+  different noise as MAD / median noise does, also for S/N 100-200 and above 400 alone;
+  ``width_colour_pct_mag`` is the slope (% per mag) of the stars' moment width over the
+  model's against their g - r colour (reference catalogue), with its error.
 
 Measured on run 6377 (2026-12-06): stars of S/N 100-200 are noise-limited (``chi`` MAD
 0.7-1.1 in g r i z), stars above S/N 400 are not (2.5-6): a floor of 4-6 mmag from PSF-model
 width errors (a bright star's width predicted by any smooth polynomial from the other stars
-misses by 0.8-2 % rms, its own width is measured to 0.15 %; in r i z the width grows with
-colour by 0.8-1.5 % per mag of g-r).
+misses by 0.8-2 % rms, its own width is measured to 0.15 %). Whether colour drives part of
+it is open: Moffat widths of S/N > 50 stars grow by 0.8-1.5 % per mag of g - r in r i z (3-5
+sigma), the moment widths of the S/N > 100 stars here do not confirm it
+(``width_colour_pct_mag``).
 
 Prints figures; it is not a test.
 """
@@ -41,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import least_squares
+from scipy.spatial import cKDTree
 
 from dcflow.config_schema import load_config
 from dcflow.configs import from_mapping
@@ -188,6 +193,33 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
         1.4826 * np.median(np.abs(r - np.median(r)))
         for r in rng.choice(ratio, size=(500, len(ratio)), replace=True)
     ]
+    snr = np.asarray(src["snr"][stars])
+
+    def chi_mad(sel):
+        return 1.4826 * float(np.median(np.abs(chi[sel]))) if sel.sum() else float("nan")
+
+    # Chromatic PSF: the stars' width relative to the model's at their position against their
+    # g - r colour from the reference catalogue (nearest within 1").
+    ref = frame.refcat
+    dec0 = np.radians(float(np.median(src["dec_deg"])))
+    tree = cKDTree(np.column_stack([np.asarray(ref["ra_deg"]) * np.cos(dec0), ref["dec_deg"]]))
+    dist, near_ref = tree.query(
+        np.column_stack([np.asarray(src["ra_deg"][stars]) * np.cos(dec0), src["dec_deg"][stars]])
+    )
+    colour = np.where(
+        dist * 3600 < 1.0,
+        np.asarray(ref["g_mag"])[near_ref] - np.asarray(ref["r_mag"])[near_ref],
+        np.nan,
+    )
+    dlnw = np.log(star_mom / model_mom)
+    fit = np.isfinite(colour) & np.isfinite(dlnw) & (np.abs(colour) < 3)
+    slope, slope_err = np.nan, np.nan
+    if fit.sum() >= 5:
+        design = np.column_stack([np.ones(fit.sum()), colour[fit]])
+        coef = np.linalg.lstsq(design, dlnw[fit], rcond=None)[0]
+        resid = dlnw[fit] - design @ coef
+        cov = np.linalg.inv(design.T @ design) * (resid @ resid) / (fit.sum() - 2)
+        slope, slope_err = 100 * coef[1], 100 * float(np.sqrt(cov[1, 1]))
     h = result.calexp.header
     return {
         "n_stars": len(stars),
@@ -207,6 +239,10 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
         "empty_sky_noise_x": float(np.sqrt(measured / predicted)),
         "ratio_mad_boot_sd": 1086 * float(np.std(boot)),
         "chi_mad": 1.4826 * float(np.median(np.abs(chi))),
+        "chi_mad_snr_100_200": chi_mad(snr < 200),
+        "chi_mad_snr_gt_400": chi_mad(snr > 400),
+        "width_colour_pct_mag": slope,
+        "width_colour_err": slope_err,
         "psf_err_mmag": 1086
         * float(np.median(src["psf_flux_err"][stars] / src["psf_flux"][stars])),
         "ap_err_mmag": 1086 * float(np.median(src["ap_flux_err"][stars] / flux)),
