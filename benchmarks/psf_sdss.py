@@ -12,9 +12,25 @@ For each filter, runs processCcd (config/sdss-stripe82.yaml settings) on the fra
   of an adaptive-moment FWHM, of a pixel-integrated Gaussian fit and of a Moffat fit (free
   centre, width, beta and background); the model's moments are measured on the model at
   each star's position, so like is compared with like;
-- the robust scatter (1.4826 MAD) of ``apcorr * psf_flux / ap_flux`` over those stars and the
-  scatter the noise explains, from the quoted errors and the covariance of the two fluxes
-  (both sums over the same pixels).
+- the robust scatter (1.4826 MAD) of ``apcorr * psf_flux / ap_flux`` over those stars (point
+  sources only: extendedness 0) and the scatter the noise explains, from the variance plane
+  and the covariance of the two fluxes (both sums over the same pixels) -- ``ratio_noise`` --
+  and with the sky noise the variance plane misses added, measured with the same
+  PSF-minus-aperture weights at empty positions (`empty_position_noise`) --
+  ``ratio_noise_sky``; ``ratio_mad_boot_sd`` is the bootstrap error of the MAD (a handful
+  of stars: the ratio scatter / noise is uncertain by 0.25-0.7), and ``chi_mad`` the robust
+  scatter of each star's deviation over its own noise, which does not mix stars of very
+  different noise as MAD / median noise does, also for S/N 100-200 and above 400 alone;
+  ``width_colour_pct_mag`` is the slope (% per mag) of the stars' moment width over the
+  model's against their g - r colour (reference catalogue), with its error.
+
+Measured on run 6377 (2026-12-06): stars of S/N 100-200 are noise-limited (``chi`` MAD
+0.7-1.1 in g r i z), stars above S/N 400 are not (2.5-6): a floor of 4-6 mmag from PSF-model
+width errors (a bright star's width predicted by any smooth polynomial from the other stars
+misses by 0.8-2 % rms, its own width is measured to 0.15 %). Whether colour drives part of
+it is open: Moffat widths of S/N > 50 stars grow by 0.8-1.5 % per mag of g - r in r i z (3-5
+sigma), the moment widths of the S/N > 100 stars here do not confirm it
+(``width_colour_pct_mag``).
 
 Prints figures; it is not a test.
 """
@@ -27,14 +43,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from scipy.optimize import least_squares
+from scipy.spatial import cKDTree
 
 from dcflow.config_schema import load_config
 from dcflow.configs import from_mapping
+from dcflow.exposure import MaskPlane
 from dcflow.instruments import sdss
 from dcflow.io import read_fits, read_table
 from dcflow.layout import Layout
-from dcflow.stages.measurement import aperture_weight_table
+from dcflow.stages.measurement import aperture_weight_table, empty_position_noise
 from dcflow.stages.process_ccd import ProcessCcdConfig, process_ccd
 from dcflow.stages.psf import FWHM_PER_SIGMA
 from dcflow.stages.stamps import adaptive_moments, extract_stamps
@@ -106,7 +125,10 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
     x, y = np.asarray(src["x"]), np.asarray(src["y"])
     near = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
     isolated = (near < 2 * HALF).sum(axis=1) == 1
-    stars = np.nonzero((src["flags"] == 0) & (src["snr"] > 100) & isolated)[0]
+    # Bright isolated unflagged point sources (extended ones, galaxies and close pairs, are
+    # not stars: their PSF / aperture ratio measures their size, not the photometry's noise).
+    point = np.asarray(src["extendedness"]) == 0
+    stars = np.nonzero((src["flags"] == 0) & (src["snr"] > 100) & isolated & point)[0]
     xi, yi = np.rint(x[stars]).astype(int), np.rint(y[stars]).astype(int)
     stamps, inside = extract_stamps(image, xi, yi, HALF)
     variance, _ = extract_stamps(var, xi, yi, HALF)
@@ -152,6 +174,52 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
     flux = np.asarray(src["ap_flux"][stars])
     expected = np.sqrt(np.maximum(var_psf + var_ap - 2 * cov, 0)) / flux
     mad = 1.4826 * np.median(np.abs(ratio - np.median(ratio)))
+    # The sky noise the variance plane misses: the same difference (PSF flux - aperture flux)
+    # measured at empty positions, away from every detection (grown by 6 pixels).
+    blocked = ndimage.maximum_filter(
+        (result.calexp.mask & int(MaskPlane.DETECTED | MaskPlane.BAD | MaskPlane.SAT)) != 0,
+        size=13,
+    )
+    centre = result.psf_fit.psf_at(image.shape[1] / 2, image.shape[0] / 2).render(HALF)
+    w_diff = centre / (centre * centre).sum()
+    w_diff[HALF - ah : HALF + ah + 1, HALF - ah : HALF + ah + 1] -= ap_table[n_ph // 2, n_ph // 2]
+    measured, predicted, _ = empty_position_noise(image, var, blocked, w_diff)
+    excess = max(measured - predicted, 0.0)
+    expected_sky = np.sqrt(expected**2 + excess / flux**2)
+    # Per-star normalised deviations: robust to stars of very different noise.
+    chi = (ratio - np.median(ratio)) / expected_sky
+    rng = np.random.default_rng(0)
+    boot = [
+        1.4826 * np.median(np.abs(r - np.median(r)))
+        for r in rng.choice(ratio, size=(500, len(ratio)), replace=True)
+    ]
+    snr = np.asarray(src["snr"][stars])
+
+    def chi_mad(sel):
+        return 1.4826 * float(np.median(np.abs(chi[sel]))) if sel.sum() else float("nan")
+
+    # Chromatic PSF: the stars' width relative to the model's at their position against their
+    # g - r colour from the reference catalogue (nearest within 1").
+    ref = frame.refcat
+    dec0 = np.radians(float(np.median(src["dec_deg"])))
+    tree = cKDTree(np.column_stack([np.asarray(ref["ra_deg"]) * np.cos(dec0), ref["dec_deg"]]))
+    dist, near_ref = tree.query(
+        np.column_stack([np.asarray(src["ra_deg"][stars]) * np.cos(dec0), src["dec_deg"][stars]])
+    )
+    colour = np.where(
+        dist * 3600 < 1.0,
+        np.asarray(ref["g_mag"])[near_ref] - np.asarray(ref["r_mag"])[near_ref],
+        np.nan,
+    )
+    dlnw = np.log(star_mom / model_mom)
+    fit = np.isfinite(colour) & np.isfinite(dlnw) & (np.abs(colour) < 3)
+    slope, slope_err = np.nan, np.nan
+    if fit.sum() >= 5:
+        design = np.column_stack([np.ones(fit.sum()), colour[fit]])
+        coef = np.linalg.lstsq(design, dlnw[fit], rcond=None)[0]
+        resid = dlnw[fit] - design @ coef
+        cov = np.linalg.inv(design.T @ design) * (resid @ resid) / (fit.sum() - 2)
+        slope, slope_err = 100 * coef[1], 100 * float(np.sqrt(cov[1, 1]))
     h = result.calexp.header
     return {
         "n_stars": len(stars),
@@ -167,6 +235,14 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
         "star_moffat_beta": float(np.nanmedian(moffat[:, 1])),
         "ratio_mad_mmag": 1086 * mad,
         "ratio_noise_mmag": 1086 * float(np.sqrt(np.median(expected**2))),
+        "ratio_noise_sky_mmag": 1086 * float(np.sqrt(np.median(expected_sky**2))),
+        "empty_sky_noise_x": float(np.sqrt(measured / predicted)),
+        "ratio_mad_boot_sd": 1086 * float(np.std(boot)),
+        "chi_mad": 1.4826 * float(np.median(np.abs(chi))),
+        "chi_mad_snr_100_200": chi_mad(snr < 200),
+        "chi_mad_snr_gt_400": chi_mad(snr > 400),
+        "width_colour_pct_mag": slope,
+        "width_colour_err": slope_err,
         "psf_err_mmag": 1086
         * float(np.median(src["psf_flux_err"][stars] / src["psf_flux"][stars])),
         "ap_err_mmag": 1086 * float(np.median(src["ap_flux_err"][stars] / flux)),
@@ -191,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{band}: model moments / star moments {r['model_mom_at_stars'] / r['star_mom']:.3f}, "
             f"model effective width / psField {r['model_eff_fwhm'] / r['psField_width']:.3f}, "
             f"model FWHM / per-star Moffat {r['model_fwhm'] / r['star_moffat']:.3f}, "
-            f"ratio scatter / noise {r['ratio_mad_mmag'] / r['ratio_noise_mmag']:.2f}"
+            f"ratio scatter / noise {r['ratio_mad_mmag'] / r['ratio_noise_mmag']:.2f} "
+            f"(+- {r['ratio_mad_boot_sd'] / r['ratio_noise_mmag']:.2f} bootstrap), "
+            f"/ noise with empty-position sky {r['ratio_mad_mmag'] / r['ratio_noise_sky_mmag']:.2f}"
         )
     return 0
 

@@ -79,3 +79,27 @@ def test_detection_validation():
         detect_sources(np.zeros((5, 5)), noise_rms=0.0, fwhm_pix=3.0)
     with pytest.raises(ValueError, match="fwhm_pix must be > 0"):
         detect_sources(np.zeros((5, 5)), noise_rms=1.0, fwhm_pix=-1.0)
+
+
+def test_noise_bumps_on_a_bright_star_are_not_second_peaks():
+    """A bright star on noise: the wings carry local maxima of the smoothed image that rise
+    less than 3 sigma above the saddle to the star's peak; they are neither sources nor
+    blends. A real companion 12 pixels away (a deep saddle) still is."""
+    shape = (90, 140)
+    rng = np.random.default_rng(2)
+    star = gaussian(shape, 50.0, 45.0, 2.0e4, 2.0)
+    # A broad halo (galaxy-like) makes the footprint large, with room for noise bumps.
+    halo = gaussian(shape, 50.0, 45.0, 1.6e5, 60.0)  # 2.7-7 per pixel: one footprint
+    noise = rng.normal(0.0, 1.0, shape)
+    image = (star + halo + noise).astype(np.float32)
+    every = detect_sources(
+        image, noise_rms=1.0, fwhm_pix=3.0, threshold_sigma=5.0, min_peak_contrast_sigma=0.0
+    )
+    det = detect_sources(image, noise_rms=1.0, fwhm_pix=3.0, threshold_sigma=5.0)
+    assert every.x_peak.size > 1  # noise bumps in the halo are local maxima
+    assert det.x_peak.tolist() == [50] and det.y_peak.tolist() == [45]
+    assert det.n_peaks_in_footprint.tolist() == [1]
+    pair = image + gaussian(shape, 62.0, 45.0, 5.0e3, 2.0).astype(np.float32)
+    det = detect_sources(pair, noise_rms=1.0, fwhm_pix=3.0, threshold_sigma=5.0)
+    assert sorted(det.x_peak.tolist()) == [50, 62]
+    assert det.n_peaks_in_footprint.tolist() == [2, 2]

@@ -8,6 +8,7 @@ from photutils.aperture import CircularAperture, aperture_photometry
 
 from dcflow.stages.measurement import (
     aperture_fluxes,
+    empty_position_noise,
     psf_fluxes,
     psf_photometry,
     windowed_centroids,
@@ -149,3 +150,38 @@ def test_model_weights_lower_the_noise_of_bright_stars_without_bias():
         # Unbiased to 0.2 % (phase-table interpolation and position-fit effects are ~0.1 %).
         assert np.mean(f) == pytest.approx(2e5, rel=2e-3)
         assert np.std(f) == pytest.approx(np.median(e), rel=0.2)  # errors are right
+
+
+def test_empty_position_noise_sees_correlated_noise_the_variance_plane_misses():
+    """White noise: measured = predicted; neighbours correlated (rho 0.5 along x): a 9 x 9 box
+    sum has variance (81 + 2 * 0.5 * 72) / 81 = 1.889 times the independent-pixel prediction.
+    Blocked pixels (a bright "source") are never in a stamp."""
+    rng = np.random.default_rng(3)
+    ny, nx = 700, 900
+    sigma = 5.0
+    white = rng.normal(0.0, sigma, (ny, nx + 1))
+    variance = np.full((ny, nx), sigma**2)
+    blocked = np.zeros((ny, nx), bool)
+    blocked[100:200, 300:400] = True
+    box = np.ones((9, 9))
+    image = white[:, :nx].copy()
+    image[blocked] = 1e6
+    measured, predicted, n = empty_position_noise(image, variance, blocked, box)
+    assert predicted == pytest.approx(81 * sigma**2)
+    assert n == (ny // 9) * (nx // 9) - 12 * 12
+    assert measured / predicted == pytest.approx(1.0, abs=0.1)
+    correlated = (white[:, :nx] + white[:, 1:]) / np.sqrt(2.0)
+    measured, predicted, _ = empty_position_noise(correlated, variance, blocked, box)
+    assert measured / predicted == pytest.approx(153 / 81, rel=0.1)
+
+
+def test_empty_position_noise_validation_and_too_few_positions():
+    image = np.zeros((40, 50))
+    with pytest.raises(ValueError, match="must have the same"):
+        empty_position_noise(image, np.ones((40, 49)), np.zeros((40, 50), bool), np.ones((3, 3)))
+    with pytest.raises(ValueError, match="square stamp of odd size"):
+        empty_position_noise(image, np.ones((40, 50)), np.zeros((40, 50), bool), np.ones((4, 4)))
+    measured, predicted, n = empty_position_noise(
+        image, np.ones((40, 50)), np.ones((40, 50), bool), np.ones((3, 3))
+    )
+    assert n == 0 and np.isnan(measured) and np.isnan(predicted)

@@ -743,3 +743,45 @@ def test_reference_stars_are_point_like(band):
     assert (ok & bright).sum() >= 50
     assert np.nanmean(ext[ok & bright]) <= 0.03
     assert np.nanmean(ext[~ok & bright]) >= 0.6
+
+
+@needs_data
+@pytest.mark.parametrize("band", BANDS)
+def test_process_ccd_blends_are_real_second_peaks(band):
+    """A source is blended only when its footprint holds a second peak that stands out from
+    the noise (prominence >= 5 sigma). Counting every local maximum of the smoothed image,
+    noise bumps on bright profiles made 14-32 % of the sources blended (u g r i; 3 % in z);
+    measured now 1.6-4.6 %."""
+    from dcflow.stages.measurement import SourceFlag
+
+    src = _processed(band).src
+    blended = (np.asarray(src["flags"]) & SourceFlag.BLENDED) != 0
+    assert blended.mean() <= 0.08, f"{band}: {100 * blended.mean():.1f} % blended"
+
+
+@needs_data
+@pytest.mark.parametrize("band", BANDS)
+def test_process_ccd_flux_errors_hold_the_sky_noise_the_variance_plane_misses(band):
+    """Fluxes at empty positions scatter more than the variance plane predicts, the more the
+    larger the footprint (faint undetected sources, correlated pixels): measured PSF 1.00-1.08,
+    3" aperture 1.03-1.26 times. The header records both; the src errors include the excess."""
+    result = _processed(band)
+    h = result.calexp.header
+    assert 0.95 <= h["SKYNPSF"] <= 1.15
+    assert h["SKYNPSF"] - 0.01 <= h["SKYNAP"] <= 1.4
+    src = result.src
+    faint = np.asarray(src["snr"]) < 10  # sky-limited: the excess dominates the change
+    ap_err = np.asarray(src["ap_flux_err"])[faint]
+    calexp = result.calexp
+    r = _aperture_radius_pix(result)
+    from dcflow.stages.measurement import aperture_fluxes
+
+    _, plane_err = aperture_fluxes(
+        calexp.image,
+        calexp.variance,
+        np.asarray(src["x"])[faint],
+        np.asarray(src["y"])[faint],
+        radius_pix=r,
+    )
+    ratio = float(np.median(ap_err / plane_err))
+    assert ratio == pytest.approx(h["SKYNAP"], rel=0.1)

@@ -6,7 +6,10 @@ The steps, each a function of its own module:
    interpolated, subtracted; estimated again after detection from the pixels outside the
    (grown) footprints;
 2. detection (`dcflow.stages.detection`): matched-filter smoothing, threshold, footprints
-   and peaks, with cosmic-ray and bad pixels zeroed first so they do not become sources;
+   and peaks (a second peak counts only with a prominence of
+   ``detection_min_peak_contrast_sigma``: noise bumps on bright profiles are not sources
+   and do not make blends), with cosmic-ray and bad pixels zeroed first so they do not
+   become sources;
 3. centroids (`dcflow.stages.measurement.windowed_centroids`) and flags;
 4. PSF (`dcflow.stages.psf`): an elliptical Moffat fitted to bright isolated unsaturated
    stars, its width a polynomial over the CCD fitted to the widths of many more (fainter)
@@ -15,7 +18,10 @@ The steps, each a function of its own module:
 5. PSF-fit positions and fluxes of every source with its neighbours' models subtracted
    (`dcflow.stages.measurement.psf_photometry`), aperture fluxes, and an aperture correction
    (aperture flux over PSF-model flux in the same aperture, fitted as a low-order
-   polynomial over the CCD) that puts PSF fluxes on a total-flux scale;
+   polynomial over the CCD) that puts PSF fluxes on a total-flux scale; the flux errors get
+   the background noise the variance plane misses (faint undetected sources, correlated
+   pixels), measured with each measurement's weights at empty positions
+   (`dcflow.stages.measurement.empty_position_noise`; header ``SKYNPSF``, ``SKYNAP``);
 6. astrometry (`dcflow.stages.astrometry`): offset voting against the reference catalogue,
    then TAN-SIP fits;
 7. photometric zero point (`dcflow.stages.photocal`) from the aperture-corrected PSF fluxes
@@ -50,6 +56,8 @@ from dcflow.stages.detection import detect_sources
 from dcflow.stages.measurement import (
     SourceFlag,
     aperture_fluxes,
+    aperture_weight_table,
+    empty_position_noise,
     psf_photometry,
     windowed_centroids,
 )
@@ -109,6 +117,15 @@ class ProcessCcdConfig:
     )
     detection_min_pixels: int = config_field(
         5, "Minimum above-threshold pixels of a footprint, pixels", minimum=1, maximum=10000
+    )
+    detection_min_peak_contrast_sigma: float = config_field(
+        5.0,
+        "A second peak in a footprint counts (as a source, and makes the footprint blended) "
+        "only if it rises this far above the highest saddle to higher ground (its "
+        "prominence), in smoothed-image noise sigma: the detection threshold with the saddle "
+        "for sky (0 = every local maximum)",
+        minimum=0.0,
+        maximum=1000.0,
     )
     aperture_radius_arcsec: float = config_field(
         3.0, "Radius of the aperture flux (ap_flux), arcsec", exclusive_minimum=0.0, maximum=30.0
@@ -466,6 +483,7 @@ def process_ccd(
         fwhm_pix=fwhm0_pix,
         threshold_sigma=cfg.detection_threshold_sigma,
         min_pixels=cfg.detection_min_pixels,
+        min_peak_contrast_sigma=cfg.detection_min_peak_contrast_sigma,
     )
     del det_image
     if cfg.background_mask_grow_pix >= 0:
@@ -559,8 +577,17 @@ def process_ccd(
         subsample=cfg.psf_subsample,
     )
     if cfg.psf_width_order > 0:
+        # Only the width stamp must be clean: an aperture reaching off the image or over a
+        # masked pixel (EDGE / BAD_PIXELS) does not spoil a width (masked pixels get no
+        # weight), and stars near the edges pin the polynomial down where it would
+        # otherwise extrapolate.
+        stamp_ok = (flags & ~int(SourceFlag.EDGE | SourceFlag.BAD_PIXELS)) == 0
         width_stars = np.nonzero(
-            (flags == 0) & ~sat_near & (n_near == 1) & (det.significance >= cfg.psf_width_min_snr)
+            stamp_ok
+            & ~edge_psf
+            & ~sat_near
+            & (n_near == 1)
+            & (det.significance >= cfg.psf_width_min_snr)
         )[0][: cfg.psf_width_max_stars]
         psf_fit = fit_psf_width(
             psf_fit, sub, variance, bad, xc[width_stars], yc[width_stars], order=cfg.psf_width_order
@@ -584,6 +611,38 @@ def process_ccd(
         sky_variance=bkg.rms**2 if cfg.psf_flux_weighting == "model" else None,
     )
     ap_flux, ap_err = aperture_fluxes(sub, variance, xc, yc, radius_pix=ap_r)
+    # Background noise the variance plane misses (faint undetected sources, correlated
+    # pixels), measured at empty positions with each measurement's own weights and added
+    # to the flux errors: the errors then describe the sky-limited scatter actually seen.
+    blocked = bad | (det.footprints > 0)
+    grow = max(cfg.background_mask_grow_pix, 0)
+    if grow > 0:
+        blocked = ndimage.maximum_filter(blocked, size=2 * grow + 1)
+    centre = psf_fit.psf_at((nx - 1) / 2.0, (ny - 1) / 2.0).render(phot_half)
+    ap_table = aperture_weight_table(ap_r)
+    mid = (ap_table.shape[0] - 1) // 2
+    sky_noise = {}
+    for name, weights in (
+        ("psf", centre / (centre * centre).sum()),
+        ("ap", ap_table[mid, mid]),
+    ):
+        measured, predicted, n_empty = empty_position_noise(sub, variance, blocked, weights)
+        sky_noise[name] = (measured, predicted)
+        log.debug(
+            "%s flux at %d empty positions: variance %.4g, predicted %.4g",
+            name,
+            n_empty,
+            measured,
+            predicted,
+        )
+    del blocked
+
+    def _excess(name):
+        measured, predicted = sky_noise[name]
+        return max(measured - predicted, 0.0) if np.isfinite(measured) else 0.0
+
+    psf_err = np.sqrt(psf_err**2 + _excess("psf"))
+    ap_err = np.sqrt(ap_err**2 + _excess("ap"))
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = psf_flux / psf_err
     frac = psf_fit.enclosed_fraction(ap_r, xc, yc)
@@ -687,6 +746,13 @@ def process_ccd(
     header["ASTRMS"] = (astro.rms_mas, "rms of reference-matched offsets, mas")
     header["NASTREF"] = (astro.n_matched, "reference stars in the astrometric fit")
     header["NPHOTREF"] = (photo.n_used, "reference stars in the zero-point fit")
+    for name, what in (("psf", "PSF"), ("ap", "aperture")):
+        measured, predicted = sky_noise[name]
+        ratio = float(np.sqrt(measured / predicted)) if predicted > 0 else float("nan")
+        header[f"SKYN{name.upper()}"] = (
+            ratio if np.isfinite(ratio) else -1.0,
+            f"{what} flux noise, empty sky / variance plane",
+        )
     header["BKGMEAN"] = (bkg.mean, "mean background subtracted, e-/pixel")
     header["BKGRMS"] = (bkg.rms, "background noise, e-/pixel")
     calexp = Exposure(
