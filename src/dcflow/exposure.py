@@ -9,7 +9,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-__all__ = ["Exposure", "MaskPlane"]
+from dcflow.errors import InputDataError
+
+__all__ = ["Exposure", "MaskPlane", "header_number"]
 
 
 class MaskPlane(enum.IntFlag):
@@ -73,3 +75,18 @@ class Exposure:
     def shape(self) -> tuple[int, int]:
         """``(ny, nx)`` of the image."""
         return self.image.shape
+
+
+def header_number(header: fits.Header, key: str, what: str) -> float:
+    """A finite number from a header card, or an `InputDataError` naming ``what`` and the key."""
+    try:
+        value = float(header[key])
+    except KeyError:
+        raise InputDataError(f"{what} header lacks {key}", key=key) from None
+    except (TypeError, ValueError):
+        raise InputDataError(
+            f"{what} header {key}={header[key]!r} is not a number", key=key
+        ) from None
+    if not np.isfinite(value):
+        raise InputDataError(f"{what} header {key}={value} is not finite", key=key)
+    return value

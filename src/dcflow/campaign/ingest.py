@@ -251,22 +251,7 @@ def ingest_described(
         with conn:
             conn.executemany(
                 "INSERT INTO raw VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        r.instrument,
-                        r.visit,
-                        r.ccd,
-                        r.obstype,
-                        r.filter,
-                        r.exptime,
-                        r.mjd,
-                        r.airmass,
-                        r.ra_deg,
-                        r.dec_deg,
-                        r.path,
-                    )
-                    for r, _ in accepted
-                ],
+                [r.row() for r, _ in accepted],
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO raw_data_id VALUES (?, ?)",

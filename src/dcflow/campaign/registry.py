@@ -87,6 +87,22 @@ class RawRecord:
     dec_deg: float | None
     path: str
 
+    def row(self) -> tuple:
+        """The record as a row of the registry's ``raw`` table (its columns' order)."""
+        return (
+            self.instrument,
+            self.visit,
+            self.ccd,
+            self.obstype,
+            self.filter,
+            self.exptime,
+            self.mjd,
+            self.airmass,
+            self.ra_deg,
+            self.dec_deg,
+            self.path,
+        )
+
 
 def record_from_standard_header(header: Mapping, path: str) -> RawRecord:
     """Read a data id from a raw header written with the standard keywords (`HEADER_KEYS`).
@@ -212,22 +228,7 @@ def ingest(
     with conn:
         conn.executemany(
             "INSERT OR REPLACE INTO raw VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    r.instrument,
-                    r.visit,
-                    r.ccd,
-                    r.obstype,
-                    r.filter,
-                    r.exptime,
-                    r.mjd,
-                    r.airmass,
-                    r.ra_deg,
-                    r.dec_deg,
-                    r.path,
-                )
-                for r in records
-            ],
+            [r.row() for r in records],
         )
         conn.executemany(
             "INSERT OR REPLACE INTO raw_data_id VALUES (?, ?)",

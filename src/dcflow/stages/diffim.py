@@ -49,7 +49,7 @@ from scipy.spatial import cKDTree
 
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import CalibrationError, InputDataError
-from dcflow.exposure import Exposure, MaskPlane
+from dcflow.exposure import Exposure, MaskPlane, header_number
 from dcflow.stages.detection import detect_sources
 from dcflow.stages.psf import (
     FWHM_PER_SIGMA,
@@ -921,20 +921,6 @@ def subtract_images(
     )
 
 
-def _header_number(header, key: str, what: str) -> float:
-    try:
-        value = float(header[key])
-    except KeyError:
-        raise InputDataError(f"{what} header lacks {key}", key=key) from None
-    except (TypeError, ValueError):
-        raise InputDataError(
-            f"{what} header {key}={header[key]!r} is not a number", key=key
-        ) from None
-    if not np.isfinite(value):
-        raise InputDataError(f"{what} header {key}={value} is not finite", key=key)
-    return value
-
-
 def subtract_exposures(
     calexp: Exposure, template: Exposure, *, config: DiffimConfig | None = None
 ) -> DiffimResult:
@@ -973,7 +959,7 @@ def subtract_exposures(
     if psf is None:
         raise InputDataError("calexp header has no PSF model (PSFMODEL card)")
     scale_arcsec = float(np.sqrt(proj_plane_pixel_area(calexp.wcs.celestial)) * 3600.0)
-    fwhm_arcsec = _header_number(template.header, "PSFFWHM", "template")
+    fwhm_arcsec = header_number(template.header, "PSFFWHM", "template")
     return subtract_images(
         calexp.image,
         calexp.variance,
@@ -981,8 +967,8 @@ def subtract_exposures(
         template.image,
         template.variance,
         template.mask,
-        science_zero_point=_header_number(calexp.header, "ZP", "calexp"),
-        template_zero_point=_header_number(template.header, "ZP", "template"),
+        science_zero_point=header_number(calexp.header, "ZP", "calexp"),
+        template_zero_point=header_number(template.header, "ZP", "template"),
         science_psf=psf,
         template_fwhm_pix=fwhm_arcsec / scale_arcsec,
         config=config,

@@ -34,7 +34,7 @@ from scipy.interpolate import RectBivariateSpline
 
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
-from dcflow.exposure import Exposure, MaskPlane
+from dcflow.exposure import Exposure, MaskPlane, header_number
 
 __all__ = ["WarpConfig", "WarpResult", "calexp_flux_scale", "warp_exposure", "warp_visit"]
 
@@ -102,20 +102,6 @@ class WarpResult:
     psf_fwhm_arcsec: float
 
 
-def _header_float(header: fits.Header, key: str, what: str) -> float:
-    try:
-        value = float(header[key])
-    except KeyError:
-        raise InputDataError(f"calexp header lacks {key} ({what})", key=key) from None
-    except (TypeError, ValueError):
-        raise InputDataError(
-            f"calexp header {key}={header[key]!r} is not a number ({what})", key=key
-        ) from None
-    if not np.isfinite(value):
-        raise InputDataError(f"calexp header {key}={value} is not finite ({what})", key=key)
-    return value
-
-
 def calexp_flux_scale(header: fits.Header, zero_point_mag: float) -> float:
     """Factor that turns calexp electrons into flux at ``zero_point_mag``.
 
@@ -127,7 +113,7 @@ def calexp_flux_scale(header: fits.Header, zero_point_mag: float) -> float:
     InputDataError
         If the header has no finite ``ZP``.
     """
-    zp = _header_float(header, "ZP", "zero point for electrons, mag")
+    zp = header_number(header, "ZP", "calexp")
     return float(10.0 ** (0.4 * (zero_point_mag - zp)))
 
 
@@ -285,7 +271,7 @@ def warp_exposure(
     patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
     if calexp.wcs is None:
         raise InputDataError("calexp has no WCS: it cannot be warped")
-    fwhm_arcsec = _header_float(calexp.header, "PSFFWHM", "PSF FWHM, arcsec")
+    fwhm_arcsec = header_number(calexp.header, "PSFFWHM", "calexp")
     flux_scale = calexp_flux_scale(calexp.header, config.zero_point_mag)
     finite = np.isfinite(calexp.image) & np.isfinite(calexp.variance)
     if not finite.any():
