@@ -392,7 +392,7 @@ def _plan(args: argparse.Namespace, extra: list[str]) -> int:
     elif not args.no_pictures:
         layout = Layout.from_config(load_campaign_config(args.config))
         out = args.pictures or f"{layout.output_root}/plan"
-        pictures = campaign_pictures(args.config, out, profile=args.profile)
+        pictures = campaign_pictures(args.config, out)
     if args.json:
         print(plan.to_json())
     else:

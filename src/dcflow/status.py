@@ -248,10 +248,10 @@ def campaign_status(
     A job the plan found to run but whose last attempt succeeded after the plan's scan is
     done; running, failed and lost count the jobs still to run whose last attempt is in that
     state. Closes runs whose driver died first (their active attempts become lost). With
-    ``untrusted`` (`untrusted_results`) is carried into the status as it is.
     ``workdir``, running attempts without a backend job id get the one Snakemake stored in
-    their output's incomplete marker (`marker_jobid`). Arrays throughout: a ledger of 10^6
-    attempts against a DC2013 campaign takes seconds.
+    their output's incomplete marker (`marker_jobid`). ``untrusted`` (`untrusted_results`) is
+    carried into the status as it is. Arrays throughout: a ledger of 10^6 attempts against a
+    DC2013 campaign takes seconds.
     """
     reaped = ledger.reap_dead_runs()
     runs = ledger.runs()

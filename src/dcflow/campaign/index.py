@@ -174,19 +174,27 @@ class CampaignIndex:
             "flat_raws": flat_raws,
             **_overlaps(tracts, visits, ra, dec, skymap),
         }
-        return cls.assemble(config, layout, arrays)
+        return cls.assemble(config, layout, arrays, tracts=tracts)
 
     @classmethod
     def assemble(
-        cls, config: Mapping[str, Any], layout: Layout, arrays: Mapping[str, Any]
+        cls,
+        config: Mapping[str, Any],
+        layout: Layout,
+        arrays: Mapping[str, Any],
+        *,
+        tracts: tuple[TractInfo, ...] | None = None,
     ) -> CampaignIndex:
         """The index of a config from the arrays its registry and overlaps gave.
 
         ``arrays`` holds ``filters`` and every array attribute (`from_config` computes them;
-        `dcflow.campaign.snapshots` keeps them between calls).
+        `dcflow.campaign.snapshots` keeps them between calls); ``tracts`` are the sky map's,
+        made from the config when not given.
         """
         instrument = str(config["campaign"]["instrument"])
         skymap = from_mapping(SkyMapConfig, config["skymap"]) if config.get("skymap") else None
+        if tracts is None:
+            tracts = make_tracts(skymap) if skymap is not None else ()
         return cls(
             instrument=instrument,
             registry_path=str(layout.path("registry")),
@@ -194,7 +202,7 @@ class CampaignIndex:
             needs_calibs=instrument not in PROCESSED_INSTRUMENTS,
             has_truth=instrument in SIMULATED_INSTRUMENTS,
             skymap=skymap,
-            tracts=make_tracts(skymap) if skymap is not None else (),
+            tracts=tracts,
             fe55=from_mapping(Fe55SimConfig, config.get("fe55") or {}),
             **arrays,
         )

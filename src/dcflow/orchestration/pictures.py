@@ -8,12 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dcflow.configs import from_mapping
-from dcflow.orchestration.campaign_files import (
-    campaign_ledger_path,
-    load_campaign_config,
-    open_ledger,
-    rooted_layout,
-)
+from dcflow.orchestration.campaign_files import campaign_ledger_path, open_ledger
 from dcflow.orchestration.plan_status import current_need
 from dcflow.pipeline.graph import JobGraph
 from dcflow.pipeline.spec import TARGET_RULE
@@ -47,7 +42,6 @@ def campaign_pictures(
     config_path: str | Path,
     out_dir: str | Path,
     *,
-    profile: str | None = "local",
     workdir: str | Path | None = None,
 ) -> tuple[str, str]:
     """Write the rule graph and the sky picture (visits/CCDs) coloured by state, as PNG.
@@ -62,10 +56,8 @@ def campaign_pictures(
         sky_figure,
     )
 
-    config = load_campaign_config(config_path)
-    layout = rooted_layout(config_path, workdir)
-    graph, snapshot = current_need(config_path, workdir)
-    ledger_file = campaign_ledger_path(layout, workdir)
+    config, graph, snapshot = current_need(config_path, workdir)
+    ledger_file = campaign_ledger_path(graph.index.layout, workdir)
     if ledger_file.exists():
         with open_ledger(ledger_file) as ledger:
             ledger.reap_dead_runs()

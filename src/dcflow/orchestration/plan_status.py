@@ -106,6 +106,30 @@ def plan_campaign(
     start = time.perf_counter()
     workdir = Path(workdir or os.getcwd()).resolve()
     config, layout, index = indexed_campaign(config_path, workdir)
+    return _plan_indexed(
+        config,
+        layout,
+        index,
+        workdir,
+        profile=profile,
+        inventory=inventory,
+        mtimes=mtimes,
+        start=start,
+    )[0]
+
+
+def _plan_indexed(
+    config: dict,
+    layout: Layout,
+    index: CampaignIndex,
+    workdir: Path,
+    *,
+    profile: str | None,
+    inventory: str | Path | None = None,
+    mtimes: bool | None = None,
+    start: float | None = None,
+) -> tuple[Plan, PlanSnapshot]:
+    """`plan_campaign` of an indexed campaign; keeps (and returns) the plan's snapshot."""
     ledger_file = campaign_ledger_path(layout, workdir)
     measured: dict[str, tuple[float, int]] = {}
     if ledger_file.exists():
@@ -122,19 +146,17 @@ def plan_campaign(
         default_runtimes_min=defaults,
         start_time=start,
     )
+    snapshot = PlanSnapshot(need=plan.need or {}, scanned_at=scanned_at)
     if not config.get("shard"):
-        write_plan_snapshot(
-            layout.path("plan_snapshot"),
-            PlanSnapshot(need=plan.need or {}, scanned_at=scanned_at),
-            campaign_digest(config, layout.path("registry")),
-        )
-    return plan
+        digest = campaign_digest(config, layout.path("registry"))
+        write_plan_snapshot(layout.path("plan_snapshot"), snapshot, digest)
+    return plan, snapshot
 
 
 def current_need(
     config_path: str | Path, workdir: Path, *, replan: bool | None = None
-) -> tuple[JobGraph, PlanSnapshot]:
-    """The campaign's job graph and the needrun arrays status and rerun start from.
+) -> tuple[dict, JobGraph, PlanSnapshot]:
+    """The campaign's config, job graph and the needrun arrays status and rerun start from.
 
     Parameters
     ----------
@@ -151,10 +173,9 @@ def current_need(
         digest = campaign_digest(config, layout.path("registry"))
         snapshot = read_plan_snapshot(layout.path("plan_snapshot"), digest)
         if snapshot is not None:
-            return graph, snapshot
-    scanned_at = time.time()
-    plan = plan_campaign(config_path, profile=None, workdir=workdir)
-    return graph, PlanSnapshot(need=plan.need or {}, scanned_at=scanned_at)
+            return config, graph, snapshot
+    _, snapshot = _plan_indexed(config, layout, index, workdir, profile=None)
+    return config, graph, snapshot
 
 
 def status_campaign(
@@ -170,8 +191,8 @@ def status_campaign(
     Also the outputs whose stage judged them untrusted (a Fe55 gain that failed its verdict).
     """
     workdir = Path(workdir or os.getcwd()).resolve()
-    graph, snapshot = current_need(config_path, workdir, replan=replan)
-    untrusted = untrusted_results(graph.verdict_outputs(load_campaign_config(config_path)))
+    config, graph, snapshot = current_need(config_path, workdir, replan=replan)
+    untrusted = untrusted_results(graph.verdict_outputs(config))
     with open_ledger(campaign_ledger_path(graph.index.layout, workdir)) as ledger:
         return campaign_status(graph, snapshot, ledger, workdir=workdir, untrusted=untrusted)
 

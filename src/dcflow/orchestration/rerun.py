@@ -119,7 +119,7 @@ def select_failed(
         keys = {(f.rule, f.data_id) for f in failed}
         if not keys:
             return None
-        graph, snapshot = current_need(config_path, workdir, replan=replan)
+        _, graph, snapshot = current_need(config_path, workdir, replan=replan)
         live = [r.run_id for r in ledger.runs() if r.finished is None]
         states = job_states(graph, snapshot, ledger, live)
     return rerun_targets(graph, keys, {rule: masks["to_run"] for rule, masks in states.items()})
