@@ -327,10 +327,32 @@ class Ledger:
         The database file (the layout's ``ledger`` dataset).
     timeout_s : float
         How long a writer waits for another writer's lock, s.
+    read_only : bool
+        Open an existing ledger for reading only (``mode=ro``): a watcher such as
+        ``dcflow serve`` never takes a write lock, and WAL lets it read while runs write.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``read_only`` and the file does not exist.
     """
 
-    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, timeout_s: float = 30.0, read_only: bool = False
+    ) -> None:
         self.path = str(path)
+        if read_only:
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(f"{self.path}: no run ledger")
+            self._conn = sqlite3.connect(
+                Path(self.path).resolve().as_uri() + "?mode=ro",
+                uri=True,
+                timeout=timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._conn.row_factory = sqlite3.Row
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
             self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
@@ -756,6 +778,26 @@ class Ledger:
         ).fetchone()[0]
         span = max(end - max(begin, first if first is not None else begin), 1.0)
         return n_done / span * 3600.0
+
+    def attempt_rows(
+        self, *, after_id: int = 0, ids: Iterable[int] = (), columns: Iterable[str] = ("*",)
+    ) -> list[sqlite3.Row]:
+        """Raw rows of the attempts newer than ``after_id``, and of the attempts ``ids``.
+
+        What a watcher reads to follow the ledger incrementally: new attempts by the primary
+        key, and the attempts it saw unfinished (the only rows that change) by id.
+        """
+        select = ", ".join(columns)
+        rows = self._conn.execute(
+            f"SELECT {select} FROM attempts WHERE attempt_id > ? ORDER BY attempt_id", (after_id,)
+        ).fetchall()
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows += self._conn.execute(
+                f"SELECT {select} FROM attempts WHERE attempt_id IN ({_marks(chunk)})", chunk
+            ).fetchall()
+        return rows
 
     def mean_runtimes(self) -> dict[str, tuple[float, int]]:
         """Per rule: mean measured runtime of succeeded attempts (s) and how many there were."""
