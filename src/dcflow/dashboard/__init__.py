@@ -40,7 +40,13 @@ def serve(
     """
     import uvicorn
 
-    from dcflow.dashboard.app import TOKEN_ENV, dashboard_app, find_campaigns, is_loopback, read_token
+    from dcflow.dashboard.app import (
+        TOKEN_ENV,
+        dashboard_app,
+        find_campaigns,
+        is_loopback,
+        read_token,
+    )
     from dcflow.dashboard.board import CampaignBoard
 
     token = read_token(token_file)

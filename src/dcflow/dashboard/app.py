@@ -100,6 +100,7 @@ class TokenGate:
         return None, False
 
     async def __call__(self, scope, receive, send) -> None:
+        """Answer 401 unless the request carries the token; set the cookie if from the query."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -142,7 +143,9 @@ def find_campaigns(path: str | os.PathLike) -> list[Path]:
         return [root / "config.yaml"]
     found = sorted({*root.glob("*/config.yaml"), *root.glob("*/*/config.yaml")})
     if not found:
-        raise ConfigMissingError(f"{root}: no campaign (no config.yaml in it or its subdirectories)")
+        raise ConfigMissingError(
+            f"{root}: no campaign (no config.yaml in it or its subdirectories)"
+        )
     return found
 
 

@@ -194,17 +194,16 @@ class _StageTrack:
         self.patch_counts: dict[str, np.ndarray] = {}
 
     def states_of(self, jobs: np.ndarray | slice, live: np.ndarray) -> dict[str, np.ndarray]:
-        """The masks of ``jobs`` (`dcflow.status.job_states`' rules)."""
+        """The masks of ``jobs`` (`dcflow.status.job_states`' rules, after its reaping)."""
         state = self.last_state[jobs]
-        running = np.isin(state, _ACTIVE_CODES) & np.isin(self.last_run[jobs], live)
+        active = np.isin(state, _ACTIVE_CODES)
+        watched = np.isin(self.last_run[jobs], live)
+        running = active & watched
         failed = state == _FAILED
         need = (self.base_need[jobs] & ~self.ok_since[jobs]) | running | failed
-        return {
-            "to_run": need,
-            "running": running,
-            "failed": failed,
-            "lost": (state == _LOST) & need,
-        }
+        # an active attempt of a dead run is lost: what status finds once it has reaped the run
+        lost = ((state == _LOST) | (active & ~watched)) & need
+        return {"to_run": need, "running": running, "failed": failed, "lost": lost}
 
     def recount(self, live: np.ndarray, n_patches: int) -> None:
         """All masks and counts afresh (at start, and when the set of live runs changes)."""
@@ -394,9 +393,7 @@ class CampaignBoard:
                 sorted(r.run_id for r in ledger.runs() if r.finished is None and r.is_alive()),
                 dtype=np.int64,
             )
-            rows = ledger.attempt_rows(
-                after_id=self._last_id, ids=self._open_ids, columns=_COLUMNS
-            )
+            rows = ledger.attempt_rows(after_id=self._last_id, ids=self._open_ids, columns=_COLUMNS)
             live_changed = not np.array_equal(live, self._live)
             self._live = live
             self._apply(rows, recount=live_changed)
@@ -459,7 +456,15 @@ class CampaignBoard:
             ids.append(track.last_id[track.masks["failed"]])
         failed_ids = np.sort(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
         shown = failed_ids[::-1][:MAX_FAILED_SHOWN].tolist()
-        columns = ("attempt_id", "rule", "data_id", "exit_code", "error_class", "reason", "log_path")
+        columns = (
+            "attempt_id",
+            "rule",
+            "data_id",
+            "exit_code",
+            "error_class",
+            "reason",
+            "log_path",
+        )
         rows = ledger.attempt_rows(after_id=2**62, ids=shown, columns=columns)
         rows.sort(key=lambda r: -r[0])
         entries = [
