@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -153,26 +154,45 @@ def _fmt(value: float | None, spec: str, empty: str = "-") -> str:
     return empty if value is None else format(value, spec)
 
 
+SKY_WIDTH_PX = 1000
+"""Widest sky map drawn, pixels (cells shrink to fit)."""
+
+
 def _sky_layout(view: BoardView) -> dict:
-    """Rectangles of the sky map: one square per patch, placed by tract centre (RA grows left)."""
+    """Squares of the sky map: patches (or tracts) placed by tract centre, east to the left.
+
+    The smallest distance between two tract centres is one tract's width of cells; cells
+    shrink (to 2 pixels) so that the map stays within `SKY_WIDTH_PX`.
+    """
     side = max(view.n_patches_side, 1)
     centres = view.tract_centres_deg
     if not view.patches or not centres:
         return {"cells": [], "width": 0, "height": 0, "tracts": []}
-    ras = sorted({round(ra, 6) for ra, _ in centres.values()})
-    decs = sorted({round(dec, 6) for _, dec in centres.values()})
-    cell, gap = 18, 8
-    block = side * cell + gap
-    column = {ra: len(ras) - 1 - i for i, ra in enumerate(ras)}
-    row = {dec: len(decs) - 1 - i for i, dec in enumerate(decs)}
-
-    def origin(tract: int) -> tuple[int, int]:
-        ra, dec = centres.get(tract, (ras[0], decs[0]))
-        return column[round(ra, 6)] * block + gap, row[round(dec, 6)] * block + gap + 14
-
+    shown = sorted({p.tract for p in view.patches if p.tract in centres})
+    ra = np.array([centres[t][0] for t in shown])
+    dec = np.array([centres[t][1] for t in shown])
+    x_deg = -(ra - ra.max()) * np.cos(np.radians(dec.mean()))
+    y_deg = dec.max() - dec
+    points = np.stack([x_deg, y_deg], axis=1)
+    spacing = np.inf
+    if len(points) > 1:
+        distance = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))
+        spacing = float(distance[distance > 1e-9].min(initial=np.inf))
+    if not np.isfinite(spacing):
+        spacing = 1.0
+    span = max(float(x_deg.max()), 1e-9) / spacing + 1
+    cell = int(np.clip(SKY_WIDTH_PX / (span * side * 1.1), 2, 18))
+    block = side * cell * 1.1
+    label = 14 if cell >= 8 else 0
+    where = {
+        t: (int(px / spacing * block) + 8, int(py / spacing * (block + label)) + 8 + label)
+        for t, px, py in zip(shown, x_deg, y_deg, strict=True)
+    }
     cells = []
     for p in view.patches:
-        x0, y0 = origin(p.tract)
+        if p.tract not in where:
+            continue
+        x0, y0 = where[p.tract]
         if p.failed:
             state = "failed"
         elif p.running:
@@ -187,21 +207,24 @@ def _sky_layout(view: BoardView) -> dict:
             {
                 "x": x0 + p.patch_x * cell,
                 "y": y0 + (side - 1 - p.patch_y) * cell,
-                "size": cell - 2,
+                "size": max(cell - (2 if cell > 4 else 0), 1),
                 "state": state,
-                "title": f"tract {p.tract} patch {p.patch_x},{p.patch_y}: "
-                f"{p.total - p.to_run}/{p.total} done, {p.running} running, {p.failed} failed",
+                "title": f"tract {p.tract}"
+                + (f" patch {p.patch_x},{p.patch_y}" if view.n_patches_side > 1 else "")
+                + f": {p.total - p.to_run}/{p.total} done, {p.running} running, {p.failed} failed",
             }
         )
-    tracts = [
-        {"label": f"tract {t}", "x": origin(t)[0], "y": origin(t)[1] - 4}
-        for t in sorted({p.tract for p in view.patches})
-    ]
+    tracts = (
+        [{"label": f"tract {t}", "x": where[t][0], "y": where[t][1] - 4} for t in shown]
+        if label
+        else []
+    )
     return {
         "cells": cells,
         "tracts": tracts,
-        "width": len(ras) * block + gap,
-        "height": len(decs) * block + gap + 14,
+        "width": max(c["x"] for c in cells) + cell + 8,
+        "height": max(c["y"] for c in cells) + cell + 8,
+        "unit": "patch" if view.n_patches_side > 1 else "tract",
     }
 
 
@@ -231,8 +254,8 @@ def dashboard_app(boards: Sequence[CampaignBoard], *, token: str | None = None) 
     """The dashboard's ASGI application for ``boards`` (behind `TokenGate` with ``token``).
 
     Routes: ``/`` (the campaigns), ``/c/<name>`` (a campaign's page), ``/c/<name>/live`` (the
-    fragment the page polls), ``/c/<name>/status.json`` (the counts, as ``dcflow status
-    --json``'s rows) and ``/static``.
+    fragment the page polls), ``/c/<name>/groups`` (counts per stage x filter x tract),
+    ``/c/<name>/status.json`` (the counts, as ``dcflow status --json``'s rows) and ``/static``.
     """
     by_name: Mapping[str, CampaignBoard] = {b.name: b for b in boards}
     if len(by_name) != len(boards):
@@ -266,6 +289,12 @@ def dashboard_app(boards: Sequence[CampaignBoard], *, token: str | None = None) 
             return PlainTextResponse("no such campaign", status_code=404)
         return templates.TemplateResponse(request, "live.html", _context(board))
 
+    def groups(request: Request) -> Response:
+        board = board_of(request)
+        if board is None:
+            return PlainTextResponse("no such campaign", status_code=404)
+        return templates.TemplateResponse(request, "groups.html", _context(board))
+
     def status_json(request: Request) -> Response:
         board = board_of(request)
         if board is None:
@@ -285,6 +314,7 @@ def dashboard_app(boards: Sequence[CampaignBoard], *, token: str | None = None) 
             Route("/", index),
             Route("/c/{name}", campaign_page),
             Route("/c/{name}/live", live),
+            Route("/c/{name}/groups", groups),
             Route("/c/{name}/status.json", status_json),
             Mount("/static", app=StaticFiles(directory=str(_HERE / "static")), name="static"),
         ]

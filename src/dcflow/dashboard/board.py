@@ -60,6 +60,8 @@ _COLUMNS = (
 THROUGHPUT_EVERY_S = 10.0
 """How often the throughput (three ledger queries, one a scan) is measured again, s."""
 MAX_FAILED_SHOWN = 50
+MAX_SKY_CELLS = 2000
+"""Patches above which the sky map shows tracts (a DC2013 campaign has ~10^4 patches)."""
 """Failed tiles listed with their log tail (the most recent); the count covers them all."""
 
 
@@ -189,8 +191,10 @@ class _StageTrack:
         self.totals = np.bincount(self.key, minlength=len(self.labels))
         patch = graph.jobs(rule).columns.get("patch")
         self.patch = None if patch is None else np.asarray(patch, dtype=np.int64)
+        self.patch_totals = None if patch is None else np.bincount(self.patch)
         self.masks: dict[str, np.ndarray] = {}
         self.counts: dict[str, np.ndarray] = {}
+        self._rows: list[StageStatus] | None = None
         self.patch_counts: dict[str, np.ndarray] = {}
 
     def states_of(self, jobs: np.ndarray | slice, live: np.ndarray) -> dict[str, np.ndarray]:
@@ -208,6 +212,7 @@ class _StageTrack:
     def recount(self, live: np.ndarray, n_patches: int) -> None:
         """All masks and counts afresh (at start, and when the set of live runs changes)."""
         self.masks = self.states_of(slice(None), live)
+        self._rows = None
         size = len(self.labels)
         self.counts = {k: np.bincount(self.key[m], minlength=size) for k, m in self.masks.items()}
         if self.patch is not None:
@@ -228,9 +233,12 @@ class _StageTrack:
             if self.patch is not None:
                 np.add.at(self.patch_counts[name], self.patch[jobs[changed]], delta[changed])
             self.masks[name][jobs] = now
+            self._rows = None
 
     def rows(self) -> list[StageStatus]:
-        """`dcflow status` rows of this stage (groups without jobs left out)."""
+        """`dcflow status` rows of this stage (groups without jobs left out), kept till a change."""
+        if self._rows is not None:
+            return self._rows
         out = []
         for k in np.flatnonzero(self.totals).tolist():
             band, tract = self.labels[k]
@@ -238,6 +246,7 @@ class _StageTrack:
             total = int(self.totals[k])
             out.append(StageStatus(self.rule, band, tract, total, total - n["to_run"], **n))
         return out
+        self._rows = out
 
 
 class _CostSums:
@@ -482,27 +491,32 @@ class CampaignBoard:
         ]
         return entries, int(failed_ids.size)
 
-    def _patches(self) -> list[PatchState]:
+    def _patches(self) -> tuple[list[PatchState], int]:
+        """Sky cells and cells per tract side: patches, or whole tracts above `MAX_SKY_CELLS`."""
         index = self.graph.index
         sums = {name: np.zeros(self._n_patches, dtype=np.int64) for name in ("total", *_MASKS)}
         for track in self._tracks.values():
             if track.patch is None:
                 continue
-            sums["total"] += np.bincount(track.patch, minlength=self._n_patches)
+            sums["total"][: track.patch_totals.size] += track.patch_totals
             for name in _MASKS:
                 sums[name] += track.patch_counts[name]
-        return [
-            PatchState(
-                tract=int(index.patch_tract[p]),
-                patch_x=int(index.patch_x[p]),
-                patch_y=int(index.patch_y[p]),
-                total=int(sums["total"][p]),
-                to_run=int(sums["to_run"][p]),
-                running=int(sums["running"][p]),
-                failed=int(sums["failed"][p]),
-            )
-            for p in np.flatnonzero(sums["total"]).tolist()
-        ]
+        side = index.skymap.n_patches if index.skymap is not None else 1
+        tract = np.asarray(index.patch_tract, dtype=np.int64)
+        x = np.asarray(index.patch_x, dtype=np.int64)
+        y = np.asarray(index.patch_y, dtype=np.int64)
+        if np.count_nonzero(sums["total"]) > MAX_SKY_CELLS and tract.size:
+            sums = {
+                k: np.bincount(tract, weights=v, minlength=int(tract.max()) + 1).astype(np.int64)
+                for k, v in sums.items()
+            }
+            tract = np.arange(sums["total"].size)
+            x = y = np.zeros(tract.size, dtype=np.int64)
+            side = 1
+        keep = np.flatnonzero(sums["total"])
+        columns = [tract[keep], x[keep], y[keep], *(sums[k][keep] for k in ("total", *_MASKS[:3]))]
+        cells = [PatchState(*values) for values in zip(*(c.tolist() for c in columns), strict=True)]
+        return cells, side
 
     def view(self) -> BoardView:
         """The campaign as it is now (after a `refresh`)."""
@@ -525,6 +539,7 @@ class CampaignBoard:
             known = [to_run[s] * mean_s[s] for s in to_run if mean_s.get(s) is not None]
             cpu_h_left = sum(known) / 3600.0 if known else None
             index = self.graph.index
+            cells, side = self._patches()
             return BoardView(
                 name=self.name,
                 config_path=self.config_path,
@@ -532,9 +547,9 @@ class CampaignBoard:
                 costs=tuple(costs),
                 failed=tuple(failed),
                 n_failed=n_failed,
-                patches=tuple(self._patches()),
+                patches=tuple(cells),
                 tract_centres_deg={t.tract_id: (t.ra_deg, t.dec_deg) for t in index.tracts},
-                n_patches_side=index.skymap.n_patches if index.skymap is not None else 1,
+                n_patches_side=side,
                 live_runs=tuple(int(r) for r in self._live),
                 throughput_per_h=rate,
                 eta_h=left / rate if rate else (0.0 if left == 0 else None),
