@@ -154,6 +154,10 @@ def test_board_counts_equal_status_and_follow_the_ledger(campaign):
     assert FAILED_LOG_LINE in view.failed[0].log_tail
     cost = {c.stage: c for c in view.costs}["flat"]
     assert (cost.attempts, cost.failed_attempts, cost.mem_mb_asked_mean) == (5, 2, 2000.0)
+    now = time.time() + 5.0
+    assert board.throughput_per_h(now=now) == pytest.approx(
+        campaign.ledger.throughput_per_h(now=now), rel=1e-9
+    )
 
 
 def test_a_dead_run_is_not_shown_running(campaign):
@@ -206,6 +210,7 @@ class Server:
 
     def __init__(self, args: list[str], *, host: str = "127.0.0.1", env: dict | None = None):
         self.port = _free_port()
+        self.host = host
         self.url = f"http://{host}:{self.port}"
         self.proc = subprocess.Popen(
             [DCFLOW, "serve", *args, "--host", host, "--port", str(self.port)],
@@ -214,13 +219,17 @@ class Server:
             text=True,
             env=env,
         )
+
+    def wait(self) -> Server:
+        """Wait until it listens (it reads the campaign first)."""
+        host = self.host
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"dcflow serve exited: {self.proc.stdout.read()}")
             try:
                 with socket.create_connection((host, self.port), timeout=0.5):
-                    return
+                    return self
             except OSError:
                 time.sleep(0.1)
         raise AssertionError("dcflow serve did not listen within 60 s")
@@ -238,7 +247,7 @@ class Server:
 def test_a_token_guards_a_non_loopback_address(campaign, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    server = Server([str(campaign.config), "--token-file", str(token_file)], host="0.0.0.0")
+    server = Server([str(campaign.config), "--token-file", str(token_file)], host="0.0.0.0").wait()
     try:
         local = f"http://127.0.0.1:{server.port}/"
         assert _get(local)[0] == 401
@@ -276,55 +285,55 @@ def test_dashboard_in_a_headless_browser(campaign):
     chromium, driver_path = _chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1400"):
         options.add_argument(flag)
-    server = Server([str(campaign.config)])
+    server = Server([str(campaign.config)])  # starts while the browser does
     browser = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     try:
-        browser.get(server.url + "/")
+        browser.get(server.wait().url + "/")
 
         def page_counts() -> dict[str, dict[str, int]]:
-            out = {}
-            for row in browser.find_elements(By.CSS_SELECTOR, "#stages tr[data-stage]"):
-                cells = {
-                    key: int(row.find_element(By.CSS_SELECTOR, f"td.{css}").text)
-                    for key, css in (
-                        ("total", "total"),
-                        ("done", "done-n"),
-                        ("running", "running-n"),
-                        ("failed", "failed-n"),
-                    )
-                }
-                out[row.get_attribute("data-stage")] = cells
-            return out
+            """The stage table, read in one script (htmx may swap it between two reads)."""
+            rows = browser.execute_script(PAGE_COUNTS_JS)
+            return {stage: dict(zip(STAGE_KEYS, values, strict=True)) for stage, *values in rows}
 
         assert page_counts() == _stage_counts(_status_rows(campaign.config))
-        assert FAILED_LOG_LINE in browser.find_element(By.ID, "failed").text
+        failed_text, n_cells = browser.execute_script(
+            "return [document.getElementById('failed').innerText,"
+            " document.querySelectorAll('#sky rect').length]"
+        )
+        assert FAILED_LOG_LINE in failed_text
         assert "dcflow rerun --failed" in browser.page_source
-        cells = browser.find_elements(By.CSS_SELECTOR, "#sky rect")
-        assert len(cells) == len(campaign.graph.index.patch_tract)
+        assert n_cells == len(campaign.graph.index.patch_tract)
 
         campaign.succeed("flat", 3, campaign.running)  # the running job ends
         WebDriverWait(browser, 10, poll_frequency=0.2).until(
             lambda b: page_counts()["flat"]["done"] == 3
         )
         assert page_counts()["flat"]["running"] == 0
-        assert page_counts() == _stage_counts(_status_rows(campaign.config))
+        assert page_counts() == _stage_counts(_status_api_rows(campaign.config))
         browser.save_screenshot(str(_artifact_dir() / "dashboard.png"))
     finally:
         browser.quit()
         server.stop()
 
 
+STAGE_KEYS = ("total", "done", "running", "failed")
+PAGE_COUNTS_JS = """
+return Array.from(document.querySelectorAll('#stages tr[data-stage]')).map(row =>
+    [row.dataset.stage].concat(['total', 'done-n', 'running-n', 'failed-n'].map(
+        css => parseInt(row.querySelector('td.' + css).textContent))));
+"""
+
+
 def _stage_counts(rows: list[dict]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for r in rows:
-        s = out.setdefault(r["stage"], dict.fromkeys(("total", "done", "running", "failed"), 0))
+        s = out.setdefault(r["stage"], dict.fromkeys(STAGE_KEYS, 0))
         for key in s:
             s[key] += r[key]
     return out

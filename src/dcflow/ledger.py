@@ -35,7 +35,7 @@ from typing import Any
 
 from dcflow.configs import check_fields, config_field
 from dcflow.dataids import DATA_ID_KEYS, format_data_id
-from dcflow.states import ACTIVE_STATES, JobState
+from dcflow.states import ACTIVE_STATES, TERMINAL_STATES, JobState
 
 __all__ = [
     "Attempt",
@@ -780,17 +780,31 @@ class Ledger:
         return n_done / span * 3600.0
 
     def attempt_rows(
-        self, *, after_id: int = 0, ids: Iterable[int] = (), columns: Iterable[str] = ("*",)
+        self,
+        *,
+        after_id: int = 0,
+        ids: Iterable[int] = (),
+        finished_since: float | None = None,
+        columns: Iterable[str] = ("*",),
     ) -> list[sqlite3.Row]:
-        """Raw rows of the attempts newer than ``after_id``, and of the attempts ``ids``.
+        """Raw rows of the attempts newer than ``after_id``, of ``ids``, and of those that ended.
 
         What a watcher reads to follow the ledger incrementally: new attempts by the primary
-        key, and the attempts it saw unfinished (the only rows that change) by id.
+        key, and, with ``finished_since`` (Unix s), the attempts that reached a terminal state
+        at or after it (the state-and-time index): the only change an older row goes through
+        besides becoming lost when its run ends. A row may come twice.
         """
         select = ", ".join(columns)
         rows = self._conn.execute(
             f"SELECT {select} FROM attempts WHERE attempt_id > ? ORDER BY attempt_id", (after_id,)
         ).fetchall()
+        if finished_since is not None:
+            terminal = [s.value for s in TERMINAL_STATES]
+            rows += self._conn.execute(
+                f"SELECT {select} FROM attempts WHERE state IN ({_marks(terminal)})"
+                " AND finished >= ? AND attempt_id <= ?",
+                (*terminal, finished_since, after_id),
+            ).fetchall()
         wanted = sorted(set(ids))
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]

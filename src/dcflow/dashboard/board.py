@@ -4,9 +4,11 @@
 (10^6 attempts); a page that updates every few seconds cannot redo that. A `CampaignBoard`
 does the join once, with the rules of `dcflow.status.job_states`, then follows the ledger
 through a read-only connection: each refresh reads the attempts newer than the last one seen
-and the few it saw unfinished (the only rows that change: a terminal attempt never does), and
-moves the counts of the jobs those rows touch. Counts per stage x filter x tract and per sky
-patch, and per-stage costs, are running sums, so a refresh costs what changed, not the ledger.
+and those that ended since its previous read (the ledger's state-and-time index): an
+attempt changes only by ending, or by becoming lost when its run ends, which the board derives
+from the runs. It then moves the counts of the jobs those rows touch. Counts per stage x filter
+x tract and per sky patch, per-stage costs and the throughput are running sums or kept arrays,
+so a refresh costs what changed, not the ledger.
 """
 
 from __future__ import annotations
@@ -56,13 +58,18 @@ _COLUMNS = (
     "threads",
     "runtime_s",
     "cpu_s",
+    "started",
+    "submitted",
 )
-THROUGHPUT_EVERY_S = 10.0
-"""How often the throughput (three ledger queries, one a scan) is measured again, s."""
+FINISH_SLACK_S = 60.0
+"""How long before its previous read a refresh looks again for attempts that ended, s: the
+ledger's writers stamp an end with their log record's time, which may precede its commit."""
+THROUGHPUT_WINDOW_S = 3600.0
+"""The throughput counts the successes of the last hour of activity (as ``dcflow status``)."""
 MAX_FAILED_SHOWN = 50
+"""Failed tiles listed with their log tail (the most recent); the count covers them all."""
 MAX_SKY_CELLS = 2000
 """Patches above which the sky map shows tracts (a DC2013 campaign has ~10^4 patches)."""
-"""Failed tiles listed with their log tail (the most recent); the count covers them all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +282,7 @@ class _CostSums:
         self.mem_used_max: float | None = None
 
     def add(self, row: Sequence) -> None:
-        _, _, _, state, _, _, asked, used, threads, runtime, cpu = row
+        state, asked, used, threads, runtime, cpu = row[3], *row[6:11]
         self.attempts += 1
         if asked is not None:
             self.n_asked += 1
@@ -359,8 +366,10 @@ class CampaignBoard:
         self._live = np.zeros(0, dtype=np.int64)
         self._costs: dict[str, _CostSums] = {}
         self._open_ids: set[int] = set()
+        self._read_at: float | None = None
         self._last_id = 0
-        self._throughput: tuple[float, float | None] = (-np.inf, None)
+        self._success_ends: list[np.ndarray] = [np.zeros(0)]
+        self._starts: list[np.ndarray] = [np.zeros(0)]
         for track in self._tracks.values():
             track.recount(self._live, self._n_patches)
 
@@ -402,7 +411,13 @@ class CampaignBoard:
                 sorted(r.run_id for r in ledger.runs() if r.finished is None and r.is_alive()),
                 dtype=np.int64,
             )
-            rows = ledger.attempt_rows(after_id=self._last_id, ids=self._open_ids, columns=_COLUMNS)
+            since = None if self._read_at is None else self._read_at - FINISH_SLACK_S
+            self._read_at = time.time()
+            rows = ledger.attempt_rows(
+                after_id=self._last_id, finished_since=since, columns=_COLUMNS
+            )
+            # rows that ended long ago were applied already: only news and open attempts count
+            rows = [r for r in rows if r[0] > self._last_id or r[0] in self._open_ids]
             live_changed = not np.array_equal(live, self._live)
             self._live = live
             self._apply(rows, recount=live_changed)
@@ -422,6 +437,11 @@ class CampaignBoard:
                 self._open_ids.add(attempt_id)
             if rule in self._tracks:
                 by_rule.setdefault(rule, []).append(row)
+        succeeded = JobState.SUCCEEDED.value
+        ends = [r[5] for r in rows if r[3] == succeeded and r[5] is not None and r[1] is not None]
+        starts = [r[11] if r[11] is not None else r[12] for r in rows]
+        self._success_ends.append(np.array(ends, dtype=float))
+        self._starts.append(np.array([t for t in starts if t is not None], dtype=float))
         for rule, found in by_rule.items():
             self._apply_stage(self._tracks[rule], found, update=not recount)
         if recount:
@@ -450,14 +470,26 @@ class CampaignBoard:
         if update:
             track.update(touched, self._live)
 
-    def _throughput_per_h(self, ledger: Ledger) -> float | None:
-        """The ledger's throughput, measured again at most every `THROUGHPUT_EVERY_S`."""
-        measured_at, value = self._throughput
-        now = time.monotonic()
-        if now - measured_at >= THROUGHPUT_EVERY_S:
-            value = ledger.throughput_per_h()
-            self._throughput = (now, value)
-        return value
+    def throughput_per_h(self, *, now: float | None = None) -> float | None:
+        """Jobs succeeded per hour over the last hour of activity (None without any success).
+
+        `dcflow.ledger.Ledger.throughput_per_h`'s rule, from the ends and starts the board
+        has read (that method scans the ledger: seconds at 10^6 attempts).
+        """
+        if len(self._success_ends) > 1:
+            self._success_ends = [np.concatenate(self._success_ends)]
+        if len(self._starts) > 1:
+            self._starts = [np.concatenate(self._starts)]
+        ends, starts = self._success_ends[0], self._starts[0]
+        if ends.size == 0:
+            return None
+        last = float(ends.max())
+        end = max(last, time.time() if now is None else now) if self._live.size else last
+        begin = end - THROUGHPUT_WINDOW_S
+        n_done = int(np.count_nonzero(ends >= begin))
+        recent = starts[starts >= begin]
+        first = float(recent.min()) if recent.size else begin
+        return n_done / max(end - max(begin, first), 1.0) * 3600.0
 
     def _failed_entries(self, ledger: Ledger) -> tuple[list[FailedEntry], int]:
         ids = []
@@ -529,7 +561,7 @@ class CampaignBoard:
                 StageStatus(TARGET_RULE, None, None, 1, int(left == 0), int(left > 0), 0, 0, 0)
             )
             ledger = self._connect()
-            rate = self._throughput_per_h(ledger) if ledger is not None else None
+            rate = self.throughput_per_h()
             failed, n_failed = self._failed_entries(ledger) if ledger is not None else ([], 0)
             costs = [c.cost(rule) for rule, c in self._costs.items()]
             mean_s = {c.stage: c.mean_success_s for c in costs}

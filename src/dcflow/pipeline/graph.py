@@ -145,6 +145,7 @@ class JobGraph:
         self._jobs: dict[str, StageJobs] = {}
         self._relations: dict[tuple[str, str], Relation] = {}
         self._lookup: dict[str, dict[tuple, int]] = {}
+        self._key_order: dict[str, tuple[list[int], np.ndarray, np.ndarray]] = {}
 
     # --- stages and jobs ----------------------------------------------------------------------
 
@@ -706,19 +707,34 @@ class JobGraph:
             return np.zeros(n, dtype=np.int64)
         query = np.zeros(n, dtype=np.int64)
         bad = np.zeros(n, dtype=bool)
-        job_key = np.zeros(jobs.n_jobs, dtype=np.int64)
-        for name in keys:
-            column = jobs.columns[name]
-            radix = max(int(column.max(initial=-1)) + 1, 1)
+        radices, order, ordered = self._sorted_keys(rule)
+        for name, radix in zip(keys, radices, strict=True):
             encoded = values[name]
             bad |= (encoded < 0) | (encoded >= radix)
             query = query * radix + np.clip(encoded, 0, radix - 1)
-            job_key = job_key * radix + column
-        order = np.argsort(job_key, kind="stable")
-        ordered = job_key[order]
         where = np.minimum(np.searchsorted(ordered, query), len(ordered) - 1)
         found = (ordered[where] == query) & ~bad
         return np.where(found, order[where], -1)
+
+    def _sorted_keys(self, rule: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Per key its radix, and the jobs sorted by their combined key.
+
+        Computed once per stage: a watcher such as ``dcflow serve`` looks up a few tiles many
+        times, and the sort of millions of keys would cost it each time.
+        """
+        cached = self._key_order.get(rule)
+        if cached is None:
+            jobs = self.jobs(rule)
+            radices = []
+            job_key = np.zeros(jobs.n_jobs, dtype=np.int64)
+            for name in jobs.stage.keys:
+                column = jobs.columns[name]
+                radix = max(int(column.max(initial=-1)) + 1, 1)
+                radices.append(radix)
+                job_key = job_key * radix + column
+            order = np.argsort(job_key, kind="stable")
+            cached = self._key_order[rule] = (radices, order, job_key[order])
+        return cached
 
     def _encode_array(self, name: str, text: np.ndarray, sensors: bool) -> np.ndarray:
         """`_encode` of parsed text values: integers converted by numpy, filters by table."""
