@@ -30,6 +30,7 @@ from dcflow.errors import ConfigInvalidError, ConfigMissingError
 from dcflow.ledger import Ledger
 from dcflow.orchestration.campaign_files import campaign_ledger_path, open_campaign
 from dcflow.orchestration.plan_status import status_campaign
+from dcflow.orchestration.serve import open_board
 from dcflow.pipeline.graph import JobGraph
 from dcflow.states import JobState
 from dcflow.status import read_env_file
@@ -136,7 +137,7 @@ def _board_rows(board: CampaignBoard) -> list[dict]:
 
 
 def test_board_counts_equal_status_and_follow_the_ledger(campaign):
-    board = CampaignBoard.open(campaign.config)
+    board = open_board(campaign.config)
     assert _board_rows(board) == _status_api_rows(campaign.config)
     flat = board.view().stage_totals()["flat"]
     assert (flat.done, flat.running, flat.failed) == (2, 1, 1)
@@ -161,7 +162,7 @@ def test_board_counts_equal_status_and_follow_the_ledger(campaign):
 
 
 def test_a_dead_run_is_not_shown_running(campaign):
-    board = CampaignBoard.open(campaign.config)
+    board = open_board(campaign.config)
     campaign.ledger.set_run_pid(campaign.run_id, 2**22 + 1)  # no such process: the run died
     flat = [r for r in _board_rows(board) if r["stage"] == "flat"]
     assert sum(r["running"] for r in flat) == 0
@@ -174,6 +175,9 @@ def test_serve_arguments_are_checked(tmp_path):
     assert not is_loopback("0.0.0.0")
     with pytest.raises(ConfigMissingError, match="no campaign"):
         find_campaigns(tmp_path)
+    configs = [write_noop_campaign(tmp_path / "site" / name, name=name) for name in ("a", "b")]
+    assert find_campaigns(tmp_path / "site") == configs
+    assert find_campaigns(configs[0].parent) == [configs[0]]
     empty = tmp_path / "token"
     empty.write_text("\n")
     with pytest.raises(ConfigInvalidError, match="token file is empty"):

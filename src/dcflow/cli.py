@@ -485,9 +485,9 @@ def _report(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace, extra: list[str]) -> int:
-    from dcflow.dashboard import serve
+    from dcflow.orchestration.serve import serve_campaigns
 
-    serve(args.campaign, host=args.host, port=args.port, token_file=args.token_file)
+    serve_campaigns(args.campaign, host=args.host, port=args.port, token_file=args.token_file)
     return 0
 
 

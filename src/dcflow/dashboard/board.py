@@ -24,8 +24,6 @@ import numpy as np
 
 from dcflow.campaign.snapshots import PlanSnapshot
 from dcflow.ledger import Ledger
-from dcflow.orchestration.campaign_files import campaign_ledger_path
-from dcflow.orchestration.plan_status import current_need
 from dcflow.pipeline.graph import JobGraph
 from dcflow.pipeline.spec import TARGET_RULE
 from dcflow.states import ACTIVE_STATES, TERMINAL_STATES, JobState
@@ -372,23 +370,6 @@ class CampaignBoard:
         self._starts: list[np.ndarray] = [np.zeros(0)]
         for track in self._tracks.values():
             track.recount(self._live, self._n_patches)
-
-    @classmethod
-    def open(
-        cls, config_path: str | os.PathLike, *, workdir: str | os.PathLike | None = None
-    ) -> CampaignBoard:
-        """The board of the campaign of ``config_path`` (working directory: the config's).
-
-        The needrun arrays are `dcflow.orchestration.plan_status.current_need`'s: a small
-        campaign is planned afresh, a large one starts from its last plan's snapshot.
-        """
-        workdir = Path(workdir or Path(config_path).parent).resolve()
-        config, graph, snapshot = current_need(config_path, workdir)
-        name = str(config.get("campaign", {}).get("name") or Path(config_path).parent.name)
-        ledger_path = campaign_ledger_path(graph.index.layout, workdir)
-        board = cls(name, config_path, graph, snapshot, ledger_path, workdir)
-        board.refresh()
-        return board
 
     def close(self) -> None:
         """Close the ledger connection."""
