@@ -305,7 +305,9 @@ def test_dashboard_in_a_headless_browser(campaign):
             rows = browser.execute_script(PAGE_COUNTS_JS)
             return {stage: dict(zip(STAGE_KEYS, values, strict=True)) for stage, *values in rows}
 
-        assert page_counts() == _stage_counts(_status_rows(campaign.config))
+        shown = page_counts()
+        assert shown, f"no stage table on the page: {browser.page_source[:1000]}"
+        assert shown == _stage_counts(_status_rows(campaign.config))
         failed_text, n_cells = browser.execute_script(
             "return [document.getElementById('failed').innerText,"
             " document.querySelectorAll('#sky rect').length]"

@@ -154,6 +154,20 @@ def _fmt(value: float | None, spec: str, empty: str = "-") -> str:
     return empty if value is None else format(value, spec)
 
 
+def _duration(hours: float | None, empty: str = "unknown") -> str:
+    """Hours as a person reads them: seconds, minutes, hours or days."""
+    if hours is None:
+        return empty
+    seconds = hours * 3600.0
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days"
+
+
 SKY_WIDTH_PX = 1000
 """Widest sky map drawn, pixels (cells shrink to fit)."""
 
@@ -182,8 +196,8 @@ def _sky_layout(view: BoardView) -> dict:
         spacing = 1.0
     span = max(float(x_deg.max()), 1e-9) / spacing + 1
     cell = int(np.clip(SKY_WIDTH_PX / (span * side * 1.1), 2, 18))
-    block = side * cell * 1.1
     label = 14 if cell >= 8 else 0
+    block = max(side * cell * 1.1, 56 if label else 0)  # room for "tract N" above a tract
     where = {
         t: (int(px / spacing * block) + 8, int(py / spacing * (block + label)) + 8 + label)
         for t, px, py in zip(shown, x_deg, y_deg, strict=True)
@@ -246,6 +260,7 @@ def _context(board: CampaignBoard) -> dict:
         "sky": _sky_layout(view),
         "rerun": _rerun_commands(view),
         "fmt": _fmt,
+        "duration": _duration,
         "poll_s": POLL_SECONDS,
     }
 

@@ -149,6 +149,9 @@ class BoardView:
     throughput_per_h: float | None
     eta_h: float | None
     cpu_h_left: float | None
+    """CPU hours the jobs left of stages with measured successes need, at their mean."""
+    jobs_unmeasured: int
+    """Jobs left of stages without a measured success yet (not in ``cpu_h_left``)."""
     last_attempt_id: int
     refreshed_at: float
 
@@ -551,6 +554,9 @@ class CampaignBoard:
                 to_run[r.stage] = to_run.get(r.stage, 0) + r.to_run
             known = [to_run[s] * mean_s[s] for s in to_run if mean_s.get(s) is not None]
             cpu_h_left = sum(known) / 3600.0 if known else None
+            unmeasured = sum(
+                n for s, n in to_run.items() if mean_s.get(s) is None and s != TARGET_RULE
+            )
             index = self.graph.index
             cells, side = self._patches()
             return BoardView(
@@ -567,6 +573,7 @@ class CampaignBoard:
                 throughput_per_h=rate,
                 eta_h=left / rate if rate else (0.0 if left == 0 else None),
                 cpu_h_left=cpu_h_left,
+                jobs_unmeasured=unmeasured,
                 last_attempt_id=self._last_id,
                 refreshed_at=time.time(),
             )
