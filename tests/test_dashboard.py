@@ -161,6 +161,26 @@ def test_board_counts_equal_status_and_follow_the_ledger(campaign):
     )
 
 
+def test_an_attempt_named_after_a_refresh_is_counted(campaign):
+    board = open_board(campaign.config)
+    jobid = 99
+    campaign.ledger.job_started(campaign.run_id, jobid, state=JobState.RUNNING)
+    board.refresh()  # sees the attempt before the logger names it
+    campaign.ledger.job_info(
+        campaign.run_id,
+        jobid,
+        rule="flat",
+        wildcards=campaign.graph.data_id("flat", 2),
+        mem_mb=2000,
+        threads=1,
+        log_path=None,
+        benchmark_path=None,
+        outputs=campaign.outputs("flat", 2),
+    )
+    assert _board_rows(board) == _status_api_rows(campaign.config)
+    assert board.view().stage_totals()["flat"].running == 2
+
+
 def test_a_dead_run_is_not_shown_running(campaign):
     board = open_board(campaign.config)
     campaign.ledger.set_run_pid(campaign.run_id, 2**22 + 1)  # no such process: the run died

@@ -367,6 +367,7 @@ class CampaignBoard:
         self._live = np.zeros(0, dtype=np.int64)
         self._costs: dict[str, _CostSums] = {}
         self._open_ids: set[int] = set()
+        self._unnamed: set[int] = set()
         self._read_at: float | None = None
         self._last_id = 0
         self._success_ends: list[np.ndarray] = [np.zeros(0)]
@@ -398,7 +399,7 @@ class CampaignBoard:
             since = None if self._read_at is None else self._read_at - FINISH_SLACK_S
             self._read_at = time.time()
             rows = ledger.attempt_rows(
-                after_id=self._last_id, finished_since=since, columns=_COLUMNS
+                after_id=self._last_id, finished_since=since, ids=self._unnamed, columns=_COLUMNS
             )
             # rows that ended long ago were applied already: only news and open attempts count
             rows = [r for r in rows if r[0] > self._last_id or r[0] in self._open_ids]
@@ -419,6 +420,12 @@ class CampaignBoard:
                     self._costs.setdefault(rule, _CostSums()).add(row)
             else:
                 self._open_ids.add(attempt_id)
+            # a job's attempt is inserted, then named (rule, tile) in a second write: read an
+            # unnamed open attempt again until it has its name
+            if rule is None and state not in terminal:
+                self._unnamed.add(attempt_id)
+            else:
+                self._unnamed.discard(attempt_id)
             if rule in self._tracks:
                 by_rule.setdefault(rule, []).append(row)
         succeeded = JobState.SUCCEEDED.value
