@@ -214,6 +214,21 @@ def test_serve_arguments_are_checked(tmp_path):
     assert "not loopback: give a token" in proc.stderr
 
 
+def test_a_directory_of_campaigns_is_served(tmp_path):
+    configs = [write_noop_campaign(tmp_path / name, name=name) for name in ("a", "b")]
+    server = Server([str(tmp_path)]).wait()
+    try:
+        code, page = _get(server.url + "/")
+        assert code == 200
+        assert '/c/a"' in page and '/c/b"' in page
+        code, text = _get(server.url + "/c/b/status.json")
+        assert code == 200
+        assert json.loads(text)["rows"] == _status_api_rows(configs[1])
+        assert _get(server.url + "/c/nope")[0] == 404
+    finally:
+        server.stop()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
