@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from dcflow.dashboard.board import CampaignBoard
-from dcflow.errors import ConfigInvalidError
+from dcflow.errors import CampaignError, ConfigInvalidError
 from dcflow.orchestration.campaign_files import campaign_ledger_path
 from dcflow.orchestration.plan_status import current_need
 
@@ -57,16 +57,24 @@ def serve_campaigns(
         A non-loopback ``host`` without a token.
     ConfigMissingError
         Nothing to serve at ``path``.
+    CampaignError
+        The web packages (the ``dashboard`` extra) are not installed.
     """
-    import uvicorn
+    try:
+        import uvicorn
 
-    from dcflow.dashboard.app import (
-        TOKEN_ENV,
-        dashboard_app,
-        find_campaigns,
-        is_loopback,
-        read_token,
-    )
+        from dcflow.dashboard.app import (
+            TOKEN_ENV,
+            dashboard_app,
+            find_campaigns,
+            is_loopback,
+            read_token,
+        )
+    except ImportError as exc:
+        raise CampaignError(
+            f"the dashboard needs the web packages ({exc.name} is missing):"
+            " pip install -e '.[dashboard]'"
+        ) from exc
 
     token = read_token(token_file)
     if not is_loopback(host) and token is None:
