@@ -786,21 +786,24 @@ class Ledger:
         ids: Iterable[int] = (),
         finished_since: float | None = None,
         columns: Iterable[str] = ("*",),
-    ) -> list[sqlite3.Row]:
+    ) -> list[tuple]:
         """Raw rows of the attempts newer than ``after_id``, of ``ids``, and of those that ended.
 
         What a watcher reads to follow the ledger incrementally: new attempts by the primary
         key, and, with ``finished_since`` (Unix s), the attempts that reached a terminal state
         at or after it (the state-and-time index): the only change an older row goes through
-        besides becoming lost when its run ends. A row may come twice.
+        besides becoming lost when its run ends. A row may come twice. Plain tuples in the
+        order of ``columns`` (10^6 rows read as `sqlite3.Row` cost twice the time).
         """
         select = ", ".join(columns)
-        rows = self._conn.execute(
+        cursor = self._conn.cursor()
+        cursor.row_factory = None
+        rows = cursor.execute(
             f"SELECT {select} FROM attempts WHERE attempt_id > ? ORDER BY attempt_id", (after_id,)
         ).fetchall()
         if finished_since is not None:
             terminal = [s.value for s in TERMINAL_STATES]
-            rows += self._conn.execute(
+            rows += cursor.execute(
                 f"SELECT {select} FROM attempts WHERE state IN ({_marks(terminal)})"
                 " AND finished >= ? AND attempt_id <= ?",
                 (*terminal, finished_since, after_id),
@@ -808,7 +811,7 @@ class Ledger:
         wanted = sorted(set(ids))
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            rows += self._conn.execute(
+            rows += cursor.execute(
                 f"SELECT {select} FROM attempts WHERE attempt_id IN ({_marks(chunk)})", chunk
             ).fetchall()
         return rows

@@ -43,6 +43,8 @@ _ACTIVE_CODES = np.array([_CODE[s.value] for s in ACTIVE_STATES])
 _FAILED = _CODE[JobState.FAILED.value]
 _LOST = _CODE[JobState.LOST.value]
 _SUCCEEDED = _CODE[JobState.SUCCEEDED.value]
+_FAILED_TEXT = JobState.FAILED.value
+_SUCCEEDED_TEXT = JobState.SUCCEEDED.value
 _MASKS = ("to_run", "running", "failed", "lost")
 _COLUMNS = (
     "attempt_id",
@@ -294,15 +296,15 @@ class _CostSums:
             self.mem_used_max = used if self.mem_used_max is None else max(self.mem_used_max, used)
         if runtime is not None:
             self.runtime_s += runtime
-            if state == JobState.FAILED.value:
+            if state == _FAILED_TEXT:
                 self.failed_runtime_s += runtime
-            if state == JobState.SUCCEEDED.value:
+            if state == _SUCCEEDED_TEXT:
                 self.success_runtime_s += runtime
                 self.successes_timed += 1
             if cpu is not None:
                 self.cpu_s += cpu
                 self.cpu_wall_s += runtime * (threads or 1)
-        if state == JobState.FAILED.value:
+        if state == _FAILED_TEXT:
             self.failed += 1
 
     def cost(self, stage: str) -> StageCost:
@@ -417,7 +419,10 @@ class CampaignBoard:
             if state in terminal:
                 self._open_ids.discard(attempt_id)
                 if rule is not None:
-                    self._costs.setdefault(rule, _CostSums()).add(row)
+                    sums = self._costs.get(rule)
+                    if sums is None:
+                        sums = self._costs[rule] = _CostSums()
+                    sums.add(row)
             else:
                 self._open_ids.add(attempt_id)
             # a job's attempt is inserted, then named (rule, tile) in a second write: read an
