@@ -134,6 +134,27 @@ def test_src_table_columns_and_flags(field, result):
     assert (d[dt > 10] > 2).all()
 
 
+def test_sources_touching_suspect_pixels_are_flagged(field):
+    """SUSPECT pixels (SDSS's unchecked border) within the aperture set the SUSPECT flag."""
+    mask = field.exposure.mask.copy()
+    border = 6
+    mask[:, :border] |= MaskPlane.SUSPECT
+    mask[:border, :] |= MaskPlane.SUSPECT
+    exposure = dataclasses.replace(field.exposure, mask=mask)
+    config = ProcessCcdConfig()
+    src = process_ccd(exposure, field.refcat, band="r", config=config).src
+    ap_r = config.aperture_radius_arcsec / 0.187
+    x, y = np.asarray(src["x"]), np.asarray(src["y"])
+    near_border = np.minimum(x, y) < border - 0.5 + ap_r
+    suspect = (np.asarray(src["flags"]) & SourceFlag.SUSPECT) != 0
+    clear = np.minimum(x, y) > border + ap_r + 1.0
+    assert suspect.sum() >= 5
+    assert np.array_equal(suspect[clear | ~near_border], np.zeros((clear | ~near_border).sum()))
+    assert suspect[np.minimum(x, y) < border + ap_r - 1.0].all()
+    for col in ("used_psf", "used_astrom", "used_photcal"):
+        assert not (suspect & np.asarray(src[col])).any()
+
+
 def test_header_wcs_5_arcsec_off_is_recovered():
     f = make_star_field(
         (900, 700), n_stars=400, seed=11, mag_range=(16.0, 22.0), pointing_error_arcsec=(-3.0, 4.0)

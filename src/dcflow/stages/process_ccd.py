@@ -543,9 +543,11 @@ def process_ccd(
     flags[edge_psf] |= SourceFlag.EDGE
     badpix = (mstamp & int(MaskPlane.BAD | MaskPlane.CR | MaskPlane.NO_DATA)) != 0
     flags[(badpix & in_ap).reshape(n_src, -1).any(axis=1)] |= SourceFlag.BAD_PIXELS
+    suspect = (mstamp & int(MaskPlane.SUSPECT)) != 0
+    flags[(suspect & in_ap).reshape(n_src, -1).any(axis=1)] |= SourceFlag.SUSPECT
     flags[det.n_peaks_in_footprint > 1] |= SourceFlag.BLENDED
     sat_near = sat_stamp.reshape(n_src, -1).any(axis=1)
-    del mstamp, minside, r2, in_ap, in_core, badpix, sat_stamp
+    del mstamp, minside, r2, in_ap, in_core, badpix, suspect, sat_stamp
 
     tree = cKDTree(np.column_stack([xc, yc]))
     n_near = np.array(
