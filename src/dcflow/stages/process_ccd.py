@@ -62,7 +62,13 @@ from dcflow.stages.measurement import (
     windowed_centroids,
 )
 from dcflow.stages.photocal import fit_zero_point
-from dcflow.stages.psf import MoffatPsf, PsfFitResult, fit_psf, fit_psf_width
+from dcflow.stages.psf import (
+    MoffatPsf,
+    PsfFitResult,
+    fit_psf,
+    fit_psf_width,
+    local_log_widths,
+)
 from dcflow.stages.stamps import adaptive_moments, extract_stamps
 
 __all__ = [
@@ -183,6 +189,18 @@ class ProcessCcdConfig:
             "10-15 for model weights)",
             "model": "1 / (sky variance + model flux): less photon noise for bright stars, "
             "more weight on the PSF core, so more sensitive to PSF-model errors",
+        },
+    )
+    psf_flux_width: str = config_field(
+        "local",
+        "PSF width used for each source's PSF flux",
+        choices={
+            "model": "the PSF model's width at the source's position",
+            "local": "the model's width combined with the source's own width fit, weighted by "
+            "the measured scatter of star widths about the model and the fit's error: bright "
+            "isolated stars take their own width (on SDSS, stars' widths wander 0.8-2 % about "
+            "any smooth model, which puts a 4-6 mmag floor under PSF fluxes), faint sources "
+            "and sources inconsistent with a point source keep the model's",
         },
     )
     extendedness_threshold: float = config_field(
@@ -601,7 +619,31 @@ def process_ccd(
 
     # 5. PSF-fit positions and fluxes (neighbours subtracted), then aperture fluxes there.
     phot_half = int(np.clip(np.ceil(2.0 * fwhm_pix), 4, 15))
-    table = psf_fit.phase_table(phot_half, xc, yc)  # the PSF width at each source
+    model_table = psf_fit.phase_table(phot_half, xc, yc)  # the PSF width at each source
+    width_offset = np.zeros(n_src)
+    if cfg.psf_flux_width == "local":
+        clean = np.nonzero(
+            ((flags & ~int(SourceFlag.EDGE | SourceFlag.BAD_PIXELS)) == 0)
+            & ~edge_psf
+            & ~sat_near
+            & (n_near == 1)
+        )[0]
+        local = local_log_widths(
+            psf_fit,
+            sub,
+            variance,
+            bad,
+            xc[clean],
+            yc[clean],
+            reference=det.significance[clean] >= cfg.psf_width_min_snr,
+            half_size=phot_half,
+        )
+        width_offset[clean] = local.log_width_offset
+        intrinsic_width_scatter, n_width_reference = local.intrinsic_scatter, local.n_reference
+        table = psf_fit.phase_table(phot_half, xc, yc, log_width_offset=width_offset)
+    else:
+        intrinsic_width_scatter, n_width_reference = float("nan"), 0
+        table = model_table
     xc, yc, psf_flux, psf_err, psf_chi2 = psf_photometry(
         sub,
         variance,
@@ -647,7 +689,7 @@ def process_ccd(
     ap_err = np.sqrt(ap_err**2 + _excess("ap"))
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = psf_flux / psf_err
-    frac = psf_fit.enclosed_fraction(ap_r, xc, yc)
+    frac = psf_fit.enclosed_fraction(ap_r, xc, yc, log_width_offset=width_offset)
     bright = (flags == 0) & (snr >= cfg.psf_min_snr) & (n_near == 1)
     if bright.sum() < 10:
         bright = (flags == 0) & (snr >= 20.0) & (n_near == 1)
@@ -660,7 +702,11 @@ def process_ccd(
     apcorr = apcorr_fn(xc, yc)
     log.debug("aperture correction median %.4f from %d stars", apcorr_median, n_apcorr)
     total_flux = psf_flux * apcorr
-    extendedness = _extendedness(sub, bad, xc, yc, table, snr, flags, cfg.extendedness_threshold)
+    # Star/galaxy separation against the model's width: a source's own width would absorb
+    # part of a compact galaxy's size.
+    extendedness = _extendedness(
+        sub, bad, xc, yc, model_table, snr, flags, cfg.extendedness_threshold
+    )
 
     # 6. Astrometry.
     usable = np.nonzero((flags == 0) & (snr >= cfg.astrom_min_snr))[0]
@@ -740,6 +786,11 @@ def process_ccd(
         "PSF noise-equivalent-area width, arcsec",
     )
     header["APCORR"] = (apcorr_median, "median aperture correction of PSF fluxes")
+    header["PSFWSCAT"] = (
+        intrinsic_width_scatter if np.isfinite(intrinsic_width_scatter) else -1.0,
+        "star ln(width) scatter about PSF model (-1: unused)",
+    )
+    header["PSFWNREF"] = (n_width_reference, "stars measuring PSFWSCAT")
     for key, card in psf_fit.to_header().items():
         if key != "PSFBETA":
             header[key] = card
