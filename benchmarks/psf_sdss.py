@@ -155,7 +155,10 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
     moffat = np.array([_fit_star(s, w, "moffat") for s, w in zip(stamps, weight, strict=True)])
 
     # PSF / aperture flux ratios and the scatter the noise explains (covariance included).
-    ratio = src["apcorr"][stars] * src["psf_flux"][stars] / src["ap_flux"][stars]
+    # Normalised to its median: the aperture correction may refer to another aperture
+    # (APCRAD), and a constant factor must not scale the scatter.
+    ratio = np.asarray(src["apcorr"][stars] * src["psf_flux"][stars] / src["ap_flux"][stars])
+    ratio = ratio / np.median(ratio)
     ap_r = config.aperture_radius_arcsec / scale
     ap_table = aperture_weight_table(ap_r)
     ah = (ap_table.shape[-1] - 1) // 2

@@ -210,6 +210,17 @@ class ProcessCcdConfig:
         exclusive_minimum=0.0,
         maximum=10.0,
     )
+    apcorr_radius_arcsec: float = config_field(
+        0.0,
+        "Radius of the aperture that defines total fluxes (the aperture correction brings "
+        "PSF fluxes to the flux in it, plus the PSF model's light beyond it), arcsec; 0 = "
+        "aperture_radius_arcsec. Set it to the reference catalogue's own convention where "
+        "the PSF has wings the model does not follow: SDSS PSF magnitudes are corrected to "
+        "7.43 arcsec, and on the Stripe 82 frames the 7.43-arcsec aperture holds 1.3-2.4 % "
+        "more light than the Moffat model's extrapolation from 3 arcsec",
+        minimum=0.0,
+        maximum=60.0,
+    )
     apcorr_order: int = config_field(
         0,
         "Polynomial order in (x, y) of the aperture correction over the CCD (0 = a constant, "
@@ -689,13 +700,27 @@ def process_ccd(
     ap_err = np.sqrt(ap_err**2 + _excess("ap"))
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = psf_flux / psf_err
-    frac = psf_fit.enclosed_fraction(ap_r, xc, yc, log_width_offset=width_offset)
-    bright = (flags == 0) & (snr >= cfg.psf_min_snr) & (n_near == 1)
+    # Aperture correction: PSF flux -> flux in the calibration aperture (the model's light
+    # beyond it added), from bright stars alone in that aperture and wholly on the image.
+    calib_r = (cfg.apcorr_radius_arcsec or cfg.aperture_radius_arcsec) / scale_arcsec
+    if calib_r == ap_r:
+        calib_flux, calib_err, n_near_calib = ap_flux, ap_err, n_near
+    else:
+        calib_flux, calib_err = aperture_fluxes(sub, variance, xc, yc, radius_pix=calib_r)
+        n_near_calib = np.array(
+            [len(n) for n in tree.query_ball_point(np.column_stack([xc, yc]), calib_r)]
+        )
+    inside_calib = (
+        (xc >= calib_r) & (xc <= nx - 1 - calib_r) & (yc >= calib_r) & (yc <= ny - 1 - calib_r)
+    )
+    frac = psf_fit.enclosed_fraction(calib_r, xc, yc, log_width_offset=width_offset)
+    alone = (flags == 0) & (n_near == 1) & (n_near_calib == 1) & inside_calib
+    bright = alone & (snr >= cfg.psf_min_snr)
     if bright.sum() < 10:
-        bright = (flags == 0) & (snr >= 20.0) & (n_near == 1)
+        bright = alone & (snr >= 20.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = ap_flux / (psf_flux * frac)
-        ratio_err = ratio * np.hypot(ap_err / ap_flux, psf_err / psf_flux)
+        ratio = calib_flux / (psf_flux * frac)
+        ratio_err = ratio * np.hypot(calib_err / calib_flux, psf_err / psf_flux)
     apcorr_fn, apcorr_median, n_apcorr = _aperture_correction(
         xc[bright], yc[bright], ratio[bright], ratio_err[bright], (ny, nx), cfg.apcorr_order
     )
@@ -709,7 +734,11 @@ def process_ccd(
     )
 
     # 6. Astrometry.
-    usable = np.nonzero((flags == 0) & (snr >= cfg.astrom_min_snr))[0]
+    # SUSPECT pixels are doubtful, not known bad (SDSS: the unchecked frame border, ghosts):
+    # a source touching them stays out of the PSF model and the aperture correction (its
+    # aperture flux is in doubt), but its PSF-fit centroid and flux still calibrate the frame,
+    # where the zero point's clipping removes it if it is off.
+    usable = np.nonzero(((flags & ~int(SourceFlag.SUSPECT)) == 0) & (snr >= cfg.astrom_min_snr))[0]
     band_mag = np.asarray(refcat[f"{band}_mag"], float)
     astro = fit_astrometry(
         xc[usable],
@@ -795,6 +824,7 @@ def process_ccd(
         if key != "PSFBETA":
             header[key] = card
     header["APRADIUS"] = (cfg.aperture_radius_arcsec, "radius of src ap_flux, arcsec")
+    header["APCRAD"] = (calib_r * scale_arcsec, "aperture of total fluxes (APCORR), arcsec")
     header["EXTFRAC"] = (cfg.extendedness_threshold, "src extendedness: least size excess over PSF")
     header["ASTRMS"] = (astro.rms_mas, "rms of reference-matched offsets, mas")
     header["NASTREF"] = (astro.n_matched, "reference stars in the astrometric fit")
