@@ -382,7 +382,7 @@ def test_local_widths_follow_each_star_where_the_model_cannot():
 
 def test_local_widths_leave_a_psf_that_does_not_wander_alone():
     rng = np.random.default_rng(22)
-    image, var, xs, ys, _, flux = _field_with_wandering_widths(rng, 0.0)
+    image, var, xs, ys, _, _ = _field_with_wandering_widths(rng, 0.0)
     bad = np.zeros(image.shape, bool)
     stars = np.arange(xs.size) >= 2
     res = fit_psf(image, var, bad, xs[stars], ys[stars], fwhm_guess_pix=3.0)
