@@ -817,7 +817,7 @@ def process_ccd(
     header["APCORR"] = (apcorr_median, "median aperture correction of PSF fluxes")
     header["PSFWSCAT"] = (
         intrinsic_width_scatter if np.isfinite(intrinsic_width_scatter) else -1.0,
-        "star ln(width) scatter about PSF model (-1: unused)",
+        "stars ln(width) scatter about model, -1 unused",
     )
     header["PSFWNREF"] = (n_width_reference, "stars measuring PSFWSCAT")
     for key, card in psf_fit.to_header().items():
