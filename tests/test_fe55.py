@@ -460,6 +460,10 @@ def test_fit_rejects_bad_signals():
         fit_kalpha_peak(np.ones((10, 10)))
     with pytest.raises(ValueError, match="signal_adu holds non-finite values"):
         fit_kalpha_peak(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="line_width must be 'free' or 'expected'; got 'wide'"):
+        fit_kalpha_peak(np.full(30, 1000.0), line_width="wide")
+    with pytest.raises(ValueError, match="line_width='expected' needs expected_sigma_adu"):
+        fit_kalpha_peak(np.full(30, 1000.0), line_width="expected")
     with pytest.raises(CalibrationError, match="only 20 events with positive signal"):
         fit_kalpha_peak(np.full(20, 1000.0), min_events=50)
     # 25 events at the line, the rest far away: the window around the peak holds 25

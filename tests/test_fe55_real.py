@@ -106,9 +106,7 @@ def test_fe55_trusted_taps_agree_with_photon_transfer_and_the_rest_are_flagged(f
     # the errors of the taps with a K-alpha line cover photon transfer at about 3 sigma
     # (measured pulls +0.5, -0.7, -3.0: tap 01's compact events sit 2.5 % above the line
     # photon transfer predicts, as msfc-ccd also finds)
-    pulls = [
-        (a.gain_e_per_adu - ptc_gain[a.amp]) / a.gain_err_e_per_adu for a in fe55.amps[:3]
-    ]
+    pulls = [(a.gain_e_per_adu - ptc_gain[a.amp]) / a.gain_err_e_per_adu for a in fe55.amps[:3]]
     assert np.all(np.abs(pulls) < 3.5), pulls
     untrusted = [a for a in fe55.amps if not a.trusted]
     assert table.meta["NUNTRUST"] == len(untrusted) == 3

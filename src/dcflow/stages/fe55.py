@@ -16,7 +16,9 @@ Each Mn K-alpha photon (5.889 keV) absorbed in silicon frees ``E / w(T)`` electr
    over their partial-charge shelf (events that lost part of their charge, which a real
    sensor holds and a naive simulator does not) and a floor, started at the strongest narrow
    line of the signals of every isolated event (`_start_peak`: a real histogram also has a
-   continuum and other lines above K-alpha); errors from the Fisher information.
+   continuum and other lines above K-alpha), with the line width held at its expectation
+   (freed afterwards for the verdict); errors from the Fisher information, or from bootstrap
+   resamples of the events where those spread more (few K-alpha events).
 4. `fe55_verdict`: whether the gain can be trusted (enough K-alpha events, a line width within
    30 % of the width expected from the box noise measured on the image and the Fano noise,
    no parameter at a bound, a gain error under half the 1.5 % an Fe55 gain is checked to
@@ -369,7 +371,9 @@ class PeakFit:
     peak_adu, peak_err_adu : float
         K-alpha peak position and its statistical error (ADU).
     sigma_adu, sigma_err_adu : float
-        Gaussian width of the lines and its error (ADU).
+        Gaussian width of the lines and its error (ADU); for a fit with the width held at its
+        expectation, the width freed from that solution (the other parameters are the
+        fixed-width fit's).
     n_kalpha : float
         Fitted number of K-alpha events.
     kbeta_ratio : float
