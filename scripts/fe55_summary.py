@@ -29,7 +29,11 @@ def main(
     ptc = read_table(ptc_path) if ptc_path else None
     try:
         summary = summarize_gains(
-            tables, truth=truth, ptc=ptc, max_ptc_deviation=config.max_ptc_deviation
+            tables,
+            truth=truth,
+            ptc=ptc,
+            max_ptc_deviation=config.max_ptc_deviation,
+            max_gain_rel_err=config.max_gain_rel_err,
         )
     except ValueError as exc:
         names = [*map(str, gain_paths), *([ptc_path] if ptc_path else [])]

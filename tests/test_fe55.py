@@ -573,3 +573,32 @@ def test_fe55_data_ids():
     ]
     with pytest.raises(ValueError, match=r"ccd=2 is not an Fe55 sensor \(fe55.sensors: \[3, 1\]\)"):
         fe55_data_ids(fe55, ccd=2)
+
+
+def test_sound_but_imprecise_exposures_combine_into_a_trusted_gain():
+    """Each exposure alone misses the precision bound; their sound fits together meet it."""
+    config = Fe55Config(max_gain_rel_err=0.0015)
+    sparse = dataclasses.replace(CLEAN, events_per_amp=150, seed=3)
+    tables, truth = [], None
+    for exposure in range(4):
+        sim = simulate_fe55_exposure(sparse, ccd=0, exposure=exposure)
+        tables.append(measure_fe55_gain(sim.raw, sim.layout, config=config).table())
+        truth = sim.truth
+    assert all(np.all(t["fit_sound"]) for t in tables)
+    assert sum(int(np.sum(~np.asarray(t["trusted"]))) for t in tables) >= 8
+    alone = summarize_gains(tables[:1], max_gain_rel_err=0.0015)
+    assert not np.all(alone["trusted"])
+    assert all(v.startswith("gain error") for v in alone["verdict"][~alone["trusted"]])
+    summary = summarize_gains(tables, truth=truth, max_gain_rel_err=0.0015)
+    assert np.all(summary["trusted"]), list(summary["verdict"])
+    assert np.all(summary["n_combined"] == 4)
+    assert np.all(np.abs(summary["gain_e_per_adu"] / truth["gain_e_per_adu"] - 1) < 0.005)
+    assert np.all(np.abs(summary["gain_dev_sigma"]) < 4)
+    # an unsound exposure (its fit on the wrong line) is left out, not averaged in
+    wrong = tables[0].copy()
+    wrong["gain_e_per_adu"] *= 1.2
+    wrong["fit_sound"] = False
+    wrong["trusted"] = False
+    mixed = summarize_gains([wrong, *tables[1:]], max_gain_rel_err=0.003)
+    assert np.all(mixed["n_combined"] == 3)
+    assert np.all(np.abs(mixed["gain_e_per_adu"] / truth["gain_e_per_adu"] - 1) < 0.005)

@@ -464,6 +464,9 @@ class Fe55AmpResult:
         Whether the gain can be used.
     verdict : str
         ``"ok"`` or every reason the gain cannot be trusted.
+    fit_sound : bool
+        Whether the fit passes every check but the precision one (``max_gain_rel_err``): such
+        an exposure's gain is combined with the sensor's other exposures (`summarize_gains`).
     """
 
     amp: str
@@ -483,6 +486,7 @@ class Fe55AmpResult:
     fit: PeakFit | None
     trusted: bool
     verdict: str
+    fit_sound: bool = False
 
     @property
     def width_ratio(self) -> float:
@@ -514,8 +518,8 @@ class Fe55Result:
         events per ADU times the peak, over the K-alpha events), ``kalpha_yield_e``,
         ``bias_adu``, ``noise_adu``, ``pedestal_adu``, ``n_candidates``, ``n_isolated``,
         ``n_graded`` (events fitted), ``n_events`` (in the fit window), ``n_kalpha``,
-        ``deviance_per_dof``, ``trusted``, ``verdict``. Header: ``NUNTRUST``, the number of
-        untrusted amplifiers.
+        ``deviance_per_dof``, ``trusted``, ``verdict``, ``fit_sound``. Header: ``NUNTRUST``,
+        the number of untrusted amplifiers.
         """
         names = (
             "amp",
@@ -544,6 +548,7 @@ class Fe55Result:
             "deviance_per_dof",
             "trusted",
             "verdict",
+            "fit_sound",
         )
         nan = float("nan")
         rows = [
@@ -574,10 +579,11 @@ class Fe55Result:
                 a.fit.deviance_per_dof if a.fit else nan,
                 a.trusted,
                 a.verdict,
+                a.fit_sound,
             )
             for a in self.amps
         ]
-        dtype = (str,) + (float,) * 17 + (int, int, int, int, float, float, bool, str)
+        dtype = (str,) + (float,) * 17 + (int, int, int, int, float, float, bool, str, bool)
         table = Table(rows=rows or None, names=names, dtype=dtype)
         table.meta["NUNTRUST"] = sum(not a.trusted for a in self.amps)
         return table
@@ -1047,7 +1053,7 @@ def fe55_verdict(
     fit: PeakFit,
     *,
     expected_sigma_adu: float,
-    gain_rel_err: float,
+    gain_rel_err: float | None,
     config: Fe55Config,
     unstable_fraction: float = 0.0,
 ) -> str:
@@ -1055,8 +1061,10 @@ def fe55_verdict(
 
     Checks the fitted K-alpha events (``min_kalpha_events``), the width against its
     expectation (``max_width_deviation``) and against the fit's bounds, the relative gain error
-    (``max_gain_rel_err``), the deviance per degree of freedom (``max_deviance_per_dof``) and
-    the share of resampled fits that lost the peak (``max_unstable_fraction``).
+    (``max_gain_rel_err``; skipped when ``gain_rel_err`` is None, which judges only whether the
+    fit is sound: an imprecise but sound exposure still counts in a sensor's combined gain),
+    the deviance per degree of freedom (``max_deviance_per_dof``) and the share of resampled
+    fits that lost the peak (``max_unstable_fraction``).
     """
     reasons = []
     if fit.n_kalpha < config.min_kalpha_events:
@@ -1068,7 +1076,7 @@ def fe55_verdict(
         reasons.append(f"line width {ratio:.2f} x expected")
     if fit.at_bound:
         reasons.append(f"fit at its bound ({fit.at_bound})")
-    if not gain_rel_err <= config.max_gain_rel_err:
+    if gain_rel_err is not None and not gain_rel_err <= config.max_gain_rel_err:
         reasons.append(f"gain error {100 * gain_rel_err:.1f} %")
     if fit.deviance_per_dof > config.max_deviance_per_dof:
         reasons.append(f"deviance/dof {fit.deviance_per_dof:.1f}")
@@ -1225,6 +1233,16 @@ def measure_amp_gain(
         unstable_fraction=unstable,
         config=config,
     )
+    sound = (
+        fe55_verdict(
+            fit,
+            expected_sigma_adu=sigma_expected,
+            gain_rel_err=None,
+            unstable_fraction=unstable,
+            config=config,
+        )
+        == "ok"
+    )
     log.info(
         "amp %s: %d candidates, %d graded, peak %.2f +- %.2f ADU, gain %.4f e-/ADU "
         "(yield %.1f e-), width %.2f x expected: %s",
@@ -1256,6 +1274,7 @@ def measure_amp_gain(
         fit=fit,
         trusted=verdict == "ok",
         verdict=verdict,
+        fit_sound=sound,
     )
 
 
@@ -1378,12 +1397,17 @@ def summarize_gains(
     truth: Table | None = None,
     ptc: Table | None = None,
     max_ptc_deviation: float = 0.015,
+    max_gain_rel_err: float = 0.0075,
 ) -> Table:
     """Combine the gain tables of several exposures of one sensor, per amplifier, with a verdict.
 
-    Per amplifier the exposures whose gain is trusted are combined (all of them, marked
-    untrusted, when none is); with a photon-transfer table the Fe55 gain is set against it and
-    an amplifier whose ratio departs from 1 by more than ``max_ptc_deviation`` is untrusted.
+    Per amplifier the exposures whose fit is sound (``fit_sound``, else ``trusted``) are
+    combined, however imprecise each is alone: a few dozen K-alpha events per exposure give a
+    gain known to 1-2 %, and four such exposures together to half that. When no exposure's fit
+    is sound all are combined and the amplifier is untrusted. The combined gain is untrusted
+    when its relative error exceeds ``max_gain_rel_err``; with a photon-transfer table the Fe55
+    gain is set against it and an amplifier whose ratio departs from 1 by more than
+    ``max_ptc_deviation`` is untrusted.
 
     Parameters
     ----------
@@ -1396,11 +1420,14 @@ def summarize_gains(
         Photon-transfer gains (`dcflow.stages.photon_transfer.PhotonTransferResult.table`).
     max_ptc_deviation : float
         Largest ``|Fe55 / PTC - 1|`` of a trusted amplifier.
+    max_gain_rel_err : float
+        Largest relative error of a trusted combined gain.
 
     Returns
     -------
     astropy.table.Table
-        One row per amplifier: ``amp``, ``n_exposures``, ``n_trusted`` (exposures combined),
+        One row per amplifier: ``amp``, ``n_exposures``, ``n_trusted`` (exposures trusted on
+        their own), ``n_combined`` (exposures combined),
         ``gain_e_per_adu`` (inverse-variance weighted mean), ``gain_err_e_per_adu`` (its
         error), ``gain_scatter_e_per_adu`` (standard deviation over the combined exposures, 0
         for one), ``chi2_per_dof`` (of those exposures about the mean; 0 for one),
@@ -1445,13 +1472,19 @@ def summarize_gains(
     )
     if np.any(trusted & ~measured):
         raise ValueError("a trusted amplifier has a non-finite gain or error")
+    sound = np.array(
+        [
+            np.asarray(t["fit_sound"], dtype=bool) if "fit_sound" in t.colnames else trusted[i]
+            for i, t in enumerate(tables)
+        ]
+    ) & (measured | trusted)
     verdicts = [
         [str(v) for v in t["verdict"]] if "verdict" in t.colnames else ["ok"] * len(amps)
         for t in tables
     ]
-    any_trusted = trusted.any(axis=0)
+    any_sound = sound.any(axis=0)
     # an amplifier without a fit (NaN gain) takes no part in the mean
-    use = np.where(any_trusted[None, :], trusted, measured)
+    use = np.where(any_sound[None, :], sound, measured)
     with np.errstate(divide="ignore", invalid="ignore"):
         weights = np.where(use, errors**-2, 0.0)
         gains_used = np.where(use, gains, 0.0)
@@ -1465,19 +1498,26 @@ def summarize_gains(
     out["amp"] = amps
     out["n_exposures"] = np.full(len(amps), len(tables))
     out["n_trusted"] = trusted.sum(axis=0)
+    out["n_combined"] = n_used
     out["gain_e_per_adu"] = mean
     with np.errstate(divide="ignore"):
         out["gain_err_e_per_adu"] = np.sum(weights, axis=0) ** -0.5
+    relative_error = np.asarray(out["gain_err_e_per_adu"]) / mean
     out["gain_scatter_e_per_adu"] = scatter
     out["chi2_per_dof"] = np.where(n_used > 1, chi2, 0.0)
     out["peak_sigma_e"] = np.mean([np.asarray(t["peak_sigma_e"], float) for t in tables], axis=0)
     out["n_events"] = np.sum([np.asarray(t["n_events"], int) for t in tables], axis=0)
     reasons = [
         []
-        if any_trusted[j]
-        else ["no trusted exposure (" + ", ".join(sorted({v[j] for v in verdicts})) + ")"]
+        if any_sound[j]
+        else ["no sound fit in any exposure (" + ", ".join(sorted({v[j] for v in verdicts})) + ")"]
         for j in range(len(amps))
     ]
+    for j in range(len(amps)):
+        if any_sound[j] and not relative_error[j] <= max_gain_rel_err:
+            reasons[j].append(
+                f"gain error {100 * relative_error[j]:.1f} % over {n_used[j]} exposure(s)"
+            )
     if ptc is not None:
         by_amp = {
             str(a): (float(g), float(e))
