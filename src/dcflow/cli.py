@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 
 from dcflow.errors import BackendUnreachableError, CampaignError
@@ -241,15 +241,15 @@ def _print_status(status: CampaignStatus) -> None:
     _print_untrusted(status.untrusted)
     if not status.complete:
         print(f"{status.n_failed} failed tile(s)")
-    if status.failure_classes:
-        print(f"failed by class: {_class_counts(status.failure_classes)}")
+        if status.failure_classes:
+            print(f"failed by class: {_class_counts(status.failure_classes)}")
     elif status.untrusted:
         print(f"campaign complete, but {status.n_untrusted} output(s) untrusted")
     else:
         print("campaign complete")
 
 
-def _class_counts(per_stage) -> str:
+def _class_counts(per_stage: Mapping[str, Mapping[str, int]]) -> str:
     """``memory 2 (process_visit 2), bad_input 1 (warp 1)``."""
     totals: dict[str, dict[str, int]] = {}
     for stage, counts in per_stage.items():
