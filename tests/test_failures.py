@@ -370,3 +370,18 @@ def test_local_oom_and_corrupt_fits_are_classified_and_acted_on(tmp_path):
     assert (tmp_path / "out" / "oom.txt").read_text() == "300"
     with Ledger(tmp_path / "l.sqlite3") as ledger:
         assert ledger.failure_counts() == {"bad": {"bad_input": 1}}
+
+
+def test_memory_and_runtime_escalations_share_one_set_resources():
+    args = resource_override_args(
+        {("isr", "visit=1"): 4000},
+        {("isr", "visit=2"): 60, ("warp", "visit=1"): 120},
+        {"isr": {"mem_mb": 2000, "runtime": 30}},
+    )
+    assert args[0] == "--set-resources" and args.count("--set-resources") == 1
+    entries = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args[1:]}
+    assert set(entries) == {"isr:mem_mb", "isr:runtime", "warp:runtime"}
+    wildcards = {"visit": "2"}
+    values = {key: eval(text, {"wildcards": wildcards}) for key, text in entries.items()}
+    # visit=2 was not out of memory: the rule default; it was out of time: 60 min
+    assert values == {"isr:mem_mb": 2000, "isr:runtime": 60, "warp:runtime": 120}
