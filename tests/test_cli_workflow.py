@@ -167,13 +167,22 @@ def test_fault_knob_then_failed_lists_exactly_those_tiles(work):
     assert all(t.exit_code == 1 and t.log_tail and Path(work / t.log_path).exists() for t in tiles)
     proc = dcflow(work, "failed", "--config", "config.yaml", "--json")
     assert proc.returncode == 3
-    assert {t["data_id"] for t in json.loads(proc.stdout)} == {"visit=1001", "visit=1002"}
+    classes = {t["data_id"]: (t["failure_class"], t["action"]) for t in json.loads(proc.stdout)}
+    assert classes == {
+        "visit=1001": ("unknown", "retry"),
+        "visit=1002": ("memory", "retry_more_memory"),
+    }
+    proc = dcflow(work, "failed", "--config", "config.yaml")
+    assert "process_visit visit=1002: [memory -> retry_more_memory]" in proc.stdout
     proc = dcflow(work, "failed", "--config", "config.yaml", "--stage", "bias")
     assert proc.returncode == 0 and "no failed tiles" in proc.stdout
     proc = dcflow(work, "status", "--config", "config.yaml", "--json")
     assert proc.returncode == 3
     status = json.loads(proc.stdout)
     assert status["n_failed"] == 2 and not status["complete"]
+    assert status["failure_classes"] == {"process_visit": {"memory": 1, "unknown": 1}}
+    proc = dcflow(work, "status", "--config", "config.yaml")
+    assert "failed by class: memory 1 (process_visit 1), unknown 1 (process_visit 1)" in proc.stdout
 
 
 def test_rerun_failed_runs_exactly_those_jobs_with_more_memory(work):
@@ -182,6 +191,8 @@ def test_rerun_failed_runs_exactly_those_jobs_with_more_memory(work):
     proc = dcflow(work, "rerun", "--failed", "--config", "config.yaml", "--mem-factor", "2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "rerun: 3 job(s) asked for" in proc.stdout
+    assert "rerun: memory: 1 tile(s) rerun with more memory" in proc.stdout
+    assert "rerun: unknown: 1 tile(s) rerun" in proc.stdout
     with Ledger(work / "out" / "ledger.sqlite3") as ledger:
         runs = ledger.runs()
         attempts = ledger.attempts(run_id=runs[-1].run_id)

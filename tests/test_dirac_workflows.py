@@ -22,6 +22,8 @@ import pytest
 from snakemake.common.tests import TestWorkflowsLocalStorageBase
 from snakemake_interface_executor_plugins.settings import ExecutorSettingsBase
 
+from dcflow.ledger import Ledger
+
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "test"
 
@@ -200,13 +202,20 @@ def _running_slow(wms, workdir: Path) -> str | None:
 def test_killed_job_fails_and_plain_rerun_redoes_only_it(tmp_path, wms):
     (tmp_path / "Snakefile").write_text(HOLDING)
     (tmp_path / "hold").touch()
+    ledger_path = tmp_path / "ledger.sqlite3"
+    logger = ["--logger", "dcflow", "--logger-dcflow-ledger", str(ledger_path)]
+    logger += ["--logger-dcflow-backend", "dirac"]
     with subprocess.Popen(
-        _snakemake(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _snakemake(tmp_path, *logger), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
         job_id = _wait_for(lambda: _running_slow(wms, tmp_path), 120, "the slow job to run")
         wms.kill([job_id])
         _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
+    # the run ledger classes the killed job as a lost pilot: retried elsewhere
+    with Ledger(ledger_path) as ledger:
+        (killed,) = ledger.failed_tiles()
+    assert (killed.rule, killed.backend, killed.failure_class) == ("slow", "dirac", "node_lost")
     # DIRAC marks the job Killed; the JobWrapper, told by its heartbeat, stops the payload and
     # may then report it Failed / 'Received Kill signal': either is a failure, with its cause
     assert re.search(

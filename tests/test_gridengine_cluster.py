@@ -24,6 +24,7 @@ from snakemake.cli import parse_config
 from snakemake.common.tests import TestWorkflowsLocalStorageBase
 from snakemake.settings.types import ConfigSettings
 
+from dcflow.ledger import Ledger, MemoryPolicy
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger
 from snakemake_executor_plugin_gridengine.status import accounting_records, parse_qstat_xml
@@ -404,6 +405,29 @@ def test_job_over_h_vmem_is_a_memory_failure_and_a_retry_with_more_memory_succee
     assert "memory failure: out of memory (h_vmem=1000M per slot x 1" in proc.stderr
     assert (workdir / "out" / "big.txt").read_text() == "ok\n"
     assert "MemoryError" in Path(submissions[0].log).read_text()
+
+
+@needs_cluster
+def test_job_over_h_vmem_is_classed_out_of_memory_in_the_run_ledger(tmp_path):
+    """The same fault through the dcflow logger: the ledger's class says memory, and the tile's
+    next attempt asks for more (the action of the class)."""
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    workdir = _workflow(tmp_path, MEMORY_SNAKEFILE)
+    ledger_path = workdir / "ledger.sqlite3"
+    logger = ["--logger", "dcflow", "--logger-dcflow-ledger", str(ledger_path)]
+    logger += ["--logger-dcflow-backend", "gridengine"]
+    proc = subprocess.run(
+        _snakemake_argv(workdir, backend, *logger), capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode != 0
+    with Ledger(ledger_path) as ledger:
+        (tile,) = ledger.failed_tiles()
+        needs = ledger.memory_requests(MemoryPolicy(factor=2.5))
+        counts = ledger.failure_counts()
+    assert (tile.rule, tile.backend, tile.failure_class) == ("big", "gridengine", "memory")
+    assert tile.memory_failure and tile.mem_mb_requested == 1000
+    assert counts == {"big": {"memory": 1}}
+    assert needs == {("big", "campaign"): 2500}
 
 
 HELD_SNAKEFILE = """

@@ -17,10 +17,11 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 
 from dcflow.errors import BackendUnreachableError, CampaignError
+from dcflow.failures import FailureClass
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import load_campaign_config
 from dcflow.orchestration.cancel import cancel_campaign
@@ -32,6 +33,7 @@ from dcflow.orchestration.plan_status import (
     status_campaign,
 )
 from dcflow.orchestration.prepare import ingest_campaign, ingest_files, simulate_campaign
+from dcflow.orchestration.profiles import failure_policy
 from dcflow.orchestration.report import report_campaign
 from dcflow.orchestration.rerun import rerun_failed
 from dcflow.orchestration.run import run_campaign
@@ -150,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--json", action="store_true", help="print the status as JSON")
     cmd = sub.add_parser(
-        "failed", parents=[common, selection], help="failed tiles with reason and log tail"
+        "failed",
+        parents=[common, profile, selection],
+        help="failed tiles with failure class, action, reason and log tail",
     )
     cmd.add_argument("--lines", type=int, default=10, help="log lines to show per tile")
     cmd.add_argument("--json", action="store_true", help="print the tiles as JSON")
@@ -160,6 +164,14 @@ def _parser() -> argparse.ArgumentParser:
         help="rerun failed tiles (and missing downstream jobs)",
     )
     cmd.add_argument("--failed", action="store_true", required=True, help="rerun failed tiles")
+    cmd.add_argument(
+        "--include-class",
+        action="append",
+        default=[],
+        choices=[c.value for c in FailureClass],
+        help="rerun tiles of this failure class even if its action is to fail at once or to"
+        " hold for review (e.g. bad_input after the input was fixed); repeatable",
+    )
     cmd = sub.add_parser(
         "cancel", parents=[common], help="stop the campaign's live runs and their jobs"
     )
@@ -242,10 +254,24 @@ def _print_status(status: CampaignStatus) -> None:
     _print_untrusted(status.untrusted)
     if not status.complete:
         print(f"{status.n_failed} failed tile(s)")
+        if status.failure_classes:
+            print(f"failed by class: {_class_counts(status.failure_classes)}")
     elif status.untrusted:
         print(f"campaign complete, but {status.n_untrusted} output(s) untrusted")
     else:
         print("campaign complete")
+
+
+def _class_counts(per_stage: Mapping[str, Mapping[str, int]]) -> str:
+    """``memory 2 (process_visit 2), bad_input 1 (warp 1)``."""
+    totals: dict[str, dict[str, int]] = {}
+    for stage, counts in per_stage.items():
+        for name, n in counts.items():
+            totals.setdefault(name, {})[stage] = n
+    return ", ".join(
+        f"{name} {sum(by.values())} ({', '.join(f'{st} {n}' for st, n in sorted(by.items()))})"
+        for name, by in sorted(totals.items())
+    )
 
 
 def _print_untrusted(untrusted: Sequence[UntrustedResult]) -> None:
@@ -263,8 +289,8 @@ def _print_failed(tiles: list[FailedTile], untrusted: Sequence[UntrustedResult])
         why = f"{tile.error_class}: {tile.reason}" if tile.error_class else tile.reason
         memory = f" [memory, asked {tile.mem_mb_requested} MB]" if tile.memory_failure else ""
         print(
-            f"{tile.rule} {tile.data_id}: {tile.attempts} attempt(s), exit {tile.exit_code}, "
-            f"{why}{memory}"
+            f"{tile.rule} {tile.data_id}: [{tile.failure_class} -> {tile.action}] "
+            f"{tile.attempts} attempt(s), exit {tile.exit_code}, {why}{memory}"
         )
         print(f"  log: {tile.log_path}  (backend {tile.backend} job {tile.backend_jobid or '-'})")
         for line in tile.log_tail:
@@ -428,7 +454,11 @@ def _status(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _failed(args: argparse.Namespace, extra: list[str]) -> int:
     tiles, untrusted = failed_and_untrusted(
-        args.config, stage=args.stage, tract=args.tract, n_lines=args.lines
+        args.config,
+        stage=args.stage,
+        tract=args.tract,
+        n_lines=args.lines,
+        policy=failure_policy(args.profile),
     )
     if args.json:
         print(_failed_json(tiles, untrusted))
@@ -440,7 +470,7 @@ def _failed(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _rerun(args: argparse.Namespace, extra: list[str]) -> int:
-    code, selected = rerun_failed(
+    code, selected, outcomes = rerun_failed(
         args.config,
         profile=args.profile,
         snakemake_args=extra,
@@ -449,7 +479,10 @@ def _rerun(args: argparse.Namespace, extra: list[str]) -> int:
         mem_factor=args.mem_factor,
         mem_cap_mb=args.mem_cap_mb,
         progress=not args.no_progress,
+        include_classes=args.include_class,
     )
+    for outcome in outcomes:
+        print(f"rerun: {outcome.describe()}")
     print(f"rerun: {len(selected)} job(s) asked for" if selected else "nothing to rerun")
     return EXIT_FAILED if code else 0
 

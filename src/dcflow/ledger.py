@@ -14,8 +14,10 @@ runs
     start / end times, exit code, the planned job counts per rule and the progress.
 attempts
     One row per job attempt: rule, data id (tile), wildcards, shard, backend and backend job
-    id, `JobState`, exit code, error class and reason, memory asked and used, runtime, CPU
-    time, I/O, log and benchmark paths, outputs, timestamps.
+    id, `JobState`, exit code, error class and reason, failure class (`dcflow.failures`),
+    memory asked and used, runtime, CPU time, I/O, log and benchmark paths, outputs,
+    timestamps. A ledger written before failure classes existed gains the column, and its
+    failed attempts their class, when it is first opened.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 from dcflow.configs import check_fields, config_field
 from dcflow.dataids import DATA_ID_KEYS, format_data_id
+from dcflow.failures import FailureClass, FailurePolicy, classify, escalated_runtime
 from dcflow.states import ACTIVE_STATES, TERMINAL_STATES, JobState
 
 __all__ = [
@@ -82,6 +85,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     exit_code INTEGER,
     error_class TEXT,
     reason TEXT,
+    failure_class TEXT,
     memory_failure INTEGER NOT NULL DEFAULT 0,
     mem_mb_requested INTEGER,
     mem_mb_used REAL,
@@ -177,6 +181,8 @@ class Attempt:
     submitted: float | None
     started: float | None
     finished: float | None
+    failure_class: str | None = None
+    """`dcflow.failures.FailureClass` value of a failed or lost attempt."""
 
     @property
     def tile(self) -> tuple[str | None, str | None]:
@@ -362,6 +368,28 @@ class Ledger:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(_SCHEMA)
+        self._add_failure_class()
+
+    def _add_failure_class(self) -> None:
+        """Give a ledger written before failure classes the column, and its failures a class."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(attempts)")}
+        if "failure_class" in columns:
+            return
+        try:
+            with self._conn:
+                self._conn.execute("ALTER TABLE attempts ADD COLUMN failure_class TEXT")
+                rows = self._conn.execute(
+                    "SELECT attempt_id, state, exit_code, error_class, reason, backend"
+                    " FROM attempts WHERE state IN (?, ?)",
+                    (JobState.FAILED.value, JobState.LOST.value),
+                ).fetchall()
+                self._conn.executemany(
+                    "UPDATE attempts SET failure_class = ? WHERE attempt_id = ?",
+                    [(_classify_row(row).value, row["attempt_id"]) for row in rows],
+                )
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process migrated it first
+                raise
 
     def close(self) -> None:
         """Close the database connection."""
@@ -437,9 +465,14 @@ class Ledger:
                 (now, exit_code, run_id),
             )
             self._conn.execute(
-                "UPDATE attempts SET state = ? WHERE run_id = ?"
+                "UPDATE attempts SET state = ?, failure_class = ? WHERE run_id = ?"
                 f" AND state IN ({_marks(ACTIVE_STATES)})",
-                (JobState.LOST.value, run_id, *[s.value for s in ACTIVE_STATES]),
+                (
+                    JobState.LOST.value,
+                    FailureClass.NODE_LOST.value,
+                    run_id,
+                    *[s.value for s in ACTIVE_STATES],
+                ),
             )
 
     def cancel_run(
@@ -617,27 +650,43 @@ class Ledger:
         """Record the end of a job's attempt (success or failure); returns the attempt id.
 
         Runtime, memory used, CPU time and I/O come from the job's benchmark file when given;
-        otherwise runtime is the wall time since the attempt started.
+        otherwise runtime is the wall time since the attempt started. A failure gets its
+        `dcflow.failures.FailureClass`; one classed out of memory counts as a memory failure
+        (memory escalation).
         """
         now = time.time() if when is None else when
         attempt_id = self._open_attempt(run_id, jobid)
         if attempt_id is None:
             return None
         row = self._conn.execute(
-            "SELECT started, submitted FROM attempts WHERE attempt_id = ?", (attempt_id,)
+            "SELECT started, submitted, backend FROM attempts WHERE attempt_id = ?",
+            (attempt_id,),
         ).fetchone()
         began = row["started"] if row["started"] is not None else row["submitted"]
         runtime = benchmark.runtime_s if benchmark else (now - began if began else None)
+        failure_class = None
+        if state is JobState.FAILED:
+            failure_class = classify(
+                state=state,
+                exit_code=exit_code,
+                error_class=error_class,
+                reason=reason,
+                backend=row["backend"],
+            )
+            if memory_failure and failure_class is FailureClass.UNKNOWN:
+                failure_class = FailureClass.MEMORY
+            memory_failure = memory_failure or failure_class is FailureClass.MEMORY
         self._write(
             "UPDATE attempts SET state = ?, exit_code = ?, error_class = ?, reason = ?,"
-            " memory_failure = ?, mem_mb_used = ?, runtime_s = ?, cpu_s = ?, io_in_mb = ?,"
-            " io_out_mb = ?, backend_jobid = COALESCE(?, backend_jobid), finished = ?"
-            " WHERE attempt_id = ?",
+            " failure_class = ?, memory_failure = ?, mem_mb_used = ?, runtime_s = ?, cpu_s = ?,"
+            " io_in_mb = ?, io_out_mb = ?, backend_jobid = COALESCE(?, backend_jobid),"
+            " finished = ? WHERE attempt_id = ?",
             (
                 state.value,
                 exit_code,
                 error_class,
                 reason,
+                None if failure_class is None else failure_class.value,
                 int(memory_failure),
                 benchmark.max_rss_mb if benchmark else None,
                 runtime,
@@ -751,6 +800,22 @@ class Ledger:
         """``(rule, data_id) -> mem_mb`` for tiles whose history needs more memory."""
         return escalated_memory(self.attempts(), policy)
 
+    def runtime_requests(
+        self, policy: FailurePolicy, defaults: Mapping[str, int]
+    ) -> dict[tuple[str, str], int]:
+        """``(rule, data_id) -> runtime`` (minutes) for tiles killed at their run-time limit.
+
+        Only tiles with a failure of class ``walltime`` are read (`escalated_runtime`).
+        """
+        rows = self._conn.execute(
+            "SELECT rule, data_id, state, failure_class FROM attempts WHERE (rule, data_id) IN"
+            " (SELECT rule, data_id FROM attempts WHERE state = ? AND failure_class = ?)"
+            " ORDER BY attempt_id",
+            (JobState.FAILED.value, FailureClass.WALLTIME.value),
+        )
+        history = [(r[0], r[1], JobState(r[2]), r[3], None) for r in rows]
+        return escalated_runtime(history, defaults, policy)
+
     def throughput_per_h(
         self, *, window_s: float = 3600.0, now: float | None = None
     ) -> float | None:
@@ -816,6 +881,26 @@ class Ledger:
             ).fetchall()
         return rows
 
+    def failure_counts(self, *, include_lost: bool = False) -> dict[str, dict[str, int]]:
+        """Per stage, failed tiles per failure class: what dashboards and reports show.
+
+        Only tiles whose last attempt failed count (a tile that later succeeded is not a
+        failure any more), and with ``include_lost`` those whose last attempt was lost (class
+        ``node_lost``); the state index keeps it from reading the whole ledger.
+        """
+        states = (JobState.FAILED.value, *([JobState.LOST.value] if include_lost else []))
+        rows = self._conn.execute(
+            "SELECT a.rule, COALESCE(a.failure_class, ?), COUNT(*) FROM attempts a"
+            f" WHERE a.state IN ({_marks(states)}) AND a.rule IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM attempts b WHERE b.rule = a.rule AND b.data_id = a.data_id"
+            " AND b.attempt_id > a.attempt_id) GROUP BY a.rule, 2",
+            (FailureClass.UNKNOWN.value, *states),
+        )
+        out: dict[str, dict[str, int]] = {}
+        for rule, name, count in rows:
+            out.setdefault(str(rule), {})[str(name)] = int(count)
+        return out
+
     def mean_runtimes(self) -> dict[str, tuple[float, int]]:
         """Per rule: mean measured runtime of succeeded attempts (s) and how many there were."""
         rows = self._conn.execute(
@@ -834,6 +919,16 @@ def _run(row: sqlite3.Row) -> Run:
     data = dict(row)
     data["planned"] = json.loads(data["planned"]) if data["planned"] else {}
     return Run(**data)
+
+
+def _classify_row(row: sqlite3.Row) -> FailureClass:
+    return classify(
+        state=JobState(row["state"]),
+        exit_code=row["exit_code"],
+        error_class=row["error_class"],
+        reason=row["reason"],
+        backend=row["backend"],
+    )
 
 
 def _attempt(row: sqlite3.Row) -> Attempt:

@@ -15,13 +15,14 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from dcflow.campaign.snapshots import PlanSnapshot
 from dcflow.errors import InputDataError
+from dcflow.failures import FailureClass, FailurePolicy
 from dcflow.io import read_fits
 from dcflow.ledger import Attempt, Ledger, Run, tile_of
 from dcflow.pipeline.graph import JobGraph
@@ -99,6 +100,8 @@ class CampaignStatus:
     disk_seen_at: float | None = None
     """When the plan these counts start from scanned the outputs (later: the ledger's news)."""
     untrusted: tuple[UntrustedResult, ...] = ()
+    failure_classes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Per stage, failed tiles per `dcflow.failures.FailureClass` (`Ledger.failure_counts`)."""
 
     @property
     def n_failed(self) -> int:
@@ -123,6 +126,7 @@ class CampaignStatus:
                 "n_failed": self.n_failed,
                 "n_untrusted": self.n_untrusted,
                 "untrusted": [asdict(u) for u in self.untrusted],
+                "failure_classes": {k: dict(v) for k, v in self.failure_classes.items()},
                 "rows": [asdict(r) for r in self.rows],
                 "running": [
                     {
@@ -286,6 +290,7 @@ def campaign_status(
         eta_h=eta,
         disk_seen_at=snapshot.scanned_at,
         untrusted=tuple(untrusted),
+        failure_classes=ledger.failure_counts(),
     )
 
 
@@ -342,6 +347,8 @@ class FailedTile:
     exit_code: int | None
     error_class: str | None
     reason: str | None
+    failure_class: str
+    action: str
     memory_failure: bool
     mem_mb_requested: int | None
     backend: str | None
@@ -381,14 +388,17 @@ def failed_tiles(
     on_disk: Callable[[str], bool] | None = os.path.exists,
     n_lines: int = 10,
     count_attempts: bool = True,
+    policy: FailurePolicy | None = None,
 ) -> list[FailedTile]:
     """Tiles whose last attempt failed, optionally of one stage (rule) and tract.
 
     Tiles whose every output is now on disk (``on_disk``; None: do not look) are left out:
     a later run made them. Only failed attempts are read, never a plan: one indexed query and
     a stat per output of a failed tile (and, with ``count_attempts``, one count per tile;
-    without, ``attempts`` is 0).
+    without, ``attempts`` is 0). ``action`` is what ``policy`` (the defaults when None) does
+    with the tile's failure class.
     """
+    policy = FailurePolicy() if policy is None else policy
     attempts = [
         a
         for a in ledger.failed_tiles()
@@ -410,6 +420,8 @@ def failed_tiles(
             exit_code=a.exit_code,
             error_class=a.error_class,
             reason=a.reason,
+            failure_class=a.failure_class or FailureClass.UNKNOWN.value,
+            action=policy.action(a.failure_class or FailureClass.UNKNOWN).value,
             memory_failure=a.memory_failure,
             mem_mb_requested=a.mem_mb_requested,
             backend=a.backend,

@@ -23,6 +23,7 @@ from dcflow.campaign.snapshots import (
     write_plan_snapshot,
 )
 from dcflow.errors import InputMissingError
+from dcflow.failures import FailurePolicy
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import (
     campaign_ledger_path,
@@ -204,10 +205,12 @@ def failed_campaign(
     tract: int | None = None,
     workdir: str | Path | None = None,
     n_lines: int = 10,
+    policy: FailurePolicy | None = None,
 ) -> list[FailedTile]:
     """Failed tiles of the campaign whose outputs are still missing (optionally filtered).
 
-    Reads the ledger and stats the failed tiles' outputs: no plan, no index.
+    Reads the ledger and stats the failed tiles' outputs: no plan, no index. Each tile's
+    action is ``policy``'s for its failure class (the defaults when None).
     """
     workdir = Path(workdir or os.getcwd()).resolve()
     layout = rooted_layout(config_path, workdir)
@@ -218,6 +221,7 @@ def failed_campaign(
             tract=tract,
             on_disk=lambda path: os.path.exists(workdir / path),
             n_lines=n_lines,
+            policy=policy,
         )
 
 
@@ -228,6 +232,7 @@ def failed_and_untrusted(
     tract: int | None = None,
     workdir: str | Path | None = None,
     n_lines: int = 10,
+    policy: FailurePolicy | None = None,
 ) -> tuple[list[FailedTile], list[UntrustedResult]]:
     """What ``dcflow failed`` lists: failed tiles, and outputs judged untrusted.
 
@@ -236,7 +241,9 @@ def failed_and_untrusted(
     the one kept under the output root (no plan).
     """
     workdir = Path(workdir or os.getcwd()).resolve()
-    tiles = failed_campaign(config_path, stage=stage, tract=tract, workdir=workdir, n_lines=n_lines)
+    tiles = failed_campaign(
+        config_path, stage=stage, tract=tract, workdir=workdir, n_lines=n_lines, policy=policy
+    )
     config, _, index = indexed_campaign(config_path, workdir)
     untrusted = [
         u

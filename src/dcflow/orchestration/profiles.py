@@ -8,17 +8,20 @@ import yaml
 
 from dcflow.configs import from_mapping
 from dcflow.errors import ConfigInvalidError, ProfileUnknownError
+from dcflow.failures import FailurePolicy
 from dcflow.ledger import MemoryPolicy
 from dcflow.orchestration.campaign_files import REPO_ROOT
 from dcflow.pipeline.spec import STAGES
 
 __all__ = [
     "GRIDENGINE_EXECUTORS",
+    "failure_policy",
     "memory_override_args",
     "memory_policy",
     "profile_backend",
     "profile_dir",
     "profile_settings",
+    "resource_override_args",
     "rule_defaults",
 ]
 
@@ -55,6 +58,41 @@ def profile_backend(profile: str) -> str:
 
 GRIDENGINE_EXECUTORS = frozenset({"gridengine", "drmaa", "cluster-generic", "sge"})
 """Executors that submit to Grid Engine."""
+
+
+def _profile_extra(profile: str | None, key: str) -> dict:
+    """One section of a profile's ``dcflow.yaml`` (site settings Snakemake does not read)."""
+    if not profile:
+        return {}
+    extra = profile_dir(profile) / "dcflow.yaml"
+    if not extra.is_file():
+        return {}
+    with open(extra) as handle:
+        section = (yaml.safe_load(handle) or {}).get(key, {})
+    if not isinstance(section, dict):
+        raise ConfigInvalidError(f"{extra}: {key} must be a mapping, not {section!r}")
+    return section
+
+
+def failure_policy(profile: str | None) -> FailurePolicy:
+    """The action per failure class: defaults, then the profile's ``dcflow.yaml``.
+
+    ``failure_actions: {transient_io: retry, runtime_factor: 1.5}`` in a profile's
+    ``dcflow.yaml`` changes what ``rerun --failed`` does with those tiles.
+
+    Raises
+    ------
+    ProfileUnknownError
+        If ``profile`` is given and is not a profile.
+    ConfigInvalidError
+        If a key is not a failure class or an action is unknown (the message names it).
+    """
+    values = _profile_extra(profile, "failure_actions")
+    try:
+        return from_mapping(FailurePolicy, values)
+    except (TypeError, ValueError) as exc:
+        where = profile_dir(profile) / "dcflow.yaml" if profile else "defaults"
+        raise ConfigInvalidError(f"{where}: failure_actions: {exc}") from exc
 
 
 def memory_policy(
@@ -109,6 +147,23 @@ def rule_defaults(profile: str | None) -> dict[str, dict[str, int]]:
     return out
 
 
+def _override_entries(
+    requests: dict[tuple[str, str], int], defaults: dict[str, dict[str, int]], resource: str
+) -> list[str]:
+    by_rule: dict[str, dict[str, int]] = {}
+    for (rule, tile), value in sorted(requests.items()):
+        by_rule.setdefault(rule, {})[tile] = value
+    entries: list[str] = []
+    for rule, tiles in by_rule.items():
+        default = defaults.get(rule, {}).get(resource, max(tiles.values()))
+        lookup = (
+            f"{tiles!r}.get(__import__('dcflow.ledger', fromlist=['tile_of'])"
+            f".tile_of(dict(wildcards.items())), {default})"
+        )
+        entries.append(f"{rule}:{resource}={lookup}")
+    return entries
+
+
 def memory_override_args(
     requests: dict[tuple[str, str], int], defaults: dict[str, dict[str, int]]
 ) -> list[str]:
@@ -118,15 +173,18 @@ def memory_override_args(
     (`dcflow.ledger.tile_of` of its wildcards) in the escalated tiles, else the rule default.
     Tiles of rules whose default is unknown get the largest escalation of the rule.
     """
-    by_rule: dict[str, dict[str, int]] = {}
-    for (rule, tile), mem_mb in sorted(requests.items()):
-        by_rule.setdefault(rule, {})[tile] = mem_mb
-    args: list[str] = []
-    for rule, tiles in by_rule.items():
-        default = defaults.get(rule, {}).get("mem_mb", max(tiles.values()))
-        lookup = (
-            f"{tiles!r}.get(__import__('dcflow.ledger', fromlist=['tile_of'])"
-            f".tile_of(dict(wildcards.items())), {default})"
-        )
-        args.append(f"{rule}:mem_mb={lookup}")
-    return ["--set-resources", *args] if args else []
+    return resource_override_args(requests, {}, defaults)
+
+
+def resource_override_args(
+    memory: dict[tuple[str, str], int],
+    runtime: dict[tuple[str, str], int],
+    defaults: dict[str, dict[str, int]],
+) -> list[str]:
+    """One ``--set-resources`` giving escalated tiles their mem_mb and runtime (minutes).
+
+    One option for both: Snakemake keeps only the last ``--set-resources`` it is given.
+    """
+    entries = _override_entries(memory, defaults, "mem_mb")
+    entries += _override_entries(runtime, defaults, "runtime")
+    return ["--set-resources", *entries] if entries else []

@@ -16,10 +16,11 @@ from dcflow.layout import Layout
 from dcflow.ledger import Attempt, Ledger
 from dcflow.orchestration.campaign_files import load_campaign_config, open_ledger
 from dcflow.orchestration.profiles import (
-    memory_override_args,
+    failure_policy,
     memory_policy,
     profile_backend,
     profile_dir,
+    resource_override_args,
     rule_defaults,
 )
 from dcflow.orchestration.snakemake_cli import snakemake_argv
@@ -91,9 +92,15 @@ def run_campaign(
             and not any(r.finished is None for r in ledger.runs())
         )
         requests = ledger.memory_requests(policy)
-        extra = memory_override_args(requests, rule_defaults(profile)) if requests else []
+        defaults = rule_defaults(profile)
+        runtimes = ledger.runtime_requests(
+            failure_policy(profile), {rule: d["runtime"] for rule, d in defaults.items()}
+        )
+        extra = resource_override_args(requests, runtimes, defaults)
         for (rule, tile), mem_mb in sorted(requests.items()):
             log.info("memory escalation: %s %s asks for mem_mb=%d", rule, tile, mem_mb)
+        for (rule, tile), minutes in sorted(runtimes.items()):
+            log.info("run time escalation: %s %s asks for runtime=%d min", rule, tile, minutes)
         run_id = ledger.start_run(
             campaign=config["campaign"]["name"],
             shard=shard or "all",
