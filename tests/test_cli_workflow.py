@@ -27,6 +27,7 @@ from dcflow.ledger import Ledger
 from dcflow.orchestration.plan_status import failed_campaign, plan_campaign, status_campaign
 from dcflow.orchestration.snakemake_cli import snakemake_dry_run_counts
 from dcflow.states import JobState
+from report_checks import broken_images_in_browser, check_report, chromium
 
 pytestmark = pytest.mark.slow
 
@@ -229,17 +230,33 @@ def test_plan_pictures_are_non_trivial(work):
         assert pixels.std() > 0.05
 
 
-def test_report_has_per_stage_benchmarks(work):
+def test_report_is_one_readable_page(work, tmp_path):
     proc = dcflow(work, "report", "--config", "config.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "never awaited" not in proc.stderr
     report = work / "out" / "report" / "report.html"
     bench = work / "out" / "report" / "report_benchmarks.tsv"
-    assert report.stat().st_size > 50_000
-    page = report.read_text()  # per-stage figures on the landing page of Snakemake's report
-    assert "stage process_visit" in page and "max RSS" in page
+    page = check_report(report)
+    # home links every section: status, validation, sky map, rule graph, cost, failed tiles
+    assert {"#status", "#validation", "#sky", "#plan", "#cost", "#failed"} <= set(page.nav_links)
+    # validation figures (summary + science_validation.png), sky map and rule graph
+    assert len(page.images) >= 4
+    text = " ".join(page.text)
+    assert "visits meet every target" in text and "target <= 20 mas" in text
+    assert "process_visit" in text and "peak RSS max (MB)" in text
     rows = [line.split("\t") for line in bench.read_text().splitlines()]
     stages = {row[0]: row for row in rows[1:]}
     assert set(stages) == {"bias", "flat", "process_visit", "science_validation"}
     header = rows[0]
     assert int(stages["flat"][header.index("n_jobs")]) == 2
     assert float(stages["process_visit"][header.index("max_rss_mb_max")]) > 50.0
+
+
+def test_report_loads_in_headless_chromium(work, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (the dashboard's set-up installs it as root)")
+    report = work / "out" / "report" / "report.html"
+    if not report.exists():
+        assert dcflow(work, "report", "--config", "config.yaml").returncode == 0
+    assert broken_images_in_browser(report, browser, tmp_path) == 0
