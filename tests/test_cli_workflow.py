@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from report_checks import broken_images_in_browser, check_report, chromium
 
 from dcflow.joblog import FAULTS_ENV
 from dcflow.ledger import Ledger
 from dcflow.orchestration.plan_status import failed_campaign, plan_campaign, status_campaign
 from dcflow.orchestration.snakemake_cli import snakemake_dry_run_counts
 from dcflow.states import JobState
-from report_checks import broken_images_in_browser, check_report, chromium
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from dcflow.campaign.analytic import SMALL_CAMPAIGN_JOBS
 from dcflow.errors import RerunTooLargeError
 from dcflow.orchestration.campaign_files import campaign_ledger_path, open_ledger, rooted_layout
 from dcflow.orchestration.plan_status import current_need
-from dcflow.orchestration.run import run_campaign
+from dcflow.orchestration.run import RunOutcome, launch_campaign
 from dcflow.pipeline.graph import JobGraph
 from dcflow.status import failed_tiles, job_states
 
@@ -136,7 +136,8 @@ def rerun_failed(
     mem_factor: float | None = None,
     mem_cap_mb: int | None = None,
     progress: bool = True,
-) -> tuple[int, set[tuple[str, str]]]:
+    verbose: bool = False,
+) -> tuple[RunOutcome | None, set[tuple[str, str]]]:
     """Rerun the failed tiles (and the missing jobs downstream of them) through `run_campaign`.
 
     The campaign is not replanned through Snakemake's default target: the outputs of the
@@ -146,15 +147,15 @@ def rerun_failed(
 
     Returns
     -------
-    code : int
-        Snakemake's exit code (0 if there was nothing to rerun).
+    outcome : RunOutcome or None
+        How the run ended (None if there was nothing to rerun).
     selected : set of (rule, data_id)
         The tiles asked for.
     """
     workdir = Path(workdir or os.getcwd()).resolve()
     selection = select_failed(config_path, workdir, stage=stage, tract=tract)
     if selection is None or selection.n_jobs == 0:
-        return 0, set()
+        return None, set()
     if selection.n_jobs > MAX_RERUN_JOBS:
         raise RerunTooLargeError(
             f"{selection.n_jobs:,} jobs are failed or missing downstream of the failed tiles: "
@@ -168,7 +169,7 @@ def rerun_failed(
         # exactly those jobs: a params or code change since the good tiles ran must not pull
         # them in again through the targets' inputs (pass --rerun-triggers to override)
         extra = ["--rerun-triggers", "mtime", *extra]
-    code = run_campaign(
+    outcome = launch_campaign(
         config_path,
         profile=profile,
         snakemake_args=extra,
@@ -178,5 +179,7 @@ def rerun_failed(
         mem_factor=mem_factor,
         mem_cap_mb=mem_cap_mb,
         progress=progress,
+        verbose=verbose,
+        exclusive=True,
     )
-    return code, selected
+    return outcome, selected
