@@ -236,7 +236,7 @@ def test_cancel_stops_a_live_run_and_its_jobs(tmp_path):
         assert len(running) == 2, "two toy jobs never ran at once"
         jobs = _descendants(proc.pid)
         assert jobs
-        stopped, n_cancelled = cancel_runs(ledger_path, timeout_s=60, grace_s=3)
+        stopped, n_cancelled = cancel_runs(ledger_path, interrupt_grace_s=3)
         assert proc.wait(timeout=30) != 0
     finally:
         proc.kill()

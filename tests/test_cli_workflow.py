@@ -153,7 +153,8 @@ def test_status_after_sigkill_matches_disk(work):
 def test_fault_knob_then_failed_lists_exactly_those_tiles(work):
     proc = dcflow(work, "run", "--config", "config.yaml", faults=FAULTS)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "progress:" in proc.stdout
+    assert "progress:" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    assert "2 failed" in proc.stdout and "dcflow rerun --failed" in proc.stdout
     # half way: plan and Snakemake agree on what is left
     expected = {"process_visit": 2, "science_validation": 1, "all": 1}
     assert dry_run_counts(work) == expected

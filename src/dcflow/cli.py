@@ -611,7 +611,7 @@ def _rerun(args: argparse.Namespace, extra: list[str]) -> int:
         print("nothing to rerun")
         return 0
     rules = sorted({rule for rule, _ in selected})
-    print(f"rerun: {len(selected)} failed tile(s) of {', '.join(rules)} and what depends on them")
+    print(f"rerun: {len(selected)} job(s) asked for ({', '.join(rules)})")
     return _run_summary(outcome, args, what="rerun")
 
 

@@ -273,52 +273,55 @@ def launch_campaign(
     if verbose:
         print(f"snakemake (ledger run {run_id}): {shlex.join(argv)}", flush=True)
     output = SnakemakeOutput(log_path, echo=sys.stdout if verbose else None)
-    child = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,  # one process group: stopped as a whole
+    watcher = ProgressPrinter(
+        ledger_file,
+        run_id,
+        period_s=progress_seconds,
+        workdir=workdir,
+        show=progress and not verbose,
     )
-    pump = threading.Thread(target=output.pump, args=(child.stdout,), daemon=True)
-    pump.start()
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = {}
+    watcher.start()  # before Snakemake: a display that cannot start leaves nothing running
+    previous: dict[int, object] = {}
     interrupted = None
-    with open_ledger(ledger_file) as ledger:
-        ledger.set_run_pid(run_id, child.pid)
-        watcher = ProgressPrinter(
-            ledger_file,
-            run_id,
-            period_s=progress_seconds,
-            workdir=workdir,
-            show=progress and not verbose,
+    code: int | None = None
+    child = pump = None
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # one process group: stopped as a whole
         )
-        watcher.start()
-        if in_main:
+        pump = threading.Thread(target=output.pump, args=(child.stdout,), daemon=True)
+        pump.start()
+        with open_ledger(ledger_file) as ledger:
+            ledger.set_run_pid(run_id, child.pid)
+        if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, _raise_stop)
         try:
-            try:
-                code = child.wait()
-            except _StopRequestedError as stop:
-                interrupted = stop.name
-                watcher.pause()
-                print(
-                    f"\n{stop.name}: stopping the run (Snakemake cancels its jobs)...", flush=True
-                )
-                for signum in previous:  # a second Ctrl-C must not break the stop
-                    signal.signal(signum, signal.SIG_IGN)
-                stop_process_tree(child.pid, leader_gone=lambda: child.poll() is not None)
-                code = child.wait()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            watcher.stop()
+            code = child.wait()
+        except _StopRequestedError as stop:
+            interrupted = stop.name
+            watcher.pause()
+            print(f"\n{stop.name}: stopping the run (Snakemake cancels its jobs)", flush=True)
+            for signum in previous:  # a second Ctrl-C must not break the stop
+                signal.signal(signum, signal.SIG_IGN)
+            stop_process_tree(child.pid, leader_gone=lambda: child.poll() is not None)
+            code = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if child is not None and child.poll() is None:  # the driver itself failed: stop all
+            stop_process_tree(child.pid, leader_gone=lambda: child.poll() is not None)
+        watcher.stop()
+        if pump is not None:
             pump.join(timeout=10)
-        ledger.finish_run(run_id, code)
-        attempts = ledger.attempts(run_id=run_id)
+        with open_ledger(ledger_file) as ledger:
+            ledger.finish_run(run_id, code)
+            attempts = ledger.attempts(run_id=run_id)
     return RunOutcome(
         run_id=run_id,
         exit_code=code,
