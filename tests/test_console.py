@@ -6,6 +6,7 @@ or calls the API the verb calls; the campaign is shared and the tests run in fil
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import yaml
 from dcflow.cli import EXIT_INTERRUPTED, VERBS
 from dcflow.ledger import Ledger, pid_start_time
 from dcflow.orchestration.cancel import cancel_runs, stop_process_tree
+from dcflow.orchestration.run import SnakemakeOutput
 from dcflow.states import JobState
 
 DCFLOW = str(Path(sys.executable).parent / "dcflow")
@@ -144,12 +146,18 @@ def _wait_for_running_job(ledger_path: Path, timeout_s: float = 120) -> int:
 
 
 def test_sigterm_stops_the_run_and_its_process_group(work):
-    driver = subprocess.Popen(
-        [DCFLOW, "run"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    driver = subprocess.Popen(  # its own process group, as a shell starts a job
+        [DCFLOW, "run"],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         snakemake_pid = _wait_for_running_job(work / "out" / "ledger.sqlite3")
-        assert os.getpgid(snakemake_pid) == snakemake_pid  # Snakemake leads its own group
+        assert os.getpgid(snakemake_pid) == driver.pid
+        assert len(_group_members(driver.pid)) >= 3  # driver, Snakemake, a job
         driver.send_signal(signal.SIGTERM)
         out, err = driver.communicate(timeout=120)
     finally:
@@ -157,7 +165,7 @@ def test_sigterm_stops_the_run_and_its_process_group(work):
     assert driver.returncode == EXIT_INTERRUPTED, err[-2000:]
     assert "Traceback" not in out + err and "WorkflowError" not in out + err
     assert "stopped by SIGTERM" in out and "`dcflow run` resumes" in out
-    assert _group_members(snakemake_pid) == []  # no Snakemake, no job left
+    assert _group_members(driver.pid) == []  # no Snakemake, no job left
     with Ledger(work / "out" / "ledger.sqlite3") as ledger:
         assert all(r.finished is not None for r in ledger.runs())
 
@@ -283,3 +291,21 @@ def test_cancel_of_a_run_ignoring_sigint_escalates(tmp_path):
     assert _group_members(proc.pid) == []
     with Ledger(ledger_path) as ledger:
         assert ledger.run(run_id).finished is not None
+
+
+def test_snakemake_output_counts_a_repeated_warning_once(tmp_path):
+    lines = [
+        "Building DAG of jobs...\n",
+        *[
+            f"2026-12-06 20:27:{s:02d},407 WARNING astropy: VerifyWarning: Card is too long\n"
+            for s in range(64)
+        ],
+        "Error in rule bias:\n",
+    ]
+    shown = io.StringIO()
+    output = SnakemakeOutput(tmp_path / "logs" / "run=1.log", echo=shown)
+    output.pump(io.StringIO("".join(lines)))
+    assert output.repeated_warnings() == [("WARNING astropy: VerifyWarning: Card is too long", 64)]
+    assert output.errors == ["Error in rule bias:"]
+    assert shown.getvalue().count("Card is too long") == 1  # echoed once
+    assert (tmp_path / "logs" / "run=1.log").read_text() == "".join(lines)  # the log keeps all

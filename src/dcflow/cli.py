@@ -186,9 +186,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _verb(sub, "simulate", parents=[common], help="write a simulated campaign's raw data")
-    cmd = _verb(sub,
-        "ingest", parents=[common], help="register raw files in the campaign registry"
-    )
+    cmd = _verb(sub, "ingest", parents=[common], help="register raw files in the campaign registry")
     cmd.add_argument(
         "sources",
         nargs="*",
@@ -214,8 +212,11 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="run shard by shard (config section shards): bounded DAGs, markers",
             )
-    cmd = _verb(sub,
-        "plan", parents=[common, profile], help="jobs per stage: total, done, to run; CPU hours"
+    cmd = _verb(
+        sub,
+        "plan",
+        parents=[common, profile],
+        help="jobs per stage: total, done, to run; CPU hours",
     )
     cmd.add_argument("--json", action="store_true", help="print the plan as JSON")
     cmd.add_argument(
@@ -235,16 +236,20 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="file list of the outputs (one path per line, .gz allowed) instead of a tree walk",
     )
-    cmd = _verb(sub,
-        "status", parents=[common, profile], help="counts by state, running jobs, throughput, ETA"
+    cmd = _verb(
+        sub,
+        "status",
+        parents=[common, profile],
+        help="counts by state, running jobs, throughput, ETA",
     )
     cmd.add_argument("--json", action="store_true", help="print the status as JSON")
-    cmd = _verb(sub,
-        "failed", parents=[common, selection], help="failed tiles with reason and log tail"
+    cmd = _verb(
+        sub, "failed", parents=[common, selection], help="failed tiles with reason and log tail"
     )
     cmd.add_argument("--lines", type=int, default=10, help="log lines to show per tile")
     cmd.add_argument("--json", action="store_true", help="print the tiles as JSON")
-    cmd = _verb(sub,
+    cmd = _verb(
+        sub,
         "rerun",
         parents=[common, profile, selection, memory, passthrough],
         help="rerun failed tiles (and missing downstream jobs)",
@@ -252,8 +257,8 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument(
         "--failed", action="store_true", help="rerun failed tiles (what rerun does; optional)"
     )
-    cmd = _verb(sub,
-        "cancel", parents=[common], help="stop the campaign's live runs and their jobs"
+    cmd = _verb(
+        sub, "cancel", parents=[common], help="stop the campaign's live runs and their jobs"
     )
     cmd.add_argument(
         "--grace",
@@ -272,7 +277,8 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument(
         "--min-proxy-hours", type=float, default=24.0, help="DIRAC: proxy lifetime needed, h"
     )
-    cmd = _verb(sub,
+    cmd = _verb(
+        sub,
         "report",
         parents=[common],
         help="one HTML page: status, validation, thumbnails, sky map, cost, failed tiles",
@@ -485,8 +491,7 @@ def _run_summary(outcome: RunOutcome, args: argparse.Namespace, *, what: str = "
     if outcome.exit_code == 0:
         print(f"{what} {outcome.run_id} finished in {took}: {done}.")
         print(
-            f"next: `dcflow status{flag}`; `dcflow report{flag}` writes "
-            f"{_report_path(args.config)}"
+            f"next: `dcflow status{flag}`; `dcflow report{flag}` writes {_report_path(args.config)}"
         )
         return 0
     if outcome.n_failed:
@@ -664,8 +669,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dcflow` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     extra = _strip_separator(list(getattr(args, "snakemake_args", []) or []))
     try:
         return VERBS[args.verb](args, extra)

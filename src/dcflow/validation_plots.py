@@ -121,7 +121,7 @@ def accuracy_figure(
             label=f"{band}: N={offsets.size}, rms {rms_mas:.1f} mas{verdict}",
         )
         residuals = values["mag_residuals_mmag"]
-        rms_mmag = float(np.sqrt(np.mean(residuals**2))) if residuals.size else math.nan
+        rms_mmag = float(np.std(residuals)) if residuals.size else math.nan  # as the metric
         verdict = "" if photom_target is None else _verdict(photom_target, rms_mmag)
         ax_photom.plot(
             values["mags"], residuals, ".", ms=3, label=f"{band}: rms {rms_mmag:.1f} mmag{verdict}"

@@ -49,10 +49,10 @@ def _descendants(pid: int) -> list[int]:
 
 INTERRUPT_GRACE_S = 30.0
 """Seconds a run has after SIGINT (Snakemake cancels its jobs through the executor: qdel,
-a DIRAC kill, local processes) before its process group gets SIGTERM."""
+a DIRAC kill, local processes) before it and the processes under it get SIGTERM."""
 
 TERMINATE_GRACE_S = 10.0
-"""Seconds after SIGTERM before the process group gets SIGKILL."""
+"""Seconds after SIGTERM before they get SIGKILL."""
 
 KILL_WAIT_S = 5.0
 """Seconds allowed for the kernel to remove processes after SIGKILL."""
@@ -95,11 +95,12 @@ def stop_process_tree(
 ) -> str:
     """Stop a Snakemake process and everything it started; return the signal that did it.
 
-    SIGINT first (Snakemake cancels its jobs and exits), SIGTERM after ``interrupt_grace_s``,
-    SIGKILL after another ``terminate_grace_s``. When ``pid`` leads its own process group (as
-    `dcflow run` starts Snakemake), the whole group gets each signal and must be empty at the
-    end; otherwise ``pid`` and its descendants (from /proc) do. ``leader_gone`` says whether
-    ``pid`` has exited (its parent reaps it; a zombie counts as gone).
+    SIGINT first, as Ctrl-C in a terminal sends it to the whole foreground group (Snakemake
+    cancels its jobs through its executor and exits; local jobs stop), SIGTERM after
+    ``interrupt_grace_s``, SIGKILL after another ``terminate_grace_s``. Each signal goes to
+    ``pid`` and its descendants (from /proc, again at each step) and, when ``pid`` leads its
+    own process group, to the group, which must then be empty at the end. ``leader_gone``
+    says whether ``pid`` has exited (its parent reaps it; a zombie counts as gone).
 
     Raises
     ------
@@ -114,9 +115,7 @@ def stop_process_tree(
         if group is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, sig)
-        # SIGINT: Snakemake stops its own jobs; later signals also reach jobs that left the group
-        interrupt = sig == signal.SIGINT
-        for target in ([] if group is not None else [pid]) if interrupt else [pid, *known]:
+        for target in [pid, *known]:  # also processes that left the group (setsid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, sig)
 
@@ -147,7 +146,7 @@ def cancel_runs(
     """Cancel the live runs of a ledger on this host.
 
     Returns the ids of the runs stopped and the number of attempts cancelled. Each run's
-    Snakemake process (with its process group) gets SIGINT, as for Ctrl-C: Snakemake cancels
+    Snakemake process (with every process under it) gets SIGINT, as for Ctrl-C: Snakemake cancels
     its jobs through its executor (qdel for Grid Engine, a kill for DIRAC) and exits; what
     is alive ``interrupt_grace_s`` later gets SIGTERM, and SIGKILL ``terminate_grace_s``
     after that (`stop_process_tree`). The run's unfinished attempts are recorded as

@@ -1,9 +1,10 @@
 """`dcflow run`: a ledger-backed Snakemake run, its live progress, and stopping it cleanly.
 
-Snakemake runs in its own process group with its output in a log file (``logs/snakemake/
-run=<id>.log`` under the output root); the terminal shows one progress display updated in
-place (plain lines when not a terminal), repeated warnings once with a count, and Snakemake's
-own lines only with ``verbose``. SIGINT or SIGTERM to the driver stops the whole group
+Snakemake runs in the driver's process group (a kill of the group stops everything), its
+output in a log file (``logs/snakemake/run=<id>.log`` under the output root); the terminal
+shows one progress display updated in place (plain lines when not a terminal), repeated
+warnings once with a count, and Snakemake's own lines only with ``verbose``. SIGINT or
+SIGTERM to the driver stops Snakemake and every process under it
 (`dcflow.orchestration.cancel.stop_process_tree`).
 """
 
@@ -190,7 +191,7 @@ def launch_campaign(
     display per stage is kept while it runs. Snakemake's output goes to the run's log
     (shown too with ``verbose``). ``snakemake_args`` pass through untouched (a ``--quiet``
     that hides progress also hides job completions from the ledger: warned). From the main
-    thread, SIGINT and SIGTERM stop Snakemake's whole process group (`stop_process_tree`).
+    thread, SIGINT and SIGTERM stop Snakemake and every process under it (`stop_process_tree`).
 
     Parameters
     ----------
@@ -292,7 +293,6 @@ def launch_campaign(
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            start_new_session=True,  # one process group: stopped as a whole
         )
         pump = threading.Thread(target=output.pump, args=(child.stdout,), daemon=True)
         pump.start()
