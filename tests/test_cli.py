@@ -57,8 +57,8 @@ def test_help_lists_every_verb():
 def test_usage_errors_exit_2(tmp_path):
     proc = dcflow("status", "--config", str(tmp_path / "missing.yaml"))
     assert proc.returncode == 2 and "missing.yaml" in proc.stderr
-    proc = dcflow("rerun", "--config", str(tmp_path / "c.yaml"))  # --failed is required
-    assert proc.returncode == 2 and "--failed" in proc.stderr
+    proc = dcflow("failed", "--stage", "no_such_stage")
+    assert proc.returncode == 2 and "no_such_stage" in proc.stderr
     proc = dcflow("ping", "--profile", "no-such-profile")
     assert proc.returncode == 2 and "no-such-profile" in proc.stderr
 
