@@ -176,6 +176,12 @@ def test_fault_knob_then_failed_lists_exactly_those_tiles(work):
     assert proc.returncode == 3
     status = json.loads(proc.stdout)
     assert status["n_failed"] == 2 and not status["complete"]
+    proc = dcflow(work, "report", "--config", "config.yaml")
+    assert proc.returncode == 0 and "2 failed tiles" in proc.stdout, proc.stderr[-2000:]
+    page = check_report(work / "out" / "report" / "report.html")
+    text = " ".join(page.text)
+    assert "Failed tiles (2)" in text and "dcflow rerun --failed" in text
+    assert "visit=1001" in text and "fault knob" in text  # the log tail
 
 
 def test_rerun_failed_runs_exactly_those_jobs_with_more_memory(work):

@@ -291,7 +291,9 @@ def _thumbnail_section(graph, dataset: str) -> tuple[str, int]:
     return note + "<div class='grid'>" + "".join(cells) + "</div>", len(cells)
 
 
-def _cost_section(stages: Sequence[StageBenchmark], costs: Sequence[StageLedgerCost]) -> str:
+def _cost_section(
+    stages: Sequence[StageBenchmark], costs: Sequence[StageLedgerCost], tsv_name: str
+) -> str:
     rows = [
         (
             s.stage,
@@ -348,7 +350,8 @@ def _cost_section(stages: Sequence[StageBenchmark], costs: Sequence[StageLedgerC
     )
     return (
         "<p>From Snakemake's benchmark files (one per job): wall time, CPU time, peak "
-        "resident memory and I/O. CPU / wall below the job's threads means idle cores.</p>"
+        "resident memory and I/O. CPU / wall below the job's threads means idle cores "
+        f"(<a href='{html.escape(tsv_name)}'>the table as TSV</a>).</p>"
         + (bench if stages else "<p>No benchmark files yet.</p>")
         + "<h3>Memory asked and used, time lost to failures (run ledger)</h3>"
         + (ledger_table if costs else "<p>No attempts in the ledger yet.</p>")
@@ -457,7 +460,9 @@ def report_campaign(
         )
     )
     n_images += 2
-    sections.append(("cost", "Cost per stage", _cost_section(stages, ledger_costs(attempts))))
+    tsv = report.with_name(report.stem + "_benchmarks.tsv")
+    cost = _cost_section(stages, ledger_costs(attempts), tsv.name)
+    sections.append(("cost", "Cost per stage", cost))
     failed_body, n_failed = _failed_section(config_path, workdir)
     sections.append(("failed", f"Failed tiles ({n_failed})", failed_body))
     nav = "".join(
@@ -479,8 +484,8 @@ def report_campaign(
     report.parent.mkdir(parents=True, exist_ok=True)
     write_text(page, report)
     names = list(StageBenchmark.__dataclass_fields__)
-    tsv = ["\t".join(names)] + ["\t".join(str(getattr(s, n)) for n in names) for s in stages]
-    write_text("\n".join(tsv) + "\n", report.with_name(report.stem + "_benchmarks.tsv"))
+    rows = ["\t".join(names)] + ["\t".join(str(getattr(s, n)) for n in names) for s in stages]
+    write_text("\n".join(rows) + "\n", tsv)
     return CampaignReport(
         path=str(report),
         sections=tuple(key for key, _, _ in sections),
