@@ -268,26 +268,31 @@ def _thumbnail_section(graph, dataset: str) -> tuple[str, int]:
     from dcflow.io import read_exposure
     from dcflow.plots_campaign import thumbnail_figure
 
-    paths = []
+    n_files, present = 0, []
     for stage in graph.stages:
         for item in stage.outputs:
-            if item.dataset == dataset and graph.active(stage.rule):
-                for job in range(graph.jobs(stage.rule).n_jobs):
-                    paths += graph.output_paths(stage.rule, dataset, job)
-    present = [p for p in paths if os.path.isfile(p)]
+            if item.dataset != dataset or not graph.active(stage.rule):
+                continue
+            for job in range(graph.jobs(stage.rule).n_jobs):
+                paths = graph.output_paths(stage.rule, dataset, job)
+                n_files += len(paths)
+                if len(present) < MAX_THUMBNAILS:  # a big campaign is not stat'ed file by file
+                    present += [p for p in paths if os.path.isfile(p)]
     if not present:
         return "", 0
     cells = []
     for path in present[:MAX_THUMBNAILS]:
-        image = read_exposure(path).image
         name = Path(path).stem
+        try:
+            image = read_exposure(path).image
+        except InputDataError as exc:  # one unreadable file is shown as such, not a failed page
+            cells.append(f"<figure><p class='fail'>{html.escape(str(exc))}</p></figure>")
+            continue
         cells.append(
             f"<figure>{_img(_png_data(thumbnail_figure(image, title=name)), name, css='thumb')}"
             f"<figcaption>{html.escape(path)}</figcaption></figure>"
         )
-    more = len(present) - len(cells)
-    note = f"<p>{len(present)} of {len(paths)} {html.escape(dataset)} files written"
-    note += f"; the first {len(cells)} shown.</p>" if more else ".</p>"
+    note = f"<p>The first {len(cells)} {html.escape(dataset)} files written, of {n_files}.</p>"
     return note + "<div class='grid'>" + "".join(cells) + "</div>", len(cells)
 
 
