@@ -92,6 +92,9 @@ exit codes:
   130 a run stopped by Ctrl-C or SIGTERM (run it again to resume)
 """
 
+_VISIT_STAGE = next((s.rule for s in STAGES if "visit" in s.keys), STAGES[0].rule)
+_TRACT_STAGE = next((s.rule for s in STAGES if "tract" in s.keys), STAGES[0].rule)
+
 EXAMPLES = {
     "simulate": "dcflow simulate --config config.yaml",
     "ingest": "dcflow ingest --config config.yaml\n"
@@ -105,8 +108,8 @@ EXAMPLES = {
     "dcflow plan --history results/demo/ledger.sqlite3   # CPU h from an earlier campaign\n"
     "dcflow plan --json --no-pictures",
     "status": "dcflow status\ndcflow status --json | jq .rows",
-    "failed": "dcflow failed\ndcflow failed --stage process_visit --lines 30",
-    "rerun": "dcflow rerun --failed\ndcflow rerun --failed --stage make_warp --tract 0",
+    "failed": f"dcflow failed\ndcflow failed --stage {_VISIT_STAGE} --lines 30",
+    "rerun": f"dcflow rerun --failed\ndcflow rerun --failed --stage {_TRACT_STAGE} --tract 0",
     "cancel": "dcflow cancel\ndcflow cancel --grace 60     # give Grid Engine more time for qdel",
     "ping": "dcflow ping --profile sge",
     "report": "dcflow report\ndcflow report --output /tmp/campaign.html",
