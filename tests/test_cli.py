@@ -57,8 +57,8 @@ def test_help_lists_every_verb():
 def test_usage_errors_exit_2(tmp_path):
     proc = dcflow("status", "--config", str(tmp_path / "missing.yaml"))
     assert proc.returncode == 2 and "missing.yaml" in proc.stderr
-    proc = dcflow("rerun", "--config", str(tmp_path / "c.yaml"))  # --failed is required
-    assert proc.returncode == 2 and "--failed" in proc.stderr
+    proc = dcflow("failed", "--stage", "no_such_stage")
+    assert proc.returncode == 2 and "no_such_stage" in proc.stderr
     proc = dcflow("ping", "--profile", "no-such-profile")
     assert proc.returncode == 2 and "no-such-profile" in proc.stderr
 
@@ -236,7 +236,7 @@ def test_cancel_stops_a_live_run_and_its_jobs(tmp_path):
         assert len(running) == 2, "two toy jobs never ran at once"
         jobs = _descendants(proc.pid)
         assert jobs
-        stopped, n_cancelled = cancel_runs(ledger_path, timeout_s=60, grace_s=3)
+        stopped, n_cancelled = cancel_runs(ledger_path, interrupt_grace_s=3)
         assert proc.wait(timeout=30) != 0
     finally:
         proc.kill()

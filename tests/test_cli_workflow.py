@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from report_checks import broken_images_in_browser, check_report, chromium
 
 from dcflow.joblog import FAULTS_ENV
 from dcflow.ledger import Ledger
@@ -152,7 +153,8 @@ def test_status_after_sigkill_matches_disk(work):
 def test_fault_knob_then_failed_lists_exactly_those_tiles(work):
     proc = dcflow(work, "run", "--config", "config.yaml", faults=FAULTS)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "progress:" in proc.stdout
+    assert "progress:" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    assert "2 failed" in proc.stdout and "dcflow rerun --failed" in proc.stdout
     # half way: plan and Snakemake agree on what is left
     expected = {"process_visit": 2, "science_validation": 1, "all": 1}
     assert dry_run_counts(work) == expected
@@ -183,6 +185,12 @@ def test_fault_knob_then_failed_lists_exactly_those_tiles(work):
     assert status["failure_classes"] == {"process_visit": {"memory": 1, "unknown": 1}}
     proc = dcflow(work, "status", "--config", "config.yaml")
     assert "failed by class: memory 1 (process_visit 1), unknown 1 (process_visit 1)" in proc.stdout
+    proc = dcflow(work, "report", "--config", "config.yaml")
+    assert proc.returncode == 0 and "2 failed tiles" in proc.stdout, proc.stderr[-2000:]
+    page = check_report(work / "out" / "report" / "report.html")
+    text = " ".join(page.text)
+    assert "Failed tiles (2)" in text and "dcflow rerun --failed" in text
+    assert "visit=1001" in text and "fault knob" in text  # the log tail
 
 
 def test_rerun_failed_runs_exactly_those_jobs_with_more_memory(work):
@@ -240,17 +248,33 @@ def test_plan_pictures_are_non_trivial(work):
         assert pixels.std() > 0.05
 
 
-def test_report_has_per_stage_benchmarks(work):
+def test_report_is_one_readable_page(work, tmp_path):
     proc = dcflow(work, "report", "--config", "config.yaml")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "never awaited" not in proc.stderr
     report = work / "out" / "report" / "report.html"
     bench = work / "out" / "report" / "report_benchmarks.tsv"
-    assert report.stat().st_size > 50_000
-    page = report.read_text()  # per-stage figures on the landing page of Snakemake's report
-    assert "stage process_visit" in page and "max RSS" in page
+    page = check_report(report)
+    # home links every section: status, validation, sky map, rule graph, cost, failed tiles
+    assert {"#status", "#validation", "#sky", "#plan", "#cost", "#failed"} <= set(page.nav_links)
+    # validation figures (summary + science_validation.png), sky map and rule graph
+    assert len(page.images) >= 4
+    text = " ".join(page.text)
+    assert "visits meet every target" in text and "target <= 20 mas" in text
+    assert "process_visit" in text and "peak RSS max (MB)" in text
     rows = [line.split("\t") for line in bench.read_text().splitlines()]
     stages = {row[0]: row for row in rows[1:]}
     assert set(stages) == {"bias", "flat", "process_visit", "science_validation"}
     header = rows[0]
     assert int(stages["flat"][header.index("n_jobs")]) == 2
     assert float(stages["process_visit"][header.index("max_rss_mb_max")]) > 50.0
+
+
+def test_report_loads_in_headless_chromium(work, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (the dashboard's set-up installs it as root)")
+    report = work / "out" / "report" / "report.html"
+    if not report.exists():
+        assert dcflow(work, "report", "--config", "config.yaml").returncode == 0
+    assert broken_images_in_browser(report, browser, tmp_path) == 0

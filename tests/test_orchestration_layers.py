@@ -15,9 +15,10 @@ PACKAGE = "dcflow.orchestration"
 LAYERS = (
     {"campaign_files"},
     {"profiles"},
-    {"snakemake_cli", "prepare"},
-    {"run", "plan_status", "report", "ping", "cancel"},
+    {"snakemake_cli", "prepare", "cancel"},
+    {"run", "plan_status", "ping"},
     {"rerun", "pictures", "sharded", "serve"},
+    {"report"},
 )
 """Orchestration modules, lowest first; a module imports only from layers below its own."""
 

@@ -5,7 +5,8 @@ cancel, ping, report (campaign control). Arguments after ``--`` pass to Snakemak
 
 Exit codes: 0 success; 1 a run or check found a failure (a job failed, files were rejected, the
 ledger is unreadable); 2 bad command line or config; 3 failed tiles are waiting (status,
-failed); 4 the backend is unreachable or not ready (ping). Errors a user can fix are
+failed); 4 the backend is unreachable or not ready (ping); 5 outputs judged untrusted (status,
+failed); 130 a run stopped by SIGINT or SIGTERM (rerunning resumes). Errors a user can fix are
 `dcflow.errors.CampaignError`s, reported once in `main` as ``dcflow <verb>: <message>`` with
 the error's exit code; anything else is a bug and ends in a traceback.
 """
@@ -13,8 +14,10 @@ the error's exit code; anything else is a bug and ends in a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +27,7 @@ from dcflow.errors import BackendUnreachableError, CampaignError
 from dcflow.failures import FailureClass
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import load_campaign_config
-from dcflow.orchestration.cancel import cancel_campaign
+from dcflow.orchestration.cancel import INTERRUPT_GRACE_S, TERMINATE_GRACE_S, cancel_campaign
 from dcflow.orchestration.pictures import campaign_pictures
 from dcflow.orchestration.ping import ping_profile
 from dcflow.orchestration.plan_status import (
@@ -36,13 +39,15 @@ from dcflow.orchestration.prepare import ingest_campaign, ingest_files, simulate
 from dcflow.orchestration.profiles import failure_policy
 from dcflow.orchestration.report import report_campaign
 from dcflow.orchestration.rerun import rerun_failed
-from dcflow.orchestration.run import run_campaign
+from dcflow.orchestration.run import RunOutcome, launch_campaign
 from dcflow.orchestration.sharded import run_sharded
+from dcflow.pipeline.spec import STAGES
 from dcflow.plan import Plan
 from dcflow.status import CampaignStatus, FailedTile, UntrustedResult
 
 __all__ = [
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_TILES_FAILED",
     "EXIT_UNREACHABLE",
     "EXIT_UNTRUSTED",
@@ -64,13 +69,86 @@ EXIT_UNTRUSTED = 5
 """`status` / `failed`: no tile failed, but outputs exist that their stage judged untrusted
 (a Fe55 gain whose fit failed its verdict): not a clean success."""
 
+EXIT_INTERRUPTED = 130
+"""`run`, `demo`, `rerun`: stopped by SIGINT (Ctrl-C) or SIGTERM; rerunning resumes."""
+
 PICTURE_MAX_JOBS = 50_000
 """`plan` draws its pictures (one Python object per job) only up to this many jobs."""
 
 
+DESCRIPTION = """\
+Run a survey reprocessing campaign (a Snakemake workflow) and watch it: plan it, run it on
+this machine, Grid Engine or DIRAC, see its status and failed tiles, rerun them, cancel it,
+and write its report. `dcflow <verb> --help` shows each verb's options and examples.
+"""
+
+EPILOG = """\
+a first campaign:
+  dcflow demo                           simulate, ingest and run config.yaml here
+  dcflow status                         where it stands
+  dcflow report                         one HTML page: validation, coadds, sky, cost
+
+exit codes:
+  0 success      1 a failure (a job failed, files rejected)      2 bad command line or config
+  3 failed tiles are waiting     4 backend unreachable     5 outputs judged untrusted
+  130 a run stopped by Ctrl-C or SIGTERM (run it again to resume)
+"""
+
+_VISIT_STAGE = next((s.rule for s in STAGES if "visit" in s.keys), STAGES[0].rule)
+_TRACT_STAGE = next((s.rule for s in STAGES if "tract" in s.keys), STAGES[0].rule)
+
+EXAMPLES = {
+    "simulate": "dcflow simulate --config config.yaml",
+    "ingest": "dcflow ingest --config config.yaml\n"
+    "dcflow ingest --config sdss.yaml /data/stripe82 --workers 2",
+    "run": "dcflow run                                   # config.yaml, this machine\n"
+    "dcflow run --config c2.yaml --profile sge    # another campaign on Grid Engine\n"
+    "dcflow run -- -n                             # Snakemake's dry run\n"
+    "dcflow run --verbose                         # show Snakemake's own output",
+    "demo": "dcflow demo",
+    "plan": "dcflow plan\n"
+    "dcflow plan --history results/demo/ledger.sqlite3   # CPU h from an earlier campaign\n"
+    "dcflow plan --json --no-pictures",
+    "status": "dcflow status\ndcflow status --json | jq .rows",
+    "failed": f"dcflow failed\ndcflow failed --stage {_VISIT_STAGE} --lines 30",
+    "rerun": f"dcflow rerun --failed\ndcflow rerun --failed --stage {_TRACT_STAGE} --tract 0\n"
+    "dcflow rerun --failed --include-class bad_input",
+    "cancel": "dcflow cancel\ndcflow cancel --grace 60     # give Grid Engine more time for qdel",
+    "ping": "dcflow ping --profile sge",
+    "report": "dcflow report\ndcflow report --output /tmp/campaign.html",
+    "serve": "dcflow serve\ndcflow serve campaigns/ --port 8060\n"
+    "DCFLOW_SERVE_TOKEN=... dcflow serve --host 0.0.0.0",
+}
+"""Examples shown by each verb's --help."""
+
+
+def _verb(
+    sub: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
+    """A verb's parser, with its examples under its options."""
+    return sub.add_parser(
+        name,
+        help=help,
+        parents=list(parents),
+        description=help,
+        epilog="examples:\n  " + EXAMPLES[name].replace("\n", "\n  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dcflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="dcflow",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"dcflow {importlib.metadata.version('dcflow')}"
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default="config.yaml", help="campaign config (config.yaml)")
@@ -92,21 +170,31 @@ def _parser() -> argparse.ArgumentParser:
         help="largest escalated mem_mb (default: profile dcflow.yaml, else 64000)",
     )
     memory.add_argument(
-        "--no-progress", action="store_true", help="do not print progress bars per stage"
+        "--no-progress", action="store_true", help="do not show the progress per stage"
+    )
+    memory.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show Snakemake's command line and output (always kept in logs/snakemake/)",
     )
     passthrough = argparse.ArgumentParser(add_help=False)
     passthrough.add_argument(
         "snakemake_args", nargs=argparse.REMAINDER, help="after --: passed to snakemake"
     )
     selection = argparse.ArgumentParser(add_help=False)
-    selection.add_argument("--stage", default=None, help="only this stage (rule)")
+    selection.add_argument(
+        "--stage",
+        default=None,
+        choices=[s.rule for s in STAGES],
+        metavar="STAGE",
+        help="only this stage (rule)",
+    )
     selection.add_argument("--tract", type=int, default=None, help="only this tract")
 
-    sub = parser.add_subparsers(dest="verb", required=True)
-    sub.add_parser("simulate", parents=[common], help="write a simulated campaign's raw data")
-    cmd = sub.add_parser(
-        "ingest", parents=[common], help="register raw files in the campaign registry"
-    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _verb(sub, "simulate", parents=[common], help="write a simulated campaign's raw data")
+    cmd = _verb(sub, "ingest", parents=[common], help="register raw files in the campaign registry")
     cmd.add_argument(
         "sources",
         nargs="*",
@@ -125,15 +213,18 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "run the campaign through Snakemake (run ledger, progress per stage)"),
         ("demo", "simulate, ingest and run the campaign locally"),
     ):
-        cmd = sub.add_parser(verb, parents=[common, profile, shard, memory, passthrough], help=text)
+        cmd = _verb(sub, verb, parents=[common, profile, shard, memory, passthrough], help=text)
         if verb == "run":
             cmd.add_argument(
                 "--sharded",
                 action="store_true",
                 help="run shard by shard (config section shards): bounded DAGs, markers",
             )
-    cmd = sub.add_parser(
-        "plan", parents=[common, profile], help="jobs per stage: total, done, to run; CPU hours"
+    cmd = _verb(
+        sub,
+        "plan",
+        parents=[common, profile],
+        help="jobs per stage: total, done, to run; CPU hours",
     )
     cmd.add_argument("--json", action="store_true", help="print the plan as JSON")
     cmd.add_argument(
@@ -143,27 +234,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--no-pictures", action="store_true", help="skip the PNG pictures")
     cmd.add_argument(
+        "--history",
+        default=None,
+        help="a ledger of an earlier campaign: its measured job times estimate CPU hours "
+        "for stages this campaign has not measured yet",
+    )
+    cmd.add_argument(
         "--inventory",
         default=None,
         help="file list of the outputs (one path per line, .gz allowed) instead of a tree walk",
     )
-    cmd = sub.add_parser(
-        "status", parents=[common, profile], help="counts by state, running jobs, throughput, ETA"
+    cmd = _verb(
+        sub,
+        "status",
+        parents=[common, profile],
+        help="counts by state, running jobs, throughput, ETA",
     )
     cmd.add_argument("--json", action="store_true", help="print the status as JSON")
-    cmd = sub.add_parser(
+    cmd = _verb(
+        sub,
         "failed",
         parents=[common, profile, selection],
         help="failed tiles with failure class, action, reason and log tail",
     )
     cmd.add_argument("--lines", type=int, default=10, help="log lines to show per tile")
     cmd.add_argument("--json", action="store_true", help="print the tiles as JSON")
-    cmd = sub.add_parser(
+    cmd = _verb(
+        sub,
         "rerun",
         parents=[common, profile, selection, memory, passthrough],
         help="rerun failed tiles (and missing downstream jobs)",
     )
-    cmd.add_argument("--failed", action="store_true", required=True, help="rerun failed tiles")
+    cmd.add_argument(
+        "--failed", action="store_true", help="rerun failed tiles (what rerun does; optional)"
+    )
     cmd.add_argument(
         "--include-class",
         action="append",
@@ -172,24 +276,39 @@ def _parser() -> argparse.ArgumentParser:
         help="rerun tiles of this failure class even if its action is to fail at once or to"
         " hold for review (e.g. bad_input after the input was fixed); repeatable",
     )
-    cmd = sub.add_parser(
-        "cancel", parents=[common], help="stop the campaign's live runs and their jobs"
+    cmd = _verb(
+        sub, "cancel", parents=[common], help="stop the campaign's live runs and their jobs"
     )
     cmd.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for each run to stop"
+        "--grace",
+        type=float,
+        default=INTERRUPT_GRACE_S,
+        help="seconds after SIGINT (Snakemake cancels its jobs) before SIGTERM "
+        f"(default {INTERRUPT_GRACE_S:g})",
     )
-    cmd = sub.add_parser("ping", parents=[profile], help="check the profile's backend takes jobs")
+    cmd.add_argument(
+        "--term-grace",
+        type=float,
+        default=TERMINATE_GRACE_S,
+        help=f"seconds after SIGTERM before SIGKILL (default {TERMINATE_GRACE_S:g})",
+    )
+    cmd = _verb(sub, "ping", parents=[profile], help="check the profile's backend takes jobs")
     cmd.add_argument(
         "--min-proxy-hours", type=float, default=24.0, help="DIRAC: proxy lifetime needed, h"
     )
-    cmd = sub.add_parser(
+    cmd = _verb(
+        sub,
         "report",
-        parents=[common, profile, passthrough],
-        help="Snakemake HTML report + per-stage CPU/memory/IO from benchmark files",
+        parents=[common],
+        help="one HTML page: status, validation, thumbnails, sky map, cost, failed tiles",
     )
-    cmd.add_argument("--output", default=None, help="report file (<output_root>/report/...)")
-    cmd = sub.add_parser(
-        "serve", help="live web dashboard of a campaign (or of every campaign under a directory)"
+    cmd.add_argument(
+        "--output", default=None, help="report file (default <output_root>/report/report.html)"
+    )
+    cmd = _verb(
+        sub,
+        "serve",
+        help="live web dashboard of a campaign (or of every campaign under a directory)",
     )
     cmd.add_argument(
         "campaign", nargs="?", default="config.yaml", help="campaign config or directory"
@@ -215,12 +334,22 @@ def _print_plan(plan: Plan) -> None:
             f"{row.stage:<20} {row.filter or '-':<7} {'-' if row.tract is None else row.tract:<6}"
             f" {row.total:>7} {row.done:>7} {row.to_run:>7}"
         )
-    print(
-        f"{'total':<36} {plan.n_total:>7} {plan.n_done:>7} {plan.n_to_run:>7}"
-        f"   ~{plan.cpu_hours:.2f} CPU h to run"
-    )
-    sources = ", ".join(f"{rule}: {src}" for rule, src in plan.runtime_source.items())
-    print(f"runtime estimates: {sources}")
+    measured = {r: src for r, src in plan.runtime_source.items() if src.startswith("ledger")}
+    limits = [
+        r for r, src in plan.runtime_source.items() if not src.startswith(("ledger", "target"))
+    ]
+    to_run = {row.stage for row in plan.rows if row.to_run}
+    bound = [r for r in limits if r in to_run]
+    estimate = f"{'<= ' if bound else '~'}{plan.cpu_hours:.2f} CPU h to run"
+    print(f"{'total':<36} {plan.n_total:>7} {plan.n_done:>7} {plan.n_to_run:>7}   {estimate}")
+    if measured:
+        basis = ", ".join(f"{rule} {src.removeprefix('ledger ')}" for rule, src in measured.items())
+        print(f"CPU h from job times measured in the ledger: {basis}")
+    if bound:
+        print(
+            f"CPU h upper bound from the rules' runtime limits (no job measured yet): "
+            f"{', '.join(bound)}; `dcflow plan --history LEDGER` uses an earlier campaign's times"
+        )
     print(f"planned in {plan.seconds:.2f} s ({plan.n_files} files scanned)")
 
 
@@ -242,10 +371,13 @@ def _print_status(status: CampaignStatus) -> None:
         )
     if status.reaped_runs:
         print(f"runs whose driver died (attempts marked lost): {list(status.reaped_runs)}")
-    rate = f"{status.throughput_per_h:.1f} jobs/h" if status.throughput_per_h else "n/a"
-    eta = f"{status.eta_h:.2f} h" if status.eta_h is not None else "n/a"
-    live = ", ".join(map(str, status.live_runs)) or "none"
-    print(f"throughput {rate}, ETA {eta}; live runs: {live}")
+    if status.live_runs:
+        rate = f"{status.throughput_per_h:.1f} jobs/h" if status.throughput_per_h else "n/a"
+        eta = f"{status.eta_h:.2f} h" if status.eta_h is not None else "n/a"
+        live = ", ".join(map(str, status.live_runs))
+        print(f"live runs: {live}; throughput {rate}, ETA {eta}")
+    else:
+        print("no live run")
     if status.disk_seen_at is not None:
         age = time.time() - status.disk_seen_at
         if age > 60:
@@ -374,6 +506,72 @@ def _ingest_files(args: argparse.Namespace) -> int:
     return EXIT_FAILED if summary.rejected else 0
 
 
+def _config_flag(args: argparse.Namespace) -> str:
+    return "" if args.config == "config.yaml" else f" --config {args.config}"
+
+
+def _report_path(config_path: str) -> str:
+    layout = Layout.from_config(load_campaign_config(config_path))
+    return os.path.join(layout.output_root, "report", "report.html")
+
+
+MAX_WARNINGS_SHOWN = 10
+"""Distinct warnings listed after a run (each once, with its count)."""
+
+
+def _run_summary(outcome: RunOutcome, args: argparse.Namespace, *, what: str = "run") -> int:
+    """Say how the run ended and what to do next; return the verb's exit code."""
+    flag = _config_flag(args)
+    for text, count in outcome.warnings[:MAX_WARNINGS_SHOWN]:
+        print(f"warning{f' ({count} times)' if count > 1 else ''}: {text}")
+    if len(outcome.warnings) > MAX_WARNINGS_SHOWN:
+        print(f"... {len(outcome.warnings) - MAX_WARNINGS_SHOWN} more kinds of warning")
+    minutes = outcome.seconds / 60
+    took = f"{minutes:.1f} min" if minutes >= 1 else f"{outcome.seconds:.0f} s"
+    done = f"{outcome.n_done} job(s) done"
+    if outcome.interrupted:
+        print(
+            f"{what} {outcome.run_id} stopped by {outcome.interrupted} after {took}: {done}, "
+            f"kept. `dcflow run{flag}` resumes where it stopped."
+        )
+        print(f"Snakemake's log: {outcome.log_path}")
+        return EXIT_INTERRUPTED
+    if outcome.exit_code == 0:
+        print(f"{what} {outcome.run_id} finished in {took}: {done}.")
+        print(
+            f"next: `dcflow status{flag}`; `dcflow report{flag}` writes {_report_path(args.config)}"
+        )
+        return 0
+    if outcome.n_failed:
+        print(
+            f"{what} {outcome.run_id} ended after {took}: {done}, "
+            f"{outcome.n_failed} failed (the other jobs ran on)."
+        )
+        print(
+            f"next: `dcflow failed{flag}` says why; `dcflow rerun --failed{flag}` reruns them;"
+            f" `dcflow run{flag}` resumes the rest."
+        )
+    else:
+        print(f"{what} {outcome.run_id}: Snakemake stopped (exit {outcome.exit_code}): ")
+        for line in outcome.errors[-5:]:
+            print(f"  {line}")
+    print(f"Snakemake's log: {outcome.log_path}")
+    return EXIT_FAILED
+
+
+def _launch(args: argparse.Namespace, extra: list[str]) -> RunOutcome:
+    return launch_campaign(
+        args.config,
+        profile=args.profile,
+        snakemake_args=extra,
+        shard=args.shard,
+        mem_factor=args.mem_factor,
+        mem_cap_mb=args.mem_cap_mb,
+        progress=not args.no_progress,
+        verbose=args.verbose,
+    )
+
+
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.sharded:
         result = run_sharded(
@@ -385,41 +583,26 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
             progress=not args.no_progress,
         )
         return 0 if result.exit_code == 0 else EXIT_FAILED
-    code = run_campaign(
-        args.config,
-        profile=args.profile,
-        snakemake_args=extra,
-        shard=args.shard,
-        mem_factor=args.mem_factor,
-        mem_cap_mb=args.mem_cap_mb,
-        progress=not args.no_progress,
-    )
-    return EXIT_FAILED if code else 0
+    return _run_summary(_launch(args, extra), args)
 
 
 def _demo(args: argparse.Namespace, extra: list[str]) -> int:
     _simulate(args, extra)
     _ingest(args, extra)  # rejected files are reported, and the demo goes on
-    code = run_campaign(
-        args.config,
-        profile=args.profile,
-        snakemake_args=extra,
-        shard=args.shard,
-        mem_factor=args.mem_factor,
-        mem_cap_mb=args.mem_cap_mb,
-        progress=not args.no_progress,
-    )
+    code = _run_summary(_launch(args, extra), args, what="demo run")
     if code == 0:
         layout = Layout.from_config(load_campaign_config(args.config))
         print(
             f"demo campaign done: outputs under {layout.output_root}/ "
             f"(validation: {layout.path('science_validation')})"
         )
-    return EXIT_FAILED if code else 0
+    return code
 
 
 def _plan(args: argparse.Namespace, extra: list[str]) -> int:
-    plan = plan_campaign(args.config, profile=args.profile, inventory=args.inventory)
+    plan = plan_campaign(
+        args.config, profile=args.profile, inventory=args.inventory, history=args.history
+    )
     pictures = None
     too_big = plan.n_total > PICTURE_MAX_JOBS and not args.pictures
     if not args.no_pictures and too_big:
@@ -470,7 +653,7 @@ def _failed(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _rerun(args: argparse.Namespace, extra: list[str]) -> int:
-    code, selected, outcomes = rerun_failed(
+    outcome, selected, class_outcomes = rerun_failed(
         args.config,
         profile=args.profile,
         snakemake_args=extra,
@@ -480,15 +663,22 @@ def _rerun(args: argparse.Namespace, extra: list[str]) -> int:
         mem_cap_mb=args.mem_cap_mb,
         progress=not args.no_progress,
         include_classes=args.include_class,
+        verbose=args.verbose,
     )
-    for outcome in outcomes:
-        print(f"rerun: {outcome.describe()}")
-    print(f"rerun: {len(selected)} job(s) asked for" if selected else "nothing to rerun")
-    return EXIT_FAILED if code else 0
+    for class_outcome in class_outcomes:
+        print(f"rerun: {class_outcome.describe()}")
+    if not selected:
+        print("nothing to rerun")
+        return 0
+    rules = sorted({rule for rule, _ in selected})
+    print(f"rerun: {len(selected)} job(s) asked for ({', '.join(rules)})")
+    return _run_summary(outcome, args, what="rerun")
 
 
 def _cancel(args: argparse.Namespace, extra: list[str]) -> int:
-    stopped, n_jobs = cancel_campaign(args.config, timeout_s=args.timeout)
+    stopped, n_jobs = cancel_campaign(
+        args.config, interrupt_grace_s=args.grace, terminate_grace_s=args.term_grace
+    )
     print(f"cancelled runs {stopped}: {n_jobs} job attempt(s)" if stopped else "no live run")
     return 0
 
@@ -504,17 +694,15 @@ def _ping(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _report(args: argparse.Namespace, extra: list[str]) -> int:
-    code, report_path, page, stages = report_campaign(
-        args.config, profile=args.profile, snakemake_args=extra, output=args.output
-    )
-    for stage in stages:
+    report = report_campaign(args.config, output=args.output)
+    for stage in report.stages:
         print(
             f"{stage.stage:<20} {stage.n_jobs:>5} jobs  CPU {stage.cpu_s_total:8.1f} s  "
             f"max RSS {stage.max_rss_mb_max:7.0f} MB  read {stage.io_in_mb_total:7.1f} MB"
             f"  written {stage.io_out_mb_total:7.1f} MB"
         )
-    print(f"report: {report_path}; per-stage benchmarks: {page}")
-    return EXIT_FAILED if code else 0
+    print(f"report: {report.path} ({report.n_images} pictures, {report.n_failed} failed tiles)")
+    return 0
 
 
 def _serve(args: argparse.Namespace, extra: list[str]) -> int:
@@ -551,6 +739,10 @@ def main(argv: list[str] | None = None) -> int:
     except CampaignError as exc:
         print(f"dcflow {args.verb}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # the reader went away (`dcflow status --json | head`): stop writing, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

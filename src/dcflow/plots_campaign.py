@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import matplotlib
+import numpy as np
+from astropy.nddata import block_reduce
+from astropy.visualization import ZScaleInterval
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch, Patch, Rectangle
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyBboxPatch, Patch, Polygon, Rectangle
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from dcflow.io import atomic_path
 from dcflow.jobspec import JobSpec
@@ -26,11 +32,13 @@ __all__ = [
     "STATE_COLOURS",
     "CcdTile",
     "RuleCounts",
+    "SkyOutline",
     "rule_counts",
     "rule_edges",
     "rule_graph_figure",
     "save_png",
     "sky_figure",
+    "thumbnail_figure",
 ]
 
 STATE_COLOURS: dict[str, str] = {
@@ -189,13 +197,37 @@ class CcdTile:
     state: str
 
 
-def sky_figure(tiles: Sequence[CcdTile], *, title: str = "visits / CCDs") -> Figure:
-    """Every visit's CCDs as boxes on the sky, coloured by the state of their job.
+@dataclass(frozen=True, slots=True)
+class SkyOutline:
+    """A sky-map cell drawn as an outline: a tract or a patch (inner box), corners in deg."""
 
-    One panel per band (visits of one band overlap); RA increases to the left.
+    kind: str
+    label: str
+    ra_deg: tuple[float, ...]
+    dec_deg: tuple[float, ...]
+
+
+def sky_figure(
+    tiles: Sequence[CcdTile],
+    *,
+    outlines: Sequence[SkyOutline] = (),
+    title: str = "visits / CCDs",
+) -> Figure:
+    """Every visit's CCDs as boxes on the sky, coloured by the state of their jobs.
+
+    One panel per band (visits of one band overlap); RA increases to the left. Tract
+    outlines are solid, patch outlines dotted with their names; the legend sits below the
+    panels, outside the data, and each panel's title counts its visit x CCD boxes by state.
     """
     bands = sorted({t.band for t in tiles}) or ["-"]
-    fig, axes = plt.subplots(1, len(bands), figsize=(5.0 * len(bands), 5.0), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(bands),
+        figsize=(5.0 * len(bands) + 1.2, 5.6),
+        dpi=100,
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, band in zip(axes[0], bands, strict=True):
         mine = [t for t in tiles if t.band == band]
         for tile in mine:
@@ -210,25 +242,82 @@ def sky_figure(tiles: Sequence[CcdTile], *, title: str = "visits / CCDs") -> Fig
                     lw=0.6,
                 )
             )
-        if mine:
-            ras = [t.ra_deg for t in mine]
-            decs = [t.dec_deg for t in mine]
-            pad = max(max(t.width_deg for t in mine), max(t.height_deg for t in mine))
+        ras = [t.ra_deg for t in mine]
+        decs = [t.dec_deg for t in mine]
+        for outline in outlines:
+            patch = outline.kind == "patch"
+            ax.add_patch(
+                Polygon(
+                    list(zip(outline.ra_deg, outline.dec_deg, strict=True)),
+                    closed=True,
+                    fill=False,
+                    edgecolor="#333333" if patch else "black",
+                    ls=":" if patch else "-",
+                    lw=0.8 if patch else 1.6,
+                )
+            )
+            # labels at the outline's top-left corner, above the CCD boxes
+            ax.text(
+                max(outline.ra_deg),
+                max(outline.dec_deg),
+                outline.label,
+                ha="left",
+                va="bottom" if not patch else "top",
+                fontsize=7 if patch else 9,
+                color="#333333",
+                zorder=5,
+                bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1} if patch else None,
+            )
+            ras += list(outline.ra_deg)
+            decs += list(outline.dec_deg)
+        if ras:
+            pad = max([t.width_deg for t in mine] + [t.height_deg for t in mine] + [0.0]) / 2
+            pad = max(pad, 0.02 * (max(ras) - min(ras) + max(decs) - min(decs)), 1e-3)
             ax.set_xlim(max(ras) + pad, min(ras) - pad)
             ax.set_ylim(min(decs) - pad, max(decs) + pad)
-        ax.ticklabel_format(useOffset=False)
+            ax.set_aspect(1.0 / max(math.cos(math.radians(sum(decs) / len(decs))), 0.1))
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
         ax.set_xlabel("RA (deg)")
         ax.set_ylabel("Dec (deg)")
-        states = {t.state for t in mine}
-        counts = ", ".join(f"{sum(t.state == s for t in mine)} {s}" for s in sorted(states))
-        ax.set_title(f"{title}: {band} ({counts})", fontsize=9)
-        ax.set_aspect(1.0 / max(math.cos(math.radians(sum(decs) / len(decs))), 0.1) if mine else 1)
-    axes[0][-1].legend(
-        handles=[Patch(facecolor=c, edgecolor="black", label=s) for s, c in STATE_COLOURS.items()],
-        loc="upper right",
-        fontsize=8,
-    )
-    fig.tight_layout()
+        states = [s for s in STATE_COLOURS if any(t.state == s for t in mine)]
+        counts = ", ".join(f"{sum(t.state == s for t in mine)} {s}" for s in states)
+        ax.set_title(f"band {band}: {len(mine)} visit x CCD boxes ({counts})", fontsize=9)
+    handles = [
+        Patch(facecolor=c, edgecolor="black", label=s)
+        for s, c in STATE_COLOURS.items()
+        if s != "partly done"
+    ]
+    if outlines:
+        handles += [
+            Line2D([], [], color="black", lw=1.6, label="tract"),
+            Line2D([], [], color="#333333", ls=":", lw=0.8, label="patch"),
+        ]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def thumbnail_figure(image: np.ndarray, *, title: str, max_pixels: int = 256) -> Figure:
+    """A small picture of an image array ``(ny, nx)``: block-averaged, zscale grey levels.
+
+    NaN (no data) pixels are shown white; the title names the data and its size.
+    """
+    factor = max(1, math.ceil(max(image.shape) / max_pixels))
+    small = np.asarray(image, dtype=float)
+    if factor > 1:
+        with warnings.catch_warnings():
+            # a block wholly outside the data (all NaN) stays NaN: the warning says just that
+            warnings.simplefilter("ignore", RuntimeWarning)
+            small = block_reduce(small, factor, func=np.nanmean)
+    finite = np.isfinite(small)
+    vmin, vmax = ZScaleInterval().get_limits(small[finite]) if finite.any() else (0.0, 1.0)
+    fig, ax = plt.subplots(figsize=(2.6, 2.9), dpi=100, layout="constrained")
+    ax.imshow(small, origin="lower", cmap="gray_r", vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(f"{title}\n{image.shape[1]} x {image.shape[0]} px", fontsize=7)
     return fig
 
 

@@ -84,8 +84,41 @@ def campaign_pictures(
         out / "rule_graph.png",
     )
     tiles = _sky_tiles(config, graph, states)
-    sky = save_png(sky_figure(tiles, title=config["campaign"]["name"]), out / "sky.png")
+    sky = save_png(
+        sky_figure(tiles, outlines=_sky_outlines(graph), title=config["campaign"]["name"]),
+        out / "sky.png",
+    )
     return rule_graph, sky
+
+
+MAX_PATCH_OUTLINES = 2_000
+"""Above this many patches the sky shows tract outlines only."""
+
+
+def _sky_outlines(graph: JobGraph) -> list:
+    """`SkyOutline`s of the sky map: each tract's pixel box and its patches' inner boxes."""
+    from dcflow.campaign.skymap import patch_info, tract_wcs
+    from dcflow.plots_campaign import SkyOutline
+
+    tracts = graph.index.tracts
+    with_patches = sum(t.n_patches**2 for t in tracts) <= MAX_PATCH_OUTLINES
+    outlines = []
+    for tract in tracts:
+        wcs = tract_wcs(tract)
+
+        def corners(box, kind: str, label: str, wcs=wcs) -> SkyOutline:
+            x = np.array([box.x0, box.x1, box.x1, box.x0], dtype=float) - 0.5
+            y = np.array([box.y0, box.y0, box.y1, box.y1], dtype=float) - 0.5
+            ra, dec = wcs.pixel_to_world_values(x, y)
+            return SkyOutline(kind, label, tuple(map(float, ra)), tuple(map(float, dec)))
+
+        outlines.append(corners(tract.bbox, "tract", f"tract {tract.tract_id}"))
+        if with_patches:
+            for px in range(tract.n_patches):
+                for py in range(tract.n_patches):
+                    patch = patch_info(tract, px, py)
+                    outlines.append(corners(patch.inner, "patch", patch.name))
+    return outlines
 
 
 _STATE_ORDER = ("done", "to run", "running", "failed")

@@ -28,6 +28,7 @@ def ping_profile(profile: str, *, min_proxy_hours: float = 24.0) -> PingResult:
     if backend == "dirac":
         return ping_dirac(env_file=run_dir / "dirac" / "env.sh", min_proxy_hours=min_proxy_hours)
     if backend == "local":
-        cores = settings.get("cores", os.cpu_count())
+        cores = settings.get("cores", "all")
+        cores = f"{os.cpu_count()} (all)" if cores == "all" else cores
         return PingResult("local", (Check("local", True, f"local processes, {cores} cores"),))
     return PingResult(backend, (Check("backend", False, f"no check known for {backend!r}"),))

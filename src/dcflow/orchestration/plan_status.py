@@ -8,6 +8,7 @@ replanned for each status (a scan of its outputs costs little); a large one (mor
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from dcflow.campaign.snapshots import (
     save_index,
     write_plan_snapshot,
 )
-from dcflow.errors import InputMissingError
+from dcflow.errors import InputMissingError, LedgerUnreadableError
 from dcflow.failures import FailurePolicy
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import (
@@ -85,6 +86,7 @@ def plan_campaign(
     workdir: str | Path | None = None,
     inventory: str | Path | None = None,
     mtimes: bool | None = None,
+    history: str | Path | None = None,
 ) -> Plan:
     """The campaign's dry-run plan (`dcflow.campaign.analytic`), with CPU estimates from the ledger.
 
@@ -103,6 +105,14 @@ def plan_campaign(
         walking the output tree.
     mtimes : bool, optional
         Whether a tree walk stats files (Snakemake's mtime trigger; default: small campaigns).
+    history : path-like, optional
+        The ledger of an earlier campaign: its measured job times estimate the stages this
+        campaign's ledger has not measured yet.
+
+    Raises
+    ------
+    LedgerUnreadableError
+        If ``history`` is not a readable ledger.
     """
     start = time.perf_counter()
     workdir = Path(workdir or os.getcwd()).resolve()
@@ -116,6 +126,7 @@ def plan_campaign(
         inventory=inventory,
         mtimes=mtimes,
         start=start,
+        history=history,
     )[0]
 
 
@@ -129,6 +140,7 @@ def _plan_indexed(
     inventory: str | Path | None = None,
     mtimes: bool | None = None,
     start: float | None = None,
+    history: str | Path | None = None,
 ) -> tuple[Plan, PlanSnapshot]:
     """`plan_campaign` of an indexed campaign; keeps (and returns) the plan's snapshot."""
     ledger_file = campaign_ledger_path(layout, workdir)
@@ -136,6 +148,13 @@ def _plan_indexed(
     if ledger_file.exists():
         with open_ledger(ledger_file) as ledger:
             measured = ledger.mean_runtimes()
+    earlier: dict[str, tuple[float, int]] = {}
+    if history is not None:
+        if not Path(history).is_file():
+            raise LedgerUnreadableError(f"{history}: no such ledger (--history)")
+        with open_ledger(history) as ledger:
+            earlier = {r: v for r, v in ledger.mean_runtimes().items() if r not in measured}
+        measured = {**earlier, **measured}
     defaults = {r: v["runtime"] for r, v in rule_defaults(profile).items() if "runtime" in v}
     scanned_at = os.stat(inventory).st_mtime if inventory is not None else time.time()
     plan = plan_index(
@@ -147,6 +166,14 @@ def _plan_indexed(
         default_runtimes_min=defaults,
         start_time=start,
     )
+    if earlier:
+        plan = dataclasses.replace(
+            plan,
+            runtime_source={
+                rule: f"{source} of {history}" if rule in earlier else source
+                for rule, source in plan.runtime_source.items()
+            },
+        )
     snapshot = PlanSnapshot(need=plan.need or {}, scanned_at=scanned_at)
     if not config.get("shard"):
         digest = campaign_digest(config, layout.path("registry"))

@@ -21,7 +21,7 @@ from dcflow.failures import FailureAction, FailureClass, FailurePolicy
 from dcflow.orchestration.campaign_files import campaign_ledger_path, open_ledger, rooted_layout
 from dcflow.orchestration.plan_status import current_need
 from dcflow.orchestration.profiles import failure_policy
-from dcflow.orchestration.run import run_campaign
+from dcflow.orchestration.run import RunOutcome, launch_campaign
 from dcflow.pipeline.graph import JobGraph
 from dcflow.status import failed_tiles, job_states
 
@@ -251,7 +251,8 @@ def rerun_failed(
     mem_cap_mb: int | None = None,
     progress: bool = True,
     include_classes: Iterable[str] = (),
-) -> tuple[int, set[tuple[str, str]], list[ClassOutcome]]:
+    verbose: bool = False,
+) -> tuple[RunOutcome | None, set[tuple[str, str]], list[ClassOutcome]]:
     """Rerun the failed tiles (and the missing jobs downstream of them) through `run_campaign`.
 
     The campaign is not replanned through Snakemake's default target: the outputs of the
@@ -263,8 +264,8 @@ def rerun_failed(
 
     Returns
     -------
-    code : int
-        Snakemake's exit code (0 if there was nothing to rerun).
+    outcome : RunOutcome or None
+        How the run ended (None if there was nothing to rerun).
     selected : set of (rule, data_id)
         The tiles asked for.
     outcomes : list of ClassOutcome
@@ -281,7 +282,7 @@ def rerun_failed(
         include_classes=include_classes,
     )
     if selection is None or selection.n_jobs == 0:
-        return 0, set(), outcomes
+        return None, set(), outcomes
     if selection.n_jobs > MAX_RERUN_JOBS:
         raise RerunTooLargeError(
             f"{selection.n_jobs:,} jobs are failed or missing downstream of the failed tiles: "
@@ -295,7 +296,7 @@ def rerun_failed(
         # exactly those jobs: a params or code change since the good tiles ran must not pull
         # them in again through the targets' inputs (pass --rerun-triggers to override)
         extra = ["--rerun-triggers", "mtime", *extra]
-    code = run_campaign(
+    outcome = launch_campaign(
         config_path,
         profile=profile,
         snakemake_args=extra,
@@ -305,5 +306,7 @@ def rerun_failed(
         mem_factor=mem_factor,
         mem_cap_mb=mem_cap_mb,
         progress=progress,
+        verbose=verbose,
+        exclusive=True,
     )
-    return code, selected, outcomes
+    return outcome, selected, outcomes

@@ -161,7 +161,9 @@ def plan_shards(
 def shard_jobs_budget(max_queued_jobs: int, profile: str | None) -> int:
     """Total ``--jobs`` over running shards: the cap, and at most the cores when local."""
     if profile is None or profile_backend(profile) == "local":
-        cores = (profile_settings(profile) if profile else {}).get("cores") or os.cpu_count()
+        cores = (profile_settings(profile) if profile else {}).get("cores")
+        if cores in (None, "all"):  # Snakemake's "all": every core of the machine
+            cores = os.cpu_count() or 1
         return max(1, min(max_queued_jobs, int(cores)))
     return max_queued_jobs
 

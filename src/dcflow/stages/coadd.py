@@ -564,6 +564,6 @@ def assemble_template_coadd(
         log.warning("%s: template from the %d best-ranked visits instead", cuts, keep.sum())
     result = assemble_coadd([w for w, k in zip(warps, keep, strict=True) if k], config=config)
     header = result.coadd.header
-    header["TMPLFALL"] = (fallback, "template from best-ranked visits: too few passed cuts")
+    header["TMPLFALL"] = (fallback, "template of best-ranked visits: too few passed")
     header["TMPLNSEL"] = (n_kept, "visits passing the template thresholds")
     return result

@@ -390,7 +390,7 @@ def warp_visit(
     )
     fwhm = float(np.dot(weight, [r.psf_fwhm_arcsec for r in results]))
     header = main.warp.header.copy()
-    header["PSFFWHM"] = (fwhm, "coverage-weighted PSF FWHM of the visit's CCDs, arcsec")
+    header["PSFFWHM"] = (fwhm, "coverage-weighted PSF FWHM of CCDs, arcsec")
     header["NCOVERED"] = (int(sum(covered)), "patch pixels covered by the visit")
     header["NCCDS"] = (int(sum(c > 0 for c in covered)), "CCDs contributing to this warp")
     warp = Exposure(
