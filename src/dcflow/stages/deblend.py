@@ -1,0 +1,267 @@
+"""Deblend coadd footprints: share each footprint's flux among its peaks (children).
+
+A footprint is a connected region of the detection image above the detection threshold, grown
+by a few pixels so that the wings of its sources are shared too. When it holds more than one
+peak, every peak gets a *template* and each pixel's flux is shared among the children in
+proportion to their templates (the flux-apportioning scheme of SDSS's photo and LSST's
+meas_deblender), so the children's fluxes always sum to the footprint's:
+
+- ``symmetric``: ``T_i(p) = max(0, min(I(p), I(2 c_i - p)))`` with ``c_i`` the peak's pixel:
+  the source is assumed 180-degree symmetric, so a neighbour's light, present on one side only,
+  is cut out by the minimum. It fits stars and galaxies alike.
+- ``psf``: the PSF at each peak, scaled by a simultaneous linear least-squares fit of all the
+  footprint's peaks: exact for point sources, poor for galaxies.
+
+Where every template is zero (noise pixels) the flux is shared by the peaks' PSF profiles.
+Measured on simulated blends (``benchmarks/deblend.py``), both beat a pure segmentation split
+(photutils' multi-threshold ``deblend_sources``, SExtractor-like), which gives each pixel to
+one child and loses the wings of the fainter.
+
+Children are measured on *layers*: layer ``k`` is the image with the footprint of every family
+of more than ``k`` children replaced by its ``k``-th child's share, so families never touch and
+one layer serves the ``k``-th child of all of them. Isolated peaks live on layer 0, which is
+the unchanged image: their measurement does not change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from dcflow.stages.forced_photometry import FWHM_PER_SIGMA, MixturePsf
+
+__all__ = [
+    "TEMPLATES",
+    "DeblendResult",
+    "child_layers",
+    "deblend",
+    "grow_footprints",
+    "share_footprint",
+]
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = {
+    "symmetric": "image symmetrised about the peak (min of a pixel and its mirror): stars and "
+    "galaxies (SDSS / LSST meas_deblender)",
+    "psf": "PSF at the peak scaled by a simultaneous fit of the footprint's peaks: point "
+    "sources only",
+    "none": "no deblending: every peak is measured on the whole image",
+}
+"""Templates `share_footprint` can build, and what each means (a config's choices)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeblendResult:
+    """Families of peaks.
+
+    Attributes
+    ----------
+    footprints : numpy.ndarray
+        ``(ny, nx)`` int32 labels of the grown footprints (0: none).
+    family : numpy.ndarray
+        ``(n,)`` footprint label of each peak (0 if the peak is in no footprint).
+    n_child : numpy.ndarray
+        ``(n,)`` number of peaks in the peak's footprint (1: isolated).
+    first_peak : numpy.ndarray
+        ``(n,)`` index of the first peak (input order) of the peak's footprint: names the family.
+    layer : numpy.ndarray
+        ``(n,)`` layer on which the peak is measured (see `child_layers`); 0 for isolated and
+        skipped peaks.
+    skipped : numpy.ndarray
+        ``(n,)`` bool: the footprint has more than ``max_children`` peaks, not deblended.
+    """
+
+    footprints: np.ndarray
+    family: np.ndarray
+    n_child: np.ndarray
+    first_peak: np.ndarray
+    layer: np.ndarray
+    skipped: np.ndarray
+
+
+def grow_footprints(above: np.ndarray, grow_pix: float) -> np.ndarray:
+    """Label connected regions of ``above`` and grow each by ``grow_pix`` into free pixels.
+
+    A free pixel goes to its nearest footprint (the expansion of scikit-image's
+    ``expand_labels``), so grown footprints never overlap.
+    """
+    labels, _ = ndimage.label(above, structure=np.ones((3, 3)))
+    if grow_pix <= 0 or not labels.any():
+        return labels.astype(np.int32)
+    distance, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    grown = np.where(distance <= grow_pix, labels[iy, ix], 0)
+    return grown.astype(np.int32)
+
+
+def deblend(
+    footprint_mask: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    *,
+    grow_pix: float,
+    max_children: int,
+    template: str = "symmetric",
+) -> DeblendResult:
+    """Group peaks into families by the (grown) footprint they fall in.
+
+    Parameters
+    ----------
+    footprint_mask : numpy.ndarray
+        ``(ny, nx)`` bool: pixels above the detection threshold.
+    px, py : numpy.ndarray
+        Integer peak pixels.
+    grow_pix : float
+        Footprints grow by this many pixels (into free pixels) so that wings are shared too.
+    max_children : int
+        Footprints with more peaks are not deblended (``skipped``): bounds the cost.
+    template : str
+        One of `TEMPLATES`; ``none`` makes every peak its own family (nothing deblended).
+    """
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {sorted(TEMPLATES)}; got {template!r}")
+    px = np.asarray(px, dtype=np.int64)
+    py = np.asarray(py, dtype=np.int64)
+    footprints = grow_footprints(footprint_mask, grow_pix)
+    n = len(px)
+    family = footprints[py, px].astype(np.int64) if n else np.zeros(0, dtype=np.int64)
+    n_child = np.ones(n, dtype=np.int64)
+    first_peak = np.arange(n, dtype=np.int64)
+    layer = np.zeros(n, dtype=np.int64)
+    skipped = np.zeros(n, dtype=bool)
+    if template != "none" and n:
+        in_family = family > 0
+        labels, first, counts = np.unique(
+            family[in_family], return_index=True, return_counts=True
+        )
+        index = np.flatnonzero(in_family)
+        slot = np.searchsorted(labels, family[in_family])
+        n_child[index] = counts[slot]
+        first_peak[index] = index[first][slot]
+        order = np.argsort(family[in_family], kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank[order] = np.arange(len(order)) - np.repeat(starts, counts)
+        layer[index] = rank
+        skipped[index] = counts[slot] > max_children
+        layer[skipped] = 0
+        n_skipped = len(np.unique(family[skipped]))
+        if n_skipped:
+            log.warning(
+                "%d footprints have more than %d peaks and are not deblended",
+                n_skipped,
+                max_children,
+            )
+    return DeblendResult(footprints, family, n_child, first_peak, layer, skipped)
+
+
+def _psf_profiles(xx, yy, cx, cy, psf: MixturePsf) -> np.ndarray:
+    """``(k, h, w)`` PSF stamps (peak-normalised Gaussian of the PSF's width) at each peak."""
+    sigma = psf.effective_fwhm_pix / FWHM_PER_SIGMA
+    r2 = (xx[None] - cx[:, None, None]) ** 2 + (yy[None] - cy[:, None, None]) ** 2
+    return np.exp(-0.5 * r2 / sigma**2)
+
+
+def share_footprint(
+    image: np.ndarray,
+    inside: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    *,
+    template: str,
+    psf: MixturePsf,
+) -> np.ndarray:
+    """Fraction of each pixel's flux that goes to each child: ``(k, h, w)``, summing to 1.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(h, w)`` cut-out around one footprint (NaN where unusable).
+    inside : numpy.ndarray
+        ``(h, w)`` bool: the footprint's pixels in the cut-out.
+    cx, cy : numpy.ndarray
+        ``(k,)`` peak positions in the cut-out, pixels (integers for ``symmetric``).
+    template : str
+        ``symmetric`` or ``psf`` (see `DeblendConfig`).
+    psf : MixturePsf
+        PSF of the image.
+    """
+    h, w = image.shape
+    data = np.where(inside & np.isfinite(image), image, 0.0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    profiles = _psf_profiles(xx, yy, np.asarray(cx, float), np.asarray(cy, float), psf)
+    k = len(cx)
+    if template == "symmetric":
+        templates = np.zeros((k, h, w))
+        yi, xi = np.mgrid[0:h, 0:w]
+        for i in range(k):
+            my = 2 * int(round(cy[i])) - yi
+            mx = 2 * int(round(cx[i])) - xi
+            ok = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
+            mirror = np.zeros((h, w))
+            mirror[ok] = data[my[ok], mx[ok]]
+            ok[ok] = inside[my[ok], mx[ok]]
+            templates[i] = np.where(ok & inside, np.maximum(np.minimum(data, mirror), 0.0), 0.0)
+    elif template == "psf":
+        sigma = psf.effective_fwhm_pix / FWHM_PER_SIGMA
+        gaussians = profiles / (2.0 * np.pi * sigma**2)
+        design = gaussians[:, inside].T
+        amplitude, *_ = np.linalg.lstsq(design, data[inside], rcond=None)
+        templates = np.maximum(amplitude, 0.0)[:, None, None] * gaussians
+    else:
+        raise ValueError(f"template must be 'symmetric' or 'psf'; got {template!r}")
+    total = templates.sum(axis=0)
+    fallback = profiles / np.maximum(profiles.sum(axis=0), 1e-300)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, templates / total, fallback)
+    return share
+
+
+def child_layers(
+    image: np.ndarray,
+    result: DeblendResult,
+    px: np.ndarray,
+    py: np.ndarray,
+    *,
+    psf: MixturePsf,
+    template: str,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(k, layer_image)``: the image with each family's ``k``-th child's share.
+
+    Layer 0 of a family-free image is ``image`` itself (not copied). In layer ``k`` every
+    deblended family with more than ``k`` children has its footprint pixels replaced by its
+    ``k``-th child's share (children ranked in input order); all other pixels are unchanged.
+    """
+    px = np.asarray(px, dtype=np.int64)
+    py = np.asarray(py, dtype=np.int64)
+    deblended = (result.n_child > 1) & ~result.skipped
+    n_layers = int(result.layer[deblended].max()) + 1 if deblended.any() else 1
+    families = np.unique(result.family[deblended])
+    boxes = ndimage.find_objects(result.footprints)
+    shares = {}
+    for label in families:
+        members = np.flatnonzero(deblended & (result.family == label))
+        box = boxes[label - 1]
+        inside = result.footprints[box] == label
+        y0, x0 = box[0].start, box[1].start
+        share = share_footprint(
+            image[box], inside, px[members] - x0, py[members] - y0, template=template, psf=psf
+        )
+        shares[label] = (box, inside, members, share)
+    for k in range(n_layers):
+        if not families.size:
+            yield k, image
+            continue
+        layer = image.copy()
+        for box, inside, members, share in shares.values():
+            rank = result.layer[members]
+            if k >= len(members):
+                continue
+            child = int(np.flatnonzero(rank == k)[0])
+            cut = layer[box]
+            cut[inside] = image[box][inside] * share[child][inside]
+        yield k, layer
