@@ -41,7 +41,7 @@ from dcflow.catalog_schema import annotate, flux_unit_of_zero_point
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
-from dcflow.stages.deblend import TEMPLATES, child_layers, deblend
+from dcflow.stages.deblend import TEMPLATES, child_layers, deblend, footprint_peaks
 from dcflow.stages.forced_photometry import (
     FWHM_PER_SIGMA,
     MixturePsf,
@@ -51,7 +51,7 @@ from dcflow.stages.forced_photometry import (
     isolated,
     psf_photometry,
 )
-from dcflow.stages.multiband import MultibandResult
+from dcflow.stages.multiband import MultibandConfig, MultibandResult, chi2_detection_image
 from dcflow.stages.stamps import adaptive_moments, extract_stamps
 
 __all__ = [
@@ -138,6 +138,12 @@ class CoaddMeasurementConfig:
         "their sources are shared too (FWHM)",
         minimum=0.0,
         maximum=10.0,
+    )
+    deblend_min_peak_contrast_sigma: float = config_field(
+        5.0,
+        "A footprint's peaks are looked for again on the unsmoothed significance image; one "
+        "counts when it stands this far above the saddle to higher ground (sigma)",
+        exclusive_minimum=0.0,
     )
     deblend_max_children: int = config_field(
         25,
@@ -446,6 +452,11 @@ def measure_coadds(
         threshold_sigma=config.detect_threshold_sigma,
         min_separation_pixels=config.peak_min_separation_pixels,
     )
+    above = detection.significance >= config.detect_threshold_sigma
+    sharp = chi2_detection_image(coadds, config=MultibandConfig(detection_kernel="none"))
+    px, py = footprint_peaks(
+        above, sharp.significance, px, py, min_contrast_sigma=config.deblend_min_peak_contrast_sigma
+    )
     n_peaks = len(px)
     own = patch.inner.contains(px + patch.outer.x0, py + patch.outer.y0)
     all_px, all_py = px, py
@@ -457,7 +468,7 @@ def measure_coadds(
         )
     # Families over all peaks, the neighbours' border peaks too: they share footprints.
     families = deblend(
-        detection.significance >= config.detect_threshold_sigma,
+        above,
         all_px,
         all_py,
         grow_pix=config.deblend_grow_fwhm * _widest_fwhm_pix(coadds, filters),
