@@ -72,7 +72,15 @@ def _reference(field, column):
 
 
 def _photutils(field):
-    """Isophotal child fluxes from deblend_sources, and the isolated sources' footprint sums."""
+    """Isophotal child fluxes from deblend_sources, and the isolated sources' footprint sums.
+
+    photutils' watershed needs scikit-image (not a dcflow dependency): without it, NaN.
+    """
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        nan = np.full(len(field.x), np.nan)
+        return nan, nan
     detection = chi2_detection_image({"r": field.exposure})
     above = detection.significance >= 5.0
     footprints = grow_footprints(above, 4.5)

@@ -18,7 +18,7 @@ than ``extendedness_size_threshold`` (fractionally), 0 otherwise, NaN if unmeasu
 
 Deblending (`dcflow.stages.deblend`): the detection footprints (significance above the
 threshold, grown by ``deblend_grow_fwhm``) that hold several peaks are shared among them by
-symmetric templates; each child is measured, in every filter, on its own share of the
+PSF templates (fitted simultaneously); each child is measured, in every filter, on its own share of the
 footprint, and carries ``parent`` (the family's id: the ``object_id`` of its first peak) and
 ``deblend_nChild`` (peaks in the footprint). Isolated peaks are measured on the unchanged coadd.
 Unlike LSST, there is no parent row: every row is a peak (forced photometry then measures the
@@ -128,7 +128,7 @@ class CoaddMeasurementConfig:
     )
 
     deblend_template: str = config_field(
-        "symmetric",
+        "psf",
         "Template by which a footprint's flux is shared among its peaks",
         choices=TEMPLATES,
     )

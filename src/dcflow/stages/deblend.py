@@ -223,10 +223,28 @@ def deblend(
 
 
 def _psf_profiles(xx, yy, cx, cy, psf: MixturePsf) -> np.ndarray:
-    """``(k, h, w)`` PSF stamps (peak-normalised Gaussian of the PSF's width) at each peak."""
+    """``(k, h, w)`` peak-normalised Gaussians of the PSF's width: the fallback shares."""
     sigma = psf.effective_fwhm_pix / FWHM_PER_SIGMA
     r2 = (xx[None] - cx[:, None, None]) ** 2 + (yy[None] - cy[:, None, None]) ** 2
     return np.exp(-0.5 * r2 / sigma**2)
+
+
+def _psf_models(psf: MixturePsf, cx, cy, shape) -> np.ndarray:
+    """``(k, h, w)`` pixel-integrated unit-flux PSFs at each peak, out to 8 FWHM (0 beyond)."""
+    h, w = shape
+    radius = int(min(max(h, w), np.ceil(8.0 * psf.effective_fwhm_pix)))
+    offsets = np.arange(-radius, radius + 1)
+    out = np.zeros((len(cx), h, w))
+    for i, (x, y) in enumerate(zip(cx, cy, strict=True)):
+        ix, iy = int(round(x)), int(round(y))
+        stamp = psf.stamps(np.array([x - ix]), np.array([y - iy]), offsets)[0]
+        y0, y1 = max(0, iy - radius), min(h, iy + radius + 1)
+        x0, x1 = max(0, ix - radius), min(w, ix + radius + 1)
+        if y0 < y1 and x0 < x1:
+            out[i, y0:y1, x0:x1] = stamp[
+                y0 - iy + radius : y1 - iy + radius, x0 - ix + radius : x1 - ix + radius
+            ]
+    return out
 
 
 def share_footprint(
@@ -270,11 +288,10 @@ def share_footprint(
             ok[ok] = inside[my[ok], mx[ok]]
             templates[i] = np.where(ok & inside, np.maximum(np.minimum(data, mirror), 0.0), 0.0)
     elif template == "psf":
-        sigma = psf.effective_fwhm_pix / FWHM_PER_SIGMA
-        gaussians = profiles / (2.0 * np.pi * sigma**2)
-        design = gaussians[:, inside].T
+        models = _psf_models(psf, np.asarray(cx, float), np.asarray(cy, float), (h, w))
+        design = models[:, inside].T
         amplitude, *_ = np.linalg.lstsq(design, data[inside], rcond=None)
-        templates = np.maximum(amplitude, 0.0)[:, None, None] * gaussians
+        templates = np.maximum(amplitude, 0.0)[:, None, None] * models
     else:
         raise ValueError(f"template must be 'symmetric' or 'psf'; got {template!r}")
     total = templates.sum(axis=0)
