@@ -27,13 +27,13 @@ from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from blend_synthetic import PATCH, blend_field  # noqa: E402
-from photutils.segmentation import SegmentationImage, deblend_sources  # noqa: E402
+from blend_synthetic import PATCH, blend_field
+from photutils.segmentation import SegmentationImage, deblend_sources
 
-from dcflow.exposure import Exposure  # noqa: E402
-from dcflow.stages.coadd_measurement import CoaddMeasurementConfig, measure_coadds  # noqa: E402
-from dcflow.stages.deblend import grow_footprints  # noqa: E402
-from dcflow.stages.multiband import chi2_detection_image  # noqa: E402
+from dcflow.exposure import Exposure
+from dcflow.stages.coadd_measurement import CoaddMeasurementConfig, measure_coadds
+from dcflow.stages.deblend import grow_footprints
+from dcflow.stages.multiband import chi2_detection_image
 
 TEMPLATES = ("none", "psf", "symmetric")
 
@@ -155,9 +155,10 @@ def main(seeds: int, kinds: list[str]) -> None:
                     (p, s), miss = _row(np.concatenate(flux[m]), np.concatenate(refs[m]), primary)
                     cells.append(f"{100 * p:6.1f}%/{100 * s:6.1f}% m{miss:<3d}")
                 print(f"{separation:8.1f} {contrast:5.1f} " + " ".join(f"{c:>22}" for c in cells))
-        print("measure_coadds seconds, all fields: " + ", ".join(
-            f"{t} {v:.1f}" for t, v in timings.items()
-        ))
+        print(
+            "measure_coadds seconds, all fields: "
+            + ", ".join(f"{t} {v:.1f}" for t, v in timings.items())
+        )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,8 @@ both at random sub-pixel positions. The PSF is a circular Gaussian (FWHM 0.9") i
 pixels; galaxies are exponential discs (half-light radius 0.4") convolved with it. Noise is
 Gaussian with a constant variance of 1 (the coadd's background-limited regime).
 
-``reference`` holds what the same measurement gives on each source alone without noise (for
-stars: its true flux times the aperture correction's residual, for galaxies: its PSF flux), so
-a deblender's error is measured against the answer it could at best give.
+``noiseless`` keeps each source's image alone, so that a deblender's error can be measured
+against what the same measurement gives on the isolated source.
 """
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ def test_deblending_beats_independent_fits():
 
 def test_isolated_sources_are_unchanged():
     field = blend_field(2.0, 0.0, seed=5)
-    alone = np.sum([img for img, p in zip(field.noiseless, field.is_primary) if p], axis=0)
+    alone = np.sum(
+        [img for img, p in zip(field.noiseless, field.is_primary, strict=True) if p], axis=0
+    )
     noise = field.exposure.image - np.sum(field.noiseless, axis=0)
     exposure = replace(field.exposure, image=(alone + noise).astype(np.float32))
     plain = _measure(exposure, deblend_template="none")

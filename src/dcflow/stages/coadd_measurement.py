@@ -17,9 +17,10 @@ adaptive size ``T = Ixx + Iyy`` exceeds that of the PSF model at the same positi
 than ``extendedness_size_threshold`` (fractionally), 0 otherwise, NaN if unmeasured.
 
 Deblending (`dcflow.stages.deblend`): the detection footprints (significance above the
-threshold, grown by ``deblend_grow_fwhm``) that hold several peaks are shared among them by
-PSF templates (fitted simultaneously); each child is measured, in every filter, on its own share of the
-footprint, and carries ``parent`` (the family's id: the ``object_id`` of its first peak) and
+threshold, grown by ``deblend_grow_fwhm``) that hold several peaks (found again on the
+unsmoothed significance image, which resolves closer pairs) are shared among them by PSF
+templates fitted simultaneously; each child is measured, in every filter, on its own share of
+the footprint, and carries ``parent`` (the family's id: the ``object_id`` of its first peak) and
 ``deblend_nChild`` (peaks in the footprint). Isolated peaks are measured on the unchanged coadd.
 Unlike LSST, there is no parent row: every row is a peak (forced photometry then measures the
 same children).

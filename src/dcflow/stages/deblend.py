@@ -13,9 +13,11 @@ meas_deblender), so the children's fluxes always sum to the footprint's:
   footprint's peaks: exact for point sources, poor for galaxies.
 
 Where every template is zero (noise pixels) the flux is shared by the peaks' PSF profiles.
-Measured on simulated blends (``benchmarks/deblend.py``), both beat a pure segmentation split
-(photutils' multi-threshold ``deblend_sources``, SExtractor-like), which gives each pixel to
-one child and loses the wings of the fainter.
+Measured on simulated star pairs (``benchmarks/deblend.py``, S/N 2000, 0-3 mag contrast), PSF
+templates keep every child within 1 % for separations of 2-4 FWHM and within 5 % at 1.5 FWHM
+up to 2 mag; symmetric templates reach 2.6 % and 8 %. A segmentation split (photutils'
+multi-threshold ``deblend_sources`` on the detection image, SExtractor-like) gives each pixel
+to one child: it splits no pair beyond 1 mag of contrast at 2 FWHM, where its peaks merge.
 
 Children are measured on *layers*: layer ``k`` is the image with the footprint of every family
 of more than ``k`` children replaced by its ``k``-th child's share, so families never touch and
@@ -198,9 +200,7 @@ def deblend(
     skipped = np.zeros(n, dtype=bool)
     if template != "none" and n:
         in_family = family > 0
-        labels, first, counts = np.unique(
-            family[in_family], return_index=True, return_counts=True
-        )
+        labels, first, counts = np.unique(family[in_family], return_index=True, return_counts=True)
         index = np.flatnonzero(in_family)
         slot = np.searchsorted(labels, family[in_family])
         n_child[index] = counts[slot]
@@ -236,7 +236,7 @@ def _psf_models(psf: MixturePsf, cx, cy, shape) -> np.ndarray:
     offsets = np.arange(-radius, radius + 1)
     out = np.zeros((len(cx), h, w))
     for i, (x, y) in enumerate(zip(cx, cy, strict=True)):
-        ix, iy = int(round(x)), int(round(y))
+        ix, iy = round(float(x)), round(float(y))
         stamp = psf.stamps(np.array([x - ix]), np.array([y - iy]), offsets)[0]
         y0, y1 = max(0, iy - radius), min(h, iy + radius + 1)
         x0, x1 = max(0, ix - radius), min(w, ix + radius + 1)
@@ -280,8 +280,8 @@ def share_footprint(
         templates = np.zeros((k, h, w))
         yi, xi = np.mgrid[0:h, 0:w]
         for i in range(k):
-            my = 2 * int(round(cy[i])) - yi
-            mx = 2 * int(round(cx[i])) - xi
+            my = 2 * round(float(cy[i])) - yi
+            mx = 2 * round(float(cx[i])) - xi
             ok = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
             mirror = np.zeros((h, w))
             mirror[ok] = data[my[ok], mx[ok]]
