@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 
 from dcflow.stages.coadd_measurement import CoaddMeasurementConfig, measure_coadds
 from dcflow.stages.deblend import deblend, grow_footprints
+from dcflow.stages.forced_photometry import ForcedPhotometryConfig, forced_photometry
 from dcflow.stages.multiband import chi2_detection_image
 
 
@@ -90,3 +91,25 @@ def test_families_and_cap_on_children():
     assert grown[3, 5] == grown[10, 10] and grown[0, 0] == 0
     with pytest.raises(ValueError, match="template"):
         deblend(mask, px, py, grow_pix=2.0, max_children=5, template="scarlet")
+
+
+def test_forced_photometry_fits_children_together():
+    """Forced PSF fluxes of deblended children: one fit per family, neighbour light shared."""
+    field = blend_field(2.0, 2.5, seed=6)
+    objects = _measure(field.exposure)
+    config = ForcedPhotometryConfig(apply_aperture_correction=False, zero_point_mag=31.4)
+    index, found = _match(objects, field)
+    assert found.all()
+    errors = {}
+    for name, table in (
+        ("together", objects),
+        ("alone", objects[["object_id", "ra_deg", "dec_deg"]]),
+    ):
+        forced = forced_photometry(field.exposure, table, config=config).table
+        rel = np.asarray(forced["psf_flux"])[index] / field.flux - 1.0
+        errors[name] = rel
+    assert np.max(np.abs(errors["together"])) <= 0.05, np.round(errors["together"], 3)
+    faint = ~field.is_primary
+    assert np.sqrt(np.mean(errors["together"][faint] ** 2)) < 0.5 * np.sqrt(
+        np.mean(errors["alone"][faint] ** 2)
+    )
