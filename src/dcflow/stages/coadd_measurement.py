@@ -52,7 +52,7 @@ from dcflow.stages.forced_photometry import (
     isolated,
     psf_photometry,
 )
-from dcflow.stages.multiband import MultibandConfig, MultibandResult, chi2_detection_image
+from dcflow.stages.multiband import MultibandResult
 from dcflow.stages.stamps import adaptive_moments, extract_stamps
 
 __all__ = [
@@ -306,6 +306,25 @@ _MEASURED = (
 )
 
 
+def _pixel_snr(coadds: Mapping[str, Exposure], filters: tuple[str, ...]) -> np.ndarray:
+    """Unsmoothed per-pixel S/N summed over filters, over sqrt(filters with data): unit noise.
+
+    Cheaper than a second chi-square image and signed, so a peak's prominence is in sigma.
+    """
+    total = np.zeros(coadds[filters[0]].shape)
+    count = np.zeros(total.shape)
+    for name in filters:
+        coadd = coadds[name]
+        if int(coadd.header.get("PSFNCOMP", 1)) == 0:
+            continue
+        good = ((coadd.mask & _BAD) == 0) & np.isfinite(coadd.image) & (coadd.variance > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total += np.where(good, coadd.image / np.sqrt(coadd.variance), 0.0)
+        count += good
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.sqrt(count), 0.0)
+
+
 def _widest_fwhm_pix(coadds: Mapping[str, Exposure], filters: tuple[str, ...]) -> float:
     """Largest PSF FWHM among the filters' coadds with data, pixels (0 if none)."""
     widest = 0.0
@@ -454,9 +473,12 @@ def measure_coadds(
         min_separation_pixels=config.peak_min_separation_pixels,
     )
     above = detection.significance >= config.detect_threshold_sigma
-    sharp = chi2_detection_image(coadds, config=MultibandConfig(detection_kernel="none"))
     px, py = footprint_peaks(
-        above, sharp.significance, px, py, min_contrast_sigma=config.deblend_min_peak_contrast_sigma
+        above,
+        _pixel_snr(coadds, filters),
+        px,
+        py,
+        min_contrast_sigma=config.deblend_min_peak_contrast_sigma,
     )
     n_peaks = len(px)
     own = patch.inner.contains(px + patch.outer.x0, py + patch.outer.y0)

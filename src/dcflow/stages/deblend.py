@@ -121,7 +121,7 @@ def footprint_peaks(
     The PSF-matched detection image is twice as blurred as the coadd (its PSF is the coadd's
     convolved with itself), so a neighbour 1.5 FWHM away and a few magnitudes fainter is no
     local maximum there. Within each footprint, the local maxima of ``sharp`` (per-pixel
-    significance) that stand ``min_contrast_sigma`` above the highest saddle linking them to
+    S/N, unit noise) that stand ``min_contrast_sigma`` above the highest saddle linking them to
     higher ground are found; where a footprint has two or more of them they replace the
     footprint's smoothed peaks ``(px, py)``, elsewhere those are kept.
 
