@@ -14,8 +14,8 @@ meas_deblender), so the children's fluxes always sum to the footprint's:
 
 Where every template is zero (noise pixels) the flux is shared by the peaks' PSF profiles.
 Measured on simulated star pairs (``benchmarks/deblend.py``, S/N 2000, 0-3 mag contrast), PSF
-templates keep every child within 1 % for separations of 2-4 FWHM and within 5 % at 1.5 FWHM
-up to 2 mag; symmetric templates reach 2.6 % and 8 %. A segmentation split (photutils'
+templates keep children within 1.2 % (rms) for separations of 2-4 FWHM and 4.5 % at 1.5 FWHM
+up to 2 mag; symmetric templates reach 3.4 % and 7.4 %. A segmentation split (photutils'
 multi-threshold ``deblend_sources`` on the detection image, SExtractor-like) gives each pixel
 to one child: it splits no pair beyond 1 mag of contrast at 2 FWHM, where its peaks merge.
 
