@@ -10,7 +10,12 @@ flux; photutils: the isophotal sum over the child's segment, against the isolate
 over the whole parent footprint). Printed: rms relative error of the primary / secondary
 children over 16 pairs x ``--seeds`` realisations, ``miss`` = children not found.
 
+With ``--demo RESULTS`` (a finished demo's results directory, e.g. results/demo) it instead
+times `measure_coadds` on each demo patch with each template and prints Objects, blended
+children and the largest family.
+
 Run: ``.venv/bin/python benchmarks/deblend.py [--seeds 2] [--kind star galaxy]``
+or ``.venv/bin/python benchmarks/deblend.py --demo results/demo``
 """
 
 from __future__ import annotations
@@ -161,9 +166,51 @@ def main(seeds: int, kinds: list[str]) -> None:
         )
 
 
+def demo(results: Path) -> None:
+    """Seconds of measure_coadds per demo patch and template (config.yaml's sky map)."""
+    import yaml
+
+    from dcflow.campaign.skymap import SkyMapConfig, make_tracts, parse_patch_name, patch_info
+    from dcflow.configs import from_mapping
+    from dcflow.io import read_exposure, read_fits
+
+    logging.disable(logging.WARNING)
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    tract = make_tracts(from_mapping(SkyMapConfig, config["skymap"]))[0]
+    patches = sorted({p.parent.name for p in (results / "deepCoadd").glob("*/0/*/*.fits")})
+    print(f"{'patch':>6} {'template':>10} {'seconds':>8} {'objects':>8} {'children':>9} {'max':>4}")
+    for name in patches:
+        info = patch_info(tract, *parse_patch_name(name))
+        coadds, coverages = {}, {}
+        for path in sorted((results / "deepCoadd").glob(f"*/0/{name}/*.fits")):
+            exposure = read_exposure(path)
+            coadds[str(exposure.header["FILTER"])] = exposure
+            coverages[str(exposure.header["FILTER"])] = read_fits(path)["COVERAGE"].data
+        detection = chi2_detection_image(coadds)
+        for template in TEMPLATES:
+            start = time.perf_counter()
+            objects = measure_coadds(
+                coadds,
+                detection,
+                info,
+                coverages=coverages,
+                config=CoaddMeasurementConfig(deblend_template=template),
+            ).objects
+            seconds = time.perf_counter() - start
+            n_child = np.asarray(objects["deblend_nChild"])
+            print(
+                f"{name:>6} {template:>10} {seconds:8.1f} {len(objects):8d} "
+                f"{int((n_child > 1).sum()):9d} {int(n_child.max()):4d}"
+            )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--kind", nargs="+", default=["star", "galaxy"])
+    parser.add_argument("--demo", type=Path, help="time measure_coadds on a demo's patches")
     args = parser.parse_args()
-    main(args.seeds, args.kind)
+    if args.demo:
+        demo(args.demo)
+    else:
+        main(args.seeds, args.kind)
