@@ -102,6 +102,9 @@ OBJECT_COLUMNS: dict[str, ColumnSchema] = _columns(
     ("ref_filter", "U16", None, "filter whose centroid and shape define the Object"),
     ("extendedness", "f8", None, "1 extended, 0 point-like, NaN unmeasured"),
     ("size_ratio", "f8", None, "source / PSF adaptive-moment size ratio in ref_filter"),
+    ("parent", "i8", None, "object_id naming the blend family (its first peak); 0: isolated"),
+    ("deblend_nChild", "i8", None, "peaks sharing the Object's footprint (1: isolated)"),
+    ("deblend_skipped", "?", None, "footprint has too many peaks: measured undeblended"),
 )
 """Filter-independent columns of the Object table."""
 

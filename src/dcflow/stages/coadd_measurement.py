@@ -16,8 +16,14 @@ reference filter of an Object is the one where its PSF S/N is highest; its posit
 adaptive size ``T = Ixx + Iyy`` exceeds that of the PSF model at the same position by more
 than ``extendedness_size_threshold`` (fractionally), 0 otherwise, NaN if unmeasured.
 
-There is no deblender: peaks closer than a few PSF widths are measured with overlapping
-stamps (a known limit for crowded fields).
+Deblending (`dcflow.stages.deblend`): the detection footprints (significance above the
+threshold, grown by ``deblend_grow_fwhm``) that hold several peaks (found again on the
+unsmoothed significance image, which resolves closer pairs) are shared among them by PSF
+templates fitted simultaneously; each child is measured, in every filter, on its own share of
+the footprint, and carries ``parent`` (the family's id: the ``object_id`` of its first peak) and
+``deblend_nChild`` (peaks in the footprint). Isolated peaks are measured on the unchanged coadd.
+Unlike LSST, there is no parent row: every row is a peak (forced photometry then measures the
+same children).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dcflow.catalog_schema import annotate, flux_unit_of_zero_point
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
+from dcflow.stages.deblend import TEMPLATES, child_layers, deblend, footprint_peaks
 from dcflow.stages.forced_photometry import (
     FWHM_PER_SIGMA,
     MixturePsf,
@@ -119,6 +126,31 @@ class CoaddMeasurementConfig:
         "dense test fields a plane fitted to contaminated apertures cost 3 mmag at S/N > 100",
         minimum=0,
         maximum=3,
+    )
+
+    deblend_template: str = config_field(
+        "psf",
+        "Template by which a footprint's flux is shared among its peaks",
+        choices=TEMPLATES,
+    )
+    deblend_grow_fwhm: float = config_field(
+        1.0,
+        "Footprints are grown by this many PSF FWHM before deblending, so that the wings of "
+        "their sources are shared too (FWHM)",
+        minimum=0.0,
+        maximum=10.0,
+    )
+    deblend_min_peak_contrast_sigma: float = config_field(
+        5.0,
+        "A footprint's peaks are looked for again on the unsmoothed significance image; one "
+        "counts when it stands this far above the saddle to higher ground (sigma)",
+        exclusive_minimum=0.0,
+    )
+    deblend_max_children: int = config_field(
+        25,
+        "Footprints with more peaks are not deblended (deblend_skipped): bounds the cost of "
+        "large crowded footprints (peaks)",
+        minimum=2,
     )
 
     def __post_init__(self) -> None:
@@ -256,6 +288,111 @@ def _local_weights(coverage, coadd, psf, x, y, name):
     return np.asarray(psf.weights, dtype=float)[None, :] * coverage[:, cy, cx].T
 
 
+_MEASURED = (
+    "centroid_x",
+    "centroid_y",
+    "psf_flux",
+    "psf_flux_err",
+    "psf_flux_flag",
+    "psf_inexact",
+    "ap_flux",
+    "ap_flux_err",
+    "ap_flux_flag",
+    "ixx",
+    "iyy",
+    "ixy",
+    "moments_flag",
+    "size_ratio",
+)
+
+
+def _pixel_snr(coadds: Mapping[str, Exposure], filters: tuple[str, ...]) -> np.ndarray:
+    """Unsmoothed per-pixel S/N summed over filters, over sqrt(filters with data): unit noise.
+
+    Cheaper than a second chi-square image and signed, so a peak's prominence is in sigma.
+    """
+    total = np.zeros(coadds[filters[0]].shape)
+    count = np.zeros(total.shape)
+    for name in filters:
+        coadd = coadds[name]
+        if int(coadd.header.get("PSFNCOMP", 1)) == 0:
+            continue
+        good = ((coadd.mask & _BAD) == 0) & np.isfinite(coadd.image) & (coadd.variance > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total += np.where(good, coadd.image / np.sqrt(coadd.variance), 0.0)
+        count += good
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.sqrt(count), 0.0)
+
+
+def _widest_fwhm_pix(coadds: Mapping[str, Exposure], filters: tuple[str, ...]) -> float:
+    """Largest PSF FWHM among the filters' coadds with data, pixels (0 if none)."""
+    widest = 0.0
+    for name in filters:
+        coadd = coadds[name]
+        if int(coadd.header.get("PSFNCOMP", 1)) == 0:
+            continue
+        pixel_arcsec = float(np.mean(proj_plane_pixel_scales(coadd.wcs.celestial))) * 3600.0
+        widest = max(widest, MixturePsf.from_header(coadd.header, pixel_arcsec).effective_fwhm_pix)
+    return widest
+
+
+def _empty_measurements(n: int) -> dict[str, np.ndarray]:
+    return {
+        key: np.zeros(n, dtype=bool) if key.endswith(("flag", "inexact")) else np.full(n, np.nan)
+        for key in _MEASURED
+    }
+
+
+def _measure_filter(exposure, px, py, psf, coverage, name, *, radius, m_radius, ap_radius):
+    """Centroid, PSF and aperture flux, adaptive moments at peaks ``(px, py)`` of one image.
+
+    ``exposure.image`` has NaN at unusable pixels (a deblended layer or the coadd itself).
+    The PSF flux is not yet aperture-corrected.
+    """
+    n = len(px)
+    sigma_pix = psf.effective_fwhm_pix / FWHM_PER_SIGMA
+    image = exposure.image
+    cx, cy, cflag = gaussian_centroid(image, px, py, sigma_pix)
+    local = None
+    inexact = np.zeros(n, dtype=bool)
+    if coverage is not None:
+        local = _local_weights(coverage, exposure, psf, cx, cy, name)
+        # The PSF changes inside the stamp (an input's edge or gap crosses it): flag.
+        centre = psf.normalised_weights(local, n)
+        for sx, sy in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
+            corner = _local_weights(
+                coverage, exposure, psf, cx + sx * radius, cy + sy * radius, name
+            )
+            change = np.abs(psf.normalised_weights(corner, n) - centre).sum(axis=1)
+            inexact |= change > 0.1
+    flux, err, flag = psf_photometry(exposure, cx, cy, psf, radius_pix=radius, weights=local)
+    ap_flux, ap_err, ap_flag = aperture_photometry(exposure, cx, cy, radius_pix=ap_radius)
+    offsets = np.arange(-m_radius, m_radius + 1)
+    ix, iy = np.round(cx).astype(np.int64), np.round(cy).astype(np.int64)
+    stamps, _ = extract_stamps(np.nan_to_num(image, nan=0.0), ix, iy, m_radius, fill=0.0)
+    ixx, iyy, ixy, mflag = adaptive_moments(stamps, cx - ix, cy - iy, offsets, sigma_pix)
+    model = psf.stamps(cx - ix, cy - iy, offsets, local)
+    pxx, pyy, _, pflag = adaptive_moments(model, cx - ix, cy - iy, offsets, sigma_pix)
+    mflag |= pflag | cflag
+    return {
+        "centroid_x": cx,
+        "centroid_y": cy,
+        "psf_flux": flux,
+        "psf_flux_err": err,
+        "psf_flux_flag": flag,
+        "psf_inexact": inexact,
+        "ap_flux": ap_flux,
+        "ap_flux_err": ap_err,
+        "ap_flux_flag": ap_flag,
+        "ixx": np.where(mflag, np.nan, ixx),
+        "iyy": np.where(mflag, np.nan, iyy),
+        "ixy": np.where(mflag, np.nan, ixy),
+        "moments_flag": mflag,
+        "size_ratio": np.where(mflag, np.nan, (ixx + iyy) / (pxx + pyy) - 1.0),
+    }
+
+
 def _empty_table(filters: tuple[str, ...]) -> Table:
     columns = {
         "object_id": np.zeros(0, dtype=np.int64),
@@ -269,6 +406,9 @@ def _empty_table(filters: tuple[str, ...]) -> Table:
         "ref_filter": np.zeros(0, dtype="U16"),
         "extendedness": np.zeros(0),
         "size_ratio": np.zeros(0),
+        "parent": np.zeros(0, dtype=np.int64),
+        "deblend_nChild": np.zeros(0, dtype=np.int64),
+        "deblend_skipped": np.zeros(0, dtype=bool),
     }
     for name in filters:
         for column, dtype in _PER_FILTER_COLUMNS:
@@ -332,6 +472,14 @@ def measure_coadds(
         threshold_sigma=config.detect_threshold_sigma,
         min_separation_pixels=config.peak_min_separation_pixels,
     )
+    above = detection.significance >= config.detect_threshold_sigma
+    px, py = footprint_peaks(
+        above,
+        _pixel_snr(coadds, filters),
+        px,
+        py,
+        min_contrast_sigma=config.deblend_min_peak_contrast_sigma,
+    )
     n_peaks = len(px)
     own = patch.inner.contains(px + patch.outer.x0, py + patch.outer.y0)
     all_px, all_py = px, py
@@ -341,6 +489,16 @@ def measure_coadds(
         return CoaddMeasurementResult(
             _empty_table(filters), filters, (1.0,) * len(filters), n_peaks
         )
+    # Families over all peaks, the neighbours' border peaks too: they share footprints.
+    families = deblend(
+        above,
+        all_px,
+        all_py,
+        grow_pix=config.deblend_grow_fwhm * _widest_fwhm_pix(coadds, filters),
+        max_children=config.deblend_max_children,
+        template=config.deblend_template,
+    )
+    owned_row = np.cumsum(own) - 1
 
     per_filter: dict[str, dict[str, np.ndarray]] = {}
     size_ratio: dict[str, np.ndarray] = {}
@@ -361,35 +519,39 @@ def measure_coadds(
         pixel_arcsec = float(np.mean(proj_plane_pixel_scales(coadd.wcs.celestial))) * 3600.0
         psf = MixturePsf.from_header(coadd.header, pixel_arcsec)
         fwhm_pix = psf.effective_fwhm_pix
-        sigma_pix = fwhm_pix / FWHM_PER_SIGMA
         image = np.where((coadd.mask & _BAD) == 0, coadd.image, np.nan)
-        cx, cy, cflag = gaussian_centroid(image, px, py, sigma_pix)
-        local = None
         radius = max(2, int(np.ceil(config.stamp_radius_fwhm * fwhm_pix)))
-        inexact = np.zeros(n, dtype=bool)
-        if coverages is not None and name in coverages:
-            local = _local_weights(coverages[name], coadd, psf, cx, cy, name)
-            # The PSF changes inside the stamp (an input's edge or gap crosses it): flag.
-            centre = psf.normalised_weights(local, n)
-            for sx, sy in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
-                corner = _local_weights(
-                    coverages[name], coadd, psf, cx + sx * radius, cy + sy * radius, name
-                )
-                change = np.abs(psf.normalised_weights(corner, n) - centre).sum(axis=1)
-                inexact |= change > 0.1
-        flux, err, flag = psf_photometry(coadd, cx, cy, psf, radius_pix=radius, weights=local)
-        ap_radius = config.aperture_radius_arcsec / pixel_arcsec
-        ap_flux, ap_err, ap_flag = aperture_photometry(coadd, cx, cy, radius_pix=ap_radius)
-
         m_radius = max(3, int(np.ceil(config.moments_radius_fwhm * fwhm_pix)))
-        offsets = np.arange(-m_radius, m_radius + 1)
-        ix, iy = np.round(cx).astype(np.int64), np.round(cy).astype(np.int64)
-        stamps, _ = extract_stamps(np.nan_to_num(image, nan=0.0), ix, iy, m_radius, fill=0.0)
-        ixx, iyy, ixy, mflag = adaptive_moments(stamps, cx - ix, cy - iy, offsets, sigma_pix)
-        model = psf.stamps(cx - ix, cy - iy, offsets, local)
-        pxx, pyy, _, pflag = adaptive_moments(model, cx - ix, cy - iy, offsets, sigma_pix)
-        mflag |= pflag | cflag
-        ratio = np.where(mflag, np.nan, (ixx + iyy) / (pxx + pyy) - 1.0)
+        ap_radius = config.aperture_radius_arcsec / pixel_arcsec
+        coverage = coverages.get(name) if coverages is not None else None
+        raw = _empty_measurements(n)
+        for k, layer in child_layers(
+            image, families, all_px, all_py, psf=psf, template=config.deblend_template
+        ):
+            peaks = np.flatnonzero((families.layer == k) & own)
+            rows = owned_row[peaks]
+            layer_exposure = Exposure(layer, coadd.mask, coadd.variance, coadd.wcs, coadd.header)
+            measured = _measure_filter(
+                layer_exposure,
+                all_px[peaks],
+                all_py[peaks],
+                psf,
+                coverage,
+                name,
+                radius=radius,
+                m_radius=m_radius,
+                ap_radius=ap_radius,
+            )
+            for key, values in measured.items():
+                raw[key][rows] = values
+        cx, cy, local = raw["centroid_x"], raw["centroid_y"], None
+        if coverage is not None:
+            local = _local_weights(coverage, coadd, psf, cx, cy, name)
+        flux, err, flag = raw["psf_flux"], raw["psf_flux_err"], raw["psf_flux_flag"]
+        ap_flux, ap_err, ap_flag = raw["ap_flux"], raw["ap_flux_err"], raw["ap_flux_flag"]
+        inexact, mflag = raw["psf_inexact"], raw["moments_flag"]
+        ixx, iyy, ixy = raw["ixx"], raw["iyy"], raw["ixy"]
+        ratio = raw["size_ratio"]
         size_ratio[name] = ratio
         with np.errstate(invalid="ignore", divide="ignore"):
             snr[name] = np.where(flag, -np.inf, flux / err)
@@ -425,9 +587,9 @@ def measure_coadds(
             "ap_flux": ap_flux,
             "ap_flux_err": ap_err,
             "ap_flux_flag": ap_flag,
-            "ixx": np.where(mflag, np.nan, ixx),
-            "iyy": np.where(mflag, np.nan, iyy),
-            "ixy": np.where(mflag, np.nan, ixy),
+            "ixx": ixx,
+            "iyy": iyy,
+            "ixy": ixy,
             "moments_flag": mflag,
         }
 
@@ -457,6 +619,17 @@ def measure_coadds(
         "ref_filter": np.array(filters, dtype="U16")[ref_index],
         "extendedness": extendedness,
         "size_ratio": ref_ratio,
+        "parent": np.where(
+            families.n_child[own] > 1,
+            make_object_ids(
+                patch.tract_id,
+                all_px[families.first_peak[own]] + patch.outer.x0,
+                all_py[families.first_peak[own]] + patch.outer.y0,
+            ),
+            0,
+        ),
+        "deblend_nChild": families.n_child[own],
+        "deblend_skipped": families.skipped[own],
     }
     for name in filters:
         for column, _ in _PER_FILTER_COLUMNS:

@@ -51,6 +51,7 @@ __all__ = [
     "aperture_correction",
     "aperture_correction_field",
     "aperture_photometry",
+    "blend_psf_photometry",
     "forced_photometry",
     "isolated",
     "mixture_fwhm",
@@ -255,6 +256,86 @@ class MixturePsf:
         return out
 
 
+def _model_stamps(shape, x, y, ix, iy, psf, radius_pix, weights=None) -> np.ndarray:
+    """``(n, 2r+1, 2r+1)`` PSF models at ``(x, y)`` on stamps centred on ``(ix, iy)``."""
+    finite = np.isfinite(x) & np.isfinite(y)
+    if isinstance(psf, PsfFitResult):
+        ny, nx = shape
+        at_x = np.clip(np.where(finite, x, 0.0), 0, nx - 1)
+        at_y = np.clip(np.where(finite, y, 0.0), 0, ny - 1)
+        table = psf.phase_table(radius_pix, at_x, at_y)
+        return table.stamps(np.clip(x - ix, -0.5, 0.5), np.clip(y - iy, -0.5, 0.5))
+    offsets = np.arange(-radius_pix, radius_pix + 1)
+    return psf.stamps(x - ix, y - iy, offsets, weights)
+
+
+def blend_psf_photometry(
+    exposure: Exposure,
+    x: np.ndarray,
+    y: np.ndarray,
+    family: np.ndarray,
+    psf: MixturePsf | PsfFitResult,
+    *,
+    radius_pix: int,
+    flux: np.ndarray,
+    flux_err: np.ndarray,
+    flag: np.ndarray,
+    bad_mask_bits: int = _BAD_FOR_PHOTOMETRY,
+) -> tuple[np.ndarray, np.ndarray]:
+    """PSF fluxes of blend families fitted simultaneously (the children of one coadd parent).
+
+    An independent PSF fit of a child takes in its neighbours' light; fitting the family's
+    PSFs together on the union of their stamps (uniform weights, as `psf_photometry`) shares
+    it. Rows with ``family == 0``, flagged rows and families of one usable member keep the
+    given ``flux`` and ``flux_err``; returns new arrays, the inputs are untouched.
+    """
+    flux = np.array(flux, dtype=float)
+    flux_err = np.array(flux_err, dtype=float)
+    family = np.asarray(family)
+    usable = (family != 0) & ~np.asarray(flag) & np.isfinite(x) & np.isfinite(y)
+    if not usable.any():
+        return flux, flux_err
+    ix = np.round(np.where(usable, x, 0.0)).astype(np.int64)
+    iy = np.round(np.where(usable, y, 0.0)).astype(np.int64)
+    ny, nx = exposure.image.shape
+    bad = ((exposure.mask & bad_mask_bits) != 0) | ~np.isfinite(exposure.image)
+    bad |= ~np.isfinite(exposure.variance)
+    r = radius_pix
+    for label in np.unique(family[usable]):
+        members = np.flatnonzero(usable & (family == label))
+        if len(members) < 2:
+            continue
+        models = _model_stamps((ny, nx), x[members], y[members], ix[members], iy[members], psf, r)
+        y0 = max(0, int(iy[members].min()) - r)
+        y1 = min(ny, int(iy[members].max()) + r + 1)
+        x0 = max(0, int(ix[members].min()) - r)
+        x1 = min(nx, int(ix[members].max()) + r + 1)
+        design = np.zeros((len(members), y1 - y0, x1 - x0))
+        covered = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        for k, model in enumerate(models):
+            sy0, sx0 = int(iy[members[k]]) - r, int(ix[members[k]]) - r
+            ly0, lx0 = max(sy0, y0), max(sx0, x0)
+            ly1, lx1 = min(sy0 + 2 * r + 1, y1), min(sx0 + 2 * r + 1, x1)
+            design[k, ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0] = model[
+                ly0 - sy0 : ly1 - sy0, lx0 - sx0 : lx1 - sx0
+            ]
+            covered[ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0] = True
+        good = covered & ~bad[y0:y1, x0:x1]
+        a = design[:, good].T
+        normal = a.T @ a
+        try:
+            inverse = np.linalg.inv(normal)
+        except np.linalg.LinAlgError:
+            log.warning("blend family %s: singular simultaneous fit, kept single fits", label)
+            continue
+        coefficients = inverse @ (a.T @ exposure.image[y0:y1, x0:x1][good].astype(float))
+        weighted = a * exposure.variance[y0:y1, x0:x1][good].astype(float)[:, None]
+        covariance = inverse @ (a.T @ weighted) @ inverse
+        flux[members] = coefficients
+        flux_err[members] = np.sqrt(np.diag(covariance))
+    return flux, flux_err
+
+
 def psf_photometry(
     exposure: Exposure,
     x: np.ndarray,
@@ -296,19 +377,11 @@ def psf_photometry(
     finite = np.isfinite(x) & np.isfinite(y)
     ix = np.round(np.where(finite, x, -(10**6))).astype(np.int64)
     iy = np.round(np.where(finite, y, -(10**6))).astype(np.int64)
-    offsets = np.arange(-radius_pix, radius_pix + 1)
     image, inside = extract_stamps(exposure.image, ix, iy, radius_pix, fill=0.0)
     variance, _ = extract_stamps(exposure.variance, ix, iy, radius_pix, fill=0.0)
     mask, _ = extract_stamps(exposure.mask, ix, iy, radius_pix, fill=int(MaskPlane.NO_DATA))
     good = inside & ((mask & bad_mask_bits) == 0) & np.isfinite(image) & np.isfinite(variance)
-    if isinstance(psf, PsfFitResult):
-        ny, nx = exposure.image.shape
-        at_x = np.clip(np.where(finite, x, 0.0), 0, nx - 1)
-        at_y = np.clip(np.where(finite, y, 0.0), 0, ny - 1)
-        table = psf.phase_table(radius_pix, at_x, at_y)
-        model = table.stamps(np.clip(x - ix, -0.5, 0.5), np.clip(y - iy, -0.5, 0.5))
-    else:
-        model = psf.stamps(x - ix, y - iy, offsets, weights)
+    model = _model_stamps(exposure.image.shape, x, y, ix, iy, psf, radius_pix, weights)
     p2_all = np.sum(model**2, axis=(1, 2))
     pm = np.where(good, model, 0.0)
     p2 = np.sum(pm**2, axis=(1, 2))
@@ -569,7 +642,9 @@ def forced_photometry(
         Background-subtracted calexp (electrons) with WCS, header ``ZP`` and ``PSFFWHM``.
     objects : astropy.table.Table
         Object table with ``object_id``, ``ra_deg``, ``dec_deg``; an ``extendedness`` column
-        (0 = point source), if present, restricts the aperture correction to stars.
+        (0 = point source), if present, restricts the aperture correction to stars; a
+        ``parent`` column (deblended children share a non-zero one) makes each family's PSF
+        fluxes one simultaneous fit (`blend_psf_photometry`).
     config : ForcedPhotometryConfig, optional
         Stamp size, zero point and aperture correction.
 
@@ -617,6 +692,18 @@ def forced_photometry(
     else:
         x = y = np.zeros(0)
     flux, err, flag = psf_photometry(calexp, x, y, fit_model, radius_pix=radius)
+    if "parent" in objects.colnames:
+        flux, err = blend_psf_photometry(
+            calexp,
+            x,
+            y,
+            np.asarray(objects["parent"], dtype=np.int64),
+            fit_model,
+            radius_pix=radius,
+            flux=flux,
+            flux_err=err,
+            flag=flag,
+        )
     correction, n_stars = 1.0, 0
     field = np.ones(n)
     if config.apply_aperture_correction and n:

@@ -1,0 +1,216 @@
+"""Child-flux errors of deblenders on simulated blends, side by side.
+
+Pairs of stars or exponential galaxies (tests/blend_synthetic.py: primary S/N ~ 2000, the
+secondary ``contrast`` mag fainter, ``separation`` PSF FWHM away) go through detection and
+coadd measurement with each deblending template (``none``: every peak fitted on the whole
+image; ``psf``; ``symmetric``), and through photutils' multi-threshold + watershed
+``deblend_sources`` (SExtractor-like segmentation). The error of a child is its flux over the
+same measurement of the source alone without noise (stars: PSF flux; galaxies: 2" aperture
+flux; photutils: the isophotal sum over the child's segment, against the isolated source's sum
+over the whole parent footprint). Printed: rms relative error of the primary / secondary
+children over 16 pairs x ``--seeds`` realisations, ``miss`` = children not found.
+
+With ``--demo RESULTS`` (a finished demo's results directory, e.g. results/demo) it instead
+times `measure_coadds` on each demo patch with each template and prints Objects, blended
+children and the largest family.
+
+Run: ``.venv/bin/python benchmarks/deblend.py [--seeds 2] [--kind star galaxy]``
+or ``.venv/bin/python benchmarks/deblend.py --demo results/demo``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from blend_synthetic import PATCH, blend_field
+from photutils.segmentation import SegmentationImage, deblend_sources
+
+from dcflow.exposure import Exposure
+from dcflow.stages.coadd_measurement import CoaddMeasurementConfig, measure_coadds
+from dcflow.stages.deblend import grow_footprints
+from dcflow.stages.multiband import chi2_detection_image
+
+TEMPLATES = ("none", "psf", "symmetric")
+
+
+def _alone(field, primary):
+    """The field's primaries (or secondaries) alone, noiseless: isolated references."""
+    chosen = [img for img, p in zip(field.noiseless, field.is_primary, strict=True) if p == primary]
+    e = field.exposure
+    return Exposure(np.sum(chosen, axis=0).astype(np.float32), e.mask, e.variance, e.wcs, e.header)
+
+
+def _match(objects, field):
+    distance, index = cKDTree(np.c_[objects["x"], objects["y"]]).query(np.c_[field.x, field.y])
+    return index, distance < 1.5
+
+
+def _measure(field, exposure, template, column):
+    config = CoaddMeasurementConfig(deblend_template=template, apcorr_min_stars=10**6)
+    detection = chi2_detection_image({"r": field.exposure})
+    objects = measure_coadds({"r": exposure}, detection, PATCH, config=config).objects
+    index, found = _match(objects, field)
+    return np.where(found, np.asarray(objects[f"r_{column}"])[index], np.nan)
+
+
+def _reference(field, column):
+    out = np.full(len(field.x), np.nan)
+    for primary in (True, False):
+        alone = _alone(field, primary)
+        detection = chi2_detection_image({"r": alone})
+        config = CoaddMeasurementConfig(apcorr_min_stars=10**6)
+        objects = measure_coadds({"r": alone}, detection, PATCH, config=config).objects
+        index, found = _match(objects, field)
+        sel = (field.is_primary == primary) & found
+        out[sel] = np.asarray(objects[f"r_{column}"])[index[sel]]
+    return out
+
+
+def _photutils(field):
+    """Isophotal child fluxes from deblend_sources, and the isolated sources' footprint sums.
+
+    photutils' watershed needs scikit-image (not a dcflow dependency): without it, NaN.
+    """
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        nan = np.full(len(field.x), np.nan)
+        return nan, nan
+    detection = chi2_detection_image({"r": field.exposure})
+    above = detection.significance >= 5.0
+    footprints = grow_footprints(above, 4.5)
+    segm = deblend_sources(
+        np.nan_to_num(detection.significance),
+        SegmentationImage(footprints),
+        npixels=5,
+        nlevels=32,
+        contrast=0.001,
+        progress_bar=False,
+    )
+    labels = segm.data
+    iy = np.clip(np.round(field.y).astype(int), 0, labels.shape[0] - 1)
+    ix = np.clip(np.round(field.x).astype(int), 0, labels.shape[1] - 1)
+    child = labels[iy, ix]
+    image = field.exposure.image.astype(float)
+    sums = np.bincount(labels.ravel(), weights=image.ravel(), minlength=labels.max() + 1)
+    flux = np.where(child > 0, sums[child], np.nan)
+    # A child sharing its segment with the other source of its pair was not split.
+    for k in np.unique(field.pair):
+        members = np.flatnonzero(field.pair == k)
+        if child[members[0]] == child[members[1]]:
+            flux[members] = np.nan
+    parent = footprints[iy, ix]
+    reference = np.array(
+        [img[footprints == p].sum() for img, p in zip(field.noiseless, parent, strict=True)]
+    )
+    return flux, reference
+
+
+def _row(flux, reference, primary):
+    rel = flux / reference - 1.0
+    found = np.isfinite(rel)
+    cells = []
+    for which in (primary, ~primary):
+        sel = found & which
+        cells.append(np.sqrt(np.mean(rel[sel] ** 2)) if sel.any() else np.nan)
+    return cells, int((~found).sum())
+
+
+def main(seeds: int, kinds: list[str]) -> None:
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    separations = (1.0, 1.5, 2.0, 3.0, 4.0)
+    contrasts = (0.0, 1.0, 2.0, 2.5, 3.0)
+    methods = ("photutils", *TEMPLATES)
+    for kind in kinds:
+        column = "psf_flux" if kind == "star" else "ap_flux"
+        print(f"\n{kind}s: rms relative child-flux error, primary/secondary (miss = not found)")
+        print(f"{'sep_fwhm':>8} {'dmag':>5} " + " ".join(f"{m:>22}" for m in methods))
+        timings = dict.fromkeys(TEMPLATES, 0.0)
+        for separation in separations:
+            for contrast in contrasts:
+                flux = {m: [] for m in methods}
+                refs = {m: [] for m in methods}
+                primary = []
+                for seed in range(seeds):
+                    field = blend_field(separation, contrast, seed=seed, kind=kind)
+                    reference = _reference(field, column)
+                    for template in TEMPLATES:
+                        start = time.perf_counter()
+                        flux[template].append(_measure(field, field.exposure, template, column))
+                        timings[template] += time.perf_counter() - start
+                        refs[template].append(reference)
+                    seg_flux, seg_ref = _photutils(field)
+                    flux["photutils"].append(seg_flux)
+                    refs["photutils"].append(seg_ref)
+                    primary.append(field.is_primary)
+                primary = np.concatenate(primary)
+                cells = []
+                for m in methods:
+                    (p, s), miss = _row(np.concatenate(flux[m]), np.concatenate(refs[m]), primary)
+                    cells.append(f"{100 * p:6.1f}%/{100 * s:6.1f}% m{miss:<3d}")
+                print(f"{separation:8.1f} {contrast:5.1f} " + " ".join(f"{c:>22}" for c in cells))
+        print(
+            "measure_coadds seconds, all fields: "
+            + ", ".join(f"{t} {v:.1f}" for t, v in timings.items())
+        )
+
+
+def demo(results: Path) -> None:
+    """Seconds of measure_coadds per demo patch and template (config.yaml's sky map)."""
+    import yaml
+
+    from dcflow.campaign.skymap import SkyMapConfig, make_tracts, parse_patch_name, patch_info
+    from dcflow.configs import from_mapping
+    from dcflow.io import read_exposure, read_fits
+
+    logging.disable(logging.WARNING)
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    tract = make_tracts(from_mapping(SkyMapConfig, config["skymap"]))[0]
+    patches = sorted({p.parent.name for p in (results / "deepCoadd").glob("*/0/*/*.fits")})
+    print(f"{'patch':>6} {'template':>10} {'seconds':>8} {'objects':>8} {'children':>9} {'max':>4}")
+    for name in patches:
+        info = patch_info(tract, *parse_patch_name(name))
+        coadds, coverages = {}, {}
+        for path in sorted((results / "deepCoadd").glob(f"*/0/{name}/*.fits")):
+            exposure = read_exposure(path)
+            coadds[str(exposure.header["FILTER"])] = exposure
+            coverages[str(exposure.header["FILTER"])] = read_fits(path)["COVERAGE"].data
+        detection = chi2_detection_image(coadds)
+        for template in TEMPLATES:
+            start = time.perf_counter()
+            objects = measure_coadds(
+                coadds,
+                detection,
+                info,
+                coverages=coverages,
+                config=CoaddMeasurementConfig(deblend_template=template),
+            ).objects
+            seconds = time.perf_counter() - start
+            n_child = np.asarray(objects["deblend_nChild"])
+            print(
+                f"{name:>6} {template:>10} {seconds:8.1f} {len(objects):8d} "
+                f"{int((n_child > 1).sum()):9d} {int(n_child.max()):4d}"
+            )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--kind", nargs="+", default=["star", "galaxy"])
+    parser.add_argument("--demo", type=Path, help="time measure_coadds on a demo's patches")
+    args = parser.parse_args()
+    if args.demo:
+        demo(args.demo)
+    else:
+        main(args.seeds, args.kind)

@@ -1,0 +1,347 @@
+"""Deblend coadd footprints: share each footprint's flux among its peaks (children).
+
+A footprint is a connected region of the detection image above the detection threshold, grown
+by a few pixels so that the wings of its sources are shared too. When it holds more than one
+peak, every peak gets a *template* and each pixel's flux is shared among the children in
+proportion to their templates (the flux-apportioning scheme of SDSS's photo and LSST's
+meas_deblender), so the children's fluxes always sum to the footprint's:
+
+- ``symmetric``: ``T_i(p) = max(0, min(I(p), I(2 c_i - p)))`` with ``c_i`` the peak's pixel:
+  the source is assumed 180-degree symmetric, so a neighbour's light, present on one side only,
+  is cut out by the minimum. It fits stars and galaxies alike.
+- ``psf``: the PSF at each peak, scaled by a simultaneous linear least-squares fit of all the
+  footprint's peaks: exact for point sources, poor for galaxies.
+
+Where every template is zero (noise pixels) the flux is shared by the peaks' PSF profiles.
+Measured on simulated star pairs (``benchmarks/deblend.py``, S/N 2000, 0-3 mag contrast), PSF
+templates keep children within 1.2 % (rms) for separations of 2-4 FWHM and 4.5 % at 1.5 FWHM
+up to 2 mag; symmetric templates reach 3.4 % and 7.4 %. A segmentation split (photutils'
+multi-threshold ``deblend_sources`` on the detection image, SExtractor-like) gives each pixel
+to one child: it splits no pair beyond 1 mag of contrast at 2 FWHM, where its peaks merge.
+
+Children are measured on *layers*: layer ``k`` is the image with the footprint of every family
+of more than ``k`` children replaced by its ``k``-th child's share, so families never touch and
+one layer serves the ``k``-th child of all of them. Isolated peaks live on layer 0, which is
+the unchanged image: their measurement does not change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from dcflow.stages.forced_photometry import FWHM_PER_SIGMA, MixturePsf
+
+__all__ = [
+    "TEMPLATES",
+    "DeblendResult",
+    "child_layers",
+    "deblend",
+    "footprint_peaks",
+    "grow_footprints",
+    "share_footprint",
+]
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = {
+    "symmetric": "image symmetrised about the peak (min of a pixel and its mirror): stars and "
+    "galaxies (SDSS / LSST meas_deblender)",
+    "psf": "PSF at the peak scaled by a simultaneous fit of the footprint's peaks: point "
+    "sources only",
+    "none": "no deblending: every peak is measured on the whole image",
+}
+"""Templates `share_footprint` can build, and what each means (a config's choices)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeblendResult:
+    """Families of peaks.
+
+    Attributes
+    ----------
+    footprints : numpy.ndarray
+        ``(ny, nx)`` int32 labels of the grown footprints (0: none).
+    family : numpy.ndarray
+        ``(n,)`` footprint label of each peak (0 if the peak is in no footprint).
+    n_child : numpy.ndarray
+        ``(n,)`` number of peaks in the peak's footprint (1: isolated).
+    first_peak : numpy.ndarray
+        ``(n,)`` index of the first peak (input order) of the peak's footprint: names the family.
+    layer : numpy.ndarray
+        ``(n,)`` layer on which the peak is measured (see `child_layers`); 0 for isolated and
+        skipped peaks.
+    skipped : numpy.ndarray
+        ``(n,)`` bool: the footprint has more than ``max_children`` peaks, not deblended.
+    """
+
+    footprints: np.ndarray
+    family: np.ndarray
+    n_child: np.ndarray
+    first_peak: np.ndarray
+    layer: np.ndarray
+    skipped: np.ndarray
+
+
+def grow_footprints(above: np.ndarray, grow_pix: float) -> np.ndarray:
+    """Label connected regions of ``above`` and grow each by ``grow_pix`` into free pixels.
+
+    A free pixel goes to its nearest footprint (the expansion of scikit-image's
+    ``expand_labels``), so grown footprints never overlap.
+    """
+    labels, _ = ndimage.label(above, structure=np.ones((3, 3)))
+    if grow_pix <= 0 or not labels.any():
+        return labels.astype(np.int32)
+    distance, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    grown = np.where(distance <= grow_pix, labels[iy, ix], 0)
+    return grown.astype(np.int32)
+
+
+def _prominent(sub: np.ndarray, y: int, x: int, min_contrast: float) -> bool:
+    """True if no higher pixel is reachable from ``(y, x)`` without dropping by min_contrast."""
+    value = sub[y, x]
+    component, _ = ndimage.label(sub > value - min_contrast, structure=np.ones((3, 3)))
+    return not np.any(sub[component == component[y, x]] > value)
+
+
+def footprint_peaks(
+    footprint_mask: np.ndarray,
+    sharp: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    *,
+    min_contrast_sigma: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks of each footprint from an unsmoothed significance image, where it resolves more.
+
+    The PSF-matched detection image is twice as blurred as the coadd (its PSF is the coadd's
+    convolved with itself), so a neighbour 1.5 FWHM away and a few magnitudes fainter is no
+    local maximum there. Within each footprint, the local maxima of ``sharp`` (per-pixel
+    S/N, unit noise) that stand ``min_contrast_sigma`` above the highest saddle linking them to
+    higher ground are found; where a footprint has two or more of them they replace the
+    footprint's smoothed peaks ``(px, py)``, elsewhere those are kept.
+
+    Returns
+    -------
+    px, py : numpy.ndarray
+        Integer peaks, sorted by ``(y, x)``.
+    """
+    px = np.asarray(px, dtype=np.int64)
+    py = np.asarray(py, dtype=np.int64)
+    labels, _ = ndimage.label(footprint_mask, structure=np.ones((3, 3)))
+    values = np.nan_to_num(np.asarray(sharp, dtype=np.float64), nan=0.0)
+    # 3 x 3 maxima: on the sharp image a wider window hides a close neighbour's peak; the
+    # prominence test, not the window, rejects noise.
+    local_max = (values == ndimage.maximum_filter(values, size=3)) & (labels > 0)
+    cy, cx = np.nonzero(local_max)
+    keep_x, keep_y = [px], [py]
+    replaced = np.zeros(labels.max() + 1, dtype=bool)
+    boxes = ndimage.find_objects(labels)
+    candidate_label = labels[cy, cx]
+    for label in np.unique(candidate_label[np.bincount(candidate_label)[candidate_label] > 1]):
+        box = boxes[label - 1]
+        sub = np.where(labels[box] == label, values[box], -np.inf)
+        mine = np.flatnonzero(candidate_label == label)
+        kept = [
+            k
+            for k in mine
+            if _prominent(sub, cy[k] - box[0].start, cx[k] - box[1].start, min_contrast_sigma)
+        ]
+        if len(kept) > 1:
+            replaced[label] = True
+            keep_x.append(cx[kept])
+            keep_y.append(cy[kept])
+    keep_x[0] = px[~replaced[labels[py, px]]]
+    keep_y[0] = py[~replaced[labels[py, px]]]
+    x = np.concatenate(keep_x).astype(np.int64)
+    y = np.concatenate(keep_y).astype(np.int64)
+    order = np.lexsort((x, y))
+    return x[order], y[order]
+
+
+def deblend(
+    footprint_mask: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    *,
+    grow_pix: float,
+    max_children: int,
+    template: str = "symmetric",
+) -> DeblendResult:
+    """Group peaks into families by the (grown) footprint they fall in.
+
+    Parameters
+    ----------
+    footprint_mask : numpy.ndarray
+        ``(ny, nx)`` bool: pixels above the detection threshold.
+    px, py : numpy.ndarray
+        Integer peak pixels.
+    grow_pix : float
+        Footprints grow by this many pixels (into free pixels) so that wings are shared too.
+    max_children : int
+        Footprints with more peaks are not deblended (``skipped``): bounds the cost.
+    template : str
+        One of `TEMPLATES`; ``none`` makes every peak its own family (nothing deblended).
+    """
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {sorted(TEMPLATES)}; got {template!r}")
+    px = np.asarray(px, dtype=np.int64)
+    py = np.asarray(py, dtype=np.int64)
+    footprints = grow_footprints(footprint_mask, grow_pix)
+    n = len(px)
+    family = footprints[py, px].astype(np.int64) if n else np.zeros(0, dtype=np.int64)
+    n_child = np.ones(n, dtype=np.int64)
+    first_peak = np.arange(n, dtype=np.int64)
+    layer = np.zeros(n, dtype=np.int64)
+    skipped = np.zeros(n, dtype=bool)
+    if template != "none" and n:
+        in_family = family > 0
+        labels, first, counts = np.unique(family[in_family], return_index=True, return_counts=True)
+        index = np.flatnonzero(in_family)
+        slot = np.searchsorted(labels, family[in_family])
+        n_child[index] = counts[slot]
+        first_peak[index] = index[first][slot]
+        order = np.argsort(family[in_family], kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank[order] = np.arange(len(order)) - np.repeat(starts, counts)
+        layer[index] = rank
+        skipped[index] = counts[slot] > max_children
+        layer[skipped] = 0
+        n_skipped = len(np.unique(family[skipped]))
+        if n_skipped:
+            log.warning(
+                "%d footprints have more than %d peaks and are not deblended",
+                n_skipped,
+                max_children,
+            )
+    return DeblendResult(footprints, family, n_child, first_peak, layer, skipped)
+
+
+def _psf_profiles(xx, yy, cx, cy, psf: MixturePsf) -> np.ndarray:
+    """``(k, h, w)`` peak-normalised Gaussians of the PSF's width: the fallback shares."""
+    sigma = psf.effective_fwhm_pix / FWHM_PER_SIGMA
+    r2 = (xx[None] - cx[:, None, None]) ** 2 + (yy[None] - cy[:, None, None]) ** 2
+    return np.exp(-0.5 * r2 / sigma**2)
+
+
+def _psf_models(psf: MixturePsf, cx, cy, shape) -> np.ndarray:
+    """``(k, h, w)`` pixel-integrated unit-flux PSFs at each peak, out to 8 FWHM (0 beyond)."""
+    h, w = shape
+    radius = int(min(max(h, w), np.ceil(8.0 * psf.effective_fwhm_pix)))
+    offsets = np.arange(-radius, radius + 1)
+    out = np.zeros((len(cx), h, w))
+    for i, (x, y) in enumerate(zip(cx, cy, strict=True)):
+        ix, iy = round(float(x)), round(float(y))
+        stamp = psf.stamps(np.array([x - ix]), np.array([y - iy]), offsets)[0]
+        y0, y1 = max(0, iy - radius), min(h, iy + radius + 1)
+        x0, x1 = max(0, ix - radius), min(w, ix + radius + 1)
+        if y0 < y1 and x0 < x1:
+            out[i, y0:y1, x0:x1] = stamp[
+                y0 - iy + radius : y1 - iy + radius, x0 - ix + radius : x1 - ix + radius
+            ]
+    return out
+
+
+def share_footprint(
+    image: np.ndarray,
+    inside: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    *,
+    template: str,
+    psf: MixturePsf,
+) -> np.ndarray:
+    """Fraction of each pixel's flux that goes to each child: ``(k, h, w)``, summing to 1.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(h, w)`` cut-out around one footprint (NaN where unusable).
+    inside : numpy.ndarray
+        ``(h, w)`` bool: the footprint's pixels in the cut-out.
+    cx, cy : numpy.ndarray
+        ``(k,)`` peak positions in the cut-out, pixels (integers for ``symmetric``).
+    template : str
+        ``symmetric`` or ``psf`` (see `DeblendConfig`).
+    psf : MixturePsf
+        PSF of the image.
+    """
+    h, w = image.shape
+    data = np.where(inside & np.isfinite(image), image, 0.0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    profiles = _psf_profiles(xx, yy, np.asarray(cx, float), np.asarray(cy, float), psf)
+    k = len(cx)
+    if template == "symmetric":
+        templates = np.zeros((k, h, w))
+        yi, xi = np.mgrid[0:h, 0:w]
+        for i in range(k):
+            my = 2 * round(float(cy[i])) - yi
+            mx = 2 * round(float(cx[i])) - xi
+            ok = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
+            mirror = np.zeros((h, w))
+            mirror[ok] = data[my[ok], mx[ok]]
+            ok[ok] = inside[my[ok], mx[ok]]
+            templates[i] = np.where(ok & inside, np.maximum(np.minimum(data, mirror), 0.0), 0.0)
+    elif template == "psf":
+        models = _psf_models(psf, np.asarray(cx, float), np.asarray(cy, float), (h, w))
+        design = models[:, inside].T
+        amplitude, *_ = np.linalg.lstsq(design, data[inside], rcond=None)
+        templates = np.maximum(amplitude, 0.0)[:, None, None] * models
+    else:
+        raise ValueError(f"template must be 'symmetric' or 'psf'; got {template!r}")
+    total = templates.sum(axis=0)
+    fallback = profiles / np.maximum(profiles.sum(axis=0), 1e-300)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, templates / total, fallback)
+    return share
+
+
+def child_layers(
+    image: np.ndarray,
+    result: DeblendResult,
+    px: np.ndarray,
+    py: np.ndarray,
+    *,
+    psf: MixturePsf,
+    template: str,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(k, layer_image)``: the image with each family's ``k``-th child's share.
+
+    Layer 0 of a family-free image is ``image`` itself (not copied). In layer ``k`` every
+    deblended family with more than ``k`` children has its footprint pixels replaced by its
+    ``k``-th child's share (children ranked in input order); all other pixels are unchanged.
+    """
+    px = np.asarray(px, dtype=np.int64)
+    py = np.asarray(py, dtype=np.int64)
+    deblended = (result.n_child > 1) & ~result.skipped
+    n_layers = int(result.layer[deblended].max()) + 1 if deblended.any() else 1
+    families = np.unique(result.family[deblended])
+    boxes = ndimage.find_objects(result.footprints)
+    shares = {}
+    for label in families:
+        members = np.flatnonzero(deblended & (result.family == label))
+        box = boxes[label - 1]
+        inside = result.footprints[box] == label
+        y0, x0 = box[0].start, box[1].start
+        share = share_footprint(
+            image[box], inside, px[members] - x0, py[members] - y0, template=template, psf=psf
+        )
+        shares[label] = (box, inside, members, share)
+    for k in range(n_layers):
+        if not families.size:
+            yield k, image
+            continue
+        layer = image.copy()
+        for box, inside, members, share in shares.values():
+            rank = result.layer[members]
+            if k >= len(members):
+                continue
+            child = int(np.flatnonzero(rank == k)[0])
+            cut = layer[box]
+            cut[inside] = image[box][inside] * share[child][inside]
+        yield k, layer

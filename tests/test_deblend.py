@@ -1,0 +1,115 @@
+"""Deblended coadd children vs the truth of simulated blends; isolated sources unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from blend_synthetic import PATCH, blend_field
+from scipy.spatial import cKDTree
+
+from dcflow.stages.coadd_measurement import CoaddMeasurementConfig, measure_coadds
+from dcflow.stages.deblend import deblend, grow_footprints
+from dcflow.stages.forced_photometry import ForcedPhotometryConfig, forced_photometry
+from dcflow.stages.multiband import chi2_detection_image
+
+
+def _measure(exposure, **config):
+    detection = chi2_detection_image({"r": exposure})
+    cfg = CoaddMeasurementConfig(apcorr_min_stars=10**6, **config)  # no aperture correction
+    return measure_coadds({"r": exposure}, detection, PATCH, config=cfg).objects
+
+
+def _match(objects, field):
+    distance, index = cKDTree(np.c_[objects["x"], objects["y"]]).query(np.c_[field.x, field.y])
+    return index, distance < 1.5
+
+
+@pytest.mark.parametrize("separation_fwhm", [1.75, 2.0, 3.0])
+@pytest.mark.parametrize("contrast_mag", [0.0, 1.0, 2.0, 2.9])
+def test_star_children_fluxes_within_5_percent(separation_fwhm, contrast_mag):
+    field = blend_field(separation_fwhm, contrast_mag, seed=3)
+    objects = _measure(field.exposure)
+    index, found = _match(objects, field)
+    assert found.all(), f"{(~found).sum()} children not found"
+    child = objects[index]
+    error = np.asarray(child["r_psf_flux"]) / field.flux - 1.0
+    assert np.max(np.abs(error)) <= 0.05, np.round(error, 3)
+    # Each pair is one family of two children with the same parent id.
+    assert np.all(child["deblend_nChild"] == 2)
+    parents = np.asarray(child["parent"])
+    assert np.all(parents != 0)
+    assert np.all(parents[field.is_primary] == parents[~field.is_primary])
+    assert len(np.unique(parents)) == len(np.unique(field.pair))
+
+
+def test_deblending_beats_independent_fits():
+    """Without sharing, the fainter child's PSF flux carries its neighbour's light."""
+    field = blend_field(2.0, 2.5, seed=4)
+    errors = {}
+    for template in ("none", "psf"):
+        objects = _measure(field.exposure, deblend_template=template)
+        index, found = _match(objects, field)
+        assert found.all()
+        rel = np.asarray(objects["r_psf_flux"])[index] / field.flux - 1.0
+        errors[template] = np.sqrt(np.mean(rel[~field.is_primary] ** 2))
+    assert errors["psf"] < 0.5 * errors["none"]
+
+
+def test_isolated_sources_are_unchanged():
+    field = blend_field(2.0, 0.0, seed=5)
+    alone = np.sum(
+        [img for img, p in zip(field.noiseless, field.is_primary, strict=True) if p], axis=0
+    )
+    noise = field.exposure.image - np.sum(field.noiseless, axis=0)
+    exposure = replace(field.exposure, image=(alone + noise).astype(np.float32))
+    plain = _measure(exposure, deblend_template="none")
+    for template in ("psf", "symmetric"):
+        deblended = _measure(exposure, deblend_template=template)
+        assert len(deblended) == len(plain) == 16
+        assert np.all(deblended["deblend_nChild"] == 1) and np.all(deblended["parent"] == 0)
+        for column in plain.colnames:
+            if column.startswith("r_"):
+                np.testing.assert_array_equal(deblended[column], plain[column], err_msg=column)
+
+
+def test_families_and_cap_on_children():
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[5:15, 5:25] = True  # three peaks
+    mask[25:35, 40:50] = True  # one peak
+    px = np.array([8, 15, 22, 45])
+    py = np.array([10, 10, 10, 30])
+    result = deblend(mask, px, py, grow_pix=2.0, max_children=5)
+    assert list(result.n_child) == [3, 3, 3, 1]
+    assert sorted(result.layer[:3]) == [0, 1, 2] and result.layer[3] == 0
+    assert list(result.first_peak) == [0, 0, 0, 3]
+    capped = deblend(mask, px, py, grow_pix=2.0, max_children=2)
+    assert list(capped.skipped) == [True, True, True, False]
+    assert np.all(capped.layer == 0)
+    grown = grow_footprints(mask, 2.0)
+    assert grown[3, 5] == grown[10, 10] and grown[0, 0] == 0
+    with pytest.raises(ValueError, match="template"):
+        deblend(mask, px, py, grow_pix=2.0, max_children=5, template="scarlet")
+
+
+def test_forced_photometry_fits_children_together():
+    """Forced PSF fluxes of deblended children: one fit per family, neighbour light shared."""
+    field = blend_field(2.0, 2.5, seed=6)
+    objects = _measure(field.exposure)
+    config = ForcedPhotometryConfig(apply_aperture_correction=False, zero_point_mag=31.4)
+    index, found = _match(objects, field)
+    assert found.all()
+    errors = {}
+    for name, table in (
+        ("together", objects),
+        ("alone", objects[["object_id", "ra_deg", "dec_deg"]]),
+    ):
+        forced = forced_photometry(field.exposure, table, config=config).table
+        rel = np.asarray(forced["psf_flux"])[index] / field.flux - 1.0
+        errors[name] = rel
+    assert np.max(np.abs(errors["together"])) <= 0.05, np.round(errors["together"], 3)
+    faint = ~field.is_primary
+    assert np.sqrt(np.mean(errors["together"][faint] ** 2)) < 0.5 * np.sqrt(
+        np.mean(errors["alone"][faint] ** 2)
+    )
