@@ -235,6 +235,9 @@ def test_cancel_stops_a_live_run_and_its_jobs(tmp_path):
                     running = ledger.attempts(states=[JobState.RUNNING])
         assert len(running) == 2, "two toy jobs never ran at once"
         jobs = _descendants(proc.pid)
+        while not jobs and time.monotonic() < deadline:  # the ledger may see a job first
+            time.sleep(0.2)
+            jobs = _descendants(proc.pid)
         assert jobs
         stopped, n_cancelled = cancel_runs(ledger_path, interrupt_grace_s=3)
         assert proc.wait(timeout=30) != 0
