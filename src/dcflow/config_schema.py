@@ -70,9 +70,10 @@ def build_schema() -> dict[str, Any]:
                 "name": {**_NAME, "description": "Campaign name (run ledger, job groups)."},
                 "instrument": {
                     "type": "string",
-                    "enum": ["cfht_sim", "sdss"],
-                    "description": "Instrument of the raw data: cfht_sim (simulated MegaCam) "
-                    "or sdss (SDSS corrected frames).",
+                    "enum": ["cfht_sim", "sdss", "esis1"],
+                    "description": "Instrument of the raw data: cfht_sim (simulated MegaCam), "
+                    "sdss (SDSS corrected frames) or esis1 (the MSFC ESIS1 lab camera: a "
+                    "sensor-test campaign of Fe55, flat and dark frames).",
                 },
                 "payload": {
                     "type": "string",

@@ -165,7 +165,7 @@ class _Locator:
         rule, fan = self.tracked[dataset]
         jobs = self.graph.jobs(rule)
         n = len(next(iter(columns.values()))) if columns else 1
-        sensors = jobs.stage.space in ("sensor", "sensor_exposure")
+        sensors = jobs.stage.space in ("sensor", "sensor_exposure", "ptc_sensor")
         radices, sorted_keys, order = self._keys(rule)
         key = np.zeros(n, dtype=np.int64)
         bad = np.zeros(n, dtype=bool)
