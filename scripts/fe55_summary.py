@@ -59,6 +59,6 @@ if "snakemake" in globals():
         snakemake.log[0],  # noqa: F821
         gain_paths=list(snakemake.input.gains),  # noqa: F821
         summary_path=snakemake.output.summary,  # noqa: F821
-        ptc_path=next(iter(snakemake.input.ptc), ""),  # noqa: F821
+        ptc_path=str(snakemake.input.ptc or ""),  # noqa: F821
         fe55_gain=snakemake.params.fe55_gain,  # noqa: F821
     )

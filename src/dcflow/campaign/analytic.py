@@ -548,6 +548,8 @@ def _newest(values: np.ndarray) -> np.ndarray:
 
 def _oldest(values: np.ndarray) -> np.ndarray:
     """Per job: the oldest existing file time (+inf: none known)."""
+    if values.shape[1] == 0:  # fanned out over no science CCD (a sensor-test campaign)
+        return np.full(values.shape[0], np.inf)
     return np.min(np.where(np.isnan(values), np.inf, values), axis=1)
 
 

@@ -32,7 +32,8 @@ def simulate_campaign(config_path: str | Path) -> list[str]:
     """Write a campaign's simulated input tree: cfht_sim raws and catalogs, Fe55 sensors.
 
     The cfht_sim part is written when the campaign's instrument is ``cfht_sim``; the Fe55
-    sensor exposures when its ``fe55`` section names ``sensors``. Nothing else is touched, and
+    sensor exposures when its ``fe55`` section names ``sensors`` (a sensor-test campaign of
+    simulated sensors only is instrument ``fe55_sim``). Nothing else is touched, and
     a file in the way that the simulator did not write is an error.
 
     Raises
