@@ -51,7 +51,9 @@ def simulate_files(_unused, root, *, exposure, fe55=FE55, name="raw"):
     of the raw frame, truth, flat and bias pair."""
     paths = [root / f"{kind}_{exposure}.fits" for kind in (name, "truth", "flat", "bias")]
     files = fe55_hdus(from_mapping(Fe55SimConfig, fe55), ccd=1, exposure=exposure)
-    for dataset, path in zip(("fe55_raw", "fe55_truth", "fe55_flat", "fe55_bias"), paths):
+    for dataset, path in zip(
+        ("fe55_raw", "fe55_truth", "fe55_flat", "fe55_bias"), paths, strict=True
+    ):
         write_fits(files[dataset], path)
     return paths
 
@@ -208,9 +210,7 @@ def test_summary_of_mismatched_tables_names_the_files(raws, scripts, tmp_path):
     paths = []
     for exposure, fe55 in enumerate((FE55, {**FE55, "n_amps": 2})):
         sim_cfg = dataclasses.replace(Fe55SimConfig(), **{**fe55, "sensors": (1,)})
-        raw = simulate_files(
-            None, tmp_path, exposure=exposure, fe55=dataclasses.asdict(sim_cfg)
-        )[0]
+        raw = simulate_files(None, tmp_path, exposure=exposure, fe55=dataclasses.asdict(sim_cfg))[0]
         table = tmp_path / f"gain{exposure}.fits"
         gain.main(
             raw_path=str(raw),

@@ -82,9 +82,7 @@ def _plan_counts(config_path: Path, cwd: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_simulated_sensors_are_inputs_ingested_then_run_end_to_end(tmp_path):
-    config_path = _write_config(
-        tmp_path, {"name": "fe55only", "instrument": "fe55_sim"}, fe55=FE55
-    )
+    config_path = _write_config(tmp_path, {"name": "fe55only", "instrument": "fe55_sim"}, fe55=FE55)
     with pytest.raises(InputMissingError, match=r"no raw file under the input root matches"):
         ingest_campaign(config_path)  # nothing simulated yet: an empty ingest is an error
     written = simulate_campaign(config_path)
@@ -178,7 +176,9 @@ def test_real_lab_frames_enter_through_ingest_and_survive_the_run(tmp_path):
     assert dry == _plan_counts(config_path, tmp_path)
     assert dry == {"fe55_gain": 1, "photon_transfer": 1, "fe55_summary": 1, "all": 1}
     argv = [str(DCFLOW), "run", "--config", str(config_path), "--profile", "local"]
-    run = subprocess.run([*argv, "--", "--cores", "2"], capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run(
+        [*argv, "--", "--cores", "2"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert _digests(inputs) == before  # the real frames survive the run byte for byte
 

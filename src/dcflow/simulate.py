@@ -1,5 +1,6 @@
-"""Write a simulated campaign's input tree: cfht_sim raws, reference catalog and truth, and the
-Fe55 sensor exposures (X-ray frames, flat and bias pairs, their truth tables).
+"""Write a simulated campaign's input tree: cfht_sim raws and catalogs, Fe55 sensor exposures.
+
+The sensor exposures are X-ray frames, flat and bias pairs and their truth tables.
 
 Simulation is its own step, never a workflow rule: the files land under the input root and
 enter the registry through `dcflow ingest` like real raws. The arrays come from
@@ -228,9 +229,7 @@ def _fe55_digest(config: Fe55SimConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def fe55_hdus(
-    config: Fe55SimConfig, *, ccd: int, exposure: int
-) -> dict[str, fits.HDUList]:
+def fe55_hdus(config: Fe55SimConfig, *, ccd: int, exposure: int) -> dict[str, fits.HDUList]:
     """The files of simulated Fe55 exposure ``exposure`` of sensor ``ccd``, by dataset type.
 
     ``fe55_raw`` (the X-ray frame), ``fe55_flat`` and ``fe55_bias`` (pair files, frames in
@@ -309,5 +308,5 @@ def write_simulated_sensors(config: Fe55SimConfig, layout: Layout) -> list[str]:
                 continue
             for dataset, hdus in fe55_hdus(config, ccd=int(ccd), exposure=exposure).items():
                 manifest.write(hdus, where[dataset])
-            logger.info("sensor %d exposure %d: Fe55 frame, flat and bias pairs written", ccd, exposure)
+            logger.info("sensor %d exposure %d: Fe55 frame, flat and bias pairs", ccd, exposure)
     return paths

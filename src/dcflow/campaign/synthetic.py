@@ -297,8 +297,10 @@ def _raw_rows(spec: SyntheticSpec, layout: Layout) -> Iterator[tuple]:
 
 
 def _sensor_rows(spec: SyntheticSpec, layout: Layout) -> Iterator[tuple]:
-    """Registry rows of the Fe55 sensors' exposures, as `dcflow simulate` and ingest make them
-    (2 exposures per sensor, each with a flat and a bias pair file)."""
+    """Registry rows of the Fe55 sensors' exposures, as `dcflow simulate` and ingest make them.
+
+    Two exposures per sensor, each with a flat and a bias pair file.
+    """
     from dcflow.simulate import FE55_INSTRUMENT, SENSOR_EXPOSURE_OFFSETS
 
     datasets = {"fe55": "fe55_raw", "sensor_flat": "fe55_flat", "sensor_bias": "fe55_bias"}

@@ -65,8 +65,8 @@ SPACES: dict[str, Space] = {
 ``visit_patch`` every planning-time (visit, patch) overlap; ``patch_filter`` every patch and
 filter with at least one overlapping visit; ``overlapping_visit`` the science visits that
 overlap a patch; ``sensor*`` the sensors and Fe55 exposures of the registry (obstype
-``fe55``, registered by `dcflow ingest` like any raw); ``ptc_sensor`` those of them with flat and bias
-pairs too."""
+``fe55``, registered by `dcflow ingest` like any raw); ``ptc_sensor`` those of them with
+flat and bias pairs too."""
 
 CONDITIONS = ("needs_calibs", "processed_frames", "has_truth", "has_skymap", "has_fe55")
 """Campaign traits a stage or input may depend on (see `dcflow.pipeline.graph`)."""
