@@ -43,14 +43,14 @@ def load(name):
 
 @pytest.fixture(scope="module")
 def scripts():
-    return None, load("fe55_gain"), load("fe55_summary")
+    return fe55_hdus, load("fe55_gain"), load("fe55_summary")
 
 
-def simulate_files(_unused, root, *, exposure, fe55=FE55, name="raw"):
-    """Write one simulated exposure's files as `dcflow simulate` makes them; return the paths
-    of the raw frame, truth, flat and bias pair."""
+def simulate_files(simulate, root, *, exposure, fe55=FE55, name="raw"):
+    """Write one simulated exposure's files as `dcflow simulate` makes them (``simulate`` is
+    `dcflow.simulate.fe55_hdus`); return the paths of the raw frame, truth, flat and bias."""
     paths = [root / f"{kind}_{exposure}.fits" for kind in (name, "truth", "flat", "bias")]
-    files = fe55_hdus(from_mapping(Fe55SimConfig, fe55), ccd=1, exposure=exposure)
+    files = simulate(from_mapping(Fe55SimConfig, fe55), ccd=1, exposure=exposure)
     for dataset, path in zip(
         ("fe55_raw", "fe55_truth", "fe55_flat", "fe55_bias"), paths, strict=True
     ):
