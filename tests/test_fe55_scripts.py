@@ -210,7 +210,9 @@ def test_summary_of_mismatched_tables_names_the_files(raws, scripts, tmp_path):
     paths = []
     for exposure, fe55 in enumerate((FE55, {**FE55, "n_amps": 2})):
         sim_cfg = dataclasses.replace(Fe55SimConfig(), **{**fe55, "sensors": (1,)})
-        raw = simulate_files(None, tmp_path, exposure=exposure, fe55=dataclasses.asdict(sim_cfg))[0]
+        raw = simulate_files(
+            fe55_hdus, tmp_path, exposure=exposure, fe55=dataclasses.asdict(sim_cfg)
+        )[0]
         table = tmp_path / f"gain{exposure}.fits"
         gain.main(
             raw_path=str(raw),
