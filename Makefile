@@ -10,7 +10,7 @@ PYTHON ?= python3
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv --copies $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,gridengine]'
+	$(PY) -m pip install -q -e '.[test,gridengine,dashboard]'
 	touch $(STAMP)
 
 demo: $(STAMP)

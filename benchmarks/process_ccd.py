@@ -1,9 +1,11 @@
 """Seconds and peak memory of processCcd (and ISR + processCcd) on one full-size CCD.
 
 Usage: .venv/bin/python benchmarks/process_ccd.py [--n-stars N] [--repeat R]
+       [--psf-flux-width model local]
 
 Part 1 times `dcflow.stages.process_ccd.process_ccd` on a synthetic 2048 x 4612 frame from
-tests/synthetic.py. Part 2, when src/dcflow/instruments/cfht_sim.py and
+tests/synthetic.py, once per PSF-width mode (``psf_flux_width``: the model's width, or each
+source's own width weighed against it). Part 2, when src/dcflow/instruments/cfht_sim.py and
 src/dcflow/stages/isr.py are importable, times ISR + processCcd on a simulated full-size raw.
 Each measurement runs in a fresh subprocess, with BLAS / OpenMP limited to one thread, so
 that its peak RSS (ru_maxrss) is its own; wall and CPU seconds are both printed because the
@@ -29,15 +31,16 @@ import json, resource, sys, time
 sys.path.insert(0, {tests!r})
 import numpy as np
 from synthetic import make_star_field
-from dcflow.stages.process_ccd import process_ccd
+from dcflow.stages.process_ccd import ProcessCcdConfig, process_ccd
 
+config = ProcessCcdConfig(psf_flux_width={psf_flux_width!r})
 field = make_star_field((4612, 2048), n_stars={n_stars}, seed=3, mag_range=(16.0, 23.0),
                         fwhm_arcsec=0.8, saturation_e=9.0e4, n_cosmic_rays=300)
 rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
 for _ in range({repeat}):
     t0, c0 = time.perf_counter(), time.process_time()
-    result = process_ccd(field.exposure, field.refcat, band="r")
+    result = process_ccd(field.exposure, field.refcat, band="r", config=config)
     times.append((time.perf_counter() - t0, time.process_time() - c0))
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({{"seconds": times, "peak_rss_mb": rss / 1024, "rss_before_mb": rss_before / 1024,
@@ -114,18 +117,28 @@ def main() -> None:
     parser.add_argument("--n-stars", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--ccd", type=int, default=13, help="simulated CCD for part 2")
-    args = parser.parse_args()
-    code = CHILD_SYNTHETIC.format(
-        tests=str(ROOT / "tests"), n_stars=args.n_stars, repeat=args.repeat
+    parser.add_argument(
+        "--psf-flux-width",
+        nargs="+",
+        default=["model", "local"],
+        help="processCcd psf_flux_width values timed side by side in part 1",
     )
-    res = run_child(code)
-    if "error" in res:
-        print(f"process_ccd (synthetic 2048x4612): failed: {res['error']}")
-    else:
+    args = parser.parse_args()
+    for width in args.psf_flux_width:
+        code = CHILD_SYNTHETIC.format(
+            tests=str(ROOT / "tests"),
+            n_stars=args.n_stars,
+            repeat=args.repeat,
+            psf_flux_width=width,
+        )
+        res = run_child(code)
+        if "error" in res:
+            print(f"process_ccd (synthetic 2048x4612): failed: {res['error']}")
+            continue
         wall = [w for w, _ in res["seconds"]]
         cpu = [c for _, c in res["seconds"]]
         print(
-            f"process_ccd (synthetic 2048x4612, {res['n_src']} sources, "
+            f"process_ccd, psf_flux_width={width} (synthetic 2048x4612, {res['n_src']} sources, "
             f"{res['n_astrom']} astrometric matches): best {min(wall):.2f} s wall, "
             f"{min(cpu):.2f} s CPU (runs, wall/CPU s: "
             f"{', '.join(f'{w:.2f}/{c:.2f}' for w, c in res['seconds'])}); "

@@ -460,6 +460,10 @@ def test_fit_rejects_bad_signals():
         fit_kalpha_peak(np.ones((10, 10)))
     with pytest.raises(ValueError, match="signal_adu holds non-finite values"):
         fit_kalpha_peak(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="line_width must be 'free' or 'expected'; got 'wide'"):
+        fit_kalpha_peak(np.full(30, 1000.0), line_width="wide")
+    with pytest.raises(ValueError, match="line_width='expected' needs expected_sigma_adu"):
+        fit_kalpha_peak(np.full(30, 1000.0), line_width="expected")
     with pytest.raises(CalibrationError, match="only 20 events with positive signal"):
         fit_kalpha_peak(np.full(20, 1000.0), min_events=50)
     # 25 events at the line, the rest far away: the window around the peak holds 25
@@ -484,10 +488,39 @@ def test_measure_rejects_frames_that_do_not_fit_the_layout():
     nan[10, sim.layout.amps[0].data[1].start + 3] = np.nan
     with pytest.raises(InputDataError, match="amplifier A: 1 of 16384 imaging pixels are not"):
         measure_fe55_gain(nan, sim.layout)
-    with pytest.raises(CalibrationError, match="amplifier A: only") as info:
-        measure_fe55_gain(sim.raw, sim.layout, config=Fe55Config(min_events=1000))
-    assert info.value.metadata["amp"] == "A"
-    json.dumps(info.value.metadata)
+    # a fit that cannot be made is an untrusted amplifier with the reason, not an error
+    table = measure_fe55_gain(sim.raw, sim.layout, config=Fe55Config(min_events=1000)).table()
+    assert table.meta["NUNTRUST"] == 4 and not np.any(table["trusted"])
+    assert all(v.startswith("no fit: only") and "min_events=1000" in v for v in table["verdict"])
+    assert np.all(np.isnan(table["gain_e_per_adu"]))
+
+
+def test_an_amplifier_without_x_rays_is_untrusted_and_the_others_stand(clean):
+    sim, reference = clean
+    raw = sim.raw.astype(float)
+    dead = sim.layout.amps[2]
+    prescan = raw[dead.prescan]
+    rng = np.random.default_rng(5)
+    # the tap reads only bias and read noise: no X-ray reaches it
+    raw[dead.data] = rng.normal(np.mean(prescan), np.std(prescan), raw[dead.data].shape)
+    result = measure_fe55_gain(raw, sim.layout)
+    table = result.table()
+    assert list(table["trusted"]) == [True, True, False, True]
+    assert table["verdict"][2].startswith("no fit: only")
+    assert result.amps[2].fit is None and np.isnan(table["gain_e_per_adu"][2])
+    np.testing.assert_allclose(
+        np.asarray(table["gain_e_per_adu"])[[0, 1, 3]],
+        np.asarray(reference["gain_e_per_adu"])[[0, 1, 3]],
+        rtol=1e-9,
+    )
+    # the picture and the sensor summary take the untrusted tap: it is flagged, not averaged
+    fe55_exposure_figure(result)
+    summary = summarize_gains([table, reference])
+    assert summary["trusted"][2] and summary["n_trusted"][2] == 1
+    assert summary["gain_e_per_adu"][2] == pytest.approx(reference["gain_e_per_adu"][2])
+    alone = summarize_gains([table])
+    assert not alone["trusted"][2] and "no fit: only" in alone["verdict"][2]
+    assert np.isnan(alone["gain_e_per_adu"][2]) and alone.meta["NUNTRUST"] == 1
 
 
 def test_layout_mismatches_name_the_differences():

@@ -13,7 +13,7 @@ import pytest
 from astropy.io import fits
 
 from dcflow.configs import from_mapping
-from dcflow.errors import CalibrationError, InputDataError
+from dcflow.errors import InputDataError
 from dcflow.instruments.fe55_sim import Fe55SimConfig
 from dcflow.io import read_table, write_fits
 from dcflow.simulate import fe55_hdus
@@ -226,13 +226,33 @@ def test_summary_of_mismatched_tables_names_the_files(raws, scripts, tmp_path):
         summary.main(gain_paths=paths, summary_path=str(tmp_path / "s.fits"))
 
 
-def test_stage_failure_names_the_file(raws, scripts, tmp_path):
+def test_failed_fits_are_untrusted_amplifiers_and_stage_errors_name_the_file(
+    raws, scripts, tmp_path
+):
     _, gain, _ = scripts
-    with pytest.raises(CalibrationError, match=r"raw_0\.fits: amplifier A: only \d+ events"):
+    # no amplifier can be fitted: the table and its picture are written, every amplifier
+    # untrusted with the reason (the ledger reports them), and the job does not crash
+    gain.main(
+        raw_path=str(raws[0][0]),
+        table_path=str(tmp_path / "g.fits"),
+        plot_path=str(tmp_path / "p.png"),
+        fe55=FE55,
+        analysis={"min_events": 5000},
+    )
+    table = read_table(tmp_path / "g.fits")
+    assert fits.getheader(tmp_path / "g.fits", 1)["NUNTRUST"] == len(table) == 4
+    assert not np.any(table["trusted"]) and (tmp_path / "p.png").stat().st_size > 0
+    assert all(str(v).startswith("no fit: only") for v in table["verdict"])
+    # a frame the stage cannot read at all still fails, naming the file
+    with fits.open(raws[0][0]) as hdul:
+        data = hdul[0].data.astype(float)
+        data[:] = 1000.0
+        fits.PrimaryHDU(data, header=hdul[0].header).writeto(tmp_path / "flat_0.fits")
+    with pytest.raises(InputDataError, match=r"flat_0\.fits: amplifier A: .* columns are all"):
         gain.main(
-            raw_path=str(raws[0][0]),
-            table_path=str(tmp_path / "g.fits"),
-            plot_path=str(tmp_path / "p.png"),
+            raw_path=str(tmp_path / "flat_0.fits"),
+            table_path=str(tmp_path / "h.fits"),
+            plot_path=str(tmp_path / "q.png"),
             fe55=FE55,
-            analysis={"min_events": 5000},
+            analysis={},
         )

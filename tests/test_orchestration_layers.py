@@ -17,7 +17,7 @@ LAYERS = (
     {"profiles"},
     {"snakemake_cli", "prepare"},
     {"run", "plan_status", "report", "ping", "cancel"},
-    {"rerun", "pictures", "sharded"},
+    {"rerun", "pictures", "sharded", "serve"},
 )
 """Orchestration modules, lowest first; a module imports only from layers below its own."""
 

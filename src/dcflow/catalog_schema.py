@@ -78,7 +78,12 @@ SRC_COLUMNS: dict[str, ColumnSchema] = _columns(
         "1 extended (galaxy), 0 point-like (star), NaN unmeasured: adaptive-moment size "
         "above the PSF model's by more than EXTFRAC of the header and 3 / snr",
     ),
-    ("flags", "i4", None, "SourceFlag bits: 1 saturated, 2 edge, 4 bad/CR pixels, 8 blended"),
+    (
+        "flags",
+        "i4",
+        None,
+        "SourceFlag bits: 1 saturated, 2 edge, 4 bad/CR pixels, 8 blended, 16 suspect pixels",
+    ),
     ("used_psf", "?", None, "used to fit the PSF model"),
     ("used_astrom", "?", None, "used in the final astrometric fit"),
     ("used_photcal", "?", None, "used in the zero-point fit"),

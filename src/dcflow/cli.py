@@ -184,6 +184,19 @@ def _parser() -> argparse.ArgumentParser:
         help="Snakemake HTML report + per-stage CPU/memory/IO from benchmark files",
     )
     cmd.add_argument("--output", default=None, help="report file (<output_root>/report/...)")
+    cmd = sub.add_parser(
+        "serve", help="live web dashboard of a campaign (or of every campaign under a directory)"
+    )
+    cmd.add_argument(
+        "campaign", nargs="?", default="config.yaml", help="campaign config or directory"
+    )
+    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
+    cmd.add_argument("--port", type=int, default=8050, help="port to listen on")
+    cmd.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding the access token a non-loopback --host needs (or DCFLOW_SERVE_TOKEN)",
+    )
     return parser
 
 
@@ -480,6 +493,13 @@ def _report(args: argparse.Namespace, extra: list[str]) -> int:
     return EXIT_FAILED if code else 0
 
 
+def _serve(args: argparse.Namespace, extra: list[str]) -> int:
+    from dcflow.orchestration.serve import serve_campaigns
+
+    serve_campaigns(args.campaign, host=args.host, port=args.port, token_file=args.token_file)
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "simulate": _simulate,
     "ingest": _ingest,
@@ -492,6 +512,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "cancel": _cancel,
     "ping": _ping,
     "report": _report,
+    "serve": _serve,
 }
 """Each verb's function: the parsed arguments and the Snakemake arguments in, the exit code out."""
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from dcflow.configs import check_fields, config_field
 from dcflow.dataids import DATA_ID_KEYS, format_data_id
-from dcflow.states import ACTIVE_STATES, JobState
+from dcflow.states import ACTIVE_STATES, TERMINAL_STATES, JobState
 
 __all__ = [
     "Attempt",
@@ -327,10 +327,32 @@ class Ledger:
         The database file (the layout's ``ledger`` dataset).
     timeout_s : float
         How long a writer waits for another writer's lock, s.
+    read_only : bool
+        Open an existing ledger for reading only (``mode=ro``): a watcher such as
+        ``dcflow serve`` never takes a write lock, and WAL lets it read while runs write.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``read_only`` and the file does not exist.
     """
 
-    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, timeout_s: float = 30.0, read_only: bool = False
+    ) -> None:
         self.path = str(path)
+        if read_only:
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(f"{self.path}: no run ledger")
+            self._conn = sqlite3.connect(
+                Path(self.path).resolve().as_uri() + "?mode=ro",
+                uri=True,
+                timeout=timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._conn.row_factory = sqlite3.Row
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
             self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
@@ -756,6 +778,43 @@ class Ledger:
         ).fetchone()[0]
         span = max(end - max(begin, first if first is not None else begin), 1.0)
         return n_done / span * 3600.0
+
+    def attempt_rows(
+        self,
+        *,
+        after_id: int = 0,
+        ids: Iterable[int] = (),
+        finished_since: float | None = None,
+        columns: Iterable[str] = ("*",),
+    ) -> list[tuple]:
+        """Raw rows of the attempts newer than ``after_id``, of ``ids``, and of those that ended.
+
+        What a watcher reads to follow the ledger incrementally: new attempts by the primary
+        key, and, with ``finished_since`` (Unix s), the attempts that reached a terminal state
+        at or after it (the state-and-time index): the only change an older row goes through
+        besides becoming lost when its run ends. A row may come twice. Plain tuples in the
+        order of ``columns`` (10^6 rows read as `sqlite3.Row` cost twice the time).
+        """
+        select = ", ".join(columns)
+        cursor = self._conn.cursor()
+        cursor.row_factory = None
+        rows = cursor.execute(
+            f"SELECT {select} FROM attempts WHERE attempt_id > ? ORDER BY attempt_id", (after_id,)
+        ).fetchall()
+        if finished_since is not None:
+            terminal = [s.value for s in TERMINAL_STATES]
+            rows += cursor.execute(
+                f"SELECT {select} FROM attempts WHERE state IN ({_marks(terminal)})"
+                " AND finished >= ? AND attempt_id <= ?",
+                (*terminal, finished_since, after_id),
+            ).fetchall()
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows += cursor.execute(
+                f"SELECT {select} FROM attempts WHERE attempt_id IN ({_marks(chunk)})", chunk
+            ).fetchall()
+        return rows
 
     def mean_runtimes(self) -> dict[str, tuple[float, int]]:
         """Per rule: mean measured runtime of succeeded attempts (s) and how many there were."""

@@ -30,6 +30,9 @@ def draw_fe55_amp(ax: Axes, amp: Fe55AmpResult) -> None:
     amplifier's panel is framed in red with ``UNTRUSTED`` and its reasons).
     """
     fit = amp.fit
+    if fit is None:
+        _draw_unfitted_amp(ax, amp)
+        return
     width = float(np.diff(fit.edges_adu[:2])[0])
     low = max(0.5 * fit.peak_adu, 0.0)
     high = 1.5 * fit.peak_adu
@@ -69,6 +72,31 @@ def draw_fe55_amp(ax: Axes, amp: Fe55AmpResult) -> None:
     ax.set_ylabel(f"events per {edges[1] - edges[0]:.1f} ADU")
     ax.set_xlim(low, high)
     ax.legend(loc="upper right", fontsize=7)
+
+
+def _draw_unfitted_amp(ax: Axes, amp: Fe55AmpResult) -> None:
+    """An amplifier whose peak fit failed: its event signals and the reason, framed in red."""
+    signal = amp.events.signal_adu
+    if signal.size:
+        ax.hist(
+            signal, bins=50, histtype="step", color="0.3", label=f"graded events ({signal.size})"
+        )
+        ax.legend(loc="upper right", fontsize=7)
+    ax.text(
+        0.02,
+        0.97,
+        f"amp {amp.amp}\nUNTRUSTED: {amp.verdict}",
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        fontsize=8,
+        wrap=True,
+        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"},
+    )
+    for spine in ax.spines.values():
+        spine.set_color("tab:red")
+        spine.set_linewidth(2)
+    ax.set_xlabel("event signal (ADU)")
 
 
 def fe55_amp_figure(amp: Fe55AmpResult, *, title: str = "") -> Figure:

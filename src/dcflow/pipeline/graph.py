@@ -146,6 +146,7 @@ class JobGraph:
         self._jobs: dict[str, StageJobs] = {}
         self._relations: dict[tuple[str, str], Relation] = {}
         self._lookup: dict[str, dict[tuple, int]] = {}
+        self._key_order: dict[str, tuple[list[int], np.ndarray, np.ndarray]] = {}
 
     # --- stages and jobs ----------------------------------------------------------------------
 
@@ -544,6 +545,33 @@ class JobGraph:
             int(tract[job]) if tract is not None else None,
         )
 
+    def group_keys(self, rule: str) -> tuple[np.ndarray, list[tuple[str | None, int | None]]]:
+        """One filter x tract group number per job of a stage, and each number's label.
+
+        Labels are ``(filter, tract)`` (None where the stage has no such axis), in tract then
+        filter order; some groups may hold no job. What `group_counts` bins, and what a watcher
+        that keeps counts per group (``dcflow serve``) adds its changes to.
+        """
+        jobs = self.jobs(rule)
+        band = jobs.columns.get("filter")
+        tract = jobs.columns.get("tract")
+        n_bands = max(len(self.index.filters), 1)
+        b = band if band is not None else np.zeros(jobs.n_jobs, dtype=np.int64)
+        if tract is not None and jobs.n_jobs:  # tract ids are small non-negative integers
+            tracts = np.arange(int(tract.max()) + 1, dtype=np.int64)
+            t = tract
+        else:
+            tracts, t = np.zeros(1, dtype=np.int64), np.zeros(jobs.n_jobs, dtype=np.int64)
+        key = t.astype(np.int64) * n_bands + b
+        labels = [
+            (
+                self.index.filters[k % n_bands] if band is not None else None,
+                int(tracts[k // n_bands]) if tract is not None else None,
+            )
+            for k in range(len(tracts) * n_bands)
+        ]
+        return key, labels
+
     def group_counts(
         self, rule: str, masks: Mapping[str, np.ndarray]
     ) -> list[tuple[str | None, int | None, int, dict[str, int]]]:
@@ -552,37 +580,19 @@ class JobGraph:
         Groups without jobs are left out; the order is tract, then filter. What plan and status
         rows are made of, with one `numpy.bincount` per mask (no object per job).
         """
-        jobs = self.jobs(rule)
-        if jobs.n_jobs == 0:
+        if self.jobs(rule).n_jobs == 0:
             return []
-        band = jobs.columns.get("filter")
-        tract = jobs.columns.get("tract")
-        n_bands = max(len(self.index.filters), 1)
-        b = band if band is not None else np.zeros(jobs.n_jobs, dtype=np.int64)
-        if tract is not None:  # tract ids are small non-negative integers: count them directly
-            tracts = np.arange(int(tract.max()) + 1, dtype=np.int64)
-            t = tract
-        else:
-            tracts, t = np.zeros(1, dtype=np.int64), np.zeros(jobs.n_jobs, dtype=np.int64)
-        key = t.astype(np.int64) * n_bands + b
-        size = len(tracts) * n_bands
+        key, labels = self.group_keys(rule)
+        size = len(labels)
         totals = np.bincount(key, minlength=size)
         counts = {
             name: np.bincount(key[np.asarray(mask, dtype=bool)], minlength=size)
             for name, mask in masks.items()
         }
-        out = []
-        for k in np.flatnonzero(totals).tolist():
-            t_i, b_i = divmod(k, n_bands)
-            out.append(
-                (
-                    self.index.filters[b_i] if band is not None else None,
-                    int(tracts[t_i]) if tract is not None else None,
-                    int(totals[k]),
-                    {name: int(c[k]) for name, c in counts.items()},
-                )
-            )
-        return out
+        return [
+            (*labels[k], int(totals[k]), {name: int(c[k]) for name, c in counts.items()})
+            for k in np.flatnonzero(totals).tolist()
+        ]
 
     def job_specs(self) -> list[JobSpec]:
         """One `JobSpec` per job, rule ``all`` last (small campaigns only: one object per job).
@@ -705,19 +715,34 @@ class JobGraph:
             return np.zeros(n, dtype=np.int64)
         query = np.zeros(n, dtype=np.int64)
         bad = np.zeros(n, dtype=bool)
-        job_key = np.zeros(jobs.n_jobs, dtype=np.int64)
-        for name in keys:
-            column = jobs.columns[name]
-            radix = max(int(column.max(initial=-1)) + 1, 1)
+        radices, order, ordered = self._sorted_keys(rule)
+        for name, radix in zip(keys, radices, strict=True):
             encoded = values[name]
             bad |= (encoded < 0) | (encoded >= radix)
             query = query * radix + np.clip(encoded, 0, radix - 1)
-            job_key = job_key * radix + column
-        order = np.argsort(job_key, kind="stable")
-        ordered = job_key[order]
         where = np.minimum(np.searchsorted(ordered, query), len(ordered) - 1)
         found = (ordered[where] == query) & ~bad
         return np.where(found, order[where], -1)
+
+    def _sorted_keys(self, rule: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Per key its radix, and the jobs sorted by their combined key.
+
+        Computed once per stage: a watcher such as ``dcflow serve`` looks up a few tiles many
+        times, and the sort of millions of keys would cost it each time.
+        """
+        cached = self._key_order.get(rule)
+        if cached is None:
+            jobs = self.jobs(rule)
+            radices = []
+            job_key = np.zeros(jobs.n_jobs, dtype=np.int64)
+            for name in jobs.stage.keys:
+                column = jobs.columns[name]
+                radix = max(int(column.max(initial=-1)) + 1, 1)
+                radices.append(radix)
+                job_key = job_key * radix + column
+            order = np.argsort(job_key, kind="stable")
+            cached = self._key_order[rule] = (radices, order, job_key[order])
+        return cached
 
     def _encode_array(self, name: str, text: np.ndarray, sensors: bool) -> np.ndarray:
         """`_encode` of parsed text values: integers converted by numpy, filters by table."""

@@ -45,6 +45,9 @@ class SourceFlag(enum.IntFlag):
     """A cosmic-ray or bad pixel lies within the aperture."""
     BLENDED = 1 << 3
     """The source shares its detection footprint with another peak."""
+    SUSPECT = 1 << 4
+    """A SUSPECT pixel (doubtful, e.g. SDSS's unchecked frame border or a ghost) lies within
+    the aperture: the pixel is kept, but its value is not trusted for photometry."""
 
 
 def windowed_centroids(

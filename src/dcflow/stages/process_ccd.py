@@ -62,7 +62,13 @@ from dcflow.stages.measurement import (
     windowed_centroids,
 )
 from dcflow.stages.photocal import fit_zero_point
-from dcflow.stages.psf import MoffatPsf, PsfFitResult, fit_psf, fit_psf_width
+from dcflow.stages.psf import (
+    MoffatPsf,
+    PsfFitResult,
+    fit_psf,
+    fit_psf_width,
+    local_log_widths,
+)
 from dcflow.stages.stamps import adaptive_moments, extract_stamps
 
 __all__ = [
@@ -185,12 +191,35 @@ class ProcessCcdConfig:
             "more weight on the PSF core, so more sensitive to PSF-model errors",
         },
     )
+    psf_flux_width: str = config_field(
+        "local",
+        "PSF width used for each source's PSF flux",
+        choices={
+            "model": "the PSF model's width at the source's position",
+            "local": "the model's width combined with the source's own width fit, weighted by "
+            "the measured scatter of star widths about the model and the fit's error: bright "
+            "isolated stars take their own width (on SDSS, stars' widths wander 0.8-2 % about "
+            "any smooth model, which puts a 4-6 mmag floor under PSF fluxes), faint sources "
+            "and sources inconsistent with a point source keep the model's",
+        },
+    )
     extendedness_threshold: float = config_field(
         0.1,
         "A source is extended (extendedness 1) when its adaptive-moment size exceeds the PSF "
         "model's by more than this fraction and by more than 3 / (its S/N), dimensionless",
         exclusive_minimum=0.0,
         maximum=10.0,
+    )
+    apcorr_radius_arcsec: float = config_field(
+        0.0,
+        "Radius of the aperture that defines total fluxes (the aperture correction brings "
+        "PSF fluxes to the flux in it, plus the PSF model's light beyond it), arcsec; 0 = "
+        "aperture_radius_arcsec. Set it to the reference catalogue's own convention where "
+        "the PSF has wings the model does not follow: SDSS PSF magnitudes are corrected to "
+        "7.43 arcsec, and on the Stripe 82 frames the 7.43-arcsec aperture holds 1.3-2.4 % "
+        "more light than the Moffat model's extrapolation from 3 arcsec",
+        minimum=0.0,
+        maximum=60.0,
     )
     apcorr_order: int = config_field(
         0,
@@ -543,9 +572,11 @@ def process_ccd(
     flags[edge_psf] |= SourceFlag.EDGE
     badpix = (mstamp & int(MaskPlane.BAD | MaskPlane.CR | MaskPlane.NO_DATA)) != 0
     flags[(badpix & in_ap).reshape(n_src, -1).any(axis=1)] |= SourceFlag.BAD_PIXELS
+    suspect = (mstamp & int(MaskPlane.SUSPECT)) != 0
+    flags[(suspect & in_ap).reshape(n_src, -1).any(axis=1)] |= SourceFlag.SUSPECT
     flags[det.n_peaks_in_footprint > 1] |= SourceFlag.BLENDED
     sat_near = sat_stamp.reshape(n_src, -1).any(axis=1)
-    del mstamp, minside, r2, in_ap, in_core, badpix, sat_stamp
+    del mstamp, minside, r2, in_ap, in_core, badpix, suspect, sat_stamp
 
     tree = cKDTree(np.column_stack([xc, yc]))
     n_near = np.array(
@@ -599,7 +630,31 @@ def process_ccd(
 
     # 5. PSF-fit positions and fluxes (neighbours subtracted), then aperture fluxes there.
     phot_half = int(np.clip(np.ceil(2.0 * fwhm_pix), 4, 15))
-    table = psf_fit.phase_table(phot_half, xc, yc)  # the PSF width at each source
+    model_table = psf_fit.phase_table(phot_half, xc, yc)  # the PSF width at each source
+    width_offset = np.zeros(n_src)
+    if cfg.psf_flux_width == "local":
+        clean = np.nonzero(
+            ((flags & ~int(SourceFlag.EDGE | SourceFlag.BAD_PIXELS)) == 0)
+            & ~edge_psf
+            & ~sat_near
+            & (n_near == 1)
+        )[0]
+        local = local_log_widths(
+            psf_fit,
+            sub,
+            variance,
+            bad,
+            xc[clean],
+            yc[clean],
+            reference=det.significance[clean] >= cfg.psf_width_min_snr,
+            half_size=phot_half,
+        )
+        width_offset[clean] = local.log_width_offset
+        intrinsic_width_scatter, n_width_reference = local.intrinsic_scatter, local.n_reference
+        table = psf_fit.phase_table(phot_half, xc, yc, log_width_offset=width_offset)
+    else:
+        intrinsic_width_scatter, n_width_reference = float("nan"), 0
+        table = model_table
     xc, yc, psf_flux, psf_err, psf_chi2 = psf_photometry(
         sub,
         variance,
@@ -645,23 +700,45 @@ def process_ccd(
     ap_err = np.sqrt(ap_err**2 + _excess("ap"))
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = psf_flux / psf_err
-    frac = psf_fit.enclosed_fraction(ap_r, xc, yc)
-    bright = (flags == 0) & (snr >= cfg.psf_min_snr) & (n_near == 1)
+    # Aperture correction: PSF flux -> flux in the calibration aperture (the model's light
+    # beyond it added), from bright stars alone in that aperture and wholly on the image.
+    calib_r = (cfg.apcorr_radius_arcsec or cfg.aperture_radius_arcsec) / scale_arcsec
+    if calib_r == ap_r:
+        calib_flux, calib_err, n_near_calib = ap_flux, ap_err, n_near
+    else:
+        calib_flux, calib_err = aperture_fluxes(sub, variance, xc, yc, radius_pix=calib_r)
+        n_near_calib = np.array(
+            [len(n) for n in tree.query_ball_point(np.column_stack([xc, yc]), calib_r)]
+        )
+    inside_calib = (
+        (xc >= calib_r) & (xc <= nx - 1 - calib_r) & (yc >= calib_r) & (yc <= ny - 1 - calib_r)
+    )
+    frac = psf_fit.enclosed_fraction(calib_r, xc, yc, log_width_offset=width_offset)
+    alone = (flags == 0) & (n_near == 1) & (n_near_calib == 1) & inside_calib
+    bright = alone & (snr >= cfg.psf_min_snr)
     if bright.sum() < 10:
-        bright = (flags == 0) & (snr >= 20.0) & (n_near == 1)
+        bright = alone & (snr >= 20.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = ap_flux / (psf_flux * frac)
-        ratio_err = ratio * np.hypot(ap_err / ap_flux, psf_err / psf_flux)
+        ratio = calib_flux / (psf_flux * frac)
+        ratio_err = ratio * np.hypot(calib_err / calib_flux, psf_err / psf_flux)
     apcorr_fn, apcorr_median, n_apcorr = _aperture_correction(
         xc[bright], yc[bright], ratio[bright], ratio_err[bright], (ny, nx), cfg.apcorr_order
     )
     apcorr = apcorr_fn(xc, yc)
     log.debug("aperture correction median %.4f from %d stars", apcorr_median, n_apcorr)
     total_flux = psf_flux * apcorr
-    extendedness = _extendedness(sub, bad, xc, yc, table, snr, flags, cfg.extendedness_threshold)
+    # Star/galaxy separation against the model's width: a source's own width would absorb
+    # part of a compact galaxy's size.
+    extendedness = _extendedness(
+        sub, bad, xc, yc, model_table, snr, flags, cfg.extendedness_threshold
+    )
 
     # 6. Astrometry.
-    usable = np.nonzero((flags == 0) & (snr >= cfg.astrom_min_snr))[0]
+    # SUSPECT pixels are doubtful, not known bad (SDSS: the unchecked frame border, ghosts):
+    # a source touching them stays out of the PSF model and the aperture correction (its
+    # aperture flux is in doubt), but its PSF-fit centroid and flux still calibrate the frame,
+    # where the zero point's clipping removes it if it is off.
+    usable = np.nonzero(((flags & ~int(SourceFlag.SUSPECT)) == 0) & (snr >= cfg.astrom_min_snr))[0]
     band_mag = np.asarray(refcat[f"{band}_mag"], float)
     astro = fit_astrometry(
         xc[usable],
@@ -738,10 +815,16 @@ def process_ccd(
         "PSF noise-equivalent-area width, arcsec",
     )
     header["APCORR"] = (apcorr_median, "median aperture correction of PSF fluxes")
+    header["PSFWSCAT"] = (
+        intrinsic_width_scatter if np.isfinite(intrinsic_width_scatter) else -1.0,
+        "stars ln(width) scatter about model, -1 unused",
+    )
+    header["PSFWNREF"] = (n_width_reference, "stars measuring PSFWSCAT")
     for key, card in psf_fit.to_header().items():
         if key != "PSFBETA":
             header[key] = card
     header["APRADIUS"] = (cfg.aperture_radius_arcsec, "radius of src ap_flux, arcsec")
+    header["APCRAD"] = (calib_r * scale_arcsec, "aperture of total fluxes (APCORR), arcsec")
     header["EXTFRAC"] = (cfg.extendedness_threshold, "src extendedness: least size excess over PSF")
     header["ASTRMS"] = (astro.rms_mas, "rms of reference-matched offsets, mas")
     header["NASTREF"] = (astro.n_matched, "reference stars in the astrometric fit")
