@@ -1,26 +1,8 @@
-# Fe55 sensor gain: simulate each Fe55 exposure of a sensor (with a flat and a bias pair),
-# measure the gain of every amplifier per exposure, the photon-transfer gain per sensor, then
-# combine a sensor's exposures and set them against photon transfer.
+# Fe55 sensor gain: measure the gain of every amplifier per registered Fe55 exposure, the
+# photon-transfer gain per sensor from its flat and bias pairs, then combine a sensor's
+# exposures and set them against photon transfer. The exposures, real or made by
+# `dcflow simulate`, are raws of the registry: no rule here writes under the input root.
 # Jobs, inputs and outputs: src/dcflow/pipeline/spec.py.
-
-
-rule fe55_simulate:
-    input:
-        unpack(get_inputs("fe55_simulate")),
-    output:
-        **get_outputs("fe55_simulate"),
-    log:
-        get_log("fe55_simulate"),
-    benchmark:
-        get_benchmark("fe55_simulate")
-    conda:
-        "../envs/pipeline.yaml"
-    resources:
-        **get_resources("fe55_simulate"),
-    params:
-        **get_params("fe55_simulate"),
-    script:
-        get_script("fe55_simulate")
 
 
 rule fe55_gain:

@@ -7,8 +7,8 @@ from typing import Any
 from dcflow.configs import from_mapping
 from dcflow.errors import InputDataError, StageError
 from dcflow.geometry import DetectorLayout
-from dcflow.instruments.camera import load_camera
 from dcflow.instruments.fe55_sim import Fe55SimConfig
+from dcflow.instruments.sensor_frames import described_layout
 from dcflow.io import atomic_path, read_fits, write_table
 from dcflow.joblog import run_logged
 from dcflow.plots import fe55_exposure_figure
@@ -31,7 +31,7 @@ def read_fe55_frame(raw_path: str, expected: DetectorLayout | None, camera: str 
         shape = None if data is None else data.shape
         raise InputDataError(f"{raw_path}: no 2-d image in the primary HDU (shape {shape})")
     if camera and "AMPNAMES" not in hdus[0].header:
-        return data, _described_layout(raw_path, data.shape, hdus[0].header, camera), hdus[0].header
+        return data, described_layout(raw_path, data.shape, hdus[0].header, camera), hdus[0].header
     try:
         layout = DetectorLayout.from_header(hdus[0].header, data.shape)
     except KeyError as exc:
@@ -46,20 +46,6 @@ def read_fe55_frame(raw_path: str, expected: DetectorLayout | None, camera: str 
             n_mismatches=len(mismatches),
         )
     return data, layout, hdus[0].header
-
-
-def _described_layout(raw_path: str, shape, header, camera: str) -> DetectorLayout:
-    try:
-        description = load_camera(camera)
-        grid = description.detector(int(header.get("CCD", description.detectors[0].ids[0])))
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        raise InputDataError(f"{raw_path}: camera {camera}: {exc.args[0]}") from None
-    if tuple(shape) != grid.raw_shape:
-        raise InputDataError(
-            f"{raw_path}: raw shape (ny, nx)={tuple(shape)} but camera {description.name} "
-            f"gives {grid.raw_shape}"
-        )
-    return grid.detector_layout()
 
 
 def main(

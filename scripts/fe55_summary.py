@@ -17,20 +17,17 @@ def main(
     *,
     gain_paths: Sequence[str],
     summary_path: str,
-    truth_paths: Sequence[str] = (),
     ptc_path: str = "",
     fe55_gain: Mapping[str, Any] | None = None,
 ):
-    """Combine the gain tables of one sensor; set them against the photon-transfer table and
-    the truth tables when given (a real sensor has no truth)."""
+    """Combine the gain tables of one sensor; set them against its photon-transfer table when
+    it has one. No truth is read: truth is compared in tests and the simulation's validation."""
     config = from_mapping(Fe55Config, fe55_gain)
     tables = [read_table(path) for path in gain_paths]
-    truth = read_table(truth_paths[0]) if truth_paths else None
     ptc = read_table(ptc_path) if ptc_path else None
     try:
         summary = summarize_gains(
             tables,
-            truth=truth,
             ptc=ptc,
             max_ptc_deviation=config.max_ptc_deviation,
             max_gain_rel_err=config.max_gain_rel_err,
@@ -67,7 +64,6 @@ if "snakemake" in globals():
         snakemake.log[0],  # noqa: F821
         gain_paths=list(snakemake.input.gains),  # noqa: F821
         summary_path=snakemake.output.summary,  # noqa: F821
-        truth_paths=list(snakemake.input.truths),  # noqa: F821
-        ptc_path=str(snakemake.input.ptc),  # noqa: F821
+        ptc_path=str(snakemake.input.ptc or ""),  # noqa: F821
         fe55_gain=snakemake.params.fe55_gain,  # noqa: F821
     )

@@ -1,4 +1,9 @@
-"""Photon-transfer gain of one sensor from its flat pairs and a bias pair: table and picture."""
+"""Photon-transfer gain of one sensor from its flat pairs and a bias pair: table and picture.
+
+The flats and biases are the sensor's registered exposures (obstypes ``sensor_flat`` and
+``sensor_bias``) in exposure order: pair files (a simulated sensor) or one frame per file (a
+lab camera), whose frames are paired in that order.
+"""
 
 import logging
 from collections.abc import Mapping, Sequence
@@ -7,7 +12,8 @@ from typing import Any
 from dcflow.configs import from_mapping
 from dcflow.errors import InputDataError, StageError
 from dcflow.instruments.fe55_sim import Fe55SimConfig
-from dcflow.io import atomic_path, read_fits, write_table
+from dcflow.instruments.sensor_frames import read_sensor_frames
+from dcflow.io import atomic_path, write_table
 from dcflow.joblog import run_logged
 from dcflow.plots import ptc_figure
 from dcflow.stages.photon_transfer import PhotonTransferConfig, measure_photon_transfer
@@ -15,17 +21,18 @@ from dcflow.stages.photon_transfer import PhotonTransferConfig, measure_photon_t
 log = logging.getLogger("photon_transfer")
 
 
-def read_pair(path: str):
-    """The two frames of a pair file (extensions FRAME1, FRAME2); InputDataError names it."""
-    hdus = read_fits(path)
-    try:
-        frames = [hdus[name].data for name in ("FRAME1", "FRAME2")]
-    except KeyError:
-        raise InputDataError(f"{path}: no FRAME1 and FRAME2 image extensions") from None
-    for frame in frames:
-        if frame is None or frame.ndim != 2:
-            raise InputDataError(f"{path}: FRAME1/FRAME2 must be 2-d images")
-    return frames[0], frames[1]
+def read_pairs(paths: Sequence[str], camera: str | None) -> tuple[list, list]:
+    """The frames of ``paths`` taken two by two, and their layouts (one per file)."""
+    frames, layouts = [], []
+    for path in paths:
+        read, layout = read_sensor_frames(path, camera=camera)
+        frames += read
+        layouts.append(layout)
+    if len(frames) % 2:
+        raise InputDataError(
+            f"{', '.join(map(str, paths))}: {len(frames)} frame(s), not whole pairs"
+        )
+    return [(frames[i], frames[i + 1]) for i in range(0, len(frames), 2)], layouts
 
 
 def main(
@@ -37,16 +44,25 @@ def main(
     fe55: Mapping[str, Any],
     photon_transfer: Mapping[str, Any],
 ) -> None:
-    """Measure the photon-transfer gain of every amplifier; the first bias pair is used."""
-    layout = from_mapping(Fe55SimConfig, fe55).layout()
+    """Measure the photon-transfer gain of every amplifier; the first bias pair is used.
+
+    The layout is the files' section keywords, else the ``fe55`` section's ``camera``.
+    """
+    camera = from_mapping(Fe55SimConfig, fe55).camera or None
     config = from_mapping(PhotonTransferConfig, photon_transfer)
     if not flat_paths or not bias_paths:
         raise InputDataError(
             f"photon transfer needs flat and bias pairs; got {len(flat_paths)} flat and "
             f"{len(bias_paths)} bias file(s)"
         )
-    pairs = [read_pair(path) for path in flat_paths]
-    bias_pair = read_pair(bias_paths[0])
+    pairs, layouts = read_pairs(flat_paths, camera)
+    bias_pairs, bias_layouts = read_pairs(bias_paths, camera)
+    layout = layouts[0]
+    if any(other != layout for other in [*layouts, *bias_layouts]):
+        raise InputDataError(
+            f"{', '.join(map(str, [*flat_paths, *bias_paths]))}: amplifier layouts differ"
+        )
+    bias_pair = bias_pairs[0]
     try:
         result = measure_photon_transfer(pairs, bias_pair, layout, config=config)
     except StageError as exc:

@@ -14,16 +14,26 @@ from astropy.io import fits
 
 from dcflow.campaign.registry import ingest
 from dcflow.layout import Layout
+from dcflow.simulate import FE55_INSTRUMENT, SENSOR_EXPOSURE_OFFSETS
 
 __all__ = ["write_noop_campaign"]
 
 RA0_DEG, DEC0_DEG = 150.0, 2.2
 
 
-def _raw(path: Path, *, visit: int, ccd: int, obstype: str, band: str, ra_deg: float) -> str:
+def _raw(
+    path: Path,
+    *,
+    visit: int,
+    ccd: int,
+    obstype: str,
+    band: str,
+    ra_deg: float,
+    instrument: str = "cfht_sim",
+) -> str:
     header = fits.Header()
     header.update(
-        INSTRUME="cfht_sim",
+        INSTRUME=instrument,
         EXPNUM=visit,
         CCDNUM=ccd,
         OBSTYPE=obstype.upper(),
@@ -100,6 +110,15 @@ def write_noop_campaign(
             p = raw / f"science/{visit}/raw_{visit}_{ccd}.fits"
             paths.append(_raw(p, visit=visit, ccd=ccd, obstype="object", band=band, ra_deg=ra))
         visit += 1
+    datasets = {"fe55": "fe55_raw", "sensor_flat": "fe55_flat", "sensor_bias": "fe55_bias"}
+    for ccd in fe55_sensors:  # header-only sensor exposures, numbered as dcflow simulate does
+        for exposure in range(2):
+            for obstype, offset in SENSOR_EXPOSURE_OFFSETS.items():
+                p = Path(layout.path(datasets[obstype], ccd=ccd, exposure=exposure))
+                paths.append(
+                    _raw(p, visit=offset + exposure, ccd=ccd, obstype=obstype, band="none",
+                         ra_deg=0, instrument=FE55_INSTRUMENT)
+                )  # fmt: skip
     ingest(paths, layout.path("registry"), progress_every=0)
     for dataset_type in ("refcat", "truth"):
         target = Path(layout.path(dataset_type, instrument="cfht_sim"))

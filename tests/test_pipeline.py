@@ -114,7 +114,7 @@ def test_no_module_outside_the_pipeline_names_a_rule():
 
     # names that are also dataset types or config sections are not rule references
     rules = {s.rule for s in STAGES} - set(DEFAULT_TEMPLATES) - set(SECTIONS)
-    assert {"process_visit", "make_warp", "measure_patch", "fe55_simulate"} <= rules
+    assert {"process_visit", "make_warp", "measure_patch"} <= rules
     found = []
     for root in (REPO / "src", REPO / "benchmarks"):
         for path in sorted(root.rglob("*.py")):
@@ -278,17 +278,17 @@ def _plan_counts(config_path: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_plan_of_a_second_campaign_reads_only_its_own_config(tmp_path):
-    # a copy of a campaign without its fe55 section, in another directory: never inherits
+    # a copy of a campaign without its skymap section, in another directory: never inherits
     # the repository's config.yaml (which has one)
     config_path = make(tmp_path, "2ccd-gr-fe55")
     config = yaml.safe_load(config_path.read_text())
-    del config["fe55"]
+    del config["skymap"]
     second = config_path.parent / "second.yaml"
     second.write_text(yaml.safe_dump(config))
     touch_raws(second)
     planned = _plan_counts(second)
     assert planned == snakemake_counts(second)
-    assert not any(rule.startswith("fe55") for rule in planned)
+    assert not {"make_warp", "assemble_coadd", "forced_photometry"} & set(planned)
     assert planned["process_visit"] == SHAPES["2ccd-gr-fe55"]["n_visits"]
 
 

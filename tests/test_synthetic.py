@@ -170,7 +170,7 @@ def test_inventories_tree_and_list_hold_the_same_outputs(tmp_path):
     spec = SyntheticSpec(**SMALL, fe55_sensors=(1,))
     config_path = write_campaign(spec, tmp_path / "c")
     n_raws = touch_raws(config_path)
-    assert n_raws == spec.n_raws + 2  # plus refcat and truth
+    assert n_raws == spec.n_raws + 2 * 3 + 2  # sensor 1's 2 Fe55, flat, bias files; catalogs
     index = CampaignIndex.from_config(load_config(config_path))
     half = [p for _, paths in output_paths(config_path, "half") for p in paths]
     n_half = index.n_visits // 2
@@ -193,7 +193,7 @@ def test_inventories_tree_and_list_hold_the_same_outputs(tmp_path):
         + 2  # science validation json + png
         + 2 * n_coadds
         + 2 * index.n_patches
-        + 2 * 6  # Fe55: 2 exposures x (raw, truth, flat, bias, gain, plot)
+        + 2 * 2  # Fe55: 2 exposures x (gain, plot); their raws are inputs
         + 2  # the sensor's photon-transfer table and plot
         + 1  # and the sensor's summary
     )

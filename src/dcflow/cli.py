@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 
+from dcflow.campaign.registry import SENSOR_OBSTYPES
 from dcflow.errors import BackendUnreachableError, CampaignError
 from dcflow.failures import FailureClass
 from dcflow.layout import Layout
@@ -208,6 +209,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument(
         "--workers", type=int, default=None, help="processes reading headers (default: CPUs)"
+    )
+    cmd.add_argument(
+        "--obstype",
+        choices=("object", "bias", "flat", *SENSOR_OBSTYPES),
+        default=None,
+        help="exposure type of every file ingested, for cameras whose headers do not say it "
+        "(a lab camera's fe55, sensor_flat, sensor_bias frames); default: its description's",
     )
     for verb, text in (
         ("run", "run the campaign through Snakemake (run ledger, progress per stage)"),
@@ -493,6 +501,7 @@ def _ingest_files(args: argparse.Namespace) -> int:
         camera=args.camera,
         workers=args.workers,
         progress=bar.update,
+        obstype=args.obstype,
     )
     bar.close()
     print(

@@ -70,9 +70,11 @@ def build_schema() -> dict[str, Any]:
                 "name": {**_NAME, "description": "Campaign name (run ledger, job groups)."},
                 "instrument": {
                     "type": "string",
-                    "enum": ["cfht_sim", "sdss"],
-                    "description": "Instrument of the raw data: cfht_sim (simulated MegaCam) "
-                    "or sdss (SDSS corrected frames).",
+                    "enum": ["cfht_sim", "sdss", "esis1", "fe55_sim"],
+                    "description": "Instrument of the raw data: cfht_sim (simulated MegaCam), "
+                    "sdss (SDSS corrected frames), esis1 (the MSFC ESIS1 lab camera) or "
+                    "fe55_sim (simulated sensors only); the last two make sensor-test "
+                    "campaigns of Fe55, flat and bias or dark frames.",
                 },
                 "payload": {
                     "type": "string",

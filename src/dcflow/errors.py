@@ -17,6 +17,7 @@ __all__ = [
     "ConfigInvalidError",
     "ConfigMissingError",
     "DriverBusyError",
+    "ForeignInputError",
     "InputDataError",
     "InputMissingError",
     "LedgerUnreadableError",
@@ -87,6 +88,12 @@ class ProfileUnknownError(CampaignError, ValueError):
 
 class InputMissingError(CampaignError, FileNotFoundError):
     """An input the campaign needs is absent (the registry before `dcflow ingest`)."""
+
+    exit_code = EXIT_FAILED
+
+
+class ForeignInputError(CampaignError, FileExistsError):
+    """`dcflow simulate` would overwrite a file of the input tree that it did not write."""
 
     exit_code = EXIT_FAILED
 

@@ -27,6 +27,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "refcat": "{instrument}/refcat.fits",
     "truth": "{instrument}/truth.fits",
     "registry": "registry.sqlite3",
+    "sim_manifest": "simulated_files.txt",
     "ledger": "ledger.sqlite3",
     "index_cache": ".dcflow/index.npz",
     "plan_snapshot": ".dcflow/plan.npz",
@@ -63,7 +64,8 @@ DEFAULT_TEMPLATES: dict[str, str] = {
 """Default path templates, one per dataset type; config.yaml's ``layout.templates`` overrides."""
 
 INPUT_DATASETS = frozenset(
-    {"raw", "refcat", "truth", "fe55_raw", "fe55_truth", "fe55_flat", "fe55_bias"}
+    {"raw", "refcat", "truth", "sim_manifest"}
+    | {"fe55_raw", "fe55_truth", "fe55_flat", "fe55_bias"}
     | {"sdss_mask", "sdss_psfield", "sdss_tsfield"}
 )
 """Dataset types that live under the input root (the instrument's data), not the output root."""
@@ -75,6 +77,7 @@ _FIXED_KEYS = {
     "refcat": {"instrument"},
     "truth": {"instrument"},
     "registry": set(),
+    "sim_manifest": set(),
     "ledger": set(),
     "log": {"rule", "tile"},
     "benchmark": {"rule", "tile"},

@@ -165,7 +165,7 @@ class _Locator:
         rule, fan = self.tracked[dataset]
         jobs = self.graph.jobs(rule)
         n = len(next(iter(columns.values()))) if columns else 1
-        sensors = jobs.stage.space in ("sensor", "sensor_exposure")
+        sensors = jobs.stage.space in ("sensor", "sensor_exposure", "ptc_sensor")
         radices, sorted_keys, order = self._keys(rule)
         key = np.zeros(n, dtype=np.int64)
         bad = np.zeros(n, dtype=bool)
@@ -548,6 +548,8 @@ def _newest(values: np.ndarray) -> np.ndarray:
 
 def _oldest(values: np.ndarray) -> np.ndarray:
     """Per job: the oldest existing file time (+inf: none known)."""
+    if values.shape[1] == 0:  # fanned out over no science CCD (a sensor-test campaign)
+        return np.full(values.shape[0], np.inf)
     return np.min(np.where(np.isnan(values), np.inf, values), axis=1)
 
 

@@ -21,7 +21,6 @@ import numpy as np
 from dcflow.campaign.manifest import read_manifest
 from dcflow.campaign.skymap import SkyMapConfig, TractInfo, make_tracts, overlap_pairs
 from dcflow.configs import from_mapping
-from dcflow.instruments.fe55_sim import Fe55SimConfig
 from dcflow.jobspec import PROCESSED_INSTRUMENTS, SIMULATED_INSTRUMENTS
 from dcflow.layout import Layout
 
@@ -68,8 +67,12 @@ class CampaignIndex:
     pair_visit, pair_patch : numpy.ndarray of int32
         Every planning-time (visit, patch) overlap: index into ``visits`` and into the patch
         arrays, sorted by patch then visit (one ``make_warp`` job each).
-    fe55 : Fe55SimConfig
-        The Fe55 section (no Fe55 jobs when its ``sensors`` are empty).
+    fe55_ccd, fe55_exposure : numpy.ndarray of int64
+        Every registered Fe55 exposure (obstype ``fe55``): its sensor and exposure number,
+        sorted by sensor then exposure (one ``fe55_gain`` job each; none: no Fe55 stages).
+    ptc_sensors : numpy.ndarray of int64
+        Fe55 sensors with both flat and bias pairs registered (obstypes ``sensor_flat`` and
+        ``sensor_bias``): one ``photon_transfer`` job each.
     """
 
     instrument: str
@@ -92,7 +95,9 @@ class CampaignIndex:
     patch_y: np.ndarray
     pair_visit: np.ndarray
     pair_patch: np.ndarray
-    fe55: Any
+    fe55_ccd: np.ndarray
+    fe55_exposure: np.ndarray
+    ptc_sensors: np.ndarray
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], layout: Layout | None = None) -> CampaignIndex:
@@ -159,6 +164,19 @@ class CampaignIndex:
                     bias_raws[ccd_pos[int(ccd)]] += count
                 elif band in band_of:
                     flat_raws[band_of[band], ccd_pos[int(ccd)]] = count
+            fe55 = np.array(
+                conn.execute(
+                    "SELECT DISTINCT ccd, visit FROM raw WHERE obstype = 'fe55' ORDER BY ccd, visit"
+                ).fetchall(),
+                dtype=np.int64,
+            ).reshape(-1, 2)
+            ptc_rows = conn.execute(
+                "SELECT ccd FROM raw WHERE obstype IN ('sensor_flat', 'sensor_bias') "
+                "GROUP BY ccd HAVING COUNT(DISTINCT obstype) = 2"
+            ).fetchall()
+            ptc_sensors = np.intersect1d(
+                np.array([r[0] for r in ptc_rows], dtype=np.int64), fe55[:, 0]
+            )
         finally:
             conn.close()
         skymap = from_mapping(SkyMapConfig, config["skymap"]) if config.get("skymap") else None
@@ -172,6 +190,9 @@ class CampaignIndex:
             "visit_dec_deg": dec,
             "bias_raws": bias_raws,
             "flat_raws": flat_raws,
+            "fe55_ccd": fe55[:, 0].copy(),
+            "fe55_exposure": fe55[:, 1].copy(),
+            "ptc_sensors": ptc_sensors,
             **_overlaps(tracts, visits, ra, dec, skymap),
         }
         return cls.assemble(config, layout, arrays, tracts=tracts)
@@ -203,9 +224,13 @@ class CampaignIndex:
             has_truth=instrument in SIMULATED_INSTRUMENTS,
             skymap=skymap,
             tracts=tracts,
-            fe55=from_mapping(Fe55SimConfig, config.get("fe55") or {}),
             **arrays,
         )
+
+    @property
+    def sensors(self) -> np.ndarray:
+        """Sensors with at least one Fe55 exposure, sorted (one summary job each)."""
+        return np.unique(self.fe55_ccd)
 
     @property
     def n_visits(self) -> int:

@@ -19,6 +19,7 @@ are neither read nor touched.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -199,6 +200,7 @@ def ingest_described(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     trees: Mapping[str, str] | None = None,
+    obstype: str | None = None,
 ) -> IngestSummary:
     """Register the new raws among ``files`` (see the module docstring).
 
@@ -217,6 +219,10 @@ def ingest_described(
     trees : mapping of str to str, optional
         File -> the directory source it was found in (`collect_files`): a raw's companions
         are taken only from its own tree when it has one.
+    obstype : str, optional
+        The exposure type of every raw ingested, for cameras whose headers do not say it (a
+        lab camera's Fe55, flat and dark frames: ``fe55``, ``sensor_flat``, ``sensor_bias``);
+        default: the description's ``metadata.obstype``.
 
     Returns
     -------
@@ -242,6 +248,9 @@ def ingest_described(
         for path, result in described:
             if isinstance(result, str):
                 rejected.append((path, result))
+            elif obstype:
+                record, data_id = result
+                accepted.append((dataclasses.replace(record, obstype=obstype), data_id))
             else:
                 accepted.append(result)
         accepted, links, refused = _match_companions(accepted, camera, others, workers, trees or {})

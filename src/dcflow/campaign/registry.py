@@ -22,6 +22,7 @@ from dcflow.dataids import normalize_data_id
 
 __all__ = [
     "HEADER_KEYS",
+    "SENSOR_OBSTYPES",
     "IngestReport",
     "RawRecord",
     "Registry",
@@ -42,6 +43,11 @@ HEADER_KEYS = {
     "mjd": "MJD-OBS",
 }
 """Registry column -> header keyword of the standard raw headers (cfht_sim and Fe55 frames)."""
+
+SENSOR_OBSTYPES = ("fe55", "sensor_flat", "sensor_bias")
+"""Exposure types of sensor characterisation (kept apart from a camera's science calibs):
+Fe55 X-ray frames, the flat pair(s) and the bias (or dark) pair of the photon-transfer gain.
+Their ``ccd`` is the sensor number and their ``visit`` the exposure number."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS raw (
@@ -320,6 +326,19 @@ class Registry:
         else:
             records = self._records(
                 "obstype = ? AND ccd = ? AND filter = ?", (obstype, ccd, filter)
+            )
+        return [r.path for r in records]
+
+    def sensor_paths(self, obstype: str, ccd: int, exposure: int | None = None) -> list[str]:
+        """Raw paths of one sensor's exposures of a `SENSOR_OBSTYPES` type, in exposure order.
+
+        ``exposure`` (the registry's ``visit``) picks one exposure.
+        """
+        if exposure is None:
+            records = self._records("obstype = ? AND ccd = ?", (obstype, ccd))
+        else:
+            records = self._records(
+                "obstype = ? AND ccd = ? AND visit = ?", (obstype, ccd, exposure)
             )
         return [r.path for r in records]
 

@@ -38,7 +38,7 @@ __all__ = [
     "write_plan_snapshot",
 ]
 
-_FORMAT = 1
+_FORMAT = 2
 """Bumped when what the files hold changes (an older file is then ignored)."""
 
 _INDEX_ARRAYS = (
@@ -54,6 +54,9 @@ _INDEX_ARRAYS = (
     "patch_y",
     "pair_visit",
     "pair_patch",
+    "fe55_ccd",
+    "fe55_exposure",
+    "ptc_sensors",
 )
 
 

@@ -94,7 +94,8 @@ class SyntheticSpec:
     instrument : str
         Instrument name in the registry and config.
     fe55_sensors : tuple of int
-        Fe55 sensors of the config (empty: no Fe55 stage).
+        Fe55 sensors (empty: no Fe55 stage): their exposures are registered as ingest of
+        `dcflow simulate`'s files would.
     with_skymap : bool
         Write the sky map section (without it: no coadd stages).
     """
@@ -278,6 +279,7 @@ def _raw_rows(spec: SyntheticSpec, layout: Layout) -> Iterator[tuple]:
                 None,
                 path,
             )
+    yield from _sensor_rows(spec, layout)
     table = visit_table(spec)
     filters = spec.filters
     for visit, band, ra, dec, mjd_obs in zip(
@@ -292,6 +294,25 @@ def _raw_rows(spec: SyntheticSpec, layout: Layout) -> Iterator[tuple]:
         for ccd in range(spec.n_ccds):
             path = pattern.format(visit=visit, ccd=ccd)
             yield (inst, visit, ccd, "object", name, 300.0, mjd_obs, 1.2, ra, dec, path)
+
+
+def _sensor_rows(spec: SyntheticSpec, layout: Layout) -> Iterator[tuple]:
+    """Registry rows of the Fe55 sensors' exposures, as `dcflow simulate` and ingest make them.
+
+    Two exposures per sensor, each with a flat and a bias pair file.
+    """
+    from dcflow.simulate import FE55_INSTRUMENT, SENSOR_EXPOSURE_OFFSETS
+
+    datasets = {"fe55": "fe55_raw", "sensor_flat": "fe55_flat", "sensor_bias": "fe55_bias"}
+    for ccd in spec.fe55_sensors:
+        for exposure in range(2):
+            for obstype, offset in SENSOR_EXPOSURE_OFFSETS.items():
+                path = layout.path(
+                    datasets[obstype], instrument=FE55_INSTRUMENT, ccd=ccd, exposure=exposure
+                )
+                visit = offset + exposure
+                yield (FE55_INSTRUMENT, visit, ccd, obstype, "none", 0.0, 60000.0, None, None,
+                       None, path)  # fmt: skip
 
 
 def write_campaign(spec: SyntheticSpec, directory: str | os.PathLike) -> Path:

@@ -15,6 +15,7 @@ from dcflow.errors import ConfigInvalidError, InputMissingError
 from dcflow.instruments.camera import load_camera
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import load_campaign_config
+from dcflow.simulate import FE55_INSTRUMENT
 
 __all__ = ["ingest_campaign", "ingest_files", "raw_glob", "simulate_campaign"]
 
@@ -28,43 +29,87 @@ def raw_glob(layout: Layout, instrument: str) -> str:
 
 
 def simulate_campaign(config_path: str | Path) -> list[str]:
-    """Write the simulated raw data, reference and truth catalogs of a cfht_sim campaign.
+    """Write a campaign's simulated input tree: cfht_sim raws and catalogs, Fe55 sensors.
+
+    The cfht_sim part is written when the campaign's instrument is ``cfht_sim``; the Fe55
+    sensor exposures when its ``fe55`` section names ``sensors`` (a sensor-test campaign of
+    simulated sensors only is instrument ``fe55_sim``). Nothing else is touched, and
+    a file in the way that the simulator did not write is an error.
 
     Raises
     ------
     ConfigInvalidError
-        If the campaign's instrument is not simulated.
+        If the campaign has nothing to simulate, or its simulation settings are invalid.
+    ForeignInputError
+        If a file to write already exists and was not written by the simulator.
     """
     from dcflow.configs import from_mapping
     from dcflow.instruments.cfht_sim import SimConfig
-    from dcflow.simulate import write_simulated_campaign
+    from dcflow.instruments.fe55_sim import Fe55SimConfig
+    from dcflow.simulate import write_simulated_campaign, write_simulated_sensors
 
     config = load_campaign_config(config_path)
     instrument = config["campaign"]["instrument"]
-    if instrument != "cfht_sim":
-        raise ConfigInvalidError(f"{config_path}: instrument {instrument!r} has no simulator")
     try:
-        sim_config = from_mapping(SimConfig, config["simulation"])
+        fe55 = from_mapping(Fe55SimConfig, config.get("fe55") or {})
+        sim_config = (
+            from_mapping(SimConfig, config.get("simulation") or {})
+            if instrument == "cfht_sim"
+            else None
+        )
     except ValueError as exc:
         raise ConfigInvalidError(f"{config_path}: {exc}") from None
-    return write_simulated_campaign(sim_config, Layout.from_config(config), instrument=instrument)
+    if sim_config is None and not fe55.sensors:
+        raise ConfigInvalidError(
+            f"{config_path}: nothing to simulate (instrument {instrument!r} has no simulator "
+            "and fe55.sensors is empty)"
+        )
+    layout = Layout.from_config(config)
+    written: list[str] = []
+    if sim_config is not None:
+        written += write_simulated_campaign(sim_config, layout, instrument=instrument)
+    if fe55.sensors:
+        written += write_simulated_sensors(fe55, layout)
+    return written
 
 
 def ingest_campaign(config_path: str | Path) -> IngestReport:
     """Register every raw file of the campaign found under its input root.
 
-    The files are those matching the ``raw`` template. For a camera with a description and no
+    The files are those matching the ``raw`` template, and the sensor exposures matching the
+    ``fe55_raw``, ``fe55_flat`` and ``fe55_bias`` templates (read with the standard header
+    keywords, as `dcflow simulate` writes them). For a camera with a description and no
     section keywords (sdss), each raw's full data id (run, rerun, camcol, field) is kept too,
     so the templates of its companions may use those keys. Companions are not checked here:
     `ingest_files` matches and checks them.
+
+    Raises
+    ------
+    InputMissingError
+        If no file under the input root matches any of those templates.
     """
     config = load_campaign_config(config_path)
     layout = Layout.from_config(config)
     instrument = config["campaign"]["instrument"]
-    module = importlib.import_module(f"dcflow.instruments.{instrument}")
+    try:
+        module = importlib.import_module(f"dcflow.instruments.{instrument}")
+    except ModuleNotFoundError:  # a camera known only by its description (esis1)
+        module = None
     translate = getattr(module, "record_from_header", record_from_standard_header)
-    paths = sorted(glob.glob(raw_glob(layout, instrument)))
-    log.info("ingest: %d files match %s", len(paths), raw_glob(layout, instrument))
+    raw_pattern = raw_glob(layout, instrument)
+    paths = sorted(glob.glob(raw_pattern))
+    log.info("ingest: %d files match %s", len(paths), raw_pattern)
+    sensor_patterns = [
+        re.sub(r"\{[^}]+\}", "*", layout.pattern(d, instrument=FE55_INSTRUMENT))
+        for d in ("fe55_raw", "fe55_flat", "fe55_bias")
+    ]
+    sensor_paths = sorted({p for pattern in sensor_patterns for p in glob.glob(pattern)})
+    if not paths and not sensor_paths:
+        raise InputMissingError(
+            f"{config_path}: no raw file under the input root matches "
+            + ", ".join([raw_pattern, *sensor_patterns])
+            + " (real files: `dcflow ingest PATH...`)"
+        )
     describe = None
     try:
         camera = load_camera(instrument)
@@ -78,7 +123,17 @@ def ingest_campaign(config_path: str | Path) -> IngestReport:
             except (KeyError, ValueError):  # named unlike the description: keys unknown
                 return {}
 
-    return ingest(paths, layout.path("registry"), translate=translate, describe=describe)
+    registry = layout.path("registry")
+    report = ingest(paths, registry, translate=translate, describe=describe)
+    if not sensor_paths:
+        return report
+    sensors = ingest(sensor_paths, registry)
+    return IngestReport(
+        report.n_added + sensors.n_added,
+        report.n_known + sensors.n_known,
+        report.rejected + sensors.rejected,
+        report.seconds + sensors.seconds,
+    )
 
 
 def ingest_files(
@@ -89,6 +144,7 @@ def ingest_files(
     camera: str | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    obstype: str | None = None,
 ) -> IngestSummary:
     """Register the real raw files found in directories, files and file lists.
 
@@ -106,6 +162,9 @@ def ingest_files(
         Processes reading headers (default: the CPUs available).
     progress : callable, optional
         ``progress(done, total)`` as headers are read.
+    obstype : str, optional
+        Exposure type of every raw ingested (a lab camera's ``fe55``, ``sensor_flat`` or
+        ``sensor_bias`` frames, whose headers do not say it); default: the description's.
 
     Raises
     ------
@@ -140,4 +199,5 @@ def ingest_files(
         workers=workers,
         progress=progress,
         trees=trees,
+        obstype=obstype,
     )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dcflow.campaign.index import CampaignIndex
+from dcflow.campaign.registry import SENSOR_OBSTYPES
 from dcflow.dataids import DATA_ID_KEYS, INT_KEYS
 from dcflow.instruments.camera import load_camera
 from dcflow.jobspec import JobSpec
@@ -113,7 +114,7 @@ class Relation:
         return self._order["order"][bounds[slot] : bounds[slot + 1]]
 
 
-_SENSOR_SPACES = frozenset({"sensor_exposure", "sensor"})
+_SENSOR_SPACES = frozenset({"sensor_exposure", "sensor", "ptc_sensor"})
 """Spaces whose ``ccd`` column holds sensor numbers, not indices into the science CCDs."""
 
 
@@ -135,7 +136,7 @@ class JobGraph:
             "processed_frames": not index.needs_calibs,
             "has_truth": bool(index.has_truth) and index.n_visits > 0,
             "has_skymap": index.skymap is not None,
-            "has_fe55": bool(index.fe55.sensors),
+            "has_fe55": len(index.fe55_ccd) > 0,
         }
         self.stages = tuple(s for s in stages if self.holds(s.when))
         self.producer: dict[str, Stage] = {}
@@ -234,14 +235,14 @@ class JobGraph:
             visit = np.flatnonzero(index.forced_visit_mask).astype(np.int64)
             return {"visit": visit, "filter": index.visit_band[visit].astype(np.int64)}
         if space == "sensor_exposure":
-            fe55 = index.fe55
-            sensors = np.asarray(fe55.sensors, dtype=np.int64)
             return {
-                "ccd": np.repeat(sensors, fe55.exposures),
-                "exposure": np.tile(np.arange(fe55.exposures, dtype=np.int64), len(sensors)),
+                "ccd": index.fe55_ccd.astype(np.int64),
+                "exposure": index.fe55_exposure.astype(np.int64),
             }
         if space == "sensor":
-            return {"ccd": np.asarray(self.index.fe55.sensors, dtype=np.int64)}
+            return {"ccd": index.sensors.astype(np.int64)}
+        if space == "ptc_sensor":
+            return {"ccd": index.ptc_sensors.astype(np.int64)}
         raise KeyError(f"unknown job space {space!r}")
 
     # --- relations -----------------------------------------------------------------------------
@@ -375,7 +376,9 @@ class JobGraph:
         """Whether an input is one file per job (a path, not a list, in the rule)."""
         producer = self.producer.get(item.dataset)
         if producer is None:
-            return item.dataset != "raw" and not item.fan_out
+            if item.dataset == "raw":  # one sensor exposure: a file; other raws: lists
+                return item.obstype in SENSOR_OBSTYPES and "exposure" in item.match
+            return not item.fan_out
         return (
             item.relation == "match"
             and set(producer.keys) <= set(item.match)
@@ -481,6 +484,11 @@ class JobGraph:
                     f"visit {data_id['visit']} has no raw for ccd(s) {missing} in {registry.path}"
                 )
             return [paths[c] for c in ccds]
+        if item.obstype in SENSOR_OBSTYPES:
+            exposure = data_id.get("exposure")
+            return registry.sensor_paths(
+                item.obstype, int(data_id["ccd"]), None if exposure is None else int(exposure)
+            )
         return registry.calib_paths(item.obstype, int(data_id["ccd"]), data_id.get("filter"))
 
     @property

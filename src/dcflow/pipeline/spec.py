@@ -59,11 +59,14 @@ SPACES: dict[str, Space] = {
     "overlapping_visit": Space(("visit",), ("filter",)),
     "sensor_exposure": Space(("ccd", "exposure")),
     "sensor": Space(("ccd",)),
+    "ptc_sensor": Space(("ccd",)),
 }
 """Every job axis a stage may run over. ``ccd`` and ``filter_ccd`` span the science CCDs;
 ``visit_patch`` every planning-time (visit, patch) overlap; ``patch_filter`` every patch and
 filter with at least one overlapping visit; ``overlapping_visit`` the science visits that
-overlap a patch; ``sensor*`` the Fe55 sensors and their exposures."""
+overlap a patch; ``sensor*`` the sensors and Fe55 exposures of the registry (obstype
+``fe55``, registered by `dcflow ingest` like any raw); ``ptc_sensor`` those of them with
+flat and bias pairs too."""
 
 CONDITIONS = ("needs_calibs", "processed_frames", "has_truth", "has_skymap", "has_fe55")
 """Campaign traits a stage or input may depend on (see `dcflow.pipeline.graph`)."""
@@ -86,7 +89,8 @@ class Input:
         ``"match"`` (default) or ``"overlap"`` (a visit's job reads the products of every
         patch its field overlaps).
     obstype : str
-        For ``raw`` inputs: the registry's exposure type read (``bias``, ``flat``, ``object``).
+        For ``raw`` inputs: the registry's exposure type read (``bias``, ``flat``, ``object``,
+        or a sensor type of `dcflow.campaign.registry.SENSOR_OBSTYPES`).
     fan_out : tuple of str
         Keys an external dataset spans per job (``ccd``: one file per science CCD).
     when : str
@@ -331,31 +335,13 @@ STAGES: tuple[Stage, ...] = (
         family="coadd",
     ),
     Stage(
-        "fe55_simulate",
-        "sensor_exposure",
-        outputs=(
-            Output("raw", "fe55_raw"),
-            Output("truth", "fe55_truth"),
-            Output("flat", "fe55_flat"),
-            Output("bias", "fe55_bias"),
-        ),
-        inputs=(),
-        script="fe55_simulate",
-        sections=("fe55",),
-        mem_mb=500,
-        runtime=5,
-        shard="fe55",
-        when="has_fe55",
-        family="fe55",
-    ),
-    Stage(
         "fe55_gain",
         "sensor_exposure",
         outputs=(
             Output("table", "fe55_gain", verdict="NUNTRUST"),
             Output("plot", "fe55_plot", caption="fe55_gain.rst", category="Fe55 gain"),
         ),
-        inputs=(Input("raw", "fe55_raw", ("ccd", "exposure")),),
+        inputs=(Input("raw", "raw", ("ccd", "exposure"), obstype="fe55"),),
         script="fe55_gain",
         sections=("fe55", "fe55_gain"),
         shard="fe55",
@@ -364,14 +350,14 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "photon_transfer",
-        "sensor",
+        "ptc_sensor",
         outputs=(
             Output("table", "fe55_ptc"),
             Output("plot", "fe55_ptc_plot", caption="photon_transfer.rst", category="Fe55 gain"),
         ),
         inputs=(
-            Input("flats", "fe55_flat", ("ccd",)),
-            Input("biases", "fe55_bias", ("ccd",)),
+            Input("flats", "raw", ("ccd",), obstype="sensor_flat"),
+            Input("biases", "raw", ("ccd",), obstype="sensor_bias"),
         ),
         script="photon_transfer",
         sections=("fe55", "photon_transfer"),
@@ -387,7 +373,6 @@ STAGES: tuple[Stage, ...] = (
         outputs=(Output("summary", "fe55_summary", target=True, verdict="NUNTRUST"),),
         inputs=(
             Input("gains", "fe55_gain", ("ccd",)),
-            Input("truths", "fe55_truth", ("ccd",)),
             Input("ptc", "fe55_ptc", ("ccd",)),
         ),
         script="fe55_summary",
