@@ -118,6 +118,19 @@ class CatalogDatabase(abc.ABC):
         self.close()
 
     @staticmethod
+    def _check_tile(table: str, tile: Mapping[str, object], chunk: Mapping[str, np.ndarray]) -> None:
+        """Refuse rows of another tile (they would escape the tile's delete on rerun)."""
+        for key in TABLES[table].tile_keys:
+            if key not in tile:
+                raise ValueError(f"{table} tile {dict(tile)} lacks data id key {key!r}")
+            values = np.asarray(chunk[key])
+            if values.size and not np.all(values == values.dtype.type(tile[key])):
+                raise ValueError(
+                    f"{table} rows for tile {tile_name(table, tile)} carry another {key} "
+                    f"({sorted(set(values.tolist()))[:3]})"
+                )
+
+    @staticmethod
     def _create_sql(table: str, filters: Iterable[str], partition_by: str = "") -> list[str]:
         columns = table_columns(table, filters=filters)
         body = ",\n  ".join(f"{c.name} {sql_type(c)}" for c in columns)

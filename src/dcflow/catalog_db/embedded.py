@@ -103,6 +103,7 @@ class EmbeddedDatabase(CatalogDatabase):
             con.execute("DELETE FROM catalog_tiles WHERE table_name = ? AND tile = ?", (table, name))
         n_rows = 0
         for chunk in chunks:
+            CatalogDatabase._check_tile(table, tile, chunk)
             arrow_rows = pa.table({k: pa.array(v) for k, v in chunk.items()})
             con.register("tile_rows", arrow_rows)
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM tile_rows")

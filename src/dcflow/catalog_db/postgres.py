@@ -79,7 +79,7 @@ class PostgresDatabase(CatalogDatabase):
                 f"catalog database {redacted_dsn(dsn)}: the q3c extension is not available "
                 f"({str(exc).strip()}); install postgresql-<version>-q3c on the server"
             ) from None
-        self.con.execute(TILES_SQL.replace("TIMESTAMP", "TIMESTAMPTZ"))
+        self.con.execute(TILES_SQL.replace("loaded_at TIMESTAMP", "loaded_at TIMESTAMPTZ"))
 
     def _ensure_table(self, table: str, filters: Iterable[str]) -> None:
         exists = self.con.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]
@@ -136,7 +136,10 @@ class PostgresDatabase(CatalogDatabase):
             self.con.execute(
                 "DELETE FROM catalog_tiles WHERE table_name = %s AND tile = %s", (table, name)
             )
-        n_rows = sum(self._copy(table, chunk) for chunk in chunks)
+        n_rows = 0
+        for chunk in chunks:
+            self._check_tile(table, tile, chunk)
+            n_rows += self._copy(table, chunk)
         self.con.execute(
             "INSERT INTO catalog_tiles (table_name, tile, n_rows, run_id) VALUES (%s, %s, %s, %s)",
             (table, name, n_rows, run_id),
