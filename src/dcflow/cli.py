@@ -1,7 +1,7 @@
 """The `dcflow` command: thin verbs over `dcflow.orchestration`.
 
 Verbs: simulate, ingest, run, demo (campaign set-up and running), plan, status, failed, rerun,
-cancel, ping, report (campaign control). Arguments after ``--`` pass to Snakemake untouched.
+cancel, ping, report (campaign control), db index / db analyze, query (catalog database). Arguments after ``--`` pass to Snakemake untouched.
 
 Exit codes: 0 success; 1 a run or check found a failure (a job failed, files were rejected, the
 ledger is unreadable); 2 bad command line or config; 3 failed tiles are waiting (status,
@@ -23,6 +23,7 @@ from dataclasses import asdict
 from dcflow.errors import BackendUnreachableError, CampaignError
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import load_campaign_config
+from dcflow.orchestration.catalogs import analyze_catalogs, index_catalogs, query_catalogs
 from dcflow.orchestration.cancel import cancel_campaign
 from dcflow.orchestration.pictures import campaign_pictures
 from dcflow.orchestration.ping import ping_profile
@@ -176,6 +177,17 @@ def _parser() -> argparse.ArgumentParser:
         help="Snakemake HTML report + per-stage CPU/memory/IO from benchmark files",
     )
     cmd.add_argument("--output", default=None, help="report file (<output_root>/report/...)")
+    cmd = sub.add_parser("db", parents=[common], help="catalog database: build indexes, statistics")
+    cmd.add_argument(
+        "action",
+        choices=("index", "analyze"),
+        help="index: spatial and tile indexes after the bulk load; analyze: planner statistics",
+    )
+    cmd = sub.add_parser("query", parents=[common], help="run SQL on the catalog database")
+    cmd.add_argument("sql", help="one SQL statement (examples: README, Catalog database)")
+    cmd.add_argument(
+        "--output", default=None, help="write the rows to .csv, .parquet, .fits or .ecsv"
+    )
     return parser
 
 
@@ -471,6 +483,25 @@ def _report(args: argparse.Namespace, extra: list[str]) -> int:
     return EXIT_FAILED if code else 0
 
 
+def _db(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.action == "index":
+        for name in index_catalogs(args.config):
+            print(f"index {name}: present")
+    else:
+        analyze_catalogs(args.config)
+        print("statistics refreshed")
+    return 0
+
+
+def _query(args: argparse.Namespace, extra: list[str]) -> int:
+    rows = query_catalogs(args.config, args.sql, output=args.output)
+    if args.output:
+        print(f"{len(rows)} rows written to {args.output}")
+    else:
+        rows.pprint(max_lines=-1, max_width=-1)
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "simulate": _simulate,
     "ingest": _ingest,
@@ -483,6 +514,8 @@ VERBS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "cancel": _cancel,
     "ping": _ping,
     "report": _report,
+    "db": _db,
+    "query": _query,
 }
 """Each verb's function: the parsed arguments and the Snakemake arguments in, the exit code out."""
 
