@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-SERVICE_MARKERS = ("root", "gridengine", "dirac")
+SERVICE_MARKERS = ("root", "gridengine", "dirac", "postgres")
 
 _skipped_service_tests: list[str] = []
 

@@ -1,7 +1,8 @@
 """The `dcflow` command: thin verbs over `dcflow.orchestration`.
 
 Verbs: simulate, ingest, run, demo (campaign set-up and running), plan, status, failed, rerun,
-cancel, ping, report (campaign control), db index / db analyze, query (catalog database). Arguments after ``--`` pass to Snakemake untouched.
+cancel, ping, report (campaign control), db index / db analyze, query (catalog database).
+Arguments after ``--`` pass to Snakemake untouched.
 
 Exit codes: 0 success; 1 a run or check found a failure (a job failed, files were rejected, the
 ledger is unreadable); 2 bad command line or config; 3 failed tiles are waiting (status,
@@ -23,8 +24,8 @@ from dataclasses import asdict
 from dcflow.errors import BackendUnreachableError, CampaignError
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import load_campaign_config
-from dcflow.orchestration.catalogs import analyze_catalogs, index_catalogs, query_catalogs
 from dcflow.orchestration.cancel import cancel_campaign
+from dcflow.orchestration.catalogs import analyze_catalogs, index_catalogs, query_catalogs
 from dcflow.orchestration.pictures import campaign_pictures
 from dcflow.orchestration.ping import ping_profile
 from dcflow.orchestration.plan_status import (

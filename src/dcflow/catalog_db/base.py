@@ -37,7 +37,9 @@ def angular_distance_deg(
     """Great-circle distance (haversine, exact at small separations), in degrees."""
     ra1, dec1 = np.radians(ra1_deg), np.radians(dec1_deg)
     ra2, dec2 = np.radians(ra2_deg), np.radians(dec2_deg)
-    hav = np.sin((dec1 - dec2) / 2) ** 2 + np.cos(dec1) * np.cos(dec2) * np.sin((ra1 - ra2) / 2) ** 2
+    hav = (
+        np.sin((dec1 - dec2) / 2) ** 2 + np.cos(dec1) * np.cos(dec2) * np.sin((ra1 - ra2) / 2) ** 2
+    )
     return np.degrees(2 * np.arcsin(np.sqrt(np.clip(hav, 0, 1))))
 
 
@@ -118,7 +120,9 @@ class CatalogDatabase(abc.ABC):
         self.close()
 
     @staticmethod
-    def _check_tile(table: str, tile: Mapping[str, object], chunk: Mapping[str, np.ndarray]) -> None:
+    def _check_tile(
+        table: str, tile: Mapping[str, object], chunk: Mapping[str, np.ndarray]
+    ) -> None:
         """Refuse rows of another tile (they would escape the tile's delete on rerun)."""
         for key in TABLES[table].tile_keys:
             if key not in tile:

@@ -66,6 +66,7 @@ class EmbeddedDatabase(CatalogDatabase):
         run_id: str = "",
         before_commit: Callable[[], None] | None = None,
     ) -> dict[str, int]:
+        """Replace a tile's rows in one transaction (see `CatalogDatabase.replace_tile`)."""
         loaded: dict[str, int] = {}
         with self._connect() as con:
             con.execute(TILES_SQL)
@@ -100,7 +101,9 @@ class EmbeddedDatabase(CatalogDatabase):
         if known:
             where = " AND ".join(f"{k} = ?" for k in keys)
             con.execute(f"DELETE FROM {table} WHERE {where}", [tile[k] for k in keys])
-            con.execute("DELETE FROM catalog_tiles WHERE table_name = ? AND tile = ?", (table, name))
+            con.execute(
+                "DELETE FROM catalog_tiles WHERE table_name = ? AND tile = ?", (table, name)
+            )
         n_rows = 0
         for chunk in chunks:
             CatalogDatabase._check_tile(table, tile, chunk)
@@ -125,24 +128,32 @@ class EmbeddedDatabase(CatalogDatabase):
         with self._connect() as con:
             present = self._tables(con)
             for table in present:
-                for suffix, columns in (("healpix", ("healpix",)), ("tile", TABLES[table].tile_keys)):
+                for suffix, columns in (
+                    ("healpix", ("healpix",)),
+                    ("tile", TABLES[table].tile_keys),
+                ):
                     index = f"{table}_{suffix}"
-                    con.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({', '.join(columns)})")
+                    con.execute(
+                        f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({', '.join(columns)})"
+                    )
                     names.append(index)
         return names
 
     def analyze(self) -> None:
+        """Refresh the planner's statistics (idempotent)."""
         with self._connect() as con:
             con.execute("ANALYZE")
             con.execute("CHECKPOINT")
 
     def query(self, sql: str, params: Sequence[object] = ()) -> Table:
+        """Run one SQL statement (``?`` placeholders); its rows as a table."""
         with self._connect() as con:
             con.execute(TILES_SQL)
             result = con.execute(sql, list(params))
             return Table(result.fetchnumpy())
 
     def cone(self, table: str, ra_deg: float, dec_deg: float, radius_deg: float) -> Table:
+        """Rows of ``table`` within ``radius_deg`` of a position (exact distance cut)."""
         ranges = cone_pixel_ranges(ra_deg, dec_deg, radius_deg)
         where = " OR ".join(f"(healpix >= {a} AND healpix < {b})" for a, b in ranges)
         rows = self.query(f"SELECT * FROM {table} WHERE {where}")
@@ -158,4 +169,3 @@ class EmbeddedDatabase(CatalogDatabase):
     def _tables(con: duckdb.DuckDBPyConnection) -> list[str]:
         names = [row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
         return [n for n in names if n in TABLES]
-

@@ -81,9 +81,15 @@ class PostgresDatabase(CatalogDatabase):
             ) from None
         self.con.execute(TILES_SQL.replace("loaded_at TIMESTAMP", "loaded_at TIMESTAMPTZ"))
 
+    def _exists(self, table: str) -> bool:
+        """Whether ``table`` exists in the connection's own schema (first of search_path)."""
+        found = self.con.execute(
+            "SELECT to_regclass(format('%%I.%%I', current_schema(), %s::text))", (table,)
+        ).fetchone()[0]
+        return found is not None
+
     def _ensure_table(self, table: str, filters: Iterable[str]) -> None:
-        exists = self.con.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]
-        if exists is not None:
+        if self._exists(table):
             return
         shift = 2 * (HEALPIX_ORDER - self.partition_order)
         with self.con.transaction():
@@ -105,6 +111,7 @@ class PostgresDatabase(CatalogDatabase):
         run_id: str = "",
         before_commit: Callable[[], None] | None = None,
     ) -> dict[str, int]:
+        """Replace a tile's rows in one transaction (see `CatalogDatabase.replace_tile`)."""
         for table in rows:
             self._ensure_table(table, filters)
         loaded: dict[str, int] = {}
@@ -159,7 +166,7 @@ class PostgresDatabase(CatalogDatabase):
         """The q3c, tile and unique row indexes of every table present (idempotent)."""
         names = []
         for table, spec in TABLES.items():
-            if self.con.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+            if not self._exists(table):
                 continue
             indexes = (
                 (f"{table}_q3c", "q3c_ang2ipix(ra_deg, dec_deg)", ""),
@@ -174,12 +181,14 @@ class PostgresDatabase(CatalogDatabase):
         return names
 
     def analyze(self) -> None:
+        """Refresh the planner's statistics (idempotent)."""
         for table in TABLES:
-            if self.con.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None:
+            if self._exists(table):
                 self.con.execute(f"ANALYZE {table}")
         self.con.execute("ANALYZE catalog_tiles")
 
     def query(self, sql: str, params: Sequence[object] = ()) -> Table:
+        """Run one SQL statement (``?`` placeholders); its rows as a table."""
         with self.con.cursor() as cursor:
             cursor.execute(sql.replace("?", "%s") if params else sql, list(params) or None)
             if cursor.description is None:
@@ -191,10 +200,12 @@ class PostgresDatabase(CatalogDatabase):
         return Table(rows=rows, names=names)
 
     def cone(self, table: str, ra_deg: float, dec_deg: float, radius_deg: float) -> Table:
+        """Rows of ``table`` within ``radius_deg`` of a position (exact distance cut)."""
         return self.query(
             f"SELECT * FROM {table} WHERE q3c_radial_query(ra_deg, dec_deg, %s, %s, %s)",
             (float(ra_deg), float(dec_deg), float(radius_deg)),
         )
 
     def close(self) -> None:
+        """Release the connection."""
         self.con.close()

@@ -160,7 +160,9 @@ def cone_pixel_ranges(
         order -= 1
     while True:
         grid = HEALPix(nside=2**order, order="nested")
-        pixels = np.sort(grid.cone_search_lonlat(ra_deg * u.deg, dec_deg * u.deg, radius_deg * u.deg))
+        pixels = np.sort(
+            grid.cone_search_lonlat(ra_deg * u.deg, dec_deg * u.deg, radius_deg * u.deg)
+        )
         shift = 2 * (HEALPIX_ORDER - order)
         starts, ends = pixels << shift, (pixels + 1) << shift
         breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
@@ -170,7 +172,6 @@ def cone_pixel_ranges(
         if len(ranges) <= max_ranges or order == 0:
             return ranges
         order -= 1
-
 
 
 def tile_arrays(
@@ -210,6 +211,7 @@ def tile_arrays(
     """
     columns = table_columns(name, filters=filters)
     n = len(catalog["ra_deg"])
+    names = set(getattr(catalog, "colnames", None) or catalog.keys())
     given = {**dict(ids), **dict(provenance)}
     out: dict[str, np.ndarray] = {}
     for col in columns:
@@ -217,8 +219,10 @@ def tile_arrays(
             continue
         if col.name in given:
             value = given[col.name]
-            out[col.name] = np.full(n, value).astype(str if col.dtype.startswith("U") else col.dtype)
-        elif col.name in catalog:
+            out[col.name] = np.full(n, value).astype(
+                str if col.dtype.startswith("U") else col.dtype
+            )
+        elif col.name in names:
             values = np.asarray(catalog[col.name])
             out[col.name] = values.astype(str) if col.dtype.startswith("U") else values
         else:

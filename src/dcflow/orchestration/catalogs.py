@@ -64,7 +64,9 @@ def query_catalogs(config_path: str | Path, sql: str, *, output: str | None = No
         try:
             rows = db.query(sql)
         except Exception as exc:  # each backend raises its own driver's error class
-            raise CatalogDbError(f"query failed on the {db.backend} catalog database: {exc}") from None
+            raise CatalogDbError(
+                f"query failed on the {db.backend} catalog database: {exc}"
+            ) from None
     if output:
         suffix = Path(output).suffix.lower()
         if suffix == ".parquet":
