@@ -6,7 +6,9 @@ faster than SQLite's row-at-a-time ``executemany``, and scans a pixel range with
 group min/max (zone maps), so a cone search needs no index when rows are loaded in pixel
 order. Like SQLite it allows one writing process at a time: every connection here is taken
 under an exclusive ``flock`` on ``<database>.lock``, so concurrent load jobs of a campaign
-queue behind each other instead of failing with DuckDB's "could not set lock" error.
+queue behind each other instead of failing with DuckDB's "could not set lock" error. Outside
+a ``with`` block each call connects and disconnects; inside one, the lock and the connection
+are held until the block ends (a load job, a series of queries).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import duckdb
 import numpy as np
@@ -42,20 +45,44 @@ class EmbeddedDatabase(CatalogDatabase):
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._session: duckdb.DuckDBPyConnection | None = None
+        self._session_lock: TextIO | None = None
+
+    def __enter__(self) -> EmbeddedDatabase:
+        """Hold the file lock and one connection until the block ends (a job, a query run)."""
+        self._session_lock = self._lock()
+        self._session = self._open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lock(self) -> TextIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.lock_path, "a")  # noqa: SIM115 (held across calls in a session)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return lock
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(str(self.path))
+        except duckdb.Error as exc:
+            raise RuntimeError(f"catalog database {self.path}: {exc}") from exc
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                con = duckdb.connect(str(self.path))
-            except duckdb.Error as exc:
-                raise RuntimeError(f"catalog database {self.path}: {exc}") from exc
+        if self._session is not None:
+            yield self._session
+            return
+        lock = self._lock()
+        try:
+            con = self._open()
             try:
                 yield con
             finally:
                 con.close()
+        finally:
+            lock.close()
 
     def replace_tile(
         self,
@@ -163,7 +190,13 @@ class EmbeddedDatabase(CatalogDatabase):
         return rows[distance <= radius_deg]
 
     def close(self) -> None:
-        """Nothing held between calls (each call connects under the file lock)."""
+        """End a session: close its connection, release the file lock."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        if self._session_lock is not None:
+            self._session_lock.close()
+            self._session_lock = None
 
     @staticmethod
     def _tables(con: duckdb.DuckDBPyConnection) -> list[str]:
