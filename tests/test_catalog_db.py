@@ -358,3 +358,39 @@ def test_postgres_credentials_never_appear_in_messages():
         PostgresDatabase(f"{PG_DSN} password={secret} connect_timeout=5")
     assert "cannot connect" in str(caught.value)
     assert secret not in str(caught.value) and secret not in repr(caught.value.__cause__)
+
+
+def test_db_index_analyze_and_query_through_the_command(tmp_path):
+    from campaigns import write_campaign_config
+
+    from dcflow.config_schema import load_config
+    from dcflow.layout import Layout
+
+    config_path = write_campaign_config(tmp_path)
+    path = Layout.from_config(load_config(config_path)).path("catalog_db")
+    rows, srcs, _ = _visit(1001, np.random.default_rng(11))
+    EmbeddedDatabase(path).replace_tile({"visit": 1001}, rows)
+    dcflow = [str(Path(sys.executable).with_name("dcflow")), "--config", str(config_path)]
+
+    def run(*args):
+        return subprocess.run([*dcflow[:1], *args, *dcflow[1:]], capture_output=True, text=True)
+
+    for _ in range(2):  # idempotent
+        done = run("db", "index")
+        assert done.returncode == 0, done.stderr
+        assert "index src_healpix: present" in done.stdout
+    assert run("db", "analyze").returncode == 0
+    out = tmp_path / "counts.csv"
+    done = run(
+        "query",
+        "SELECT ccd, count(*) AS n FROM src GROUP BY ccd ORDER BY ccd",
+        "--output",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    counts = Table.read(out, format="ascii.csv")
+    assert list(counts["ccd"]) == list(CCDS)
+    assert list(counts["n"]) == [len(t) for t in srcs]
+    bad = run("query", "SELECT nothing FROM nowhere")
+    assert bad.returncode == 1
+    assert "query failed on the duckdb catalog database" in bad.stderr
