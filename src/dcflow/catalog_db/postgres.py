@@ -26,7 +26,7 @@ from astropy.table import Table
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dcflow.catalog_db.base import TILES_SQL, CatalogDatabase, tile_name
-from dcflow.catalog_db.tables import HEALPIX_ORDER, TABLES
+from dcflow.catalog_db.tables import HEALPIX_ORDER, TABLES, cone_pixel_ranges
 
 __all__ = ["PostgresDatabase", "redacted_dsn"]
 
@@ -197,12 +197,19 @@ class PostgresDatabase(CatalogDatabase):
             rows = cursor.fetchall()
         if not rows:
             return Table(names=names)
-        return Table(rows=rows, names=names)
+        return Table(list(zip(*rows, strict=True)), names=names)
 
     def cone(self, table: str, ra_deg: float, dec_deg: float, radius_deg: float) -> Table:
-        """Rows of ``table`` within ``radius_deg`` of a position (exact distance cut)."""
+        """Rows of ``table`` within ``radius_deg`` of a position (q3c, exact).
+
+        The healpix ranges of the cone are added to the q3c condition so that the planner
+        prunes the sky-region partitions the cone cannot touch.
+        """
+        ranges = cone_pixel_ranges(ra_deg, dec_deg, radius_deg)
+        pixels = " OR ".join(f"(healpix >= {a} AND healpix < {b})" for a, b in ranges)
         return self.query(
-            f"SELECT * FROM {table} WHERE q3c_radial_query(ra_deg, dec_deg, %s, %s, %s)",
+            f"SELECT * FROM {table} WHERE q3c_radial_query(ra_deg, dec_deg, ?, ?, ?) "
+            f"AND ({pixels})",
             (float(ra_deg), float(dec_deg), float(radius_deg)),
         )
 
