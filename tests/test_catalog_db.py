@@ -142,6 +142,21 @@ def test_rows_per_tile_equal_the_tables_and_carry_ids_provenance_and_pixel(db):
     np.testing.assert_allclose(np.asarray(forced_rows["dec_deg"])[order], dec, atol=1e-9)
 
 
+def test_rows_read_back_from_fits_load_as_written(db, tmp_path):
+    from dcflow.io import read_table, write_table
+
+    rng = np.random.default_rng(12)
+    tables = []
+    for ccd in CCDS:
+        path = tmp_path / f"src_{ccd}.fits"
+        write_table(_catalog("src", 300, rng), path)
+        tables.append(read_table(path))  # big-endian columns, as every FITS table
+    rows = visit_rows(tables, [], [], visit=4, band="g", ccds=CCDS, provenance=PROVENANCE)
+    assert db.replace_tile({"visit": 4}, rows)["src"] == 600
+    got = db.query("SELECT psf_flux FROM src WHERE ccd = 3 ORDER BY id")
+    np.testing.assert_array_equal(np.asarray(got["psf_flux"]), np.asarray(tables[0]["psf_flux"]))
+
+
 def test_a_rerun_replaces_its_tile_only(db):
     rng = np.random.default_rng(2)
     first, _, _ = _visit(1, rng)

@@ -223,8 +223,9 @@ def tile_arrays(
                 str if col.dtype.startswith("U") else col.dtype
             )
         elif col.name in names:
-            values = np.asarray(catalog[col.name])
-            out[col.name] = values.astype(str) if col.dtype.startswith("U") else values
+            # the schema's type in native byte order (FITS tables are big-endian)
+            dtype = str if col.dtype.startswith("U") else np.dtype(col.dtype)
+            out[col.name] = np.asarray(catalog[col.name]).astype(dtype)
         else:
             raise ValueError(f"{name} rows lack column {col.name!r} (data id or catalog column)")
     out["healpix"] = healpix_of(out["ra_deg"], out["dec_deg"])
