@@ -229,7 +229,7 @@ def test_a_failed_shard_blocks_its_downstream_only(tmp_path):
     # visits-00002 holds every visit of tract 1: all of tract 1's patch groups wait on it
     tract1 = {s for s in states if s.startswith("patches-00001-")}
     assert len(tract1) == 4  # 2 x 2 patches, one per group by default
-    blocked = {*tract1, "forced-00002", "final"}
+    blocked = {*tract1, "forced-00002", "catalogs-00002", "final"}
     assert {s for s, v in states.items() if v == "blocked"} == blocked
     assert {s for s, v in states.items() if v == "done"} == set(states) - {
         "visits-00002",
