@@ -318,15 +318,17 @@ def test_object_tables_get_per_filter_columns_and_comments(db):
     assert db.query(sql)["comment"][0] == "[deg] right ascension (reference filter centroid)"
 
 
-def test_concurrent_embedded_loads_queue_on_the_file_lock(tmp_path):
-    target = tmp_path / "catalogs.duckdb"
+def test_concurrent_loads_all_land(db):
+    """Two load processes at once on an empty database (embedded: they queue on the lock)."""
+    backend = "embedded" if isinstance(db, EmbeddedDatabase) else "postgres"
+    target = str(db.path) if backend == "embedded" else db.dsn
     code = textwrap.dedent(
         """
         import sys
         import numpy as np
         sys.path.insert(0, {tests!r})
         from test_catalog_db import _visit, _open
-        db = _open("embedded", {target!r})
+        db = _open({backend!r}, {target!r})
         for visit in range({first}, {first} + 3):
             rows, _, _ = _visit(visit, np.random.default_rng(visit))
             db.replace_tile({{"visit": visit}}, rows)
@@ -337,7 +339,7 @@ def test_concurrent_embedded_loads_queue_on_the_file_lock(tmp_path):
             [
                 sys.executable,
                 "-c",
-                code.format(tests=str(REPO / "tests"), target=str(target), first=f),
+                code.format(tests=str(REPO / "tests"), backend=backend, target=target, first=f),
             ],
             stderr=subprocess.PIPE,
             text=True,
@@ -347,7 +349,7 @@ def test_concurrent_embedded_loads_queue_on_the_file_lock(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-    tiles = EmbeddedDatabase(target).tile_rows("src")
+    tiles = db.tile_rows("src")
     assert sorted(tiles) == [f"visit={v}" for v in (100, 101, 102, 200, 201, 202)]
 
 

@@ -93,6 +93,10 @@ class PostgresDatabase(CatalogDatabase):
             return
         shift = 2 * (HEALPIX_ORDER - self.partition_order)
         with self.con.transaction():
+            # Load jobs starting together on an empty database: one creates, the others wait.
+            self.con.execute("SELECT pg_advisory_xact_lock(hashtext('dcflow catalog tables'))")
+            if self._exists(table):
+                return
             for statement in self._create_sql(table, filters, " PARTITION BY RANGE (healpix)"):
                 self.con.execute(statement)
             for pixel in range(12 * 4**self.partition_order):
