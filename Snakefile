@@ -10,6 +10,7 @@
 #   deepCoadd_det/, object/             multi-band detection image and Object table per patch
 #   forced_src/<visit>/                 forced photometry at Object positions per visit and CCD
 #   fe55/                               Fe55 gain tables and histograms per sensor exposure
+#   db/                                 the catalog database (embedded backend) and load markers
 #   logs/<rule>/<tile>.log              one log per job; benchmarks/<rule>/<tile>.tsv likewise
 # Raw data, the reference catalog and (for simulations) the truth catalog live under
 # layout.input_root.
@@ -31,6 +32,7 @@ include: "rules/process_ccd.smk"
 include: "rules/validation.smk"
 include: "rules/coadd.smk"
 include: "rules/fe55.smk"
+include: "rules/catalog_db.smk"
 
 
 rule all:

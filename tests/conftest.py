@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-SERVICE_MARKERS = ("root", "gridengine", "dirac", "browser")
+SERVICE_MARKERS = ("root", "gridengine", "dirac", "browser", "postgres")
 
 _skipped_service_tests: list[str] = []
 

@@ -135,11 +135,16 @@ def test_a_changed_config_section_reopens_exactly_the_shards_reading_it(campaign
         return {kinds[s] for s in left}, left
 
     coadd_kinds, coadd_left = reopened("coadd", "clip_sigma", 2.5)
-    assert coadd_kinds == {"patches", "forced"}
-    assert coadd_left == {s for s, k in kinds.items() if k in ("patches", "forced")}
+    assert coadd_kinds == {"patches", "forced", "catalogs"}
+    assert coadd_left == {s for s, k in kinds.items() if k in ("patches", "forced", "catalogs")}
     _, isr_left = reopened("isr", "saturation_grow_pix", 3)
     assert isr_left == set(kinds) - {"fe55"}
-    assert reopened("forced_photometry", "aperture_radius_arcsec", 2.5)[0] == {"forced"}
+    assert reopened("forced_photometry", "aperture_radius_arcsec", 2.5)[0] == {
+        "forced",
+        "catalogs",
+    }
+    # Object loads run in the patch shards, so the forced shards downstream reopen too
+    assert reopened("catalog_db", "partition_order", 2)[0] == {"patches", "forced", "catalogs"}
     assert reopened("fe55_gain", "isolation_cut", 2.0)[1] == {"fe55"}
     assert reopened("validation", "match_radius_arcsec", 0.7)[1] == {"final"}
     # the marker names the hash it was written with
@@ -224,7 +229,7 @@ def test_a_failed_shard_blocks_its_downstream_only(tmp_path):
     # visits-00002 holds every visit of tract 1: all of tract 1's patch groups wait on it
     tract1 = {s for s in states if s.startswith("patches-00001-")}
     assert len(tract1) == 4  # 2 x 2 patches, one per group by default
-    blocked = {*tract1, "forced-00002", "final"}
+    blocked = {*tract1, "forced-00002", "catalogs-00002", "final"}
     assert {s for s, v in states.items() if v == "blocked"} == blocked
     assert {s for s, v in states.items() if v == "done"} == set(states) - {
         "visits-00002",

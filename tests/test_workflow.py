@@ -112,6 +112,31 @@ def _match(table, truth):
     return sep_mas < 500, sep_mas
 
 
+def test_catalog_database_holds_every_tile_once(campaign):
+    """load_visit_catalogs / load_patch_catalogs: rows per CCD and patch equal the FITS tables."""
+    from dcflow.catalog_db.embedded import EmbeddedDatabase
+
+    _, layout, code = campaign
+    assert code == 0
+    with EmbeddedDatabase(layout.path("catalog_db")) as db:
+        for visit in (1001, 1002, 1003, 1004):
+            for ccd in (0, 1):
+                where = f"visit = {visit} AND ccd = {ccd}"
+                for kind in ("src", "forced_src"):
+                    path = layout.path(kind, visit=visit, ccd=ccd)
+                    expected = len(read_table(path)) if os.path.exists(path) else 0
+                    got = db.query(f"SELECT count(*) AS n FROM {kind} WHERE {where}")["n"][0]
+                    assert got == expected, f"{kind} {where}"
+            with open(layout.path("catalog_load_visit", visit=visit)) as handle:
+                marker = json.load(handle)
+            assert marker["rows"]["src"] == db.tile_rows("src")[f"visit={visit}"]
+        objects = db.query("SELECT tract, patch, count(*) AS n FROM object GROUP BY tract, patch")
+        assert len(objects) >= 1
+        for tract, patch, n in zip(objects["tract"], objects["patch"], objects["n"], strict=True):
+            assert n == len(read_table(layout.path("object", tract=int(tract), patch=patch)))
+        assert db.query("SELECT count(*) AS n FROM src WHERE healpix < 0")["n"][0] == 0
+
+
 def test_rerun_is_a_no_op(campaign):
     config_path, layout, _ = campaign
     before = os.path.getmtime(layout.path("calexp", visit=1001, ccd=0))

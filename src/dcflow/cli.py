@@ -1,7 +1,8 @@
 """The `dcflow` command: thin verbs over `dcflow.orchestration`.
 
 Verbs: simulate, ingest, run, demo (campaign set-up and running), plan, status, failed, rerun,
-cancel, ping, report (campaign control). Arguments after ``--`` pass to Snakemake untouched.
+cancel, ping, report (campaign control), db index / db analyze, query (catalog database).
+Arguments after ``--`` pass to Snakemake untouched.
 
 Exit codes: 0 success; 1 a run or check found a failure (a job failed, files were rejected, the
 ledger is unreadable); 2 bad command line or config; 3 failed tiles are waiting (status,
@@ -29,6 +30,7 @@ from dcflow.failures import FailureClass
 from dcflow.layout import Layout
 from dcflow.orchestration.campaign_files import load_campaign_config
 from dcflow.orchestration.cancel import INTERRUPT_GRACE_S, TERMINATE_GRACE_S, cancel_campaign
+from dcflow.orchestration.catalogs import analyze_catalogs, index_catalogs, query_catalogs
 from dcflow.orchestration.pictures import campaign_pictures
 from dcflow.orchestration.ping import ping_profile
 from dcflow.orchestration.plan_status import (
@@ -119,6 +121,9 @@ EXAMPLES = {
     "report": "dcflow report\ndcflow report --output /tmp/campaign.html",
     "serve": "dcflow serve\ndcflow serve campaigns/ --port 8060\n"
     "DCFLOW_SERVE_TOKEN=... dcflow serve --host 0.0.0.0",
+    "db": "dcflow db index\ndcflow db analyze",
+    "query": 'dcflow query "SELECT count(*) FROM src"\n'
+    'dcflow query "SELECT * FROM object LIMIT 100" --output object.parquet',
 }
 """Examples shown by each verb's --help."""
 
@@ -327,6 +332,17 @@ def _parser() -> argparse.ArgumentParser:
         "--token-file",
         default=None,
         help="file holding the access token a non-loopback --host needs (or DCFLOW_SERVE_TOKEN)",
+    )
+    cmd = _verb(sub, "db", parents=[common], help="catalog database: build indexes, statistics")
+    cmd.add_argument(
+        "action",
+        choices=("index", "analyze"),
+        help="index: spatial and tile indexes after the bulk load; analyze: planner statistics",
+    )
+    cmd = _verb(sub, "query", parents=[common], help="run SQL on the catalog database")
+    cmd.add_argument("sql", help="one SQL statement (examples: README, Catalog database)")
+    cmd.add_argument(
+        "--output", default=None, help="write the rows to .csv, .parquet, .fits or .ecsv"
     )
     return parser
 
@@ -721,6 +737,25 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _db(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.action == "index":
+        for name in index_catalogs(args.config):
+            print(f"index {name}: present")
+    else:
+        analyze_catalogs(args.config)
+        print("statistics refreshed")
+    return 0
+
+
+def _query(args: argparse.Namespace, extra: list[str]) -> int:
+    rows = query_catalogs(args.config, args.sql, output=args.output)
+    if args.output:
+        print(f"{len(rows)} rows written to {args.output}")
+    else:
+        rows.pprint(max_lines=-1, max_width=-1)
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "simulate": _simulate,
     "ingest": _ingest,
@@ -734,6 +769,8 @@ VERBS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "ping": _ping,
     "report": _report,
     "serve": _serve,
+    "db": _db,
+    "query": _query,
 }
 """Each verb's function: the parsed arguments and the Snakemake arguments in, the exit code out."""
 

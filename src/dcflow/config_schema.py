@@ -40,6 +40,7 @@ SECTIONS: dict[str, str] = {
     "fe55_gain": "dcflow.stages.fe55:Fe55Config",
     "photon_transfer": "dcflow.stages.photon_transfer:PhotonTransferConfig",
     "shards": "dcflow.campaign.shards:ShardConfig",
+    "catalog_db": "dcflow.catalog_db:CatalogDbConfig",
 }
 """Config section -> the dataclass that owns its keys, defaults and bounds."""
 

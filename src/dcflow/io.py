@@ -28,6 +28,7 @@ __all__ = [
     "read_exposure",
     "read_fits",
     "read_table",
+    "read_wcs",
     "write_exposure",
     "write_fits",
     "write_json",
@@ -157,6 +158,24 @@ def read_table(path: str | os.PathLike) -> Table:
     if len(hdus) < 2 or not isinstance(hdus[1], fits.BinTableHDU):
         raise InputDataError(f"{path}: no binary table in HDU 1")
     return Table(hdus[1].data)
+
+
+def read_wcs(path: str | os.PathLike, *, hdu: str = "IMAGE") -> WCS:
+    """The WCS of one HDU of an exposure, reading its header only (no pixels).
+
+    Raises
+    ------
+    InputDataError
+        If the file is unreadable, lacks the HDU, or the HDU has no WCS.
+    """
+    try:
+        header = fits.getheader(path, hdu)
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputDataError(f"{path}: cannot read the {hdu} header ({exc})") from exc
+    wcs = _wcs_from_header(header)
+    if wcs is None:
+        raise InputDataError(f"{path}: the {hdu} header has no WCS (no CTYPE1)")
+    return wcs
 
 
 def _wcs_from_header(header: fits.Header) -> WCS | None:

@@ -17,6 +17,9 @@ stage names the kind of shard it runs in, and its job space says how the kind gr
 ``forced-NNNNN``
     per-visit jobs that read patch products, for the visits of batch NNNNN that overlap a
     patch;
+``catalogs-NNNNN``
+    the catalog loads of the visits of batch NNNNN (their src and forced_src into the
+    campaign's database), after that batch's visits and forced shards;
 ``final``
     campaign-wide jobs (science validation);
 ``fe55``
@@ -79,7 +82,7 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
-SHARD_KINDS = ("calibs", "visits", "patches", "forced", "final", "fe55")
+SHARD_KINDS = ("calibs", "visits", "patches", "forced", "catalogs", "final", "fe55")
 """Shard kinds in topological order; each stage's ``shard`` is one of them."""
 
 ALWAYS_HASHED_SECTIONS = ("campaign", "layout", "payload")
@@ -286,6 +289,11 @@ def build_shards(
             groups = sorted(set(group_of_patch[index.pair_patch[rows]].tolist()))
             upstream = (f"visits-{k:05d}", *(group_ids[g] for g in groups))
             shards.append(_shard(graph, f"forced-{k:05d}", "forced", upstream, visits=mine))
+    if "catalogs" in kinds:
+        forced_ids = {s.shard_id for s in shards if s.kind == "forced"}
+        for k, visits in enumerate(batches):
+            upstream = (f"visits-{k:05d}", *({f"forced-{k:05d}"} & forced_ids))
+            shards.append(_shard(graph, f"catalogs-{k:05d}", "catalogs", upstream, visits=visits))
     if "final" in kinds and n_visits:
         upstream = tuple(f"visits-{k:05d}" for k in range(n_batches))
         final = _shard(graph, "final", "final", upstream)
@@ -314,7 +322,7 @@ def shard_of_job(rule: str, data_id: Mapping[str, Any], shards: Sequence[Shard])
         if "patch" in data_id and shard.patches:
             if (int(data_id["tract"]), str(data_id["patch"])) in shard.patches:
                 return shard.shard_id
-        elif "visit" in data_id and kind in ("visits", "forced"):
+        elif "visit" in data_id and kind in ("visits", "forced", "catalogs"):
             if int(data_id["visit"]) in shard.visits:
                 return shard.shard_id
         else:

@@ -641,6 +641,12 @@ class JobGraph:
                 out[name] = self.index.instrument
             elif name == "band":
                 out[name] = self._band_of(rule)
+            elif name == "campaign":
+                out[name] = str(config.get("campaign", {}).get("name", ""))
+            elif name == "catalog_db_path":
+                out[name] = self.index.layout.path("catalog_db")
+            elif name == "ccds":
+                out[name] = [int(c) for c in self.index.ccds]
         if command:
             # a function, so that Snakemake does not expand the template's {output.x} itself
             out["command"] = lambda wildcards: command

@@ -154,7 +154,9 @@ class Stage:
     sections : tuple of str
         Config sections the stage reads (its params, its shard hash).
     job_params : tuple of str
-        Per-job params besides the sections: ``instrument``, ``band`` (the visit's filter).
+        Per-job params besides the sections: ``instrument``, ``band`` (the visit's filter),
+        ``campaign`` (its name), ``catalog_db_path`` (the embedded catalog database),
+        ``ccds`` (the science CCDs, in fan-out order).
     mem_mb, runtime : int
         Default memory (MB) and run time (minutes) of a job.
     shard : str
@@ -333,6 +335,37 @@ STAGES: tuple[Stage, ...] = (
         shard="forced",
         when="has_skymap",
         family="coadd",
+    ),
+    Stage(
+        "load_visit_catalogs",
+        "visit",
+        outputs=(Output("loaded", "catalog_load_visit", target=True),),
+        inputs=(
+            Input("srcs", "src", ("visit",)),
+            Input("forced", "forced_src", ("visit",), when="has_skymap"),
+            Input("calexps", "calexp", ("visit",), when="has_skymap"),
+        ),
+        script="load_catalogs",
+        sections=("catalog_db",),
+        job_params=("campaign", "catalog_db_path", "band", "ccds"),
+        mem_mb=2000,
+        runtime=10,
+        shard="catalogs",
+        family="catalog_db",
+    ),
+    Stage(
+        "load_patch_catalogs",
+        "patch",
+        outputs=(Output("loaded", "catalog_load_patch", target=True),),
+        inputs=(Input("objects", "object", ("tract", "patch")),),
+        script="load_catalogs",
+        sections=("catalog_db",),
+        job_params=("campaign", "catalog_db_path"),
+        mem_mb=2000,
+        runtime=10,
+        shard="patches",
+        when="has_skymap",
+        family="catalog_db",
     ),
     Stage(
         "fe55_gain",

@@ -1,0 +1,204 @@
+"""The embedded backend: one DuckDB file per campaign, no server.
+
+Why DuckDB rather than SQLite (measured by ``benchmarks/catalog_db.py``, README "Catalog
+database"): DuckDB ingests an Arrow table in one columnar append, an order of magnitude
+faster than SQLite's row-at-a-time ``executemany``, and scans a pixel range with its per-row-
+group min/max (zone maps), so a cone search needs no index when rows are loaded in pixel
+order. Like SQLite it allows one writing process at a time: every connection here is taken
+under an exclusive ``flock`` on ``<database>.lock``, so concurrent load jobs of a campaign
+queue behind each other instead of failing with DuckDB's "could not set lock" error. Outside
+a ``with`` block each call connects and disconnects; inside one, the lock and the connection
+are held until the block ends (a load job, a series of queries).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from astropy.table import Table
+
+from dcflow.catalog_db.base import TILES_SQL, CatalogDatabase, angular_distance_deg, tile_name
+from dcflow.catalog_db.tables import TABLES, cone_pixel_ranges
+
+__all__ = ["EmbeddedDatabase"]
+
+
+class EmbeddedDatabase(CatalogDatabase):
+    """A campaign's catalogs in a DuckDB file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The database file (created with its directory on first load).
+    """
+
+    backend = "duckdb"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._session: duckdb.DuckDBPyConnection | None = None
+        self._session_lock: TextIO | None = None
+
+    def __enter__(self) -> EmbeddedDatabase:
+        """Hold the file lock and one connection until the block ends (a job, a query run)."""
+        self._session_lock = self._lock()
+        self._session = self._open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lock(self) -> TextIO:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.lock_path, "a")  # noqa: SIM115 (held across calls in a session)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return lock
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(str(self.path))
+        except duckdb.Error as exc:
+            raise RuntimeError(f"catalog database {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._session is not None:
+            yield self._session
+            return
+        lock = self._lock()
+        try:
+            con = self._open()
+            try:
+                yield con
+            finally:
+                con.close()
+        finally:
+            lock.close()
+
+    def replace_tile(
+        self,
+        tile: Mapping[str, object],
+        rows: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+        *,
+        filters: Iterable[str] = (),
+        run_id: str = "",
+        before_commit: Callable[[], None] | None = None,
+    ) -> dict[str, int]:
+        """Replace a tile's rows in one transaction (see `CatalogDatabase.replace_tile`)."""
+        loaded: dict[str, int] = {}
+        with self._connect() as con:
+            con.execute(TILES_SQL)
+            for table in rows:
+                for statement in self._create_sql(table, filters):
+                    con.execute(statement)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table, chunks in rows.items():
+                    loaded[table] = self._replace(con, table, tile, chunks, run_id)
+                if before_commit is not None:
+                    before_commit()
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return loaded
+
+    @staticmethod
+    def _replace(
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        tile: Mapping[str, object],
+        chunks: Sequence[Mapping[str, np.ndarray]],
+        run_id: str,
+    ) -> int:
+        keys = TABLES[table].tile_keys
+        name = tile_name(table, tile)
+        known = con.execute(
+            "SELECT count(*) FROM catalog_tiles WHERE table_name = ? AND tile = ?", (table, name)
+        ).fetchall()[0][0]
+        if known:
+            where = " AND ".join(f"{k} = ?" for k in keys)
+            con.execute(f"DELETE FROM {table} WHERE {where}", [tile[k] for k in keys])
+            con.execute(
+                "DELETE FROM catalog_tiles WHERE table_name = ? AND tile = ?", (table, name)
+            )
+        n_rows = 0
+        for chunk in chunks:
+            CatalogDatabase._check_tile(table, tile, chunk)
+            arrow_rows = pa.table({k: pa.array(v) for k, v in chunk.items()})
+            con.register("tile_rows", arrow_rows)
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM tile_rows")
+            con.unregister("tile_rows")
+            n_rows += arrow_rows.num_rows
+        con.execute(
+            "INSERT INTO catalog_tiles (table_name, tile, n_rows, run_id) VALUES (?, ?, ?, ?)",
+            (table, name, n_rows, run_id),
+        )
+        return n_rows
+
+    def create_indexes(self) -> list[str]:
+        """Index ``healpix`` and the tile keys of every table present (idempotent).
+
+        Rows are loaded tile by tile, each tile in pixel order; the ART index on ``healpix``
+        serves pixel ranges across tiles, and zone maps serve the rest.
+        """
+        names = []
+        with self._connect() as con:
+            present = self._tables(con)
+            for table in present:
+                for suffix, columns in (
+                    ("healpix", ("healpix",)),
+                    ("tile", TABLES[table].tile_keys),
+                ):
+                    index = f"{table}_{suffix}"
+                    con.execute(
+                        f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({', '.join(columns)})"
+                    )
+                    names.append(index)
+        return names
+
+    def analyze(self) -> None:
+        """Refresh the planner's statistics (idempotent)."""
+        with self._connect() as con:
+            con.execute("ANALYZE")
+            con.execute("CHECKPOINT")
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> Table:
+        """Run one SQL statement (``?`` placeholders); its rows as a table."""
+        with self._connect() as con:
+            con.execute(TILES_SQL)
+            result = con.execute(sql, list(params))
+            return Table(result.fetchnumpy())
+
+    def cone(self, table: str, ra_deg: float, dec_deg: float, radius_deg: float) -> Table:
+        """Rows of ``table`` within ``radius_deg`` of a position (exact distance cut)."""
+        ranges = cone_pixel_ranges(ra_deg, dec_deg, radius_deg)
+        where = " OR ".join(f"(healpix >= {a} AND healpix < {b})" for a, b in ranges)
+        rows = self.query(f"SELECT * FROM {table} WHERE {where}")
+        if not len(rows):
+            return rows
+        distance = angular_distance_deg(rows["ra_deg"], rows["dec_deg"], ra_deg, dec_deg)
+        return rows[distance <= radius_deg]
+
+    def close(self) -> None:
+        """End a session: close its connection, release the file lock."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        if self._session_lock is not None:
+            self._session_lock.close()
+            self._session_lock = None
+
+    @staticmethod
+    def _tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+        names = [row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+        return [n for n in names if n in TABLES]

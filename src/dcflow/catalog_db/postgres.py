@@ -1,0 +1,222 @@
+"""The PostgreSQL backend: a site's server (or the tests' throw-away cluster) with q3c.
+
+Tables are partitioned by sky region: ``PARTITION BY RANGE (healpix)``, one partition per
+HEALPix pixel at ``partition_order`` (order 1: 48 regions of 860 deg^2), so one region's
+index is built, vacuumed and scanned without waiting on another. Rows arrive with
+``COPY ... FROM STDIN`` in CSV written by Arrow, in pixel order; the q3c index
+(``q3c_ang2ipix(ra_deg, dec_deg)``), the tile index and the unique row key are built after
+the bulk load by `PostgresDatabase.create_indexes` (``dcflow db index``). Cone searches use
+``q3c_radial_query``.
+
+The DSN comes from the environment (``DCFLOW_CATALOG_DSN``, or the variable the campaign
+names); a password belongs in the server's ``~/.pgpass`` or ``PGPASSWORD``, never in config,
+and `redacted_dsn` is what messages show.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from astropy.table import Table
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from dcflow.catalog_db.base import TILES_SQL, CatalogDatabase, tile_name
+from dcflow.catalog_db.tables import HEALPIX_ORDER, TABLES, cone_pixel_ranges
+
+__all__ = ["PostgresDatabase", "redacted_dsn"]
+
+
+def redacted_dsn(dsn: str) -> str:
+    """The DSN without its password (for messages and logs)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+class PostgresDatabase(CatalogDatabase):
+    """A campaign's catalogs on a PostgreSQL server with the q3c extension.
+
+    Parameters
+    ----------
+    dsn : str
+        libpq connection string (no password in it: use ``~/.pgpass`` or ``PGPASSWORD``).
+    partition_order : int
+        HEALPix order of the sky-region partitions (12 * 4**order partitions per table).
+
+    Raises
+    ------
+    RuntimeError
+        If the server cannot be reached or lacks q3c (the message shows the redacted DSN).
+    """
+
+    backend = "postgres"
+
+    def __init__(self, dsn: str, *, partition_order: int = 1) -> None:
+        if not 0 <= partition_order <= 4:
+            raise ValueError(f"partition_order must be in 0..4, got {partition_order}")
+        self.partition_order = partition_order
+        try:
+            self.con = psycopg.connect(dsn, autocommit=True)
+        except psycopg.Error as exc:
+            raise RuntimeError(
+                f"catalog database {redacted_dsn(dsn)}: cannot connect ({exc.__class__.__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+            ) from None
+        try:
+            self.con.execute("CREATE EXTENSION IF NOT EXISTS q3c")
+        except psycopg.Error as exc:
+            self.con.close()
+            raise RuntimeError(
+                f"catalog database {redacted_dsn(dsn)}: the q3c extension is not available "
+                f"({str(exc).strip()}); install postgresql-<version>-q3c on the server"
+            ) from None
+        self.con.execute(TILES_SQL.replace("loaded_at TIMESTAMP", "loaded_at TIMESTAMPTZ"))
+
+    def _exists(self, table: str) -> bool:
+        """Whether ``table`` exists in the connection's own schema (first of search_path)."""
+        found = self.con.execute(
+            "SELECT to_regclass(format('%%I.%%I', current_schema(), %s::text))", (table,)
+        ).fetchone()[0]
+        return found is not None
+
+    def _ensure_table(self, table: str, filters: Iterable[str]) -> None:
+        if self._exists(table):
+            return
+        shift = 2 * (HEALPIX_ORDER - self.partition_order)
+        with self.con.transaction():
+            # Load jobs starting together on an empty database: one creates, the others wait.
+            self.con.execute("SELECT pg_advisory_xact_lock(hashtext('dcflow catalog tables'))")
+            if self._exists(table):
+                return
+            for statement in self._create_sql(table, filters, " PARTITION BY RANGE (healpix)"):
+                self.con.execute(statement)
+            for pixel in range(12 * 4**self.partition_order):
+                self.con.execute(
+                    f"CREATE TABLE {table}_p{pixel} PARTITION OF {table} "
+                    f"FOR VALUES FROM ({pixel << shift}) TO ({(pixel + 1) << shift})"
+                )
+            self.con.execute(f"CREATE TABLE {table}_nopos PARTITION OF {table} DEFAULT")
+
+    def replace_tile(
+        self,
+        tile: Mapping[str, object],
+        rows: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+        *,
+        filters: Iterable[str] = (),
+        run_id: str = "",
+        before_commit: Callable[[], None] | None = None,
+    ) -> dict[str, int]:
+        """Replace a tile's rows in one transaction (see `CatalogDatabase.replace_tile`)."""
+        for table in rows:
+            self._ensure_table(table, filters)
+        loaded: dict[str, int] = {}
+        with self.con.transaction():
+            for table, chunks in rows.items():
+                loaded[table] = self._replace(table, tile, chunks, run_id)
+            if before_commit is not None:
+                before_commit()
+        return loaded
+
+    def _replace(
+        self,
+        table: str,
+        tile: Mapping[str, object],
+        chunks: Sequence[Mapping[str, np.ndarray]],
+        run_id: str,
+    ) -> int:
+        keys = TABLES[table].tile_keys
+        name = tile_name(table, tile)
+        # Serialise loads of one tile (two reruns at once must not both insert).
+        self.con.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{table}:{name}",))
+        known = self.con.execute(
+            "SELECT count(*) FROM catalog_tiles WHERE table_name = %s AND tile = %s",
+            (table, name),
+        ).fetchone()[0]
+        if known:
+            where = " AND ".join(f"{k} = %s" for k in keys)
+            self.con.execute(f"DELETE FROM {table} WHERE {where}", [tile[k] for k in keys])
+            self.con.execute(
+                "DELETE FROM catalog_tiles WHERE table_name = %s AND tile = %s", (table, name)
+            )
+        n_rows = 0
+        for chunk in chunks:
+            self._check_tile(table, tile, chunk)
+            n_rows += self._copy(table, chunk)
+        self.con.execute(
+            "INSERT INTO catalog_tiles (table_name, tile, n_rows, run_id) VALUES (%s, %s, %s, %s)",
+            (table, name, n_rows, run_id),
+        )
+        return n_rows
+
+    def _copy(self, table: str, chunk: Mapping[str, np.ndarray]) -> int:
+        rows = pa.table({k: pa.array(v) for k, v in chunk.items()})
+        buffer = io.BytesIO()
+        pacsv.write_csv(rows, buffer, pacsv.WriteOptions(include_header=False))
+        columns = ", ".join(rows.column_names)
+        with self.con.cursor().copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(buffer.getvalue())
+        return rows.num_rows
+
+    def create_indexes(self) -> list[str]:
+        """The q3c, tile and unique row indexes of every table present (idempotent)."""
+        names = []
+        for table, spec in TABLES.items():
+            if not self._exists(table):
+                continue
+            indexes = (
+                (f"{table}_q3c", "q3c_ang2ipix(ra_deg, dec_deg)", ""),
+                (f"{table}_tile", ", ".join(spec.tile_keys), ""),
+                (f"{table}_row", ", ".join(("healpix", *spec.primary_key)), "UNIQUE "),
+            )
+            for index, expression, unique in indexes:
+                self.con.execute(
+                    f"CREATE {unique}INDEX IF NOT EXISTS {index} ON {table} ({expression})"
+                )
+                names.append(index)
+        return names
+
+    def analyze(self) -> None:
+        """Refresh the planner's statistics (idempotent)."""
+        for table in TABLES:
+            if self._exists(table):
+                self.con.execute(f"ANALYZE {table}")
+        self.con.execute("ANALYZE catalog_tiles")
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> Table:
+        """Run one SQL statement (``?`` placeholders); its rows as a table."""
+        with self.con.cursor() as cursor:
+            cursor.execute(sql.replace("?", "%s") if params else sql, list(params) or None)
+            if cursor.description is None:
+                return Table()
+            names = [d.name for d in cursor.description]
+            rows = cursor.fetchall()
+        if not rows:
+            return Table(names=names)
+        return Table(list(zip(*rows, strict=True)), names=names)
+
+    def cone(self, table: str, ra_deg: float, dec_deg: float, radius_deg: float) -> Table:
+        """Rows of ``table`` within ``radius_deg`` of a position (q3c, exact).
+
+        The healpix ranges of the cone are added to the q3c condition so that the planner
+        prunes the sky-region partitions the cone cannot touch.
+        """
+        ranges = cone_pixel_ranges(ra_deg, dec_deg, radius_deg)
+        pixels = " OR ".join(f"(healpix >= {a} AND healpix < {b})" for a, b in ranges)
+        return self.query(
+            f"SELECT * FROM {table} WHERE q3c_radial_query(ra_deg, dec_deg, ?, ?, ?) "
+            f"AND ({pixels})",
+            (float(ra_deg), float(dec_deg), float(radius_deg)),
+        )
+
+    def close(self) -> None:
+        """Release the connection."""
+        self.con.close()

@@ -1,0 +1,413 @@
+"""The catalog database on both backends: per-tile loads, kills, reruns, cone searches.
+
+The embedded (DuckDB) tests always run; the PostgreSQL ones need the server that
+scripts/postgres-up starts (``DCFLOW_TEST_PG_DSN``; `make test` as root starts it) and skip
+with that reason elsewhere, but not under CI as root (conftest).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from dcflow.catalog_db import (
+    TABLES,
+    angular_distance_deg,
+    cone_pixel_ranges,
+    healpix_of,
+    table_columns,
+)
+from dcflow.catalog_db.embedded import EmbeddedDatabase
+from dcflow.catalog_db.loading import visit_rows
+from dcflow.catalog_schema import annotate, schema_for
+
+REPO = Path(__file__).resolve().parents[1]
+PG_DSN = os.environ.get("DCFLOW_TEST_PG_DSN", "")
+PROVENANCE = {"campaign": "test", "run_id": "run-1", "code_version": "0.1.0"}
+CCDS = (3, 7)
+
+
+def _catalog(kind: str, n: int, rng, *, ra0=150.0, dec0=2.2, half_width_deg=0.2, filters=()):
+    table = Table()
+    for col in schema_for(kind, filters=filters).values():
+        if col.dtype == "f8":
+            table[col.name] = rng.normal(size=n)
+        elif col.dtype in ("i8", "i4"):
+            table[col.name] = np.arange(1, n + 1, dtype=col.dtype)
+        elif col.dtype == "?":
+            table[col.name] = rng.random(n) < 0.5
+        else:
+            table[col.name] = np.full(n, "0,1")
+    if "ra_deg" in table.colnames:
+        table["ra_deg"] = ra0 + rng.uniform(-half_width_deg, half_width_deg, n)
+        table["dec_deg"] = dec0 + rng.uniform(-half_width_deg, half_width_deg, n)
+    return annotate(table, kind, filters=filters)
+
+
+def _wcs(ra0: float, dec0: float) -> WCS:
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra0, dec0]
+    wcs.wcs.crpix = [100.0, 200.0]
+    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    return wcs
+
+
+def _visit(visit: int, rng, *, n=500, ra0=150.0):
+    srcs = [_catalog("src", n + 10 * i, rng, ra0=ra0) for i, _ in enumerate(CCDS)]
+    forced = []
+    for _ in CCDS:
+        table = _catalog("forced_src", n, rng)
+        table["x"], table["y"] = rng.uniform(0, 1000, n), rng.uniform(0, 2000, n)
+        forced.append(table)
+    wcs = [_wcs(ra0, 2.2) for _ in CCDS]
+    rows = visit_rows(srcs, forced, wcs, visit=visit, band="r", ccds=CCDS, provenance=PROVENANCE)
+    return rows, srcs, forced
+
+
+# --- backends -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    return EmbeddedDatabase(tmp_path / "db" / "catalogs.duckdb")
+
+
+@pytest.fixture
+def postgres():
+    if not PG_DSN:
+        pytest.skip(
+            "no PostgreSQL test server (DCFLOW_TEST_PG_DSN unset: run scripts/postgres-up as root)"
+        )
+    from dcflow.catalog_db.postgres import PostgresDatabase
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = PostgresDatabase(PG_DSN)
+    admin.con.execute(f"CREATE SCHEMA {schema}")
+    dsn = f"{PG_DSN} options='-c search_path={schema},public'"
+    db = PostgresDatabase(dsn, partition_order=0)
+    db.dsn = dsn
+    yield db
+    db.close()
+    admin.con.execute(f"DROP SCHEMA {schema} CASCADE")
+    admin.close()
+
+
+BACKENDS = ["embedded", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request):
+    return request.getfixturevalue(request.param)
+
+
+def _count(db, table: str, where: str = "TRUE") -> int:
+    return int(db.query(f"SELECT count(*) AS n FROM {table} WHERE {where}")["n"][0])
+
+
+# --- tests --------------------------------------------------------------------------------------
+
+
+def test_rows_per_tile_equal_the_tables_and_carry_ids_provenance_and_pixel(db):
+    rng = np.random.default_rng(1)
+    rows, srcs, forced = _visit(1003, rng)
+    loaded = db.replace_tile({"visit": 1003}, rows, run_id="run-1")
+    assert loaded == {"src": sum(map(len, srcs)), "forced_src": sum(map(len, forced))}
+    for ccd, src in zip(CCDS, srcs, strict=True):
+        assert _count(db, "src", f"visit = 1003 AND ccd = {ccd}") == len(src)
+    assert db.tile_rows("src") == {"visit=1003": sum(map(len, srcs))}
+    got = db.query("SELECT * FROM src WHERE ccd = 7 ORDER BY id")
+    assert list(got.colnames) == [c.name for c in table_columns("src")]
+    assert set(got["campaign"]) == {"test"} and set(got["run_id"]) == {"run-1"}
+    assert set(got["filter"]) == {"r"}
+    np.testing.assert_array_equal(np.asarray(got["id"]), np.asarray(srcs[1]["id"]))
+    np.testing.assert_array_equal(
+        np.asarray(got["healpix"]), healpix_of(srcs[1]["ra_deg"], srcs[1]["dec_deg"])
+    )
+    # forced_src positions come from the calexp WCS at the forced x, y
+    forced_rows = db.query("SELECT object_id, ra_deg, dec_deg FROM forced_src WHERE ccd = 3")
+    order = np.argsort(np.asarray(forced_rows["object_id"]))
+    ra, dec = _wcs(150.0, 2.2).pixel_to_world_values(forced[0]["x"], forced[0]["y"])
+    np.testing.assert_allclose(np.asarray(forced_rows["ra_deg"])[order], ra, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(forced_rows["dec_deg"])[order], dec, atol=1e-9)
+
+
+def test_rows_read_back_from_fits_load_as_written(db, tmp_path):
+    from dcflow.io import read_table, write_table
+
+    rng = np.random.default_rng(12)
+    tables = []
+    for ccd in CCDS:
+        path = tmp_path / f"src_{ccd}.fits"
+        write_table(_catalog("src", 300, rng), path)
+        tables.append(read_table(path))  # big-endian columns, as every FITS table
+    rows = visit_rows(tables, [], [], visit=4, band="g", ccds=CCDS, provenance=PROVENANCE)
+    assert db.replace_tile({"visit": 4}, rows)["src"] == 600
+    got = db.query("SELECT psf_flux FROM src WHERE ccd = 3 ORDER BY id")
+    np.testing.assert_array_equal(np.asarray(got["psf_flux"]), np.asarray(tables[0]["psf_flux"]))
+
+
+def test_a_rerun_replaces_its_tile_only(db):
+    rng = np.random.default_rng(2)
+    first, _, _ = _visit(1, rng)
+    other, other_srcs, _ = _visit(2, rng, ra0=150.3)
+    db.replace_tile({"visit": 1}, first, run_id="run-1")
+    db.replace_tile({"visit": 2}, other, run_id="run-1")
+    before = db.query("SELECT sum(ra_deg) AS s, count(*) AS n FROM src WHERE visit = 2")
+    n_first = _count(db, "src", "visit = 1")
+    db.replace_tile({"visit": 1}, first, run_id="run-2")
+    assert _count(db, "src", "visit = 1") == n_first
+    tiles = db.query(
+        "SELECT tile, run_id FROM catalog_tiles WHERE table_name = 'src' ORDER BY tile"
+    )
+    assert list(tiles["tile"]) == ["visit=1", "visit=2"]
+    assert list(tiles["run_id"]) == ["run-2", "run-1"]
+    after = db.query("SELECT sum(ra_deg) AS s, count(*) AS n FROM src WHERE visit = 2")
+    assert after["n"][0] == before["n"][0] == sum(map(len, other_srcs))
+    assert after["s"][0] == pytest.approx(before["s"][0], rel=1e-12)
+    # a rerun with fewer rows leaves exactly those
+    smaller = {"src": first["src"][:1], "forced_src": []}
+    db.replace_tile({"visit": 1}, smaller, run_id="run-3")
+    assert _count(db, "src", "visit = 1") == len(first["src"][0]["id"])
+    assert _count(db, "forced_src", "visit = 1") == 0
+    dup = db.query(
+        "SELECT count(*) AS n FROM (SELECT visit, ccd, id FROM src "
+        "GROUP BY visit, ccd, id HAVING count(*) > 1) AS d"
+    )
+    assert dup["n"][0] == 0
+
+
+def test_rows_of_another_tile_are_refused(db):
+    rng = np.random.default_rng(3)
+    rows, _, _ = _visit(5, rng)
+    with pytest.raises(ValueError, match="visit=6 carry another visit"):
+        db.replace_tile({"visit": 6}, rows)
+    assert db.tile_rows("src") == {}
+
+
+_KILLED_LOAD = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_catalog_db import _visit, _open
+    db = _open({backend!r}, {target!r})
+    rows, _, _ = _visit(9, np.random.default_rng(9))
+    def hang():
+        print("ROWS-WRITTEN", flush=True)
+        time.sleep(120)
+    db.replace_tile({{"visit": 9}}, rows, run_id="killed", before_commit=hang)
+    """
+)
+
+
+def _open(backend: str, target: str):
+    if backend == "embedded":
+        return EmbeddedDatabase(target)
+    from dcflow.catalog_db.postgres import PostgresDatabase
+
+    return PostgresDatabase(target, partition_order=0)
+
+
+def test_a_load_killed_mid_way_leaves_no_rows_and_the_rerun_loads_once(db, request):
+    backend = "embedded" if isinstance(db, EmbeddedDatabase) else "postgres"
+    target = str(db.path) if backend == "embedded" else db.dsn
+    rng = np.random.default_rng(4)
+    kept, kept_srcs, _ = _visit(8, rng)
+    db.replace_tile({"visit": 8}, kept, run_id="run-1")
+    code = _KILLED_LOAD.format(tests=str(REPO / "tests"), backend=backend, target=target)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ROWS-WRITTEN"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _count(db, "src", "visit = 9") == 0
+    assert _count(db, "forced_src", "visit = 9") == 0
+    assert "visit=9" not in db.tile_rows("src")
+    assert _count(db, "src", "visit = 8") == sum(map(len, kept_srcs))
+    rows, srcs, _ = _visit(9, np.random.default_rng(9))
+    db.replace_tile({"visit": 9}, rows, run_id="rerun")
+    assert _count(db, "src", "visit = 9") == sum(map(len, srcs))
+
+
+@pytest.mark.parametrize("radius_deg", [1 / 60, 0.1])
+def test_a_cone_search_returns_exactly_the_brute_force_rows(db, radius_deg):
+    rng = np.random.default_rng(5)
+    for visit, ra0 in ((1, 149.9), (2, 150.1)):
+        rows, _, _ = _visit(visit, rng, n=3000, ra0=ra0)
+        db.replace_tile({"visit": visit}, rows)
+    db.create_indexes()
+    db.create_indexes()  # idempotent
+    db.analyze()
+    everything = db.query("SELECT visit, ccd, id, ra_deg, dec_deg FROM src")
+    distance = angular_distance_deg(
+        np.asarray(everything["ra_deg"], float),
+        np.asarray(everything["dec_deg"], float),
+        150.0,
+        2.2,
+    )
+    expected = {
+        (int(v), int(c), int(i))
+        for v, c, i, d in zip(
+            everything["visit"], everything["ccd"], everything["id"], distance, strict=True
+        )
+        if d <= radius_deg
+    }
+    got = db.cone("src", 150.0, 2.2, radius_deg)
+    found = {
+        (int(v), int(c), int(i))
+        for v, c, i in zip(got["visit"], got["ccd"], got["id"], strict=True)
+    }
+    assert len(expected) > 10
+    assert found == expected
+
+
+def test_cone_pixel_ranges_cover_the_cone():
+    rng = np.random.default_rng(6)
+    ra = 10.0 + rng.uniform(-2, 2, 20000)
+    dec = -30.0 + rng.uniform(-2, 2, 20000)
+    pixels = healpix_of(ra, dec)
+    inside = angular_distance_deg(ra, dec, 10.0, -30.0) <= 0.5
+    ranges = cone_pixel_ranges(10.0, -30.0, 0.5)
+    covered = np.zeros(len(ra), dtype=bool)
+    for start, end in ranges:
+        covered |= (pixels >= start) & (pixels < end)
+    assert inside.sum() > 100
+    assert covered[inside].all()
+    assert covered.sum() < 3 * inside.sum()  # a tight superset, not the whole sky
+    with pytest.raises(ValueError, match="radius_deg must be > 0"):
+        cone_pixel_ranges(10.0, -30.0, 0.0)
+
+
+def test_object_tables_get_per_filter_columns_and_comments(db):
+    rng = np.random.default_rng(7)
+    objects = _catalog("object", 200, rng, filters=("g", "r"))
+    objects["tract"] = 0
+    objects["patch"] = "1,1"
+    from dcflow.catalog_db.loading import patch_rows
+
+    rows, filters = patch_rows(objects, provenance=PROVENANCE)
+    assert filters == ["g", "r"]
+    db.replace_tile({"tract": 0, "patch": "1,1"}, rows, filters=filters)
+    assert db.tile_rows("object") == {"tract=0,patch=1,1": 200}
+    got = db.query("SELECT r_psf_flux FROM object ORDER BY object_id")
+    np.testing.assert_allclose(np.asarray(got["r_psf_flux"]), np.asarray(objects["r_psf_flux"]))
+    if isinstance(db, EmbeddedDatabase):
+        sql = (
+            "SELECT comment FROM duckdb_columns() WHERE table_name = 'object' "
+            "AND column_name = 'ra_deg'"
+        )
+    else:
+        sql = (
+            "SELECT col_description('object'::regclass, a.attnum) AS comment FROM pg_attribute a "
+            "WHERE a.attrelid = 'object'::regclass AND a.attname = 'ra_deg'"
+        )
+    assert db.query(sql)["comment"][0] == "[deg] right ascension (reference filter centroid)"
+
+
+def test_concurrent_loads_all_land(db):
+    """Two load processes at once on an empty database (embedded: they queue on the lock)."""
+    backend = "embedded" if isinstance(db, EmbeddedDatabase) else "postgres"
+    target = str(db.path) if backend == "embedded" else db.dsn
+    code = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        sys.path.insert(0, {tests!r})
+        from test_catalog_db import _visit, _open
+        db = _open({backend!r}, {target!r})
+        for visit in range({first}, {first} + 3):
+            rows, _, _ = _visit(visit, np.random.default_rng(visit))
+            db.replace_tile({{"visit": visit}}, rows)
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code.format(tests=str(REPO / "tests"), backend=backend, target=target, first=f),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for f in (100, 200)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    tiles = db.tile_rows("src")
+    assert sorted(tiles) == [f"visit={v}" for v in (100, 101, 102, 200, 201, 202)]
+
+
+def test_tables_follow_the_catalog_schema():
+    for name in TABLES:
+        columns = [c.name for c in table_columns(name, filters=("g",))]
+        schema = list(schema_for(name, filters=("g",)))
+        assert columns[-len(schema) :] == schema
+        assert {"campaign", "run_id", "code_version", "healpix"} <= set(columns)
+
+
+@pytest.mark.postgres
+def test_postgres_credentials_never_appear_in_messages():
+    from dcflow.catalog_db.postgres import PostgresDatabase, redacted_dsn
+
+    secret = "s3cr3t-" + uuid.uuid4().hex[:8]
+    assert secret not in redacted_dsn(f"host=127.0.0.1 user=dcflow password={secret}")
+    if not PG_DSN:
+        pytest.skip(
+            "no PostgreSQL test server (DCFLOW_TEST_PG_DSN unset: run scripts/postgres-up as root)"
+        )
+    with pytest.raises(RuntimeError) as caught:
+        PostgresDatabase(f"{PG_DSN} password={secret} connect_timeout=5")
+    assert "cannot connect" in str(caught.value)
+    assert secret not in str(caught.value) and secret not in repr(caught.value.__cause__)
+
+
+def test_db_index_analyze_and_query_through_the_command(tmp_path):
+    from campaigns import write_campaign_config
+
+    from dcflow.config_schema import load_config
+    from dcflow.layout import Layout
+
+    config_path = write_campaign_config(tmp_path)
+    path = Layout.from_config(load_config(config_path)).path("catalog_db")
+    rows, srcs, _ = _visit(1001, np.random.default_rng(11))
+    EmbeddedDatabase(path).replace_tile({"visit": 1001}, rows)
+    dcflow = [str(Path(sys.executable).with_name("dcflow")), "--config", str(config_path)]
+
+    def run(*args):
+        return subprocess.run([*dcflow[:1], *args, *dcflow[1:]], capture_output=True, text=True)
+
+    for _ in range(2):  # idempotent
+        done = run("db", "index")
+        assert done.returncode == 0, done.stderr
+        assert "index src_healpix: present" in done.stdout
+    assert run("db", "analyze").returncode == 0
+    out = tmp_path / "counts.csv"
+    done = run(
+        "query",
+        "SELECT ccd, count(*) AS n FROM src GROUP BY ccd ORDER BY ccd",
+        "--output",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    counts = Table.read(out, format="ascii.csv")
+    assert list(counts["ccd"]) == list(CCDS)
+    assert list(counts["n"]) == [len(t) for t in srcs]
+    bad = run("query", "SELECT nothing FROM nowhere")
+    assert bad.returncode == 1
+    assert "query failed on the duckdb catalog database" in bad.stderr
