@@ -6,7 +6,9 @@ digest of the `SimConfig` that made it (``SIMHASH``), so a rerun skips files tha
 there from the same config and rewrites those from another one.
 
 The ``truth`` file holds the truth catalog in HDU 1 (``STARS``) and the per-(visit, ccd)
-truth table (`cfht_sim.truth_table`) in HDU 2 (``VISITS``).
+truth table (`cfht_sim.truth_table`) in HDU 2 (``VISITS``); with transients, variables or
+movers, their catalog (``VARIABLES``, `cfht_sim.make_variable_catalog`) and their per-(visit,
+ccd) epochs (``VARIABLE_EPOCHS``, `cfht_sim.variable_truth_table`) follow.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def write_simulated_campaign(
     digest = cfht_sim.config_digest(sim_config)
     paths: list[str] = []
     stars = cfht_sim.make_truth_catalog(sim_config)
+    variables = cfht_sim.make_variable_catalog(sim_config)
 
     refcat_path = Path(layout.path("refcat", instrument=instrument))
     if not _up_to_date(refcat_path, digest):
@@ -107,7 +110,11 @@ def write_simulated_campaign(
     truth_path = Path(layout.path("truth", instrument=instrument))
     if not _up_to_date(truth_path, digest):
         visits = cfht_sim.truth_table(sim_config)
-        io.write_fits(_table_hdus({"STARS": stars, "VISITS": visits}, digest), truth_path)
+        tables = {"STARS": stars, "VISITS": visits}
+        if len(variables):
+            tables["VARIABLES"] = variables
+            tables["VARIABLE_EPOCHS"] = cfht_sim.variable_truth_table(sim_config, variables)
+        io.write_fits(_table_hdus(tables, digest), truth_path)
         logger.info("wrote %s (%d stars, %d visit/ccd rows)", truth_path, len(stars), len(visits))
     paths.append(str(truth_path))
 
@@ -119,7 +126,9 @@ def write_simulated_campaign(
             paths.append(str(path))
             if _up_to_date(path, digest):
                 continue
-            io.write_fits(cfht_sim.simulate_raw(sim_config, spec, ccd, stars=stars), path)
+            io.write_fits(
+                cfht_sim.simulate_raw(sim_config, spec, ccd, stars=stars, variables=variables), path
+            )
             written += 1
         logger.info(
             "visit %d (%s, %s) [%d/%d]: %d CCD(s) written, %d up to date",
