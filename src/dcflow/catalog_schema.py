@@ -1,12 +1,15 @@
-"""One schema for the catalogs dcflow writes: src, object (Object), forced_src (ForcedSource),
-diaSrc / diaSourceTable (DiaSource), diaObject (DiaObject) and diaTracklet.
+"""One schema for the catalogs dcflow writes, from src to diaObject.
+
+The catalogs: src, object (Object), forced_src (ForcedSource), diaSrc and diaSourceTable
+(DiaSource), diaObject (DiaObject) and diaTracklet.
 
 Each column has a name (snake_case, the unit in the name where it is not obvious, as in
 ``ra_deg``; the alert-production catalogs keep the Rubin DPDD's camelCase names, which alert
-consumers know, with their units in the schema), a numpy dtype, a unit (FITS / astropy unit string, None for dimensionless or
-flags) and a one-line description. `annotate` puts the unit and description on a table's
-columns; `dcflow.io.write_table` then writes them as ``TUNITn`` and ``TCOMMn`` (the column
-comment keyword of the HEASARC convention) beside astropy's own serialized column metadata.
+consumers know, with their units in the schema), a numpy dtype, a unit (FITS / astropy unit
+string, None for dimensionless or flags) and a one-line description. `annotate` puts the unit
+and description on a table's columns; `dcflow.io.write_table` then writes them as ``TUNITn`` and
+``TCOMMn`` (the column comment keyword of the HEASARC convention) beside astropy's own
+serialized column metadata.
 Per-filter columns of the object table are written ``<filter>_<name>`` (``r_psf_flux``).
 
 The stages that build the tables call `annotate`, which fails on a column the schema does not
@@ -147,7 +150,7 @@ DIA_SOURCE_COLUMNS: dict[str, ColumnSchema] = _columns(
     ("y", "f8", "pix", "centroid row, 0-based array coordinates"),
     ("xErr", "f8", "pix", "error of x"),
     ("yErr", "f8", "pix", "error of y"),
-    ("psfFlux", "f8", "nJy", "PSF flux on the difference image (negative: fainter than template)"),
+    ("psfFlux", "f8", "nJy", "difference-image PSF flux (negative: fainter than the template)"),
     ("psfFluxErr", "f8", "nJy", "standard error of psfFlux"),
     ("snr", "f8", None, "psfFlux / psfFluxErr"),
     ("significance", "f8", None, "matched-filter detection significance (sigma)"),

@@ -303,11 +303,9 @@ def build_shards(
                 for shard_id in (f"forced-{b:05d}" for b in sorted(set(batch_of[visits].tolist())))
                 if shard_id in forced
             )
+            shard_id = f"alerts-{tract:05d}-{g:03d}"
             shards.append(
-                _shard(
-                    graph, f"alerts-{tract:05d}-{g:03d}", "alerts", upstream,
-                    patches=group, read_visits=visits,
-                )  # fmt: skip
+                _shard(graph, shard_id, "alerts", upstream, patches=group, read_visits=visits)
             )
     if "final" in kinds and n_visits:
         upstream = tuple(f"visits-{k:05d}" for k in range(n_batches))

@@ -298,7 +298,7 @@ class JobGraph:
         position = np.full(index.n_visits, -1, dtype=np.int64)
         position[down.columns["visit"]] = np.arange(down.n_jobs)
         n_bands = len(index.filters) if "filter" in up.columns else 1
-        band = up.columns["filter"] if "filter" in up.columns else 0
+        band = up.columns.get("filter", 0)
         patch_job = np.full(index.n_patches * n_bands, -1, dtype=np.int64)
         patch_job[up.columns["patch"] * n_bands + band] = np.arange(up.n_jobs)
         d = position[index.pair_visit]

@@ -22,6 +22,7 @@ DIASource of the night within ``tracklet_tolerance_arcsec`` of the pair's line j
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -218,7 +219,7 @@ def associate_dia_sources(
     radius_rad = config.radius_arcsec / _ARCSEC_PER_RAD
     n_matched = 0
     bounds = [0, *(np.flatnonzero(np.diff(visits[order]) != 0) + 1).tolist(), n] if n else [0]
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, stop in itertools.pairwise(bounds):
         rows = order[start:stop]
         matched = np.zeros(len(rows), dtype=bool)
         if len(obj_vec):
