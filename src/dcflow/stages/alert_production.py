@@ -93,11 +93,14 @@ class TemplateOnCalexp:
         Calexp pixels with template data.
     n_patches : int
         Patches that contributed pixels.
+    visits : tuple of int
+        Input visits of those patches (header ``VISIT<i>`` cards of the coadds).
     """
 
     template: Exposure | None
     n_covered_pixels: int
     n_patches: int
+    visits: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,8 @@ class AlertProductionResult:
     ----------
     deep_diff : Exposure
         The difference (image, mask, variance; calexp WCS) with header ``DIASTAT``,
-        ``TMPLCOV`` (template-covered fraction), ``DIFFCONV`` and ``TMPLSCAL``.
+        ``TMPLCOV`` (template-covered fraction), ``DIFFCONV``, ``TMPLSCAL``, ``NOISERAT`` and
+        ``TMPLSELF`` (the visit is one of the template's inputs).
     psf_image : numpy.ndarray
         The difference's PSF at the CCD centre (unit sum; a zero-size array with no template).
     dia_sources : astropy.table.Table
@@ -163,6 +167,7 @@ def template_on_calexp(
     fwhm_sum = 0.0
     zero_point = None
     n_patches = 0
+    visits: set[int] = set()
     for index, template in enumerate(templates):
         fwhm = header_number(template.header, "PSFFWHM", f"templates[{index}]")
         zp = header_number(template.header, "ZP", f"templates[{index}]")
@@ -188,6 +193,8 @@ def template_on_calexp(
         fwhm_weight += n_new
         zero_point = zp
         n_patches += 1
+        n_inputs = int(template.header.get("NINPUTS", 0))
+        visits.update(int(template.header.get(f"VISIT{i}", -1)) for i in range(n_inputs))
     n_covered = int(covered.sum())
     if n_covered == 0:
         return TemplateOnCalexp(None, 0, 0)
@@ -197,7 +204,7 @@ def template_on_calexp(
     template = Exposure(
         image=image, mask=mask, variance=variance, wcs=calexp.wcs.deepcopy(), header=header
     )
-    return TemplateOnCalexp(template, n_covered, n_patches)
+    return TemplateOnCalexp(template, n_covered, n_patches, tuple(sorted(visits - {-1})))
 
 
 def dia_source_ids(visit: int, ccd: int, n: int) -> np.ndarray:
@@ -359,6 +366,16 @@ def run_alert_production(
     header["TMPLSCAL"] = (diff.template_scale, "science units per template unit")
     header["NOISERAT"] = (noise, "robust rms of image/sqrt(variance)")
     header["NDIASRC"] = (len(catalog), "DIASources")
+    # A template that holds this very visit shares its noise and part of its transients:
+    # the difference is quieter than its variance plane and transient fluxes are biased low.
+    in_template = int(visit) in resampled.visits
+    header["TMPLSELF"] = (in_template, "this visit is an input of the template")
+    if in_template:
+        log.warning(
+            "visit %d is an input of its template (visits %s): noise below the variance plane, "
+            "transient fluxes biased low",
+            visit, ", ".join(map(str, resampled.visits)),
+        )  # fmt: skip
     for key, value in diff.psf.base_psf.to_header().items():
         header[key] = value
     deep_diff = Exposure(
