@@ -122,7 +122,7 @@ def test_ids_are_unique_per_campaign_and_checked():
     b = dia_source_ids(1001, 4, 5)
     c = dia_source_ids(1002, 3, 5)
     assert len(set(a) | set(b) | set(c)) == 15
-    with pytest.raises(ValueError, match="ccd must be in 0..999"):
+    with pytest.raises(ValueError, match=r"ccd must be in 0\.\.999"):
         dia_source_ids(1, 1000, 1)
     with pytest.raises(ValueError, match="exceed the id field"):
         dia_source_ids(1, 0, 100_000)
