@@ -374,6 +374,7 @@ def run_alert_production(
     header["TMPLCOV"] = (resampled.n_covered_pixels / calexp.image.size, "template coverage")
     header["DIFFCONV"] = (diff.convolved, "image convolved by the matching kernel")
     header["TMPLSCAL"] = (diff.template_scale, "science units per template unit")
+    header["TMPLVSCL"] = (resampled.template.header["TMPLVSCL"], "template variance scaled by")
     header["NOISERAT"] = (noise, "robust rms of image/sqrt(variance)")
     header["NDIASRC"] = (len(catalog), "DIASources")
     # A template that holds this very visit shares its noise and part of its transients:
