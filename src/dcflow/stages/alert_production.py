@@ -87,10 +87,8 @@ class TemplateOnCalexp:
     Attributes
     ----------
     template : Exposure or None
-        On the calexp's grid (``NO_DATA`` where no patch covers), header ``ZP``, ``PSFFWHM``
-        (coverage-weighted over the patches) and ``TMPLVSCL`` (the factor applied to the
-        variance plane so that it matches the measured pixel scatter); None when no patch
-        covers the CCD.
+        On the calexp's grid (``NO_DATA`` where no patch covers), header ``ZP`` and
+        ``PSFFWHM`` (coverage-weighted over the patches); None when no patch covers the CCD.
     n_covered_pixels : int
         Calexp pixels with template data.
     n_patches : int
@@ -200,15 +198,13 @@ def template_on_calexp(
     n_covered = int(covered.sum())
     if n_covered == 0:
         return TemplateOnCalexp(None, 0, 0)
-    # Resampling (the coadd's warps, then this one) correlates the template's noise and leaves
-    # its propagated variance above the per-pixel scatter (measured on the demo: 0.79 of it in
-    # rms); the variance plane is rescaled to the measured scatter, as ip_diffim's
-    # ScaleVarianceTask does, so that the difference's variance plane stays true.
-    ratio = _noise_ratio(image, variance, mask)
-    variance_scale = ratio**2 if np.isfinite(ratio) and ratio > 0 else 1.0
-    variance *= np.float32(variance_scale)
+    # The propagated variance is kept even though resampling (the coadd's warps, then this
+    # one) leaves the template's pixel scatter below it: scaling it down to the scatter (as
+    # ip_diffim's ScaleVarianceTask would) gave a true per-pixel noise but raised the
+    # PSF-scale noise above the plane, and with it the 5-sigma false detections (measured on
+    # the demo, visit 1003, two CCDs: noise/variance 0.99-1.00 unscaled and 1.02 scaled, 5
+    # false DIASources unscaled and 13 scaled).
     header = calexp.header.copy()
-    header["TMPLVSCL"] = (variance_scale, "template variance plane scaled to its pixel scatter")
     header["ZP"] = (zero_point, "mag of one template unit")
     header["PSFFWHM"] = (fwhm_sum / fwhm_weight, "template PSF FWHM, arcsec")
     template = Exposure(
@@ -374,7 +370,6 @@ def run_alert_production(
     header["TMPLCOV"] = (resampled.n_covered_pixels / calexp.image.size, "template coverage")
     header["DIFFCONV"] = (diff.convolved, "image convolved by the matching kernel")
     header["TMPLSCAL"] = (diff.template_scale, "science units per template unit")
-    header["TMPLVSCL"] = (resampled.template.header["TMPLVSCL"], "template variance scaled by")
     header["NOISERAT"] = (noise, "robust rms of image/sqrt(variance)")
     header["NDIASRC"] = (len(catalog), "DIASources")
     # A template that holds this very visit shares its noise and part of its transients:
