@@ -362,16 +362,25 @@ def find_tracklets(sources: Table, *, config: DiaAssociationConfig | None = None
     visit = np.asarray(sources["visit"], np.int64)
     ids = np.asarray(sources["diaSourceId"], np.int64)
     max_rate = config.tracklet_max_rate_deg_per_day * 3600.0 / 24.0  # arcsec/hour
-    reach = max_rate * config.tracklet_max_gap_hours
-    tree = cKDTree(np.column_stack([x, y]))
+    # candidate pairs per pair of visits, within the distance the fastest mover covers between
+    # them (one k-d tree per visit; a search over the whole night's reach was quadratic)
+    visit_ids = np.unique(visit)
+    members = {v: np.flatnonzero(visit == v) for v in visit_ids.tolist()}
+    trees = {v: cKDTree(np.column_stack([x[m], y[m]])) for v, m in members.items()}
+    start = {v: float(t[m[0]]) for v, m in members.items()}
     pairs = []
-    for i, j in tree.query_pairs(reach, output_type="ndarray"):
-        dt = abs(t[j] - t[i])
-        if visit[i] == visit[j] or dt <= 0 or dt > config.tracklet_max_gap_hours:
-            continue
-        rate = np.hypot(x[j] - x[i], y[j] - y[i]) / dt
-        if config.tracklet_min_rate_arcsec_per_hour <= rate <= max_rate:
-            pairs.append((dt, i, j) if t[i] < t[j] else (dt, j, i))
+    for a in visit_ids.tolist():
+        for b in visit_ids.tolist():
+            dt = start[b] - start[a]
+            if dt <= 0 or dt > config.tracklet_max_gap_hours:
+                continue
+            found = trees[a].query_ball_tree(trees[b], max_rate * dt)
+            for k, near in enumerate(found):
+                i = members[a][k]
+                for j in members[b][near].tolist():
+                    rate = np.hypot(x[j] - x[i], y[j] - y[i]) / (t[j] - t[i])
+                    if config.tracklet_min_rate_arcsec_per_hour <= rate <= max_rate:
+                        pairs.append((t[j] - t[i], i, j))
     used = np.zeros(n, dtype=bool)
     rows = []
     for _, i, j in sorted(pairs):
