@@ -16,7 +16,8 @@ the PSF flux of the difference (negative where the source is fainter than in the
 Tracklets (the first step of moving-object processing) link positive DIASources that do not
 belong to a DIAObject seen more than once, taken two or more within one night, whose motion
 is faster than ``tracklet_min_rate_arcsec_per_hour`` (slower ones associate as static) and
-slower than ``tracklet_max_rate_deg_per_day``; a pair seeds a tracklet, and every other
+slower than ``tracklet_max_rate_deg_per_day``, with consistent fluxes; the most
+flux-consistent pair seeds a tracklet first, and every other
 DIASource of the night within ``tracklet_tolerance_arcsec`` of the pair's line joins it.
 """
 
@@ -89,6 +90,12 @@ class DiaAssociationConfig:
     )
     tracklet_max_gap_hours: float = config_field(
         12.0, "Longest time between two DIASources of one tracklet (hours)", exclusive_minimum=0.0
+    )
+    tracklet_max_flux_chi2: float = config_field(
+        25.0,
+        "Largest (f1 - f2)^2 / (e1^2 + e2^2) of the PSF fluxes of two DIASources of a tracklet "
+        "(a mover's brightness is nearly constant within a night)",
+        exclusive_minimum=0.0,
     )
     tracklet_tolerance_arcsec: float = config_field(
         0.7,
@@ -361,6 +368,8 @@ def find_tracklets(sources: Table, *, config: DiaAssociationConfig | None = None
     t = np.asarray(sources["midpointMjdTai"], float) * 24.0  # hours
     visit = np.asarray(sources["visit"], np.int64)
     ids = np.asarray(sources["diaSourceId"], np.int64)
+    flux = np.asarray(sources["psfFlux"], float)
+    flux_err = np.asarray(sources["psfFluxErr"], float)
     max_rate = config.tracklet_max_rate_deg_per_day * 3600.0 / 24.0  # arcsec/hour
     # candidate pairs per pair of visits, within the distance the fastest mover covers between
     # them (one k-d tree per visit; a search over the whole night's reach was quadratic)
@@ -379,11 +388,25 @@ def find_tracklets(sources: Table, *, config: DiaAssociationConfig | None = None
                 i = members[a][k]
                 for j in members[b][near].tolist():
                     rate = np.hypot(x[j] - x[i], y[j] - y[i]) / (t[j] - t[i])
-                    if config.tracklet_min_rate_arcsec_per_hour <= rate <= max_rate:
-                        pairs.append((t[j] - t[i], i, j))
+                    if not config.tracklet_min_rate_arcsec_per_hour <= rate <= max_rate:
+                        continue
+                    flux_chi2 = (flux[j] - flux[i]) ** 2 / (flux_err[i] ** 2 + flux_err[j] ** 2)
+                    if flux_chi2 <= config.tracklet_max_flux_chi2:
+                        pairs.append((flux_chi2, rate, i, j))
     used = np.zeros(n, dtype=bool)
     rows = []
-    for _, i, j in sorted(pairs):
+    # Pairs that more DIASources of the night continue along a line come first, then the
+    # most flux-consistent (an asteroid's brightness barely changes within a night), then the
+    # slowest: on a night of two visits, where every pair fits a line, flux decides.
+    ranked = []
+    for flux_chi2, rate, i, j in pairs:
+        vx = (x[j] - x[i]) / (t[j] - t[i])
+        vy = (y[j] - y[i]) / (t[j] - t[i])
+        near = np.abs(t - t[i]) <= config.tracklet_max_gap_hours
+        miss = np.hypot(x - x[i] - vx * (t - t[i]), y - y[i] - vy * (t - t[i]))
+        n_on_line = int(np.unique(visit[near & (miss <= config.tracklet_tolerance_arcsec)]).size)
+        ranked.append((-n_on_line, flux_chi2, rate, i, j))
+    for _, _, _, i, j in sorted(ranked):
         if used[i] or used[j]:
             continue
         vx = (x[j] - x[i]) / (t[j] - t[i])
