@@ -2,12 +2,12 @@
 
 Association follows Rubin's ap_association: the DIASources of one visit at a time, in visit
 order, are matched to the DIAObjects built from the earlier visits. Candidates are the
-DIAObjects within ``radius_arcsec`` (a k-d tree on unit vectors, the only gate); each
-candidate pair costs its positional chi^2, ``d^2 / (sigma_source^2 + sigma_object^2)``;
-one minimum-cost bipartite assignment (`scipy.optimize.linear_sum_assignment`) decides, so that two DIASources of a
-visit never claim one DIAObject. An unmatched DIASource starts a DIAObject whose id is its
-own ``diaSourceId`` (as in the Rubin schema), so the ids depend only on the DIASources and
-the visit order: a rerun of one visit that reproduces its diaSrc gives the same ids.
+DIAObjects within ``radius_arcsec`` (a k-d tree on unit vectors, the only gate); each candidate
+pair costs its positional chi^2, ``d^2 / (sigma_source^2 + sigma_object^2)``; one minimum-cost
+bipartite assignment (`scipy.optimize.linear_sum_assignment`) decides, so that two DIASources
+of a visit never claim one DIAObject. An unmatched DIASource starts a DIAObject whose id is its
+own ``diaSourceId`` (as in the Rubin schema), so the ids depend only on the DIASources and the
+visit order: a rerun of one visit that reproduces its diaSrc gives the same ids.
 
 Per DIAObject, the light-curve summary of the Rubin DiaObject table: the number of DIASources,
 first and last epoch, and per filter the number, weighted mean, its error and the scatter of
