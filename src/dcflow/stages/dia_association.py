@@ -14,7 +14,7 @@ first and last epoch, and per filter the number, weighted mean, its error and th
 the PSF flux of the difference (negative where the source is fainter than in the template).
 
 Tracklets (the first step of moving-object processing) link positive DIASources that do not
-belong to a DIAObject seen more than once, taken two or more within one night, whose motion
+belong to a DIAObject with another positive DIASource, taken two or more within one night, whose motion
 is faster than ``tracklet_min_rate_arcsec_per_hour`` (slower ones associate as static) and
 slower than ``tracklet_max_rate_deg_per_day``, with consistent fluxes; the most
 flux-consistent pair seeds a tracklet first, and every other
@@ -267,10 +267,13 @@ def associate_dia_sources(
     object_ids = source_ids[first_source] if n else np.zeros(0, np.int64)
     dia_object_id = object_ids[owner] if n else np.zeros(0, np.int64)
     dia_objects = _summaries(sources, owner, object_ids, obj_vec, obj_sigma, filters)
-    counts = np.bincount(owner, minlength=len(obj_vec)) if n else np.zeros(0, int)
-    single = counts[owner] == 1 if n else np.zeros(0, bool)
-    tracklets = find_tracklets(sources[single & ~np.asarray(sources["isNegative"], bool)],
-                               config=config)  # fmt: skip
+    # A mover in a template visit leaves negative ghosts at that position in every other
+    # visit, which associate with its positive DIASource there: only the positive DIASources
+    # of a DIAObject count when deciding that it was seen once (a tracklet candidate).
+    positive = ~np.asarray(sources["isNegative"], bool)
+    counts = np.bincount(owner[positive], minlength=len(obj_vec)) if n else np.zeros(0, int)
+    single = positive & (counts[owner] == 1) if n else np.zeros(0, bool)
+    tracklets = find_tracklets(sources[single], config=config)
     log.info(
         "%d DIASources: %d matched, %d DIAObjects, %d tracklets",
         n, n_matched, len(dia_objects), len(np.unique(tracklets["trackletId"])),
