@@ -14,11 +14,11 @@ first and last epoch, and per filter the number, weighted mean, its error and th
 the PSF flux of the difference (negative where the source is fainter than in the template).
 
 Tracklets (the first step of moving-object processing) link positive DIASources that do not
-belong to a DIAObject with another positive DIASource, taken two or more within one night, whose motion
-is faster than ``tracklet_min_rate_arcsec_per_hour`` (slower ones associate as static) and
-slower than ``tracklet_max_rate_deg_per_day``, with consistent fluxes; the most
-flux-consistent pair seeds a tracklet first, and every other
-DIASource of the night within ``tracklet_tolerance_arcsec`` of the pair's line joins it.
+belong to a DIAObject with another positive DIASource, taken two or more within one night,
+whose motion is faster than ``tracklet_min_rate_arcsec_per_hour`` (slower ones associate as
+static) and slower than ``tracklet_max_rate_deg_per_day``, with consistent fluxes; the most
+flux-consistent pair seeds a tracklet first, and every other DIASource of the night within
+``tracklet_tolerance_arcsec`` of the pair's line joins it.
 """
 
 from __future__ import annotations
