@@ -9,6 +9,9 @@
 #   warp/, deepCoadd/, templateCoadd/   per (visit,) patch and filter on the sky map's tracts
 #   deepCoadd_det/, object/             multi-band detection image and Object table per patch
 #   forced_src/<visit>/                 forced photometry at Object positions per visit and CCD
+#   deepDiff/<visit>/, diaSrc/<visit>/  difference images and DIASources per visit and CCD
+#   diaObject/, diaSourceTable/, diaTracklet/   DIAObjects, associated DIASources, tracklets
+#                                       per patch
 #   fe55/                               Fe55 gain tables and histograms per sensor exposure
 #   db/                                 the catalog database (embedded backend) and load markers
 #   logs/<rule>/<tile>.log              one log per job; benchmarks/<rule>/<tile>.tsv likewise
@@ -31,6 +34,7 @@ include: "rules/calibs.smk"
 include: "rules/process_ccd.smk"
 include: "rules/validation.smk"
 include: "rules/coadd.smk"
+include: "rules/alerts.smk"
 include: "rules/fe55.smk"
 include: "rules/catalog_db.smk"
 

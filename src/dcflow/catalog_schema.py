@@ -1,10 +1,15 @@
-"""One schema for the catalogs dcflow writes: src, object (Object) and forced_src (ForcedSource).
+"""One schema for the catalogs dcflow writes, from src to diaObject.
 
-Each column has a name (snake_case; the unit in the name where it is not obvious, as in
-``ra_deg``), a numpy dtype, a unit (FITS / astropy unit string, None for dimensionless or
-flags) and a one-line description. `annotate` puts the unit and description on a table's
-columns; `dcflow.io.write_table` then writes them as ``TUNITn`` and ``TCOMMn`` (the column
-comment keyword of the HEASARC convention) beside astropy's own serialized column metadata.
+The catalogs: src, object (Object), forced_src (ForcedSource), diaSrc and diaSourceTable
+(DiaSource), diaObject (DiaObject) and diaTracklet.
+
+Each column has a name (snake_case, the unit in the name where it is not obvious, as in
+``ra_deg``; the alert-production catalogs keep the Rubin DPDD's camelCase names, which alert
+consumers know, with their units in the schema), a numpy dtype, a unit (FITS / astropy unit
+string, None for dimensionless or flags) and a one-line description. `annotate` puts the unit
+and description on a table's columns; `dcflow.io.write_table` then writes them as ``TUNITn`` and
+``TCOMMn`` (the column comment keyword of the HEASARC convention) beside astropy's own
+serialized column metadata.
 Per-filter columns of the object table are written ``<filter>_<name>`` (``r_psf_flux``).
 
 The stages that build the tables call `annotate`, which fails on a column the schema does not
@@ -19,6 +24,10 @@ from dataclasses import dataclass
 from astropy.table import Table
 
 __all__ = [
+    "DIA_OBJECT_COLUMNS",
+    "DIA_OBJECT_PER_FILTER_COLUMNS",
+    "DIA_SOURCE_COLUMNS",
+    "DIA_TRACKLET_COLUMNS",
     "FORCED_SRC_COLUMNS",
     "OBJECT_COLUMNS",
     "OBJECT_PER_FILTER_COLUMNS",
@@ -135,7 +144,74 @@ FORCED_SRC_COLUMNS: dict[str, ColumnSchema] = _columns(
 )
 """Columns of forced_src (one row per Object per calexp)."""
 
-_KINDS = {"src": SRC_COLUMNS, "object": OBJECT_COLUMNS, "forced_src": FORCED_SRC_COLUMNS}
+DIA_SOURCE_COLUMNS: dict[str, ColumnSchema] = _columns(
+    ("diaSourceId", "i8", None, "(visit * 1000 + ccd) * 100000 + row: unique in the campaign"),
+    ("visit", "i8", None, "visit of the difference image"),
+    ("ccd", "i8", None, "CCD of the difference image"),
+    ("band", "U8", None, "filter of the visit"),
+    ("midpointMjdTai", "f8", "d", "MJD at the middle of the exposure"),
+    ("ra", "f8", "deg", "right ascension of the centroid"),
+    ("dec", "f8", "deg", "declination of the centroid"),
+    ("raErr", "f8", "deg", "one-axis position error along ra (great circle)"),
+    ("decErr", "f8", "deg", "one-axis position error along dec"),
+    ("x", "f8", "pix", "centroid column, 0-based array coordinates"),
+    ("y", "f8", "pix", "centroid row, 0-based array coordinates"),
+    ("xErr", "f8", "pix", "error of x"),
+    ("yErr", "f8", "pix", "error of y"),
+    ("psfFlux", "f8", "nJy", "difference-image PSF flux (negative: fainter than the template)"),
+    ("psfFluxErr", "f8", "nJy", "standard error of psfFlux"),
+    ("snr", "f8", None, "psfFlux / psfFluxErr"),
+    ("significance", "f8", None, "matched-filter detection significance (sigma)"),
+    ("isNegative", "?", None, "detected as a negative source"),
+    ("isDipole", "?", None, "paired with an opposite-sign source (misregistration, motion)"),
+    ("psfChi2", "f8", None, "reduced chi^2 of the PSF fit"),
+    ("flags", "i4", None, "DiaSourceFlag bits: EDGE, NO_TEMPLATE, SATURATED, DIPOLE, BAD_PIXELS"),
+    ("reliability", "f8", None, "heuristic real/bogus score in [0, 1] (not a classifier)"),
+    ("diaObjectId", "i8", None, "DIAObject of this DIASource (after association)"),
+)
+"""Columns of diaSrc (per visit and CCD) and diaSourceTable (per patch, with diaObjectId)."""
+
+DIA_OBJECT_COLUMNS: dict[str, ColumnSchema] = _columns(
+    ("diaObjectId", "i8", None, "diaSourceId of the DIAObject's first DIASource"),
+    ("ra", "f8", "deg", "weighted mean right ascension of its DIASources"),
+    ("dec", "f8", "deg", "weighted mean declination of its DIASources"),
+    ("raErr", "f8", "deg", "one-axis error of the mean position"),
+    ("decErr", "f8", "deg", "one-axis error of the mean position"),
+    ("nDiaSources", "i8", None, "number of associated DIASources"),
+    ("firstDiaSourceMjdTai", "f8", "d", "epoch of the first DIASource"),
+    ("lastDiaSourceMjdTai", "f8", "d", "epoch of the last DIASource"),
+)
+"""Filter-independent columns of the diaObject table."""
+
+DIA_OBJECT_PER_FILTER_COLUMNS: dict[str, ColumnSchema] = _columns(
+    ("psfFluxNdata", "i8", None, "DIASources in this filter"),
+    ("psfFluxMean", "f8", "nJy", "inverse-variance weighted mean difference PSF flux"),
+    ("psfFluxMeanErr", "f8", "nJy", "standard error of psfFluxMean"),
+    ("psfFluxSigma", "f8", "nJy", "sample standard deviation of the PSF fluxes"),
+    ("psfFluxChi2", "f8", None, "chi^2 of the PSF fluxes about psfFluxMean"),
+)
+"""Per-filter columns of the diaObject table, written ``<filter>_<name>``."""
+
+DIA_TRACKLET_COLUMNS: dict[str, ColumnSchema] = _columns(
+    ("trackletId", "i8", None, "smallest diaSourceId of the tracklet"),
+    ("diaSourceId", "i8", None, "a DIASource of the tracklet"),
+    ("midpointMjdTai", "f8", "d", "epoch of the DIASource"),
+    ("ra", "f8", "deg", "right ascension of the DIASource"),
+    ("dec", "f8", "deg", "declination of the DIASource"),
+    ("raRate", "f8", "deg / d", "fitted motion along ra (great circle)"),
+    ("decRate", "f8", "deg / d", "fitted motion along dec"),
+)
+"""Columns of diaTracklet (one row per DIASource of a tracklet)."""
+
+_KINDS = {
+    "src": SRC_COLUMNS,
+    "object": OBJECT_COLUMNS,
+    "forced_src": FORCED_SRC_COLUMNS,
+    "diaSource": DIA_SOURCE_COLUMNS,
+    "diaObject": DIA_OBJECT_COLUMNS,
+    "diaTracklet": DIA_TRACKLET_COLUMNS,
+}
+_PER_FILTER = {"object": OBJECT_PER_FILTER_COLUMNS, "diaObject": DIA_OBJECT_PER_FILTER_COLUMNS}
 
 
 def schema_for(kind: str, *, filters: Iterable[str] = ()) -> dict[str, ColumnSchema]:
@@ -156,9 +232,9 @@ def schema_for(kind: str, *, filters: Iterable[str] = ()) -> dict[str, ColumnSch
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {', '.join(_KINDS)}; got {kind!r}")
     out = dict(_KINDS[kind])
-    if kind == "object":
+    if kind in _PER_FILTER:
         for band in filters:
-            for name, col in OBJECT_PER_FILTER_COLUMNS.items():
+            for name, col in _PER_FILTER[kind].items():
                 full = f"{band}_{name}"
                 out[full] = ColumnSchema(full, col.dtype, col.unit, f"{band}: {col.description}")
     return out

@@ -14,10 +14,17 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dcflow.exposure import MaskPlane
 from dcflow.stages.fe55 import Fe55AmpResult, Fe55Result, line_model
 from dcflow.stages.photon_transfer import PhotonTransferResult
 
-__all__ = ["draw_fe55_amp", "fe55_amp_figure", "fe55_exposure_figure", "ptc_figure"]
+__all__ = [
+    "diffim_figure",
+    "draw_fe55_amp",
+    "fe55_amp_figure",
+    "fe55_exposure_figure",
+    "ptc_figure",
+]
 
 
 def draw_fe55_amp(ax: Axes, amp: Fe55AmpResult) -> None:
@@ -175,3 +182,59 @@ def ptc_figure(result: PhotonTransferResult, *, title: str = "") -> Figure:
         figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def diffim_figure(results, *, title: str = "", n_stamps: int = 8) -> Figure:
+    """One visit's difference images: noise against the variance plane, counts, stamps.
+
+    Parameters
+    ----------
+    results : sequence of (int, AlertProductionResult)
+        Per CCD of the visit, its number and `dcflow.stages.alert_production` result.
+    title : str
+        Figure title.
+    n_stamps : int
+        Stamps of the brightest DIASources (largest ``|snr|``) shown.
+    """
+    fig = Figure(figsize=(12, 6))
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, max(n_stamps // 2, 2) + 2)
+    ax_noise = fig.add_subplot(grid[0, :2])
+    ax_count = fig.add_subplot(grid[1, :2])
+    bins = np.linspace(-6, 6, 121)
+    bad = int(MaskPlane.NO_DATA | MaskPlane.EDGE | MaskPlane.BAD | MaskPlane.SAT | MaskPlane.CR)
+    stamps = []
+    for ccd, result in results:
+        diff = result.deep_diff
+        table = result.dia_sources
+        use = ((diff.mask & bad) == 0) & np.isfinite(diff.variance) & (diff.variance > 0)
+        if use.any():
+            z = diff.image[use] / np.sqrt(diff.variance[use])
+            ax_noise.hist(z, bins=bins, histtype="step", density=True,
+                          label=f"ccd {ccd}: rms {result.noise_ratio:.3f}")  # fmt: skip
+        negative = int(np.sum(table["isNegative"])) if len(table) else 0
+        ax_count.bar(ccd, len(table) - negative, color="tab:blue")
+        ax_count.bar(ccd, negative, bottom=len(table) - negative, color="tab:red")
+        for row in table:
+            stamps.append((abs(float(row["snr"])), diff.image, float(row["x"]), float(row["y"])))
+    ax_noise.plot(bins, np.exp(-0.5 * bins**2) / math.sqrt(2 * math.pi), "k--", lw=1,
+                  label="N(0, 1)")  # fmt: skip
+    ax_noise.set_yscale("log")
+    ax_noise.set_ylim(1e-6, 1)
+    ax_noise.set_xlabel("difference / sqrt(variance)")
+    ax_noise.legend(fontsize=6)
+    ax_count.set_xlabel("ccd")
+    ax_count.set_ylabel("DIASources (blue +, red -)")
+    stamps.sort(key=lambda item: -item[0])
+    ncol = max(n_stamps // 2, 2)
+    for k, (snr, image, x, y) in enumerate(stamps[:n_stamps]):
+        ax = fig.add_subplot(grid[k // ncol, 2 + k % ncol])
+        ix, iy, h = round(x), round(y), 12
+        cut = image[max(iy - h, 0) : iy + h + 1, max(ix - h, 0) : ix + h + 1]
+        limit = float(np.max(np.abs(cut))) or 1.0
+        ax.imshow(cut, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"S/N {snr:.0f}", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    return fig

@@ -15,7 +15,9 @@ nor carries ``SIMHASH`` (a real frame placed in the input tree) is refused with
 `dcflow.errors.ForeignInputError` naming it.
 
 The ``truth`` file holds the truth catalog in HDU 1 (``STARS``) and the per-(visit, ccd)
-truth table (`cfht_sim.truth_table`) in HDU 2 (``VISITS``).
+truth table (`cfht_sim.truth_table`) in HDU 2 (``VISITS``); with transients, variables or
+movers, their catalog (``VARIABLES``, `cfht_sim.make_variable_catalog`) and their per-(visit,
+ccd) epochs (``VARIABLE_EPOCHS``, `cfht_sim.variable_truth_table`) follow.
 """
 
 from __future__ import annotations
@@ -191,6 +193,7 @@ def write_simulated_campaign(
     manifest = SimulatedFiles(layout)
     paths: list[str] = []
     stars = cfht_sim.make_truth_catalog(sim_config)
+    variables = cfht_sim.make_variable_catalog(sim_config)
 
     refcat_path = Path(layout.path("refcat", instrument=instrument))
     if not _up_to_date(refcat_path, digest):
@@ -202,7 +205,11 @@ def write_simulated_campaign(
     truth_path = Path(layout.path("truth", instrument=instrument))
     if not _up_to_date(truth_path, digest):
         visits = cfht_sim.truth_table(sim_config)
-        manifest.write(_table_hdus({"STARS": stars, "VISITS": visits}, digest), truth_path)
+        tables = {"STARS": stars, "VISITS": visits}
+        if len(variables):
+            tables["VARIABLES"] = variables
+            tables["VARIABLE_EPOCHS"] = cfht_sim.variable_truth_table(sim_config, variables)
+        manifest.write(_table_hdus(tables, digest), truth_path)
         logger.info("wrote %s (%d stars, %d visit/ccd rows)", truth_path, len(stars), len(visits))
     paths.append(str(truth_path))
 
@@ -214,7 +221,9 @@ def write_simulated_campaign(
             paths.append(str(path))
             if _up_to_date(path, digest):
                 continue
-            manifest.write(cfht_sim.simulate_raw(sim_config, spec, ccd, stars=stars), path)
+            manifest.write(
+                cfht_sim.simulate_raw(sim_config, spec, ccd, stars=stars, variables=variables), path
+            )
             written += 1
         logger.info(
             "visit %d (%s, %s) [%d/%d]: %d CCD(s) written, %d up to date",

@@ -15,8 +15,11 @@ stage names the kind of shard it runs in, and its job space says how the kind gr
     36 calexps, and Snakemake's cost follows input files (a dense tract at DC2013 depth:
     ~35 k jobs, over a minute and 500 MB to plan);
 ``forced-NNNNN``
-    per-visit jobs that read patch products, for the visits of batch NNNNN that overlap a
-    patch;
+    per-visit jobs that read patch products (forced photometry, difference imaging), for the
+    visits of batch NNNNN that overlap a patch;
+``alerts-TTTTT-GGG``
+    per-patch jobs that read per-visit products of the visits overlapping the patch (DIAObject
+    association), grouped like the ``patches`` shards;
 ``catalogs-NNNNN``
     the catalog loads of the visits of batch NNNNN (their src and forced_src into the
     campaign's database), after that batch's visits and forced shards;
@@ -82,7 +85,7 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
-SHARD_KINDS = ("calibs", "visits", "patches", "forced", "catalogs", "final", "fe55")
+SHARD_KINDS = ("calibs", "visits", "patches", "forced", "catalogs", "alerts", "final", "fe55")
 """Shard kinds in topological order; each stage's ``shard`` is one of them."""
 
 ALWAYS_HASHED_SECTIONS = ("campaign", "layout", "payload")
@@ -220,6 +223,20 @@ def _shard(
     )
 
 
+def _patch_groups(index: CampaignIndex, patches_per_shard: int):
+    """(tract, group number, patch indices, overlapping visit indices) per group of patches."""
+    by_patch = np.argsort(index.pair_patch, kind="stable")
+    bounds = np.searchsorted(index.pair_patch[by_patch], np.arange(index.n_patches + 1))
+    order = np.lexsort((index.patch_y, index.patch_x, index.patch_tract))
+    for tract in sorted(set(index.patch_tract.tolist())):
+        in_tract = [int(p) for p in order if index.patch_tract[p] == tract]
+        for g, start in enumerate(range(0, len(in_tract), patches_per_shard)):
+            group = np.asarray(in_tract[start : start + patches_per_shard], dtype=np.int64)
+            rows = np.concatenate([by_patch[bounds[p] : bounds[p + 1]] for p in group])
+            visits = np.unique(index.pair_visit[rows]).astype(np.int64)
+            yield tract, g, group, visits
+
+
 def build_shards(
     index: CampaignIndex,
     layout: Layout | None = None,
@@ -263,22 +280,14 @@ def build_shards(
     group_of_patch = np.full(index.n_patches, -1, dtype=np.int64)
     group_ids: list[str] = []
     if "patches" in kinds:
-        by_patch = np.argsort(index.pair_patch, kind="stable")
-        bounds = np.searchsorted(index.pair_patch[by_patch], np.arange(index.n_patches + 1))
-        order = np.lexsort((index.patch_y, index.patch_x, index.patch_tract))
-        for tract in sorted(set(index.patch_tract.tolist())):
-            in_tract = [int(p) for p in order if index.patch_tract[p] == tract]
-            for g, start in enumerate(range(0, len(in_tract), patches_per_shard)):
-                group = np.asarray(in_tract[start : start + patches_per_shard], dtype=np.int64)
-                rows = np.concatenate([by_patch[bounds[p] : bounds[p + 1]] for p in group])
-                visits = np.unique(index.pair_visit[rows]).astype(np.int64)
-                shard_id = f"patches-{tract:05d}-{g:03d}"
-                group_of_patch[group] = len(group_ids)
-                group_ids.append(shard_id)
-                upstream = tuple(f"visits-{b:05d}" for b in sorted(set(batch_of[visits].tolist())))
-                shards.append(
-                    _shard(graph, shard_id, "patches", upstream, patches=group, read_visits=visits)
-                )
+        for tract, g, group, visits in _patch_groups(index, patches_per_shard):
+            shard_id = f"patches-{tract:05d}-{g:03d}"
+            group_of_patch[group] = len(group_ids)
+            group_ids.append(shard_id)
+            upstream = tuple(f"visits-{b:05d}" for b in sorted(set(batch_of[visits].tolist())))
+            shards.append(
+                _shard(graph, shard_id, "patches", upstream, patches=group, read_visits=visits)
+            )
     if "forced" in kinds and index.n_pairs:
         pair_batch = batch_of[index.pair_visit]
         for k in range(len(batches)):
@@ -294,6 +303,18 @@ def build_shards(
         for k, visits in enumerate(batches):
             upstream = (f"visits-{k:05d}", *({f"forced-{k:05d}"} & forced_ids))
             shards.append(_shard(graph, f"catalogs-{k:05d}", "catalogs", upstream, visits=visits))
+    if "alerts" in kinds and index.n_pairs:
+        forced = {sh.shard_id for sh in shards if sh.kind == "forced"}
+        for tract, g, group, visits in _patch_groups(index, patches_per_shard):
+            upstream = tuple(
+                shard_id
+                for shard_id in (f"forced-{b:05d}" for b in sorted(set(batch_of[visits].tolist())))
+                if shard_id in forced
+            )
+            shard_id = f"alerts-{tract:05d}-{g:03d}"
+            shards.append(
+                _shard(graph, shard_id, "alerts", upstream, patches=group, read_visits=visits)
+            )
     if "final" in kinds and n_visits:
         upstream = tuple(f"visits-{k:05d}" for k in range(n_batches))
         final = _shard(graph, "final", "final", upstream)

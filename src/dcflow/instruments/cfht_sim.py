@@ -86,11 +86,14 @@ __all__ = [
     "header_wcs",
     "make_reference_catalog",
     "make_truth_catalog",
+    "make_variable_catalog",
     "pixel_to_sky_true",
     "simulate_ccd",
     "simulate_raw",
     "sky_to_pixel_true",
     "truth_table",
+    "variable_epochs",
+    "variable_truth_table",
 ]
 
 INSTRUMENT = "cfht_sim"
@@ -270,6 +273,36 @@ class SimConfig:
         2.0, "Cosmic-ray hits per cm^2 of detector per minute of exposure.", minimum=0.0
     )
     mjd_start: float = config_field(60000.3, "MJD of the first exposure (d).", minimum=0.0)
+    visits_per_night: int = config_field(
+        0,
+        "Science visits per night, each night's visits revisit_minutes apart (0: every visit "
+        "in one night, back to back)",
+        minimum=0,
+    )
+    revisit_minutes: float = config_field(
+        30.0, "Time between the starts of two visits of one night (minutes)", minimum=0.0
+    )
+    transients_per_deg2: float = config_field(
+        0.0, "Transients (appear, then fade exponentially) per square degree", minimum=0.0
+    )
+    variables_per_deg2: float = config_field(
+        0.0, "Sinusoidal variable stars per square degree", minimum=0.0
+    )
+    movers_per_deg2: float = config_field(
+        0.0, "Moving objects (asteroids on straight lines) per square degree", minimum=0.0
+    )
+    variable_mag_min: float = config_field(
+        18.5, "Brightest peak (transient) or mean (variable, mover) r magnitude (mag)"
+    )
+    variable_mag_max: float = config_field(
+        21.5, "Faintest peak (transient) or mean (variable, mover) r magnitude (mag)"
+    )
+    mover_rate_min_arcsec_per_hour: float = config_field(
+        3.0, "Slowest mover (arcsec/hour)", exclusive_minimum=0.0
+    )
+    mover_rate_max_arcsec_per_hour: float = config_field(
+        10.0, "Fastest mover (arcsec/hour)", exclusive_minimum=0.0
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -292,6 +325,8 @@ class SimConfig:
         for low, high in (
             ("mag_min", "mag_max"),
             ("fwhm_min_arcsec", "fwhm_max_arcsec"),
+            ("variable_mag_min", "variable_mag_max"),
+            ("mover_rate_min_arcsec_per_hour", "mover_rate_max_arcsec_per_hour"),
             ("gain_min_e_per_adu", "gain_max_e_per_adu"),
             ("read_noise_min_e", "read_noise_max_e"),
         ):
@@ -384,8 +419,13 @@ def campaign_exposures(config: SimConfig) -> tuple[ExposureSpec, ...]:
     mjd = math.floor(config.mjd_start) + 0.3 + 0.25  # the night starts after the calibrations
     visit = config.first_visit
     cos_dec = math.cos(math.radians(config.dec_deg))
+    night_start = mjd
     for band in config.filters:
         for _ in range(config.visits_per_filter):
+            if config.visits_per_night:
+                k = visit - config.first_visit
+                night, slot = divmod(k, config.visits_per_night)
+                mjd = night_start + night + slot * config.revisit_minutes / 1440.0
             rng = _rng(config, _TAG_VISIT, visit)
             dx, dy = (float(d) for d in rng.uniform(-1.0, 1.0, 2) * config.dither_arcsec / 3600.0)
             ra = config.ra_deg + dx / cos_dec
@@ -582,6 +622,122 @@ def make_truth_catalog(config: SimConfig) -> Table:
     table["dec_deg"] = dec
     for band in config.filters:
         table[f"{band}_mag"] = r_mag + _COLOR_TERMS[band] * color
+    table.meta["SIMHASH"] = config_digest(config)
+    return table
+
+
+_TAG_VARIABLE = 7
+_KIND_CODES = {"transient": 1, "variable": 2, "mover": 3}
+VARIABLE_ID_OFFSET = 100_000_000
+"""Ids of transients, variables and movers start here (above every star id)."""
+
+
+def make_variable_catalog(config: SimConfig) -> Table:
+    """Sources whose brightness or position changes: transients, variable stars, movers.
+
+    Columns: ``id`` (from `VARIABLE_ID_OFFSET`), ``kind`` (``transient``, ``variable``,
+    ``mover``), ``ra_deg``, ``dec_deg`` (movers: at ``t0_mjd``), ``mag`` (transients: peak;
+    variables: mean; the same in every band), ``t0_mjd`` (transients: appearance; variables:
+    phase zero; movers: reference epoch, a science visit's), ``timescale_d`` (transients:
+    e-folding time of the fading flux; variables: period), ``amplitude_mag`` (variables),
+    ``ra_rate_deg_per_day`` (great-circle) and ``dec_rate_deg_per_day`` (movers). Spread
+    uniformly over the same disc as the stars.
+    """
+    rng = _rng(config, _TAG_VARIABLE)
+    radius = _catalog_radius_deg(config)
+    area = math.pi * radius**2
+    science = [e.mjd_obs for e in campaign_exposures(config) if e.obstype == "object"]
+    rows = []
+    for kind in ("transient", "variable", "mover"):
+        density = getattr(config, f"{kind}s_per_deg2")
+        n = int(rng.poisson(density * area)) if density > 0 else 0
+        r = radius * np.sqrt(rng.uniform(0.0, 1.0, n))
+        theta = rng.uniform(0.0, 2.0 * math.pi, n)
+        ra, dec = _inverse_gnomonic(
+            config.ra_deg, config.dec_deg, r * np.cos(theta), r * np.sin(theta)
+        )
+        mag = rng.uniform(config.variable_mag_min, config.variable_mag_max, n)
+        zeros = np.zeros(n)
+        if kind == "transient":
+            t0 = rng.uniform(min(science) - 2.0, max(science), n)
+            timescale, amplitude, rates = rng.uniform(1.0, 4.0, n), zeros, (zeros, zeros)
+        elif kind == "variable":
+            t0 = rng.uniform(0.0, 1.0, n) + config.mjd_start
+            timescale, amplitude = rng.uniform(0.2, 2.0, n), rng.uniform(0.2, 0.6, n)
+            rates = (zeros, zeros)
+        else:
+            t0 = rng.choice(np.asarray(science), n)
+            speed = (
+                rng.uniform(
+                    config.mover_rate_min_arcsec_per_hour, config.mover_rate_max_arcsec_per_hour, n
+                )
+                * 24.0
+                / 3600.0
+            )
+            angle = rng.uniform(0.0, 2.0 * math.pi, n)
+            timescale, amplitude = zeros, zeros
+            rates = (speed * np.cos(angle), speed * np.sin(angle))
+        for k in range(n):
+            rows.append((kind, ra[k], dec[k], mag[k], t0[k], timescale[k], amplitude[k],
+                         rates[0][k], rates[1][k]))  # fmt: skip
+    names = ("kind", "ra_deg", "dec_deg", "mag", "t0_mjd", "timescale_d", "amplitude_mag",
+             "ra_rate_deg_per_day", "dec_rate_deg_per_day")  # fmt: skip
+    table = Table(rows=rows, names=names, dtype=("U9",) + (float,) * 8)
+    table.add_column(np.arange(len(table), dtype=np.int64) + VARIABLE_ID_OFFSET, 0, name="id")
+    table.meta["SIMHASH"] = config_digest(config)
+    return table
+
+
+def variable_epochs(variables: Table, mjd: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions (deg) and magnitudes of `make_variable_catalog` sources at one epoch.
+
+    Returns ``(ra_deg, dec_deg, mag)``; ``mag`` is ``inf`` for a transient not yet there.
+    """
+    kind = np.asarray(variables["kind"]).astype(str)
+    dt = mjd - np.asarray(variables["t0_mjd"], float)
+    mag = np.asarray(variables["mag"], float).copy()
+    timescale = np.asarray(variables["timescale_d"], float)
+    transient = kind == "transient"
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fade = 2.5 / math.log(10.0) * dt / np.where(timescale > 0, timescale, 1.0)
+    mag[transient] = np.where(dt[transient] >= 0, mag[transient] + fade[transient], np.inf)
+    variable = kind == "variable"
+    mag[variable] += np.asarray(variables["amplitude_mag"], float)[variable] * np.sin(
+        2.0 * math.pi * dt[variable] / timescale[variable]
+    )
+    dec = np.asarray(variables["dec_deg"], float) + np.asarray(
+        variables["dec_rate_deg_per_day"], float
+    ) * dt * (kind == "mover")
+    cos_dec = np.cos(np.radians(dec))
+    ra = (
+        np.asarray(variables["ra_deg"], float)
+        + np.asarray(variables["ra_rate_deg_per_day"], float) * dt * (kind == "mover") / cos_dec
+    )
+    return ra % 360.0, dec, mag
+
+
+def variable_truth_table(config: SimConfig, variables: Table) -> Table:
+    """Per (science visit, source) truth of `make_variable_catalog` sources on some CCD.
+
+    Columns: ``visit``, ``ccd``, ``id``, ``kind``, ``mjd``, ``ra_deg``, ``dec_deg``, ``mag``
+    (``inf``: not there yet), ``x``, ``y`` (0-based CCD pixels). Only sources inside a CCD.
+    """
+    rows = []
+    for spec in campaign_exposures(config):
+        if spec.obstype != "object":
+            continue
+        ra, dec, mag = variable_epochs(variables, spec.mjd_obs)
+        for ccd in range(config.n_ccds):
+            x, y = sky_to_pixel_true(config, spec, ccd, ra, dec)
+            on = np.flatnonzero((x >= 0) & (x < config.ccd_nx) & (y >= 0) & (y < config.ccd_ny))
+            for k in on.tolist():
+                rows.append((spec.visit, ccd, int(variables["id"][k]), str(variables["kind"][k]),
+                             spec.mjd_obs, ra[k], dec[k], mag[k], x[k], y[k]))  # fmt: skip
+    names = ("visit", "ccd", "id", "kind", "mjd", "ra_deg", "dec_deg", "mag", "x", "y")
+    dtypes = (np.int64, np.int64, np.int64, "U9") + (float,) * 6
+    table = (
+        Table(rows=rows, names=names, dtype=dtypes) if rows else Table(names=names, dtype=dtypes)
+    )
     table.meta["SIMHASH"] = config_digest(config)
     return table
 
@@ -877,7 +1033,12 @@ def _header(config: SimConfig, spec: ExposureSpec, ccd: int, elec: CcdElectronic
 
 
 def simulate_ccd(
-    config: SimConfig, spec: ExposureSpec, ccd: int, *, stars: Table | None = None
+    config: SimConfig,
+    spec: ExposureSpec,
+    ccd: int,
+    *,
+    stars: Table | None = None,
+    variables: Table | None = None,
 ) -> SimulatedCcd:
     """Simulate one raw CCD of one exposure.
 
@@ -891,6 +1052,9 @@ def simulate_ccd(
         CCD number, 0 .. n_ccds - 1.
     stars : astropy.table.Table, optional
         The truth catalog (`make_truth_catalog`); required for ``object`` exposures.
+    variables : astropy.table.Table, optional
+        Transients, variables and movers (`make_variable_catalog`), rendered at the
+        exposure's epoch.
 
     Returns
     -------
@@ -925,6 +1089,21 @@ def simulate_ccd(
         _render_stars(
             image, x[on], y[on], flux, fwhm, config.moffat_beta, math.sqrt(sky) if sky > 0 else 1.0
         )
+        if variables is not None and len(variables):
+            v_ra, v_dec, v_mag = variable_epochs(variables, spec.mjd_obs)
+            vx, vy = sky_to_pixel_true(config, spec, ccd, v_ra, v_dec)
+            v_on = (vx > -margin) & (vx < nx + margin) & (vy > -margin) & (vy < ny + margin)
+            v_on &= np.isfinite(v_mag)
+            v_flux = (
+                spec.exptime_s
+                * 10.0
+                ** (-0.4 * (v_mag[v_on] - config.zero_point_1s_mag[config.band_index(spec.band)]))
+                * spec.transparency
+            )
+            _render_stars(
+                image, vx[v_on], vy[v_on], v_flux, _fwhm_pix(config, spec, vx[v_on] + u0,
+                vy[v_on] + v0), config.moffat_beta, math.sqrt(sky) if sky > 0 else 1.0,
+            )  # fmt: skip
         rendered = Table(
             {
                 "id": np.asarray(stars["id"])[on],
@@ -992,8 +1171,13 @@ def simulate_ccd(
 
 
 def simulate_raw(
-    config: SimConfig, spec: ExposureSpec, ccd: int, *, stars: Table | None = None
+    config: SimConfig,
+    spec: ExposureSpec,
+    ccd: int,
+    *,
+    stars: Table | None = None,
+    variables: Table | None = None,
 ) -> fits.HDUList:
     """The raw FITS file of one (exposure, ccd) as an HDU list (see `simulate_ccd`)."""
-    sim = simulate_ccd(config, spec, ccd, stars=stars)
+    sim = simulate_ccd(config, spec, ccd, stars=stars, variables=variables)
     return fits.HDUList([fits.PrimaryHDU(data=sim.raw, header=sim.header)])

@@ -287,12 +287,25 @@ class JobGraph:
         self, down: StageJobs, up: StageJobs, upstream: str, dataset: str
     ) -> Relation:
         index = self.index
+        if "visit" not in down.columns:  # a patch's job reads every overlapping visit's
+            patch_job = np.full(index.n_patches, -1, dtype=np.int64)
+            patch_job[down.columns["patch"]] = np.arange(down.n_jobs)
+            visit_job = np.full(index.n_visits, -1, dtype=np.int64)
+            visit_job[up.columns["visit"]] = np.arange(up.n_jobs)
+            d = patch_job[index.pair_patch]
+            u = visit_job[index.pair_visit]
+            keep = (d >= 0) & (u >= 0)
+            order = np.lexsort((u[keep], d[keep]))
+            return Relation(upstream, dataset, down.n_jobs, down=d[keep][order], up=u[keep][order])
         position = np.full(index.n_visits, -1, dtype=np.int64)
         position[down.columns["visit"]] = np.arange(down.n_jobs)
-        patch_job = np.full(index.n_patches, -1, dtype=np.int64)
-        patch_job[up.columns["patch"]] = np.arange(up.n_jobs)
+        n_bands = len(index.filters) if "filter" in up.columns else 1
+        band = up.columns.get("filter", 0)
+        patch_job = np.full(index.n_patches * n_bands, -1, dtype=np.int64)
+        patch_job[up.columns["patch"] * n_bands + band] = np.arange(up.n_jobs)
         d = position[index.pair_visit]
-        u = patch_job[index.pair_patch]
+        pair_band = index.visit_band[index.pair_visit].astype(np.int64) if n_bands > 1 else 0
+        u = patch_job[index.pair_patch * n_bands + pair_band]
         keep = (d >= 0) & (u >= 0)
         return Relation(upstream, dataset, down.n_jobs, down=d[keep], up=u[keep])
 
@@ -647,6 +660,8 @@ class JobGraph:
                 out[name] = self.index.layout.path("catalog_db")
             elif name == "ccds":
                 out[name] = [int(c) for c in self.index.ccds]
+            elif name == "filters":
+                out[name] = list(self.index.filters)
         if command:
             # a function, so that Snakemake does not expand the template's {output.x} itself
             out["command"] = lambda wildcards: command

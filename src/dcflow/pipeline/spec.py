@@ -87,7 +87,8 @@ class Input:
         For an external dataset: keys of the job that fill its template.
     relation : str
         ``"match"`` (default) or ``"overlap"`` (a visit's job reads the products of every
-        patch its field overlaps).
+        patch its field overlaps, of the visit's filter when they are per filter; a patch's
+        job reads those of every visit overlapping it).
     obstype : str
         For ``raw`` inputs: the registry's exposure type read (``bias``, ``flat``, ``object``,
         or a sensor type of `dcflow.campaign.registry.SENSOR_OBSTYPES`).
@@ -156,7 +157,7 @@ class Stage:
     job_params : tuple of str
         Per-job params besides the sections: ``instrument``, ``band`` (the visit's filter),
         ``campaign`` (its name), ``catalog_db_path`` (the embedded catalog database),
-        ``ccds`` (the science CCDs, in fan-out order).
+        ``ccds`` (the science CCDs, in fan-out order), ``filters`` (the campaign's filters).
     mem_mb, runtime : int
         Default memory (MB) and run time (minutes) of a job.
     shard : str
@@ -335,6 +336,45 @@ STAGES: tuple[Stage, ...] = (
         shard="forced",
         when="has_skymap",
         family="coadd",
+    ),
+    Stage(
+        "diffim",
+        "overlapping_visit",
+        outputs=(
+            Output("deep_diffs", "deepDiff"),
+            Output("dia_sources", "diaSrc", target=True),
+            Output("plot", "diffim_plot", caption="diffim.rst", category="Alert production"),
+        ),
+        inputs=(
+            Input("calexps", "calexp", ("visit",)),
+            Input("templates", "templateCoadd", relation="overlap"),
+        ),
+        script="diffim",
+        sections=("warp", "diffim", "dia_source"),
+        job_params=("band",),
+        mem_mb=3000,
+        runtime=30,
+        shard="forced",
+        when="has_skymap",
+        family="alerts",
+    ),
+    Stage(
+        "dia_association",
+        "patch",
+        outputs=(
+            Output("objects", "diaObject", target=True),
+            Output("sources", "diaSourceTable"),
+            Output("tracklets", "diaTracklet", target=True),
+        ),
+        inputs=(Input("dia_sources", "diaSrc", relation="overlap"),),
+        script="dia_association",
+        sections=("skymap", "dia_association"),
+        job_params=("filters",),
+        mem_mb=2000,
+        runtime=15,
+        shard="alerts",
+        when="has_skymap",
+        family="alerts",
     ),
     Stage(
         "load_visit_catalogs",

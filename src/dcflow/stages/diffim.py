@@ -347,6 +347,18 @@ class DiffimPsf:
             stamp = signal.fftconvolve(stamp, k[::-1, ::-1] / k.sum(), mode="same")
         return float(FWHM_PER_SIGMA * np.sqrt(effective_area(stamp) / (4.0 * np.pi)))
 
+    def image_at_centre(self) -> np.ndarray:
+        """The PSF at the image centre as a unit-sum stamp (what deepDiff stores as its PSF)."""
+        ny, nx = self.base_psf.image_shape
+        centre = self.base_psf.psf_at((nx - 1) / 2.0, (ny - 1) / 2.0)
+        m = (self.decorrelation.shape[0] - 1) // 2
+        stamp = centre.render(int(np.ceil(3.0 * centre.fwhm_pix)) + m + 4)
+        if self.matching_kernel is not None:
+            k = self.matching_kernel.kernel_image((nx - 1) / 2.0, (ny - 1) / 2.0)
+            stamp = signal.fftconvolve(stamp, k[::-1, ::-1] / k.sum(), mode="same")
+        stamp = signal.fftconvolve(stamp, self.decorrelation, mode="same")
+        return (stamp / stamp.sum()).astype(np.float32)
+
     def phase_table(
         self, half_size: int, x: np.ndarray, y: np.ndarray, n_phase: int = 10
     ) -> PsfPhaseTable:
