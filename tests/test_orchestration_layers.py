@@ -14,7 +14,7 @@ PACKAGE = "dcflow.orchestration"
 
 LAYERS = (
     {"campaign_files"},
-    {"profiles"},
+    {"profiles", "catalogs"},
     {"snakemake_cli", "prepare", "cancel"},
     {"run", "plan_status", "ping"},
     {"rerun", "pictures", "sharded", "serve"},

@@ -364,7 +364,8 @@ def _print_plan(plan: Plan) -> None:
     ]
     to_run = {row.stage for row in plan.rows if row.to_run}
     bound = [r for r in limits if r in to_run]
-    estimate = f"{'<= ' if bound else '~'}{plan.cpu_hours:.2f} CPU h to run"
+    hours = f"{plan.cpu_hours:.2f}" if plan.cpu_hours >= 0.1 else f"{plan.cpu_hours:.2g}"
+    estimate = f"{'<= ' if bound else '~'}{hours} CPU h to run"
     print(f"{'total':<36} {plan.n_total:>7} {plan.n_done:>7} {plan.n_to_run:>7}   {estimate}")
     if measured:
         basis = ", ".join(f"{rule} {src.removeprefix('ledger ')}" for rule, src in measured.items())
