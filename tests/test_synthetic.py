@@ -193,9 +193,11 @@ def test_inventories_tree_and_list_hold_the_same_outputs(tmp_path):
         + 2  # science validation json + png
         + 2 * n_coadds
         + 2 * index.n_patches
-        + 2 * index.n_visits * len(index.ccds) + index.n_visits  # deepDiff, diaSrc; plot
+        + 2 * index.n_visits * len(index.ccds)
+        + index.n_visits  # deepDiff, diaSrc; plot
         + 3 * index.n_patches  # diaObject, diaSourceTable, diaTracklet
-        + index.n_visits + index.n_patches  # catalog load markers
+        + index.n_visits
+        + index.n_patches  # catalog load markers
         + 2 * 2  # Fe55: 2 exposures x (gain, plot); their raws are inputs
         + 2  # the sensor's photon-transfer table and plot
         + 1  # and the sensor's summary
