@@ -51,7 +51,7 @@ from dcflow.catalog_db import (
     table_columns,
     tile_arrays,
 )
-from dcflow.catalog_db.base import sql_type
+from dcflow.catalog_db.base import TILES_SQL, sql_type
 from dcflow.catalog_db.embedded import EmbeddedDatabase
 from dcflow.catalog_schema import schema_for
 
@@ -220,9 +220,7 @@ def pixel_cone(con, table: str, ra: float, dec: float, radius_deg: float) -> np.
         f"(healpix >= {a} AND healpix < {b})" for a, b in cone_pixel_ranges(ra, dec, radius_deg)
     )
     got = con.execute(f"SELECT ra_deg, dec_deg FROM {table} WHERE {where}").fetchnumpy()
-    return got["ra_deg"][
-        angular_distance_deg(got["ra_deg"], got["dec_deg"], ra, dec) <= radius_deg
-    ]
+    return got["ra_deg"][angular_distance_deg(got["ra_deg"], got["dec_deg"], ra, dec) <= radius_deg]
 
 
 MATCH_ORDER = 15
@@ -256,8 +254,9 @@ def crossmatch_duckdb(con, args) -> dict:
     ids = np.random.default_rng(4).integers(1, n_obj + 1, 200)
     start, got = time.perf_counter(), 0
     for object_id in ids.tolist():
-        got += len(con.execute(
-            "SELECT * FROM forced_src WHERE object_id = ?", (object_id,)).fetchall())
+        got += len(
+            con.execute("SELECT * FROM forced_src WHERE object_id = ?", (object_id,)).fetchall()
+        )
     out["naive: per-object query forced rows/s"] = got / (time.perf_counter() - start)
     # positional: each Object's order-15 pixel and its neighbours, hash-joined to src
     objects = con.execute("SELECT object_id, healpix FROM object").fetchnumpy()
@@ -282,7 +281,7 @@ def crossmatch_duckdb(con, args) -> dict:
         "cos(radians(s.dec_deg)) * cos(radians(o.dec_deg)) * "
         f"pow(sin(radians(s.ra_deg - o.ra_deg) / 2), 2))) <= radians({radius})"
     ).fetchone()[0]
-    out["xmatch position 1\": src rows/s"] = n_src / (time.perf_counter() - start)
+    out['xmatch position 1": src rows/s'] = n_src / (time.perf_counter() - start)
     out["xmatch position pairs"] = matched
     sample = con.execute("SELECT ra_deg, dec_deg FROM src USING SAMPLE 200 ROWS").fetchall()
     start = time.perf_counter()
@@ -334,15 +333,17 @@ def bench_postgres(dsn: str, args, centres) -> dict:
             args,
             db.con.info.backend_pid if _local(dsn) else None,
         )
+        out = {"load rows/s": rate, "load rows/CPU-s": cpu_rate}
+        out[f"load rows/s, {args.pg_connections} connections"] = parallel_pg_load(bench_dsn, args)
         start = time.perf_counter()
         db.create_indexes()
         db.analyze()
-        index = time.perf_counter() - start
-        out = {"load rows/s": rate, "load rows/CPU-s": cpu_rate, "index build s": index}
+        out["index build s"] = time.perf_counter() - start
         for label, radius in (("cone 1' ms", 1 / 60), ("cone 1 deg ms", 1.0)):
             out[label], out[label.replace("ms", "rows")] = time_cones(
                 lambda ra, dec, r: db.cone("src", ra, dec, r), centres, radius
             )
+        out.update(crossmatch_postgres(db.con))
         size = db.query(
             "SELECT sum(pg_total_relation_size(c.oid)) AS b FROM pg_class c "
             "JOIN pg_namespace s ON s.oid = c.relnamespace "
@@ -374,6 +375,98 @@ def bench_postgres(dsn: str, args, centres) -> dict:
     return out
 
 
+def parallel_pg_load(dsn: str, args) -> float:
+    """Rows/s of the same tiles loaded by ``--pg-connections`` connections at once (as load
+    jobs of different visits run), into the schema's second table ``src_parallel``."""
+    import threading
+
+    from dcflow.catalog_db.postgres import PostgresDatabase
+
+    tiles = list(make_tiles(args.rows if args.rows <= 10**6 else 10**6, args.tile_rows))
+    connections = [PostgresDatabase(dsn) for _ in range(args.pg_connections)]
+    first = connections[0].con
+    first.execute("DROP SCHEMA IF EXISTS dcflow_bench_parallel CASCADE")
+    first.execute("CREATE SCHEMA dcflow_bench_parallel")
+    for con in connections:
+        con.con.execute("SET search_path = dcflow_bench_parallel, public")
+    first.execute(TILES_SQL.replace("loaded_at TIMESTAMP", "loaded_at TIMESTAMPTZ"))
+    errors: list[BaseException] = []
+
+    def work(db, mine) -> None:
+        try:
+            for visit, rows in mine:
+                db.replace_tile({"visit": visit}, {"src": [rows]})
+        except BaseException as exc:  # reported after the join
+            errors.append(exc)
+
+    try:
+        start = time.perf_counter()
+        threads = [
+            threading.Thread(target=work, args=(db, tiles[i :: len(connections)]))
+            for i, db in enumerate(connections)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+    finally:
+        first.execute("DROP SCHEMA dcflow_bench_parallel CASCADE")
+        for con in connections:
+            con.close()
+    if errors:
+        raise errors[0]
+    return sum(len(rows["id"]) for _, rows in tiles) / elapsed
+
+
+def crossmatch_postgres(con) -> dict:
+    """The cross-matches of `crossmatch_duckdb` with q3c: by object id, and q3c_join."""
+    out = {}
+    con.execute(
+        "CREATE TABLE object AS SELECT row_number() OVER () AS object_id, ra_deg, dec_deg "
+        "FROM src TABLESAMPLE BERNOULLI (10) REPEATABLE (3)"
+    )
+    con.execute("CREATE INDEX object_q3c ON object (q3c_ang2ipix(ra_deg, dec_deg))")
+    n_obj = con.execute("SELECT count(*) FROM object").fetchone()[0]
+    con.execute(
+        "CREATE TABLE forced_src AS SELECT visit, ccd, healpix, psf_flux, psf_flux_err, "
+        f"1 + (hashtext(visit || ',' || ccd || ',' || id)::bigint & 2147483647) % {n_obj} "
+        "AS object_id FROM src"
+    )
+    con.execute("ANALYZE object")
+    con.execute("ANALYZE forced_src")
+    n_forced = con.execute("SELECT count(*) FROM forced_src").fetchone()[0]
+    start = time.perf_counter()
+    con.execute(
+        "SELECT count(*), sum(f.psf_flux) FROM object o JOIN forced_src f USING (object_id)"
+    ).fetchall()
+    out["xmatch id: join forced rows/s"] = n_forced / (time.perf_counter() - start)
+    con.execute("CREATE INDEX forced_src_object ON forced_src (object_id)")
+    ids = np.random.default_rng(4).integers(1, n_obj + 1, 200)
+    start, got = time.perf_counter(), 0
+    for object_id in ids.tolist():
+        got += len(
+            con.execute("SELECT * FROM forced_src WHERE object_id = %s", (object_id,)).fetchall()
+        )
+    out["naive: per-object query forced rows/s"] = got / (time.perf_counter() - start)
+    n_src = con.execute("SELECT count(*) FROM src").fetchone()[0]
+    start = time.perf_counter()
+    out["xmatch position pairs"] = con.execute(
+        "SELECT count(*) FROM src s, object o "
+        "WHERE q3c_join(s.ra_deg, s.dec_deg, o.ra_deg, o.dec_deg, 1.0 / 3600)"
+    ).fetchone()[0]
+    out['xmatch position 1": src rows/s'] = n_src / (time.perf_counter() - start)
+    sample = con.execute("SELECT ra_deg, dec_deg FROM src ORDER BY random() LIMIT 200").fetchall()
+    start = time.perf_counter()
+    for ra, dec in sample:
+        con.execute(
+            "SELECT * FROM object WHERE q3c_radial_query(ra_deg, dec_deg, %s, %s, %s)",
+            (ra, dec, 1 / 3600),
+        ).fetchall()
+    out["naive: per-src cone src rows/s"] = len(sample) / (time.perf_counter() - start)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -384,6 +477,9 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     parser.add_argument(
         "--backends", default="duckdb,sqlite,postgres", help="comma-separated subset"
+    )
+    parser.add_argument(
+        "--pg-connections", type=int, default=2, help="PostgreSQL: parallel load connections"
     )
     parser.add_argument(
         "--large", action="store_true", help="allow more than 10^7 rows (10^8: hours, ~40 GB)"

@@ -141,6 +141,9 @@ class PostgresDatabase(CatalogDatabase):
         shift = 2 * (HEALPIX_ORDER - self.partition_order)
         with self.con.transaction():
             # Load jobs starting together on an empty database: one creates, the others wait.
+            # An advisory lock does not refresh the catalog cache, so the check below can
+            # miss a table the other job just committed: every CREATE is IF NOT EXISTS
+            # (a partition without it failed "already exists" in test_concurrent_loads).
             self.con.execute("SELECT pg_advisory_xact_lock(hashtext('dcflow catalog tables'))")
             if self._exists(table):
                 return
@@ -148,10 +151,12 @@ class PostgresDatabase(CatalogDatabase):
                 self.con.execute(statement)
             for pixel in range(12 * 4**self.partition_order):
                 self.con.execute(
-                    f"CREATE TABLE {table}_p{pixel} PARTITION OF {table} "
+                    f"CREATE TABLE IF NOT EXISTS {table}_p{pixel} PARTITION OF {table} "
                     f"FOR VALUES FROM ({pixel << shift}) TO ({(pixel + 1) << shift})"
                 )
-            self.con.execute(f"CREATE TABLE {table}_nopos PARTITION OF {table} DEFAULT")
+            self.con.execute(
+                f"CREATE TABLE IF NOT EXISTS {table}_nopos PARTITION OF {table} DEFAULT"
+            )
 
     def replace_tile(
         self,
