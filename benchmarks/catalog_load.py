@@ -6,13 +6,15 @@ Stripe-82-like strip (ra 0..40 deg, |dec| < 1.25 deg: 100 deg^2), generated as t
 as `tile_arrays` sorts them), then, per backend:
 
 1. bulk load: every tile through the backend's `replace_tile` (one transaction per tile;
-   DuckDB: Arrow appends; PostgreSQL: COPY of Arrow-written CSV into healpix partitions;
-   SQLite: one ``executemany`` per tile, its fastest insert path), rows/s;
+   DuckDB: Arrow appends; PostgreSQL: binary COPY built by numpy into healpix partitions,
+   one connection, and ``--pg-connections`` loading different tiles at once (as parallel
+   load jobs do) on up to 10^6 rows; SQLite: one ``executemany`` per tile), rows/s;
 2. the naive load, measured in the same run: row-by-row INSERT statements into a table whose
    indexes already exist, on a sample of ``--naive-rows`` rows, rows/s;
-3. index build after the load (DuckDB and SQLite: healpix and tile indexes; PostgreSQL: q3c,
-   tile and unique row indexes over every partition), seconds; for PostgreSQL also the same
-   q3c index built on the same rows loaded unsorted, the naive order;
+3. index build after the load (DuckDB: the table rewritten in pixel order, then healpix and
+   tile indexes; SQLite: healpix and tile indexes; PostgreSQL: q3c, tile and unique row
+   indexes over every partition), seconds; the naive order, in the same run: the same index
+   on the same rows stored unsorted (DuckDB: healpix; PostgreSQL: q3c);
 4. cone searches of radius 1 arcmin and 1 deg at ``--cones`` random centres in the strip:
    median latency in ms (exact distance cut included) and rows returned; the naive way: the
    same pixel-range query on the same rows stored unsorted (no zone map can skip a block);
@@ -27,8 +29,7 @@ Usage: ``python benchmarks/catalog_load.py [--rows 1000000] [--dsn DSN] [--dir D
 ``--rows 100000000`` runs only with ``--large`` (it prints the disk it needs first).
 PostgreSQL needs a DSN (``--dsn`` or ``DCFLOW_TEST_PG_DSN``, which `scripts/postgres-up`
 writes to run/postgres/env.sh); without one its column is skipped. It works in a schema of
-its own (``dcflow_bench``), dropped at the start and the end. --rows 100000000 needs about
-60 GB per backend (printed before it starts).
+its own (``dcflow_bench``), dropped at the start and the end.
 """
 
 from __future__ import annotations
