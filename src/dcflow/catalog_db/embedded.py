@@ -6,9 +6,10 @@ SQLite's ``executemany`` (4.2e5 against 1.6e5 rows/s at 10^6), and scans a pixel
 its per-row-group min/max (zone maps), so a cone search needs no index once
 `EmbeddedDatabase.create_indexes` has rewritten the table in pixel order. Like SQLite it
 allows one writing process at a time: every connection here is taken under an exclusive
-``flock`` on ``<database>.lock``, so concurrent load jobs of a campaign queue behind each other instead of failing with DuckDB's "could not set lock" error. Outside
-a ``with`` block each call connects and disconnects; inside one, the lock and the connection
-are held until the block ends (a load job, a series of queries).
+``flock`` on ``<database>.lock``, so concurrent load jobs of a campaign queue behind each
+other instead of failing with DuckDB's "could not set lock" error. Outside a ``with`` block
+each call connects and disconnects; inside one, the lock and the connection are held until
+the block ends (a load job, a series of queries).
 """
 
 from __future__ import annotations
