@@ -23,7 +23,8 @@ Each Mn K-alpha photon (5.889 keV) absorbed in silicon frees ``E / w(T)`` electr
    30 % of the width expected from the box noise measured on the image and the Fano noise,
    no parameter at a bound, a gain error under half the 1.5 % an Fe55 gain is checked to
    against photon transfer, a sane deviance, a peak that bootstrap resamples of the events
-   keep); an amplifier that fails, or whose fit fails, is
+   keep, an imaging area within a noise sigma of the bias: bias columns that are not the
+   amplifier's leave a level of tens of ADU); an amplifier that fails, or whose fit fails, is
    marked ``trusted = False`` with its reasons in the table (``NUNTRUST`` counts them).
 
 `measure_fe55_gain` runs these over every amplifier of a raw frame; `summarize_gains`
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
-from scipy import ndimage, optimize
+from scipy import ndimage, optimize, stats
 from scipy.special import ndtr
 
 from dcflow.configs import check_fields, config_field
@@ -263,6 +264,14 @@ class Fe55Config:
         minimum=0.0,
         maximum=1.0,
     )
+    max_pedestal_sigma: float = config_field(
+        1.0,
+        "Largest |level of the imaging area above the bias| for a trusted gain, in pixel-noise "
+        "sigma: a dark current or video-chain offset is a fraction of a sigma (ESIS1: at most "
+        "0.16), while bias columns that are not this amplifier's (a neighbour's, a wrong "
+        "section) leave the difference of two bias levels, tens of ADU.",
+        exclusive_minimum=0.0,
+    )
     max_ptc_deviation: float = config_field(
         0.015,
         "Largest |Fe55 / photon-transfer gain - 1| of a trusted amplifier in the sensor "
@@ -454,7 +463,8 @@ class Fe55AmpResult:
     bias_adu, bias_err_adu, noise_adu : float
         Mean bias level subtracted, its error and the pixel noise (ADU).
     pedestal_adu : float
-        Level of the imaging area above the bias, removed from the event sums (ADU).
+        Level of the imaging area above the bias (ADU), measured always and removed from
+        the event sums when ``Fe55Config.pedestal`` is ``"image"``.
     events : Fe55Events
         The events fitted.
     fit : PeakFit or None
@@ -1056,6 +1066,8 @@ def fe55_verdict(
     gain_rel_err: float | None,
     config: Fe55Config,
     unstable_fraction: float = 0.0,
+    image_level_sigma: float = 0.0,
+    uncorrected_shift: float = 0.0,
 ) -> str:
     """Why a fitted gain cannot be trusted: ``"ok"`` or the reasons, joined by ``"; "``.
 
@@ -1064,7 +1076,12 @@ def fe55_verdict(
     (``max_gain_rel_err``; skipped when ``gain_rel_err`` is None, which judges only whether the
     fit is sound: an imprecise but sound exposure still counts in a sensor's combined gain),
     the deviance per degree of freedom (``max_deviance_per_dof``) and the share of resampled
-    fits that lost the peak (``max_unstable_fraction``).
+    fits that lost the peak (``max_unstable_fraction``), and the bias: the level of the
+    imaging area above the bias in pixel-noise sigma, ``image_level_sigma``
+    (``max_pedestal_sigma``: beyond it the bias columns are not this amplifier's), and
+    ``uncorrected_shift``, the fraction by which that level moves the peak when the
+    configuration does not subtract it (``pedestal="none"``), judged against half of
+    ``max_gain_rel_err``.
     """
     reasons = []
     if fit.n_kalpha < config.min_kalpha_events:
@@ -1082,6 +1099,15 @@ def fe55_verdict(
         reasons.append(f"deviance/dof {fit.deviance_per_dof:.1f}")
     if unstable_fraction > config.max_unstable_fraction:
         reasons.append(f"peak lost in {100 * unstable_fraction:.0f} % of resampled fits")
+    if abs(image_level_sigma) > config.max_pedestal_sigma:
+        reasons.append(
+            f"imaging area {image_level_sigma:+.1f} sigma off the bias: wrong bias region"
+        )
+    if abs(uncorrected_shift) > 0.5 * config.max_gain_rel_err:
+        reasons.append(
+            f"bias off the imaging area's zero, not subtracted: peak moved "
+            f"{100 * uncorrected_shift:+.2f} %"
+        )
     return "; ".join(reasons) or "ok"
 
 
@@ -1132,9 +1158,10 @@ def measure_amp_gain(
             n_nonfinite=n_bad,
         )
     image = bias.image_adu
-    pedestal = 0.0
+    # measured whatever the configuration: a level far from zero means the bias columns are
+    # not this amplifier's, and an unsubtracted level moves every event sum (the verdict)
+    pedestal = image_pedestal(image, bias.noise_adu)
     if config.pedestal == "image":
-        pedestal = image_pedestal(image, bias.noise_adu)
         image = image - pedestal
     half = config.signal_box_half_pix
     candidates = find_xray_events(
@@ -1226,12 +1253,19 @@ def measure_amp_gain(
     peak_err = float(np.hypot(max(fit.peak_err_adu, resampled_sigma), peak_bias_err))
     gain_err = gain * peak_err / fit.peak_adu
     sigma_expected = expected_sigma(fit.peak_adu)
+    bias_checks = {
+        "image_level_sigma": pedestal / bias.noise_adu,
+        "uncorrected_shift": 0.0
+        if config.pedestal == "image"
+        else pedestal * box_pixels / fit.peak_adu,
+    }
     verdict = fe55_verdict(
         fit,
         expected_sigma_adu=sigma_expected,
         gain_rel_err=gain_err / gain,
         unstable_fraction=unstable,
         config=config,
+        **bias_checks,
     )
     sound = (
         fe55_verdict(
@@ -1240,6 +1274,7 @@ def measure_amp_gain(
             gain_rel_err=None,
             unstable_fraction=unstable,
             config=config,
+            **bias_checks,
         )
         == "ok"
     )
@@ -1398,6 +1433,7 @@ def summarize_gains(
     ptc: Table | None = None,
     max_ptc_deviation: float = 0.015,
     max_gain_rel_err: float = 0.0075,
+    min_agreement_p: float = 1e-3,
 ) -> Table:
     """Combine the gain tables of several exposures of one sensor, per amplifier, with a verdict.
 
@@ -1422,6 +1458,11 @@ def summarize_gains(
         Largest ``|Fe55 / PTC - 1|`` of a trusted amplifier.
     max_gain_rel_err : float
         Largest relative error of a trusted combined gain.
+    min_agreement_p : float
+        Smallest chance probability of the combined exposures' chi2 about their mean for a
+        trusted gain (exposures that disagree beyond their errors: one fit on a wrong line, a
+        changed setup). Whatever it is, a chi2 per degree of freedom above 1 scales the
+        combined error by its square root.
 
     Returns
     -------
@@ -1429,9 +1470,11 @@ def summarize_gains(
         One row per amplifier: ``amp``, ``n_exposures``, ``n_trusted`` (exposures trusted on
         their own), ``n_combined`` (exposures combined),
         ``gain_e_per_adu`` (inverse-variance weighted mean), ``gain_err_e_per_adu`` (its
-        error), ``gain_scatter_e_per_adu`` (standard deviation over the combined exposures, 0
-        for one), ``chi2_per_dof`` (of those exposures about the mean; 0 for one),
-        ``peak_sigma_e`` (mean), ``n_events`` (total); with ``ptc`` also
+        error, times ``sqrt(chi2_per_dof)`` when that exceeds 1),
+        ``gain_scatter_e_per_adu`` (standard deviation over the combined exposures, 0 for
+        one), ``chi2_per_dof`` (of those exposures about the mean; 0 for one),
+        ``peak_sigma_e`` (mean over the combined exposures), ``n_events`` (total); with
+        ``ptc`` also
         ``ptc_gain_e_per_adu``, ``ptc_gain_err_e_per_adu``, ``fe55_over_ptc`` and
         ``fe55_over_ptc_err``; with ``truth`` also ``gain_truth_e_per_adu`` and
         ``gain_dev_sigma`` ((mean - truth) / error); last ``trusted`` and ``verdict``. Header
@@ -1500,12 +1543,21 @@ def summarize_gains(
     out["n_trusted"] = trusted.sum(axis=0)
     out["n_combined"] = n_used
     out["gain_e_per_adu"] = mean
+    # exposures that scatter more than their errors say: the error grows by sqrt(chi2/dof)
+    # (the Particle Data Group's scale factor), and a scatter no chance explains is a reason
+    scale_factor = np.where(n_used > 1, np.sqrt(np.maximum(chi2, 1.0)), 1.0)
+    agreement_p = np.where(
+        n_used > 1, stats.chi2.sf(chi2 * (n_used - 1), np.maximum(n_used - 1, 1)), 1.0
+    )
     with np.errstate(divide="ignore"):
-        out["gain_err_e_per_adu"] = np.sum(weights, axis=0) ** -0.5
+        out["gain_err_e_per_adu"] = scale_factor * np.sum(weights, axis=0) ** -0.5
     relative_error = np.asarray(out["gain_err_e_per_adu"]) / mean
     out["gain_scatter_e_per_adu"] = scatter
     out["chi2_per_dof"] = np.where(n_used > 1, chi2, 0.0)
-    out["peak_sigma_e"] = np.mean([np.asarray(t["peak_sigma_e"], float) for t in tables], axis=0)
+    sigmas = np.array([np.asarray(t["peak_sigma_e"], float) for t in tables])
+    out["peak_sigma_e"] = np.array(
+        [np.mean(sigmas[use[:, j], j]) if n_used[j] else np.nan for j in range(len(amps))]
+    )
     out["n_events"] = np.sum([np.asarray(t["n_events"], int) for t in tables], axis=0)
     reasons = [
         []
@@ -1514,6 +1566,10 @@ def summarize_gains(
         for j in range(len(amps))
     ]
     for j in range(len(amps)):
+        if agreement_p[j] < min_agreement_p:
+            reasons[j].append(
+                f"exposures disagree: chi2/dof {chi2[j]:.1f} over {n_used[j]} exposures"
+            )
         if any_sound[j] and not relative_error[j] <= max_gain_rel_err:
             reasons[j].append(
                 f"gain error {100 * relative_error[j]:.1f} % over {n_used[j]} exposure(s)"
