@@ -8,10 +8,11 @@ share of bootstrap resamples that lost the peak.
 
 Then the charge-collection check behind the grades fitted: per tap the Fe55/PTC ratio of the
 compact grades (0, 2, 3, 4, 6: the default), of the diffuse grade-7 events alone and of all
-grades, from the same 5x5 sums. Diffuse events that kept their whole charge would land on
-the compact events' ratio; they land 2.5-7.5 % below it, so they are left out (a 7x7 sum,
-measured outside this script, leaves them 3-8 % below: the charge is lost, not spread
-beyond the box).
+grades, from the same 5x5 sums. Diffuse events that kept their whole charge would give the
+compact events' gain; on taps 00, 10 and 01 their gain comes out 2.5-7.8 % higher (their
+K-alpha signal that much lower), so they are left out, and mixing them in smears the line
+(tap 10 loses it). A 7x7 or 9x9 sum, measured outside this script, leaves their line 3-8 %
+low as well: the charge is lost in the silicon, not spread beyond the 5x5 box.
 """
 
 from __future__ import annotations
