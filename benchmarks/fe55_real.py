@@ -17,6 +17,12 @@ tell, errors 2-3 %): the charge is lost in the silicon, not spread beyond the 5x
 mean profile of compact K-alpha events, 3-8 pixels from the peak along rows and columns, is
 zero within its noise (1.5-2.5 ADU per 5-pixel band, 0.2-0.4 % of the line): no serial or
 parallel trail leaves the box.
+
+Last, what the photon-transfer gain leaves out: the covariances of neighbouring pixels in the
+flat-pair difference (brighter-fatter, deferred charge). Variance alone misses them, so a
+PTC gain of ``mean / variance`` is high by their sum (``cov_sum``, nearest and next-nearest
+neighbours over the variance; statistical error about 0.5 %), and ``Fe55/PTCcov`` sets the
+Fe55 gain against ``mean / (variance + covariances)``. The LED level differs per tap.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
+from astropy.stats import sigma_clip
 
-from dcflow.stages.fe55 import Fe55Config, measure_fe55_gain
+from dcflow.stages.fe55 import Fe55Config, measure_fe55_gain, subtract_bias
 from dcflow.stages.photon_transfer import measure_photon_transfer
 from dcflow.stages.sensor_layout import esis1
 
@@ -74,6 +82,40 @@ def main(data: Path) -> None:
             for a in amps
         ]
         print(f"{amps[0].amp:>3} " + " ".join(f"{c:>22}" for c in cells))
+    print("\npixel covariances of the LED pair difference (fractions of its variance)")
+    print(f"{'tap':>3} {'level':>6} {'cov x':>7} {'cov y':>7} {'cov_sum':>7} {'Fe55/PTCcov':>11}")
+    for amp in fe55.amps:
+        geometry = next(a for a in layout.amps if a.name == amp.amp)
+        level, covs = _difference_covariances(led[0], led[1], geometry)
+        cov_sum = 2 * sum(covs.values())
+        ratio = amp.gain_e_per_adu / ptc[amp.amp].gain_e_per_adu * (1 + cov_sum)
+        print(
+            f"{amp.amp:>3} {level:6.0f} {covs[(0, 1)]:+7.4f} {covs[(1, 0)]:+7.4f} "
+            f"{cov_sum:+7.4f} {ratio:11.4f}"
+        )
+
+
+def _difference_covariances(flat1, flat2, amp):
+    """Mean level (ADU) and neighbour covariances over the variance of a flat pair's difference.
+
+    Covariances at offsets (dy, dx) = (0, 1), (1, 0), (0, 2), (2, 0), (1, 1), (1, -1), each
+    standing for itself and its mirror (-dy, -dx) in the sum over neighbours; pixels 5 sigma
+    out of the difference are set to zero.
+    """
+    a = subtract_bias(flat1, amp, region="prescan").image_adu
+    b = subtract_bias(flat2, amp, region="prescan").image_adu
+    diff = (a - b * (a.mean() / b.mean()))[5:-5, 5:-5]
+    diff = diff - np.median(diff)
+    clipped = sigma_clip(diff, sigma=5.0).mask
+    diff = np.where(clipped, 0.0, diff)
+    variance = float(np.mean(diff[~clipped] ** 2))
+    ny, nx = diff.shape
+    covs = {}
+    for dy, dx in ((0, 1), (1, 0), (0, 2), (2, 0), (1, 1), (1, -1)):
+        x0, x1 = max(0, -dx), nx - max(0, dx)
+        covs[(dy, dx)] = float(np.mean(diff[: ny - dy, x0:x1] * diff[dy:, x0 + dx : x1 + dx]))
+        covs[(dy, dx)] /= variance
+    return 0.5 * (a.mean() + b.mean()), covs
 
 
 if __name__ == "__main__":
