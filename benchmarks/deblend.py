@@ -40,7 +40,7 @@ from dcflow.stages.coadd_measurement import CoaddMeasurementConfig, measure_coad
 from dcflow.stages.deblend import grow_footprints
 from dcflow.stages.multiband import chi2_detection_image
 
-TEMPLATES = ("none", "psf", "symmetric")
+TEMPLATES = ("none", "psf", "symmetric", "mixed")
 
 
 def _alone(field, primary):
