@@ -24,6 +24,7 @@ from dcflow.stages.process_ccd import (
     empty_src_table,
     process_ccd,
 )
+from dcflow.stages.psf import MoffatPsf
 
 SHAPE = (1500, 1000)  # non-square; the header WCS is off by 3 arcsec
 
@@ -339,10 +340,12 @@ def test_aperture_correction_is_not_set_by_one_bright_contaminated_star(order):
 
 
 def test_psf_fluxes_are_at_the_noise_floor_and_no_noisier_than_apertures(field, result):
-    """Bright isolated stars (S/N 50-500): the scatter of aperture-corrected PSF fluxes about
-    the truth is explained by their quoted errors (photon noise) to 10 %, and is no larger than
-    the scatter of the 3-arcsec aperture fluxes (measured: pull rms ~1.03; 11 mmag for PSF
-    fluxes against 47 for apertures)."""
+    """Bright isolated stars (S/N 50-500): the quoted PSF-flux errors are within 10 % of the
+    photon noise of an optimal fit with the true PSF and variance (``1 / sum(P^2 / V)``;
+    measured 1.024), the scatter about the truth agrees with them (pull rms 0.87 and scatter /
+    photon noise 0.90 over 55 stars, whose own sampling error is 0.095), and it is no larger
+    than the scatter of the 3-arcsec aperture fluxes (11 mmag against 34;
+    benchmarks/photometry_sim.py prints these)."""
     t, i, ok = matched_truth(field, result)
     s, t = result.src[i[ok]], t[ok]
     near = cKDTree(np.column_stack([t["x"], t["y"]])).query(np.column_stack([t["x"], t["y"]]), k=2)[
@@ -356,6 +359,11 @@ def test_psf_fluxes_are_at_the_noise_floor_and_no_noisier_than_apertures(field, 
     ap = np.asarray(s["ap_flux"])[sel] / truth
     pull = (psf - np.median(psf)) / psf_err
     assert 0.85 < np.std(pull) < 1.1
+    beta, fwhm_pix = 3.0, field.fwhm_arcsec / 0.187
+    p = MoffatPsf(alpha_pix=fwhm_pix / (2 * np.sqrt(2 ** (1 / beta) - 1)), beta=beta).render(30)
+    photon = np.array([1 / np.sqrt(np.sum(p * p / (f * p + 800.0 + 16.0))) for f in truth]) / truth
+    assert np.median(psf_err / photon) == pytest.approx(1.0, abs=0.1)
+    assert np.std((psf - np.median(psf)) / photon) == pytest.approx(1.0, abs=0.2)
     assert np.std(psf / np.median(psf)) <= np.std(ap / np.median(ap))
 
 

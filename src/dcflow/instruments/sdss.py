@@ -59,6 +59,7 @@ __all__ = [
     "header_wcs",
     "make_exposure",
     "prepare_frame",
+    "psfield_psf_image",
     "record_from_fpc_header",
     "record_from_header",
     "refcat_in_frame",
@@ -451,7 +452,9 @@ class FrameCalibration:
     sky_adu : float
         Sky level per pixel, ADU.
     psf_fwhm_arcsec : float
-        PSF FWHM from photo's PSF fit (``psf_width``), arcsec.
+        psField's ``psf_width``, arcsec: the noise-equivalent width of photo's double-Gaussian
+        fit to its PSF, which has no wing (3-4 % below the KL PSF's own in g r i z;
+        `psfield_psf_image`). A seeing figure, not a check of a PSF model's width.
     aa_mag : float
         Photometric zero point ``aa`` (mag for 1 ADU/s above the atmosphere; negative).
     aa_err_mag : float
@@ -524,6 +527,59 @@ def frame_calibration(
         kk_mag_per_airmass=_band_value(ts, "kk", index, "tsField"),
         airmass=_band_value(ts, "airmass", index, "tsField"),
     )
+
+
+def psfield_psf_image(
+    psfield_hdus: fits.HDUList, *, band: str, row: float, col: float
+) -> np.ndarray:
+    """The PSF of SDSS's photo pipeline for one filter at a frame position (psField KL basis).
+
+    ``image = sum_k a_k(row, col) RROWS_k`` with ``a_k = sum_ij C_kij (0.001 row)^i
+    (0.001 col)^j`` (the psField data model; photoop's ``sdss_psf_recon``). The image is the
+    pixelised PSF centred on its middle pixel, not normalised (its sum is 0.97-1.02 on run 6377).
+
+    This is the PSF photo measured its PSF fluxes with. psField's ``psf_width`` is not its
+    width: it is the noise-equivalent width of the double Gaussian fitted to it
+    (``psf_sigma1_2G``, ``psf_sigma2_2G``, ``psf_b_2G``), which has no power-law wing, and is
+    3-4 % narrower than this image's in g r i z on run 6377 (tests/test_sdss.py).
+
+    Parameters
+    ----------
+    psfield_hdus : astropy.io.fits.HDUList
+        The psField file (HDUs 1-5: the KL basis of u g r i z).
+    band : str
+        Filter, one of u g r i z.
+    row, col : float
+        Frame position (row = y, col = x, 0-based pixels of the fpC frame).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(RNROW, RNCOL)`` image (51 x 51 for SDSS).
+
+    Raises
+    ------
+    ValueError
+        If ``band`` is not an SDSS filter.
+    InputDataError
+        If the filter's KL table is missing or lacks a column.
+    """
+    index = _check_band(band)
+    if len(psfield_hdus) < index + 2 or not isinstance(psfield_hdus[index + 1], fits.BinTableHDU):
+        raise InputDataError(f"psField lacks the KL PSF table of filter {band} (HDU {index + 1})")
+    table = psfield_hdus[index + 1].data
+    for column in ("RROWS", "RNROW", "RNCOL", "c", "nrow_b", "ncol_b"):
+        if column not in table.columns.names:
+            raise InputDataError(f"psField KL PSF table of {band} lacks column {column}")
+    shape = (int(table["RNROW"][0]), int(table["RNCOL"][0]))
+    image = np.zeros(shape[0] * shape[1])
+    for k in range(len(table)):
+        nrow_b, ncol_b = int(table["nrow_b"][k]), int(table["ncol_b"][k])
+        c = np.asarray(table["c"][k], dtype=float).reshape(5, 5)[:nrow_b, :ncol_b]
+        i, j = np.meshgrid(np.arange(nrow_b), np.arange(ncol_b), indexing="ij")
+        a = float(np.sum(c * (0.001 * row) ** i * (0.001 * col) ** j))
+        image += a * np.asarray(table["RROWS"][k], dtype=float)
+    return image.reshape(shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,7 +658,7 @@ def make_exposure(
     electrons^2); ``mask`` from the fpM planes (`FPM_MASK_PLANES`); ``wcs`` the header's TAN WCS.
     The header is the fpC's, minus the integer-scaling keywords, with ``EXPTIME`` as a number and
     ``BUNIT = 'electron'``, ``GAIN = 1`` (the image is already in electrons), ``SDSSGAIN`` (the
-    ADU gain used), ``RDVAR`` (the dark variance in e-^2), ``SEEING`` (photo's PSF FWHM, arcsec)
+    ADU gain used), ``RDVAR`` (the dark variance in e-^2), ``SEEING`` (psField psf_width, arcsec)
     and ``SKYLEVEL`` (photo's sky, e-/pixel).
 
     Parameters
@@ -647,7 +703,10 @@ def make_exposure(
     header["GAIN"] = (1.0, "e-/unit: the image is in electrons")
     header["SDSSGAIN"] = (gain, "psField gain used to convert ADU to e-")
     header["RDVAR"] = (read_variance_e2, "psField dark variance in e-^2 per pixel")
-    header["SEEING"] = (calibration.psf_fwhm_arcsec, "photo PSF FWHM (arcsec)")
+    header["SEEING"] = (
+        calibration.psf_fwhm_arcsec,
+        "photo psf_width: 2-Gaussian eff. FWHM (arcsec)",
+    )
     header["SKYLEVEL"] = (calibration.sky_adu * gain, "photo sky level (e- per pixel)")
     return Exposure(
         image=image.astype(np.float32),

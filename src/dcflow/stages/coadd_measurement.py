@@ -129,7 +129,7 @@ class CoaddMeasurementConfig:
     )
 
     deblend_template: str = config_field(
-        "psf",
+        "mixed",
         "Template by which a footprint's flux is shared among its peaks",
         choices=TEMPLATES,
     )
