@@ -80,7 +80,9 @@ def _visit(visit: int, rng, *, n=500, ra0=150.0):
 
 @pytest.fixture
 def embedded(tmp_path):
-    return EmbeddedDatabase(tmp_path / "db" / "catalogs.duckdb")
+    db = EmbeddedDatabase(tmp_path / "db" / "catalogs")
+    yield db
+    db.close()
 
 
 @pytest.fixture
@@ -275,32 +277,55 @@ def test_a_cone_search_returns_exactly_the_brute_force_rows(db, radius_deg):
     assert found == expected
 
 
-def test_indexing_rewrites_the_embedded_tables_in_pixel_order_keeping_rows_and_comments(
-    embedded,
+def _assert_compacted(embedded, table: str) -> None:
+    """Every listed file is a part whose rows are in pixel order, ranges disjoint per region."""
+    import pyarrow.parquet as pq
+
+    files = embedded.files(table)
+    assert set(files["kind"]) == {"part"}
+    for region in set(files["region"]):
+        mine = files[files["region"] == region]
+        assert np.all(np.asarray(mine["hmin"])[1:] > np.asarray(mine["hmax"])[:-1])
+    for file in files["file"]:
+        healpix = pq.read_table(embedded.path / file, columns=["healpix"])["healpix"].to_numpy()
+        assert np.all(np.diff(healpix) >= 0)
+
+
+def test_indexing_compacts_the_embedded_regions_in_pixel_order_keeping_rows_and_comments(
+    tmp_path,
 ):
-    """The embedded index step clusters by healpix (what lets zone maps skip row groups)."""
+    """The embedded index step merges a region's tile files into pixel-sorted parts."""
+    embedded = EmbeddedDatabase(tmp_path / "catalogs", region_order=8)  # 0.05 deg^2 regions
     rng = np.random.default_rng(11)
-    for visit, ra0 in ((1, 151.0), (2, 149.0), (3, 150.0)):
+    for visit, ra0 in ((1, 150.2), (2, 149.8), (3, 150.0)):
         rows, _, _ = _visit(visit, rng, n=2000, ra0=ra0)
         embedded.replace_tile({"visit": visit}, rows)
+    loaded = embedded.files("src")
+    assert set(loaded["kind"]) == {"tile"} and len(set(loaded["region"])) > 1
     before = embedded.query("SELECT visit, ccd, id, healpix FROM src ORDER BY visit, ccd, id")
-    order_sql = "SELECT healpix FROM src ORDER BY rowid"
-    assert np.any(np.diff(np.asarray(embedded.query(order_sql)["healpix"])) < 0)
     embedded.create_indexes()
-    assert np.all(np.diff(np.asarray(embedded.query(order_sql)["healpix"])) >= 0)
+    _assert_compacted(embedded, "src")
+    assert len(embedded.files("src")) < len(loaded)
     after = embedded.query("SELECT visit, ccd, id, healpix FROM src ORDER BY visit, ccd, id")
     assert len(after) == len(before) and all(np.all(after[c] == before[c]) for c in after.colnames)
     comment = embedded.query(
         "SELECT comment FROM duckdb_columns() WHERE table_name = 'src' AND column_name = 'ra_deg'"
     )["comment"][0]
     assert comment.startswith("[deg]")
-    # a rerun of a tile after clustering: same rows once, in pixel order after the next index
-    rows, _, _ = _visit(2, np.random.default_rng(12), n=2000, ra0=149.0)
+    # a rerun of a tile after compaction: the parts lose its old rows, its new rows load once
+    rows, srcs, _ = _visit(2, np.random.default_rng(12), n=1500, ra0=149.8)
     embedded.replace_tile({"visit": 2}, rows)
-    assert _count(embedded, "src") == len(before)
+    assert _count(embedded, "src", "visit = 2") == sum(map(len, srcs))
+    assert _count(embedded, "src", "visit <> 2") == int(np.sum(before["visit"] != 2))
     embedded.create_indexes()
-    assert np.all(np.diff(np.asarray(embedded.query(order_sql)["healpix"])) >= 0)
-    assert _count(embedded, "src") == len(before)
+    _assert_compacted(embedded, "src")
+    assert _count(embedded, "src", "visit = 2") == sum(map(len, srcs))
+    # nothing but listed files is left on disk
+    listed = {str(f) for f in embedded.files("src")["file"]} | {
+        str(f) for f in embedded.files("forced_src")["file"]
+    }
+    on_disk = {p.relative_to(embedded.path).as_posix() for p in embedded.path.rglob("*.parquet")}
+    assert on_disk == listed
 
 
 def test_cone_pixel_ranges_cover_the_cone():
