@@ -48,14 +48,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from astropy.table import Table
 
-from dcflow.catalog_db.base import CatalogDatabase, column_comment, tile_name
+from dcflow.catalog_db.base import (
+    CatalogDatabase,
+    angular_distance_deg,
+    column_comment,
+    tile_name,
+)
 from dcflow.catalog_db.tables import HEALPIX_ORDER, TABLES, cone_pixel_ranges, table_columns
 from dcflow.io import atomic_path
 
 __all__ = ["ROW_GROUP_ROWS", "EmbeddedDatabase", "arrow_column", "haversine_sql"]
 
 ROW_GROUP_ROWS = 16_384
-"""Rows per Parquet row group: a 1' cone reads one or two (~2 MB of src columns each)."""
+"""Rows per Parquet row group of a tile file (as loaded)."""
+PART_ROW_GROUP_ROWS = 4_096
+"""Rows per row group of a compacted part: a 1' cone reads one or two (~0.6 MB of src
+columns each); 16,384 cost 2-3x the CPU per cone (measured)."""
 PART_BYTES = "256MB"
 """Size at which a compacted region's sorted output starts a new part file."""
 GARBAGE_AGE_S = 3600.0
@@ -78,7 +86,7 @@ _MANIFEST_SQL = (
 )
 
 
-class _Conflict(Exception):
+class _ConflictError(Exception):
     """Another process changed the files this commit meant to replace; redo the step."""
 
 
@@ -171,6 +179,7 @@ class EmbeddedDatabase(CatalogDatabase):
         self._manifest: sqlite3.Connection | None = None
         self._duck: duckdb.DuckDBPyConnection | None = None
         self._views_version: int | None = None
+        self._footers: dict[Path, tuple[pq.ParquetFile, np.ndarray, np.ndarray]] = {}
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -214,7 +223,10 @@ class EmbeddedDatabase(CatalogDatabase):
         con.register(
             "catalog_tiles",
             pa.table(
-                [pa.array(list(column), t) for column, t in zip(zip(*tiles), types, strict=True)]
+                [
+                    pa.array(list(column), t)
+                    for column, t in zip(zip(*tiles, strict=True), types, strict=True)
+                ]
                 if tiles
                 else [pa.array([], t) for t in types],
                 names=list(names),
@@ -259,6 +271,7 @@ class EmbeddedDatabase(CatalogDatabase):
         if self._manifest is not None:
             self._manifest.close()
             self._manifest = None
+        self._footers.clear()
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -303,7 +316,7 @@ class EmbeddedDatabase(CatalogDatabase):
                         manifest.execute("ROLLBACK")
                         raise
                     break
-                except _Conflict:
+                except _ConflictError:
                     self._unlink(f for f, *_ in rewritten)
                     time.sleep(0.05 * (attempt + 1))
             else:
@@ -349,7 +362,15 @@ class EmbeddedDatabase(CatalogDatabase):
             part = whole if len(mine) == len(regions) else whole.take(pa.array(mine))
             file = f"{table}/region-{region}/{uuid.uuid4().hex}.parquet"
             with atomic_path(self.path / file) as tmp:
-                pq.write_table(part, tmp, compression="none", row_group_size=ROW_GROUP_ROWS)
+                # dictionaries for text only: pyarrow's default tries one on every column
+                # and hashes every float first (3.4x the CPU time of the write, measured)
+                pq.write_table(
+                    part,
+                    tmp,
+                    compression="none",
+                    row_group_size=ROW_GROUP_ROWS,
+                    use_dictionary=[k for k in names if pa.types.is_dictionary(part[k].type)],
+                )
             pixels = healpix[mine]
             out.append(
                 (file, table, region, "tile", len(mine), int(pixels.min()), int(pixels.max()), name)
@@ -384,7 +405,7 @@ class EmbeddedDatabase(CatalogDatabase):
                 con.execute(
                     f"COPY (SELECT * FROM {_files_sql([str(source)])} WHERE NOT ({where})) "
                     f"TO '{tmp}' (FORMAT parquet, COMPRESSION uncompressed, "
-                    f"ROW_GROUP_SIZE {ROW_GROUP_ROWS})",
+                    f"ROW_GROUP_SIZE {PART_ROW_GROUP_ROWS})",
                     [tile[k] for k in keys],
                 )
             tiles = con.execute(
@@ -406,14 +427,16 @@ class EmbeddedDatabase(CatalogDatabase):
         files: Sequence[tuple[str, str, int, str, int, int, int, str]],
         run_id: str,
     ) -> list[str]:
-        """Inside the write transaction: swap the tile's files, record the tile; the files
-        unlisted (to delete after the commit)."""
+        """Inside the write transaction: swap the tile's files and record the tile.
+
+        Returns the files unlisted (deleted after the commit).
+        """
         manifest = self._sql()
         removed = []
         for table in rows:
             name = tile_name(table, tile)
             if self._parts_with(table, name) != parts[table]:
-                raise _Conflict
+                raise _ConflictError
             old = manifest.execute(
                 "SELECT f.file FROM catalog_file_tiles t JOIN catalog_files f USING (file) "
                 "WHERE t.tile = ? AND f.table_name = ?",
@@ -423,9 +446,10 @@ class EmbeddedDatabase(CatalogDatabase):
             manifest.execute(
                 "DELETE FROM catalog_tiles WHERE table_name = ? AND tile = ?", (table, name)
             )
-            n_rows = sum(n for f, t, _, kind, n, *_ in files if t == table and kind == "tile")
+            n_rows = sum(n for _, t, _, kind, n, *_ in files if t == table and kind == "tile")
             manifest.execute(
-                "INSERT INTO catalog_tiles VALUES (?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'))",
+                "INSERT INTO catalog_tiles VALUES "
+                "(?, ?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now'))",
                 (table, name, n_rows, run_id),
             )
         self._swap(removed, files)
@@ -479,7 +503,7 @@ class EmbeddedDatabase(CatalogDatabase):
                     try:
                         self._compact(table, region)
                         break
-                    except _Conflict:
+                    except _ConflictError:
                         continue
             names += [f"{table}_healpix", f"{table}_tile"]
         return names
@@ -502,7 +526,7 @@ class EmbeddedDatabase(CatalogDatabase):
             con.execute(
                 f"COPY (SELECT * FROM {_files_sql([str(self.path / f) for f in inputs])} "
                 f"ORDER BY healpix) TO '{staging}' (FORMAT parquet, COMPRESSION uncompressed, "
-                f"ROW_GROUP_SIZE {ROW_GROUP_ROWS}, FILE_SIZE_BYTES '{PART_BYTES}')"
+                f"ROW_GROUP_SIZE {PART_ROW_GROUP_ROWS}, FILE_SIZE_BYTES '{PART_BYTES}')"
             )
             outputs = []
             for produced in sorted(staging.glob("*.parquet")):
@@ -541,7 +565,7 @@ class EmbeddedDatabase(CatalogDatabase):
                 ).fetchall()
             }
             if not set(inputs) <= live:
-                raise _Conflict
+                raise _ConflictError
             self._swap(inputs, files)
             manifest.execute("COMMIT")
         except BaseException:
@@ -560,9 +584,9 @@ class EmbeddedDatabase(CatalogDatabase):
         now = time.time()
         for path in self.path.glob("*/region-*/*"):
             relative = path.relative_to(self.path).as_posix()
-            if path.is_file() and relative not in listed:
-                if now - path.stat().st_mtime > GARBAGE_AGE_S:
-                    path.unlink()
+            old = path.is_file() and now - path.stat().st_mtime > GARBAGE_AGE_S
+            if old and relative not in listed:
+                path.unlink()
         manifest.execute("PRAGMA optimize")
 
     # --- queries -------------------------------------------------------------------------------
@@ -601,9 +625,11 @@ class EmbeddedDatabase(CatalogDatabase):
     def cone(self, table: str, ra_deg: float, dec_deg: float, radius_deg: float) -> Table:
         """Rows of ``table`` within ``radius_deg`` of a position (exact distance cut).
 
-        Only the files whose ``healpix`` range meets the cone's pixel ranges are read, and
-        in them DuckDB skips the row groups whose min/max misses the ranges; the haversine
-        cut runs in the same query.
+        Only the files whose ``healpix`` range (manifest) meets the cone's pixel ranges are
+        opened, and in them only the row groups whose min/max ``healpix`` (footer, cached
+        per session) meets them are read, by pyarrow; the pixel and haversine cuts run in
+        numpy. The same query through DuckDB (``read_parquet`` with the cuts in SQL) cost
+        9 ms of CPU per 1' cone at 10^6 rows against ~2 ms this way (measured).
         """
         ranges = cone_pixel_ranges(ra_deg, dec_deg, radius_deg)
         meets = " OR ".join("(hmax >= ? AND hmin < ?)" for _ in ranges)
@@ -615,13 +641,49 @@ class EmbeddedDatabase(CatalogDatabase):
             )
             .fetchall()
         )
-        con = self._duckdb()
-        if not files:
+        starts = np.array([a for a, _ in ranges], dtype=np.int64)
+        ends = np.array([b for _, b in ranges], dtype=np.int64)
+        pieces = []
+        for (file,) in files:
+            handle, lows, highs = self._footer(self.path / file)
+            meets_any = (highs[:, None] >= starts[None, :]) & (lows[:, None] < ends[None, :])
+            groups = np.flatnonzero(meets_any.any(axis=1)).tolist()
+            if groups:
+                pieces.append(handle.read_row_groups(groups, use_threads=False))
+        if not pieces:
             return self.query(f"SELECT * FROM {table} WHERE false")
-        pixels = " OR ".join(f"(healpix >= {a} AND healpix < {b})" for a, b in ranges)
-        distance = haversine_sql(ra_deg, dec_deg)
-        source = _files_sql([str(self.path / f) for (f,) in files])
-        result = con.execute(
-            f"SELECT * FROM {source} WHERE ({pixels}) AND {distance} <= radians({radius_deg!r})"
+        rows = pa.concat_tables(pieces, promote_options="permissive")
+        healpix = rows["healpix"].to_numpy()
+        inside = np.zeros(len(healpix), dtype=bool)
+        for start, end in ranges:
+            inside |= (healpix >= start) & (healpix < end)
+        rows = rows.filter(pa.array(inside))
+        distance = angular_distance_deg(
+            rows["ra_deg"].to_numpy(), rows["dec_deg"].to_numpy(), ra_deg, dec_deg
         )
-        return Table(result.fetchnumpy())
+        rows = rows.filter(pa.array(distance <= radius_deg))
+        columns = {}
+        for name in rows.column_names:
+            column = rows[name]
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(pa.string())
+            columns[name] = column.to_numpy(zero_copy_only=False)
+        return Table(columns, copy=False)
+
+    def _footer(self, path: Path) -> tuple[pq.ParquetFile, np.ndarray, np.ndarray]:
+        """A file's reader and its row groups' min/max ``healpix``.
+
+        Cached for the session: a file never changes once written (a rewrite is a new file).
+        """
+        cached = self._footers.get(path)
+        if cached is None:
+            handle = pq.ParquetFile(path)
+            meta = handle.metadata
+            column = meta.schema.names.index("healpix")
+            stats = [
+                meta.row_group(i).column(column).statistics for i in range(meta.num_row_groups)
+            ]
+            lows = np.array([s.min for s in stats], dtype=np.int64)
+            highs = np.array([s.max for s in stats], dtype=np.int64)
+            cached = self._footers[path] = (handle, lows, highs)
+        return cached
