@@ -195,6 +195,10 @@ def bench_duckdb(workdir: Path, args, centres) -> dict:
             "load rows/CPU-s": cpu_rate,
             "load rows/s less CPU wait": ready_rate,
         }
+        n_parallel = min(args.rows, args.table_rows)
+        out[f"load rows/s, {args.processes} processes ({n_parallel:.0e})"] = parallel_embedded_load(
+            workdir / "parallel", args, n_parallel
+        )
         cones = (("cone 1' ms", 1 / 60), ("cone 1 deg ms", 1.0))
         for label, radius in cones:  # naive: tile files as loaded, before the index step
             out[f"naive: {label}, tile files"], _ = time_cones(
@@ -249,6 +253,43 @@ def bench_duckdb(workdir: Path, args, centres) -> dict:
     con.close()
     (workdir / "table.duckdb").unlink()
     return out
+
+
+def parallel_embedded_load(path: Path, args, n_rows: int) -> float:
+    """Rows/s of ``n_rows`` loaded by ``--processes`` processes at once into one embedded
+    database (as concurrent load jobs of different visits run); tiles made before timing."""
+    import multiprocessing
+
+    tiles = list(make_tiles(n_rows, args.tile_rows))
+    context = multiprocessing.get_context("fork")
+    start_flag = context.Event()
+
+    def work(mine) -> None:
+        db = EmbeddedDatabase(path, region_order=args.region_order)
+        start_flag.wait()
+        for visit, rows in mine:
+            db.replace_tile({"visit": visit}, {"src": [rows]})
+        db.close()
+
+    workers = [
+        context.Process(target=work, args=(tiles[i :: args.processes],))
+        for i in range(args.processes)
+    ]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)  # every worker forked and waiting
+    start = time.perf_counter()
+    start_flag.set()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    if any(worker.exitcode != 0 for worker in workers):
+        raise RuntimeError("a parallel embedded load process failed")
+    loaded = EmbeddedDatabase(path).tile_rows("src")
+    if sum(loaded.values()) != n_rows:
+        raise RuntimeError(f"parallel embedded load: {sum(loaded.values())} rows of {n_rows}")
+    shutil.rmtree(path)
+    return n_rows / elapsed
 
 
 def pixel_cone(con, table: str, ra: float, dec: float, radius_deg: float) -> np.ndarray:
@@ -523,6 +564,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--pg-connections", type=int, default=2, help="PostgreSQL: parallel load connections"
+    )
+    parser.add_argument(
+        "--processes", type=int, default=2, help="embedded: parallel load processes"
     )
     parser.add_argument(
         "--region-order", type=int, default=1, help="embedded: HEALPix order of the regions"
