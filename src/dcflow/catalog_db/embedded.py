@@ -16,10 +16,11 @@ tile's files (no duplicates, no other tile touched). Concurrent load jobs write 
 in parallel and queue only on the SQLite commit (milliseconds).
 
 Why not rows appended to a DuckDB table (the previous embedded backend): DuckDB's append
-(compression, WAL, checkpoint) costs 0.65-1.1e6 rows per CPU second and allows one writing
-process per file; writing a tile's Arrow columns to Parquet costs ~5e6 rows per CPU second
-(`benchmarks/catalog_load.py`, README "Catalog database") and needs no lock. DuckDB remains
-the query engine: every table is a view over its listed files.
+(compression, WAL, checkpoint) cost 0.7e6 rows per CPU second at 10^7 rows and allows one
+writing process per file; this load path (Parquet write, fsync, rename, SQLite commit) cost
+2.6e6 rows per CPU second in the same run (`benchmarks/catalog_load.py`, README "Catalog
+database") and needs no lock. DuckDB remains the query engine: every table is a view over
+its listed files.
 
 `EmbeddedDatabase.create_indexes` (``dcflow db index``) compacts each region holding tile
 files into parts sorted by ``healpix`` (DuckDB's out-of-core sort, one region at a time, each
@@ -629,7 +630,7 @@ class EmbeddedDatabase(CatalogDatabase):
         opened, and in them only the row groups whose min/max ``healpix`` (footer, cached
         per session) meets them are read, by pyarrow; the pixel and haversine cuts run in
         numpy. The same query through DuckDB (``read_parquet`` with the cuts in SQL) cost
-        9 ms of CPU per 1' cone at 10^6 rows against ~2 ms this way (measured).
+        9 ms of CPU per 1' cone at 10^6 rows against 3-4 ms this way (measured).
         """
         ranges = cone_pixel_ranges(ra_deg, dec_deg, radius_deg)
         meets = " OR ".join("(hmax >= ? AND hmin < ?)" for _ in ranges)
