@@ -328,6 +328,38 @@ def test_indexing_compacts_the_embedded_regions_in_pixel_order_keeping_rows_and_
     assert on_disk == listed
 
 
+def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monkeypatch):
+    """A compaction whose input files a rerun replaced meanwhile is redone, not committed."""
+    from dcflow.catalog_db import embedded as module
+
+    path = tmp_path / "catalogs"
+    db = EmbeddedDatabase(path)
+    rng = np.random.default_rng(21)
+    for visit in (1, 2, 3):
+        rows, _, _ = _visit(visit, rng, n=800)
+        db.replace_tile({"visit": visit}, rows)
+    n_others = _count(db, "src", "visit <> 2")
+    rerun, rerun_srcs, _ = _visit(2, np.random.default_rng(22), n=600)
+    original = module._healpix_range
+    calls = []
+
+    def rerun_first(file):  # runs after the compaction's sort, before its commit
+        if not calls:
+            calls.append(file)
+            other = EmbeddedDatabase(path)
+            other.replace_tile({"visit": 2}, rerun, run_id="during-index")
+            other.close()
+        return original(file)
+
+    monkeypatch.setattr(module, "_healpix_range", rerun_first)
+    db.create_indexes()
+    assert calls
+    assert _count(db, "src", "visit = 2") == sum(map(len, rerun_srcs))
+    assert _count(db, "src", "visit <> 2") == n_others
+    _assert_compacted(db, "src")
+    db.close()
+
+
 def test_cone_pixel_ranges_cover_the_cone():
     rng = np.random.default_rng(6)
     ra = 10.0 + rng.uniform(-2, 2, 20000)
