@@ -339,12 +339,12 @@ def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monk
         rows, _, _ = _visit(visit, rng, n=800)
         db.replace_tile({"visit": visit}, rows)
     n_others = _count(db, "src", "visit <> 2")
-    rerun, rerun_srcs, _ = _visit(2, np.random.default_rng(22), n=600)
+    rerun, rerun_srcs, rerun_forced = _visit(2, np.random.default_rng(22), n=600)
     original = module._healpix_range
     calls = []
 
-    def rerun_first(file):  # runs after the compaction's sort, before its commit
-        if not calls:
+    def rerun_first(file):  # runs after the src compaction's sort, before its commit
+        if not calls and file.parent.parent.name == "src":
             calls.append(file)
             other = EmbeddedDatabase(path)
             other.replace_tile({"visit": 2}, rerun, run_id="during-index")
@@ -356,6 +356,7 @@ def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monk
     assert calls
     assert _count(db, "src", "visit = 2") == sum(map(len, rerun_srcs))
     assert _count(db, "src", "visit <> 2") == n_others
+    assert _count(db, "forced_src", "visit = 2") == sum(map(len, rerun_forced))
     _assert_compacted(db, "src")
     db.close()
 
