@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -576,7 +577,10 @@ class EmbeddedDatabase(CatalogDatabase):
         self._unlink(inputs)
 
     def analyze(self) -> None:
-        """Remove unlisted files older than `GARBAGE_AGE_S` (killed loads), optimise the manifest.
+        """Remove unlisted files older than `GARBAGE_AGE_S`, optimise the manifest.
+
+        Unlisted files are those of killed loads and compactions (and their staging
+        directories).
 
         Parquet files carry their statistics, written with them; nothing else to refresh.
         """
@@ -585,8 +589,11 @@ class EmbeddedDatabase(CatalogDatabase):
         now = time.time()
         for path in self.path.glob("*/region-*/*"):
             relative = path.relative_to(self.path).as_posix()
-            old = path.is_file() and now - path.stat().st_mtime > GARBAGE_AGE_S
-            if old and relative not in listed:
+            if now - path.stat().st_mtime <= GARBAGE_AGE_S or relative in listed:
+                continue
+            if path.is_dir():  # the staging directory of a killed compaction
+                shutil.rmtree(path, ignore_errors=True)
+            else:
                 path.unlink()
         manifest.execute("PRAGMA optimize")
 
