@@ -80,7 +80,9 @@ def _visit(visit: int, rng, *, n=500, ra0=150.0):
 
 @pytest.fixture
 def embedded(tmp_path):
-    return EmbeddedDatabase(tmp_path / "db" / "catalogs.duckdb")
+    db = EmbeddedDatabase(tmp_path / "db" / "catalogs")
+    yield db
+    db.close()
 
 
 @pytest.fixture
@@ -219,7 +221,7 @@ def _open(backend: str, target: str):
     return PostgresDatabase(target, partition_order=0)
 
 
-def test_a_load_killed_mid_way_leaves_no_rows_and_the_rerun_loads_once(db, request):
+def test_a_load_killed_mid_way_leaves_no_rows_and_the_rerun_loads_once(db, monkeypatch):
     backend = "embedded" if isinstance(db, EmbeddedDatabase) else "postgres"
     target = str(db.path) if backend == "embedded" else db.dsn
     rng = np.random.default_rng(4)
@@ -238,6 +240,16 @@ def test_a_load_killed_mid_way_leaves_no_rows_and_the_rerun_loads_once(db, reque
     assert _count(db, "forced_src", "visit = 9") == 0
     assert "visit=9" not in db.tile_rows("src")
     assert _count(db, "src", "visit = 8") == sum(map(len, kept_srcs))
+    if backend == "embedded":  # the killed load's files: unlisted, then removed by analyze
+        from dcflow.catalog_db import embedded as module
+
+        listed = {str(f) for t in ("src", "forced_src") for f in db.files(t)["file"]}
+        on_disk = {p.relative_to(db.path).as_posix() for p in db.path.rglob("*.parquet")}
+        assert on_disk > listed
+        monkeypatch.setattr(module, "GARBAGE_AGE_S", -1.0)
+        db.analyze()
+        on_disk = {p.relative_to(db.path).as_posix() for p in db.path.rglob("*.parquet")}
+        assert on_disk == listed
     rows, srcs, _ = _visit(9, np.random.default_rng(9))
     db.replace_tile({"visit": 9}, rows, run_id="rerun")
     assert _count(db, "src", "visit = 9") == sum(map(len, srcs))
@@ -275,32 +287,88 @@ def test_a_cone_search_returns_exactly_the_brute_force_rows(db, radius_deg):
     assert found == expected
 
 
-def test_indexing_rewrites_the_embedded_tables_in_pixel_order_keeping_rows_and_comments(
-    embedded,
+def _assert_compacted(embedded, table: str) -> None:
+    """Every listed file is a part whose rows are in pixel order, ranges disjoint per region."""
+    import pyarrow.parquet as pq
+
+    files = embedded.files(table)
+    assert set(files["kind"]) == {"part"}
+    for region in set(files["region"]):
+        mine = files[files["region"] == region]
+        assert np.all(np.asarray(mine["hmin"])[1:] > np.asarray(mine["hmax"])[:-1])
+    for file in files["file"]:
+        healpix = pq.read_table(embedded.path / file, columns=["healpix"])["healpix"].to_numpy()
+        assert np.all(np.diff(healpix) >= 0)
+
+
+def test_indexing_compacts_the_embedded_regions_in_pixel_order_keeping_rows_and_comments(
+    tmp_path,
 ):
-    """The embedded index step clusters by healpix (what lets zone maps skip row groups)."""
+    """The embedded index step merges a region's tile files into pixel-sorted parts."""
+    embedded = EmbeddedDatabase(tmp_path / "catalogs", region_order=8)  # 0.05 deg^2 regions
     rng = np.random.default_rng(11)
-    for visit, ra0 in ((1, 151.0), (2, 149.0), (3, 150.0)):
+    for visit, ra0 in ((1, 150.2), (2, 149.8), (3, 150.0)):
         rows, _, _ = _visit(visit, rng, n=2000, ra0=ra0)
         embedded.replace_tile({"visit": visit}, rows)
+    loaded = embedded.files("src")
+    assert set(loaded["kind"]) == {"tile"} and len(set(loaded["region"])) > 1
     before = embedded.query("SELECT visit, ccd, id, healpix FROM src ORDER BY visit, ccd, id")
-    order_sql = "SELECT healpix FROM src ORDER BY rowid"
-    assert np.any(np.diff(np.asarray(embedded.query(order_sql)["healpix"])) < 0)
     embedded.create_indexes()
-    assert np.all(np.diff(np.asarray(embedded.query(order_sql)["healpix"])) >= 0)
+    _assert_compacted(embedded, "src")
+    assert len(embedded.files("src")) < len(loaded)
     after = embedded.query("SELECT visit, ccd, id, healpix FROM src ORDER BY visit, ccd, id")
     assert len(after) == len(before) and all(np.all(after[c] == before[c]) for c in after.colnames)
     comment = embedded.query(
         "SELECT comment FROM duckdb_columns() WHERE table_name = 'src' AND column_name = 'ra_deg'"
     )["comment"][0]
     assert comment.startswith("[deg]")
-    # a rerun of a tile after clustering: same rows once, in pixel order after the next index
-    rows, _, _ = _visit(2, np.random.default_rng(12), n=2000, ra0=149.0)
+    # a rerun of a tile after compaction: the parts lose its old rows, its new rows load once
+    rows, srcs, _ = _visit(2, np.random.default_rng(12), n=1500, ra0=149.8)
     embedded.replace_tile({"visit": 2}, rows)
-    assert _count(embedded, "src") == len(before)
+    assert _count(embedded, "src", "visit = 2") == sum(map(len, srcs))
+    assert _count(embedded, "src", "visit <> 2") == int(np.sum(before["visit"] != 2))
     embedded.create_indexes()
-    assert np.all(np.diff(np.asarray(embedded.query(order_sql)["healpix"])) >= 0)
-    assert _count(embedded, "src") == len(before)
+    _assert_compacted(embedded, "src")
+    assert _count(embedded, "src", "visit = 2") == sum(map(len, srcs))
+    # nothing but listed files is left on disk
+    listed = {str(f) for f in embedded.files("src")["file"]} | {
+        str(f) for f in embedded.files("forced_src")["file"]
+    }
+    on_disk = {p.relative_to(embedded.path).as_posix() for p in embedded.path.rglob("*.parquet")}
+    assert on_disk == listed
+
+
+def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monkeypatch):
+    """A compaction whose input files a rerun replaced meanwhile is redone, not committed."""
+    from dcflow.catalog_db import embedded as module
+
+    path = tmp_path / "catalogs"
+    db = EmbeddedDatabase(path)
+    rng = np.random.default_rng(21)
+    for visit in (1, 2, 3):
+        rows, _, _ = _visit(visit, rng, n=800)
+        db.replace_tile({"visit": visit}, rows)
+    n_others = _count(db, "src", "visit <> 2")
+    rerun, rerun_srcs, rerun_forced = _visit(2, np.random.default_rng(22), n=600)
+    original = module._healpix_range
+    calls = []
+
+    def rerun_first(file):  # runs after the src compaction's sort, before its commit
+        if not calls and file.parent.parent.name == "src":
+            calls.append(file)
+            other = EmbeddedDatabase(path)
+            other.replace_tile({"visit": 2}, rerun, run_id="during-index")
+            other.close()
+        return original(file)
+
+    monkeypatch.setattr(module, "_healpix_range", rerun_first)
+    db.create_indexes()
+    assert calls
+    assert _count(db, "src", "visit = 2") == sum(map(len, rerun_srcs))
+    assert _count(db, "src", "visit <> 2") == n_others
+    assert _count(db, "forced_src", "visit = 2") == sum(map(len, rerun_forced))
+    _assert_compacted(db, "src")
+    db.close()
 
 
 def test_cone_pixel_ranges_cover_the_cone():

@@ -64,7 +64,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "sdss_mask": "{instrument}/objcs/{ccd}/fpM_{visit}_{ccd}.fit",
     "sdss_psfield": "{instrument}/objcs/{ccd}/psField_{visit}_{ccd}.fit",
     "sdss_tsfield": "{instrument}/calibChunks/{ccd}/tsField_{visit}_{ccd}.fit",
-    "catalog_db": "db/catalogs.duckdb",
+    "catalog_db": "db/catalogs",
     "catalog_load_visit": "db/loaded/visit/catalog_load_{visit}.json",
     "catalog_load_patch": "db/loaded/patch/{tract}/catalog_load_{tract}_{patch}.json",
     "log": "logs/{rule}/{tile}.log",

@@ -1,7 +1,8 @@
 """A campaign's catalogs in a database: per-tile loads, explicit indexing, queries.
 
-Two backends behind `CatalogDatabase`: `EmbeddedDatabase` (DuckDB, one file beside the
-campaign's products, the default) and `PostgresDatabase` (a server with q3c, its DSN read
+Two backends behind `CatalogDatabase`: `EmbeddedDatabase` (Parquet files per tile and sky
+region in a directory beside the campaign's products, a SQLite manifest, DuckDB queries; the
+default) and `PostgresDatabase` (a server with q3c, its DSN read
 from the environment). `open_catalog_db` picks one from the campaign's ``catalog_db``
 config section; the tables come from `dcflow.catalog_schema` (see `tables`).
 """
@@ -49,7 +50,8 @@ class CatalogDbConfig:
         "embedded",
         "Database backend",
         choices={
-            "embedded": "a DuckDB file in the campaign's output tree (layout catalog_db)",
+            "embedded": "Parquet files per tile and sky region, queried through DuckDB, in the "
+            "campaign's output tree (layout catalog_db)",
             "postgres": "a PostgreSQL server with q3c; DSN from the variable named by dsn_env",
         },
     )
@@ -60,8 +62,9 @@ class CatalogDbConfig:
     )
     partition_order: int = config_field(
         1,
-        "PostgreSQL: HEALPix order of the sky-region partitions, 12 * 4**order per table "
-        "(1: 48 regions of 860 deg^2)",
+        "HEALPix order of the sky regions, 12 * 4**order per table (1: 48 regions of "
+        "860 deg^2): PostgreSQL partitions; embedded region directories, each compacted on "
+        "its own by dcflow db index",
         minimum=0,
         maximum=4,
     )
@@ -83,7 +86,7 @@ def open_catalog_db(
     config : mapping or CatalogDbConfig
         The campaign's ``catalog_db`` section.
     database_path : str
-        The embedded backend's file (the layout's ``catalog_db`` path).
+        The embedded backend's directory (the layout's ``catalog_db`` path).
     environ : mapping, optional
         Environment to read the DSN from (default: ``os.environ``).
 
@@ -97,7 +100,7 @@ def open_catalog_db(
     if config.backend == "embedded":
         from dcflow.catalog_db.embedded import EmbeddedDatabase
 
-        return EmbeddedDatabase(database_path)
+        return EmbeddedDatabase(database_path, region_order=config.partition_order)
     dsn = (os.environ if environ is None else environ).get(config.dsn_env, "")
     if not dsn:
         raise RuntimeError(
