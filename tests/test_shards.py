@@ -458,3 +458,61 @@ def test_one_sharded_driver_per_working_directory(tmp_path):
     assert not Path(layout.path("ledger")).exists()
     with hold_driver_lock(work):
         assert sharded_driver_running(work) is not None
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_sigterm_to_the_sharded_driver_stops_every_shard_and_its_jobs(tmp_path):
+    """`kill -TERM` of `dcflow run --sharded` (the driver alone, not its group) stops each
+    running shard's Snakemake and the jobs under it; the driver exits 130 and the ledger holds
+    no live run."""
+    config = write_noop_campaign(tmp_path / "c", shards=SHARDS)
+    work = config.parent
+    ledger_file = Path(plan_shards(load_config(config), work)[3].path("ledger"))
+    env = {**os.environ, "DCFLOW_NOOP_SECONDS": "120"}  # jobs outlive the test unless stopped
+    argv = [DCFLOW, "run", "--sharded", "--config", str(config), "--profile", "local"]
+    driver = subprocess.Popen(
+        [*argv, "--no-progress"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        busy: set[str] = set()
+        while time.monotonic() < deadline and len(busy) < 2:
+            time.sleep(0.5)
+            if ledger_file.exists():
+                runs, attempts = _ledger_state(ledger_file)
+                busy = {runs[a.run_id].shard for a in attempts if a.state is JobState.RUNNING}
+        assert len(busy) == 2, "two shards never ran jobs at once"
+        from dcflow.orchestration.cancel import _descendants
+
+        below = _descendants(driver.pid)  # the shards' Snakemakes and their jobs
+        snakemakes = {r.pid for r in _ledger_state(ledger_file)[0].values()}
+        assert snakemakes <= set(below) and len(snakemakes) == 2
+        sent = time.monotonic()
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=90)
+        took = time.monotonic() - sent
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 130, output[-2000:]
+    assert "SIGTERM: stopping the running shards" in output
+    assert [p for p in below if _alive(p)] == []
+    assert took < 45  # SIGINT sufficed: Snakemake cancelled its local jobs (grace 30 s)
+    runs, attempts = _ledger_state(ledger_file)
+    assert len(runs) == 2 and all(r.finished is not None for r in runs.values())
+    assert not [a for a in attempts if a.state in (JobState.RUNNING, JobState.SUBMITTED)]
+    assert not any(p.name.startswith("visits") for p in (work / "output" / "shards").glob("*"))

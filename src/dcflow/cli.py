@@ -608,6 +608,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
             mem_cap_mb=args.mem_cap_mb,
             progress=not args.no_progress,
         )
+        if result.interrupted:
+            return EXIT_INTERRUPTED
         return 0 if result.exit_code == 0 else EXIT_FAILED
     return _run_summary(_launch(args, extra), args)
 
