@@ -56,8 +56,8 @@ from dcflow.configs import from_mapping
 from dcflow.layout import Layout
 from dcflow.ledger import Ledger, pid_start_time
 from dcflow.orchestration.campaign_files import load_campaign_config
-from dcflow.orchestration.profiles import GRIDENGINE_EXECUTORS, profile_backend, profile_settings
 from dcflow.orchestration.cancel import stop_process_tree
+from dcflow.orchestration.profiles import GRIDENGINE_EXECUTORS, profile_backend, profile_settings
 from dcflow.orchestration.run import run_campaign
 from dcflow.states import JobState
 
