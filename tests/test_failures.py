@@ -461,31 +461,12 @@ def test_local_cpu_time_limit_is_walltime_and_a_retry_with_more_runtime_succeeds
         assert ledger.runtime_requests(FailurePolicy(), {"slow": 2}) == {}
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs mounted at ``tmp_path/disk`` and filled: writes there get ENOSPC."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (a disk that fills up) needs root; CI runs as root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
-    try:
-        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            with pytest.raises(OSError, match="No space"):
-                for _ in range(100):
-                    os.write(fd, b"\0" * 4096)
-        finally:
-            os.close(fd)
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
+@pytest.mark.root
 def test_a_full_disk_is_transient_io_held_for_review_then_rerun_when_it_has_room(
     tmp_path, full_disk
 ):
     _limits_workflow(tmp_path)
+    disk = full_disk(tmp_path / "disk")
     proc = _run(tmp_path, "disk/io.txt")
     assert proc.returncode == 1, proc.stderr[-3000:]
     with Ledger(tmp_path / "l.sqlite3") as ledger:
@@ -495,11 +476,11 @@ def test_a_full_disk_is_transient_io_held_for_review_then_rerun_when_it_has_room
     tiles = [(tile.rule, tile.data_id, tile.failure_class)]
     keys, outcomes = triage(tiles, FailurePolicy())
     assert not keys and outcomes[0].describe().startswith("transient_io: 1 tile(s) not rerun")
-    (full_disk / "filler").unlink()  # the operator freed the disk: rerun the held class
+    (disk / "filler").unlink()  # the operator freed the disk: rerun the held class
     keys, _ = triage(tiles, FailurePolicy(), ["transient_io"])
     assert keys == {("io", "campaign")}
     proc = _run(tmp_path, "disk/io.txt")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (full_disk / "io.txt").read_text() == "io done\n"
+    assert (disk / "io.txt").read_text() == "io done\n"
     with Ledger(tmp_path / "l.sqlite3") as ledger:
         assert ledger.failure_counts() == {}
