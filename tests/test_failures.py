@@ -113,6 +113,8 @@ def test_recorded_dirac_states_get_their_class():
         ({"exit_code": 137, "backend": "gridengine"}, FailureClass.UNKNOWN),  # qdel, or anyone
         ({"exit_code": 152}, FailureClass.WALLTIME),  # SIGXCPU
         ({"exit_code": 138}, FailureClass.WALLTIME),  # SIGUSR1
+        ({"reason": "Grid Engine job 9 failed: killed by signal SIGUSR1; qacct failed 100 :"
+                    " assumedly after job"}, FailureClass.WALLTIME),  # s_rt before the script
         ({"error_class": "OSError", "reason": "[Errno 28] No space left on device"},
          FailureClass.TRANSIENT_IO),
         ({"error_class": "OSError", "reason": "[Errno 116] Stale file handle"},
