@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +37,32 @@ def pytest_sessionfinish(session, exitstatus):
             for line in _skipped_service_tests:
                 reporter.write_line(f"  {line}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def full_disk():
+    """Mount a 64 KiB tmpfs at a directory and fill it: writes there fail with ENOSPC.
+
+    A function ``mount(path) -> path``; the mounts go at the end of the test. Mounting needs
+    root (tests using it carry the ``root`` marker: CI as root must run them).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a disk that fills up) needs root; CI runs as root")
+    mounted: list[Path] = []
+
+    def mount(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            with pytest.raises(OSError, match="No space"):
+                for _ in range(100):
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -199,6 +199,12 @@ def test_fault_knob_then_failed_lists_exactly_those_tiles(work):
     text = " ".join(page.text)
     assert "Failed tiles (2)" in text and "dcflow rerun --failed" in text
     assert "visit=1001" in text and "fault knob" in text  # the log tail
+    # the class table: per stage and class, tiles, action, and whether rerun --failed reruns them
+    words = " ".join(text.split())
+    assert "failure-classes" in page.ids
+    assert "process_visit memory 1 retry_more_memory yes" in words
+    assert "process_visit unknown 1 retry yes" in words
+    assert "class memory (action retry_more_memory)" in words
 
 
 def test_rerun_failed_runs_exactly_those_jobs_with_more_memory(work):

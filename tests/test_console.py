@@ -295,3 +295,17 @@ def test_snakemake_output_counts_a_repeated_warning_once(tmp_path):
     assert output.errors == ["Error in rule bias:"]
     assert shown.getvalue().count("Card is too long") == 1  # echoed once
     assert (tmp_path / "logs" / "run=1.log").read_text() == "".join(lines)  # the log keeps all
+
+
+def test_warnings_differing_only_in_numbers_are_one_kind(tmp_path):
+    """The demo's alert-production warning named each of 4 visits, 4 times each: one line."""
+    text = "WARNING alert_production: visit {} is an input of its template (visits {})\n"
+    lines = [text.format(v, "1005, 1006") for v in (1005, 1006, 1007, 1002) for _ in range(4)]
+    lines += ["WARNING coadd: only 0 of 4 visits pass\n"] * 4
+    output = SnakemakeOutput(tmp_path / "run=1.log")
+    output.pump(io.StringIO("".join(lines)))
+    assert len(output.repeated_warnings()) == 5
+    assert output.warning_kinds() == [
+        (text.format(1005, "1005, 1006").strip(), 16, 4),
+        ("WARNING coadd: only 0 of 4 visits pass", 4, 1),
+    ]

@@ -152,6 +152,10 @@ def test_board_counts_equal_status_and_follow_the_ledger(campaign):
     assert _board_rows(board) == _status_api_rows(campaign.config)
     view = board.view()
     assert [(f.stage, f.error_class) for f in view.failed] == [("flat", "InputDataError")]
+    # a StageError is bad input: rerun --failed leaves it until someone includes the class
+    assert (view.failed[0].failure_class, view.failed[0].action) == ("bad_input", "fail_at_once")
+    assert view.failure_classes == {"flat": {"bad_input": 1}}
+    assert view.failure_actions["memory"] == "retry_more_memory"
     assert FAILED_LOG_LINE in view.failed[0].log_tail
     cost = {c.stage: c for c in view.costs}["flat"]
     assert (cost.attempts, cost.failed_attempts, cost.mem_mb_asked_mean) == (5, 2, 2000.0)
@@ -348,6 +352,12 @@ def test_dashboard_in_a_headless_browser(campaign):
             " document.querySelectorAll('#sky rect').length]"
         )
         assert FAILED_LOG_LINE in failed_text
+        assert "bad_input (fail_at_once)" in failed_text
+        classes = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#failure-classes tr[data-class]'),"
+            " r => Array.from(r.cells, c => c.innerText))"
+        )
+        assert classes == [["flat", "bad_input", "1", "fail_at_once"]]
         assert "dcflow rerun --failed" in browser.page_source
         assert n_cells == len(campaign.graph.index.patch_tract)
 

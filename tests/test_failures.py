@@ -113,6 +113,8 @@ def test_recorded_dirac_states_get_their_class():
         ({"exit_code": 137, "backend": "gridengine"}, FailureClass.UNKNOWN),  # qdel, or anyone
         ({"exit_code": 152}, FailureClass.WALLTIME),  # SIGXCPU
         ({"exit_code": 138}, FailureClass.WALLTIME),  # SIGUSR1
+        ({"reason": "Grid Engine job 9 failed: killed by signal SIGUSR1; qacct failed 100 :"
+                    " assumedly after job"}, FailureClass.WALLTIME),  # s_rt before the script
         ({"error_class": "OSError", "reason": "[Errno 28] No space left on device"},
          FailureClass.TRANSIENT_IO),
         ({"error_class": "OSError", "reason": "[Errno 116] Stale file handle"},
@@ -385,3 +387,102 @@ def test_memory_and_runtime_escalations_share_one_set_resources():
     values = {key: eval(text, {"wildcards": wildcards}) for key, text in entries.items()}
     # visit=2 was not out of memory: the rule default; it was out of time: 60 min
     assert values == {"isr:mem_mb": 2000, "isr:runtime": 60, "warp:runtime": 120}
+    # runtime is a plain number of minutes per rule: Snakemake refuses an expression there
+    assert (entries["isr:runtime"], entries["warp:runtime"]) == ("60", "120")
+
+
+# --- run-time limit and a full disk, live on the local backend ----------------------------------
+
+LIMITS_SNAKEFILE = """
+rule slow:
+    output: "out/slow.txt"
+    log: "logs/slow/visit=3.log"
+    resources: runtime=2
+    script: "limits.py"
+
+rule io:
+    output: "disk/io.txt"
+    log: "logs/io/visit=4.log"
+    resources: runtime=2
+    script: "limits.py"
+"""
+
+LIMITS_SCRIPT = """
+import math
+import resource
+import time
+
+from dcflow.io import write_text
+from dcflow.joblog import run_logged
+
+
+def main(rule, out, runtime):
+    if rule == "slow":
+        # the local executor enforces no run time: the job limits its own CPU time, as a batch
+        # system's s_cpu would, at one second per minute of runtime (a cheap test), counted
+        # from now (imports took CPU time already); it needs 3 s
+        start = time.process_time()
+        limit = math.ceil(start) + runtime
+        resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 30))
+        while time.process_time() < start + 3.0:
+            pass
+    write_text(f"{rule} done\\n", out)
+
+
+run_logged(
+    main,
+    snakemake.log[0],
+    rule=snakemake.rule,
+    out=snakemake.output[0],
+    runtime=int(snakemake.resources.runtime),
+)
+"""
+
+
+def _limits_workflow(workdir: Path) -> None:
+    (workdir / "Snakefile").write_text(LIMITS_SNAKEFILE)
+    (workdir / "limits.py").write_text(LIMITS_SCRIPT)
+
+
+def test_local_cpu_time_limit_is_walltime_and_a_retry_with_more_runtime_succeeds(tmp_path):
+    _limits_workflow(tmp_path)
+    proc = _run(tmp_path, "out/slow.txt")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        (tile,) = ledger.failed_tiles()
+        needs = ledger.runtime_requests(FailurePolicy(), {"slow": 2})
+    # SIGXCPU at the limit became the job's failure line: run time limit, exit 128 + 24
+    assert (tile.rule, tile.failure_class, tile.exit_code) == ("slow", "walltime", 152)
+    assert "run time limit: SIGXCPU received" in tile.reason
+    assert needs == {("slow", "campaign"): 4}  # the class's action: twice the runtime
+    proc = _run(tmp_path, "out/slow.txt", *resource_override_args({}, needs, {}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "slow.txt").read_text() == "slow done\n"
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        assert ledger.failure_counts() == {}
+        assert ledger.runtime_requests(FailurePolicy(), {"slow": 2}) == {}
+
+
+@pytest.mark.root
+def test_a_full_disk_is_transient_io_held_for_review_then_rerun_when_it_has_room(
+    tmp_path, full_disk
+):
+    _limits_workflow(tmp_path)
+    disk = full_disk(tmp_path / "disk")
+    proc = _run(tmp_path, "disk/io.txt")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        (tile,) = ledger.failed_tiles()
+    assert (tile.rule, tile.error_class, tile.failure_class) == ("io", "OSError", "transient_io")
+    assert "[Errno 28] No space left on device" in tile.reason
+    tiles = [(tile.rule, tile.data_id, tile.failure_class)]
+    keys, outcomes = triage(tiles, FailurePolicy())
+    assert not keys and outcomes[0].describe().startswith("transient_io: 1 tile(s) not rerun")
+    (disk / "filler").unlink()  # the operator freed the disk: rerun the held class
+    keys, _ = triage(tiles, FailurePolicy(), ["transient_io"])
+    assert keys == {("io", "campaign")}
+    proc = _run(tmp_path, "disk/io.txt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (disk / "io.txt").read_text() == "io done\n"
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        assert ledger.failure_counts() == {}

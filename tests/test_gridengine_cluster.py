@@ -24,6 +24,7 @@ from snakemake.cli import parse_config
 from snakemake.common.tests import TestWorkflowsLocalStorageBase
 from snakemake.settings.types import ConfigSettings
 
+from dcflow.failures import FailurePolicy
 from dcflow.ledger import Ledger, MemoryPolicy
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger
@@ -428,6 +429,85 @@ def test_job_over_h_vmem_is_classed_out_of_memory_in_the_run_ledger(tmp_path):
     assert tile.memory_failure and tile.mem_mb_requested == 1000
     assert counts == {"big": {"memory": 1}}
     assert needs == {("big", "campaign"): 2500}
+
+
+LIMITS_SNAKEFILE = """
+rule slow:
+    output: "out/slow.txt"
+    log: "logs/slow/visit=3.log"
+    resources: runtime=1, sge_extra="-l s_rt=10"
+    script: "limits.py"
+
+rule io:
+    output: "disk/io.txt"
+    log: "logs/io/visit=4.log"
+    script: "limits.py"
+"""
+
+LIMITS_SCRIPT = """
+import time
+
+from dcflow.io import write_text
+from dcflow.joblog import run_logged
+
+
+def main(rule, out):
+    if rule == "slow":
+        time.sleep(60)  # Grid Engine sends SIGUSR1 at s_rt=10 s
+    write_text(f"{rule} done\\n", out)
+
+
+run_logged(main, snakemake.log[0], rule=snakemake.rule, out=snakemake.output[0])
+"""
+
+
+def _ledger_run(workdir: Path, backend: str, target: str) -> subprocess.CompletedProcess:
+    """Run ``target`` on the cluster with the dcflow logger writing ``workdir/ledger.sqlite3``."""
+    logger = ["--logger", "dcflow", "--logger-dcflow-ledger", str(workdir / "ledger.sqlite3")]
+    logger += ["--logger-dcflow-backend", "gridengine"]
+    argv = _snakemake_argv(workdir, backend, *logger, target)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+
+@needs_cluster
+def test_a_job_past_s_rt_is_walltime_in_the_run_ledger(tmp_path):
+    """Grid Engine sends SIGUSR1 at the soft wall-clock limit s_rt (h_rt would SIGKILL it: the
+    recorded qacct of such a job is classed in test_failures): the job's failure line says
+    "run time limit" and the ledger's class is walltime, whose action asks for more run time."""
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    workdir = _workflow(tmp_path, LIMITS_SNAKEFILE)
+    (workdir / "limits.py").write_text(LIMITS_SCRIPT)
+    proc = _ledger_run(workdir, backend, "out/slow.txt")
+    assert proc.returncode != 0
+    with Ledger(workdir / "ledger.sqlite3") as ledger:
+        (tile,) = ledger.failed_tiles()
+        needs = ledger.runtime_requests(FailurePolicy(), {"slow": 1})
+    assert (tile.rule, tile.backend, tile.failure_class) == ("slow", "gridengine", "walltime")
+    # the job's failure line, or the plugin's word when s_rt came before the script started
+    assert "run time limit: SIGUSR1 received" in tile.reason or (
+        "killed by signal SIGUSR1" in tile.reason
+    ), tile.reason
+    assert tile.runtime_s is None or tile.runtime_s < 50  # stopped at s_rt, not after 60 s
+    assert needs == {("slow", "campaign"): 2}
+
+
+@needs_cluster
+@pytest.mark.root
+def test_a_full_disk_on_a_grid_engine_job_is_transient_io(tmp_path, full_disk):
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    workdir = _workflow(tmp_path, LIMITS_SNAKEFILE)
+    (workdir / "limits.py").write_text(LIMITS_SCRIPT)
+    disk = full_disk(workdir / "disk")
+    proc = _ledger_run(workdir, backend, "disk/io.txt")
+    assert proc.returncode != 0
+    with Ledger(workdir / "ledger.sqlite3") as ledger:
+        (tile,) = ledger.failed_tiles()
+    assert (tile.rule, tile.backend, tile.failure_class) == ("io", "gridengine", "transient_io")
+    assert "[Errno 28] No space left on device" in tile.reason
+    (disk / "filler").unlink()
+    proc = _ledger_run(workdir, backend, "disk/io.txt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (disk / "io.txt").read_text() == "io done\n"
 
 
 HELD_SNAKEFILE = """

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from noop_campaigns import write_noop_campaign
 
 from dcflow.campaign.driver_lock import DriverBusyError, hold_driver_lock, sharded_driver_running
@@ -27,6 +28,7 @@ from dcflow.campaign.shards import (
 from dcflow.config_schema import load_config
 from dcflow.ledger import Ledger
 from dcflow.orchestration.campaign_files import REPO_ROOT, open_campaign
+from dcflow.orchestration.cancel import _descendants
 from dcflow.orchestration.run import run_campaign
 from dcflow.orchestration.sharded import plan_shards, run_sharded
 from dcflow.orchestration.snakemake_cli import run_snakemake
@@ -458,3 +460,80 @@ def test_one_sharded_driver_per_working_directory(tmp_path):
     assert not Path(layout.path("ledger")).exists()
     with hold_driver_lock(work):
         assert sharded_driver_running(work) is not None
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sharded_driver_stops_every_shard_and_its_jobs(tmp_path):
+    """`kill -TERM` of `dcflow run --sharded` (the driver alone, not its group) stops each
+    running shard's Snakemake and the jobs under it; the driver exits 130 and the ledger holds
+    no live run of it."""
+    config = write_noop_campaign(tmp_path / "c", shards={**SHARDS, "max_queued_jobs": 6})
+    work = config.parent
+    # the calibs shard (every other one waits on it) is done: its outputs and marker written
+    # here, not run; 6 cores in the profile let two visit shards of 3 jobs run side by side
+    _, hashes, _, layout, _, _ = plan_shards(load_config(config), work)
+    ledger_file = Path(layout.path("ledger"))
+    graph = JobGraph(open_campaign(config)[2])
+    for rule in ("bias", "flat"):
+        for job in range(graph.jobs(rule).n_jobs):
+            for output in graph.stage(rule).outputs:
+                for path in graph.output_paths(rule, output.dataset, job):
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    Path(path).write_text("placeholder\n")
+    write_marker(layout, "calibs", hashes["calibs"])
+    profile = tmp_path / "local6"
+    profile.mkdir()
+    local = yaml.safe_load((REPO_ROOT / "profiles/local/config.yaml").read_text())
+    (profile / "config.yaml").write_text(yaml.safe_dump({**local, "cores": 6}))
+    argv = [DCFLOW, "run", "--sharded", "--config", str(config), "--profile", str(profile)]
+    env = {**os.environ, "DCFLOW_NOOP_SECONDS": "120"}  # jobs outlive the test unless stopped
+    env.pop("DCFLOW_FAULTS", None)
+    driver = subprocess.Popen(
+        [*argv, "--no-progress"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        busy: set[str] = set()
+        while time.monotonic() < deadline and len(busy) < 2:
+            time.sleep(0.5)
+            if not ledger_file.exists():
+                continue
+            runs, attempts = _ledger_state(ledger_file)
+            busy = {
+                runs[a.run_id].shard
+                for a in attempts
+                if a.state is JobState.RUNNING and runs[a.run_id].finished is None
+            }
+        assert len(busy) == 2, "two shards never ran jobs at once"
+        below = _descendants(driver.pid)  # the shards' Snakemakes and their jobs
+        snakemakes = {r.pid for r in _ledger_state(ledger_file)[0].values() if r.finished is None}
+        assert snakemakes <= set(below) and len(snakemakes) == 2
+        sent = time.monotonic()
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=90)
+        took = time.monotonic() - sent
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 130, output[-2000:]
+    assert "SIGTERM: stopping the running shards" in output
+    assert [p for p in below if _alive(p)] == []
+    assert took < 45  # SIGINT sufficed: Snakemake cancelled its local jobs (grace 30 s)
+    runs, attempts = _ledger_state(ledger_file)
+    assert len(runs) == 2 and all(r.finished is not None for r in runs.values())
+    assert not [a for a in attempts if a.state in (JobState.RUNNING, JobState.SUBMITTED)]

@@ -548,8 +548,9 @@ MAX_WARNINGS_SHOWN = 10
 def _run_summary(outcome: RunOutcome, args: argparse.Namespace, *, what: str = "run") -> int:
     """Say how the run ended and what to do next; return the verb's exit code."""
     flag = _config_flag(args)
-    for text, count in outcome.warnings[:MAX_WARNINGS_SHOWN]:
-        print(f"warning{f' ({count} times)' if count > 1 else ''}: {text}")
+    for text, count, variants in outcome.warnings[:MAX_WARNINGS_SHOWN]:
+        also = f", {variants - 1} more like it with other numbers" if variants > 1 else ""
+        print(f"warning{f' ({count} times{also})' if count > 1 else ''}: {text}")
     if len(outcome.warnings) > MAX_WARNINGS_SHOWN:
         print(f"... {len(outcome.warnings) - MAX_WARNINGS_SHOWN} more kinds of warning")
     minutes = outcome.seconds / 60
@@ -608,6 +609,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
             mem_cap_mb=args.mem_cap_mb,
             progress=not args.no_progress,
         )
+        if result.interrupted:
+            return EXIT_INTERRUPTED
         return 0 if result.exit_code == 0 else EXIT_FAILED
     return _run_summary(_launch(args, extra), args)
 

@@ -177,9 +177,11 @@ SIGNATURES: tuple[Signature, ...] = (
     ),
     Signature(
         FailureClass.WALLTIME,
-        "h_rt exceeded (Grid Engine), a DIRAC CPU or wall-clock limit, a watchdog's stalled job",
+        "h_rt exceeded or s_rt / s_cpu's signal (Grid Engine), a DIRAC CPU or wall-clock limit,"
+        " a watchdog's stalled job",
         pattern=r"run ?time limit|h_rt=\d+ s exceeded|wall[- ]?clock (time )?limit"
-        r"|CPU (time )?limit|exceeded\b.*\bCPU|identified this job as stalled",
+        r"|CPU (time )?limit|exceeded\b.*\bCPU|identified this job as stalled"
+        r"|killed by signal (SIGXCPU|SIGUSR1)\b",
     ),
     Signature(
         FailureClass.TRANSIENT_IO,

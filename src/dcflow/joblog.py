@@ -9,6 +9,12 @@ Fault knob (tests and drills): the environment variable ``DCFLOW_FAULTS`` lists
 (the layout's ``log`` template) fails before doing any work: mode ``error`` (default) raises
 `InjectedFaultError`; mode ``memory`` raises `MemoryError`, as a job killed for memory would.
 Example: ``DCFLOW_FAULTS="process_visit:visit=1003;bias:ccd=2:memory"``.
+
+Run-time limits: a batch system warns a job before it kills it at its limit (Grid Engine sends
+SIGUSR1 at ``s_rt`` and SIGXCPU at ``s_cpu``; the kernel sends SIGXCPU at ``RLIMIT_CPU``).
+`run_logged` turns either signal into `RunTimeLimitError`, so the job's failure line says "run
+time limit" and the ledger classes the attempt ``walltime`` (Python would otherwise die of
+SIGUSR1 without a word, and of SIGXCPU with a core dump).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +38,7 @@ __all__ = [
     "FAULTS_ENV",
     "FailureRecord",
     "InjectedFaultError",
+    "RunTimeLimitError",
     "fault_for",
     "is_memory_text",
     "parse_faults",
@@ -54,6 +63,28 @@ _MEMORY_TEXT = re.compile(
 
 class InjectedFaultError(StageError):
     """A failure injected by the ``DCFLOW_FAULTS`` fault knob (tests and operator drills)."""
+
+
+class RunTimeLimitError(Exception):
+    """The batch system (or the kernel) signalled that the job reached its run-time limit."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"run time limit: {name} received ({_LIMIT_SIGNALS[signum]}); the job stopped"
+            " before its end: raise its runtime"
+        )
+        self.exit_code = 128 + signum
+
+
+_LIMIT_SIGNALS = {
+    signal.SIGUSR1: "Grid Engine's soft wall-clock limit s_rt",
+    signal.SIGXCPU: "a CPU-time limit: RLIMIT_CPU, Grid Engine's s_cpu",
+}
+
+
+def _raise_limit(signum: int, frame: object) -> None:
+    raise RunTimeLimitError(signum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +171,9 @@ def run_logged(main: Callable[..., Any], log_path: str | None, /, **kwargs: Any)
         force=True,
     )
     logger = logging.getLogger(getattr(main, "__module__", "dcflow"))
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, _raise_limit) for s in _LIMIT_SIGNALS}
     try:
         mode = fault_for(log_path)
         if mode is not None and log_path:
@@ -156,11 +190,13 @@ def run_logged(main: Callable[..., Any], log_path: str | None, /, **kwargs: Any)
                 "message": str(exc),
                 "metadata": metadata if isinstance(metadata, dict) else {},
                 "memory": isinstance(exc, MemoryError) or is_memory_text(str(exc)),
-                "exit_code": 1,
+                "exit_code": exc.exit_code if isinstance(exc, RunTimeLimitError) else 1,
             }
             logger.error("%s%s", FAILURE_TAG, json.dumps(record, default=str))
         raise
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         for handler in handlers:
             handler.flush()
 

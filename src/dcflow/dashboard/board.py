@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dcflow.campaign.snapshots import PlanSnapshot
+from dcflow.failures import FailureClass, FailurePolicy
 from dcflow.ledger import Ledger
 from dcflow.pipeline.graph import JobGraph
 from dcflow.pipeline.spec import TARGET_RULE
@@ -113,6 +114,10 @@ class FailedEntry:
     attempt_id: int
     exit_code: int | None
     error_class: str | None
+    failure_class: str
+    """`dcflow.failures.FailureClass` value of the attempt (``unknown`` when unclassified)."""
+    action: str
+    """What ``rerun --failed`` does with the tile (`dcflow.failures.FailureAction` value)."""
     reason: str | None
     log_path: str | None
     log_tail: tuple[str, ...]
@@ -144,6 +149,10 @@ class BoardView:
     costs: tuple[StageCost, ...]
     failed: tuple[FailedEntry, ...]
     n_failed: int
+    failure_classes: Mapping[str, Mapping[str, int]]
+    """Per stage, failed tiles per failure class (all of them, not only those shown)."""
+    failure_actions: Mapping[str, str]
+    """The action of each failure class (the board's `FailurePolicy`)."""
     patches: tuple[PatchState, ...]
     tract_centres_deg: Mapping[int, tuple[float, float]]
     n_patches_side: int
@@ -341,6 +350,8 @@ class CampaignBoard:
         The run ledger, opened read-only (it may not exist yet: the board waits for it).
     workdir : path-like
         Snakemake's working directory (log paths in the ledger are relative to it).
+    policy : FailurePolicy, optional
+        The action of each failure class (default: `FailurePolicy`'s defaults).
     """
 
     def __init__(
@@ -351,8 +362,12 @@ class CampaignBoard:
         snapshot: PlanSnapshot,
         ledger_path: str | os.PathLike,
         workdir: str | os.PathLike,
+        *,
+        policy: FailurePolicy | None = None,
     ) -> None:
         self.name = name
+        self.policy = policy or FailurePolicy()
+        self._class_of: dict[int, tuple[str, str]] = {}
         self.config_path = str(config_path)
         self.graph = graph
         self.snapshot = snapshot
@@ -487,11 +502,29 @@ class CampaignBoard:
         first = float(recent.min()) if recent.size else begin
         return n_done / max(end - max(begin, first), 1.0) * 3600.0
 
-    def _failed_entries(self, ledger: Ledger) -> tuple[list[FailedEntry], int]:
+    def _failure_classes(self, ledger: Ledger, failed_ids: np.ndarray) -> dict[str, dict]:
+        """Per stage, failed tiles per class; a failed attempt's class is read once, then kept."""
+        wanted = failed_ids.tolist()
+        missing = [i for i in wanted if i not in self._class_of]
+        if missing:
+            rows = ledger.attempt_rows(
+                after_id=2**62, ids=missing, columns=("attempt_id", "rule", "failure_class")
+            )
+            for attempt_id, rule, name in rows:
+                self._class_of[attempt_id] = (str(rule), name or FailureClass.UNKNOWN.value)
+        self._class_of = {i: self._class_of[i] for i in wanted if i in self._class_of}
+        out: dict[str, dict[str, int]] = {}
+        for rule, name in self._class_of.values():
+            per = out.setdefault(rule, {})
+            per[name] = per.get(name, 0) + 1
+        return out
+
+    def _failed_entries(self, ledger: Ledger) -> tuple[list[FailedEntry], int, dict]:
         ids = []
         for track in self._tracks.values():
             ids.append(track.last_id[track.masks["failed"]])
         failed_ids = np.sort(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+        classes = self._failure_classes(ledger, failed_ids)
         shown = failed_ids[::-1][:MAX_FAILED_SHOWN].tolist()
         columns = (
             "attempt_id",
@@ -501,6 +534,7 @@ class CampaignBoard:
             "error_class",
             "reason",
             "log_path",
+            "failure_class",
         )
         rows = ledger.attempt_rows(after_id=2**62, ids=shown, columns=columns)
         rows.sort(key=lambda r: -r[0])
@@ -511,13 +545,15 @@ class CampaignBoard:
                 attempt_id=int(r[0]),
                 exit_code=r[3],
                 error_class=r[4],
+                failure_class=r[7] or FailureClass.UNKNOWN.value,
+                action=self.policy.action(r[7] or FailureClass.UNKNOWN).value,
                 reason=r[5],
                 log_path=r[6],
                 log_tail=log_tail(self.workdir / r[6], 8) if r[6] else (),
             )
             for r in rows
         ]
-        return entries, int(failed_ids.size)
+        return entries, int(failed_ids.size), classes
 
     def _patches(self) -> tuple[list[PatchState], int]:
         """Sky cells and cells per tract side: patches, or whole tracts above `MAX_SKY_CELLS`."""
@@ -558,7 +594,9 @@ class CampaignBoard:
             )
             ledger = self._connect()
             rate = self.throughput_per_h()
-            failed, n_failed = self._failed_entries(ledger) if ledger is not None else ([], 0)
+            failed, n_failed, classes = (
+                self._failed_entries(ledger) if ledger is not None else ([], 0, {})
+            )
             costs = [c.cost(rule) for rule, c in self._costs.items()]
             mean_s = {c.stage: c.mean_success_s for c in costs}
             to_run = {}
@@ -578,6 +616,8 @@ class CampaignBoard:
                 costs=tuple(costs),
                 failed=tuple(failed),
                 n_failed=n_failed,
+                failure_classes=classes,
+                failure_actions=self.policy.as_dict(),
                 patches=tuple(cells),
                 tract_centres_deg={t.tract_id: (t.ra_deg, t.dec_deg) for t in index.tracts},
                 n_patches_side=side,

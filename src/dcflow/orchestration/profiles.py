@@ -155,6 +155,12 @@ def _override_entries(
         by_rule.setdefault(rule, {})[tile] = value
     entries: list[str] = []
     for rule, tiles in by_rule.items():
+        if resource == "runtime":
+            # Snakemake (9.x) parses a runtime given on the command line as a time span before
+            # any evaluation, so a per-tile expression is refused: the rule asks for the
+            # largest run time its tiles need
+            entries.append(f"{rule}:runtime={max(tiles.values())}")
+            continue
         default = defaults.get(rule, {}).get(resource, max(tiles.values()))
         lookup = (
             f"{tiles!r}.get(__import__('dcflow.ledger', fromlist=['tile_of'])"
@@ -184,6 +190,9 @@ def resource_override_args(
     """One ``--set-resources`` giving escalated tiles their mem_mb and runtime (minutes).
 
     One option for both: Snakemake keeps only the last ``--set-resources`` it is given.
+    Memory is per tile (an expression over the job's wildcards); runtime is per rule, the
+    largest its escalated tiles need: Snakemake parses a command-line runtime as a time span
+    and refuses an expression.
     """
     entries = _override_entries(memory, defaults, "mem_mb")
     entries += _override_entries(runtime, defaults, "runtime")

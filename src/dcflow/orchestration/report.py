@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dcflow.errors import InputDataError
+from dcflow.failures import FailureAction
 from dcflow.io import write_text
 from dcflow.ledger import Attempt, read_benchmark
 from dcflow.orchestration.campaign_files import (
@@ -363,17 +365,29 @@ def _cost_section(
     )
 
 
+def _class_table(tiles) -> str:
+    """Failed tiles per stage and failure class, with the action `rerun --failed` takes."""
+    counts: Counter = Counter((t.rule, t.failure_class, t.action) for t in tiles)
+    rows = [
+        (rule, name, str(n), action, "yes" if FailureAction(action).reruns() else "no")
+        for (rule, name, action), n in sorted(counts.items())
+    ]
+    header = ("stage", "failure class", "tiles", "action", "rerun --failed reruns them")
+    return "<h3 id='failure-classes'>By failure class</h3>" + _table(header, rows)
+
+
 def _failed_section(config_path, workdir: Path) -> tuple[str, int]:
     from dcflow.orchestration.plan_status import failed_and_untrusted
 
     tiles, untrusted = failed_and_untrusted(config_path, workdir=workdir, n_lines=10)
-    parts = []
+    parts = [_class_table(tiles)] if tiles else []
     for tile in tiles:
         why = f"{tile.error_class}: {tile.reason}" if tile.error_class else (tile.reason or "")
         parts.append(
             f"<h3>{html.escape(tile.rule)} {html.escape(tile.data_id)}</h3>"
-            f"<p>{tile.attempts} attempt(s), exit {tile.exit_code}, {html.escape(why)}; "
-            f"log {html.escape(str(tile.log_path))}</p>"
+            f"<p>class <b class='failure-class'>{html.escape(tile.failure_class)}</b> "
+            f"(action {html.escape(tile.action)}); {tile.attempts} attempt(s), exit "
+            f"{tile.exit_code}, {html.escape(why)}; log {html.escape(str(tile.log_path))}</p>"
             f"<pre>{html.escape(chr(10).join(tile.log_tail))}</pre>"
         )
     for u in untrusted:

@@ -69,6 +69,7 @@ def _quiet_hides_progress(snakemake_args: list[str]) -> bool:
 
 _TIMESTAMP = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T][\d:,.]+\]?\s*")
 _WARNING = re.compile(r"\bwarn(ing)?\b", re.I)
+_DIGITS = re.compile(r"\d+")
 _ERROR = re.compile(r"(\berror\b|Exception\b|^\w+Error:)", re.I)
 
 
@@ -106,6 +107,18 @@ class SnakemakeOutput:
         """Warnings and how often each came, most frequent first."""
         return self.warnings.most_common()
 
+    def warning_kinds(self) -> list[tuple[str, int, int]]:
+        """Warnings that differ only in their numbers (visit, CCD...) as one kind.
+
+        ``(first text seen, times in all, variants)`` per kind, most frequent first.
+        """
+        kinds: dict[str, list] = {}
+        for text, count in self.warnings.items():  # insertion order: first seen first
+            kind = kinds.setdefault(_DIGITS.sub("N", text), [text, 0, 0])
+            kind[1] += count
+            kind[2] += 1
+        return sorted((tuple(k) for k in kinds.values()), key=lambda k: -k[1])
+
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
@@ -116,7 +129,8 @@ class RunOutcome:
     interrupted: str | None
     """The signal that stopped the run (``"SIGINT"``, ``"SIGTERM"``), None if it ended."""
     log_path: str
-    warnings: tuple[tuple[str, int], ...]
+    warnings: tuple[tuple[str, int, int], ...]
+    """Kinds of warning: first text, times in all, variants (`SnakemakeOutput.warning_kinds`)."""
     errors: tuple[str, ...]
     n_done: int
     n_failed: int
@@ -307,7 +321,7 @@ def launch_campaign(
         exit_code=code,
         interrupted=interrupted,
         log_path=str(log_path),
-        warnings=tuple(output.repeated_warnings()),
+        warnings=tuple(output.warning_kinds()),
         errors=tuple(dict.fromkeys(output.errors)),
         n_done=sum(a.state is JobState.SUCCEEDED for a in attempts),
         n_failed=sum(a.state is JobState.FAILED for a in attempts),

@@ -19,6 +19,10 @@ while the others go on. After a killed driver, the next one clears what the dead
 (stale Snakemake locks; on Grid Engine the plugin's `recover`, which also records jobs that
 ended meanwhile) and reruns the unmarked shards: finished shards are skipped by their markers,
 and jobs still queued or running on Grid Engine are adopted by the plugin, not submitted again.
+
+SIGINT or SIGTERM to the driver stops every running shard's Snakemake and the processes under
+it (`dcflow.orchestration.cancel.stop_process_tree`: SIGINT, so Snakemake cancels its jobs, then
+SIGTERM and SIGKILL after the grace periods); a Ctrl-C from a terminal already reached them.
 """
 
 from __future__ import annotations
@@ -50,8 +54,9 @@ from dcflow.campaign.shards import (
 )
 from dcflow.configs import from_mapping
 from dcflow.layout import Layout
-from dcflow.ledger import Ledger
+from dcflow.ledger import Ledger, pid_start_time
 from dcflow.orchestration.campaign_files import load_campaign_config
+from dcflow.orchestration.cancel import stop_process_tree
 from dcflow.orchestration.profiles import GRIDENGINE_EXECUTORS, profile_backend, profile_settings
 from dcflow.orchestration.run import run_campaign
 from dcflow.states import JobState
@@ -332,6 +337,59 @@ def _shard_argv(
     ]
 
 
+class _StopSignalError(KeyboardInterrupt):
+    """SIGTERM (or another stop signal) reached the sharded driver."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.name = signal.Signals(signum).name
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _StopSignalError(signum)
+
+
+class _ShardStopper:
+    """Stops every running shard's Snakemake and the processes under it, each in a thread.
+
+    `stop_process_tree` per shard: SIGINT (Snakemake cancels its jobs through its executor),
+    then SIGTERM and SIGKILL after the grace periods. A shard whose Snakemake had not
+    recorded its pid yet is stopped at a later call, when it has.
+    """
+
+    def __init__(self, watcher: _Progress) -> None:
+        self.watcher = watcher
+        self.stopped: set[int] = set()
+        self.threads: list[threading.Thread] = []
+
+    def stop_new(self, running: dict[str, dict]) -> None:
+        """Start stopping each running shard not stopped yet."""
+        for info in running.values():
+            found = self.watcher.run_of(info["shard"].shard_id, info["since"])
+            pid = found[1] if found else None
+            if not pid or pid == os.getpid() or pid in self.stopped:
+                continue
+            start = pid_start_time(pid)
+            if start is None:
+                continue
+            self.stopped.add(pid)
+            thread = threading.Thread(target=self._stop, args=(pid, start), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    @staticmethod
+    def _stop(pid: int, start: str) -> None:
+        try:
+            stop_process_tree(pid, leader_gone=lambda: pid_start_time(pid) != start)
+        except (OSError, RuntimeError) as exc:
+            log.error("stopping shard Snakemake pid %d: %s: %s", pid, type(exc).__name__, exc)
+
+    def join(self) -> None:
+        """Wait for every stop to end."""
+        for thread in self.threads:
+            thread.join()
+
+
 def _terminal_sent_sigint() -> bool:
     """Whether a Ctrl-C came from a terminal whose foreground group holds the shards too."""
     for stream in (sys.stdin, sys.stderr):
@@ -385,6 +443,26 @@ class _Progress:
             if show and self.last.get(shard_id) != line:
                 self.last[shard_id] = line
                 self.out(line)
+
+
+def _stop_shards(
+    running: dict[str, dict],
+    events: queue.Queue,
+    finish: Callable[[str, int | None], None],
+    stopper: _ShardStopper,
+    *,
+    terminal: bool,
+) -> None:
+    """Stop every running shard and wait for each to end (``terminal``: Ctrl-C reached them)."""
+    while running:
+        if not terminal:
+            stopper.stop_new(running)  # again each round: a shard may only now have a pid
+        try:
+            sid, code = events.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        finish(sid, code)
+    stopper.join()
 
 
 def reserved_jobs(jobs: int, n_jobs: int, planned: int | None, done: int) -> int:
@@ -560,30 +638,40 @@ def _drive(
         out(f"[{sid}] {state[sid]} (exit {code})")
 
     interrupted = False
-    start_ready()
-    while running:
-        try:
-            sid, code = events.get(timeout=progress_seconds)
-        except queue.Empty:
-            watcher.refresh(running, show=progress)
-            start_ready()  # draining shards may have freed part of the cap
-            continue
-        except KeyboardInterrupt:
-            interrupted = True
-            out("interrupted: stopping the running shards (their jobs are cancelled)")
-            if not _terminal_sent_sigint():
-                for sid_, info in running.items():
-                    found = watcher.run_of(sid_, info["since"])
-                    if found and found[1] and found[1] != os.getpid():
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(found[1], signal.SIGINT)
-            while running:
-                sid, code = events.get()
-                finish(sid, code)
-            break
-        finish(sid, code)
-        watcher.refresh(running, show=progress)
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        # SIGINT raises KeyboardInterrupt already; SIGTERM (kill, a batch system) must not
+        # leave the shards' Snakemakes running on their own
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
         start_ready()
+        while running:
+            try:
+                sid, code = events.get(timeout=progress_seconds)
+            except queue.Empty:
+                watcher.refresh(running, show=progress)
+                start_ready()  # draining shards may have freed part of the cap
+                continue
+            finish(sid, code)
+            watcher.refresh(running, show=progress)
+            start_ready()
+    except KeyboardInterrupt as stop:
+        interrupted = True
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second signal must not break the stop
+            previous.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, signal.SIG_IGN)
+        name = getattr(stop, "name", "SIGINT")
+        out(f"{name}: stopping the running shards (their jobs are cancelled)")
+        _stop_shards(
+            running,
+            events,
+            finish,
+            _ShardStopper(watcher),
+            terminal=name == "SIGINT" and _terminal_sent_sigint(),
+        )
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     for shard in shards:
         sid = shard.shard_id
         if sid in outcome:
