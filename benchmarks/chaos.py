@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -612,6 +613,8 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
         on_disk = jobs_on_disk(attempts, root)
         succeeded = {(a["rule"], a["data_id"]) for a in attempts if a["state"] == "succeeded"}
         status = status_done(config, root)
+        if disk.mounted:  # keep the output disk's content for a post-mortem
+            shutil.copytree(root / "output", work / "chaos-output", dirs_exist_ok=True)
     lost = sum(
         1 for name, digest in ref["products"].items() if chaos_products.get(name) != digest
     ) + len(set(chaos_products) - set(ref["products"]))
