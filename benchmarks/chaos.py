@@ -50,7 +50,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+import numpy as np
 from astropy.io import fits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,14 +58,17 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from noop_campaigns import write_noop_campaign  # noqa: E402
 
+from dcflow.config_schema import load_config  # noqa: E402
 from dcflow.joblog import FAULTS_ENV, FAULTS_ONCE_ENV  # noqa: E402
+from dcflow.layout import Layout  # noqa: E402
 
 __all__ = ["ChaosResult", "corrupt_inputs", "main", "run_chaos", "table_lines"]
 
 DCFLOW = str(Path(sys.executable).with_name("dcflow"))
-SHARDS = {"visits_per_shard": 2, "max_concurrent_shards": 2, "max_queued_jobs": 6}
+SHARDS = {"visits_per_shard": 4, "max_concurrent_shards": 3, "max_queued_jobs": 8}
 NOT_PRODUCTS = ("logs", "benchmarks", ".dcflow", "shards", "plan", "report")
 CORRUPTIONS = ("truncated", "nan_amplifier", "missing_key")
+FE55_SENSORS = (0, 1, 2, 3)
 
 
 @dataclass
@@ -112,29 +115,30 @@ def write_campaign(root: Path, *, visits_per_filter: int, n_ccds: int) -> Path:
         name="chaos",
         visits_per_filter=visits_per_filter,
         n_ccds=n_ccds,
+        fe55_sensors=FE55_SENSORS,
         shards=dict(SHARDS),
     )
 
 
 def corrupt_inputs(config_path: Path, rng: random.Random) -> dict[str, str]:
-    """Corrupt one science raw per kind (after ingest: the registry knows them); path -> kind.
+    """Corrupt one sensor raw per kind (after ingest: the registry knows them); path -> kind.
 
     ``truncated``: cut to 1000 bytes (less than a FITS block); ``nan_amplifier``: two amplifier
-    HDUs, one all NaN; ``missing_key``: FILTER removed from the primary header.
+    HDUs, one all NaN; ``missing_key``: FILTER removed from the primary header. Sensor raws
+    (Fe55 and photon-transfer frames, one sensor each) are chosen because a bad science raw
+    fails its visit's shard and so blocks every coadd shard downstream of it, leaving most
+    of the campaign unexercised by the other faults.
     """
-    config = yaml.safe_load(config_path.read_text())
-    raws = sorted(Path(config["layout"]["input_root"]).glob("science/*/raw_*.fits"))
-    visits = sorted({p.parent.name for p in raws})
-    chosen = rng.sample(visits, len(CORRUPTIONS))
+    layout = Layout.from_config(load_config(config_path))
+    sensors = rng.sample(list(FE55_SENSORS), len(CORRUPTIONS))
+    datasets = rng.sample(["fe55_raw", "fe55_flat", "fe55_bias"], len(CORRUPTIONS))
     corrupted: dict[str, str] = {}
-    for kind, visit in zip(CORRUPTIONS, chosen, strict=True):
-        path = sorted(p for p in raws if p.parent.name == visit)[0]
+    for kind, ccd, dataset in zip(CORRUPTIONS, sensors, datasets, strict=True):
+        path = Path(layout.path(dataset, ccd=ccd, exposure=rng.randrange(2)))
         if kind == "truncated":
             data = path.read_bytes()
             path.write_bytes(data[:1000])
         elif kind == "nan_amplifier":
-            import numpy as np
-
             header = fits.getheader(path)
             good = np.ones((8, 16), dtype=np.float32)
             bad = np.full((8, 16), np.nan, dtype=np.float32)
@@ -261,9 +265,7 @@ def jobs_on_disk(attempts: list[dict], work: Path) -> set[tuple[str, str]]:
         if a["outputs"]:
             outputs[(a["rule"], a["data_id"])] = json.loads(a["outputs"])
     return {
-        key
-        for key, paths in outputs.items()
-        if paths and all((work / p).exists() for p in paths)
+        key for key, paths in outputs.items() if paths and all((work / p).exists() for p in paths)
     }
 
 
@@ -464,9 +466,7 @@ def gridengine_fault(kind: str, log) -> None:
     run_dir = os.environ.get("DCFLOW_RUN_DIR", str(REPO / "run"))
     up = f"DCFLOW_GE_SLOTS=8 DCFLOW_RUN_DIR={run_dir} {REPO}/scripts/gridengine-up"
     if kind == "execd":
-        script = (
-            "pkill_pid=$(pgrep -x sge_execd | head -1); kill $pkill_pid; sleep 60; " + up
-        )
+        script = "pkill_pid=$(pgrep -x sge_execd | head -1); kill $pkill_pid; sleep 60; " + up
     else:
         script = "qm=$(pgrep -x sge_qmaster | head -1); kill $qm; sleep 5; " + up
     subprocess.run(
@@ -572,8 +572,9 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
             if campaign.wait(0) is not None:
                 if not killed:
                     if events:
-                        notes.append("not landed (the run ended first): "
-                                     + ", ".join(k for _, k in events))
+                        notes.append(
+                            "not landed (the run ended first): " + ", ".join(k for _, k in events)
+                        )
                     break
                 killed = False
                 campaign.start()  # what an operator does after the driver died
@@ -596,11 +597,13 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
         watch_products()
         # the operator's loop: rerun what failed (the full disk's tiles once it has room
         # again: transient_io holds for review by default) and run what is left
+        previous = None
         for _ in range(args.max_rounds):
             failed = final_failed(config, root)
-            corrupted_tiles = [t for t in failed if _names_corrupted(t, corrupted)]
-            if len(failed) == len(corrupted_tiles) and _nothing_left(campaign):
-                break
+            now_state = (len(products(root / "output", root)), len(failed))
+            if all(_names_corrupted(t, corrupted) for t in failed) and now_state == previous:
+                break  # only the corrupted inputs' tiles fail, and a round changed nothing
+            previous = now_state
             campaign.call(*campaign.argv("rerun", "--failed", "--include-class", "transient_io"))
             watch_products()
             campaign.start()
@@ -621,7 +624,9 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
     named = {path for path in corrupted if any(_names_path(t, path) for t in failed)}
     other = [t for t in failed if not _names_corrupted(t, corrupted)]
     if other:
-        notes.append("other failed tiles: " + ", ".join(f"{t['rule']}:{t['data_id']}" for t in other))
+        notes.append(
+            "other failed tiles: " + ", ".join(f"{t['rule']}:{t['data_id']}" for t in other)
+        )
     return ChaosResult(
         backend=backend,
         seed=args.seed,
@@ -639,18 +644,6 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
         faults=result_faults,
         notes=notes,
     )
-
-
-def _nothing_left(campaign: Campaign) -> bool:
-    done = subprocess.run(
-        [DCFLOW, "status", "--config", str(campaign.config), "--json"],
-        cwd=campaign.work,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    rows = json.loads(done.stdout)["rows"]
-    return sum(r["to_run"] for r in rows) == sum(r["failed"] for r in rows)
 
 
 def _tile_text(tile: dict) -> str:
@@ -672,8 +665,10 @@ def fire(kind: str, campaign: Campaign, disk: Disk, rng, backend: str, notes: li
     if kind == "kill_job":
         return kill_running_job(campaign.work, rng, backend)
     if kind in ("kill_driver_group", "kill_driver_main"):
-        if driver is None or driver.poll() is not None or not campaign_processes(
-            campaign.work, "shard"
+        if (
+            driver is None
+            or driver.poll() is not None
+            or not campaign_processes(campaign.work, "shard")
         ):
             return False
         if kind == "kill_driver_group":
@@ -732,6 +727,7 @@ def main() -> int:
     parser.add_argument("--max-rounds", type=int, default=4, help="rerun/run rounds at most")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unmount the disk on the way out
     result = run_chaos(args, backend=args.backend)
     print("\n".join(table_lines(result)))
     return 0 if not any(result.zeros().values()) else 1

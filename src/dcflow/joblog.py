@@ -108,7 +108,9 @@ def parse_faults(text: str) -> dict[tuple[str, str], str]:
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
             raise ValueError(f"{FAULTS_ENV} entry {entry!r} is not rule:tile[:mode]")
         mode = parts[2] if len(parts) == 3 else "error"
-        if mode not in FAULT_MODES and not re.fullmatch(r"exit([1-9]|[1-9][0-9]|1[0-9][0-9])", mode):
+        if mode not in FAULT_MODES and not re.fullmatch(
+            r"exit([1-9]|[1-9][0-9]|1[0-9][0-9])", mode
+        ):
             raise ValueError(f"{FAULTS_ENV} entry {entry!r}: mode {mode!r} not in {FAULT_MODES}")
         faults[(parts[0], parts[1])] = mode
     return faults
