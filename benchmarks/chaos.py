@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -212,7 +213,7 @@ def overlapping_attempts(attempts: list[dict], end: float) -> int:
     count = 0
     for spans in by_job.values():
         spans.sort()
-        for (_, end0), (start1, _) in zip(spans, spans[1:], strict=False):
+        for (_, end0), (start1, _) in itertools.pairwise(spans):
             count += start1 < end0 - 0.5  # the ledger's clock is per process
     return count
 
