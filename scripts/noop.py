@@ -5,8 +5,9 @@ inputs and outputs, hence the DAG, are those of the full payload): scale runs of
 orchestration without the science. Only raw inputs are opened, and only to check they are
 whole (readable FITS with the registry's keywords, no all-NaN amplifier HDU), so a corrupt
 raw fails its job naming the file as a real stage would; other inputs are not read. Each
-output is written atomically (`dcflow.io.write_text`), so a killed job leaves no partial file. ``DCFLOW_NOOP_SECONDS``
-(default 0) makes each job sleep that long first, to emulate a stage's duration.
+output is written atomically (`dcflow.io.write_text`), so a killed job leaves no partial
+file. ``DCFLOW_NOOP_SECONDS`` (default 0) makes each job sleep that long first, to emulate a
+stage's duration.
 """
 
 import json
