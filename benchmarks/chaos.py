@@ -46,6 +46,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ SHARDS = {"visits_per_shard": 4, "max_concurrent_shards": 3, "max_queued_jobs": 
 NOT_PRODUCTS = ("logs", "benchmarks", ".dcflow", "shards", "plan", "report")
 CORRUPTIONS = ("truncated", "nan_amplifier", "missing_key")
 FE55_SENSORS = (0, 1, 2, 3)
+OUTAGES: list[threading.Thread] = []  # Grid Engine outages in progress
 
 
 @dataclass
@@ -462,21 +464,27 @@ def running_gridengine_jobs(work: Path) -> list[str]:
     return [j for j, s in states.items() if str(j) in ours and "r" in s]
 
 
-def gridengine_fault(kind: str, log) -> None:
-    """Stop sge_execd for 60 s, or restart sge_qmaster, under /tmp/ge.lock (state restored)."""
-    run_dir = os.environ.get("DCFLOW_RUN_DIR", str(REPO / "run"))
+def gridengine_fault(kind: str, log) -> bool:
+    """Stop sge_execd for 60 s, or restart sge_qmaster, under /tmp/ge.lock (8 slots restored).
+
+    The daemons are found by the pid files scripts/gridengine-up keeps, and started again by
+    it. False if the lock (shared with other users of the cluster) was busy for 120 s.
+    """
+    run_dir = Path(os.environ.get("DCFLOW_RUN_DIR", str(REPO / "run")))
+    pids = run_dir / "gridengine"
     up = f"DCFLOW_GE_SLOTS=8 DCFLOW_RUN_DIR={run_dir} {REPO}/scripts/gridengine-up"
     if kind == "execd":
-        script = "pkill_pid=$(pgrep -x sge_execd | head -1); kill $pkill_pid; sleep 60; " + up
+        script = f"kill $(cat {pids}/sge_execd.pid) && sleep 60 && {up}"
     else:
-        script = "qm=$(pgrep -x sge_qmaster | head -1); kill $qm; sleep 5; " + up
-    subprocess.run(
-        ["flock", "/tmp/ge.lock", "bash", "-c", script],
+        script = f"kill $(cat {pids}/sge_qmaster.pid) && sleep 5 && {up}"
+    done = subprocess.run(
+        ["flock", "-w", "120", "/tmp/ge.lock", "bash", "-c", script],
         stdout=log,
         stderr=subprocess.STDOUT,
         check=False,
         timeout=900,
     )
+    return done.returncode == 0
 
 
 def run_reference(root: Path, args, profile: str, env: dict, extra: list[str]):
@@ -595,6 +603,8 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
                 events.sort()
         if full_until is not None:
             disk.free()
+        for thread in OUTAGES:
+            thread.join()
         watch_products()
         # the operator's loop: rerun what failed (the full disk's tiles once it has room
         # again: transient_io holds for review by default) and run what is left
@@ -690,8 +700,17 @@ def fire(kind: str, campaign: Campaign, disk: Disk, rng, backend: str, notes: li
             return True
         disk.fill()
         return True
-    if kind in ("execd", "qmaster"):
-        gridengine_fault(kind, campaign.log)
+    if kind in ("execd", "qmaster"):  # in a thread: the other faults go on meanwhile
+
+        def outage() -> None:
+            if not gridengine_fault(kind, campaign.log):
+                notes.append(
+                    f"{kind} fault not injected: /tmp/ge.lock busy or gridengine-up failed"
+                )
+
+        thread = threading.Thread(target=outage)
+        thread.start()
+        OUTAGES.append(thread)
         return True
     raise ValueError(kind)
 
