@@ -111,13 +111,14 @@ class ChaosResult:
 # --- campaign and corruptions -------------------------------------------------------------
 
 
-def write_campaign(root: Path, *, visits_per_filter: int, n_ccds: int) -> Path:
+def write_campaign(root: Path, *, visits_per_filter: int, n_ccds: int, n_tracts: int) -> Path:
     """A sharded noop campaign under ``root``; its config path."""
     return write_noop_campaign(
         root,
         name="chaos",
         visits_per_filter=visits_per_filter,
         n_ccds=n_ccds,
+        n_tracts=n_tracts,
         fe55_sensors=FE55_SENSORS,
         shards=dict(SHARDS),
     )
@@ -490,7 +491,9 @@ def gridengine_fault(kind: str, log) -> bool:
 def run_reference(root: Path, args, profile: str, env: dict, extra: list[str]):
     """The fault-free run: wall time, products, failed tiles."""
     rng = random.Random(args.seed)
-    config = write_campaign(root, visits_per_filter=args.visits_per_filter, n_ccds=args.ccds)
+    config = write_campaign(
+        root, visits_per_filter=args.visits_per_filter, n_ccds=args.ccds, n_tracts=args.tracts
+    )
     corrupted = corrupt_inputs(config, rng)
     campaign = Campaign(config, profile, env, extra)
     t0 = time.monotonic()
@@ -533,7 +536,9 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
     result_faults: Counter = Counter()
     notes: list[str] = []
     with disk:
-        config = write_campaign(root, visits_per_filter=args.visits_per_filter, n_ccds=args.ccds)
+        config = write_campaign(
+            root, visits_per_filter=args.visits_per_filter, n_ccds=args.ccds, n_tracts=args.tracts
+        )
         corrupted = corrupt_inputs(config, random.Random(args.seed))  # as the reference's
         job_faults = draw_job_faults(rng, tiles, args.fail_rate)
         env = {
@@ -738,6 +743,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--visits-per-filter", type=int, default=6)
     parser.add_argument("--ccds", type=int, default=2)
+    parser.add_argument("--tracts", type=int, default=2)
     parser.add_argument("--job-seconds", type=float, default=2.0, help="noop job duration")
     parser.add_argument("--cores", type=int, default=4, help="local: jobs at once per shard")
     parser.add_argument("--fail-rate", type=float, default=0.05, help="jobs failing once")
