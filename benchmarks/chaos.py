@@ -324,8 +324,7 @@ def campaign_processes(work: Path, what: str) -> list[int]:
         if what == "job":
             hit = "noop.py" in text and "snakemake" not in (argv[:1] or [""])[0]
         else:
-            hit = "snakemake" in text and "--config" in text and "noop.py" not in text
-            hit = hit and "--sharded" not in text and "-m snakemake" in text
+            hit = "-m snakemake" in text and " shard=" in text  # --config shard=<manifest>
         if hit and in_workdir(int(entry.name), work):
             found.append(int(entry.name))
     return found
