@@ -304,6 +304,11 @@ def descendants(root_pid: int) -> list[int]:
     return found
 
 
+def snakemakes_below(pid: int) -> list[int]:
+    """Snakemake processes started by the driver ``pid`` (its shards, or a rerun's)."""
+    return [p for p in descendants(pid) if "-m snakemake" in " ".join(_cmdline(p))]
+
+
 def in_workdir(pid: int, work: Path) -> bool:
     """True if the process runs in ``work`` (so it is this campaign's)."""
     try:
@@ -392,6 +397,7 @@ class Campaign:
         self.env = env
         self.extra = extra
         self.driver: subprocess.Popen | None = None
+        self.verb = "run"
         self.log = open(self.work / "chaos-driver.log", "a")  # noqa: SIM115
 
     def argv(self, verb: str, *more: str) -> list[str]:
@@ -399,11 +405,22 @@ class Campaign:
         argv += ["--no-progress", *more] if verb != "rerun" else list(more)
         return [*argv, "--", *self.extra] if self.extra else argv
 
-    def start(self) -> None:
-        self.log.write(f"\n=== {time.strftime('%H:%M:%S')} dcflow run --sharded\n")
+    def start(self, verb: str = "run") -> None:
+        """Start the driver: ``run`` (``dcflow run --sharded``) or ``rerun``.
+
+        ``rerun`` is ``dcflow rerun --failed`` with the full disk's tiles (they hold for
+        review by default: the operator has freed the disk).
+        """
+        argv = (
+            self.argv("run", "--sharded")
+            if verb == "run"
+            else self.argv("rerun", "--failed", "--include-class", "transient_io")
+        )
+        self.verb = verb
+        self.log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv[1:3])}\n")
         self.log.flush()
         self.driver = subprocess.Popen(
-            self.argv("run", "--sharded"),
+            argv,
             cwd=self.work,
             env=self.env,
             stdout=self.log,
@@ -417,19 +434,6 @@ class Campaign:
             return self.driver.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
-
-    def call(self, *argv: str, timeout: float = 1800) -> int:
-        self.log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv[:3])}\n")
-        self.log.flush()
-        return subprocess.run(
-            list(argv),
-            cwd=self.work,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-            check=False,
-        ).returncode
 
 
 def kill_running_job(work: Path, rng: random.Random, backend: str) -> bool:
@@ -583,14 +587,13 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
                 full_until = None
                 out(f"  {now:6.1f} s  disk has room again")
             if campaign.wait(0) is not None:
-                if not killed:
-                    if events:
-                        notes.append(
-                            "not landed (the run ended first): " + ", ".join(k for _, k in events)
-                        )
+                events = [e for e in events if e[0] < 4 * horizon]
+                if not events:
                     break
+                # what an operator does: `dcflow run` after the driver died; after a run
+                # that ended on failed tiles, `dcflow rerun --failed`, then `dcflow run`
+                campaign.start("run" if killed or campaign.verb == "rerun" else "rerun")
                 killed = False
-                campaign.start()  # what an operator does after the driver died
                 continue
             if not events or events[0][0] > now:
                 continue
@@ -602,9 +605,11 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
             if fired:
                 result_faults[kind] += 1
                 out(f"  {now:6.1f} s  {kind}")
-            elif kind == "kill_job" and now < 4 * horizon:
-                events.append((now + 1.0, kind))  # no job running yet: later
+            elif kind != "enospc" and now < 4 * horizon:
+                events.append((now + 1.0, kind))  # nothing running to hit yet: later
                 events.sort()
+            else:
+                notes.append(f"{kind}: not landed (nothing running to hit)")
         if full_until is not None:
             disk.free()
         for thread in OUTAGES:
@@ -619,9 +624,10 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
             if all(_names_corrupted(t, corrupted) for t in failed) and now_state == previous:
                 break  # only the corrupted inputs' tiles fail, and a round changed nothing
             previous = now_state
-            campaign.call(*campaign.argv("rerun", "--failed", "--include-class", "transient_io"))
+            campaign.start("rerun")
+            campaign.wait()
             watch_products()
-            campaign.start()
+            campaign.start("run")
             campaign.wait()
             watch_products()
         wall = time.monotonic() - t0
@@ -680,11 +686,7 @@ def fire(kind: str, campaign: Campaign, disk: Disk, rng, backend: str, notes: li
     if kind == "kill_job":
         return kill_running_job(campaign.work, rng, backend)
     if kind in ("kill_driver_group", "kill_driver_main"):
-        if (
-            driver is None
-            or driver.poll() is not None
-            or not campaign_processes(campaign.work, "shard")
-        ):
+        if driver is None or driver.poll() is not None or not snakemakes_below(driver.pid):
             return False
         if kind == "kill_driver_group":
             os.killpg(driver.pid, signal.SIGKILL)
