@@ -206,18 +206,24 @@ def duplicated_successes(attempts: list[dict]) -> int:
 
 
 def overlapping_attempts(attempts: list[dict], end: float) -> int:
-    """Attempts of one job live at the same time as an earlier one (a duplicate submission)."""
-    by_job: dict[tuple, list[tuple[float, float]]] = {}
+    """Attempts of one job live at the same time as an earlier one (a duplicate submission).
+
+    Two attempts with the same backend job id are one batch job adopted by a restarted
+    driver, not a duplicate.
+    """
+    by_job: dict[tuple, list[tuple[float, float, str | None]]] = {}
     for a in attempts:
         start = a["submitted"] or a["started"]
         if start is None:
             continue
-        by_job.setdefault((a["rule"], a["data_id"]), []).append((start, a["finished"] or end))
+        span = (start, a["finished"] or end, a["backend_jobid"])
+        by_job.setdefault((a["rule"], a["data_id"]), []).append(span)
     count = 0
     for spans in by_job.values():
         spans.sort()
-        for (_, end0), (start1, _) in itertools.pairwise(spans):
-            count += start1 < end0 - 0.5  # the ledger's clock is per process
+        for (_, end0, id0), (start1, _, id1) in itertools.pairwise(spans):
+            adopted = id0 is not None and id0 == id1
+            count += start1 < end0 - 0.5 and not adopted  # the ledger's clock is per process
     return count
 
 
