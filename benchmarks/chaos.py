@@ -20,7 +20,7 @@ truncated, one with an all-NaN amplifier, one missing a header keyword):
 Then it prints the table of issue 20: duplicated successful runs, duplicate submissions of a
 job (two live attempts of one job at once), outputs lost or partial against the reference
 (missing, extra, or different content), finished jobs redone (an attempt started after a
-success of the same job, or an output rewritten after it was first seen), failed tiles that are
+success of the same job, or an output modified after its job first succeeded), failed tiles that are
 not the corrupted inputs' and corrupted inputs not named in their tile's failure, the ledger
 against the disk (jobs with a success in the ledger vs jobs whose outputs exist; ``dcflow
 status`` done count vs the same), and the wall time against the reference.
@@ -177,14 +177,23 @@ def products(output_root: Path, campaign_root: Path) -> dict[str, str]:
     return found
 
 
-def identities(output_root: Path, names: list[str]) -> dict[str, tuple[int, int]]:
-    """(inode, mtime_ns) of each product: a changed one was rewritten."""
-    seen = {}
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            st = (output_root / name).stat()
-            seen[name] = (st.st_ino, st.st_mtime_ns)
-    return seen
+def rewritten_after_success(attempts: list[dict], work: Path, slack_s: float = 2.0) -> int:
+    """Outputs modified after their job's first success ended: a finished job redone.
+
+    An output written by an attempt that then failed or was lost, and written again by the
+    attempt that succeeded, is not counted: that job had not finished.
+    """
+    first_ok: dict[tuple, tuple[float, list[str]]] = {}
+    for a in attempts:
+        key = (a["rule"], a["data_id"])
+        if a["state"] == "succeeded" and a["finished"] and a["outputs"] and key not in first_ok:
+            first_ok[key] = (a["finished"], json.loads(a["outputs"]))
+    count = 0
+    for finished, outputs in first_ok.values():
+        for output in outputs:
+            with contextlib.suppress(FileNotFoundError):
+                count += (work / output).stat().st_mtime > finished + slack_s
+    return count
 
 
 def ledger_attempts(ledger: Path) -> list[dict]:
@@ -192,9 +201,10 @@ def ledger_attempts(ledger: Path) -> list[dict]:
     with sqlite3.connect(ledger) as db:
         db.row_factory = sqlite3.Row
         rows = db.execute(
-            "SELECT attempt_id, run_id, rule, data_id, state, submitted, started, finished,"
-            " backend_jobid, exit_code, reason, error_class, log_path, outputs FROM attempts"
-            " WHERE rule != 'all' ORDER BY attempt_id"
+            "SELECT a.attempt_id, a.run_id, a.rule, a.data_id, a.state, a.submitted, a.started,"
+            " a.finished, a.backend_jobid, a.exit_code, a.reason, a.error_class, a.log_path,"
+            " a.outputs, r.finished AS run_finished FROM attempts a JOIN runs r USING (run_id)"
+            " WHERE a.rule != 'all' ORDER BY a.attempt_id"
         ).fetchall()
     return [dict(r) for r in rows]
 
@@ -216,7 +226,8 @@ def overlapping_attempts(attempts: list[dict], end: float) -> int:
         start = a["submitted"] or a["started"]
         if start is None:
             continue
-        span = (start, a["finished"] or end, a["backend_jobid"])
+        # a lost attempt (its driver died) ended when its run was found dead, at the latest
+        span = (start, a["finished"] or a["run_finished"] or end, a["backend_jobid"])
         by_job.setdefault((a["rule"], a["data_id"]), []).append(span)
     count = 0
     for spans in by_job.values():
@@ -579,23 +590,12 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
             + ([(rng.uniform(0.3, 0.6) * horizon, "execd"),
                 (rng.uniform(0.6, 0.9) * horizon, "qmaster")] if backend == "sge" else [])
         )  # fmt: skip
-        products_seen: dict[str, tuple[int, int]] = {}
-        rewritten: set[str] = set()
-
-        def watch_products() -> None:
-            now = identities(root / "output", list(ref["products"]))
-            for name, ident in now.items():
-                if name in products_seen and products_seen[name] != ident:
-                    rewritten.add(name)
-                products_seen.setdefault(name, ident)
-
         t0 = time.monotonic()
         campaign.start()
         full_until = None
         killed = False
         while events or campaign.wait(0) is None:
             time.sleep(0.5)
-            watch_products()
             now = time.monotonic() - t0
             if full_until is not None and time.monotonic() > full_until:
                 disk.free()
@@ -629,7 +629,6 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
             disk.free()
         for thread in OUTAGES:
             thread.join()
-        watch_products()
         # the operator's loop: rerun what failed (the full disk's tiles once it has room
         # again: transient_io holds for review by default) and run what is left
         previous = None
@@ -641,10 +640,8 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
             previous = now_state
             campaign.start("rerun")
             campaign.wait()
-            watch_products()
             campaign.start("run")
             campaign.wait()
-            watch_products()
         wall = time.monotonic() - t0
         attempts = ledger_attempts(root / "output" / "ledger.sqlite3")
         chaos_products = products(root / "output", root)
@@ -652,6 +649,7 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
         on_disk = jobs_on_disk(attempts, root)
         succeeded = {(a["rule"], a["data_id"]) for a in attempts if a["state"] == "succeeded"}
         status = status_done(config, root)
+        rewritten = rewritten_after_success(attempts, root)
         if disk.mounted:  # keep the output disk's content for a post-mortem
             shutil.copytree(root / "output", work / "chaos-output", dirs_exist_ok=True)
     lost = sum(
@@ -672,7 +670,7 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
         duplicated_successes=duplicated_successes(attempts),
         duplicate_submissions=overlapping_attempts(attempts, time.time()),
         outputs_lost_or_partial=lost,
-        finished_jobs_redone=redone_after_success(attempts) + len(rewritten),
+        finished_jobs_redone=redone_after_success(attempts) + rewritten,
         corrupted_not_named=len(corrupted) - len(named),
         other_failed=len(other),
         ledger_vs_disk=len(succeeded ^ on_disk),
