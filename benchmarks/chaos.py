@@ -67,7 +67,12 @@ from dcflow.layout import Layout  # noqa: E402
 __all__ = ["ChaosResult", "corrupt_inputs", "main", "run_chaos", "table_lines"]
 
 DCFLOW = str(Path(sys.executable).with_name("dcflow"))
-SHARDS = {"visits_per_shard": 4, "max_concurrent_shards": 3, "max_queued_jobs": 8}
+SHARDS = {
+    "visits_per_shard": 4,
+    "patches_per_shard": 4,
+    "max_concurrent_shards": 3,
+    "max_queued_jobs": 8,
+}
 NOT_PRODUCTS = ("logs", "benchmarks", ".dcflow", "shards", "plan", "report")
 CORRUPTIONS = ("truncated", "nan_amplifier", "missing_key")
 FE55_SENSORS = (0, 1, 2, 3)
@@ -657,6 +662,14 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
     ) + len(set(chaos_products) - set(ref["products"]))
     named = {path for path in corrupted if any(_names_path(t, path) for t in failed)}
     other = [t for t in failed if not _names_corrupted(t, corrupted)]
+    for rule, data_id in sorted(succeeded ^ on_disk):
+        states = [a["state"] for a in attempts if (a["rule"], a["data_id"]) == (rule, data_id)]
+        where = (
+            "ledger success, outputs missing"
+            if (rule, data_id) in succeeded
+            else ("outputs on disk, no ledger success")
+        )
+        notes.append(f"{rule}:{data_id}: {where} (attempts: {', '.join(states)})")
     if other:
         notes.append(
             "other failed tiles: " + ", ".join(f"{t['rule']}:{t['data_id']}" for t in other)
