@@ -2,9 +2,12 @@
 
 Under ``campaign.payload: noop`` every rule runs this script instead of its stage (the rules,
 inputs and outputs, hence the DAG, are those of the full payload): scale runs of the
-orchestration without the science. Inputs are not opened. Each output is written atomically
-(`dcflow.io.write_text`), so a killed job leaves no partial file. ``DCFLOW_NOOP_SECONDS``
-(default 0) makes each job sleep that long first, to emulate a stage's duration.
+orchestration without the science. Only raw inputs are opened, and only to check they are
+whole (readable FITS with the registry's keywords, no all-NaN amplifier HDU), so a corrupt
+raw fails its job naming the file as a real stage would; other inputs are not read. Each
+output is written atomically (`dcflow.io.write_text`), so a killed job leaves no partial
+file. ``DCFLOW_NOOP_SECONDS`` (default 0) makes each job sleep that long first, to emulate a
+stage's duration.
 """
 
 import json
@@ -12,10 +15,12 @@ import logging
 import os
 import time
 
-from dcflow.io import write_text
+from dcflow.campaign.registry import HEADER_KEYS
+from dcflow.io import check_raw_file, write_text
 from dcflow.joblog import run_logged
+from dcflow.pipeline.spec import stage
 
-__all__ = ["NOOP_SECONDS_ENV", "main", "placeholder_text"]
+__all__ = ["NOOP_SECONDS_ENV", "main", "placeholder_text", "raw_inputs"]
 
 log = logging.getLogger("noop")
 
@@ -29,18 +34,32 @@ def placeholder_text(rule, wildcards, output):
     return json.dumps(record, sort_keys=True) + "\n"
 
 
-def main(*, rule, wildcards, outputs, n_inputs, seconds=0.0):
+def main(*, rule, wildcards, outputs, n_inputs, raws=(), seconds=0.0):
+    for raw in raws:
+        check_raw_file(raw, required_keys=tuple(HEADER_KEYS.values()))
     if seconds > 0:
         time.sleep(seconds)
     for output in outputs:
         write_text(placeholder_text(rule, wildcards, output), output)
     log.info(
-        "noop %s %s: %d input(s) not read, %d placeholder(s)",
+        "noop %s %s: %d input(s), %d raw(s) checked, %d placeholder(s)",
         rule,
         wildcards,
         n_inputs,
+        len(raws),
         len(outputs),
     )
+
+
+def raw_inputs(rule, inputs):
+    """The raw files among a job's named inputs (the stage's inputs of dataset type raw)."""
+    names = [i.name for i in stage(rule).inputs if i.dataset == "raw"]
+    found = []
+    for name in names:
+        value = inputs.get(name)
+        if value:
+            found.extend([value] if isinstance(value, str) else list(value))
+    return found
 
 
 if "snakemake" in globals():
@@ -51,5 +70,6 @@ if "snakemake" in globals():
         wildcards=dict(snakemake.wildcards.items()),  # noqa: F821
         outputs=[str(o) for o in snakemake.output],  # noqa: F821
         n_inputs=len(snakemake.input),  # noqa: F821
+        raws=[str(p) for p in raw_inputs(snakemake.rule, snakemake.input)],  # noqa: F821
         seconds=float(os.environ.get(NOOP_SECONDS_ENV, "0") or 0),
     )

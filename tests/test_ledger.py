@@ -258,6 +258,22 @@ def test_fault_knob_parsing_and_matching():
         parse_faults("bias:ccd=1:disk")
 
 
+def test_fault_knob_exit_codes_fire_once(tmp_path):
+    """Mode exitN ends the job with code N; with DCFLOW_FAULTS_ONCE the fault fires once."""
+    assert parse_faults("bias:ccd=2:exit42") == {("bias", "ccd=2"): "exit42"}
+    with pytest.raises(ValueError, match="mode 'exit0'"):
+        parse_faults("bias:ccd=2:exit0")
+    log = tmp_path / "logs" / "bias" / "ccd=2.log"
+    code = f"from dcflow.joblog import run_logged\nrun_logged(lambda: print('ran'), {str(log)!r})\n"
+    env = {**os.environ, FAULTS_ENV: "bias:ccd=2:exit42", "DCFLOW_FAULTS_ONCE": str(tmp_path / "f")}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert (first.returncode, first.stdout) == (42, "")
+    assert "exit 42 injected" in log.read_text()
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert (second.returncode, second.stdout) == (0, "ran\n")
+    assert [p.name for p in (tmp_path / "f").iterdir()] == ["bias__ccd=2"]
+
+
 def test_run_logged_writes_a_failure_record(tmp_path, monkeypatch):
     log = tmp_path / "logs" / "process_visit" / "visit=7.log"
     monkeypatch.setenv(FAULTS_ENV, "process_visit:visit=7:memory")

@@ -88,3 +88,46 @@ def test_noop_main_writes_atomically(tmp_path):
     blocked.write_text("x")
     with pytest.raises(OSError, match="file"):
         noop.main(rule="r", wildcards={}, outputs=[str(blocked / "x.fits")], n_inputs=0)
+
+
+@pytest.mark.parametrize(
+    ("corruption", "message"),
+    [
+        ("truncated", "unreadable or truncated FITS"),
+        ("missing_key", "missing header keyword.*FILTER"),
+        ("nan_amplifier", "HDU AMP_B has non-finite .* all 128 pixels"),
+    ],
+)
+def test_noop_fails_on_a_corrupt_raw_naming_it(tmp_path, corruption, message):
+    """A corrupt raw input fails the noop job as a stage would: InputDataError naming it."""
+    import numpy as np
+    from astropy.io import fits
+
+    from dcflow.errors import InputDataError
+
+    spec = importlib.util.spec_from_file_location("noop", REPO_ROOT / "scripts/noop.py")
+    noop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(noop)
+    header = fits.Header(
+        {"INSTRUME": "cfht_sim", "EXPNUM": 7, "CCDNUM": 0, "OBSTYPE": "OBJECT", "FILTER": "g",
+         "EXPTIME": 60.0, "MJD-OBS": 60000.0}
+    )  # fmt: skip
+    raw = tmp_path / "raw_7_0.fits"
+    amps = [np.ones((8, 16), np.float32), np.ones((8, 16), np.float32)]
+    if corruption == "nan_amplifier":
+        amps[1][:] = np.nan
+    if corruption == "missing_key":
+        del header["FILTER"]
+    fits.HDUList(
+        [fits.PrimaryHDU(header=header)]
+        + [fits.ImageHDU(a, name=f"AMP_{n}") for a, n in zip(amps, "AB", strict=True)]
+    ).writeto(raw)
+    if corruption == "truncated":
+        raw.write_bytes(raw.read_bytes()[:1000])
+    out = tmp_path / "calexp.fits"
+    with pytest.raises(InputDataError, match=message) as caught:
+        noop.main(
+            rule="process_visit", wildcards={}, outputs=[str(out)], n_inputs=1, raws=[str(raw)]
+        )
+    assert str(raw) in str(caught.value) and not out.exists()
+    assert noop.raw_inputs("process_visit", {"raws": [str(raw)], "refcat": "r"}) == [str(raw)]

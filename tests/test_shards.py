@@ -537,3 +537,28 @@ def test_sigterm_to_the_sharded_driver_stops_every_shard_and_its_jobs(tmp_path):
     runs, attempts = _ledger_state(ledger_file)
     assert len(runs) == 2 and all(r.finished is not None for r in runs.values())
     assert not [a for a in attempts if a.state in (JobState.RUNNING, JobState.SUBMITTED)]
+
+
+def test_a_shard_whose_snakemake_outlived_its_driver_is_an_orphan(tmp_path):
+    """A live run of a shard (its Snakemake survived a SIGKILL of the driver's main process)
+    keeps the restarted driver from starting that shard; a dead or finished run does not."""
+    from dcflow.orchestration.sharded import orphan_shards
+
+    ledger_file = tmp_path / "ledger.sqlite3"
+    assert orphan_shards(ledger_file, {"visits-00000"}) == set()  # no ledger yet
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        with Ledger(ledger_file) as ledger:
+            ledger.start_run(shard="visits-00000", pid=alive.pid)
+            ledger.start_run(shard="visits-00001", pid=dead.pid)
+            done = ledger.start_run(shard="visits-00002", pid=alive.pid)
+            ledger.finish_run(done, 0)
+        every = {"visits-00000", "visits-00001", "visits-00002"}
+        assert orphan_shards(ledger_file, every) == {"visits-00000"}
+        assert orphan_shards(ledger_file, {"visits-00001"}) == set()
+    finally:
+        alive.kill()
+        alive.wait()
+    assert orphan_shards(ledger_file, every) == set()

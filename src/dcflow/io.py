@@ -25,6 +25,7 @@ from dcflow.exposure import Exposure
 
 __all__ = [
     "atomic_path",
+    "check_raw_file",
     "read_exposure",
     "read_fits",
     "read_table",
@@ -150,6 +151,29 @@ def read_fits(path: str | os.PathLike, *, required_keys: tuple[str, ...] = ()) -
             f"{path}: missing header keyword(s) {', '.join(missing)}", n_missing=len(missing)
         )
     return hdus
+
+
+def check_raw_file(path: str | os.PathLike, *, required_keys: tuple[str, ...] = ()) -> None:
+    """Check that a raw file is whole: readable FITS, required keywords, no all-NaN image HDU.
+
+    What a payload that does not read pixels (the noop payload) still checks of its raw
+    inputs, so a corrupt raw fails its job as a real stage would, naming the file.
+
+    Raises
+    ------
+    InputDataError
+        If `read_fits` fails, or an image HDU (an amplifier) holds no finite pixel.
+    """
+    hdus = read_fits(path, required_keys=required_keys)
+    for index, hdu in enumerate(hdus):
+        data = hdu.data if hdu.is_image else None
+        if data is not None and data.size and not np.isfinite(data).any():
+            name = hdu.name or str(index)
+            raise InputDataError(
+                f"{path}: HDU {name} has non-finite (NaN/inf) values in all {data.size} pixels",
+                hdu=name,
+                n_nonfinite=int(data.size),
+            )
 
 
 def read_table(path: str | os.PathLike) -> Table:

@@ -7,8 +7,12 @@ job ran out of memory, without guessing from free text.
 Fault knob (tests and drills): the environment variable ``DCFLOW_FAULTS`` lists
 ``rule:tile[:mode]`` entries separated by ``;``. A job whose log is ``.../<rule>/<tile>.log``
 (the layout's ``log`` template) fails before doing any work: mode ``error`` (default) raises
-`InjectedFaultError`; mode ``memory`` raises `MemoryError`, as a job killed for memory would.
-Example: ``DCFLOW_FAULTS="process_visit:visit=1003;bias:ccd=2:memory"``.
+`InjectedFaultError`; mode ``memory`` raises `MemoryError`, as a job killed for memory would;
+mode ``exit<N>`` (``exit3``) ends the process with exit code N and no failure record, as a
+crashing program would. Example: ``DCFLOW_FAULTS="process_visit:visit=1003;bias:ccd=2:memory"``.
+When ``DCFLOW_FAULTS_ONCE`` names a directory, each entry fires once only (a marker file per
+tile there, created exclusively), so a rerun of the tile succeeds: a transient fault (chaos
+drills, benchmarks/chaos.py).
 
 Run-time limits: a batch system warns a job before it kills it at its limit (Grid Engine sends
 SIGUSR1 at ``s_rt`` and SIGXCPU at ``s_cpu``; the kernel sends SIGXCPU at ``RLIMIT_CPU``).
@@ -36,6 +40,7 @@ from dcflow.errors import StageError
 __all__ = [
     "FAILURE_TAG",
     "FAULTS_ENV",
+    "FAULTS_ONCE_ENV",
     "FailureRecord",
     "InjectedFaultError",
     "RunTimeLimitError",
@@ -48,6 +53,9 @@ __all__ = [
 
 FAULTS_ENV = "DCFLOW_FAULTS"
 """Environment variable naming the tiles that must fail (see the module docstring)."""
+
+FAULTS_ONCE_ENV = "DCFLOW_FAULTS_ONCE"
+"""Environment variable: a directory; when set, each fault of the knob fires once only."""
 
 FAILURE_TAG = "DCFLOW-FAILURE "
 """Prefix of the machine-readable failure line a failing job writes to its log."""
@@ -131,7 +139,9 @@ def parse_faults(text: str) -> dict[tuple[str, str], str]:
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
             raise ValueError(f"{FAULTS_ENV} entry {entry!r} is not rule:tile[:mode]")
         mode = parts[2] if len(parts) == 3 else "error"
-        if mode not in FAULT_MODES:
+        if mode not in FAULT_MODES and not re.fullmatch(
+            r"exit([1-9]|[1-9][0-9]|1[0-9][0-9])", mode
+        ):
             raise ValueError(f"{FAULTS_ENV} entry {entry!r}: mode {mode!r} not in {FAULT_MODES}")
         faults[(parts[0], parts[1])] = mode
     return faults
@@ -147,7 +157,26 @@ def fault_for(log_path: str | None, environ: Mapping[str, str] | None = None) ->
     return parse_faults(text).get((rule, tile))
 
 
+def _fires(log_path: str, environ: Mapping[str, str] | None = None) -> bool:
+    """False if the knob fires once only and this tile's fault has fired already."""
+    once = (os.environ if environ is None else environ).get(FAULTS_ONCE_ENV, "")
+    if not once:
+        return True
+    path = Path(log_path)
+    marker = Path(once) / f"{path.parent.name}__{path.name.removesuffix('.log')}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
 def _raise_fault(mode: str, log_path: str) -> None:
+    if mode.startswith("exit"):
+        logging.getLogger(__name__).error("fault knob %s: exit %s injected", FAULTS_ENV, mode[4:])
+        logging.shutdown()
+        os._exit(int(mode[4:]))
     if mode == "memory":
         raise MemoryError(f"fault knob {FAULTS_ENV}: out of memory injected for {log_path}")
     raise InjectedFaultError(f"fault knob {FAULTS_ENV}: failure injected for {log_path}", mode=mode)
@@ -176,7 +205,7 @@ def run_logged(main: Callable[..., Any], log_path: str | None, /, **kwargs: Any)
         previous = {s: signal.signal(s, _raise_limit) for s in _LIMIT_SIGNALS}
     try:
         mode = fault_for(log_path)
-        if mode is not None and log_path:
+        if mode is not None and log_path and _fires(log_path):
             _raise_fault(mode, log_path)
         return main(**kwargs)
     except BaseException as exc:

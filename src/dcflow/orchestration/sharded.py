@@ -65,6 +65,7 @@ __all__ = [
     "ShardOutcome",
     "ShardedRun",
     "clear_stale_state",
+    "orphan_shards",
     "plan_shards",
     "reserved_jobs",
     "run_sharded",
@@ -317,6 +318,18 @@ def clear_stale_state(
     for lock in locks:
         lock.unlink(missing_ok=True)
     return f"{len(locks)} stale Snakemake lock(s) removed" if locks else "no stale state"
+
+
+def orphan_shards(ledger_file: Path, shard_ids: set[str]) -> set[str]:
+    """Shards of ``shard_ids`` with a live run in the ledger (a Snakemake still running).
+
+    Such a Snakemake was left by a driver that died (SIGKILL of its main process only);
+    starting its shard again would run the shard's jobs twice at once.
+    """
+    if not shard_ids or not ledger_file.exists():
+        return set()
+    with Ledger(ledger_file) as ledger:
+        return {r.shard for r in ledger.runs() if r.shard in shard_ids and r.is_alive()}
 
 
 def _shard_argv(
@@ -586,8 +599,8 @@ def _drive(
     def start_ready() -> None:
         for shard in shards:
             sid = shard.shard_id
-            if state[sid] != "pending":
-                continue
+            if state[sid] != "pending" or sid in orphans:
+                continue  # an orphan's jobs are still running: never twice at once
             ups = [state[u] for u in shard.upstream]
             bad = [u for u in shard.upstream if state[u] in ("failed", "blocked")]
             if bad:
@@ -643,13 +656,21 @@ def _drive(
         # SIGINT raises KeyboardInterrupt already; SIGTERM (kill, a batch system) must not
         # leave the shards' Snakemakes running on their own
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_stop)
+    orphans = orphan_shards(ledger_file, left_ids)
+    if orphans:
+        out(
+            f"{len(orphans)} shard(s) still run under a dead driver's Snakemake: each starts "
+            f"again only once that Snakemake has ended ({', '.join(sorted(orphans))})"
+        )
     try:
         start_ready()
-        while running:
+        while running or orphans:
             try:
                 sid, code = events.get(timeout=progress_seconds)
             except queue.Empty:
                 watcher.refresh(running, show=progress)
+                if orphans:
+                    orphans.intersection_update(orphan_shards(ledger_file, orphans))
                 start_ready()  # draining shards may have freed part of the cap
                 continue
             finish(sid, code)
