@@ -95,12 +95,16 @@ class TemplateOnCalexp:
         Patches that contributed pixels.
     visits : tuple of int
         Input visits of those patches (header ``VISIT<i>`` cards of the coadds).
+    input_sets : numpy.ndarray or None
+        ``(ny, nx)`` int32 label of the set of input visits covering each calexp pixel (0:
+        unknown), from the coadds' coverage maps; None when none was given.
     """
 
     template: Exposure | None
     n_covered_pixels: int
     n_patches: int
     visits: tuple[int, ...] = ()
+    input_sets: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +136,11 @@ class AlertProductionResult:
 
 
 def template_on_calexp(
-    calexp: Exposure, templates: Sequence[Exposure], *, config: WarpConfig | None = None
+    calexp: Exposure,
+    templates: Sequence[Exposure],
+    *,
+    coverages: Sequence[np.ndarray] | None = None,
+    config: WarpConfig | None = None,
 ) -> TemplateOnCalexp:
     """Resample the templateCoadd patches onto a calexp's pixel grid.
 
@@ -143,6 +151,10 @@ def template_on_calexp(
     templates : sequence of Exposure
         templateCoadd patches with a WCS, ``ZP`` and ``PSFFWHM`` (a patch without inputs,
         ``PSFFWHM`` 0, is skipped).
+    coverages : sequence of numpy.ndarray, optional
+        One per template: its ``(n_inputs, ncy, ncx)`` coverage map (the coadd's
+        ``COVERAGE`` plane: fraction of each ``COVBIN``-pixel cell where each input was
+        used), giving `TemplateOnCalexp.input_sets`.
     config : WarpConfig, optional
         Interpolation; its ``zero_point_mag`` is replaced by the templates' own.
 
@@ -155,10 +167,21 @@ def template_on_calexp(
     ------
     InputDataError
         If the calexp has no WCS, or a template lacks ``ZP`` or ``PSFFWHM``.
+    ValueError
+        If ``coverages`` does not hold one 3-d map per template.
     """
     config = config or WarpConfig()
     if calexp.wcs is None:
         raise InputDataError("calexp has no WCS: the template cannot be resampled onto it")
+    if coverages is not None and (
+        len(coverages) != len(templates) or any(np.ndim(c) != 3 for c in coverages)
+    ):
+        raise ValueError(
+            f"coverages must hold one (n_inputs, ncy, ncx) map per template ({len(templates)}); "
+            f"got shapes {[np.shape(c) for c in coverages]}"
+        )
+    input_sets = None if coverages is None else np.zeros(calexp.shape, dtype=np.int32)
+    set_labels: dict[frozenset[int], int] = {}
     image = np.zeros(calexp.shape, dtype=np.float32)
     variance = np.zeros(calexp.shape, dtype=np.float32)
     mask = np.full(calexp.shape, int(MaskPlane.NO_DATA), dtype=np.int32)
@@ -187,6 +210,9 @@ def template_on_calexp(
         image[new] = result.warp.image[new]
         variance[new] = result.warp.variance[new]
         mask[new] = result.warp.mask[new]
+        if input_sets is not None:
+            labels = _input_set_labels(calexp, template, coverages[index], set_labels)
+            input_sets[new] = labels[new]
         covered |= new
         n_new = int(new.sum())
         fwhm_sum += fwhm * n_new
@@ -210,7 +236,39 @@ def template_on_calexp(
     template = Exposure(
         image=image, mask=mask, variance=variance, wcs=calexp.wcs.deepcopy(), header=header
     )
-    return TemplateOnCalexp(template, n_covered, n_patches, tuple(sorted(visits - {-1})))
+    return TemplateOnCalexp(
+        template, n_covered, n_patches, tuple(sorted(visits - {-1})), input_sets
+    )
+
+
+def _input_set_labels(calexp, template, coverage, set_labels, step=4):
+    """Label of the set of input visits covering each calexp pixel (> half its cell).
+
+    Evaluated every ``step`` calexp pixels and repeated: the coverage cells (``COVBIN``,
+    8 pixels by default) are as coarse. ``set_labels`` maps visit sets to labels across
+    patches and is extended in place.
+    """
+    ny, nx = calexp.shape
+    n_inputs = int(template.header.get("NINPUTS", coverage.shape[0]))
+    visits = [int(template.header.get(f"VISIT{i}", -1 - i)) for i in range(n_inputs)]
+    bin_pix = int(template.header.get("COVBIN", 1))
+    yy, xx = np.mgrid[0:ny:step, 0:nx:step]
+    ra, dec = calexp.wcs.celestial.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    tx, ty = template.wcs.celestial.all_world2pix(ra, dec, 0)
+    cx = np.clip(np.floor(tx / bin_pix).astype(np.int64), 0, coverage.shape[2] - 1)
+    cy = np.clip(np.floor(ty / bin_pix).astype(np.int64), 0, coverage.shape[1] - 1)
+    covered = np.asarray(coverage)[: len(visits), cy, cx] > 0.5  # (n_inputs, n_points)
+    codes = np.zeros(covered.shape[1], dtype=np.int32)
+    keys = np.packbits(covered, axis=0, bitorder="little")
+    unique, inverse = np.unique(keys, axis=1, return_inverse=True)
+    for column in range(unique.shape[1]):
+        bits = np.unpackbits(unique[:, column], bitorder="little")[: len(visits)]
+        members = frozenset(v for v, on in zip(visits, bits, strict=True) if on)
+        if members:
+            label = set_labels.setdefault(members, len(set_labels) + 1)
+            codes[np.ravel(inverse) == column] = label
+    coarse = codes.reshape(yy.shape)
+    return np.repeat(np.repeat(coarse, step, axis=0), step, axis=1)[:ny, :nx]
 
 
 def dia_source_ids(visit: int, ccd: int, n: int) -> np.ndarray:
@@ -315,6 +373,7 @@ def run_alert_production(
     warp_config: WarpConfig | None = None,
     diffim_config: DiffimConfig | None = None,
     dia_source_config: DiaSourceConfig | None = None,
+    template_coverages: Sequence[np.ndarray] | None = None,
 ) -> AlertProductionResult:
     """Template onto the calexp, difference, DIASources: one CCD's deepDiff and diaSrc.
 
@@ -330,6 +389,9 @@ def run_alert_production(
         The visit's filter.
     warp_config, diffim_config, dia_source_config : optional
         Configs of the resampling, the subtraction and the detection.
+    template_coverages : sequence of numpy.ndarray, optional
+        The templates' ``COVERAGE`` planes (`template_on_calexp`): the matching kernel's
+        shape then jumps where the template's set of inputs (and so its PSF) does.
 
     Returns
     -------
@@ -343,7 +405,9 @@ def run_alert_production(
     CalibrationError
         If the matching kernel cannot be fitted.
     """
-    resampled = template_on_calexp(calexp, templates, config=warp_config)
+    resampled = template_on_calexp(
+        calexp, templates, coverages=template_coverages, config=warp_config
+    )
     header = calexp.header.copy()
     if resampled.template is None:
         header["DIASTAT"] = ("NO_TEMPLATE", "no templateCoadd covers this CCD")
@@ -360,7 +424,9 @@ def run_alert_production(
             deep_diff, np.zeros((0, 0)), _empty_catalog(calexp, visit, ccd, band),
             "NO_TEMPLATE", float("nan"),
         )  # fmt: skip
-    diff = subtract_exposures(calexp, resampled.template, config=diffim_config)
+    diff = subtract_exposures(
+        calexp, resampled.template, template_regions=resampled.input_sets, config=diffim_config
+    )
     found = detect_dia_sources(
         diff.image, diff.variance, diff.mask, diff.psf, config=dia_source_config
     )

@@ -39,7 +39,7 @@ spatially varying kernel leaves ~5.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from astropy.wcs.utils import proj_plane_pixel_area
@@ -131,6 +131,12 @@ class DiffimConfig:
     decorrelate: bool = config_field(
         True, "Convolve the difference with the decorrelation kernel (white noise, true variance)"
     )
+    min_region_stars: int = config_field(
+        5,
+        "Fewest kernel stars a template input-coverage region needs for its own kernel-shape "
+        "offset (regions with fewer share the main region's kernel)",
+        minimum=1,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -185,6 +191,12 @@ class MatchingKernel:
         Stamps kept in the final fit.
     residual_chi2 : float
         Reduced chi^2 of the kept stamps in the final fit.
+    region_coeffs : numpy.ndarray
+        ``(n_regions, n_basis - 1)`` constant offsets of the zero-sum coefficients in each
+        template input-coverage region (row 0, the main region, is zero): where the
+        template's PSF jumps (a different set of inputs), the kernel's shape jumps with it.
+    regions : numpy.ndarray or None
+        ``(ny, nx)`` region index (row of ``region_coeffs``) of every pixel; None: one region.
     """
 
     half_size: int
@@ -198,6 +210,8 @@ class MatchingKernel:
     image_shape: tuple[int, int]
     n_stars: int
     residual_chi2: float
+    region_coeffs: np.ndarray = field(default_factory=lambda: np.zeros((1, 0)))
+    regions: np.ndarray | None = None
 
     def basis_1d(self) -> tuple[list[np.ndarray], list[tuple[int, int, int, float]]]:
         """1-d factors and, per basis function, ``(width index, i, j, sum)``."""
@@ -212,6 +226,10 @@ class MatchingKernel:
         ny, nx = self.image_shape
         p = _poly_terms(_unit(x, nx), _unit(y, ny), self.spatial_order)
         a = p @ self.coeffs.T
+        if self.regions is not None:
+            iy = np.clip(np.rint(y).astype(np.int64), 0, ny - 1)
+            ix = np.clip(np.rint(x).astype(np.int64), 0, nx - 1)
+            a = a + self.region_coeffs[self.regions[iy, ix]]
         _, index = self.basis_1d()
         sums = np.array([s for *_, s in index[1:]])
         a0 = self.kernel_sum - a @ sums
@@ -240,6 +258,14 @@ class MatchingKernel:
         out = np.einsum("bt,bij->tij", self.coeffs, shaped)
         out[0] += self.kernel_sum * basis[0]
         return out
+
+    def region_kernel_images(self) -> np.ndarray:
+        """Kernel offsets of the regions: ``(n_regions, 2h+1, 2h+1)``, zero sum each."""
+        basis = self.basis_images()
+        _, index = self.basis_1d()
+        sums = np.array([s for *_, s in index])
+        shaped = basis[1:] - sums[1:, None, None] * basis[0][None]
+        return np.einsum("rb,bij->rij", self.region_coeffs, shaped)
 
     def kernel_image(self, x: float, y: float) -> np.ndarray:
         """The ``(2h+1, 2h+1)`` kernel at array position ``(x, y)`` (row: v, column: u)."""
@@ -539,6 +565,7 @@ def fit_matching_kernel(
     background_order: int | None,
     n_reject_iter: int = 3,
     reject_sigma: float = 3.0,
+    star_regions: np.ndarray | None = None,
 ) -> tuple[MatchingKernel, np.ndarray]:
     """Fit the kernel that turns ``sharp`` into ``broad`` on stamps around stars.
 
@@ -560,6 +587,9 @@ def fit_matching_kernel(
         Order of the differential background polynomial (None: no background term).
     n_reject_iter, reject_sigma : int, float
         Rounds of rejection of stamps whose reduced chi^2 is an outlier.
+    star_regions : numpy.ndarray, optional
+        Region index (0 = main) of each star: every other region gets a constant offset of
+        the zero-sum coefficients (`MatchingKernel.region_coeffs`).
 
     Returns
     -------
@@ -607,8 +637,13 @@ def fit_matching_kernel(
             *target.shape, -1
         )
     )
+    n_regions = 1 if star_regions is None else int(np.max(star_regions)) + 1
+    for region in range(1, n_regions):
+        inside = (np.asarray(star_regions) == region).astype(float)[:, None, None, None]
+        cols.append(shaped.transpose(1, 2, 3, 0) * inside)
     cols.append(bg)
     design = np.concatenate(cols, axis=-1)  # (n, L, L, n_params)
+    n_params = design.shape[-1]
     weight = 1.0 / np.sqrt(np.maximum(var, 1e-30))
     # Per-stamp normal equations, computed once: a rejection round only re-sums them
     # (n_params^2 work per pixel once, instead of once per round or an SVD of the tall matrix).
@@ -642,18 +677,23 @@ def fit_matching_kernel(
             break
         used = new_used
     n_basis = len(index)
+    n_smooth = 1 + (n_basis - 1) * n_sp
+    n_offsets = (n_basis - 1) * (n_regions - 1)
+    region_coeffs = np.zeros((n_regions, n_basis - 1))
+    region_coeffs[1:] = sol[n_smooth : n_smooth + n_offsets].reshape(n_regions - 1, n_basis - 1)
     kernel = MatchingKernel(
         half_size=h,
         sigmas_pix=tuple(float(s) for s in sigmas_pix),
         degrees=tuple(int(d) for d in degrees),
         spatial_order=spatial_order,
         kernel_sum=float(sol[0]),
-        coeffs=sol[1 : 1 + (n_basis - 1) * n_sp].reshape(n_basis - 1, n_sp),
-        background_coeffs=sol[1 + (n_basis - 1) * n_sp :],
+        coeffs=sol[1:n_smooth].reshape(n_basis - 1, n_sp),
+        background_coeffs=sol[n_smooth + n_offsets :],
         background_order=-1 if background_order is None else background_order,
         image_shape=(ny, nx),
         n_stars=int(used.sum()),
         residual_chi2=float(np.median(chi2[used])),
+        region_coeffs=region_coeffs,
     )
     return kernel, used
 
@@ -701,6 +741,16 @@ def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarra
             out += conv
         else:
             out += conv * (v[:, None] ** q * u[None, :] ** p).astype(np.float32)
+    if kernel.regions is not None:
+        for region, k in enumerate(kernel.region_kernel_images()[1:], start=1):
+            inside = kernel.regions == region
+            if not inside.any():
+                continue
+            grid = np.zeros(fshape, dtype=np.float32)
+            grid[: 2 * h + 1, : 2 * h + 1] = k
+            grid = np.roll(grid, (-h, -h), axis=(0, 1))
+            conv = sp_fft.irfft2(image_ft * np.conj(sp_fft.rfft2(grid)), s=fshape)
+            out += np.where(inside, conv[h : h + ny, h : h + nx], 0.0).astype(np.float32)
     if kernel.background_order >= 0:
         xs, ys = np.arange(nx, dtype=float), np.arange(ny, dtype=float)
         out += kernel.background(xs[None, :], ys[:, None]).astype(np.float32)
@@ -751,6 +801,29 @@ def _grow(flags: np.ndarray, half_size: int) -> np.ndarray:
     return ndimage.maximum_filter1d(grown, size, axis=1).astype(bool)
 
 
+def _kernel_regions(labels, x, y, min_stars):
+    """Region index per kernel star and per pixel.
+
+    Index 0 is the label with most stars together with every label of fewer than
+    ``min_stars`` stars; (None, None) without labels or without a second region.
+    """
+    if labels is None or np.size(x) == 0:
+        return None, None
+    star_labels = labels[y, x]
+    values, counts = np.unique(star_labels, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    own = [int(values[i]) for i in order[1:] if counts[i] >= min_stars]
+    if not own:
+        return None, None
+    lookup = {label: index for index, label in enumerate(own, start=1)}
+    star_regions = np.array([lookup.get(int(v), 0) for v in star_labels], dtype=np.int64)
+    region_map = np.zeros(labels.shape, dtype=np.int16)
+    for label, index in lookup.items():
+        region_map[labels == label] = index
+    log.info("kernel-shape offsets for %d template input-coverage region(s)", len(own))
+    return star_regions, region_map
+
+
 def subtract_images(
     science: np.ndarray,
     science_variance: np.ndarray,
@@ -763,6 +836,7 @@ def subtract_images(
     template_zero_point: float,
     science_psf: PsfFitResult,
     template_fwhm_pix: float,
+    template_regions: np.ndarray | None = None,
     config: DiffimConfig | None = None,
 ) -> DiffimResult:
     """Science minus the PSF-matched template, decorrelated: a deepDiff.
@@ -783,6 +857,11 @@ def subtract_images(
         Half-maximum PSF FWHM of the template, pixels (its header ``PSFFWHM`` over the pixel
         scale); compared with the science PSF's to choose which image to convolve, and
         sizes the basis.
+    template_regions : numpy.ndarray, optional
+        ``(ny, nx)`` integer label of the set of template inputs covering each pixel
+        (`dcflow.stages.alert_production.TemplateOnCalexp.input_sets`). The template's PSF
+        jumps where that set changes, so each region with at least
+        ``config.min_region_stars`` kernel stars gets its own constant kernel-shape offset.
     config : DiffimConfig, optional
         Basis, orders, star selection and decorrelation.
 
@@ -819,6 +898,12 @@ def subtract_images(
             raise ValueError(f"{name} must be finite; got {value}")
     if not (np.isfinite(template_fwhm_pix) and template_fwhm_pix > 0):
         raise ValueError(f"template_fwhm_pix must be finite and > 0; got {template_fwhm_pix}")
+    if template_regions is not None:
+        template_regions = _check_plane("template_regions", template_regions, shape)
+        if template_regions.dtype.kind not in "iu":
+            raise ValueError(
+                f"template_regions must hold integer labels; got dtype {template_regions.dtype}"
+            )
 
     scale = float(10.0 ** (0.4 * (science_zero_point - template_zero_point)))
     no_data_bits = int(MaskPlane.NO_DATA | MaskPlane.BAD | MaskPlane.SAT)
@@ -861,6 +946,7 @@ def subtract_images(
         min_snr=config.star_min_snr,
         n_max=config.n_stars_max,
     )
+    star_regions, region_map = _kernel_regions(template_regions, x, y, config.min_region_stars)
     kernel, used = fit_matching_kernel(
         sharp,
         broad,
@@ -875,7 +961,10 @@ def subtract_images(
         background_order=config.background_order if config.fit_background else None,
         n_reject_iter=config.n_reject_iter,
         reject_sigma=config.reject_sigma,
+        star_regions=star_regions,
     )
+    if region_map is not None:
+        kernel = replace(kernel, regions=region_map)
     log.info(
         "PSF matching (%s convolved): %d of %d stars, kernel sum %.4f, stamp chi2 %.2f",
         convolved,
@@ -934,7 +1023,11 @@ def subtract_images(
 
 
 def subtract_exposures(
-    calexp: Exposure, template: Exposure, *, config: DiffimConfig | None = None
+    calexp: Exposure,
+    template: Exposure,
+    *,
+    template_regions: np.ndarray | None = None,
+    config: DiffimConfig | None = None,
 ) -> DiffimResult:
     """`subtract_images` on a calexp and a template warped to its pixel grid.
 
@@ -946,6 +1039,8 @@ def subtract_exposures(
     template : Exposure
         templateCoadd warped to the calexp's pixel grid, header ``ZP`` and ``PSFFWHM``
         (half-maximum FWHM, arcsec).
+    template_regions : numpy.ndarray, optional
+        As for `subtract_images`.
     config : DiffimConfig, optional
         As for `subtract_images`.
 
@@ -983,5 +1078,6 @@ def subtract_exposures(
         template_zero_point=header_number(template.header, "ZP", "template"),
         science_psf=psf,
         template_fwhm_pix=fwhm_arcsec / scale_arcsec,
+        template_regions=template_regions,
         config=config,
     )
