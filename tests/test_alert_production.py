@@ -126,3 +126,28 @@ def test_ids_are_unique_per_campaign_and_checked():
         dia_source_ids(1, 1000, 1)
     with pytest.raises(ValueError, match="exceed the id field"):
         dia_source_ids(1, 0, 100_000)
+
+
+def test_input_sets_follow_the_coadd_coverage_maps(setup):
+    """Calexp pixels are labelled by the set of template inputs covering them."""
+    _, calexp, patches = setup
+    bin_pix = 8
+    two_inputs, coverages = [], []
+    for index, patch in enumerate(patches):
+        header = patch.header.copy()
+        header.update({"NINPUTS": 2, "VISIT0": 7, "VISIT1": 8, "COVBIN": bin_pix})
+        two_inputs.append(Exposure(patch.image, patch.mask, patch.variance, patch.wcs, header))
+        ny, nx = patch.shape
+        coverage = np.ones((2, -(-ny // bin_pix), -(-nx // bin_pix)), np.float32)
+        if index == 0:
+            coverage[1, 200 // bin_pix :] = 0.0  # visit 8 misses patch rows >= 200
+        coverages.append(coverage)
+    labels = template_on_calexp(calexp, two_inputs, coverages=coverages).input_sets
+    # patch 0 holds calexp columns < 220; its patch row 200 is calexp row 170
+    both, only_7 = labels[100, 100], labels[400, 100]
+    assert both > 0 and only_7 > 0 and both != only_7
+    assert labels[400, 300] == both and labels[100, 300] == both
+    assert np.all(labels[180:, :210] == only_7) and np.all(labels[:160] == both)
+    assert template_on_calexp(calexp, patches).input_sets is None
+    with pytest.raises(ValueError, match="coverages must hold one"):
+        template_on_calexp(calexp, two_inputs, coverages=coverages[:1])
