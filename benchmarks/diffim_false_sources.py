@@ -17,8 +17,8 @@ and ``output/``; ``tests/test_alert_workflow.py`` leaves one in its pytest base 
   the kernel fit.
 
 With ``--variants`` the subtraction is redone from the calexps and the templateCoadd with
-other kernel bases, spatial orders and resampling kernels, and the same figures are printed
-side by side.
+other kernel bases, spatial orders and resampling kernels, and without the kernel-shape
+offsets per template input-coverage region, and the same figures are printed side by side.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from dcflow.config_schema import load_config
-from dcflow.io import read_exposure, read_table
+from dcflow.io import read_exposure, read_fits, read_table
 from dcflow.layout import Layout
 from dcflow.stages.alert_production import run_alert_production
 from dcflow.stages.diffim import DiffimConfig
@@ -43,6 +43,7 @@ from dcflow.stages.warp import WarpConfig
 
 VARIANTS = {
     "default": ({}, {}),
+    "no region offsets": ({"min_region_stars": 10**9}, {}),
     "spatial order 1": ({"spatial_order": 1}, {}),
     "basis degrees 6,4,2": ({"basis_degrees": (6, 4, 2)}, {}),
     "kernel half size 15": ({"kernel_half_size_pix": 15}, {}),
@@ -149,6 +150,7 @@ def main() -> None:
     stars_sky = SkyCoord(stars["ra_deg"], stars["dec_deg"], unit="deg")
     template_paths = sorted(glob.glob(str(args.root / "output/templateCoadd/*/*/*/*.fits")))
     templates = [read_exposure(p) for p in template_paths]
+    coverages = [read_fits(p)["COVERAGE"].data for p in template_paths]
     full = full_coverage(template_paths[0], stars)
     template_visits = {
         int(t.header[f"VISIT{i}"]) for t in templates for i in range(int(t.header["NINPUTS"]))
@@ -177,7 +179,7 @@ def main() -> None:
             result = run_alert_production(
                 calexp, templates, visit=visit, ccd=ccd, band=str(calexp.header["FILTER"]),
                 warp_config=WarpConfig(**warp_kwargs),
-                diffim_config=DiffimConfig(**diffim_kwargs),
+                diffim_config=DiffimConfig(**diffim_kwargs), template_coverages=coverages,
             )  # fmt: skip
             counts.append(n_false(result.dia_sources, everywhere, stars_sky))
             chis[visit, ccd] = star_chi(
