@@ -142,12 +142,15 @@ def test_input_sets_follow_the_coadd_coverage_maps(setup):
         if index == 0:
             coverage[1, 200 // bin_pix :] = 0.0  # visit 8 misses patch rows >= 200
         coverages.append(coverage)
-    labels = template_on_calexp(calexp, two_inputs, coverages=coverages).input_sets
+    resampled = template_on_calexp(calexp, two_inputs, coverages=coverages)
+    labels = resampled.input_sets
     # patch 0 holds calexp columns < 220; its patch row 200 is calexp row 170
     both, only_7 = labels[100, 100], labels[400, 100]
     assert both > 0 and only_7 > 0 and both != only_7
     assert labels[400, 300] == both and labels[100, 300] == both
     assert np.all(labels[180:, :210] == only_7) and np.all(labels[:160] == both)
+    assert resampled.input_set_visits[both - 1] == (7, 8)
+    assert resampled.input_set_visits[only_7 - 1] == (7,)
     assert template_on_calexp(calexp, patches).input_sets is None
     with pytest.raises(ValueError, match="coverages must hold one"):
         template_on_calexp(calexp, two_inputs, coverages=coverages[:1])

@@ -98,6 +98,8 @@ class TemplateOnCalexp:
     input_sets : numpy.ndarray or None
         ``(ny, nx)`` int32 label of the set of input visits covering each calexp pixel (0:
         unknown), from the coadds' coverage maps; None when none was given.
+    input_set_visits : tuple of tuple of int
+        The visits of each label: label ``k`` is ``input_set_visits[k - 1]``.
     """
 
     template: Exposure | None
@@ -105,6 +107,7 @@ class TemplateOnCalexp:
     n_patches: int
     visits: tuple[int, ...] = ()
     input_sets: np.ndarray | None = None
+    input_set_visits: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +239,11 @@ def template_on_calexp(
     template = Exposure(
         image=image, mask=mask, variance=variance, wcs=calexp.wcs.deepcopy(), header=header
     )
+    set_visits = tuple(
+        tuple(sorted(members)) for members, _ in sorted(set_labels.items(), key=lambda kv: kv[1])
+    )
     return TemplateOnCalexp(
-        template, n_covered, n_patches, tuple(sorted(visits - {-1})), input_sets
+        template, n_covered, n_patches, tuple(sorted(visits - {-1})), input_sets, set_visits
     )
 
 
@@ -424,8 +430,9 @@ def run_alert_production(
             deep_diff, np.zeros((0, 0)), _empty_catalog(calexp, visit, ccd, band),
             "NO_TEMPLATE", float("nan"),
         )  # fmt: skip
+    template = _without_self_only(resampled, int(visit))
     diff = subtract_exposures(
-        calexp, resampled.template, template_regions=resampled.input_sets, config=diffim_config
+        calexp, template, template_regions=resampled.input_sets, config=diffim_config
     )
     found = detect_dia_sources(
         diff.image, diff.variance, diff.mask, diff.psf, config=dia_source_config
@@ -460,6 +467,34 @@ def run_alert_production(
         found.n_positive, found.n_negative, found.n_dipoles, noise,
     )  # fmt: skip
     return AlertProductionResult(deep_diff, diff.psf.image_at_centre(), catalog, "OK", noise)
+
+
+def _without_self_only(resampled: TemplateOnCalexp, visit: int) -> Exposure:
+    """The template, ``NO_DATA`` where its only input is the visit being differenced.
+
+    There the template is the science image itself (resampled): the difference would be
+    empty of every transient and mover, so no template is honester than that one.
+    """
+    template = resampled.template
+    if resampled.input_sets is None:
+        return template
+    own = [k + 1 for k, members in enumerate(resampled.input_set_visits) if members == (visit,)]
+    if not own:
+        return template
+    self_only = np.isin(resampled.input_sets, own)
+    log.info(
+        "visit %d: %d pixels whose template is only this visit set NO_DATA",
+        visit,
+        int(self_only.sum()),
+    )
+    mask = template.mask | np.where(self_only, int(MaskPlane.NO_DATA), 0).astype(np.int32)
+    return Exposure(
+        image=template.image,
+        mask=mask,
+        variance=template.variance,
+        wcs=template.wcs,
+        header=template.header,
+    )
 
 
 def _empty_catalog(calexp: Exposure, visit: int, ccd: int, band: str) -> Table:
