@@ -128,10 +128,8 @@ def test_ids_are_unique_per_campaign_and_checked():
         dia_source_ids(1, 0, 100_000)
 
 
-def test_input_sets_follow_the_coadd_coverage_maps(setup):
-    """Calexp pixels are labelled by the set of template inputs covering them."""
-    _, calexp, patches = setup
-    bin_pix = 8
+def _two_input_patches(patches, bin_pix=8):
+    """The patches as coadds of visits 7 and 8, visit 8 missing patch 0's rows >= 200."""
     two_inputs, coverages = [], []
     for index, patch in enumerate(patches):
         header = patch.header.copy()
@@ -142,6 +140,13 @@ def test_input_sets_follow_the_coadd_coverage_maps(setup):
         if index == 0:
             coverage[1, 200 // bin_pix :] = 0.0  # visit 8 misses patch rows >= 200
         coverages.append(coverage)
+    return two_inputs, coverages
+
+
+def test_input_sets_follow_the_coadd_coverage_maps(setup):
+    """Calexp pixels are labelled by the set of template inputs covering them."""
+    _, calexp, patches = setup
+    two_inputs, coverages = _two_input_patches(patches)
     resampled = template_on_calexp(calexp, two_inputs, coverages=coverages)
     labels = resampled.input_sets
     # patch 0 holds calexp columns < 220; its patch row 200 is calexp row 170
@@ -154,3 +159,17 @@ def test_input_sets_follow_the_coadd_coverage_maps(setup):
     assert template_on_calexp(calexp, patches).input_sets is None
     with pytest.raises(ValueError, match="coverages must hold one"):
         template_on_calexp(calexp, two_inputs, coverages=coverages[:1])
+
+
+def test_no_template_where_its_only_input_is_the_visit_itself(setup):
+    _, calexp, patches = setup
+    two_inputs, coverages = _two_input_patches(patches)
+    no_data = {}
+    for visit in (7, 9):
+        result = run_alert_production(
+            calexp, two_inputs, visit=visit, ccd=0, band="r", template_coverages=coverages
+        )
+        no_data[visit] = (result.deep_diff.mask & int(MaskPlane.NO_DATA)) != 0
+    # calexp rows >= 170, columns < 220 have visit 7 alone in the template
+    assert no_data[7][200:, 20:200].all() and not no_data[9][200:480, 20:200].any()
+    assert not no_data[7][20:150, 20:360].any()
