@@ -275,6 +275,34 @@ def test_a_cone_search_returns_exactly_the_brute_force_rows(db, radius_deg):
     assert found == expected
 
 
+def test_indexing_rewrites_the_embedded_tables_in_pixel_order_keeping_rows_and_comments(
+    embedded,
+):
+    """The embedded index step clusters by healpix (what lets zone maps skip row groups)."""
+    rng = np.random.default_rng(11)
+    for visit, ra0 in ((1, 151.0), (2, 149.0), (3, 150.0)):
+        rows, _, _ = _visit(visit, rng, n=2000, ra0=ra0)
+        embedded.replace_tile({"visit": visit}, rows)
+    before = embedded.query("SELECT visit, ccd, id, healpix FROM src ORDER BY visit, ccd, id")
+    order_sql = "SELECT healpix FROM src ORDER BY rowid"
+    assert np.any(np.diff(np.asarray(embedded.query(order_sql)["healpix"])) < 0)
+    embedded.create_indexes()
+    assert np.all(np.diff(np.asarray(embedded.query(order_sql)["healpix"])) >= 0)
+    after = embedded.query("SELECT visit, ccd, id, healpix FROM src ORDER BY visit, ccd, id")
+    assert len(after) == len(before) and all(np.all(after[c] == before[c]) for c in after.colnames)
+    comment = embedded.query(
+        "SELECT comment FROM duckdb_columns() WHERE table_name = 'src' AND column_name = 'ra_deg'"
+    )["comment"][0]
+    assert comment.startswith("[deg]")
+    # a rerun of a tile after clustering: same rows once, in pixel order after the next index
+    rows, _, _ = _visit(2, np.random.default_rng(12), n=2000, ra0=149.0)
+    embedded.replace_tile({"visit": 2}, rows)
+    assert _count(embedded, "src") == len(before)
+    embedded.create_indexes()
+    assert np.all(np.diff(np.asarray(embedded.query(order_sql)["healpix"])) >= 0)
+    assert _count(embedded, "src") == len(before)
+
+
 def test_cone_pixel_ranges_cover_the_cone():
     rng = np.random.default_rng(6)
     ra = 10.0 + rng.uniform(-2, 2, 20000)

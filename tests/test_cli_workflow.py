@@ -90,15 +90,23 @@ def work(tmp_path_factory) -> Path:
 
 
 def test_plan_equals_dry_run_fresh(work):
-    expected = {"bias": 1, "flat": 2, "process_visit": 2, "science_validation": 1, "all": 1}
+    expected = {
+        "bias": 1,
+        "flat": 2,
+        "process_visit": 2,
+        "load_visit_catalogs": 2,
+        "science_validation": 1,
+        "all": 1,
+    }
     assert dry_run_counts(work) == expected
     assert plan_counts(work) == expected
     proc = dcflow(work, "plan", "--config", "config.yaml", "--json", "--no-pictures")
     assert proc.returncode == 0, proc.stderr[-2000:]
     plan = json.loads(proc.stdout)
-    assert (plan["n_total"], plan["n_done"], plan["n_to_run"]) == (7, 0, 7)
-    # no history yet: rule default runtimes (bias 10 + 2 flat 10 + 2 x 30 + 10 minutes)
-    assert plan["cpu_hours"] == pytest.approx((10 + 20 + 60 + 10) / 60.0, abs=1e-4)
+    assert (plan["n_total"], plan["n_done"], plan["n_to_run"]) == (9, 0, 9)
+    # no history yet: rule default runtimes (bias 10 + 2 flat 10 + 2 x 30 + 10 minutes, and
+    # 2 catalog loads x 10)
+    assert plan["cpu_hours"] == pytest.approx((10 + 20 + 60 + 10 + 20) / 60.0, abs=1e-4)
 
 
 def test_status_after_sigkill_matches_disk(work):
@@ -156,7 +164,7 @@ def test_fault_knob_then_failed_lists_exactly_those_tiles(work):
     assert "progress:" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
     assert "2 failed" in proc.stdout and "dcflow rerun --failed" in proc.stdout
     # half way: plan and Snakemake agree on what is left
-    expected = {"process_visit": 2, "science_validation": 1, "all": 1}
+    expected = {"process_visit": 2, "load_visit_catalogs": 2, "science_validation": 1, "all": 1}
     assert dry_run_counts(work) == expected
     assert plan_counts(work) == expected
     tiles = failed_campaign(work / "config.yaml", workdir=work)
@@ -198,7 +206,7 @@ def test_rerun_failed_runs_exactly_those_jobs_with_more_memory(work):
         before = len(ledger.runs())
     proc = dcflow(work, "rerun", "--failed", "--config", "config.yaml", "--mem-factor", "2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "rerun: 3 job(s) asked for" in proc.stdout
+    assert "rerun: 5 job(s) asked for" in proc.stdout  # and the visits' catalog loads
     assert "rerun: memory: 1 tile(s) rerun with more memory" in proc.stdout
     assert "rerun: unknown: 1 tile(s) rerun" in proc.stdout
     with Ledger(work / "out" / "ledger.sqlite3") as ledger:
@@ -209,6 +217,8 @@ def test_rerun_failed_runs_exactly_those_jobs_with_more_memory(work):
     assert {a.tile for a in attempts} == {
         ("process_visit", "visit=1001"),
         ("process_visit", "visit=1002"),
+        ("load_visit_catalogs", "visit=1001"),
+        ("load_visit_catalogs", "visit=1002"),
         ("science_validation", "campaign"),
     }
     assert all(a.state is JobState.SUCCEEDED for a in attempts)
@@ -264,7 +274,13 @@ def test_report_is_one_readable_page(work, tmp_path):
     assert "process_visit" in text and "peak RSS max (MB)" in text
     rows = [line.split("\t") for line in bench.read_text().splitlines()]
     stages = {row[0]: row for row in rows[1:]}
-    assert set(stages) == {"bias", "flat", "process_visit", "science_validation"}
+    assert set(stages) == {
+        "bias",
+        "flat",
+        "process_visit",
+        "load_visit_catalogs",
+        "science_validation",
+    }
     header = rows[0]
     assert int(stages["flat"][header.index("n_jobs")]) == 2
     assert float(stages["process_visit"][header.index("max_rss_mb_max")]) > 50.0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_cli_workflow import CONFIG
 
 from dcflow.cli import EXIT_INTERRUPTED, VERBS
 from dcflow.ledger import Ledger, pid_start_time
@@ -24,21 +25,6 @@ from dcflow.orchestration.run import SnakemakeOutput
 from dcflow.states import JobState
 
 DCFLOW = str(Path(sys.executable).parent / "dcflow")
-
-CONFIG = {
-    "campaign": {"name": "tiny", "instrument": "cfht_sim"},
-    "layout": {"input_root": "out/input", "output_root": "out"},
-    "simulation": {
-        "seed": 7,
-        "n_ccds": 1,
-        "ccd_nx": 512,
-        "ccd_ny": 1024,
-        "filters": ["g", "r"],
-        "visits_per_filter": 1,
-        "n_bias": 2,
-        "n_flat": 2,
-    },
-}
 
 
 def dcflow(work: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

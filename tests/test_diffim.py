@@ -234,7 +234,7 @@ def test_empty_difference_gives_empty_table_with_columns():
 
 
 def test_validation_errors():
-    pair = simulate_diffim_pair((200, 150), n_stars=3, transient_fluxes=np.zeros(0), seed=2)
+    pair = simulate_diffim_pair((200, 150), n_stars=2, transient_fluxes=np.zeros(0), seed=2)
     ok = np.zeros((200, 150), dtype=np.int32)
     args = dict(
         science_zero_point=30.0,
@@ -381,3 +381,23 @@ def test_template_input_regions_get_their_own_kernel_shape():
     # measured: one smooth kernel leaves chi rms 5.8 on the sharper side, offsets 1.2
     assert rms["one kernel"][1] > 3.0, rms
     assert max(rms["regions"]) < 1.6, rms
+
+
+def test_few_kernel_stars_lower_the_spatial_order():
+    """A sparse field gets a spatially constant kernel rather than no difference image."""
+    pair = simulate_diffim_pair((300, 300), n_stars=8, transient_fluxes=np.zeros(0), seed=5)
+    ok = np.zeros((300, 300), dtype=np.int32)
+    result = subtract_images(
+        pair.science,
+        pair.science_variance,
+        ok,
+        pair.template,
+        pair.template_variance,
+        ok,
+        science_zero_point=30.0,
+        template_zero_point=30.0,
+        science_psf=pair.science_psf,
+        template_fwhm_pix=3.4,
+    )
+    assert result.kernel.spatial_order < 2
+    assert 3 <= result.kernel.n_stars < 18

@@ -114,12 +114,14 @@ def test_two_runs_from_one_config_through_ingest_and_run(tmp_path):
     assert rejected.endswith("fpC-006379-r4-0399.fit.gz") and "RUN=6377 (raw run=6379)" in reason
 
     before = _digests(inputs)
-    argv = [str(DCFLOW), "run", "--config", str(config), "--profile", "local"]
+    argv = [str(DCFLOW), "run", "--config", str(config), "--profile", "local", "--verbose"]
     dry = subprocess.run(
         [*argv, "--", "-n", "--cores", "2"], capture_output=True, text=True, cwd=tmp_path
     )
     assert dry.returncode == 0, dry.stderr[-2000:]
-    snakemake_jobs = int(re.search(r"^process_visit\s+(\d+)$", dry.stdout, re.M).group(1))
+    snakemake_jobs = int(
+        re.search(r"^process_visit\s+(\d+)$", dry.stdout + dry.stderr, re.M).group(1)
+    )
     plan = subprocess.run(
         [str(DCFLOW), "plan", "--config", str(config), "--json", "--no-pictures"],
         capture_output=True,

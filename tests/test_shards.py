@@ -77,9 +77,11 @@ def test_every_job_is_in_exactly_one_shard_and_dependencies_are_upstream(
     assert len(owner) == len(jobs)
     assert Counter(owner.values()) == {s.shard_id: s.n_jobs for s in shards}
     assert (
-        max(s.n_jobs for s in shards if s.kind in ("visits", "forced"))
+        max(len(s.visits) for s in shards if s.kind in ("visits", "forced"))
         <= SHARDS["visits_per_shard"]
     )
+    # a forced shard runs forced photometry and difference imaging of its visits
+    assert max(s.n_jobs for s in shards if s.kind == "forced") <= 2 * SHARDS["visits_per_shard"]
     # patch groups: at most patches_per_shard patches, all of one tract, each patch once
     groups = [s for s in shards if s.kind == "patches"]
     assert max(len(s.patches) for s in groups) == patches_per_shard
@@ -135,16 +137,20 @@ def test_a_changed_config_section_reopens_exactly_the_shards_reading_it(campaign
         return {kinds[s] for s in left}, left
 
     coadd_kinds, coadd_left = reopened("coadd", "clip_sigma", 2.5)
-    assert coadd_kinds == {"patches", "forced", "catalogs"}
-    assert coadd_left == {s for s, k in kinds.items() if k in ("patches", "forced", "catalogs")}
+    # templates feed difference imaging (forced shards) and its association (alerts shards)
+    coadd_shards = ("patches", "forced", "catalogs", "alerts")
+    assert coadd_kinds == set(coadd_shards)
+    assert coadd_left == {s for s, k in kinds.items() if k in coadd_shards}
     _, isr_left = reopened("isr", "saturation_grow_pix", 3)
     assert isr_left == set(kinds) - {"fe55"}
+    # a shard's hash holds its upstream shards': the alerts shards downstream of forced reopen
     assert reopened("forced_photometry", "aperture_radius_arcsec", 2.5)[0] == {
         "forced",
         "catalogs",
+        "alerts",
     }
     # Object loads run in the patch shards, so the forced shards downstream reopen too
-    assert reopened("catalog_db", "partition_order", 2)[0] == {"patches", "forced", "catalogs"}
+    assert reopened("catalog_db", "partition_order", 2)[0] == set(coadd_shards)
     assert reopened("fe55_gain", "isolation_cut", 2.0)[1] == {"fe55"}
     assert reopened("validation", "match_radius_arcsec", 0.7)[1] == {"final"}
     # the marker names the hash it was written with
@@ -229,7 +235,9 @@ def test_a_failed_shard_blocks_its_downstream_only(tmp_path):
     # visits-00002 holds every visit of tract 1: all of tract 1's patch groups wait on it
     tract1 = {s for s in states if s.startswith("patches-00001-")}
     assert len(tract1) == 4  # 2 x 2 patches, one per group by default
-    blocked = {*tract1, "forced-00002", "catalogs-00002", "final"}
+    alerts1 = {s for s in states if s.startswith("alerts-00001-")}
+    assert len(alerts1) == 4  # tract 1's patch groups' association waits on its visits too
+    blocked = {*tract1, *alerts1, "forced-00002", "catalogs-00002", "final"}
     assert {s for s, v in states.items() if v == "blocked"} == blocked
     assert {s for s, v in states.items() if v == "done"} == set(states) - {
         "visits-00002",

@@ -46,7 +46,7 @@ def test_sdss_frames_calibrated_like_sdss(sdss_campaign):
     graph, layout, code = sdss_campaign
     assert code == 0
     assert not graph.index.needs_calibs and not graph.index.has_truth
-    assert {s.rule for s in graph.stages} == {"process_visit"}
+    assert {s.rule for s in graph.stages} == {"process_visit", "load_visit_catalogs"}
     visits = graph.registry.science_visits()
     assert sorted(band for _, band in visits) == ["g", "i", "r", "u", "z"]
     for visit, band in visits:

@@ -26,9 +26,56 @@ from astropy.table import Table
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dcflow.catalog_db.base import TILES_SQL, CatalogDatabase, tile_name
-from dcflow.catalog_db.tables import HEALPIX_ORDER, TABLES, cone_pixel_ranges
+from dcflow.catalog_db.tables import HEALPIX_ORDER, TABLES, cone_pixel_ranges, table_columns
 
-__all__ = ["PostgresDatabase", "redacted_dsn"]
+__all__ = ["PostgresDatabase", "copy_binary", "redacted_dsn"]
+
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+"""COPY binary signature, flags (0) and header extension length (0)."""
+_BINARY_TYPES = {"i8": ">i8", "i4": ">i4", "f8": ">f8", "?": "u1"}
+
+
+def copy_binary(chunk: Mapping[str, np.ndarray], dtypes: Mapping[str, str]) -> bytes | None:
+    """Rows in PostgreSQL's binary COPY format, built by numpy in one record array.
+
+    Every row is a 16-bit field count and, per column, a 32-bit length and the value in
+    network byte order; numbers have fixed lengths, and so do the text columns of a tile
+    when each holds one value (its data ids and provenance), so the whole payload is one
+    structured array, with no Python loop over rows and no text formatting or parsing of
+    floats (what makes CSV slow to write and to read). ``None`` when a text column varies
+    (the caller writes CSV then).
+
+    Parameters
+    ----------
+    chunk : mapping of str to array
+        Column name -> values, in the order of the COPY column list.
+    dtypes : mapping of str to str
+        Column name -> the table's numpy dtype (``i8``, ``i4``, ``f8``, ``?``, ``U..``).
+    """
+    n_rows = len(next(iter(chunk.values()))) if chunk else 0
+    fields: list[tuple[str, str]] = [("n_fields", ">i2")]
+    values: dict[str, np.ndarray | bytes] = {}
+    for i, (name, column) in enumerate(chunk.items()):
+        column = np.asarray(column)
+        kind = dtypes[name]
+        fields.append((f"length{i}", ">i4"))
+        if kind.startswith("U"):
+            if n_rows and not np.all(column == column[0]):
+                return None
+            text = str(column[0]).encode() if n_rows else b""
+            values[f"length{i}"] = np.int32(len(text))
+            if text:
+                fields.append((f"value{i}", f"S{len(text)}"))
+                values[f"value{i}"] = text
+        else:
+            fields.append((f"value{i}", _BINARY_TYPES[kind]))
+            values[f"length{i}"] = np.int32(np.dtype(_BINARY_TYPES[kind]).itemsize)
+            values[f"value{i}"] = column
+    rows = np.empty(n_rows, dtype=np.dtype(fields))
+    rows["n_fields"] = len(chunk)
+    for name, value in values.items():
+        rows[name] = value
+    return _BINARY_HEADER + rows.tobytes() + b"\xff\xff"
 
 
 def redacted_dsn(dsn: str) -> str:
@@ -94,6 +141,9 @@ class PostgresDatabase(CatalogDatabase):
         shift = 2 * (HEALPIX_ORDER - self.partition_order)
         with self.con.transaction():
             # Load jobs starting together on an empty database: one creates, the others wait.
+            # An advisory lock does not refresh the catalog cache, so the check below can
+            # miss a table the other job just committed: every CREATE is IF NOT EXISTS
+            # (a partition without it failed "already exists" in test_concurrent_loads).
             self.con.execute("SELECT pg_advisory_xact_lock(hashtext('dcflow catalog tables'))")
             if self._exists(table):
                 return
@@ -101,10 +151,12 @@ class PostgresDatabase(CatalogDatabase):
                 self.con.execute(statement)
             for pixel in range(12 * 4**self.partition_order):
                 self.con.execute(
-                    f"CREATE TABLE {table}_p{pixel} PARTITION OF {table} "
+                    f"CREATE TABLE IF NOT EXISTS {table}_p{pixel} PARTITION OF {table} "
                     f"FOR VALUES FROM ({pixel << shift}) TO ({(pixel + 1) << shift})"
                 )
-            self.con.execute(f"CREATE TABLE {table}_nopos PARTITION OF {table} DEFAULT")
+            self.con.execute(
+                f"CREATE TABLE IF NOT EXISTS {table}_nopos PARTITION OF {table} DEFAULT"
+            )
 
     def replace_tile(
         self,
@@ -121,7 +173,7 @@ class PostgresDatabase(CatalogDatabase):
         loaded: dict[str, int] = {}
         with self.con.transaction():
             for table, chunks in rows.items():
-                loaded[table] = self._replace(table, tile, chunks, run_id)
+                loaded[table] = self._replace(table, tile, chunks, run_id, filters)
             if before_commit is not None:
                 before_commit()
         return loaded
@@ -132,6 +184,7 @@ class PostgresDatabase(CatalogDatabase):
         tile: Mapping[str, object],
         chunks: Sequence[Mapping[str, np.ndarray]],
         run_id: str,
+        filters: Iterable[str],
     ) -> int:
         keys = TABLES[table].tile_keys
         name = tile_name(table, tile)
@@ -150,14 +203,23 @@ class PostgresDatabase(CatalogDatabase):
         n_rows = 0
         for chunk in chunks:
             self._check_tile(table, tile, chunk)
-            n_rows += self._copy(table, chunk)
+            n_rows += self._copy(table, chunk, filters)
         self.con.execute(
             "INSERT INTO catalog_tiles (table_name, tile, n_rows, run_id) VALUES (%s, %s, %s, %s)",
             (table, name, n_rows, run_id),
         )
         return n_rows
 
-    def _copy(self, table: str, chunk: Mapping[str, np.ndarray]) -> int:
+    def _copy(self, table: str, chunk: Mapping[str, np.ndarray], filters: Iterable[str]) -> int:
+        dtypes = {c.name: c.dtype for c in table_columns(table, filters=filters)}
+        payload = copy_binary(chunk, dtypes)
+        if payload is not None:
+            columns = ", ".join(chunk)
+            with self.con.cursor().copy(
+                f"COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+            ) as copy:
+                copy.write(payload)
+            return len(next(iter(chunk.values()))) if chunk else 0
         rows = pa.table({k: pa.array(v) for k, v in chunk.items()})
         buffer = io.BytesIO()
         pacsv.write_csv(rows, buffer, pacsv.WriteOptions(include_header=False))

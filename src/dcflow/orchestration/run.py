@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from dcflow.campaign.driver_lock import DriverBusyError, sharded_driver_running
 from dcflow.layout import Layout
@@ -135,39 +135,12 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _StopRequestedError(signum)
 
 
-def run_campaign(
-    config_path: str | Path,
-    *,
-    profile: str | None,
-    snakemake_args: list[str],
-    targets: list[str] | None = None,
-    workdir: str | Path | None = None,
-    shard: str | None = None,
-    mem_factor: float | None = None,
-    mem_cap_mb: int | None = None,
-    progress: bool = True,
-    progress_seconds: float = 2.0,
-    verbose: bool = False,
-    exclusive: bool | None = None,
-) -> int:
+def run_campaign(config_path: str | Path, **options: Any) -> int:
     """Run the campaign through Snakemake with the run ledger; return Snakemake's exit code.
 
-    See `launch_campaign`, which also says how the run ended.
+    The options are `launch_campaign`'s, which also says how the run ended.
     """
-    return launch_campaign(
-        config_path,
-        profile=profile,
-        snakemake_args=snakemake_args,
-        targets=targets,
-        workdir=workdir,
-        shard=shard,
-        mem_factor=mem_factor,
-        mem_cap_mb=mem_cap_mb,
-        progress=progress,
-        progress_seconds=progress_seconds,
-        verbose=verbose,
-        exclusive=exclusive,
-    ).exit_code
+    return launch_campaign(config_path, **options).exit_code
 
 
 def launch_campaign(

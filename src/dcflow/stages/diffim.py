@@ -601,10 +601,23 @@ def fit_matching_kernel(
     Raises
     ------
     CalibrationError
-        If fewer stamps remain than the fit needs.
+        If fewer stamps remain than a spatially constant kernel needs (with fewer than the
+        asked ``spatial_order`` needs, the order is lowered, with a warning).
     """
     ny, nx = broad.shape
     h, hs = half_size, stamp_half_size
+    asked_order = spatial_order
+    # few stars (a sparse field, a CCD at a template's edge): a kernel that varies less,
+    # rather than no difference image at all
+    while spatial_order > 0 and np.size(x) < 3 * (spatial_order + 1) * (spatial_order + 2) // 2:
+        spatial_order -= 1
+    if spatial_order < asked_order:
+        log.warning(
+            "PSF matching: %d kernel stars, spatial order lowered from %d to %d",
+            np.size(x),
+            asked_order,
+            spatial_order,
+        )
     n_sp = (spatial_order + 1) * (spatial_order + 2) // 2
     if np.size(x) < 3 * n_sp:
         raise CalibrationError(
@@ -673,7 +686,7 @@ def fit_matching_kernel(
         med = np.median(chi2[used])
         mad = 1.4826 * np.median(np.abs(chi2[used] - med))
         new_used = used & (chi2 <= med + reject_sigma * max(mad, 0.05 * med))
-        if new_used.sum() == used.sum():
+        if new_used.sum() == used.sum() or new_used.sum() < 3 * n_sp:
             break
         used = new_used
     n_basis = len(index)

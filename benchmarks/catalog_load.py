@@ -6,21 +6,30 @@ Stripe-82-like strip (ra 0..40 deg, |dec| < 1.25 deg: 100 deg^2), generated as t
 as `tile_arrays` sorts them), then, per backend:
 
 1. bulk load: every tile through the backend's `replace_tile` (one transaction per tile;
-   DuckDB: Arrow appends; PostgreSQL: COPY of Arrow-written CSV into healpix partitions;
-   SQLite: one ``executemany`` per tile, its fastest insert path), rows/s;
+   DuckDB: Arrow appends; PostgreSQL: binary COPY built by numpy into healpix partitions,
+   one connection, and ``--pg-connections`` loading different tiles at once (as parallel
+   load jobs do) on up to 10^6 rows; SQLite: one ``executemany`` per tile), rows/s;
 2. the naive load, measured in the same run: row-by-row INSERT statements into a table whose
    indexes already exist, on a sample of ``--naive-rows`` rows, rows/s;
-3. index build after the load (DuckDB and SQLite: healpix and tile indexes; PostgreSQL: q3c,
-   tile and unique row indexes over every partition), seconds; for PostgreSQL also the same
-   q3c index built on the same rows loaded unsorted, the naive order;
+3. index build after the load (DuckDB: the table rewritten in pixel order, then healpix and
+   tile indexes; SQLite: healpix and tile indexes; PostgreSQL: q3c, tile and unique row
+   indexes over every partition), seconds; the naive order, in the same run: the same index
+   on the same rows stored unsorted (DuckDB: healpix; PostgreSQL: q3c);
 4. cone searches of radius 1 arcmin and 1 deg at ``--cones`` random centres in the strip:
-   median latency in ms (exact distance cut included) and rows returned.
+   median latency in ms (exact distance cut included) and rows returned; the naive way: the
+   same pixel-range query on the same rows stored unsorted (no zone map can skip a block);
+5. cross-matches (DuckDB and PostgreSQL): an Object table (one row per 10 src rows, at their
+   positions) joined with a forced_src table (every src row, given an object id) by object id,
+   the light-curve query, forced rows/s; and src matched to Object by position within 1
+   arcsec, src rows/s (DuckDB: a hash join on the order-15 pixel and its 8 neighbours, then
+   the exact distance; PostgreSQL: q3c_join). The naive way, in the same run: one query per
+   object (light curve) or per src row (cone of 1 arcsec) on a sample, rows/s.
 
-Usage: ``python benchmarks/catalog_db.py [--rows 1000000] [--dsn DSN] [--dir DIR]``.
+Usage: ``python benchmarks/catalog_load.py [--rows 1000000] [--dsn DSN] [--dir DIR]``;
+``--rows 100000000`` runs only with ``--large`` (it prints the disk it needs first).
 PostgreSQL needs a DSN (``--dsn`` or ``DCFLOW_TEST_PG_DSN``, which `scripts/postgres-up`
 writes to run/postgres/env.sh); without one its column is skipped. It works in a schema of
-its own (``dcflow_bench``), dropped at the start and the end. --rows 100000000 needs about
-60 GB per backend (printed before it starts).
+its own (``dcflow_bench``), dropped at the start and the end.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from dcflow.catalog_db import (
     angular_distance_deg,
@@ -42,7 +52,7 @@ from dcflow.catalog_db import (
     table_columns,
     tile_arrays,
 )
-from dcflow.catalog_db.base import sql_type
+from dcflow.catalog_db.base import TILES_SQL, sql_type
 from dcflow.catalog_db.embedded import EmbeddedDatabase
 from dcflow.catalog_schema import schema_for
 
@@ -176,9 +186,22 @@ def bench_duckdb(workdir: Path, args, centres) -> dict:
                 lambda ra, dec, r: db.cone("src", ra, dec, r), centres, radius
             )
     out["disk MB"] = (workdir / "catalogs.duckdb").stat().st_size / 1e6
-    # naive: row inserts into the indexed table
     import duckdb
 
+    con = duckdb.connect(str(workdir / "catalogs.duckdb"))
+    con.execute("CREATE TABLE src_unsorted AS SELECT * FROM src ORDER BY random()")
+    start = time.perf_counter()
+    con.execute("CREATE INDEX src_unsorted_healpix ON src_unsorted (healpix)")
+    out["naive: index, unsorted rows s"] = time.perf_counter() - start
+    for radius, name in ((1 / 60, "1'"), (1.0, "1 deg")):
+        for table, label in (("src", "pixel-ordered"), ("src_unsorted", "naive: unsorted")):
+            out[f"{label}: cone {name} ra,dec ms"], _ = time_cones(
+                lambda ra, dec, r, t=table: pixel_cone(con, t, ra, dec, r), centres, radius
+            )
+    con.execute("DROP TABLE src_unsorted")
+    out.update(crossmatch_duckdb(con, args))
+    con.close()
+    # naive: row inserts into the indexed table
     _, sample = next(make_tiles(args.naive_rows, args.naive_rows, seed=9))
     sample["visit"][:] = 10**6
     con = duckdb.connect(str(workdir / "catalogs.duckdb"))
@@ -189,6 +212,84 @@ def bench_duckdb(workdir: Path, args, centres) -> dict:
     )
     con.execute("ROLLBACK")
     con.close()
+    return out
+
+
+def pixel_cone(con, table: str, ra: float, dec: float, radius_deg: float) -> np.ndarray:
+    """The embedded backend's cone search on a DuckDB connection (pixel ranges, exact cut)."""
+    where = " OR ".join(
+        f"(healpix >= {a} AND healpix < {b})" for a, b in cone_pixel_ranges(ra, dec, radius_deg)
+    )
+    got = con.execute(f"SELECT ra_deg, dec_deg FROM {table} WHERE {where}").fetchnumpy()
+    return got["ra_deg"][angular_distance_deg(got["ra_deg"], got["dec_deg"], ra, dec) <= radius_deg]
+
+
+MATCH_ORDER = 15
+"""HEALPix order of the positional match: 6.4 arcsec pixels, so a 1 arcsec circle lies in a
+pixel and its 8 neighbours."""
+
+
+def crossmatch_duckdb(con, args) -> dict:
+    """Object x forced_src by object id and src x Object by position, vs one query per row."""
+    from astropy_healpix import HEALPix
+
+    from dcflow.catalog_db import HEALPIX_ORDER
+
+    out = {}
+    con.execute(
+        "CREATE TABLE object AS SELECT row_number() OVER () AS object_id, ra_deg, dec_deg, "
+        "healpix FROM src USING SAMPLE 10 PERCENT (bernoulli, 3)"
+    )
+    n_obj = con.execute("SELECT count(*) FROM object").fetchone()[0]
+    con.execute(
+        "CREATE TABLE forced_src AS SELECT visit, ccd, healpix, psf_flux, psf_flux_err, "
+        f"1 + hash(visit, ccd, id) % {n_obj} AS object_id FROM src"
+    )
+    n_forced = con.execute("SELECT count(*) FROM forced_src").fetchone()[0]
+    start = time.perf_counter()
+    con.execute(
+        "SELECT count(*), sum(f.psf_flux) FROM object o JOIN forced_src f USING (object_id)"
+    ).fetchall()
+    out["xmatch id: join forced rows/s"] = n_forced / (time.perf_counter() - start)
+    con.execute("CREATE INDEX forced_src_object ON forced_src (object_id)")
+    ids = np.random.default_rng(4).integers(1, n_obj + 1, 200)
+    start, got = time.perf_counter(), 0
+    for object_id in ids.tolist():
+        got += len(
+            con.execute("SELECT * FROM forced_src WHERE object_id = ?", (object_id,)).fetchall()
+        )
+    out["naive: per-object query forced rows/s"] = got / (time.perf_counter() - start)
+    # positional: each Object's order-15 pixel and its neighbours, hash-joined to src
+    objects = con.execute("SELECT object_id, healpix FROM object").fetchnumpy()
+    grid = HEALPix(nside=2**MATCH_ORDER, order="nested")
+    centre = objects["healpix"] >> (2 * (HEALPIX_ORDER - MATCH_ORDER))
+    start = time.perf_counter()
+    near = np.vstack([centre[None, :], grid.neighbours(centre)])
+    object_ids, pixels = np.tile(objects["object_id"], 9), near.ravel()
+    con.register(
+        "object_pixel_rows",
+        pa.table({"object_id": object_ids[pixels >= 0], "pixel": pixels[pixels >= 0]}),
+    )
+    con.execute("CREATE TABLE object_pixels AS SELECT DISTINCT * FROM object_pixel_rows")
+    con.unregister("object_pixel_rows")
+    n_src = con.execute("SELECT count(*) FROM src").fetchone()[0]
+    radius = 1 / 3600
+    matched = con.execute(
+        "SELECT count(*) FROM src s "
+        f"JOIN object_pixels p ON p.pixel = s.healpix >> {2 * (HEALPIX_ORDER - MATCH_ORDER)} "
+        "JOIN object o ON o.object_id = p.object_id "
+        "WHERE 2 * asin(sqrt(pow(sin(radians(s.dec_deg - o.dec_deg) / 2), 2) + "
+        "cos(radians(s.dec_deg)) * cos(radians(o.dec_deg)) * "
+        f"pow(sin(radians(s.ra_deg - o.ra_deg) / 2), 2))) <= radians({radius})"
+    ).fetchone()[0]
+    out['xmatch position 1": src rows/s'] = n_src / (time.perf_counter() - start)
+    out["xmatch position pairs"] = matched
+    sample = con.execute("SELECT ra_deg, dec_deg FROM src USING SAMPLE 200 ROWS").fetchall()
+    start = time.perf_counter()
+    for ra, dec in sample:
+        pixel_cone(con, "object", ra, dec, radius)
+    out["naive: per-src cone src rows/s"] = len(sample) / (time.perf_counter() - start)
+    con.execute("DROP TABLE object_pixels")
     return out
 
 
@@ -233,15 +334,17 @@ def bench_postgres(dsn: str, args, centres) -> dict:
             args,
             db.con.info.backend_pid if _local(dsn) else None,
         )
+        out = {"load rows/s": rate, "load rows/CPU-s": cpu_rate}
+        out[f"load rows/s, {args.pg_connections} connections"] = parallel_pg_load(bench_dsn, args)
         start = time.perf_counter()
         db.create_indexes()
         db.analyze()
-        index = time.perf_counter() - start
-        out = {"load rows/s": rate, "load rows/CPU-s": cpu_rate, "index build s": index}
+        out["index build s"] = time.perf_counter() - start
         for label, radius in (("cone 1' ms", 1 / 60), ("cone 1 deg ms", 1.0)):
             out[label], out[label.replace("ms", "rows")] = time_cones(
                 lambda ra, dec, r: db.cone("src", ra, dec, r), centres, radius
             )
+        out.update(crossmatch_postgres(db.con))
         size = db.query(
             "SELECT sum(pg_total_relation_size(c.oid)) AS b FROM pg_class c "
             "JOIN pg_namespace s ON s.oid = c.relnamespace "
@@ -273,6 +376,98 @@ def bench_postgres(dsn: str, args, centres) -> dict:
     return out
 
 
+def parallel_pg_load(dsn: str, args) -> float:
+    """Rows/s of the same tiles loaded by ``--pg-connections`` connections at once (as load
+    jobs of different visits run), into the schema's second table ``src_parallel``."""
+    import threading
+
+    from dcflow.catalog_db.postgres import PostgresDatabase
+
+    tiles = list(make_tiles(args.rows if args.rows <= 10**6 else 10**6, args.tile_rows))
+    connections = [PostgresDatabase(dsn) for _ in range(args.pg_connections)]
+    first = connections[0].con
+    first.execute("DROP SCHEMA IF EXISTS dcflow_bench_parallel CASCADE")
+    first.execute("CREATE SCHEMA dcflow_bench_parallel")
+    for con in connections:
+        con.con.execute("SET search_path = dcflow_bench_parallel, public")
+    first.execute(TILES_SQL.replace("loaded_at TIMESTAMP", "loaded_at TIMESTAMPTZ"))
+    errors: list[BaseException] = []
+
+    def work(db, mine) -> None:
+        try:
+            for visit, rows in mine:
+                db.replace_tile({"visit": visit}, {"src": [rows]})
+        except BaseException as exc:  # reported after the join
+            errors.append(exc)
+
+    try:
+        start = time.perf_counter()
+        threads = [
+            threading.Thread(target=work, args=(db, tiles[i :: len(connections)]))
+            for i, db in enumerate(connections)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+    finally:
+        first.execute("DROP SCHEMA dcflow_bench_parallel CASCADE")
+        for con in connections:
+            con.close()
+    if errors:
+        raise errors[0]
+    return sum(len(rows["id"]) for _, rows in tiles) / elapsed
+
+
+def crossmatch_postgres(con) -> dict:
+    """The cross-matches of `crossmatch_duckdb` with q3c: by object id, and q3c_join."""
+    out = {}
+    con.execute(
+        "CREATE TABLE object AS SELECT row_number() OVER () AS object_id, ra_deg, dec_deg "
+        "FROM src TABLESAMPLE BERNOULLI (10) REPEATABLE (3)"
+    )
+    con.execute("CREATE INDEX object_q3c ON object (q3c_ang2ipix(ra_deg, dec_deg))")
+    n_obj = con.execute("SELECT count(*) FROM object").fetchone()[0]
+    con.execute(
+        "CREATE TABLE forced_src AS SELECT visit, ccd, healpix, psf_flux, psf_flux_err, "
+        f"1 + (hashtext(visit || ',' || ccd || ',' || id)::bigint & 2147483647) % {n_obj} "
+        "AS object_id FROM src"
+    )
+    con.execute("ANALYZE object")
+    con.execute("ANALYZE forced_src")
+    n_forced = con.execute("SELECT count(*) FROM forced_src").fetchone()[0]
+    start = time.perf_counter()
+    con.execute(
+        "SELECT count(*), sum(f.psf_flux) FROM object o JOIN forced_src f USING (object_id)"
+    ).fetchall()
+    out["xmatch id: join forced rows/s"] = n_forced / (time.perf_counter() - start)
+    con.execute("CREATE INDEX forced_src_object ON forced_src (object_id)")
+    ids = np.random.default_rng(4).integers(1, n_obj + 1, 200)
+    start, got = time.perf_counter(), 0
+    for object_id in ids.tolist():
+        got += len(
+            con.execute("SELECT * FROM forced_src WHERE object_id = %s", (object_id,)).fetchall()
+        )
+    out["naive: per-object query forced rows/s"] = got / (time.perf_counter() - start)
+    n_src = con.execute("SELECT count(*) FROM src").fetchone()[0]
+    start = time.perf_counter()
+    out["xmatch position pairs"] = con.execute(
+        "SELECT count(*) FROM src s, object o "
+        "WHERE q3c_join(s.ra_deg, s.dec_deg, o.ra_deg, o.dec_deg, 1.0 / 3600)"
+    ).fetchone()[0]
+    out['xmatch position 1": src rows/s'] = n_src / (time.perf_counter() - start)
+    sample = con.execute("SELECT ra_deg, dec_deg FROM src ORDER BY random() LIMIT 200").fetchall()
+    start = time.perf_counter()
+    for ra, dec in sample:
+        con.execute(
+            "SELECT * FROM object WHERE q3c_radial_query(ra_deg, dec_deg, %s, %s, %s)",
+            (ra, dec, 1 / 3600),
+        ).fetchall()
+    out["naive: per-src cone src rows/s"] = len(sample) / (time.perf_counter() - start)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -284,12 +479,20 @@ def main() -> None:
     parser.add_argument(
         "--backends", default="duckdb,sqlite,postgres", help="comma-separated subset"
     )
+    parser.add_argument(
+        "--pg-connections", type=int, default=2, help="PostgreSQL: parallel load connections"
+    )
+    parser.add_argument(
+        "--large", action="store_true", help="allow more than 10^7 rows (10^8: hours, ~40 GB)"
+    )
     args = parser.parse_args()
     need_gb = args.rows * BYTES_PER_ROW / 1e9
     print(
         f"{args.rows:,} src rows, tiles of {args.tile_rows:,}: needs about {need_gb:.1f} GB "
         "of disk per backend"
     )
+    if args.rows > 10**7 and not args.large:
+        parser.error(f"--rows {args.rows:,} needs --large (disk printed above)")
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="dcflow-catalog-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     centres = cone_centres(args)
