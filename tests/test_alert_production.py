@@ -14,6 +14,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from dcflow.catalog_schema import annotate
+from dcflow.errors import CalibrationError
 from dcflow.exposure import Exposure, MaskPlane
 from dcflow.instruments.diffim_sim import simulate_diffim_pair
 from dcflow.stages.alert_production import (
@@ -173,3 +174,45 @@ def test_no_template_where_its_only_input_is_the_visit_itself(setup):
     # calexp rows >= 170, columns < 220 have visit 7 alone in the template
     assert no_data[7][200:, 20:200].all() and not no_data[9][200:480, 20:200].any()
     assert not no_data[7][20:150, 20:360].any()
+
+
+def test_template_of_the_visit_alone_gives_no_template_not_a_failure(setup, caplog):
+    """Self-only template: over the whole CCD, or all but a strip too thin for kernel stars."""
+    _, calexp, patches = setup
+    two_inputs, coverages = _two_input_patches(patches)
+    alone = [np.stack([c[0], np.zeros_like(c[1])]) for c in coverages]
+    strip = [c.copy() for c in alone]
+    for c in strip:
+        c[1, : 40 // 8] = 1.0  # visit 8 covers patch rows < 40 (calexp rows < 10) only
+    for cover, warning in ((alone, "only input over this CCD"), (strip, "too few to match")):
+        caplog.clear()
+        result = run_alert_production(
+            calexp, two_inputs, visit=7, ccd=0, band="r", template_coverages=cover
+        )
+        assert result.status == "NO_TEMPLATE"
+        assert result.deep_diff.header["DIASTAT"] == "NO_TEMPLATE"
+        assert np.all(result.deep_diff.mask & int(MaskPlane.NO_DATA))
+        assert len(result.dia_sources) == 0
+        assert tuple(result.dia_sources.colnames) == DIA_SOURCE_CATALOG_COLUMNS
+        assert any(
+            r.levelname == "WARNING" and warning in r.getMessage() for r in caplog.records
+        ), warning
+    # the strip differenced against visit 9 still holds the template: OK
+    assert (
+        run_alert_production(
+            calexp, two_inputs, visit=9, ccd=0, band="r", template_coverages=strip
+        ).status
+        == "OK"
+    )
+
+
+def test_too_few_kernel_stars_on_a_real_template_still_fails(setup):
+    """Only a template emptied by this visit's own pixels is NO_TEMPLATE; a bad one raises."""
+    _, calexp, patches = setup
+    bad = []
+    for p in patches:
+        mask = p.mask.copy()
+        mask[60:] |= int(MaskPlane.BAD)  # patch rows < 60 (calexp rows < 30) usable only
+        bad.append(Exposure(p.image, mask, p.variance, p.wcs, p.header))
+    with pytest.raises(CalibrationError, match="kernel stars left"):
+        run_alert_production(calexp, bad, visit=1234, ccd=5, band="r")

@@ -10,7 +10,10 @@ points share one scale (the light-curve summaries of `dcflow.stages.dia_associat
 them).
 
 A CCD that no template covers is not an error: the result says ``NO_TEMPLATE``, the
-difference is all ``NO_DATA`` and the diaSrc table is empty (with all its columns).
+difference is all ``NO_DATA`` and the diaSrc table is empty (with all its columns). Template
+pixels whose only input is the visit being differenced do not count as template (the
+difference would hide every transient), so a CCD covered only by them, or left with too
+little template to match the PSFs on, is ``NO_TEMPLATE`` too, with a warning.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from astropy.table import Table
 from astropy.wcs.utils import proj_plane_pixel_area
 
-from dcflow.errors import InputDataError
+from dcflow.errors import CalibrationError, InputDataError
 from dcflow.exposure import Exposure, MaskPlane, header_number
 from dcflow.stages.dia_sources import (
     DIA_SOURCE_COLUMNS,
@@ -402,43 +405,56 @@ def run_alert_production(
     Returns
     -------
     AlertProductionResult
-        ``NO_TEMPLATE`` (empty diaSrc, all-``NO_DATA`` difference) when no patch covers.
+        ``NO_TEMPLATE`` (empty diaSrc, all-``NO_DATA`` difference) when no patch covers, or
+        when, without the pixels whose only template input is this visit, no template is
+        left or too little to fit the matching kernel.
 
     Raises
     ------
     InputDataError
         As `dcflow.stages.diffim.subtract_exposures`.
     CalibrationError
-        If the matching kernel cannot be fitted.
+        If the matching kernel cannot be fitted on a template that holds no pixel whose
+        only input is this visit.
     """
     resampled = template_on_calexp(
         calexp, templates, coverages=template_coverages, config=warp_config
     )
-    header = calexp.header.copy()
     if resampled.template is None:
-        header["DIASTAT"] = ("NO_TEMPLATE", "no templateCoadd covers this CCD")
-        header["TMPLCOV"] = (0.0, "fraction of pixels with template")
-        deep_diff = Exposure(
-            image=np.zeros(calexp.shape, np.float32),
-            mask=np.full(calexp.shape, int(MaskPlane.NO_DATA), np.int32),
-            variance=np.full(calexp.shape, np.inf, np.float32),
-            wcs=calexp.wcs,
-            header=header,
-        )
         log.info("visit %d ccd %d: no template covers the CCD", visit, ccd)
-        return AlertProductionResult(
-            deep_diff, np.zeros((0, 0)), _empty_catalog(calexp, visit, ccd, band),
-            "NO_TEMPLATE", float("nan"),
+        return _no_template(calexp, visit, ccd, band, "no templateCoadd covers this CCD")
+    template, n_self_only = _without_self_only(resampled, int(visit))
+    n_usable = int(np.count_nonzero((template.mask & int(MaskPlane.NO_DATA)) == 0))
+    if n_usable == 0:
+        log.warning(
+            "visit %d ccd %d: NO_TEMPLATE, the template's only input over this CCD is this "
+            "visit (%d pixels): nothing to difference against",
+            visit, ccd, n_self_only,
         )  # fmt: skip
-    template = _without_self_only(resampled, int(visit))
-    diff = subtract_exposures(
-        calexp, template, template_regions=resampled.input_sets, config=diffim_config
-    )
+        return _no_template(calexp, visit, ccd, band, "template's only input is this visit")
+    try:
+        diff = subtract_exposures(
+            calexp, template, template_regions=resampled.input_sets, config=diffim_config
+        )
+    except CalibrationError as error:
+        if n_self_only == 0:
+            raise
+        # What is left of the template once this visit's own pixels are out is too small
+        # to match the PSFs on: no template, as where none covers at all.
+        log.warning(
+            "visit %d ccd %d: NO_TEMPLATE, %d template pixels remain once the %d whose only "
+            "input is this visit are out, too few to match the PSFs (%s)",
+            visit, ccd, n_usable, n_self_only, error,
+        )  # fmt: skip
+        return _no_template(
+            calexp, visit, ccd, band, "template without this visit too small to match"
+        )
     found = detect_dia_sources(
         diff.image, diff.variance, diff.mask, diff.psf, config=dia_source_config
     )
     catalog = dia_source_catalog(found.table, calexp, visit=visit, ccd=ccd, band=band)
     noise = _noise_ratio(diff.image, diff.variance, diff.mask)
+    header = calexp.header.copy()
     header["DIASTAT"] = ("OK", "difference made")
     header["TMPLCOV"] = (resampled.n_covered_pixels / calexp.image.size, "template coverage")
     header["DIFFCONV"] = (diff.convolved, "image convolved by the matching kernel")
@@ -469,32 +485,52 @@ def run_alert_production(
     return AlertProductionResult(deep_diff, diff.psf.image_at_centre(), catalog, "OK", noise)
 
 
-def _without_self_only(resampled: TemplateOnCalexp, visit: int) -> Exposure:
+def _without_self_only(resampled: TemplateOnCalexp, visit: int) -> tuple[Exposure, int]:
     """The template, ``NO_DATA`` where its only input is the visit being differenced.
+
+    Returns the template and the number of pixels so set.
 
     There the template is the science image itself (resampled): the difference would be
     empty of every transient and mover, so no template is honester than that one.
     """
     template = resampled.template
     if resampled.input_sets is None:
-        return template
+        return template, 0
     own = [k + 1 for k, members in enumerate(resampled.input_set_visits) if members == (visit,)]
     if not own:
-        return template
-    self_only = np.isin(resampled.input_sets, own)
+        return template, 0
+    self_only = np.isin(resampled.input_sets, own) & ((template.mask & int(MaskPlane.NO_DATA)) == 0)
+    n_self_only = int(self_only.sum())
     log.info(
-        "visit %d: %d pixels whose template is only this visit set NO_DATA",
-        visit,
-        int(self_only.sum()),
+        "visit %d: %d pixels whose template is only this visit set NO_DATA", visit, n_self_only
     )
     mask = template.mask | np.where(self_only, int(MaskPlane.NO_DATA), 0).astype(np.int32)
-    return Exposure(
+    masked = Exposure(
         image=template.image,
         mask=mask,
         variance=template.variance,
         wcs=template.wcs,
         header=template.header,
     )
+    return masked, n_self_only
+
+
+def _no_template(calexp: Exposure, visit: int, ccd: int, band: str, reason: str):
+    """NO_TEMPLATE result: all-``NO_DATA`` difference (infinite variance), empty diaSrc."""
+    header = calexp.header.copy()
+    header["DIASTAT"] = ("NO_TEMPLATE", reason[:47])
+    header["TMPLCOV"] = (0.0, "fraction of pixels with usable template")
+    deep_diff = Exposure(
+        image=np.zeros(calexp.shape, np.float32),
+        mask=np.full(calexp.shape, int(MaskPlane.NO_DATA), np.int32),
+        variance=np.full(calexp.shape, np.inf, np.float32),
+        wcs=calexp.wcs,
+        header=header,
+    )
+    return AlertProductionResult(
+        deep_diff, np.zeros((0, 0)), _empty_catalog(calexp, visit, ccd, band),
+        "NO_TEMPLATE", float("nan"),
+    )  # fmt: skip
 
 
 def _empty_catalog(calexp: Exposure, visit: int, ccd: int, band: str) -> Table:
