@@ -449,9 +449,14 @@ def run_alert_production(
         return _no_template(
             calexp, visit, ccd, band, "template without this visit too small to match"
         )
+    registration = diff.registration
     found = detect_dia_sources(
-        diff.image, diff.variance, diff.mask, diff.psf, config=dia_source_config
-    )
+        diff.image, diff.variance, diff.mask, diff.psf,
+        subtracted_template=diff.subtracted_template,
+        shift_rms_pix=0.0 if registration is None else registration.shift_rms_pix,
+        flux_rms=0.0 if registration is None else registration.flux_rms,
+        config=dia_source_config,
+    )  # fmt: skip
     catalog = dia_source_catalog(found.table, calexp, visit=visit, ccd=ccd, band=band)
     noise = _noise_ratio(diff.image, diff.variance, diff.mask)
     header = calexp.header.copy()

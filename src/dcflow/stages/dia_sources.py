@@ -139,12 +139,33 @@ def _empty_table() -> Table:
     return Table({c: np.zeros(0, dtype=dtypes.get(c, np.float64)) for c in DIA_SOURCE_COLUMNS})
 
 
+def _registration_flux_error(template, variance, bad, x, y, table, shift_rms_pix, flux_rms):
+    """PSF-flux error from registration noise: the fit applied to ``shift . grad T + a T``.
+
+    The PSF flux is linear in the data, so a residual ``dx dT/dx + dy dT/dy + a T`` (dx, dy,
+    a independent, rms ``shift_rms_pix``, ``shift_rms_pix``, ``flux_rms``) gives it an rms of
+    ``sqrt(shift^2 (F_x^2 + F_y^2) + flux^2 F^2)`` with ``F`` the PSF flux of ``T`` and
+    ``F_x, F_y`` those of its gradient, measured with the same weights.
+    """
+    template = np.where(bad, 0.0, template).astype(np.float32)
+    total = np.zeros(np.size(x))
+    if flux_rms > 0:
+        total += (flux_rms * psf_fluxes(template, variance, bad, x, y, table)[0]) ** 2
+    if shift_rms_pix > 0:
+        for gradient in np.gradient(template):
+            total += (shift_rms_pix * psf_fluxes(gradient, variance, bad, x, y, table)[0]) ** 2
+    return np.sqrt(total)
+
+
 def detect_dia_sources(
     image: np.ndarray,
     variance: np.ndarray,
     mask: np.ndarray,
     psf: DiffimPsf,
     *,
+    subtracted_template: np.ndarray | None = None,
+    shift_rms_pix: float = 0.0,
+    flux_rms: float = 0.0,
     config: DiaSourceConfig | None = None,
 ) -> DiaSourceResult:
     """Detect and measure positive and negative sources on a difference image.
@@ -156,6 +177,14 @@ def detect_dia_sources(
         data) and `MaskPlane` bits (`dcflow.stages.diffim.DiffimResult`).
     psf : DiffimPsf
         PSF of the difference image.
+    subtracted_template : numpy.ndarray, optional
+        ``(ny, nx)`` static sky as subtracted, difference units
+        (`dcflow.stages.diffim.DiffimResult.subtracted_template`).
+    shift_rms_pix, flux_rms : float
+        Registration noise (`dcflow.stages.diffim.Registration`): each source's PSF-flux
+        error gets ``shift_rms_pix`` times the PSF flux of the template's gradient and
+        ``flux_rms`` times the template's PSF flux, in quadrature (ZOGY's astrometric-noise
+        term, in flux): a star's residual must then exceed what misregistration leaves.
     config : DiaSourceConfig, optional
         Threshold, stamp size, dipole radius, reliability scale.
 
@@ -179,6 +208,14 @@ def detect_dia_sources(
             raise ValueError(f"{name} shape {np.shape(arr)} differs from image shape {image.shape}")
     variance = np.asarray(variance)
     mask = np.asarray(mask)
+    if subtracted_template is not None and np.shape(subtracted_template) != image.shape:
+        raise ValueError(
+            f"subtracted_template shape {np.shape(subtracted_template)} differs from image "
+            f"shape {image.shape}"
+        )
+    for name, value in (("shift_rms_pix", shift_rms_pix), ("flux_rms", flux_rms)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0; got {value}")
     if mask.dtype.kind not in "iu":
         raise ValueError(f"mask must hold integer MaskPlane bits; got dtype {mask.dtype}")
     usable = np.isfinite(image) & np.isfinite(variance) & (variance > 0)
@@ -225,6 +262,13 @@ def detect_dia_sources(
     flux, flux_err, chi2 = psf_fluxes(
         np.where(excluded, 0.0, image), var_fit, excluded, xc, yc, table
     )
+    if subtracted_template is not None and (shift_rms_pix > 0 or flux_rms > 0):
+        flux_err = np.hypot(
+            flux_err,
+            _registration_flux_error(
+                subtracted_template, var_fit, excluded, xc, yc, table, shift_rms_pix, flux_rms
+            ),
+        )
     snr = flux / np.where(flux_err > 0, flux_err, np.nan)
     keep = np.abs(np.nan_to_num(snr, nan=0.0)) >= config.min_psf_snr
     if not keep.all():

@@ -65,9 +65,11 @@ __all__ = [
     "DiffimPsf",
     "DiffimResult",
     "MatchingKernel",
+    "Registration",
     "convolve_with_kernel",
     "decorrelation_kernel",
     "fit_matching_kernel",
+    "register_on_stars",
     "select_kernel_stars",
     "subtract_exposures",
     "subtract_images",
@@ -136,6 +138,13 @@ class DiffimConfig:
         "Fewest kernel stars a template input-coverage region needs for its own kernel-shape "
         "offset (regions with fewer share the main region's kernel)",
         minimum=1,
+    )
+    register_on_stars: bool = config_field(
+        True,
+        "Fit each kernel star's residual as shift x gradient of the matched template, remove "
+        "the smooth (affine) shift field from the difference and measure the stars' "
+        "remaining shift and flux-ratio scatter (registration noise, which DIASource "
+        "detection adds to PSF-flux errors as ZOGY's astrometric-noise term)",
     )
 
     def __post_init__(self) -> None:
@@ -449,6 +458,130 @@ def _convolve_table(base: PsfPhaseTable, kernels, half_size: int, pad: int) -> P
 
 
 @dataclass(frozen=True, slots=True)
+class Registration:
+    """Residual registration of the matched template on the science image, from its stars.
+
+    Each star's difference stamp is fitted as ``a M + b_x dM/dx + b_y dM/dy`` (``M`` the
+    matched template, in difference units): ``-b`` is the star's shift (pixels) of the
+    science image relative to the matched template, ``a`` its flux-ratio error.
+
+    Attributes
+    ----------
+    n_stars : int
+        Stars measured.
+    shift_coeffs : numpy.ndarray
+        ``(2, 3)`` affine fit of ``(b_x, b_y)`` over ``(1, u, v)`` (``u, v`` the array
+        position scaled to ``[-1, 1]``); its field times the gradient is removed.
+    shift_rms_pix : float
+        Scatter of the stars' shifts about the affine field beyond their measurement
+        errors (per axis, pixels): the registration noise.
+    flux_rms : float
+        Scatter of the stars' flux-ratio errors ``a`` beyond their measurement errors.
+    """
+
+    n_stars: int
+    shift_coeffs: np.ndarray
+    shift_rms_pix: float
+    flux_rms: float
+
+
+def _excess_rms(values: np.ndarray, errors: np.ndarray) -> float:
+    """Robust scatter of ``values`` beyond what their ``errors`` explain (0 if none)."""
+    spread = 1.4826 * np.median(np.abs(values - np.median(values)))
+    return float(np.sqrt(max(spread**2 - np.median(errors) ** 2, 0.0)))
+
+
+def register_on_stars(
+    diff: np.ndarray,
+    variance: np.ndarray,
+    model: np.ndarray,
+    bad: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    half_size: int,
+    min_stars: int = 10,
+) -> tuple[np.ndarray, Registration | None]:
+    """Remove the smooth residual shift of the matched template; measure the rest.
+
+    Parameters
+    ----------
+    diff, variance : numpy.ndarray
+        ``(ny, nx)`` difference (science minus matched template) and its variance.
+    model : numpy.ndarray
+        ``(ny, nx)`` the matched template in difference units (what was subtracted).
+    bad : numpy.ndarray
+        ``(ny, nx)`` bool, pixels not to use.
+    x, y : numpy.ndarray
+        Integer array positions of isolated stars (the kernel stars).
+    half_size : int
+        Half size of the fitted stamps, pixels.
+    min_stars : int
+        Fewest clean stars needed to measure anything.
+
+    Returns
+    -------
+    diff : numpy.ndarray
+        The difference minus (affine shift field . gradient of ``model``).
+    registration : Registration or None
+        None when fewer than ``min_stars`` stars could be fitted.
+    """
+    ny, nx = diff.shape
+    grad_y, grad_x = np.gradient(model)
+    xi, yi = np.asarray(x, np.int64), np.asarray(y, np.int64)
+    d, inside = extract_stamps(diff, xi, yi, half_size, fill=0.0)
+    v, _ = extract_stamps(variance, xi, yi, half_size, fill=np.inf)
+    b, _ = extract_stamps(bad, xi, yi, half_size, fill=True)
+    cols = [extract_stamps(a, xi, yi, half_size, fill=0.0)[0] for a in (model, grad_x, grad_y)]
+    design = np.stack(cols, axis=-1).reshape(xi.size, -1, 3).astype(float)
+    ok = inside & ~b & np.isfinite(v) & (v > 0)
+    w = np.where(ok, 1.0 / np.where(ok, v, 1.0), 0.0).reshape(xi.size, -1)
+    clean = ok.all(axis=(1, 2))
+    normal = np.einsum("npi,np,npj->nij", design, w, design)
+    rhs = np.einsum("npi,np,np->ni", design, w, d.reshape(xi.size, -1).astype(float))
+    clean &= np.linalg.cond(normal) < 1e12
+    zero = np.zeros_like(diff)
+    if clean.sum() < min_stars:
+        log.info(
+            "registration: %d clean stars, fewer than %d: not measured", clean.sum(), min_stars
+        )
+        return diff, zero, None
+    cov = np.linalg.inv(normal[clean])
+    sol = np.einsum("nij,nj->ni", cov, rhs[clean])
+    err = np.sqrt(np.einsum("nii->ni", cov))
+    u, t = _unit(xi[clean], nx), _unit(yi[clean], ny)
+    terms = np.column_stack([np.ones_like(u), u, t])
+    coeffs = np.zeros((2, 3))
+    for axis in (0, 1):
+        value, sigma = sol[:, 1 + axis], err[:, 1 + axis]
+        # robust weighted fit: stars beyond 4 robust sigma (variables, blends) left out
+        keep = np.ones(value.size, bool)
+        for _ in range(3):
+            wt = keep / sigma**2
+            coeffs[axis] = np.linalg.lstsq(
+                terms * np.sqrt(wt)[:, None], value * np.sqrt(wt), rcond=None
+            )[0]
+            resid = value - terms @ coeffs[axis]
+            spread = 1.4826 * np.median(np.abs(resid[keep])) + 1e-12
+            keep = np.abs(resid) < 4.0 * np.hypot(spread, sigma)
+    shift_resid = np.concatenate([sol[:, 1 + a] - terms @ coeffs[a] for a in (0, 1)])
+    shift_rms = _excess_rms(shift_resid, np.concatenate([err[:, 1], err[:, 2]]))
+    flux_rms = _excess_rms(sol[:, 0], err[:, 0])
+    uu = _unit(np.arange(nx), nx)[None, :]
+    vv = _unit(np.arange(ny), ny)[:, None]
+    field_x = coeffs[0, 0] + coeffs[0, 1] * uu + coeffs[0, 2] * vv
+    field_y = coeffs[1, 0] + coeffs[1, 1] * uu + coeffs[1, 2] * vv
+    corrected = (diff - field_x * grad_x - field_y * grad_y).astype(diff.dtype)
+    registration = Registration(int(clean.sum()), coeffs, shift_rms, flux_rms)
+    log.info(
+        "registration on %d stars: mean shift (%.3f, %.3f) pixel, shift noise %.3f pixel, "
+        "flux-ratio noise %.4f",
+        registration.n_stars, -coeffs[0, 0], -coeffs[1, 0], shift_rms, flux_rms,
+    )  # fmt: skip
+    return corrected, registration
+
+
+@dataclass(frozen=True, slots=True)
 class DiffimResult:
     """A difference image (deepDiff): science minus PSF-matched, scaled template.
 
@@ -474,6 +607,13 @@ class DiffimResult:
         Factor applied to the template from the zero points (science units per template unit).
     kernel_star_x, kernel_star_y : numpy.ndarray
         Positions of the stamps kept in the kernel fit.
+    registration : Registration or None
+        Shift field removed and registration noise measured (None: ``register_on_stars``
+        off or too few stars).
+    subtracted_template : numpy.ndarray or None
+        ``(ny, nx)`` float32 static sky as subtracted, in difference units (the matched
+        template, or the template when the science image was convolved): where the
+        registration noise acts (its gradient); None without a registration.
     """
 
     image: np.ndarray
@@ -485,6 +625,8 @@ class DiffimResult:
     template_scale: float
     kernel_star_x: np.ndarray
     kernel_star_y: np.ndarray
+    registration: Registration | None = None
+    subtracted_template: np.ndarray | None = None
 
 
 def _check_plane(name: str, array: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
@@ -997,6 +1139,13 @@ def subtract_images(
         diff = (matched - tmpl) / c0
         variance = svar + tvar / c0**2
         var_conv, var_other = np.median(svar[~bad]), np.median(tvar[~bad]) / c0**2
+    registration = subtracted = None
+    if config.register_on_stars:
+        model = matched if template_is_sharper else (tmpl / c0).astype(np.float32)
+        diff, registration = register_on_stars(
+            diff, variance, model, bad, x[used], y[used], half_size=stamp_half
+        )
+        subtracted = None if registration is None else model
     center_kernel = kernel.kernel_image((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0) / c0
     if config.decorrelate:
         phi = decorrelation_kernel(center_kernel, var_conv, var_other, half_size=half)
@@ -1032,6 +1181,8 @@ def subtract_images(
         template_scale=scale,
         kernel_star_x=x[used],
         kernel_star_y=y[used],
+        registration=registration,
+        subtracted_template=subtracted,
     )
 
 
