@@ -1,6 +1,6 @@
 """Where the false DIASources of a simulated alert campaign come from: figures, not a test.
 
-Usage: .venv/bin/python benchmarks/diffim_false_sources.py ROOT [--variants]
+Usage: .venv/bin/python benchmarks/diffim_false_sources.py ROOT [--variants [NAME ...]]
 
 ROOT is a finished simulated alert campaign (the directory holding ``config.yaml``, ``input/``
 and ``output/``; ``tests/test_alert_workflow.py`` leaves one in its pytest base temp,
@@ -43,6 +43,7 @@ from dcflow.stages.warp import WarpConfig
 
 VARIANTS = {
     "default": ({}, {}),
+    "no registration": ({"register_on_stars": False}, {}),
     "no region offsets": ({"min_region_stars": 10**9}, {}),
     "spatial order 1": ({"spatial_order": 1}, {}),
     "basis degrees 6,4,2": ({"basis_degrees": (6, 4, 2)}, {}),
@@ -140,7 +141,9 @@ def summary(name, counts, chis, full):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)
-    parser.add_argument("--variants", action="store_true")
+    parser.add_argument(
+        "--variants", nargs="*", default=None, help="redo with these variants (none: all)"
+    )
     args = parser.parse_args()
     layout = Layout.from_config(load_config(args.root / "config.yaml"))
     truth = args.root / "input" / "cfht_sim" / "truth.fits"
@@ -170,9 +173,11 @@ def main() -> None:
         counts.append(n_false(src, everywhere, stars_sky))
         chis[visit, ccd] = star_chi(diff.image, diff.variance, psf, diff.wcs, stars)
     summary("pipeline outputs", counts, chis, full)
-    if not args.variants:
+    if args.variants is None:
         return
     for name, (diffim_kwargs, warp_kwargs) in VARIANTS.items():
+        if args.variants and name not in args.variants:
+            continue
         counts, chis = [], {}
         for visit, ccd in data_ids:
             calexp = read_exposure(layout.path("calexp", visit=visit, ccd=ccd))

@@ -455,6 +455,7 @@ def run_alert_production(
         subtracted_template=diff.subtracted_template,
         shift_rms_pix=0.0 if registration is None else registration.shift_rms_pix,
         flux_rms=0.0 if registration is None else registration.flux_rms,
+        shape_rms_pix2=0.0 if registration is None else registration.shape_rms_pix2,
         config=dia_source_config,
     )  # fmt: skip
     catalog = dia_source_catalog(found.table, calexp, visit=visit, ccd=ccd, band=band)

@@ -26,7 +26,7 @@ from scipy.spatial import cKDTree
 from dcflow.configs import check_fields, config_field
 from dcflow.exposure import MaskPlane
 from dcflow.stages.detection import detect_sources
-from dcflow.stages.diffim import DiffimPsf
+from dcflow.stages.diffim import DiffimPsf, taylor_terms
 from dcflow.stages.measurement import psf_fluxes, windowed_centroids
 from dcflow.stages.psf import FWHM_PER_SIGMA
 from dcflow.stages.stamps import extract_stamps
@@ -139,21 +139,19 @@ def _empty_table() -> Table:
     return Table({c: np.zeros(0, dtype=dtypes.get(c, np.float64)) for c in DIA_SOURCE_COLUMNS})
 
 
-def _registration_flux_error(template, variance, bad, x, y, table, shift_rms_pix, flux_rms):
-    """PSF-flux error from registration noise: the fit applied to ``shift . grad T + a T``.
+def _mismatch_flux_error(template, variance, bad, x, y, table, rms):
+    """PSF-flux error from the mismatch noise: the fit applied to ``sum_k c_k T_k``.
 
-    The PSF flux is linear in the data, so a residual ``dx dT/dx + dy dT/dy + a T`` (dx, dy,
-    a independent, rms ``shift_rms_pix``, ``shift_rms_pix``, ``flux_rms``) gives it an rms of
-    ``sqrt(shift^2 (F_x^2 + F_y^2) + flux^2 F^2)`` with ``F`` the PSF flux of ``T`` and
-    ``F_x, F_y`` those of its gradient, measured with the same weights.
+    ``T_k`` are `dcflow.stages.diffim.taylor_terms` of the template (``T``, its first and
+    second derivatives) and ``c_k`` independent with rms ``rms[k]``. The PSF flux is linear
+    in the data, so that residual gives it an rms of ``sqrt(sum_k rms_k^2 F_k^2)`` with
+    ``F_k`` the PSF flux of ``T_k`` measured with the same weights.
     """
     template = np.where(bad, 0.0, template).astype(np.float32)
     total = np.zeros(np.size(x))
-    if flux_rms > 0:
-        total += (flux_rms * psf_fluxes(template, variance, bad, x, y, table)[0]) ** 2
-    if shift_rms_pix > 0:
-        for gradient in np.gradient(template):
-            total += (shift_rms_pix * psf_fluxes(gradient, variance, bad, x, y, table)[0]) ** 2
+    for term, sigma in zip(taylor_terms(template), rms, strict=True):
+        if sigma > 0:
+            total += (sigma * psf_fluxes(term, variance, bad, x, y, table)[0]) ** 2
     return np.sqrt(total)
 
 
@@ -166,6 +164,7 @@ def detect_dia_sources(
     subtracted_template: np.ndarray | None = None,
     shift_rms_pix: float = 0.0,
     flux_rms: float = 0.0,
+    shape_rms_pix2: float = 0.0,
     config: DiaSourceConfig | None = None,
 ) -> DiaSourceResult:
     """Detect and measure positive and negative sources on a difference image.
@@ -180,11 +179,13 @@ def detect_dia_sources(
     subtracted_template : numpy.ndarray, optional
         ``(ny, nx)`` static sky as subtracted, difference units
         (`dcflow.stages.diffim.DiffimResult.subtracted_template`).
-    shift_rms_pix, flux_rms : float
-        Registration noise (`dcflow.stages.diffim.Registration`): each source's PSF-flux
-        error gets ``shift_rms_pix`` times the PSF flux of the template's gradient and
-        ``flux_rms`` times the template's PSF flux, in quadrature (ZOGY's astrometric-noise
-        term, in flux): a star's residual must then exceed what misregistration leaves.
+    shift_rms_pix, flux_rms, shape_rms_pix2 : float
+        Mismatch noise of the subtraction at stars (`dcflow.stages.diffim.Registration`):
+        each source's PSF-flux error gets, in quadrature, ``shift_rms_pix`` times the PSF
+        fluxes of the template's first derivatives, ``flux_rms`` times the template's PSF
+        flux and ``shape_rms_pix2`` times those of its second derivatives (ZOGY's
+        astrometric-noise term, in flux, to second order): a star's residual must then
+        exceed what the matching leaves at stars.
     config : DiaSourceConfig, optional
         Threshold, stamp size, dipole radius, reliability scale.
 
@@ -213,7 +214,12 @@ def detect_dia_sources(
             f"subtracted_template shape {np.shape(subtracted_template)} differs from image "
             f"shape {image.shape}"
         )
-    for name, value in (("shift_rms_pix", shift_rms_pix), ("flux_rms", flux_rms)):
+    mismatch = (flux_rms, shift_rms_pix, shift_rms_pix, *(3 * (shape_rms_pix2,)))
+    for name, value in (
+        ("shift_rms_pix", shift_rms_pix),
+        ("flux_rms", flux_rms),
+        ("shape_rms_pix2", shape_rms_pix2),
+    ):
         if not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be finite and >= 0; got {value}")
     if mask.dtype.kind not in "iu":
@@ -262,12 +268,10 @@ def detect_dia_sources(
     flux, flux_err, chi2 = psf_fluxes(
         np.where(excluded, 0.0, image), var_fit, excluded, xc, yc, table
     )
-    if subtracted_template is not None and (shift_rms_pix > 0 or flux_rms > 0):
+    if subtracted_template is not None and any(m > 0 for m in mismatch):
         flux_err = np.hypot(
             flux_err,
-            _registration_flux_error(
-                subtracted_template, var_fit, excluded, xc, yc, table, shift_rms_pix, flux_rms
-            ),
+            _mismatch_flux_error(subtracted_template, var_fit, excluded, xc, yc, table, mismatch),
         )
     snr = flux / np.where(flux_err > 0, flux_err, np.nan)
     keep = np.abs(np.nan_to_num(snr, nan=0.0)) >= config.min_psf_snr
