@@ -145,13 +145,29 @@ def _mismatch_flux_error(template, variance, bad, x, y, table, rms):
     ``T_k`` are `dcflow.stages.diffim.taylor_terms` of the template (``T``, its first and
     second derivatives) and ``c_k`` independent with rms ``rms[k]``. The PSF flux is linear
     in the data, so that residual gives it an rms of ``sqrt(sum_k rms_k^2 F_k^2)`` with
-    ``F_k`` the PSF flux of ``T_k`` measured with the same weights.
+    ``F_k`` the PSF flux of ``T_k`` measured with the same weights. The terms are taken on
+    stamps around the sources only, laid out as one column of stamps (0.7 s of CPU on a
+    full MegaCam CCD when taken over the whole image).
     """
-    template = np.where(bad, 0.0, template).astype(np.float32)
-    total = np.zeros(np.size(x))
-    for term, sigma in zip(taylor_terms(template), rms, strict=True):
+    half = table.half_size + 1
+    size = 2 * half + 1
+    n = np.size(x)
+    xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    big, _ = extract_stamps(np.where(bad, 0.0, template), xi, yi, half + 2, fill=0.0)
+    var, _ = extract_stamps(variance, xi, yi, half, fill=0.0)
+    off, inside = extract_stamps(bad, xi, yi, half, fill=True)
+    off = off | ~inside
+    column_x = half + (np.asarray(x) - xi)
+    column_y = size * np.arange(n) + half + (np.asarray(y) - yi)
+    total = np.zeros(n)
+    for term, sigma in zip(taylor_terms(big), rms, strict=True):
         if sigma > 0:
-            total += (sigma * psf_fluxes(term, variance, bad, x, y, table)[0]) ** 2
+            stamps = term[:, 2:-2, 2:-2].reshape(n * size, size)
+            flux = psf_fluxes(
+                stamps, var.reshape(n * size, size), off.reshape(n * size, size),
+                column_x, column_y, table,
+            )[0]  # fmt: skip
+            total += (sigma * flux) ** 2
     return np.sqrt(total)
 
 
