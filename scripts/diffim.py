@@ -4,7 +4,7 @@ import logging
 
 from dcflow.catalog_schema import annotate
 from dcflow.configs import from_mapping
-from dcflow.io import atomic_path, read_exposure, write_exposure, write_table
+from dcflow.io import atomic_path, read_exposure, read_fits, write_exposure, write_table
 from dcflow.joblog import run_logged
 from dcflow.plots import diffim_figure
 from dcflow.stages.alert_production import run_alert_production
@@ -23,6 +23,8 @@ def main(
     diffim_config = from_mapping(DiffimConfig, diffim_config)
     dia_source_config = from_mapping(DiaSourceConfig, dia_source_config)
     template_exposures = [read_exposure(path) for path in templates]
+    # which inputs cover each cell: the template's PSF jumps where that set changes
+    template_coverages = [read_fits(path)["COVERAGE"].data for path in templates]
     results = []
     for slot, (calexp_path, diff_path, src_path) in enumerate(
         zip(calexps, deep_diff_paths, dia_source_paths, strict=True)
@@ -33,7 +35,7 @@ def main(
         result = run_alert_production(
             calexp, template_exposures, visit=int(visit), ccd=ccd, band=band,
             warp_config=warp_config, diffim_config=diffim_config,
-            dia_source_config=dia_source_config,
+            dia_source_config=dia_source_config, template_coverages=template_coverages,
         )  # fmt: skip
         write_exposure(result.deep_diff, diff_path, extra_planes={"PSF": result.psf_image})
         write_table(annotate(result.dia_sources, "diaSource"), src_path)

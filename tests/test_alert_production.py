@@ -14,6 +14,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from dcflow.catalog_schema import annotate
+from dcflow.errors import CalibrationError
 from dcflow.exposure import Exposure, MaskPlane
 from dcflow.instruments.diffim_sim import simulate_diffim_pair
 from dcflow.stages.alert_production import (
@@ -126,3 +127,92 @@ def test_ids_are_unique_per_campaign_and_checked():
         dia_source_ids(1, 1000, 1)
     with pytest.raises(ValueError, match="exceed the id field"):
         dia_source_ids(1, 0, 100_000)
+
+
+def _two_input_patches(patches, bin_pix=8):
+    """The patches as coadds of visits 7 and 8, visit 8 missing patch 0's rows >= 200."""
+    two_inputs, coverages = [], []
+    for index, patch in enumerate(patches):
+        header = patch.header.copy()
+        header.update({"NINPUTS": 2, "VISIT0": 7, "VISIT1": 8, "COVBIN": bin_pix})
+        two_inputs.append(Exposure(patch.image, patch.mask, patch.variance, patch.wcs, header))
+        ny, nx = patch.shape
+        coverage = np.ones((2, -(-ny // bin_pix), -(-nx // bin_pix)), np.float32)
+        if index == 0:
+            coverage[1, 200 // bin_pix :] = 0.0  # visit 8 misses patch rows >= 200
+        coverages.append(coverage)
+    return two_inputs, coverages
+
+
+def test_input_sets_follow_the_coadd_coverage_maps(setup):
+    """Calexp pixels are labelled by the set of template inputs covering them."""
+    _, calexp, patches = setup
+    two_inputs, coverages = _two_input_patches(patches)
+    resampled = template_on_calexp(calexp, two_inputs, coverages=coverages)
+    labels = resampled.input_sets
+    # patch 0 holds calexp columns < 220; its patch row 200 is calexp row 170
+    both, only_7 = labels[100, 100], labels[400, 100]
+    assert both > 0 and only_7 > 0 and both != only_7
+    assert labels[400, 300] == both and labels[100, 300] == both
+    assert np.all(labels[180:, :210] == only_7) and np.all(labels[:160] == both)
+    assert resampled.input_set_visits[both - 1] == (7, 8)
+    assert resampled.input_set_visits[only_7 - 1] == (7,)
+    assert template_on_calexp(calexp, patches).input_sets is None
+    with pytest.raises(ValueError, match="coverages must hold one"):
+        template_on_calexp(calexp, two_inputs, coverages=coverages[:1])
+
+
+def test_no_template_where_its_only_input_is_the_visit_itself(setup):
+    _, calexp, patches = setup
+    two_inputs, coverages = _two_input_patches(patches)
+    no_data = {}
+    for visit in (7, 9):
+        result = run_alert_production(
+            calexp, two_inputs, visit=visit, ccd=0, band="r", template_coverages=coverages
+        )
+        no_data[visit] = (result.deep_diff.mask & int(MaskPlane.NO_DATA)) != 0
+    # calexp rows >= 170, columns < 220 have visit 7 alone in the template
+    assert no_data[7][200:, 20:200].all() and not no_data[9][200:480, 20:200].any()
+    assert not no_data[7][20:150, 20:360].any()
+
+
+def test_template_of_the_visit_alone_gives_no_template_not_a_failure(setup, caplog):
+    """Self-only template: over the whole CCD, or all but a strip too thin for kernel stars."""
+    _, calexp, patches = setup
+    two_inputs, coverages = _two_input_patches(patches)
+    alone = [np.stack([c[0], np.zeros_like(c[1])]) for c in coverages]
+    strip = [c.copy() for c in alone]
+    for c in strip:
+        c[1, : 40 // 8] = 1.0  # visit 8 covers patch rows < 40 (calexp rows < 10) only
+    for cover, warning in ((alone, "only input over this CCD"), (strip, "too few to match")):
+        caplog.clear()
+        result = run_alert_production(
+            calexp, two_inputs, visit=7, ccd=0, band="r", template_coverages=cover
+        )
+        assert result.status == "NO_TEMPLATE"
+        assert result.deep_diff.header["DIASTAT"] == "NO_TEMPLATE"
+        assert np.all(result.deep_diff.mask & int(MaskPlane.NO_DATA))
+        assert len(result.dia_sources) == 0
+        assert tuple(result.dia_sources.colnames) == DIA_SOURCE_CATALOG_COLUMNS
+        assert any(
+            r.levelname == "WARNING" and warning in r.getMessage() for r in caplog.records
+        ), warning
+    # the strip differenced against visit 9 still holds the template: OK
+    assert (
+        run_alert_production(
+            calexp, two_inputs, visit=9, ccd=0, band="r", template_coverages=strip
+        ).status
+        == "OK"
+    )
+
+
+def test_too_few_kernel_stars_on_a_real_template_still_fails(setup):
+    """Only a template emptied by this visit's own pixels is NO_TEMPLATE; a bad one raises."""
+    _, calexp, patches = setup
+    bad = []
+    for p in patches:
+        mask = p.mask.copy()
+        mask[60:] |= int(MaskPlane.BAD)  # patch rows < 60 (calexp rows < 30) usable only
+        bad.append(Exposure(p.image, mask, p.variance, p.wcs, p.header))
+    with pytest.raises(CalibrationError, match="kernel stars left"):
+        run_alert_production(calexp, bad, visit=1234, ccd=5, band="r")

@@ -39,8 +39,9 @@ class DiffimPair:
     science_zero_point, template_zero_point : float
         Magnitude of one unit of each image's pixels.
     stars : astropy.table.Table
-        ``x``, ``y`` (template position), ``flux`` (science electrons), ``dx_science`` (shift of
-        the star in the science image, pixels; non-zero for the moved star).
+        ``x``, ``y`` (template position), ``flux`` (science electrons), ``dx_science``,
+        ``dy_science`` (shift of the star in the science image, pixels: the moved star's, the
+        jitter).
     transients : astropy.table.Table
         ``x``, ``y``, ``flux`` (science electrons) of the sources only in the science image.
     """
@@ -143,6 +144,7 @@ def simulate_diffim_pair(
     template_noise_ratio: float = 0.5,
     star_flux_range_e: tuple[float, float] = (2.0e3, 2.0e5),
     moved_star_shift_pix: float = 0.0,
+    star_jitter_pix: float = 0.0,
     science_zero_point: float = 30.0,
     template_zero_point: float = 31.4,
 ) -> DiffimPair:
@@ -169,6 +171,9 @@ def simulate_diffim_pair(
         Range of star fluxes, science electrons.
     moved_star_shift_pix : float
         If non-zero, the brightest star is shifted along x by this much in the science image.
+    star_jitter_pix : float
+        Every star is shifted in the science image by a random offset of this rms per axis
+        (pixels; registration noise: astrometric errors that no smooth mapping removes).
     science_zero_point, template_zero_point : float
         Magnitude of one pixel unit of each image.
 
@@ -187,6 +192,10 @@ def simulate_diffim_pair(
     lo, hi = np.log(star_flux_range_e[0]), np.log(star_flux_range_e[1])
     sflux = np.exp(rng.uniform(lo, hi, sx.size))
     shift = np.zeros(sx.size)
+    jitter_y = np.zeros(sx.size)
+    if star_jitter_pix:
+        shift = rng.normal(0.0, star_jitter_pix, sx.size)
+        jitter_y = rng.normal(0.0, star_jitter_pix, sx.size)
     if moved_star_shift_pix and sx.size:
         bright = int(np.argmax(np.where((sx > 40) & (sx < nx - 40), sflux, 0.0)))
         shift[bright] = moved_star_shift_pix
@@ -196,7 +205,7 @@ def simulate_diffim_pair(
     half = int(np.ceil(6.0 * science_fwhm_pix))
 
     sci_model = np.zeros(shape, dtype=np.float32)
-    _render(sci_model, sci_psf, sx + shift, sy, sflux, half)
+    _render(sci_model, sci_psf, sx + shift, sy + jitter_y, sflux, half)
     _render(sci_model, sci_psf, tx, ty, fluxes, half)
     sci_var = (science_sky_e + sci_model).astype(np.float32)
     science = sci_model + rng.standard_normal(shape, dtype=np.float32) * np.sqrt(sci_var)
@@ -217,6 +226,6 @@ def simulate_diffim_pair(
         template_psf=tmpl_psf,
         science_zero_point=science_zero_point,
         template_zero_point=template_zero_point,
-        stars=Table({"x": sx, "y": sy, "flux": sflux, "dx_science": shift}),
+        stars=Table({"x": sx, "y": sy, "flux": sflux, "dx_science": shift, "dy_science": jitter_y}),
         transients=Table({"x": tx, "y": ty, "flux": fluxes}),
     )

@@ -10,7 +10,10 @@ points share one scale (the light-curve summaries of `dcflow.stages.dia_associat
 them).
 
 A CCD that no template covers is not an error: the result says ``NO_TEMPLATE``, the
-difference is all ``NO_DATA`` and the diaSrc table is empty (with all its columns).
+difference is all ``NO_DATA`` and the diaSrc table is empty (with all its columns). Template
+pixels whose only input is the visit being differenced do not count as template (the
+difference would hide every transient), so a CCD covered only by them, or left with too
+little template to match the PSFs on, is ``NO_TEMPLATE`` too, with a warning.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from astropy.table import Table
 from astropy.wcs.utils import proj_plane_pixel_area
 
-from dcflow.errors import InputDataError
+from dcflow.errors import CalibrationError, InputDataError
 from dcflow.exposure import Exposure, MaskPlane, header_number
 from dcflow.stages.dia_sources import (
     DIA_SOURCE_COLUMNS,
@@ -95,12 +98,19 @@ class TemplateOnCalexp:
         Patches that contributed pixels.
     visits : tuple of int
         Input visits of those patches (header ``VISIT<i>`` cards of the coadds).
+    input_sets : numpy.ndarray or None
+        ``(ny, nx)`` int32 label of the set of input visits covering each calexp pixel (0:
+        unknown), from the coadds' coverage maps; None when none was given.
+    input_set_visits : tuple of tuple of int
+        The visits of each label: label ``k`` is ``input_set_visits[k - 1]``.
     """
 
     template: Exposure | None
     n_covered_pixels: int
     n_patches: int
     visits: tuple[int, ...] = ()
+    input_sets: np.ndarray | None = None
+    input_set_visits: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +142,11 @@ class AlertProductionResult:
 
 
 def template_on_calexp(
-    calexp: Exposure, templates: Sequence[Exposure], *, config: WarpConfig | None = None
+    calexp: Exposure,
+    templates: Sequence[Exposure],
+    *,
+    coverages: Sequence[np.ndarray] | None = None,
+    config: WarpConfig | None = None,
 ) -> TemplateOnCalexp:
     """Resample the templateCoadd patches onto a calexp's pixel grid.
 
@@ -143,6 +157,10 @@ def template_on_calexp(
     templates : sequence of Exposure
         templateCoadd patches with a WCS, ``ZP`` and ``PSFFWHM`` (a patch without inputs,
         ``PSFFWHM`` 0, is skipped).
+    coverages : sequence of numpy.ndarray, optional
+        One per template: its ``(n_inputs, ncy, ncx)`` coverage map (the coadd's
+        ``COVERAGE`` plane: fraction of each ``COVBIN``-pixel cell where each input was
+        used), giving `TemplateOnCalexp.input_sets`.
     config : WarpConfig, optional
         Interpolation; its ``zero_point_mag`` is replaced by the templates' own.
 
@@ -155,10 +173,21 @@ def template_on_calexp(
     ------
     InputDataError
         If the calexp has no WCS, or a template lacks ``ZP`` or ``PSFFWHM``.
+    ValueError
+        If ``coverages`` does not hold one 3-d map per template.
     """
     config = config or WarpConfig()
     if calexp.wcs is None:
         raise InputDataError("calexp has no WCS: the template cannot be resampled onto it")
+    if coverages is not None and (
+        len(coverages) != len(templates) or any(np.ndim(c) != 3 for c in coverages)
+    ):
+        raise ValueError(
+            f"coverages must hold one (n_inputs, ncy, ncx) map per template ({len(templates)}); "
+            f"got shapes {[np.shape(c) for c in coverages]}"
+        )
+    input_sets = None if coverages is None else np.zeros(calexp.shape, dtype=np.int32)
+    set_labels: dict[frozenset[int], int] = {}
     image = np.zeros(calexp.shape, dtype=np.float32)
     variance = np.zeros(calexp.shape, dtype=np.float32)
     mask = np.full(calexp.shape, int(MaskPlane.NO_DATA), dtype=np.int32)
@@ -187,6 +216,9 @@ def template_on_calexp(
         image[new] = result.warp.image[new]
         variance[new] = result.warp.variance[new]
         mask[new] = result.warp.mask[new]
+        if input_sets is not None:
+            labels = _input_set_labels(calexp, template, coverages[index], set_labels)
+            input_sets[new] = labels[new]
         covered |= new
         n_new = int(new.sum())
         fwhm_sum += fwhm * n_new
@@ -210,7 +242,42 @@ def template_on_calexp(
     template = Exposure(
         image=image, mask=mask, variance=variance, wcs=calexp.wcs.deepcopy(), header=header
     )
-    return TemplateOnCalexp(template, n_covered, n_patches, tuple(sorted(visits - {-1})))
+    set_visits = tuple(
+        tuple(sorted(members)) for members, _ in sorted(set_labels.items(), key=lambda kv: kv[1])
+    )
+    return TemplateOnCalexp(
+        template, n_covered, n_patches, tuple(sorted(visits - {-1})), input_sets, set_visits
+    )
+
+
+def _input_set_labels(calexp, template, coverage, set_labels, step=4):
+    """Label of the set of input visits covering each calexp pixel (> half its cell).
+
+    Evaluated every ``step`` calexp pixels and repeated: the coverage cells (``COVBIN``,
+    8 pixels by default) are as coarse. ``set_labels`` maps visit sets to labels across
+    patches and is extended in place.
+    """
+    ny, nx = calexp.shape
+    n_inputs = int(template.header.get("NINPUTS", coverage.shape[0]))
+    visits = [int(template.header.get(f"VISIT{i}", -1 - i)) for i in range(n_inputs)]
+    bin_pix = int(template.header.get("COVBIN", 1))
+    yy, xx = np.mgrid[0:ny:step, 0:nx:step]
+    ra, dec = calexp.wcs.celestial.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    tx, ty = template.wcs.celestial.all_world2pix(ra, dec, 0)
+    cx = np.clip(np.floor(tx / bin_pix).astype(np.int64), 0, coverage.shape[2] - 1)
+    cy = np.clip(np.floor(ty / bin_pix).astype(np.int64), 0, coverage.shape[1] - 1)
+    covered = np.asarray(coverage)[: len(visits), cy, cx] > 0.5  # (n_inputs, n_points)
+    codes = np.zeros(covered.shape[1], dtype=np.int32)
+    keys = np.packbits(covered, axis=0, bitorder="little")
+    unique, inverse = np.unique(keys, axis=1, return_inverse=True)
+    for column in range(unique.shape[1]):
+        bits = np.unpackbits(unique[:, column], bitorder="little")[: len(visits)]
+        members = frozenset(v for v, on in zip(visits, bits, strict=True) if on)
+        if members:
+            label = set_labels.setdefault(members, len(set_labels) + 1)
+            codes[np.ravel(inverse) == column] = label
+    coarse = codes.reshape(yy.shape)
+    return np.repeat(np.repeat(coarse, step, axis=0), step, axis=1)[:ny, :nx]
 
 
 def dia_source_ids(visit: int, ccd: int, n: int) -> np.ndarray:
@@ -315,6 +382,7 @@ def run_alert_production(
     warp_config: WarpConfig | None = None,
     diffim_config: DiffimConfig | None = None,
     dia_source_config: DiaSourceConfig | None = None,
+    template_coverages: Sequence[np.ndarray] | None = None,
 ) -> AlertProductionResult:
     """Template onto the calexp, difference, DIASources: one CCD's deepDiff and diaSrc.
 
@@ -330,42 +398,69 @@ def run_alert_production(
         The visit's filter.
     warp_config, diffim_config, dia_source_config : optional
         Configs of the resampling, the subtraction and the detection.
+    template_coverages : sequence of numpy.ndarray, optional
+        The templates' ``COVERAGE`` planes (`template_on_calexp`): the matching kernel's
+        shape then jumps where the template's set of inputs (and so its PSF) does.
 
     Returns
     -------
     AlertProductionResult
-        ``NO_TEMPLATE`` (empty diaSrc, all-``NO_DATA`` difference) when no patch covers.
+        ``NO_TEMPLATE`` (empty diaSrc, all-``NO_DATA`` difference) when no patch covers, or
+        when, without the pixels whose only template input is this visit, no template is
+        left or too little to fit the matching kernel.
 
     Raises
     ------
     InputDataError
         As `dcflow.stages.diffim.subtract_exposures`.
     CalibrationError
-        If the matching kernel cannot be fitted.
+        If the matching kernel cannot be fitted on a template that holds no pixel whose
+        only input is this visit.
     """
-    resampled = template_on_calexp(calexp, templates, config=warp_config)
-    header = calexp.header.copy()
-    if resampled.template is None:
-        header["DIASTAT"] = ("NO_TEMPLATE", "no templateCoadd covers this CCD")
-        header["TMPLCOV"] = (0.0, "fraction of pixels with template")
-        deep_diff = Exposure(
-            image=np.zeros(calexp.shape, np.float32),
-            mask=np.full(calexp.shape, int(MaskPlane.NO_DATA), np.int32),
-            variance=np.full(calexp.shape, np.inf, np.float32),
-            wcs=calexp.wcs,
-            header=header,
-        )
-        log.info("visit %d ccd %d: no template covers the CCD", visit, ccd)
-        return AlertProductionResult(
-            deep_diff, np.zeros((0, 0)), _empty_catalog(calexp, visit, ccd, band),
-            "NO_TEMPLATE", float("nan"),
-        )  # fmt: skip
-    diff = subtract_exposures(calexp, resampled.template, config=diffim_config)
-    found = detect_dia_sources(
-        diff.image, diff.variance, diff.mask, diff.psf, config=dia_source_config
+    resampled = template_on_calexp(
+        calexp, templates, coverages=template_coverages, config=warp_config
     )
+    if resampled.template is None:
+        log.info("visit %d ccd %d: no template covers the CCD", visit, ccd)
+        return _no_template(calexp, visit, ccd, band, "no templateCoadd covers this CCD")
+    template, n_self_only = _without_self_only(resampled, int(visit))
+    n_usable = int(np.count_nonzero((template.mask & int(MaskPlane.NO_DATA)) == 0))
+    if n_usable == 0:
+        log.warning(
+            "visit %d ccd %d: NO_TEMPLATE, the template's only input over this CCD is this "
+            "visit (%d pixels): nothing to difference against",
+            visit, ccd, n_self_only,
+        )  # fmt: skip
+        return _no_template(calexp, visit, ccd, band, "template's only input is this visit")
+    try:
+        diff = subtract_exposures(
+            calexp, template, template_regions=resampled.input_sets, config=diffim_config
+        )
+    except CalibrationError as error:
+        if n_self_only == 0:
+            raise
+        # What is left of the template once this visit's own pixels are out is too small
+        # to match the PSFs on: no template, as where none covers at all.
+        log.warning(
+            "visit %d ccd %d: NO_TEMPLATE, %d template pixels remain once the %d whose only "
+            "input is this visit are out, too few to match the PSFs (%s)",
+            visit, ccd, n_usable, n_self_only, error,
+        )  # fmt: skip
+        return _no_template(
+            calexp, visit, ccd, band, "template without this visit too small to match"
+        )
+    registration = diff.registration
+    found = detect_dia_sources(
+        diff.image, diff.variance, diff.mask, diff.psf,
+        subtracted_template=diff.subtracted_template,
+        shift_rms_pix=0.0 if registration is None else registration.shift_rms_pix,
+        flux_rms=0.0 if registration is None else registration.flux_rms,
+        shape_rms_pix2=0.0 if registration is None else registration.shape_rms_pix2,
+        config=dia_source_config,
+    )  # fmt: skip
     catalog = dia_source_catalog(found.table, calexp, visit=visit, ccd=ccd, band=band)
     noise = _noise_ratio(diff.image, diff.variance, diff.mask)
+    header = calexp.header.copy()
     header["DIASTAT"] = ("OK", "difference made")
     header["TMPLCOV"] = (resampled.n_covered_pixels / calexp.image.size, "template coverage")
     header["DIFFCONV"] = (diff.convolved, "image convolved by the matching kernel")
@@ -394,6 +489,54 @@ def run_alert_production(
         found.n_positive, found.n_negative, found.n_dipoles, noise,
     )  # fmt: skip
     return AlertProductionResult(deep_diff, diff.psf.image_at_centre(), catalog, "OK", noise)
+
+
+def _without_self_only(resampled: TemplateOnCalexp, visit: int) -> tuple[Exposure, int]:
+    """The template, ``NO_DATA`` where its only input is the visit being differenced.
+
+    Returns the template and the number of pixels so set.
+
+    There the template is the science image itself (resampled): the difference would be
+    empty of every transient and mover, so no template is honester than that one.
+    """
+    template = resampled.template
+    if resampled.input_sets is None:
+        return template, 0
+    own = [k + 1 for k, members in enumerate(resampled.input_set_visits) if members == (visit,)]
+    if not own:
+        return template, 0
+    self_only = np.isin(resampled.input_sets, own) & ((template.mask & int(MaskPlane.NO_DATA)) == 0)
+    n_self_only = int(self_only.sum())
+    log.info(
+        "visit %d: %d pixels whose template is only this visit set NO_DATA", visit, n_self_only
+    )
+    mask = template.mask | np.where(self_only, int(MaskPlane.NO_DATA), 0).astype(np.int32)
+    masked = Exposure(
+        image=template.image,
+        mask=mask,
+        variance=template.variance,
+        wcs=template.wcs,
+        header=template.header,
+    )
+    return masked, n_self_only
+
+
+def _no_template(calexp: Exposure, visit: int, ccd: int, band: str, reason: str):
+    """NO_TEMPLATE result: all-``NO_DATA`` difference (infinite variance), empty diaSrc."""
+    header = calexp.header.copy()
+    header["DIASTAT"] = ("NO_TEMPLATE", reason[:47])
+    header["TMPLCOV"] = (0.0, "fraction of pixels with usable template")
+    deep_diff = Exposure(
+        image=np.zeros(calexp.shape, np.float32),
+        mask=np.full(calexp.shape, int(MaskPlane.NO_DATA), np.int32),
+        variance=np.full(calexp.shape, np.inf, np.float32),
+        wcs=calexp.wcs,
+        header=header,
+    )
+    return AlertProductionResult(
+        deep_diff, np.zeros((0, 0)), _empty_catalog(calexp, visit, ccd, band),
+        "NO_TEMPLATE", float("nan"),
+    )  # fmt: skip
 
 
 def _empty_catalog(calexp: Exposure, visit: int, ccd: int, band: str) -> Table:
