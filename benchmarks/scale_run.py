@@ -22,8 +22,11 @@ Measured:
   ``shards.max_queued_jobs``, time-weighted over the run and over the steady part;
 * submissions per job (ledger attempts and the plugin's submission records): 1.0 expected.
 
+* busy slots: jobs running (not queued) against ``--slots``, time-weighted from the first
+  minute to the 95th-percentile finish, and the share of that time with >= 90 % running.
+
 Usage: ``.venv/bin/python benchmarks/scale_run.py [--fraction 0.001] [--cap 300]
-[--job-seconds 20] [--concurrent 4] [--visits-per-shard 16] [--workdir DIR]``
+[--slots 300] [--job-seconds 20] [--concurrent 4] [--visits-per-shard 16] [--workdir DIR]``
 """
 
 from __future__ import annotations
@@ -118,6 +121,18 @@ def time_at_least(
     return held / total if total else float("nan")
 
 
+def running_weighted(samples: list[tuple[float, int, int]], start: float, end: float) -> float:
+    """Mean of running jobs (busy slots) over [start, end], each sample held until the next."""
+    return time_weighted([(t, run, 0) for t, run, _ in samples], start, end)
+
+
+def running_at_least(
+    samples: list[tuple[float, int, int]], level: float, start: float, end: float
+) -> float:
+    """Fraction of [start, end] with at least ``level`` jobs running (samples held)."""
+    return time_at_least([(t, run, 0) for t, run, _ in samples], level, start, end)
+
+
 def ledger_counts(ledger: Path) -> dict:
     """Jobs, successes, attempts per (rule, data id) and finish times, from the run ledger."""
     with sqlite3.connect(ledger) as db:
@@ -163,6 +178,12 @@ def main() -> int:
     parser.add_argument("--cap", type=int, default=300, help="shards.max_queued_jobs")
     parser.add_argument("--concurrent", type=int, default=4, help="shards at once")
     parser.add_argument("--visits-per-shard", type=int, default=16)
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="Grid Engine slots (DCFLOW_GE_SLOTS) for the busy-slot figures (default: --cap)",
+    )
     parser.add_argument("--job-seconds", type=float, default=20.0, help="slot time per job")
     parser.add_argument("--sample-seconds", type=float, default=2.0)
     parser.add_argument("--workdir", default=None, help="campaign directory (default: a temp)")
@@ -236,6 +257,19 @@ def main() -> int:
             + "".join(f"{t - t0:.1f}\t{r}\t{q}\n" for t, r, q in sampler.samples)
         )
         print(f"  samples: {samples_path}")
+    slots = args.slots or args.cap
+    if sampler.samples and counts["finished"]:
+        # the issue's window: from the first minute to the tail (the last 5 % of jobs excepted)
+        tail = counts["finished"][max(0, int(0.95 * len(counts["finished"])) - 1)]
+        window = (t0 + 60.0, tail)
+        busy = running_weighted(sampler.samples, *window)
+        share = running_at_least(sampler.samples, 0.9 * slots, *window)
+        print(
+            f"busy slots (running jobs) from minute 1 to the 95th-percentile finish "
+            f"({window[1] - window[0]:.0f} s): mean {busy:.1f} of {slots} "
+            f"({100 * busy / slots:.1f} %), time with >= 90 % of the slots running: "
+            f"{100 * share:.1f} %"
+        )
     print(
         f"attempts per job: mean {counts['attempts_per_job_mean']:.3f}, "
         f"max {counts['attempts_per_job_max']}; Grid Engine submissions {records} for "

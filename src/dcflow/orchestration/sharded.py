@@ -42,7 +42,9 @@ from dcflow.campaign.manifest import shards_dir, write_manifest
 from dcflow.campaign.shards import (
     Shard,
     ShardConfig,
+    ShardHasher,
     build_shards,
+    is_current,
     manifest_of,
     shard_hashes,
     shards_left,
@@ -57,6 +59,8 @@ from dcflow.orchestration.run import run_campaign
 from dcflow.states import JobState
 
 __all__ = [
+    "PROCESSES_PER_WIDE_SHARD",
+    "SHARD_SNAKEMAKE_DEFAULTS",
     "ShardOutcome",
     "ShardedRun",
     "clear_stale_state",
@@ -72,6 +76,14 @@ log = logging.getLogger(__name__)
 
 FINISHED_OK = ("done", "up to date")
 """Shard states whose products downstream shards may read."""
+
+SHARD_SNAKEMAKE_DEFAULTS = ("--scheduler", "greedy")
+"""Snakemake options every shard gets before the user's own (which may override them)."""
+
+PROCESSES_PER_WIDE_SHARD = 3
+"""Shard Snakemakes alive at once, per ``shards.max_concurrent_shards``: shards draining their
+tail (a few coadds after their warps) run beside the wide ones, but each Snakemake holds its DAG
+in memory (~150-300 MB), so their number stays bounded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +156,13 @@ def plan_shards(
     Shard targets use the config's own layout (paths as the rules name them); markers and
     manifests are read and written under ``workdir``.
     """
+    shards, io_layout, settings, index = _build(config, workdir)
+    hashes = shard_hashes(shards, index, config)
+    return shards, hashes, shards_left(shards, hashes, io_layout), io_layout, settings, index
+
+
+def _build(config: dict, workdir: Path) -> tuple[list[Shard], Layout, ShardConfig, CampaignIndex]:
+    """Shards of a campaign (not hashed), the rooted layout, the settings and the index."""
     layout = Layout.from_config(config)
     io_layout = _rooted(layout, workdir)
     settings = from_mapping(ShardConfig, config.get("shards", {}))
@@ -154,8 +173,7 @@ def plan_shards(
         visits_per_shard=settings.visits_per_shard,
         patches_per_shard=settings.patches_per_shard,
     )
-    hashes = shard_hashes(shards, index, config)
-    return shards, hashes, shards_left(shards, hashes, io_layout), io_layout, settings, index
+    return shards, io_layout, settings, index
 
 
 def shard_jobs_budget(max_queued_jobs: int, profile: str | None) -> int:
@@ -319,7 +337,11 @@ def _shard_argv(
 ) -> list[str]:
     # ours last, each option ended by the next flag, so no nargs option swallows another;
     # --nolock: concurrent Snakemakes race on .snakemake/locks (dcflow.campaign.driver_lock)
+    # --scheduler greedy first (a user's own choice overrides it): the default ILP scheduler
+    # solves a MILP over every ready job at each scheduling round of a shard with more ready
+    # jobs than its --jobs, the largest driver cost per job measured (benchmarks/scale_run.py)
     return [
+        *SHARD_SNAKEMAKE_DEFAULTS,
         *snakemake_args,
         "--nolock",
         "--config",
@@ -369,14 +391,14 @@ class _Progress:
             try:
                 with Ledger(self.ledger_file) as ledger:
                     run = ledger.run(info["run_id"])
-                    attempts = ledger.attempts(run_id=info["run_id"])
+                    counts = ledger.run_state_counts(info["run_id"])
             except (sqlite3.Error, KeyError):
                 continue
             planned = sum(n for rule, n in run.planned.items() if rule != "all")
             info["planned"] = planned or None
-            info["done"] = sum(a.state is JobState.SUCCEEDED and a.rule != "all" for a in attempts)
-            active = sum(a.state in (JobState.RUNNING, JobState.SUBMITTED) for a in attempts)
-            failed = sum(a.state is JobState.FAILED for a in attempts)
+            info["done"] = counts.get(JobState.SUCCEEDED, 0)
+            active = counts.get(JobState.RUNNING, 0) + counts.get(JobState.SUBMITTED, 0)
+            failed = counts.get(JobState.FAILED, 0)
             line = (
                 f"[{shard_id}] {info['done']}/{planned or info['shard'].n_jobs} jobs done, "
                 f"{active} queued/running, {failed} failed (--jobs {info['jobs']}, "
@@ -467,19 +489,32 @@ def _drive(
     """`run_sharded` with the driver lock held."""
     config_path = Path(config_path).resolve()
     config = load_campaign_config(config_path)
-    shards, hashes, left, io_layout, settings, axes = plan_shards(config, workdir)
+    shards, io_layout, settings, axes = _build(config, workdir)
+    hasher = ShardHasher(shards, axes, config)
     ledger_file = Path(io_layout.path("ledger"))
     backend = profile_backend(profile) if profile else "local"
     out(clear_stale_state(workdir, ledger_file, backend))
     budget = shard_jobs_budget(settings.max_queued_jobs, profile)
     gridengine = backend in GRIDENGINE_EXECUTORS
-    left_ids = {s.shard_id for s in left}
-    state = {s.shard_id: ("pending" if s.shard_id in left_ids else "up to date") for s in shards}
+    # "new": not yet compared with its marker (hashing every shard first took 46 s at DC2013
+    # scale before the first submission); a thread hashes ahead while shards run
+    state = {s.shard_id: "new" for s in shards}
     outcome: dict[str, ShardOutcome] = {}
+    most_processes = settings.max_concurrent_shards * PROCESSES_PER_WIDE_SHARD
     out(
-        f"{len(shards)} shards, {len(left)} to run ({len(shards) - len(left)} up to date); "
-        f"at most {settings.max_concurrent_shards} at once, {budget} jobs queued in all"
+        f"{len(shards)} shards (markers checked as each is reached); at most "
+        f"{settings.max_concurrent_shards} at full width at once (up to {most_processes} with "
+        f"draining ones), {budget} jobs queued in all"
     )
+    stop_ahead = threading.Event()
+
+    def hash_ahead() -> None:
+        for shard in shards:
+            if stop_ahead.is_set():
+                return
+            hasher.hash_of(shard.shard_id)
+
+    threading.Thread(target=hash_ahead, daemon=True).start()
     events: queue.Queue = queue.Queue()
     running: dict[str, dict] = {}
     watcher = _Progress(ledger_file, out)
@@ -505,30 +540,45 @@ def _drive(
     def upstream_ok(shard: Shard) -> bool:
         return all(state[u] in FINISHED_OK for u in shard.upstream)
 
+    def grant(shard: Shard) -> int:
+        """``--jobs`` the shard may start with now; 0: no room (see `starting_shard_jobs`)."""
+        held = {
+            sid_: reserved_jobs(info["jobs"], info["shard"].n_jobs, info["planned"], info["done"])
+            for sid_, info in running.items()
+        }
+        # concurrency follows the jobs left: a shard draining its tail (holding fewer than
+        # its --jobs) does not count against max_concurrent_shards, so the next shards start
+        # beside it; the number of Snakemake processes stays bounded all the same
+        wide = sum(held[sid_] >= info["jobs"] for sid_, info in running.items())
+        if wide >= settings.max_concurrent_shards or len(running) >= most_processes:
+            return 0
+        return starting_shard_jobs(
+            shard.n_jobs,
+            budget=budget,
+            in_use=sum(held.values()),
+            max_concurrent_shards=settings.max_concurrent_shards,
+        )
+
     def start_ready() -> None:
         for shard in shards:
             sid = shard.shard_id
-            if state[sid] != "pending":
+            if state[sid] not in ("new", "pending"):
                 continue
-            ups = [state[u] for u in shard.upstream]
             bad = [u for u in shard.upstream if state[u] in ("failed", "blocked")]
+            if not bad and not all(state[u] in FINISHED_OK for u in shard.upstream):
+                continue  # upstream still to run: looked at (and hashed) once they are done
+            jobs = 0 if bad else grant(shard)
+            if state[sid] == "new":
+                if not bad and jobs < 1 and shard.n_jobs > 0:
+                    continue  # no room now: compared with its marker when there is
+                current = is_current(io_layout, sid, hasher.hash_of(sid))
+                state[sid] = "up to date" if current else "pending"
+                if current:
+                    continue
             if bad:
                 state[sid] = "blocked"
                 outcome[sid] = ShardOutcome(sid, "blocked", detail=f"(upstream {bad[0]})")
                 continue
-            if not all(u in FINISHED_OK for u in ups):
-                continue
-            if len(running) >= settings.max_concurrent_shards:
-                continue
-            jobs = starting_shard_jobs(
-                shard.n_jobs,
-                budget=budget,
-                in_use=sum(
-                    reserved_jobs(info["jobs"], info["shard"].n_jobs, info["planned"], info["done"])
-                    for info in running.values()
-                ),
-                max_concurrent_shards=settings.max_concurrent_shards,
-            )
             if jobs < 1:
                 continue
             if gridengine:
@@ -552,7 +602,7 @@ def _drive(
         found = watcher.run_of(sid, info["since"])
         run_id = found[0] if found else info["run_id"]
         if code == 0 and not interrupted:
-            write_marker(io_layout, sid, hashes[sid], run_id=run_id)
+            write_marker(io_layout, sid, hasher.hash_of(sid), run_id=run_id)
             state[sid] = "done"
         else:
             state[sid] = "interrupted" if interrupted else "failed"
@@ -584,10 +634,13 @@ def _drive(
         finish(sid, code)
         watcher.refresh(running, show=progress)
         start_ready()
+    stop_ahead.set()
     for shard in shards:
         sid = shard.shard_id
         if sid in outcome:
             continue
+        if state[sid] == "new":  # never reached (interrupted, or behind a failed shard)
+            state[sid] = "pending"
         if state[sid] == "up to date":
             outcome[sid] = ShardOutcome(sid, "up to date")
         elif state[sid] == "pending":
