@@ -97,6 +97,67 @@ class QueueSampler:
             self._stop.wait(self.period_s)
 
 
+class CpuBreakdown:
+    """Where the driver's CPU goes: its own process, its shard Snakemakes, their children.
+
+    Samples (psutil, every ``period_s``) the ``dcflow run --sharded`` process and every process
+    under it, keeping each one's last cumulative times: the driver's own CPU (its threads:
+    shard launch, ledger polls, hashing), each shard Snakemake's own CPU (DAG, scheduling,
+    submission, logger plugin ledger writes) and the CPU of the commands those Snakemakes
+    waited for (``qstat``/``qacct``, the ILP solver). Approximate: up to ``period_s`` of a
+    process's end is not seen; the exact total is `run_measured`'s.
+    """
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.last: dict[tuple[int, float], tuple[str, float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            for proc in me.children(recursive=True):
+                try:
+                    with proc.oneshot():
+                        cmd = " ".join(proc.cmdline())
+                        if "run --sharded" in cmd:
+                            kind = "driver"
+                        elif "-m snakemake" in cmd:
+                            kind = "shard snakemake"
+                        else:
+                            continue
+                        t = proc.cpu_times()
+                        key = (proc.pid, proc.create_time())
+                        self.last[key] = (
+                            kind,
+                            t.user + t.system,
+                            t.children_user + t.children_system,
+                        )
+                except psutil.Error:
+                    continue
+            self._stop.wait(self.period_s)
+
+    def totals(self) -> dict[str, float]:
+        """CPU seconds per part: driver, shard Snakemakes, what the Snakemakes waited for."""
+        out = {"driver": 0.0, "shard snakemake": 0.0, "their commands": 0.0, "processes": 0}
+        for kind, own, children in self.last.values():
+            out[kind] += own
+            if kind == "shard snakemake":
+                out["their commands"] += children
+            out["processes"] += kind == "shard snakemake"
+        return out
+
+
 def time_weighted(samples: list[tuple[float, int, int]], start: float, end: float) -> float:
     """Mean of queued + running over [start, end], each sample held until the next."""
     total = weight = 0.0
@@ -211,6 +272,8 @@ def main() -> int:
     print(f"planned: {planned['n_to_run']} jobs {planned['to_run_by_rule']}")
     sampler = QueueSampler(args.sample_seconds)
     sampler.start()
+    breakdown = CpuBreakdown(args.sample_seconds)
+    breakdown.start()
     argv = [str(DCFLOW), "run", "--sharded", "--profile", "sge", "--config", str(config_path)]
     argv += ["--no-progress", "--", "--gridengine-noop-direct", "True"]
     argv += ["--gridengine-noop-seconds", str(args.job_seconds)]
@@ -219,6 +282,7 @@ def main() -> int:
     driver = run_measured(argv, log=log_path, cwd=workdir)
     wall = time.time() - t0
     sampler.stop()
+    breakdown.stop()
     code = driver.returncode
     cpu = driver.cpu_s
     counts = ledger_counts(workdir / "output" / "ledger.sqlite3")
@@ -240,6 +304,14 @@ def main() -> int:
         f"driver CPU: {cpu:.1f} s ({driver.user_s:.1f} user + {driver.sys_s:.1f} sys), "
         f"{1000 * cpu / max(1, counts['done']):.1f} ms per job; peak RSS of one process "
         f"{driver.peak_mb:.0f} MB"
+    )
+    parts = breakdown.totals()
+    n_done = max(1, counts["done"])
+    print(
+        "  of which (sampled): driver process "
+        f"{1000 * parts['driver'] / n_done:.1f} ms/job, {parts['processes']} shard Snakemakes "
+        f"{1000 * parts['shard snakemake'] / n_done:.1f} ms/job, the commands they ran "
+        f"(qstat, qacct, solver) {1000 * parts['their commands'] / n_done:.1f} ms/job"
     )
     whole = time_weighted(sampler.samples, t0, t0 + wall)
     print(f"queue occupancy (queued + running), time-weighted: {whole:.1f} of cap {args.cap}")
