@@ -239,6 +239,7 @@ def main() -> int:
     parser.add_argument("--cap", type=int, default=300, help="shards.max_queued_jobs")
     parser.add_argument("--concurrent", type=int, default=4, help="shards at once")
     parser.add_argument("--visits-per-shard", type=int, default=16)
+    parser.add_argument("--patches-per-shard", type=int, default=1)
     parser.add_argument(
         "--slots",
         type=int,
@@ -255,6 +256,7 @@ def main() -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dcflow-scale-")).resolve()
     settings = {
         "visits_per_shard": args.visits_per_shard,
+        "patches_per_shard": args.patches_per_shard,
         "max_concurrent_shards": args.concurrent,
         "max_queued_jobs": args.cap,
     }
