@@ -384,8 +384,8 @@ def _shard_argv(
     # ours last, each option ended by the next flag, so no nargs option swallows another;
     # --nolock: concurrent Snakemakes race on .snakemake/locks (dcflow.campaign.driver_lock)
     # --scheduler greedy first (a user's own choice overrides it): the default ILP scheduler
-    # solves a MILP over every ready job at each scheduling round of a shard with more ready
-    # jobs than its --jobs, the largest driver cost per job measured (benchmarks/scale_run.py)
+    # runs a MILP solver (a CBC process) over every ready job at each scheduling round, and a
+    # shard has more ready jobs than its --jobs for most of its run
     return [
         *SHARD_SNAKEMAKE_DEFAULTS,
         *snakemake_args,
