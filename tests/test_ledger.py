@@ -128,11 +128,15 @@ def test_watchers_read_counts_and_single_rows_not_the_run(tmp_path):
     for a in attempts:
         if a.rule != "all":
             by_state[a.state] = by_state.get(a.state, 0) + 1
-    assert counts == by_state == {
-        JobState.SUCCEEDED: 1,
-        JobState.FAILED: 1,
-        JobState.SUBMITTED: 2,
-    }
+    assert (
+        counts
+        == by_state
+        == {
+            JobState.SUCCEEDED: 1,
+            JobState.FAILED: 1,
+            JobState.SUBMITTED: 2,
+        }
+    )
     assert [out for _, out in pending] == [["calexp/1004.fits"]]
     assert path_2 is None and path_none is None
 

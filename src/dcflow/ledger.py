@@ -747,6 +747,7 @@ class Ledger:
         active = [s.value for s in ACTIVE_STATES]
         rows = self._conn.execute(
             "SELECT attempt_id, outputs FROM attempts WHERE run_id = ? AND rule IS NOT NULL"
+            " AND rule != 'all'"
             f" AND state IN ({_marks(active)}) AND (backend_jobid IS NULL"
             " OR backend_jobid = '')",
             (run_id, *active),

@@ -58,10 +58,10 @@ from typing import Any
 
 import numpy as np
 
+from dcflow.atomic import write_json
 from dcflow.campaign.index import CampaignIndex
 from dcflow.campaign.manifest import ShardManifest, digest, shards_dir
 from dcflow.configs import check_fields, config_field
-from dcflow.io import write_json
 from dcflow.layout import Layout
 from dcflow.pipeline.graph import JobGraph
 from dcflow.pipeline.payload import payload_script
@@ -115,7 +115,10 @@ class ShardConfig:
         minimum=1,
     )
     max_concurrent_shards: int = config_field(
-        2, "Shards whose Snakemake runs at the same time", minimum=1
+        2,
+        "Shares of max_queued_jobs: a shard starts when 1/N of the cap (or its jobs, when "
+        "fewer) is free, however many shards run; at most 3 N shard Snakemakes at once",
+        minimum=1,
     )
     max_queued_jobs: int = config_field(
         200,
