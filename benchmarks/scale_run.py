@@ -22,8 +22,11 @@ Measured:
   ``shards.max_queued_jobs``, time-weighted over the run and over the steady part;
 * submissions per job (ledger attempts and the plugin's submission records): 1.0 expected.
 
+* busy slots: jobs running (not queued) against ``--slots``, time-weighted from the first
+  minute to the 95th-percentile finish, and the share of that time with >= 90 % running.
+
 Usage: ``.venv/bin/python benchmarks/scale_run.py [--fraction 0.001] [--cap 300]
-[--job-seconds 20] [--concurrent 4] [--visits-per-shard 16] [--workdir DIR]``
+[--slots 300] [--job-seconds 20] [--concurrent 4] [--visits-per-shard 16] [--workdir DIR]``
 """
 
 from __future__ import annotations
@@ -94,6 +97,67 @@ class QueueSampler:
             self._stop.wait(self.period_s)
 
 
+class CpuBreakdown:
+    """Where the driver's CPU goes: its own process, its shard Snakemakes, their children.
+
+    Samples (psutil, every ``period_s``) the ``dcflow run --sharded`` process and every process
+    under it, keeping each one's last cumulative times: the driver's own CPU (its threads:
+    shard launch, ledger polls, hashing), each shard Snakemake's own CPU (DAG, scheduling,
+    submission, logger plugin ledger writes) and the CPU of the commands those Snakemakes
+    waited for (``qstat``/``qacct``, the ILP solver). Approximate: up to ``period_s`` of a
+    process's end is not seen; the exact total is `run_measured`'s.
+    """
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.last: dict[tuple[int, float], tuple[str, float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            for proc in me.children(recursive=True):
+                try:
+                    with proc.oneshot():
+                        cmd = " ".join(proc.cmdline())
+                        if "run --sharded" in cmd:
+                            kind = "driver"
+                        elif "-m snakemake" in cmd:
+                            kind = "shard snakemake"
+                        else:
+                            continue
+                        t = proc.cpu_times()
+                        key = (proc.pid, proc.create_time())
+                        self.last[key] = (
+                            kind,
+                            t.user + t.system,
+                            t.children_user + t.children_system,
+                        )
+                except psutil.Error:
+                    continue
+            self._stop.wait(self.period_s)
+
+    def totals(self) -> dict[str, float]:
+        """CPU seconds per part: driver, shard Snakemakes, what the Snakemakes waited for."""
+        out = {"driver": 0.0, "shard snakemake": 0.0, "their commands": 0.0, "processes": 0}
+        for kind, own, children in self.last.values():
+            out[kind] += own
+            if kind == "shard snakemake":
+                out["their commands"] += children
+            out["processes"] += kind == "shard snakemake"
+        return out
+
+
 def time_weighted(samples: list[tuple[float, int, int]], start: float, end: float) -> float:
     """Mean of queued + running over [start, end], each sample held until the next."""
     total = weight = 0.0
@@ -116,6 +180,18 @@ def time_at_least(
             total += hi - lo
             held += (hi - lo) if run + queued >= level else 0.0
     return held / total if total else float("nan")
+
+
+def running_weighted(samples: list[tuple[float, int, int]], start: float, end: float) -> float:
+    """Mean of running jobs (busy slots) over [start, end], each sample held until the next."""
+    return time_weighted([(t, run, 0) for t, run, _ in samples], start, end)
+
+
+def running_at_least(
+    samples: list[tuple[float, int, int]], level: float, start: float, end: float
+) -> float:
+    """Fraction of [start, end] with at least ``level`` jobs running (samples held)."""
+    return time_at_least([(t, run, 0) for t, run, _ in samples], level, start, end)
 
 
 def ledger_counts(ledger: Path) -> dict:
@@ -163,6 +239,13 @@ def main() -> int:
     parser.add_argument("--cap", type=int, default=300, help="shards.max_queued_jobs")
     parser.add_argument("--concurrent", type=int, default=4, help="shards at once")
     parser.add_argument("--visits-per-shard", type=int, default=16)
+    parser.add_argument("--patches-per-shard", type=int, default=1)
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="Grid Engine slots (DCFLOW_GE_SLOTS) for the busy-slot figures (default: --cap)",
+    )
     parser.add_argument("--job-seconds", type=float, default=20.0, help="slot time per job")
     parser.add_argument("--sample-seconds", type=float, default=2.0)
     parser.add_argument("--workdir", default=None, help="campaign directory (default: a temp)")
@@ -173,6 +256,7 @@ def main() -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dcflow-scale-")).resolve()
     settings = {
         "visits_per_shard": args.visits_per_shard,
+        "patches_per_shard": args.patches_per_shard,
         "max_concurrent_shards": args.concurrent,
         "max_queued_jobs": args.cap,
     }
@@ -190,6 +274,8 @@ def main() -> int:
     print(f"planned: {planned['n_to_run']} jobs {planned['to_run_by_rule']}")
     sampler = QueueSampler(args.sample_seconds)
     sampler.start()
+    breakdown = CpuBreakdown(args.sample_seconds)
+    breakdown.start()
     argv = [str(DCFLOW), "run", "--sharded", "--profile", "sge", "--config", str(config_path)]
     argv += ["--no-progress", "--", "--gridengine-noop-direct", "True"]
     argv += ["--gridengine-noop-seconds", str(args.job_seconds)]
@@ -198,6 +284,7 @@ def main() -> int:
     driver = run_measured(argv, log=log_path, cwd=workdir)
     wall = time.time() - t0
     sampler.stop()
+    breakdown.stop()
     code = driver.returncode
     cpu = driver.cpu_s
     counts = ledger_counts(workdir / "output" / "ledger.sqlite3")
@@ -220,6 +307,14 @@ def main() -> int:
         f"{1000 * cpu / max(1, counts['done']):.1f} ms per job; peak RSS of one process "
         f"{driver.peak_mb:.0f} MB"
     )
+    parts = breakdown.totals()
+    n_done = max(1, counts["done"])
+    print(
+        "  of which (sampled): driver process "
+        f"{1000 * parts['driver'] / n_done:.1f} ms/job, {parts['processes']} shard Snakemakes "
+        f"{1000 * parts['shard snakemake'] / n_done:.1f} ms/job, the commands they ran "
+        f"(qstat, qacct, solver) {1000 * parts['their commands'] / n_done:.1f} ms/job"
+    )
     whole = time_weighted(sampler.samples, t0, t0 + wall)
     print(f"queue occupancy (queued + running), time-weighted: {whole:.1f} of cap {args.cap}")
     if full:
@@ -236,6 +331,19 @@ def main() -> int:
             + "".join(f"{t - t0:.1f}\t{r}\t{q}\n" for t, r, q in sampler.samples)
         )
         print(f"  samples: {samples_path}")
+    slots = args.slots or args.cap
+    if sampler.samples and counts["finished"]:
+        # the issue's window: from the first minute to the tail (the last 5 % of jobs excepted)
+        tail = counts["finished"][max(0, int(0.95 * len(counts["finished"])) - 1)]
+        window = (t0 + 60.0, tail)
+        busy = running_weighted(sampler.samples, *window)
+        share = running_at_least(sampler.samples, 0.9 * slots, *window)
+        print(
+            f"busy slots (running jobs) from minute 1 to the 95th-percentile finish "
+            f"({window[1] - window[0]:.0f} s): mean {busy:.1f} of {slots} "
+            f"({100 * busy / slots:.1f} %), time with >= 90 % of the slots running: "
+            f"{100 * share:.1f} %"
+        )
     print(
         f"attempts per job: mean {counts['attempts_per_job_mean']:.3f}, "
         f"max {counts['attempts_per_job_max']}; Grid Engine submissions {records} for "

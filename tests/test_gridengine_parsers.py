@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing
 import os
 import shlex
 import subprocess
@@ -31,8 +32,10 @@ from snakemake_executor_plugin_gridengine.reattach import (
 )
 from snakemake_executor_plugin_gridengine.status import (
     JobOutcome,
+    SharedQstat,
     describe_failure,
     expand_task_ids,
+    jobs_in_error_state,
     native_state,
     outcome_from_accounting,
     parse_memory_mb,
@@ -462,3 +465,34 @@ def test_comma_safe_job_exec_names_comma_jobs_by_their_outputs():
             assert "--target-jobs" not in fixed
     with pytest.raises(ValueError, match="cannot name the job"):
         comma_safe_job_exec(command.format(""), comma, ["out/3,4/warp.fits"])
+
+
+# ---- one qstat shared by every shard's Snakemake ---------------------------------------------
+
+
+def _shared_states(path: str) -> dict[str, str]:
+    return SharedQstat(path, max_age_s=30.0).states()
+
+
+def test_one_qstat_serves_every_process_while_fresh(tmp_path, monkeypatch):
+    """Six processes asking at once run qstat once (the lock) and all see the recorded states;
+    once the snapshot is older than max_age_s the next caller runs it again."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "qstat"
+    fake.parent.mkdir()
+    xml = RECORDED / "qstat_mixed.xml"
+    # a stand-in for qstat that counts its runs: the property is how often it runs
+    fake.write_text(f"#!/bin/sh\necho run >> {calls}\nsleep 0.3\ncat {xml}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    snapshot = tmp_path / "qstat.json"
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        seen = pool.map(_shared_states, [str(snapshot)] * 6)
+    assert calls.read_text().count("run") == 1
+    assert all(s == parse_qstat_xml(xml.read_text()) for s in seen)
+    assert jobs_in_error_state(["10", "8"], SharedQstat(snapshot, max_age_s=30.0)) == {"10": "Eqw"}
+    assert calls.read_text().count("run") == 1
+    data = json.loads(snapshot.read_text())
+    snapshot.write_text(json.dumps({**data, "taken": data["taken"] - 31.0}))
+    assert _shared_states(str(snapshot))["8"] == "r"
+    assert calls.read_text().count("run") == 2

@@ -102,6 +102,45 @@ def test_ledger_records_attempts_and_retries(tmp_path):
     assert attempts[1].outputs == ("calexp/1001.fits",)
 
 
+def test_watchers_read_counts_and_single_rows_not_the_run(tmp_path):
+    """The per-event reads of the logger plugin and the shard watchers agree with the full
+    attempt list: counts per state without ``all``, one job's benchmark path, and the active
+    attempts still lacking a backend id."""
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        run = ledger.start_run(campaign="c", shard="s0", backend="gridengine")
+        for jobid in (1, 2, 3):
+            ledger.job_started(run, jobid, when=100.0)
+            _info(ledger, run, jobid, visit=1000 + jobid)
+        ledger.job_info(
+            run, 9, rule="all", wildcards={}, mem_mb=None, threads=1, log_path=None,
+            benchmark_path=None, outputs=[],
+        )  # fmt: skip
+        ledger.job_finished(run, 1, when=150.0)
+        ledger.job_finished(run, 2, state=JobState.FAILED, exit_code=3, when=151.0)
+        ledger.job_backend_id(run, 3, "77")
+        _info(ledger, run, 4, visit=1004)
+        counts = ledger.run_state_counts(run)
+        pending = ledger.active_without_backend_id(run)
+        attempts = ledger.attempts(run_id=run)
+        path_2 = ledger.benchmark_path_of(run, 2)
+        path_none = ledger.benchmark_path_of(run, 42)
+    by_state = {}
+    for a in attempts:
+        if a.rule != "all":
+            by_state[a.state] = by_state.get(a.state, 0) + 1
+    assert (
+        counts
+        == by_state
+        == {
+            JobState.SUCCEEDED: 1,
+            JobState.FAILED: 1,
+            JobState.SUBMITTED: 2,
+        }
+    )
+    assert [out for _, out in pending] == [["calexp/1004.fits"]]
+    assert path_2 is None and path_none is None
+
+
 def test_finish_run_marks_unwatched_attempts_lost(tmp_path):
     with Ledger(tmp_path / "l.sqlite3") as ledger:
         run = ledger.start_run()

@@ -6,7 +6,12 @@ import itertools
 
 import pytest
 
-from dcflow.orchestration.sharded import reserved_jobs, starting_shard_jobs
+from dcflow.orchestration.sharded import (
+    PROCESSES_PER_SHARD_SHARE,
+    reserved_jobs,
+    shard_grant,
+    starting_shard_jobs,
+)
 
 
 def test_a_starting_shard_takes_what_it_can_use_of_the_free_cap():
@@ -35,10 +40,19 @@ def test_reservation_is_the_jobs_left_when_fewer():
     assert reserved_jobs(20, 68, None, 68) == 0
 
 
-def _drain(stages: list[int], n_shards: int, budget: int, max_concurrent: int, release: bool):
+def _drain(
+    stages: list[int],
+    n_shards: int,
+    budget: int,
+    max_concurrent: int,
+    release: bool,
+    follow_jobs_left: bool = False,
+):
     """Run ``n_shards`` shards whose DAG levels have ``stages`` jobs (a level takes one step
     per wave of at most ``--jobs``); return the steps taken and the most jobs active at once.
-    Without ``release`` a running shard holds its whole ``--jobs`` until it ends."""
+    Without ``release`` a running shard holds its whole ``--jobs`` until it ends; with
+    ``follow_jobs_left`` the driver's `shard_grant` decides (no shard count, the cap does),
+    else at most ``max_concurrent`` shards run."""
     n_jobs = sum(stages)
     waiting, running, steps, peak = n_shards, [], 0, 0
 
@@ -48,15 +62,24 @@ def _drain(stages: list[int], n_shards: int, budget: int, max_concurrent: int, r
         return reserved_jobs(shard["jobs"], n_jobs, n_jobs, shard["done"])
 
     while waiting or running:
-        while waiting and len(running) < max_concurrent:
-            jobs = starting_shard_jobs(
-                n_jobs,
-                budget=budget,
-                in_use=sum(held(r) for r in running),
-                max_concurrent_shards=max_concurrent,
-            )
+        while waiting and (follow_jobs_left or len(running) < max_concurrent):
+            if follow_jobs_left:
+                jobs = shard_grant(
+                    n_jobs,
+                    [held(r) for r in running],
+                    budget=budget,
+                    max_concurrent_shards=max_concurrent,
+                )
+            else:
+                jobs = starting_shard_jobs(
+                    n_jobs,
+                    budget=budget,
+                    in_use=sum(held(r) for r in running),
+                    max_concurrent_shards=max_concurrent,
+                )
             if not jobs:
                 break
+            assert len(running) < PROCESSES_PER_SHARD_SHARE * max_concurrent
             running.append({"jobs": jobs, "done": 0, "level": 0, "left": stages[0]})
             waiting -= 1
         active = [min(r["jobs"], r["left"]) for r in running]
@@ -82,6 +105,27 @@ def test_draining_shards_free_their_part_of_the_cap(budget, max_concurrent):
     assert freed[0] <= held[0]
     if budget >= 100:  # room for a draining shard's tail beside the next one's warps
         assert freed[0] < held[0]
+
+
+@pytest.mark.parametrize(("budget", "max_concurrent"), [(300, 2), (300, 4), (700, 4), (7, 2)])
+def test_concurrency_follows_the_jobs_left(budget, max_concurrent):
+    # patch groups (60 warps, 5 coadds, 1 measurement): with a fixed shard count the draining
+    # tails leave most of the cap idle; shards started beside them fill it, within the cap
+    fixed = _drain([60, 5, 1], 40, budget, max_concurrent, release=True)
+    follows = _drain([60, 5, 1], 40, budget, max_concurrent, release=True, follow_jobs_left=True)
+    assert follows[1] <= budget
+    assert follows[0] <= fixed[0]
+    if budget >= 300:  # tails overlap the next shards: at most half the steps
+        assert 2 * follows[0] <= fixed[0], (follows, fixed)
+
+
+def test_shards_start_while_the_cap_has_room_whatever_their_number():
+    # four running shards at max 2: two draining (5 and 1 left) leave room for a share
+    assert shard_grant(500, [200, 100, 5, 1], budget=700, max_concurrent_shards=2) == 394
+    assert shard_grant(500, [200, 300, 5, 1], budget=700, max_concurrent_shards=2) == 0
+    # six draining shards at max 2: the process bound (3 per share) holds
+    many = [1] * (PROCESSES_PER_SHARD_SHARE * 2)
+    assert shard_grant(10, many, budget=700, max_concurrent_shards=2) == 0
 
 
 @pytest.mark.parametrize("budget", [1, 3, 200])

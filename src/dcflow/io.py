@@ -1,17 +1,17 @@
 """FITS and table reading with errors that name the file, and atomic writing.
 
 Every output goes to a temporary name in the destination directory, is fsynced and then
-renamed, so a job killed at any point never leaves a file that looks complete.
+renamed, so a job killed at any point never leaves a file that looks complete. The atomic
+primitives (`atomic_path`, `write_text`, `write_json`) live in `dcflow.atomic`, which imports no
+astropy: planners and every shard Snakemake import them (astropy's import was most of a shard
+Snakemake's start-up CPU); they are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from astropy.table import Table
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS, FITSFixedWarning
 
+from dcflow.atomic import atomic_path, write_json, write_text
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure
 
@@ -36,35 +37,6 @@ __all__ = [
     "write_table",
     "write_text",
 ]
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
-
-    On any exception the temporary file is removed and ``path`` is left untouched.
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _umask() -> int:
-    """The process umask (mkstemp creates files 0600; outputs must follow the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_fits(hdus: fits.HDUList, path: str | os.PathLike) -> None:
@@ -92,17 +64,6 @@ def write_table(table: Table, path: str | os.PathLike) -> None:
         if description:
             hdu.header[f"TCOMM{index}"] = str(description)
     write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
-
-
-def write_text(text: str, path: str | os.PathLike) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(obj, path: str | os.PathLike) -> None:
-    """Write a JSON document atomically."""
-    write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
 
 def _detached(hdu):

@@ -721,6 +721,39 @@ class Ledger:
         sql = f"SELECT * FROM attempts WHERE {' AND '.join(clauses)} ORDER BY attempt_id"
         return [_attempt(row) for row in self._conn.execute(sql, args)]
 
+    def benchmark_path_of(self, run_id: int, jobid: int) -> str | None:
+        """Benchmark file of a job's last attempt in a run (one indexed row, not the run's)."""
+        row = self._conn.execute(
+            "SELECT benchmark_path FROM attempts WHERE run_id = ? AND jobid = ?"
+            " ORDER BY attempt_id DESC LIMIT 1",
+            (run_id, jobid),
+        ).fetchone()
+        return None if row is None else row["benchmark_path"]
+
+    def run_state_counts(self, run_id: int) -> dict[JobState, int]:
+        """Attempts of a run per state (the ``all`` rule left out), from one aggregate query.
+
+        What a driver watching many runs polls: no attempt rows are built.
+        """
+        rows = self._conn.execute(
+            "SELECT state, COUNT(*) AS n FROM attempts WHERE run_id = ? AND rule IS NOT NULL"
+            " AND rule != 'all' GROUP BY state",
+            (run_id,),
+        ).fetchall()
+        return {JobState(row["state"]): int(row["n"]) for row in rows}
+
+    def active_without_backend_id(self, run_id: int) -> list[tuple[int, list[str]]]:
+        """``(attempt_id, outputs)`` of a run's queued or running attempts with no backend id."""
+        active = [s.value for s in ACTIVE_STATES]
+        rows = self._conn.execute(
+            "SELECT attempt_id, outputs FROM attempts WHERE run_id = ? AND rule IS NOT NULL"
+            " AND rule != 'all'"
+            f" AND state IN ({_marks(active)}) AND (backend_jobid IS NULL"
+            " OR backend_jobid = '')",
+            (run_id, *active),
+        ).fetchall()
+        return [(int(r["attempt_id"]), json.loads(r["outputs"] or "[]")) for r in rows]
+
     def latest_attempts(self) -> dict[tuple[str, str], Attempt]:
         """The last attempt of every tile ``(rule, data_id)`` ever attempted."""
         rows = self._conn.execute(

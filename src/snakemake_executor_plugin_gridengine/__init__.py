@@ -33,7 +33,13 @@ from .reattach import (
     output_key,
     state_dir,
 )
-from .status import GridEngineCommandError, describe_failure, read_log_tail
+from .status import (
+    SHARED_QSTAT_MAX_AGE_S,
+    GridEngineCommandError,
+    SharedQstat,
+    describe_failure,
+    read_log_tail,
+)
 from .submit import (
     ARRAY_CHUNK,
     JobRequest,
@@ -192,7 +198,9 @@ class Executor(RemoteExecutor):
             from .drmaa_backend import DrmaaBackend
 
             self.backend = DrmaaBackend()
-        self.tracker = StatusTracker(self.backend, self.name_pattern)
+        self.state.mkdir(parents=True, exist_ok=True)
+        snapshot = SharedQstat(self.state / "qstat.json", max_age_s=SHARED_QSTAT_MAX_AGE_S)
+        self.tracker = StatusTracker(self.backend, self.name_pattern, snapshot)
         self.open_ids: set[str] = set()  # submitted (or adopted) and not seen to end
         self.submission_stats = [0, 0.0]  # jobs submitted, seconds spent in run_jobs
         self.adoptable = adoptable_submissions(self.ledger)

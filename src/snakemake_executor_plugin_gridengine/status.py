@@ -7,11 +7,16 @@ jobs that have left ``qstat``, one ``qacct`` per job-name pattern (one per drive
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import re
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from snakemake_interface_common.exceptions import WorkflowError
 
@@ -21,9 +26,11 @@ __all__ = [
     "COMMAND_TIMEOUT_S",
     "MEMORY_PATTERNS",
     "NATIVE_STATE_LETTERS",
+    "SHARED_QSTAT_MAX_AGE_S",
     "AccountingRecord",
     "GridEngineCommandError",
     "JobOutcome",
+    "SharedQstat",
     "accounting_records",
     "describe_failure",
     "expand_task_ids",
@@ -41,6 +48,10 @@ __all__ = [
 
 COMMAND_TIMEOUT_S = 60.0
 """Timeout of one qsub/qstat/qacct/qdel call, in seconds."""
+
+SHARED_QSTAT_MAX_AGE_S = 10.0
+"""Age of a `SharedQstat` snapshot beyond which it is taken again: a job stuck in error state
+("Eqw", which DRMAA never reports) is seen at most this much later."""
 
 
 # One table from native state letters to the project's JobState, in priority order: "Eqw" (error
@@ -295,16 +306,71 @@ def read_log_tail(path: str, n_bytes: int = 4096) -> str:
         return ""
 
 
-def jobs_in_error_state(job_ids: Iterable[str]) -> dict[str, str]:
+def jobs_in_error_state(
+    job_ids: Iterable[str], snapshot: SharedQstat | None = None
+) -> dict[str, str]:
     """Which of ``job_ids`` Grid Engine holds in error state ("Eqw"), from one ``qstat``.
 
-    DRMAA reports a job only once it has ended, and a job in error state never ends.
+    DRMAA reports a job only once it has ended, and a job in error state never ends. With a
+    ``snapshot`` the ``qstat`` is the one shared by every driver of the working directory.
     """
     wanted = set(job_ids)
     if not wanted:
         return {}
-    live = parse_qstat_xml(run_command(["qstat", "-xml"]).stdout)
+    if snapshot is not None:
+        live = snapshot.states()
+    else:
+        live = parse_qstat_xml(run_command(["qstat", "-xml"]).stdout)
     return {jid: code for jid, code in live.items() if jid in wanted and "E" in code}
+
+
+class SharedQstat:
+    """One ``qstat -xml`` shared by every process that watches jobs of one working directory.
+
+    A sharded run has one Snakemake per running shard, each checking its jobs every few
+    seconds; a ``qstat`` of a 700-job queue each time, in each of them, cost more driver CPU
+    than everything else per job. The parsed states are kept in ``path`` (JSON, replaced
+    atomically); a caller takes them from there while they are younger than ``max_age_s``,
+    otherwise it runs ``qstat`` under an exclusive lock (``path`` + ``.lock``), so that at most
+    one ``qstat`` per ``max_age_s`` runs for the whole cluster's jobs of the campaign.
+
+    Parameters
+    ----------
+    path : path-like
+        The snapshot file (its directory must exist).
+    max_age_s : float
+        Age in seconds beyond which a snapshot is taken again.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, max_age_s: float) -> None:
+        self.path = Path(path)
+        self.max_age_s = max_age_s
+
+    def _read_fresh(self) -> dict[str, str] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or time.time() - float(data.get("taken", 0)) > self.max_age_s:
+            return None
+        return dict(data.get("states") or {})
+
+    def states(self) -> dict[str, str]:
+        """``{job id: native state}`` of every job of this user, at most ``max_age_s`` old."""
+        fresh = self._read_fresh()
+        if fresh is not None:
+            return fresh
+        with open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fresh = self._read_fresh()  # another process may have taken it meanwhile
+            if fresh is not None:
+                return fresh
+            taken = time.time()
+            live = parse_qstat_xml(run_command(["qstat", "-xml"]).stdout)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"taken": taken, "states": live}))
+            os.replace(tmp, self.path)
+            return live
 
 
 def accounting_records(name_patterns: Iterable[str]) -> Mapping[str, AccountingRecord]:

@@ -16,7 +16,13 @@ from typing import Any
 from dcflow.states import JobState
 
 from .reattach import Submission
-from .status import JobOutcome, accounting_records, jobs_in_error_state, query_states
+from .status import (
+    JobOutcome,
+    SharedQstat,
+    accounting_records,
+    jobs_in_error_state,
+    query_states,
+)
 
 __all__ = ["VANISHED_AFTER_S", "StatusTracker"]
 
@@ -33,11 +39,15 @@ class StatusTracker:
         The DRMAA session of this driver; None for the command-line backend.
     name_pattern : str
         ``qacct -j`` pattern matching this driver's job names.
+    snapshot : SharedQstat, optional
+        The ``qstat`` shared with the other drivers of the working directory, for the error
+        state check of DRMAA jobs (default: a ``qstat`` of its own each cycle).
     """
 
-    def __init__(self, backend: Any, name_pattern: str):
+    def __init__(self, backend: Any, name_pattern: str, snapshot: SharedQstat | None = None):
         self.backend = backend
         self.name_pattern = name_pattern
+        self.snapshot = snapshot
         self.unknown_since: dict[str, float] = {}
 
     def poll(self, active: Mapping[str, Submission]) -> dict[str, JobOutcome]:
@@ -56,7 +66,7 @@ class StatusTracker:
                 if outcome is not None:
                     outcomes[jid] = outcome
             waiting = [jid for jid in own if jid not in outcomes]
-            for jid, code in jobs_in_error_state(waiting).items():
+            for jid, code in jobs_in_error_state(waiting, self.snapshot).items():
                 outcomes[jid] = JobOutcome(jid, JobState.FAILED, native=code)
         if via_cli:
             outcomes.update(self._query(via_cli))

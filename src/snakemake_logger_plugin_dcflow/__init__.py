@@ -242,10 +242,9 @@ class LogHandler(LogHandlerBase):
 
     def _benchmark_of(self, jobid: int):
         assert self._ledger is not None and self._run_id is not None
-        for attempt in reversed(self._ledger.attempts(run_id=self._run_id)):
-            if attempt.jobid == jobid:
-                return read_benchmark(attempt.benchmark_path)
-        return None
+        # one indexed row: reading the run's attempts per finished job was O(jobs^2)
+        path = self._ledger.benchmark_path_of(self._run_id, jobid)
+        return read_benchmark(path) if path else None
 
     def _job_error(self, record: logging.LogRecord, now: float) -> None:
         assert self._ledger is not None and self._run_id is not None

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dcflow.io import write_json
+from dcflow.atomic import write_json
 from dcflow.layout import Layout
 
 __all__ = ["ShardManifest", "digest", "read_manifest", "shards_dir", "write_manifest"]

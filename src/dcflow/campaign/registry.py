@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from astropy.io import fits
-
 from dcflow.dataids import normalize_data_id
 
 __all__ = [
@@ -214,6 +212,8 @@ def ingest(
     records: list[RawRecord] = []
     described: dict[str, dict] = {}
     rejected: list[tuple[str, str]] = []
+    from astropy.io import fits  # here: shard Snakemakes open the registry, never read a raw
+
     n_known = 0
     for i, raw_path in enumerate(paths, 1):
         path = str(raw_path)

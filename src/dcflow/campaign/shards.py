@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,10 +58,10 @@ from typing import Any
 
 import numpy as np
 
+from dcflow.atomic import write_json
 from dcflow.campaign.index import CampaignIndex
 from dcflow.campaign.manifest import ShardManifest, digest, shards_dir
 from dcflow.configs import check_fields, config_field
-from dcflow.io import write_json
 from dcflow.layout import Layout
 from dcflow.pipeline.graph import JobGraph
 from dcflow.pipeline.payload import payload_script
@@ -71,7 +72,9 @@ __all__ = [
     "SHARD_KINDS",
     "Shard",
     "ShardConfig",
+    "ShardHasher",
     "build_shards",
+    "is_current",
     "manifest_of",
     "marker_path",
     "read_marker",
@@ -112,7 +115,10 @@ class ShardConfig:
         minimum=1,
     )
     max_concurrent_shards: int = config_field(
-        2, "Shards whose Snakemake runs at the same time", minimum=1
+        2,
+        "Shares of max_queued_jobs: a shard starts when 1/N of the cap (or its jobs, when "
+        "fewer) is free, however many shards run; at most 3 N shard Snakemakes at once",
+        minimum=1,
     )
     max_queued_jobs: int = config_field(
         200,
@@ -391,23 +397,61 @@ def shard_hashes(
 
     ``shards`` must be in topological order (`build_shards` returns them so).
     """
-    from dcflow import __version__
-    from dcflow.pipeline.spec import stage
+    hasher = ShardHasher(shards, index, config, repo_root=repo_root)
+    return {shard.shard_id: hasher.hash_of(shard.shard_id) for shard in shards}
 
-    code = shard_code_digests(config["campaign"].get("payload", "full"), repo_root)
-    hashes: dict[str, str] = {}
-    for shard in shards:
-        names = set(ALWAYS_HASHED_SECTIONS)
-        for rule in shard.rules:
-            names.update(stage(rule).sections)
-        parts = {
-            "manifest": manifest_of(shard, index).digest(),
-            "config": {name: config.get(name) for name in sorted(names)},
-            "code": {"dcflow": __version__, **{r: code.get(r) for r in shard.rules}},
-            "upstream": {u: hashes[u] for u in shard.upstream},
-        }
-        hashes[shard.shard_id] = digest(parts)
-    return hashes
+
+class ShardHasher:
+    """Shard hashes computed when first asked for, once each (the same as `shard_hashes`).
+
+    At DC2013 scale hashing every shard takes ~46 s; a driver that asks for a shard's hash
+    only when it reaches the shard submits its first jobs after hashing one shard, and a
+    thread may hash the next shards ahead (`hash_of` is safe to call from several threads).
+    Manifests are not kept (at DC2013 scale they would hold every shard's target list).
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        index: CampaignIndex,
+        config: Mapping[str, Any],
+        *,
+        repo_root: str | Path = REPO_ROOT,
+    ) -> None:
+        self._shards = {s.shard_id: s for s in shards}
+        self._index = index
+        self._config = config
+        self._code = shard_code_digests(config["campaign"].get("payload", "full"), repo_root)
+        self._hashes: dict[str, str] = {}
+        self._lock = threading.RLock()
+
+    def hash_of(self, shard_id: str) -> str:
+        """The hash of shard ``shard_id`` (its upstream shards hashed first when needed)."""
+        from dcflow import __version__
+        from dcflow.pipeline.spec import stage
+
+        with self._lock:
+            known = self._hashes.get(shard_id)
+            if known is not None:
+                return known
+            shard = self._shards[shard_id]
+            names = set(ALWAYS_HASHED_SECTIONS)
+            for rule in shard.rules:
+                names.update(stage(rule).sections)
+            parts = {
+                "manifest": manifest_of(shard, self._index).digest(),
+                "config": {name: self._config.get(name) for name in sorted(names)},
+                "code": {"dcflow": __version__, **{r: self._code.get(r) for r in shard.rules}},
+                "upstream": {u: self.hash_of(u) for u in shard.upstream},
+            }
+            self._hashes[shard_id] = digest(parts)
+            return self._hashes[shard_id]
+
+
+def is_current(layout: Layout, shard_id: str, shard_hash: str) -> bool:
+    """Whether the shard's marker holds ``shard_hash`` (it finished with these inputs)."""
+    marker = read_marker(layout, shard_id)
+    return marker is not None and marker.get("hash") == shard_hash
 
 
 def marker_path(layout: Layout, shard_id: str) -> Path:

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.wcs import WCS
 
 from dcflow.configs import check_fields, config_field
+
+if TYPE_CHECKING:  # astropy.wcs is imported where a WCS is built: shard Snakemakes need none
+    from astropy.wcs import WCS
 
 __all__ = [
     "BBox",
@@ -186,6 +189,8 @@ def tract_wcs(tract: TractInfo) -> WCS:
 
     Pixel ``(0, 0)`` is the first array element (FITS CRPIX is 1-based, hence the +1).
     """
+    from astropy.wcs import WCS
+
     wcs = WCS(naxis=2)
     centre = (tract.size_pixels - 1) / 2.0
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]

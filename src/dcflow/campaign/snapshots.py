@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from dcflow.atomic import atomic_path
 from dcflow.campaign.index import CampaignIndex
-from dcflow.io import atomic_path
 from dcflow.layout import Layout
 
 __all__ = [

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
-from astropy.utils.exceptions import AstropyWarning
-from astropy.wcs import WCS, FITSFixedWarning
 
 from dcflow.errors import InputDataError
 from dcflow.geometry import DetectorLayout
+
+if TYPE_CHECKING:  # astropy is imported where used: every shard Snakemake imports this package
+    from astropy.io import fits
+    from astropy.wcs import WCS
 
 __all__ = ["OBSTYPES", "REQUIRED_KEYS", "RawCcd", "raw_ccd_from_hdu"]
 
@@ -146,6 +148,9 @@ def raw_ccd_from_hdu(hdu: fits.PrimaryHDU | fits.ImageHDU, *, source: str = "raw
             raise InputDataError(f"{source}: GAIN{name}={gain} must be a positive number")
     wcs = None
     if "CTYPE1" in header:
+        from astropy.utils.exceptions import AstropyWarning
+        from astropy.wcs import WCS, FITSFixedWarning
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (FITSFixedWarning, AstropyWarning))
             wcs = WCS(header, naxis=2, relax=True)

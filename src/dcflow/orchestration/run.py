@@ -39,7 +39,7 @@ from dcflow.orchestration.profiles import (
     rule_defaults,
 )
 from dcflow.orchestration.snakemake_cli import snakemake_argv
-from dcflow.states import ACTIVE_STATES, JobState
+from dcflow.states import JobState
 from dcflow.status import marker_jobid
 
 __all__ = [
@@ -396,14 +396,17 @@ class ProgressPrinter:
         """Show the progress if anything changed since the last call."""
         try:
             with Ledger(self.ledger_path) as ledger:
+                if self.workdir is not None:
+                    # only the active attempts still without an id: a shard watched with no
+                    # display must not read its whole run every period
+                    for attempt_id, outputs in ledger.active_without_backend_id(self.run_id):
+                        jobid = marker_jobid(self.workdir, outputs[0]) if outputs else None
+                        if jobid:
+                            ledger.set_attempt_backend_id(attempt_id, jobid)
+                if not self.show and not final:
+                    return
                 run = ledger.run(self.run_id)
                 attempts = ledger.attempts(run_id=self.run_id)
-                if self.workdir is not None:
-                    for a in attempts:
-                        if a.state in ACTIVE_STATES and not a.backend_jobid and a.outputs:
-                            jobid = marker_jobid(self.workdir, a.outputs[0])
-                            if jobid:
-                                ledger.set_attempt_backend_id(a.attempt_id, jobid)
         except (sqlite3.Error, KeyError) as exc:
             log.debug("progress: ledger not readable yet: %s", exc)
             return
