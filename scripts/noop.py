@@ -4,7 +4,9 @@ Under ``campaign.payload: noop`` every rule runs this script instead of its stag
 inputs and outputs, hence the DAG, are those of the full payload): scale runs of the
 orchestration without the science. Only raw inputs are opened, and only to check they are
 whole (readable FITS with the registry's keywords, no all-NaN amplifier HDU), so a corrupt
-raw fails its job naming the file as a real stage would; other inputs are not read. Each
+raw fails its job naming the file as a real stage would; an empty raw is a synthetic scale
+campaign's stand-in (`dcflow.campaign.synthetic.touch_raws`, millions of files) and is not
+checked; other inputs are not read. Each
 output is written atomically (`dcflow.io.write_text`), so a killed job leaves no partial
 file. ``DCFLOW_NOOP_SECONDS`` (default 0) makes each job sleep that long first, to emulate a
 stage's duration.
@@ -36,7 +38,8 @@ def placeholder_text(rule, wildcards, output):
 
 def main(*, rule, wildcards, outputs, n_inputs, raws=(), seconds=0.0):
     for raw in raws:
-        check_raw_file(raw, required_keys=tuple(HEADER_KEYS.values()))
+        if os.path.getsize(raw) > 0:  # empty: a scale campaign's stand-in (touch_raws)
+            check_raw_file(raw, required_keys=tuple(HEADER_KEYS.values()))
     if seconds > 0:
         time.sleep(seconds)
     for output in outputs:
