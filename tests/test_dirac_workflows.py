@@ -237,7 +237,7 @@ def test_killed_job_fails_and_plain_rerun_redoes_only_it(tmp_path, wms):
         found = sorted((n.split("~")[0], s) for n, s in _group_jobs(wms, tmp_path).values())
         return found if len(found) == 3 and found[2][1] in ("Killed", "Failed") else None
 
-    statuses = _wait_for(settled, 120, "the killed attempt to settle")
+    statuses = _wait_for(settled, 240, "the killed attempt to settle")  # 120 s missed once in CI
     assert len(statuses) == 3
     assert statuses[:2] == [("fast", "Done"), ("slow", "Done")]
     assert statuses[2][0] == "slow"
