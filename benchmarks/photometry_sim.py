@@ -30,6 +30,7 @@ Prints figures; it is not a test.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import warnings
@@ -42,35 +43,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import test_forced_photometry as forced
 import test_process_ccd as pccd
 from scipy.spatial import cKDTree
+from synthetic import PIXEL_SCALE_ARCSEC, make_star_field
 
 from dcflow.stages.process_ccd import process_ccd
 from dcflow.stages.psf import MoffatPsf
 
 
 def process_ccd_figures() -> dict[str, float]:
-    field = pccd.field.__wrapped__()
+    field = pccd.star_field()
     result = process_ccd(field.exposure, field.refcat, band="r")
-    t, i, ok = pccd.matched_truth(field, result)
-    s, tm = result.src[i[ok]], t[ok]
-    xy = np.column_stack([tm["x"], tm["y"]])
-    near = cKDTree(xy).query(xy, k=2)[0][:, 1]
-    sel = (s["flags"] == 0) & (s["snr"] > 50) & (s["snr"] < 500) & (near > 20)
-    truth = np.asarray(tm["flux_e"])[sel]
-    psf = np.asarray(s["psf_flux"] * s["apcorr"])[sel] / truth
-    psf_err = np.asarray(s["psf_flux_err"] * s["apcorr"])[sel] / truth
-    ap = np.asarray(s["ap_flux"])[sel] / truth
-    # Photon noise of an optimal PSF fit with the true PSF and variance: 1 / sum(P^2 / V).
+    truth_all, nearest, matched = pccd.matched_truth(field, result)
+    src, truth_src = result.src[nearest[matched]], truth_all[matched]
+    xy = np.column_stack([truth_src["x"], truth_src["y"]])
+    neighbour_pix = cKDTree(xy).query(xy, k=2)[0][:, 1]
+    sel = (src["flags"] == 0) & (src["snr"] > 50) & (src["snr"] < 500) & (neighbour_pix > 20)
+    truth = np.asarray(truth_src["flux_e"])[sel]
+    psf = np.asarray(src["psf_flux"] * src["apcorr"])[sel] / truth
+    psf_err = np.asarray(src["psf_flux_err"] * src["apcorr"])[sel] / truth
+    ap = np.asarray(src["ap_flux"])[sel] / truth
+    # Photon noise of an optimal PSF fit with the true PSF and variance: 1 / sum(P^2 / V),
+    # with the simulator's sky and read noise (make_star_field's defaults).
+    defaults = inspect.signature(make_star_field).parameters
+    background_e = defaults["sky_e"].default + defaults["read_noise_e"].default ** 2
     beta = 3.0
-    fwhm_pix = field.fwhm_arcsec / 0.187
+    fwhm_pix = field.fwhm_arcsec / PIXEL_SCALE_ARCSEC
     moffat = MoffatPsf(alpha_pix=fwhm_pix / (2 * np.sqrt(2 ** (1 / beta) - 1)), beta=beta)
-    p = moffat.render(int(np.ceil(6 * fwhm_pix)))
-    photon = np.array([1 / np.sqrt(np.sum(p * p / (f * p + 800.0 + 16.0))) for f in truth]) / truth
-    hi = (s["snr"] > 100) & (s["flags"] == 0)
-    dec = np.asarray(s["dec_deg"])
-    dra = (np.asarray(s["ra_deg"]) - tm["ra_deg"]) * np.cos(np.radians(dec)) * 3.6e6
-    ddec = (dec - tm["dec_deg"]) * 3.6e6
-    sigma_pix = field.fwhm_arcsec / 0.187 / 2.3548
-    snr = t["flux_e"] / np.sqrt(t["flux_e"] + 816.0 * 4 * np.pi * sigma_pix**2)
+    psf_image = moffat.render(int(np.ceil(6 * fwhm_pix)))
+    photon = (
+        np.array(
+            [1 / np.sqrt(np.sum(psf_image**2 / (f * psf_image + background_e))) for f in truth]
+        )
+        / truth
+    )
+    bright = (src["snr"] > 100) & (src["flags"] == 0)
+    dec = np.asarray(src["dec_deg"])
+    dra_mas = (np.asarray(src["ra_deg"]) - truth_src["ra_deg"]) * np.cos(np.radians(dec)) * 3.6e6
+    ddec_mas = (dec - truth_src["dec_deg"]) * 3.6e6
+    sigma_pix = fwhm_pix / 2.3548
+    snr = truth_all["flux_e"] / np.sqrt(
+        truth_all["flux_e"] + background_e * 4 * np.pi * sigma_pix**2
+    )
     return {
         "n_stars_snr_50_500": float(sel.sum()),
         "pull_rms": float(np.std((psf - np.median(psf)) / psf_err)),
@@ -78,9 +90,9 @@ def process_ccd_figures() -> dict[str, float]:
         "quoted_err_over_photon": float(np.median(psf_err / photon)),
         "psf_mmag": 1086 * float(np.std(psf / np.median(psf))),
         "ap_mmag": 1086 * float(np.std(ap / np.median(ap))),
-        "astrom_rms_mas": float(np.sqrt(np.mean(dra[hi] ** 2 + ddec[hi] ** 2))),
-        "completeness_snr10": float(ok[snr >= 10].mean()),
-        "completeness_snr20": float(ok[snr >= 20].mean()),
+        "astrom_rms_mas": float(np.sqrt(np.mean(dra_mas[bright] ** 2 + ddec_mas[bright] ** 2))),
+        "completeness_snr10": float(matched[snr >= 10].mean()),
+        "completeness_snr20": float(matched[snr >= 20].mean()),
     }
 
 

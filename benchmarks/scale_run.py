@@ -69,12 +69,11 @@ def generate(workdir: Path, fraction: float, settings: dict) -> Path:
     return config_path
 
 
-class QueueSampler:
-    """Samples how many Grid Engine jobs are queued or running, every ``period_s``."""
+class PeriodicSampler:
+    """Calls ``sample()`` every ``period_s`` in a daemon thread, between start() and stop()."""
 
     def __init__(self, period_s: float) -> None:
         self.period_s = period_s
-        self.samples: list[tuple[float, int, int]] = []  # time, running, queued
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -87,17 +86,31 @@ class QueueSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            done = subprocess.run(
-                ["qstat", "-xml", "-u", "*"], capture_output=True, text=True, check=False
-            )
-            if done.returncode == 0:
-                states = parse_qstat_xml(done.stdout).values()
-                running = sum(1 for s in states if "q" not in s)  # r, t (not qw, hqw)
-                self.samples.append((time.time(), running, len(states) - running))
+            self.sample()
             self._stop.wait(self.period_s)
 
+    def sample(self) -> None:
+        raise NotImplementedError
 
-class CpuBreakdown:
+
+class QueueSampler(PeriodicSampler):
+    """Samples how many Grid Engine jobs are queued or running, every ``period_s``."""
+
+    def __init__(self, period_s: float) -> None:
+        super().__init__(period_s)
+        self.samples: list[tuple[float, int, int]] = []  # time, running, queued
+
+    def sample(self) -> None:
+        done = subprocess.run(
+            ["qstat", "-xml", "-u", "*"], capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0:
+            states = parse_qstat_xml(done.stdout).values()
+            running = sum(1 for s in states if "q" not in s)  # r, t (not qw, hqw)
+            self.samples.append((time.time(), running, len(states) - running))
+
+
+class CpuBreakdown(PeriodicSampler):
     """Where the driver's CPU goes: its own process, its shard Snakemakes, their children.
 
     Samples (psutil, every ``period_s``) the ``dcflow run --sharded`` process and every process
@@ -109,43 +122,34 @@ class CpuBreakdown:
     """
 
     def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
-        self.last: dict[tuple[int, float], tuple[str, float, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
         import psutil
 
-        me = psutil.Process()
-        while not self._stop.is_set():
-            for proc in me.children(recursive=True):
-                try:
-                    with proc.oneshot():
-                        cmd = " ".join(proc.cmdline())
-                        if "run --sharded" in cmd:
-                            kind = "driver"
-                        elif "-m snakemake" in cmd:
-                            kind = "shard snakemake"
-                        else:
-                            continue
-                        t = proc.cpu_times()
-                        key = (proc.pid, proc.create_time())
-                        self.last[key] = (
-                            kind,
-                            t.user + t.system,
-                            t.children_user + t.children_system,
-                        )
-                except psutil.Error:
-                    continue
-            self._stop.wait(self.period_s)
+        super().__init__(period_s)
+        self.last: dict[tuple[int, float], tuple[str, float, float]] = {}
+        self._me = psutil.Process()
+
+    def sample(self) -> None:
+        import psutil
+
+        for proc in self._me.children(recursive=True):
+            try:
+                with proc.oneshot():
+                    cmd = " ".join(proc.cmdline())
+                    if "run --sharded" in cmd:
+                        kind = "driver"
+                    elif "-m snakemake" in cmd:
+                        kind = "shard snakemake"
+                    else:
+                        continue
+                    times = proc.cpu_times()
+                    key = (proc.pid, proc.create_time())
+                    self.last[key] = (
+                        kind,
+                        times.user + times.system,
+                        times.children_user + times.children_system,
+                    )
+            except psutil.Error:
+                continue
 
     def totals(self) -> dict[str, float]:
         """CPU seconds per part: driver, shard Snakemakes, what the Snakemakes waited for."""

@@ -29,8 +29,8 @@ from dcflow.stages.psf import MoffatPsf
 SHAPE = (1500, 1000)  # non-square; the header WCS is off by 3 arcsec
 
 
-@pytest.fixture(scope="module")
-def field():
+def star_field():
+    """The crowded, distorted r-band field these tests score (benchmarks/photometry_sim.py too)."""
     return make_star_field(
         SHAPE,
         n_stars=800,
@@ -43,6 +43,11 @@ def field():
         saturation_e=1.2e4,
         n_cosmic_rays=100,
     )
+
+
+@pytest.fixture(scope="module")
+def field():
+    return star_field()
 
 
 @pytest.fixture(scope="module")
