@@ -42,7 +42,13 @@ from dcflow.catalog_schema import annotate, flux_unit_of_zero_point
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
-from dcflow.stages.deblend import TEMPLATES, child_layers, deblend, footprint_peaks
+from dcflow.stages.deblend import (
+    TEMPLATES,
+    child_layers,
+    deblend,
+    footprint_peaks,
+    residual_peaks,
+)
 from dcflow.stages.forced_photometry import (
     FWHM_PER_SIGMA,
     MixturePsf,
@@ -145,6 +151,13 @@ class CoaddMeasurementConfig:
         "A footprint's peaks are looked for again on the unsmoothed significance image; one "
         "counts when it stands this far above the saddle to higher ground (sigma)",
         exclusive_minimum=0.0,
+    )
+    deblend_residual_peak_sigma: float = config_field(
+        5.0,
+        "Peaks are also looked for in the residual of a fit of each footprint's known peaks "
+        "(a faint neighbour on a bright one's shoulder is no local maximum); one counts when "
+        "its PSF-filtered S/N reaches this (sigma; 0: no residual search)",
+        minimum=0.0,
     )
     deblend_max_children: int = config_field(
         25,
@@ -325,15 +338,17 @@ def _pixel_snr(coadds: Mapping[str, Exposure], filters: tuple[str, ...]) -> np.n
         return np.where(count > 0, total / np.sqrt(count), 0.0)
 
 
-def _widest_fwhm_pix(coadds: Mapping[str, Exposure], filters: tuple[str, ...]) -> float:
-    """Largest PSF FWHM among the filters' coadds with data, pixels (0 if none)."""
-    widest = 0.0
+def _widest_psf(coadds: Mapping[str, Exposure], filters: tuple[str, ...]) -> MixturePsf | None:
+    """PSF of largest FWHM among the filters' coadds with data (None if none has data)."""
+    widest = None
     for name in filters:
         coadd = coadds[name]
         if int(coadd.header.get("PSFNCOMP", 1)) == 0:
             continue
         pixel_arcsec = float(np.mean(proj_plane_pixel_scales(coadd.wcs.celestial))) * 3600.0
-        widest = max(widest, MixturePsf.from_header(coadd.header, pixel_arcsec).effective_fwhm_pix)
+        psf = MixturePsf.from_header(coadd.header, pixel_arcsec)
+        if widest is None or psf.effective_fwhm_pix > widest.effective_fwhm_pix:
+            widest = psf
     return widest
 
 
@@ -473,13 +488,22 @@ def measure_coadds(
         min_separation_pixels=config.peak_min_separation_pixels,
     )
     above = detection.significance >= config.detect_threshold_sigma
+    pixel_snr = _pixel_snr(coadds, filters)
     px, py = footprint_peaks(
-        above,
-        _pixel_snr(coadds, filters),
-        px,
-        py,
-        min_contrast_sigma=config.deblend_min_peak_contrast_sigma,
+        above, pixel_snr, px, py, min_contrast_sigma=config.deblend_min_peak_contrast_sigma
     )
+    widest_psf = _widest_psf(coadds, filters)
+    if config.deblend_residual_peak_sigma > 0 and config.deblend_template != "none" and widest_psf:
+        px, py = residual_peaks(
+            above,
+            pixel_snr,
+            px,
+            py,
+            psf=widest_psf,
+            grow_pix=config.deblend_grow_fwhm * widest_psf.effective_fwhm_pix,
+            min_snr=config.deblend_residual_peak_sigma,
+            max_children=config.deblend_max_children,
+        )
     n_peaks = len(px)
     own = patch.inner.contains(px + patch.outer.x0, py + patch.outer.y0)
     all_px, all_py = px, py
@@ -494,7 +518,7 @@ def measure_coadds(
         above,
         all_px,
         all_py,
-        grow_pix=config.deblend_grow_fwhm * _widest_fwhm_pix(coadds, filters),
+        grow_pix=config.deblend_grow_fwhm * (widest_psf.effective_fwhm_pix if widest_psf else 0.0),
         max_children=config.deblend_max_children,
         template=config.deblend_template,
     )
