@@ -46,6 +46,7 @@ import logging
 import sys
 import time
 import warnings
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ from scipy.spatial import cKDTree
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from blend_synthetic import PATCH, blend_field
+from blend_synthetic import header as blend_header
 from photutils.segmentation import SegmentationImage, deblend_sources
 
 from dcflow.exposure import Exposure
@@ -225,13 +227,223 @@ def demo(results: Path) -> None:
             )
 
 
+def _residual_config(sigma: float) -> CoaddMeasurementConfig:
+    """Mixed templates with a residual search threshold; code without one (landed) ignores it."""
+    names = {f.name for f in fields(CoaddMeasurementConfig)}
+    if "deblend_residual_peak_sigma" not in names:
+        return CoaddMeasurementConfig(apcorr_min_stars=10**6)
+    return CoaddMeasurementConfig(apcorr_min_stars=10**6, deblend_residual_peak_sigma=sigma)
+
+
+def _errors_and_extra(field, column, reference, sigma):
+    """Relative child-flux errors (NaN: not found) and Objects matching no source."""
+    detection = chi2_detection_image({"r": field.exposure})
+    config = _residual_config(sigma)
+    objects = measure_coadds({"r": field.exposure}, detection, PATCH, config=config).objects
+    index, found = _match(objects, field)
+    flux = np.where(found, np.asarray(objects[f"r_{column}"])[index], np.nan)
+    # A child counts once: two sources matched to one Object leave the farther one unfound.
+    taken = np.zeros(len(objects), dtype=bool)
+    distance = np.hypot(objects["x"][index] - field.x, objects["y"][index] - field.y)
+    for k in np.argsort(distance):
+        if found[k] and taken[index[k]]:
+            flux[k] = np.nan
+        taken[index[k]] |= found[k]
+    return flux / reference - 1.0, int((~taken).sum())
+
+
+def residual(seeds: int, kinds: list[str], sigmas: list[float]) -> None:
+    """Mixed templates at each residual-search threshold (0: none): found, rms, extra."""
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    separations = (1.5, 2.0, 3.0)
+    contrasts = (0.0, 1.0, 2.0, 2.5, 3.0)
+    for kind in kinds:
+        column = "psf_flux" if kind == "star" else "ap_flux"
+        print(
+            f"\n{kind}s, mixed: found primary/secondary, rms primary/secondary, Objects "
+            "matching no source; per residual threshold (sigma)"
+        )
+        print(f"{'sep_fwhm':>8} {'dmag':>5} " + " ".join(f"{f'sigma {s:g}':>33}" for s in sigmas))
+        seconds = dict.fromkeys(sigmas, 0.0)
+        for separation in separations:
+            for contrast in contrasts:
+                errors = {s: [] for s in sigmas}
+                extra = dict.fromkeys(sigmas, 0)
+                primary = []
+                for seed in range(seeds):
+                    field = blend_field(separation, contrast, seed=seed, kind=kind)
+                    reference = field.flux if kind == "star" else _reference(field, column)
+                    for sigma in sigmas:
+                        start = time.perf_counter()
+                        rel, n_extra = _errors_and_extra(field, column, reference, sigma)
+                        seconds[sigma] += time.perf_counter() - start
+                        errors[sigma].append(rel)
+                        extra[sigma] += n_extra
+                    primary.append(field.is_primary)
+                primary = np.concatenate(primary)
+                cells = []
+                for sigma in sigmas:
+                    rel = np.concatenate(errors[sigma])
+                    found = np.isfinite(rel)
+                    parts = [f"{found[w].sum()}/{w.sum()}" for w in (primary, ~primary)]
+                    for which in (primary, ~primary):
+                        sel = which & found
+                        rms = np.sqrt(np.mean(rel[sel] ** 2)) if sel.any() else np.nan
+                        parts.append(f"{100 * rms:.1f}%")
+                    cells.append(
+                        f"{parts[0]:>5} {parts[1]:>5} {parts[2]:>6} {parts[3]:>6} x{extra[sigma]}"
+                    )
+                print(f"{separation:8.1f} {contrast:5.1f} " + " ".join(f"{c:>33}" for c in cells))
+        print(
+            "measure_coadds seconds: "
+            + ", ".join(f"sigma {s:g} {t:.1f}" for s, t in seconds.items())
+        )
+
+
+def singles(seeds: int) -> None:
+    """False splits: Objects beyond one per isolated star or galaxy, before and after."""
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    print(f"{'kind':>7} {'S/N':>6} {'sources':>8} {'extra before':>13} {'extra after':>12}")
+    for kind in ("star", "galaxy"):
+        for brightness in (0.05, 1.0, 10.0):
+            extra = {0.0: 0, 5.0: 0}
+            n = 0
+            for seed in range(seeds):
+                field = blend_field(2.0, 0.0, seed=100 + seed, kind=kind)
+                alone = brightness * np.sum(
+                    [i for i, p in zip(field.noiseless, field.is_primary, strict=True) if p],
+                    axis=0,
+                )
+                noise = field.exposure.image - np.sum(field.noiseless, axis=0)
+                exposure = replace(field.exposure, image=(alone + noise).astype(np.float32))
+                detection = chi2_detection_image({"r": exposure})
+                n += int(field.is_primary.sum())
+                for sigma in extra:
+                    config = _residual_config(sigma)
+                    objects = measure_coadds({"r": exposure}, detection, PATCH, config=config)
+                    extra[sigma] += len(objects.objects) - int(field.is_primary.sum())
+            print(f"{kind:>7} {2000 * brightness:6.0f} {n:8d} {extra[0.0]:13d} {extra[5.0]:12d}")
+
+
+def _demo_sized_patch(seed: int):
+    """g and r coadds of one demo patch (2300 x 2300, 0.2"): the demo's stars, its noise.
+
+    Stars as `cfht_sim` draws them (60,000 per deg2, r = 14-24, counts slope 0.25, g - r
+    0.2-1.4) over four 300 s visits per filter (sky r 21.2, g 22.0 mag/arcsec2), Gaussian
+    PSFs of 0.80" (g) and 0.75" (r).
+    """
+    from dcflow.campaign.skymap import SkyMapConfig, make_tracts, patch_info, patch_wcs
+
+    tract = make_tracts(
+        SkyMapConfig(
+            tract_ra_deg=(150.0,),
+            tract_dec_deg=(2.2,),
+            pixel_scale_arcsec=0.2,
+            patch_inner_pixels=2100,
+            patch_border_pixels=100,
+            n_patches=2,
+        )
+    )[0]
+    info = patch_info(tract, 0, 0)
+    ny, nx = info.shape
+    rng = np.random.default_rng(seed)
+    area_deg2 = ny * nx * (0.2 / 3600.0) ** 2
+    n = rng.poisson(60000.0 * area_deg2)
+    slope = 0.25 * np.log(10.0)
+    lo, hi = np.exp(slope * 14.0), np.exp(slope * 24.0)
+    r_mag = np.log(lo + rng.uniform(0, 1, n) * (hi - lo)) / slope
+    colour = rng.uniform(0.2, 1.4, n)
+    x, y = rng.uniform(0, nx, n), rng.uniform(0, ny, n)
+    exptime_s = 4 * 300.0
+    coadds = {}
+    for name, mags, zp_1s, sky_mag, fwhm_arcsec in (
+        ("g", r_mag + colour, 26.9, 22.0, 0.80),
+        ("r", r_mag, 26.6, 21.2, 0.75),
+    ):
+        zp = zp_1s + 2.5 * np.log10(exptime_s)
+        sky_e = 10 ** (-0.4 * (sky_mag - zp)) * 0.2**2
+        sigma = fwhm_arcsec / 0.2 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+        image = np.zeros((ny, nx))
+        flux = 10 ** (-0.4 * (mags - zp))
+        half = 15
+        offsets = np.arange(-half, half + 1)
+        for xs, ys, f in zip(x, y, flux, strict=True):
+            ix, iy = round(xs), round(ys)
+            gx = np.exp(-0.5 * ((ix + offsets - xs) / sigma) ** 2)
+            gy = np.exp(-0.5 * ((iy + offsets - ys) / sigma) ** 2)
+            stamp = f * np.outer(gy, gx) / (gx.sum() * gy.sum())
+            y0, x0 = iy - half, ix - half
+            sy = slice(max(0, y0), min(ny, y0 + 2 * half + 1))
+            sx = slice(max(0, x0), min(nx, x0 + 2 * half + 1))
+            image[sy, sx] += stamp[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0]
+        variance = sky_e + image
+        image = image + rng.normal(0.0, 1.0, (ny, nx)) * np.sqrt(variance)
+        header = blend_header()
+        header["PSFF0"] = fwhm_arcsec
+        header["ZP"] = float(zp)
+        coadds[name] = Exposure(
+            image.astype(np.float32),
+            np.zeros((ny, nx), dtype=np.int32),
+            variance.astype(np.float32),
+            patch_wcs(tract, info),
+            header,
+        )
+    return coadds, info, np.c_[x, y], r_mag
+
+
+def demo_sized(repeats: int) -> None:
+    """CPU and wall seconds of measure_coadds on a demo-sized patch, residual search off / on."""
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    coadds, info, truth, r_mag = _demo_sized_patch(seed=1)
+    detection = chi2_detection_image(coadds)
+    print(f"demo-sized patch {info.shape}, {len(truth)} stars ({(r_mag < 23).sum()} at r < 23)")
+    header = ("residual sigma", "cpu s", "wall s", "objects", "unmatched", "nChild>1")
+    print("{:>14} {:>16} {:>16} {:>8} {:>10} {:>9}".format(*header))
+    for sigma in (0.0, 5.0):
+        config = CoaddMeasurementConfig(deblend_residual_peak_sigma=sigma)
+        cpu, wall = [], []
+        for _ in range(repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            objects = measure_coadds(coadds, detection, info, config=config).objects
+            cpu.append(time.process_time() - start_cpu)
+            wall.append(time.perf_counter() - start)
+        distance, _ = cKDTree(truth).query(np.c_[objects["x"], objects["y"]])
+        unmatched = int((distance > 1.5).sum())
+        children = int((np.asarray(objects["deblend_nChild"]) > 1).sum())
+        cpu_cell = " ".join(f"{t:.1f}" for t in cpu)
+        wall_cell = " ".join(f"{t:.1f}" for t in wall)
+        print(
+            f"{sigma:14.1f} {cpu_cell:>16} {wall_cell:>16} {len(objects):8d} {unmatched:10d} "
+            f"{children:9d}"
+        )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--kind", nargs="+", default=["star", "galaxy"])
     parser.add_argument("--demo", type=Path, help="time measure_coadds on a demo's patches")
+    parser.add_argument(
+        "--residual", action="store_true", help="mixed, residual peak search off vs on"
+    )
+    parser.add_argument(
+        "--residual-sigma", type=float, nargs="+", default=[0.0, 5.0], help="with --residual"
+    )
+    parser.add_argument("--singles", action="store_true", help="false splits of lone sources")
+    parser.add_argument(
+        "--demo-sized", type=int, metavar="REPEATS", help="time one demo-sized patch"
+    )
     args = parser.parse_args()
     if args.demo:
         demo(args.demo)
+    elif args.residual:
+        residual(args.seeds, args.kind, args.residual_sigma)
+    elif args.singles:
+        singles(args.seeds)
+    elif args.demo_sized:
+        demo_sized(args.demo_sized)
     else:
         main(args.seeds, args.kind)

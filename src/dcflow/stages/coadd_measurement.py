@@ -47,6 +47,7 @@ from dcflow.stages.deblend import (
     child_layers,
     deblend,
     footprint_peaks,
+    grow_footprints,
     residual_peaks,
 )
 from dcflow.stages.forced_photometry import (
@@ -493,14 +494,15 @@ def measure_coadds(
         above, pixel_snr, px, py, min_contrast_sigma=config.deblend_min_peak_contrast_sigma
     )
     widest_psf = _widest_psf(coadds, filters)
+    grow_pix = config.deblend_grow_fwhm * (widest_psf.effective_fwhm_pix if widest_psf else 0.0)
+    footprints = grow_footprints(above, grow_pix)
     if config.deblend_residual_peak_sigma > 0 and config.deblend_template != "none" and widest_psf:
         px, py = residual_peaks(
-            above,
+            footprints,
             pixel_snr,
             px,
             py,
             psf=widest_psf,
-            grow_pix=config.deblend_grow_fwhm * widest_psf.effective_fwhm_pix,
             min_snr=config.deblend_residual_peak_sigma,
             max_children=config.deblend_max_children,
         )
@@ -518,9 +520,10 @@ def measure_coadds(
         above,
         all_px,
         all_py,
-        grow_pix=config.deblend_grow_fwhm * (widest_psf.effective_fwhm_pix if widest_psf else 0.0),
+        grow_pix=grow_pix,
         max_children=config.deblend_max_children,
         template=config.deblend_template,
+        footprints=footprints,
     )
     owned_row = np.cumsum(own) - 1
 
