@@ -10,8 +10,13 @@ from blend_synthetic import PATCH, blend_field
 from scipy.spatial import cKDTree
 
 from dcflow.stages.coadd_measurement import CoaddMeasurementConfig, measure_coadds
-from dcflow.stages.deblend import deblend, grow_footprints
-from dcflow.stages.forced_photometry import ForcedPhotometryConfig, forced_photometry
+from dcflow.stages.deblend import (
+    deblend,
+    footprint_peaks,
+    grow_footprints,
+    residual_peaks,
+)
+from dcflow.stages.forced_photometry import ForcedPhotometryConfig, MixturePsf, forced_photometry
 from dcflow.stages.multiband import chi2_detection_image
 
 
@@ -145,3 +150,39 @@ def test_forced_photometry_fits_children_together():
     assert np.sqrt(np.mean(errors["together"][faint] ** 2)) < 0.5 * np.sqrt(
         np.mean(errors["alone"][faint] ** 2)
     )
+
+
+def _residual_search(image):
+    """Peaks of one footprint before and after the residual search (unit-noise image)."""
+    from blend_synthetic import FWHM_PIX
+
+    psf = MixturePsf(fwhm_pix=(FWHM_PIX,), beta=(0.0,), weights=(1.0,))
+    footprints = grow_footprints(image >= 5.0, FWHM_PIX)
+    py, px = np.unravel_index(np.argmax(image), image.shape)
+    x, y = residual_peaks(
+        footprints, image, np.array([px]), np.array([py]), psf=psf, min_snr=5.0, max_children=25
+    )
+    return x, y
+
+
+@pytest.mark.parametrize("kind", ["star", "galaxy"])
+def test_residual_search_adds_the_hidden_neighbour_and_nothing_else(kind):
+    """A source 3 mag fainter 1.5 FWHM from a bright one (S/N 20000) is no local maximum; the
+    residual of the bright one's fit shows it. Alone, the bright one gets no second peak."""
+    from blend_synthetic import FWHM_PIX, PRIMARY_FLUX, galaxy_image, star_image
+
+    draw = star_image if kind == "star" else galaxy_image
+    shape = (70, 90)
+    rng = np.random.default_rng(7)
+    bright = draw(shape, 40.3, 33.6, 10 * PRIMARY_FLUX)
+    x2, y2 = 40.3 + 1.5 * FWHM_PIX * np.cos(2.0), 33.6 + 1.5 * FWHM_PIX * np.sin(2.0)
+    faint = draw(shape, x2, y2, 10 * PRIMARY_FLUX * 10**-1.2)
+    noise = rng.normal(0.0, 1.0, shape)
+    x, y = _residual_search(bright + noise)
+    assert len(x) == 1
+    blend = bright + faint + noise
+    assert len(footprint_peaks(blend >= 5.0, blend, [40], [34], min_contrast_sigma=5.0)[0]) == 1
+    x, y = _residual_search(blend)
+    assert len(x) == 2
+    added = np.argmax(np.hypot(x - 40.3, y - 33.6))
+    assert np.hypot(x[added] - x2, y[added] - y2) <= 1.5, (x, y, x2, y2)
