@@ -31,7 +31,7 @@ def _match(objects, field):
     return index, distance < 1.5
 
 
-@pytest.mark.parametrize("separation_fwhm", [1.75, 2.0, 3.0])
+@pytest.mark.parametrize("separation_fwhm", [1.5, 2.0, 3.0])
 @pytest.mark.parametrize("contrast_mag", [0.0, 1.0, 2.0, 2.9])
 def test_star_children_fluxes_within_5_percent(separation_fwhm, contrast_mag):
     field = blend_field(separation_fwhm, contrast_mag, seed=3)
@@ -62,11 +62,12 @@ def _galaxy_reference(field):
     return out
 
 
-@pytest.mark.parametrize(("separation_fwhm", "contrast_mag"), [(2.0, 1.0), (3.0, 2.5)])
+@pytest.mark.parametrize(("separation_fwhm", "contrast_mag"), [(1.5, 2.0), (3.0, 2.5)])
 def test_galaxy_children_fluxes_within_5_percent(separation_fwhm, contrast_mag):
     """Exponential galaxy pairs (r_half 0.4", seeing 0.9"): with mixed templates every child's
-    2" aperture flux is within 5 % of the galaxy's alone (measured: largest 3.1 % and 3.5 %);
-    PSF templates give the fainter galaxy its neighbour's light (measured rms 5.7 %, 7.0 %)."""
+    2" aperture flux is within 5 % of the galaxy's alone (at 1.5 FWHM the fainter galaxy is
+    no local maximum: the residual search finds it; measured largest 3.4 %); PSF templates
+    give the fainter galaxy its neighbour's light (measured rms 24.7 % at 1.5 FWHM)."""
     field = blend_field(separation_fwhm, contrast_mag, seed=0, kind="galaxy")
     reference = _galaxy_reference(field)
     assert np.isfinite(reference).all()
