@@ -129,6 +129,14 @@ def test_families_and_cap_on_children():
     assert grown[3, 5] == grown[10, 10] and grown[0, 0] == 0
     with pytest.raises(ValueError, match="template"):
         deblend(mask, px, py, grow_pix=2.0, max_children=5, template="scarlet")
+    psf = MixturePsf(fwhm_pix=(3.0,), beta=(0.0,), weights=(1.0,))
+    snr = np.zeros(mask.shape)
+    with pytest.raises(ValueError, match=r"footprints shape \(40, 60\) differs from snr"):
+        residual_peaks(grown, snr.T, px, py, psf=psf, min_snr=5.0, max_children=5)
+    with pytest.raises(ValueError, match="min_snr must be > 0; got 0"):
+        residual_peaks(grown, snr, px, py, psf=psf, min_snr=0.0, max_children=5)
+    with pytest.raises(ValueError, match="deblend_residual_peak_sigma must be >= 0"):
+        CoaddMeasurementConfig(deblend_residual_peak_sigma=-1.0)
 
 
 def test_forced_photometry_fits_children_together():

@@ -464,7 +464,18 @@ def residual_peaks(
     -------
     px, py : numpy.ndarray
         Integer peaks, the added ones included, sorted by ``(y, x)``.
+
+    Raises
+    ------
+    ValueError
+        If ``footprints`` and ``snr`` differ in shape, or ``min_snr`` is not positive.
     """
+    if np.shape(footprints) != np.shape(snr):
+        raise ValueError(
+            f"footprints shape {np.shape(footprints)} differs from snr shape {np.shape(snr)}"
+        )
+    if not min_snr > 0:
+        raise ValueError(f"min_snr must be > 0; got {min_snr}")
     px = np.asarray(px, dtype=np.int64)
     py = np.asarray(py, dtype=np.int64)
     if not len(px):
