@@ -18,10 +18,12 @@ than ``extendedness_size_threshold`` (fractionally), 0 otherwise, NaN if unmeasu
 
 Deblending (`dcflow.stages.deblend`): the detection footprints (significance above the
 threshold, grown by ``deblend_grow_fwhm``) that hold several peaks (found again on the
-unsmoothed significance image, which resolves closer pairs) are shared among them by PSF
-templates fitted simultaneously; each child is measured, in every filter, on its own share of
-the footprint, and carries ``parent`` (the family's id: the ``object_id`` of its first peak) and
-``deblend_nChild`` (peaks in the footprint). Isolated peaks are measured on the unchanged coadd.
+unsmoothed significance image, which resolves closer pairs, and in the residual of a fit of
+the known peaks, which shows a faint neighbour on a bright one's shoulder) are shared among
+them by templates fitted simultaneously; each child is measured, in every filter, on its own
+share of the footprint, and carries ``parent`` (the family's id: the ``object_id`` of its
+first peak) and ``deblend_nChild`` (peaks in the footprint). Isolated peaks are measured on the
+unchanged coadd.
 Unlike LSST, there is no parent row: every row is a peak (forced photometry then measures the
 same children).
 """
