@@ -358,12 +358,12 @@ def singles(seeds: int) -> None:
             print(f"{kind:>7} {2000 * brightness:6.0f} {n:8d} {extra[0.0]:13d} {extra[5.0]:12d}")
 
 
-def _demo_sized_patch(seed: int):
+def _demo_sized_patch(seed: int, fwhm_arcsec: tuple[float, float] = (0.80, 0.75)):
     """g and r coadds of one demo patch (2300 x 2300, 0.2"): the demo's stars, its noise.
 
     Stars as `cfht_sim` draws them (60,000 per deg2, r = 14-24, counts slope 0.25, g - r
     0.2-1.4) over four 300 s visits per filter (sky r 21.2, g 22.0 mag/arcsec2), Gaussian
-    PSFs of 0.80" (g) and 0.75" (r).
+    PSFs of ``fwhm_arcsec`` (g, r; default 0.80" and 0.75").
     """
     from dcflow.campaign.skymap import SkyMapConfig, make_tracts, patch_info, patch_wcs
 
@@ -389,13 +389,13 @@ def _demo_sized_patch(seed: int):
     x, y = rng.uniform(0, nx, n), rng.uniform(0, ny, n)
     exptime_s = 4 * 300.0
     coadds = {}
-    for name, mags, zp_1s, sky_mag, fwhm_arcsec in (
-        ("g", r_mag + colour, 26.9, 22.0, 0.80),
-        ("r", r_mag, 26.6, 21.2, 0.75),
+    for name, mags, zp_1s, sky_mag, fwhm in (
+        ("g", r_mag + colour, 26.9, 22.0, fwhm_arcsec[0]),
+        ("r", r_mag, 26.6, 21.2, fwhm_arcsec[1]),
     ):
         zp = zp_1s + 2.5 * np.log10(exptime_s)
         sky_e = 10 ** (-0.4 * (sky_mag - zp)) * 0.2**2
-        sigma = fwhm_arcsec / 0.2 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+        sigma = fwhm / 0.2 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
         image = np.zeros((ny, nx))
         flux = 10 ** (-0.4 * (mags - zp))
         half = 15
@@ -412,7 +412,7 @@ def _demo_sized_patch(seed: int):
         variance = sky_e + image
         image = image + rng.normal(0.0, 1.0, (ny, nx)) * np.sqrt(variance)
         header = blend_header()
-        header["PSFF0"] = fwhm_arcsec
+        header["PSFF0"] = fwhm
         header["ZP"] = float(zp)
         coadds[name] = Exposure(
             image.astype(np.float32),
