@@ -447,8 +447,11 @@ def residual_peaks(
     `RESIDUAL_MODEL_FRACTION` of the filtered model) that lie more than one FWHM from every
     fitted peak (and from each other) become new peaks.
 
-    Fitting costs; only footprints that can hold a second source are fitted: a footprint
-    whose PSF-filtered S/N nowhere reaches ``2 * min_snr`` cannot (demo patch: most are faint).
+    To bound the cost, a footprint whose PSF-filtered S/N nowhere reaches ``2 * min_snr`` is
+    not fitted (a hidden neighbour needs a brighter source beside it), a lone peak gets one
+    fit at its windowed centroid and several peaks one position step. On a demo-sized patch
+    (``benchmarks/deblend.py --demo-sized``) 920 of 965 footprints are fitted and
+    `measure_coadds` takes about 20 % more CPU.
 
     Parameters
     ----------
