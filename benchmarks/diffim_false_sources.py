@@ -4,7 +4,8 @@ Usage: .venv/bin/python benchmarks/diffim_false_sources.py ROOT [--variants [NAM
 
 ROOT is a finished simulated alert campaign (the directory holding ``config.yaml``, ``input/``
 and ``output/``; ``tests/test_alert_workflow.py`` leaves one in its pytest base temp,
-``alerts0``). For every CCD-visit that is not an input of the templateCoadd it prints:
+``alerts0``: one filter, r, and one patch, 0/0,0). For every CCD-visit (each against the
+template without its own night, as the pipeline differences it) it prints:
 
 * the false DIASources (farther than 2" from every injected transient, variable or mover)
   and how many of them lie within 1" of a static truth star;
@@ -24,7 +25,6 @@ offsets per template input-coverage region, and the same figures are printed sid
 from __future__ import annotations
 
 import argparse
-import glob
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
@@ -35,9 +35,9 @@ from astropy.io import fits
 from astropy.table import Table
 
 from dcflow.config_schema import load_config
-from dcflow.io import read_exposure, read_fits, read_table
+from dcflow.io import read_exposure, read_exposure_set, read_fits, read_table
 from dcflow.layout import Layout
-from dcflow.stages.alert_production import run_alert_production
+from dcflow.stages.alert_production import run_alert_production, templates_for_visit
 from dcflow.stages.diffim import DiffimConfig
 from dcflow.stages.warp import WarpConfig
 
@@ -151,18 +151,19 @@ def main() -> None:
     epochs = Table(fits.getdata(truth, "VARIABLE_EPOCHS"))
     everywhere = SkyCoord(epochs["ra_deg"], epochs["dec_deg"], unit="deg")
     stars_sky = SkyCoord(stars["ra_deg"], stars["dec_deg"], unit="deg")
-    template_paths = sorted(glob.glob(str(args.root / "output/templateCoadd/*/*/*/*.fits")))
+    patch = {"filter": "r", "tract": 0, "patch": "0,0"}
+    template_paths = [layout.path("templateCoadd", **patch)]
     templates = [read_exposure(p) for p in template_paths]
     coverages = [read_fits(p)["COVERAGE"].data for p in template_paths]
+    alternates = [
+        [(e, planes["COVERAGE"]) for e, planes in read_exposure_set(p)]
+        for p in [layout.path("templateCoadd_otherNights", **patch)]
+    ]
     full = full_coverage(template_paths[0], stars)
-    template_visits = {
-        int(t.header[f"VISIT{i}"]) for t in templates for i in range(int(t.header["NINPUTS"]))
-    }
     with fits.open(truth) as hdus:
         ids = Table(hdus["VISITS"].data)
     data_ids = sorted({(int(v), int(c)) for v, c in zip(ids["visit"], ids["ccd"], strict=True)})
-    data_ids = [d for d in data_ids if d[0] not in template_visits]
-    print(f"template inputs {sorted(template_visits)}; CCD-visits {data_ids}")
+    print(f"CCD-visits {data_ids}")
 
     counts, chis = [], {}
     for visit, ccd in data_ids:
@@ -181,10 +182,13 @@ def main() -> None:
         counts, chis = [], {}
         for visit, ccd in data_ids:
             calexp = read_exposure(layout.path("calexp", visit=visit, ccd=ccd))
+            chosen, chosen_coverages, _ = templates_for_visit(
+                visit, templates, coverages, alternates
+            )
             result = run_alert_production(
-                calexp, templates, visit=visit, ccd=ccd, band=str(calexp.header["FILTER"]),
+                calexp, chosen, visit=visit, ccd=ccd, band=str(calexp.header["FILTER"]),
                 warp_config=WarpConfig(**warp_kwargs),
-                diffim_config=DiffimConfig(**diffim_kwargs), template_coverages=coverages,
+                diffim_config=DiffimConfig(**diffim_kwargs), template_coverages=chosen_coverages,
             )  # fmt: skip
             counts.append(n_false(result.dia_sources, everywhere, stars_sky))
             chis[visit, ccd] = star_chi(

@@ -1,14 +1,15 @@
-"""deepCoadd and templateCoadd of one patch and filter from its warps."""
+"""deepCoadd, templateCoadd and its other-nights alternates of one patch and filter."""
 
 import logging
 
 from dcflow.configs import from_mapping
-from dcflow.io import read_exposure, write_exposure
+from dcflow.io import read_exposure, write_exposure, write_exposure_set
 from dcflow.joblog import run_logged
 from dcflow.stages.coadd import (
     CoaddConfig,
     TemplateSelectionConfig,
     assemble_coadd,
+    assemble_template_alternates,
     assemble_template_coadd,
 )
 
@@ -24,7 +25,7 @@ def write_coadd(result, path):
     )
 
 
-def main(*, warps, deep_path, template_path, coadd_config, template_config):
+def main(*, warps, deep_path, template_path, alternates_path, coadd_config, template_config):
     coadd_config = from_mapping(CoaddConfig, coadd_config)
     selection = from_mapping(TemplateSelectionConfig, template_config)
     exposures = [read_exposure(path) for path in warps]
@@ -37,6 +38,19 @@ def main(*, warps, deep_path, template_path, coadd_config, template_config):
     # header) or, with template.fallback off, raises and the tile fails: never an empty template.
     template = assemble_template_coadd(exposures, selection=selection, config=coadd_config)
     write_coadd(template, template_path)
+    # the visits of a night among the template's inputs are differenced against a template of
+    # the other nights (their own transients and movers are in this one)
+    alternates = assemble_template_alternates(
+        exposures, template.visits, selection=selection, config=coadd_config
+    )
+    write_exposure_set(
+        [
+            (a.coadd.coadd, {"NINPUTS": a.coadd.n_inputs, "COVERAGE": a.coadd.input_coverage})
+            for a in alternates
+        ],
+        alternates_path,
+    )
+    log.info("%s: %d other-nights templates", alternates_path, len(alternates))
 
 
 if "snakemake" in globals():
@@ -46,6 +60,7 @@ if "snakemake" in globals():
         warps=list(snakemake.input.warps),  # noqa: F821
         deep_path=snakemake.output.deep,  # noqa: F821
         template_path=snakemake.output.template,  # noqa: F821
+        alternates_path=snakemake.output.template_alternates,  # noqa: F821
         coadd_config=snakemake.params.coadd,  # noqa: F821
         template_config=snakemake.params.template,  # noqa: F821
     )

@@ -4,10 +4,17 @@ import logging
 
 from dcflow.catalog_schema import annotate
 from dcflow.configs import from_mapping
-from dcflow.io import atomic_path, read_exposure, read_fits, write_exposure, write_table
+from dcflow.io import (
+    atomic_path,
+    read_exposure,
+    read_exposure_set,
+    read_fits,
+    write_exposure,
+    write_table,
+)
 from dcflow.joblog import run_logged
 from dcflow.plots import diffim_figure
-from dcflow.stages.alert_production import run_alert_production
+from dcflow.stages.alert_production import run_alert_production, templates_for_visit
 from dcflow.stages.dia_sources import DiaSourceConfig
 from dcflow.stages.diffim import DiffimConfig
 from dcflow.stages.warp import WarpConfig
@@ -16,15 +23,24 @@ log = logging.getLogger("diffim")
 
 
 def main(
-    *, calexps, templates, deep_diff_paths, dia_source_paths, plot_path, visit, band,
-    warp_config, diffim_config, dia_source_config,
+    *, calexps, templates, template_alternates, deep_diff_paths, dia_source_paths, plot_path,
+    visit, band, warp_config, diffim_config, dia_source_config,
 ):  # fmt: skip
     warp_config = from_mapping(WarpConfig, warp_config)
     diffim_config = from_mapping(DiffimConfig, diffim_config)
     dia_source_config = from_mapping(DiaSourceConfig, dia_source_config)
-    template_exposures = [read_exposure(path) for path in templates]
     # which inputs cover each cell: the template's PSF jumps where that set changes
-    template_coverages = [read_fits(path)["COVERAGE"].data for path in templates]
+    template_exposures, template_coverages, nights = templates_for_visit(
+        int(visit),
+        [read_exposure(path) for path in templates],
+        [read_fits(path)["COVERAGE"].data for path in templates],
+        [
+            [(exposure, planes["COVERAGE"]) for exposure, planes in read_exposure_set(path)]
+            for path in template_alternates
+        ],
+    )
+    if nights:
+        log.info("visit %s: templates without night(s) %s", visit, ", ".join(map(str, nights)))
     results = []
     for slot, (calexp_path, diff_path, src_path) in enumerate(
         zip(calexps, deep_diff_paths, dia_source_paths, strict=True)
@@ -52,6 +68,7 @@ if "snakemake" in globals():
         snakemake.log[0],  # noqa: F821
         calexps=list(snakemake.input.calexps),  # noqa: F821
         templates=list(snakemake.input.templates),  # noqa: F821
+        template_alternates=list(snakemake.input.template_alternates),  # noqa: F821
         deep_diff_paths=list(snakemake.output.deep_diffs),  # noqa: F821
         dia_source_paths=list(snakemake.output.dia_sources),  # noqa: F821
         plot_path=snakemake.output.plot,  # noqa: F821

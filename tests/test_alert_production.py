@@ -24,6 +24,7 @@ from dcflow.stages.alert_production import (
     dia_source_ids,
     run_alert_production,
     template_on_calexp,
+    templates_for_visit,
 )
 
 SHAPE = (520, 380)
@@ -226,3 +227,29 @@ def test_too_few_kernel_stars_on_a_real_template_still_fails(setup):
         bad.append(Exposure(p.image, mask, p.variance, p.wcs, p.header))
     with pytest.raises(CalibrationError, match="kernel stars left"):
         run_alert_production(calexp, bad, visit=1234, ccd=5, band="r")
+
+
+def test_each_patch_gives_the_template_without_the_visits_night():
+    """The patch whose templateCoadd holds the visit's night gives that night's alternate."""
+
+    def exposure(**cards):
+        return Exposure(
+            image=np.zeros((2, 3), np.float32),
+            mask=np.zeros((2, 3), np.int32),
+            variance=np.ones((2, 3), np.float32),
+            header=fits.Header(cards),
+        )
+
+    templates = [exposure(PATCH=0), exposure(PATCH=1)]
+    coverages = [np.zeros((1, 1, 1)), np.ones((1, 1, 1))]
+    night_a = exposure(PATCH=0, ALTNIGHT=60000, NEXCL=2, EXCL0=1001, EXCL1=1002)
+    night_b = exposure(PATCH=0, ALTNIGHT=60001, NEXCL=1, EXCL0=1003)
+    alternates = [[(night_a, np.full((1, 1, 1), 2.0)), (night_b, np.full((1, 1, 1), 3.0))], []]
+    chosen, chosen_coverages, nights = templates_for_visit(1002, templates, coverages, alternates)
+    assert [t.header.get("ALTNIGHT", -1) for t in chosen] == [60000, -1]
+    assert [float(c[0, 0, 0]) for c in chosen_coverages] == [2.0, 1.0]
+    assert nights == (60000,)
+    chosen, _, nights = templates_for_visit(1009, templates, coverages, alternates)
+    assert chosen == templates and nights == ()
+    with pytest.raises(ValueError, match="one entry per patch; got 2, 2, 1"):
+        templates_for_visit(1002, templates, coverages, alternates[:1])

@@ -26,7 +26,9 @@ from dcflow.stages.coadd import (
     CoaddConfig,
     TemplateSelectionConfig,
     assemble_coadd,
+    assemble_template_alternates,
     assemble_template_coadd,
+    observing_nights,
     select_template_inputs,
 )
 from dcflow.stages.forced_photometry import MixturePsf, mixture_fwhm, psf_photometry
@@ -199,6 +201,63 @@ def test_template_falls_back_to_the_best_ranked_visits_and_says_so():
     assert sorted(result.visits) == sorted(ranked[:3])
     assert result.coadd.header["TMPLFALL"] is True and result.coadd.header["TMPLNSEL"] == 0
     assert np.isfinite(result.coadd.image).mean() > 0.9
+
+
+def test_observing_nights_split_at_the_boundary_hour():
+    # 22:48 UTC and 12:00 UTC next day share the night of 60000; 22:05 UTC begins 60001
+    nights = observing_nights([60000.95, 60001.5, 60001.92], boundary_utc_hours=22.0)
+    assert nights.tolist() == [60000, 60000, 60001]
+    assert observing_nights([60001.49, 60001.5], boundary_utc_hours=12.0).tolist() == [60000, 60001]
+    with pytest.raises(ValueError, match="boundary_utc_hours must be in"):
+        observing_nights([60000.0], boundary_utc_hours=25.0)
+    with pytest.raises(ValueError, match="mjd must be finite"):
+        observing_nights([np.nan])
+
+
+def _with_night(warp, mjd):
+    header = warp.header.copy()
+    header["MJD-OBS"] = mjd
+    return replace(warp, header=header)
+
+
+def test_alternate_templates_leave_out_each_template_night():
+    """Per night holding template inputs, a template of the other nights' selected visits."""
+    field = warped_field()
+    specs = [s for s in field.specs if s.filter == "r"]
+    # four nights of two visits 30 minutes apart (13:00 UTC, in the night that began at
+    # 22:00 UTC the day before), the last visit without a time
+    warps = [
+        _with_night(w, 60000.54 + k // 2 + (k % 2) / 48.0)
+        for k, w in enumerate(field.for_filter("r"))
+    ]
+    header = warps[-1].header.copy()
+    del header["MJD-OBS"]
+    warps[-1] = replace(warps[-1], header=header)
+    selection = TemplateSelectionConfig(max_psf_fwhm_arcsec=0.9, max_airmass=1.2)
+    template = assemble_template_coadd(warps, selection=selection)
+    assert list(template.visits) == [1000, 1002, 1004, 1005, 1007]
+    alternates = assemble_template_alternates(warps, template.visits, selection=selection)
+    night_visits = {59999: (1000, 1001), 60000: (1002, 1003), 60001: (1004, 1005)}
+    assert [a.night for a in alternates] == sorted(night_visits)  # 1007 has no night
+    for alternate in alternates:
+        assert alternate.excluded_visits == night_visits[alternate.night]
+        expected = [
+            s.visit for s in specs
+            if s.visit not in alternate.excluded_visits and s.fwhm_arcsec <= 0.9
+            and s.airmass <= 1.2
+        ]  # fmt: skip
+        assert list(alternate.coadd.visits) == expected
+        header = alternate.coadd.coadd.header
+        assert header["ALTNIGHT"] == alternate.night
+        assert [header[f"EXCL{i}"] for i in range(header["NEXCL"])] == list(
+            alternate.excluded_visits
+        )
+    # one night only: nothing to build an alternate from
+    same_night = [_with_night(w, 60000.54 + k / 96.0) for k, w in enumerate(warps[:3])]
+    assert assemble_template_alternates(same_night, (1000,), selection=selection) == ()
+    # the other nights cannot make a template and the fallback is off: none, not a failure
+    strict = TemplateSelectionConfig(0.9, 1.2, min_visits=5, fallback=False)
+    assert assemble_template_alternates(warps, template.visits, selection=strict) == ()
 
 
 def test_validation_errors():

@@ -20,7 +20,15 @@ from dcflow.dataids import format_data_id, normalize_data_id
 from dcflow.errors import CalibrationError, InputDataError, StageError
 from dcflow.exposure import Exposure
 from dcflow.geometry import DetectorLayout, parse_section
-from dcflow.io import read_exposure, read_fits, read_table, write_exposure, write_table
+from dcflow.io import (
+    read_exposure,
+    read_exposure_set,
+    read_fits,
+    read_table,
+    write_exposure,
+    write_exposure_set,
+    write_table,
+)
 from dcflow.layout import Layout
 
 
@@ -101,6 +109,40 @@ def test_exposure_round_trip(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "e.fits").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_exposure_set_round_trip(tmp_path):
+    """Members keep their pixels, headers and extra planes apart; an empty set is a file."""
+    rng = np.random.default_rng(2)
+    members = []
+    for k in range(3):
+        exposure = Exposure(
+            image=rng.normal(size=(12, 17)).astype(np.float32),
+            mask=np.full((12, 17), k, np.int32),
+            variance=np.full((12, 17), 1.0 + k, np.float32),
+            header=fits.Header({"ALTNIGHT": 60000 + k}),
+        )
+        members.append((exposure, {"COVERAGE": np.full((2, 3, 4), k / 4.0, np.float32)}))
+    write_exposure_set(members, tmp_path / "set.fits")
+    back = read_exposure_set(tmp_path / "set.fits")
+    assert len(back) == 3
+    for (exposure, planes), (got, got_planes) in zip(members, back, strict=True):
+        np.testing.assert_array_equal(got.image, exposure.image)
+        np.testing.assert_array_equal(got.mask, exposure.mask)
+        np.testing.assert_array_equal(got.variance, exposure.variance)
+        np.testing.assert_array_equal(got_planes["COVERAGE"], planes["COVERAGE"])
+        assert got.header["ALTNIGHT"] == exposure.header["ALTNIGHT"]
+    write_exposure_set([], tmp_path / "empty.fits")
+    assert read_exposure_set(tmp_path / "empty.fits") == []
+    with pytest.raises(InputDataError, match=r"e\.fits: missing header keyword\(s\) NMEMBERS"):
+        write_exposure(members[0][0], tmp_path / "e.fits")
+        read_exposure_set(tmp_path / "e.fits")
+    primary = fits.PrimaryHDU()
+    primary.header["NMEMBERS"] = 1
+    image = fits.ImageHDU(np.zeros((2, 2), np.float32), name="IMAGE", ver=1)
+    fits.HDUList([primary, image]).writeto(tmp_path / "half.fits")
+    with pytest.raises(InputDataError, match="member 1 lacks HDU\\(s\\) MASK, VARIANCE"):
+        read_exposure_set(tmp_path / "half.fits")
 
 
 def test_truncated_fits_is_named(tmp_path):

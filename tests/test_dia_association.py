@@ -131,6 +131,32 @@ def test_tracklets_link_movers():
     assert np.all((rate > 2.5) & (rate < 11.0))
 
 
+def test_crowded_night_pairs_by_assignment_not_greedily():
+    """Two movers 5" apart, seen 30 minutes apart: the best-fitting single pair (A1, B2:
+    equal fluxes) is a false one, and taking it first would leave B1 with A2 (both wrong)."""
+    dec0 = 10.0
+    offsets = {  # (visit, mover): x arcsec, flux
+        (1, "A"): (0.0, 100.0), (2, "A"): (2.0, 108.0),
+        (1, "B"): (5.0, 92.0), (2, "B"): (7.0, 100.0),
+    }  # fmt: skip
+    rows = []
+    for k, ((visit, _), (x, flux)) in enumerate(sorted(offsets.items())):
+        rows.append(
+            (k + 1, visit, "r", 60000.5 + (visit - 1) / 48.0,
+             150.0 + x / 3600.0 / np.cos(np.radians(dec0)), dec0,
+             0.05 / 3600.0, 0.05 / 3600.0, flux, 10.0, False)
+        )  # fmt: skip
+    names = ("diaSourceId", "visit", "band", "midpointMjdTai", "ra", "dec", "raErr",
+             "decErr", "psfFlux", "psfFluxErr", "isNegative")  # fmt: skip
+    mover_of = {k + 1: m for k, ((_, m), _) in enumerate(sorted(offsets.items()))}
+    tracklets = find_tracklets(Table(rows=rows, names=names))
+    groups = {}
+    for tid, sid in zip(tracklets["trackletId"], tracklets["diaSourceId"], strict=True):
+        groups.setdefault(int(tid), set()).add(mover_of[int(sid)])
+    assert sorted(map(sorted, groups.values())) == [["A"], ["B"]]
+    assert len(tracklets) == 4
+
+
 def test_ids_deterministic_under_rerun_of_one_visit():
     table, _, _ = _sky()
     first = associate_dia_sources(table, filters=FILTERS)

@@ -56,10 +56,14 @@ def moments(image, x, y, radius=9):
 def test_noiseless_star_flux_and_position_survive_warping(interpolation, flux_tol, pos_tol_pix):
     truth = bright_star_truth()
     calexp = render_calexp(truth, SPEC, noiseless=True)
+    # the exposure time is a WCS keyword as read from a calexp header: the warp keeps it
+    calexp.header["MJD-OBS"] = 60000.55
+    calexp.wcs.wcs.mjdobs = 60000.55
     result = warp_exposure(
         calexp, PATCH_WCS, PATCH.shape, config=WarpConfig(interpolation=interpolation)
     )
     assert result.warp.header["ZP"] == 31.4
+    assert result.warp.header["MJD-OBS"] == 60000.55
     xs, ys = PATCH_WCS.world_to_pixel_values(truth["ra_deg"], truth["dec_deg"])
     flux_err, pos_err = [], []
     for row, x, y in zip(truth, xs, ys, strict=True):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +28,12 @@ __all__ = [
     "atomic_path",
     "check_raw_file",
     "read_exposure",
+    "read_exposure_set",
     "read_fits",
     "read_table",
     "read_wcs",
     "write_exposure",
+    "write_exposure_set",
     "write_fits",
     "write_json",
     "write_table",
@@ -171,6 +173,28 @@ def _wcs_from_header(header: fits.Header) -> WCS | None:
         return WCS(header, relax=True)
 
 
+def _exposure_hdus(exposure, extra_planes, version):
+    header = exposure.header.copy()
+    if exposure.wcs is not None:
+        for key in list(header):
+            if key.startswith(
+                ("CTYPE", "CRPIX", "CRVAL", "CD", "PC", "CDELT", "A_", "B_", "AP_", "BP_")
+            ):
+                del header[key]
+        header.update(exposure.wcs.to_header(relax=True))
+    image = np.asarray(exposure.image, dtype=np.float32)
+    hdus = [
+        fits.ImageHDU(image, header=header, name="IMAGE", ver=version),
+        fits.ImageHDU(np.asarray(exposure.mask, dtype=np.int32), name="MASK", ver=version),
+        fits.ImageHDU(
+            np.asarray(exposure.variance, dtype=np.float32), name="VARIANCE", ver=version
+        ),
+    ]
+    for name, plane in (extra_planes or {}).items():
+        hdus.append(fits.ImageHDU(np.asarray(plane), name=name, ver=version))
+    return header, hdus
+
+
 def write_exposure(
     exposure: Exposure,
     path: str | os.PathLike,
@@ -181,27 +205,60 @@ def write_exposure(
 
     ``extra_planes`` adds named image HDUs after them (a coadd's NINPUTS and COVERAGE).
     """
-    header = exposure.header.copy()
-    if exposure.wcs is not None:
-        for key in list(header):
-            if key.startswith(
-                ("CTYPE", "CRPIX", "CRVAL", "CD", "PC", "CDELT", "A_", "B_", "AP_", "BP_")
-            ):
-                del header[key]
-        header.update(exposure.wcs.to_header(relax=True))
-    hdus = fits.HDUList(
-        [
-            fits.PrimaryHDU(header=header),
-            fits.ImageHDU(
-                np.asarray(exposure.image, dtype=np.float32), header=header, name="IMAGE"
-            ),
-            fits.ImageHDU(np.asarray(exposure.mask, dtype=np.int32), name="MASK"),
-            fits.ImageHDU(np.asarray(exposure.variance, dtype=np.float32), name="VARIANCE"),
-        ]
-    )
-    for name, plane in (extra_planes or {}).items():
-        hdus.append(fits.ImageHDU(np.asarray(plane), name=name))
+    header, planes = _exposure_hdus(exposure, extra_planes, None)
+    write_fits(fits.HDUList([fits.PrimaryHDU(header=header), *planes]), path)
+
+
+def write_exposure_set(
+    members: Sequence[tuple[Exposure, Mapping[str, np.ndarray]]],
+    path: str | os.PathLike,
+) -> None:
+    """Write several exposures (each with its extra planes) in one FITS file, atomically.
+
+    Member ``k`` (1-based) is the IMAGE, MASK, VARIANCE and extra HDUs of ``EXTVER`` k, its
+    header on its IMAGE HDU; the primary header's ``NMEMBERS`` counts them (0: an empty set,
+    a valid file).
+    """
+    primary = fits.PrimaryHDU()
+    primary.header["NMEMBERS"] = (len(members), "exposures in this file")
+    hdus = fits.HDUList([primary])
+    for version, (exposure, extra_planes) in enumerate(members, start=1):
+        hdus.extend(_exposure_hdus(exposure, extra_planes, version)[1])
     write_fits(hdus, path)
+
+
+def read_exposure_set(path: str | os.PathLike) -> list[tuple[Exposure, dict[str, np.ndarray]]]:
+    """Read the exposures of a `write_exposure_set` file, each with its extra planes.
+
+    Raises
+    ------
+    InputDataError
+        If the file is unreadable, lacks ``NMEMBERS`` or a member's IMAGE, MASK or VARIANCE.
+    """
+    hdus = read_fits(path, required_keys=("NMEMBERS",))
+    members = []
+    for version in range(1, int(hdus[0].header["NMEMBERS"]) + 1):
+        planes = {hdu.name: hdu for hdu in hdus[1:] if hdu.ver == version}
+        missing = {"IMAGE", "MASK", "VARIANCE"} - set(planes)
+        if missing:
+            raise InputDataError(
+                f"{path}: member {version} lacks HDU(s) {', '.join(sorted(missing))}",
+                member=version,
+            )
+        exposure = Exposure(
+            image=np.asarray(planes["IMAGE"].data, dtype=np.float32),
+            mask=np.asarray(planes["MASK"].data, dtype=np.int32),
+            variance=np.asarray(planes["VARIANCE"].data, dtype=np.float32),
+            wcs=_wcs_from_header(planes["IMAGE"].header),
+            header=planes["IMAGE"].header,
+        )
+        extra = {
+            name: np.asarray(hdu.data)
+            for name, hdu in planes.items()
+            if name not in {"IMAGE", "MASK", "VARIANCE"}
+        }
+        members.append((exposure, extra))
+    return members
 
 
 def read_exposure(path: str | os.PathLike) -> Exposure:

@@ -40,6 +40,10 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "templateCoadd": (
         "templateCoadd/{filter}/{tract}/{patch}/templateCoadd_{filter}_{tract}_{patch}.fits"
     ),
+    "templateCoadd_otherNights": (
+        "templateCoadd/{filter}/{tract}/{patch}/"
+        "templateCoadd_otherNights_{filter}_{tract}_{patch}.fits"
+    ),
     "deepCoadd_det": "deepCoadd_det/{tract}/{patch}/deepCoadd_det_{tract}_{patch}.fits",
     "object": "object/{tract}/{patch}/object_{tract}_{patch}.fits",
     "forced_src": "forced_src/{visit}/forced_src_{visit}_{ccd}.fits",

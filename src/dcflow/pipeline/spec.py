@@ -298,6 +298,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(
             Output("deep", "deepCoadd"),
             Output("template", "templateCoadd", target=True),
+            Output("template_alternates", "templateCoadd_otherNights"),
         ),
         inputs=(Input("warps", "warp", ("tract", "patch", "filter")),),
         script="assemble_coadd",
@@ -348,6 +349,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=(
             Input("calexps", "calexp", ("visit",)),
             Input("templates", "templateCoadd", relation="overlap"),
+            Input("template_alternates", "templateCoadd_otherNights", relation="overlap"),
         ),
         script="diffim",
         sections=("warp", "diffim", "dia_source"),

@@ -9,6 +9,11 @@ and the Rubin DiaSource column names, with fluxes in nJy so that visits of diffe
 points share one scale (the light-curve summaries of `dcflow.stages.dia_association` average
 them).
 
+A visit is differenced against a template that does not hold its own night: where the
+templateCoadd of a patch has inputs from that night, `templates_for_visit` takes the patch's
+other-nights alternate instead (`dcflow.stages.coadd.assemble_template_alternates`). A visit
+in its own template would show its transients and movers at a fraction of their flux.
+
 A CCD that no template covers is not an error: the result says ``NO_TEMPLATE``, the
 difference is all ``NO_DATA`` and the diaSrc table is empty (with all its columns). Template
 pixels whose only input is the visit being differenced do not count as template (the
@@ -46,6 +51,7 @@ __all__ = [
     "dia_source_ids",
     "run_alert_production",
     "template_on_calexp",
+    "templates_for_visit",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,8 +127,10 @@ class AlertProductionResult:
     ----------
     deep_diff : Exposure
         The difference (image, mask, variance; calexp WCS) with header ``DIASTAT``,
-        ``TMPLCOV`` (template-covered fraction), ``DIFFCONV``, ``TMPLSCAL``, ``NOISERAT`` and
-        ``TMPLSELF`` (the visit is one of the template's inputs).
+        ``TMPLCOV`` (template-covered fraction), ``DIFFCONV``, ``TMPLSCAL``, ``NOISERAT``,
+        ``TMPLSELF`` (the visit is one of the template's inputs), ``TMPLALT`` (the night left
+        out of an other-nights template, -1 for the templateCoadd) and the template's input
+        visits (``TMPLNVIS``, ``TMPLV<i>``).
     psf_image : numpy.ndarray
         The difference's PSF at the CCD centre (unit sum; a zero-size array with no template).
     dia_sources : astropy.table.Table
@@ -248,6 +256,60 @@ def template_on_calexp(
     return TemplateOnCalexp(
         template, n_covered, n_patches, tuple(sorted(visits - {-1})), input_sets, set_visits
     )
+
+
+def templates_for_visit(
+    visit: int,
+    templates: Sequence[Exposure],
+    coverages: Sequence[np.ndarray],
+    alternates: Sequence[Sequence[tuple[Exposure, np.ndarray]]],
+) -> tuple[list[Exposure], list[np.ndarray], tuple[int, ...]]:
+    """Per patch, the templateCoadd or, where it holds the visit's night, that night's alternate.
+
+    Parameters
+    ----------
+    visit : int
+        The visit to difference.
+    templates : sequence of Exposure
+        The templateCoadd of each overlapping patch.
+    coverages : sequence of numpy.ndarray
+        Their ``COVERAGE`` planes.
+    alternates : sequence of sequence of (Exposure, numpy.ndarray)
+        Per patch (same order), its other-nights templates with their coverage planes; each
+        header lists the visits it leaves out (``NEXCL``, ``EXCL<i>``) and the night
+        (``ALTNIGHT``).
+
+    Returns
+    -------
+    templates, coverages : list
+        The chosen template and coverage of each patch.
+    alternate_nights : tuple of int
+        The night of each alternate chosen (empty: the templateCoadds throughout).
+
+    Raises
+    ------
+    ValueError
+        If the three sequences differ in length.
+    """
+    if not len(templates) == len(coverages) == len(alternates):
+        raise ValueError(
+            f"templates, coverages and alternates must have one entry per patch; got "
+            f"{len(templates)}, {len(coverages)}, {len(alternates)}"
+        )
+    chosen, chosen_coverages, nights = [], [], []
+    for template, coverage, options in zip(templates, coverages, alternates, strict=True):
+        for alternate, alternate_coverage in options:
+            header = alternate.header
+            excluded = {int(header[f"EXCL{i}"]) for i in range(int(header.get("NEXCL", 0)))}
+            if int(visit) in excluded:
+                chosen.append(alternate)
+                chosen_coverages.append(alternate_coverage)
+                nights.append(int(header["ALTNIGHT"]))
+                break
+        else:
+            chosen.append(template)
+            chosen_coverages.append(coverage)
+    return chosen, chosen_coverages, tuple(sorted(set(nights)))
 
 
 def _input_set_labels(calexp, template, coverage, set_labels, step=4):
@@ -471,6 +533,16 @@ def run_alert_production(
     # the difference is quieter than its variance plane and transient fluxes are biased low.
     in_template = int(visit) in resampled.visits
     header["TMPLSELF"] = (in_template, "this visit is an input of the template")
+    alternate_nights = sorted(
+        {int(t.header["ALTNIGHT"]) for t in templates if "ALTNIGHT" in t.header}
+    )
+    header["TMPLALT"] = (
+        alternate_nights[0] if alternate_nights else -1,
+        "night left out of the template (-1: none)",
+    )
+    header["TMPLNVIS"] = (len(resampled.visits), "input visits of the template")
+    for index, template_visit in enumerate(resampled.visits):
+        header[f"TMPLV{index}"] = (template_visit, f"template input visit {index}")
     if in_template:
         log.warning(
             "visit %d is an input of its template (visits %s): noise below the variance plane, "

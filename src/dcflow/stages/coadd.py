@@ -49,10 +49,13 @@ from dcflow.stages.forced_photometry import FWHM_PER_SIGMA, mixture_fwhm
 __all__ = [
     "CoaddConfig",
     "CoaddResult",
+    "TemplateAlternate",
     "TemplateSelectionConfig",
     "assemble_coadd",
+    "assemble_template_alternates",
     "assemble_template_coadd",
     "empty_coadd",
+    "observing_nights",
     "select_template_inputs",
 ]
 
@@ -126,6 +129,14 @@ class TemplateSelectionConfig:
         "When fewer than min_visits visits pass the thresholds, build the template from the "
         "min_visits best-ranked visits (by the larger of PSF FWHM / max_psf_fwhm_arcsec and "
         "airmass / max_airmass), flagged TMPLFALL in its header; false: the tile fails",
+    )
+    night_boundary_utc_hours: float = config_field(
+        22.0,
+        "UTC hour at which one observing night ends and the next begins (the site's local "
+        "afternoon: 22 for Mauna Kea, 19 for Apache Point, 16 for Cerro Pachon), hours; "
+        "a visit is differenced against a template without the visits of its own night",
+        minimum=0.0,
+        maximum=24.0,
     )
 
     def __post_init__(self) -> None:
@@ -567,3 +578,122 @@ def assemble_template_coadd(
     header["TMPLFALL"] = (fallback, "template of best-ranked visits: too few passed")
     header["TMPLNSEL"] = (n_kept, "visits passing the template thresholds")
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateAlternate:
+    """The template to difference the visits of one night against: built without that night.
+
+    Attributes
+    ----------
+    night : int
+        The night left out (`observing_nights`).
+    excluded_visits : tuple of int
+        Every candidate visit of that night (template input or not): the visits that use
+        this template instead of the templateCoadd.
+    coadd : CoaddResult
+        `assemble_template_coadd` of the other nights' warps; header ``ALTNIGHT``, ``NEXCL``
+        and ``EXCL<i>``.
+    """
+
+    night: int
+    excluded_visits: tuple[int, ...]
+    coadd: CoaddResult
+
+
+def observing_nights(mjd: Sequence[float], *, boundary_utc_hours: float = 22.0) -> np.ndarray:
+    """The observing night of each exposure: the MJD (integer) of the UTC day it began on.
+
+    Parameters
+    ----------
+    mjd : sequence of float
+        Exposure start times (MJD, UTC days).
+    boundary_utc_hours : float
+        UTC hour at which one night ends and the next begins (local afternoon at the site).
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        One night per exposure; exposures between two boundaries share it.
+    """
+    if not 0.0 <= boundary_utc_hours <= 24.0:
+        raise ValueError(f"boundary_utc_hours must be in [0, 24]; got {boundary_utc_hours}")
+    mjd = np.asarray(mjd, dtype=float)
+    if not np.all(np.isfinite(mjd)):
+        raise ValueError(f"mjd must be finite; got {mjd[~np.isfinite(mjd)][:3]}")
+    return np.floor(mjd - boundary_utc_hours / 24.0).astype(np.int64)
+
+
+def assemble_template_alternates(
+    warps: Sequence[Exposure],
+    template_visits: Sequence[int],
+    *,
+    selection: TemplateSelectionConfig | None = None,
+    config: CoaddConfig | None = None,
+) -> tuple[TemplateAlternate, ...]:
+    """One template per night among the templateCoadd's inputs, built from the other nights.
+
+    A visit that is a template input would be differenced against itself (its transients and
+    movers at a fraction of their flux); a mover of the same night sits in the template only
+    slightly displaced (a dipole). Its night's alternate holds neither.
+
+    Parameters
+    ----------
+    warps : sequence of Exposure
+        The candidate warps of the templateCoadd (headers ``VISIT``, ``PSFFWHM``,
+        ``AIRMASS``; ``MJD-OBS`` places them in a night, a warp without it is never left out).
+    template_visits : sequence of int
+        Visits of the templateCoadd (`CoaddResult.visits`).
+    selection : TemplateSelectionConfig, optional
+        Thresholds, fallback and night boundary, as for the templateCoadd.
+    config : CoaddConfig, optional
+        Coadd configuration.
+
+    Returns
+    -------
+    tuple of TemplateAlternate
+        By night; empty when the template's nights hold every warp. A night whose other
+        nights cannot make a template (no warp with a usable pixel, or too few passing the
+        thresholds with ``fallback`` off) has none, with a warning: its visits are then
+        differenced against the templateCoadd.
+    """
+    selection = selection or TemplateSelectionConfig()
+    visits = np.array([int(w.header.get("VISIT", -1)) for w in warps], dtype=np.int64)
+    has_time = np.array(["MJD-OBS" in w.header for w in warps], dtype=bool)
+    nights = np.full(len(warps), np.iinfo(np.int64).min, dtype=np.int64)
+    if has_time.any():
+        nights[has_time] = observing_nights(
+            [float(w.header["MJD-OBS"]) for w, t in zip(warps, has_time, strict=True) if t],
+            boundary_utc_hours=selection.night_boundary_utc_hours,
+        )
+    template_nights = sorted(
+        {int(n) for n, v, t in zip(nights, visits, has_time, strict=True)
+         if t and v in set(template_visits)}
+    )  # fmt: skip
+    alternates = []
+    for night in template_nights:
+        own = nights == night
+        others = [w for w, o in zip(warps, own, strict=True) if not o]
+        excluded = tuple(int(v) for v in visits[own])
+        if not others:
+            log.info("night %d: no warp of another night, no alternate template", night)
+            continue
+        try:
+            coadd = assemble_template_coadd(others, selection=selection, config=config)
+        except StageError as error:
+            log.warning("night %d: no alternate template (%s)", night, error)
+            continue
+        if not coadd.visits:
+            log.warning("night %d: the other nights' warps hold no usable pixel", night)
+            continue
+        header = coadd.coadd.header
+        header["ALTNIGHT"] = (night, "night left out of this template")
+        header["NEXCL"] = (len(excluded), "visits of that night")
+        for index, visit in enumerate(excluded):
+            header[f"EXCL{index}"] = (visit, f"visit {index} of that night")
+        log.info(
+            "night %d (visits %s): alternate template of %d visits, PSF FWHM %.2f arcsec",
+            night, ", ".join(map(str, excluded)), len(coadd.visits), coadd.psf_fwhm_arcsec,
+        )  # fmt: skip
+        alternates.append(TemplateAlternate(night, excluded, coadd))
+    return tuple(alternates)

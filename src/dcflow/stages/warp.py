@@ -40,6 +40,8 @@ __all__ = ["WarpConfig", "WarpResult", "calexp_flux_scale", "warp_exposure", "wa
 
 log = logging.getLogger(__name__)
 
+_TIME_KEYS = ("MJD-OBS", "DATE-OBS", "MJD-BEG", "MJD-AVG", "MJD-END", "DATE-BEG", "DATE-AVG")
+
 _SPLINE_ORDER = {"bilinear": 1, "cubic": 3}
 _STRIP_ROWS = 512
 """Output rows resampled at a time (bounds the temporaries: ~60 MB per 512 x 4200 strip)."""
@@ -291,7 +293,9 @@ def warp_exposure(
     if box is not None:
         n_covered = _resample(calexp, finite, patch_wcs, box, config, scale, image, variance, mask)
     header = calexp.header.copy()
-    wcs_keys = set(calexp.wcs.to_header(relax=True)) | {"WCSAXES"}
+    # the exposure's time cards are WCS keywords too, but they say when, not where: kept (the
+    # coadd places each warp in its night by them)
+    wcs_keys = set(calexp.wcs.to_header(relax=True)) - set(_TIME_KEYS) | {"WCSAXES"}
     for key in list(header.keys()):
         if key in wcs_keys or key.startswith(("A_", "B_", "AP_", "BP_", "PV")):
             header.remove(key, ignore_missing=True, remove_all=True)
