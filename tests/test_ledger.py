@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -441,6 +443,81 @@ def test_logger_plugin_is_silent_in_dry_runs(tmp_path):
     proc = run_toy(work, "-n")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (work / "l.sqlite3").exists()
+
+
+def _fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` with a ballast file until ENOSPC; its path."""
+    ballast = directory / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (1 << 20, 1 << 12, 1 << 9):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return ballast
+
+
+@pytest.mark.root
+def test_logger_plugin_holds_events_while_the_ledger_disk_is_full(tmp_path, monkeypatch):
+    """Jobs finish while the ledger's disk is full: their events are written once it has room,
+    with their own times, instead of being lost (the attempts "lost" while their outputs
+    exist)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a disk that fills up) needs root; CI runs as root")
+    monkeypatch.setenv("TOY_SLEEP", "2")
+    work = toy_workflow(tmp_path / "toy")
+    disk = work / "ledger-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    ledger_path = disk / "l.sqlite3"
+    env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
+    argv = [*SNAKEMAKE, "-c3", "--logger", "dcflow", "--logger-dcflow-ledger", str(ledger_path)]
+
+    def succeeded() -> int:
+        with sqlite3.connect(ledger_path, timeout=30) as db:
+            return db.execute(
+                "SELECT COUNT(*) FROM attempts WHERE state = 'succeeded' AND rule != 'all'"
+            ).fetchone()[0]
+
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=work, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        )
+        deadline = time.monotonic() + 60
+        while not (ledger_path.exists() and _attempt_rows(ledger_path) >= 3):
+            assert time.monotonic() < deadline, "the first jobs never reached the ledger"
+            time.sleep(0.2)
+        ballast = _fill(disk)
+        deadline = time.monotonic() + 60
+        while len(list((work / "out").glob("b_*.txt"))) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "jobs did not finish"
+            time.sleep(0.2)
+        while_full = succeeded()
+        time.sleep(2.0)
+        freed_at = time.time()
+        ballast.unlink()
+        _, stderr = proc.communicate(timeout=180)
+        after = succeeded()
+        with Ledger(ledger_path) as ledger:
+            attempts = [a for a in ledger.attempts() if a.rule != "all"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert while_full < 6, "no ledger write failed: the disk was not full"
+    assert after == 6 and len(attempts) == 6
+    assert all(a.state is JobState.SUCCEEDED for a in attempts)
+    assert all(a.finished < freed_at for a in attempts), "times are the events' own"
+    assert "Logging error" not in stderr
+
+
+def _attempt_rows(path: Path) -> int:
+    try:
+        with sqlite3.connect(path, timeout=30) as db:
+            return db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
 
 
 def test_plugin_settings_are_declared_for_the_cli():
