@@ -315,6 +315,32 @@ def test_fault_knob_exit_codes_fire_once(tmp_path):
     assert [p.name for p in (tmp_path / "f").iterdir()] == ["bias__ccd=2"]
 
 
+@pytest.mark.parametrize("limit_mb", [1500, None])
+def test_the_vmem_fault_allocates_past_the_address_space_limit(tmp_path, limit_mb):
+    """Mode vmem: the kernel refuses an allocation past RLIMIT_AS (what h_vmem sets); with no
+    limit the job still fails for memory, and says there was no limit to exceed."""
+    log = tmp_path / "logs" / "bias" / "ccd=2.log"
+    limit = (
+        ""
+        if limit_mb is None
+        else (
+            f"resource.setrlimit(resource.RLIMIT_AS, ({limit_mb} * 2**20, resource.RLIM_INFINITY))\n"
+        )
+    )
+    code = f"import resource\n{limit}from dcflow.joblog import run_logged\n"
+    code += f"run_logged(lambda: print('ran'), {str(log)!r})\n"
+    env = {**os.environ, FAULTS_ENV: "bias:ccd=2:vmem"}
+    env.pop("DCFLOW_FAULTS_ONCE", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    record = read_failure(log)
+    assert (done.returncode, done.stdout, record.error_class) == (1, "", "MemoryError")
+    assert record.memory
+    if limit_mb is None:
+        assert "no address-space limit" in record.message
+    else:
+        assert "address-space limit of 1500 MB (h_vmem)" in record.message
+
+
 def test_run_logged_writes_a_failure_record(tmp_path, monkeypatch):
     log = tmp_path / "logs" / "process_visit" / "visit=7.log"
     monkeypatch.setenv(FAULTS_ENV, "process_visit:visit=7:memory")
