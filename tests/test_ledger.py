@@ -320,13 +320,9 @@ def test_the_vmem_fault_allocates_past_the_address_space_limit(tmp_path, limit_m
     """Mode vmem: the kernel refuses an allocation past RLIMIT_AS (what h_vmem sets); with no
     limit the job still fails for memory, and says there was no limit to exceed."""
     log = tmp_path / "logs" / "bias" / "ccd=2.log"
-    limit = (
-        ""
-        if limit_mb is None
-        else (
-            f"resource.setrlimit(resource.RLIMIT_AS, ({limit_mb} * 2**20, resource.RLIM_INFINITY))\n"
-        )
-    )
+    limit = ""
+    if limit_mb is not None:
+        limit = f"resource.setrlimit(resource.RLIMIT_AS, ({limit_mb} * 2**20, -1))\n"
     code = f"import resource\n{limit}from dcflow.joblog import run_logged\n"
     code += f"run_logged(lambda: print('ran'), {str(log)!r})\n"
     env = {**os.environ, FAULTS_ENV: "bias:ccd=2:vmem"}
