@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -569,3 +570,63 @@ def test_throughput_over_the_last_window(tmp_path):
         assert ledger.throughput_per_h() == pytest.approx(360.0)
         # last 15 s (from 105 s): both successes, over 15 s
         assert ledger.throughput_per_h(window_s=15.0) == pytest.approx(2 / 15 * 3600)
+
+
+# --- settling the ledger against the disk ------------------------------------------------------
+
+
+def _mark_incomplete(workdir: Path, output: str) -> None:
+    """Snakemake's "incomplete" mark of ``output`` (its file persistence: base64 of the path)."""
+    marks = workdir / ".snakemake" / "incomplete"
+    marks.mkdir(parents=True, exist_ok=True)
+    name = base64.urlsafe_b64encode(output.encode()).decode()
+    (marks / name).write_text(json.dumps({"external_jobid": None}))
+
+
+def test_settling_records_jobs_done_on_disk_whose_end_went_unrecorded(tmp_path):
+    """Only attempts of closed runs, whose every output exists and none is marked incomplete,
+    become succeeded, with the time their outputs were written; the others stay as they are."""
+    from dcflow.orchestration.settle import settle_from_disk
+
+    work = tmp_path
+    with Ledger(work / "l.sqlite3") as ledger:
+        closed = ledger.start_run(pid=os.getpid())
+        live = ledger.start_run(pid=os.getpid())
+        cases = {
+            "lost, whole": (closed, JobState.LOST, ["a1"], [], ["a1"]),
+            "failed, whole": (closed, JobState.FAILED, ["b1", "b2"], [], ["b1", "b2"]),
+            "failed, marked": (closed, JobState.FAILED, ["c1"], ["c1"], ["c1"]),
+            "lost, one missing": (closed, JobState.LOST, ["d1", "d2"], [], ["d1"]),
+            "failed, live run": (live, JobState.FAILED, ["e1"], [], ["e1"]),
+            "failed, no outputs": (closed, JobState.FAILED, [], [], []),
+        }
+        for jobid, (name, (run_id, state, outputs, marked, written)) in enumerate(cases.items()):
+            ledger.job_info(
+                run_id, jobid, rule="r", wildcards={"visit": jobid}, mem_mb=1000, threads=1,
+                log_path=None, benchmark_path=None,
+                outputs=[str(work / "out" / o) for o in outputs], when=100.0,
+            )  # fmt: skip
+            if state is JobState.FAILED:
+                ledger.job_finished(run_id, jobid, state=state, exit_code=-9, reason=name)
+            for output in written:
+                (work / "out").mkdir(exist_ok=True)
+                (work / "out" / output).write_text(name)
+                os.utime(work / "out" / output, (1000.0 + jobid, 1000.0 + jobid))
+            for output in marked:
+                _mark_incomplete(work, f"out/{output}")
+        ledger.finish_run(closed, None)  # its active attempts become lost
+        assert settle_from_disk(ledger, work) == 2
+        after = {a.data_id: a for a in ledger.attempts()}
+    states = {name: after[f"visit={i}"].state.value for i, name in enumerate(cases)}
+    assert states == {
+        "lost, whole": "succeeded",
+        "failed, whole": "succeeded",
+        "failed, marked": "failed",
+        "lost, one missing": "lost",
+        "failed, live run": "failed",
+        "failed, no outputs": "failed",
+    }
+    assert (after["visit=0"].finished, after["visit=1"].finished) == (1000.0, 1001.0)
+    assert after["visit=0"].reason.endswith("not marked incomplete; recorded lost")
+    assert after["visit=1"].reason.endswith("recorded failed: failed, whole")
+    assert after["visit=1"].failure_class is None
