@@ -497,11 +497,17 @@ def running_gridengine_jobs(work: Path) -> list[str]:
     return [j for j, s in states.items() if str(j) in ours and "r" in s]
 
 
-def gridengine_fault(kind: str, log) -> bool:
+LOCK_BUSY = 75
+"""flock's exit code when /tmp/ge.lock stayed busy (``-E``): the fault was not injected."""
+
+
+def gridengine_fault(kind: str, log) -> int:
     """Stop sge_execd for 60 s, or restart sge_qmaster, under /tmp/ge.lock (8 slots restored).
 
     The daemons are found by the pid files scripts/gridengine-up keeps, and started again by
-    it. False if the lock (shared with other users of the cluster) was busy for 120 s.
+    it. Returns the exit code: 0, `LOCK_BUSY` if the lock (shared with other users of the
+    cluster) was busy for 120 s, or gridengine-up's when its check after the restart failed
+    (the daemon was stopped and started again all the same).
     """
     run_dir = Path(os.environ.get("DCFLOW_RUN_DIR", str(REPO / "run")))
     pids = run_dir / "gridengine"
@@ -511,13 +517,13 @@ def gridengine_fault(kind: str, log) -> bool:
     else:
         script = f"kill $(cat {pids}/sge_qmaster.pid) && sleep 5 && {up}"
     done = subprocess.run(
-        ["flock", "-w", "120", "/tmp/ge.lock", "bash", "-c", script],
+        ["flock", "-E", str(LOCK_BUSY), "-w", "120", "/tmp/ge.lock", "bash", "-c", script],
         stdout=log,
         stderr=subprocess.STDOUT,
         check=False,
         timeout=900,
     )
-    return done.returncode == 0
+    return done.returncode
 
 
 def run_reference(root: Path, args, profile: str, env: dict, extra: list[str]):
@@ -744,9 +750,13 @@ def fire(kind: str, campaign: Campaign, disk: Disk, rng, backend: str, notes: li
     if kind in ("execd", "qmaster"):  # in a thread: the other faults go on meanwhile
 
         def outage() -> None:
-            if not gridengine_fault(kind, campaign.log):
+            code = gridengine_fault(kind, campaign.log)
+            if code == LOCK_BUSY:
+                notes.append(f"{kind} fault not injected: /tmp/ge.lock busy for 120 s")
+            elif code:
                 notes.append(
-                    f"{kind} fault not injected: /tmp/ge.lock busy or gridengine-up failed"
+                    f"{kind} fault: the kill, or gridengine-up's restart and check after it,"
+                    f" exited {code} (chaos-driver.log says which)"
                 )
 
         thread = threading.Thread(target=outage)
