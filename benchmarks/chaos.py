@@ -7,7 +7,8 @@ truncated, one with an all-NaN amplifier, one missing a header keyword):
    files and their checksums, its failed tiles (the corrupted inputs' jobs);
 2. a **chaos** run, on its own output disk, while faults are injected at times drawn from
    ``--seed``: jobs failing once with random exit codes or out of memory (the
-   ``DCFLOW_FAULTS`` knob, fire-once), running jobs killed (``qdel`` on Grid Engine, SIGKILL of
+   ``DCFLOW_FAULTS`` knob, fire-once; on Grid Engine a real allocation past the job's
+   h_vmem, mode ``vmem``), running jobs killed (``qdel`` on Grid Engine, SIGKILL of
    the job's process locally), the driver SIGKILLed with its process group (twice) and once
    its main process only (its shard Snakemakes left alive), one shard Snakemake SIGKILLed, the
    output disk full (ENOSPC) for ``--enospc-seconds`` (a size-limited tmpfs mounted by the
@@ -399,13 +400,19 @@ class Disk:
             subprocess.run(["umount", "-l", str(self.mount)], check=False)
 
 
-def draw_job_faults(rng: random.Random, tiles: list[tuple[str, str]], rate: float) -> dict:
-    """``rate`` of the tiles fail once: a random exit code or out of memory; {(rule,tile): mode}."""
+def draw_job_faults(
+    rng: random.Random, tiles: list[tuple[str, str]], rate: float, memory_mode: str = "memory"
+) -> dict:
+    """``rate`` of the tiles fail once: a random exit code or out of memory; {(rule,tile): mode}.
+
+    ``memory_mode``: ``vmem`` on Grid Engine (a real allocation past h_vmem), ``memory``
+    (a MemoryError raised) where no limit is set.
+    """
     n = max(2, round(rate * len(tiles)))
     chosen = rng.sample(tiles, min(n, len(tiles)))
     faults = {}
     for i, tile in enumerate(chosen):
-        faults[tile] = "memory" if i % 3 == 0 else f"exit{rng.choice([1, 2, 3, 42, 70, 99])}"
+        faults[tile] = memory_mode if i % 3 == 0 else f"exit{rng.choice([1, 2, 3, 42, 70, 99])}"
     return faults
 
 
@@ -490,11 +497,17 @@ def running_gridengine_jobs(work: Path) -> list[str]:
     return [j for j, s in states.items() if str(j) in ours and "r" in s]
 
 
-def gridengine_fault(kind: str, log) -> bool:
+LOCK_BUSY = 75
+"""flock's exit code when /tmp/ge.lock stayed busy (``-E``): the fault was not injected."""
+
+
+def gridengine_fault(kind: str, log) -> int:
     """Stop sge_execd for 60 s, or restart sge_qmaster, under /tmp/ge.lock (8 slots restored).
 
     The daemons are found by the pid files scripts/gridengine-up keeps, and started again by
-    it. False if the lock (shared with other users of the cluster) was busy for 120 s.
+    it. Returns the exit code: 0, `LOCK_BUSY` if the lock (shared with other users of the
+    cluster) was busy for 120 s, or gridengine-up's when its check after the restart failed
+    (the daemon was stopped and started again all the same).
     """
     run_dir = Path(os.environ.get("DCFLOW_RUN_DIR", str(REPO / "run")))
     pids = run_dir / "gridengine"
@@ -504,13 +517,13 @@ def gridengine_fault(kind: str, log) -> bool:
     else:
         script = f"kill $(cat {pids}/sge_qmaster.pid) && sleep 5 && {up}"
     done = subprocess.run(
-        ["flock", "-w", "120", "/tmp/ge.lock", "bash", "-c", script],
+        ["flock", "-E", str(LOCK_BUSY), "-w", "120", "/tmp/ge.lock", "bash", "-c", script],
         stdout=log,
         stderr=subprocess.STDOUT,
         check=False,
         timeout=900,
     )
-    return done.returncode == 0
+    return done.returncode
 
 
 def run_reference(root: Path, args, profile: str, env: dict, extra: list[str]):
@@ -574,14 +587,16 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
             root, visits_per_filter=args.visits_per_filter, n_ccds=args.ccds, n_tracts=args.tracts
         )
         corrupted = corrupt_inputs(config, random.Random(args.seed))  # as the reference's
-        job_faults = draw_job_faults(rng, tiles, args.fail_rate)
+        memory_mode = "vmem" if backend == "sge" else "memory"
+        job_faults = draw_job_faults(rng, tiles, args.fail_rate, memory_mode)
         env = {
             **base_env,
             FAULTS_ENV: ";".join(f"{r}:{t}:{m}" for (r, t), m in job_faults.items()),
             FAULTS_ONCE_ENV: str(work / "faults-fired"),
         }
         for mode in job_faults.values():
-            result_faults["job fails once (memory)" if mode == "memory" else "job exits"] += 1
+            memory = mode in ("memory", "vmem")
+            result_faults[f"job fails once ({mode})" if memory else "job exits"] += 1
         campaign = Campaign(config, profile, env, extra)
         horizon = max(ref["wall"], 10.0)
         events = sorted(
@@ -735,9 +750,13 @@ def fire(kind: str, campaign: Campaign, disk: Disk, rng, backend: str, notes: li
     if kind in ("execd", "qmaster"):  # in a thread: the other faults go on meanwhile
 
         def outage() -> None:
-            if not gridengine_fault(kind, campaign.log):
+            code = gridengine_fault(kind, campaign.log)
+            if code == LOCK_BUSY:
+                notes.append(f"{kind} fault not injected: /tmp/ge.lock busy for 120 s")
+            elif code:
                 notes.append(
-                    f"{kind} fault not injected: /tmp/ge.lock busy or gridengine-up failed"
+                    f"{kind} fault: the kill, or gridengine-up's restart and check after it,"
+                    f" exited {code} (chaos-driver.log says which)"
                 )
 
         thread = threading.Thread(target=outage)

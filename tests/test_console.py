@@ -310,3 +310,28 @@ def test_warnings_differing_only_in_numbers_are_one_kind(tmp_path):
         (text.format(1005, "1005, 1006").strip(), 16, 4),
         ("WARNING coadd: only 0 of 4 visits pass", 4, 1),
     ]
+
+
+def test_snakemake_output_follows_the_log_snakemake_writes_itself(tmp_path):
+    """The driver reads the log Snakemake writes (no pipe: a driver killed alone must leave its
+    Snakemakes a stdout that works); lines written in pieces are read whole, from the offset."""
+    log = tmp_path / "run=2.log"
+    log.write_text("an earlier run's line: Error in rule x:\n")
+    offset = log.stat().st_size
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "for i in range(3):\n"
+            "    sys.stdout.write('WARNING noop: half a '); sys.stdout.flush(); time.sleep(0.3)\n"
+            "    print('line'); sys.stdout.flush(); time.sleep(0.3)\n"
+            "print('Error in rule bias:')\n",
+        ],
+        stdout=open(log, "ab"),  # noqa: SIM115 (the child holds it)
+    )
+    output = SnakemakeOutput(log, echo=io.StringIO())
+    output.follow(offset, lambda: writer.poll() is not None, period_s=0.1)
+    assert output.repeated_warnings() == [("WARNING noop: half a line", 3)]
+    assert output.errors == ["Error in rule bias:"]
+    assert output.echo.getvalue() == "WARNING noop: half a line\nError in rule bias:\n"

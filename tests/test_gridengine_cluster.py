@@ -25,6 +25,7 @@ from snakemake.common.tests import TestWorkflowsLocalStorageBase
 from snakemake.settings.types import ConfigSettings
 
 from dcflow.failures import FailurePolicy
+from dcflow.joblog import FAULTS_ENV
 from dcflow.ledger import Ledger, MemoryPolicy
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger
@@ -388,6 +389,66 @@ def test_sigkill_of_driver_then_restart_adopts_and_never_submits_twice(tmp_path)
     assert (workdir / "out" / "merged.txt").read_text() == "0\n1\n2\n3\n"
 
 
+NOOP_SNAKEFILE = """
+configfile: "config.yaml"
+
+rule all:
+    input: "out/merged.txt"
+
+rule work:
+    output: "out/{i}.txt"
+    shell: "echo never run: noop-direct jobs write their placeholders > {output}"
+
+rule merge:
+    input: expand("out/{i}.txt", i=range(4))
+    output: "out/merged.txt"
+    shell: "cat {input} > {output}"
+"""
+
+
+@needs_cluster
+def test_a_restarted_driver_adopts_jobs_that_ended_well_or_are_not_yet_in_accounting(tmp_path):
+    """Jobs that ended well while no driver watched, restarted at once with no recovery step:
+    each is adopted and reported succeeded from accounting (once it has them), never
+    submitted again. Noop-direct jobs (the scale runs' mode) leave their Snakemake
+    "incomplete" marks, as a job whose own Snakemake was killed at its end does, so the
+    restarted Snakemake schedules them again."""
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    workdir = _workflow(tmp_path, NOOP_SNAKEFILE)
+    (workdir / "config.yaml").write_text("campaign: {payload: noop}\n")
+    noop = ("--gridengine-noop-direct", "True", "--gridengine-noop-seconds", "8")
+    argv = _snakemake_argv(workdir, backend, *noop)
+    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = _ledger(workdir)
+    _wait_for(lambda: len(ledger.read()[0]) == 4, 60, "4 submissions")
+    first = ledger.read()[0]
+    _wait_for(lambda: _running([s.job_id for s in first]), 60, "4 running jobs")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    ids = [s.job_id for s in first]
+    _wait_for(lambda: not _queued(ids), 90, "the 4 jobs to end unwatched")
+    in_accounting = set(ids) & set(accounting_records({first[0].name_pattern}))
+
+    shutil.rmtree(workdir / ".snakemake" / "locks")  # what --unlock does; no recovery step
+    restart = subprocess.run(
+        [*argv, "--rerun-incomplete"], capture_output=True, text=True, timeout=180
+    )
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    for job_id in ids:
+        assert f"Adopting Grid Engine job {job_id} " in restart.stderr, (job_id, in_accounting)
+    submissions, finished = ledger.read()
+    assert [s.outputs for s in submissions[4:]] == [("out/merged.txt",)]
+    assert finished == dict.fromkeys([s.job_id for s in submissions], "succeeded")
+    records = accounting_records({s.name_pattern for s in submissions})
+    assert sorted(r.job_name.split(".", 1)[1] for r in records.values()) == ["merge"] + ["work"] * 4
+    assert (workdir / "out" / "merged.txt").read_text() == "noop\n"
+
+
+def _queued(job_ids) -> bool:
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, check=True).stdout
+    return bool(set(job_ids) & set(parse_qstat_xml(out)))
+
+
 @needs_cluster
 def test_job_over_h_vmem_is_a_memory_failure_and_a_retry_with_more_memory_succeeds(tmp_path):
     backend = "qsub" if DRMAA_MISSING else "drmaa"
@@ -489,6 +550,35 @@ def test_a_job_past_s_rt_is_walltime_in_the_run_ledger(tmp_path):
     ), tile.reason
     assert tile.runtime_s is None or tile.runtime_s < 50  # stopped at s_rt, not after 60 s
     assert needs == {("slow", "campaign"): 2}
+
+
+VMEM_SNAKEFILE = """
+rule io:
+    output: "disk/io.txt"
+    log: "logs/io/visit=4.log"
+    resources: mem_mb=1000
+    script: "limits.py"
+"""
+
+
+@needs_cluster
+def test_the_vmem_fault_is_a_real_allocation_past_h_vmem_classed_memory(tmp_path, monkeypatch):
+    """The chaos campaign's out-of-memory fault on Grid Engine: the job asks for more than its
+    h_vmem leaves, the kernel refuses (Grid Engine set RLIMIT_AS from h_vmem), and the ledger
+    classes the attempt memory, the class whose action asks for more memory."""
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    workdir = _workflow(tmp_path, VMEM_SNAKEFILE)
+    (workdir / "limits.py").write_text(LIMITS_SCRIPT)
+    monkeypatch.setenv(FAULTS_ENV, "io:visit=4:vmem")
+    proc = _ledger_run(workdir, backend, "disk/io.txt")
+    assert proc.returncode != 0
+    with Ledger(workdir / "ledger.sqlite3") as ledger:
+        (tile,) = ledger.failed_tiles()
+        needs = ledger.memory_requests(MemoryPolicy(factor=2.0))
+    assert (tile.rule, tile.failure_class, tile.error_class) == ("io", "memory", "MemoryError")
+    assert "failed under the address-space limit of 1000 MB (h_vmem)" in tile.reason
+    assert tile.memory_failure and needs == {("io", "campaign"): 2000}
+    assert not (workdir / "disk" / "io.txt").exists()
 
 
 @needs_cluster

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import itertools
 import json
 import os
@@ -10,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -313,6 +316,28 @@ def test_fault_knob_exit_codes_fire_once(tmp_path):
     assert [p.name for p in (tmp_path / "f").iterdir()] == ["bias__ccd=2"]
 
 
+@pytest.mark.parametrize("limit_mb", [1500, None])
+def test_the_vmem_fault_allocates_past_the_address_space_limit(tmp_path, limit_mb):
+    """Mode vmem: the kernel refuses an allocation past RLIMIT_AS (what h_vmem sets); with no
+    limit the job still fails for memory, and says there was no limit to exceed."""
+    log = tmp_path / "logs" / "bias" / "ccd=2.log"
+    limit = ""
+    if limit_mb is not None:
+        limit = f"resource.setrlimit(resource.RLIMIT_AS, ({limit_mb} * 2**20, -1))\n"
+    code = f"import resource\n{limit}from dcflow.joblog import run_logged\n"
+    code += f"run_logged(lambda: print('ran'), {str(log)!r})\n"
+    env = {**os.environ, FAULTS_ENV: "bias:ccd=2:vmem"}
+    env.pop("DCFLOW_FAULTS_ONCE", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    record = read_failure(log)
+    assert (done.returncode, done.stdout, record.error_class) == (1, "", "MemoryError")
+    assert record.memory
+    if limit_mb is None:
+        assert "no address-space limit" in record.message
+    else:
+        assert "address-space limit of 1500 MB (h_vmem)" in record.message
+
+
 def test_run_logged_writes_a_failure_record(tmp_path, monkeypatch):
     log = tmp_path / "logs" / "process_visit" / "visit=7.log"
     monkeypatch.setenv(FAULTS_ENV, "process_visit:visit=7:memory")
@@ -443,6 +468,81 @@ def test_logger_plugin_is_silent_in_dry_runs(tmp_path):
     assert not (work / "l.sqlite3").exists()
 
 
+def _fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` with a ballast file until ENOSPC; its path."""
+    ballast = directory / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (1 << 20, 1 << 12, 1 << 9):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return ballast
+
+
+@pytest.mark.root
+def test_logger_plugin_holds_events_while_the_ledger_disk_is_full(tmp_path, monkeypatch):
+    """Jobs finish while the ledger's disk is full: their events are written once it has room,
+    with their own times, instead of being lost (the attempts "lost" while their outputs
+    exist)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a disk that fills up) needs root; CI runs as root")
+    monkeypatch.setenv("TOY_SLEEP", "2")
+    work = toy_workflow(tmp_path / "toy")
+    disk = work / "ledger-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    ledger_path = disk / "l.sqlite3"
+    env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
+    argv = [*SNAKEMAKE, "-c3", "--logger", "dcflow", "--logger-dcflow-ledger", str(ledger_path)]
+
+    def succeeded() -> int:
+        with sqlite3.connect(ledger_path, timeout=30) as db:
+            return db.execute(
+                "SELECT COUNT(*) FROM attempts WHERE state = 'succeeded' AND rule != 'all'"
+            ).fetchone()[0]
+
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=work, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        )
+        deadline = time.monotonic() + 60
+        while not (ledger_path.exists() and _attempt_rows(ledger_path) >= 3):
+            assert time.monotonic() < deadline, "the first jobs never reached the ledger"
+            time.sleep(0.2)
+        ballast = _fill(disk)
+        deadline = time.monotonic() + 60
+        while len(list((work / "out").glob("b_*.txt"))) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "jobs did not finish"
+            time.sleep(0.2)
+        while_full = succeeded()
+        time.sleep(2.0)
+        freed_at = time.time()
+        ballast.unlink()
+        _, stderr = proc.communicate(timeout=180)
+        after = succeeded()
+        with Ledger(ledger_path) as ledger:
+            attempts = [a for a in ledger.attempts() if a.rule != "all"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert while_full < 6, "no ledger write failed: the disk was not full"
+    assert after == 6 and len(attempts) == 6
+    assert all(a.state is JobState.SUCCEEDED for a in attempts)
+    assert all(a.finished < freed_at for a in attempts), "times are the events' own"
+    assert "Logging error" not in stderr
+
+
+def _attempt_rows(path: Path) -> int:
+    try:
+        with sqlite3.connect(path, timeout=30) as db:
+            return db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
 def test_plugin_settings_are_declared_for_the_cli():
     from snakemake_logger_plugin_dcflow import LogHandlerSettings, backend_job_extra
 
@@ -470,3 +570,63 @@ def test_throughput_over_the_last_window(tmp_path):
         assert ledger.throughput_per_h() == pytest.approx(360.0)
         # last 15 s (from 105 s): both successes, over 15 s
         assert ledger.throughput_per_h(window_s=15.0) == pytest.approx(2 / 15 * 3600)
+
+
+# --- settling the ledger against the disk ------------------------------------------------------
+
+
+def _mark_incomplete(workdir: Path, output: str) -> None:
+    """Snakemake's "incomplete" mark of ``output`` (its file persistence: base64 of the path)."""
+    marks = workdir / ".snakemake" / "incomplete"
+    marks.mkdir(parents=True, exist_ok=True)
+    name = base64.urlsafe_b64encode(output.encode()).decode()
+    (marks / name).write_text(json.dumps({"external_jobid": None}))
+
+
+def test_settling_records_jobs_done_on_disk_whose_end_went_unrecorded(tmp_path):
+    """Only attempts of closed runs, whose every output exists and none is marked incomplete,
+    become succeeded, with the time their outputs were written; the others stay as they are."""
+    from dcflow.orchestration.settle import settle_from_disk
+
+    work = tmp_path
+    with Ledger(work / "l.sqlite3") as ledger:
+        closed = ledger.start_run(pid=os.getpid())
+        live = ledger.start_run(pid=os.getpid())
+        cases = {
+            "lost, whole": (closed, JobState.LOST, ["a1"], [], ["a1"]),
+            "failed, whole": (closed, JobState.FAILED, ["b1", "b2"], [], ["b1", "b2"]),
+            "failed, marked": (closed, JobState.FAILED, ["c1"], ["c1"], ["c1"]),
+            "lost, one missing": (closed, JobState.LOST, ["d1", "d2"], [], ["d1"]),
+            "failed, live run": (live, JobState.FAILED, ["e1"], [], ["e1"]),
+            "failed, no outputs": (closed, JobState.FAILED, [], [], []),
+        }
+        for jobid, (name, (run_id, state, outputs, marked, written)) in enumerate(cases.items()):
+            ledger.job_info(
+                run_id, jobid, rule="r", wildcards={"visit": jobid}, mem_mb=1000, threads=1,
+                log_path=None, benchmark_path=None,
+                outputs=[str(work / "out" / o) for o in outputs], when=100.0,
+            )  # fmt: skip
+            if state is JobState.FAILED:
+                ledger.job_finished(run_id, jobid, state=state, exit_code=-9, reason=name)
+            for output in written:
+                (work / "out").mkdir(exist_ok=True)
+                (work / "out" / output).write_text(name)
+                os.utime(work / "out" / output, (1000.0 + jobid, 1000.0 + jobid))
+            for output in marked:
+                _mark_incomplete(work, f"out/{output}")
+        ledger.finish_run(closed, None)  # its active attempts become lost
+        assert settle_from_disk(ledger, work) == 2
+        after = {a.data_id: a for a in ledger.attempts()}
+    states = {name: after[f"visit={i}"].state.value for i, name in enumerate(cases)}
+    assert states == {
+        "lost, whole": "succeeded",
+        "failed, whole": "succeeded",
+        "failed, marked": "failed",
+        "lost, one missing": "lost",
+        "failed, live run": "failed",
+        "failed, no outputs": "failed",
+    }
+    assert (after["visit=0"].finished, after["visit=1"].finished) == (1000.0, 1001.0)
+    assert after["visit=0"].reason.endswith("not marked incomplete; recorded lost")
+    assert after["visit=1"].reason.endswith("recorded failed: failed, whole")
+    assert after["visit=1"].failure_class is None

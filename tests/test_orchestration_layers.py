@@ -14,7 +14,7 @@ PACKAGE = "dcflow.orchestration"
 
 LAYERS = (
     {"campaign_files"},
-    {"profiles", "catalogs"},
+    {"profiles", "catalogs", "settle"},
     {"snakemake_cli", "prepare", "cancel"},
     {"run", "plan_status", "ping"},
     {"rerun", "pictures", "sharded", "serve"},

@@ -8,8 +8,11 @@ Fault knob (tests and drills): the environment variable ``DCFLOW_FAULTS`` lists
 ``rule:tile[:mode]`` entries separated by ``;``. A job whose log is ``.../<rule>/<tile>.log``
 (the layout's ``log`` template) fails before doing any work: mode ``error`` (default) raises
 `InjectedFaultError`; mode ``memory`` raises `MemoryError`, as a job killed for memory would;
-mode ``exit<N>`` (``exit3``) ends the process with exit code N and no failure record, as a
-crashing program would. Example: ``DCFLOW_FAULTS="process_visit:visit=1003;bias:ccd=2:memory"``.
+mode ``vmem`` really allocates past the job's address-space limit (``RLIMIT_AS``, which Grid
+Engine sets from ``h_vmem``): the kernel refuses and Python raises `MemoryError` (with no limit
+set, as on the local backend, it raises `MemoryError` saying so); mode ``exit<N>`` (``exit3``)
+ends the process with exit code N and no failure record, as a crashing program would. Example:
+``DCFLOW_FAULTS="process_visit:visit=1003;bias:ccd=2:memory"``.
 When ``DCFLOW_FAULTS_ONCE`` names a directory, each entry fires once only (a marker file per
 tile there, created exclusively), so a rerun of the tile succeeds: a transient fault (chaos
 drills, benchmarks/chaos.py).
@@ -27,6 +30,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import sys
 import threading
@@ -60,7 +64,7 @@ FAULTS_ONCE_ENV = "DCFLOW_FAULTS_ONCE"
 FAILURE_TAG = "DCFLOW-FAILURE "
 """Prefix of the machine-readable failure line a failing job writes to its log."""
 
-FAULT_MODES = ("error", "memory")
+FAULT_MODES = ("error", "memory", "vmem")
 
 _MEMORY_TEXT = re.compile(
     r"MemoryError|out of memory|oom[- ]?kill|h_vmem|exceeded.*memory|memory.*exceeded|"
@@ -177,9 +181,32 @@ def _raise_fault(mode: str, log_path: str) -> None:
         logging.getLogger(__name__).error("fault knob %s: exit %s injected", FAULTS_ENV, mode[4:])
         logging.shutdown()
         os._exit(int(mode[4:]))
+    if mode == "vmem":
+        _allocate_past_the_memory_limit(log_path)
     if mode == "memory":
         raise MemoryError(f"fault knob {FAULTS_ENV}: out of memory injected for {log_path}")
     raise InjectedFaultError(f"fault knob {FAULTS_ENV}: failure injected for {log_path}", mode=mode)
+
+
+def _allocate_past_the_memory_limit(log_path: str) -> None:
+    """Ask for as many bytes as the address-space limit allows in all: the kernel refuses.
+
+    Nothing is touched: the refusal comes at the allocation, so no memory is used.
+    """
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit == resource.RLIM_INFINITY:
+        raise MemoryError(
+            f"fault knob {FAULTS_ENV}: out of memory injected for {log_path} (no address-space"
+            " limit such as h_vmem to exceed)"
+        )
+    try:
+        bytearray(limit)
+    except MemoryError as exc:
+        raise MemoryError(
+            f"fault knob {FAULTS_ENV}: allocating {limit / 2**20:.0f} MB failed under the"
+            f" address-space limit of {limit / 2**20:.0f} MB (h_vmem) for {log_path}"
+        ) from exc
+    raise RuntimeError(f"allocating {limit} bytes under RLIMIT_AS={limit} succeeded")
 
 
 def run_logged(main: Callable[..., Any], log_path: str | None, /, **kwargs: Any) -> Any:

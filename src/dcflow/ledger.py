@@ -700,6 +700,27 @@ class Ledger:
         )
         return attempt_id
 
+    def record_found_complete(self, attempt_id: int, *, when: float) -> int:
+        """Record a failed or lost attempt as succeeded: its job's outputs were found whole.
+
+        The reason keeps what the attempt was recorded as; ``when`` is when the outputs were
+        written. Returns 1 if the attempt was changed, 0 if it was not failed or lost.
+        """
+        cursor = self._write(
+            "UPDATE attempts SET reason = 'settled from disk: outputs whole and not marked"
+            " incomplete; recorded ' || state || COALESCE(': ' || reason, ''), state = ?,"
+            " failure_class = NULL, memory_failure = 0, finished = ?"
+            " WHERE attempt_id = ? AND state IN (?, ?)",
+            (
+                JobState.SUCCEEDED.value,
+                when,
+                attempt_id,
+                JobState.FAILED.value,
+                JobState.LOST.value,
+            ),
+        )
+        return int(cursor.rowcount)
+
     def attempts(
         self,
         *,

@@ -329,7 +329,7 @@ class Executor(RemoteExecutor):
             return False
         self.logger.info(
             f"Adopting Grid Engine job {submission.job_id} ({submission.rule}), submitted by a "
-            "previous driver and still queued or running, instead of submitting it again."
+            "previous driver and not seen to fail, instead of submitting it again."
         )
         self.open_ids.add(submission.job_id)
         self.report_job_submission(

@@ -5,8 +5,9 @@ before Snakemake is told about it. A driver writes a marker naming its PID and t
 lock files it holds. :func:`recover`, run before a restart (``python -m
 snakemake_executor_plugin_gridengine <workdir>``), removes the locks of dead drivers,
 and for jobs that finished well while no driver watched, clears Snakemake's "incomplete" marks
-so they are not run again. Jobs still queued or running are adopted by the restarted driver
-(see ``Executor.run_jobs``) instead of being submitted a second time.
+so they are not run again. Every other job not seen to fail (queued, running, or not in
+accounting yet) is adopted by the restarted driver (see ``Executor.run_jobs``) instead of being
+submitted a second time.
 """
 
 from __future__ import annotations
@@ -120,18 +121,24 @@ class SubmissionLedger:
 
 
 def adoptable_submissions(ledger: SubmissionLedger) -> dict[tuple[str, ...], Submission]:
-    """Submissions without a recorded end whose job is still queued or running, by outputs."""
+    """Submissions without a recorded end that are not seen to have failed, by outputs.
+
+    Queued and running jobs, and also jobs that succeeded while no driver watched or that are
+    in neither ``qstat`` nor accounting yet (accounting is written late): submitting any of
+    them again would run a job twice. An adopted job that already succeeded is reported
+    succeeded at the first status check; one that never shows up is failed by the tracker
+    after `tracker.VANISHED_AFTER_S`.
+    """
     pending = ledger.open_submissions()
     if not pending:
         return {}
     outcomes = query_states(
         [s.job_id for s in pending.values()], {s.name_pattern for s in pending.values()}
     )
-    alive = (JobState.SUBMITTED, JobState.RUNNING)
     return {
         key: sub
         for key, sub in pending.items()
-        if sub.job_id in outcomes and outcomes[sub.job_id].state in alive
+        if sub.job_id not in outcomes or outcomes[sub.job_id].state is not JobState.FAILED
     }
 
 

@@ -16,13 +16,21 @@ Executor plugins report a backend job id by logging any record with the extra fi
 ``dcflow_state`` (a `dcflow.states.JobState` value, e.g. ``"running"``); see `backend_job_extra`.
 Failure details may come in ``report_job_error(job_info, msg, exit_code=..., reason=...)``
 keyword arguments, which Snakemake passes on as the error record's ``aux``.
+
+A write that fails for a reason that passes (the disk holding the ledger is full, another
+writer holds the database past the timeout) keeps the event, and every later one, in order,
+and writes them at the next event or at the end of the run: a full output disk for a minute
+must not leave a finished job "running" (then "lost") in the ledger while its outputs exist.
+Times are the events' own, so a late write records when things happened.
 """
 
+import errno
 import logging
 import os
 import sqlite3
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -34,9 +42,26 @@ from dcflow.joblog import is_memory_text, read_failure
 from dcflow.ledger import Ledger, read_benchmark
 from dcflow.states import JobState
 
-__all__ = ["LogHandler", "LogHandlerSettings", "backend_job_extra"]
+__all__ = ["LogHandler", "LogHandlerSettings", "backend_job_extra", "is_transient_write_error"]
 
 DEFAULT_LEDGER = os.path.join(".snakemake", "dcflow", "ledger.sqlite3")
+
+TRANSIENT_SQLITE_CODES = frozenset({5, 6, 10, 13})
+"""SQLite result codes of a write worth retrying: BUSY, LOCKED, IOERR, FULL."""
+
+CLOSE_RETRY_S = 120.0
+"""How long the end of a run waits for the ledger to take the events it still holds, s."""
+
+
+def is_transient_write_error(exc: BaseException) -> bool:
+    """True if a ledger write failed for a reason that passes (full disk, locked database)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return (code & 0xFF) in TRANSIENT_SQLITE_CODES
+        text = str(exc).lower()
+        return any(w in text for w in ("full", "locked", "busy", "disk i/o"))
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
 def backend_job_extra(jobid: int, backend_jobid: str, state: str | None = None) -> dict[str, Any]:
@@ -134,6 +159,7 @@ class LogHandler(LogHandlerBase):
         self._shard = settings.shard or "all"
         self._ledger: Ledger | None = None
         self._run_id: int | None = settings.run_id
+        self._held: deque[logging.LogRecord] = deque()  # events a failed write kept, in order
         self._owns_run = False
         if self._dryrun:
             return
@@ -176,11 +202,31 @@ class LogHandler(LogHandlerBase):
         """Store one Snakemake log record in the ledger if it is a job event."""
         if self._ledger is None or self._run_id is None:
             return
-        try:
-            self._handle(record)
-        except (sqlite3.Error, OSError, ValueError, TypeError, KeyError, AttributeError):
-            # a logging handler must never stop the workflow: report on stderr and go on
-            self.handleError(record)
+        self._held.append(record)
+        self._write_held()
+
+    def _write_held(self) -> bool:
+        """Write the held events in order; stop at one that fails for a passing reason.
+
+        Returns True when none is left.
+        """
+        while self._held:
+            record = self._held[0]
+            try:
+                self._handle(record)
+            except (sqlite3.Error, OSError) as exc:
+                if is_transient_write_error(exc):
+                    return False
+                self.handleError(record)  # a handler never stops the workflow: say it, go on
+            except (ValueError, TypeError, KeyError, AttributeError):
+                self.handleError(record)
+            self._held.popleft()
+        return True
+
+    @property
+    def held_events(self) -> int:
+        """Events not written yet (their write failed for a passing reason)."""
+        return len(self._held)
 
     def _handle(self, record: logging.LogRecord) -> None:
         assert self._ledger is not None and self._run_id is not None
@@ -275,6 +321,15 @@ class LogHandler(LogHandlerBase):
     def close(self) -> None:
         """Close the run the plugin opened itself (the driver closes its own) and the ledger."""
         if self._ledger is not None:
+            deadline = time.monotonic() + CLOSE_RETRY_S
+            while not self._write_held() and time.monotonic() < deadline:
+                time.sleep(1.0)
+            if self._held:
+                print(
+                    f"dcflow ledger: {len(self._held)} event(s) could not be written to "
+                    f"{self._ledger.path} in {CLOSE_RETRY_S:.0f} s (disk full or locked)",
+                    file=sys.stderr,
+                )
             if self._owns_run and self._run_id is not None:
                 self._ledger.finish_run(self._run_id, None, when=time.time())
             self._ledger.close()

@@ -5,6 +5,8 @@ One module per concern; lower modules never import higher ones:
 - `campaign_files`: the checkout (``REPO_ROOT``); opening a campaign's config, registry index
   and run ledger, each failure a `dcflow.errors.CampaignError` naming the file.
 - `profiles`: profile lookup and settings, rule resource defaults, memory escalation.
+- `settle`: the ledger settled against the disk once no run is alive (jobs that ended well
+  unrecorded).
 - `snakemake_cli`: Snakemake's command line for a campaign; plain runs and the dry run.
 - `prepare`: ``simulate`` and ``ingest``.
 - `run`: a ledger-backed run (``run``) and its progress bars.

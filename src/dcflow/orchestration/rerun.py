@@ -22,6 +22,7 @@ from dcflow.orchestration.campaign_files import campaign_ledger_path, open_ledge
 from dcflow.orchestration.plan_status import current_need
 from dcflow.orchestration.profiles import failure_policy
 from dcflow.orchestration.run import RunOutcome, launch_campaign
+from dcflow.orchestration.settle import settle_from_disk
 from dcflow.pipeline.graph import JobGraph
 from dcflow.status import failed_tiles, job_states
 
@@ -218,6 +219,7 @@ def _select(
     layout = rooted_layout(config_path, workdir)
     with open_ledger(campaign_ledger_path(layout, workdir)) as ledger:
         ledger.reap_dead_runs()
+        settle_from_disk(ledger, workdir)  # done jobs whose end went unrecorded: not failed
         failed = failed_tiles(
             ledger,
             stage=stage,

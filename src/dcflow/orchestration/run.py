@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -92,16 +93,43 @@ class SnakemakeOutput:
             for line in stream:
                 log_file.write(line)
                 log_file.flush()
-                text = _TIMESTAMP.sub("", line.rstrip())
-                repeated = False
-                if _WARNING.search(text):
-                    repeated = text in self.warnings
-                    self.warnings[text] += 1
-                elif _ERROR.search(text):
-                    self.errors.append(text)
-                if self.echo is not None and not repeated:
-                    self.echo.write(line)
-                    self.echo.flush()
+                self._take(line)
+
+    def follow(self, offset: int, finished: Callable[[], bool], period_s: float = 0.5) -> None:
+        """Read the log from ``offset`` as Snakemake writes it, until ``finished()`` and its end.
+
+        Snakemake writes its log itself, not through a pipe to the driver: a driver killed
+        alone (SIGKILL of its main process) must leave its shard Snakemakes a stdout that
+        still works, or their next print dies of a broken pipe and the shard hangs.
+        """
+        with open(self.log_path, errors="replace") as log_file:
+            log_file.seek(offset)
+            partial = ""
+            while True:
+                ended = finished()
+                for line in iter(log_file.readline, ""):
+                    if not line.endswith("\n") and not ended:
+                        partial += line
+                        continue
+                    self._take(partial + line)
+                    partial = ""
+                if ended:
+                    if partial:
+                        self._take(partial)
+                    return
+                time.sleep(period_s)
+
+    def _take(self, line: str) -> None:
+        text = _TIMESTAMP.sub("", line.rstrip())
+        repeated = False
+        if _WARNING.search(text):
+            repeated = text in self.warnings
+            self.warnings[text] += 1
+        elif _ERROR.search(text):
+            self.errors.append(text)
+        if self.echo is not None and not repeated:
+            self.echo.write(line)
+            self.echo.flush()
 
     def repeated_warnings(self) -> list[tuple[str, int]]:
         """Warnings and how often each came, most frequent first."""
@@ -281,14 +309,14 @@ def launch_campaign(
     code: int | None = None
     child = pump = None
     try:
-        child = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            offset = log_file.tell()
+            child = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+        started = child
+        pump = threading.Thread(
+            target=output.follow, args=(offset, lambda: started.poll() is not None), daemon=True
         )
-        pump = threading.Thread(target=output.pump, args=(child.stdout,), daemon=True)
         pump.start()
         with open_ledger(ledger_file) as ledger:
             ledger.set_run_pid(run_id, child.pid)

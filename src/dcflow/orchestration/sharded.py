@@ -70,6 +70,7 @@ from dcflow.orchestration.campaign_files import load_campaign_config
 from dcflow.orchestration.cancel import stop_process_tree
 from dcflow.orchestration.profiles import GRIDENGINE_EXECUTORS, profile_backend, profile_settings
 from dcflow.orchestration.run import run_campaign
+from dcflow.orchestration.settle import settle_from_disk
 from dcflow.states import JobState
 
 __all__ = [
@@ -367,7 +368,8 @@ def clear_stale_state(
     plugin's `recover` (removes dead drivers' locks, records jobs that ended unwatched and
     clears their "incomplete" marks, leaves queued/running jobs for adoption); otherwise the
     Snakemake lock files are removed (what ``snakemake --unlock`` does, without parsing the
-    whole campaign).
+    whole campaign). Then the ledger is settled against the disk
+    (`dcflow.orchestration.settle`): jobs that ended well unrecorded are recorded succeeded.
     """
     live = False
     if ledger_file.exists():
@@ -377,11 +379,24 @@ def clear_stale_state(
     if live:
         return "a run of this campaign is alive: nothing cleared"
     if backend in GRIDENGINE_EXECUTORS:
-        return _recover_gridengine(workdir, wait_s=accounting_wait_s)
-    locks = sorted((workdir / ".snakemake" / "locks").glob("*.lock"))
-    for lock in locks:
-        lock.unlink(missing_ok=True)
-    return f"{len(locks)} stale Snakemake lock(s) removed" if locks else "no stale state"
+        said = _recover_gridengine(workdir, wait_s=accounting_wait_s)
+    else:
+        locks = sorted((workdir / ".snakemake" / "locks").glob("*.lock"))
+        for lock in locks:
+            lock.unlink(missing_ok=True)
+        said = f"{len(locks)} stale Snakemake lock(s) removed" if locks else "no stale state"
+    return said + _settle(ledger_file, workdir)
+
+
+def _settle(ledger_file: Path, workdir: Path) -> str:
+    """`settle_from_disk` on the campaign's ledger; what it did, as a clause ("" if nothing)."""
+    if not ledger_file.exists():
+        return ""
+    with Ledger(ledger_file) as ledger:
+        settled = settle_from_disk(ledger, workdir)
+    if not settled:
+        return ""
+    return f"; {settled} attempt(s) settled from disk (outputs whole, their end unrecorded)"
 
 
 def orphan_shards(ledger_file: Path, shard_ids: set[str]) -> set[str]:
@@ -783,6 +798,10 @@ def _drive(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     stop_ahead.set()
+    if not interrupted:
+        settled = _settle(ledger_file, workdir)
+        if settled:
+            out(settled.removeprefix("; "))
     for shard in shards:
         sid = shard.shard_id
         if sid in outcome:
