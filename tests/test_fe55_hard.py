@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from dcflow.instruments.fe55_sim import (
     Fe55SimConfig,
@@ -62,9 +63,12 @@ def test_gain_within_half_a_percent_over_ten_seeds_and_errors_cover_the_truth(ru
     # square and the narrow-line start: 0.29 %, 1.05)
     assert np.max(np.abs(deviations)) < 0.005
     assert 0.7 < np.sqrt(np.mean(pulls**2)) < 1.4
-    # the stated 1-sigma error covers the truth in 68 % of the 40 (binomial sd 7 %)
-    assert 0.5 < np.mean(np.abs(pulls) < 1) < 0.86
-    assert np.mean(np.abs(pulls) < 2) > 0.85
+    # errors that cover the truth at their stated level: the counts within 1 and 2 sigma lie
+    # in the central 99.8 % of the binomial of a Gaussian's 68.27 % and 95.45 % (over 400
+    # amplifiers, benchmarks/fe55_coverage.py measures 68.5 % and 95.8 %)
+    for k, gaussian in ((1, 0.6827), (2, 0.9545)):
+        low, high = stats.binom.interval(0.998, pulls.size, gaussian)
+        assert low <= np.sum(np.abs(pulls) < k) <= high, (k, np.sum(np.abs(pulls) < k))
 
 
 def test_the_partial_charge_continuum_is_there(runs):
