@@ -1,11 +1,12 @@
 """Photon-transfer gain from variance alone and with neighbour covariances, side by side.
 
 Run: nice -n 5 .venv/bin/python benchmarks/ptc_covariances.py [n_seeds] [esis1 data directory]
-(defaults 10 and ../shared/data/fe55-esis1 relative to the repository).
+(defaults 10 and ../shared/data/fe55-esis1 relative to the repository; 0 seeds: ESIS1 only).
 
 1. The real ESIS1 LED pair (one level) and its dark pair: per tap both photon-transfer gains
    against msfc-ccd's reference, the neighbour covariances' share of the variance with its
-   error, and the Fe55 gain (msfc-ccd's yield, 1602.3 e-) over each, with the Fe55 verdict.
+   error, and the Fe55 gain (msfc-ccd's yield, 1602.3 e-) over each, with the Fe55 verdict;
+   then the covariances' share for a reach of 1, 2 and 3 pixels.
 2. The simulator's flat pairs at four levels (5k-80k e-) on the hard sensor's 2 x 2 layout,
    with serial deferred charge of 0, 0.2 % and 1 % (a trail of one pixel: it moves charge to
    the next pixel read, so the variance alone falls by about twice the fraction while the
@@ -41,6 +42,12 @@ def real(data: Path) -> None:
     pairs, darks = [(led[0], led[1])], (led[2], led[3])
     plain = measure_photon_transfer(pairs, darks, layout, config=PLAIN).amps
     cov = measure_photon_transfer(pairs, darks, layout, config=WITH_COVARIANCES).amps
+    reach = {
+        r: measure_photon_transfer(
+            pairs, darks, layout, config=PhotonTransferConfig(covariance_reach_pix=r)
+        ).amps
+        for r in (1, 3)
+    }
     raw = fits.getdata(data / "ESIS1_00002.fit.gz")
     fe55 = measure_fe55_gain(raw, layout, config=Fe55Config(kalpha_yield_e=1602.3)).amps
     print("ESIS1 LED pair, one level: plain (variance) and with covariances (reach 2 pixels)")
@@ -59,6 +66,15 @@ def real(data: Path) -> None:
             f"{f.gain_e_per_adu / c.gain_e_per_adu:8.4f}"
             f"  {f.verdict}"
         )
+    print("covariance share by reach (pixels): a short-range charge sharing stops growing")
+    for p, one, three in zip(plain, reach[1], reach[3], strict=True):
+        shares = [a.covariance_fraction[0] for a in (one, p, three)]
+        errors = [a.covariance_fraction_err[0] for a in (one, p, three)]
+        cells = "  ".join(
+            f"reach {r}: {100 * v:+5.2f} +- {100 * e:.2f} %"
+            for r, v, e in zip((1, 2, 3), shares, errors, strict=True)
+        )
+        print(f"{p.amp:>3} {cells}")
 
 
 def simulated(n_seeds: int) -> None:
@@ -104,5 +120,6 @@ if __name__ == "__main__":
     seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fe55-esis1"
     real(Path(sys.argv[2]) if len(sys.argv) > 2 else default)
-    simulated(seeds)
+    if seeds:
+        simulated(seeds)
     print(f"\n{time.process_time() - start:.0f} s CPU")

@@ -26,14 +26,18 @@ neighbouring pixels (Astier et al. 2019, A&A 629, A36: the variance plus the sum
 covariances keeps ``S / g``, since the charge is conserved). The covariances of each
 difference image out to ``covariance_reach_pix`` (minus those of the bias pair: correlated
 read noise) are always measured and reported as ``covariance_fraction``; with
-``pixel_covariances`` they are added to the variance before the fit. That is off by default:
-on one LED pair of ESIS1 the sum is 1.2-2.6 % of the variance, with a statistical error of
-about 0.5 % (the sum of 2 x 12 covariances is 5 x noisier than the variance), and a single
-flat level cannot tell charge sharing from other correlated noise; benchmarks/ptc_covariances.py
-sets the two side by side.
+``pixel_covariances`` they are added to the variance before the fit. On the simulator's flat
+pairs at four levels with a 0.2 % (1 %) serial trail, variance alone puts the gain 0.40 %
+(2.0 %) high, the covariances recover it to -0.05 +- 0.14 % with pulls of rms 1.0. It is off
+by default: on the one LED level of ESIS1 the sum is 1.2-2.9 +- 0.6 % of the variance for the
+8 nearest neighbours and 1.0-5.2 +- 1.0 % for the 24 of a 5x5 square (the sum of 2 x 12
+covariances is 5 x noisier than the variance), it does not settle with the reach, and one
+level cannot tell charge sharing from other correlated noise; on the one trusted Fe55 tap
+(00) Fe55 / photon transfer is 1.003 +- 0.007 with variance alone and 1.013 +- 0.012 with
+covariances (benchmarks/ptc_covariances.py prints both side by side).
 
-Measured on the shared ESIS1 LED pair: within 0.05 % of msfc-ccd's photon-transfer gain on
-all four taps.
+Measured on the shared ESIS1 LED pair (variance alone): within 0.03 % of msfc-ccd's
+photon-transfer gain on all four taps.
 """
 
 from __future__ import annotations
