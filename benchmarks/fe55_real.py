@@ -1,7 +1,9 @@
 """Fe55 and photon-transfer gains of the real ESIS1 frames, side by side with the references.
 
-Run: .venv/bin/python benchmarks/fe55_real.py [data directory]
-(default ../shared/data/fe55-esis1 relative to the repository). Prints per tap the Fe55 gain
+Run: .venv/bin/python benchmarks/fe55_real.py [data directory] [summary picture .png]
+(default ../shared/data/fe55-esis1 relative to the repository; with a picture path, the sensor
+summary picture of the frame against the LED pair is written there, as the fe55_summary job
+draws it: docs/fe55_summary_esis1.png). Prints per tap the Fe55 gain
 (K-alpha yield 1602.3 e-, msfc-ccd's), its verdict, the photon-transfer gain, msfc-ccd's
 references and the ratios; "width" is the freed line width over the expected one, "lost" the
 share of bootstrap resamples that lost the peak.
@@ -34,7 +36,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.stats import sigma_clip
 
-from dcflow.stages.fe55 import Fe55Config, measure_fe55_gain, subtract_bias
+from dcflow.plots import fe55_summary_figure
+from dcflow.stages.fe55 import Fe55Config, measure_fe55_gain, subtract_bias, summarize_gains
 from dcflow.stages.photon_transfer import measure_photon_transfer
 from dcflow.stages.sensor_layout import esis1
 
@@ -42,15 +45,18 @@ PTC_REFERENCE = {"00": 2.529, "10": 2.508, "01": 2.530, "11": 2.512}
 FE55_REFERENCE = {"00": 2.555, "10": 2.503, "01": 2.462, "11": float("nan")}
 
 
-def main(data: Path) -> None:
-    """Print the table."""
+def main(data: Path, picture: Path | None = None) -> None:
+    """Print the table; draw the sensor summary picture when ``picture`` is given."""
     layout = esis1().detector_layout()
     raw = fits.getdata(data / "ESIS1_00002.fit.gz")
     led = [fits.getdata(data / "led" / f"ESIS1_0{n}.fit.gz") for n in (4803, 4804, 4860, 4861)]
     fe55 = measure_fe55_gain(raw, layout, config=Fe55Config(kalpha_yield_e=1602.3))
-    ptc = {
-        a.amp: a for a in measure_photon_transfer([(led[0], led[1])], (led[2], led[3]), layout).amps
-    }
+    ptc_result = measure_photon_transfer([(led[0], led[1])], (led[2], led[3]), layout)
+    ptc = {a.amp: a for a in ptc_result.amps}
+    if picture is not None:
+        summary = summarize_gains([fe55.table()], ptc=ptc_result.table())
+        figure = fe55_summary_figure(summary, title="ESIS1 Fe55 frame 00002 vs LED pair")
+        figure.savefig(picture, format="png", dpi=90)
     print(
         f"{'tap':>3} {'Fe55':>7} {'err':>6} {'PTC':>7} {'PTCref':>6} {'PTC/ref':>7} "
         f"{'Fe55/PTC':>8} {'msfc Fe55':>9} {'width':>5} {'nKa':>4} {'lost':>4}  verdict"
@@ -120,4 +126,7 @@ def _difference_covariances(flat1, flat2, amp):
 
 if __name__ == "__main__":
     default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fe55-esis1"
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
+    main(
+        Path(sys.argv[1]) if len(sys.argv) > 1 else default,
+        Path(sys.argv[2]) if len(sys.argv) > 2 else None,
+    )

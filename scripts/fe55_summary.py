@@ -1,4 +1,5 @@
-"""Per-sensor Fe55 summary: the gain of each amplifier combined over the sensor's exposures."""
+"""Per-sensor Fe55 summary: the gain of each amplifier combined over the sensor's exposures,
+as a table and a picture (gains, Fe55 / photon transfer, the verdicts)."""
 
 import logging
 from collections.abc import Mapping, Sequence
@@ -6,8 +7,9 @@ from typing import Any
 
 from dcflow.configs import from_mapping
 from dcflow.errors import InputDataError
-from dcflow.io import read_table, write_table
+from dcflow.io import atomic_path, read_table, write_table
 from dcflow.joblog import run_logged
+from dcflow.plots import fe55_summary_figure
 from dcflow.stages.fe55 import Fe55Config, summarize_gains
 
 log = logging.getLogger("fe55_summary")
@@ -17,11 +19,13 @@ def main(
     *,
     gain_paths: Sequence[str],
     summary_path: str,
+    plot_path: str = "",
     ptc_path: str = "",
     fe55_gain: Mapping[str, Any] | None = None,
 ):
     """Combine the gain tables of one sensor; set them against its photon-transfer table when
-    it has one. No truth is read: truth is compared in tests and the simulation's validation."""
+    it has one; draw the picture when ``plot_path`` is given. No truth is read: truth is
+    compared in tests and the simulation's validation."""
     config = from_mapping(Fe55Config, fe55_gain)
     tables = [read_table(path) for path in gain_paths]
     ptc = read_table(ptc_path) if ptc_path else None
@@ -37,6 +41,14 @@ def main(
         raise InputDataError(f"{', '.join(names)}: {exc}") from exc
     summary.meta["NEXPOSUR"] = len(tables)
     write_table(summary, summary_path)
+    if plot_path:
+        figure = fe55_summary_figure(
+            summary,
+            max_ptc_deviation=config.max_ptc_deviation,
+            title=f"sensor summary, {len(tables)} exposure(s)",
+        )
+        with atomic_path(plot_path) as tmp:
+            figure.savefig(tmp, format="png", dpi=90)
     for row in summary:
         ratio = f", Fe55/PTC {row['fe55_over_ptc']:.4f}" if ptc is not None else ""
         log.info(
@@ -64,6 +76,7 @@ if "snakemake" in globals():
         snakemake.log[0],  # noqa: F821
         gain_paths=list(snakemake.input.gains),  # noqa: F821
         summary_path=snakemake.output.summary,  # noqa: F821
+        plot_path=snakemake.output.plot,  # noqa: F821
         ptc_path=str(snakemake.input.ptc or ""),  # noqa: F821
         fe55_gain=snakemake.params.fe55_gain,  # noqa: F821
     )

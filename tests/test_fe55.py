@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import matplotlib.colors
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -28,7 +29,7 @@ from dcflow.instruments.fe55_sim import (
     simulate_fe55,
     simulate_fe55_exposure,
 )
-from dcflow.plots import fe55_amp_figure, fe55_exposure_figure
+from dcflow.plots import fe55_amp_figure, fe55_exposure_figure, fe55_summary_figure
 from dcflow.stages.fe55 import (
     KALPHA_ELECTRONS,
     KBETA_ELECTRONS,
@@ -357,6 +358,41 @@ def test_histogram_picture_shows_each_amplifier_and_its_gain(clean, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     single = fe55_amp_figure(result.amps[0], title="amp A")
     assert single.axes[0].get_title() == "amp A"
+
+
+def test_summary_picture_sets_untrusted_amplifiers_apart_with_their_reasons(clean, tmp_path):
+    sim, table = clean
+    # photon transfer that agrees on A, B and D and is 3 % lower on C: C is untrusted
+    truth = np.asarray(sim.truth["gain_e_per_adu"])
+    ptc_gain = truth * np.array([1.0, 1.0, 0.97, 1.0])
+    ptc_err = np.full(4, 0.002)
+    ptc = Table({"amp": table["amp"], "gain_e_per_adu": ptc_gain, "gain_err_e_per_adu": ptc_err})
+    summary = summarize_gains([table], ptc=ptc)
+    assert list(summary["trusted"]) == [True, True, False, True]
+    figure = fe55_summary_figure(summary, title="ccd 3")
+    gain_ax, ratio_ax = figure.axes
+    labels = ratio_ax.get_xticklabels()
+    assert [label.get_text() for label in labels] == ["A", "B", "C\nUNTRUSTED", "D"]
+    colors = [matplotlib.colors.to_hex(label.get_color()) for label in labels]
+    assert colors[2] == matplotlib.colors.to_hex("tab:red")
+    assert len({colors[0], colors[1], colors[3]}) == 1 and colors[0] != colors[2]
+    # the reason is written under the plot, and the title counts the verdicts
+    reasons = " ".join(t.get_text() for t in figure.texts)
+    assert "amp C: UNTRUSTED: Fe55/PTC 1.03" in reasons and "amp A" not in reasons
+    assert gain_ax.get_title() == "ccd 3: 3 trusted, 1 untrusted"
+    # the ratio points drawn are the table's: trusted filled, untrusted hollow
+    drawn = {}
+    for line in ratio_ax.lines:
+        if line.get_marker() == "o":
+            for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
+                drawn[round(float(x))] = (y, line.get_markerfacecolor())
+    np.testing.assert_allclose([drawn[i][0] for i in range(4)], summary["fe55_over_ptc"])
+    assert drawn[2][1] == "none" and drawn[0][1] != "none"
+    path = tmp_path / "summary.png"
+    figure.savefig(path, format="png", dpi=60)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="summary holds no amplifier"):
+        fe55_summary_figure(summary[:0])
 
 
 @pytest.mark.parametrize("cls", [Fe55Config, Fe55SimConfig])

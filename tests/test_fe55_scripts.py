@@ -100,13 +100,15 @@ def test_gain_script_writes_a_table_within_half_a_percent_and_a_picture(raws, sc
     # two flat pairs (20000 and 40000 e-) of 80000 pixels: the gain to ~0.3 %
     assert np.all(ptc["n_pairs"] == 2)
     assert np.all(np.abs(ptc["gain_e_per_adu"] / truth["gain_e_per_adu"] - 1) < 0.01)
-    out = tmp_path / "summary.fits"
+    out, summary_plot = tmp_path / "summary.fits", tmp_path / "summary.png"
     summary.main(
         gain_paths=[str(p) for p in tables],
         summary_path=str(out),
+        plot_path=str(summary_plot),
         ptc_path=str(ptc_path),
         fe55_gain={},
     )
+    assert summary_plot.read_bytes()[:4] == b"\x89PNG"
     result = read_table(out)
     assert "gain_truth_e_per_adu" not in result.colnames  # the summary reads no truth
     assert np.all(result["n_exposures"] == 2)

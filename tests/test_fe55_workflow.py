@@ -114,6 +114,7 @@ def test_simulated_sensors_are_inputs_ingested_then_run_end_to_end(tmp_path):
     assert np.all(summary["n_exposures"] == 2)
     assert np.all(np.abs(summary["gain_e_per_adu"] / truth["gain_e_per_adu"] - 1) < 0.005)
     assert np.all(np.abs(summary["fe55_over_ptc"] - 1) < 0.015)
+    assert (out / "fe55/plots/2/fe55_summary_2.png").read_bytes()[:4] == b"\x89PNG"
     for exposure in (0, 1):
         png = out / f"fe55/plots/2/fe55_hist_2_{exposure}.png"
         assert png.read_bytes()[:4] == b"\x89PNG"

@@ -65,6 +65,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "fe55_ptc": "fe55/ptc/fe55_ptc_{ccd}.fits",
     "fe55_ptc_plot": "fe55/plots/{ccd}/fe55_ptc_{ccd}.png",
     "fe55_summary": "fe55/summary/fe55_summary_{ccd}.fits",
+    "fe55_summary_plot": "fe55/plots/{ccd}/fe55_summary_{ccd}.png",
     "sdss_mask": "{instrument}/objcs/{ccd}/fpM_{visit}_{ccd}.fit",
     "sdss_psfield": "{instrument}/objcs/{ccd}/psField_{visit}_{ccd}.fit",
     "sdss_tsfield": "{instrument}/calibChunks/{ccd}/tsField_{visit}_{ccd}.fit",

@@ -8,8 +8,10 @@ them.
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
+from astropy.table import Table
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -23,6 +25,7 @@ __all__ = [
     "draw_fe55_amp",
     "fe55_amp_figure",
     "fe55_exposure_figure",
+    "fe55_summary_figure",
     "ptc_figure",
 ]
 
@@ -147,6 +150,152 @@ def fe55_exposure_figure(result: Fe55Result, *, title: str = "") -> Figure:
         figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+TRUSTED_COLOR = "0.15"
+UNTRUSTED_COLOR = "tab:red"
+
+
+def fe55_summary_figure(
+    summary: Table, *, max_ptc_deviation: float = 0.015, title: str = ""
+) -> Figure:
+    """The combined gain of a sensor's amplifiers, with their verdicts, as one picture.
+
+    Top: per amplifier the combined Fe55 gain with its error and, where the summary has them,
+    the photon-transfer gain beside it. Bottom (with photon transfer): Fe55 / photon transfer
+    with its error and the band ``1 +- max_ptc_deviation``. A trusted amplifier is drawn as
+    filled dark points; an untrusted one hollow in red, its name red and marked on the axis,
+    and its reasons listed under the plot, so that no untrusted gain reads as a plain number.
+
+    Parameters
+    ----------
+    summary : astropy.table.Table
+        `dcflow.stages.fe55.summarize_gains` output (columns ``amp``, ``gain_e_per_adu``,
+        ``gain_err_e_per_adu``, ``trusted``, ``verdict``; ``ptc_gain_e_per_adu``,
+        ``ptc_gain_err_e_per_adu``, ``fe55_over_ptc``, ``fe55_over_ptc_err`` when set against
+        photon transfer).
+    max_ptc_deviation : float
+        Half-width of the trusted band of the ratio (fraction).
+    title : str
+        Figure title.
+
+    Raises
+    ------
+    ValueError
+        If ``summary`` has no row.
+    """
+    if len(summary) == 0:
+        raise ValueError("summary holds no amplifier to draw")
+    amps = [str(a) for a in summary["amp"]]
+    trusted = np.asarray(summary["trusted"], dtype=bool)
+    x = np.arange(len(amps), dtype=float)
+    has_ptc = "fe55_over_ptc" in summary.colnames
+    width = max(6.4, 0.55 * len(amps) + 2.5)
+    # reasons wrapped to the figure's width (about 16 characters of 7-point text per inch)
+    untrusted_lines = [
+        line
+        for a, v, ok in zip(amps, summary["verdict"], trusted, strict=True)
+        if not ok
+        for line in textwrap.wrap(
+            f"amp {a}: UNTRUSTED: {v}", width=int(16 * width), subsequent_indent="    "
+        )
+    ]
+    height = (5.2 if has_ptc else 3.4) + 0.22 * len(untrusted_lines)
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(
+        2 if has_ptc else 1,
+        1,
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 2] if has_ptc else [1]},
+    )[:, 0]
+    offset = 0.12 if has_ptc else 0.0
+    _draw_by_trust(
+        axes[0],
+        x - offset,
+        np.asarray(summary["gain_e_per_adu"], float),
+        np.asarray(summary["gain_err_e_per_adu"], float),
+        trusted,
+        marker="o",
+        label="Fe55",
+    )
+    if has_ptc:
+        axes[0].errorbar(
+            x + offset,
+            summary["ptc_gain_e_per_adu"],
+            yerr=summary["ptc_gain_err_e_per_adu"],
+            fmt="s",
+            color="tab:blue",
+            mfc="none",
+            ms=5,
+            capsize=2,
+            label="photon transfer",
+        )
+        ratio_ax = axes[1]
+        ratio_ax.axhspan(
+            1 - max_ptc_deviation, 1 + max_ptc_deviation, color="tab:green", alpha=0.15, lw=0
+        )
+        ratio_ax.axhline(1.0, color="0.5", lw=0.8)
+        _draw_by_trust(
+            ratio_ax,
+            x,
+            np.asarray(summary["fe55_over_ptc"], float),
+            np.asarray(summary["fe55_over_ptc_err"], float),
+            trusted,
+            marker="o",
+            label=None,
+        )
+        ratio_ax.set_ylabel("Fe55 / PTC")
+    axes[0].set_ylabel("gain (e$^-$/ADU)")
+    n_untrusted = int(np.sum(~trusted))
+    axes[0].set_title(
+        (f"{title}: " if title else "")
+        + f"{len(amps) - n_untrusted} trusted, {n_untrusted} untrusted",
+        fontsize=10,
+    )
+    axes[0].legend(fontsize=7, loc="best")
+    bottom = axes[-1]
+    names = [a if ok else f"{a}\nUNTRUSTED" for a, ok in zip(amps, trusted, strict=True)]
+    bottom.set_xticks(x, names)
+    for label, ok in zip(bottom.get_xticklabels(), trusted, strict=True):
+        label.set_color(TRUSTED_COLOR if ok else UNTRUSTED_COLOR)
+        label.set_fontweight("normal" if ok else "bold")
+    bottom.set_xlabel("amplifier")
+    bottom.set_xlim(-0.6, len(amps) - 0.4)
+    figure.tight_layout(rect=(0, 0.22 * len(untrusted_lines) / height, 1, 1))
+    for i, line in enumerate(untrusted_lines):
+        figure.text(
+            0.01,
+            (0.22 * (len(untrusted_lines) - i) - 0.12) / height,
+            line,
+            color=UNTRUSTED_COLOR,
+            fontsize=7,
+            va="center",
+        )
+    return figure
+
+
+def _draw_by_trust(ax, x, value, error, trusted, *, marker, label) -> None:
+    """Error bars: trusted amplifiers filled and dark, untrusted hollow and red."""
+    for ok, color, fill, name in (
+        (True, TRUSTED_COLOR, TRUSTED_COLOR, "trusted"),
+        (False, UNTRUSTED_COLOR, "none", "untrusted"),
+    ):
+        chosen = trusted == ok
+        if not np.any(chosen):
+            continue
+        ax.errorbar(
+            x[chosen],
+            value[chosen],
+            yerr=error[chosen],
+            fmt=marker,
+            color=color,
+            mfc=fill,
+            ms=6,
+            capsize=2,
+            label=f"{label} ({name})" if label else None,
+        )
 
 
 def ptc_figure(result: PhotonTransferResult, *, title: str = "") -> Figure:

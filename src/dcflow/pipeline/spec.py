@@ -445,7 +445,10 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "fe55_summary",
         "sensor",
-        outputs=(Output("summary", "fe55_summary", target=True, verdict="NUNTRUST"),),
+        outputs=(
+            Output("summary", "fe55_summary", target=True, verdict="NUNTRUST"),
+            Output("plot", "fe55_summary_plot", caption="fe55_summary.rst", category="Fe55 gain"),
+        ),
         inputs=(
             Input("gains", "fe55_gain", ("ccd",)),
             Input("ptc", "fe55_ptc", ("ccd",)),
