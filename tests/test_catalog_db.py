@@ -340,7 +340,6 @@ def test_indexing_compacts_the_embedded_regions_in_pixel_order_keeping_rows_and_
 
 def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monkeypatch):
     """A compaction whose input files a rerun replaced meanwhile is redone, not committed."""
-    from dcflow.catalog_db import embedded as module
 
     path = tmp_path / "catalogs"
     db = EmbeddedDatabase(path)
@@ -350,18 +349,19 @@ def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monk
         db.replace_tile({"visit": visit}, rows)
     n_others = _count(db, "src", "visit <> 2")
     rerun, rerun_srcs, rerun_forced = _visit(2, np.random.default_rng(22), n=600)
-    original = module._healpix_range
+    original = EmbeddedDatabase._read_range
     calls = []
 
-    def rerun_first(file):  # runs after the src compaction's sort, before its commit
-        if not calls and file.parent.parent.name == "src":
-            calls.append(file)
+    def rerun_first(self, inputs, *args):  # after the src compaction's read and sort
+        rows = original(self, inputs, *args)
+        if not calls and Path(inputs[0]).parent.parent.name == "src":
+            calls.append(inputs)
             other = EmbeddedDatabase(path)
             other.replace_tile({"visit": 2}, rerun, run_id="during-index")
             other.close()
-        return original(file)
+        return rows
 
-    monkeypatch.setattr(module, "_healpix_range", rerun_first)
+    monkeypatch.setattr(EmbeddedDatabase, "_read_range", rerun_first)
     db.create_indexes()
     assert calls
     assert _count(db, "src", "visit = 2") == sum(map(len, rerun_srcs))
