@@ -26,7 +26,8 @@ its listed files.
 files into parts sorted by ``healpix`` with disjoint pixel ranges (one region at a time, each
 in its own SQLite commit, so one region's index never waits on another). A region is cut into
 pixel ranges whose row groups hold at most ``compact_rows`` rows, each read, sorted by pyarrow
-and written as one part, so the step holds one range at a time whatever the region's size. The manifest keeps each file's min/max ``healpix``, so a cone search opens only the
+and written as one part, so the step holds one range at a time whatever the region's size.
+The manifest keeps each file's min/max ``healpix``, so a cone search opens only the
 files whose range meets the cone's pixel ranges, and DuckDB skips their row groups by the
 Parquet min/max statistics: a 1' cone reads one or two row groups of one file whatever the
 table's size. A rerun of a tile after compaction rewrites the parts holding its rows without
@@ -421,8 +422,14 @@ class EmbeddedDatabase(CatalogDatabase):
                     f"(missing {missing}, unexpected {extra}, or another order)"
                 )
         healpix = np.concatenate([np.asarray(c["healpix"]) for c in chunks])
-        regions = np.where(healpix >= 0, healpix >> self._shift, -1)
         whole = pa.concat_tables([pa.table({k: arrow_column(c[k]) for k in names}) for c in chunks])
+        if np.any(np.diff(healpix) < 0):
+            # chunks (a visit's CCDs) each sorted: sort the tile, so that every row group
+            # spans a narrow pixel range, which the cone search and compaction rely on
+            order = np.argsort(healpix, kind="stable")
+            healpix = healpix[order]
+            whole = whole.take(pa.array(order))
+        regions = np.where(healpix >= 0, healpix >> self._shift, -1)
         out = []
         for region in np.unique(regions).tolist():
             mine = np.flatnonzero(regions == region)
@@ -662,17 +669,18 @@ class EmbeddedDatabase(CatalogDatabase):
             groups = np.flatnonzero((highs >= start) & (lows < stop)).tolist()
             if not groups:
                 continue
-            rows = pq.ParquetFile(self.path / file, metadata=meta).read_row_groups(
+            read = pq.ParquetFile(self.path / file, metadata=meta).read_row_groups(
                 groups, use_threads=False
             )
-            healpix = rows["healpix"]
+            healpix = read["healpix"]
             inside = pc.and_(pc.greater_equal(healpix, start), pc.less(healpix, stop))
-            pieces.append(_text_as_dictionary(rows.filter(inside)))
+            pieces.append(_text_as_dictionary(read.filter(inside)))
+            del read, healpix, inside
         if not pieces:
             return pa.table({})
         rows = pa.concat_tables(pieces, promote_options="permissive").unify_dictionaries()
         del pieces
-        return rows.take(pc.sort_indices(rows["healpix"])).combine_chunks()
+        return rows.take(pc.sort_indices(rows["healpix"]))
 
     def analyze(self) -> None:
         """Remove unlisted files older than `GARBAGE_AGE_S`, optimise the manifest.
