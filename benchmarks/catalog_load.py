@@ -57,7 +57,11 @@ from dcflow.catalog_db.embedded import EmbeddedDatabase, arrow_column
 from dcflow.catalog_schema import schema_for
 
 PROVENANCE = {"campaign": "bench", "run_id": "bench", "code_version": "bench"}
-BYTES_PER_ROW = 600  # measured: DuckDB file / rows ~ 250 B, PostgreSQL heap + indexes ~ 600 B
+PG_BYTES_PER_ROW = 600  # measured: PostgreSQL heap + indexes ~ 370 B at 1e6, 600 B with q3c twice
+EMBEDDED_BYTES_PER_ROW = 150  # measured: Parquet files / rows, 146 B at 1e6 and 1e7
+EMBEDDED_PEAK_BYTES_PER_ROW = 2 * EMBEDDED_BYTES_PER_ROW + 40
+"""The index step holds a region's tile files and its parts at once (at worst one region is
+the whole table); the cross-match adds a DuckDB forced_src table (~40 B a row)."""
 
 
 def make_tiles(n_rows: int, tile_rows: int, seed: int = 1):
@@ -671,13 +675,16 @@ def main() -> None:
         help="embedded: DuckDB memory_limit of the cross-match connection (it spills beyond)",
     )
     parser.add_argument(
-        "--large", action="store_true", help="allow more than 10^7 rows (10^8: hours, ~40 GB)"
+        "--large",
+        action="store_true",
+        help="allow more than 10^7 rows (10^8: about an hour, ~34 GB at peak)",
     )
     args = parser.parse_args()
-    need_gb = args.rows * BYTES_PER_ROW / 1e9
     print(
-        f"{args.rows:,} src rows, tiles of {args.tile_rows:,}: needs about {need_gb:.1f} GB "
-        "of disk per backend"
+        f"{args.rows:,} src rows, tiles of {args.tile_rows:,}: needs about "
+        f"{args.rows * EMBEDDED_PEAK_BYTES_PER_ROW / 1e9:.1f} GB of disk at peak (embedded: "
+        f"{args.rows * EMBEDDED_BYTES_PER_ROW / 1e9:.1f} GB after indexing), "
+        f"{args.rows * PG_BYTES_PER_ROW / 1e9:.1f} GB (PostgreSQL)"
     )
     if args.rows > 10**7 and not args.large:
         parser.error(f"--rows {args.rows:,} needs --large (disk printed above)")
