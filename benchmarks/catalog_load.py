@@ -210,27 +210,35 @@ def bench_duckdb(workdir: Path, args, centres) -> dict:
     import duckdb
 
     db = EmbeddedDatabase(workdir / "catalogs", region_order=args.region_order)
+    out = Figures()
     with db:  # one session, as a load job or a query run holds it
-        rate, cpu_rate, ready_rate = timed_load(
-            lambda v, rows: db.replace_tile({"visit": v}, {"src": [rows]}), args
+        if not args.reuse_load:
+            rate, cpu_rate, ready_rate = timed_load(
+                lambda v, rows: db.replace_tile({"visit": v}, {"src": [rows]}), args
+            )
+            out.update(
+                {
+                    "load rows/s": rate,
+                    "load rows/CPU-s": cpu_rate,
+                    "load rows/s less CPU wait": ready_rate,
+                }
+            )
+            n_parallel = min(args.rows, args.table_rows)
+            out[f"load rows/s, {args.processes} processes ({n_parallel:.0e})"] = (
+                parallel_embedded_load(workdir / "parallel", args, n_parallel)
+            )
+        elif sum(db.tile_rows("src").values()) != args.rows:
+            raise SystemExit(f"--reuse-load: {db.path} does not hold {args.rows:,} src rows")
+        cones = (
+            ("cone 1' ms", 1 / 60, centres),
+            ("cone 1 deg ms", 1.0, centres[: args.cones_1deg]),
         )
-        out = Figures()
-        out.update(
-            {
-                "load rows/s": rate,
-                "load rows/CPU-s": cpu_rate,
-                "load rows/s less CPU wait": ready_rate,
-            }
-        )
-        n_parallel = min(args.rows, args.table_rows)
-        out[f"load rows/s, {args.processes} processes ({n_parallel:.0e})"] = parallel_embedded_load(
-            workdir / "parallel", args, n_parallel
-        )
-        cones = (("cone 1' ms", 1 / 60), ("cone 1 deg ms", 1.0))
-        for label, radius in cones:  # naive: tile files as loaded, before the index step
+        for label, radius, where in cones:  # naive: tile files as loaded, before the index step
+            if "naive-cones" in args.skip:
+                continue
             out[f"naive: {label}, tile files"], _ = time_cones(
                 lambda ra, dec, r: db.cone("src", ra, dec, r),
-                centres,
+                where,
                 radius,
                 out,
                 f"naive: {label[:-3]}, tile files",
@@ -242,9 +250,9 @@ def bench_duckdb(workdir: Path, args, centres) -> dict:
         out["index build s"] = time.perf_counter() - start
         out["index build CPU-s (this process)"] = time.process_time() - start_cpu
         out["files after index"] = len(db.files("src"))
-        for label, radius in cones:
+        for label, radius, where in cones:
             out[label], out[label.replace("ms", "rows")] = time_cones(
-                lambda ra, dec, r: db.cone("src", ra, dec, r), centres, radius, out, label[:-3]
+                lambda ra, dec, r: db.cone("src", ra, dec, r), where, radius, out, label[:-3]
             )
         files = [str(db.path / f) for f in db.files("src")["file"]]
     out["disk MB"] = sum(p.stat().st_size for p in db.path.rglob("*") if p.is_file()) / 1e6
@@ -259,6 +267,8 @@ def bench_duckdb(workdir: Path, args, centres) -> dict:
     con.close()
     (workdir / "xmatch.duckdb").unlink()
     shutil.rmtree(workdir / "xmatch.tmp", ignore_errors=True)
+    if args.reuse_load or "table" in args.skip:
+        return out
     # the previous embedded backend: Arrow appends into a DuckDB table, on the first tiles
     table_args = argparse.Namespace(rows=min(args.rows, args.table_rows), tile_rows=args.tile_rows)
     con = duckdb.connect(str(workdir / "table.duckdb"))
@@ -428,29 +438,32 @@ def crossmatch_duckdb(con, args) -> dict:
         "(bernoulli, 3)) ORDER BY healpix"
     )
     n_obj = con.execute("SELECT count(*) FROM object").fetchone()[0]
-    con.execute(
-        "CREATE TABLE forced_src AS SELECT visit, ccd, healpix, psf_flux, psf_flux_err, "
-        f"1 + hash(visit, ccd, id) % {n_obj} AS object_id FROM src"
-    )
-    n_forced = con.execute("SELECT count(*) FROM forced_src").fetchone()[0]
-    start, start_cpu = time.perf_counter(), time.process_time()
-    con.execute(
-        "SELECT count(*), sum(f.psf_flux) FROM object o JOIN forced_src f USING (object_id)"
-    ).fetchall()
-    out["xmatch id: join forced rows/s"] = n_forced / (time.perf_counter() - start)
-    out["xmatch id: forced rows/CPU-s"] = n_forced / (time.process_time() - start_cpu)
-    try:
-        con.execute("CREATE INDEX forced_src_object ON forced_src (object_id)")
-    except duckdb.OutOfMemoryException as exc:  # the index must fit in --duckdb-memory
-        print(f"    naive per-object query skipped: {exc}", flush=True)
-    else:
-        ids = np.random.default_rng(4).integers(1, n_obj + 1, 200)
-        start, got = time.perf_counter(), 0
-        for object_id in ids.tolist():
-            got += len(
-                con.execute("SELECT * FROM forced_src WHERE object_id = ?", (object_id,)).fetchall()
-            )
-        out["naive: per-object query forced rows/s"] = got / (time.perf_counter() - start)
+    if "xmatch-id" not in args.skip:
+        con.execute(
+            "CREATE TABLE forced_src AS SELECT visit, ccd, healpix, psf_flux, psf_flux_err, "
+            f"1 + hash(visit, ccd, id) % {n_obj} AS object_id FROM src"
+        )
+        n_forced = con.execute("SELECT count(*) FROM forced_src").fetchone()[0]
+        start, start_cpu = time.perf_counter(), time.process_time()
+        con.execute(
+            "SELECT count(*), sum(f.psf_flux) FROM object o JOIN forced_src f USING (object_id)"
+        ).fetchall()
+        out["xmatch id: join forced rows/s"] = n_forced / (time.perf_counter() - start)
+        out["xmatch id: forced rows/CPU-s"] = n_forced / (time.process_time() - start_cpu)
+        try:
+            con.execute("CREATE INDEX forced_src_object ON forced_src (object_id)")
+        except duckdb.OutOfMemoryException as exc:  # the index must fit in --duckdb-memory
+            print(f"    naive per-object query skipped: {exc}", flush=True)
+        else:
+            ids = np.random.default_rng(4).integers(1, n_obj + 1, 200)
+            start, got = time.perf_counter(), 0
+            for object_id in ids.tolist():
+                got += len(
+                    con.execute(
+                        "SELECT * FROM forced_src WHERE object_id = ?", (object_id,)
+                    ).fetchall()
+                )
+            out["naive: per-object query forced rows/s"] = got / (time.perf_counter() - start)
     # positional: each Object's order-15 pixel and its neighbours, hash-joined to src, in
     # chunks of sky (--xmatch-chunk-rows src rows each) so that memory stays bounded
     n_src = con.execute("SELECT count(*) FROM src").fetchone()[0]
@@ -697,11 +710,29 @@ def main() -> None:
         help="embedded: DuckDB memory_limit of the cross-match connection (it spills beyond)",
     )
     parser.add_argument(
+        "--cones-1deg", type=int, default=None, help="cone centres of radius 1 deg (--cones)"
+    )
+    parser.add_argument(
+        "--reuse-load",
+        action="store_true",
+        help="embedded: use the catalogs a previous run of the same --rows loaded in --dir "
+        "(no load figures; stopped after them, say)",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="embedded, comma-separated: naive-cones (on the tile files), xmatch-id (Object x "
+        "forced_src by id and its naive query), table (the DuckDB-table comparison)",
+    )
+    parser.add_argument(
         "--large",
         action="store_true",
         help="allow more than 10^7 rows (10^8: about an hour, ~34 GB at peak)",
     )
     args = parser.parse_args()
+    args.skip = set(filter(None, args.skip.split(",")))
+    if args.cones_1deg is None:
+        args.cones_1deg = args.cones
     print(
         f"{args.rows:,} src rows, tiles of {args.tile_rows:,}: needs about "
         f"{args.rows * EMBEDDED_PEAK_BYTES_PER_ROW / 1e9:.1f} GB of disk at peak (embedded: "
@@ -740,21 +771,20 @@ def main() -> None:
         print(f"{metric:34}" + "".join(cells))
     print("DC2013 extrapolation (linear in rows; an estimate, not a measurement): a 2e9-row table")
     for n in names:
-        rate = results[n]["load rows/s"]
-        cpu_hours = 2e9 / results[n]["load rows/CPU-s"] / 3600
-        disk = results[n]["disk MB"] / args.rows * 2e9 / 1e3
-        index = results[n]["index build s"] / args.rows * 2e9
-        index_cpu = next(
-            (v for k, v in results[n].items() if k.startswith("index build CPU-s")), None
+        figures = results[n]
+        load = (
+            f"load {2e9 / figures['load rows/s'] / 3600:6.1f} h at this run's wall rate "
+            f"({2e9 / figures['load rows/CPU-s'] / 3600:5.2f} CPU-h), "
+            if "load rows/s" in figures
+            else "load not run (--reuse-load), "
         )
+        disk = figures["disk MB"] / args.rows * 2e9 / 1e3
+        index = figures["index build s"] / args.rows * 2e9
+        index_cpu = next((v for k, v in figures.items() if k.startswith("index build CPU-s")), None)
         index_cpu_text = (
             "" if index_cpu is None else f" ({index_cpu / args.rows * 2e9 / 3600:5.2f} CPU-h)"
         )
-        print(
-            f"  {n:>10}: load {2e9 / rate / 3600:6.1f} h at this run's wall rate "
-            f"({cpu_hours:5.2f} CPU-h), index {index / 3600:6.1f} h{index_cpu_text}, "
-            f"disk {disk:6.0f} GB"
-        )
+        print(f"  {n:>10}: {load}index {index / 3600:6.1f} h{index_cpu_text}, disk {disk:6.0f} GB")
 
 
 if __name__ == "__main__":
