@@ -7,7 +7,6 @@ with that reason elsewhere, but not under CI as root (conftest).
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import signal
@@ -29,7 +28,7 @@ from dcflow.catalog_db import (
     healpix_of,
     table_columns,
 )
-from dcflow.catalog_db.embedded import EmbeddedDatabase, compaction_ranges
+from dcflow.catalog_db.embedded import EmbeddedDatabase
 from dcflow.catalog_db.loading import visit_rows
 from dcflow.catalog_schema import annotate, schema_for
 
@@ -351,19 +350,19 @@ def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monk
         db.replace_tile({"visit": visit}, rows)
     n_others = _count(db, "src", "visit <> 2")
     rerun, rerun_srcs, rerun_forced = _visit(2, np.random.default_rng(22), n=600)
-    original = EmbeddedDatabase._read_range
+    original = EmbeddedDatabase._write_part
     calls = []
 
-    def rerun_first(self, inputs, *args):  # after the src compaction's read and sort
-        rows = original(self, inputs, *args)
-        if not calls and Path(inputs[0]).parent.parent.name == "src":
-            calls.append(inputs)
+    def rerun_first(self, table, *args):  # after the src compaction's first part
+        written = original(self, table, *args)
+        if not calls and table == "src":
+            calls.append(table)
             other = EmbeddedDatabase(path)
             other.replace_tile({"visit": 2}, rerun, run_id="during-index")
             other.close()
-        return rows
+        return written
 
-    monkeypatch.setattr(EmbeddedDatabase, "_read_range", rerun_first)
+    monkeypatch.setattr(EmbeddedDatabase, "_write_part", rerun_first)
     db.create_indexes()
     assert calls
     assert _count(db, "src", "visit = 2") == sum(map(len, rerun_srcs))
@@ -373,31 +372,7 @@ def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monk
     db.close()
 
 
-def test_compaction_ranges_bound_the_rows_read():
-    """Ranges worked by hand: each meets row groups of at most max_rows rows, or is one step."""
-    lows, highs = np.array([20, 0, 10, 25]), np.array([30, 9, 19, 40])
-    rows = np.full(4, 5)
-    assert compaction_ranges(lows, highs, rows, max_rows=10) == [(0, 20), (20, 41)]
-    # a group meeting a range's first pixel alone exceeds the bound: one group per range
-    assert compaction_ranges(lows, highs, rows, max_rows=3) == [
-        (0, 10),
-        (10, 20),
-        (20, 25),
-        (25, 41),
-    ]
-    assert compaction_ranges(lows, highs, rows, max_rows=100) == [(0, 41)]
-    rng = np.random.default_rng(5)
-    lows = rng.integers(0, 10**6, 500)
-    highs = lows + rng.integers(0, 2000, 500)
-    rows = rng.integers(1, 100, 500)
-    ranges = compaction_ranges(lows, highs, rows, max_rows=1000)
-    assert ranges[0][0] == lows.min() and ranges[-1][1] == highs.max() + 1
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
-    for start, stop in ranges:
-        read = rows[(highs >= start) & (lows < stop)].sum()
-        assert read <= 1000 or not np.any((lows > start) & (lows < stop))
-    with pytest.raises(ValueError, match="max_rows must be >= 1, got 0"):
-        compaction_ranges(lows, highs, rows, max_rows=0)
+def test_compact_rows_is_checked():
     with pytest.raises(ValueError, match="compact_rows must be >= 1, got 0"):
         EmbeddedDatabase("unused", compact_rows=0)
 
@@ -405,7 +380,7 @@ def test_compaction_ranges_bound_the_rows_read():
 _PEAK_SCRIPT = """
 import sys
 import pyarrow as pa
-from dcflow.catalog_db.embedded import EmbeddedDatabase, compaction_ranges
+from dcflow.catalog_db.embedded import EmbeddedDatabase
 db = EmbeddedDatabase(sys.argv[1], region_order=0, compact_rows=int(sys.argv[2]))
 db.files("src")
 before = pa.default_memory_pool().max_memory()
@@ -414,24 +389,19 @@ print(pa.default_memory_pool().max_memory() - before, len(db.files("src")))
 """
 
 
-def test_the_index_step_holds_one_pixel_range_not_a_region(tmp_path, monkeypatch):
+def test_the_index_step_holds_one_bucket_not_a_region(tmp_path):
     """Peak Arrow memory of compacting one region: bounded by compact_rows, not the region.
 
     Measured in a fresh process each (the pool's peak cannot be reset): with compact_rows of
-    10,000 and 40,000 rows the peak is a fraction of the region's bytes, growing with the
-    bound; with no bound (the whole
-    region at once, as the DuckDB sort did) it exceeds them, so the measure can fail. Tile
-    files get row groups of 1,024 rows: a range reads every row group meeting it, and at
-    this small scale 16,384-row groups would make that floor most of the region.
+    10,000 rows the peak is a fraction of the region's bytes, and it grows with the bound;
+    with no bound (the whole region at once, as the DuckDB sort did) it exceeds them, so
+    the measure can fail.
     """
-    from dcflow.catalog_db import embedded as module
-
-    monkeypatch.setattr(module, "ROW_GROUP_ROWS", 1024)
     path = tmp_path / "catalogs"
     db = EmbeddedDatabase(path, region_order=0)
     rng = np.random.default_rng(31)
-    for visit in range(8):
-        rows, _, _ = _visit(visit, rng, n=20_000, ra0=150.0 + 0.5 * visit)
+    for visit in range(24):
+        rows, _, _ = _visit(visit, rng, n=3_000, ra0=150.0 + 0.5 * (visit % 8))
         db.replace_tile({"visit": visit}, rows)
     files = db.files("src")
     assert len(set(files["region"])) == 1
@@ -454,8 +424,8 @@ def test_the_index_step_holds_one_pixel_range_not_a_region(tmp_path, monkeypatch
         _assert_compacted(compacted, "src")
         assert len(compacted.files("src")) == int(out[1])
         compacted.close()
-    # measured: 3.0, 12.4 and 106 MB against a region of 47.6 MB
-    assert peaks[40_000] < region_bytes / 3, (peaks, region_bytes)
+    # measured: 4.7, 13.7 and 48.3 MB against a region of 21.0 MB
+    assert peaks[10_000] < region_bytes / 3, (peaks, region_bytes)
     assert peaks[10_000] < peaks[40_000] / 2, peaks
     assert peaks[10**9] > region_bytes, (peaks, region_bytes)
 
