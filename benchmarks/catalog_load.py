@@ -6,27 +6,31 @@ Stripe-82-like strip (ra 0..40 deg, |dec| < 1.25 deg: 100 deg^2), generated as t
 as `tile_arrays` sorts them), then, per backend:
 
 1. bulk load: every tile through the backend's `replace_tile` (one transaction per tile;
-   DuckDB: Arrow appends; PostgreSQL: binary COPY built by numpy into healpix partitions,
-   one connection, and ``--pg-connections`` loading different tiles at once (as parallel
-   load jobs do) on up to 10^6 rows; SQLite: one ``executemany`` per tile), rows/s;
+   embedded: Parquet files per tile and region; PostgreSQL: binary COPY built by numpy into
+   healpix partitions, one connection, and ``--pg-connections`` loading different tiles at
+   once (as parallel load jobs do) on up to 10^6 rows; SQLite: one ``executemany`` per
+   tile), rows/s;
 2. the naive load, measured in the same run: row-by-row INSERT statements into a table whose
    indexes already exist, on a sample of ``--naive-rows`` rows, rows/s;
-3. index build after the load (DuckDB: the table rewritten in pixel order, then healpix and
-   tile indexes; SQLite: healpix and tile indexes; PostgreSQL: q3c, tile and unique row
-   indexes over every partition), seconds; the naive order, in the same run: the same index
-   on the same rows stored unsorted (DuckDB: healpix; PostgreSQL: q3c);
+3. index build after the load (embedded: each region's files compacted into pixel-sorted
+   parts by an external sort that holds one bucket of ~2e6 rows; SQLite: healpix and tile
+   indexes; PostgreSQL: q3c, tile and unique row indexes over every partition), seconds;
+   the naive order, in the same run (PostgreSQL): the q3c index on the same rows unsorted;
 4. cone searches of radius 1 arcmin and 1 deg at ``--cones`` random centres in the strip:
-   median latency in ms (exact distance cut included) and rows returned; the naive way: the
-   same pixel-range query on the same rows stored unsorted (no zone map can skip a block);
+   median latency in ms (exact distance cut included) and rows returned; the naive way
+   (embedded): the same cone on the tile files as loaded, before the index step;
 5. cross-matches (DuckDB and PostgreSQL): an Object table (one row per 10 src rows, at their
    positions) joined with a forced_src table (every src row, given an object id) by object id,
    the light-curve query, forced rows/s; and src matched to Object by position within 1
    arcsec, src rows/s (DuckDB: a hash join on the order-15 pixel and its 8 neighbours, then
-   the exact distance; PostgreSQL: q3c_join). The naive way, in the same run: one query per
+   the exact distance, in chunks of sky of ``--xmatch-chunk-rows`` src rows so that memory
+   stays bounded; PostgreSQL: q3c_join). The naive way, in the same run: one query per
    object (light curve) or per src row (cone of 1 arcsec) on a sample, rows/s.
 
 Usage: ``python benchmarks/catalog_load.py [--rows 1000000] [--dsn DSN] [--dir DIR]``;
-``--rows 100000000`` runs only with ``--large`` (it prints the disk it needs first).
+``--rows 100000000`` runs only with ``--large`` (it prints the disk it needs first);
+``--reuse-load`` runs the index step, cones and cross-match on catalogs an earlier run of
+the same ``--rows`` left in ``--dir`` (a 10^8 run in two sessions).
 PostgreSQL needs a DSN (``--dsn`` or ``DCFLOW_TEST_PG_DSN``, which `scripts/postgres-up`
 writes to run/postgres/env.sh); without one its column is skipped. It works in a schema of
 its own (``dcflow_bench``), dropped at the start and the end.
