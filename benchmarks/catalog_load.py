@@ -6,27 +6,31 @@ Stripe-82-like strip (ra 0..40 deg, |dec| < 1.25 deg: 100 deg^2), generated as t
 as `tile_arrays` sorts them), then, per backend:
 
 1. bulk load: every tile through the backend's `replace_tile` (one transaction per tile;
-   DuckDB: Arrow appends; PostgreSQL: binary COPY built by numpy into healpix partitions,
-   one connection, and ``--pg-connections`` loading different tiles at once (as parallel
-   load jobs do) on up to 10^6 rows; SQLite: one ``executemany`` per tile), rows/s;
+   embedded: Parquet files per tile and region; PostgreSQL: binary COPY built by numpy into
+   healpix partitions, one connection, and ``--pg-connections`` loading different tiles at
+   once (as parallel load jobs do) on up to 10^6 rows; SQLite: one ``executemany`` per
+   tile), rows/s;
 2. the naive load, measured in the same run: row-by-row INSERT statements into a table whose
    indexes already exist, on a sample of ``--naive-rows`` rows, rows/s;
-3. index build after the load (DuckDB: the table rewritten in pixel order, then healpix and
-   tile indexes; SQLite: healpix and tile indexes; PostgreSQL: q3c, tile and unique row
-   indexes over every partition), seconds; the naive order, in the same run: the same index
-   on the same rows stored unsorted (DuckDB: healpix; PostgreSQL: q3c);
+3. index build after the load (embedded: each region's files compacted into pixel-sorted
+   parts by an external sort that holds one bucket of ~2e6 rows; SQLite: healpix and tile
+   indexes; PostgreSQL: q3c, tile and unique row indexes over every partition), seconds;
+   the naive order, in the same run (PostgreSQL): the q3c index on the same rows unsorted;
 4. cone searches of radius 1 arcmin and 1 deg at ``--cones`` random centres in the strip:
-   median latency in ms (exact distance cut included) and rows returned; the naive way: the
-   same pixel-range query on the same rows stored unsorted (no zone map can skip a block);
+   median latency in ms (exact distance cut included) and rows returned; the naive way
+   (embedded): the same cone on the tile files as loaded, before the index step;
 5. cross-matches (DuckDB and PostgreSQL): an Object table (one row per 10 src rows, at their
    positions) joined with a forced_src table (every src row, given an object id) by object id,
    the light-curve query, forced rows/s; and src matched to Object by position within 1
    arcsec, src rows/s (DuckDB: a hash join on the order-15 pixel and its 8 neighbours, then
-   the exact distance; PostgreSQL: q3c_join). The naive way, in the same run: one query per
+   the exact distance, in chunks of sky of ``--xmatch-chunk-rows`` src rows so that memory
+   stays bounded; PostgreSQL: q3c_join). The naive way, in the same run: one query per
    object (light curve) or per src row (cone of 1 arcsec) on a sample, rows/s.
 
 Usage: ``python benchmarks/catalog_load.py [--rows 1000000] [--dsn DSN] [--dir DIR]``;
-``--rows 100000000`` runs only with ``--large`` (it prints the disk it needs first).
+``--rows 100000000`` runs only with ``--large`` (it prints the disk it needs first);
+``--reuse-load`` runs the index step, cones and cross-match on catalogs an earlier run of
+the same ``--rows`` left in ``--dir`` (a 10^8 run in two sessions).
 PostgreSQL needs a DSN (``--dsn`` or ``DCFLOW_TEST_PG_DSN``, which `scripts/postgres-up`
 writes to run/postgres/env.sh); without one its column is skipped. It works in a schema of
 its own (``dcflow_bench``), dropped at the start and the end.
@@ -57,7 +61,24 @@ from dcflow.catalog_db.embedded import EmbeddedDatabase, arrow_column
 from dcflow.catalog_schema import schema_for
 
 PROVENANCE = {"campaign": "bench", "run_id": "bench", "code_version": "bench"}
-BYTES_PER_ROW = 600  # measured: DuckDB file / rows ~ 250 B, PostgreSQL heap + indexes ~ 600 B
+PG_BYTES_PER_ROW = 600  # measured: PostgreSQL heap + indexes ~ 370 B at 1e6, 600 B with q3c twice
+EMBEDDED_BYTES_PER_ROW = 150  # measured: Parquet files / rows, 146 B at 1e6 and 1e7
+EMBEDDED_PEAK_BYTES_PER_ROW = 2 * EMBEDDED_BYTES_PER_ROW + 40
+"""The index step holds a region's tile files and its parts at once (at worst one region is
+the whole table); the cross-match adds a DuckDB forced_src table (~40 B a row)."""
+
+
+class Figures(dict):
+    """A backend's figures, each also printed as it is measured (a long run that fails
+    late keeps what it measured)."""
+
+    def __setitem__(self, key: str, value: float) -> None:
+        print(f"    {key}: {value:,.1f}", flush=True)
+        super().__setitem__(key, value)
+
+    def update(self, other: dict) -> None:  # type: ignore[override]
+        for key, value in other.items():
+            self[key] = value
 
 
 def make_tiles(n_rows: int, tile_rows: int, seed: int = 1):
@@ -193,24 +214,35 @@ def bench_duckdb(workdir: Path, args, centres) -> dict:
     import duckdb
 
     db = EmbeddedDatabase(workdir / "catalogs", region_order=args.region_order)
+    out = Figures()
     with db:  # one session, as a load job or a query run holds it
-        rate, cpu_rate, ready_rate = timed_load(
-            lambda v, rows: db.replace_tile({"visit": v}, {"src": [rows]}), args
+        if not args.reuse_load:
+            rate, cpu_rate, ready_rate = timed_load(
+                lambda v, rows: db.replace_tile({"visit": v}, {"src": [rows]}), args
+            )
+            out.update(
+                {
+                    "load rows/s": rate,
+                    "load rows/CPU-s": cpu_rate,
+                    "load rows/s less CPU wait": ready_rate,
+                }
+            )
+            n_parallel = min(args.rows, args.table_rows)
+            out[f"load rows/s, {args.processes} processes ({n_parallel:.0e})"] = (
+                parallel_embedded_load(workdir / "parallel", args, n_parallel)
+            )
+        elif sum(db.tile_rows("src").values()) != args.rows:
+            raise SystemExit(f"--reuse-load: {db.path} does not hold {args.rows:,} src rows")
+        cones = (
+            ("cone 1' ms", 1 / 60, centres),
+            ("cone 1 deg ms", 1.0, centres[: args.cones_1deg]),
         )
-        out = {
-            "load rows/s": rate,
-            "load rows/CPU-s": cpu_rate,
-            "load rows/s less CPU wait": ready_rate,
-        }
-        n_parallel = min(args.rows, args.table_rows)
-        out[f"load rows/s, {args.processes} processes ({n_parallel:.0e})"] = parallel_embedded_load(
-            workdir / "parallel", args, n_parallel
-        )
-        cones = (("cone 1' ms", 1 / 60), ("cone 1 deg ms", 1.0))
-        for label, radius in cones:  # naive: tile files as loaded, before the index step
+        for label, radius, where in cones:  # naive: tile files as loaded, before the index step
+            if "naive-cones" in args.skip:
+                continue
             out[f"naive: {label}, tile files"], _ = time_cones(
                 lambda ra, dec, r: db.cone("src", ra, dec, r),
-                centres,
+                where,
                 radius,
                 out,
                 f"naive: {label[:-3]}, tile files",
@@ -222,18 +254,25 @@ def bench_duckdb(workdir: Path, args, centres) -> dict:
         out["index build s"] = time.perf_counter() - start
         out["index build CPU-s (this process)"] = time.process_time() - start_cpu
         out["files after index"] = len(db.files("src"))
-        for label, radius in cones:
+        for label, radius, where in cones:
             out[label], out[label.replace("ms", "rows")] = time_cones(
-                lambda ra, dec, r: db.cone("src", ra, dec, r), centres, radius, out, label[:-3]
+                lambda ra, dec, r: db.cone("src", ra, dec, r), where, radius, out, label[:-3]
             )
         files = [str(db.path / f) for f in db.files("src")["file"]]
     out["disk MB"] = sum(p.stat().st_size for p in db.path.rglob("*") if p.is_file()) / 1e6
     con = duckdb.connect(str(workdir / "xmatch.duckdb"))
+    # DuckDB's default limit is 80% of the host's RAM: cap it, spill beside the data
+    con.execute(f"SET memory_limit = '{args.duckdb_memory}'")
+    con.execute(f"SET temp_directory = '{workdir / 'xmatch.tmp'}'")
+    con.execute("SET preserve_insertion_order = false")
     quoted = ", ".join(f"'{f}'" for f in files)
     con.execute(f"CREATE VIEW src AS SELECT * FROM read_parquet([{quoted}])")
     out.update(crossmatch_duckdb(con, args))
     con.close()
     (workdir / "xmatch.duckdb").unlink()
+    shutil.rmtree(workdir / "xmatch.tmp", ignore_errors=True)
+    if args.reuse_load or "table" in args.skip:
+        return out
     # the previous embedded backend: Arrow appends into a DuckDB table, on the first tiles
     table_args = argparse.Namespace(rows=min(args.rows, args.table_rows), tile_rows=args.tile_rows)
     con = duckdb.connect(str(workdir / "table.duckdb"))
@@ -317,67 +356,133 @@ MATCH_ORDER = 15
 pixel and its 8 neighbours."""
 
 
-def crossmatch_duckdb(con, args) -> dict:
-    """Object x forced_src by object id and src x Object by position, vs one query per row."""
+XMATCH_CELL_ORDER = 8
+"""HEALPix order of the cells the positional match is chunked by (0.23 deg, 52 k src rows
+at 10^8 rows on 100 deg^2)."""
+
+
+def positional_match_duckdb(con, radius_deg: float, *, chunk_rows: int) -> tuple[int, int]:
+    """Pairs (src, Object) closer than ``radius_deg``, and the chunks it took.
+
+    The sky is cut into chunks of consecutive order-8 cells holding at most ``chunk_rows``
+    src rows (one cell more if a cell alone holds more). Per chunk: the Objects in its cells
+    and their neighbour cells, each with its order-15 pixel and that pixel's 8 neighbours
+    (numpy), hash-joined by pixel to the chunk's src rows (a healpix range: DuckDB skips
+    the Parquet row groups outside it), then the exact distance. Each src row falls in one
+    chunk, and each Object within a 6.4" pixel of it is among its chunk's Objects, so every
+    pair is counted once. Memory: one chunk's src and Object rows, not the whole table (at
+    10^8 rows the single join of every src row held ~90 M object pixels and ran out).
+    """
     from astropy_healpix import HEALPix
 
     from dcflow.catalog_db import HEALPIX_ORDER
 
-    out = {}
+    cell_shift = 2 * (HEALPIX_ORDER - XMATCH_CELL_ORDER)
+    match_shift = 2 * (HEALPIX_ORDER - MATCH_ORDER)
+    cells = con.execute(
+        f"SELECT healpix >> {cell_shift} AS cell, count(*) AS n FROM src WHERE healpix >= 0 "
+        "GROUP BY cell ORDER BY cell"
+    ).fetchnumpy()
+    cell_ids, cell_rows = cells["cell"].astype(np.int64), cells["n"].astype(np.int64)
+    chunks, first, held = [], 0, 0
+    for i, n in enumerate(cell_rows.tolist()):
+        if held and held + n > chunk_rows:
+            chunks.append(cell_ids[first:i])
+            first, held = i, 0
+        held += n
+    chunks.append(cell_ids[first:])
+    cell_grid = HEALPix(nside=2**XMATCH_CELL_ORDER, order="nested")
+    pixel_grid = HEALPix(nside=2**MATCH_ORDER, order="nested")
+    pairs = 0
+    for chunk in chunks:
+        near = np.concatenate([chunk, cell_grid.neighbours(chunk).ravel()])
+        near = np.unique(near[near >= 0])
+        con.register("near_cells", pa.table({"cell": near}))
+        objects = con.execute(
+            "SELECT object_id, ra_deg, dec_deg, healpix FROM object "
+            f"WHERE healpix >= {int(near[0]) << cell_shift} "
+            f"AND healpix < {(int(near[-1]) + 1) << cell_shift} "
+            f"AND healpix >> {cell_shift} IN (SELECT cell FROM near_cells)"
+        ).fetchnumpy()
+        con.unregister("near_cells")
+        centre = objects["healpix"] >> match_shift
+        pixels = np.vstack([centre[None, :], pixel_grid.neighbours(centre)]).ravel()
+        keep = pixels >= 0
+        con.register(
+            "object_pixels",
+            pa.table(
+                {
+                    name: np.tile(objects[name], 9)[keep]
+                    for name in ("object_id", "ra_deg", "dec_deg")
+                }
+                | {"pixel": pixels[keep]}
+            ),
+        )
+        low, high = int(chunk[0]) << cell_shift, (int(chunk[-1]) + 1) << cell_shift
+        pairs += con.execute(
+            "SELECT count(*) FROM (SELECT ra_deg, dec_deg, healpix >> "
+            f"{match_shift} AS pixel FROM src WHERE healpix >= {low} AND healpix < {high}) s "
+            "JOIN (SELECT DISTINCT * FROM object_pixels) o ON o.pixel = s.pixel "
+            "WHERE 2 * asin(sqrt(pow(sin(radians(s.dec_deg - o.dec_deg) / 2), 2) + "
+            "cos(radians(s.dec_deg)) * cos(radians(o.dec_deg)) * "
+            f"pow(sin(radians(s.ra_deg - o.ra_deg) / 2), 2))) <= radians({radius_deg})"
+        ).fetchall()[0][0]
+        con.unregister("object_pixels")
+    return int(pairs), len(chunks)
+
+
+def crossmatch_duckdb(con, args) -> dict:
+    """Object x forced_src by object id and src x Object by position, vs one query per row."""
+    import duckdb
+
+    out = Figures()
     con.execute(
-        "CREATE TABLE object AS SELECT row_number() OVER () AS object_id, ra_deg, dec_deg, "
-        "healpix FROM src USING SAMPLE 10 PERCENT (bernoulli, 3)"
+        "CREATE TABLE object AS SELECT row_number() OVER (ORDER BY healpix) AS object_id, "
+        "ra_deg, dec_deg, healpix FROM (SELECT * FROM src USING SAMPLE 10 PERCENT "
+        "(bernoulli, 3)) ORDER BY healpix"
     )
     n_obj = con.execute("SELECT count(*) FROM object").fetchone()[0]
-    con.execute(
-        "CREATE TABLE forced_src AS SELECT visit, ccd, healpix, psf_flux, psf_flux_err, "
-        f"1 + hash(visit, ccd, id) % {n_obj} AS object_id FROM src"
-    )
-    n_forced = con.execute("SELECT count(*) FROM forced_src").fetchone()[0]
-    start = time.perf_counter()
-    con.execute(
-        "SELECT count(*), sum(f.psf_flux) FROM object o JOIN forced_src f USING (object_id)"
-    ).fetchall()
-    out["xmatch id: join forced rows/s"] = n_forced / (time.perf_counter() - start)
-    con.execute("CREATE INDEX forced_src_object ON forced_src (object_id)")
-    ids = np.random.default_rng(4).integers(1, n_obj + 1, 200)
-    start, got = time.perf_counter(), 0
-    for object_id in ids.tolist():
-        got += len(
-            con.execute("SELECT * FROM forced_src WHERE object_id = ?", (object_id,)).fetchall()
+    if "xmatch-id" not in args.skip:
+        con.execute(
+            "CREATE TABLE forced_src AS SELECT visit, ccd, healpix, psf_flux, psf_flux_err, "
+            f"1 + hash(visit, ccd, id) % {n_obj} AS object_id FROM src"
         )
-    out["naive: per-object query forced rows/s"] = got / (time.perf_counter() - start)
-    # positional: each Object's order-15 pixel and its neighbours, hash-joined to src
-    objects = con.execute("SELECT object_id, healpix FROM object").fetchnumpy()
-    grid = HEALPix(nside=2**MATCH_ORDER, order="nested")
-    centre = objects["healpix"] >> (2 * (HEALPIX_ORDER - MATCH_ORDER))
-    start = time.perf_counter()
-    near = np.vstack([centre[None, :], grid.neighbours(centre)])
-    object_ids, pixels = np.tile(objects["object_id"], 9), near.ravel()
-    con.register(
-        "object_pixel_rows",
-        pa.table({"object_id": object_ids[pixels >= 0], "pixel": pixels[pixels >= 0]}),
-    )
-    con.execute("CREATE TABLE object_pixels AS SELECT DISTINCT * FROM object_pixel_rows")
-    con.unregister("object_pixel_rows")
+        n_forced = con.execute("SELECT count(*) FROM forced_src").fetchone()[0]
+        start, start_cpu = time.perf_counter(), time.process_time()
+        con.execute(
+            "SELECT count(*), sum(f.psf_flux) FROM object o JOIN forced_src f USING (object_id)"
+        ).fetchall()
+        out["xmatch id: join forced rows/s"] = n_forced / (time.perf_counter() - start)
+        out["xmatch id: forced rows/CPU-s"] = n_forced / (time.process_time() - start_cpu)
+        try:
+            con.execute("CREATE INDEX forced_src_object ON forced_src (object_id)")
+        except duckdb.OutOfMemoryException as exc:  # the index must fit in --duckdb-memory
+            print(f"    naive per-object query skipped: {exc}", flush=True)
+        else:
+            ids = np.random.default_rng(4).integers(1, n_obj + 1, 200)
+            start, got = time.perf_counter(), 0
+            for object_id in ids.tolist():
+                got += len(
+                    con.execute(
+                        "SELECT * FROM forced_src WHERE object_id = ?", (object_id,)
+                    ).fetchall()
+                )
+            out["naive: per-object query forced rows/s"] = got / (time.perf_counter() - start)
+    # positional: each Object's order-15 pixel and its neighbours, hash-joined to src, in
+    # chunks of sky (--xmatch-chunk-rows src rows each) so that memory stays bounded
     n_src = con.execute("SELECT count(*) FROM src").fetchone()[0]
     radius = 1 / 3600
-    matched = con.execute(
-        "SELECT count(*) FROM src s "
-        f"JOIN object_pixels p ON p.pixel = s.healpix >> {2 * (HEALPIX_ORDER - MATCH_ORDER)} "
-        "JOIN object o ON o.object_id = p.object_id "
-        "WHERE 2 * asin(sqrt(pow(sin(radians(s.dec_deg - o.dec_deg) / 2), 2) + "
-        "cos(radians(s.dec_deg)) * cos(radians(o.dec_deg)) * "
-        f"pow(sin(radians(s.ra_deg - o.ra_deg) / 2), 2))) <= radians({radius})"
-    ).fetchone()[0]
+    start, start_cpu = time.perf_counter(), time.process_time()
+    out["xmatch position pairs"], out["xmatch position chunks"] = positional_match_duckdb(
+        con, radius, chunk_rows=args.xmatch_chunk_rows
+    )
     out['xmatch position 1": src rows/s'] = n_src / (time.perf_counter() - start)
-    out["xmatch position pairs"] = matched
+    out['xmatch position 1": src rows/CPU-s'] = n_src / (time.process_time() - start_cpu)
     sample = con.execute("SELECT ra_deg, dec_deg FROM src USING SAMPLE 200 ROWS").fetchall()
     start = time.perf_counter()
     for ra, dec in sample:
         pixel_cone(con, "object", ra, dec, radius)
     out["naive: per-src cone src rows/s"] = len(sample) / (time.perf_counter() - start)
-    con.execute("DROP TABLE object_pixels")
     return out
 
 
@@ -430,15 +535,17 @@ def bench_postgres(dsn: str, args, centres) -> dict:
         out = {"load rows/s": rate, "load rows/CPU-s": cpu_rate}
         out["load rows/s less CPU wait"] = ready_rate
         out[f"load rows/s, {args.pg_connections} connections"] = parallel_pg_load(bench_dsn, args)
-        start = time.perf_counter()
+        pid = db.con.info.backend_pid if _local(dsn) else None
+        start, start_cpu = time.perf_counter(), time.process_time() + backend_cpu_s(pid)
         db.create_indexes()
         db.analyze()
         out["index build s"] = time.perf_counter() - start
+        out["index build CPU-s (backend)"] = time.process_time() + backend_cpu_s(pid) - start_cpu
         for label, radius in (("cone 1' ms", 1 / 60), ("cone 1 deg ms", 1.0)):
             out[label], out[label.replace("ms", "rows")] = time_cones(
                 lambda ra, dec, r: db.cone("src", ra, dec, r), centres, radius
             )
-        out.update(crossmatch_postgres(db.con))
+        out.update(crossmatch_postgres(db.con, db.con.info.backend_pid if _local(dsn) else None))
         size = db.query(
             "SELECT sum(pg_total_relation_size(c.oid)) AS b FROM pg_class c "
             "JOIN pg_namespace s ON s.oid = c.relnamespace "
@@ -514,8 +621,11 @@ def parallel_pg_load(dsn: str, args) -> float:
     return sum(len(rows["id"]) for _, rows in tiles) / elapsed
 
 
-def crossmatch_postgres(con) -> dict:
-    """The cross-matches of `crossmatch_duckdb` with q3c: by object id, and q3c_join."""
+def crossmatch_postgres(con, server_pid: int | None) -> dict:
+    """The cross-matches of `crossmatch_duckdb` with q3c: by object id, and q3c_join.
+
+    CPU figures count this process and the connection's backend, not parallel workers.
+    """
     out = {}
     con.execute(
         "CREATE TABLE object AS SELECT row_number() OVER () AS object_id, ra_deg, dec_deg "
@@ -531,11 +641,13 @@ def crossmatch_postgres(con) -> dict:
     con.execute("ANALYZE object")
     con.execute("ANALYZE forced_src")
     n_forced = con.execute("SELECT count(*) FROM forced_src").fetchone()[0]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time() + backend_cpu_s(server_pid)
     con.execute(
         "SELECT count(*), sum(f.psf_flux) FROM object o JOIN forced_src f USING (object_id)"
     ).fetchall()
     out["xmatch id: join forced rows/s"] = n_forced / (time.perf_counter() - start)
+    cpu = time.process_time() + backend_cpu_s(server_pid) - start_cpu
+    out["xmatch id: forced rows/CPU-s"] = n_forced / cpu
     con.execute("CREATE INDEX forced_src_object ON forced_src (object_id)")
     ids = np.random.default_rng(4).integers(1, n_obj + 1, 200)
     start, got = time.perf_counter(), 0
@@ -545,12 +657,14 @@ def crossmatch_postgres(con) -> dict:
         )
     out["naive: per-object query forced rows/s"] = got / (time.perf_counter() - start)
     n_src = con.execute("SELECT count(*) FROM src").fetchone()[0]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time() + backend_cpu_s(server_pid)
     out["xmatch position pairs"] = con.execute(
         "SELECT count(*) FROM src s, object o "
         "WHERE q3c_join(s.ra_deg, s.dec_deg, o.ra_deg, o.dec_deg, 1.0 / 3600)"
     ).fetchone()[0]
     out['xmatch position 1": src rows/s'] = n_src / (time.perf_counter() - start)
+    cpu = time.process_time() + backend_cpu_s(server_pid) - start_cpu
+    out['xmatch position 1": src rows/CPU-s'] = n_src / cpu
     sample = con.execute("SELECT ra_deg, dec_deg FROM src ORDER BY random() LIMIT 200").fetchall()
     start = time.perf_counter()
     for ra, dec in sample:
@@ -589,13 +703,45 @@ def main() -> None:
         help="embedded: rows appended to a DuckDB table (the previous backend), for comparison",
     )
     parser.add_argument(
-        "--large", action="store_true", help="allow more than 10^7 rows (10^8: hours, ~40 GB)"
+        "--xmatch-chunk-rows",
+        type=int,
+        default=4_000_000,
+        help="embedded: src rows per chunk of the positional cross-match (its memory bound)",
+    )
+    parser.add_argument(
+        "--duckdb-memory",
+        default="4GB",
+        help="embedded: DuckDB memory_limit of the cross-match connection (it spills beyond)",
+    )
+    parser.add_argument(
+        "--cones-1deg", type=int, default=None, help="cone centres of radius 1 deg (--cones)"
+    )
+    parser.add_argument(
+        "--reuse-load",
+        action="store_true",
+        help="embedded: use the catalogs a previous run of the same --rows loaded in --dir "
+        "(no load figures; stopped after them, say)",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="embedded, comma-separated: naive-cones (on the tile files), xmatch-id (Object x "
+        "forced_src by id and its naive query), table (the DuckDB-table comparison)",
+    )
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="allow more than 10^7 rows (10^8: about an hour, ~34 GB at peak)",
     )
     args = parser.parse_args()
-    need_gb = args.rows * BYTES_PER_ROW / 1e9
+    args.skip = set(filter(None, args.skip.split(",")))
+    if args.cones_1deg is None:
+        args.cones_1deg = args.cones
     print(
-        f"{args.rows:,} src rows, tiles of {args.tile_rows:,}: needs about {need_gb:.1f} GB "
-        "of disk per backend"
+        f"{args.rows:,} src rows, tiles of {args.tile_rows:,}: needs about "
+        f"{args.rows * EMBEDDED_PEAK_BYTES_PER_ROW / 1e9:.1f} GB of disk at peak (embedded: "
+        f"{args.rows * EMBEDDED_BYTES_PER_ROW / 1e9:.1f} GB after indexing), "
+        f"{args.rows * PG_BYTES_PER_ROW / 1e9:.1f} GB (PostgreSQL)"
     )
     if args.rows > 10**7 and not args.large:
         parser.error(f"--rows {args.rows:,} needs --large (disk printed above)")
@@ -629,15 +775,20 @@ def main() -> None:
         print(f"{metric:34}" + "".join(cells))
     print("DC2013 extrapolation (linear in rows; an estimate, not a measurement): a 2e9-row table")
     for n in names:
-        rate = results[n]["load rows/s"]
-        cpu_hours = 2e9 / results[n]["load rows/CPU-s"] / 3600
-        disk = results[n]["disk MB"] / args.rows * 2e9 / 1e3
-        index = results[n]["index build s"] / args.rows * 2e9
-        print(
-            f"  {n:>10}: load {2e9 / rate / 3600:6.1f} h at this run's wall rate "
-            f"({cpu_hours:5.1f} CPU-h), index {index / 3600:6.1f} h (n log n: more), "
-            f"disk {disk:6.0f} GB"
+        figures = results[n]
+        load = (
+            f"load {2e9 / figures['load rows/s'] / 3600:6.1f} h at this run's wall rate "
+            f"({2e9 / figures['load rows/CPU-s'] / 3600:5.2f} CPU-h), "
+            if "load rows/s" in figures
+            else "load not run (--reuse-load), "
         )
+        disk = figures["disk MB"] / args.rows * 2e9 / 1e3
+        index = figures["index build s"] / args.rows * 2e9
+        index_cpu = next((v for k, v in figures.items() if k.startswith("index build CPU-s")), None)
+        index_cpu_text = (
+            "" if index_cpu is None else f" ({index_cpu / args.rows * 2e9 / 3600:5.2f} CPU-h)"
+        )
+        print(f"  {n:>10}: {load}index {index / 3600:6.1f} h{index_cpu_text}, disk {disk:6.0f} GB")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ with that reason elsewhere, but not under CI as root (conftest).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -340,7 +341,6 @@ def test_indexing_compacts_the_embedded_regions_in_pixel_order_keeping_rows_and_
 
 def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monkeypatch):
     """A compaction whose input files a rerun replaced meanwhile is redone, not committed."""
-    from dcflow.catalog_db import embedded as module
 
     path = tmp_path / "catalogs"
     db = EmbeddedDatabase(path)
@@ -350,18 +350,19 @@ def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monk
         db.replace_tile({"visit": visit}, rows)
     n_others = _count(db, "src", "visit <> 2")
     rerun, rerun_srcs, rerun_forced = _visit(2, np.random.default_rng(22), n=600)
-    original = module._healpix_range
+    original = EmbeddedDatabase._write_part
     calls = []
 
-    def rerun_first(file):  # runs after the src compaction's sort, before its commit
-        if not calls and file.parent.parent.name == "src":
-            calls.append(file)
+    def rerun_first(self, table, *args):  # after the src compaction's first part
+        written = original(self, table, *args)
+        if not calls and table == "src":
+            calls.append(table)
             other = EmbeddedDatabase(path)
             other.replace_tile({"visit": 2}, rerun, run_id="during-index")
             other.close()
-        return original(file)
+        return written
 
-    monkeypatch.setattr(module, "_healpix_range", rerun_first)
+    monkeypatch.setattr(EmbeddedDatabase, "_write_part", rerun_first)
     db.create_indexes()
     assert calls
     assert _count(db, "src", "visit = 2") == sum(map(len, rerun_srcs))
@@ -369,6 +370,64 @@ def test_a_rerun_during_compaction_is_neither_lost_nor_duplicated(tmp_path, monk
     assert _count(db, "forced_src", "visit = 2") == sum(map(len, rerun_forced))
     _assert_compacted(db, "src")
     db.close()
+
+
+def test_compact_rows_is_checked():
+    with pytest.raises(ValueError, match="compact_rows must be >= 1, got 0"):
+        EmbeddedDatabase("unused", compact_rows=0)
+
+
+_PEAK_SCRIPT = """
+import sys
+import pyarrow as pa
+from dcflow.catalog_db.embedded import EmbeddedDatabase
+db = EmbeddedDatabase(sys.argv[1], region_order=0, compact_rows=int(sys.argv[2]))
+db.files("src")
+before = pa.default_memory_pool().max_memory()
+db.create_indexes()
+print(pa.default_memory_pool().max_memory() - before, len(db.files("src")))
+"""
+
+
+def test_the_index_step_holds_one_bucket_not_a_region(tmp_path):
+    """Peak Arrow memory of compacting one region: bounded by compact_rows, not the region.
+
+    Measured in a fresh process each (the pool's peak cannot be reset): with compact_rows of
+    10,000 rows the peak is a fraction of the region's bytes, and it grows with the bound;
+    with no bound (the whole region at once, as the DuckDB sort did) it exceeds them, so
+    the measure can fail.
+    """
+    path = tmp_path / "catalogs"
+    db = EmbeddedDatabase(path, region_order=0)
+    rng = np.random.default_rng(31)
+    for visit in range(24):
+        rows, _, _ = _visit(visit, rng, n=3_000, ra0=150.0 + 0.5 * (visit % 8))
+        db.replace_tile({"visit": visit}, rows)
+    files = db.files("src")
+    assert len(set(files["region"])) == 1
+    region_bytes = sum((path / f).stat().st_size for f in files["file"])
+    n_rows = _count(db, "src")
+    db.close()
+    peaks = {}
+    for bound in (10_000, 40_000, 10**9):
+        work = tmp_path / f"copy-{bound}"
+        shutil.copytree(path, work)
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK_SCRIPT, str(work), str(bound)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        peaks[bound] = int(out[0])
+        compacted = EmbeddedDatabase(work)
+        assert _count(compacted, "src") == n_rows
+        _assert_compacted(compacted, "src")
+        assert len(compacted.files("src")) == int(out[1])
+        compacted.close()
+    # measured: 4.7, 13.7 and 48.3 MB against a region of 21.0 MB
+    assert peaks[10_000] < region_bytes / 3, (peaks, region_bytes)
+    assert peaks[10_000] < peaks[40_000] / 2, peaks
+    assert peaks[10**9] > region_bytes, (peaks, region_bytes)
 
 
 def test_cone_pixel_ranges_cover_the_cone():
