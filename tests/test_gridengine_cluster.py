@@ -444,22 +444,33 @@ rule io:
     output: "disk/io.txt"
     log: "logs/io/visit=4.log"
     script: "limits.py"
+
+rule bad:
+    input: "broken.fits"
+    output: "out/bad.txt"
+    log: "logs/bad/visit=2.log"
+    script: "limits.py"
 """
 
 LIMITS_SCRIPT = """
 import time
 
-from dcflow.io import write_text
+from dcflow.io import read_fits, write_text
 from dcflow.joblog import run_logged
 
 
-def main(rule, out):
+def main(rule, inputs, out):
     if rule == "slow":
         time.sleep(60)  # Grid Engine sends SIGUSR1 at s_rt=10 s
+    if rule == "bad":
+        read_fits(inputs[0])
     write_text(f"{rule} done\\n", out)
 
 
-run_logged(main, snakemake.log[0], rule=snakemake.rule, out=snakemake.output[0])
+run_logged(
+    main, snakemake.log[0], rule=snakemake.rule, inputs=list(snakemake.input),
+    out=snakemake.output[0],
+)
 """
 
 
@@ -510,6 +521,27 @@ def test_a_full_disk_on_a_grid_engine_job_is_transient_io(tmp_path, full_disk):
     proc = _ledger_run(workdir, backend, "disk/io.txt")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (disk / "io.txt").read_text() == "io done\n"
+
+
+@needs_cluster
+def test_a_corrupt_input_on_a_grid_engine_job_is_bad_input_and_not_rerun(tmp_path):
+    from astropy.io import fits
+
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    workdir = _workflow(tmp_path, LIMITS_SNAKEFILE)
+    (workdir / "limits.py").write_text(LIMITS_SCRIPT)
+    good = workdir / "good.fits"
+    fits.PrimaryHDU(data=[[1.0, 2.0], [3.0, 4.0]]).writeto(good)
+    (workdir / "broken.fits").write_bytes(good.read_bytes()[:1000])  # truncated header
+    proc = _ledger_run(workdir, backend, "out/bad.txt")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    with Ledger(workdir / "ledger.sqlite3") as ledger:
+        (tile,) = ledger.failed_tiles()
+    assert (tile.rule, tile.backend, tile.failure_class) == ("bad", "gridengine", "bad_input")
+    assert tile.error_class == "InputDataError" and "broken.fits" in tile.reason
+    keys, outcomes = triage([(tile.rule, tile.data_id, tile.failure_class)], FailurePolicy())
+    assert not keys
+    assert outcomes[0].describe().startswith("bad_input: 1 tile(s) not rerun: fail at once")
 
 
 LOST_SNAKEFILE = """
