@@ -2,7 +2,8 @@
 
 Snakemake's own plugin test workflows (simple, groups) run through the real WMS (JobManager,
 optimizers, Matcher, private-pilot JobAgents, sandboxes); then a failing job, a job killed
-through the DIRAC API, and a driver killed with SIGKILL while its job runs. Each test checks
+through the DIRAC API, a driver killed with SIGKILL while its job runs, and one failing job per
+failure class (walltime, memory, bad_input, transient_io). Each test checks
 what DIRAC recorded in the run's JobGroup. Skipped, with the reason, when the services are not
 up (run `scripts/dirac-up` as root and source run/dirac/env.sh; scripts/run-tests does both).
 """
