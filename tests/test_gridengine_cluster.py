@@ -731,7 +731,15 @@ def test_interrupt_cancels_every_job_with_qdel(tmp_path, backend):
         pytest.skip(DRMAA_MISSING)
     workdir = _workflow(tmp_path, FAIL_SNAKEFILE)
     argv = _snakemake_argv(workdir, backend, "--gridengine-extra-args=-h")
-    driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # pytest started in the background (`nohup ... &`) ignores SIGINT, and so would the
+        # driver it starts: the test's Ctrl-C would then do nothing
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     ledger = _ledger(workdir)
     ids: set[str] = set()
     try:
