@@ -2,7 +2,8 @@
 
 Snakemake's own plugin test workflows (simple, groups) run through the real WMS (JobManager,
 optimizers, Matcher, private-pilot JobAgents, sandboxes); then a failing job, a job killed
-through the DIRAC API, and a driver killed with SIGKILL while its job runs. Each test checks
+through the DIRAC API, a driver killed with SIGKILL while its job runs, and one failing job per
+failure class (walltime, memory, bad_input, transient_io). Each test checks
 what DIRAC recorded in the run's JobGroup. Skipped, with the reason, when the services are not
 up (run `scripts/dirac-up` as root and source run/dirac/env.sh; scripts/run-tests does both).
 """
@@ -275,3 +276,140 @@ def test_restarted_driver_adopts_running_job_instead_of_resubmitting(tmp_path, w
     assert (tmp_path / "slow.txt").read_text() == "slow\n"
     names = sorted(n.split("~")[0] for n, _ in _group_jobs(wms, tmp_path).values())
     assert names == ["fast", "slow"]  # nothing submitted twice
+
+
+# ---- failure classes on DIRAC ------------------------------------------------------------------
+
+CLASSES_SNAKEFILE = """
+rule slow:
+    output: "out/slow.txt"
+    log: "logs/slow/visit=3.log"
+    resources: mem_mb=200, runtime=2
+    script: "job.py"
+
+rule oom:
+    output: "out/oom.txt"
+    log: "logs/oom/visit=1.log"
+    resources: mem_mb=200, runtime=2
+    script: "job.py"
+
+rule bad:
+    input: "broken.fits"
+    output: "out/bad.txt"
+    log: "logs/bad/visit=2.log"
+    resources: mem_mb=200, runtime=2
+    script: "job.py"
+
+rule io:
+    output: "disk/io.txt"
+    log: "logs/io/visit=4.log"
+    resources: mem_mb=200, runtime=2
+    script: "job.py"
+"""
+
+CLASSES_SCRIPT = """
+import math
+import resource
+import time
+
+import numpy as np
+
+from dcflow.io import read_fits, write_text
+from dcflow.joblog import run_logged
+
+
+def main(rule, inputs, out, mem_mb, runtime):
+    if rule == "slow":
+        # DIRAC's watchdog checks CPU time every 20-30 min: the limit a site's batch system
+        # puts under the pilot is stood in for by the job's own RLIMIT_CPU, one second per
+        # minute of runtime (a cheap test), counted from now; the job needs 3 s
+        start = time.process_time()
+        limit = math.ceil(start) + runtime
+        resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 30))
+        while time.process_time() < start + 3.0:
+            pass
+        text = "slow done"
+    elif rule == "oom":
+        # likewise a site's memory limit: the address space may grow by mem_mb from now
+        with open("/proc/self/status") as handle:
+            line = next(ln for ln in handle if ln.startswith("VmSize:"))
+        limit = int(line.split()[1]) * 1024 + mem_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        block = np.ones(300 * 2**20, dtype=np.uint8)  # 300 MB: more than 200, less than 400
+        text = str(int(block.sum() // 2**20))
+    elif rule == "bad":
+        text = str(len(read_fits(inputs[0])))
+    else:
+        text = "io done"
+    write_text(text + "\\n", out)
+
+
+run_logged(
+    main,
+    snakemake.log[0],
+    rule=snakemake.rule,
+    inputs=list(snakemake.input),
+    out=snakemake.output[0],
+    mem_mb=int(snakemake.resources.mem_mb),
+    runtime=int(snakemake.resources.runtime),
+)
+"""
+
+
+def test_each_failure_class_on_dirac_is_classed_and_acted_on(tmp_path, wms, full_disk):
+    """Four DIRAC jobs fail at once: past their CPU time (walltime), past their memory
+    (memory), on a truncated FITS file (bad_input) and on a full disk (transient_io). The run
+    ledger classes each; the rerun the classes' actions call for (more run time, more memory,
+    the held tile once the disk has room, never the bad input) succeeds on DIRAC."""
+    from astropy.io import fits
+
+    from dcflow.failures import FailurePolicy
+    from dcflow.ledger import MemoryPolicy
+    from dcflow.orchestration.profiles import resource_override_args
+    from dcflow.orchestration.rerun import triage
+
+    (tmp_path / "Snakefile").write_text(CLASSES_SNAKEFILE)
+    (tmp_path / "job.py").write_text(CLASSES_SCRIPT)
+    good = tmp_path / "good.fits"
+    fits.PrimaryHDU(data=[[1.0, 2.0], [3.0, 4.0]]).writeto(good)
+    (tmp_path / "broken.fits").write_bytes(good.read_bytes()[:1000])  # truncated header
+    disk = full_disk(tmp_path / "disk")
+    logger = ["--logger", "dcflow", "--logger-dcflow-ledger", str(tmp_path / "ledger.sqlite3")]
+    logger += ["--logger-dcflow-backend", "dirac"]
+    targets = ["out/slow.txt", "out/oom.txt", "out/bad.txt", "disk/io.txt"]
+    argv = _snakemake(tmp_path, *logger, "--keep-going", *targets)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        failed = {tile.rule: tile for tile in ledger.failed_tiles()}
+        memory = ledger.memory_requests(MemoryPolicy())
+        runtime = ledger.runtime_requests(FailurePolicy(), {"slow": 2})
+    classes = {rule: (tile.backend, tile.failure_class) for rule, tile in failed.items()}
+    assert classes == {
+        "slow": ("dirac", "walltime"),
+        "oom": ("dirac", "memory"),
+        "bad": ("dirac", "bad_input"),
+        "io": ("dirac", "transient_io"),
+    }
+    assert "run time limit: SIGXCPU received" in failed["slow"].reason
+    assert failed["oom"].error_class == "MemoryError" and failed["oom"].memory_failure
+    assert "broken.fits" in failed["bad"].reason
+    assert "[Errno 28] No space left on device" in failed["io"].reason
+    statuses = {n.split("~")[0]: s for n, s in _group_jobs(wms, tmp_path).values()}
+    assert statuses == dict.fromkeys(("slow", "oom", "bad", "io"), "Failed")
+    tiles = [(t.rule, t.data_id, t.failure_class) for t in failed.values()]
+    keys, _ = triage(tiles, FailurePolicy(), ["transient_io"])  # the disk was freed
+    assert {rule for rule, _ in keys} == {"slow", "oom", "io"}
+    assert memory == {("oom", failed["oom"].data_id): 400}
+    assert runtime == {("slow", failed["slow"].data_id): 4}
+
+    (disk / "filler").unlink()
+    retry = [*resource_override_args(memory, runtime, {}), "--keep-going"]
+    argv = _snakemake(tmp_path, *logger, *retry, "out/slow.txt", "out/oom.txt", "disk/io.txt")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "slow.txt").read_text() == "slow done\n"
+    assert (tmp_path / "out" / "oom.txt").read_text() == "300\n"
+    assert (disk / "io.txt").read_text() == "io done\n"
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        assert ledger.failure_counts() == {"bad": {"bad_input": 1}}

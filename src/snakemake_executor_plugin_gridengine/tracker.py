@@ -24,10 +24,18 @@ from .status import (
     query_states,
 )
 
-__all__ = ["VANISHED_AFTER_S", "StatusTracker"]
+__all__ = ["REASON_WAIT_S", "VANISHED_AFTER_S", "StatusTracker"]
 
 VANISHED_AFTER_S = 90.0
 """A job absent from qstat and from accounting this long is failed (deleted while pending)."""
+
+REASON_WAIT_S = 30.0
+"""How long a failed DRMAA job is held back for its accounting record (the failure reason).
+
+DRMAA reports a job's end before Grid Engine flushes its qacct record; reported at once, a lost
+node (qacct ``failed 19``) was classed unknown in 1 run of 2. Held back per job from when its
+failure was first seen, then reported with whatever reason is known.
+"""
 
 
 class StatusTracker:
@@ -49,6 +57,7 @@ class StatusTracker:
         self.name_pattern = name_pattern
         self.snapshot = snapshot
         self.unknown_since: dict[str, float] = {}
+        self.held: dict[str, tuple[JobOutcome, float]] = {}
 
     def poll(self, active: Mapping[str, Submission]) -> dict[str, JobOutcome]:
         """Outcomes known for the ``active`` jobs (by job id).
@@ -65,11 +74,18 @@ class StatusTracker:
                 outcome = self.backend.outcome(jid)
                 if outcome is not None:
                     outcomes[jid] = outcome
+                elif jid in self.held:
+                    outcomes[jid] = self.held[jid][0]
             waiting = [jid for jid in own if jid not in outcomes]
             for jid, code in jobs_in_error_state(waiting, self.snapshot).items():
                 outcomes[jid] = JobOutcome(jid, JobState.FAILED, native=code)
         if via_cli:
             outcomes.update(self._query(via_cli))
+        self._add_accounting_reasons(own, outcomes)
+        return outcomes
+
+    def _add_accounting_reasons(self, own: list[str], outcomes: dict[str, JobOutcome]) -> None:
+        """Give failed DRMAA jobs qacct's reason; hold back those not in accounting yet."""
         failed = [
             jid
             for jid in own
@@ -77,15 +93,23 @@ class StatusTracker:
             and outcomes[jid].state is not JobState.SUCCEEDED
             and not outcomes[jid].failed_reason
         ]
-        if failed:
-            # DRMAA gives no failure reason: take it from accounting when already flushed.
-            records = accounting_records({self.name_pattern})
-            for jid in failed:
-                record = records.get(jid)
-                if record is not None and record.failed_code:
-                    reason = f"{record.failed_code} : {record.failed_reason}"
-                    outcomes[jid] = replace(outcomes[jid], failed_reason=reason)
-        return outcomes
+        if not failed:
+            return
+        records = accounting_records({self.name_pattern})
+        now = time.monotonic()
+        for jid in failed:
+            record = records.get(jid)
+            first_seen = self.held.pop(jid, (None, now))[1]
+            if record is not None and record.failed_code:
+                reason = f"{record.failed_code} : {record.failed_reason}"
+                outcomes[jid] = replace(outcomes[jid], failed_reason=reason)
+            elif (
+                record is None
+                and outcomes[jid].state is JobState.FAILED
+                and not outcomes[jid].in_error_state
+                and now - first_seen < REASON_WAIT_S
+            ):
+                self.held[jid] = (outcomes.pop(jid), first_seen)
 
     def _query(self, via_cli: Mapping[str, Submission]) -> dict[str, JobOutcome]:
         found = query_states(via_cli, {sub.name_pattern for sub in via_cli.values()})
