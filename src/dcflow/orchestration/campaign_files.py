@@ -7,7 +7,7 @@ Every orchestration module opens them through here, so a missing or broken file 
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -30,6 +30,7 @@ __all__ = [
     "open_campaign",
     "open_ledger",
     "rooted_layout",
+    "rule_paths",
 ]
 
 
@@ -119,6 +120,40 @@ def rooted_layout(config_path: str | Path, workdir: Path) -> Layout:
         output_root=str(workdir / layout.output_root),
         templates=layout.templates,
     )
+
+
+def rule_paths(paths: list[str], layout: Layout, workdir: Path) -> list[str]:
+    """Paths of the rooted layout (`rooted_layout`) spelt as the rules spell them.
+
+    Snakemake matches a target to a rule by its text, and the rules take their patterns from
+    the config's own ``layout`` (relative roots resolved by Snakemake's ``--directory``): a
+    path under a relative root becomes relative again, one under an absolute root stays as it
+    is (made relative, it matched no rule: issue 20).
+
+    Parameters
+    ----------
+    paths : list of str
+        Paths made by a layout rooted under ``workdir``.
+    layout : Layout
+        The config's own layout (`Layout.from_config`), not rooted.
+    workdir : Path
+        The directory the layout was rooted under (Snakemake's ``--directory``).
+    """
+    roots = sorted(
+        (
+            (str(workdir / root).rstrip("/") + "/", root)
+            for root in {layout.output_root, layout.input_root}
+        ),
+        key=lambda pair: -len(pair[0]),
+    )  # the deeper root first, should one root hold the other
+    out = []
+    for path in paths:
+        for rooted, root in roots:
+            if path.startswith(rooted):
+                path = str(PurePosixPath(root) / path[len(rooted) :])
+                break
+        out.append(path)
+    return out
 
 
 def campaign_ledger_path(layout: Layout, workdir: Path) -> Path:

@@ -18,7 +18,14 @@ import numpy as np
 from dcflow.campaign.analytic import SMALL_CAMPAIGN_JOBS
 from dcflow.errors import RerunTooLargeError
 from dcflow.failures import FailureAction, FailureClass, FailurePolicy
-from dcflow.orchestration.campaign_files import campaign_ledger_path, open_ledger, rooted_layout
+from dcflow.layout import Layout
+from dcflow.orchestration.campaign_files import (
+    campaign_ledger_path,
+    load_campaign_config,
+    open_ledger,
+    rooted_layout,
+    rule_paths,
+)
 from dcflow.orchestration.plan_status import current_need
 from dcflow.orchestration.profiles import failure_policy
 from dcflow.orchestration.run import RunOutcome, launch_campaign
@@ -292,7 +299,7 @@ def rerun_failed(
             "`dcflow run --sharded` runs exactly the missing jobs, shard by shard"
         )
     targets, selected = selection.targets(), selection.tiles()
-    targets = [os.path.relpath(t, workdir) for t in targets]  # as the rules name them
+    targets = rule_paths(targets, Layout.from_config(load_campaign_config(config_path)), workdir)
     extra = list(snakemake_args)
     if "--rerun-triggers" not in extra:
         # exactly those jobs: a params or code change since the good tiles ran must not pull

@@ -1,0 +1,101 @@
+"""`dcflow rerun --failed` alone on a sharded campaign whose output root is absolute (issue 20).
+
+The rules spell their outputs with the config's own roots; rerun used to hand Snakemake its
+targets relative to the working directory, which matched no rule when the root was absolute
+(MissingRuleException in every local chaos run).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from noop_campaigns import write_noop_campaign
+
+from dcflow.config_schema import load_config
+from dcflow.joblog import FAULTS_ENV
+from dcflow.layout import Layout
+from dcflow.ledger import Ledger
+from dcflow.orchestration.campaign_files import rule_paths
+from dcflow.orchestration.sharded import run_sharded
+from dcflow.states import JobState
+
+DCFLOW = str(Path(sys.executable).parent / "dcflow")
+FAILED_TILE = ("forced_photometry", "visit=1001")
+
+
+@pytest.mark.parametrize(
+    ("output_root", "spelt"),
+    [
+        ("/data/c1/output", "/data/c1/output/forced_src/1001/forced_src_1001_0.fits"),
+        ("output", "output/forced_src/1001/forced_src_1001_0.fits"),
+        ("./output", "output/forced_src/1001/forced_src_1001_0.fits"),
+        ("../elsewhere", "../elsewhere/forced_src/1001/forced_src_1001_0.fits"),
+    ],
+)
+def test_rule_paths_spell_targets_as_the_rules_do(output_root, spelt):
+    workdir = Path("/work/campaign")
+    own = Layout(input_root="input", output_root=output_root)
+    rooted = Layout(input_root=str(workdir / "input"), output_root=str(workdir / output_root))
+    target = rooted.path("forced_src", visit=1001, ccd=0)
+    assert rule_paths([target], own, workdir) == [spelt]
+    assert own.path("forced_src", visit=1001, ccd=0) == spelt
+
+
+@pytest.mark.slow
+def test_rerun_failed_alone_reruns_a_failed_forced_tile_of_a_sharded_campaign(
+    tmp_path, monkeypatch
+):
+    config = write_noop_campaign(
+        tmp_path / "c",
+        visits_per_filter=1,
+        n_ccds=1,
+        filters=("g",),
+        n_tracts=1,
+        fe55_sensors=(),
+        shards={"visits_per_shard": 10, "patches_per_shard": 4, "max_concurrent_shards": 2},
+    )
+    work = config.parent
+    layout = Layout.from_config(load_config(config))
+    assert Path(layout.output_root).is_absolute()  # as the chaos benchmark's campaigns
+    monkeypatch.setenv(FAULTS_ENV, f"{FAILED_TILE[0]}:{FAILED_TILE[1]}")
+    result = run_sharded(config, profile="local", workdir=work, progress=False, out=lambda _: None)
+    assert {o.shard_id: o.state for o in result.outcomes}["forced-00000"] == "failed"
+    forced_src = Path(layout.path("forced_src", visit=1001, ccd=0))
+    assert not forced_src.exists()
+    ledger_file = Path(layout.path("ledger"))
+    with Ledger(ledger_file) as ledger:
+        before = Counter(a.tile for a in ledger.attempts())
+    monkeypatch.delenv(FAULTS_ENV)
+
+    proc = subprocess.run(
+        [DCFLOW, "rerun", "--failed", "--config", str(config), "--profile", "local"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with Ledger(ledger_file) as ledger:
+        rerun = ledger.runs()[-1]
+        again = ledger.attempts(run_id=rerun.run_id)
+        after = Counter(a.tile for a in ledger.attempts())
+    assert rerun.shard == "rerun-failed" and rerun.exit_code == 0
+    # the failed tile and the catalog load of its visit (missing downstream), nothing else
+    assert {a.tile: a.state for a in again} == {
+        FAILED_TILE: JobState.SUCCEEDED,
+        ("load_visit_catalogs", "visit=1001"): JobState.SUCCEEDED,
+    }
+    assert before[FAILED_TILE] == 1 and after[FAILED_TILE] == 2
+    assert {t: n for t, n in after.items() if n != before[t]} == {
+        FAILED_TILE: 2,
+        ("load_visit_catalogs", "visit=1001"): 1,
+    }
+    written = json.loads(forced_src.read_text())
+    assert (written["rule"], written["output"]) == ("forced_photometry", str(forced_src))
