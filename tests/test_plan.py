@@ -255,3 +255,7 @@ def test_marker_jobid_reads_the_backend_id_snakemake_stored(tmp_path):
     assert marker_jobid(tmp_path, str(tmp_path / "out" / "a_2.txt")) == "4711"
     assert marker_jobid(tmp_path, "out/a_2.txt") == "4711"
     assert marker_jobid(tmp_path, "out/none.txt") is None
+    absolute = str(tmp_path / "abs" / "a_3.txt")  # an absolute output root: the rule's spelling
+    name = base64.urlsafe_b64encode(absolute.encode()).decode()
+    (marker / name).write_text('{"external_jobid": "4712"}')
+    assert marker_jobid(tmp_path, absolute) == "4712"

@@ -226,16 +226,22 @@ def marker_jobid(workdir: str | os.PathLike, output: str) -> str | None:
     Snakemake writes ``{"external_jobid": ...}`` when an executor registers a submitted job,
     whatever the executor: a fallback when the executor did not log its ids for the ledger.
     """
-    rel = os.path.relpath(output, workdir) if os.path.isabs(output) else output
     marker = Path(workdir) / ".snakemake" / "incomplete"
-    name = base64.urlsafe_b64encode(rel.encode()).decode()
-    if len(name) > 254:
-        return None  # split marker names: not worth a walk here
-    try:
-        value = json.loads((marker / name).read_text()).get("external_jobid")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return None if value is None else str(value)
+    # Snakemake names the marker by the output as its rule spells it: relative to the working
+    # directory for a relative output root, absolute for an absolute one.
+    spellings = [output]
+    if os.path.isabs(output):
+        spellings.insert(0, os.path.relpath(output, workdir))
+    for spelling in spellings:
+        name = base64.urlsafe_b64encode(spelling.encode()).decode()
+        if len(name) > 254:
+            continue  # split marker names: not worth a walk here
+        try:
+            value = json.loads((marker / name).read_text()).get("external_jobid")
+        except (OSError, ValueError, AttributeError):
+            continue
+        return None if value is None else str(value)
+    return None
 
 
 def campaign_status(
