@@ -430,11 +430,12 @@ def test_killed_driver_restarts_without_resubmitting_on_gridengine(tmp_path):
     config = write_noop_campaign(tmp_path / "c", shards=shards, n_tracts=1)
     env = {**os.environ, **cluster}
     # noop-direct: the job script writes the placeholders (the scale-run mode: no Snakemake
-    # process per job). The killed driver's jobs hold their slot 15 s so that they are still
-    # queued or running when the restarted one starts: the restart must adopt them (jobs that
-    # ended meanwhile are settled from accounting before each shard starts). The restart's
-    # own jobs need not hold theirs.
-    extra = ("--gridengine-noop-direct", "True", "--gridengine-noop-seconds", "15")
+    # process per job). The killed driver's jobs hold their slot 30 s so that they are still
+    # queued or running when the restarted one starts, even on a loaded host: the restart
+    # must adopt them (jobs that ended meanwhile are settled from accounting before each
+    # shard starts; one ending while its shard's Snakemake starts is submitted again, seen at
+    # a load of 18 with a 15 s hold). The restart's own jobs need not hold theirs.
+    extra = ("--gridengine-noop-direct", "True", "--gridengine-noop-seconds", "30")
     restart_extra = ("--gridengine-noop-direct", "True", "--gridengine-noop-seconds", "0")
     found = _kill_and_restart(
         config, "sge", env, min_markers=1, extra=extra, restart_extra=restart_extra
