@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dcflow demo --config config.yaml
 
 test: $(STAMP)
-	scripts/run-tests
+	scripts/run-tests $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -131,3 +133,20 @@ def test_noop_fails_on_a_corrupt_raw_naming_it(tmp_path, corruption, message):
         )
     assert str(raw) in str(caught.value) and not out.exists()
     assert noop.raw_inputs("process_visit", {"raws": [str(raw)], "refcat": "r"}) == [str(raw)]
+
+
+def test_a_noop_job_without_a_raw_to_check_imports_no_astropy(tmp_path):
+    """astropy is about 0.4 s of CPU per job: only a job with a raw to check imports it."""
+    stand_in = tmp_path / "raw_1_0.fits"  # empty: a scale campaign's stand-in, not checked
+    stand_in.touch()
+    out = tmp_path / "warp.fits"
+    code = (
+        "import runpy, sys\n"
+        f"noop = runpy.run_path({str(REPO_ROOT / 'scripts/noop.py')!r})\n"
+        f"noop['main'](rule='make_warp', wildcards={{}}, outputs=[{str(out)!r}], n_inputs=1,"
+        f" raws=[{str(stand_in)!r}])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('astropy', 'numpy')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    assert json.loads(out.read_text())["rule"] == "make_warp"

@@ -216,7 +216,8 @@ def test_sharded_run_equals_the_unsharded_run(tmp_path):
 
 @pytest.mark.slow
 def test_a_failed_shard_blocks_its_downstream_only(tmp_path):
-    config = write_noop_campaign(tmp_path / "c", shards=SHARDS)
+    # two patches per group: the same shard kinds and graph, 12 shards run instead of 16
+    config = write_noop_campaign(tmp_path / "c", shards={**SHARDS, "patches_per_shard": 2})
     env_before = os.environ.get("DCFLOW_FAULTS")
     os.environ["DCFLOW_FAULTS"] = "process_visit:visit=1007"
     try:
@@ -237,9 +238,9 @@ def test_a_failed_shard_blocks_its_downstream_only(tmp_path):
     assert states["visits-00002"] == "failed"
     # visits-00002 holds every visit of tract 1: all of tract 1's patch groups wait on it
     tract1 = {s for s in states if s.startswith("patches-00001-")}
-    assert len(tract1) == 4  # 2 x 2 patches, one per group by default
+    assert len(tract1) == 2  # 2 x 2 patches, two per group
     alerts1 = {s for s in states if s.startswith("alerts-00001-")}
-    assert len(alerts1) == 4  # tract 1's patch groups' association waits on its visits too
+    assert len(alerts1) == 2  # tract 1's patch groups' association waits on its visits too
     blocked = {*tract1, *alerts1, "forced-00002", "catalogs-00002", "final"}
     assert {s for s, v in states.items() if v == "blocked"} == blocked
     assert {s for s, v in states.items() if v == "done"} == set(states) - {
@@ -260,26 +261,40 @@ def _ledger_state(layout_ledger: Path) -> tuple[dict, list]:
 
 
 def _kill_and_restart(
-    config: Path, profile: str, env: dict[str, str], min_markers: int, extra: tuple = ()
+    config: Path,
+    profile: str,
+    env: dict[str, str],
+    min_markers: int,
+    extra: tuple = (),
+    *,
+    restart_env: dict[str, str] | None = None,
+    restart_extra: tuple | None = None,
 ) -> dict:
     """Start `dcflow run --sharded`, SIGKILL its process group once ``min_markers`` shards are
-    marked and another shard has a job running, restart it, and return what happened."""
+    marked and another shard has a job running, restart it, and return what happened.
+
+    The restart gets ``restart_env`` / ``restart_extra`` when given (jobs that need not hold
+    their slot any more: the test is about what the killed driver left behind).
+    """
     work = config.parent
     shards, hashes, _, layout, _, _ = plan_shards(load_config(config), work)
     ledger_file = Path(layout.path("ledger"))
-    argv = [
-        DCFLOW,
-        "run",
-        "--sharded",
-        "--config",
-        str(config),
-        "--profile",
-        profile,
-        "--no-progress",
-        *(("--", *extra) if extra else ()),
-    ]
+
+    def argv(snakemake_args: tuple) -> list[str]:
+        return [
+            DCFLOW,
+            "run",
+            "--sharded",
+            "--config",
+            str(config),
+            "--profile",
+            profile,
+            "--no-progress",
+            *(("--", *snakemake_args) if snakemake_args else ()),
+        ]
+
     proc = subprocess.Popen(
-        argv,
+        argv(extra),
         cwd=work,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -307,7 +322,14 @@ def _kill_and_restart(
     assert killed_at is not None, "the campaign ended before the driver could be killed"
     before_markers = {s.shard_id: read_marker(layout, s.shard_id) for s in shards}
     before_runs, before_attempts = _ledger_state(ledger_file)
-    restart = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    restart = subprocess.run(
+        argv(extra if restart_extra is None else restart_extra),
+        cwd=work,
+        env=env if restart_env is None else restart_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert restart.returncode == 0, restart.stdout[-3000:] + restart.stderr[-3000:]
     after_runs, after_attempts = _ledger_state(ledger_file)
     return {
@@ -364,9 +386,12 @@ def _assert_no_finished_shard_redone(found: dict) -> None:
 
 @pytest.mark.slow
 def test_killed_driver_restarts_without_redoing_finished_shards_local(tmp_path):
-    config = write_noop_campaign(tmp_path / "c", shards=SHARDS)
+    # one tract: every shard kind, 19 shards instead of 28
+    config = write_noop_campaign(tmp_path / "c", shards=SHARDS, n_tracts=1)
+    # jobs last 1 s while the driver is killed; the restart's need not
     env = {**os.environ, "DCFLOW_NOOP_SECONDS": "1"}
-    found = _kill_and_restart(config, "local", env, min_markers=2)
+    restart_env = {**os.environ, "DCFLOW_NOOP_SECONDS": "0"}
+    found = _kill_and_restart(config, "local", env, min_markers=2, restart_env=restart_env)
     _assert_no_finished_shard_redone(found)
     # jobs killed with the driver are rerun once (local processes die with it): lost, then ok
     killed = [
@@ -401,14 +426,20 @@ def test_killed_driver_restarts_without_resubmitting_on_gridengine(tmp_path):
     from snakemake_executor_plugin_gridengine.status import accounting_records
 
     shards = {**SHARDS, "max_concurrent_shards": 3, "max_queued_jobs": 16}
-    config = write_noop_campaign(tmp_path / "c", shards=shards)
+    # one tract: every shard kind, 19 shards instead of 28
+    config = write_noop_campaign(tmp_path / "c", shards=shards, n_tracts=1)
     env = {**os.environ, **cluster}
     # noop-direct: the job script writes the placeholders (the scale-run mode: no Snakemake
-    # process per job). Jobs hold their slot 15 s so that the killed driver's jobs are still
-    # queued or running when the restarted one starts: the restart must adopt them (jobs that
-    # ended meanwhile are settled from accounting before each shard starts).
-    extra = ("--gridengine-noop-direct", "True", "--gridengine-noop-seconds", "15")
-    found = _kill_and_restart(config, "sge", env, min_markers=1, extra=extra)
+    # process per job). The killed driver's jobs hold their slot 30 s so that they are still
+    # queued or running when the restarted one starts, even on a loaded host: the restart
+    # must adopt them (jobs that ended meanwhile are settled from accounting before each
+    # shard starts; one ending while its shard's Snakemake starts is submitted again, seen at
+    # a load of 18 with a 15 s hold). The restart's own jobs need not hold theirs.
+    extra = ("--gridengine-noop-direct", "True", "--gridengine-noop-seconds", "30")
+    restart_extra = ("--gridengine-noop-direct", "True", "--gridengine-noop-seconds", "0")
+    found = _kill_and_restart(
+        config, "sge", env, min_markers=1, extra=extra, restart_extra=restart_extra
+    )
     _assert_no_finished_shard_redone(found)
     submissions, finished = SubmissionLedger(
         config.parent / ".snakemake/gridengine/submissions.jsonl"
