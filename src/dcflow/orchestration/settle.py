@@ -14,38 +14,12 @@ mark, so it is redone, not settled.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-from pathlib import Path
 
 from dcflow.ledger import Ledger
+from dcflow.plan import incomplete_outputs
 
-__all__ = ["incomplete_outputs", "settle_from_disk"]
-
-
-def incomplete_outputs(workdir: str | os.PathLike) -> set[str]:
-    """Absolute paths of the outputs Snakemake has marked incomplete in ``workdir``.
-
-    Snakemake keeps one file per output under ``.snakemake/incomplete``, named by the url-safe
-    base64 of the path (relative to the working directory, or absolute), split into directory
-    levels of at most NAME_MAX characters, all but the last prefixed with ``@``.
-    """
-    root = Path(workdir) / ".snakemake" / "incomplete"
-    marked: set[str] = set()
-    if not root.is_dir():
-        return marked
-    for path in root.rglob("*"):
-        if not path.is_file():
-            continue
-        parts = path.relative_to(root).parts
-        encoded = "".join(p[1:] if p.startswith("@") else p for p in parts)
-        try:
-            name = base64.urlsafe_b64decode(encoded.encode()).decode()
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            continue
-        marked.add(os.path.normpath(os.path.join(workdir, name)))
-    return marked
+__all__ = ["settle_from_disk"]
 
 
 def settle_from_disk(ledger: Ledger, workdir: str | os.PathLike) -> int:
