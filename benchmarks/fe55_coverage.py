@@ -20,22 +20,8 @@ import time
 
 import numpy as np
 
-from dcflow.instruments.fe55_sim import Fe55SimConfig, simulate_fe55_exposure
+from dcflow.instruments.fe55_sim import HARD_SENSOR, simulate_fe55_exposure
 from dcflow.stages.fe55 import measure_fe55_gain
-
-HARD = Fe55SimConfig(
-    amp_rows=2,
-    n_amps=2,
-    amp_nx=512,
-    ny=1024,
-    events_per_amp=1500,
-    partial_charge_fraction=0.5,
-    deferred_charge=0.002,
-    dead_rows_per_amp=3,
-    hot_pixels_per_amp=10,
-    cosmic_rays_per_amp=5,
-)
-"""The sensor of tests/test_fe55_hard.py (kept equal by hand: benchmarks import no tests)."""
 
 
 def coverage_line(label: str, pulls: np.ndarray) -> str:
@@ -55,7 +41,7 @@ def main(n_seeds: int) -> None:
     start = time.process_time()
     rows = []
     for seed in range(n_seeds):
-        sim = simulate_fe55_exposure(dataclasses.replace(HARD, seed=seed), ccd=0, exposure=0)
+        sim = simulate_fe55_exposure(dataclasses.replace(HARD_SENSOR, seed=seed), ccd=0, exposure=0)
         table = measure_fe55_gain(sim.raw, sim.layout).table()
         truth = np.asarray(sim.truth["gain_e_per_adu"])
         gain = np.asarray(table["gain_e_per_adu"])

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from dcflow.instruments.fe55_sim import (
-    Fe55SimConfig,
+    HARD_SENSOR,
     amp_gains,
     simulate_fe55_exposure,
     simulate_flat_pairs,
@@ -25,18 +25,6 @@ from dcflow.stages.photon_transfer import (
     neighbour_covariance_sum,
 )
 
-HARD = Fe55SimConfig(
-    amp_rows=2,
-    n_amps=2,
-    amp_nx=512,
-    ny=1024,
-    events_per_amp=1500,
-    partial_charge_fraction=0.5,
-    deferred_charge=0.002,
-    dead_rows_per_amp=3,
-    hot_pixels_per_amp=10,
-    cosmic_rays_per_amp=5,
-)
 SEEDS = range(10)
 
 
@@ -44,7 +32,7 @@ SEEDS = range(10)
 def runs():
     out = []
     for seed in SEEDS:
-        sim = simulate_fe55_exposure(dataclasses.replace(HARD, seed=seed), ccd=0, exposure=0)
+        sim = simulate_fe55_exposure(dataclasses.replace(HARD_SENSOR, seed=seed), ccd=0, exposure=0)
         out.append((sim, measure_fe55_gain(sim.raw, sim.layout).table()))
     return out
 
@@ -118,7 +106,7 @@ def test_verdict_flags_a_wrong_yield_a_wrong_bias_and_too_few_events(runs):
         assert result.verdict.count(";") == 0, result.verdict  # no other reason: the fit is fine
     # too few events for a trusted gain: 150 X-rays per amplifier against a floor of 100
     # K-alpha events
-    small = dataclasses.replace(HARD, events_per_amp=150)
+    small = dataclasses.replace(HARD_SENSOR, events_per_amp=150)
     few = simulate_fe55_exposure(small, ccd=0, exposure=0)
     table = measure_fe55_gain(
         few.raw, few.layout, config=Fe55Config(min_kalpha_events=100, resamples=0)
@@ -130,7 +118,7 @@ def test_verdict_flags_a_wrong_yield_a_wrong_bias_and_too_few_events(runs):
 def test_photon_transfer_within_half_a_percent_at_several_levels():
     # without deferred charge: a trail correlates neighbours and lowers the difference
     # variance by ~2x its fraction (0.4 % at 0.002), which pixel covariances would recover
-    layout = HARD.layout()
+    layout = HARD_SENSOR.layout()
     gains = amp_gains(4, gain_e_per_adu=1.6, gain_spread=0.1, seed=1, ccd=0)
     pairs, bias_pair = simulate_flat_pairs(
         layout, gains, levels_e=[5000.0, 20000.0, 40000.0], seed=1
@@ -159,7 +147,7 @@ def test_neighbour_covariance_sum_of_a_known_correlation():
 def test_pixel_covariances_recover_the_gain_that_deferred_charge_hides():
     # a 1 % serial trail moves charge to the next pixel read: the variance alone falls by
     # ~2 % (gain ~2 % high), the covariances hold it (fraction 2 f (1 - f) / (1 - 2 f (1 - f)))
-    layout = HARD.layout()
+    layout = HARD_SENSOR.layout()
     gains = amp_gains(4, gain_e_per_adu=1.6, gain_spread=0.1, seed=2, ccd=0)
     pairs, bias_pair = simulate_flat_pairs(
         layout, gains, levels_e=[20000.0, 60000.0], deferred_charge=0.01, seed=2
@@ -187,7 +175,7 @@ def test_sixteen_taps_over_four_exposures_combine_what_each_fits_soundly():
     changed setup) is flagged as a disagreement, not averaged in silently.
     """
     config = dataclasses.replace(
-        HARD,
+        HARD_SENSOR,
         n_amps=8,
         amp_nx=128,
         ny=400,

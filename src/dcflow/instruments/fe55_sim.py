@@ -37,6 +37,7 @@ from dcflow.stages.fe55 import (
 from dcflow.stages.sensor_layout import TapGridLayout
 
 __all__ = [
+    "HARD_SENSOR",
     "KALPHA_ELECTRONS",
     "KBETA_ELECTRONS",
     "Fe55SimConfig",
@@ -234,6 +235,22 @@ class Fe55Simulation:
     layout: DetectorLayout
     truth: Table
     events: Table
+
+
+HARD_SENSOR = Fe55SimConfig(
+    amp_rows=2,
+    n_amps=2,
+    amp_nx=512,
+    ny=1024,
+    events_per_amp=1500,
+    partial_charge_fraction=0.5,
+    deferred_charge=0.002,
+    dead_rows_per_amp=3,
+    hot_pixels_per_amp=10,
+    cosmic_rays_per_amp=5,
+)
+"""A small 2 x 2 sensor with a real sensor's troubles (partial charge, deferred charge, dead rows,
+hot pixels, cosmic rays): the one the hard-simulator tests and the coverage benchmark share."""
 
 
 def amp_gains(n_amps: int, *, gain_e_per_adu: float, gain_spread: float, seed: int, ccd: int):
