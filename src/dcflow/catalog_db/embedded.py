@@ -381,21 +381,25 @@ class EmbeddedDatabase(CatalogDatabase):
             mine = np.flatnonzero(regions == region)
             part = whole if len(mine) == len(regions) else whole.take(pa.array(mine))
             file = f"{table}/region-{region}/{uuid.uuid4().hex}.parquet"
-            with atomic_path(self.path / file) as tmp:
-                # dictionaries for text only: pyarrow's default tries one on every column
-                # and hashes every float first (3.4x the CPU time of the write, measured)
-                pq.write_table(
-                    part,
-                    tmp,
-                    compression="none",
-                    row_group_size=ROW_GROUP_ROWS,
-                    use_dictionary=[k for k in names if pa.types.is_dictionary(part[k].type)],
-                )
+            self._write_parquet(file, part, ROW_GROUP_ROWS)
             pixels = healpix[mine]
             out.append(
                 (file, table, region, "tile", len(mine), int(pixels.min()), int(pixels.max()), name)
             )
         return out
+
+    def _write_parquet(self, file: str, rows: pa.Table, row_group_size: int) -> None:
+        """Write ``rows`` atomically as the Parquet file ``file`` of the store."""
+        with atomic_path(self.path / file) as tmp:
+            # dictionaries for text only: pyarrow's default tries one on every column
+            # and hashes every float first (3.4x the CPU time of the write, measured)
+            pq.write_table(
+                rows,
+                tmp,
+                compression="none",
+                row_group_size=row_group_size,
+                use_dictionary=[c.name for c in rows.schema if pa.types.is_dictionary(c.type)],
+            )
 
     def _parts_with(self, table: str, name: str) -> list[str]:
         """Compacted files holding rows of a tile."""
@@ -433,14 +437,7 @@ class EmbeddedDatabase(CatalogDatabase):
     ) -> list[tuple[str, str, int, str, int, int, int, str]]:
         """Write rows sorted by ``healpix`` as a part of a region; its manifest rows."""
         file = f"{table}/region-{region}/{uuid.uuid4().hex}.parquet"
-        with atomic_path(self.path / file) as tmp:
-            pq.write_table(
-                rows,
-                tmp,
-                compression="none",
-                row_group_size=PART_ROW_GROUP_ROWS,
-                use_dictionary=[c.name for c in rows.schema if pa.types.is_dictionary(c.type)],
-            )
+        self._write_parquet(file, rows, PART_ROW_GROUP_ROWS)
         healpix = rows["healpix"]
         hmin, hmax = int(healpix[0].as_py()), int(healpix[-1].as_py())
         keys = list(TABLES[table].tile_keys)
