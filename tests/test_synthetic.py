@@ -191,7 +191,7 @@ def test_inventories_tree_and_list_hold_the_same_outputs(tmp_path):
         + 3 * index.n_visits * len(index.ccds)  # calexp, src, forced_src
         + index.n_pairs
         + 2  # science validation json + png
-        + 2 * n_coadds
+        + 3 * n_coadds  # deepCoadd, templateCoadd, templateCoadd_otherNights
         + 2 * index.n_patches
         + 2 * index.n_visits * len(index.ccds)
         + index.n_visits  # deepDiff, diaSrc; plot
@@ -200,7 +200,7 @@ def test_inventories_tree_and_list_hold_the_same_outputs(tmp_path):
         + index.n_patches  # catalog load markers
         + 2 * 2  # Fe55: 2 exposures x (gain, plot); their raws are inputs
         + 2  # the sensor's photon-transfer table and plot
-        + 1  # and the sensor's summary
+        + 2  # and the sensor's summary table and picture
     )
     assert n_all == expected
 
