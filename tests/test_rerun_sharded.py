@@ -38,7 +38,7 @@ FAILED_TILE = ("forced_photometry", "visit=1001")
     ],
 )
 def test_rule_paths_spell_targets_as_the_rules_do(output_root, spelt):
-    workdir = Path("/work/campaign")
+    workdir = Path("/campaigns/c1")  # any absolute working directory: nothing is read
     own = Layout(input_root="input", output_root=output_root)
     rooted = Layout(input_root=str(workdir / "input"), output_root=str(workdir / output_root))
     target = rooted.path("forced_src", visit=1001, ccd=0)
