@@ -1,8 +1,9 @@
 """The catalog database on both backends: per-tile loads, kills, reruns, cone searches.
 
 The embedded (DuckDB) tests always run; the PostgreSQL ones need the server that
-scripts/postgres-up starts (``DCFLOW_TEST_PG_DSN``; `make test` as root starts it) and skip
-with that reason elsewhere, but not under CI as root (conftest).
+scripts/postgres-up starts (``DCFLOW_TEST_PG_DSN``, taken from $DCFLOW_RUN_DIR/postgres/env.sh
+when unset; `make test` as root starts it) and skip with that reason elsewhere, but not under
+CI as root (conftest).
 """
 
 from __future__ import annotations
@@ -31,9 +32,21 @@ from dcflow.catalog_db import (
 from dcflow.catalog_db.embedded import EmbeddedDatabase
 from dcflow.catalog_db.loading import visit_rows
 from dcflow.catalog_schema import annotate, schema_for
+from dcflow.status import read_env_file
 
 REPO = Path(__file__).resolve().parents[1]
-PG_DSN = os.environ.get("DCFLOW_TEST_PG_DSN", "")
+
+
+def _postgres_dsn() -> str:
+    """The test server's DSN; its env file (DSN, PGPASSFILE) fills what the caller left unset."""
+    env_file = Path(os.environ.get("DCFLOW_RUN_DIR", REPO / "run")) / "postgres" / "env.sh"
+    if "DCFLOW_TEST_PG_DSN" not in os.environ and env_file.is_file():
+        for key, value in read_env_file(env_file).items():
+            os.environ.setdefault(key, value)
+    return os.environ.get("DCFLOW_TEST_PG_DSN", "")
+
+
+PG_DSN = _postgres_dsn()
 PROVENANCE = {"campaign": "test", "run_id": "run-1", "code_version": "0.1.0"}
 CCDS = (3, 7)
 
@@ -530,6 +543,23 @@ def test_postgres_credentials_never_appear_in_messages():
         PostgresDatabase(f"{PG_DSN} password={secret} connect_timeout=5")
     assert "cannot connect" in str(caught.value)
     assert secret not in str(caught.value) and secret not in repr(caught.value.__cause__)
+
+
+@pytest.mark.postgres
+def test_postgres_tiles_commit_asynchronously_and_flush_puts_them_on_disk(postgres):
+    """The WAL writer flushes a partial page up to 200 ms late: right after the commit only
+    `flush` puts the WAL on disk, also when another session removed the tile's ledger row."""
+    assert postgres.query("SHOW synchronous_commit")["synchronous_commit"][0] == "off"
+    for visit in (11, 12):
+        rows, srcs, _ = _visit(visit, np.random.default_rng(visit))
+        postgres.replace_tile({"visit": visit}, rows)
+        committed = postgres.query("SELECT pg_current_wal_insert_lsn()::text AS lsn")["lsn"][0]
+        if visit == 12:  # the row flush() would lock is gone: it waits for the WAL writer
+            postgres.query("DELETE FROM catalog_tiles WHERE tile = 'visit=12'")
+        postgres.flush()
+        on_disk = "SELECT pg_current_wal_flush_lsn() >= ?::pg_lsn AS done"
+        assert postgres.query(on_disk, (committed,))["done"][0]
+        assert _count(postgres, "src", f"visit = {visit}") == sum(map(len, srcs))
 
 
 def test_db_index_analyze_and_query_through_the_command(tmp_path):
