@@ -7,9 +7,12 @@ as `tile_arrays` sorts them), then, per backend:
 
 1. bulk load: every tile through the backend's `replace_tile` (one transaction per tile;
    embedded: Parquet files per tile and region; PostgreSQL: binary COPY built by numpy into
-   healpix partitions, one connection, and ``--pg-connections`` loading different tiles at
-   once (as parallel load jobs do) on up to 10^6 rows; SQLite: one ``executemany`` per
-   tile), rows/s;
+   healpix partitions by ``--pg-connections`` connections loading different tiles at once
+   (as parallel load jobs do), commits asynchronous and each session's tiles flushed to
+   disk once at its end; the previous way in the same run, on the same tiles: one
+   connection, every commit waiting for its WAL flush; and one connection with
+   asynchronous commits on ``--table-rows`` rows; SQLite: one ``executemany`` per tile),
+   rows/s and rows per CPU-s (PostgreSQL: this process and the connections' backends);
 2. the naive load, measured in the same run: row-by-row INSERT statements into a table whose
    indexes already exist, on a sample of ``--naive-rows`` rows, rows/s;
 3. index build after the load (embedded: each region's files compacted into pixel-sorted
@@ -31,19 +34,25 @@ Usage: ``python benchmarks/catalog_load.py [--rows 1000000] [--dsn DSN] [--dir D
 ``--rows 100000000`` runs only with ``--large`` (it prints the disk it needs first);
 ``--reuse-load`` runs the index step, cones and cross-match on catalogs an earlier run of
 the same ``--rows`` left in ``--dir`` (a 10^8 run in two sessions).
-PostgreSQL needs a DSN (``--dsn`` or ``DCFLOW_TEST_PG_DSN``, which `scripts/postgres-up`
-writes to run/postgres/env.sh); without one its column is skipped. It works in a schema of
-its own (``dcflow_bench``), dropped at the start and the end.
+PostgreSQL needs a DSN (``--dsn`` or ``DCFLOW_TEST_PG_DSN``, else the one
+`scripts/postgres-up` writes to $DCFLOW_RUN_DIR/postgres/env.sh); without one its column is
+skipped. It works in schemas of its own (``dcflow_bench``, ``dcflow_bench_old``), dropped at
+the start and the end. Its CPU figures count this process and the connections' backends;
+"with server helpers" adds the WAL writer, checkpointer and background writer (shared with
+any other client of the server).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import os
 import shutil
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,9 +65,10 @@ from dcflow.catalog_db import (
     table_columns,
     tile_arrays,
 )
-from dcflow.catalog_db.base import TILES_SQL, sql_type
+from dcflow.catalog_db.base import sql_type
 from dcflow.catalog_db.embedded import EmbeddedDatabase, arrow_column
 from dcflow.catalog_schema import schema_for
+from dcflow.status import read_env_file
 
 PROVENANCE = {"campaign": "bench", "run_id": "bench", "code_version": "bench"}
 PG_BYTES_PER_ROW = 600  # measured: PostgreSQL heap + indexes ~ 370 B at 1e6, 600 B with q3c twice
@@ -122,6 +132,26 @@ def backend_cpu_s(pid: int | None) -> float:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_helpers_cpu_s(backend_pid: int | None) -> float:
+    """CPU seconds of the WAL writer, checkpointer and background writer of a local server
+    (the children of ``backend_pid``'s postmaster), which write what the backends logged."""
+    if backend_pid is None:
+        return 0.0
+    postmaster = Path(f"/proc/{backend_pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    total = 0.0
+    for task in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
+        try:
+            name = Path(f"/proc/{task}/cmdline").read_bytes()
+        except OSError:  # a backend that just ended
+            continue
+        if name.split(b"\0")[0].split(b": ")[-1].strip() in HELPERS:
+            total += backend_cpu_s(int(task))
+    return total
+
+
+HELPERS = (b"walwriter", b"checkpointer", b"background writer")
 
 
 def run_queue_wait_s() -> float:
@@ -522,19 +552,22 @@ def bench_postgres(dsn: str, args, centres) -> dict:
     from dcflow.catalog_db.postgres import PostgresDatabase
 
     admin = PostgresDatabase(dsn)
-    admin.con.execute("DROP SCHEMA IF EXISTS dcflow_bench CASCADE")
-    admin.con.execute("CREATE SCHEMA dcflow_bench")
-    bench_dsn = f"{dsn} options='-c search_path=dcflow_bench,public'"
-    db = PostgresDatabase(bench_dsn, partition_order=1)
+    out = Figures()
     try:
-        rate, cpu_rate, ready_rate = timed_load(
-            lambda v, rows: db.replace_tile({"visit": v}, {"src": [rows]}),
-            args,
-            db.con.info.backend_pid if _local(dsn) else None,
-        )
-        out = {"load rows/s": rate, "load rows/CPU-s": cpu_rate}
-        out["load rows/s less CPU wait"] = ready_rate
-        out[f"load rows/s, {args.pg_connections} connections"] = parallel_pg_load(bench_dsn, args)
+        out.update(postgres_previous_loads(admin, dsn, args))
+        admin.con.execute("DROP SCHEMA IF EXISTS dcflow_bench CASCADE")
+        admin.con.execute("CREATE SCHEMA dcflow_bench")
+        bench_dsn = f"{dsn} options='-c search_path=dcflow_bench,public'"
+        loaders = [PostgresDatabase(bench_dsn) for _ in range(args.pg_connections)]
+        rate, cpu_rate, helpers_rate = timed_parallel_load(loaders, args, _local(dsn))
+        out["load connections"] = args.pg_connections
+        out["load rows/s"] = rate
+        out["load rows/CPU-s"] = cpu_rate
+        out["load rows/CPU-s with server helpers"] = helpers_rate
+        out["load: load average (1 min)"] = os.getloadavg()[0]
+        for loader in loaders:
+            loader.close()
+        db = PostgresDatabase(bench_dsn, partition_order=1)
         pid = db.con.info.backend_pid if _local(dsn) else None
         start, start_cpu = time.perf_counter(), time.process_time() + backend_cpu_s(pid)
         db.create_indexes()
@@ -570,55 +603,102 @@ def bench_postgres(dsn: str, args, centres) -> dict:
             out["naive row INSERT rows/s"] = naive_rate(
                 lambda v: con.execute(statement, v), sample, args.naive_rows
             )
-    finally:
         db.close()
+    finally:
         admin.con.execute("DROP SCHEMA IF EXISTS dcflow_bench CASCADE")
         admin.close()
     return out
 
 
-def parallel_pg_load(dsn: str, args) -> float:
-    """Rows/s of the same tiles loaded by ``--pg-connections`` connections at once (as load
-    jobs of different visits run), into the schema's second table ``src_parallel``."""
-    import threading
-
+def postgres_previous_loads(admin, dsn: str, args) -> dict:
+    """The load of every tile on one connection committing synchronously (the previous
+    way), then ``--table-rows`` rows on one connection committing asynchronously, each into
+    a schema dropped afterwards."""
     from dcflow.catalog_db.postgres import PostgresDatabase
 
-    tiles = list(make_tiles(args.rows if args.rows <= 10**6 else 10**6, args.tile_rows))
-    connections = [PostgresDatabase(dsn) for _ in range(args.pg_connections)]
-    first = connections[0].con
-    first.execute("DROP SCHEMA IF EXISTS dcflow_bench_parallel CASCADE")
-    first.execute("CREATE SCHEMA dcflow_bench_parallel")
-    for con in connections:
-        con.con.execute("SET search_path = dcflow_bench_parallel, public")
-    first.execute(TILES_SQL.replace("loaded_at TIMESTAMP", "loaded_at TIMESTAMPTZ"))
+    out = {}
+    old_dsn = f"{dsn} options='-c search_path=dcflow_bench_old,public'"
+    for synchronous, n_rows in ((True, args.rows), (False, min(args.rows, args.table_rows))):
+        admin.con.execute("DROP SCHEMA IF EXISTS dcflow_bench_old CASCADE")
+        admin.con.execute("CREATE SCHEMA dcflow_bench_old")
+        db = PostgresDatabase(old_dsn, synchronous_commit=synchronous)
+        try:
+            if synchronous:
+                helpers = server_helpers_cpu_s(db.con.info.backend_pid if _local(dsn) else None)
+                rate, cpu_rate, ready_rate = timed_load(
+                    lambda v, rows, db=db: db.replace_tile({"visit": v}, {"src": [rows]}),
+                    args,
+                    db.con.info.backend_pid if _local(dsn) else None,
+                )
+                helpers = (
+                    server_helpers_cpu_s(db.con.info.backend_pid if _local(dsn) else None) - helpers
+                )
+                cpu_s = args.rows / cpu_rate
+                out["previous: 1 connection, synchronous commits rows/s"] = rate
+                out["previous: rows/CPU-s"] = cpu_rate
+                out["previous: rows/CPU-s with server helpers"] = args.rows / (cpu_s + helpers)
+                out["previous: rows/s less CPU wait"] = ready_rate
+                out["previous: load average (1 min)"] = os.getloadavg()[0]
+            else:
+                rate, cpu_rate, _ = timed_parallel_load([db], args, _local(dsn), n_rows)
+                out[f"1 connection, async commits, {n_rows:.0e} rows/s"] = rate
+                out["1 connection, async commits rows/CPU-s"] = cpu_rate
+        finally:
+            db.close()
+            admin.con.execute("DROP SCHEMA IF EXISTS dcflow_bench_old CASCADE")
+    return out
+
+
+PARALLEL_BATCH_TILES = 40
+"""Tiles made (untimed) before each timed stretch of `timed_parallel_load` (2e6 rows)."""
+
+
+def timed_parallel_load(databases, args, local: bool, n_rows: int | None = None):
+    """Rows per wall second and per CPU second (this process's threads and the server
+    backends of ``databases``) of ``n_rows`` (default ``--rows``) loaded by one thread per
+    database, each taking the next tile (as load jobs of different visits run side by
+    side), then each session's `flush` (its tiles on disk). The tiles are made in batches
+    of `PARALLEL_BATCH_TILES` between the timed stretches."""
+    pids = [db.con.info.backend_pid for db in databases] if local else []
+    tiles = make_tiles(args.rows if n_rows is None else n_rows, args.tile_rows)
     errors: list[BaseException] = []
 
-    def work(db, mine) -> None:
+    def work(db, queue) -> None:
         try:
-            for visit, rows in mine:
+            while queue:
+                visit, rows = queue.popleft()
                 db.replace_tile({"visit": visit}, {"src": [rows]})
+        except IndexError:  # another thread took the last tile
+            pass
         except BaseException as exc:  # reported after the join
             errors.append(exc)
 
-    try:
-        start = time.perf_counter()
-        threads = [
-            threading.Thread(target=work, args=(db, tiles[i :: len(connections)]))
-            for i, db in enumerate(connections)
-        ]
+    def cpu_now() -> float:
+        return time.process_time() + sum(backend_cpu_s(pid) for pid in pids)
+
+    helpers = server_helpers_cpu_s(pids[0] if pids else None)
+    wall = cpu = 0.0
+    n = 0
+    while batch := list(itertools.islice(tiles, PARALLEL_BATCH_TILES)):
+        queue = collections.deque(batch)
+        start, start_cpu = time.perf_counter(), cpu_now()
+        threads = [threading.Thread(target=work, args=(db, queue)) for db in databases]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        elapsed = time.perf_counter() - start
-    finally:
-        first.execute("DROP SCHEMA dcflow_bench_parallel CASCADE")
-        for con in connections:
-            con.close()
-    if errors:
-        raise errors[0]
-    return sum(len(rows["id"]) for _, rows in tiles) / elapsed
+        if errors:
+            raise errors[0]
+        wall += time.perf_counter() - start
+        cpu += cpu_now() - start_cpu
+        n += sum(len(rows["id"]) for _, rows in batch)
+    start, start_cpu = time.perf_counter(), cpu_now()
+    for db in databases:
+        db.flush()
+    wall += time.perf_counter() - start
+    cpu += cpu_now() - start_cpu
+    helpers = server_helpers_cpu_s(pids[0] if pids else None) - helpers
+    return n / wall, n / cpu, n / (cpu + helpers)
 
 
 def crossmatch_postgres(con, server_pid: int | None) -> dict:
@@ -676,13 +756,24 @@ def crossmatch_postgres(con, server_pid: int | None) -> dict:
     return out
 
 
+def postgres_test_dsn() -> str:
+    """``DCFLOW_TEST_PG_DSN``, else the test server's from its env file (which also gives
+    PGPASSFILE)."""
+    env_file = Path(os.environ.get("DCFLOW_RUN_DIR", Path(__file__).parents[1] / "run"))
+    env_file = env_file / "postgres" / "env.sh"
+    if "DCFLOW_TEST_PG_DSN" not in os.environ and env_file.is_file():
+        for key, value in read_env_file(env_file).items():
+            os.environ.setdefault(key, value)
+    return os.environ.get("DCFLOW_TEST_PG_DSN", "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--tile-rows", type=int, default=50_000, help="rows per tile (visit)")
     parser.add_argument("--naive-rows", type=int, default=5_000, help="row INSERTs timed")
     parser.add_argument("--cones", type=int, default=20, help="cone centres per radius")
-    parser.add_argument("--dsn", default=os.environ.get("DCFLOW_TEST_PG_DSN", ""))
+    parser.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: see above)")
     parser.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     parser.add_argument(
         "--backends", default="duckdb,sqlite,postgres", help="comma-separated subset"
@@ -735,6 +826,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.skip = set(filter(None, args.skip.split(",")))
+    if args.dsn is None:
+        args.dsn = postgres_test_dsn()
     if args.cones_1deg is None:
         args.cones_1deg = args.cones
     print(
