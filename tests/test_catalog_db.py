@@ -29,7 +29,7 @@ from dcflow.catalog_db import (
     healpix_of,
     table_columns,
 )
-from dcflow.catalog_db.embedded import EmbeddedDatabase
+from dcflow.catalog_db.embedded import EmbeddedDatabase, part_cuts
 from dcflow.catalog_db.loading import visit_rows
 from dcflow.catalog_schema import annotate, schema_for
 from dcflow.status import read_env_file
@@ -315,10 +315,19 @@ def _assert_compacted(embedded, table: str) -> None:
         assert np.all(np.diff(healpix) >= 0)
 
 
+def test_part_cuts_fall_between_pixels():
+    assert part_cuts(np.array([1, 1, 2, 2, 2, 3, 4, 4]), 3) == [0, 2, 5, 8]
+    assert part_cuts(np.array([5] * 7), 3) == [0, 7]
+    assert part_cuts(np.array([1, 2, 3]), 3) == [0, 3]
+
+
 def test_indexing_compacts_the_embedded_regions_in_pixel_order_keeping_rows_and_comments(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """The embedded index step merges a region's tile files into pixel-sorted parts."""
+    from dcflow.catalog_db import embedded as module
+
+    monkeypatch.setattr(module, "PART_FILE_ROWS", 1500)  # a bucket is cut into several files
     embedded = EmbeddedDatabase(tmp_path / "catalogs", region_order=8)  # 0.05 deg^2 regions
     rng = np.random.default_rng(11)
     for visit, ra0 in ((1, 150.2), (2, 149.8), (3, 150.0)):
@@ -330,6 +339,7 @@ def test_indexing_compacts_the_embedded_regions_in_pixel_order_keeping_rows_and_
     embedded.create_indexes()
     _assert_compacted(embedded, "src")
     assert len(embedded.files("src")) < len(loaded)
+    assert max(embedded.files("src")["n_rows"]) <= 1500
     after = embedded.query("SELECT visit, ccd, id, healpix FROM src ORDER BY visit, ccd, id")
     assert len(after) == len(before) and all(np.all(after[c] == before[c]) for c in after.colnames)
     comment = embedded.query(
@@ -393,7 +403,7 @@ def test_compact_rows_is_checked():
 _PEAK_SCRIPT = """
 import sys
 import pyarrow as pa
-from dcflow.catalog_db.embedded import EmbeddedDatabase
+from dcflow.catalog_db.embedded import EmbeddedDatabase, part_cuts
 db = EmbeddedDatabase(sys.argv[1], region_order=0, compact_rows=int(sys.argv[2]))
 db.files("src")
 before = pa.default_memory_pool().max_memory()
