@@ -26,8 +26,8 @@ its listed files.
 files into parts sorted by ``healpix`` with disjoint pixel ranges (one region at a time, each
 in its own SQLite commit, so one region's index never waits on another). Like an external
 sort, it spills each input's rows into pixel buckets of about ``compact_rows`` rows, then
-sorts each bucket into one part, so it holds one file or one bucket at a time whatever the
-region's size.
+sorts each bucket into parts of at most `PART_FILE_ROWS` rows, so it holds one file or one
+bucket at a time whatever the region's size.
 The manifest keeps each file's min/max ``healpix``, so a cone search opens only the
 files whose range meets the cone's pixel ranges, and DuckDB skips their row groups by the
 Parquet min/max statistics: a 1' cone reads one or two row groups of one file whatever the
