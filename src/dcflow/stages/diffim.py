@@ -576,7 +576,7 @@ def register_on_stars(
     d, inside = extract_stamps(diff, xi, yi, half_size, fill=0.0)
     v, _ = extract_stamps(variance, xi, yi, half_size, fill=np.inf)
     b, _ = extract_stamps(bad, xi, yi, half_size, fill=True)
-    big, _ = extract_stamps(model.astype(np.float64), xi, yi, half_size + 2, fill=0.0)
+    big = extract_stamps(model, xi, yi, half_size + 2, fill=0.0)[0].astype(np.float64)
     cols = [t[:, 2:-2, 2:-2] for t in taylor_terms(big)]
     n_terms = len(cols)
     design = np.stack(cols, axis=-1).reshape(xi.size, -1, n_terms)
@@ -818,10 +818,11 @@ def fit_matching_kernel(
             f"order {spatial_order} (at least {3 * n_sp})",
             n_stars=int(np.size(x)),
         )
-    big, _ = extract_stamps(sharp.astype(np.float64), x, y, hs + h)
+    # Stamps first, then float64: converting the whole images cost 0.15 s CPU per MegaCam CCD.
+    big = extract_stamps(sharp, x, y, hs + h)[0].astype(np.float64)
     conv = _convolve_basis_stack(big, h, sigmas_pix, degrees)  # (n_basis, n, L, L)
-    target, _ = extract_stamps(broad.astype(np.float64), x, y, hs)
-    var, _ = extract_stamps(variance.astype(np.float64), x, y, hs)
+    target = extract_stamps(broad, x, y, hs)[0].astype(np.float64)
+    var = extract_stamps(variance, x, y, hs)[0].astype(np.float64)
     _, index = _basis_1d(h, sigmas_pix, degrees)
     sums = np.array([s for *_, s in index])
     # Zero-sum bases: B_b - sum(B_b) B_0.
@@ -904,14 +905,37 @@ def fit_matching_kernel(
     return kernel, used
 
 
+def _correlation_transform(kernel: np.ndarray, fshape: tuple[int, int]) -> np.ndarray:
+    """Conjugate ``rfft2`` of a ``(2h+1, 2h+1)`` kernel centred on the origin of an ``fshape`` grid.
+
+    The same numbers as ``conj(rfft2(roll(zero-padded kernel, -h)))`` (row transforms first,
+    then columns, as pocketfft does), but only the kernel's ``2h+1`` rows are transformed
+    along x: 37 ms against 137 ms per kernel on a MegaCam CCD's grid.
+    """
+    h = (kernel.shape[0] - 1) // 2
+    ny_f, nx_f = fshape
+    rows = np.zeros((2 * h + 1, nx_f), dtype=np.float32)
+    rows[:, : h + 1] = kernel[:, h:]
+    rows[:, nx_f - h :] = kernel[:, :h]
+    rows_ft = sp_fft.rfft(rows, axis=1)
+    grid_ft = np.zeros((ny_f, rows_ft.shape[1]), dtype=np.complex64)
+    grid_ft[: h + 1] = rows_ft[h:]
+    grid_ft[ny_f - h :] = rows_ft[:h]
+    grid_ft = sp_fft.fft(grid_ft, axis=0, overwrite_x=True)
+    return np.conjugate(grid_ft, out=grid_ft)
+
+
 def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarray:
     """Apply a spatially varying matching kernel (and its background) to a whole image.
 
     The kernel is ``sum_t P_t(x, y) K_t`` (`MatchingKernel.spatial_kernel_images`), so the
-    result is ``sum_t P_t (K_t * image)``: one forward FFT of the image and one product and
-    inverse FFT per spatial term (6 at order 2). Measured on a 2048 x 4612 CCD: 1.5 s CPU,
-    against 8 s for the separable basis convolved in row strips with ``correlate1d``
-    (27 basis functions, 38 one-dimensional passes of 23 taps).
+    result is ``sum_t P_t (K_t * image)``: one forward FFT of the image, then per spatial
+    term ``u^p v^q`` a product with the kernel's transform and an inverse FFT along y; the
+    factor ``v^q`` depends on y only, so the terms of equal ``p`` are summed before the one
+    inverse FFT along x they share (3 instead of 6 at order 2). Measured on a 2048 x 4612
+    CCD: 0.6 s CPU, against 1.45 s with one full inverse FFT per term and 8 s for the
+    separable basis convolved in row strips with ``correlate1d`` (27 basis functions, 38
+    one-dimensional passes of 23 taps).
 
     Parameters
     ----------
@@ -933,30 +957,39 @@ def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarra
     image_ft = sp_fft.rfft2(padded, s=fshape)
     del padded
     kernels = kernel.spatial_kernel_images()
-    u, v = _unit(np.arange(nx), nx), _unit(np.arange(ny), ny)
-    terms = [(p, total - p) for total in range(kernel.spatial_order + 1) for p in range(total + 1)]
+    u = _unit(np.arange(nx), nx).astype(np.float32)
+    v = _unit(np.arange(ny), ny).astype(np.float32)
+    order = kernel.spatial_order
+    terms = [(p, total - p) for total in range(order + 1) for p in range(total + 1)]
+    index = {term: t for t, term in enumerate(terms)}
+
+    def correlate_along_y(k: np.ndarray) -> np.ndarray:
+        """Rows ``h .. h+ny`` of the correlation, still transformed along x."""
+        product = _correlation_transform(k, fshape)
+        product *= image_ft
+        return sp_fft.ifft(product, axis=0, overwrite_x=True)[h : h + ny]
+
+    def inverse_along_x(partial: np.ndarray) -> np.ndarray:
+        return sp_fft.irfft(partial, n=fshape[1], axis=1)[:, h : h + nx]
+
     out = np.zeros((ny, nx), dtype=np.float32)
-    for (p, q), k in zip(terms, kernels, strict=True):
-        grid = np.zeros(fshape, dtype=np.float32)
-        grid[: 2 * h + 1, : 2 * h + 1] = k
-        grid = np.roll(grid, (-h, -h), axis=(0, 1))
-        # Correlation: the product with the conjugate transform of the kernel.
-        conv = sp_fft.irfft2(image_ft * np.conj(sp_fft.rfft2(grid)), s=fshape)
-        conv = conv[h : h + ny, h : h + nx]
-        if p == 0 and q == 0:
-            out += conv
-        else:
-            out += conv * (v[:, None] ** q * u[None, :] ** p).astype(np.float32)
+    for p in range(order + 1):
+        summed = correlate_along_y(kernels[index[(p, 0)]])
+        for q in range(1, order + 1 - p):
+            partial = correlate_along_y(kernels[index[(p, q)]])
+            partial *= (v**q)[:, None]
+            summed += partial
+        conv = inverse_along_x(summed)
+        if p > 0:
+            conv *= (u**p)[None, :]
+        out += conv
     if kernel.regions is not None:
         for region, k in enumerate(kernel.region_kernel_images()[1:], start=1):
             inside = kernel.regions == region
             if not inside.any():
                 continue
-            grid = np.zeros(fshape, dtype=np.float32)
-            grid[: 2 * h + 1, : 2 * h + 1] = k
-            grid = np.roll(grid, (-h, -h), axis=(0, 1))
-            conv = sp_fft.irfft2(image_ft * np.conj(sp_fft.rfft2(grid)), s=fshape)
-            out += np.where(inside, conv[h : h + ny, h : h + nx], 0.0).astype(np.float32)
+            conv = inverse_along_x(correlate_along_y(k))
+            out += np.where(inside, conv, np.float32(0.0))
     if kernel.background_order >= 0:
         xs, ys = np.arange(nx, dtype=float), np.arange(ny, dtype=float)
         out += kernel.background(xs[None, :], ys[:, None]).astype(np.float32)
