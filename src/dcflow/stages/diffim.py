@@ -938,6 +938,21 @@ def _correlation_transform(kernel: np.ndarray, fshape: tuple[int, int]) -> np.nd
     return np.conjugate(grid_ft, out=grid_ft)
 
 
+def _convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``scipy.signal.fftconvolve(image, kernel, mode="same")`` of a float32 image.
+
+    Zero beyond the edges, as there; the square odd kernel's transform comes from its own
+    rows (`_correlation_transform` of the flipped kernel) instead of a full-size FFT.
+    """
+    ny, nx = image.shape
+    m = (kernel.shape[0] - 1) // 2
+    # Wider than the image by the kernel's half size: no wrapped-around pixel reaches it.
+    fshape = (sp_fft.next_fast_len(ny + m, True), sp_fft.next_fast_len(nx + m, True))
+    product = _correlation_transform(kernel[::-1, ::-1], fshape)
+    product *= sp_fft.rfft2(image, s=fshape)
+    return sp_fft.irfft2(product, s=fshape, overwrite_x=True)[:ny, :nx]
+
+
 def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarray:
     """Apply a spatially varying matching kernel (and its background) to a whole image.
 
@@ -1168,10 +1183,11 @@ def subtract_images(
         raise InputDataError("template has no usable pixel on this image", n_good=0)
     if sci_bad.all():
         raise InputDataError("science image has no usable pixel", n_good=0)
-    tmpl = np.where(tmpl_bad, 0.0, template * scale).astype(np.float32)
-    tvar = np.where(tmpl_bad, 0.0, template_variance * scale**2).astype(np.float32)
-    sci = np.where(sci_bad, 0.0, science).astype(np.float32)
-    svar = np.where(sci_bad, 0.0, science_variance).astype(np.float32)
+    # copy=False: float32 inputs need no second copy (each is a 37 MB plane on a MegaCam CCD)
+    tmpl = np.where(tmpl_bad, 0.0, template * scale).astype(np.float32, copy=False)
+    tvar = np.where(tmpl_bad, 0.0, template_variance * scale**2).astype(np.float32, copy=False)
+    sci = np.where(sci_bad, 0.0, science).astype(np.float32, copy=False)
+    svar = np.where(sci_bad, 0.0, science_variance).astype(np.float32, copy=False)
 
     # Representative width of the science PSF: its model's half-maximum FWHM at the centre
     # (the measure of the calexp and coadd headers' PSFFWHM).
@@ -1230,12 +1246,14 @@ def subtract_images(
     if template_is_sharper:
         diff = sci - matched
         variance = svar + c0**2 * tvar
-        var_conv, var_other = c0**2 * np.median(tvar[~bad]), np.median(svar[~bad])
+        var_conv = c0**2 * np.median(tvar[~bad], overwrite_input=True)
+        var_other = np.median(svar[~bad], overwrite_input=True)
     else:
         # Science convolved: divide by the kernel sum to stay in science units.
         diff = (matched - tmpl) / c0
         variance = svar + tvar / c0**2
-        var_conv, var_other = np.median(svar[~bad]), np.median(tvar[~bad]) / c0**2
+        var_conv = np.median(svar[~bad], overwrite_input=True)
+        var_other = np.median(tvar[~bad], overwrite_input=True) / c0**2
     registration = subtracted = None
     if config.register_on_stars:
         model = matched if template_is_sharper else (tmpl / c0).astype(np.float32)
@@ -1246,23 +1264,23 @@ def subtract_images(
     center_kernel = kernel.kernel_image((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0) / c0
     if config.decorrelate:
         phi = decorrelation_kernel(center_kernel, var_conv, var_other, half_size=half)
-        diff = signal.fftconvolve(diff, phi.astype(np.float32), mode="same")
+        diff = _convolve_same(diff, phi.astype(np.float32))
     else:
         phi = np.zeros((1, 1))
         phi[0, 0] = 1.0
 
+    # Bits set and pixels blanked in place: diff and variance are this function's own arrays.
     mask = np.asarray(science_mask, dtype=np.int32).copy()
-    tmpl_flags = _grow(tmpl_bad, half)
-    mask |= np.where(tmpl_flags, int(MaskPlane.NO_DATA), 0).astype(np.int32)
-    sci_flags = _grow(sci_bad, half) & ~sci_bad
-    mask |= np.where(sci_flags, int(MaskPlane.SUSPECT), 0).astype(np.int32)
-    edge = np.zeros(shape, dtype=bool)
+    mask[_grow(tmpl_bad, half)] |= int(MaskPlane.NO_DATA)
+    mask[_grow(sci_bad, half) & ~sci_bad] |= int(MaskPlane.SUSPECT)
     e = 2 * half
-    edge[:e], edge[-e:], edge[:, :e], edge[:, -e:] = True, True, True, True
-    mask |= np.where(edge, int(MaskPlane.EDGE), 0).astype(np.int32)
+    for border in (np.s_[:e], np.s_[-e:], np.s_[:, :e], np.s_[:, -e:]):
+        mask[border] |= int(MaskPlane.EDGE)
     no_data = (mask & int(MaskPlane.NO_DATA)) != 0
-    diff = np.where(no_data | sci_bad, 0.0, diff).astype(np.float32)
-    variance = np.where(no_data, np.inf, variance).astype(np.float32)
+    diff = diff.astype(np.float32, copy=False)
+    diff[no_data | sci_bad] = 0.0
+    variance = variance.astype(np.float32, copy=False)
+    variance[no_data] = np.inf
     psf = DiffimPsf(
         base_psf=science_psf,
         matching_kernel=None if template_is_sharper else kernel,
