@@ -323,21 +323,38 @@ def _basis_1d(half_size, sigmas, degrees):
 
 
 def _convolve_basis_stack(stack: np.ndarray, half_size: int, sigmas, degrees) -> np.ndarray:
-    """Correlate ``(n, L, L)`` stamps with every basis: ``(n_basis, n, L-2h, L-2h)`` valid part."""
+    """Correlate ``(n, L, L)`` stamps with every basis: ``(n_basis, n, L-2h, L-2h)`` valid part.
+
+    Each 1-d pass is a product with a banded matrix (BLAS), for all factors of a width at
+    once: 4x less CPU than ``correlate1d`` passes on the stamps, the same sums to rounding.
+    """
     factors, index = _basis_1d(half_size, sigmas, degrees)
     n_deg = [d + 1 for d in degrees]
-    h = half_size
-    out = []
+    size = stack.shape[-1]
+    valid = size - 2 * half_size
+    firsts = np.cumsum([0, *n_deg])
+    bands = []
+    for g in range(len(n_deg)):
+        # bands[g][i, k, m] = factor i of width g at tap m - k: out[k] = sum_m band[k, m] in[m]
+        band = np.zeros((n_deg[g], valid, size))
+        for k in range(valid):
+            band[:, k, k : k + 2 * half_size + 1] = factors[firsts[g] : firsts[g + 1]]
+        bands.append(band)
+    out = np.empty((len(index), stack.shape[0], valid, valid))
     rows = {}
-    for g, i, j, _ in index:
-        first = sum(n_deg[:g])
-        if (g, i) not in rows:
-            rows[(g, i)] = ndimage.correlate1d(stack, factors[first + i], axis=-1, mode="constant")[
-                ..., h:-h
-            ]
-        col = ndimage.correlate1d(rows[(g, i)], factors[first + j], axis=-2, mode="constant")
-        out.append(col[..., h:-h, :])
-    return np.stack(out)
+    cols = {}
+    for b, (g, i, j, _) in enumerate(index):
+        if g not in rows:
+            # (n, L, L) x (L, n_deg * valid): every row factor of this width, along x
+            flat = bands[g].reshape(-1, size).T
+            rows[g] = (stack @ flat).reshape(stack.shape[0], size, n_deg[g], valid)
+        if (g, i) not in cols:
+            # along y: (n_deg * valid, L) x (n, L, valid)
+            cols[(g, i)] = (bands[g].reshape(-1, size) @ rows[g][:, :, i, :]).reshape(
+                stack.shape[0], n_deg[g], valid, valid
+            )
+        out[b] = cols[(g, i)][:, j]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -850,27 +867,33 @@ def fit_matching_kernel(
     else:
         bg = _poly_terms(uu, vv, background_order)
     n_sp = spatial.shape[-1]
-    n_params = 1 + (len(index) - 1) * n_sp + bg.shape[-1]
-    cols = [conv[0][..., None]]
-    cols.append(
-        (shaped.transpose(1, 2, 3, 0)[..., :, None] * spatial[..., None, :]).reshape(
-            *target.shape, -1
-        )
-    )
+    n_basis = len(index)
+    n_smooth = 1 + (n_basis - 1) * n_sp
     n_regions = 1 if star_regions is None else int(np.max(star_regions)) + 1
+    n_params = n_smooth + (n_basis - 1) * (n_regions - 1) + bg.shape[-1]
+    # The design (n, L, L, n_params) filled column block by column block, and the per-stamp
+    # normal equations computed once, stamp by stamp (A^T A by BLAS syrk): a rejection round
+    # only re-sums them. No full-size temporary beyond the design itself (three of its size
+    # before: 0.2 s CPU of page faults and copies per MegaCam CCD).
+    design = np.empty((*target.shape, n_params))
+    design[..., 0] = conv[0]
+    for b in range(n_basis - 1):
+        np.multiply(
+            shaped[b][..., None], spatial, out=design[..., 1 + b * n_sp : 1 + (b + 1) * n_sp]
+        )
     for region in range(1, n_regions):
         inside = (np.asarray(star_regions) == region).astype(float)[:, None, None, None]
-        cols.append(shaped.transpose(1, 2, 3, 0) * inside)
-    cols.append(bg)
-    design = np.concatenate(cols, axis=-1)  # (n, L, L, n_params)
-    n_params = design.shape[-1]
+        first = n_smooth + (region - 1) * (n_basis - 1)
+        design[..., first : first + n_basis - 1] = shaped.transpose(1, 2, 3, 0) * inside
+    design[..., n_params - bg.shape[-1] :] = bg
     weight = 1.0 / np.sqrt(np.maximum(var, 1e-30))
-    # Per-stamp normal equations, computed once: a rejection round only re-sums them
-    # (n_params^2 work per pixel once, instead of once per round or an SVD of the tall matrix).
-    weighted = (design * weight[..., None]).reshape(x.size, -1, n_params)
-    normal = np.matmul(weighted.transpose(0, 2, 1), weighted)
-    rhs = np.einsum("npk,np->nk", weighted, (target * weight).reshape(x.size, -1))
-    del weighted
+    weighted_target = (target * weight).reshape(x.size, -1)
+    normal = np.empty((x.size, n_params, n_params))
+    rhs = np.empty((x.size, n_params))
+    for star in range(x.size):
+        weighted = design[star].reshape(-1, n_params) * weight[star].reshape(-1, 1)
+        normal[star] = weighted.T @ weighted
+        rhs[star] = weighted_target[star] @ weighted
     used = np.ones(x.size, dtype=bool)
     n_pix = target.shape[1] * target.shape[2]
     chi2 = np.full(x.size, np.nan)
@@ -896,8 +919,6 @@ def fit_matching_kernel(
         if new_used.sum() == used.sum() or new_used.sum() < 3 * n_sp:
             break
         used = new_used
-    n_basis = len(index)
-    n_smooth = 1 + (n_basis - 1) * n_sp
     n_offsets = (n_basis - 1) * (n_regions - 1)
     region_coeffs = np.zeros((n_regions, n_basis - 1))
     region_coeffs[1:] = sol[n_smooth : n_smooth + n_offsets].reshape(n_regions - 1, n_basis - 1)
