@@ -2,11 +2,11 @@
 
 A decorrelated difference image (`dcflow.stages.diffim`) has white noise and a true variance
 plane, so ``image / sqrt(variance)`` is unit white noise away from sources: it is searched
-for peaks of both signs with the same matched-filter detection as calexps
-(`dcflow.stages.detection.detect_signed_sources`), with a threshold in sigma. Each detection gets a
-Gaussian-windowed centroid and a PSF flux with its error (`dcflow.stages.measurement`) using
-the difference's PSF (`dcflow.stages.diffim.DiffimPsf`); detections whose PSF-fit S/N is
-below ``min_psf_snr`` are dropped. A positive and a negative source closer than
+for peaks of both signs with the same matched-filter detection as calexps, smoothed once
+(`dcflow.stages.detection.detect_signed_sources`), with a threshold in sigma. Each detection
+gets a Gaussian-windowed centroid and a PSF flux with its error (`dcflow.stages.measurement`)
+using the difference's PSF (`dcflow.stages.diffim.DiffimPsf`); detections whose PSF-fit S/N
+is below ``min_psf_snr`` are dropped. A positive and a negative source closer than
 ``dipole_radius_fwhm`` FWHM are both flagged DIPOLE (a misregistered or moving star leaves
 such a pair). The reliability score is a simple product of terms, not a trained
 classifier: it is there so that downstream stages can rank and cut, and can be replaced by a

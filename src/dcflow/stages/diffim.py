@@ -1298,7 +1298,8 @@ def subtract_images(
     for border in (np.s_[:e], np.s_[-e:], np.s_[:, :e], np.s_[:, -e:]):
         mask[border] |= int(MaskPlane.EDGE)
     no_data = (mask & int(MaskPlane.NO_DATA)) != 0
-    diff = diff.astype(np.float32, copy=False)
+    # contiguous: the decorrelated difference is a crop of a larger FFT grid
+    diff = np.ascontiguousarray(diff, dtype=np.float32)
     diff[no_data | sci_bad] = 0.0
     variance = variance.astype(np.float32, copy=False)
     variance[no_data] = np.inf
