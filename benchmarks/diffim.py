@@ -1,6 +1,6 @@
 """Seconds and peak memory of difference imaging one full-size MegaCam CCD against its template.
 
-Usage: .venv/bin/python benchmarks/diffim.py [--n-stars N] [--n-transients N]
+Usage: .venv/bin/python benchmarks/diffim.py [--n-stars N] [--n-transients N] [--baseline-src DIR]
 
 A science image and its template of 2048 x 4612 pixels (`dcflow.instruments.diffim_sim`:
 Moffat beta 3 of 4.5 pixels FWHM against a sharper, deeper near-Gaussian template, both
@@ -19,6 +19,12 @@ Then, each in a fresh subprocess with BLAS / OpenMP limited to one thread (so it
    lines for the comparison only, with each image's true PSF at the CCD centre (constant
    over the CCD, as ZOGY assumes) and one FFT over the whole CCD; detection on its
    unit-variance difference with the same matched filter (no PSF photometry).
+
+With ``--baseline-src DIR`` (the ``src`` directory of another checkout, e.g. ``git worktree
+add /tmp/before <commit>`` then ``--baseline-src /tmp/before/src``), ``spatial`` is also run
+with that code first on ``PYTHONPATH`` (row ``before``), the CPU ratio is printed, and the two
+diaSrc tables are compared: same count, signs and flags, and the largest position and PSF-flux
+differences (in units of the flux error).
 
 No library is run: properimage builds on sep (SExtractor's library) and sfft on the
 SExtractor program for its source selection (its fast path on CuPy and a GPU), which issue 17
@@ -51,6 +57,7 @@ from dcflow.instruments.diffim_sim import varying_moffat
 
 d = sys.argv[1]
 method = sys.argv[2]
+label = sys.argv[3]
 arrays = {k: np.load(f"{d}/{k}.npy") for k in
           ("science", "science_variance", "template", "template_variance", "source_free")}
 meta = json.load(open(f"{d}/meta.json"))
@@ -128,10 +135,12 @@ t2, c2 = time.perf_counter(), time.process_time()
 free = arrays["source_free"] & (diff.mask == 0)
 z = diff.image[free] / np.sqrt(diff.variance[free])
 tab = dia.table
+np.savez(f"{d}/{label}.npz", **{c: np.asarray(tab[c]) for c in
+         ("x", "y", "psf_flux", "psf_flux_err", "flags", "is_negative")})
 dist = np.hypot(tab["x"][:, None] - tx[None], tab["y"][:, None] - ty[None])
 matched = (dist < diff.psf.fwhm_pix).any(axis=1)
 print(json.dumps({
-    "method": method,
+    "method": label,
     "diffim_wall_s": t1 - t0, "diffim_cpu_s": c1 - c0,
     "dia_wall_s": t2 - t1, "dia_cpu_s": c2 - c1,
     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -179,6 +188,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-stars", type=int, default=2000)
     parser.add_argument("--n-transients", type=int, default=100)
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="src directory of another checkout: run spatial with it too and compare",
+    )
     args = parser.parse_args()
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -186,18 +200,23 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="diffim-bench-") as tmp:
         _simulate(Path(tmp), args.n_stars, args.n_transients)
-        for method in ("spatial", "no-register", "constant", "no-decorr", "zogy"):
+        runs = [(m, m, env) for m in ("spatial", "no-register", "constant", "no-decorr", "zogy")]
+        if args.baseline_src is not None:
+            before_env = dict(env, PYTHONPATH=str(args.baseline_src.resolve()))
+            runs.insert(0, ("spatial", "before", before_env))
+        for method, label, run_env in runs:
             proc = subprocess.run(
-                [sys.executable, "-c", CHILD, tmp, method],
-                env=env,
+                [sys.executable, "-c", CHILD, tmp, method, label],
+                env=run_env,
                 capture_output=True,
                 text=True,
                 check=True,
                 cwd=ROOT,
             )
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        comparison = _compare_tables(Path(tmp)) if args.baseline_src is not None else ""
     head = (
-        f"{'method':<10} {'diffim wall/cpu s':>18} {'diaSrc wall/cpu s':>18} "
+        f"{'method':<11} {'diffim wall/cpu s':>18} {'diaSrc wall/cpu s':>18} {'cpu s':>6} "
         f"{'peak MB':>8} {'(base)':>7} {'noise':>6} {'stars':>5} {'k sum':>6} "
         f"{'diaSrc':>6} {'false':>5} {'found':>8}"
     )
@@ -207,16 +226,47 @@ def main() -> None:
     )
     for r in rows:
         sys.stdout.write(
-            f"{r['method']:<10} {r['diffim_wall_s']:>8.2f} /{r['diffim_cpu_s']:>8.2f} "
-            f"{r['dia_wall_s']:>8.2f} /{r['dia_cpu_s']:>8.2f} {r['peak_mb']:>8.0f} "
+            f"{r['method']:<11} {r['diffim_wall_s']:>8.2f} /{r['diffim_cpu_s']:>8.2f} "
+            f"{r['dia_wall_s']:>8.2f} /{r['dia_cpu_s']:>8.2f} "
+            f"{r['diffim_cpu_s'] + r['dia_cpu_s']:>6.2f} {r['peak_mb']:>8.0f} "
             f"{r['base_mb']:>7.0f} {r['noise_ratio']:>6.3f} {r['kernel_stars']:>5d} "
             f"{r['kernel_sum']:>6.3f} {r['n_dia']:>6d} {r['n_unmatched']:>5d} "
             f"{r['n_transients_found']:>4d}/{r['n_transients']:<3d}\n"
         )
     sys.stdout.write(
+        "cpu s = difference + diaSrc CPU seconds (target <= 5 on one core); "
         "noise = std(diff / sqrt(variance)) away from sources (1 = variance plane true); "
         "false = diaSrc farther than one PSF FWHM from every transient;\n"
         "found = transients with a diaSrc within 2 px\n"
+    )
+    if args.baseline_src is not None:
+        cpu = {r["method"]: r["diffim_cpu_s"] + r["dia_cpu_s"] for r in rows}
+        sys.stdout.write(
+            f"spatial CPU {cpu['spatial']:.2f} s against {cpu['before']:.2f} s before "
+            f"(ratio {cpu['spatial'] / cpu['before']:.2f}); {comparison}\n"
+        )
+
+
+def _compare_tables(directory: Path) -> str:
+    """How the ``spatial`` diaSrc table differs from the ``before`` one (nearest pairs)."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    new, old = np.load(directory / "spatial.npz"), np.load(directory / "before.npz")
+    if new["x"].size != old["x"].size:
+        return f"diaSrc counts differ: {new['x'].size} against {old['x'].size}"
+    if new["x"].size == 0:
+        return "no diaSrc in either"
+    shift, k = cKDTree(np.column_stack([old["x"], old["y"]])).query(
+        np.column_stack([new["x"], new["y"]])
+    )
+    paired = np.unique(k).size == k.size
+    same = paired and all(np.array_equal(new[c], old[c][k]) for c in ("flags", "is_negative"))
+    flux = np.abs(new["psf_flux"] - old["psf_flux"][k]) / old["psf_flux_err"][k]
+    return (
+        f"diaSrc: {new['x'].size} in both, one-to-one {paired}, signs and flags "
+        f"{'equal' if same else 'DIFFER'}, max position difference {shift.max():.1e} px, "
+        f"max PSF-flux difference {flux.max():.1e} sigma"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dcflow.stages.detection import detect_sources
+from dcflow.stages.detection import detect_signed_sources, detect_sources
 
 
 def gaussian(shape, x0, y0, flux, sigma):
@@ -103,3 +103,34 @@ def test_noise_bumps_on_a_bright_star_are_not_second_peaks():
     det = detect_sources(pair, noise_rms=1.0, fwhm_pix=3.0, threshold_sigma=5.0)
     assert sorted(det.x_peak.tolist()) == [50, 62]
     assert det.n_peaks_in_footprint.tolist() == [2, 2]
+
+
+def test_signed_detection_is_two_detections_with_one_smoothing():
+    """Peaks of both signs from one smoothing are exactly those of two `detect_sources`
+    calls on the image and its negative (a difference image with a dipole and noise)."""
+    shape = (70, 110)
+    rng = np.random.default_rng(5)
+    image = (
+        gaussian(shape, 25.0, 30.0, 3000.0, 1.5)
+        - gaussian(shape, 80.0, 20.0, 2500.0, 1.5)
+        + gaussian(shape, 60.0, 50.0, 1500.0, 1.5)
+        - gaussian(shape, 63.0, 50.0, 1500.0, 1.5)
+        + rng.normal(0.0, 1.0, shape)
+    ).astype(np.float32)
+    positive, negative = detect_signed_sources(image, noise_rms=1.0, fwhm_pix=3.5)
+    for got, want in zip(
+        (positive, negative),
+        (
+            detect_sources(image, noise_rms=1.0, fwhm_pix=3.5),
+            detect_sources(-image, noise_rms=1.0, fwhm_pix=3.5),
+        ),
+        strict=True,
+    ):
+        assert got.x_peak.tolist() == want.x_peak.tolist()
+        assert got.y_peak.tolist() == want.y_peak.tolist()
+        np.testing.assert_array_equal(got.significance, want.significance)
+        np.testing.assert_array_equal(got.footprints, want.footprints)
+    assert (25, 30) in zip(positive.x_peak.tolist(), positive.y_peak.tolist(), strict=True)
+    assert (80, 20) in zip(negative.x_peak.tolist(), negative.y_peak.tolist(), strict=True)
+    with pytest.raises(ValueError, match="noise_rms must be finite"):
+        detect_signed_sources(image, noise_rms=0.0, fwhm_pix=3.5)

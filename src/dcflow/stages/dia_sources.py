@@ -2,11 +2,11 @@
 
 A decorrelated difference image (`dcflow.stages.diffim`) has white noise and a true variance
 plane, so ``image / sqrt(variance)`` is unit white noise away from sources: it is searched
-for peaks of both signs with the same matched-filter detection as calexps
-(`dcflow.stages.detection.detect_sources`), with a threshold in sigma. Each detection gets a
-Gaussian-windowed centroid and a PSF flux with its error (`dcflow.stages.measurement`) using
-the difference's PSF (`dcflow.stages.diffim.DiffimPsf`); detections whose PSF-fit S/N is
-below ``min_psf_snr`` are dropped. A positive and a negative source closer than
+for peaks of both signs with the same matched-filter detection as calexps, smoothed once
+(`dcflow.stages.detection.detect_signed_sources`), with a threshold in sigma. Each detection
+gets a Gaussian-windowed centroid and a PSF flux with its error (`dcflow.stages.measurement`)
+using the difference's PSF (`dcflow.stages.diffim.DiffimPsf`); detections whose PSF-fit S/N
+is below ``min_psf_snr`` are dropped. A positive and a negative source closer than
 ``dipole_radius_fwhm`` FWHM are both flagged DIPOLE (a misregistered or moving star leaves
 such a pair). The reliability score is a simple product of terms, not a trained
 classifier: it is there so that downstream stages can rank and cut, and can be replaced by a
@@ -25,7 +25,7 @@ from scipy.spatial import cKDTree
 
 from dcflow.configs import check_fields, config_field
 from dcflow.exposure import MaskPlane
-from dcflow.stages.detection import detect_sources
+from dcflow.stages.detection import detect_signed_sources
 from dcflow.stages.diffim import DiffimPsf, taylor_terms
 from dcflow.stages.measurement import psf_fluxes, windowed_centroids
 from dcflow.stages.psf import FWHM_PER_SIGMA
@@ -248,18 +248,21 @@ def detect_dia_sources(
     # No detection where the kernel reached beyond the image (EDGE): measured there, the
     # image-edge extension left ~10 spurious 5-sigma peaks per CCD.
     searched = ~excluded & ((mask & int(MaskPlane.EDGE)) == 0)
-    snr_image = np.where(searched, image / np.sqrt(np.where(usable, variance, 1.0)), 0.0)
+    snr_image = image / np.sqrt(np.where(usable, variance, 1.0))
+    snr_image[~searched] = 0.0
     fwhm = psf.fwhm_pix
-    detections = []
-    for sign in (1.0, -1.0):
-        det = detect_sources(
-            sign * snr_image,
-            noise_rms=1.0,
-            fwhm_pix=fwhm,
-            threshold_sigma=config.threshold_sigma,
-            min_pixels=config.min_pixels,
-        )
-        detections.append((sign, det.x_peak, det.y_peak, det.significance))
+    both = detect_signed_sources(
+        snr_image,
+        noise_rms=1.0,
+        fwhm_pix=fwhm,
+        threshold_sigma=config.threshold_sigma,
+        min_pixels=config.min_pixels,
+    )
+    del snr_image
+    detections = [
+        (sign, det.x_peak, det.y_peak, det.significance)
+        for sign, det in zip((1.0, -1.0), both, strict=True)
+    ]
     x0 = np.concatenate([d[1] for d in detections]).astype(float)
     y0 = np.concatenate([d[2] for d in detections]).astype(float)
     sig = np.concatenate([d[3] for d in detections])
@@ -270,20 +273,19 @@ def detect_dia_sources(
 
     sigma = fwhm / FWHM_PER_SIGMA
     bad_pix = excluded
+    clean = np.where(excluded, 0.0, image)
     xc = np.empty_like(x0)
     yc = np.empty_like(y0)
-    for sign, sel in ((1.0, ~negative), (-1.0, negative)):
+    for signed, sel in ((clean, ~negative), (-clean, negative)):
         xc[sel], yc[sel] = windowed_centroids(
-            sign * np.where(excluded, 0.0, image), x0[sel], y0[sel], sigma_pix=sigma, bad=bad_pix
+            signed, x0[sel], y0[sel], sigma_pix=sigma, bad=bad_pix
         )
     half = config.stamp_half_size_pix or max(int(np.ceil(2.5 * fwhm)), 5)
     # Six phase steps per pixel: fluxes within 0.13 % of those with 20 steps (measured, 4.5-
     # pixel FWHM), at 40 % of the cost of ten steps (building the tables dominates).
     table = psf.phase_table(half, xc, yc, n_phase=6)
     var_fit = np.where(usable, variance, 0.0)
-    flux, flux_err, chi2 = psf_fluxes(
-        np.where(excluded, 0.0, image), var_fit, excluded, xc, yc, table
-    )
+    flux, flux_err, chi2 = psf_fluxes(clean, var_fit, excluded, xc, yc, table)
     if subtracted_template is not None and any(m > 0 for m in mismatch):
         flux_err = np.hypot(
             flux_err,
