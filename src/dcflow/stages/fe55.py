@@ -1010,7 +1010,7 @@ def fit_kalpha_peak(
     ]
     return PeakFit(
         peak_adu=float(peak),
-        peak_err_adu=float(np.sqrt(max(cov[1, 1], width_cov[1, 1], 0.0))),
+        peak_err_adu=float(np.sqrt(max(cov[1, 1], 0.0))),
         sigma_adu=float(width_x[2] * scale[2]),
         sigma_err_adu=float(np.sqrt(max(width_cov[2, 2], 0.0))),
         n_kalpha=float(params[0]),
