@@ -15,10 +15,13 @@ Each Mn K-alpha photon (5.889 keV) absorbed in silicon frees ``E / w(T)`` electr
 3. `fit_kalpha_peak`: a binned Poisson maximum-likelihood fit of K-alpha and K-beta lines
    over their partial-charge shelf (events that lost part of their charge, which a real
    sensor holds and a naive simulator does not) and a floor, started at the strongest narrow
-   line of the signals of every isolated event (`_start_peak`: a real histogram also has a
-   continuum and other lines above K-alpha), with the line width held at its expectation
-   (freed afterwards for the verdict); errors from the Fisher information, or from bootstrap
-   resamples of the events where those spread more (few K-alpha events).
+   line of the signals of every isolated event (`_line_search`: a real histogram also has a
+   continuum and bumps above K-alpha); an amplifier whose strongest line is not significant
+   (`Fe55Config.min_line_significance`) takes the strongest of its lines near the sensor's
+   most significant one (`Fe55Config.sensor_line_window`: the taps share one spectrum
+   through gains a few per cent apart), and is not trusted; the line width held at its
+   expectation (freed afterwards for the verdict); errors from the Fisher information, or
+   from bootstrap resamples of the events where those spread more (few K-alpha events).
 4. `fe55_verdict`: whether the gain can be trusted (enough K-alpha events, a line width within
    30 % of the width expected from the box noise measured on the image and the Fano noise,
    no parameter at a bound, a gain error under half the 1.5 % an Fe55 gain is checked to
