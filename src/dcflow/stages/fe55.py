@@ -15,10 +15,13 @@ Each Mn K-alpha photon (5.889 keV) absorbed in silicon frees ``E / w(T)`` electr
 3. `fit_kalpha_peak`: a binned Poisson maximum-likelihood fit of K-alpha and K-beta lines
    over their partial-charge shelf (events that lost part of their charge, which a real
    sensor holds and a naive simulator does not) and a floor, started at the strongest narrow
-   line of the signals of every isolated event (`_start_peak`: a real histogram also has a
-   continuum and other lines above K-alpha), with the line width held at its expectation
-   (freed afterwards for the verdict); errors from the Fisher information, or from bootstrap
-   resamples of the events where those spread more (few K-alpha events).
+   line of the signals of every isolated event (`_line_search`: a real histogram also has a
+   continuum and bumps above K-alpha); an amplifier whose strongest line is not significant
+   (`Fe55Config.min_line_significance`) takes the strongest of its lines near the sensor's
+   most significant one (`Fe55Config.sensor_line_window`: the taps share one spectrum
+   through gains a few per cent apart), and is not trusted; the line width held at its
+   expectation (freed afterwards for the verdict); errors from the Fisher information, or
+   from bootstrap resamples of the events where those spread more (few K-alpha events).
 4. `fe55_verdict`: whether the gain can be trusted (enough K-alpha events, a line width within
    30 % of the width expected from the box noise measured on the image and the Fano noise,
    no parameter at a bound, a gain error under half the 1.5 % an Fe55 gain is checked to
@@ -267,6 +270,24 @@ class Fe55Config:
         "the fitted one, for a trusted gain (a line that a resample loses cannot be trusted).",
         minimum=0.0,
         maximum=1.0,
+    )
+    min_line_significance: float = config_field(
+        4.0,
+        "Poisson significance (sigma) of a line of the expected width over its surroundings "
+        "(the line filter's response over its noise) above which an amplifier's own strongest "
+        "line is its K-alpha line; below it the line is looked for near the sensor's most "
+        "significant line (sensor_line_window), and the gain is not trusted (ESIS1: 6.0 and "
+        "4.9 on the taps with 50 and 29 graded K-alpha events, 1.7 and 2.2 on the sparse ones).",
+        exclusive_minimum=0.0,
+    )
+    sensor_line_window: float = config_field(
+        0.15,
+        "Fraction of the sensor's most significant K-alpha line (ADU) within which an "
+        "amplifier without a significant line of its own looks for it: the taps of one sensor "
+        "see the same Fe55 spectrum through gains a few per cent apart; 0.15 keeps K-beta "
+        "(+10 %) and leaves out lines or bumps that a sparse histogram shows elsewhere.",
+        exclusive_minimum=0.0,
+        maximum=0.5,
     )
     max_pedestal_sigma: float = config_field(
         1.0,
@@ -761,37 +782,73 @@ def line_model(edges_adu: np.ndarray, params: np.ndarray) -> np.ndarray:
     return lines + shelves + background * np.diff(edges_adu)
 
 
-def _start_peak(signal: np.ndarray, sigma: float) -> float:
-    """The K-alpha line's position to start the fit from: the strongest narrow line.
+@dataclass(frozen=True, slots=True)
+class _LineSearch:
+    """Candidate lines of a signal histogram, strongest first (`_line_search`).
+
+    ``position_adu``: where each local maximum of the line filter lies; ``excess``: its
+    response (events of a line of the expected width above their surroundings, in filter
+    units); ``significance``: that response over its Poisson noise (sigma).
+    """
+
+    position_adu: np.ndarray
+    excess: np.ndarray
+    significance: np.ndarray
+
+
+def _line_search(signal: np.ndarray, sigma: float) -> _LineSearch:
+    """Every narrow line of the signals, strongest first, with its Poisson significance.
 
     K-alpha is a line as narrow as the read and Fano noise make it (``sigma``); the rest of
     the histogram is broad or weak (the partial-charge continuum and the escape events below
-    it; piled-up events, fluorescence of the camera's own materials, cosmic rays above it).
-    So the histogram of the signals, in bins of an eighth of ``sigma``, is filtered by the
-    difference of a Gaussian of width ``sigma`` and one three times wider (equal areas: a
-    continuum flat or sloped across the line cancels, a step at the line nearly so), and the
-    line is where that response, the excess of a line of the expected width over its
-    surroundings, is highest; then the median of the signals within 1.5 sigma of it.
-
-    The earlier rule, the highest-signal mode at least half as high as the highest, holds for
-    a simulator whose only continuum lies below the line. On the real ESIS1 frame (15-40
-    graded K-alpha events per tap on a continuum above and below) it took bumps above the
-    line: tap 01 started at 659 ADU against a line near 640, tap 11 at 864 ADU (a second
-    line at 8.0 keV, Cu K-alpha at that gain) against 636.
+    it; piled-up events, cosmic rays above it). So the histogram of the signals, in bins of
+    an eighth of ``sigma``, is filtered by the difference of a Gaussian of width ``sigma`` and
+    one three times wider (equal areas: a continuum flat or sloped across the line cancels, a
+    step at the line nearly so); a line is a local maximum of that response, its strength the
+    response and its significance the response over the square root of the counts filtered
+    by the squared kernel (the Poisson variance of the response).
     """
     low, high = np.percentile(signal, [2.0, 99.5])
     # a width far below the spread of the signals would make millions of bins
     sigma = max(float(sigma), (high - low) / 2.0e4, 1e-6)
     step = sigma / 8.0
     counts, edges = np.histogram(signal, bins=np.arange(low - 6 * sigma, high + 6 * sigma, step))
-    response = ndimage.gaussian_filter1d(
-        counts.astype(float), 8.0, mode="constant"
-    ) - ndimage.gaussian_filter1d(counts.astype(float), 24.0, mode="constant")
+    counts = counts.astype(float)
+    offsets = np.arange(-96, 97) / 8.0  # in units of sigma: 4 wide widths each side
+    narrow, wide = np.exp(-0.5 * offsets**2), np.exp(-0.5 * (offsets / 3.0) ** 2)
+    kernel = narrow / narrow.sum() - wide / wide.sum()
+    response = ndimage.convolve1d(counts, kernel, mode="constant")
+    variance = ndimage.convolve1d(counts, kernel**2, mode="constant")
     centres = 0.5 * (edges[1:] + edges[:-1])
     inside = (centres >= low) & (centres <= high)
-    peak = float(centres[inside][np.argmax(response[inside])])
-    near = signal[np.abs(signal - peak) < 1.5 * sigma]
-    return float(np.median(near)) if near.size >= 5 else peak
+    maxima = inside & (response == ndimage.maximum_filter1d(response, 17, mode="constant"))
+    if not np.any(maxima):
+        maxima = inside & (response == response[inside].max())
+    order = np.argsort(-response[maxima], kind="stable")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        significance = np.where(variance > 0, response / np.sqrt(variance), 0.0)
+    return _LineSearch(
+        position_adu=centres[maxima][order],
+        excess=response[maxima][order],
+        significance=significance[maxima][order],
+    )
+
+
+def _start_peak(signal: np.ndarray, sigma: float) -> float:
+    """The K-alpha line's position to start the fit from: the strongest narrow line.
+
+    The strongest line of `_line_search`, then the median of the signals within 1.5 sigma of
+    it. The earlier rule, the highest-signal mode at least half as high as the highest, holds
+    for a simulator whose only continuum lies below the line; on the real ESIS1 frame it took
+    bumps above the line (tap 01 started at 659 ADU against a line near 640).
+    """
+    return _median_near(signal, float(_line_search(signal, sigma).position_adu[0]), sigma)
+
+
+def _median_near(signal: np.ndarray, line_adu: float, sigma: float) -> float:
+    """Median of the signals within 1.5 ``sigma`` of a line (the line itself if under 5)."""
+    near = signal[np.abs(signal - line_adu) < 1.5 * sigma]
+    return float(np.median(near)) if near.size >= 5 else line_adu
 
 
 _PARAM_NAMES = ("n_kalpha", "peak", "sigma", "kbeta_ratio", "shelf", "background")
@@ -1069,6 +1126,7 @@ def fe55_verdict(
     unstable_fraction: float = 0.0,
     image_level_sigma: float = 0.0,
     uncorrected_shift: float = 0.0,
+    line_significance: float = np.inf,
 ) -> str:
     """Why a fitted gain cannot be trusted: ``"ok"`` or the reasons, joined by ``"; "``.
 
@@ -1082,7 +1140,9 @@ def fe55_verdict(
     (``max_pedestal_sigma``: beyond it the bias columns are not this amplifier's), and
     ``uncorrected_shift``, the fraction by which that level moves the peak when the
     configuration does not subtract it (``pedestal="none"``), judged against half of
-    ``max_gain_rel_err``.
+    ``max_gain_rel_err``; with the precision, the significance of the line the fit started on
+    (``min_line_significance``: a line weaker than that on its own was found through the
+    sensor's other taps, or is a bump of the continuum).
     """
     reasons = []
     if fit.n_kalpha < config.min_kalpha_events:
@@ -1096,6 +1156,8 @@ def fe55_verdict(
         reasons.append(f"fit at its bound ({fit.at_bound})")
     if gain_rel_err is not None and not gain_rel_err <= config.max_gain_rel_err:
         reasons.append(f"gain error {100 * gain_rel_err:.1f} %")
+    if gain_rel_err is not None and line_significance < config.min_line_significance:
+        reasons.append(f"K-alpha line {line_significance:.1f} sigma on its own")
     if fit.deviance_per_dof > config.max_deviance_per_dof:
         reasons.append(f"deviance/dof {fit.deviance_per_dof:.1f}")
     if unstable_fraction > config.max_unstable_fraction:
@@ -1113,7 +1175,11 @@ def fe55_verdict(
 
 
 def measure_amp_gain(
-    raw: np.ndarray, amp: AmpGeometry, *, config: Fe55Config | None = None
+    raw: np.ndarray,
+    amp: AmpGeometry,
+    *,
+    config: Fe55Config | None = None,
+    sensor_line_adu: float | None = None,
 ) -> Fe55AmpResult:
     """Measure the gain of one amplifier from a raw Fe55 frame, with a verdict on it.
 
@@ -1129,6 +1195,11 @@ def measure_amp_gain(
         The amplifier.
     config : Fe55Config, optional
         Analysis settings (defaults if omitted).
+    sensor_line_adu : float, optional
+        Where the sensor's most significant K-alpha line lies (ADU; `measure_fe55_gain`
+        finds it): when this amplifier's own strongest line is weaker than
+        ``config.min_line_significance``, its line is looked for within
+        ``config.sensor_line_window`` of it.
 
     Returns
     -------
@@ -1144,6 +1215,25 @@ def measure_amp_gain(
         bias columns are non-finite or constant.
     """
     config = config or Fe55Config()
+    return _finish_amp(_prepare_amp(raw, amp, config), config, sensor_line_adu)
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedAmp:
+    """One amplifier's events and the lines of its isolated events, before the fit."""
+
+    amp: str
+    bias: BiasResult
+    pedestal_adu: float
+    box_noise_adu: float
+    events: Fe55Events
+    located_adu: np.ndarray
+    lines: _LineSearch
+    line_sigma_adu: float
+
+
+def _prepare_amp(raw: np.ndarray, amp: AmpGeometry, config: Fe55Config) -> _PreparedAmp:
+    """Bias, pedestal, graded events and the candidate K-alpha lines of one amplifier."""
     bias = subtract_bias(
         raw,
         amp,
@@ -1184,19 +1274,75 @@ def measure_amp_gain(
         n_rejected_isolation=int(np.sum(~isolated)),
         n_rejected_grade=int(np.sum(isolated & ~graded)),
     )
-    yield_e = config.kalpha_e()
     box_noise = _box_noise(image, half)
-
-    def expected_sigma(peak_adu: float) -> float:
-        return float(np.sqrt(box_noise**2 + config.fano_factor * peak_adu**2 / yield_e))
-
     # the line is located on every isolated event, whatever its grade (diffuse events keep
     # most of their charge, and double the events that show where K-alpha is: on ESIS1 the
     # graded events alone hold 15-40 K-alpha events per tap, few enough for a bump of the
     # continuum to look like the line), then fitted on the graded events alone
     located = sums[isolated]
-    start = _start_peak_or_median(located, box_noise)
-    start = _start_peak_or_median(located, expected_sigma(start))
+    located = located[located > 0]
+    if located.size < 5:
+        line = float(np.median(located)) if located.size else 1.0
+        lines = _LineSearch(np.array([line]), np.zeros(1), np.zeros(1))
+        sigma = box_noise
+    else:
+        first = _start_peak(located, box_noise)
+        sigma = _expected_sigma(box_noise, first, config)
+        lines = _line_search(located, sigma)
+    return _PreparedAmp(
+        amp=amp.name,
+        bias=bias,
+        pedestal_adu=pedestal,
+        box_noise_adu=box_noise,
+        events=events,
+        located_adu=located,
+        lines=lines,
+        line_sigma_adu=sigma,
+    )
+
+
+def _expected_sigma(box_noise_adu: float, peak_adu: float, config: Fe55Config) -> float:
+    """Width of the K-alpha line at a peak (ADU): the box noise and the Fano noise."""
+    return float(np.sqrt(box_noise_adu**2 + config.fano_factor * peak_adu**2 / config.kalpha_e()))
+
+
+def _choose_line(
+    prepared: _PreparedAmp, config: Fe55Config, sensor_line_adu: float | None
+) -> tuple[float, float]:
+    """The amplifier's K-alpha line (ADU) and its significance (sigma).
+
+    Its own strongest line when that is significant (``min_line_significance``) or there is
+    no sensor line; else the strongest of its lines within ``sensor_line_window`` of the
+    sensor's line: every tap of a sensor sees the same Fe55 spectrum through gains a few
+    per cent apart, so a tap whose histogram is too sparse to show its own line has it near
+    the line of the taps that do (ESIS1 tap 11, 5 graded K-alpha events, has a bump of the
+    continuum at 1.37 times the line as strong as the line).
+    """
+    lines = prepared.lines
+    chosen = 0
+    if lines.significance[0] < config.min_line_significance and sensor_line_adu is not None:
+        near = np.flatnonzero(
+            np.abs(lines.position_adu / sensor_line_adu - 1.0) <= config.sensor_line_window
+        )
+        if near.size:
+            chosen = int(near[0])
+    return float(lines.position_adu[chosen]), float(lines.significance[chosen])
+
+
+def _finish_amp(
+    prepared: _PreparedAmp, config: Fe55Config, sensor_line_adu: float | None
+) -> Fe55AmpResult:
+    """The line fit, gain, errors and verdict of a prepared amplifier."""
+    bias, events, pedestal = prepared.bias, prepared.events, prepared.pedestal_adu
+    half = config.signal_box_half_pix
+    yield_e = config.kalpha_e()
+    box_noise = prepared.box_noise_adu
+
+    def expected_sigma(peak_adu: float) -> float:
+        return _expected_sigma(box_noise, peak_adu, config)
+
+    line, line_significance = _choose_line(prepared, config, sensor_line_adu)
+    start = _median_near(prepared.located_adu, line, prepared.line_sigma_adu)
     # diffuse events put their line a few per cent lower (2-6 % on ESIS1): the start is the
     # median of the graded events near the line found
     near = events.signal_adu[np.abs(events.signal_adu - start) < 1.5 * expected_sigma(start)]
@@ -1216,9 +1362,9 @@ def measure_amp_gain(
     except CalibrationError as exc:
         # one amplifier without a line (too few X-rays, a dead tap) is an untrusted
         # amplifier, not a failed frame: the other amplifiers' gains stand
-        log.warning("amp %s: no gain: %s", amp.name, exc)
+        log.warning("amp %s: no gain: %s", prepared.amp, exc)
         return Fe55AmpResult(
-            amp=amp.name,
+            amp=prepared.amp,
             gain_e_per_adu=float("nan"),
             gain_err_e_per_adu=float("nan"),
             peak_bias_err_adu=float("nan"),
@@ -1265,6 +1411,7 @@ def measure_amp_gain(
         expected_sigma_adu=sigma_expected,
         gain_rel_err=gain_err / gain,
         unstable_fraction=unstable,
+        line_significance=line_significance,
         config=config,
         **bias_checks,
     )
@@ -1282,7 +1429,7 @@ def measure_amp_gain(
     log.info(
         "amp %s: %d candidates, %d graded, peak %.2f +- %.2f ADU, gain %.4f e-/ADU "
         "(yield %.1f e-), width %.2f x expected: %s",
-        amp.name,
+        prepared.amp,
         events.n_candidates,
         events.signal_adu.size,
         fit.peak_adu,
@@ -1293,7 +1440,7 @@ def measure_amp_gain(
         verdict,
     )
     return Fe55AmpResult(
-        amp=amp.name,
+        amp=prepared.amp,
         gain_e_per_adu=gain,
         gain_err_e_per_adu=gain_err,
         peak_bias_err_adu=peak_bias_err,
@@ -1342,18 +1489,15 @@ def _resampled_peak_spread(
     return spread, float(np.mean(lost))
 
 
-def _start_peak_or_median(signal: np.ndarray, sigma: float) -> float:
-    """Where the K-alpha line probably is, for its expected width (median if no signals)."""
-    positive = signal[signal > 0]
-    if positive.size < 5:
-        return float(np.median(positive)) if positive.size else 1.0
-    return _start_peak(positive, sigma)
-
-
 def measure_fe55_gain(
     raw: np.ndarray, layout: DetectorLayout, *, config: Fe55Config | None = None
 ) -> Fe55Result:
     """Measure the gain of every amplifier of a raw Fe55 frame.
+
+    Every amplifier's events and candidate lines are found first; an amplifier whose own
+    strongest line is weaker than ``config.min_line_significance`` looks for its K-alpha line
+    within ``config.sensor_line_window`` of the most significant line of the others (see
+    `measure_amp_gain`).
 
     Parameters
     ----------
@@ -1385,7 +1529,17 @@ def measure_fe55_gain(
             raw_ny=int(raw.shape[0]),
             raw_nx=int(raw.shape[1]),
         )
-    return Fe55Result(amps=tuple(measure_amp_gain(raw, amp, config=config) for amp in layout.amps))
+    config = config or Fe55Config()
+    prepared = [_prepare_amp(raw, amp, config) for amp in layout.amps]
+    # the most significant line of the sensor guides amplifiers without one of their own
+    significance = [p.lines.significance[0] for p in prepared]
+    best = int(np.argmax(significance)) if prepared else 0
+    sensor_line = (
+        float(prepared[best].lines.position_adu[0])
+        if prepared and significance[best] >= config.min_line_significance
+        else None
+    )
+    return Fe55Result(amps=tuple(_finish_amp(p, config, sensor_line) for p in prepared))
 
 
 def layout_mismatches(found: DetectorLayout, expected: DetectorLayout) -> tuple[str, ...]:
