@@ -7,6 +7,8 @@ Snakemake process on the cluster (~4 s on this 2-core machine), so the workflows
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +31,7 @@ from dcflow.failures import FailurePolicy
 from dcflow.joblog import FAULTS_ENV
 from dcflow.ledger import Ledger, MemoryPolicy
 from dcflow.orchestration.rerun import triage
+from dcflow.states import JobState
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger
 from snakemake_executor_plugin_gridengine.status import accounting_records, parse_qstat_xml
@@ -754,6 +757,115 @@ def test_a_lost_node_is_node_lost_in_the_run_ledger_and_a_plain_rerun_succeeds(
     assert (workdir / "out" / "lost.txt").read_text() == "lost done\n"
     with Ledger(workdir / "ledger.sqlite3") as ledger:
         assert ledger.failure_counts() == {}
+
+
+UNDELIVERED_SNAKEFILE = """
+rule undelivered:
+    output: "out/undelivered.txt"
+    log: "logs/undelivered/visit=7.log"
+    resources: sge_queue="{QUEUE}", sge_project="{PROJECT}"
+    shell: "echo $JOB_ID >> runs.txt; echo done > {output}"
+"""
+
+GE_FAULT_LOCK = "/tmp/ge.lock"
+"""Taken by whoever stops a daemon of the shared cluster (benchmarks/chaos.py too)."""
+
+
+def _queue_instance_states(queue: str) -> list[str]:
+    out = subprocess.run(["qstat", "-f", "-q", queue], capture_output=True, text=True, check=True)
+    return [
+        line.split()[5] if len(line.split()) > 5 else ""
+        for line in out.stdout.splitlines()
+        if line.startswith(f"{queue}@")
+    ]
+
+
+@contextlib.contextmanager
+def _execd_stopped(outage: list[float]):
+    """sge_execd stopped (all.q closed to new jobs meanwhile); restarted by gridengine-up.
+
+    all.q is disabled first, so that no other campaign's job is dispatched to the stopped
+    execd (it would be stuck as this test's is); running jobs go on. On leaving, all.q is
+    enabled and scripts/gridengine-up starts sge_execd again; ``outage`` gets the seconds
+    sge_execd was down.
+    """
+    run_dir = Path(os.environ.get("DCFLOW_RUN_DIR", REPO / "run"))
+    pid = int((run_dir / "gridengine" / "sge_execd.pid").read_text())
+    with open(GE_FAULT_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["qmod", "-d", "all.q"], capture_output=True, check=True)
+        try:
+            time.sleep(2.0)  # deliveries under way reach the execd before it stops
+            stopped = time.monotonic()
+            os.kill(pid, signal.SIGTERM)
+            _wait_for(lambda: not psutil.pid_exists(pid), 30, "sge_execd to stop")
+            yield
+        finally:
+            subprocess.run(["qmod", "-e", "all.q"], capture_output=True, check=True)
+            up = subprocess.run(
+                [str(REPO / "scripts" / "gridengine-up")],
+                env={**os.environ, "DCFLOW_RUN_DIR": str(run_dir)},
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            outage.append(time.monotonic() - stopped)
+            assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+
+
+@needs_cluster
+def test_a_job_dispatched_while_execd_is_down_is_deleted_as_lost_and_its_rerun_runs_once(
+    tmp_path, fault_queue
+):
+    """sge_execd is stopped and a job dispatched to it: Grid Engine keeps it "t" with no usage
+    after the execd is back (until its own resend at 300 s; a job its execd lost stays "r"
+    forever). Past the plugin's grace the job is deleted and failed as node_lost, once it has
+    left Grid Engine; the plain rerun runs it exactly once, and the cluster is whole again."""
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    queue, project = fault_queue
+    workdir = _workflow(
+        tmp_path, UNDELIVERED_SNAKEFILE.replace("{QUEUE}", queue).replace("{PROJECT}", project)
+    )
+    logger = ["--logger", "dcflow", "--logger-dcflow-ledger", str(workdir / "ledger.sqlite3")]
+    logger += ["--logger-dcflow-backend", "gridengine"]
+    argv = _snakemake_argv(workdir, backend, *logger, "out/undelivered.txt")
+    grace = ["--gridengine-unreported-grace-s", "30"]  # the execd is back ~20 s after dispatch
+    outage: list[float] = []
+    with _execd_stopped(outage):
+        driver = subprocess.Popen(
+            argv + grace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        submissions = lambda: _ledger(workdir).read()[0]  # noqa: E731
+        _wait_for(lambda: submissions(), 120, "the job to be submitted")
+        stuck = submissions()[0].job_id
+        _wait_for(lambda: "t" in _native(stuck), 60, f"job {stuck} to be dispatched")
+    _, stderr = driver.communicate(timeout=300)
+    assert outage[0] < 60
+    assert driver.returncode == 1, stderr[-3000:]
+    assert _native(stuck) == "", f"job {stuck} still in qstat after its failure was reported"
+    assert not (workdir / "runs.txt").exists()  # it never ran
+    with Ledger(workdir / "ledger.sqlite3") as ledger:
+        (tile,) = ledger.failed_tiles()
+    assert (tile.rule, tile.failure_class) == ("undelivered", "node_lost"), tile.reason
+    assert f"job {stuck} failed: lost: no report from its execution host" in tile.reason
+    keys, _ = triage([(tile.rule, tile.data_id, tile.failure_class)], FailurePolicy())
+    assert keys == {("undelivered", tile.data_id)}
+
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    submitted = _ledger(workdir).read()[0]
+    assert len(submitted) == 2 and submitted[0].job_id == stuck
+    assert (workdir / "runs.txt").read_text().split() == [submitted[1].job_id]
+    with Ledger(workdir / "ledger.sqlite3") as ledger:
+        states = [(a.state, a.failure_class) for a in ledger.attempts()]
+    assert states == [(JobState.FAILED, "node_lost"), (JobState.SUCCEEDED, None)]
+    # the cluster is whole: execd back (gridengine-up ran its check job), all.q open
+    assert not any("d" in s or "u" in s for s in _queue_instance_states("all.q"))
+
+
+def _native(job_id: str) -> str:
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, check=True).stdout
+    return parse_qstat_xml(out).get(job_id, "")
 
 
 HELD_SNAKEFILE = """
