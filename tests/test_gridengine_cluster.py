@@ -782,7 +782,7 @@ def _queue_instance_states(queue: str) -> list[str]:
 
 @contextlib.contextmanager
 def _execd_stopped(outage: list[float]):
-    """sge_execd stopped (all.q closed to new jobs meanwhile); restarted by gridengine-up.
+    """sge_execd killed (all.q closed to new jobs meanwhile); restarted by gridengine-up.
 
     all.q is disabled first, so that no other campaign's job is dispatched to the stopped
     execd (it would be stuck as this test's is); running jobs go on. On leaving, all.q is
@@ -797,7 +797,9 @@ def _execd_stopped(outage: list[float]):
         try:
             time.sleep(2.0)  # deliveries under way reach the execd before it stops
             stopped = time.monotonic()
-            os.kill(pid, signal.SIGTERM)
+            # SIGKILL, as a crash: stopped with SIGTERM, sge_execd tells the qmaster, which
+            # then dispatches nothing to the host (its queues turn "u" at once)
+            os.kill(pid, signal.SIGKILL)
             _wait_for(lambda: not psutil.pid_exists(pid), 30, "sge_execd to stop")
             yield
         finally:

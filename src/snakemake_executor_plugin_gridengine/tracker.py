@@ -87,6 +87,7 @@ class StatusTracker:
         self.unknown_since: dict[str, float] = {}
         self.held: dict[str, tuple[JobOutcome, float]] = {}
         self.dispatched_since: dict[str, float] = {}
+        self.absent_since: dict[str, float] = {}
         self.reported: set[str] = set()
         self.lost: dict[str, str] = {}
 
@@ -114,6 +115,7 @@ class StatusTracker:
                     outcomes[jid] = JobOutcome(jid, JobState.FAILED, native=code)
                 else:
                     live[jid] = code
+            via_cli.update(self._gone_unreaped(waiting, live, active))
         if via_cli:
             found = self._query(via_cli)
             outcomes.update(found)
@@ -124,6 +126,25 @@ class StatusTracker:
             if jid in self.lost and outcome.finished:
                 outcomes[jid] = replace(outcome, state=JobState.FAILED, lost=self.lost.pop(jid))
         return outcomes
+
+    def _gone_unreaped(
+        self, waiting: list[str], live: Mapping[str, str], active: Mapping[str, Submission]
+    ) -> dict[str, Submission]:
+        """DRMAA jobs out of ``qstat`` for `VANISHED_AFTER_S` that DRMAA never reported.
+
+        DRMAA reaps a job deleted before it ran without its id ("no usage information"), so
+        it would wait on it forever: such jobs are looked up like the command line's.
+        """
+        now = time.monotonic()
+        gone = {}
+        for jid in waiting:
+            if jid in live:
+                self.absent_since.pop(jid, None)
+            elif now - self.absent_since.setdefault(jid, now) > VANISHED_AFTER_S or (
+                jid in self.lost
+            ):
+                gone[jid] = active[jid]
+        return gone
 
     def _delete_unreported(self, live: Mapping[str, str]) -> None:
         """Delete the jobs dispatched for `unreported_grace_s` that no execd has reported.
