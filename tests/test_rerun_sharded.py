@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from noop_campaigns import write_noop_campaign
 
-from dcflow.campaign.shards import read_marker
+from dcflow.campaign.shards import Shard, read_marker
 from dcflow.config_schema import load_config
 from dcflow.joblog import FAULTS_ENV
 from dcflow.layout import Layout
-from dcflow.ledger import Ledger
+from dcflow.ledger import Ledger, Run
 from dcflow.orchestration.campaign_files import rule_paths
 from dcflow.orchestration.plan_status import plan_campaign
-from dcflow.orchestration.sharded import run_sharded
+from dcflow.orchestration.sharded import run_sharded, shards_to_finish
 from dcflow.pipeline.spec import TARGET_RULE
 from dcflow.states import JobState
 
@@ -47,6 +47,52 @@ def test_rule_paths_spell_targets_as_the_rules_do(output_root, spelt):
     target = rooted.path("forced_src", visit=1001, ccd=0)
     assert rule_paths([target], own, workdir) == [spelt]
     assert own.path("forced_src", visit=1001, ccd=0) == spelt
+
+
+def _shard(shard_id: str, kind: str, upstream: tuple[str, ...], visits=()) -> Shard:
+    return Shard(shard_id, kind, tuple(visits), (), (), upstream, 1)
+
+
+def _run(run_id: int, shard: str, exit_code: int | None, *, finished: bool = True) -> Run:
+    return Run(
+        run_id, None, shard, None, None, None, None, None, None, 0.0,
+        1.0 if finished else None, exit_code, {}, None, None,
+    )  # fmt: skip
+
+
+def test_shards_to_finish_are_the_failed_and_blocked_ones_not_those_behind_a_failing_tile():
+    shards = [
+        _shard("visits-00000", "visits", (), visits=(1001,)),
+        _shard("visits-00001", "visits", (), visits=(1002,)),
+        _shard("forced-00000", "forced", ("visits-00000",), visits=(1001,)),
+        _shard("forced-00001", "forced", ("visits-00001",), visits=(1002,)),
+        _shard("catalogs-00000", "catalogs", ("forced-00000",), visits=(1001,)),
+        _shard("catalogs-00001", "catalogs", ("forced-00001",), visits=(1002,)),
+    ]
+    runs = [
+        _run(1, "visits-00000", 0),
+        _run(2, "visits-00001", 0),
+        _run(3, "forced-00000", 1),
+        _run(4, "forced-00001", 1),
+        _run(5, "rerun-failed", 0),
+    ]
+    # forced-00001 still holds a failing tile (bad input, not rerun): it and its catalogs stay
+    failing = [("forced_photometry", "visit=1002")]
+    assert shards_to_finish(shards, runs, failing) == (
+        {"forced-00000", "catalogs-00000"},
+        {"forced-00001", "catalogs-00001"},
+    )
+    # a shard that later ran well blocks nothing; a killed one (no exit code) does
+    runs += [_run(6, "forced-00000", 0), _run(7, "visits-00000", None)]
+    assert shards_to_finish(shards, runs, []) == (
+        {"visits-00000", "forced-00000", "catalogs-00000", "forced-00001", "catalogs-00001"},
+        set(),
+    )
+    # a run still going is not a failure
+    assert shards_to_finish(shards, [_run(8, "forced-00000", None, finished=False)], []) == (
+        set(),
+        set(),
+    )
 
 
 @pytest.mark.slow
