@@ -430,6 +430,15 @@ def _downstream(shards: Sequence[Shard], seeds: set[str]) -> set[str]:
     return out
 
 
+def _failed_labels(runs: Sequence[Run]) -> set[str]:
+    """Shard labels whose last ledger run ended non-zero (failed, or killed and reaped)."""
+    last: dict[str, Run] = {}
+    for run in sorted(runs, key=lambda r: r.run_id):
+        if run.shard:
+            last[run.shard] = run
+    return {label for label, r in last.items() if r.finished is not None and r.exit_code != 0}
+
+
 def shards_to_finish(
     shards: Sequence[Shard], runs: Sequence[Run], failing: Iterable[tuple[str, str]]
 ) -> tuple[set[str], set[str]]:
@@ -450,12 +459,7 @@ def shards_to_finish(
     failing : iterable of (rule, data_id)
         Tiles whose last attempt failed.
     """
-    ids = {s.shard_id for s in shards}
-    last: dict[str, Run] = {}
-    for run in sorted(runs, key=lambda r: r.run_id):
-        if run.shard in ids:
-            last[run.shard] = run
-    failed = {sid for sid, r in last.items() if r.finished is not None and r.exit_code != 0}
+    failed = _failed_labels(runs) & {s.shard_id for s in shards}
     holding = set()
     for rule, data_id in failing:
         with contextlib.suppress(KeyError, ValueError):
@@ -488,12 +492,13 @@ def finish_blocked_shards(
     """
     workdir = Path(workdir or os.getcwd()).resolve()
     config = load_campaign_config(Path(config_path).resolve())
-    shards, io_layout, _, _ = _build(config, workdir)
-    ledger_file = Path(io_layout.path("ledger"))
+    ledger_file = Path(_rooted(Layout.from_config(config), workdir).path("ledger"))
     if not ledger_file.exists():
         return None
     with Ledger(ledger_file) as ledger:
         runs = ledger.runs()
+        if not _failed_labels(runs):
+            return None  # no labelled run failed: not sharded, or nothing blocked
         failing = [
             (t.rule, t.data_id)
             for t in failed_tiles(
@@ -504,6 +509,7 @@ def finish_blocked_shards(
                 policy=policy,
             )
         ]
+    shards, _, _, _ = _build(config, workdir)
     to_run, held = shards_to_finish(shards, runs, failing)
     if held:
         out(
