@@ -125,6 +125,9 @@ class StatusTracker:
         for jid, outcome in outcomes.items():
             if jid in self.lost and outcome.finished:
                 outcomes[jid] = replace(outcome, state=JobState.FAILED, lost=self.lost.pop(jid))
+            if outcome.finished:
+                self.absent_since.pop(jid, None)
+                self.reported.discard(jid)
         return outcomes
 
     def _gone_unreaped(
