@@ -7,6 +7,8 @@ Snakemake process on the cluster (~4 s on this 2-core machine), so the workflows
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +31,7 @@ from dcflow.failures import FailurePolicy
 from dcflow.joblog import FAULTS_ENV
 from dcflow.ledger import Ledger, MemoryPolicy
 from dcflow.orchestration.rerun import triage
+from dcflow.states import JobState
 from snakemake_executor_plugin_gridengine import ExecutorSettings
 from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger
 from snakemake_executor_plugin_gridengine.status import accounting_records, parse_qstat_xml
@@ -754,6 +757,132 @@ def test_a_lost_node_is_node_lost_in_the_run_ledger_and_a_plain_rerun_succeeds(
     assert (workdir / "out" / "lost.txt").read_text() == "lost done\n"
     with Ledger(workdir / "ledger.sqlite3") as ledger:
         assert ledger.failure_counts() == {}
+
+
+UNDELIVERED_SNAKEFILE = """
+rule undelivered:
+    output: "out/undelivered.txt"
+    log: "logs/undelivered/visit=7.log"
+    resources: sge_queue="{QUEUE}", sge_project="{PROJECT}"
+    shell: "echo $JOB_ID >> runs.txt; echo done > {output}"
+"""
+
+GE_FAULT_LOCK = "/tmp/ge.lock"
+"""Taken by whoever stops a daemon of the shared cluster (benchmarks/chaos.py too)."""
+
+
+def _queue_instance_states(queue: str) -> list[str]:
+    out = subprocess.run(["qstat", "-f", "-q", queue], capture_output=True, text=True, check=True)
+    return [
+        line.split()[5] if len(line.split()) > 5 else ""
+        for line in out.stdout.splitlines()
+        if line.startswith(f"{queue}@")
+    ]
+
+
+def _execd_pid(run_dir: Path) -> int | None:
+    """The pid of the sge_execd scripts/gridengine-up started, if it runs."""
+    try:
+        pid = int((run_dir / "gridengine" / "sge_execd.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if psutil.pid_exists(pid) else None
+
+
+@contextlib.contextmanager
+def _execd_killed(outage: list[float]):
+    """sge_execd SIGKILLed (all.q closed to new jobs meanwhile); restarted by gridengine-up.
+
+    all.q is disabled first, so that no other campaign's job is dispatched to the dead execd
+    (it would be stuck as this test's is); running jobs go on under their shepherds. SIGKILL,
+    as a crash: stopped with SIGTERM, sge_execd tells the qmaster, which then dispatches
+    nothing to the host. On leaving, all.q is enabled and scripts/gridengine-up starts
+    sge_execd again; ``outage`` gets the seconds it was down. gridengine-up's own check job
+    may wait on a full all.q (the cluster is shared): its exit status is not asserted.
+    """
+    run_dir = Path(os.environ.get("DCFLOW_RUN_DIR", REPO / "run"))
+    pid = _execd_pid(run_dir)
+    assert pid is not None, "sge_execd is not running: scripts/gridengine-up first"
+    with open(GE_FAULT_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["qmod", "-d", "all.q"], capture_output=True, check=True)
+        up = None
+        try:
+            time.sleep(2.0)  # deliveries under way reach the execd before it dies
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            _wait_for(lambda: not psutil.pid_exists(pid), 30, "sge_execd to die")
+            yield
+        finally:
+            subprocess.run(["qmod", "-e", "all.q"], capture_output=True, check=True)
+            up = subprocess.Popen(
+                [str(REPO / "scripts" / "gridengine-up")],
+                env={**os.environ, "DCFLOW_RUN_DIR": str(run_dir)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _wait_for(lambda: _execd_pid(run_dir) not in (None, pid), 60, "sge_execd to start")
+            outage.append(time.monotonic() - killed)
+    up.wait(timeout=120)
+
+
+@needs_cluster
+def test_a_job_dispatched_while_execd_is_down_is_deleted_as_lost_and_its_rerun_runs_once(
+    tmp_path, fault_queue
+):
+    """A job is dispatched just as sge_execd dies: Grid Engine keeps it "t" with no usage
+    after the execd is back (until its own resend at 300 s; a job its execd lost stays "r"
+    forever). Past the plugin's grace the job is deleted and failed as node_lost, once it has
+    left Grid Engine; the plain rerun runs it exactly once, and the cluster is whole again."""
+    backend = "qsub" if DRMAA_MISSING else "drmaa"
+    queue, project = fault_queue
+    workdir = _workflow(
+        tmp_path, UNDELIVERED_SNAKEFILE.replace("{QUEUE}", queue).replace("{PROJECT}", project)
+    )
+    logger = ["--logger", "dcflow", "--logger-dcflow-ledger", str(workdir / "ledger.sqlite3")]
+    logger += ["--logger-dcflow-backend", "gridengine"]
+    argv = _snakemake_argv(workdir, backend, *logger, "out/undelivered.txt")
+    # held at submission, released the moment execd dies (a second later, the qmaster knows);
+    # the grace ends after execd is back (~5 s)
+    first = ["--gridengine-extra-args=-h", "--gridengine-unreported-grace-s", "30"]
+    driver = subprocess.Popen(
+        argv + first, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    submissions = lambda: _ledger(workdir).read()[0]  # noqa: E731
+    _wait_for(lambda: submissions(), 120, "the job to be submitted")
+    stuck = submissions()[0].job_id
+    _wait_for(lambda: _native(stuck) == "hqw", 30, f"job {stuck} to be held")
+    outage: list[float] = []
+    with _execd_killed(outage):
+        subprocess.run(["qrls", stuck], capture_output=True, check=True)
+        _wait_for(lambda: "t" in _native(stuck), 20, f"job {stuck} to be dispatched")
+    _, stderr = driver.communicate(timeout=300)
+    assert outage[0] < 60
+    assert driver.returncode == 1, stderr[-3000:]
+    assert _native(stuck) == "", f"job {stuck} still in qstat after its failure was reported"
+    assert not (workdir / "runs.txt").exists()  # it never ran
+    with Ledger(workdir / "ledger.sqlite3") as ledger:
+        (tile,) = ledger.failed_tiles()
+    assert (tile.rule, tile.failure_class) == ("undelivered", "node_lost"), tile.reason
+    assert f"job {stuck} failed: lost: no report from its execution host" in tile.reason
+    keys, _ = triage([(tile.rule, tile.data_id, tile.failure_class)], FailurePolicy())
+    assert keys == {("undelivered", tile.data_id)}
+
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    submitted = _ledger(workdir).read()[0]
+    assert len(submitted) == 2 and submitted[0].job_id == stuck
+    assert (workdir / "runs.txt").read_text().split() == [submitted[1].job_id]
+    with Ledger(workdir / "ledger.sqlite3") as ledger:
+        states = [(a.state, a.failure_class) for a in ledger.attempts()]
+    assert states == [(JobState.FAILED, "node_lost"), (JobState.SUCCEEDED, None)]
+    # the cluster is whole: execd back and running jobs (the rerun's), all.q open
+    assert not any("d" in s or "u" in s for s in _queue_instance_states("all.q"))
+
+
+def _native(job_id: str) -> str:
+    out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, check=True).stdout
+    return parse_qstat_xml(out).get(job_id, "")
 
 
 HELD_SNAKEFILE = """

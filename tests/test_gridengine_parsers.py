@@ -41,6 +41,7 @@ from snakemake_executor_plugin_gridengine.status import (
     parse_memory_mb,
     parse_qacct,
     parse_qstat_xml,
+    unreported_tasks,
 )
 from snakemake_executor_plugin_gridengine.submit import (
     JobRequest,
@@ -60,6 +61,15 @@ RECORDED = Path(__file__).parent / "gridengine"
 
 
 # ---- qstat -------------------------------------------------------------------------------------
+
+
+def test_unreported_tasks_are_the_dispatched_jobs_no_execd_reported():
+    """Recorded ``qstat -j 12,14``: job 12 was dispatched while sge_execd was stopped ("t",
+    vmem=N/A after the execd came back); array 14 runs tasks 1-8 (vmem reported), 9-16 wait."""
+    text = (RECORDED / "qstat_j_undelivered.txt").read_text()
+    assert unreported_tasks(text, ["12", "14.1", "14.8", "99"]) == {"12"}
+    assert unreported_tasks(text, ["14.9"]) == {"14.9"}  # no usage line: not reported either
+    assert unreported_tasks("", ["12"]) == set()  # ended meanwhile: qstat -j lists nothing
 
 
 def test_qstat_mixed_states_recorded():

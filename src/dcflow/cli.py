@@ -43,7 +43,7 @@ from dcflow.orchestration.profiles import failure_policy
 from dcflow.orchestration.report import report_campaign
 from dcflow.orchestration.rerun import rerun_failed
 from dcflow.orchestration.run import RunOutcome, launch_campaign
-from dcflow.orchestration.sharded import run_sharded
+from dcflow.orchestration.sharded import finish_blocked_shards, run_sharded
 from dcflow.pipeline.spec import STAGES
 from dcflow.plan import Plan
 from dcflow.status import CampaignStatus, FailedTile, UntrustedResult
@@ -276,7 +276,8 @@ def _parser() -> argparse.ArgumentParser:
         sub,
         "rerun",
         parents=[common, profile, selection, memory, passthrough],
-        help="rerun failed tiles (and missing downstream jobs)",
+        help="rerun failed tiles (and missing downstream jobs), then the shards a failed "
+        "shard blocked",
     )
     cmd.add_argument(
         "--failed", action="store_true", help="rerun failed tiles (what rerun does; optional)"
@@ -696,12 +697,32 @@ def _rerun(args: argparse.Namespace, extra: list[str]) -> int:
     )
     for class_outcome in class_outcomes:
         print(f"rerun: {class_outcome.describe()}")
-    if not selected:
-        print("nothing to rerun")
-        return 0
-    rules = sorted({rule for rule, _ in selected})
-    print(f"rerun: {len(selected)} job(s) asked for ({', '.join(rules)})")
-    return _run_summary(outcome, args, what="rerun")
+    code = 0
+    if selected:
+        rules = sorted({rule for rule, _ in selected})
+        print(f"rerun: {len(selected)} job(s) asked for ({', '.join(rules)})")
+        code = _run_summary(outcome, args, what="rerun")
+        if code == EXIT_INTERRUPTED:
+            return code
+    if args.stage is not None or args.tract is not None:
+        return code  # a part of the campaign asked for: its blocked shards are not run
+    # a sharded campaign: the shards the failed ones blocked were never started
+    shards = finish_blocked_shards(
+        args.config,
+        profile=args.profile,
+        policy=failure_policy(args.profile),
+        snakemake_args=extra,
+        mem_factor=args.mem_factor,
+        mem_cap_mb=args.mem_cap_mb,
+        progress=not args.no_progress,
+    )
+    if shards is None:
+        if not selected:
+            print("nothing to rerun")
+        return code
+    if shards.interrupted:
+        return EXIT_INTERRUPTED
+    return code or (0 if shards.exit_code == 0 else EXIT_FAILED)
 
 
 def _cancel(args: argparse.Namespace, extra: list[str]) -> int:

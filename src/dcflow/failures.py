@@ -191,8 +191,10 @@ SIGNATURES: tuple[Signature, ...] = (
     ),
     Signature(
         FailureClass.NODE_LOST,
-        "a Grid Engine host failure before or around the job (qacct failed 1-36, error state)",
-        pattern=r"qacct failed (?:[1-9]|[12][0-9]|3[0-6]) :|put the job in error state",
+        "a Grid Engine host failure before or around the job (qacct failed 1-36, error state,"
+        " a dispatched job its execution host never reported)",
+        pattern=r"qacct failed (?:[1-9]|[12][0-9]|3[0-6]) :|put the job in error state"
+        r"|no report from its execution host",
     ),
     Signature(
         FailureClass.NODE_LOST,

@@ -54,7 +54,7 @@ from .submit import (
     requote_config_args,
     submit_qsub,
 )
-from .tracker import StatusTracker
+from .tracker import UNREPORTED_GRACE_S, StatusTracker
 
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
@@ -141,7 +141,21 @@ class ExecutorSettings(ExecutorSettingsBase):
         },
     )
 
+    unreported_grace_s: Optional[float] = field(  # noqa: UP045
+        default=UNREPORTED_GRACE_S,
+        metadata={
+            "help": "Seconds a dispatched job may go without a usage report from its execution "
+            "host before it is deleted and failed as lost (a job dispatched while sge_execd "
+            f"was down, which Grid Engine may never run). Default: {UNREPORTED_GRACE_S:g}.",
+            "required": False,
+        },
+    )
+
     def __post_init__(self):
+        if self.unreported_grace_s is not None and self.unreported_grace_s <= 0:
+            raise WorkflowError(
+                f"--gridengine-unreported-grace-s must be > 0, not {self.unreported_grace_s}"
+            )
         if self.noop_seconds is not None and self.noop_seconds < 0:
             raise WorkflowError(f"--gridengine-noop-seconds must be >= 0, not {self.noop_seconds}")
         if self.backend not in BACKENDS:
@@ -200,7 +214,12 @@ class Executor(RemoteExecutor):
             self.backend = DrmaaBackend()
         self.state.mkdir(parents=True, exist_ok=True)
         snapshot = SharedQstat(self.state / "qstat.json", max_age_s=SHARED_QSTAT_MAX_AGE_S)
-        self.tracker = StatusTracker(self.backend, self.name_pattern, snapshot)
+        self.tracker = StatusTracker(
+            self.backend,
+            self.name_pattern,
+            snapshot,
+            unreported_grace_s=settings.unreported_grace_s or UNREPORTED_GRACE_S,
+        )
         self.open_ids: set[str] = set()  # submitted (or adopted) and not seen to end
         self.submission_stats = [0, 0.0]  # jobs submitted, seconds spent in run_jobs
         self.adoptable = adoptable_submissions(self.ledger)

@@ -21,7 +21,12 @@ from dcflow.states import JobState
 from .status import JobOutcome
 from .submit import JobRequest
 
-__all__ = ["DrmaaBackend", "outcome_from_job_info"]
+__all__ = ["NO_RUSAGE_ERROR", "DrmaaBackend", "outcome_from_job_info"]
+
+
+NO_RUSAGE_ERROR = "code 24:"
+"""How python-drmaa words DRMAA_ERRNO_NO_RUSAGE (a job deleted before it ran), which it
+raises as a plain ``Exception``."""
 
 
 def outcome_from_job_info(info: Any) -> JobOutcome:
@@ -107,6 +112,12 @@ class DrmaaBackend:
                 )
             except (drmaa.errors.ExitTimeoutException, drmaa.errors.InvalidJobException):
                 return  # nothing finished yet / no job left in the session
+            except Exception as err:  # python-drmaa raises DRMAA_ERRNO_NO_RUSAGE untyped
+                if not str(err).startswith(NO_RUSAGE_ERROR):
+                    raise
+                # a job deleted before it ran, reaped without its id: the tracker finds it
+                # gone from qstat (`tracker.StatusTracker`)
+                continue
             outcome = outcome_from_job_info(info)
             with self._lock:
                 self._finished[outcome.job_id] = outcome

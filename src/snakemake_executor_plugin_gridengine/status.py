@@ -37,6 +37,7 @@ __all__ = [
     "failure_cause",
     "jobs_in_error_state",
     "native_state",
+    "native_states",
     "outcome_from_accounting",
     "parse_memory_mb",
     "parse_qacct",
@@ -44,6 +45,7 @@ __all__ = [
     "query_states",
     "read_log_tail",
     "run_command",
+    "unreported_tasks",
 ]
 
 COMMAND_TIMEOUT_S = 60.0
@@ -226,6 +228,8 @@ class JobOutcome:
     aborted: bool = False
     maxvmem_mb: float | None = None
     wallclock_s: float | None = None
+    lost: str | None = None
+    """Why the plugin deleted the job as lost (`tracker.StatusTracker`), if it did."""
 
     @property
     def finished(self) -> bool:
@@ -295,6 +299,39 @@ def query_states(job_ids: Iterable[str], name_patterns: Iterable[str]) -> dict[s
     return outcomes
 
 
+def unreported_tasks(text: str, job_ids: Iterable[str]) -> set[str]:
+    """Which of ``job_ids`` ``qstat -j`` lists with no usage reported by an execution host.
+
+    A dispatched job's usage line reads ``vmem=N/A`` until the execd running it reports it
+    (each ``load_report_time``); one that never reached its execd (dispatched while sge_execd
+    was down: state "t" until Grid Engine's own resend after 300 s) or that its execd lost
+    (state "r" with nothing running) keeps it, or has no usage line. Jobs absent from ``text``
+    (ended meanwhile) are not listed.
+
+    Parameters
+    ----------
+    text : str
+        Output of ``qstat -j <job numbers>`` (blocks separated by lines of ``=``).
+    job_ids : iterable of str
+        ``"<job>"`` or array task ``"<job>.<task>"``; a plain job's usage is that of task 1.
+    """
+    usage: dict[str, dict[str, str]] = {}
+    for block in re.split(r"^=+\s*$", text, flags=re.MULTILINE):
+        number = re.search(r"^job_number:\s+(\d+)", block, flags=re.MULTILINE)
+        if number is None:
+            continue
+        tasks = usage.setdefault(number.group(1), {})
+        for task, fields in re.findall(r"^usage\s+(\d+):\s+(.*)$", block, flags=re.MULTILINE):
+            vmem = re.search(r"\bvmem=([^,\s]+)", fields)
+            tasks[task] = vmem.group(1) if vmem else "N/A"
+    unreported = set()
+    for jid in job_ids:
+        number, _, task = jid.partition(".")
+        if number in usage and usage[number].get(task or "1", "N/A") == "N/A":
+            unreported.add(jid)
+    return unreported
+
+
 def read_log_tail(path: str, n_bytes: int = 4096) -> str:
     """The last ``n_bytes`` of a job's log ("" when it does not exist)."""
     try:
@@ -306,13 +343,11 @@ def read_log_tail(path: str, n_bytes: int = 4096) -> str:
         return ""
 
 
-def jobs_in_error_state(
-    job_ids: Iterable[str], snapshot: SharedQstat | None = None
-) -> dict[str, str]:
-    """Which of ``job_ids`` Grid Engine holds in error state ("Eqw"), from one ``qstat``.
+def native_states(job_ids: Iterable[str], snapshot: SharedQstat | None = None) -> dict[str, str]:
+    """``{job id: native state}`` of those of ``job_ids`` still in ``qstat``, from one call.
 
-    DRMAA reports a job only once it has ended, and a job in error state never ends. With a
-    ``snapshot`` the ``qstat`` is the one shared by every driver of the working directory.
+    With a ``snapshot`` the ``qstat`` is the one shared by every driver of the working
+    directory.
     """
     wanted = set(job_ids)
     if not wanted:
@@ -321,7 +356,17 @@ def jobs_in_error_state(
         live = snapshot.states()
     else:
         live = parse_qstat_xml(run_command(["qstat", "-xml"]).stdout)
-    return {jid: code for jid, code in live.items() if jid in wanted and "E" in code}
+    return {jid: code for jid, code in live.items() if jid in wanted}
+
+
+def jobs_in_error_state(
+    job_ids: Iterable[str], snapshot: SharedQstat | None = None
+) -> dict[str, str]:
+    """Which of ``job_ids`` Grid Engine holds in error state ("Eqw"), from one ``qstat``.
+
+    DRMAA reports a job only once it has ended, and a job in error state never ends.
+    """
+    return {jid: code for jid, code in native_states(job_ids, snapshot).items() if "E" in code}
 
 
 class SharedQstat:
@@ -431,6 +476,8 @@ def describe_failure(
     rule command's own status is taken from the log when Snakemake printed it there.
     """
     parts = []
+    if outcome.lost:
+        parts.append(f"lost: {outcome.lost}")
     if outcome.in_error_state:
         parts.append("Grid Engine put the job in error state (E); it was deleted")
     if outcome.aborted or outcome.state is JobState.CANCELLED:

@@ -45,7 +45,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,18 +60,21 @@ from dcflow.campaign.shards import (
     is_current,
     manifest_of,
     shard_hashes,
+    shard_of_job,
     shards_left,
     write_marker,
 )
 from dcflow.configs import from_mapping
+from dcflow.failures import FailurePolicy
 from dcflow.layout import Layout
-from dcflow.ledger import Ledger, pid_start_time
+from dcflow.ledger import Ledger, Run, parse_tile, pid_start_time
 from dcflow.orchestration.campaign_files import load_campaign_config
 from dcflow.orchestration.cancel import stop_process_tree
 from dcflow.orchestration.profiles import GRIDENGINE_EXECUTORS, profile_backend, profile_settings
 from dcflow.orchestration.run import run_campaign
 from dcflow.orchestration.settle import settle_from_disk
 from dcflow.states import JobState
+from dcflow.status import failed_tiles
 
 __all__ = [
     "PROCESSES_PER_SHARD_SHARE",
@@ -79,6 +82,7 @@ __all__ = [
     "ShardOutcome",
     "ShardedRun",
     "clear_stale_state",
+    "finish_blocked_shards",
     "orphan_shards",
     "plan_shards",
     "reserved_jobs",
@@ -86,6 +90,7 @@ __all__ = [
     "settle_orphan_submissions",
     "shard_grant",
     "shard_jobs_budget",
+    "shards_to_finish",
     "starting_shard_jobs",
 ]
 
@@ -93,6 +98,9 @@ log = logging.getLogger(__name__)
 
 FINISHED_OK = ("done", "up to date")
 """Shard states whose products downstream shards may read."""
+
+BLOCKING = ("failed", "blocked", "skipped")
+"""Shard states that block the shards downstream (a skipped shard reached is not current)."""
 
 SHARD_SNAKEMAKE_DEFAULTS = ("--scheduler", "greedy")
 """Snakemake options every shard gets before the user's own (which may override them)."""
@@ -109,7 +117,8 @@ class ShardOutcome:
 
     ``state`` is ``done`` (ran now and succeeded), ``up to date`` (its marker matched: not
     run), ``failed`` (its Snakemake exited non-zero), ``blocked`` (an upstream shard failed),
-    ``interrupted`` (stopped by Ctrl-C) or ``not started``.
+    ``interrupted`` (stopped by Ctrl-C), ``not started``, or ``skipped`` (not asked for: a run
+    of some shards only, `finish_blocked_shards`).
     """
 
     shard_id: str
@@ -132,10 +141,10 @@ class ShardedRun:
 
     @property
     def exit_code(self) -> int:
-        """0 if every shard is done or up to date, 130 after Ctrl-C, else 1."""
+        """0 if every shard asked for is done or up to date, 130 after Ctrl-C, else 1."""
         if self.interrupted:
             return 130
-        return 0 if all(o.state in FINISHED_OK for o in self.outcomes) else 1
+        return 0 if all(o.state in (*FINISHED_OK, "skipped") for o in self.outcomes) else 1
 
     def count(self, state: str) -> int:
         """Number of shards in ``state``."""
@@ -144,10 +153,11 @@ class ShardedRun:
     def summary_lines(self) -> list[str]:
         """A human summary: counts, then every shard not done with its reason."""
         states = ("done", "up to date", "failed", "blocked", "interrupted", "not started")
+        states += ("skipped",)
         counts = ", ".join(f"{self.count(s)} {s}" for s in states if self.count(s))
         lines = [f"sharded run: {len(self.outcomes)} shards: {counts}"]
         for o in self.outcomes:
-            if o.state not in FINISHED_OK:
+            if o.state not in (*FINISHED_OK, "skipped"):
                 run = f" (ledger run {o.run_id})" if o.run_id is not None else ""
                 code = f" exit {o.exit_code}" if o.exit_code is not None else ""
                 lines.append(f"  {o.state:<12} {o.shard_id}{code}{run} {o.detail}".rstrip())
@@ -411,6 +421,117 @@ def orphan_shards(ledger_file: Path, shard_ids: set[str]) -> set[str]:
         return {r.shard for r in ledger.runs() if r.shard in shard_ids and r.is_alive()}
 
 
+def _downstream(shards: Sequence[Shard], seeds: set[str]) -> set[str]:
+    """``seeds`` and every shard downstream of them (``shards`` in topological order)."""
+    out = set(seeds)
+    for shard in shards:
+        if any(u in out for u in shard.upstream):
+            out.add(shard.shard_id)
+    return out
+
+
+def _failed_labels(runs: Sequence[Run]) -> set[str]:
+    """Shard labels whose last ledger run ended non-zero (failed, or killed and reaped)."""
+    last: dict[str, Run] = {}
+    for run in sorted(runs, key=lambda r: r.run_id):
+        if run.shard:
+            last[run.shard] = run
+    return {label for label, r in last.items() if r.finished is not None and r.exit_code != 0}
+
+
+def shards_to_finish(
+    shards: Sequence[Shard], runs: Sequence[Run], failing: Iterable[tuple[str, str]]
+) -> tuple[set[str], set[str]]:
+    """After failed tiles were rerun: the shards to run now, and those still held back.
+
+    A shard whose last run ended non-zero (failed, or killed) blocked every shard downstream
+    of it; all of them are to run (the driver skips those whose marker is current, and a
+    shard Snakemake runs only the jobs left). A shard that holds a tile still failing
+    (``failing``: its last attempt failed and its outputs are missing, because its class is
+    not rerun or it failed again), and every shard downstream of it, is held back.
+
+    Parameters
+    ----------
+    shards : sequence of Shard
+        The campaign's shards, upstream first (`build_shards`).
+    runs : sequence of Run
+        The ledger's runs.
+    failing : iterable of (rule, data_id)
+        Tiles whose last attempt failed.
+    """
+    failed = _failed_labels(runs) & {s.shard_id for s in shards}
+    holding = set()
+    for rule, data_id in failing:
+        with contextlib.suppress(KeyError, ValueError):
+            holding.add(shard_of_job(rule, parse_tile(data_id), shards))
+    held = _downstream(shards, {sid for sid in holding if sid is not None})
+    wanted = _downstream(shards, failed)
+    return wanted - held, wanted & held
+
+
+def finish_blocked_shards(
+    config_path: str | Path,
+    *,
+    profile: str | None,
+    policy: FailurePolicy,
+    snakemake_args: Sequence[str] = (),
+    workdir: str | Path | None = None,
+    mem_factor: float | None = None,
+    mem_cap_mb: int | None = None,
+    progress: bool = True,
+    out: Callable[[str], None] = print,
+) -> ShardedRun | None:
+    """Run the shards a failed shard blocked, once its failed tiles were rerun.
+
+    ``dcflow rerun --failed`` reruns the failed tiles and their missing downstream jobs; in a
+    sharded campaign the shards behind a failed one were never started, and their jobs that
+    do not depend on the failed tiles are missing still. This runs, through `run_sharded`,
+    the failed shards and the shards downstream of them (`shards_to_finish`), each running
+    only its jobs left. Returns None when there is none (or the campaign was never run
+    sharded).
+    """
+    workdir = Path(workdir or os.getcwd()).resolve()
+    config = load_campaign_config(Path(config_path).resolve())
+    ledger_file = Path(_rooted(Layout.from_config(config), workdir).path("ledger"))
+    if not ledger_file.exists():
+        return None
+    with Ledger(ledger_file) as ledger:
+        runs = ledger.runs()
+        if not _failed_labels(runs):
+            return None  # no labelled run failed: not sharded, or nothing blocked
+        failing = [
+            (t.rule, t.data_id)
+            for t in failed_tiles(
+                ledger,
+                on_disk=lambda path: os.path.exists(workdir / path),
+                n_lines=0,
+                count_attempts=False,
+                policy=policy,
+            )
+        ]
+    shards, _, _, _ = _build(config, workdir)
+    to_run, held = shards_to_finish(shards, runs, failing)
+    if held:
+        out(
+            f"{len(held)} shard(s) stay behind tiles that still fail: "
+            f"{', '.join(sorted(held)[:5])}{' ...' if len(held) > 5 else ''}"
+        )
+    if not to_run:
+        return None
+    out(f"finishing {len(to_run)} shard(s) a failed shard had blocked")
+    return run_sharded(
+        config_path,
+        profile=profile,
+        snakemake_args=snakemake_args,
+        workdir=workdir,
+        mem_factor=mem_factor,
+        mem_cap_mb=mem_cap_mb,
+        progress=progress,
+        out=out,
+        only=to_run,
+    )
+
+
 def _shard_argv(
     snakemake_args: Sequence[str], manifest: Path, shard: Shard, jobs: int
 ) -> list[str]:
@@ -584,8 +705,9 @@ def run_sharded(
     progress: bool = True,
     progress_seconds: float = 5.0,
     out: Callable[[str], None] = print,
+    only: set[str] | None = None,
 ) -> ShardedRun:
-    """Run every shard left of the campaign; return each shard's outcome.
+    """Run every shard left of the campaign (or of ``only``); return each shard's outcome.
 
     Parameters
     ----------
@@ -600,6 +722,9 @@ def run_sharded(
         Snakemake's working directory (default: the current directory).
     progress : bool
         Print one line per running shard when its counts change.
+    only : set of str, optional
+        Shard ids to run (those left of them); the others are ``skipped``, and one upstream of
+        a shard asked for blocks it unless its marker is current. None: every shard.
 
     Returns
     -------
@@ -623,6 +748,7 @@ def run_sharded(
             progress=progress,
             progress_seconds=progress_seconds,
             out=out,
+            only=only,
         )
 
 
@@ -637,6 +763,7 @@ def _drive(
     progress: bool,
     progress_seconds: float,
     out: Callable[[str], None],
+    only: set[str] | None,
 ) -> ShardedRun:
     """`run_sharded` with the driver lock held."""
     config_path = Path(config_path).resolve()
@@ -652,6 +779,15 @@ def _drive(
     # scale before the first submission); a thread hashes ahead while shards run
     state = {s.shard_id: "new" for s in shards}
     outcome: dict[str, ShardOutcome] = {}
+    # shards not asked for: those upstream of one asked for are compared with their marker
+    # when reached (not current: "skipped", which blocks it); the others are skipped now
+    needed = set()
+    if only is not None:
+        needed = {u for s in shards if s.shard_id in only for u in s.upstream}
+    for shard in shards:
+        if only is not None and shard.shard_id not in only | needed:
+            state[shard.shard_id] = "skipped"
+            outcome[shard.shard_id] = ShardOutcome(shard.shard_id, "skipped")
     most_processes = settings.max_concurrent_shards * PROCESSES_PER_SHARD_SHARE
     out(
         f"{len(shards)} shards (markers checked as each is reached); each starts with at "
@@ -664,7 +800,8 @@ def _drive(
         for shard in shards:
             if stop_ahead.is_set():
                 return
-            hasher.hash_of(shard.shard_id)
+            if state[shard.shard_id] != "skipped":
+                hasher.hash_of(shard.shard_id)
 
     threading.Thread(target=hash_ahead, daemon=True).start()
     events: queue.Queue = queue.Queue()
@@ -709,7 +846,13 @@ def _drive(
             sid = shard.shard_id
             if state[sid] not in ("new", "pending") or sid in orphans:
                 continue  # an orphan's jobs are still running: never twice at once
-            bad = [u for u in shard.upstream if state[u] in ("failed", "blocked")]
+            if only is not None and sid not in only:
+                current = is_current(io_layout, sid, hasher.hash_of(sid))
+                state[sid] = "up to date" if current else "skipped"
+                if not current:
+                    outcome[sid] = ShardOutcome(sid, "skipped", detail="(not up to date)")
+                continue
+            bad = [u for u in shard.upstream if state[u] in BLOCKING]
             if not bad and not all(state[u] in FINISHED_OK for u in shard.upstream):
                 continue  # upstream still to run: looked at (and hashed) once they are done
             jobs = 0 if bad else grant(shard)
@@ -811,7 +954,7 @@ def _drive(
         if state[sid] == "up to date":
             outcome[sid] = ShardOutcome(sid, "up to date")
         elif state[sid] == "pending":
-            bad = [u for u in shard.upstream if state[u] in ("failed", "blocked")]
+            bad = [u for u in shard.upstream if state[u] in BLOCKING]
             if bad and not interrupted:
                 outcome[sid] = ShardOutcome(sid, "blocked", detail=f"(upstream {bad[0]})")
                 state[sid] = "blocked"
