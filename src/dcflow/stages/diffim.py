@@ -69,6 +69,7 @@ __all__ = [
     "convolve_with_kernel",
     "decorrelation_kernel",
     "fit_matching_kernel",
+    "noise_correlation",
     "register_on_stars",
     "select_kernel_stars",
     "subtract_exposures",
@@ -963,10 +964,111 @@ def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarra
     return out
 
 
+def noise_correlation(
+    image: np.ndarray,
+    variance: np.ndarray,
+    bad: np.ndarray,
+    *,
+    fwhm_pix: float,
+    half_size: int = 3,
+    max_pixels: int = 1 << 21,
+) -> np.ndarray:
+    """Pixel-to-pixel correlation of an image's noise, normalised to unit sum.
+
+    Resampling (a coadd's warps, then the template's warp onto the science grid) correlates
+    the noise of neighbouring pixels: the per-pixel scatter falls below the variance plane
+    while sums over many pixels follow it (the interpolation kernel has unit sum). The
+    autocorrelation of ``image / sqrt(variance)`` is measured over source-free pixels
+    (masked FFT estimator: ``sum z z' / sum m m'`` at each lag), out to ``half_size``
+    pixels, and normalised to unit sum, i.e. the variance plane is taken as the noise on
+    large scales and only the shape is measured (the centre is the per-pixel variance over
+    the plane's). Sources (matched-filter S/N above 5, pixels above 5 sigma) are masked,
+    grown by two FWHM; the estimate uses the band of at most ``max_pixels`` pixels of full
+    rows holding the most usable pixels.
+
+    Parameters
+    ----------
+    image, variance : numpy.ndarray
+        ``(ny, nx)`` background-subtracted image and its variance plane.
+    bad : numpy.ndarray of bool
+        ``(ny, nx)`` pixels not to use.
+    fwhm_pix : float
+        PSF FWHM, pixels (the source mask's filter and growth).
+    half_size : int
+        Largest lag measured, pixels.
+    max_pixels : int
+        Pixels the estimate uses at most.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(2h+1, 2h+1)`` correlation (lag ``(dy, dx)`` at ``[h + dy, h + dx]``), unit sum; a
+        delta when fewer than 10^4 pixels are usable.
+    """
+    size = 2 * half_size + 1
+    delta = np.zeros((size, size))
+    delta[half_size, half_size] = 1.0
+    good = ~np.asarray(bad, bool) & np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+    ny, nx = good.shape
+    rows = max(min(ny, max_pixels // max(nx, 1)), min(ny, 4 * size))
+    counts = np.concatenate([[0], np.cumsum(good.sum(axis=1))])
+    start = int(np.argmax(counts[rows:] - counts[: ny - rows + 1]))
+    band = slice(start, start + rows)
+    good = good[band]
+    if good.sum() < 10_000:
+        return delta
+    z = np.where(good, image[band] / np.sqrt(np.where(good, variance[band], 1.0)), 0.0)
+    z = z.astype(np.float32)
+    smooth = ndimage.gaussian_filter(z, fwhm_pix / FWHM_PER_SIGMA, truncate=2.5)
+    values = smooth[good]
+    spread = 1.4826 * np.median(np.abs(values - np.median(values)))
+    sources = (np.abs(smooth) > 5.0 * spread) | (np.abs(z) > 5.0)
+    use = good & ~_grow(sources, int(np.ceil(2.0 * fwhm_pix)))
+    if use.sum() < 10_000:
+        return delta
+    z = np.where(use, z - np.mean(z[use]), 0.0).astype(np.float32)
+    fshape = (sp_fft.next_fast_len(rows + half_size, True), sp_fft.next_fast_len(nx + half_size, True))
+    lags = [np.r_[0 : half_size + 1, -half_size:0]] * 2
+
+    def autocorrelation(a):
+        power = np.abs(sp_fft.rfft2(a, s=fshape)) ** 2
+        return sp_fft.irfft2(power, s=fshape)[np.ix_(*lags)]
+
+    corr = autocorrelation(z) / np.maximum(autocorrelation(use.astype(np.float32)), 1.0)
+    corr = np.roll(corr, (half_size, half_size), axis=(0, 1)).astype(float)
+    corr = 0.5 * (corr + corr[::-1, ::-1])
+    total = corr.sum()
+    if not (np.isfinite(total) and total > 0.1 * corr[half_size, half_size] > 0):
+        return delta
+    return corr / total
+
+
+def _noise_power(correlation: np.ndarray | None, n: int) -> np.ndarray | float:
+    """Noise power spectrum on an ``n x n`` FFT grid of a unit-sum correlation (1: white)."""
+    if correlation is None:
+        return 1.0
+    m = correlation.shape[0] // 2
+    grid = np.zeros((n, n))
+    grid[: 2 * m + 1, : 2 * m + 1] = correlation
+    grid = np.roll(grid, (-m, -m), axis=(0, 1))
+    return np.real(np.fft.fft2(grid))
+
+
 def decorrelation_kernel(
-    kernel: np.ndarray, variance_convolved: float, variance_other: float, *, half_size: int
+    kernel: np.ndarray,
+    variance_convolved: float,
+    variance_other: float,
+    *,
+    half_size: int,
+    correlation_convolved: np.ndarray | None = None,
+    correlation_other: np.ndarray | None = None,
 ) -> np.ndarray:
     """Kernel that whitens the noise of ``other - K * convolved`` (DMTN-021, Kaiser 2004).
+
+    ``phi(k) = sqrt((s_a^2 + s_b^2) / (s_a^2 |K(k)|^2 C_a(k) + s_b^2 C_b(k)))`` with ``C``
+    the noise power spectrum of each input relative to its variance plane (1 for white
+    noise; from `noise_correlation` for a resampled template, whose high spatial
+    frequencies hold less noise than its variance plane says).
 
     Parameters
     ----------
@@ -976,6 +1078,8 @@ def decorrelation_kernel(
         Sky variance of the convolved image (after scaling) and of the other image.
     half_size : int
         Half size of the returned kernel, pixels.
+    correlation_convolved, correlation_other : numpy.ndarray, optional
+        Unit-sum noise correlations of the two images (`noise_correlation`); None: white.
 
     Returns
     -------
@@ -989,9 +1093,13 @@ def decorrelation_kernel(
     grid[:k, :k] = kernel
     grid = np.roll(grid, (-(k // 2), -(k // 2)), axis=(0, 1))
     power = np.abs(np.fft.fft2(grid)) ** 2
-    phi_hat = np.sqrt(
-        (variance_convolved + variance_other) / (variance_convolved * power + variance_other)
-    )
+    noise = variance_convolved * power * _noise_power(
+        correlation_convolved, n
+    ) + variance_other * _noise_power(correlation_other, n)
+    # a measured correlation's spectrum can dip to (or, from its noise, below) zero where
+    # both inputs hold almost no noise: there phi is bounded, not divided by ~0
+    total = variance_convolved + variance_other
+    phi_hat = np.sqrt(total / np.maximum(noise, 0.02 * total))
     phi = np.fft.fftshift(np.real(np.fft.ifft2(phi_hat)))
     c = n // 2
     phi = phi[c - half_size : c + half_size + 1, c - half_size : c + half_size + 1]
@@ -1199,7 +1307,17 @@ def subtract_images(
         subtracted = None if registration is None else model
     center_kernel = kernel.kernel_image((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0) / c0
     if config.decorrelate:
-        phi = decorrelation_kernel(center_kernel, var_conv, var_other, half_size=half)
+        corr_sci = noise_correlation(sci, svar, bad, fwhm_pix=sci_fwhm)
+        corr_tmpl = noise_correlation(tmpl, tvar, bad, fwhm_pix=template_fwhm_pix)
+        log.info(
+            "pixel noise / variance plane: science %.3f, template %.3f",
+            np.sqrt(corr_sci.max()), np.sqrt(corr_tmpl.max()),
+        )  # fmt: skip
+        corr_conv, corr_other = (corr_tmpl, corr_sci) if template_is_sharper else (corr_sci, corr_tmpl)
+        phi = decorrelation_kernel(
+            center_kernel, var_conv, var_other, half_size=half,
+            correlation_convolved=corr_conv, correlation_other=corr_other,
+        )  # fmt: skip
         diff = signal.fftconvolve(diff, phi.astype(np.float32), mode="same")
     else:
         phi = np.zeros((1, 1))
