@@ -103,7 +103,7 @@ class DiffimConfig:
         maximum=30,
     )
     spatial_order: int = config_field(
-        2, "Total order of the polynomials in x, y of the kernel coefficients", minimum=0, maximum=4
+        1, "Total order of the polynomials in x, y of the kernel coefficients", minimum=0, maximum=4
     )
     fit_background: bool = config_field(
         False,
