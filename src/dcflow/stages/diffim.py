@@ -26,7 +26,14 @@ difference is below what the summed variance planes say. The difference is there
 convolved with the decorrelation kernel of Kaiser (2004) and Reiss & Lupton (DMTN-021)
 ``phi(k) = sqrt((s_a^2 + s_b^2) / (s_a^2 |K(k)|^2 + s_b^2))`` (``a`` the convolved image,
 ``K`` the normalised matching kernel at the image centre), after which its noise is white
-and the variance plane (the sum of the two, scaled) is true pixel by pixel. The difference's
+and the variance plane (the sum of the two, scaled) is true pixel by pixel. A template
+resampled onto the science grid (after the coadd's own warps) has correlated noise: its
+pixel scatter is below its variance plane (0.6 of it measured on a two-visit template),
+while sums over many pixels follow the plane. Each input's noise correlation is therefore
+measured on its source-free pixels (`noise_correlation`) and its power spectrum ``C(k)``
+multiplies the input's term in ``phi``'s denominator. Scaling the template's variance plane
+down to its pixel scatter (ip_diffim's ScaleVarianceTask) was measured instead: a true pixel
+noise, but PSF-scale noise above the plane and more false detections. The difference's
 PSF is then the science PSF (or, when the science image was the convolved one, the science
 PSF convolved with the matching kernel) convolved with ``phi`` (`DiffimPsf`).
 
@@ -102,6 +109,10 @@ class DiffimConfig:
         minimum=0,
         maximum=30,
     )
+    # Order 1, as ip_diffim's AlardLuptonSubtractTask: a quadratic, fitted on the 40-70
+    # kernel stars of a 1024 x 2048 CCD, swung by a factor 3 in kernel width near the CCD
+    # edges and over coverage regions without kernel stars (11 false DIASources on one
+    # CCD-visit; benchmarks/diffim_false_sources.py --variants "spatial order 1")
     spatial_order: int = config_field(
         1, "Total order of the polynomials in x, y of the kernel coefficients", minimum=0, maximum=4
     )
@@ -1027,7 +1038,7 @@ def noise_correlation(
     if use.sum() < 10_000:
         return delta
     z = np.where(use, z - np.mean(z[use]), 0.0).astype(np.float32)
-    fshape = (sp_fft.next_fast_len(rows + half_size, True), sp_fft.next_fast_len(nx + half_size, True))
+    fshape = tuple(sp_fft.next_fast_len(n + half_size, True) for n in (rows, nx))
     lags = [np.r_[0 : half_size + 1, -half_size:0]] * 2
 
     def autocorrelation(a):
@@ -1313,7 +1324,9 @@ def subtract_images(
             "pixel noise / variance plane: science %.3f, template %.3f",
             np.sqrt(corr_sci.max()), np.sqrt(corr_tmpl.max()),
         )  # fmt: skip
-        corr_conv, corr_other = (corr_tmpl, corr_sci) if template_is_sharper else (corr_sci, corr_tmpl)
+        corr_conv, corr_other = (
+            (corr_tmpl, corr_sci) if template_is_sharper else (corr_sci, corr_tmpl)
+        )
         phi = decorrelation_kernel(
             center_kernel, var_conv, var_other, half_size=half,
             correlation_convolved=corr_conv, correlation_other=corr_other,
