@@ -11,6 +11,9 @@ ip_diffim does:
 * every basis but the first is shifted to zero sum, so the kernel's sum (the photometric
   ratio) is one number for the whole image, while the shape's coefficients are polynomials in
   the image position (spatially varying kernel);
+* the spatial order is the one (up to ``spatial_order``) whose kernel best predicts kernel
+  stars left out of the fit: a polynomial fitted on a few dozen stars swings where they are
+  sparse;
 * the coefficients (and, optionally, a differential background polynomial: off by default,
   since both inputs are background-subtracted) are one weighted linear least-squares fit
   over stamps around bright isolated template stars, with rounds of rejection of stamps
@@ -787,7 +790,9 @@ def fit_matching_kernel(
     stamp_half_size : int
         Half size of the fitted stamps, pixels.
     spatial_order : int
-        Order of the kernel-coefficient polynomials.
+        Highest order of the kernel-coefficient polynomials: after the rejection rounds, the
+        order up to it whose kernel best predicts kernel stars left out of the fit is kept
+        (`_cross_validated_order`).
     background_order : int or None
         Order of the differential background polynomial (None: no background term).
     n_reject_iter, reject_sigma : int, float
