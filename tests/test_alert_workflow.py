@@ -100,7 +100,7 @@ def test_workflow_runs_the_alert_stages(campaign):
     template = _template_visits(layout)
     assert len(template) == 2
     template_nights = {(visit - VISITS[0]) // 2 for visit in template}
-    noise = {}
+    noise, convolved = {}, set()
     for visit in VISITS:
         night = (visit - VISITS[0]) // 2
         for ccd in CCDS:
@@ -111,36 +111,16 @@ def test_workflow_runs_the_alert_stages(campaign):
             assert (header["TMPLALT"] >= 0) == (night in template_nights)
             used = _diff_template_visits(header)
             assert not {v for v in used if (v - VISITS[0]) // 2 == night}, (visit, used)
-            if header["DIFFCONV"] == "template":
-                noise[visit, ccd] = round(float(header["NOISERAT"]), 3)
-    # the difference's noise is what its variance plane says, away from sources (where the
-    # science image was convolved, see test_noise_where_the_science_image_was_convolved)
-    assert len(noise) >= 8, noise
+            noise[visit, ccd] = round(float(header["NOISERAT"]), 3)
+            convolved.add(header["DIFFCONV"])
+    # the difference's noise is what its variance plane says, away from sources, on every
+    # CCD-visit: also where the science image (visit 1003, 0.5") is the one convolved, to a
+    # template resampled twice whose pixel noise is below its variance plane (0.73 and 0.81
+    # before the decorrelation used the template's measured noise correlation)
+    assert convolved == {"template", "science"}, convolved
     assert all(abs(ratio - 1.0) <= 0.10 for ratio in noise.values()), noise
     objects = read_table(layout.path("diaObject", tract=0, patch="0,0"))
     assert len(objects) > 10 and len(set(objects["diaObjectId"])) == len(objects)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured 0.729 and 0.809 (visit 1003, CCDs 0 and 1; issue: within 10 %): where the "
-    'science image (0.5") is the sharper and is convolved to the other-nights template '
-    "(0.8\", two visits resampled twice), the difference's pixel noise is below its variance "
-    "plane; the template's own pixel noise is below its propagated variance (resampling), "
-    "and here it is not smoothed by the matching kernel; every template-convolved difference "
-    "is within 4 %",
-)
-def test_noise_where_the_science_image_was_convolved(campaign):
-    layout, code, _, _ = campaign
-    assert code == 0
-    noise = {}
-    for visit in VISITS:
-        for ccd in CCDS:
-            header = fits.getheader(layout.path("deepDiff", visit=visit, ccd=ccd))
-            if header["DIFFCONV"] == "science":
-                noise[visit, ccd] = round(float(header["NOISERAT"]), 3)
-    assert noise, "no difference with the science image convolved"
-    assert all(abs(ratio - 1.0) <= 0.10 for ratio in noise.values()), noise
 
 
 def test_transients_complete_with_true_fluxes(campaign):
@@ -194,9 +174,11 @@ def test_transients_complete_with_true_fluxes(campaign):
 def test_few_false_dia_sources(campaign):
     """At most 5 DIASources per CCD-visit away from every injected source (any epoch).
 
-    Measured 2.25 over all 12 CCD-visits, each against the template without its night
-    ([2, 11, 1, 3, 2, 3, 0, 1, 2, 0, 0, 2]), with the mismatch noise of the registration on
-    stars in the DIASource errors (benchmarks/diffim_false_sources.py).
+    Measured [3, 2, 5, 2, 3, 3, 0, 1, 1, 1, 1, 0] (mean 1.83) over all 12 CCD-visits, each
+    against the template without its night; [2, 11, 1, 3, 2, 3, 0, 1, 2, 0, 0, 2] with a
+    kernel of spatial order 2 on every CCD (visit 1001, CCD 1: 38 kernel stars, the
+    quadratic swung where they are sparse), before the order was cross-validated
+    (benchmarks/diffim_false_sources.py).
     """
     layout, code, epochs, _ = campaign
     assert code == 0
@@ -209,7 +191,8 @@ def test_few_false_dia_sources(campaign):
         coords = SkyCoord(src["ra"], src["dec"], unit="deg")
         _, sep, _ = coords.match_to_catalog_sky(everywhere)
         counts.append(int(np.sum(sep.to_value("arcsec") > 2.0)))
-    assert np.mean(counts) <= 5.0, f"false DIASources per CCD-visit: {counts}"
+    assert max(counts) <= 5, f"false DIASources per CCD-visit: {counts}"
+    assert np.mean(counts) <= 3.0, f"false DIASources per CCD-visit: {counts}"
 
 
 def test_dia_objects_complete_and_pure(campaign):

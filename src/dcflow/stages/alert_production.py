@@ -239,11 +239,12 @@ def template_on_calexp(
     if n_covered == 0:
         return TemplateOnCalexp(None, 0, 0)
     # The propagated variance is kept even though resampling (the coadd's warps, then this
-    # one) leaves the template's pixel scatter below it: scaling it down to the scatter (as
-    # ip_diffim's ScaleVarianceTask would) gave a true per-pixel noise but raised the
-    # PSF-scale noise above the plane, and with it the 5-sigma false detections (measured on
-    # the demo, visit 1003, two CCDs: noise/variance 0.99-1.00 unscaled and 1.02 scaled, 5
-    # false DIASources unscaled and 13 scaled).
+    # one) leaves the template's pixel scatter below it: the decorrelation of the difference
+    # uses the template's measured noise correlation (`dcflow.stages.diffim.noise_correlation`).
+    # Scaling the plane down to the scatter (as ip_diffim's ScaleVarianceTask would) gave a
+    # true per-pixel noise but raised the PSF-scale noise above the plane, and with it the
+    # 5-sigma false detections (measured on the demo, visit 1003, two CCDs: 5 false
+    # DIASources unscaled and 13 scaled).
     header = calexp.header.copy()
     header["ZP"] = (zero_point, "mag of one template unit")
     header["PSFFWHM"] = (fwhm_sum / fwhm_weight, "template PSF FWHM, arcsec")

@@ -11,6 +11,9 @@ ip_diffim does:
 * every basis but the first is shifted to zero sum, so the kernel's sum (the photometric
   ratio) is one number for the whole image, while the shape's coefficients are polynomials in
   the image position (spatially varying kernel);
+* the spatial order is the one (up to ``spatial_order``) whose kernel best predicts kernel
+  stars left out of the fit: a polynomial fitted on a few dozen stars swings where they are
+  sparse;
 * the coefficients (and, optionally, a differential background polynomial: off by default,
   since both inputs are background-subtracted) are one weighted linear least-squares fit
   over stamps around bright isolated template stars, with rounds of rejection of stamps
@@ -26,7 +29,14 @@ difference is below what the summed variance planes say. The difference is there
 convolved with the decorrelation kernel of Kaiser (2004) and Reiss & Lupton (DMTN-021)
 ``phi(k) = sqrt((s_a^2 + s_b^2) / (s_a^2 |K(k)|^2 + s_b^2))`` (``a`` the convolved image,
 ``K`` the normalised matching kernel at the image centre), after which its noise is white
-and the variance plane (the sum of the two, scaled) is true pixel by pixel. The difference's
+and the variance plane (the sum of the two, scaled) is true pixel by pixel. A template
+resampled onto the science grid (after the coadd's own warps) has correlated noise: its
+pixel scatter is below its variance plane (0.6 of it measured on a two-visit template),
+while sums over many pixels follow the plane. Each input's noise correlation is therefore
+measured on its source-free pixels (`noise_correlation`) and its power spectrum ``C(k)``
+multiplies the input's term in ``phi``'s denominator. Scaling the template's variance plane
+down to its pixel scatter (ip_diffim's ScaleVarianceTask) was measured instead: a true pixel
+noise, but PSF-scale noise above the plane and more false detections. The difference's
 PSF is then the science PSF (or, when the science image was the convolved one, the science
 PSF convolved with the matching kernel) convolved with ``phi`` (`DiffimPsf`).
 
@@ -69,6 +79,7 @@ __all__ = [
     "convolve_with_kernel",
     "decorrelation_kernel",
     "fit_matching_kernel",
+    "noise_correlation",
     "register_on_stars",
     "select_kernel_stars",
     "subtract_exposures",
@@ -102,7 +113,11 @@ class DiffimConfig:
         maximum=30,
     )
     spatial_order: int = config_field(
-        2, "Total order of the polynomials in x, y of the kernel coefficients", minimum=0, maximum=4
+        2,
+        "Highest total order of the polynomials in x, y of the kernel coefficients (the fit "
+        "keeps the lower order whose kernel better predicts kernel stars left out of it)",
+        minimum=0,
+        maximum=4,
     )
     fit_background: bool = config_field(
         False,
@@ -811,7 +826,9 @@ def fit_matching_kernel(
     stamp_half_size : int
         Half size of the fitted stamps, pixels.
     spatial_order : int
-        Order of the kernel-coefficient polynomials.
+        Highest order of the kernel-coefficient polynomials: after the rejection rounds, the
+        order up to it whose kernel best predicts kernel stars left out of the fit is kept
+        (`_cross_validated_order`).
     background_order : int or None
         Order of the differential background polynomial (None: no background term).
     n_reject_iter, reject_sigma : int, float
@@ -900,6 +917,7 @@ def fit_matching_kernel(
         weighted = design[star].reshape(-1, n_params) * weight[star].reshape(-1, 1)
         normal[star] = weighted.T @ weighted
         rhs[star] = weighted_target[star] @ weighted
+    target_norm = (weighted_target**2).sum(axis=1)
     used = np.ones(x.size, dtype=bool)
     n_pix = target.shape[1] * target.shape[2]
     chi2 = np.full(x.size, np.nan)
@@ -925,6 +943,20 @@ def fit_matching_kernel(
         if new_used.sum() == used.sum() or new_used.sum() < 3 * n_sp:
             break
         used = new_used
+    order = _cross_validated_order(normal, rhs, target_norm, used, spatial_order, n_basis - 1)
+    if order < spatial_order:
+        log.info(
+            "PSF matching: spatial order %d predicts left-out kernel stars better than %d",
+            order, spatial_order,
+        )  # fmt: skip
+        columns = _order_columns(order, spatial_order, n_basis - 1, n_params)
+        spatial_order, n_sp = order, (order + 1) * (order + 2) // 2
+        sub = normal[used][:, columns][:, :, columns].sum(axis=0)
+        sub[np.diag_indices_from(sub)] += 1e-12 * np.trace(sub) / columns.size
+        sol = linalg.solve(sub, rhs[used][:, columns].sum(axis=0), assume_a="pos")
+        resid = (target - design[..., columns] @ sol) * weight
+        chi2 = (resid**2).sum(axis=(1, 2)) / max(n_pix - columns.size / used.sum(), 1.0)
+    n_smooth = 1 + (n_basis - 1) * n_sp
     n_offsets = (n_basis - 1) * (n_regions - 1)
     region_coeffs = np.zeros((n_regions, n_basis - 1))
     region_coeffs[1:] = sol[n_smooth : n_smooth + n_offsets].reshape(n_regions - 1, n_basis - 1)
@@ -978,6 +1010,52 @@ def _convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     product = _correlation_transform(kernel[::-1, ::-1], fshape)
     product *= sp_fft.rfft2(image, s=fshape)
     return sp_fft.irfft2(product, s=fshape, overwrite_x=True)[:ny, :nx]
+
+
+def _order_columns(order: int, max_order: int, n_shape: int, n_params: int) -> np.ndarray:
+    """Design columns of a kernel of spatial ``order`` inside one of ``max_order``.
+
+    Columns: the kernel sum, then ``n_shape`` zero-sum bases times the spatial terms (total
+    degree ascending, so a lower order's terms come first), then region offsets and
+    background, kept whole.
+    """
+    n_max = (max_order + 1) * (max_order + 2) // 2
+    n_keep = (order + 1) * (order + 2) // 2
+    shape_cols = 1 + np.arange(n_shape)[:, None] * n_max + np.arange(n_keep)[None, :]
+    rest = np.arange(1 + n_shape * n_max, n_params)
+    return np.concatenate([[0], shape_cols.ravel(), rest]).astype(np.int64)
+
+
+def _cross_validated_order(normal, rhs, target_norm, used, max_order, n_shape, n_folds=5):
+    """Spatial order (<= ``max_order``) whose kernel best predicts left-out kernel stars.
+
+    The used stars are split into ``n_folds``; each fold's stars are predicted by the kernel
+    fitted on the others, and the orders are compared by the summed chi^2 of those
+    predictions, computed from the per-stamp normal equations (``chi^2_n = t_n - 2 a.b_n +
+    a.N_n.a``). A polynomial fitted on a few dozen stars swings where they are sparse (the
+    CCD's edges, a coverage region with stars in one part only): there the lower order wins.
+    """
+    index = np.flatnonzero(used)
+    if max_order == 0 or index.size < 4 * n_folds:
+        return max_order
+    n_params = normal.shape[-1]
+    fold = np.arange(index.size) % n_folds
+    scores = []
+    for order in range(max_order + 1):
+        columns = _order_columns(order, max_order, n_shape, n_params)
+        sub_normal = normal[index][:, columns][:, :, columns]
+        sub_rhs = rhs[index][:, columns]
+        total_normal, total_rhs = sub_normal.sum(axis=0), sub_rhs.sum(axis=0)
+        score = 0.0
+        for f in range(n_folds):
+            out = fold == f
+            ata = total_normal - sub_normal[out].sum(axis=0)
+            ata[np.diag_indices_from(ata)] += 1e-12 * np.trace(ata) / columns.size
+            sol = linalg.solve(ata, total_rhs - sub_rhs[out].sum(axis=0), assume_a="pos")
+            quad = np.einsum("i,nij,j->n", sol, sub_normal[out], sol)
+            score += float(np.sum(target_norm[index[out]] - 2.0 * sub_rhs[out] @ sol + quad))
+        scores.append(score)
+    return int(np.argmin(scores))
 
 
 def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarray:
@@ -1051,10 +1129,111 @@ def convolve_with_kernel(image: np.ndarray, kernel: MatchingKernel) -> np.ndarra
     return out
 
 
+def noise_correlation(
+    image: np.ndarray,
+    variance: np.ndarray,
+    bad: np.ndarray,
+    *,
+    fwhm_pix: float,
+    half_size: int = 3,
+    max_pixels: int = 1 << 21,
+) -> np.ndarray:
+    """Pixel-to-pixel correlation of an image's noise, normalised to unit sum.
+
+    Resampling (a coadd's warps, then the template's warp onto the science grid) correlates
+    the noise of neighbouring pixels: the per-pixel scatter falls below the variance plane
+    while sums over many pixels follow it (the interpolation kernel has unit sum). The
+    autocorrelation of ``image / sqrt(variance)`` is measured over source-free pixels
+    (masked FFT estimator: ``sum z z' / sum m m'`` at each lag), out to ``half_size``
+    pixels, and normalised to unit sum, i.e. the variance plane is taken as the noise on
+    large scales and only the shape is measured (the centre is the per-pixel variance over
+    the plane's). Sources (matched-filter S/N above 5, pixels above 5 sigma) are masked,
+    grown by two FWHM; the estimate uses the band of at most ``max_pixels`` pixels of full
+    rows holding the most usable pixels.
+
+    Parameters
+    ----------
+    image, variance : numpy.ndarray
+        ``(ny, nx)`` background-subtracted image and its variance plane.
+    bad : numpy.ndarray of bool
+        ``(ny, nx)`` pixels not to use.
+    fwhm_pix : float
+        PSF FWHM, pixels (the source mask's filter and growth).
+    half_size : int
+        Largest lag measured, pixels.
+    max_pixels : int
+        Pixels the estimate uses at most.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(2h+1, 2h+1)`` correlation (lag ``(dy, dx)`` at ``[h + dy, h + dx]``), unit sum; a
+        delta when fewer than 10^4 pixels are usable.
+    """
+    size = 2 * half_size + 1
+    delta = np.zeros((size, size))
+    delta[half_size, half_size] = 1.0
+    good = ~np.asarray(bad, bool) & np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+    ny, nx = good.shape
+    rows = max(min(ny, max_pixels // max(nx, 1)), min(ny, 4 * size))
+    counts = np.concatenate([[0], np.cumsum(good.sum(axis=1))])
+    start = int(np.argmax(counts[rows:] - counts[: ny - rows + 1]))
+    band = slice(start, start + rows)
+    good = good[band]
+    if good.sum() < 10_000:
+        return delta
+    z = np.where(good, image[band] / np.sqrt(np.where(good, variance[band], 1.0)), 0.0)
+    z = z.astype(np.float32)
+    smooth = ndimage.gaussian_filter(z, fwhm_pix / FWHM_PER_SIGMA, truncate=2.5)
+    values = smooth[good]
+    spread = 1.4826 * np.median(np.abs(values - np.median(values)))
+    sources = (np.abs(smooth) > 5.0 * spread) | (np.abs(z) > 5.0)
+    use = good & ~_grow(sources, int(np.ceil(2.0 * fwhm_pix)))
+    if use.sum() < 10_000:
+        return delta
+    z = np.where(use, z - np.mean(z[use]), 0.0).astype(np.float32)
+    fshape = tuple(sp_fft.next_fast_len(n + half_size, True) for n in (rows, nx))
+    lags = [np.r_[0 : half_size + 1, -half_size:0]] * 2
+
+    def autocorrelation(a):
+        power = np.abs(sp_fft.rfft2(a, s=fshape)) ** 2
+        return sp_fft.irfft2(power, s=fshape)[np.ix_(*lags)]
+
+    corr = autocorrelation(z) / np.maximum(autocorrelation(use.astype(np.float32)), 1.0)
+    corr = np.roll(corr, (half_size, half_size), axis=(0, 1)).astype(float)
+    corr = 0.5 * (corr + corr[::-1, ::-1])
+    total = corr.sum()
+    if not (np.isfinite(total) and total > 0.1 * corr[half_size, half_size] > 0):
+        return delta
+    return corr / total
+
+
+def _noise_power(correlation: np.ndarray | None, n: int) -> np.ndarray | float:
+    """Noise power spectrum on an ``n x n`` FFT grid of a unit-sum correlation (1: white)."""
+    if correlation is None:
+        return 1.0
+    m = correlation.shape[0] // 2
+    grid = np.zeros((n, n))
+    grid[: 2 * m + 1, : 2 * m + 1] = correlation
+    grid = np.roll(grid, (-m, -m), axis=(0, 1))
+    return np.real(np.fft.fft2(grid))
+
+
 def decorrelation_kernel(
-    kernel: np.ndarray, variance_convolved: float, variance_other: float, *, half_size: int
+    kernel: np.ndarray,
+    variance_convolved: float,
+    variance_other: float,
+    *,
+    half_size: int,
+    correlation_convolved: np.ndarray | None = None,
+    correlation_other: np.ndarray | None = None,
 ) -> np.ndarray:
     """Kernel that whitens the noise of ``other - K * convolved`` (DMTN-021, Kaiser 2004).
+
+    ``phi(k) = sqrt((s_a^2 + s_b^2) / (s_a^2 |K(k)|^2 C_a(k) + s_b^2 C_b(k)))`` with ``C``
+    the noise power spectrum of each input relative to its variance plane (1 for white
+    noise; from `noise_correlation` for a resampled template, whose high spatial
+    frequencies hold less noise than its variance plane says).
 
     Parameters
     ----------
@@ -1064,6 +1243,8 @@ def decorrelation_kernel(
         Sky variance of the convolved image (after scaling) and of the other image.
     half_size : int
         Half size of the returned kernel, pixels.
+    correlation_convolved, correlation_other : numpy.ndarray, optional
+        Unit-sum noise correlations of the two images (`noise_correlation`); None: white.
 
     Returns
     -------
@@ -1077,9 +1258,13 @@ def decorrelation_kernel(
     grid[:k, :k] = kernel
     grid = np.roll(grid, (-(k // 2), -(k // 2)), axis=(0, 1))
     power = np.abs(np.fft.fft2(grid)) ** 2
-    phi_hat = np.sqrt(
-        (variance_convolved + variance_other) / (variance_convolved * power + variance_other)
-    )
+    noise = variance_convolved * power * _noise_power(
+        correlation_convolved, n
+    ) + variance_other * _noise_power(correlation_other, n)
+    # a measured correlation's spectrum can dip to (or, from its noise, below) zero where
+    # both inputs hold almost no noise: there phi is bounded, not divided by ~0
+    total = variance_convolved + variance_other
+    phi_hat = np.sqrt(total / np.maximum(noise, 0.02 * total))
     phi = np.fft.fftshift(np.real(np.fft.ifft2(phi_hat)))
     c = n // 2
     phi = phi[c - half_size : c + half_size + 1, c - half_size : c + half_size + 1]
@@ -1294,7 +1479,19 @@ def subtract_images(
         subtracted = None if registration is None else model
     center_kernel = kernel.kernel_image((shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0) / c0
     if config.decorrelate:
-        phi = decorrelation_kernel(center_kernel, var_conv, var_other, half_size=half)
+        corr_sci = noise_correlation(sci, svar, bad, fwhm_pix=sci_fwhm)
+        corr_tmpl = noise_correlation(tmpl, tvar, bad, fwhm_pix=template_fwhm_pix)
+        log.info(
+            "pixel noise / variance plane: science %.3f, template %.3f",
+            np.sqrt(corr_sci.max()), np.sqrt(corr_tmpl.max()),
+        )  # fmt: skip
+        corr_conv, corr_other = (
+            (corr_tmpl, corr_sci) if template_is_sharper else (corr_sci, corr_tmpl)
+        )
+        phi = decorrelation_kernel(
+            center_kernel, var_conv, var_other, half_size=half,
+            correlation_convolved=corr_conv, correlation_other=corr_other,
+        )  # fmt: skip
         diff = _convolve_same(diff, phi.astype(np.float32))
     else:
         phi = np.zeros((1, 1))
