@@ -54,18 +54,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 
 from dcflow.config_schema import load_config
 from dcflow.configs import from_mapping
-from dcflow.exposure import MaskPlane
 from dcflow.instruments import sdss
 from dcflow.io import read_fits, read_table
 from dcflow.layout import Layout
-from dcflow.stages.measurement import aperture_weight_table, empty_position_noise
-from dcflow.stages.process_ccd import ProcessCcdConfig, process_ccd
+from dcflow.stages.process_ccd import (
+    ProcessCcdConfig,
+    process_ccd,
+    src_psf_aperture_ratio_noise,
+)
 from dcflow.stages.psf import FWHM_PER_SIGMA, effective_area
 from dcflow.stages.stamps import adaptive_moments, extract_stamps
 
@@ -165,48 +166,26 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
     gauss = np.array([_fit_star(s, w, "gauss")[0] for s, w in zip(stamps, weight, strict=True)])
     moffat = np.array([_fit_star(s, w, "moffat") for s, w in zip(stamps, weight, strict=True)])
 
-    # PSF / aperture flux ratios and the scatter the noise explains (covariance included).
-    # Normalised to its median: the aperture correction may refer to another aperture
-    # (APCRAD), and a constant factor must not scale the scatter.
+    # PSF / aperture flux ratios and the scatter the noise explains (covariance of the two
+    # sums over the same pixels and the PSF's own-width response included). Each PSF flux
+    # is put in the aperture with the model's share of light there at the width it used (a
+    # star 1 % wider has 0.1 % less of its light in 3"). Normalised to its median: the
+    # aperture correction may refer to another aperture (APCRAD), and a constant factor must
+    # not scale the scatter.
+    noise = src_psf_aperture_ratio_noise(result, stars, config=config)
     ratio = np.asarray(src["apcorr"][stars] * src["psf_flux"][stars] / src["ap_flux"][stars])
+    ratio_raw = ratio / np.median(ratio)
+    ratio = ratio * noise.aperture_fraction
     ratio = ratio / np.median(ratio)
-    ap_r = config.aperture_radius_arcsec / scale
-    ap_table = aperture_weight_table(ap_r)
-    ah = (ap_table.shape[-1] - 1) // 2
-    table = result.psf_fit.phase_table(HALF, x[stars], y[stars])
-    p = table.stamps(x[stars] - xi, y[stars] - yi)
-    ph = p / (p * p).sum(axis=(1, 2))[:, None, None]  # uniform-weight PSF flux weights
-    w_ap = np.zeros_like(p)
-    n_ph = ap_table.shape[0] - 1
-    kx = np.rint((x[stars] - xi + 0.5) * n_ph).astype(int)
-    ky = np.rint((y[stars] - yi + 0.5) * n_ph).astype(int)
-    w_ap[:, HALF - ah : HALF + ah + 1, HALF - ah : HALF + ah + 1] = ap_table[ky, kx]
-    v = np.where(inside, variance, 0.0)
-    var_psf = (ph * ph * v).sum(axis=(1, 2))
-    var_ap = (w_ap * w_ap * v).sum(axis=(1, 2))
-    cov = (ph * w_ap * v).sum(axis=(1, 2))
+    expected, expected_sky = noise.relative_noise, noise.relative_noise_with_sky
     flux = np.asarray(src["ap_flux"][stars])
-    expected = np.sqrt(np.maximum(var_psf + var_ap - 2 * cov, 0)) / flux
     mad = 1.4826 * np.median(np.abs(ratio - np.median(ratio)))
-    # The sky noise the variance plane misses: the same difference (PSF flux - aperture flux)
-    # measured at empty positions, away from every detection (grown by 6 pixels).
-    blocked = ndimage.maximum_filter(
-        (result.calexp.mask & int(MaskPlane.DETECTED | MaskPlane.BAD | MaskPlane.SAT)) != 0,
-        size=13,
-    )
-    centre = result.psf_fit.psf_at(image.shape[1] / 2, image.shape[0] / 2).render(HALF)
-    w_diff = centre / (centre * centre).sum()
-    w_diff[HALF - ah : HALF + ah + 1, HALF - ah : HALF + ah + 1] -= ap_table[n_ph // 2, n_ph // 2]
-    measured, predicted, _ = empty_position_noise(image, var, blocked, w_diff)
-    excess = max(measured - predicted, 0.0)
-    expected_sky = np.sqrt(expected**2 + excess / flux**2)
     # Per-star normalised deviations: robust to stars of very different noise.
     chi = (ratio - np.median(ratio)) / expected_sky
     rng = np.random.default_rng(0)
-    boot = [
-        1.4826 * np.median(np.abs(r - np.median(r)))
-        for r in rng.choice(ratio, size=(500, len(ratio)), replace=True)
-    ]
+    draws = rng.integers(0, len(ratio), size=(500, len(ratio)))
+    boot = [1.4826 * np.median(np.abs(r - np.median(r))) for r in ratio[draws]]
+    chi_boot = [1.4826 * np.median(np.abs(c)) for c in chi[draws]]
     snr = np.asarray(src["snr"][stars])
 
     def chi_mad(sel):
@@ -266,9 +245,13 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
         "ratio_mad_mmag": 1086 * mad,
         "ratio_noise_mmag": 1086 * float(np.sqrt(np.median(expected**2))),
         "ratio_noise_sky_mmag": 1086 * float(np.sqrt(np.median(expected_sky**2))),
-        "empty_sky_noise_x": float(np.sqrt(measured / predicted)),
         "ratio_mad_boot_sd": 1086 * float(np.std(boot)),
+        "ratio_mad_no_frac_mmag": 1086
+        * 1.4826
+        * float(np.median(np.abs(ratio_raw - np.median(ratio_raw)))),
+        "width_shrink_median": float(np.median(noise.width_shrink)),
         "chi_mad": 1.4826 * float(np.median(np.abs(chi))),
+        "chi_mad_boot_sd": float(np.std(chi_boot)),
         "chi_mad_snr_100_200": chi_mad(snr < 200),
         "chi_mad_snr_gt_400": chi_mad(snr > 400),
         "width_colour_pct_mag": slope,
@@ -301,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio scatter / noise {r['ratio_mad_mmag'] / r['ratio_noise_mmag']:.2f} "
             f"(+- {r['ratio_mad_boot_sd'] / r['ratio_noise_mmag']:.2f} bootstrap), "
             f"/ noise with empty-position sky {r['ratio_mad_mmag'] / r['ratio_noise_sky_mmag']:.2f}"
+            f", per-star chi robust scatter {r['chi_mad']:.2f} "
+            f"(+- {r['chi_mad_boot_sd']:.2f} bootstrap, {r['n_stars']:.0f} stars)"
         )
     return 0
 
