@@ -167,15 +167,15 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
     moffat = np.array([_fit_star(s, w, "moffat") for s, w in zip(stamps, weight, strict=True)])
 
     # PSF / aperture flux ratios and the scatter the noise explains (covariance of the two
-    # sums over the same pixels and the PSF's own-width response included). Each PSF flux
-    # is put in the aperture with the model's share of light there at the width it used (a
-    # star 1 % wider has 0.1 % less of its light in 3"). Normalised to its median: the
-    # aperture correction may refer to another aperture (APCRAD), and a constant factor must
-    # not scale the scatter.
+    # sums over the same pixels and the PSF's own-width response included). Normalised to its
+    # median: the aperture correction may refer to another aperture (APCRAD), and a constant
+    # factor must not scale the scatter. ``ratio_frac``: each PSF flux also put in the aperture
+    # with the model's share of light there at the width it used (a star 1 % wider has about
+    # 0.1 % less of its light within 3"), a diagnostic (its noise is not modelled).
     noise = src_psf_aperture_ratio_noise(result, stars, config=config)
     ratio = np.asarray(src["apcorr"][stars] * src["psf_flux"][stars] / src["ap_flux"][stars])
-    ratio_raw = ratio / np.median(ratio)
-    ratio = ratio * noise.aperture_fraction
+    ratio_frac = ratio * noise.aperture_fraction
+    ratio_frac = ratio_frac / np.median(ratio_frac)
     ratio = ratio / np.median(ratio)
     expected, expected_sky = noise.relative_noise, noise.relative_noise_with_sky
     flux = np.asarray(src["ap_flux"][stars])
@@ -246,9 +246,7 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
         "ratio_noise_mmag": 1086 * float(np.sqrt(np.median(expected**2))),
         "ratio_noise_sky_mmag": 1086 * float(np.sqrt(np.median(expected_sky**2))),
         "ratio_mad_boot_sd": 1086 * float(np.std(boot)),
-        "ratio_mad_no_frac_mmag": 1086
-        * 1.4826
-        * float(np.median(np.abs(ratio_raw - np.median(ratio_raw)))),
+        "ratio_frac_mad_mmag": 1086 * 1.4826 * float(np.median(np.abs(ratio_frac - 1))),
         "width_shrink_median": float(np.median(noise.width_shrink)),
         "chi_mad": 1.4826 * float(np.median(np.abs(chi))),
         "chi_mad_boot_sd": float(np.std(chi_boot)),
