@@ -16,14 +16,17 @@ For each filter, runs processCcd (config/sdss-stripe82.yaml settings) on the fra
   centre, width, beta and background); the model's moments are measured on the model at
   each star's position, so like is compared with like;
 - the robust scatter (1.4826 MAD) of ``apcorr * psf_flux / ap_flux`` over those stars (point
-  sources only: extendedness 0) and the scatter the noise explains, from the variance plane
-  and the covariance of the two fluxes (both sums over the same pixels) -- ``ratio_noise`` --
-  and with the sky noise the variance plane misses added, measured with the same
-  PSF-minus-aperture weights at empty positions (`empty_position_noise`) --
-  ``ratio_noise_sky``; ``ratio_mad_boot_sd`` is the bootstrap error of the MAD (a handful
-  of stars: the ratio scatter / noise is uncertain by 0.25-0.7), and ``chi_mad`` the robust
-  scatter of each star's deviation over its own noise, which does not mix stars of very
-  different noise as MAD / median noise does, also for S/N 100-200 and above 400 alone;
+  sources only: extendedness 0) and the scatter the noise explains
+  (`dcflow.stages.process_ccd.src_psf_aperture_ratio_noise`, to first order: the covariance
+  of the two fluxes, both sums over the same pixels, and the response of a PSF flux made at
+  the star's own width, which follows the light the aperture sums) -- ``ratio_noise`` -- and
+  with the sky noise the variance plane misses added, measured with each star's own ratio
+  weights at empty positions (`empty_position_noise`) -- ``ratio_noise_sky``;
+  ``ratio_mad_boot_sd`` is the bootstrap error of the MAD, and ``chi_mad`` the robust scatter
+  of each star's deviation over its own noise (which does not mix stars of very different
+  noise as MAD / median noise does; ``chi_mad_boot_sd`` its bootstrap error), also for S/N
+  100-200 and above 400 alone; ``ratio_frac_mad_mmag`` is the ratio's scatter with each PSF
+  flux put in the aperture with the model's share of light there at the width it used;
   ``width_colour_pct_mag`` is the slope (% per mag) of the stars' moment width over the
   model's against their g - r colour (reference catalogue), with its error.
 

@@ -246,7 +246,7 @@ def empty_position_noise(
     weights: np.ndarray,
     *,
     min_positions: int = 30,
-) -> tuple[float, float, int]:
+) -> tuple[float | np.ndarray, float | np.ndarray, int]:
     """Measured and predicted scatter of a linear flux measurement at empty positions.
 
     The flux ``sum(weights * image)`` is measured on a regular grid of non-overlapping
@@ -269,15 +269,17 @@ def empty_position_noise(
         ``(ny, nx)``; True pixels (sources, bad pixels) exclude every stamp that holds one.
     weights : numpy.ndarray
         ``(2h+1, 2h+1)`` weights of the flux measurement, centred on the stamp's central pixel
-        (e.g. aperture overlaps, or a PSF stamp divided by its sum of squares).
+        (e.g. aperture overlaps, or a PSF stamp divided by its sum of squares); or an
+        ``(m, 2h+1, 2h+1)`` stack of ``m`` measurements, measured at the same positions.
     min_positions : int
         Fewest empty positions needed for a measurement.
 
     Returns
     -------
-    measured_variance : float
-        ``(1.4826 MAD)^2`` of the fluxes at the empty positions (NaN if too few).
-    predicted_variance : float
+    measured_variance : float or numpy.ndarray
+        ``(1.4826 MAD)^2`` of the fluxes at the empty positions (NaN if too few); ``(m,)``
+        for a stack of weights.
+    predicted_variance : float or numpy.ndarray
         Median over the same positions of ``sum(weights^2 * variance)`` (NaN if too few).
     n_positions : int
         Number of empty positions used.
@@ -294,9 +296,17 @@ def empty_position_noise(
             f"{np.shape(blocked)} must have the same (ny, nx) shape"
         )
     weights = np.asarray(weights, dtype=float)
-    if weights.ndim != 2 or weights.shape[0] != weights.shape[1] or weights.shape[0] % 2 == 0:
-        raise ValueError(f"weights must be a square stamp of odd size; got {weights.shape}")
-    half = (weights.shape[0] - 1) // 2
+    stack = weights.ndim == 3
+    if (
+        weights.ndim not in (2, 3)
+        or weights.shape[-1] != weights.shape[-2]
+        or weights.shape[-1] % 2 == 0
+    ):
+        raise ValueError(
+            f"weights must be a square stamp of odd size, or a stack of them; got {weights.shape}"
+        )
+    half = (weights.shape[-1] - 1) // 2
+    w = weights.reshape(-1, weights.shape[-2] * weights.shape[-1])
     ny, nx = image.shape
     step = 2 * half + 1
     yc, xc = np.meshgrid(np.arange(half, ny - half, step), np.arange(half, nx - half, step))
@@ -311,11 +321,15 @@ def empty_position_noise(
     data, var = data[usable], var[usable]
     n = int(data.shape[0])
     if n < min_positions:
-        return float("nan"), float("nan"), n
-    flux = (weights * data).sum(axis=(1, 2))
-    predicted = (weights * weights * var).sum(axis=(1, 2))
-    mad = np.median(np.abs(flux - np.median(flux)))
-    return float((1.4826 * mad) ** 2), float(np.median(predicted)), n
+        nan = np.full(w.shape[0], np.nan)
+        return (nan, nan.copy(), n) if stack else (float("nan"), float("nan"), n)
+    flux = w @ data.reshape(n, -1).T
+    predicted = np.median((w * w) @ var.reshape(n, -1).T, axis=1)
+    mad = np.median(np.abs(flux - np.median(flux, axis=1)[:, None]), axis=1)
+    measured = (1.4826 * mad) ** 2
+    if stack:
+        return measured, predicted, n
+    return float(measured[0]), float(predicted[0]), n
 
 
 def psf_aperture_ratio_noise(

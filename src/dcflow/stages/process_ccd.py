@@ -992,12 +992,10 @@ def src_psf_aperture_ratio_noise(
     grow = max(cfg.background_mask_grow_pix, 0)
     if grow > 0:
         blocked = ndimage.maximum_filter(blocked, size=2 * grow + 1)
-    excess = np.zeros(index.size)
-    for k in range(index.size):
-        if np.isfinite(noise[k]):
-            measured, predicted, _ = empty_position_noise(image, variance, blocked, weights[k])
-            if np.isfinite(measured):
-                excess[k] = max(measured - predicted, 0.0)
+    measured, predicted, _ = empty_position_noise(
+        image, variance, blocked, np.nan_to_num(weights, nan=0.0)
+    )
+    excess = np.where(np.isfinite(measured), np.maximum(measured - predicted, 0.0), 0.0)
     return RatioNoise(
         relative_noise=noise,
         relative_noise_with_sky=np.sqrt(noise**2 + excess),
