@@ -86,10 +86,10 @@ def ratio_chi(result, truth_xy, fixed_width=False):
     return (ratio - 1) / noise.relative_noise_with_sky
 
 
-def process_ccd_figures(seed: int) -> dict[str, np.ndarray]:
+def process_ccd_figures(seed: int, config: ProcessCcdConfig) -> dict[str, np.ndarray]:
     """Per-star arrays of one simulated CCD (pooled over seeds by `main`)."""
     field = pccd.star_field(seed)
-    result = process_ccd(field.exposure, field.refcat, band="r")
+    result = process_ccd(field.exposure, field.refcat, band="r", config=config)
     truth_all, nearest, matched = pccd.matched_truth(field, result)
     src, truth_src = result.src[nearest[matched]], truth_all[matched]
     xy = np.column_stack([truth_src["x"], truth_src["y"]])
@@ -136,6 +136,7 @@ def process_ccd_figures(seed: int) -> dict[str, np.ndarray]:
     offsets_mas2 = dra_mas[bright] ** 2 + ddec_mas[bright] ** 2
     return {
         "clean": clean,
+        "snr": np.asarray(src["snr"])[sel],
         "psf": psf - np.median(psf),
         "psf_err": psf_err,
         "ap": ap - np.median(ap),
@@ -191,21 +192,22 @@ def _robust(x):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1, help="processCcd star fields")
+    parser.add_argument(
+        "--psf-flux-width", default="local", help="processCcd psf_flux_width (crowded fields)"
+    )
     parser.add_argument("--ratio-seeds", type=int, default=1, help="sparse ratio-check fields")
     parser.add_argument("--forced-seeds", type=int, default=1, help="four-epoch forced fields")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    per_seed = [process_ccd_figures(5 + k) for k in range(args.seeds)]
+    config = ProcessCcdConfig(psf_flux_width=args.psf_flux_width)
+    per_seed = [process_ccd_figures(5 + k, config) for k in range(args.seeds)]
     pooled = {key: np.concatenate([f[key] for f in per_seed]) for key in per_seed[0]}
     n = pooled["psf"].size
     rms_photon = float(np.std(pooled["psf"] / pooled["photon"]))
     clean = pooled["clean"]
     n_clean = int(clean.sum())
     rms_photon_clean = float(np.std((pooled["psf"] / pooled["photon"])[clean]))
-    per_ratio = [ratio_figures(50 + k) for k in range(args.ratio_seeds)]
-    chi = np.concatenate([f["ratio_chi"] for f in per_ratio])
-    chi_fixed = np.concatenate([f["ratio_chi_fixed_width"] for f in per_ratio])
     ccd = {
         "n_fields": args.seeds,
         "n_stars_snr_50_500": n,
@@ -217,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         "unblended_pull_rms": float(np.std((pooled["psf"] / pooled["psf_err"])[clean])),
         "unblended_rms_over_photon": rms_photon_clean,
         "unblended_rms_over_photon_err": rms_photon_clean / np.sqrt(2 * n_clean),
+        "unblended_rms_over_photon_snr_50_150": float(
+            np.std((pooled["psf"] / pooled["photon"])[clean & (pooled["snr"] < 150)])
+        ),
+        "unblended_rms_over_photon_snr_150_500": float(
+            np.std((pooled["psf"] / pooled["photon"])[clean & (pooled["snr"] >= 150)])
+        ),
         "unblended_psf_mmag": 1086 * float(np.std(pooled["psf"][clean])),
         "unblended_ap_mmag": 1086 * float(np.std(pooled["ap"][clean])),
         "psf_mmag": 1086 * float(np.std(pooled["psf"])),
@@ -224,14 +232,22 @@ def main(argv: list[str] | None = None) -> int:
         "astrom_rms_mas": float(np.sqrt(np.mean(pooled["astrom_mas2"]))),
         "completeness_snr10": float(pooled["found_snr10"].mean()),
         "completeness_snr20": float(pooled["found_snr20"].mean()),
-        "n_ratio_stars": chi.size,
-        "ratio_chi_rms": float(np.std(chi)),
-        "ratio_chi_rms_err": float(np.std(chi)) / np.sqrt(2 * chi.size),
-        "ratio_chi_robust": _robust(chi),
-        "ratio_chi_robust_err": 1.166 * _robust(chi) / np.sqrt(chi.size),
-        "ratio_chi_fixed_width_rms": float(np.std(chi_fixed)),
-        "ratio_chi_fixed_width_robust": _robust(chi_fixed),
     }
+    per_ratio = [ratio_figures(50 + k) for k in range(args.ratio_seeds)]
+    if per_ratio:
+        chi = np.concatenate([f["ratio_chi"] for f in per_ratio])
+        chi_fixed = np.concatenate([f["ratio_chi_fixed_width"] for f in per_ratio])
+        ccd.update(
+            {
+                "n_ratio_stars": chi.size,
+                "ratio_chi_rms": float(np.std(chi)),
+                "ratio_chi_rms_err": float(np.std(chi)) / np.sqrt(2 * chi.size),
+                "ratio_chi_robust": _robust(chi),
+                "ratio_chi_robust_err": 1.166 * _robust(chi) / np.sqrt(chi.size),
+                "ratio_chi_fixed_width_rms": float(np.std(chi_fixed)),
+                "ratio_chi_fixed_width_robust": _robust(chi_fixed),
+            }
+        )
     per_forced = [forced_figures(8 + k) for k in range(args.forced_seeds)]
     forced_row = {}
     if per_forced:
