@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         "unblended_pull_rms": float(np.std((pooled["psf"] / pooled["psf_err"])[clean])),
         "unblended_rms_over_photon": rms_photon_clean,
         "unblended_rms_over_photon_err": rms_photon_clean / np.sqrt(2 * n_clean),
+        "unblended_robust_over_photon": _robust(
+            (pooled["psf"] / pooled["photon"])[clean]
+            - np.median((pooled["psf"] / pooled["photon"])[clean])
+        ),
         "unblended_rms_over_photon_snr_50_150": float(
             np.std((pooled["psf"] / pooled["photon"])[clean & (pooled["snr"] < 150)])
         ),
