@@ -50,10 +50,12 @@ Ratio noise (2026-12-07, later): the figures above divide by the noise of a fixe
 flux. A PSF flux made at each star's own width follows the light the aperture sums (the unit
 test on stars whose PSF flux takes 98 % of their own width: scatter / this noise 1.07 over
 588 stars, / the fixed-width noise 0.26), so the noise is about half: u 3.3 g 3.1 r 5.0 i 8.3
-z 3.5 mmag with the sky term, against 6.5 5.6 6.3 10.3 4.6. Ratio scatter / noise is then
-u 1.15 g 1.25 r 1.01 i 1.24 z 1.54 (bootstrap +- 0.62 0.53 0.33 0.31 0.55; 11-35 stars),
-per-star ``chi`` 1.07 1.86 1.36 1.10 1.58, and above S/N 400 ``chi`` 15.6 3.9 9.7 0.5 7.9:
-the brightest stars are not at the noise floor; what is left is PSF-shape error, not noise.
+z 3.4 mmag with the sky term, against 6.5 5.6 6.3 10.3 4.6. Ratio scatter / noise is then
+(with the width polynomial's order chosen by F-test, as now) u 1.15 g 1.26 r 1.01 i 1.24
+z 1.48 (bootstrap +- 0.62 0.47 0.33 0.31 0.65; 11-35 stars), per-star ``chi`` 1.07 1.69 1.36
+1.10 1.59, and above S/N 400 ``chi`` 15.6 3.9 9.7 0.5 7.0: the brightest stars are not at the
+noise floor; what is left is PSF-shape error, not noise. Widths: moments 0.987-0.995, KL PSF
+u 1.010 g 1.004 r 0.981 i 0.985 z 0.994.
 
 Prints figures; it is not a test.
 """

@@ -160,8 +160,9 @@ class ProcessCcdConfig:
     )
     psf_width_order: int = config_field(
         2,
-        "Polynomial order in (x, y) of the PSF width over the CCD (0 = one width for the CCD; "
-        "a width off by 1 % biases PSF fluxes by ~10 mmag)",
+        "Highest polynomial order in (x, y) of the PSF width over the CCD (0 = one width for the "
+        "CCD; a width off by 1 % biases PSF fluxes by ~10 mmag); a lower order is used where the "
+        "stars' widths do not call for the higher terms (F-test at p = 0.01)",
         minimum=0,
         maximum=3,
     )
