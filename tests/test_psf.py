@@ -475,3 +475,14 @@ def test_ratio_noise_follows_a_psf_flux_made_at_each_stars_own_width():
     assert scatter_seen / np.sqrt(np.mean(fixed**2)) < 0.45
     with pytest.raises(ValueError, match="must have one value per stamp"):
         psf_aperture_ratio_noise(psf, d_psf, w_ap, v, psf_flux[1:], ap_flux, shrink)
+
+
+def test_one_common_width_offset_is_applied():
+    """Sources that all share one width (a constant model, one source) still get their
+    offset: it was dropped when the nodes collapsed to one."""
+    psf = MoffatPsf(alpha_pix=2.4, beta=3.0)
+    fit = PsfFitResult(psf=psf, used=np.zeros(0, bool), n_stars=0, chi2_per_dof=float("nan"))
+    x = np.array([10.0])
+    table = fit.phase_table(6, x, x, log_width_offset=np.array([0.1]))
+    wider = MoffatPsf(alpha_pix=2.4 * np.exp(0.1), beta=3.0).render(6)
+    np.testing.assert_allclose(table.stamps(np.zeros(1), np.zeros(1))[0], wider, atol=1e-12)

@@ -370,7 +370,12 @@ class PsfFitResult:
             log_alpha = log_alpha + np.asarray(log_width_offset, dtype=float)
         if log_alpha.size == 0 or np.ptp(log_alpha) == 0.0:
             zero = np.zeros(log_alpha.size)
-            return [self.psf], zero.astype(np.int64), zero
+            # One width for every source, which need not be the reference's.
+            common = float(log_alpha[0]) if log_alpha.size else 0.0
+            node = dataclasses.replace(
+                self.psf, alpha_pix=float(self.psf.alpha_pix * np.exp(common))
+            )
+            return [node], zero.astype(np.int64), zero
         low = float(log_alpha.min())
         n_nodes = int(np.ceil(np.ptp(log_alpha) / step)) + 1
         grid = low + step * np.arange(n_nodes)
