@@ -173,6 +173,14 @@ def test_empty_position_noise_sees_correlated_noise_the_variance_plane_misses():
     correlated = (white[:, :nx] + white[:, 1:]) / np.sqrt(2.0)
     measured, predicted, _ = empty_position_noise(correlated, variance, blocked, box)
     assert measured / predicted == pytest.approx(153 / 81, rel=0.1)
+    # A stack of measurements at the same positions: each as measured alone.
+    column = np.zeros((9, 9))
+    column[:, 4] = 1.0  # along y: no correlated pair
+    stacked, stacked_pred, _ = empty_position_noise(
+        correlated, variance, blocked, np.stack([box, column])
+    )
+    assert stacked[0] == pytest.approx(measured) and stacked_pred[0] == pytest.approx(predicted)
+    assert stacked[1] / stacked_pred[1] == pytest.approx(1.0, abs=0.1)
 
 
 def test_empty_position_noise_validation_and_too_few_positions():
@@ -181,6 +189,8 @@ def test_empty_position_noise_validation_and_too_few_positions():
         empty_position_noise(image, np.ones((40, 49)), np.zeros((40, 50), bool), np.ones((3, 3)))
     with pytest.raises(ValueError, match="square stamp of odd size"):
         empty_position_noise(image, np.ones((40, 50)), np.zeros((40, 50), bool), np.ones((4, 4)))
+    with pytest.raises(ValueError, match="square stamp of odd size"):
+        empty_position_noise(image, np.ones((40, 50)), np.zeros((40, 50), bool), np.ones(3))
     measured, predicted, n = empty_position_noise(
         image, np.ones((40, 50)), np.ones((40, 50), bool), np.ones((3, 3))
     )

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 __all__ = [
     "SourceFlag",
     "aperture_fluxes",
+    "aperture_weight_stamps",
     "aperture_weight_table",
     "empty_position_noise",
+    "psf_aperture_ratio_noise",
     "psf_fluxes",
     "psf_photometry",
     "windowed_centroids",
@@ -172,6 +174,18 @@ def _interpolate_phase(table: np.ndarray, phase_x: np.ndarray, phase_y: np.ndarr
     )
 
 
+def aperture_weight_stamps(
+    radius_pix: float, phase_x: np.ndarray, phase_y: np.ndarray, n_phase: int = 20
+) -> np.ndarray:
+    """Aperture pixel weights ``(n, 2h+1, 2h+1)``, those `aperture_fluxes` sums with.
+
+    The circles are at sub-pixel phases in ``[-0.5, 0.5]`` from their stamps' central pixels.
+    """
+    return _interpolate_phase(
+        aperture_weight_table(radius_pix, n_phase), np.asarray(phase_x), np.asarray(phase_y)
+    )
+
+
 def aperture_fluxes(
     image: np.ndarray,
     variance: np.ndarray,
@@ -232,7 +246,7 @@ def empty_position_noise(
     weights: np.ndarray,
     *,
     min_positions: int = 30,
-) -> tuple[float, float, int]:
+) -> tuple[float | np.ndarray, float | np.ndarray, int]:
     """Measured and predicted scatter of a linear flux measurement at empty positions.
 
     The flux ``sum(weights * image)`` is measured on a regular grid of non-overlapping
@@ -255,15 +269,17 @@ def empty_position_noise(
         ``(ny, nx)``; True pixels (sources, bad pixels) exclude every stamp that holds one.
     weights : numpy.ndarray
         ``(2h+1, 2h+1)`` weights of the flux measurement, centred on the stamp's central pixel
-        (e.g. aperture overlaps, or a PSF stamp divided by its sum of squares).
+        (e.g. aperture overlaps, or a PSF stamp divided by its sum of squares); or an
+        ``(m, 2h+1, 2h+1)`` stack of ``m`` measurements, measured at the same positions.
     min_positions : int
         Fewest empty positions needed for a measurement.
 
     Returns
     -------
-    measured_variance : float
-        ``(1.4826 MAD)^2`` of the fluxes at the empty positions (NaN if too few).
-    predicted_variance : float
+    measured_variance : float or numpy.ndarray
+        ``(1.4826 MAD)^2`` of the fluxes at the empty positions (NaN if too few); ``(m,)``
+        for a stack of weights.
+    predicted_variance : float or numpy.ndarray
         Median over the same positions of ``sum(weights^2 * variance)`` (NaN if too few).
     n_positions : int
         Number of empty positions used.
@@ -280,9 +296,17 @@ def empty_position_noise(
             f"{np.shape(blocked)} must have the same (ny, nx) shape"
         )
     weights = np.asarray(weights, dtype=float)
-    if weights.ndim != 2 or weights.shape[0] != weights.shape[1] or weights.shape[0] % 2 == 0:
-        raise ValueError(f"weights must be a square stamp of odd size; got {weights.shape}")
-    half = (weights.shape[0] - 1) // 2
+    stack = weights.ndim == 3
+    if (
+        weights.ndim not in (2, 3)
+        or weights.shape[-1] != weights.shape[-2]
+        or weights.shape[-1] % 2 == 0
+    ):
+        raise ValueError(
+            f"weights must be a square stamp of odd size, or a stack of them; got {weights.shape}"
+        )
+    half = (weights.shape[-1] - 1) // 2
+    w = weights.reshape(-1, weights.shape[-2] * weights.shape[-1])
     ny, nx = image.shape
     step = 2 * half + 1
     yc, xc = np.meshgrid(np.arange(half, ny - half, step), np.arange(half, nx - half, step))
@@ -297,11 +321,106 @@ def empty_position_noise(
     data, var = data[usable], var[usable]
     n = int(data.shape[0])
     if n < min_positions:
-        return float("nan"), float("nan"), n
-    flux = (weights * data).sum(axis=(1, 2))
-    predicted = (weights * weights * var).sum(axis=(1, 2))
-    mad = np.median(np.abs(flux - np.median(flux)))
-    return float((1.4826 * mad) ** 2), float(np.median(predicted)), n
+        nan = np.full(w.shape[0], np.nan)
+        return (nan, nan.copy(), n) if stack else (float("nan"), float("nan"), n)
+    flux = w @ data.reshape(n, -1).T
+    predicted = np.median((w * w) @ var.reshape(n, -1).T, axis=1)
+    mad = np.median(np.abs(flux - np.median(flux, axis=1)[:, None]), axis=1)
+    measured = (1.4826 * mad) ** 2
+    if stack:
+        return measured, predicted, n
+    return float(measured[0]), float(predicted[0]), n
+
+
+def psf_aperture_ratio_noise(
+    psf: np.ndarray,
+    psf_d_ln_width: np.ndarray,
+    aperture_weights: np.ndarray,
+    variance: np.ndarray,
+    psf_flux: np.ndarray,
+    ap_flux: np.ndarray,
+    width_shrink: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noise of each source's PSF / aperture flux ratio, to first order in the pixel noise.
+
+    Both fluxes are weighted sums of the same pixels, so their errors are correlated, and a
+    PSF flux made at the source's own width (`dcflow.stages.psf.local_log_widths`) is not a
+    fixed linear filter: noise that widens the star widens the PSF, whose flux then takes in
+    more of the light the aperture also holds. Linearised about the fitted model ``F P``:
+
+    - the width fit (amplitude and ``ln alpha`` by least squares with weights ``W = 1 /
+      variance``) moves ``ln alpha`` by ``(a11 W P' - a12 W P) . n / (det F)``, with
+      ``a11 = P.W.P``, ``a12 = P.W.P'``, ``det = a11 P'.W.P' - a12^2``;
+    - the width used is ``width_shrink`` times that (its inverse-variance weight against the
+      model's width);
+    - the uniform-weight PSF flux ``P.d / P.P`` moves by ``P.n / P.P`` and by
+      ``-F (P.P' / P.P)`` per unit of ``ln alpha``;
+    - the aperture flux moves by ``w_ap . n``.
+
+    Parameters
+    ----------
+    psf : numpy.ndarray
+        ``(n, k, k)`` unit-flux PSF stamps at each source's width and sub-pixel phase, zero on
+        the pixels the PSF fit leaves out (masked, or beyond its stamp).
+    psf_d_ln_width : numpy.ndarray
+        ``(n, k, k)`` derivative of ``psf`` with respect to ``ln alpha``, zero on the same
+        pixels.
+    aperture_weights : numpy.ndarray
+        ``(n, k, k)`` aperture pixel weights on the same stamps.
+    variance : numpy.ndarray
+        ``(n, k, k)`` pixel variance (0 where unused).
+    psf_flux, ap_flux : numpy.ndarray
+        ``(n,)`` measured PSF and aperture fluxes.
+    width_shrink : numpy.ndarray
+        ``(n,)`` fraction of the source's own width offset its PSF flux used (0: the model's
+        width, a fixed filter; 1: its own width).
+
+    Returns
+    -------
+    relative_noise : numpy.ndarray
+        ``(n,)`` standard deviation of ``(psf_flux / ap_flux)`` over its value.
+    weights : numpy.ndarray
+        ``(n, k, k)`` pixel weights ``u`` with ``d(ratio) / ratio = sum(u * noise)``, e.g. for
+        `empty_position_noise`.
+
+    Raises
+    ------
+    ValueError
+        If the stamp stacks' shapes differ or the per-source arrays do not match them.
+    """
+    stacks = [np.asarray(a, dtype=float) for a in (psf, psf_d_ln_width, aperture_weights)]
+    var = np.asarray(variance, dtype=float)
+    p, dp, w_ap = stacks
+    if p.ndim != 3 or any(a.shape != p.shape for a in (dp, w_ap, var)):
+        raise ValueError(
+            "psf, psf_d_ln_width, aperture_weights and variance must be (n, k, k) stacks of one "
+            f"shape; got {p.shape}, {dp.shape}, {w_ap.shape} and {var.shape}"
+        )
+    per_source = [np.asarray(a, dtype=float) for a in (psf_flux, ap_flux, width_shrink)]
+    if any(a.shape != (p.shape[0],) for a in per_source):
+        raise ValueError(
+            f"psf_flux, ap_flux and width_shrink must have one value per stamp ({p.shape[0]}); "
+            f"got shapes {[a.shape for a in per_source]}"
+        )
+    f_psf, f_ap, shrink = per_source
+    axes = (1, 2)
+    weight = np.where(var > 0, 1.0 / np.where(var > 0, var, 1.0), 0.0)
+    a11 = (weight * p * p).sum(axis=axes)
+    a12 = (weight * p * dp).sum(axis=axes)
+    a22 = (weight * dp * dp).sum(axis=axes)
+    det = a11 * a22 - a12 * a12
+    ptp = (p * p).sum(axis=axes)
+    ok = (det > 0) & (ptp > 0)
+    det_safe, ptp_safe = np.where(ok, det, 1.0), np.where(ok, ptp, 1.0)
+    # Per unit of pixel noise, times F: the width's response and the PSF flux's.
+    width_response = (
+        a11[:, None, None] * weight * dp - a12[:, None, None] * weight * p
+    ) / det_safe[:, None, None]
+    flux_per_width = -(p * dp).sum(axis=axes) / ptp_safe
+    u_psf = p / ptp_safe[:, None, None] + (flux_per_width * shrink)[:, None, None] * width_response
+    u = u_psf / f_psf[:, None, None] - w_ap / f_ap[:, None, None]
+    u = np.where(ok[:, None, None], u, np.nan)
+    return np.sqrt((u * u * var).sum(axis=axes)), u
 
 
 def psf_fluxes(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from photutils.aperture import CircularAperture, aperture_photometry
+from scipy import stats
 from scipy.optimize import brentq, least_squares
 
 from dcflow.errors import CalibrationError
@@ -369,7 +370,12 @@ class PsfFitResult:
             log_alpha = log_alpha + np.asarray(log_width_offset, dtype=float)
         if log_alpha.size == 0 or np.ptp(log_alpha) == 0.0:
             zero = np.zeros(log_alpha.size)
-            return [self.psf], zero.astype(np.int64), zero
+            # One width for every source, which need not be the reference's.
+            common = float(log_alpha[0]) if log_alpha.size else 0.0
+            node = dataclasses.replace(
+                self.psf, alpha_pix=float(self.psf.alpha_pix * np.exp(common))
+            )
+            return [node], zero.astype(np.int64), zero
         low = float(log_alpha.min())
         n_nodes = int(np.ceil(np.ptp(log_alpha) / step)) + 1
         grid = low + step * np.arange(n_nodes)
@@ -583,23 +589,57 @@ def _star_log_widths(data, weight, dx, dy, psf, n_iter=3, max_step=0.1, max_abs=
     return g, err
 
 
-def _fit_width_polynomial(x, y, log_width, err, shape, order, floor=0.003, max_span=0.25):
+def _fit_width_polynomial(
+    x, y, log_width, err, shape, order, floor=0.003, max_span=0.25, p_value=0.01
+):
     """Weighted, clipped least-squares polynomial of the per-star log widths.
 
     A polynomial whose values over the image span more than ``max_span`` in ``ln alpha``
     (28 %; seeing varies by less across one CCD) is taken for a fit gone wild where the
-    stars are sparse, and the order is lowered.
+    stars are sparse, and the order is lowered. The order is then the lowest that the kept
+    stars do not reject against it at ``p_value`` (an F-test of the extra terms against the
+    residual scatter): a term the widths do not call for only adds its own noise to every
+    star's width, and a width 0.3 % off is a PSF flux 3 mmag off (on a simulated CCD of
+    constant seeing, order 2 made bright stars' PSF fluxes scatter 1.13 times the photon
+    noise, order 0 1.07).
     """
-    coef, used_order, n_kept = _fit_width_once(x, y, log_width, err, shape, order, floor)
+    coef, used_order, n_kept, keep = _fit_width_once(x, y, log_width, err, shape, order, floor)
     gy, gx = np.meshgrid(np.linspace(0, shape[0] - 1, 9), np.linspace(0, shape[1] - 1, 9))
     while used_order > 0:
         values = _poly_design(gx.ravel(), gy.ravel(), shape, used_order) @ coef
         if np.ptp(values) <= max_span:
             break
-        coef, used_order, n_kept = _fit_width_once(
+        coef, used_order, n_kept, keep = _fit_width_once(
             x, y, log_width, err, shape, used_order - 1, floor
         )
+    sufficient = _sufficient_order(x, y, log_width, err, floor, keep, shape, used_order, p_value)
+    if sufficient < used_order:
+        coef, used_order, n_kept, _ = _fit_width_once(
+            x, y, log_width, err, shape, sufficient, floor
+        )
     return coef, used_order, n_kept
+
+
+def _sufficient_order(x, y, log_width, err, floor, keep, shape, order, p_value):
+    """Lowest polynomial order not rejected against ``order`` by an F-test on ``keep``."""
+    sigma = np.hypot(err[keep], floor)
+    target = log_width[keep] / sigma
+
+    def chi2(k):
+        a = _poly_design(x[keep], y[keep], shape, k) / sigma[:, None]
+        resid = target - a @ np.linalg.lstsq(a, target, rcond=None)[0]
+        return float(resid @ resid), a.shape[1]
+
+    chi2_full, n_full = chi2(order)
+    dof = int(keep.sum()) - n_full
+    if order == 0 or dof < 1 or chi2_full <= 0:
+        return order
+    for k in range(order):
+        chi2_k, n_k = chi2(k)
+        f = ((chi2_k - chi2_full) / (n_full - n_k)) / (chi2_full / dof)
+        if stats.f.sf(f, n_full - n_k, dof) > p_value:
+            return k
+    return order
 
 
 def _fit_width_once(x, y, log_width, err, shape, order, floor):
@@ -609,7 +649,7 @@ def _fit_width_once(x, y, log_width, err, shape, order, floor):
         order -= 1
         n_terms = (order + 1) * (order + 2) // 2
     if good.sum() < 3:
-        return np.zeros(1), 0, int(good.sum())
+        return np.zeros(1), 0, int(good.sum()), good
     sigma = np.hypot(np.where(good, err, 1.0), floor)
     keep = good.copy()
     coef = np.zeros(n_terms)
@@ -622,7 +662,7 @@ def _fit_width_once(x, y, log_width, err, shape, order, floor):
         if new_keep.sum() < n_terms + 2 or np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    return coef, order, int(keep.sum())
+    return coef, order, int(keep.sum()), keep
 
 
 def _params_to_psf(p: np.ndarray, subsample: int) -> MoffatPsf:
