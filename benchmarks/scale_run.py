@@ -46,18 +46,23 @@ from pathlib import Path
 import yaml
 from child_usage import run_measured
 
+from snakemake_executor_plugin_gridengine.reattach import state_dir
 from snakemake_executor_plugin_gridengine.status import parse_qstat_xml
 
 REPO = Path(__file__).resolve().parents[1]
 DCFLOW = Path(sys.executable).with_name("dcflow")
 
 
-def generate(workdir: Path, fraction: float, settings: dict) -> Path:
-    """A synthetic campaign in ``workdir`` with placeholder raws; its config path."""
+def generate(workdir: Path, fraction: float, settings: dict, done: str = "none") -> Path:
+    """A synthetic campaign in ``workdir`` with placeholder raws; its config path.
+
+    ``done``: what exists already (`dcflow.campaign.synthetic.DONE_STATES`).
+    """
     subprocess.run(
         [
             *(sys.executable, "-m", "dcflow.campaign.synthetic"),
             *("--fraction", str(fraction), "--out", str(workdir), "--touch-raws"),
+            *("--done", done),
         ],
         check=True,
         capture_output=True,
@@ -94,18 +99,40 @@ class PeriodicSampler:
 
 
 class QueueSampler(PeriodicSampler):
-    """Samples how many Grid Engine jobs are queued or running, every ``period_s``."""
+    """Samples how many of the run's Grid Engine jobs are queued or running, every ``period_s``.
 
-    def __init__(self, period_s: float) -> None:
+    The run's jobs are those the plugin recorded in ``submissions`` (its submissions.jsonl,
+    read as it grows): other users' jobs on a shared cluster are not counted.
+    """
+
+    def __init__(self, period_s: float, submissions: Path) -> None:
         super().__init__(period_s)
         self.samples: list[tuple[float, int, int]] = []  # time, running, queued
+        self.submissions = submissions
+        self._offset = 0
+        self._ours: set[str] = set()
+
+    def _read_new_ids(self) -> None:
+        try:
+            with open(self.submissions, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+        self._offset += end
+        for line in chunk[:end].splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            if entry.get("event") == "submitted" and entry.get("job_id"):
+                self._ours.add(str(entry["job_id"]))
 
     def sample(self) -> None:
         done = subprocess.run(
             ["qstat", "-xml", "-u", "*"], capture_output=True, text=True, check=False
         )
         if done.returncode == 0:
-            states = parse_qstat_xml(done.stdout).values()
+            self._read_new_ids()
+            states = [s for i, s in parse_qstat_xml(done.stdout).items() if i in self._ours]
             running = sum(1 for s in states if "q" not in s)  # r, t (not qw, hqw)
             self.samples.append((time.time(), running, len(states) - running))
 
@@ -251,6 +278,12 @@ def main() -> int:
         help="Grid Engine slots (DCFLOW_GE_SLOTS) for the busy-slot figures (default: --cap)",
     )
     parser.add_argument("--job-seconds", type=float, default=20.0, help="slot time per job")
+    parser.add_argument(
+        "--done",
+        choices=("none", "calibs"),
+        default="none",
+        help="calibs: the calibrations exist already (a reprocessing campaign)",
+    )
     parser.add_argument("--sample-seconds", type=float, default=2.0)
     parser.add_argument("--workdir", default=None, help="campaign directory (default: a temp)")
     args = parser.parse_args()
@@ -265,7 +298,7 @@ def main() -> int:
         "max_queued_jobs": args.cap,
     }
     started = time.monotonic()
-    config_path = generate(workdir, args.fraction, settings)
+    config_path = generate(workdir, args.fraction, settings, args.done)
     print(f"campaign: {workdir} ({time.monotonic() - started:.1f} s to generate)")
     plan = subprocess.run(
         [str(DCFLOW), "plan", "--config", str(config_path), "--json", "--no-pictures"],
@@ -276,7 +309,7 @@ def main() -> int:
     )
     planned = json.loads(plan.stdout)
     print(f"planned: {planned['n_to_run']} jobs {planned['to_run_by_rule']}")
-    sampler = QueueSampler(args.sample_seconds)
+    sampler = QueueSampler(args.sample_seconds, state_dir(workdir) / "submissions.jsonl")
     sampler.start()
     breakdown = CpuBreakdown(args.sample_seconds)
     breakdown.start()
