@@ -27,6 +27,35 @@ Measured:
 
 Usage: ``.venv/bin/python benchmarks/scale_run.py [--fraction 0.001] [--cap 300]
 [--slots 300] [--job-seconds 20] [--concurrent 4] [--visits-per-shard 16] [--workdir DIR]``
+
+The full run of issue 20 (700 slots kept >= 90 % busy, driver CPU <= 30 ms per job), with
+``DCFLOW_GE_SLOTS=700`` (gid_range 65400-66200), about 2.5 h::
+
+    scale_run.py --fraction 0.003 --done calibs --slots 700 --cap 770 --job-seconds 300 \
+        --concurrent 4 --visits-per-shard 64 --patches-per-shard 8
+
+Why these settings:
+
+* ``--fraction 0.003 --done calibs``: 20,549 jobs (307 process_visit, 18,775 make_warp, 340
+  coadds, 68 measurements, 307 + 307 forced photometry and diffim, 68 associations, 375 loads,
+  1 validation). The calibrations exist (a reprocessing campaign): made here, bias (36 jobs)
+  then flat (180 jobs) would be two job lengths with at most 216 of 700 slots busy, 10 minutes
+  at 300 s a job, before any science job may start; no campaign size widens them.
+* The head of the DAG is still one job length of process_visit alone (307 jobs, 44 % of the
+  slots) before the warps open; 700 visits would fill it but make 47 k jobs (5.6 h). Then
+  18,775 warps keep the cap full; the tail (coadd, measure, then forced photometry, diffim,
+  association and loads of every visit, which read every patch group of this one-pointing
+  footprint) is about 1,400 jobs in narrow levels, mostly inside the last 5 % excepted.
+* ``--cap 770`` (1.1 x slots): ~70 jobs wait in the queue, so a freed slot is refilled by the
+  Grid Engine scheduler (1 s) rather than after Snakemake's next status check and submission.
+* ``--visits-per-shard 64 --patches-per-shard 8``: 37 shards (5 visits, 10 patches of up to
+  2,473 jobs, 5 forced, 5 catalogs, 10 alerts, calibs, final) instead of 98 with 16 and 4: each
+  shard Snakemake costs about the same to start whatever its size (imports, Snakefile, campaign
+  index with its visit/patch overlaps, DAG; measured at load ~6: 5.1 CPU s for a 62-job visits
+  shard, 5.5 s for a 493-job patches shard, 4-4.1 s up to the DAG for forced and alerts
+  shards), so at ~4.5 s a shard the start-ups cost ~8 ms per job instead of ~21.
+* ``--concurrent 4``: a starting shard gets at least a quarter of the cap (192 jobs); up to
+  12 shard Snakemakes (draining tails beside filling shards).
 """
 
 from __future__ import annotations
