@@ -27,6 +27,35 @@ Measured:
 
 Usage: ``.venv/bin/python benchmarks/scale_run.py [--fraction 0.001] [--cap 300]
 [--slots 300] [--job-seconds 20] [--concurrent 4] [--visits-per-shard 16] [--workdir DIR]``
+
+The full run of issue 20 (700 slots kept >= 90 % busy, driver CPU <= 30 ms per job), with
+``DCFLOW_GE_SLOTS=700`` (gid_range 65400-66200), about 2.5 h::
+
+    scale_run.py --fraction 0.003 --done calibs --slots 700 --cap 770 --job-seconds 300 \
+        --concurrent 4 --visits-per-shard 64 --patches-per-shard 8
+
+Why these settings:
+
+* ``--fraction 0.003 --done calibs``: 20,549 jobs (307 process_visit, 18,775 make_warp, 340
+  coadds, 68 measurements, 307 + 307 forced photometry and diffim, 68 associations, 375 loads,
+  1 validation). The calibrations exist (a reprocessing campaign): made here, bias (36 jobs)
+  then flat (180 jobs) would be two job lengths with at most 216 of 700 slots busy, 10 minutes
+  at 300 s a job, before any science job may start; no campaign size widens them.
+* The head of the DAG is still one job length of process_visit alone (307 jobs, 44 % of the
+  slots) before the warps open; 700 visits would fill it but make 47 k jobs (5.6 h). Then
+  18,775 warps keep the cap full; the tail (coadd, measure, then forced photometry, diffim,
+  association and loads of every visit, which read every patch group of this one-pointing
+  footprint) is about 1,400 jobs in narrow levels, mostly inside the last 5 % excepted.
+* ``--cap 770`` (1.1 x slots): ~70 jobs wait in the queue, so a freed slot is refilled by the
+  Grid Engine scheduler (1 s) rather than after Snakemake's next status check and submission.
+* ``--visits-per-shard 64 --patches-per-shard 8``: 37 shards (5 visits, 10 patches of up to
+  2,473 jobs, 5 forced, 5 catalogs, 10 alerts, calibs, final) instead of 98 with 16 and 4: each
+  shard Snakemake costs about the same to start whatever its size (imports, Snakefile, campaign
+  index with its visit/patch overlaps, DAG; measured at load ~6: 5.1 CPU s for a 62-job visits
+  shard, 5.5 s for a 493-job patches shard, 4-4.1 s up to the DAG for forced and alerts
+  shards), so at ~4.5 s a shard the start-ups cost ~8 ms per job instead of ~21.
+* ``--concurrent 4``: a starting shard gets at least a quarter of the cap (192 jobs); up to
+  12 shard Snakemakes (draining tails beside filling shards).
 """
 
 from __future__ import annotations
@@ -46,18 +75,23 @@ from pathlib import Path
 import yaml
 from child_usage import run_measured
 
+from snakemake_executor_plugin_gridengine.reattach import state_dir
 from snakemake_executor_plugin_gridengine.status import parse_qstat_xml
 
 REPO = Path(__file__).resolve().parents[1]
 DCFLOW = Path(sys.executable).with_name("dcflow")
 
 
-def generate(workdir: Path, fraction: float, settings: dict) -> Path:
-    """A synthetic campaign in ``workdir`` with placeholder raws; its config path."""
+def generate(workdir: Path, fraction: float, settings: dict, done: str = "none") -> Path:
+    """A synthetic campaign in ``workdir`` with placeholder raws; its config path.
+
+    ``done``: what exists already (`dcflow.campaign.synthetic.DONE_STATES`).
+    """
     subprocess.run(
         [
             *(sys.executable, "-m", "dcflow.campaign.synthetic"),
             *("--fraction", str(fraction), "--out", str(workdir), "--touch-raws"),
+            *("--done", done),
         ],
         check=True,
         capture_output=True,
@@ -94,18 +128,40 @@ class PeriodicSampler:
 
 
 class QueueSampler(PeriodicSampler):
-    """Samples how many Grid Engine jobs are queued or running, every ``period_s``."""
+    """Samples how many of the run's Grid Engine jobs are queued or running, every ``period_s``.
 
-    def __init__(self, period_s: float) -> None:
+    The run's jobs are those the plugin recorded in ``submissions`` (its submissions.jsonl,
+    read as it grows): other users' jobs on a shared cluster are not counted.
+    """
+
+    def __init__(self, period_s: float, submissions: Path) -> None:
         super().__init__(period_s)
         self.samples: list[tuple[float, int, int]] = []  # time, running, queued
+        self.submissions = submissions
+        self._offset = 0
+        self._ours: set[str] = set()
+
+    def _read_new_ids(self) -> None:
+        try:
+            with open(self.submissions, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+        self._offset += end
+        for line in chunk[:end].splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            if entry.get("event") == "submitted" and entry.get("job_id"):
+                self._ours.add(str(entry["job_id"]))
 
     def sample(self) -> None:
         done = subprocess.run(
             ["qstat", "-xml", "-u", "*"], capture_output=True, text=True, check=False
         )
         if done.returncode == 0:
-            states = parse_qstat_xml(done.stdout).values()
+            self._read_new_ids()
+            states = [s for i, s in parse_qstat_xml(done.stdout).items() if i in self._ours]
             running = sum(1 for s in states if "q" not in s)  # r, t (not qw, hqw)
             self.samples.append((time.time(), running, len(states) - running))
 
@@ -251,6 +307,12 @@ def main() -> int:
         help="Grid Engine slots (DCFLOW_GE_SLOTS) for the busy-slot figures (default: --cap)",
     )
     parser.add_argument("--job-seconds", type=float, default=20.0, help="slot time per job")
+    parser.add_argument(
+        "--done",
+        choices=("none", "calibs"),
+        default="none",
+        help="calibs: the calibrations exist already (a reprocessing campaign)",
+    )
     parser.add_argument("--sample-seconds", type=float, default=2.0)
     parser.add_argument("--workdir", default=None, help="campaign directory (default: a temp)")
     args = parser.parse_args()
@@ -265,7 +327,7 @@ def main() -> int:
         "max_queued_jobs": args.cap,
     }
     started = time.monotonic()
-    config_path = generate(workdir, args.fraction, settings)
+    config_path = generate(workdir, args.fraction, settings, args.done)
     print(f"campaign: {workdir} ({time.monotonic() - started:.1f} s to generate)")
     plan = subprocess.run(
         [str(DCFLOW), "plan", "--config", str(config_path), "--json", "--no-pictures"],
@@ -276,7 +338,7 @@ def main() -> int:
     )
     planned = json.loads(plan.stdout)
     print(f"planned: {planned['n_to_run']} jobs {planned['to_run_by_rule']}")
-    sampler = QueueSampler(args.sample_seconds)
+    sampler = QueueSampler(args.sample_seconds, state_dir(workdir) / "submissions.jsonl")
     sampler.start()
     breakdown = CpuBreakdown(args.sample_seconds)
     breakdown.start()

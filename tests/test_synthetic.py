@@ -180,6 +180,9 @@ def test_inventories_tree_and_list_hold_the_same_outputs(tmp_path):
         + int((index.pair_visit < n_half).sum())  # warps
     )
     assert not any("Coadd" in p or "forced_src" in p or "object" in p for p in half)
+    calibs = [p for _, paths in output_paths(config_path, "calibs") for p in paths]
+    assert len(calibs) == len(index.ccds) * (1 + len(index.filters))  # biases, flats only
+    assert set(calibs) < set(half)
     list_path = tmp_path / "all.txt.gz"
     n_all = write_inventory(config_path, "all", list_path=list_path)
     with gzip.open(list_path, "rt") as handle:

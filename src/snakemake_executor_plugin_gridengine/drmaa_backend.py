@@ -21,12 +21,10 @@ from dcflow.states import JobState
 from .status import JobOutcome
 from .submit import JobRequest
 
-__all__ = ["NO_RUSAGE_ERROR", "DrmaaBackend", "outcome_from_job_info"]
+__all__ = ["NO_RUSAGE", "DrmaaBackend", "outcome_from_job_info"]
 
-
-NO_RUSAGE_ERROR = "code 24:"
-"""How python-drmaa words DRMAA_ERRNO_NO_RUSAGE (a job deleted before it ran), which it
-raises as a plain ``Exception``."""
+NO_RUSAGE = 24
+"""DRMAA_ERRNO_NO_RUSAGE: the job finished (id and status filled in) but has no usage record."""
 
 
 def outcome_from_job_info(info: Any) -> JobOutcome:
@@ -107,13 +105,11 @@ class DrmaaBackend:
         drmaa = self._drmaa
         while True:
             try:
-                info = self._session.wait(
-                    drmaa.Session.JOB_IDS_SESSION_ANY, drmaa.Session.TIMEOUT_NO_WAIT
-                )
+                info = self._wait_any()
             except (drmaa.errors.ExitTimeoutException, drmaa.errors.InvalidJobException):
                 return  # nothing finished yet / no job left in the session
-            except Exception as err:  # python-drmaa raises DRMAA_ERRNO_NO_RUSAGE untyped
-                if not str(err).startswith(NO_RUSAGE_ERROR):
+            except Exception as err:  # NO_RUSAGE with no job id: python-drmaa raises it untyped
+                if not str(err).startswith(f"code {NO_RUSAGE}:"):
                     raise
                 # a job deleted before it ran, reaped without its id: the tracker finds it
                 # gone from qstat (`tracker.StatusTracker`)
@@ -121,6 +117,65 @@ class DrmaaBackend:
             outcome = outcome_from_job_info(info)
             with self._lock:
                 self._finished[outcome.job_id] = outcome
+
+    def _wait_any(self) -> Any:
+        """``Session.wait(JOB_IDS_SESSION_ANY, TIMEOUT_NO_WAIT)``, also when SGE has no usage.
+
+        A loaded qmaster may end a job without its usage record: ``drmaa_wait`` then returns
+        DRMAA_ERRNO_NO_RUSAGE (24) after reaping the job and filling its id and status, and
+        python-drmaa's ``Session.wait`` raised a bare Exception that lost both (seen at 700
+        slots: the shard's Snakemake died and its finished job was never reported).
+        """
+        from ctypes import POINTER, byref, c_int, create_string_buffer, pointer, sizeof
+
+        from drmaa.helpers import adapt_rusage, c
+        from drmaa.wrappers import (
+            drmaa_attr_values_t,
+            drmaa_wait,
+            drmaa_wexitstatus,
+            drmaa_wifaborted,
+            drmaa_wifexited,
+            drmaa_wifsignaled,
+            drmaa_wtermsig,
+        )
+
+        stat = c_int()
+        jid_out = create_string_buffer(128)
+        rusage = pointer(POINTER(drmaa_attr_values_t)())
+        drmaa = self._drmaa
+        try:
+            c(drmaa_wait, drmaa.Session.JOB_IDS_SESSION_ANY, jid_out, sizeof(jid_out),
+              byref(stat), drmaa.Session.TIMEOUT_NO_WAIT, rusage)  # fmt: skip
+            usage = adapt_rusage(rusage)
+        except Exception as err:  # python-drmaa maps code 24 to a bare Exception
+            if not str(err).startswith(f"code {NO_RUSAGE}:") or not jid_out.value:
+                raise
+            usage = {}
+        flags = {}
+        for name, function in (
+            ("exited", drmaa_wifexited),
+            ("aborted", drmaa_wifaborted),
+            ("signaled", drmaa_wifsignaled),
+        ):
+            value = c_int()
+            c(function, byref(value), stat)
+            flags[name] = bool(value.value)
+        exit_status = c_int()
+        if flags["exited"]:
+            c(drmaa_wexitstatus, byref(exit_status), stat)
+        term_signal = create_string_buffer(64)
+        if flags["signaled"]:
+            c(drmaa_wtermsig, term_signal, sizeof(term_signal), stat)
+        return drmaa.JobInfo(
+            jid_out.value.decode(),
+            flags["exited"],
+            flags["signaled"],
+            term_signal.value.decode(),
+            False,
+            flags["aborted"],
+            int(exit_status.value),
+            usage,
+        )
 
     def outcome(self, job_id: str) -> JobOutcome | None:
         """The outcome of a finished job (removed once read), or None while it is active."""

@@ -18,7 +18,8 @@ once per filter and epoch. The sky map is a grid of tracts (MegaCam-like 0.185"/
 went through the per-visit stages that read only per-visit products and calibrations
 (``JobGraph.per_visit_closure``: processCcd, warps), with the calibrations they read made; no
 coadd, no measurement, no forced photometry, no validation. "Done" means every output of every
-job exists.
+job exists. "Calibs done" means: the calibration stages' outputs exist (a reprocessing campaign
+with its calibrations made), nothing else.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from dcflow.layout import Layout
 
 __all__ = [
     "DC2013_RAW_FILES",
+    "DONE_STATES",
     "SyntheticSpec",
     "dc2013_spec",
     "output_paths",
@@ -54,6 +56,9 @@ __all__ = [
 
 DC2013_RAW_FILES = 4_400_000
 """Raw files of the 2013 data challenge (the 100 % scale)."""
+
+DONE_STATES = ("none", "calibs", "half", "all")
+"""What a synthetic campaign may have done already (see the module docstring)."""
 
 VISITS_PER_POINTING = 300
 """Science visits per pointing at DC2013 density (about 60 epochs in each of ugriz)."""
@@ -416,10 +421,11 @@ def output_paths(config_path: str | os.PathLike, state: str) -> Iterator[tuple[i
     ----------
     config_path : path-like
         The campaign config.
-    state : {"none", "half", "all"}
+    state : {"none", "calibs", "half", "all"}
         What is done (see the module docstring): "half" is the per-visit stages that read only
         per-visit products and calibrations (for the first half of the visits) and the
-        calibrations they read, as the pipeline spec's edges say.
+        calibrations they read, as the pipeline spec's edges say; "calibs" the stages of the
+        calibration shard.
 
     Yields
     ------
@@ -433,15 +439,19 @@ def output_paths(config_path: str | os.PathLike, state: str) -> Iterator[tuple[i
     from dcflow.config_schema import load_config
     from dcflow.pipeline.graph import JobGraph
 
-    if state not in ("none", "half", "all"):
-        raise ValueError(f"state must be 'none', 'half' or 'all'; got {state!r}")
+    if state not in DONE_STATES:
+        raise ValueError(f"state must be one of {DONE_STATES}; got {state!r}")
     if state == "none":
         return
     config = load_config(config_path)
     graph = JobGraph(CampaignIndex.from_config(config, layout=Layout.from_config(config)))
     levels = graph.levels()
-    chosen = graph.per_visit_closure() if state == "half" else None
-    n_done = graph.index.n_visits // 2
+    chosen = None
+    if state == "half":
+        chosen = graph.per_visit_closure()
+    elif state == "calibs":
+        chosen = {s.rule for s in graph.stages if s.shard == "calibs"}
+    n_done = graph.index.n_visits // 2 if state == "half" else graph.index.n_visits
     for s in graph.stages:
         if chosen is not None and s.rule not in chosen:
             continue
@@ -468,7 +478,7 @@ def write_inventory(
     ----------
     config_path : path-like
         The campaign config.
-    state : {"none", "half", "all"}
+    state : {"none", "calibs", "half", "all"}
         What is done (see the module docstring).
     tree : bool
         Create the empty files (modification times increase along the workflow).
@@ -509,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="campaign directory (config.yaml, input/...)")
     parser.add_argument("--n-ccds", type=int, default=36, help="CCDs per exposure")
     parser.add_argument("--touch-raws", action="store_true", help="write empty raw files")
-    parser.add_argument("--done", choices=("none", "half", "all"), default="none")
+    parser.add_argument("--done", choices=DONE_STATES, default="none")
     parser.add_argument(
         "--inventory-list",
         action="store_true",

@@ -389,6 +389,7 @@ class ProgressPrinter:
         self._last: tuple = ()
         self._last_plain = 0.0
         self._live = None
+        self._ledger: Ledger | None = None  # one connection for the run: opening costs ~1 ms
 
     def start(self) -> None:
         """Start watching in a background thread."""
@@ -412,6 +413,9 @@ class ProgressPrinter:
         self._thread.join(timeout=10)
         self._paused.clear()
         self.print_once(final=True)
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
         if self._live is not None:
             self._live.stop()
 
@@ -423,18 +427,20 @@ class ProgressPrinter:
     def print_once(self, *, final: bool = False) -> None:
         """Show the progress if anything changed since the last call."""
         try:
-            with Ledger(self.ledger_path) as ledger:
-                if self.workdir is not None:
-                    # only the active attempts still without an id: a shard watched with no
-                    # display must not read its whole run every period
-                    for attempt_id, outputs in ledger.active_without_backend_id(self.run_id):
-                        jobid = marker_jobid(self.workdir, outputs[0]) if outputs else None
-                        if jobid:
-                            ledger.set_attempt_backend_id(attempt_id, jobid)
-                if not self.show and not final:
-                    return
-                run = ledger.run(self.run_id)
-                attempts = ledger.attempts(run_id=self.run_id)
+            if self._ledger is None:
+                self._ledger = Ledger(self.ledger_path)
+            ledger = self._ledger
+            if self.workdir is not None:
+                # only the active attempts still without an id: a shard watched with no
+                # display must not read its whole run every period
+                for attempt_id, outputs in ledger.active_without_backend_id(self.run_id):
+                    jobid = marker_jobid(self.workdir, outputs[0]) if outputs else None
+                    if jobid:
+                        ledger.set_attempt_backend_id(attempt_id, jobid)
+            if not self.show and not final:
+                return
+            run = ledger.run(self.run_id)
+            attempts = ledger.attempts(run_id=self.run_id)
         except (sqlite3.Error, KeyError) as exc:
             log.debug("progress: ledger not readable yet: %s", exc)
             return

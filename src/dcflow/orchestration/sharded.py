@@ -326,6 +326,23 @@ def _recover_gridengine(workdir: Path, *, wait_s: float) -> str:
     )
 
 
+def _orphan_submissions(workdir: Path) -> dict:
+    """Open Grid Engine submissions (no recorded end) whose driver is dead, by job id."""
+    from snakemake_executor_plugin_gridengine.reattach import (
+        DriverMarker,
+        SubmissionLedger,
+        state_dir,
+    )
+
+    ledger = SubmissionLedger(state_dir(workdir) / "submissions.jsonl")
+    live_patterns = {f"{m.tag}" for _, m in DriverMarker.read_all(state_dir(workdir)) if m.alive()}
+    return {
+        s.job_id: s
+        for s in ledger.open_submissions().values()
+        if not any(tag and tag in s.name_pattern for tag in live_patterns)
+    }
+
+
 def settle_orphan_submissions(workdir: Path, *, wait_s: float = 60.0) -> int:
     """Record how orphaned Grid Engine jobs ended; return how many succeeded meanwhile.
 
@@ -336,7 +353,6 @@ def settle_orphan_submissions(workdir: Path, *, wait_s: float = 60.0) -> int:
     both qstat and accounting (accounting is flushed late) are waited for up to ``wait_s``.
     """
     from snakemake_executor_plugin_gridengine.reattach import (
-        DriverMarker,
         SubmissionLedger,
         clear_incomplete_marks,
         state_dir,
@@ -344,12 +360,7 @@ def settle_orphan_submissions(workdir: Path, *, wait_s: float = 60.0) -> int:
     from snakemake_executor_plugin_gridengine.status import query_states
 
     ledger = SubmissionLedger(state_dir(workdir) / "submissions.jsonl")
-    live_patterns = {f"{m.tag}" for _, m in DriverMarker.read_all(state_dir(workdir)) if m.alive()}
-    orphans = {
-        s.job_id: s
-        for s in ledger.open_submissions().values()
-        if not any(tag and tag in s.name_pattern for tag in live_patterns)
-    }
+    orphans = _orphan_submissions(workdir)
     deadline = time.monotonic() + wait_s
     n_ok = 0
     while orphans:
@@ -623,12 +634,23 @@ class _Progress:
         self.ledger_file = ledger_file
         self.out = out
         self.last: dict[str, str] = {}
+        self._ledger: Ledger | None = None  # kept open: the driver reads it every few seconds
+
+    def _open(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger(self.ledger_file)
+        return self._ledger
+
+    def close(self) -> None:
+        """Close the ledger connection (reopened if used again)."""
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
 
     def run_of(self, shard_id: str, since: float) -> tuple[int, int | None] | None:
         """``(run_id, pid)`` of the shard's ledger run started at or after ``since``."""
         try:
-            with Ledger(self.ledger_file) as ledger:
-                runs = [r for r in ledger.runs() if r.shard == shard_id and r.started >= since]
+            runs = [r for r in self._open().runs() if r.shard == shard_id and r.started >= since]
         except sqlite3.Error:
             return None
         return (runs[-1].run_id, runs[-1].pid) if runs else None
@@ -642,9 +664,9 @@ class _Progress:
                     continue
                 info["run_id"] = found[0]
             try:
-                with Ledger(self.ledger_file) as ledger:
-                    run = ledger.run(info["run_id"])
-                    counts = ledger.run_state_counts(info["run_id"])
+                ledger = self._open()
+                run = ledger.run(info["run_id"])
+                counts = ledger.run_state_counts(info["run_id"])
             except (sqlite3.Error, KeyError):
                 continue
             planned = sum(n for rule, n in run.planned.items() if rule != "all")
@@ -806,6 +828,10 @@ def _drive(
     threading.Thread(target=hash_ahead, daemon=True).start()
     events: queue.Queue = queue.Queue()
     running: dict[str, dict] = {}
+    # whether a dead driver left open Grid Engine submissions: none can appear later in this
+    # run (a failed shard is not restarted), and reading every submission before each shard
+    # start cost O(jobs) per shard
+    orphans_open = [gridengine and bool(_orphan_submissions(workdir))]
     watcher = _Progress(ledger_file, out)
 
     def work(shard: Shard, jobs: int, manifest: Path) -> None:
@@ -869,9 +895,10 @@ def _drive(
                 continue
             if jobs < 1:
                 continue
-            if gridengine:
+            if orphans_open[0]:
                 # jobs the dead driver left may have ended since the recovery above
                 settle_orphan_submissions(workdir)
+                orphans_open[0] = bool(_orphan_submissions(workdir))
             manifest = write_manifest(manifest_of(shard, axes), io_layout)
             state[sid] = "running"
             running[sid] = {
@@ -941,6 +968,7 @@ def _drive(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     stop_ahead.set()
+    watcher.close()
     if not interrupted:
         settled = _settle(ledger_file, workdir)
         if settled:
