@@ -75,12 +75,12 @@ stop() {
     if alive "$1"; then
         read -r pid start <"$file"
         say "stopping $1 (process group $pid)"
-        kill -TERM -- "-$pid" 2>/dev/null
+        kill -TERM -- "-$pid" 2>/dev/null || true
         for _ in $(seq 50); do
             kill -0 -- "-$pid" 2>/dev/null || break
             sleep 0.2
         done
-        kill -KILL -- "-$pid" 2>/dev/null
+        kill -KILL -- "-$pid" 2>/dev/null || true
     fi
     rm -f "$file"
 }

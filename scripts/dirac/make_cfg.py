@@ -151,8 +151,7 @@ def _systems(run_dir: Path, db_port: int, db_password: str) -> CFG:
     # StalledTimeHours is a number of watchdog cycles despite its name (plus half a cycle).
     stalled = wms.getAsCFG("Agents/StalledJobAgent").mergeWith(
         _cfg(
-            f"PollingTime = 10\nStalledTimeHours = {STALLED_AFTER_CYCLES}\n"
-            "MaxNumberOfThreads = 2\n"
+            f"PollingTime = 10\nStalledTimeHours = {STALLED_AFTER_CYCLES}\nMaxNumberOfThreads = 2\n"
         )
     )
     _section(systems, "WorkloadManagement/Agents/StalledJobAgent", contents=stalled)
