@@ -592,7 +592,7 @@ def dirac_fault(log) -> int:
     120 s.
     """
     done = subprocess.run(
-        ["flock", "-E", str(LOCK_BUSY), "-w", "120", "/tmp/dirac.lock",
+        ["flock", "-o", "-E", str(LOCK_BUSY), "-w", "120", "/tmp/dirac.lock",
          str(REPO / "scripts" / "dirac-restart"), "services"],
         env={**os.environ, "DCFLOW_RUN_DIR": str(run_dir())},
         stdout=log,
@@ -618,7 +618,7 @@ def gridengine_fault(kind: str, log) -> int:
     else:
         script = f"kill $(cat {pids}/sge_qmaster.pid) && sleep 5 && {up}"
     done = subprocess.run(
-        ["flock", "-E", str(LOCK_BUSY), "-w", "120", "/tmp/ge.lock", "bash", "-c", script],
+        ["flock", "-o", "-E", str(LOCK_BUSY), "-w", "120", "/tmp/ge.lock", "bash", "-c", script],
         stdout=log,
         stderr=subprocess.STDOUT,
         check=False,
