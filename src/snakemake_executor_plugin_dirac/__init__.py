@@ -31,7 +31,7 @@ from dcflow.states import JobState
 
 from .cancel import cancel_jobs
 from .jobs import prepare, submit_batches, tail_of_logs
-from .status import REVIVABLE_STATES, describe_failure
+from .status import describe_failure
 from .submit import job_group
 from .wms import DiracError, DiracWMS
 
@@ -185,20 +185,7 @@ class Executor(RemoteExecutor):
                 msg = describe_failure(outcome, log_text, log_dir and str(log_dir))
                 logs = [str(p) for p in sorted(log_dir.iterdir()) if p.is_file()] if log_dir else []
                 self.mark_ended([info.external_jobid])
-                if outcome.status in REVIVABLE_STATES:
-                    self.kill_revivable(info.external_jobid)
                 self.report_job_error(info, msg=msg, aux_logs=logs)
-
-    def kill_revivable(self, job_id: str) -> None:
-        """Kill a job given up as failed that DIRAC could still run.
-
-        A Stalled job turns Running again on a late heartbeat: killed, its retry is the only
-        attempt alive.
-        """
-        try:
-            cancel_jobs(self.wms, [job_id])
-        except DiracError as err:
-            self.logger.warning(f"killing DIRAC job {job_id} given up as lost: {err}")
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
         """Kill every active job with one DIRAC call."""

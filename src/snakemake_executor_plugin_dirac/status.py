@@ -16,7 +16,6 @@ from dcflow.states import JobState
 __all__ = [
     "ALIVE_STATES",
     "KILL_MINOR_STATUS",
-    "REVIVABLE_STATES",
     "STATE_MAP",
     "JobOutcome",
     "adoptable_jobs",
@@ -48,11 +47,6 @@ ALIVE_STATES = tuple(
     s for s, js in STATE_MAP.items() if js in (JobState.SUBMITTED, JobState.RUNNING)
 )
 """DIRAC states of a job that may still produce its outputs (adopted after a restart)."""
-
-REVIVABLE_STATES = ("Stalled",)
-"""Failure states DIRAC may leave again: a Stalled job (no heartbeat for a while: its pilot
-died, or a service was unreachable) turns Running on its next heartbeat. The executor kills
-such a job when it gives up on it, so a retry never runs beside it."""
 
 
 KILL_MINOR_STATUS = "Marked for termination"

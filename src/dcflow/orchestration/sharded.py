@@ -73,7 +73,6 @@ from dcflow.orchestration.cancel import stop_process_tree
 from dcflow.orchestration.profiles import GRIDENGINE_EXECUTORS, profile_backend, profile_settings
 from dcflow.orchestration.run import run_campaign
 from dcflow.orchestration.settle import settle_from_disk
-from dcflow.plan import clear_incomplete_marks
 from dcflow.states import JobState
 from dcflow.status import failed_tiles
 
@@ -344,44 +343,6 @@ def _orphan_submissions(workdir: Path) -> dict:
     }
 
 
-def _recover_dirac(workdir: Path, ledger_file: Path) -> str:
-    """Record the DIRAC jobs that ended Done while no driver watched them.
-
-    A killed driver's attempts are lost in the ledger, their DIRAC jobs alive. Those still
-    alive are adopted by the restarted shards (the executor finds them in the run's
-    JobGroup); those DIRAC reports Done wrote their outputs whole (atomically), so their
-    Snakemake "incomplete" marks are cleared here and the ledger settles them as succeeded
-    (`settle_from_disk`), instead of the restarted shard running them a second time.
-    """
-    if not ledger_file.exists():
-        return "dirac recovery: no ledger"
-    with Ledger(ledger_file) as ledger:
-        lost = [
-            a
-            for a in ledger.failed_tiles()
-            if a.state is JobState.LOST and a.backend_jobid and a.outputs
-        ]
-    if not lost:
-        return "dirac recovery: no lost job"
-    from snakemake_executor_plugin_dirac.wms import DiracError, DiracWMS
-
-    try:
-        outcomes = DiracWMS().states(a.backend_jobid for a in lost)
-    except DiracError as err:
-        return f"dirac recovery: states not known ({err}); lost jobs will be redone"
-    done = [
-        a
-        for a in lost
-        if (o := outcomes.get(str(a.backend_jobid))) is not None and o.state is JobState.SUCCEEDED
-    ]
-    for attempt in done:
-        clear_incomplete_marks(workdir, attempt.outputs)
-    return (
-        f"dirac recovery: of {len(lost)} job(s) lost with their driver, {len(done)} ended Done "
-        "unwatched (their incomplete marks cleared)"
-    )
-
-
 def settle_orphan_submissions(workdir: Path, *, wait_s: float = 60.0) -> int:
     """Record how orphaned Grid Engine jobs ended; return how many succeeded meanwhile.
 
@@ -445,8 +406,6 @@ def clear_stale_state(
         for lock in locks:
             lock.unlink(missing_ok=True)
         said = f"{len(locks)} stale Snakemake lock(s) removed" if locks else "no stale state"
-        if backend == "dirac":
-            said += "; " + _recover_dirac(workdir, ledger_file)
     return said + _settle(ledger_file, workdir)
 
 
