@@ -11,6 +11,11 @@ are not point sources or are contaminated.
 For fast photometry of thousands of sources the pixel-integrated model is tabulated once on
 a grid of sub-pixel phases (`MoffatPsf.phase_table`) and interpolated bilinearly in phase,
 so the cost per source is a gather instead of a Moffat evaluation per sub-sample.
+
+Real PSFs are not Moffats: the cores and wings of bright SDSS stars depart from the best
+Moffat by more than their noise. As in DAOPHOT's analytic-plus-lookup-table PSF, an empirical
+`PsfResidual` (`fit_psf_residual`: the PSF stars' stacked, normalised residuals from the
+analytic model on an oversampled grid) can be added to the model wherever it is rendered.
 """
 
 from __future__ import annotations
@@ -30,16 +35,22 @@ from dcflow.stages.stamps import adaptive_moments, extract_stamps
 
 __all__ = [
     "FWHM_PER_SIGMA",
+    "PSF_RESIDUAL_EXTNAME",
     "LocalWidthResult",
     "MoffatPsf",
     "PsfFitResult",
     "PsfPhaseTable",
+    "PsfResidual",
     "effective_area",
     "fit_psf",
+    "fit_psf_residual",
     "fit_psf_width",
     "local_log_widths",
     "psf_model_from_header",
 ]
+
+PSF_RESIDUAL_EXTNAME = "PSFRESID"
+"""Name of the calexp image extension that holds the `PsfResidual` table."""
 
 FWHM_PER_SIGMA = float(2.0 * np.sqrt(2.0 * np.log(2.0)))
 """FWHM of a Gaussian over its standard deviation."""
@@ -64,6 +75,80 @@ def effective_area(stamp: np.ndarray) -> float:
     return float(p.sum() ** 2 / (p * p).sum())
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class PsfResidual:
+    """Empirical correction to an analytic PSF: its pixel-integrated residual, tabulated.
+
+    ``table[k, l]`` is the fraction of the total flux to add to a pixel whose centre is offset
+    by ``((l - m) / oversample, (k - m) / oversample)`` pixels from the PSF centre, with
+    ``m = (n - 1) / 2`` for an ``(n, n)`` table; values in between are bilinear, zero beyond
+    the table. Each of the ``oversample^2`` sub-lattices of nodes (``k mod oversample``,
+    ``l mod oversample``) sums to zero, so the pixels of a star at any phase sum to zero and
+    the analytic model's flux scale is unchanged.
+
+    Attributes
+    ----------
+    table : numpy.ndarray
+        ``(n, n)`` residual per unit flux, ``n`` odd.
+    oversample : int
+        Nodes per pixel per axis.
+    """
+
+    table: np.ndarray
+    oversample: int
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.table)
+        if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] % 2 == 0 or t.shape[0] < 3:
+            raise ValueError(f"table must be square with an odd side >= 3; got shape {t.shape}")
+        if self.oversample < 1:
+            raise ValueError(f"oversample must be >= 1; got {self.oversample}")
+        if not np.all(np.isfinite(t)):
+            raise ValueError("table must be finite")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PsfResidual):
+            return NotImplemented
+        return self.oversample == other.oversample and np.array_equal(self.table, other.table)
+
+    def __hash__(self) -> int:
+        return hash((self.oversample, np.asarray(self.table).tobytes()))
+
+    def _corners(self, dx, dy):
+        dx, dy = np.broadcast_arrays(np.asarray(dx, dtype=float), np.asarray(dy, dtype=float))
+        n = self.table.shape[0]
+        m = (n - 1) // 2
+        gx = dx * self.oversample + m
+        gy = dy * self.oversample + m
+        inside = (gx >= 0) & (gx <= n - 1) & (gy >= 0) & (gy <= n - 1)
+        ix = np.clip(np.floor(gx).astype(np.int64), 0, n - 2)
+        iy = np.clip(np.floor(gy).astype(np.int64), 0, n - 2)
+        t = np.asarray(self.table, dtype=float)
+        corners = (t[iy, ix], t[iy, ix + 1], t[iy + 1, ix], t[iy + 1, ix + 1])
+        return corners, gx - ix, gy - iy, inside
+
+    def value(self, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        """Residual of the pixels whose centres are at offsets ``(dx, dy)`` (broadcastable)."""
+        (t00, t01, t10, t11), tx, ty, inside = self._corners(dx, dy)
+        value = (1 - ty) * ((1 - tx) * t00 + tx * t01) + ty * ((1 - tx) * t10 + tx * t11)
+        return np.where(inside, value, 0.0)
+
+    def value_and_gradient(
+        self, dx: np.ndarray, dy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`value` and its derivatives with respect to the PSF centre (``-d/d dx``, ``-d/d dy``)."""
+        (t00, t01, t10, t11), tx, ty, inside = self._corners(dx, dy)
+        value = (1 - ty) * ((1 - tx) * t00 + tx * t01) + ty * ((1 - tx) * t10 + tx * t11)
+        d_gx = (1 - ty) * (t01 - t00) + ty * (t11 - t10)
+        d_gy = (1 - tx) * (t10 - t00) + tx * (t11 - t01)
+        s = float(self.oversample)
+        return (
+            np.where(inside, value, 0.0),
+            np.where(inside, -s * d_gx, 0.0),
+            np.where(inside, -s * d_gy, 0.0),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class MoffatPsf:
     """Elliptical Moffat PSF, normalised to unit total flux.
@@ -82,6 +167,9 @@ class MoffatPsf:
         Ellipticity components (``e1 > 0``: elongated along x).
     subsample : int
         Points per pixel per axis used to integrate the profile over a pixel.
+    residual : PsfResidual or None
+        Empirical correction added to the pixel-integrated profile (`fit_psf_residual`);
+        `point_value` is the analytic profile alone.
     """
 
     alpha_pix: float
@@ -89,6 +177,7 @@ class MoffatPsf:
     e1: float = 0.0
     e2: float = 0.0
     subsample: int = 5
+    residual: PsfResidual | None = None
 
     @property
     def fwhm_pix(self) -> float:
@@ -140,12 +229,15 @@ class MoffatPsf:
         Returns
         -------
         numpy.ndarray
-            Fraction of the total flux falling in each pixel.
+            Fraction of the total flux falling in each pixel (`residual` included).
         """
         off = _subsample_offsets(self.subsample)
-        dx = np.asarray(dx, dtype=float)[..., None, None] + off[None, :]
-        dy = np.asarray(dy, dtype=float)[..., None, None] + off[:, None]
-        return self.point_value(dx, dy).mean(axis=(-2, -1))
+        sub_dx = np.asarray(dx, dtype=float)[..., None, None] + off[None, :]
+        sub_dy = np.asarray(dy, dtype=float)[..., None, None] + off[:, None]
+        value = self.point_value(sub_dx, sub_dy).mean(axis=(-2, -1))
+        if self.residual is not None:
+            value = value + self.residual.value(dx, dy)
+        return value
 
     def render(self, half_size: int, phase_x: float = 0.0, phase_y: float = 0.0) -> np.ndarray:
         """Pixel-integrated ``(2h+1, 2h+1)`` stamp centred at ``(h + phase_x, h + phase_y)``."""
@@ -170,6 +262,7 @@ class MoffatPsf:
             Pixel-integrated profile and ``d value / d x0 = -d value / d dx`` (same for y).
         """
         off = _subsample_offsets(self.subsample)
+        pixel_dx, pixel_dy = dx, dy
         dx = np.asarray(dx, dtype=float)[..., None, None] + off[None, :]
         dy = np.asarray(dy, dtype=float)[..., None, None] + off[:, None]
         e = np.sqrt(1.0 - self.e1**2 - self.e2**2)
@@ -182,7 +275,11 @@ class MoffatPsf:
         d_dx0 = common * ((1.0 - self.e1) * dx - self.e2 * dy)
         d_dy0 = common * ((1.0 + self.e1) * dy - self.e2 * dx)
         axes = (-2, -1)
-        return value.mean(axis=axes), d_dx0.mean(axis=axes), d_dy0.mean(axis=axes)
+        value, d_dx0, d_dy0 = value.mean(axis=axes), d_dx0.mean(axis=axes), d_dy0.mean(axis=axes)
+        if self.residual is not None:
+            r, r_dx0, r_dy0 = self.residual.value_and_gradient(pixel_dx, pixel_dy)
+            value, d_dx0, d_dy0 = value + r, d_dx0 + r_dx0, d_dy0 + r_dy0
+        return value, d_dx0, d_dy0
 
     def phase_table(self, half_size: int, n_phase: int = 10) -> PsfPhaseTable:
         """Tabulate pixel-integrated stamps (and their gradients) on a grid of phases.
@@ -455,8 +552,11 @@ class PsfFitResult:
         ``PSFMODEL`` names the model; ``PSFALPHA`` (pixels), ``PSFBETA``, ``PSFE1``,
         ``PSFE2`` and ``PSFSUBS`` are the reference Moffat; ``PSFWORD`` is the order of the
         width polynomial, ``PSFWNX`` / ``PSFWNY`` the image shape it was fitted on and
-        ``PSFWC<k>`` its coefficients. Keywords rather than a table extension: the model is
-        at most 14 numbers, and every reader of a calexp already reads its header.
+        ``PSFWC<k>`` its coefficients. Keywords rather than a table extension: the analytic
+        model is at most 14 numbers, and every reader of a calexp already reads its header.
+        With a `PsfResidual`, ``PSFROVS`` is its oversampling and ``PSFRSIZE`` its table's
+        side; the table itself goes in the calexp's image extension `PSF_RESIDUAL_EXTNAME`
+        (`residual_table`).
         """
         ny, nx = self.image_shape
         cards: dict[str, tuple[float | int | str, str]] = {
@@ -472,7 +572,17 @@ class PsfFitResult:
         }
         for k, c in enumerate(self.width_coeffs):
             cards[f"PSFWC{k}"] = (c, f"PSF ln(width) polynomial coefficient {k}")
+        residual = self.psf.residual
+        if residual is not None:
+            cards["PSFROVS"] = (residual.oversample, "PSF residual table nodes per pixel")
+            cards["PSFRSIZE"] = (residual.table.shape[0], "PSF residual table side (PSFRESID)")
         return cards
+
+    def residual_table(self) -> np.ndarray | None:
+        """The `PsfResidual` table, for the calexp's `PSF_RESIDUAL_EXTNAME` extension, or None."""
+        if self.psf.residual is None:
+            return None
+        return np.asarray(self.psf.residual.table, dtype=np.float64)
 
 
 def _enclosed_fraction(psf: MoffatPsf, radius_pix: float) -> float:
@@ -483,13 +593,19 @@ def _enclosed_fraction(psf: MoffatPsf, radius_pix: float) -> float:
     return float(aperture_photometry(stamp, aper, method="exact")["aperture_sum"][0])
 
 
-def psf_model_from_header(header: Mapping) -> PsfFitResult | None:
+def psf_model_from_header(
+    header: Mapping, residual_table: np.ndarray | None = None
+) -> PsfFitResult | None:
     """The spatially varying PSF model written by `PsfFitResult.to_header`, or None.
 
     Parameters
     ----------
     header : Mapping
         A calexp header (``astropy.io.fits.Header`` or a dict).
+    residual_table : numpy.ndarray, optional
+        The calexp's `PSF_RESIDUAL_EXTNAME` extension (`PsfFitResult.residual_table`),
+        required when the header has ``PSFROVS``; calexps written without a residual table
+        have neither.
 
     Returns
     -------
@@ -500,7 +616,8 @@ def psf_model_from_header(header: Mapping) -> PsfFitResult | None:
     Raises
     ------
     ValueError
-        If ``PSFMODEL`` names another model or a card is missing or not a number.
+        If ``PSFMODEL`` names another model, a card is missing or not a number, or the
+        residual table is missing, unexpected or not of the header's size.
     """
     if "PSFMODEL" not in header:
         return None
@@ -518,8 +635,24 @@ def psf_model_from_header(header: Mapping) -> PsfFitResult | None:
         )
         coeffs = tuple(float(header[f"PSFWC{k}"]) for k in range(n_terms))
         shape = (int(header["PSFWNY"]), int(header["PSFWNX"]))
+        oversample = int(header["PSFROVS"]) if "PSFROVS" in header else None
+        side = int(header["PSFRSIZE"]) if oversample is not None else None
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"PSF model header card missing or not a number: {exc}") from None
+    if oversample is None and residual_table is not None:
+        raise ValueError("a PSF residual table was given but the header has no PSFROVS card")
+    if oversample is not None:
+        if residual_table is None:
+            raise ValueError(
+                f"the header's PSF model has a residual table (PSFROVS={oversample}) but none "
+                f"was given: read the calexp's {PSF_RESIDUAL_EXTNAME} extension"
+            )
+        table = np.asarray(residual_table, dtype=float)
+        if table.shape != (side, side):
+            raise ValueError(
+                f"PSF residual table has shape {table.shape}; the header says ({side}, {side})"
+            )
+        psf = dataclasses.replace(psf, residual=PsfResidual(table, oversample))
     return PsfFitResult(
         psf=psf,
         used=np.zeros(0, dtype=bool),
@@ -547,7 +680,8 @@ def _star_log_widths(data, weight, dx, dy, psf, n_iter=3, max_step=0.1, max_abs=
     Gauss-Newton on each star's width with its amplitude solved jointly: the model is
     linearised as ``A m + B dm/d(ln alpha)``, so ``B / A`` is the step in ``ln alpha``.
     The iteration starts from ``start`` (per star; default 0). Stars that do not converge
-    within ``max_abs`` of their start get an infinite error.
+    within ``max_abs`` of their start get an infinite error. ``psf.residual`` is added to the
+    model unscaled.
     """
     off = _subsample_offsets(psf.subsample)
     dxs = np.asarray(dx, float)[..., None, None] + off[None, :]
@@ -556,6 +690,8 @@ def _star_log_widths(data, weight, dx, dy, psf, n_iter=3, max_step=0.1, max_abs=
     q0 = ((1.0 - psf.e1) * dxs * dxs - 2.0 * psf.e2 * dxs * dys + (1.0 + psf.e1) * dys * dys) / (
         psf.alpha_pix**2 * e
     )
+    # The residual table is held at its tabulated shape: the width moves the analytic part.
+    residual = 0.0 if psf.residual is None else psf.residual.value(dx, dy)
     n = data.shape[0]
     g0 = np.zeros(n) if start is None else np.asarray(start, dtype=float)
     g = g0.copy()
@@ -566,7 +702,7 @@ def _star_log_widths(data, weight, dx, dy, psf, n_iter=3, max_step=0.1, max_abs=
         value = (psf.beta - 1.0) / (np.pi * psf.alpha_pix**2) * scale * (1.0 + q) ** (-psf.beta)
         # d ln I / d ln alpha = -2 + 2 beta q / (1 + q)
         dvalue = value * (2.0 * psf.beta * q / (1.0 + q) - 2.0)
-        m = value.mean(axis=(-2, -1))
+        m = value.mean(axis=(-2, -1)) + residual
         dm = dvalue.mean(axis=(-2, -1))
         wm, wd = weight * m, weight * dm
         a11 = (wm * m).sum(axis=(1, 2))
@@ -762,6 +898,148 @@ def fit_psf_width(
         image_shape=tuple(int(n) for n in image.shape),
         n_width_stars=n_width,
     )
+
+
+def fit_psf_residual(
+    fit: PsfFitResult,
+    image: np.ndarray,
+    variance: np.ndarray,
+    bad: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    half_size: int,
+    oversample: int = 2,
+    clip_sigma: float = 4.0,
+    min_stars: int = 5,
+    n_iter: int = 3,
+) -> PsfFitResult:
+    """Add to ``fit`` an empirical `PsfResidual` from the stars at ``(x, y)``.
+
+    DAOPHOT's lookup table, PSFEx's pixel basis at order 0: each star's stamp minus the
+    analytic model at its width (amplitude fitted linearly) is divided by the amplitude, and
+    the residuals of all stars, each pixel at its sub-pixel offset from the star's centre, are
+    spread bilinearly onto a grid of ``oversample`` nodes per pixel and averaged with
+    inverse-variance weights. Pixels whose residual departs from the table by more than
+    ``clip_sigma`` times the robust scatter of the normalised deviations (cosmic rays,
+    neighbours) are dropped and the table remade. The table is cut to a circle of radius
+    ``half_size`` and each node sub-lattice is brought to zero sum by removing its sum in
+    the shape of the analytic core, so the flux scale stays the analytic model's.
+
+    Parameters
+    ----------
+    fit : PsfFitResult
+        The analytic model (shape and width polynomial); a residual it has is replaced.
+    image, variance : numpy.ndarray
+        ``(ny, nx)`` background-subtracted image and its variance.
+    bad : numpy.ndarray of bool
+        ``(ny, nx)``; True pixels are left out.
+    x, y : numpy.ndarray
+        Centroids (0-based array coordinates, pixels) of bright, isolated, unsaturated stars
+        (those of the shape fit).
+    half_size : int
+        Stamp half size, pixels: the table covers offsets up to ``half_size``.
+    oversample : int
+        Table nodes per pixel per axis.
+    clip_sigma : float
+        Pixel outlier cut, in robust standard deviations.
+    min_stars : int
+        Fewer usable stars leave ``fit`` without a residual.
+    n_iter : int
+        Rounds of clipping.
+
+    Returns
+    -------
+    PsfFitResult
+        ``fit`` whose ``psf`` carries the residual.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` and ``y`` differ in shape, or ``half_size``, ``oversample`` or
+        ``clip_sigma`` is not positive.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape; got {x.shape} and {y.shape}")
+    for name, value in (
+        ("half_size", half_size),
+        ("oversample", oversample),
+        ("clip_sigma", clip_sigma),
+    ):
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0; got {value}")
+    analytic = dataclasses.replace(fit.psf, residual=None)
+    if x.size < min_stars:
+        log.debug("PSF residual: %d stars < %d, none fitted", x.size, min_stars)
+        return dataclasses.replace(fit, psf=analytic)
+    data, weight, dx, dy = _gather(image, variance, bad, x, y, half_size)
+    alpha = fit.alpha_at(x, y)
+    model = np.stack(
+        [
+            dataclasses.replace(analytic, alpha_pix=float(a)).pixel_value(dx[i], dy[i])
+            for i, a in enumerate(alpha)
+        ]
+    )
+    amp = (weight * model * data).sum(axis=(1, 2)) / np.maximum(
+        (weight * model * model).sum(axis=(1, 2)), 1e-30
+    )
+    good_star = amp > 0
+    if good_star.sum() < min_stars:
+        return dataclasses.replace(fit, psf=analytic)
+    safe_amp = np.where(good_star, amp, 1.0)[:, None, None]
+    resid = (data - safe_amp * model) / safe_amp
+    w = np.where(good_star[:, None, None], weight * safe_amp**2, 0.0)
+    n = 2 * oversample * half_size + 1
+    m = oversample * half_size
+    gx, gy = dx * oversample + m, dy * oversample + m
+    usable = (w > 0) & (gx >= 0) & (gx <= n - 1) & (gy >= 0) & (gy <= n - 1)
+    keep = usable
+    table = np.zeros((n, n))
+    for _ in range(n_iter):
+        table = _splat_mean(gx[keep], gy[keep], resid[keep], w[keep], n)
+        predicted = PsfResidual(table, oversample).value(dx, dy)
+        chi = (resid - predicted) * np.sqrt(w)
+        spread = 1.4826 * float(np.median(np.abs(chi[usable])))
+        new_keep = usable & (np.abs(chi) <= clip_sigma * max(spread, 1.0))
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    node = (np.arange(n) - m) / oversample
+    table[np.hypot(node[None, :], node[:, None]) > half_size] = 0.0
+    core = analytic.point_value(node[None, :], node[:, None])
+    for ky in range(oversample):
+        for kx in range(oversample):
+            sub = (slice(ky, None, oversample), slice(kx, None, oversample))
+            table[sub] -= table[sub].sum() * core[sub] / core[sub].sum()
+    n_kept = int(keep.sum())
+    log.debug(
+        "PSF residual: %d stars, %d of %d pixels kept, table rms %.3g of the peak",
+        int(good_star.sum()),
+        n_kept,
+        int(usable.sum()),
+        float(np.sqrt(np.mean(table**2)) / core.max()),
+    )
+    return dataclasses.replace(
+        fit, psf=dataclasses.replace(analytic, residual=PsfResidual(table, oversample))
+    )
+
+
+def _splat_mean(gx, gy, value, weight, n):
+    """Weighted mean of ``value`` at grid positions ``(gx, gy)``, each spread bilinearly."""
+    ix = np.clip(np.floor(gx).astype(np.int64), 0, n - 2)
+    iy = np.clip(np.floor(gy).astype(np.int64), 0, n - 2)
+    tx, ty = gx - ix, gy - iy
+    num = np.zeros(n * n)
+    den = np.zeros(n * n)
+    for oy, wy in ((0, 1 - ty), (1, ty)):
+        for ox, wx in ((0, 1 - tx), (1, tx)):
+            index = (iy + oy) * n + ix + ox
+            share = weight * wy * wx
+            num += np.bincount(index, share * value, minlength=n * n)
+            den += np.bincount(index, share, minlength=n * n)
+    return (np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)).reshape(n, n)
 
 
 _LOCAL_WIDTH_CHUNK = 256
