@@ -53,6 +53,9 @@ class Exposure:
         Pixel to sky transform, pixel origin at the array's ``[0, 0]``.
     header : astropy.io.fits.Header
         Metadata kept with the exposure (data id, zero point, PSF FWHM...).
+    extra_planes : dict of str to numpy.ndarray
+        Named arrays stored as image extensions after VARIANCE (a calexp's PSF residual
+        table, `dcflow.stages.psf.PSF_RESIDUAL_EXTNAME`).
     """
 
     image: np.ndarray
@@ -60,6 +63,7 @@ class Exposure:
     variance: np.ndarray
     wcs: WCS | None = None
     header: fits.Header = field(default_factory=fits.Header)
+    extra_planes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 2:

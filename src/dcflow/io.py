@@ -203,9 +203,12 @@ def write_exposure(
 ) -> None:
     """Write an exposure as a FITS file: primary header, IMAGE, MASK and VARIANCE HDUs.
 
-    ``extra_planes`` adds named image HDUs after them (a coadd's NINPUTS and COVERAGE).
+    The exposure's own ``extra_planes`` and ``extra_planes`` (a coadd's NINPUTS and COVERAGE;
+    it wins on a shared name) follow them as named image HDUs.
     """
-    header, planes = _exposure_hdus(exposure, extra_planes, None)
+    header, planes = _exposure_hdus(
+        exposure, {**exposure.extra_planes, **(extra_planes or {})}, None
+    )
     write_fits(fits.HDUList([fits.PrimaryHDU(header=header), *planes]), path)
 
 
@@ -281,4 +284,11 @@ def read_exposure(path: str | os.PathLike) -> Exposure:
         variance=np.asarray(hdus["VARIANCE"].data, dtype=np.float32),
         wcs=_wcs_from_header(hdus["IMAGE"].header),
         header=header,
+        extra_planes={
+            hdu.name: np.asarray(hdu.data)
+            for hdu in hdus[1:]
+            if hdu.is_image
+            and hdu.data is not None
+            and hdu.name not in {"IMAGE", "MASK", "VARIANCE"}
+        },
     )

@@ -63,6 +63,7 @@ from dcflow.exposure import Exposure, MaskPlane, header_number
 from dcflow.stages.detection import detect_sources
 from dcflow.stages.psf import (
     FWHM_PER_SIGMA,
+    PSF_RESIDUAL_EXTNAME,
     PsfFitResult,
     PsfPhaseTable,
     effective_area,
@@ -1570,7 +1571,7 @@ def subtract_exposures(
             f"template shape {template.shape} differs from calexp shape {calexp.shape}: warp "
             "the template to the calexp grid first"
         )
-    psf = psf_model_from_header(calexp.header)
+    psf = psf_model_from_header(calexp.header, calexp.extra_planes.get(PSF_RESIDUAL_EXTNAME))
     if psf is None:
         raise InputDataError("calexp header has no PSF model (PSFMODEL card)")
     scale_arcsec = float(np.sqrt(proj_plane_pixel_area(calexp.wcs.celestial)) * 3600.0)

@@ -40,7 +40,7 @@ from dcflow.catalog_schema import annotate, flux_unit_of_zero_point
 from dcflow.configs import check_fields, config_field
 from dcflow.errors import InputDataError
 from dcflow.exposure import Exposure, MaskPlane
-from dcflow.stages.psf import PsfFitResult, psf_model_from_header
+from dcflow.stages.psf import PSF_RESIDUAL_EXTNAME, PsfFitResult, psf_model_from_header
 from dcflow.stages.stamps import extract_stamps
 from dcflow.stages.warp import calexp_flux_scale
 
@@ -670,7 +670,9 @@ def forced_photometry(
     fwhm_pix = psf.effective_fwhm_pix
     radius = max(2, int(np.ceil(config.stamp_radius_fwhm * fwhm_pix)))
     try:
-        varying = psf_model_from_header(calexp.header)
+        varying = psf_model_from_header(
+            calexp.header, calexp.extra_planes.get(PSF_RESIDUAL_EXTNAME)
+        )
     except ValueError as exc:
         raise InputDataError(f"calexp PSF model: {exc}") from None
     if varying is not None and varying.image_shape != calexp.image.shape:

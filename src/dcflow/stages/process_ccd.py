@@ -65,9 +65,11 @@ from dcflow.stages.measurement import (
 )
 from dcflow.stages.photocal import fit_zero_point
 from dcflow.stages.psf import (
+    PSF_RESIDUAL_EXTNAME,
     MoffatPsf,
     PsfFitResult,
     fit_psf,
+    fit_psf_residual,
     fit_psf_width,
     local_log_widths,
 )
@@ -177,6 +179,22 @@ class ProcessCcdConfig:
         "Maximum number of stars for the PSF width polynomial (the brightest usable), count",
         minimum=5,
         maximum=5000,
+    )
+    psf_residual: str = config_field(
+        "table",
+        "Empirical correction added to the analytic (Moffat) PSF model",
+        choices={
+            "none": "the analytic model alone",
+            "table": "a lookup table of the PSF stars' stacked residuals from the analytic "
+            "model (DAOPHOT-style, constant over the CCD), stored with the calexp and used "
+            "wherever the model is rendered: real stars' cores and wings are not Moffats",
+        },
+    )
+    psf_residual_oversample: int = config_field(
+        2,
+        "Nodes per pixel per axis of the PSF residual table (psf_residual: table)",
+        minimum=1,
+        maximum=4,
     )
     psf_fit_iterations: int = config_field(
         3,
@@ -633,6 +651,18 @@ def process_ccd(
         psf_fit = fit_psf_width(
             psf_fit, sub, variance, bad, xc[width_stars], yc[width_stars], order=cfg.psf_width_order
         )
+    if cfg.psf_residual == "table":
+        shape_stars = candidates[psf_fit.used]
+        psf_fit = fit_psf_residual(
+            psf_fit,
+            sub,
+            variance,
+            bad,
+            xc[shape_stars],
+            yc[shape_stars],
+            half_size=_psf_flux_half_size(psf_fit.psf.fwhm_pix),
+            oversample=cfg.psf_residual_oversample,
+        )
     psf = psf_fit.psf
     used_psf = np.zeros(n_src, dtype=bool)
     used_psf[candidates[psf_fit.used]] = True
@@ -848,12 +878,14 @@ def process_ccd(
         )
     header["BKGMEAN"] = (bkg.mean, "mean background subtracted, e-/pixel")
     header["BKGRMS"] = (bkg.rms, "background noise, e-/pixel")
+    residual_table = psf_fit.residual_table()
     calexp = Exposure(
         image=sub.astype(np.float32, copy=False),
         mask=out_mask,
         variance=variance.copy(),
         wcs=wcs,
         header=header,
+        extra_planes={} if residual_table is None else {PSF_RESIDUAL_EXTNAME: residual_table},
     )
     return ProcessCcdResult(
         calexp=calexp,

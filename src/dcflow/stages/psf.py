@@ -975,19 +975,68 @@ def fit_psf_residual(
         log.debug("PSF residual: %d stars < %d, none fitted", x.size, min_stars)
         return dataclasses.replace(fit, psf=analytic)
     data, weight, dx, dy = _gather(image, variance, bad, x, y, half_size)
-    alpha = fit.alpha_at(x, y)
-    model = np.stack(
-        [
-            dataclasses.replace(analytic, alpha_pix=float(a)).pixel_value(dx[i], dy[i])
-            for i, a in enumerate(alpha)
-        ]
+    dx, dy = np.broadcast_arrays(dx, dy)
+    star_psfs = [dataclasses.replace(analytic, alpha_pix=float(a)) for a in fit.alpha_at(x, y)]
+    residual = None
+    # Centres from a fit of the model itself (windowed centroids of undersampled stars are
+    # off by a phase-dependent few hundredths of a pixel, which would blur the table), then
+    # again with the first table, which moves the model's centre to the light's.
+    for _ in range(2):
+        star_psfs = [dataclasses.replace(p, residual=residual) for p in star_psfs]
+        dx, dy = _refined_offsets(data, weight, dx, dy, star_psfs)
+        table, n_stars, n_kept, n_usable = _stacked_residual(
+            data, weight, dx, dy, star_psfs, half_size, oversample, clip_sigma, n_iter
+        )
+        if n_stars < min_stars:
+            log.debug("PSF residual: %d usable stars < %d, none fitted", n_stars, min_stars)
+            return dataclasses.replace(fit, psf=analytic)
+        n = table.shape[0]
+        node = (np.arange(n) - (n - 1) // 2) / oversample
+        table[np.hypot(node[None, :], node[:, None]) > half_size] = 0.0
+        core = analytic.point_value(node[None, :], node[:, None])
+        for ky in range(oversample):
+            for kx in range(oversample):
+                sub = (slice(ky, None, oversample), slice(kx, None, oversample))
+                table[sub] -= table[sub].sum() * core[sub] / core[sub].sum()
+        residual = PsfResidual(table, oversample)
+    log.debug(
+        "PSF residual: %d stars, %d of %d pixels kept, table rms %.3g of the peak",
+        n_stars,
+        n_kept,
+        n_usable,
+        float(np.sqrt(np.mean(table**2)) / core.max()),
     )
+    return dataclasses.replace(fit, psf=dataclasses.replace(analytic, residual=residual))
+
+
+def _refined_offsets(data, weight, dx, dy, psfs, n_iter=2, max_step=0.3):
+    """Pixel offsets from each star's centre refitted with its model (Gauss-Newton)."""
+    dx, dy = dx.copy(), dy.copy()
+    for i, psf in enumerate(psfs):
+        w, d = weight[i], data[i]
+        for _ in range(n_iter):
+            value, gx, gy = psf.pixel_value_and_gradient(dx[i], dy[i])
+            basis = np.stack([value, gx, gy]).reshape(3, -1)
+            normal = (basis * w.ravel()) @ basis.T
+            try:
+                amp, bx, by = np.linalg.solve(normal, (basis * w.ravel()) @ d.ravel())
+            except np.linalg.LinAlgError:
+                break
+            if amp <= 0:
+                break
+            dx[i] -= np.clip(bx / amp, -max_step, max_step)
+            dy[i] -= np.clip(by / amp, -max_step, max_step)
+    return dx, dy
+
+
+def _stacked_residual(data, weight, dx, dy, psfs, half_size, oversample, clip_sigma, n_iter):
+    """Clipped, inverse-variance mean of the stars' normalised residuals on the table grid."""
+    analytic = [dataclasses.replace(p, residual=None) for p in psfs]
+    model = np.stack([p.pixel_value(dx[i], dy[i]) for i, p in enumerate(analytic)])
     amp = (weight * model * data).sum(axis=(1, 2)) / np.maximum(
         (weight * model * model).sum(axis=(1, 2)), 1e-30
     )
     good_star = amp > 0
-    if good_star.sum() < min_stars:
-        return dataclasses.replace(fit, psf=analytic)
     safe_amp = np.where(good_star, amp, 1.0)[:, None, None]
     resid = (data - safe_amp * model) / safe_amp
     w = np.where(good_star[:, None, None], weight * safe_amp**2, 0.0)
@@ -1006,24 +1055,7 @@ def fit_psf_residual(
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    node = (np.arange(n) - m) / oversample
-    table[np.hypot(node[None, :], node[:, None]) > half_size] = 0.0
-    core = analytic.point_value(node[None, :], node[:, None])
-    for ky in range(oversample):
-        for kx in range(oversample):
-            sub = (slice(ky, None, oversample), slice(kx, None, oversample))
-            table[sub] -= table[sub].sum() * core[sub] / core[sub].sum()
-    n_kept = int(keep.sum())
-    log.debug(
-        "PSF residual: %d stars, %d of %d pixels kept, table rms %.3g of the peak",
-        int(good_star.sum()),
-        n_kept,
-        int(usable.sum()),
-        float(np.sqrt(np.mean(table**2)) / core.max()),
-    )
-    return dataclasses.replace(
-        fit, psf=dataclasses.replace(analytic, residual=PsfResidual(table, oversample))
-    )
+    return table, int(good_star.sum()), int(keep.sum()), int(usable.sum())
 
 
 def _splat_mean(gx, gy, value, weight, n):
