@@ -486,3 +486,134 @@ def test_one_common_width_offset_is_applied():
     table = fit.phase_table(6, x, x, log_width_offset=np.array([0.1]))
     wider = MoffatPsf(alpha_pix=2.4 * np.exp(0.1), beta=3.0).render(6)
     np.testing.assert_allclose(table.stamps(np.zeros(1), np.zeros(1))[0], wider, atol=1e-12)
+
+
+def _comatic_stamp(half, phase_x, phase_y, sub=7):
+    """Pixel-integrated unit-flux PSF no Moffat fits: a Gaussian core (sigma 1 pixel) and a
+    halo (sigma 2, 30 % of the light) displaced by 0.8 pixel along x (coma-like)."""
+    off = (np.arange(sub) - (sub - 1) / 2) / sub
+    j = np.arange(-half, half + 1, dtype=float)
+    dx = j[None, :, None, None] - phase_x + off[None, None, None, :]
+    dy = j[:, None, None, None] - phase_y + off[None, None, :, None]
+    core = np.exp(-0.5 * (dx * dx + dy * dy)) / (2 * np.pi)
+    halo = np.exp(-0.125 * ((dx - 0.8) ** 2 + dy * dy)) / (8 * np.pi)
+    return (0.7 * core + 0.3 * halo).mean(axis=(-2, -1))
+
+
+def test_psf_residual_brings_psf_fluxes_of_a_non_moffat_psf_to_the_photon_noise():
+    """90 stars of S/N 30-1000 drawn from `_comatic_stamp`, the PSF fitted to the 30
+    brightest. With the Moffat alone, model-weighted PSF fluxes at S/N 50-500 scatter 1.35
+    times the photon noise of an optimal fit with the true PSF (the weights, and so the share
+    of the mismatch, change with brightness) and the fits' chi^2 is 1.7; with the residual
+    table, 0.86 and 1.0."""
+    from dcflow.stages.psf import PsfResidual, fit_psf_residual
+
+    rng = np.random.default_rng(31)
+    shape, half, sky = (330, 290), 15, 100.0
+    gx, gy = np.meshgrid(np.arange(9) * 30 + 25, np.arange(10) * 30 + 25)
+    xs = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    ys = gy.ravel() + rng.uniform(-0.5, 0.5, gy.size)
+    flux = 10 ** rng.uniform(np.log10(3e3), np.log10(3e5), xs.size)
+    model = np.zeros(shape)
+    for x, y, f in zip(xs, ys, flux, strict=True):
+        ix, iy = round(x), round(y)
+        model[iy - half : iy + half + 1, ix - half : ix + half + 1] += f * _comatic_stamp(
+            half, x - ix, y - iy
+        )
+    image = rng.poisson(model + sky) - sky
+    var, bad = model + sky, np.zeros(shape, bool)
+    brightest = np.argsort(flux)[::-1][:30]
+    analytic = fit_psf(image, var, bad, xs[brightest], ys[brightest], fwhm_guess_pix=2.5)
+    corrected = fit_psf_residual(
+        analytic, image, var, bad, xs[brightest], ys[brightest], half_size=8
+    )
+    residual = corrected.psf.residual
+    assert isinstance(residual, PsfResidual) and residual.oversample == 2
+    assert residual.table.shape == (33, 33)
+    # The flux scale is the analytic model's at every phase.
+    for phase in ((0.0, 0.0), (0.3, -0.45), (-0.5, 0.17)):
+        assert corrected.psf.render(12, *phase).sum() == pytest.approx(
+            analytic.psf.render(12, *phase).sum(), abs=1e-9
+        )
+    truth = _comatic_stamp(half, 0.0, 0.0)
+    photon = np.array([1 / np.sqrt(np.sum(truth**2 / (f * truth + sky))) for f in flux])
+    snr = flux / photon
+    sel = (snr > 50) & (snr < 500)
+    rms, chi2 = {}, {}
+    for name, fit in (("analytic", analytic), ("corrected", corrected)):
+        _, _, got, _, star_chi2 = psf_photometry(
+            image, var, bad, xs, ys, fit.psf.phase_table(8), sky_variance=sky
+        )
+        ratio = got / flux
+        rms[name] = np.std(((ratio - np.median(ratio)) * flux / photon)[sel])
+        chi2[name] = np.median(star_chi2)
+    assert sel.sum() >= 60
+    assert rms["analytic"] > 1.2 and chi2["analytic"] > 1.4
+    assert rms["corrected"] < 1.10 and chi2["corrected"] < 1.15
+
+
+def test_psf_residual_round_trips_through_the_header_and_the_calexp(tmp_path):
+    from astropy.io import fits
+
+    from dcflow.exposure import Exposure
+    from dcflow.io import read_exposure, write_exposure
+    from dcflow.stages.psf import PSF_RESIDUAL_EXTNAME, PsfResidual, psf_model_from_header
+
+    table = np.zeros((9, 9))
+    table[4, 4], table[4, 6], table[2, 4] = 0.02, -0.01, -0.01
+    fit = PsfFitResult(
+        psf=MoffatPsf(alpha_pix=2.1, beta=2.7, residual=PsfResidual(table, 2)),
+        used=np.ones(5, bool),
+        n_stars=5,
+        chi2_per_dof=1.1,
+        image_shape=(30, 20),
+    )
+    exposure = Exposure(
+        image=np.zeros((30, 20), np.float32),
+        mask=np.zeros((30, 20), np.int32),
+        variance=np.ones((30, 20), np.float32),
+        extra_planes={PSF_RESIDUAL_EXTNAME: fit.residual_table()},
+    )
+    for key, card in fit.to_header().items():
+        exposure.header[key] = card
+    write_exposure(exposure, tmp_path / "calexp.fits")
+    calexp = read_exposure(tmp_path / "calexp.fits")
+    back = psf_model_from_header(calexp.header, calexp.extra_planes[PSF_RESIDUAL_EXTNAME])
+    assert back.psf == fit.psf
+    # Bilinear between nodes half a pixel apart; the residual adds to the Moffat's pixels.
+    assert back.psf.residual.value(np.array([0.25, 5.0]), np.array([0.0, 0.0])) == (
+        pytest.approx([0.01, 0.0])
+    )
+    moffat = MoffatPsf(alpha_pix=2.1, beta=2.7)
+    expected = np.zeros((7, 7))
+    expected[3, 3], expected[3, 4], expected[2, 3] = 0.02, -0.01, -0.01
+    assert back.psf.render(3) - moffat.render(3) == pytest.approx(expected, abs=1e-12)
+    header = fits.Header()
+    for key, card in fit.to_header().items():
+        header[key] = card
+    with pytest.raises(ValueError, match=r"has a residual table \(PSFROVS=2\) but none was given"):
+        psf_model_from_header(header)
+    with pytest.raises(ValueError, match=r"shape \(7, 7\); the header says \(9, 9\)"):
+        psf_model_from_header(header, np.zeros((7, 7)))
+    del header["PSFROVS"]
+    with pytest.raises(ValueError, match="given but the header has no PSFROVS card"):
+        psf_model_from_header(header, table)
+    # A calexp written before residual tables: the analytic model alone.
+    assert psf_model_from_header(header).psf.residual is None
+    with pytest.raises(ValueError, match="odd side"):
+        PsfResidual(np.zeros((4, 4)), 2)
+
+
+def test_psf_residual_checks_its_arguments():
+    from dcflow.stages.psf import fit_psf_residual
+
+    fit = PsfFitResult(psf=MoffatPsf(2.0, 3.0), used=np.ones(1, bool), n_stars=1, chi2_per_dof=1)
+    image = np.zeros((40, 40))
+    with pytest.raises(ValueError, match="x and y must have the same shape"):
+        fit_psf_residual(fit, image, image + 1, image > 0, np.zeros(3), np.zeros(2), half_size=5)
+    with pytest.raises(ValueError, match="oversample must be > 0; got 0"):
+        fit_psf_residual(
+            fit, image, image + 1, image > 0, np.zeros(3), np.zeros(3), half_size=5, oversample=0
+        )
+    few = fit_psf_residual(fit, image, image + 1, image > 0, np.zeros(3), np.zeros(3), half_size=5)
+    assert few.psf.residual is None

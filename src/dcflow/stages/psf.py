@@ -923,7 +923,7 @@ def fit_psf_residual(
     inverse-variance weights. Pixels whose residual departs from the table by more than
     ``clip_sigma`` times the robust scatter of the normalised deviations (cosmic rays,
     neighbours) are dropped and the table remade. The table is cut to a circle of radius
-    ``half_size`` and each node sub-lattice is brought to zero sum by removing its sum in
+    ``half_size - 1 / oversample`` and each node sub-lattice is brought to zero sum by removing its sum in
     the shape of the analytic core, so the flux scale stays the analytic model's.
 
     Parameters
@@ -992,8 +992,11 @@ def fit_psf_residual(
             return dataclasses.replace(fit, psf=analytic)
         n = table.shape[0]
         node = (np.arange(n) - (n - 1) // 2) / oversample
-        table[np.hypot(node[None, :], node[:, None]) > half_size] = 0.0
-        core = analytic.point_value(node[None, :], node[:, None])
+        # The outer ring of nodes stays zero, so every pixel that a node reaches is inside
+        # the table and each phase sums to zero exactly.
+        inner = np.hypot(node[None, :], node[:, None]) <= half_size - 1.0 / oversample
+        table = np.where(inner, table, 0.0)
+        core = np.where(inner, analytic.point_value(node[None, :], node[:, None]), 0.0)
         for ky in range(oversample):
             for kx in range(oversample):
                 sub = (slice(ky, None, oversample), slice(kx, None, oversample))
