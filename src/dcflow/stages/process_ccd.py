@@ -181,7 +181,7 @@ class ProcessCcdConfig:
         maximum=5000,
     )
     psf_residual: str = config_field(
-        "table",
+        "none",
         "Empirical correction added to the analytic (Moffat) PSF model",
         choices={
             "none": "the analytic model alone",
