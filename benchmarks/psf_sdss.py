@@ -57,6 +57,18 @@ z 1.48 (bootstrap +- 0.62 0.47 0.33 0.31 0.65; 11-35 stars), per-star ``chi`` 1.
 noise floor; what is left is PSF-shape error, not noise. Widths: moments 0.987-0.995, KL PSF
 u 1.010 g 1.004 r 0.981 i 0.985 z 0.994.
 
+PSF residual table (2026-12-07, ``process_ccd.psf_residual: table``, a DAOPHOT-style lookup
+table of the shape stars' stacked residuals added to the Moffat): the PSF fit's reduced chi^2
+of bright stars drops 3-4 times (r, S/N > 500: 25-77 to 7-21), but ratio scatter / noise (with
+the sky term) goes from u 1.15 g 1.26 r 1.01 i 1.24 z 1.48 to u 1.14 g 1.05 r 1.69 i 1.21
+z 1.17 (oversampling 2; 3: 1.12 0.92 1.58 1.04 1.39; 4: 0.86 0.97 1.30 1.10 1.70), and the
+per-star ``chi`` robust scatter pooled over the five filters (117 stars) from 1.33 +- 0.16 to
+1.35-1.38 +- 0.14: within the noise of these 11-35 stars per filter, and r (FWHM 2 pixels,
+the most undersampled) worse each time, so the default stays ``none``. What a constant table
+cannot remove is what varies from star to star (the width, and an offset of 2-4 mmag of the
+stars above S/N 400, which are not among the shape stars). Widths with the table: effective
+/ psField u 1.018 g 1.035 r 1.026 i 1.016 z 1.048 (without: 1.017 1.035 1.023 1.018 1.049).
+
 Prints figures; it is not a test.
 """
 

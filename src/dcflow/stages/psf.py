@@ -923,8 +923,10 @@ def fit_psf_residual(
     inverse-variance weights. Pixels whose residual departs from the table by more than
     ``clip_sigma`` times the robust scatter of the normalised deviations (cosmic rays,
     neighbours) are dropped and the table remade. The table is cut to a circle of radius
-    ``half_size - 1 / oversample`` and each node sub-lattice is brought to zero sum by removing its sum in
-    the shape of the analytic core, so the flux scale stays the analytic model's.
+    ``half_size - 1 / oversample`` and each node sub-lattice is brought to zero sum by
+    removing its sum in the shape of the analytic core, so the flux scale stays the analytic
+    model's. The stars' centres are refitted with the model (then with the first table)
+    before stacking.
 
     Parameters
     ----------
