@@ -229,9 +229,7 @@ def test_binary_copy_round_trips_every_column_type_of_a_fits_table_exactly(postg
         write_table(table, tmp_path / f"{kind}.fits")
         tables[kind] = Table.read(tmp_path / f"{kind}.fits", mask_invalid=False)
         assert np.ma.getmaskarray(tables[kind]["flags" if kind == "src" else "parent"]).any()
-    rows = visit_rows(
-        [tables["src"]], [], [], visit=5, band="r", ccds=[3], provenance=provenance
-    )
+    rows = visit_rows([tables["src"]], [], [], visit=5, band="r", ccds=[3], provenance=provenance)
     postgres.replace_tile({"visit": 5}, rows)
     object_rows, filters = patch_rows(tables["object"], provenance=provenance)
     postgres.replace_tile({"tract": 7, "patch": "o'k\\1,1"}, object_rows, filters=filters)

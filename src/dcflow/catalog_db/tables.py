@@ -132,8 +132,7 @@ def table_columns(name: str, *, filters: Iterable[str] = ()) -> list[Column]:
 
 
 def healpix_of(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    """HEALPix NESTED pixel at `HEALPIX_ORDER` of each position (-1 where not finite or
-    masked)."""
+    """HEALPix NESTED pixel at `HEALPIX_ORDER` of each position (-1: not finite, masked)."""
     ra = np.ma.filled(np.ma.asarray(ra_deg, dtype=float), np.nan)
     dec = np.ma.filled(np.ma.asarray(dec_deg, dtype=float), np.nan)
     good = np.isfinite(ra) & np.isfinite(dec)
