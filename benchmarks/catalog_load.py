@@ -10,9 +10,8 @@ as `tile_arrays` sorts them), then, per backend:
    streamed a block at a time straight into the healpix partitions by ``--pg-connections``
    connections loading different tiles at once (as parallel load jobs do), commits
    asynchronous and each session's tiles flushed to disk once at its end; the previous way
-   in the same run, on the same tiles: one
-   connection, every commit waiting for its WAL flush; and one connection with
-   asynchronous commits on ``--table-rows`` rows; SQLite: one ``executemany`` per tile),
+   in the same run, on the same tiles: one connection, every commit waiting for its WAL
+   flush; and one connection with asynchronous commits on ``--table-rows`` rows; SQLite: one ``executemany`` per tile),
    rows/s and rows per CPU-s (PostgreSQL: this process and the connections' backends, then
    each alone);
 2. the naive load, measured in the same run: row-by-row INSERT statements into a table whose
