@@ -11,9 +11,9 @@ as `tile_arrays` sorts them), then, per backend:
    connections loading different tiles at once (as parallel load jobs do), commits
    asynchronous and each session's tiles flushed to disk once at its end; the previous way
    in the same run, on the same tiles: one connection, every commit waiting for its WAL
-   flush; and one connection with asynchronous commits on ``--table-rows`` rows; SQLite: one ``executemany`` per tile),
-   rows/s and rows per CPU-s (PostgreSQL: this process and the connections' backends, then
-   each alone);
+   flush; and one connection with asynchronous commits on ``--table-rows`` rows; SQLite:
+   one ``executemany`` per tile), rows/s and rows per CPU-s (PostgreSQL: this process and
+   the connections' backends, then each alone);
 2. the naive load, measured in the same run: row-by-row INSERT statements into a table whose
    indexes already exist, on a sample of ``--naive-rows`` rows, rows/s;
 3. index build after the load (embedded: each region's files compacted into pixel-sorted
