@@ -6,13 +6,14 @@ Stripe-82-like strip (ra 0..40 deg, |dec| < 1.25 deg: 100 deg^2), generated as t
 as `tile_arrays` sorts them), then, per backend:
 
 1. bulk load: every tile through the backend's `replace_tile` (one transaction per tile;
-   embedded: Parquet files per tile and region; PostgreSQL: binary COPY built by numpy into
-   healpix partitions by ``--pg-connections`` connections loading different tiles at once
-   (as parallel load jobs do), commits asynchronous and each session's tiles flushed to
-   disk once at its end; the previous way in the same run, on the same tiles: one
-   connection, every commit waiting for its WAL flush; and one connection with
-   asynchronous commits on ``--table-rows`` rows; SQLite: one ``executemany`` per tile),
-   rows/s and rows per CPU-s (PostgreSQL: this process and the connections' backends);
+   embedded: Parquet files per tile and region; PostgreSQL: binary COPY built by numpy,
+   streamed a block at a time straight into the healpix partitions by ``--pg-connections``
+   connections loading different tiles at once (as parallel load jobs do), commits
+   asynchronous and each session's tiles flushed to disk once at its end; the previous way
+   in the same run, on the same tiles: one connection, every commit waiting for its WAL
+   flush; and one connection with asynchronous commits on ``--table-rows`` rows; SQLite:
+   one ``executemany`` per tile), rows/s and rows per CPU-s (PostgreSQL: this process and
+   the connections' backends, then each alone);
 2. the naive load, measured in the same run: row-by-row INSERT statements into a table whose
    indexes already exist, on a sample of ``--naive-rows`` rows, rows/s;
 3. index build after the load (embedded: each region's files compacted into pixel-sorted
@@ -559,11 +560,14 @@ def bench_postgres(dsn: str, args, centres) -> dict:
         admin.con.execute("CREATE SCHEMA dcflow_bench")
         bench_dsn = f"{dsn} options='-c search_path=dcflow_bench,public'"
         loaders = [PostgresDatabase(bench_dsn) for _ in range(args.pg_connections)]
-        rate, cpu_rate, helpers_rate = timed_parallel_load(loaders, args, _local(dsn))
+        rate, cpu_rate, helpers_rate, client_rate = timed_parallel_load(loaders, args, _local(dsn))
         out["load connections"] = args.pg_connections
         out["load rows/s"] = rate
         out["load rows/CPU-s"] = cpu_rate
         out["load rows/CPU-s with server helpers"] = helpers_rate
+        out["load rows/CPU-s, client"] = client_rate
+        if _local(dsn):
+            out["load rows/CPU-s, backends"] = 1 / (1 / cpu_rate - 1 / client_rate)
         out["load: load average (1 min)"] = os.getloadavg()[0]
         for loader in loaders:
             loader.close()
@@ -640,7 +644,7 @@ def postgres_previous_loads(admin, dsn: str, args) -> dict:
                 out["previous: rows/s less CPU wait"] = ready_rate
                 out["previous: load average (1 min)"] = os.getloadavg()[0]
             else:
-                rate, cpu_rate, _ = timed_parallel_load([db], args, _local(dsn), n_rows)
+                rate, cpu_rate, _, _ = timed_parallel_load([db], args, _local(dsn), n_rows)
                 out[f"1 connection, async commits, {n_rows:.0e} rows/s"] = rate
                 out["1 connection, async commits rows/CPU-s"] = cpu_rate
         finally:
@@ -654,8 +658,9 @@ PARALLEL_BATCH_TILES = 40
 
 
 def timed_parallel_load(databases, args, local: bool, n_rows: int | None = None):
-    """Rows per wall second and per CPU second (this process's threads and the server
-    backends of ``databases``) of ``n_rows`` (default ``--rows``) loaded by one thread per
+    """Rows per wall second, per CPU second (this process's threads and the server
+    backends of ``databases``), per CPU second with the server helpers, and per CPU second
+    of this process alone, of ``n_rows`` (default ``--rows``) loaded by one thread per
     database, each taking the next tile (as load jobs of different visits run side by
     side), then each session's `flush` (its tiles on disk). The tiles are made in batches
     of `PARALLEL_BATCH_TILES` between the timed stretches."""
@@ -677,11 +682,11 @@ def timed_parallel_load(databases, args, local: bool, n_rows: int | None = None)
         return time.process_time() + sum(backend_cpu_s(pid) for pid in pids)
 
     helpers = server_helpers_cpu_s(pids[0] if pids else None)
-    wall = cpu = 0.0
+    wall = cpu = client = 0.0
     n = 0
     while batch := list(itertools.islice(tiles, PARALLEL_BATCH_TILES)):
         queue = collections.deque(batch)
-        start, start_cpu = time.perf_counter(), cpu_now()
+        start, start_cpu, start_client = time.perf_counter(), cpu_now(), time.process_time()
         threads = [threading.Thread(target=work, args=(db, queue)) for db in databases]
         for thread in threads:
             thread.start()
@@ -691,14 +696,16 @@ def timed_parallel_load(databases, args, local: bool, n_rows: int | None = None)
             raise errors[0]
         wall += time.perf_counter() - start
         cpu += cpu_now() - start_cpu
+        client += time.process_time() - start_client
         n += sum(len(rows["id"]) for _, rows in batch)
-    start, start_cpu = time.perf_counter(), cpu_now()
+    start, start_cpu, start_client = time.perf_counter(), cpu_now(), time.process_time()
     for db in databases:
         db.flush()
     wall += time.perf_counter() - start
     cpu += cpu_now() - start_cpu
+    client += time.process_time() - start_client
     helpers = server_helpers_cpu_s(pids[0] if pids else None) - helpers
-    return n / wall, n / cpu, n / (cpu + helpers)
+    return n / wall, n / cpu, n / (cpu + helpers), n / client
 
 
 def crossmatch_postgres(con, server_pid: int | None) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from astropy.table import Table
+from astropy.table import MaskedColumn, Table
 from astropy.wcs import WCS
 
 from dcflow.catalog_db import (
@@ -171,6 +171,75 @@ def test_rows_read_back_from_fits_load_as_written(db, tmp_path):
     assert db.replace_tile({"visit": 4}, rows)["src"] == 600
     got = db.query("SELECT psf_flux FROM src WHERE ccd = 3 ORDER BY id")
     np.testing.assert_array_equal(np.asarray(got["psf_flux"]), np.asarray(tables[0]["psf_flux"]))
+
+
+def _extreme_catalog(kind: str, n: int, rng, *, filters=()) -> Table:
+    """A catalog whose every column holds its type's edge values, masked entries among them:
+    int extremes, NaN, infinities, -0.0, subnormals, text with quotes, backslashes and
+    separators of several lengths."""
+    table = _catalog(kind, n, rng, filters=filters)
+    for name in table.colnames:
+        column = table[name]
+        if column.dtype.kind in "iu":
+            info = np.iinfo(column.dtype)
+            values = np.asarray(column).copy()
+            values[:3] = (info.min, info.max, 0)
+        elif column.dtype.kind == "f" and name not in ("ra_deg", "dec_deg"):
+            values = np.asarray(column).copy()
+            values[:7] = (np.nan, np.inf, -np.inf, -0.0, 5e-324, 1.7976931348623157e308, 0.1)
+        elif column.dtype.kind in "US":
+            values = np.array(["r", "it's", "b\\s", 'q"t', "a,b\tc", "\\N", ""] * n)[:n]
+        else:
+            values = np.asarray(column)
+        table[name] = MaskedColumn(values, mask=(np.arange(n) % 5 == 4))
+    return table
+
+
+def _assert_rows_equal(got: list[tuple], want: Table, columns: list[str]) -> None:
+    """Database rows equal a catalog's: masked -> NULL, NaN -> NaN, bits of zeros alike."""
+    for name, values in zip(columns, zip(*got, strict=True), strict=True):
+        column = want[name]
+        mask = np.ma.getmaskarray(column)
+        assert [v is None for v in values] == list(mask), name
+        kept = [value for value, masked in zip(values, mask, strict=True) if not masked]
+        for value, expected in zip(kept, np.asarray(column)[~mask].tolist(), strict=True):
+            expected = expected.decode() if isinstance(expected, bytes) else expected  # FITS text
+            assert type(value) is type(expected), name
+            if isinstance(expected, float):
+                assert np.isnan(value) if np.isnan(expected) else value == expected, name
+                assert np.signbit(value) == np.signbit(expected), name
+            else:
+                assert value == expected, name
+
+
+@pytest.mark.postgres
+def test_binary_copy_round_trips_every_column_type_of_a_fits_table_exactly(postgres, tmp_path):
+    from dcflow.catalog_db.loading import patch_rows
+    from dcflow.io import write_table
+
+    rng = np.random.default_rng(21)
+    provenance = {"campaign": "Ωmega 'c' \\ \"dr1\"", "run_id": "rün-1\t,", "code_version": "0.1"}
+    src = _extreme_catalog("src", 40, rng)
+    src["y"] = MaskedColumn(np.arange(40) + 0.5)  # the key to compare rows by
+    objects = _extreme_catalog("object", 40, rng, filters=("g", "r"))
+    objects["tract"], objects["patch"] = 7, MaskedColumn(np.full(40, "o'k\\1,1"))
+    objects["object_id"] = MaskedColumn(np.arange(40))
+    tables = {}
+    for kind, table in (("src", src), ("object", objects)):
+        write_table(table, tmp_path / f"{kind}.fits")
+        tables[kind] = Table.read(tmp_path / f"{kind}.fits", mask_invalid=False)
+        assert np.ma.getmaskarray(tables[kind]["flags" if kind == "src" else "parent"]).any()
+    rows = visit_rows([tables["src"]], [], [], visit=5, band="r", ccds=[3], provenance=provenance)
+    postgres.replace_tile({"visit": 5}, rows)
+    object_rows, filters = patch_rows(tables["object"], provenance=provenance)
+    postgres.replace_tile({"tract": 7, "patch": "o'k\\1,1"}, object_rows, filters=filters)
+
+    for kind, key in (("src", "y"), ("object", "object_id")):
+        catalog = list(schema_for(kind, filters=filters if kind == "object" else ()))
+        got = postgres.con.execute(f"SELECT {', '.join(catalog)} FROM {kind} ORDER BY {key}")
+        _assert_rows_equal(got.fetchall(), tables[kind], catalog)
+        stored = postgres.con.execute(f"SELECT DISTINCT campaign, run_id FROM {kind}").fetchall()
+        assert stored == [(provenance["campaign"], provenance["run_id"])]
 
 
 def test_a_rerun_replaces_its_tile_only(db):

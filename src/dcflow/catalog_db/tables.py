@@ -132,9 +132,9 @@ def table_columns(name: str, *, filters: Iterable[str] = ()) -> list[Column]:
 
 
 def healpix_of(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    """HEALPix NESTED pixel at `HEALPIX_ORDER` of each position (-1 where not finite)."""
-    ra = np.asarray(ra_deg, dtype=float)
-    dec = np.asarray(dec_deg, dtype=float)
+    """HEALPix NESTED pixel at `HEALPIX_ORDER` of each position (-1: not finite, masked)."""
+    ra = np.ma.filled(np.ma.asarray(ra_deg, dtype=float), np.nan)
+    dec = np.ma.filled(np.ma.asarray(dec_deg, dtype=float), np.nan)
     good = np.isfinite(ra) & np.isfinite(dec)
     pixels = np.full(ra.shape, -1, dtype=np.int64)
     grid = HEALPix(nside=2**HEALPIX_ORDER, order="nested")
@@ -202,7 +202,8 @@ def tile_arrays(
     -------
     dict of str to numpy.ndarray
         Every column of `table_columns`, in order, rows sorted by ``healpix`` (bulk loads in
-        pixel order keep a region's rows together on disk).
+        pixel order keep a region's rows together on disk); a catalog column with masked
+        entries is a `numpy.ma.MaskedArray` (NULL in the database).
 
     Raises
     ------
@@ -225,7 +226,10 @@ def tile_arrays(
         elif col.name in names:
             # the schema's type in native byte order (FITS tables are big-endian)
             dtype = str if col.dtype.startswith("U") else np.dtype(col.dtype)
-            out[col.name] = np.asarray(catalog[col.name]).astype(dtype)
+            values = np.asarray(catalog[col.name]).astype(dtype)
+            # masked entries (a FITS TNULL, say) stay masked: the database stores NULL
+            mask = np.ma.getmask(catalog[col.name])
+            out[col.name] = np.ma.MaskedArray(values, mask=mask) if np.any(mask) else values
         else:
             raise ValueError(f"{name} rows lack column {col.name!r} (data id or catalog column)")
     out["healpix"] = healpix_of(out["ra_deg"], out["dec_deg"])
