@@ -1237,7 +1237,7 @@ def _median_scatter_root(r, e):
     median_chi2 = stats.chi2.median(1)
     if np.median(r * r / (e * e)) <= median_chi2:
         return 0.0
-    high = float(np.sqrt(np.max(r * r))) + 1e-12
+    high = 10.0 * float(np.sqrt(np.max(r * r))) + 1e-12  # every term below 0.01 there
     return float(brentq(lambda s: np.median(r * r / (e * e + s * s)) - median_chi2, 0.0, high))
 
 
@@ -1250,7 +1250,7 @@ def _likelihood_scatter(r, e):
         v = e * e + s * s
         return 0.5 * float(np.sum(np.log(v) + r * r / v))
 
-    high = float(np.sqrt(np.mean(r * r))) + 1e-12
+    high = float(np.sqrt(np.max(r * r))) + 1e-12  # beyond it the likelihood only falls
     best = minimize_scalar(neg_log_likelihood, bounds=(0.0, high), method="bounded")
     if not best.success or neg_log_likelihood(best.x) >= neg_log_likelihood(0.0):
         return 0.0
