@@ -69,6 +69,14 @@ cannot remove is what varies from star to star (the width, and an offset of 2-4 
 stars above S/N 400, which are not among the shape stars). Widths with the table: effective
 / psField u 1.018 g 1.035 r 1.026 i 1.016 z 1.048 (without: 1.017 1.035 1.023 1.018 1.049).
 
+Intrinsic width scatter by maximum likelihood (2026-12-07, later): ratio scatter / noise with
+the sky term from u 1.15 g 1.26 r 1.01 i 1.24 z 1.48 to u 1.13 g 1.11 r 1.08 i 0.88 z 1.51
+(bootstrap +- 0.55 0.71 0.37 0.38 0.70), per-star ``chi`` 1.07 1.69 1.36 1.10 1.59 to 0.79
+1.21 1.39 1.03 1.66, median width shrink 0.76 0.92 0.47 0.77 0.48 to 0.59 0.68 0.45 0.48 0.45
+(the faint stars no longer inflate the scatter the bright ones are shrunk by); widths
+unchanged. z, and the stars above S/N 400 (``chi`` 17 4.3 9.5 0.8 7.0), are still not at the
+noise floor: PSF-shape error, not width noise.
+
 Prints figures; it is not a test.
 """
 

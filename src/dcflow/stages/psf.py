@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from photutils.aperture import CircularAperture, aperture_photometry
 from scipy import stats
-from scipy.optimize import brentq, least_squares
+from scipy.optimize import brentq, least_squares, minimize_scalar
 
 from dcflow.errors import CalibrationError
 from dcflow.stages.stamps import adaptive_moments, extract_stamps
@@ -1206,31 +1206,55 @@ def local_log_widths(
 def _intrinsic_scatter(offset, err, clip_sigma):
     """Maximum-likelihood extra scatter ``s`` of offsets with errors ``err``, clipped.
 
-    Solves ``mean(offset^2 / (err^2 + s^2)) = 1`` on the stars within ``clip_sigma`` of the
-    robust spread (``s = 0`` when the errors explain the scatter; NaN-free input assumed for
-    finite errors).
+    Each offset is taken as Gaussian of variance ``err^2 + s^2``; ``s`` maximises the
+    likelihood, which weighs each star by how well it measures ``s``: the stars whose errors
+    are near ``s``. The moment equation ``mean(offset^2 / (err^2 + s^2)) = 1`` used before
+    weighed every star alike, so a 10 % excess in the pulls of faint stars (errors of 2-4 %,
+    from neighbours and centroid noise) read as an intrinsic scatter of 0.5-1.5 %, which
+    then moved bright stars' widths by their own noise (simulated CCDs of constant width:
+    0.004-0.016 where the truth is 0; maximum likelihood finds 0). Stars further than
+    ``clip_sigma`` from the model in their combined error are clipped, starting from the
+    ``s`` that makes the median squared pull that of a Gaussian (blends and galaxies among
+    bright stars then do not set the first cut). NaN-free input assumed for finite errors.
     """
     good = np.isfinite(err) & np.isfinite(offset)
     r, e = offset[good], err[good]
     if r.size < 5:
         return 0.0, int(r.size)
+    s = _median_scatter_root(r, e)
     keep = np.ones(r.size, bool)
-    s = 0.0
-    for _ in range(5):
-        spread = 1.4826 * np.median(np.abs(r[keep]))
-        new_keep = np.abs(r) <= clip_sigma * np.hypot(spread, e)
-        s = _scatter_root(r[new_keep], e[new_keep])
+    for _ in range(10):
+        new_keep = np.abs(r) <= clip_sigma * np.hypot(s, e)
+        s = _likelihood_scatter(r[new_keep], e[new_keep])
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
     return s, int(keep.sum())
 
 
-def _scatter_root(r, e):
-    if r.size == 0 or np.mean(r * r / (e * e)) <= 1.0:
+def _median_scatter_root(r, e):
+    """``s`` making the median of ``r^2 / (e^2 + s^2)`` that of chi^2 with 1 dof."""
+    median_chi2 = stats.chi2.median(1)
+    if np.median(r * r / (e * e)) <= median_chi2:
         return 0.0
-    high = float(np.sqrt(np.mean(r * r))) + 1e-12
-    return float(brentq(lambda s: np.mean(r * r / (e * e + s * s)) - 1.0, 0.0, high))
+    high = 10.0 * float(np.sqrt(np.max(r * r))) + 1e-12  # every term below 0.01 there
+    return float(brentq(lambda s: np.median(r * r / (e * e + s * s)) - median_chi2, 0.0, high))
+
+
+def _likelihood_scatter(r, e):
+    """Maximum-likelihood ``s >= 0`` of ``r ~ N(0, e^2 + s^2)`` (0 if none beats it)."""
+    if r.size == 0:
+        return 0.0
+
+    def neg_log_likelihood(s):
+        v = e * e + s * s
+        return 0.5 * float(np.sum(np.log(v) + r * r / v))
+
+    high = float(np.sqrt(np.max(r * r))) + 1e-12  # beyond it the likelihood only falls
+    best = minimize_scalar(neg_log_likelihood, bounds=(0.0, high), method="bounded")
+    if not best.success or neg_log_likelihood(best.x) >= neg_log_likelihood(0.0):
+        return 0.0
+    return float(best.x)
 
 
 def _gather(image, variance, bad, x, y, half_size):
