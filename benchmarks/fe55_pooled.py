@@ -1,4 +1,4 @@
-"""A sensor's Fe55 gain from one fit over all its exposures' events vs the mean of per-exposure fits.
+"""Fe55 gain of a sensor: one fit over all its exposures' events vs the mean of per-exposure fits.
 
 Run: nice -n 10 .venv/bin/python benchmarks/fe55_pooled.py [n_seeds] [events_per_amp]
 (defaults 10 and 700)
@@ -90,9 +90,7 @@ def report(runs, events_per_amp: int) -> None:
     print(line("exposure mean", [mean for _, mean, _, _ in runs], truths))
     print(line("pooled fit", [pool for _, _, pool, _ in runs], truths))
     single = [t for tables, *_ in runs for t in tables]
-    print(
-        line("one exposure", single, [truth for *_, truth in runs for _ in range(N_EXPOSURES)])
-    )
+    print(line("one exposure", single, [truth for *_, truth in runs for _ in range(N_EXPOSURES)]))
     chi2 = np.concatenate([np.asarray(pool["chi2_per_dof"]) for _, _, pool, _ in runs])
     combined = np.concatenate([np.asarray(pool["n_combined"]) for _, _, pool, _ in runs])
     print(
