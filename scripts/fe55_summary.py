@@ -8,7 +8,7 @@ from typing import Any
 
 from dcflow.configs import from_mapping
 from dcflow.errors import InputDataError
-from dcflow.io import atomic_path, read_table, write_table
+from dcflow.io import atomic_path, read_fits, read_table, write_table
 from dcflow.joblog import run_logged
 from dcflow.plots import fe55_summary_figure
 from dcflow.stages.fe55 import Fe55Config, pool_exposures, summarize_gains
@@ -32,13 +32,19 @@ def main(
     config = from_mapping(Fe55Config, fe55_gain)
     tables = [read_table(path) for path in gain_paths]
     events = [read_table(path) for path in event_paths]
-    for gain_path, table, event_path, event_table in zip(
-        gain_paths, tables, event_paths, events, strict=True
-    ):
-        if table.meta.get("RAWFILE") != event_table.meta.get("RAWFILE"):
+    if len(event_paths) != len(gain_paths):
+        raise InputDataError(
+            f"{len(gain_paths)} gain table(s) but {len(event_paths)} event table(s): "
+            + ", ".join([*map(str, gain_paths), *map(str, event_paths)])
+        )
+    for gain_path, event_path in zip(gain_paths, event_paths, strict=True):
+        gain_raw, event_raw = (
+            read_fits(p)[1].header.get("RAWFILE") for p in (gain_path, event_path)
+        )
+        if gain_raw != event_raw:
             raise InputDataError(
-                f"{event_path}: events of {event_table.meta.get('RAWFILE')}, but {gain_path} "
-                f"is the gain table of {table.meta.get('RAWFILE')}"
+                f"{event_path}: events of {event_raw}, but {gain_path} is the gain table of "
+                f"{gain_raw}"
             )
     ptc = read_table(ptc_path) if ptc_path else None
     try:
