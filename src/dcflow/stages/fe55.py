@@ -30,10 +30,12 @@ Each Mn K-alpha photon (5.889 keV) absorbed in silicon frees ``E / w(T)`` electr
    amplifier's leave a level of tens of ADU); an amplifier that fails, or whose fit fails, is
    marked ``trusted = False`` with its reasons in the table (``NUNTRUST`` counts them).
 
-`measure_fe55_gain` runs these over every amplifier of a raw frame; `summarize_gains`
-combines exposures of a sensor and sets each Fe55 gain against the photon-transfer gain where
-there is one. Everything here is a pure function over arrays and tables; the scripts read and
-write the files.
+`measure_fe55_gain` runs these over every amplifier of a raw frame; `pool_exposures` runs
+the line search, fit and verdict once over the isolated events of all a sensor's exposures (a
+tap too sparse for a fit in any one exposure gets one from all of them); `summarize_gains`
+takes that pooled gain as the sensor's, checks that the exposures' own gains agree, and sets
+each Fe55 gain against the photon-transfer gain where there is one. Everything here is a pure
+function over arrays and tables; the scripts read and write the files.
 
 The fit is a binned Poisson likelihood minimised with scipy.optimize, because
 astropy.modeling's fitters minimise least squares, which are biased at the few counts per bin
