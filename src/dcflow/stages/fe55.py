@@ -1790,10 +1790,10 @@ def summarize_gains(
     With ``pooled`` (the gain table of `pool_exposures`: one fit over every exposure's
     events) the pooled gain is the sensor's gain, its error (scaled as below) the gain's
     error and its verdict the reasons of the fit; the per-exposure gains still give the
-    weighted mean (``mean_gain_*``) and the check that the exposures agree. On a 2 x 8
-    simulated sensor with 4 exposures of 150-300 K-alpha events per tap the mean of the
-    per-exposure fits is biased low by ~0.3 % and flags sparse taps, the pooled fit is not
-    (`benchmarks/fe55_pooled.py`).
+    weighted mean (``mean_gain_*``) and the check that the exposures agree. On the hard
+    simulator the two agree where every exposure fits (4 exposures of 150-180 K-alpha events
+    per tap: `benchmarks/fe55_pooled.py`); with 12-20 per tap and exposure no exposure fits
+    soundly and only the pooled fit gives gains (`tests/test_fe55_hard.py`).
 
     Parameters
     ----------
