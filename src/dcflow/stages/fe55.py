@@ -1916,10 +1916,10 @@ def summarize_gains(
     sigmas = np.array([np.asarray(t["peak_sigma_e"], float) for t in tables])
     if pooled is None:
         gain, gain_err = mean, mean_err
-        out["peak_sigma_e"] = np.array(
+        peak_sigma = np.array(
             [np.mean(sigmas[use[:, j], j]) if n_used[j] else np.nan for j in range(len(amps))]
         )
-        out["n_events"] = np.sum([np.asarray(t["n_events"], int) for t in tables], axis=0)
+        n_events = np.sum([np.asarray(t["n_events"], int) for t in tables], axis=0)
         reasons = [
             []
             if any_sound[j]
@@ -1931,10 +1931,8 @@ def summarize_gains(
     else:
         gain = np.asarray(pooled["gain_e_per_adu"], dtype=float)
         gain_err = scale_factor * np.asarray(pooled["gain_err_e_per_adu"], dtype=float)
-        out["peak_sigma_e"] = np.asarray(pooled["peak_sigma_e"], dtype=float)
-        out["n_events"] = np.asarray(pooled["n_events"], dtype=int)
-        if "n_kalpha" in pooled.colnames:
-            out["n_kalpha"] = np.asarray(pooled["n_kalpha"], dtype=float)
+        peak_sigma = np.asarray(pooled["peak_sigma_e"], dtype=float)
+        n_events = np.asarray(pooled["n_events"], dtype=int)
         reasons = [
             [] if ok else [f"pooled fit: {v}"]
             for ok, v in zip(pooled["trusted"], pooled["verdict"], strict=True)
@@ -1946,6 +1944,10 @@ def summarize_gains(
     relative_error = gain_err / gain
     out["gain_scatter_e_per_adu"] = scatter
     out["chi2_per_dof"] = np.where(n_used > 1, chi2, 0.0)
+    out["peak_sigma_e"] = peak_sigma
+    out["n_events"] = n_events
+    if pooled is not None and "n_kalpha" in pooled.colnames:
+        out["n_kalpha"] = np.asarray(pooled["n_kalpha"], dtype=float)
     for j in range(len(amps)):
         if agreement_p[j] < min_agreement_p:
             reasons[j].append(
