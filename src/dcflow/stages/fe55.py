@@ -1639,9 +1639,10 @@ def pool_exposures(
     pooled isolated events (a tap too sparse in one exposure still shows it), guided by the
     sensor's most significant pooled line as for one exposure, and fitted, resampled and
     judged as `measure_fe55_gain` does. No per-exposure offset: the bias and pedestal are
-    removed per exposure before the events are summed (measured: the exposures of the hard
-    simulator agree to chi2/dof about 1; `benchmarks/fe55_pooled.py`), and exposures that do
-    not agree are flagged by `summarize_gains`.
+    removed per exposure before the events are summed (measured: the per-exposure gains of
+    160 taps of the hard simulator scatter about their mean with chi2/dof 0.77 on average;
+    `benchmarks/fe55_pooled.py`), and exposures that do not agree are flagged by
+    `summarize_gains`.
 
     The levels of the pooled amplifier are the exposures' weighted by their graded events:
     the box noise in quadrature (a mixture of lines of those widths has that variance), the
