@@ -1,4 +1,5 @@
-"""Gain of every amplifier of one Fe55 exposure: the gain table and the histogram picture."""
+"""Gain of every amplifier of one Fe55 exposure: the gain table, the event table (pooled over
+the sensor's exposures by fe55_summary) and the histogram picture."""
 
 import logging
 from collections.abc import Mapping
@@ -52,12 +53,13 @@ def main(
     *,
     raw_path: str,
     table_path: str,
+    events_path: str,
     plot_path: str,
     fe55: Mapping[str, Any],
     analysis: Mapping[str, Any],
     camera: str | None = None,
 ) -> None:
-    """Measure the gains of one Fe55 exposure and write its gain table and picture.
+    """Measure the gains of one Fe55 exposure and write its gain table, events and picture.
 
     ``camera`` (else the ``fe55`` section's ``camera``) names a camera description
     (`dcflow.instruments.camera`) that gives the geometry of raws without section keywords;
@@ -78,7 +80,10 @@ def main(
     for key in ("CCD", "EXPOSURE"):
         if key in header:
             table.meta[key] = header[key]
+    events = result.events_table()
+    events.meta.update({k: v for k, v in table.meta.items() if k != "NUNTRUST"})
     write_table(table, table_path)
+    write_table(events, events_path)
     for row in table:
         log.info(
             "amp %s: gain %.4f +- %.4f e-/ADU from %d events: %s",
@@ -107,6 +112,7 @@ if "snakemake" in globals():
         snakemake.log[0],  # noqa: F821
         raw_path=snakemake.input.raw,  # noqa: F821
         table_path=snakemake.output.table,  # noqa: F821
+        events_path=snakemake.output.events,  # noqa: F821
         plot_path=snakemake.output.plot,  # noqa: F821
         fe55=snakemake.params.fe55,  # noqa: F821
         analysis=snakemake.params.fe55_gain,  # noqa: F821

@@ -218,7 +218,11 @@ def test_fe55_gain_script_reads_esis1_through_its_description(tmp_path):
     raw = tmp_path / "ESIS1_00002.fits"
     with fits.open(ESIS / "ESIS1_00002.fit.gz") as hdus:
         hdus.writeto(raw)
-    kwargs = {"table_path": str(tmp_path / "g.fits"), "plot_path": str(tmp_path / "g.png")}
+    kwargs = {
+        "table_path": str(tmp_path / "g.fits"),
+        "events_path": str(tmp_path / "e.fits"),
+        "plot_path": str(tmp_path / "g.png"),
+    }
     with pytest.raises(InputDataError, match=r"ESIS1_00002\.fits: missing header keyword"):
         gain.main(raw_path=str(raw), fe55={}, analysis={}, **kwargs)
     # the campaign's fe55 section names the camera (the workflow's params)

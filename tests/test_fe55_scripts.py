@@ -73,6 +73,7 @@ def test_gain_script_writes_a_table_within_half_a_percent_and_a_picture(raws, sc
         gain.main(
             raw_path=str(raw),
             table_path=str(table_path),
+            events_path=str(tmp_path / f"events_{exposure}.fits"),
             plot_path=str(plot_path),
             fe55=FE55,
             analysis={},
@@ -103,6 +104,7 @@ def test_gain_script_writes_a_table_within_half_a_percent_and_a_picture(raws, sc
     out, summary_plot = tmp_path / "summary.fits", tmp_path / "summary.png"
     summary.main(
         gain_paths=[str(p) for p in tables],
+        event_paths=[str(tmp_path / f"events_{exposure}.fits") for exposure in range(2)],
         summary_path=str(out),
         plot_path=str(summary_plot),
         ptc_path=str(ptc_path),
@@ -112,6 +114,12 @@ def test_gain_script_writes_a_table_within_half_a_percent_and_a_picture(raws, sc
     result = read_table(out)
     assert "gain_truth_e_per_adu" not in result.colnames  # the summary reads no truth
     assert np.all(result["n_exposures"] == 2)
+    # the pooled fit over both exposures' events is the sensor's gain; it counts about as
+    # many events as the two exposures' fits
+    events = read_table(tmp_path / "events_0.fits")
+    assert set(events["amp"]) == {"A", "B", "C", "D"}
+    per_exposure = sum(read_table(p)["n_events"] for p in tables)
+    assert np.all(np.abs(result["n_events"] / per_exposure - 1) < 0.1)
     deviation = (result["gain_e_per_adu"] - truth["gain_e_per_adu"]) / result["gain_err_e_per_adu"]
     assert np.all(np.abs(deviation) < 4)
     assert np.all(np.abs(result["fe55_over_ptc"] - 1) < 0.015)
@@ -129,6 +137,7 @@ def test_truncated_file_is_named_in_the_error(raws, scripts, tmp_path):
         gain.main(
             raw_path=str(broken),
             table_path=str(table),
+            events_path=str(tmp_path / "e.fits"),
             plot_path=str(tmp_path / "p.png"),
             fe55=FE55,
             analysis={},
@@ -144,6 +153,7 @@ def test_wrong_geometry_is_named_in_the_error(scripts, tmp_path):
         gain.main(
             raw_path=str(raw),
             table_path=str(tmp_path / "g.fits"),
+            events_path=str(tmp_path / "e.fits"),
             plot_path=str(tmp_path / "p.png"),
             fe55=FE55,
             analysis={},
@@ -159,6 +169,7 @@ def test_wrong_geometry_is_named_in_the_error(scripts, tmp_path):
         gain.main(
             raw_path=str(raw),
             table_path=str(tmp_path / "g.fits"),
+            events_path=str(tmp_path / "e.fits"),
             plot_path=str(tmp_path / "p.png"),
             fe55=two_amps,
             analysis={},
@@ -175,6 +186,7 @@ def test_missing_or_broken_section_keywords_are_named(raws, scripts, tmp_path):
     fits.PrimaryHDU(data, no_names).writeto(path)
     kwargs = {
         "table_path": str(tmp_path / "g.fits"),
+        "events_path": str(tmp_path / "e.fits"),
         "plot_path": str(tmp_path / "p.png"),
         "fe55": FE55,
         "analysis": {},
@@ -201,6 +213,7 @@ def test_bad_analysis_config_is_rejected_by_name(raws, scripts, tmp_path):
         gain.main(
             raw_path=str(raws[0][0]),
             table_path=str(tmp_path / "g.fits"),
+            events_path=str(tmp_path / "e.fits"),
             plot_path=str(tmp_path / "p.png"),
             fe55=FE55,
             analysis={"box": 3},
@@ -219,13 +232,19 @@ def test_summary_of_mismatched_tables_names_the_files(raws, scripts, tmp_path):
         gain.main(
             raw_path=str(raw),
             table_path=str(table),
+            events_path=str(tmp_path / f"events{exposure}.fits"),
             plot_path=str(tmp_path / "p.png"),
             fe55=fe55,
             analysis={},
         )
         paths.append(str(table))
-    with pytest.raises(InputDataError, match=r"gain0\.fits, .*gain1\.fits: tables\[1\] has amp"):
-        summary.main(gain_paths=paths, summary_path=str(tmp_path / "s.fits"))
+    events = [str(tmp_path / f"events{exposure}.fits") for exposure in range(2)]
+    with pytest.raises(InputDataError, match=r"gain0\.fits, .*gain1\.fits, .*gain_tables\[1\] has"):
+        summary.main(gain_paths=paths, event_paths=events, summary_path=str(tmp_path / "s.fits"))
+    with pytest.raises(InputDataError, match=r"events0\.fits: events of .*gain1\.fits is the gain"):
+        summary.main(
+            gain_paths=paths[::-1], event_paths=events, summary_path=str(tmp_path / "s.fits")
+        )
 
 
 def test_failed_fits_are_untrusted_amplifiers_and_stage_errors_name_the_file(
@@ -237,6 +256,7 @@ def test_failed_fits_are_untrusted_amplifiers_and_stage_errors_name_the_file(
     gain.main(
         raw_path=str(raws[0][0]),
         table_path=str(tmp_path / "g.fits"),
+        events_path=str(tmp_path / "e.fits"),
         plot_path=str(tmp_path / "p.png"),
         fe55=FE55,
         analysis={"min_events": 5000},
@@ -254,6 +274,7 @@ def test_failed_fits_are_untrusted_amplifiers_and_stage_errors_name_the_file(
         gain.main(
             raw_path=str(tmp_path / "flat_0.fits"),
             table_path=str(tmp_path / "h.fits"),
+            events_path=str(tmp_path / "e.fits"),
             plot_path=str(tmp_path / "q.png"),
             fe55=FE55,
             analysis={},

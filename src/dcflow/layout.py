@@ -61,6 +61,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "fe55_flat": "fe55/flat/{ccd}/fe55_flat_{ccd}_{exposure}.fits",
     "fe55_bias": "fe55/bias/{ccd}/fe55_bias_{ccd}_{exposure}.fits",
     "fe55_gain": "fe55/gain/{ccd}/fe55_gain_{ccd}_{exposure}.fits",
+    "fe55_events": "fe55/events/{ccd}/fe55_events_{ccd}_{exposure}.fits",
     "fe55_plot": "fe55/plots/{ccd}/fe55_hist_{ccd}_{exposure}.png",
     "fe55_ptc": "fe55/ptc/fe55_ptc_{ccd}.fits",
     "fe55_ptc_plot": "fe55/plots/{ccd}/fe55_ptc_{ccd}.png",

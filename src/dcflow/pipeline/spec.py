@@ -414,6 +414,7 @@ STAGES: tuple[Stage, ...] = (
         "sensor_exposure",
         outputs=(
             Output("table", "fe55_gain", verdict="NUNTRUST"),
+            Output("events", "fe55_events"),
             Output("plot", "fe55_plot", caption="fe55_gain.rst", category="Fe55 gain"),
         ),
         inputs=(Input("raw", "raw", ("ccd", "exposure"), obstype="fe55"),),
@@ -451,6 +452,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         inputs=(
             Input("gains", "fe55_gain", ("ccd",)),
+            Input("events", "fe55_events", ("ccd",)),
             Input("ptc", "fe55_ptc", ("ccd",)),
         ),
         script="fe55_summary",
