@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcflow.campaign.driver_lock import hold_driver_lock
-from dcflow.campaign.index import CampaignIndex
+from dcflow.campaign.index import CampaignIndex, write_shard_index
 from dcflow.campaign.manifest import shards_dir, write_manifest
 from dcflow.campaign.shards import (
     Shard,
@@ -899,7 +899,10 @@ def _drive(
                 # jobs the dead driver left may have ended since the recovery above
                 settle_orphan_submissions(workdir)
                 orphans_open[0] = bool(_orphan_submissions(workdir))
-            manifest = write_manifest(manifest_of(shard, axes), io_layout)
+            # the shard's Snakemake reads its index from here, not from the registry
+            contents = manifest_of(shard, axes)
+            manifest = write_manifest(contents, io_layout)
+            write_shard_index(axes, contents, manifest)
             state[sid] = "running"
             running[sid] = {
                 "shard": shard,
