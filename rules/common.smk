@@ -8,7 +8,9 @@ from dcflow.pipeline.payload import command_for, payload_script
 from dcflow.pipeline.spec import stage
 
 # the schema in workflow/schemas/config.schema.yaml, its defaults filled in
-check_config(config, " ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml")
+check_config(
+    config, " ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml"
+)
 
 GRAPH = JobGraph(CampaignIndex.from_config(config))
 LAYOUT = GRAPH.index.layout
