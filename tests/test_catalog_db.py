@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -598,6 +599,37 @@ def test_concurrent_loads_all_land(db):
         assert proc.returncode == 0, err
     tiles = db.tile_rows("src")
     assert sorted(tiles) == [f"visit={v}" for v in (100, 101, 102, 200, 201, 202)]
+
+
+def test_load_jobs_starting_together_on_a_new_embedded_database_all_open_it(tmp_path):
+    """Processes opening a fresh embedded database at the same instant each get its manifest.
+
+    Two SQLite connections switching a new file to WAL together got "database is locked"
+    without waiting (40 of 100 two-process starts before the retry).
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+
+    def open_manifest(path, go):
+        go.wait()
+        EmbeddedDatabase(path)._sql()
+
+    failed = 0
+    for trial in range(12):
+        go = context.Event()
+        workers = [
+            context.Process(target=open_manifest, args=(tmp_path / f"db{trial}", go))
+            for _ in range(3)
+        ]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.05)
+        go.set()
+        for worker in workers:
+            worker.join(60)
+        failed += sum(worker.exitcode != 0 for worker in workers)
+    assert failed == 0
 
 
 def test_tables_follow_the_catalog_schema():

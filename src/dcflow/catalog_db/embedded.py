@@ -185,6 +185,29 @@ def _text_as_dictionary(rows: pa.Table) -> pa.Table:
     return rows
 
 
+_MANIFEST_TIMEOUT_S = 600.0
+
+
+def _enable_wal(con: sqlite3.Connection) -> None:
+    """Put the manifest in WAL mode, waiting out other processes doing the same.
+
+    SQLite answers "database is locked" at once, without its busy handler, when two
+    connections switch a new database to WAL together (two load jobs starting on a fresh
+    campaign: 40 of 100 two-process starts failed), so the switch is retried here.
+    """
+    deadline = time.monotonic() + _MANIFEST_TIMEOUT_S
+    delay = 0.01
+    while True:
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.5)
+
+
 class EmbeddedDatabase(CatalogDatabase):
     """A campaign's catalogs as Parquet files under one directory, queried through DuckDB.
 
@@ -230,8 +253,10 @@ class EmbeddedDatabase(CatalogDatabase):
                     "previous embedded backend? load the catalogs again into a new path)"
                 )
             self.path.mkdir(parents=True, exist_ok=True)
-            con = sqlite3.connect(self.path / "manifest.sqlite3", timeout=600, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
+            con = sqlite3.connect(
+                self.path / "manifest.sqlite3", timeout=_MANIFEST_TIMEOUT_S, isolation_level=None
+            )
+            _enable_wal(con)
             con.execute("PRAGMA synchronous=FULL")
             con.execute("BEGIN IMMEDIATE")
             for statement in _MANIFEST_SQL:
