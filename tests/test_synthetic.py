@@ -201,7 +201,7 @@ def test_inventories_tree_and_list_hold_the_same_outputs(tmp_path):
         + 3 * index.n_patches  # diaObject, diaSourceTable, diaTracklet
         + index.n_visits
         + index.n_patches  # catalog load markers
-        + 2 * 2  # Fe55: 2 exposures x (gain, plot); their raws are inputs
+        + 2 * 3  # Fe55: 2 exposures x (gain, events, plot); their raws are inputs
         + 2  # the sensor's photon-transfer table and plot
         + 2  # and the sensor's summary table and picture
     )
