@@ -64,6 +64,7 @@ from noop_campaigns import write_noop_campaign  # noqa: E402
 from dcflow.config_schema import load_config  # noqa: E402
 from dcflow.joblog import FAULTS_ENV, FAULTS_ONCE_ENV  # noqa: E402
 from dcflow.layout import Layout  # noqa: E402
+from dcflow.orchestration.snakemake_cli import SNAKEMAKE_ENTRY  # noqa: E402
 
 __all__ = ["ChaosResult", "corrupt_inputs", "main", "run_chaos", "table_lines"]
 
@@ -329,7 +330,7 @@ def descendants(root_pid: int) -> list[int]:
 
 def snakemakes_below(pid: int) -> list[int]:
     """Snakemake processes started by the driver ``pid`` (its shards, or a rerun's)."""
-    return [p for p in descendants(pid) if "-m snakemake" in " ".join(_cmdline(p))]
+    return [p for p in descendants(pid) if SNAKEMAKE_ENTRY in " ".join(_cmdline(p))]
 
 
 def in_workdir(pid: int, work: Path) -> bool:
@@ -352,7 +353,7 @@ def campaign_processes(work: Path, what: str) -> list[int]:
         if what == "job":
             hit = "noop.py" in text and "snakemake" not in (argv[:1] or [""])[0]
         else:
-            hit = "-m snakemake" in text and " shard=" in text  # --config shard=<manifest>
+            hit = SNAKEMAKE_ENTRY in text and " shard=" in text  # --config shard=<manifest>
         if hit and in_workdir(int(entry.name), work):
             found.append(int(entry.name))
     return found

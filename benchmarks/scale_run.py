@@ -75,6 +75,7 @@ from pathlib import Path
 import yaml
 from child_usage import run_measured
 
+from dcflow.orchestration.snakemake_cli import SNAKEMAKE_ENTRY
 from snakemake_executor_plugin_gridengine.reattach import state_dir
 from snakemake_executor_plugin_gridengine.status import parse_qstat_xml
 
@@ -193,7 +194,7 @@ class CpuBreakdown(PeriodicSampler):
                     cmd = " ".join(proc.cmdline())
                     if "run --sharded" in cmd:
                         kind = "driver"
-                    elif "-m snakemake" in cmd:
+                    elif SNAKEMAKE_ENTRY in cmd:
                         kind = "shard snakemake"
                     else:
                         continue

@@ -13,7 +13,17 @@ from dcflow.orchestration.campaign_files import REPO_ROOT
 from dcflow.orchestration.profiles import profile_dir
 from dcflow.plan import parse_dry_run_counts
 
-__all__ = ["DRY_RUN_ARGS", "run_snakemake", "snakemake_argv", "snakemake_dry_run_counts"]
+__all__ = [
+    "DRY_RUN_ARGS",
+    "SNAKEMAKE_ENTRY",
+    "run_snakemake",
+    "snakemake_argv",
+    "snakemake_dry_run_counts",
+]
+
+SNAKEMAKE_ENTRY = "dcflow.orchestration.snakemake_main"
+"""The module every campaign Snakemake runs as (``python -m``): Snakemake's own command line with
+its scheduler's timers coalesced (see that module)."""
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +48,7 @@ def snakemake_argv(
     argv = [
         sys.executable,
         "-m",
-        "snakemake",
+        SNAKEMAKE_ENTRY,
         "--snakefile",
         str(REPO_ROOT / "Snakefile"),
         "--configfile",
