@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio scatter / noise {r['ratio_mad_mmag'] / r['ratio_noise_mmag']:.2f} "
             f"(+- {r['ratio_mad_boot_sd'] / r['ratio_noise_mmag']:.2f} bootstrap), "
             f"/ noise with empty-position sky {r['ratio_mad_mmag'] / r['ratio_noise_sky_mmag']:.2f}"
-            f" (noise alone: {r['ratio_stat_noise_only']:.2f} +- {r['ratio_stat_noise_only_sd']:.2f})"
+            f" (noise alone: {r['ratio_stat_noise_only']:.2f}"
+            f" +- {r['ratio_stat_noise_only_sd']:.2f})"
             f", per-star chi robust scatter {r['chi_mad']:.2f} "
             f"(+- {r['chi_mad_boot_sd']:.2f} bootstrap, {r['n_stars']:.0f} stars)"
         )
