@@ -112,7 +112,15 @@ and the width polynomial from S/N > 100 stars only (u 1.47 g 1.13 r 1.09 i 0.77 
 S/N 400 ``chi`` unchanged). With the constant residual table (``psf_residual: table``) r's
 seven stars above S/N 390 agree among themselves to 0.7 mmag rms but sit 4.8 +- 0.2 mmag above
 the median: the error is a shift with flux, not one that varies over the CCD, so a residual
-table varying with position (PSFEx-style) is not what these frames call for.
+table varying with position (PSFEx-style) is not what these frames call for. Nor is colour:
+the ratio against the reference g - r has slopes -1.8 +- 2.3 (g), +1.2 +- 1.9 (r), -0.4 +- 1.7
+(i), +5.3 +- 4.2 (z) mmag/mag. The noise model has the sky (variance plane from the image
+before sky subtraction, plus the empty-position excess: PSF 0.98-1.08, aperture 1.03-1.26
+times the plane), the sources' Poisson noise and the dark variance (RDVAR 30-220 e-^2), but no
+term for the PSF model's own error: the scatter beyond the noise, by maximum likelihood
+(sources of inconsistent width left out), is u 2.9 g 3.0 r 1.6 i 0.5 z 2.0 mmag; a PSF-flux
+error floor of that size, measured per CCD, would make the quoted errors of stars above S/N
+~300 honest, not their fluxes better.
 
 Prints figures; it is not a test.
 """
