@@ -77,6 +77,51 @@ the sky term from u 1.15 g 1.26 r 1.01 i 1.24 z 1.48 to u 1.13 g 1.11 r 1.08 i 0
 unchanged. z, and the stars above S/N 400 (``chi`` 17 4.3 9.5 0.8 7.0), are still not at the
 noise floor: PSF-shape error, not width noise.
 
+What the ratio figure means (2026-12-07, later): ``ratio_mad / ratio_noise_sky`` is not 1 when
+the scatter is noise alone. With each star drawn from its own predicted noise
+(``ratio_stat_noise_only``, 500 draws) it is u 0.54 g 0.61 r 0.81 i 0.72 z 0.79 (+- 0.2-0.3):
+the 10-35 stars' noises span 0.2-15 mmag, and a MAD of such a mixture falls below the median
+noise. The measured u 1.13 g 1.11 r 1.08 i 0.88 z 1.51 are 1.2-2.1 times that; the per-star
+``chi_mad`` (1 for noise alone) is the figure that compares like with like. z's 1.51 +- 0.65
+is within one bootstrap error of 1.20; what is significant is the stars above S/N 400
+(deviations of 1-6 mmag on a predicted 0.2-0.7 mmag; with noise alone, the error of the median
+they are measured from included, their ``chi`` MAD would be 1.1-1.8). In u g r these stars'
+ratios sit 2-4 mmag above those of S/N 100-400 (medians by S/N bin; i and z: none), so the
+excess is an offset with flux more than a scatter. Measured causes ruled out for those: a sky
+offset (the mean of the background-subtracted image 4-7" from each star, less the model's
+wing, is 0.04-0.45 +- 0.25 e-/pixel at zero flux in u..z; 3" apertures at 3000 empty positions
+hold 0.01-0.15 e-/pixel: <= 1 mmag at S/N 100, where the offset would need ~1.5), saturation
+or non-linearity (z's brightest star, peak 59000 ADU, deviates by 1.4 mmag, g's two at 42000
+by 5.8, r's and i's at 12000-35000 by 0-3: no trend with peak counts), and per-star Moffat
+shape (a free beta and ellipticity per star moves beta by -0.2 to +0.3 and e by <= 0.03 and
+lowers the brightest stars' stamp chi^2 only from 12-29 to 10-25: what is left is not a
+Moffat's). The real PSF has a halo the Moffat lacks: 1.2-1.9e-5 of the flux per pixel 4-7" out
+(u..z, in proportion to flux, so it cancels in the normalised ratio). What does depend on flux
+is the width a Moffat is given for such a profile: each star's own width over the model's
+(medians, S/N 30-100 / 100-400 / > 400) is u -1.2 / +0.2 / +0.7 % and g -1.5 / +0.3 / +0.6 %
+with the inverse-variance weights used (a bright star's Poisson noise weighs its core down),
++0.3 / +0.7 / +1.0 and -0.2 / +1.0 / +0.8 % with uniform ones, while adaptive moments show no
+size change with peak charge (g -0.4 +- 0.3 %, z -0.3 +- 0.3 % per 1e5 e-: no
+brighter-fatter); and the brightest stars' free Moffat beta is 0.1-0.2 below the others' (g
+and r, peaks 20000-44000 ADU). Tried and not kept: width fits with uniform weights (those of
+the PSF flux; ratio u 0.98 g 1.44 r 1.09 i 1.12 z 2.74, worse: g's brightest go from +6 to -12
+mmag), weights proportional to the model PSF (flux-independent, core-weighted: u 1.43 g 0.85 r
+1.61 i 1.59 z 2.44), the width polynomial measured on the PSF flux's stamp (u 0.58 g 0.95 r
+0.97 i 0.88 z 1.77, chi 1.54 1.34 1.39 1.03 1.21: within the noise), both together (z 2.75),
+and the width polynomial from S/N > 100 stars only (u 1.47 g 1.13 r 1.09 i 0.77 z 1.27; above
+S/N 400 ``chi`` unchanged). With the constant residual table (``psf_residual: table``) r's
+seven stars above S/N 390 agree among themselves to 0.7 mmag rms but sit 4.8 +- 0.2 mmag above
+the median: the error is a shift with flux, not one that varies over the CCD, so a residual
+table varying with position (PSFEx-style) is not what these frames call for. Nor is colour:
+the ratio against the reference g - r has slopes -1.8 +- 2.3 (g), +1.2 +- 1.9 (r), -0.4 +- 1.7
+(i), +5.3 +- 4.2 (z) mmag/mag. The noise model has the sky (variance plane from the image
+before sky subtraction, plus the empty-position excess: PSF 0.98-1.08, aperture 1.03-1.26
+times the plane), the sources' Poisson noise and the dark variance (RDVAR 30-220 e-^2), but no
+term for the PSF model's own error: the scatter beyond the noise, by maximum likelihood
+(sources of inconsistent width left out), is u 2.9 g 3.0 r 1.6 i 0.5 z 2.0 mmag; a PSF-flux
+error floor of that size, measured per CCD, would make the quoted errors of stars above S/N
+~300 honest, not their fluxes better.
+
 Prints figures; it is not a test.
 """
 
@@ -221,6 +266,12 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
     boot = [1.4826 * np.median(np.abs(r - np.median(r))) for r in ratio[draws]]
     chi_boot = [1.4826 * np.median(np.abs(c)) for c in chi[draws]]
     snr = np.asarray(src["snr"][stars])
+    # What ``ratio_mad / ratio_noise_sky`` would be from the predicted noise alone: each star
+    # drawn from its own noise and normalised like the data. It is not 1: the MAD of stars
+    # whose noise spans 0.2-15 mmag falls below the median noise.
+    fake = rng.normal(0.0, expected_sky, size=(500, len(ratio)))
+    fake = fake - np.median(fake, axis=1, keepdims=True)
+    noise_only = 1.4826 * np.median(np.abs(fake), axis=1) / np.sqrt(np.median(expected_sky**2))
 
     def chi_mad(sel):
         return 1.4826 * float(np.median(np.abs(chi[sel]))) if sel.sum() else float("nan")
@@ -280,6 +331,8 @@ def measure(band: str, layout: Layout) -> dict[str, float]:
         "ratio_noise_mmag": 1086 * float(np.sqrt(np.median(expected**2))),
         "ratio_noise_sky_mmag": 1086 * float(np.sqrt(np.median(expected_sky**2))),
         "ratio_mad_boot_sd": 1086 * float(np.std(boot)),
+        "ratio_stat_noise_only": float(np.mean(noise_only)),
+        "ratio_stat_noise_only_sd": float(np.std(noise_only)),
         "ratio_frac_mad_mmag": 1086 * 1.4826 * float(np.median(np.abs(ratio_frac - 1))),
         "width_shrink_median": float(np.median(noise.width_shrink)),
         "chi_mad": 1.4826 * float(np.median(np.abs(chi))),
@@ -316,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio scatter / noise {r['ratio_mad_mmag'] / r['ratio_noise_mmag']:.2f} "
             f"(+- {r['ratio_mad_boot_sd'] / r['ratio_noise_mmag']:.2f} bootstrap), "
             f"/ noise with empty-position sky {r['ratio_mad_mmag'] / r['ratio_noise_sky_mmag']:.2f}"
+            f" (noise alone: {r['ratio_stat_noise_only']:.2f}"
+            f" +- {r['ratio_stat_noise_only_sd']:.2f})"
             f", per-star chi robust scatter {r['chi_mad']:.2f} "
             f"(+- {r['chi_mad_boot_sd']:.2f} bootstrap, {r['n_stars']:.0f} stars)"
         )
