@@ -635,7 +635,34 @@ def test_a_shard_whose_snakemake_outlived_its_driver_is_an_orphan(tmp_path):
             ledger.finish_run(done, 0)
         every = {"visits-00000", "visits-00001", "visits-00002"}
         assert orphan_shards(ledger_file, every) == {"visits-00000"}
-        assert orphan_shards(ledger_file, {"visits-00001"}) == set()
+        assert orphan_shards(ledger_file, {"visits-00001"}, every) == set()
+    finally:
+        alive.kill()
+        alive.wait()
+    assert orphan_shards(ledger_file, every) == set()
+
+
+@pytest.mark.parametrize("label", ["rerun-failed", "all"])
+def test_an_orphaned_whole_campaign_snakemake_holds_every_shard(tmp_path, label):
+    """The Snakemake of a ``dcflow rerun --failed`` or plain ``dcflow run`` whose driver died
+    may run any job: a sharded driver started meanwhile starts no shard until it has ended
+    (the local chaos campaign's duplicated successes: its rerun's Snakemake outlived a
+    SIGKILL of the rerun's main process, and the next ``dcflow run --sharded`` ran the same
+    fe55 jobs beside it); a live shard of the driver's own does not hold the others."""
+    from dcflow.orchestration.sharded import orphan_shards
+
+    ledger_file = tmp_path / "ledger.sqlite3"
+    every = {"calibs", "fe55", "visits-00000"}
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with Ledger(ledger_file) as ledger:
+            orphan = ledger.start_run(shard=label, pid=alive.pid)
+        assert orphan_shards(ledger_file, every) == every
+        assert orphan_shards(ledger_file, {"fe55"}, every) == {"fe55"}
+        with Ledger(ledger_file) as ledger:
+            ledger.finish_run(orphan, 0)
+            ledger.start_run(shard="calibs", pid=alive.pid)  # the driver's own shard
+        assert orphan_shards(ledger_file, {"fe55", "visits-00000"}, every) == set()
     finally:
         alive.kill()
         alive.wait()
