@@ -43,14 +43,15 @@ FE55_GAIN_TILES = [f"ccd={ccd}_exposure={exposure}" for ccd in range(4) for expo
 
 
 def snakemakes_in(work: Path) -> list[int]:
-    """Live Snakemake processes running in ``work`` (whoever started them)."""
+    """Live campaign Snakemakes running in ``work``, whoever started them (`launch_campaign`
+    gives each its ledger on the command line, whatever module runs it)."""
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):
         try:
             argv = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"-m snakemake" in argv and in_workdir(int(name), work):
+        if b"--logger-dcflow-ledger" in argv and in_workdir(int(name), work):
             found.append(int(name))
     return found
 
