@@ -1,14 +1,16 @@
 # Config validation, the campaign's job graph, wildcard constraints and the rule adapters.
 # The pipeline is described once, in src/dcflow/pipeline/spec.py; these adapters hand each
 # rule its inputs, outputs, params and resources from that description.
-from snakemake.utils import validate
-
 from dcflow.campaign.index import CampaignIndex
+from dcflow.config_schema import check_config
 from dcflow.pipeline.graph import JobGraph
 from dcflow.pipeline.payload import command_for, payload_script
 from dcflow.pipeline.spec import stage
 
-validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
+# the schema in workflow/schemas/config.schema.yaml, its defaults filled in
+check_config(
+    config, " ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml"
+)
 
 GRAPH = JobGraph(CampaignIndex.from_config(config))
 LAYOUT = GRAPH.index.layout

@@ -29,6 +29,7 @@ from dcflow.ledger import (
     Ledger,
     MemoryPolicy,
     escalated_memory,
+    pid_start_time,
     read_benchmark,
     tile_of,
 )
@@ -168,6 +169,56 @@ def test_reap_dead_runs_closes_runs_whose_driver_died(tmp_path):
         assert ledger.attempts()[0].state is JobState.LOST
     with pytest.raises(KeyError, match="run 99 is not in the ledger"):
         Ledger(tmp_path / "l.sqlite3").run(99)
+
+
+_DIES_BEFORE_THE_RECORD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from dcflow.ledger import Ledger
+    from dcflow.orchestration.run import start_recorded
+
+    def die(self, run_id, pid):  # the driver SIGKILLed between the start and the record
+        print(pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    Ledger.set_run_pid = die
+    with Ledger(sys.argv[1]) as ledger:
+        run_id = ledger.start_run(shard="calibs")
+    command = [sys.executable, "-c", "import sys; open(sys.argv[1], 'w')", sys.argv[2]]
+    with open(os.devnull, "wb") as log:
+        start_recorded(command, log, sys.argv[1], run_id)
+    """
+)
+
+
+def test_snakemake_starts_only_once_the_ledger_names_its_process(tmp_path):
+    """A driver killed between starting a run's Snakemake and recording its pid must leave
+    nothing running: the ledger would call that run dead (its driver is) and the next driver
+    would run the same jobs beside it."""
+    from dcflow.orchestration.run import start_recorded
+
+    ledger_file, ran = tmp_path / "ledger.sqlite3", tmp_path / "ran"
+    driver = subprocess.run(
+        [sys.executable, "-c", _DIES_BEFORE_THE_RECORD, str(ledger_file), str(ran)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert driver.returncode == -signal.SIGKILL, driver.stderr
+    gate = int(driver.stdout)
+    deadline = time.monotonic() + 30
+    while pid_start_time(gate) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid_start_time(gate) is None and not ran.exists()
+    with Ledger(ledger_file) as ledger:
+        assert [r.is_alive() for r in ledger.runs()] == [False]
+        run_id = ledger.start_run(shard="calibs")
+    command = [sys.executable, "-c", "import sys; open(sys.argv[1], 'w')", str(ran)]
+    with open(os.devnull, "wb") as log:
+        child = start_recorded(command, log, ledger_file, run_id)
+    with Ledger(ledger_file) as ledger:
+        assert ledger.run(run_id).pid == child.pid
+    assert child.wait(timeout=60) == 0 and ran.exists()
 
 
 _WRITER = textwrap.dedent(

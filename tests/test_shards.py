@@ -12,13 +12,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from noop_campaigns import write_noop_campaign
 
+import dcflow.campaign.index
 from dcflow.campaign.driver_lock import DriverBusyError, hold_driver_lock, sharded_driver_running
+from dcflow.campaign.index import ARRAY_FIELDS, CampaignIndex, write_shard_index
+from dcflow.campaign.manifest import write_manifest
 from dcflow.campaign.shards import (
     Shard,
+    manifest_of,
     read_marker,
     shard_hashes,
     shard_of_job,
@@ -120,6 +125,47 @@ def _hashes(config):
         config, Path(config["layout"]["output_root"]).parent
     )
     return shards, hashes, layout, axes
+
+
+def test_a_shard_reads_the_index_the_driver_kept_and_it_is_the_one_it_would_build(
+    campaign, monkeypatch
+):
+    config = load_config(campaign)
+    shards, _, _, layout, _, axes = plan_shards(config, campaign.parent)
+    manifests = {}
+    own: dict[str, CampaignIndex] = {}
+    for shard in shards:
+        contents = manifest_of(shard, axes)
+        manifests[shard.shard_id] = write_manifest(contents, layout)
+        own[shard.shard_id] = CampaignIndex.from_config(
+            {**config, "shard": str(manifests[shard.shard_id])}
+        )
+        write_shard_index(axes, contents, manifests[shard.shard_id])
+    calls: list[str] = []
+
+    def counted(name: str):
+        original = getattr(dcflow.campaign.index, name)
+        return lambda *args, **kwargs: calls.append(name) or original(*args, **kwargs)
+
+    for name in ("_open_readonly", "overlap_pairs"):
+        monkeypatch.setattr(dcflow.campaign.index, name, counted(name))
+    n_pairs = 0
+    for shard in shards:
+        kept = CampaignIndex.from_config({**config, "shard": str(manifests[shard.shard_id])})
+        assert kept.filters == own[shard.shard_id].filters
+        for name in ARRAY_FIELDS:
+            mine, theirs = getattr(kept, name), getattr(own[shard.shard_id], name)
+            assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs), (shard, name)
+        n_pairs += kept.n_pairs
+    assert n_pairs > 0
+    assert calls == []  # the registry and the overlaps were not read
+    # after an ingest (the registry changed since) the shard builds its own index
+    registry = Path(layout.path("registry"))
+    os.utime(registry, ns=(registry.stat().st_atime_ns, registry.stat().st_mtime_ns + 10**9))
+    visits = next(s.shard_id for s in shards if s.kind == "visits")
+    again = CampaignIndex.from_config({**config, "shard": str(manifests[visits])})
+    assert calls == ["_open_readonly", "overlap_pairs"]
+    assert np.array_equal(again.pair_patch, own[visits].pair_patch)
 
 
 def test_a_changed_config_section_reopens_exactly_the_shards_reading_it(campaign):
@@ -589,7 +635,34 @@ def test_a_shard_whose_snakemake_outlived_its_driver_is_an_orphan(tmp_path):
             ledger.finish_run(done, 0)
         every = {"visits-00000", "visits-00001", "visits-00002"}
         assert orphan_shards(ledger_file, every) == {"visits-00000"}
-        assert orphan_shards(ledger_file, {"visits-00001"}) == set()
+        assert orphan_shards(ledger_file, {"visits-00001"}, every) == set()
+    finally:
+        alive.kill()
+        alive.wait()
+    assert orphan_shards(ledger_file, every) == set()
+
+
+@pytest.mark.parametrize("label", ["rerun-failed", "all"])
+def test_an_orphaned_whole_campaign_snakemake_holds_every_shard(tmp_path, label):
+    """The Snakemake of a ``dcflow rerun --failed`` or plain ``dcflow run`` whose driver died
+    may run any job: a sharded driver started meanwhile starts no shard until it has ended
+    (the local chaos campaign's duplicated successes: its rerun's Snakemake outlived a
+    SIGKILL of the rerun's main process, and the next ``dcflow run --sharded`` ran the same
+    fe55 jobs beside it); a live shard of the driver's own does not hold the others."""
+    from dcflow.orchestration.sharded import orphan_shards
+
+    ledger_file = tmp_path / "ledger.sqlite3"
+    every = {"calibs", "fe55", "visits-00000"}
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with Ledger(ledger_file) as ledger:
+            orphan = ledger.start_run(shard=label, pid=alive.pid)
+        assert orphan_shards(ledger_file, every) == every
+        assert orphan_shards(ledger_file, {"fe55"}, every) == {"fe55"}
+        with Ledger(ledger_file) as ledger:
+            ledger.finish_run(orphan, 0)
+            ledger.start_run(shard="calibs", pid=alive.pid)  # the driver's own shard
+        assert orphan_shards(ledger_file, {"fe55", "visits-00000"}, every) == set()
     finally:
         alive.kill()
         alive.wait()

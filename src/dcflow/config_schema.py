@@ -21,7 +21,14 @@ from dcflow.configs import dataclass_schema
 from dcflow.layout import DEFAULT_TEMPLATES, Layout
 from dcflow.pipeline.spec import STAGES
 
-__all__ = ["SECTIONS", "build_schema", "checked_in_schema", "load_config", "schema_path"]
+__all__ = [
+    "SECTIONS",
+    "build_schema",
+    "check_config",
+    "checked_in_schema",
+    "load_config",
+    "schema_path",
+]
 
 SECTIONS: dict[str, str] = {
     "simulation": "dcflow.instruments.cfht_sim:SimConfig",
@@ -185,6 +192,25 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[key], sub)
 
 
+def check_config(config: dict[str, Any], source: str | Path) -> None:
+    """Validate a campaign config against the checked-in schema and fill its defaults in place.
+
+    What the Snakefile does to its config: Snakemake's own ``validate(set_default=True)`` gives
+    the same config but took ~150 ms of every shard Snakemake's start-up, this ~15 ms.
+
+    Raises
+    ------
+    ValueError
+        If the config breaks the schema; the message names ``source``, the key and the rule.
+    """
+    schema = checked_in_schema()
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(config), key=str)
+    if errors:
+        where = "/".join(map(str, errors[0].absolute_path)) or "(top level)"
+        raise ValueError(f"{source}: invalid config at {where}: {errors[0].message}")
+    _fill_defaults(config, schema)
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> dict[str, Any]:
     """Read, validate and default-fill a campaign config.
 
@@ -197,12 +223,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict[str, An
         config = yaml.safe_load(handle) or {}
     for key, value in (overrides or {}).items():
         config[key] = value
-    schema = checked_in_schema()
-    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(config), key=str)
-    if errors:
-        where = "/".join(map(str, errors[0].absolute_path)) or "(top level)"
-        raise ValueError(f"{path}: invalid config at {where}: {errors[0].message}")
-    _fill_defaults(config, schema)
+    check_config(config, path)
     try:
         Layout.from_config(config)  # path templates against the instrument's data-id keys
     except ValueError as exc:

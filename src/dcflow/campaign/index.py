@@ -7,24 +7,58 @@ per raw or per job. `CampaignIndex.from_config` reads the registry with a few ag
 queries (one row per visit, never one per raw) and computes the overlaps with
 `dcflow.campaign.skymap.overlap_pairs`. In shard mode (config ``shard``: a manifest) it reads
 only the manifest's visits, with the campaign's CCDs and filters from the manifest.
+
+A shard's index is also the whole campaign's restricted to the shard's visits
+(`CampaignIndex.shard_arrays`): the sharded driver, which holds the whole index, writes it beside
+the manifest (`write_shard_index`) and the shard's Snakemake reads it back instead of querying the
+registry and computing overlaps (astropy.wcs, scipy): that was a quarter of a shard Snakemake's
+start-up CPU.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
-from collections.abc import Mapping
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dcflow.campaign.manifest import read_manifest
+from dcflow.atomic import atomic_path
+from dcflow.campaign.manifest import ShardManifest, digest, read_manifest
 from dcflow.campaign.skymap import SkyMapConfig, TractInfo, make_tracts, overlap_pairs
 from dcflow.configs import from_mapping
 from dcflow.jobspec import PROCESSED_INSTRUMENTS, SIMULATED_INSTRUMENTS
 from dcflow.layout import Layout
 
-__all__ = ["CampaignIndex"]
+__all__ = ["ARRAY_FIELDS", "CampaignIndex", "shard_index_path", "write_shard_index"]
+
+_SHARD_INDEX_FORMAT = 1
+"""Bumped when what a shard's index file holds changes (an older file is then ignored)."""
+
+ARRAY_FIELDS = (
+    "ccds",
+    "visits",
+    "visit_band",
+    "visit_ra_deg",
+    "visit_dec_deg",
+    "bias_raws",
+    "flat_raws",
+    "patch_tract",
+    "patch_x",
+    "patch_y",
+    "pair_visit",
+    "pair_patch",
+    "fe55_ccd",
+    "fe55_exposure",
+    "ptc_sensors",
+)
+"""The array attributes of `CampaignIndex` (with ``filters``, what `CampaignIndex.assemble`
+takes)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -113,6 +147,10 @@ class CampaignIndex:
         layout = layout or Layout.from_config(config)
         path = layout.path("registry")
         manifest = read_manifest(config["shard"]) if config.get("shard") else None
+        if manifest is not None:
+            kept = _read_shard_index(config, path, manifest)
+            if kept is not None:
+                return cls.assemble(config, layout, kept)
         conn = _open_readonly(path)
         try:
             if manifest is None:
@@ -227,6 +265,50 @@ class CampaignIndex:
             **arrays,
         )
 
+    def shard_arrays(self, visits: Sequence[int]) -> dict[str, Any]:
+        """The arrays `from_config` gives in shard mode for a manifest of ``visits``.
+
+        This index (the whole campaign's) restricted to ``visits``: overlaps are per visit, so
+        a shard's are the campaign's of its visits, and its patches those they overlap, in the
+        campaign's order. CCDs, filters, calibration counts and Fe55 exposures are the
+        campaign's (the manifest carries the CCDs and filters).
+
+        Raises
+        ------
+        KeyError
+            If a visit is not one of the campaign's.
+        """
+        wanted = np.unique(np.asarray(visits, dtype=np.int64))
+        missing = np.setdiff1d(wanted, self.visits)
+        if missing.size:
+            raise KeyError(f"visit(s) {missing[:5].tolist()} are not in the campaign")
+        where = np.searchsorted(self.visits, wanted)
+        visit_pos = np.full(self.n_visits, -1, dtype=np.int64)
+        visit_pos[where] = np.arange(len(where))
+        keep = visit_pos[self.pair_visit] >= 0
+        pair_patch = self.pair_patch[keep]
+        patches = np.unique(pair_patch)
+        patch_pos = np.full(self.n_patches, -1, dtype=np.int64)
+        patch_pos[patches] = np.arange(len(patches))
+        return {
+            "filters": self.filters,
+            "ccds": self.ccds,
+            "visits": self.visits[where],
+            "visit_band": self.visit_band[where],
+            "visit_ra_deg": self.visit_ra_deg[where],
+            "visit_dec_deg": self.visit_dec_deg[where],
+            "bias_raws": self.bias_raws,
+            "flat_raws": self.flat_raws,
+            "patch_tract": self.patch_tract[patches],
+            "patch_x": self.patch_x[patches],
+            "patch_y": self.patch_y[patches],
+            "pair_visit": visit_pos[self.pair_visit[keep]].astype(np.int32),
+            "pair_patch": patch_pos[pair_patch].astype(np.int32),
+            "fe55_ccd": self.fe55_ccd,
+            "fe55_exposure": self.fe55_exposure,
+            "ptc_sensors": self.ptc_sensors,
+        }
+
     @property
     def sensors(self) -> np.ndarray:
         """Sensors with at least one Fe55 exposure, sorted (one summary job each)."""
@@ -282,6 +364,64 @@ class CampaignIndex:
         return (self.patch_tract.astype(np.int64) * n + self.patch_y) * n + self.patch_x
 
 
+def shard_index_path(manifest_path: str | os.PathLike) -> Path:
+    """Where a shard's index is kept: beside its manifest (``<shard>.json``)."""
+    path = Path(manifest_path)
+    return path.with_name(f"{path.stem}.index.npz")
+
+
+def write_shard_index(
+    index: CampaignIndex, manifest: ShardManifest, manifest_path: str | os.PathLike
+) -> Path:
+    """Keep a shard's index (``index`` is the whole campaign's) beside its manifest; its path.
+
+    Keyed by the manifest, the instrument, the sky map and the registry file's identity: the
+    shard's Snakemake ignores a file whose key is not its own and builds its index itself.
+    """
+    arrays = index.shard_arrays(manifest.visits)
+    out: dict[str, np.ndarray] = {name: np.asarray(arrays[name]) for name in ARRAY_FIELDS}
+    out["filters"] = np.array(json.dumps(list(arrays["filters"])))
+    out["key"] = np.array(_shard_key(index.instrument, index.skymap, index.registry_path, manifest))
+    path = shard_index_path(manifest_path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **out)
+    return path
+
+
+def _shard_key(
+    instrument: str, skymap: SkyMapConfig | None, registry: str, manifest: ShardManifest
+) -> str:
+    """What a shard's index depends on: its manifest, sky map and registry (size, mtime, inode)."""
+    stat = os.stat(registry)
+    return digest(
+        [
+            _SHARD_INDEX_FORMAT,
+            manifest.digest(),
+            instrument,
+            asdict(skymap) if skymap is not None else None,
+            [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns],
+        ]
+    )
+
+
+def _read_shard_index(
+    config: Mapping[str, Any], registry: str, manifest: ShardManifest
+) -> dict[str, Any] | None:
+    """The arrays kept by `write_shard_index` for this shard (None: absent or not its own)."""
+    path = shard_index_path(config["shard"])
+    try:
+        skymap = from_mapping(SkyMapConfig, config["skymap"]) if config.get("skymap") else None
+        key = _shard_key(str(config["campaign"]["instrument"]), skymap, registry, manifest)
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key:
+                return None
+            arrays: dict[str, Any] = {name: data[name] for name in ARRAY_FIELDS}
+            arrays["filters"] = tuple(json.loads(str(data["filters"])))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return arrays
+
+
 def _visit_rows(conn: sqlite3.Connection, visits: tuple[int, ...]) -> list[tuple]:
     """``(visit, filter, n_ccds)`` of a shard's visits (indexed queries, in chunks)."""
     rows: list[tuple] = []
@@ -315,8 +455,6 @@ def _pointing_rows(conn: sqlite3.Connection, visits: tuple[int, ...] | None) -> 
 
 
 def _open_readonly(path: str) -> sqlite3.Connection:
-    from pathlib import Path
-
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no campaign registry (run `dcflow ingest` first)")
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)

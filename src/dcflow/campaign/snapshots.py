@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from dcflow.atomic import atomic_path
-from dcflow.campaign.index import CampaignIndex
+from dcflow.campaign.index import ARRAY_FIELDS, CampaignIndex
 from dcflow.layout import Layout
 
 __all__ = [
@@ -40,24 +40,6 @@ __all__ = [
 
 _FORMAT = 2
 """Bumped when what the files hold changes (an older file is then ignored)."""
-
-_INDEX_ARRAYS = (
-    "ccds",
-    "visits",
-    "visit_band",
-    "visit_ra_deg",
-    "visit_dec_deg",
-    "bias_raws",
-    "flat_raws",
-    "patch_tract",
-    "patch_x",
-    "patch_y",
-    "pair_visit",
-    "pair_patch",
-    "fe55_ccd",
-    "fe55_exposure",
-    "ptc_sensors",
-)
 
 
 def campaign_digest(config: Mapping[str, Any], registry_path: str | os.PathLike) -> str:
@@ -93,7 +75,7 @@ def _read_npz(path: str | os.PathLike, digest: str) -> dict[str, np.ndarray] | N
 
 def save_index(index: CampaignIndex, path: str | os.PathLike, digest: str) -> None:
     """Keep the index's arrays (what the registry and the overlaps gave) under ``digest``."""
-    arrays = {name: getattr(index, name) for name in _INDEX_ARRAYS}
+    arrays = {name: getattr(index, name) for name in ARRAY_FIELDS}
     arrays["filters"] = np.array(json.dumps(list(index.filters)))
     arrays["digest"] = np.array(digest)
     _write_npz(path, arrays)
@@ -106,7 +88,7 @@ def load_index(
     arrays = _read_npz(path, digest)
     if arrays is None:
         return None
-    values: dict[str, Any] = {name: arrays[name] for name in _INDEX_ARRAYS}
+    values: dict[str, Any] = {name: arrays[name] for name in ARRAY_FIELDS}
     values["filters"] = tuple(json.loads(str(arrays["filters"])))
     return CampaignIndex.assemble(config, layout, values)
 

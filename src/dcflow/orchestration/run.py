@@ -10,6 +10,7 @@ SIGTERM to the driver stops Snakemake and every process under it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from dcflow.campaign.driver_lock import DriverBusyError, sharded_driver_running
 from dcflow.layout import Layout
@@ -51,6 +52,7 @@ __all__ = [
     "launch_campaign",
     "progress_lines",
     "run_campaign",
+    "start_recorded",
 ]
 
 log = logging.getLogger(__name__)
@@ -312,14 +314,12 @@ def launch_campaign(
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             offset = log_file.tell()
-            child = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+            child = start_recorded(argv, log_file, ledger_file, run_id)
         started = child
         pump = threading.Thread(
             target=output.follow, args=(offset, lambda: started.poll() is not None), daemon=True
         )
         pump.start()
-        with open_ledger(ledger_file) as ledger:
-            ledger.set_run_pid(run_id, child.pid)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, _raise_stop)
@@ -355,6 +355,39 @@ def launch_campaign(
         n_failed=sum(a.state is JobState.FAILED for a in attempts),
         seconds=time.monotonic() - started_at,
     )
+
+
+_GATE = 'IFS= read -r go && [ "$go" = go ] || exit 75; exec "$@" </dev/null'
+"""Run the command only once the driver wrote ``go`` on stdin (EOF: the driver died first)."""
+
+
+def start_recorded(
+    argv: list[str], log_file: BinaryIO, ledger_file: str | os.PathLike, run_id: int
+) -> subprocess.Popen:
+    """Start Snakemake (``argv``) once the ledger names its process as the run's.
+
+    Until then the run carries the driver's pid: a driver killed between the start and that
+    record would leave a Snakemake the ledger calls dead (its driver is), and the next driver
+    would run the same jobs beside it. So the process starts as a shell waiting on a pipe and
+    becomes Snakemake (same pid) only after the record; if the driver dies first, the pipe
+    closes and the shell exits without starting it.
+    """
+    child = subprocess.Popen(
+        ["/bin/sh", "-c", _GATE, "dcflow-run", *argv],
+        stdin=subprocess.PIPE,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    assert child.stdin is not None
+    try:
+        with open_ledger(ledger_file) as ledger:
+            ledger.set_run_pid(run_id, child.pid)
+        with contextlib.suppress(BrokenPipeError):  # killed meanwhile: its exit code says so
+            child.stdin.write(b"go\n")
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            child.stdin.close()
+    return child
 
 
 class ProgressPrinter:
