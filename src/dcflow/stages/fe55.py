@@ -27,7 +27,10 @@ Each Mn K-alpha photon (5.889 keV) absorbed in silicon frees ``E / w(T)`` electr
    no parameter at a bound, a gain error under half the 1.5 % an Fe55 gain is checked to
    against photon transfer, a sane deviance, a peak that bootstrap resamples of the events
    keep, an imaging area within a noise sigma of the bias: bias columns that are not the
-   amplifier's leave a level of tens of ADU); an amplifier that fails, or whose fit fails, is
+   amplifier's leave a level of tens of ADU, no one-sided charge trail beyond the signal box:
+   deferred charge or transfer loss that the event sums miss, `charge_trail`, which leaves
+   the line as narrow as ever while the gain comes out high by the charge lost); an
+   amplifier that fails, or whose fit fails, is
    marked ``trusted = False`` with its reasons in the table (``NUNTRUST`` counts them).
 
 `measure_fe55_gain` runs these over every amplifier of a raw frame; `pool_exposures` runs
