@@ -27,7 +27,10 @@ Each Mn K-alpha photon (5.889 keV) absorbed in silicon frees ``E / w(T)`` electr
    no parameter at a bound, a gain error under half the 1.5 % an Fe55 gain is checked to
    against photon transfer, a sane deviance, a peak that bootstrap resamples of the events
    keep, an imaging area within a noise sigma of the bias: bias columns that are not the
-   amplifier's leave a level of tens of ADU); an amplifier that fails, or whose fit fails, is
+   amplifier's leave a level of tens of ADU, no one-sided charge trail beyond the signal box:
+   deferred charge or transfer loss that the event sums miss, `charge_trail`, which leaves
+   the line as narrow as ever while the gain comes out high by the charge lost); an
+   amplifier that fails, or whose fit fails, is
    marked ``trusted = False`` with its reasons in the table (``NUNTRUST`` counts them).
 
 `measure_fe55_gain` runs these over every amplifier of a raw frame; `pool_exposures` runs
@@ -50,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from astropy.stats import sigma_clipped_stats
+from astropy.stats import sigma_clip, sigma_clipped_stats
 from astropy.table import Table
 from scipy import ndimage, optimize, stats
 from scipy.special import ndtr
@@ -71,6 +74,7 @@ __all__ = [
     "Fe55Events",
     "Fe55Result",
     "PeakFit",
+    "charge_trail",
     "fe55_verdict",
     "fit_kalpha_peak",
     "image_pedestal",
@@ -300,6 +304,23 @@ class Fe55Config:
         "section) leave the difference of two bias levels, tens of ADU.",
         exclusive_minimum=0.0,
     )
+    max_trail_fraction: float = config_field(
+        0.0075,
+        "Largest one-sided charge beyond the signal box (a deferred-charge or transfer "
+        "trail, mean over the K-alpha events) as a fraction of the K-alpha peak, for a "
+        "trusted gain: that charge is missing from every event sum, so the gain is high by "
+        "as much; half the tolerance of max_ptc_deviation, the rest left to statistics.",
+        exclusive_minimum=0.0,
+    )
+    min_trail_significance: float = config_field(
+        4.0,
+        "A trail above max_trail_fraction fails the verdict only when it is this many "
+        "standard errors from zero (sigma): a sparse tap's trail is noisy (about 0.6 % of "
+        "the peak for 30 K-alpha events at 4.3 ADU pixel noise), and a sensor tests two "
+        "axes on up to 16 taps (at 3 sigma, 1 of 32 sparse simulated taps, gain right to "
+        "0.1 %, was flagged; a 2 % trail on a few hundred events is still 5-10 sigma).",
+        exclusive_minimum=0.0,
+    )
     max_ptc_deviation: float = config_field(
         0.015,
         "Largest |Fe55 / photon-transfer gain - 1| of a trusted amplifier in the sensor "
@@ -388,6 +409,10 @@ class Fe55Events:
         Candidates dropped by the isolation cut (0 when it is off).
     n_rejected_grade : int
         Isolated candidates whose grade is not in the fitted set.
+    trail_x_adu, trail_y_adu : numpy.ndarray or None
+        One-sided charge beyond each event's signal box along x and y
+        (`dcflow.stages.xray_events.trail_bands`; ADU, NaN near an edge); None when not
+        measured (event tables written before it was).
     """
 
     y_pix: np.ndarray
@@ -397,6 +422,29 @@ class Fe55Events:
     n_candidates: int
     n_rejected_isolation: int
     n_rejected_grade: int
+    trail_x_adu: np.ndarray | None = None
+    trail_y_adu: np.ndarray | None = None
+
+    def select(self, keep: np.ndarray, **counts: int) -> Fe55Events:
+        """The events where ``keep`` is true, with ``counts`` replacing the counters."""
+        trails = {
+            name: None if getattr(self, name) is None else getattr(self, name)[keep]
+            for name in ("trail_x_adu", "trail_y_adu")
+        }
+        fields = {
+            "n_candidates": self.n_candidates,
+            "n_rejected_isolation": self.n_rejected_isolation,
+            "n_rejected_grade": self.n_rejected_grade,
+            **counts,
+        }
+        return Fe55Events(
+            y_pix=self.y_pix[keep],
+            x_pix=self.x_pix[keep],
+            signal_adu=self.signal_adu[keep],
+            grade=self.grade[keep],
+            **fields,
+            **trails,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,6 +560,10 @@ class Fe55AmpResult:
     fit_sound : bool
         Whether the fit passes every check but the precision one (``max_gain_rel_err``): such
         an exposure's gain is combined with the sensor's other exposures (`summarize_gains`).
+    trail_fraction_x, trail_fraction_y, trail_err_x, trail_err_y : float
+        One-sided charge beyond the signal box along x and y, mean over the K-alpha events,
+        as a fraction of the peak, and its standard error (`charge_trail`; NaN when not
+        measured).
     """
 
     amp: str
@@ -534,6 +586,10 @@ class Fe55AmpResult:
     trusted: bool
     verdict: str
     fit_sound: bool = False
+    trail_fraction_x: float = float("nan")
+    trail_fraction_y: float = float("nan")
+    trail_err_x: float = float("nan")
+    trail_err_y: float = float("nan")
 
     @property
     def width_ratio(self) -> float:
@@ -566,7 +622,8 @@ class Fe55Result:
         ``bias_adu``, ``noise_adu``, ``pedestal_adu``, ``bias_err_adu``, ``box_noise_adu``,
         ``n_candidates``, ``n_isolated``,
         ``n_graded`` (events fitted), ``n_events`` (in the fit window), ``n_kalpha``,
-        ``deviance_per_dof``, ``trusted``, ``verdict``, ``fit_sound``. Header: ``NUNTRUST``,
+        ``deviance_per_dof``, ``trusted``, ``verdict``, ``fit_sound``, ``trail_fraction_x``,
+        ``trail_fraction_y``, ``trail_err_x``, ``trail_err_y``. Header: ``NUNTRUST``,
         the number of untrusted amplifiers.
         """
         names = (
@@ -599,6 +656,10 @@ class Fe55Result:
             "trusted",
             "verdict",
             "fit_sound",
+            "trail_fraction_x",
+            "trail_fraction_y",
+            "trail_err_x",
+            "trail_err_y",
         )
         nan = float("nan")
         rows = [
@@ -632,10 +693,16 @@ class Fe55Result:
                 a.trusted,
                 a.verdict,
                 a.fit_sound,
+                a.trail_fraction_x,
+                a.trail_fraction_y,
+                a.trail_err_x,
+                a.trail_err_y,
             )
             for a in self.amps
         ]
-        dtype = (str,) + (float,) * 19 + (int, int, int, int, float, float, bool, str, bool)
+        dtype = ((str,) + (float,) * 19 + (int, int, int, int, float, float, bool, str, bool)) + (
+            float,
+        ) * 4
         table = Table(rows=rows or None, names=names, dtype=dtype)
         table.meta["NUNTRUST"] = sum(not a.trusted for a in self.amps)
         return table
@@ -645,8 +712,9 @@ class Fe55Result:
 
         Columns: ``amp``, ``y_pix``, ``x_pix`` (peak pixel in the amplifier's imaging array),
         ``signal_adu`` (signal-box sum, bias and pedestal removed: the per-amplifier levels
-        are in `table`) and ``grade`` (ASCA). `pool_exposures` fits a sensor's exposures
-        together from these tables and the gain tables.
+        are in `table`), ``grade`` (ASCA) and, when measured, ``trail_x_adu`` and
+        ``trail_y_adu`` (one-sided charge beyond the signal box). `pool_exposures` fits a
+        sensor's exposures together from these tables and the gain tables.
         """
         columns = {
             "amp": [a.amp for a in self.amps for _ in range(a.isolated.signal_adu.size)],
@@ -660,6 +728,9 @@ class Fe55Result:
         for name, dtype in (("y_pix", int), ("x_pix", int), ("signal_adu", float), ("grade", int)):
             parts = columns[name]
             table[name] = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+        if self.amps and all(a.isolated.trail_x_adu is not None for a in self.amps):
+            for name in ("trail_x_adu", "trail_y_adu"):
+                table[name] = np.concatenate([getattr(a.isolated, name) for a in self.amps])
         return table
 
 
@@ -1166,6 +1237,7 @@ def fe55_verdict(
     image_level_sigma: float = 0.0,
     uncorrected_shift: float = 0.0,
     line_significance: float = np.inf,
+    trail: tuple[tuple[float, float], tuple[float, float]] = ((0.0, np.inf), (0.0, np.inf)),
 ) -> str:
     """Why a fitted gain cannot be trusted: ``"ok"`` or the reasons, joined by ``"; "``.
 
@@ -1181,7 +1253,10 @@ def fe55_verdict(
     configuration does not subtract it (``pedestal="none"``), judged against half of
     ``max_gain_rel_err``; with the precision, the significance of the line the fit started on
     (``min_line_significance``: a line weaker than that on its own was found through the
-    sensor's other taps, or is a bump of the continuum).
+    sensor's other taps, or is a bump of the continuum); and ``trail``, the one-sided charge
+    beyond the signal box along x and y as ``(fraction of the peak, standard error)``
+    (`charge_trail`; ``max_trail_fraction`` at ``min_trail_significance``: charge the event
+    sums miss, so the peak is low and the gain high by as much).
     """
     reasons = []
     if fit.n_kalpha < config.min_kalpha_events:
@@ -1205,6 +1280,15 @@ def fe55_verdict(
         reasons.append(
             f"imaging area {image_level_sigma:+.1f} sigma off the bias: wrong bias region"
         )
+    for axis, (fraction, err) in zip("xy", trail, strict=True):
+        if (
+            abs(fraction) > config.max_trail_fraction
+            and abs(fraction) > config.min_trail_significance * err
+        ):
+            reasons.append(
+                f"charge trail beyond the signal box along {axis}: {100 * fraction:+.1f} % "
+                f"+- {100 * err:.1f} % of the peak (deferred charge or transfer loss)"
+            )
     if abs(uncorrected_shift) > 0.5 * config.max_gain_rel_err:
         reasons.append(
             f"bias off the imaging area's zero, not subtracted: peak moved "
@@ -1320,6 +1404,8 @@ def _prepare_amp(raw: np.ndarray, amp: AmpGeometry, config: Fe55Config) -> _Prep
         n_candidates=candidates.n_candidates,
         n_rejected_isolation=int(np.sum(~isolated)),
         n_rejected_grade=0,
+        trail_x_adu=candidates.trail_x_adu[isolated],
+        trail_y_adu=candidates.trail_y_adu[isolated],
     )
     return _prepared(
         amp.name,
@@ -1344,15 +1430,7 @@ def _prepared(amp: str, isolated: Fe55Events, config: Fe55Config, **levels: floa
     the remaining `_PreparedAmp` fields (bias, noise, pedestal, box noise).
     """
     graded = np.isin(isolated.grade, config.grades)
-    events = Fe55Events(
-        y_pix=isolated.y_pix[graded],
-        x_pix=isolated.x_pix[graded],
-        signal_adu=isolated.signal_adu[graded],
-        grade=isolated.grade[graded],
-        n_candidates=isolated.n_candidates,
-        n_rejected_isolation=isolated.n_rejected_isolation,
-        n_rejected_grade=int(np.sum(~graded)),
-    )
+    events = isolated.select(graded, n_rejected_grade=int(np.sum(~graded)))
     box_noise = levels["box_noise_adu"]
     located = isolated.signal_adu[isolated.signal_adu > 0]
     if located.size < 5:
@@ -1475,12 +1553,14 @@ def _finish_amp(
     peak_err = float(np.hypot(max(fit.peak_err_adu, resampled_sigma), peak_bias_err))
     gain_err = gain * peak_err / fit.peak_adu
     sigma_expected = expected_sigma(fit.peak_adu)
-    bias_checks = {
+    checks = {
         "image_level_sigma": prepared.image_level_sigma,
         "uncorrected_shift": 0.0
         if config.pedestal == "image"
         else pedestal * box_pixels / fit.peak_adu,
     }
+    trail = charge_trail(events, fit.peak_adu, sigma_expected)
+    checks["trail"] = trail
     verdict = fe55_verdict(
         fit,
         expected_sigma_adu=sigma_expected,
@@ -1488,7 +1568,7 @@ def _finish_amp(
         unstable_fraction=unstable,
         line_significance=line_significance,
         config=config,
-        **bias_checks,
+        **checks,
     )
     sound = (
         fe55_verdict(
@@ -1497,7 +1577,7 @@ def _finish_amp(
             gain_rel_err=None,
             unstable_fraction=unstable,
             config=config,
-            **bias_checks,
+            **checks,
         )
         == "ok"
     )
@@ -1535,7 +1615,47 @@ def _finish_amp(
         trusted=verdict == "ok",
         verdict=verdict,
         fit_sound=sound,
+        trail_fraction_x=trail[0][0],
+        trail_fraction_y=trail[1][0],
+        trail_err_x=trail[0][1],
+        trail_err_y=trail[1][1],
     )
+
+
+def charge_trail(
+    events: Fe55Events, peak_adu: float, sigma_adu: float
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Mean one-sided charge beyond the signal box of the K-alpha events, over the peak.
+
+    The events within 2 ``sigma_adu`` of the fitted peak; per axis the 4-sigma-clipped mean
+    of their one-sided band charge (`dcflow.stages.xray_events.trail_bands`; clipped about
+    the median with the MAD-based sigma: an unrelated X-ray in a band is an outlier of
+    hundreds of ADU either way, one event in ten on a dense exposure, while a trail shifts
+    every event) and its standard
+    error, both over ``peak_adu``. ``(0, inf)`` per axis when the trails were not measured
+    or fewer than 5 events have them.
+
+    Returns
+    -------
+    tuple
+        ``((fraction_x, err_x), (fraction_y, err_y))``.
+    """
+    if events.trail_x_adu is None or events.trail_y_adu is None:
+        return (0.0, np.inf), (0.0, np.inf)
+    near = np.abs(events.signal_adu - peak_adu) < 2.0 * sigma_adu
+    result = []
+    for trail in (events.trail_x_adu[near], events.trail_y_adu[near]):
+        trail = trail[np.isfinite(trail)]
+        if trail.size < 5:
+            result.append((0.0, np.inf))
+            continue
+        clipped = sigma_clip(
+            trail, sigma=4.0, maxiters=10, stdfunc="mad_std", masked=False, axis=None
+        )
+        kept = clipped[np.isfinite(clipped)]
+        err = float(np.std(kept)) / np.sqrt(kept.size)
+        result.append((float(np.mean(kept)) / peak_adu, err / peak_adu))
+    return result[0], result[1]
 
 
 def _resampled_peak_spread(
@@ -1712,6 +1832,12 @@ def pool_exposures(
             n_rejected_isolation=n_candidates
             - int(sum(int(t["n_isolated"][j]) for t in gain_tables)),
             n_rejected_grade=0,
+            **{
+                name: np.concatenate([np.asarray(p[name], float) for p in parts])
+                if all(name in t.colnames for t in event_tables)
+                else None
+                for name in ("trail_x_adu", "trail_y_adu")
+            },
         )
         prepared.append(
             _prepared(

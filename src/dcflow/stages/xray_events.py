@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from dcflow.errors import InputDataError
 
-__all__ = ["GOOD_GRADES", "XrayEvents", "asca_grades", "find_xray_events"]
+__all__ = ["GOOD_GRADES", "XrayEvents", "asca_grades", "find_xray_events", "trail_bands"]
 
 GOOD_GRADES = (0, 2, 3, 4, 6)
 """ASCA grades of compact events whose charge is whole (single, split and L/square)."""
@@ -56,6 +56,11 @@ class XrayEvents:
         threshold (bool).
     n_candidates : int
         Local maxima above the detection threshold away from the edges.
+    trail_x_adu, trail_y_adu : numpy.ndarray
+        Charge in a band of ``trail_length_pix`` pixels just beyond the isolation box on the
+        +x (+y) side, minus the same band on the -x (-y) side (ADU; NaN where a band leaves
+        the image): a charge cloud and unrelated X-rays are symmetric on average, a
+        deferred-charge or transfer-inefficiency trail is one-sided (`trail_bands`).
     """
 
     y_pix: np.ndarray
@@ -67,6 +72,8 @@ class XrayEvents:
     grade: np.ndarray
     isolated: np.ndarray
     n_candidates: int
+    trail_x_adu: np.ndarray
+    trail_y_adu: np.ndarray
 
 
 def asca_grades(above: np.ndarray) -> np.ndarray:
@@ -117,6 +124,45 @@ def asca_grades(above: np.ndarray) -> np.ndarray:
     return grade
 
 
+def trail_bands(
+    image_adu: np.ndarray,
+    y_pix: np.ndarray,
+    x_pix: np.ndarray,
+    *,
+    box_half_pix: int,
+    length_pix: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided charge beyond each event's signal box, along x and along y (ADU).
+
+    Along x: the sum of the rows ``y - h .. y + h`` over columns ``x + h + 1 .. x + h + L``
+    minus the sum over ``x - h - L .. x - h - 1`` (``h = box_half_pix``, ``L = length_pix``);
+    along y the same with rows and columns exchanged. Charge that a transfer leaves behind
+    trails away from the amplifier's read direction and out of the box, where the event's
+    signal sum misses it; the difference of the two sides keeps it and cancels the charge
+    cloud's symmetric wings, the pedestal and, on average, unrelated X-rays in the bands.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(trail_x_adu, trail_y_adu)``, NaN where a band leaves the image.
+    """
+    image = np.asarray(image_adu, dtype=float)
+    h, length = box_half_pix, length_pix
+    reach = h + length
+    padded = np.pad(image, reach, constant_values=np.nan)
+    y = np.asarray(y_pix, dtype=int) + reach
+    x = np.asarray(x_pix, dtype=int) + reach
+    across = np.arange(-h, h + 1)
+    beyond = np.arange(h + 1, reach + 1)
+
+    def band(dy, dx):
+        return padded[y[:, None, None] + dy, x[:, None, None] + dx].sum(axis=(1, 2))
+
+    trail_x = band(across[:, None], beyond[None, :]) - band(across[:, None], -beyond[None, :])
+    trail_y = band(beyond[:, None], across[None, :]) - band(-beyond[:, None], across[None, :])
+    return trail_x, trail_y
+
+
 def find_xray_events(
     image_adu: np.ndarray,
     *,
@@ -124,6 +170,7 @@ def find_xray_events(
     split_threshold_adu: float,
     isolation_radius_pix: int = 3,
     isolation_box_half_pix: int = 1,
+    trail_length_pix: int = 5,
 ) -> XrayEvents:
     """Find X-ray event candidates, sum their charge and grade their pattern.
 
@@ -145,6 +192,9 @@ def find_xray_events(
     isolation_box_half_pix : int
         Half-width of the box left out of the isolation test (1: the 3 x 3 core, 2: the
         5 x 5 box), below ``isolation_radius_pix``.
+    trail_length_pix : int
+        Length of the bands beyond that box in which the one-sided trail is measured
+        (pixels, `trail_bands`).
 
     Returns
     -------
@@ -198,6 +248,7 @@ def find_xray_events(
     outer = stamps.copy()
     h = isolation_box_half_pix
     outer[:, c - h : c + h + 1, c - h : c + h + 1] = -np.inf
+    trail_x, trail_y = trail_bands(image, y, x, box_half_pix=h, length_pix=trail_length_pix)
     return XrayEvents(
         y_pix=y,
         x_pix=x,
@@ -210,4 +261,6 @@ def find_xray_events(
         if len(y)
         else np.zeros(0, dtype=bool),
         n_candidates=int(y.size),
+        trail_x_adu=trail_x,
+        trail_y_adu=trail_y,
     )
