@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "dcflow.orchestration"
 
 LAYERS = (
-    {"campaign_files"},
+    {"campaign_files", "snakemake_main"},
     {"profiles", "catalogs", "settle"},
     {"snakemake_cli", "prepare", "cancel"},
     {"run", "plan_status", "ping"},
