@@ -700,9 +700,7 @@ class Fe55Result:
             )
             for a in self.amps
         ]
-        dtype = ((str,) + (float,) * 19 + (int, int, int, int, float, float, bool, str, bool)) + (
-            float,
-        ) * 4
+        dtype = (str,) + (float,) * 19 + (int,) * 4 + (float, float, bool, str, bool) + (float,) * 4
         table = Table(rows=rows or None, names=names, dtype=dtype)
         table.meta["NUNTRUST"] = sum(not a.trusted for a in self.amps)
         return table
@@ -1553,14 +1551,14 @@ def _finish_amp(
     peak_err = float(np.hypot(max(fit.peak_err_adu, resampled_sigma), peak_bias_err))
     gain_err = gain * peak_err / fit.peak_adu
     sigma_expected = expected_sigma(fit.peak_adu)
+    trail = charge_trail(events, fit.peak_adu, sigma_expected)
     checks = {
         "image_level_sigma": prepared.image_level_sigma,
         "uncorrected_shift": 0.0
         if config.pedestal == "image"
         else pedestal * box_pixels / fit.peak_adu,
+        "trail": trail,
     }
-    trail = charge_trail(events, fit.peak_adu, sigma_expected)
-    checks["trail"] = trail
     verdict = fe55_verdict(
         fit,
         expected_sigma_adu=sigma_expected,
@@ -1631,9 +1629,8 @@ def charge_trail(
     of their one-sided band charge (`dcflow.stages.xray_events.trail_bands`; clipped about
     the median with the MAD-based sigma: an unrelated X-ray in a band is an outlier of
     hundreds of ADU either way, one event in ten on a dense exposure, while a trail shifts
-    every event) and its standard
-    error, both over ``peak_adu``. ``(0, inf)`` per axis when the trails were not measured
-    or fewer than 5 events have them.
+    every event) and its standard error, both over ``peak_adu``. ``(0, inf)`` per axis when
+    the trails were not measured or fewer than 5 events have them.
 
     Returns
     -------
