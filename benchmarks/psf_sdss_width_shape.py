@@ -30,9 +30,11 @@ times lower). A Moffat's width depends on the weights by 0.5-1.2 %, i.e. 4-11 mm
 width, 2.8 at the own width (above S/N 400, 22 stars: 3.4 and 2.1; real fraction 0.77 +-
 0.11). The width part, ~4.3 mmag, is what ``psf_flux_width: local`` removes. The 2-3 mmag left
 rises with flux only among the brightest (per dex of S/N: 1.9 +- 2.1 mmag above S/N 150, 4.7
-+- 1.7 above 200, 8.8 +- 2.7 above 400); it is not spatial (a plane in x, y per filter: F-test
-p = 0.4-0.8), nor colour (-0.7 +- 1.2 mmag per mag of g - r), nor column flat-field structure
-(the sky's column pattern, 0.1-0.35 % in g r i z, predicts 0.1-0.8 mmag of it). The brightest
++- 1.7 above 200, 8.8 +- 2.7 above 400). Measured apart from this script: it is not spatial
+(a plane in x, y per filter: F-test p = 0.4-0.8), nor colour (-0.7 +- 1.2 mmag per mag of
+g - r), nor pixel phase (the stars' widths against |phase_x|, |phase_y|: within 1.7 sigma in
+every filter), nor column flat-field structure (the sky's column pattern, 0.1-0.35 % in g r i
+z, predicts 0.1-0.8 mmag of it). The brightest
 u and g stars fit 0.6-0.8 % wider than S/N 100-400 stars with the core masked and not wider
 with the wings masked: their wings hold relatively more light, which inverse-variance weights
 (a bright star's wings are the pixels its own Poisson noise does not swamp) make them fit.
