@@ -11,6 +11,7 @@ import shlex
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from snakemake_interface_common.exceptions import WorkflowError
@@ -24,6 +25,7 @@ from dcflow.ledger import read_benchmark
 from dcflow.remote_jobs import comma_safe_job_exec, requote_file_args, shell_safe_job_exec
 from dcflow.states import JobState
 from snakemake_executor_plugin_gridengine import ExecutorSettings
+from snakemake_executor_plugin_gridengine import tracker as tracker_module
 from snakemake_executor_plugin_gridengine.reattach import (
     DriverMarker,
     Submission,
@@ -41,6 +43,7 @@ from snakemake_executor_plugin_gridengine.status import (
     parse_memory_mb,
     parse_qacct,
     parse_qstat_xml,
+    started_on_host,
     unreported_tasks,
 )
 from snakemake_executor_plugin_gridengine.submit import (
@@ -50,6 +53,7 @@ from snakemake_executor_plugin_gridengine.submit import (
     h_vmem_per_slot_mb,
     job_log_path,
     job_name,
+    job_script,
     native_args,
     noop_exec,
     parse_qsub_terse,
@@ -70,6 +74,52 @@ def test_unreported_tasks_are_the_dispatched_jobs_no_execd_reported():
     assert unreported_tasks(text, ["12", "14.1", "14.8", "99"]) == {"12"}
     assert unreported_tasks(text, ["14.9"]) == {"14.9"}  # no usage line: not reported either
     assert unreported_tasks("", ["12"]) == set()  # ended meanwhile: qstat -j lists nothing
+
+
+def _started_log(tmp_path: Path, job_id: str, task: str) -> Path:
+    """The log a job script writes on its host (`job_script`), run by sh as Grid Engine would."""
+    log = tmp_path / "logs" / f"{job_id}.{task}.log"
+    script = job_script("#!/bin/sh\n{properties}\n{exec_job}\n", "", "true", log, 1)
+    env = {**os.environ, "JOB_ID": job_id, "SGE_TASK_ID": task}
+    subprocess.run(["sh", "-c", script], env=env, check=True)
+    return log
+
+
+def test_started_on_host_finds_its_own_job_in_the_log_its_script_writes(tmp_path):
+    """Plain jobs run with SGE_TASK_ID "undefined"; an earlier attempt's line (another job
+    id, or another task of the same array) does not count."""
+    plain = _started_log(tmp_path, "12", "undefined").read_text()
+    assert started_on_host(plain, "12")
+    assert not started_on_host(plain, "1") and not started_on_host(plain, "120")
+    task = _started_log(tmp_path, "14", "3").read_text()
+    assert started_on_host(task, "14.3")
+    assert not started_on_host(task, "14.30") and not started_on_host(task, "14.1")
+    assert not started_on_host("", "12")
+
+
+def test_a_job_its_host_ran_is_waited_for_not_deleted_when_its_end_is_reported_late(
+    tmp_path, monkeypatch
+):
+    """After a qmaster restart sge_execd holds back the end of DRMAA jobs for 600 s: a job
+    shorter than load_report_time then shows no usage (recorded ``qstat -j 12``: vmem=N/A).
+    Past the grace, the one whose log shows it started is kept; the one with no log (never
+    reached its execd) is deleted as lost."""
+    text = (RECORDED / "qstat_j_undelivered.txt").read_text()
+    monkeypatch.setattr(tracker_module, "run_command", lambda *a, **k: SimpleNamespace(stdout=text))
+    deleted: list[set[str]] = []
+    monkeypatch.setattr(tracker_module, "cancel_jobs", lambda ids: deleted.append(set(ids)))
+
+    def submission(log: Path) -> Submission:
+        return Submission("12", "r", ("out",), str(log), "dcflow-*", "drmaa")
+
+    started = submission(_started_log(tmp_path, "12", "undefined"))
+    ran = tracker_module.StatusTracker(None, "dcflow-*", unreported_grace_s=0.0)
+    ran._delete_unreported({"12": "r"}, {"12": started})
+    assert deleted == [] and ran.lost == {} and ran.reported == {"12"}
+
+    never = tracker_module.StatusTracker(None, "dcflow-*", unreported_grace_s=0.0)
+    never._delete_unreported({"12": "t"}, {"12": submission(tmp_path / "absent.log")})
+    assert deleted == [{"12"}] and "no report from its execution host" in never.lost["12"]
 
 
 def test_qstat_mixed_states_recorded():

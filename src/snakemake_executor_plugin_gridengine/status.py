@@ -43,8 +43,10 @@ __all__ = [
     "parse_qacct",
     "parse_qstat_xml",
     "query_states",
+    "read_log",
     "read_log_tail",
     "run_command",
+    "started_on_host",
     "unreported_tasks",
 ]
 
@@ -330,6 +332,35 @@ def unreported_tasks(text: str, job_ids: Iterable[str]) -> set[str]:
         if number in usage and usage[number].get(task or "1", "N/A") == "N/A":
             unreported.add(jid)
     return unreported
+
+
+def started_on_host(log_text: str, job_id: str) -> bool:
+    """Whether a job's log holds the line its script writes first on its host (`job_script`).
+
+    Tells a job that ran but whose end Grid Engine has not reported (after a qmaster restart
+    sge_execd holds back for 600 s the end of jobs of a DRMAA or ``qsub -sync`` session, and a
+    job shorter than ``load_report_time`` shows no usage meanwhile) from one its execd never
+    ran (no line).
+
+    Parameters
+    ----------
+    log_text : str
+        The job's log (appended to by every attempt of the same job).
+    job_id : str
+        ``"<job>"`` or array task ``"<job>.<task>"``.
+    """
+    number, _, task = job_id.partition(".")
+    task_pattern = re.escape(task) if task else r"\S*"
+    header = rf"^== gridengine job {re.escape(number)} task {task_pattern} on "
+    return re.search(header, log_text, flags=re.MULTILINE) is not None
+
+
+def read_log(path: str) -> str:
+    """A job's whole log ("" when it does not exist)."""
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def read_log_tail(path: str, n_bytes: int = 4096) -> str:

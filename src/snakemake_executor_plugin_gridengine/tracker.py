@@ -31,7 +31,9 @@ from .status import (
     accounting_records,
     native_states,
     query_states,
+    read_log,
     run_command,
+    started_on_host,
     unreported_tasks,
 )
 
@@ -121,7 +123,7 @@ class StatusTracker:
             outcomes.update(found)
             live.update({jid: o.native for jid, o in found.items() if not o.finished})
         self._add_accounting_reasons(own, outcomes)
-        self._delete_unreported(live)
+        self._delete_unreported(live, active)
         for jid, outcome in outcomes.items():
             if jid in self.lost and outcome.finished:
                 outcomes[jid] = replace(outcome, state=JobState.FAILED, lost=self.lost.pop(jid))
@@ -149,11 +151,13 @@ class StatusTracker:
                 gone[jid] = active[jid]
         return gone
 
-    def _delete_unreported(self, live: Mapping[str, str]) -> None:
+    def _delete_unreported(self, live: Mapping[str, str], active: Mapping[str, Submission]) -> None:
         """Delete the jobs dispatched for `unreported_grace_s` that no execd has reported.
 
         ``live``: native states of the active jobs still in ``qstat``. Each job is looked up
         (one ``qstat -j`` for all due) until its execd is seen reporting it, then never again.
+        A job with no usage whose log shows it started on its host ran: its end is only
+        reported late (after a qmaster restart), and it is waited for, never deleted.
         """
         now = time.monotonic()
         for jid in set(self.dispatched_since) - live.keys():
@@ -171,6 +175,7 @@ class StatusTracker:
         numbers = sorted({jid.partition(".")[0] for jid in due}, key=int)
         text = run_command(["qstat", "-j", ",".join(numbers)], ok_codes=(0, 1)).stdout
         silent = unreported_tasks(text, due)
+        silent -= {jid for jid in silent if started_on_host(read_log(active[jid].log), jid)}
         self.reported.update(set(due) - silent)
         if not silent:
             return
