@@ -13,10 +13,12 @@ truncated, one with an all-NaN amplifier, one missing a header keyword):
    its main process only (its shard Snakemakes left alive), one shard Snakemake SIGKILLed, the
    output disk full (ENOSPC) for ``--enospc-seconds`` (a size-limited tmpfs mounted by the
    benchmark as root, filled with a ballast file); on Grid Engine ``sge_execd`` stopped for
-   60 s and ``sge_qmaster`` restarted (under ``flock /tmp/ge.lock``, state restored). After a
-   driver kill, ``dcflow run --sharded`` again; at the end ``dcflow rerun --failed``
-   (``--include-class transient_io`` once the disk has room again) and ``dcflow run --sharded``
-   until nothing but the corrupted inputs' tiles is left.
+   60 s and ``sge_qmaster`` restarted (under ``flock /tmp/ge.lock``, state restored; after the
+   restart sge_execd holds back the end of DRMAA jobs for 600 s, its delayed job reporting, which
+   the chaos wall time then includes). After a driver kill, ``dcflow run --sharded`` again;
+   at the end ``dcflow rerun --failed`` (``--include-class transient_io`` once the disk has
+   room again) and ``dcflow run --sharded`` until nothing but the corrupted inputs' tiles is
+   left.
 
 Then it prints the table of issue 20: duplicated successful runs, duplicate submissions of a
 job (two live attempts of one job at once), outputs lost or partial against the reference
