@@ -47,7 +47,7 @@ def campaign(tmp_path_factory):
     assert ingest_campaign(config_path).rejected == ()
     # only the alert products and what they are made from: the Object measurement, forced
     # photometry, validation and catalog loads of this campaign are no test's subject here
-    # (test_workflow runs them), and skipping them saves a quarter of the run's CPU
+    # (test_workflow runs them), and skipping them saves over a third of the run's CPU
     code = run_workflow(config_path, "--until", "dia_association")
     layout = Layout.from_config(load_config(config_path))
     truth_path = layout.path("truth", instrument="cfht_sim")
