@@ -164,7 +164,9 @@ def test_real_lab_frames_enter_through_ingest_and_survive_the_run(tmp_path):
         tmp_path,
         {"name": "esis1lab", "instrument": "esis1"},
         fe55={"camera": "esis1"},
-        fe55_gain={"kalpha_yield_e": 1602.3},
+        # a few bootstrap resamples, not the default 30 (test_fe55_real's subject): each
+        # resample of the four taps costs ~1 s of CPU, in fe55_gain and again in fe55_summary
+        fe55_gain={"kalpha_yield_e": 1602.3, "resamples": 6},
     )
     with pytest.raises(InputMissingError, match=r"no raw file under the input root"):
         ingest_campaign(config_path)  # the lab's names fit no simulated template

@@ -877,17 +877,29 @@ def line_model(edges_adu: np.ndarray, params: np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``(n,)`` expected counts integrated over each bin.
     """
-    n_alpha, peak, sigma, ratio, shelf, background = params
-    # both lines in one (2, n + 1) array: the fit calls this ~10^4 times on a few dozen bins,
-    # where numpy's per-call overhead, not the arithmetic, sets the cost (1.5x faster, measured)
-    z = (edges_adu - np.array([[peak], [peak * _KBETA_OVER_KALPHA]])) / sigma
+    edges = np.asarray(edges_adu, dtype=float)
+    return _binned_line_model(edges, edges[1:] - edges[:-1], params)
+
+
+def _binned_line_model(edges: np.ndarray, widths: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """`line_model` over ``edges`` whose bin widths the caller computed once.
+
+    The fit calls this ~10^4 times per fit on a few dozen bins, where numpy's per-call
+    overhead, not the arithmetic, sets the cost: both lines share one (2, n + 1) array (1.5x
+    faster, measured), and differences are slices rather than ``np.diff`` calls (the same
+    arithmetic, so the same values to the last bit).
+    """
+    # as Python floats: numpy scalars cost more per operation, for the same arithmetic
+    n_alpha, peak, sigma, ratio, shelf, background = np.asarray(params, dtype=float).tolist()
+    z = (edges - np.array([[peak], [peak * _KBETA_OVER_KALPHA]])) / sigma
     cdf = ndtr(z)
-    steps = np.diff(cdf, axis=1)
+    steps = cdf[:, 1:] - cdf[:, :-1]
     # the shelf: differences of the antiderivative in x of ndtr(-(x - peak) / sigma)
-    shelf_steps = np.diff(sigma * (z - (z * cdf + np.exp(-0.5 * z * z) / _SQRT_2PI)), axis=1)
+    shelf_cdf = sigma * (z - (z * cdf + np.exp(-0.5 * z * z) / _SQRT_2PI))
+    shelf_steps = shelf_cdf[:, 1:] - shelf_cdf[:, :-1]
     lines = n_alpha * (steps[0] + ratio * steps[1])
     shelves = shelf * (shelf_steps[0] + ratio * shelf_steps[1])
-    return lines + shelves + background * np.diff(edges_adu)
+    return lines + shelves + background * widths
 
 
 @dataclass(frozen=True, slots=True)
@@ -1075,9 +1087,11 @@ def fit_kalpha_peak(
         (0.0, 20.0),
     ]
 
+    widths = edges[1:] - edges[:-1]
+
     def nll(u: np.ndarray) -> float:
-        mu = np.maximum(line_model(edges, u * scale), 1e-12)
-        return float(np.sum(mu - counts * np.log(mu)))
+        mu = np.maximum(_binned_line_model(edges, widths, u * scale), 1e-12)
+        return float((mu - counts * np.log(mu)).sum())
 
     best = None
     # the likelihood of a few dozen events has local minima (a wide line swallowing the

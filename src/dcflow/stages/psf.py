@@ -295,7 +295,11 @@ class MoffatPsf:
         j = np.arange(-half_size, half_size + 1, dtype=float)
         dx = j[None, None, None, :] - phases[None, :, None, None]
         dy = j[None, None, :, None] - phases[:, None, None, None]
-        value, d_dx0, d_dy0 = self.pixel_value_and_gradient(dx, dy)
+        # one row of phases at a time: the subsampled grid of all of them at once is
+        # (n_phase + 1)^2 (2h + 1)^2 subsample^2 values per temporary (20 M for h = 35), so
+        # memory traffic, not arithmetic, sets the cost; the values are the same to the bit
+        rows = [self.pixel_value_and_gradient(dx[0], dy[k]) for k in range(n_phase + 1)]
+        value, d_dx0, d_dy0 = (np.stack(parts) for parts in zip(*rows, strict=True))
         return PsfPhaseTable(
             table=value, d_dx0=d_dx0, d_dy0=d_dy0, half_size=half_size, n_phase=n_phase
         )
