@@ -35,9 +35,10 @@ Usage: ``.venv/bin/python benchmarks/chaos.py [--backend local|sge|dirac] [--see
 [--visits-per-filter 6] [--job-seconds 2] [--workdir DIR]``; ``sge`` needs
 ``source $DCFLOW_RUN_DIR/gridengine/env.sh``; ``dirac`` reads ``$DCFLOW_RUN_DIR/dirac/env.sh``
 (scripts/dirac-up) and restarts the shared DIRAC's services once: run it at a smaller scale
-(``--visits-per-filter 2 --ccds 1 --tracts 1``); a pilot kill needs its StalledJobAgent (left
+(``--visits-per-filter 1 --ccds 1 --tracts 1``); a pilot kill needs its StalledJobAgent (left
 out, and said so, otherwise). ``--faults kill_pilot,dirac_service`` injects only the timed
-faults named. ENOSPC needs root (skipped, and said so, otherwise).
+faults named; ``--visits-per-filter 0`` runs the sensor (Fe55) shard alone, ``--fail-rate 0``
+fails no job on purpose. ENOSPC needs root (skipped, and said so, otherwise).
 """
 
 from __future__ import annotations
@@ -414,10 +415,10 @@ def draw_job_faults(
 ) -> dict:
     """``rate`` of the tiles fail once: a random exit code or out of memory; {(rule,tile): mode}.
 
-    ``memory_mode``: ``vmem`` on Grid Engine (a real allocation past h_vmem), ``memory``
-    (a MemoryError raised) where no limit is set.
+    At least two when ``rate`` is above 0, none at 0. ``memory_mode``: ``vmem`` on Grid Engine
+    (a real allocation past h_vmem), ``memory`` (a MemoryError raised) where no limit is set.
     """
-    n = max(2, round(rate * len(tiles)))
+    n = max(2, round(rate * len(tiles))) if rate > 0 else 0
     chosen = rng.sample(tiles, min(n, len(tiles)))
     faults = {}
     for i, tile in enumerate(chosen):
