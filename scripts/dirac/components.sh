@@ -50,7 +50,11 @@ wait_port() {
 }
 
 # start NAME DIRAC_ROOT CMD...: run CMD in its own session (its pid is its process group id),
-# with DIRAC's environment, and record the pid and its start time.
+# with DIRAC's environment, and record the pid and its start time. DIRACSYSCONFIG is dropped:
+# a caller that sourced env.sh (dirac-restart from benchmarks/chaos.py, an operator) would
+# otherwise give the component the client's configuration (UseServerCertificate = no), and a
+# restarted JobManager then calls OptimizationMind with the user's proxy, is refused, and new
+# jobs wait in Received for the optimizers' 5-minute reload.
 start() {
     local name=$1 root=$2
     shift 2
@@ -60,7 +64,7 @@ start() {
     mkdir -p "$root/work"
     (
         cd "$root/work"
-        exec setsid env DCFLOW_DIRAC_LOOPBACK=1 DIRAC_ROOT_PATH="$root" X509_CERT_DIR="$CERTS/certificates" \
+        exec setsid env -u DIRACSYSCONFIG DCFLOW_DIRAC_LOOPBACK=1 DIRAC_ROOT_PATH="$root" X509_CERT_DIR="$CERTS/certificates" \
             X509_USER_PROXY="$PROXY" PATH="$VENV/bin:$PATH" "$@" >"$LOGS/$name.log" 2>&1 </dev/null
     ) &
     local pid=$!
