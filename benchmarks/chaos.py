@@ -15,10 +15,15 @@ truncated, one with an all-NaN amplifier, one missing a header keyword):
    benchmark as root, filled with a ballast file); on Grid Engine ``sge_execd`` stopped for
    60 s and ``sge_qmaster`` restarted (under ``flock /tmp/ge.lock``, state restored; after the
    restart sge_execd holds back the end of DRMAA jobs for 600 s, its delayed job reporting, which
-   the chaos wall time then includes). After a driver kill, ``dcflow run --sharded`` again;
-   at the end ``dcflow rerun --failed`` (``--include-class transient_io`` once the disk has
-   room again) and ``dcflow run --sharded`` until nothing but the corrupted inputs' tiles is
-   left.
+   the chaos wall time then includes); on DIRAC
+   running jobs killed through the WMS (an operator's kill), a pilot SIGKILLed with the job it
+   runs (its JobAgent and everything below; the pilot loop starts a new one, the StalledJobAgent
+   marks the orphaned job Stalled) and the DIRAC services restarted (``scripts/dirac-restart
+   services`` under ``flock /tmp/dirac.lock``: JobManager, Matcher, JobMonitoring, JobStateUpdate,
+   sandboxes... all down for the restart's duration). After a
+   driver kill, ``dcflow run --sharded`` again; at the end ``dcflow rerun --failed``
+   (``--include-class transient_io`` once the disk has room again) and ``dcflow run --sharded``
+   until nothing but the corrupted inputs' tiles is left.
 
 Then it prints the table of issue 20: duplicated successful runs, duplicate submissions of a
 job (two live attempts of one job at once), outputs lost or partial against the reference
@@ -28,10 +33,14 @@ not the corrupted inputs' and corrupted inputs not named in their tile's failure
 against the disk (jobs with a success in the ledger vs jobs whose outputs exist; ``dcflow
 status`` done count vs the same), and the wall time against the reference.
 
-Usage: ``.venv/bin/python benchmarks/chaos.py [--backend local|sge] [--seed 20]
+Usage: ``.venv/bin/python benchmarks/chaos.py [--backend local|sge|dirac] [--seed 20]
 [--visits-per-filter 6] [--job-seconds 2] [--workdir DIR]``; ``sge`` needs
-``source $DCFLOW_RUN_DIR/gridengine/env.sh``. ENOSPC needs root (skipped, and said so,
-otherwise).
+``source $DCFLOW_RUN_DIR/gridengine/env.sh``; ``dirac`` reads ``$DCFLOW_RUN_DIR/dirac/env.sh``
+(scripts/dirac-up) and restarts the shared DIRAC's services once: run it at a smaller scale
+(``--visits-per-filter 1 --ccds 1 --tracts 1``); a pilot kill needs its StalledJobAgent (left
+out, and said so, otherwise). ``--faults kill_pilot,dirac_service`` injects only the timed
+faults named; ``--visits-per-filter 0`` runs the sensor (Fe55) shard alone, ``--fail-rate 0``
+fails no job on purpose. ENOSPC needs root (skipped, and said so, otherwise).
 """
 
 from __future__ import annotations
@@ -408,10 +417,10 @@ def draw_job_faults(
 ) -> dict:
     """``rate`` of the tiles fail once: a random exit code or out of memory; {(rule,tile): mode}.
 
-    ``memory_mode``: ``vmem`` on Grid Engine (a real allocation past h_vmem), ``memory``
-    (a MemoryError raised) where no limit is set.
+    At least two when ``rate`` is above 0, none at 0. ``memory_mode``: ``vmem`` on Grid Engine
+    (a real allocation past h_vmem), ``memory`` (a MemoryError raised) where no limit is set.
     """
-    n = max(2, round(rate * len(tiles)))
+    n = max(2, round(rate * len(tiles))) if rate > 0 else 0
     chosen = rng.sample(tiles, min(n, len(tiles)))
     faults = {}
     for i, tile in enumerate(chosen):
@@ -504,6 +513,132 @@ LOCK_BUSY = 75
 """flock's exit code when /tmp/ge.lock stayed busy (``-E``): the fault was not injected."""
 
 
+def run_dir() -> Path:
+    """Where the shared test services live (``DCFLOW_RUN_DIR``, else the checkout's run/)."""
+    return Path(os.environ.get("DCFLOW_RUN_DIR", str(REPO / "run")))
+
+
+def dirac_env() -> dict[str, str]:
+    """The DIRAC client's environment from ``$DCFLOW_RUN_DIR/dirac/env.sh`` (scripts/dirac-up)."""
+    env_file = run_dir() / "dirac" / "env.sh"
+    if not env_file.is_file():
+        raise SystemExit(f"no DIRAC client environment: {env_file} is missing (scripts/dirac-up)")
+    env = {}
+    for line in env_file.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = value.strip().strip('"')
+    return env
+
+
+def dirac_job_id(pid: int) -> str | None:
+    """The DIRAC job id a payload process runs for (the JobWrapper's ``JOBID``), or None."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"JOBID="):
+            return item.removeprefix(b"JOBID=").decode()
+    return None
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def pilot_of(pid: int) -> int | None:
+    """The private pilot's JobAgent process above a payload process, or None."""
+    while pid > 1:
+        if "WorkloadManagement/JobAgent" in " ".join(_cmdline(pid)):
+            return pid
+        pid = _parent(pid)
+    return None
+
+
+def kill_dirac_job(work: Path, rng: random.Random, what: str) -> bool:
+    """Kill one running job of the campaign on DIRAC.
+
+    ``what``: ``job``, DIRAC's kill of the job (an operator's ``dirac-wms-job-kill``); ``pilot``,
+    SIGKILL of the pilot running it: its JobAgent, JobWrapper and payload all at once, as when
+    a site kills a pilot; DIRAC hears nothing more of the job.
+    """
+    pids = campaign_processes(work, "job")
+    if not pids:
+        return False
+    pid = rng.choice(pids)
+    if what == "job":
+        job_id = dirac_job_id(pid)
+        if job_id is None:
+            return False
+        from snakemake_executor_plugin_dirac.wms import DiracError, DiracWMS
+
+        try:
+            DiracWMS().kill([job_id])
+        except DiracError:
+            return False  # the services are restarting: later
+        return True
+    agent = pilot_of(pid)
+    if agent is None:
+        return False
+    for victim in [agent, *descendants(agent)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    return True
+
+
+def dirac_fault(log) -> int:
+    """Restart the DIRAC services (scripts/dirac-restart services) under /tmp/dirac.lock.
+
+    Returns dirac-restart's exit code, or `LOCK_BUSY` if another restart held the lock for
+    120 s.
+    """
+    done = subprocess.run(
+        ["flock", "-o", "-E", str(LOCK_BUSY), "-w", "120", "/tmp/dirac.lock",
+         str(REPO / "scripts" / "dirac-restart"), "services"],
+        env={**os.environ, "DCFLOW_RUN_DIR": str(run_dir())},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        check=False,
+        timeout=600,
+    )  # fmt: skip
+    return done.returncode
+
+
+def stalled_agent_running() -> bool:
+    """Whether the loopback DIRAC runs its StalledJobAgent (scripts/dirac-up since issue 20).
+
+    Without it a job whose pilot was killed stays Running for good: its driver would wait on
+    it forever.
+    """
+    try:
+        pid, start = (run_dir() / "dirac" / "pids" / "stalled.pid").read_text().split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == start
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def chosen_events(events: list, faults: str | None, backend: str, notes: list) -> list:
+    """The timed faults to inject: those named in ``faults`` (comma-separated; None: all).
+
+    A pilot kill is left out, and said so, when the loopback DIRAC runs no StalledJobAgent.
+    """
+    if faults is not None:
+        wanted = set(faults.split(","))
+        events = [e for e in events if e[1] in wanted]
+    pilots = any(kind == "kill_pilot" for _, kind in events)
+    if backend == "dirac" and pilots and not stalled_agent_running():
+        events = [e for e in events if e[1] != "kill_pilot"]
+        notes.append(
+            "kill_pilot not injected: the loopback DIRAC runs no StalledJobAgent (started "
+            "by an older scripts/dirac-up), so a killed pilot's job would stay Running"
+        )
+    return events
+
+
 def gridengine_fault(kind: str, log) -> int:
     """Stop sge_execd for 60 s, or restart sge_qmaster, under /tmp/ge.lock (8 slots restored).
 
@@ -512,15 +647,14 @@ def gridengine_fault(kind: str, log) -> int:
     cluster) was busy for 120 s, or gridengine-up's when its check after the restart failed
     (the daemon was stopped and started again all the same).
     """
-    run_dir = Path(os.environ.get("DCFLOW_RUN_DIR", str(REPO / "run")))
-    pids = run_dir / "gridengine"
-    up = f"DCFLOW_GE_SLOTS=8 DCFLOW_RUN_DIR={run_dir} {REPO}/scripts/gridengine-up"
+    pids = run_dir() / "gridengine"
+    up = f"DCFLOW_GE_SLOTS=8 DCFLOW_RUN_DIR={run_dir()} {REPO}/scripts/gridengine-up"
     if kind == "execd":
         script = f"kill $(cat {pids}/sge_execd.pid) && sleep 60 && {up}"
     else:
         script = f"kill $(cat {pids}/sge_qmaster.pid) && sleep 5 && {up}"
     done = subprocess.run(
-        ["flock", "-E", str(LOCK_BUSY), "-w", "120", "/tmp/ge.lock", "bash", "-c", script],
+        ["flock", "-o", "-E", str(LOCK_BUSY), "-w", "120", "/tmp/ge.lock", "bash", "-c", script],
         stdout=log,
         stderr=subprocess.STDOUT,
         check=False,
@@ -564,11 +698,17 @@ def run_reference(root: Path, args, profile: str, env: dict, extra: list[str]):
 def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
     """Reference run, then the chaos run; the table's figures."""
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dcflow-chaos-")).resolve()
-    profile = {"local": "local", "sge": "sge"}[backend]
+    profile = {"local": "local", "sge": "sge", "dirac": "dirac"}[backend]
+    if backend == "dirac":
+        os.environ.update(dirac_env())  # for the chaos's own DIRAC client (its kills) too
     base_env = {**os.environ, "DCFLOW_NOOP_SECONDS": str(args.job_seconds)}
     extra = ["--cores", str(args.cores)] if backend == "local" else []
     out(f"workdir {work}, backend {backend}, seed {args.seed}")
-    ref = run_reference(work / "reference", args, profile, base_env, extra)
+    # The products do not depend on the backend (a noop payload; test_dirac_campaign shows
+    # DIRAC's byte-identical to local): a test may take its reference from the local backend.
+    ref_backend = getattr(args, "reference_backend", None) or backend
+    ref_extra = ["--cores", str(args.cores)] if ref_backend == "local" else []
+    ref = run_reference(work / "reference", args, ref_backend, base_env, ref_extra)
     tiles = sorted(
         {(Path(a["log_path"]).parent.name, Path(a["log_path"]).name.removesuffix(".log"))
          for a in ref["attempts"] if a["log_path"]}
@@ -585,6 +725,8 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
     disk = Disk(root / "output", args.disk_mb)
     result_faults: Counter = Counter()
     notes: list[str] = []
+    if ref_backend != backend:
+        notes.append(f"reference run on {ref_backend}: the wall times are not comparable")
     with disk:
         config = write_campaign(
             root, visits_per_filter=args.visits_per_filter, n_ccds=args.ccds, n_tracts=args.tracts
@@ -601,7 +743,7 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
             memory = mode in ("memory", "vmem")
             result_faults[f"job fails once ({mode})" if memory else "job exits"] += 1
         campaign = Campaign(config, profile, env, extra)
-        horizon = max(ref["wall"], 10.0)
+        horizon = max(getattr(args, "horizon_s", None) or ref["wall"], 10.0)
         events = sorted(
             [(rng.uniform(0.15, 0.35) * horizon, "kill_driver_group"),
              (rng.uniform(0.45, 0.6) * horizon, "kill_driver_main"),
@@ -612,7 +754,11 @@ def run_chaos(args, *, backend: str = "local", out=print) -> ChaosResult:
                for _ in range(max(1, round(args.kill_rate * n_jobs)))]
             + ([(rng.uniform(0.3, 0.6) * horizon, "execd"),
                 (rng.uniform(0.6, 0.9) * horizon, "qmaster")] if backend == "sge" else [])
+            + ([(rng.uniform(0.1, 0.5) * horizon, "kill_pilot"),
+                (rng.uniform(0.5, 0.9) * horizon, "kill_pilot"),
+                (rng.uniform(0.3, 0.7) * horizon, "dirac_service")] if backend == "dirac" else [])
         )  # fmt: skip
+        events = chosen_events(events, getattr(args, "faults", None), backend, notes)
         t0 = time.monotonic()
         campaign.start()
         full_until = None
@@ -727,8 +873,12 @@ def _names_corrupted(tile: dict, corrupted: dict[str, str]) -> bool:
 def fire(kind: str, campaign: Campaign, disk: Disk, rng, backend: str, notes: list) -> bool:
     """Inject one fault now; False if it cannot land yet (nothing running)."""
     driver = campaign.driver
+    if kind == "kill_job" and backend == "dirac":
+        return kill_dirac_job(campaign.work, rng, "job")
     if kind == "kill_job":
         return kill_running_job(campaign.work, rng, backend)
+    if kind == "kill_pilot":
+        return kill_dirac_job(campaign.work, rng, "pilot")
     if kind in ("kill_driver_group", "kill_driver_main"):
         if driver is None or driver.poll() is not None or not snakemakes_below(driver.pid):
             return False
@@ -750,9 +900,16 @@ def fire(kind: str, campaign: Campaign, disk: Disk, rng, backend: str, notes: li
             return True
         disk.fill()
         return True
-    if kind in ("execd", "qmaster"):  # in a thread: the other faults go on meanwhile
+    if kind in ("execd", "qmaster", "dirac_service"):  # in a thread: the others go on meanwhile
 
         def outage() -> None:
+            if kind == "dirac_service":
+                code = dirac_fault(campaign.log)
+                if code == LOCK_BUSY:
+                    notes.append("DIRAC services not restarted: /tmp/dirac.lock busy for 120 s")
+                elif code:
+                    notes.append(f"scripts/dirac-restart services exited {code} (chaos-driver.log)")
+                return
             code = gridengine_fault(kind, campaign.log)
             if code == LOCK_BUSY:
                 notes.append(f"{kind} fault not injected: /tmp/ge.lock busy for 120 s")
@@ -788,7 +945,7 @@ def table_lines(result: ChaosResult) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("local", "sge"), default="local")
+    parser.add_argument("--backend", choices=("local", "sge", "dirac"), default="local")
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--visits-per-filter", type=int, default=6)
     parser.add_argument("--ccds", type=int, default=2)
@@ -801,6 +958,23 @@ def main() -> int:
     parser.add_argument("--disk-mb", type=int, default=64, help="chaos output disk size")
     parser.add_argument("--max-rounds", type=int, default=4, help="rerun/run rounds at most")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument(
+        "--reference-backend",
+        choices=("local", "sge", "dirac"),
+        default=None,
+        help="backend of the fault-free run (default: --backend); its wall time is then "
+        "not comparable",
+    )
+    parser.add_argument(
+        "--faults",
+        default=None,
+        help="comma-separated timed faults to inject (kill_driver_group, kill_driver_main, "
+        "kill_shard, enospc, kill_job, execd, qmaster, kill_pilot, dirac_service; default: "
+        "all of the backend's)",
+    )
+    parser.add_argument(
+        "--horizon-s", type=float, default=None, help="faults land within (default: reference wall)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unmount the disk on the way out
     result = run_chaos(args, backend=args.backend)

@@ -20,6 +20,7 @@ from snakemake_executor_plugin_dirac.status import (
     JobOutcome,
     adoptable_jobs,
     describe_failure,
+    done_on_disk,
     parse_states,
 )
 from snakemake_executor_plugin_dirac.submit import (
@@ -258,3 +259,99 @@ def test_connection_failures_are_retried_other_errors_raised(monkeypatch):
     down = {"OK": False, "Message": "Can't connect to dips://localhost:9130/x"}
     with pytest.raises(wms.DiracError, match="Can't connect"):
         wms._value(lambda: down, "getJobsStates", [1])
+
+
+# ---- jobs done on disk that DIRAC would run again -----------------------------------------------
+
+
+def _outputs(workdir: Path) -> list[str]:
+    """A job's two outputs, written as dcflow writes them: a FITS file and a text file."""
+    import numpy as np
+    from astropy.io import fits
+
+    from dcflow.io import write_fits, write_text
+
+    write_fits(fits.HDUList([fits.PrimaryHDU(np.arange(720.0))]), workdir / "out" / "a.fits")
+    write_text("placeholder\n", workdir / "out" / "b.txt")
+    return ["out/a.fits", "out/b.txt"]
+
+
+def test_done_on_disk_needs_every_output_whole(tmp_path):
+    outputs = _outputs(tmp_path)
+    assert done_on_disk(tmp_path, outputs)
+    assert done_on_disk(tmp_path, [str(tmp_path / o) for o in outputs])
+    assert not done_on_disk(tmp_path, [*outputs, "out/missing.txt"])
+    assert not done_on_disk(tmp_path, [])
+    damaged = bytearray((tmp_path / outputs[0]).read_bytes())
+    damaged[2880 + 100] ^= 0x40  # one data bit: DATASUM disagrees
+    (tmp_path / outputs[0]).write_bytes(bytes(damaged))
+    assert not done_on_disk(tmp_path, outputs)
+
+
+def test_rescheduled_job_done_on_disk_is_reported_done_and_killed(tmp_path, monkeypatch):
+    """DIRAC reschedules a job whose output upload failed after a good payload: the executor
+    reports it done from its whole outputs and kills it, so DIRAC never runs it again. A
+    queued job never rescheduled (whole outputs from an attempt killed while running), a
+    killed one, or one without its outputs, is not taken as done."""
+    import asyncio
+    import types
+
+    import snakemake_executor_plugin_dirac as plugin
+    from snakemake_executor_plugin_dirac import Executor
+
+    done = _outputs(tmp_path)
+    (tmp_path / "bad.fits").write_bytes(b"SIMPLE  = T" + b" " * 100)  # no END: not readable
+    jobs = {  # id: (outcome, outputs, RescheduleCounter)
+        "1": (JobOutcome("1", JobState.SUBMITTED, "Waiting", "Pilot Agent Submission"), done, 1),
+        "2": (JobOutcome("2", JobState.SUBMITTED, "Rescheduled", "Job Rescheduled"), ["x"], 1),
+        "3": (JobOutcome("3", JobState.FAILED, "Failed", "Uploading"), ["bad.fits"], 0),
+        "4": (JobOutcome("4", JobState.RUNNING, "Running", "Application"), done, 1),
+        "5": (JobOutcome("5", JobState.SUBMITTED, "Waiting", "Pilot Agent Submission"), done, 0),
+        "6": (JobOutcome("6", JobState.CANCELLED, "Killed", KILL_MINOR_STATUS), done, 0),
+    }
+    seen = {"success": [], "error": [], "killed": [], "counts asked": []}
+
+    def reschedule_counts(ids):
+        seen["counts asked"].extend(ids)
+        return {i: jobs[i][2] for i in ids}
+
+    class Limiter:
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+    fake = types.SimpleNamespace(
+        workdir=tmp_path,
+        ended_dir=tmp_path / ".snakemake" / "dirac_ended",
+        status_rate_limiter=Limiter(),
+        wms=types.SimpleNamespace(
+            states=lambda ids: {i: jobs[i][0] for i in ids},
+            reschedule_counts=reschedule_counts,
+            kill=lambda ids: seen["killed"].extend(ids),
+        ),
+        logger=types.SimpleNamespace(info=lambda m: None, warning=lambda m: None),
+        report_job_success=lambda info: seen["success"].append(info.external_jobid),
+        report_job_error=lambda info, **kw: seen["error"].append(info.external_jobid),
+    )
+    for name in ("mark_ended", "rescheduled_done_on_disk", "settle_done_on_disk", "kill_quietly"):
+        setattr(fake, name, types.MethodType(getattr(Executor, name), fake))  # the real ones
+    infos = [
+        types.SimpleNamespace(external_jobid=i, job=types.SimpleNamespace(output=o))
+        for i, (_, o, _) in jobs.items()
+    ]
+
+    async def poll():
+        return [i.external_jobid async for i in Executor.check_active_jobs(fake, infos)]
+
+    monkeypatch.setattr(plugin, "tail_of_logs", lambda executor, job_id: (None, ""))
+    still_active = asyncio.run(poll())
+    assert still_active == ["2", "4", "5"]
+    assert seen == {
+        "success": ["1"],
+        "error": ["3", "6"],
+        "killed": ["1"],
+        "counts asked": ["1", "5"],
+    }
+    assert sorted(p.name for p in fake.ended_dir.iterdir()) == ["1", "3", "6"]

@@ -236,9 +236,10 @@ def test_killed_job_fails_and_plain_rerun_redoes_only_it(tmp_path, wms):
     fast_mtime = (tmp_path / "fast.txt").stat().st_mtime_ns
     assert not (tmp_path / "slow.txt").exists()
 
-    # DIRAC carries a kill to the payload at the JobWrapper's next watchdog check (30 min by
-    # default), so the killed attempt may still be running: it keeps holding on its own file
-    # (JOBID is DIRAC's job id in the payload's environment), and only the rerun's attempt goes on.
+    # DIRAC carries a kill to the payload at the JobWrapper's next watchdog check (20 s on the
+    # loopback DIRAC, 30 min by DIRAC's default), so the killed attempt may still be running:
+    # it keeps holding on its own file (JOBID is DIRAC's job id in the payload's environment),
+    # and only the rerun's attempt goes on.
     (tmp_path / f"hold.{job_id}").touch()
     (tmp_path / "hold").unlink()
     try:

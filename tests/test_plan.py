@@ -14,6 +14,7 @@ from test_ledger import toy_workflow
 from dcflow.jobspec import JobSpec
 from dcflow.orchestration.rerun import rerun_targets
 from dcflow.plan import (
+    clear_incomplete_marks,
     incomplete_outputs,
     inventory,
     needrun_jobs,
@@ -129,6 +130,9 @@ def test_inventory_and_incomplete_markers(tmp_path):
         str(tmp_path / long_name),
         str(tmp_path / "out" / "g.txt"),
     }
+    # a job found done unwatched: its marks go (named relative or absolute), the others stay
+    assert clear_incomplete_marks(tmp_path, [str(tmp_path / long_name), "out/nope.txt"]) == 1
+    assert incomplete_outputs(tmp_path) == {str(tmp_path / "out" / "g.txt")}
 
 
 def test_needrun_ignores_missing_intermediates_and_forces_incomplete():

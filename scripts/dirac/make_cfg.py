@@ -36,6 +36,11 @@ QUEUE = "default"
 SANDBOX_SE = "SandboxSE"
 DATA_SE = "DCFLOW-SE"
 CS_PORT = 9135
+WATCHDOG_CYCLE_S = 20
+"""Seconds between a running job's heartbeats (the JobWrapper's watchdog checks; DIRAC's
+default and minimum are 30 and 20 minutes, for jobs of hours). The StalledJobAgent counts in
+these cycles: a Running job without a heartbeat for 2.5 cycles (50 s) turns Stalled."""
+STALLED_AFTER_CYCLES = 2
 
 # (system, service) -> DISET port; the ports are DIRAC's template defaults.
 SERVICES = {
@@ -138,7 +143,18 @@ def _systems(run_dir: Path, db_port: int, db_password: str) -> CFG:
             )
     wms = _template("WorkloadManagement")
     _section(systems, "WorkloadManagement/Executors", contents=wms.getAsCFG("Executors"))
-    _section(systems, "WorkloadManagement/JobWrapper", contents=wms.getAsCFG("JobWrapper"))
+    _section(
+        systems,
+        "WorkloadManagement/JobWrapper",
+        contents=wms.getAsCFG("JobWrapper").mergeWith(_cfg(_watchdog_cycle())),
+    )
+    # StalledTimeHours is a number of watchdog cycles despite its name (plus half a cycle).
+    stalled = wms.getAsCFG("Agents/StalledJobAgent").mergeWith(
+        _cfg(
+            f"PollingTime = 10\nStalledTimeHours = {STALLED_AFTER_CYCLES}\nMaxNumberOfThreads = 2\n"
+        )
+    )
+    _section(systems, "WorkloadManagement/Agents/StalledJobAgent", contents=stalled)
     agent = wms.getAsCFG("Agents/JobAgent").mergeWith(
         _cfg(
             "PollingTime = 1\nStopAfterFailedMatches = 3\nSubmissionDelay = 0\n"
@@ -160,6 +176,11 @@ def _systems(run_dir: Path, db_port: int, db_password: str) -> CFG:
         ),
     )
     return systems
+
+
+def _watchdog_cycle() -> str:
+    """The JobWrapper options that set the heartbeat period (see WATCHDOG_CYCLE_S)."""
+    return f"CheckingTime = {WATCHDOG_CYCLE_S}\nMinCheckingTime = {WATCHDOG_CYCLE_S}\n"
 
 
 def _master(run_dir: Path, db_port: int, db_password: str, user_dn: str, host_dn: str) -> CFG:
@@ -400,6 +421,9 @@ def main(argv: list[str]) -> int:
             "AgentJobRequirements",
             _cfg(f"NumberOfProcessors = {cores}\n"),
         )
+        # The pilots' watchdogs read it locally: the master CS is written once, so a running
+        # DIRAC picks a new period up with `scripts/dirac-restart --config pilot-<n>`.
+        _section(pilot, "Systems/WorkloadManagement/JobWrapper", _cfg(_watchdog_cycle()))
         (pilot_etc / "dirac.cfg").write_text(str(pilot))
     return 0
 

@@ -27,6 +27,7 @@ from dcflow.exposure import Exposure
 __all__ = [
     "atomic_path",
     "check_raw_file",
+    "outputs_whole",
     "read_exposure",
     "read_exposure_set",
     "read_fits",
@@ -137,6 +138,39 @@ def check_raw_file(path: str | os.PathLike, *, required_keys: tuple[str, ...] = 
                 hdu=name,
                 n_nonfinite=int(data.size),
             )
+
+
+def outputs_whole(paths: Sequence[str | os.PathLike]) -> bool:
+    """True when every path exists and each FITS file among them passes its checksums.
+
+    Outputs are written atomically, so one that exists is complete as written; a FITS file's
+    CHECKSUM and DATASUM (`write_fits` writes them) also catch one damaged since. For a job
+    whose batch system did not report success although its payload may have succeeded
+    (DIRAC rescheduling a job whose output sandbox upload failed): whole outputs, which its
+    Snakemake removed before submitting it, mean the job is done.
+    """
+    for path in paths:
+        if os.path.isdir(path):
+            continue
+        try:
+            with open(path, "rb") as f:
+                is_fits = f.read(6) == b"SIMPLE"
+        except OSError:
+            return False
+        if is_fits and not _checksums_verify(path):
+            return False
+    return True
+
+
+def _checksums_verify(path: str | os.PathLike) -> bool:
+    """No HDU's CHECKSUM or DATASUM keyword disagrees with its content (absent ones pass)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            with fits.open(path, memmap=False) as hdus:
+                return all(hdu.verify_checksum() and hdu.verify_datasum() for hdu in hdus)
+    except (OSError, ValueError):
+        return False
 
 
 def read_table(path: str | os.PathLike) -> Table:

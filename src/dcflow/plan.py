@@ -41,6 +41,7 @@ __all__ = [
     "LazyMapping",
     "Plan",
     "StageCount",
+    "clear_incomplete_marks",
     "incomplete_outputs",
     "inventory",
     "needrun_jobs",
@@ -220,6 +221,30 @@ def incomplete_outputs(workdir: str | os.PathLike = ".") -> set[str]:
                 continue  # Snakemake's own files (migration_underway)
             out.add(os.path.normpath(os.path.join(workdir, path)))
     return out
+
+
+def clear_incomplete_marks(workdir: str | os.PathLike, outputs: Sequence[str]) -> int:
+    """Remove Snakemake's "incomplete" marks of ``outputs``; return how many were removed.
+
+    ``outputs`` are relative to ``workdir`` or absolute. For a job known to have ended well
+    while no Snakemake watched it: its outputs, written atomically, are whole, and the marks
+    alone would have it redone.
+    """
+    top = Path(workdir) / ".snakemake" / "incomplete"
+    wanted = {os.path.normpath(os.path.join(workdir, p)) for p in outputs}
+    removed = 0
+    for dirpath, _, filenames in os.walk(top):
+        rel = Path(dirpath).relative_to(top).parts
+        for name in filenames:
+            chunks = [p.removeprefix("@") for p in (*rel, name)]
+            try:
+                path = base64.urlsafe_b64decode("".join(chunks).encode()).decode()
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if os.path.normpath(os.path.join(workdir, path)) in wanted:
+                (Path(dirpath) / name).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def needrun_jobs(

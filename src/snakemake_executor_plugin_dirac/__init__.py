@@ -31,7 +31,7 @@ from dcflow.states import JobState
 
 from .cancel import cancel_jobs
 from .jobs import prepare, submit_batches, tail_of_logs
-from .status import describe_failure
+from .status import REVIVABLE_STATES, JobOutcome, describe_failure, done_on_disk
 from .submit import job_group
 from .wms import DiracError, DiracWMS
 
@@ -174,9 +174,12 @@ class Executor(RemoteExecutor):
             except DiracError as err:
                 self.logger.warning(f"DIRAC state query failed, retrying next cycle: {err}")
                 outcomes = {}
+        done = self.rescheduled_done_on_disk(active_jobs, outcomes)
         for info in active_jobs:
             outcome = outcomes.get(info.external_jobid)
-            if outcome is None or not outcome.finished:
+            if info.external_jobid in done:
+                self.settle_done_on_disk(info, outcome)
+            elif outcome is None or not outcome.finished:
                 yield info
             elif outcome.state is JobState.SUCCEEDED:
                 self.report_job_success(info)
@@ -185,7 +188,62 @@ class Executor(RemoteExecutor):
                 msg = describe_failure(outcome, log_text, log_dir and str(log_dir))
                 logs = [str(p) for p in sorted(log_dir.iterdir()) if p.is_file()] if log_dir else []
                 self.mark_ended([info.external_jobid])
+                if outcome.status in REVIVABLE_STATES:
+                    self.kill_quietly(info.external_jobid, "given up as lost")
                 self.report_job_error(info, msg=msg, aux_logs=logs)
+
+    def rescheduled_done_on_disk(
+        self, active_jobs: list[SubmittedJobInfo], outcomes: dict[str, JobOutcome]
+    ) -> set[str]:
+        """The queued jobs DIRAC rescheduled whose outputs are whole on disk: done.
+
+        DIRAC reschedules a job whose output sandbox upload failed after a good payload (its
+        services restarting, say): the job queues to run again. Its payload ended, and
+        Snakemake removed its outputs before submitting it, so whole outputs (`done_on_disk`)
+        are its own. Only queued jobs with every output on disk are asked about, in one call.
+        A job killed or lost while its payload ran is not taken as done, even with its outputs
+        whole: that payload may still be running, and may yet remove them.
+        """
+        queued = [
+            info.external_jobid
+            for info in active_jobs
+            if (outcome := outcomes.get(info.external_jobid)) is not None
+            and outcome.state is JobState.SUBMITTED
+            and done_on_disk(self.workdir, info.job.output)
+        ]
+        if not queued:
+            return set()
+        try:
+            counts = self.wms.reschedule_counts(queued)
+        except DiracError as err:
+            self.logger.warning(f"DIRAC reschedule counts not known, asking next cycle: {err}")
+            return set()
+        return {job_id for job_id, count in counts.items() if count > 0}
+
+    def settle_done_on_disk(self, info: SubmittedJobInfo, outcome: JobOutcome) -> None:
+        """Report a rescheduled job done from its whole outputs; kill it (see below).
+
+        Killed, DIRAC does not run it again over finished outputs (`rescheduled_done_on_disk`).
+        """
+        job_id = info.external_jobid
+        self.logger.info(
+            f"DIRAC job {job_id} was rescheduled and is {outcome.status}, but its outputs are "
+            "whole on disk: done; killed so that DIRAC does not run it again."
+        )
+        self.mark_ended([job_id])
+        self.kill_quietly(job_id, "done on disk")
+        self.report_job_success(info)
+
+    def kill_quietly(self, job_id: str, why: str) -> None:
+        """Kill a job the executor is finished with that DIRAC could still run.
+
+        A Stalled job turns Running again on a late heartbeat, a rescheduled one runs again
+        when a pilot matches it: killed, the run's own retry or result is the only one.
+        """
+        try:
+            cancel_jobs(self.wms, [job_id])
+        except DiracError as err:
+            self.logger.warning(f"killing DIRAC job {job_id} ({why}): {err}")
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]):
         """Kill every active job with one DIRAC call."""

@@ -8,7 +8,8 @@ mention yet is yielded again, not failed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from dcflow.states import JobState
@@ -16,10 +17,12 @@ from dcflow.states import JobState
 __all__ = [
     "ALIVE_STATES",
     "KILL_MINOR_STATUS",
+    "REVIVABLE_STATES",
     "STATE_MAP",
     "JobOutcome",
     "adoptable_jobs",
     "describe_failure",
+    "done_on_disk",
     "parse_states",
 ]
 
@@ -47,6 +50,28 @@ ALIVE_STATES = tuple(
     s for s, js in STATE_MAP.items() if js in (JobState.SUBMITTED, JobState.RUNNING)
 )
 """DIRAC states of a job that may still produce its outputs (adopted after a restart)."""
+
+REVIVABLE_STATES = ("Stalled",)
+"""Failure states DIRAC may leave again: a Stalled job (no heartbeat for a while: its pilot
+died, or a service was unreachable) turns Running on its next heartbeat. The executor kills
+such a job when it gives up on it, so a retry never runs beside it."""
+
+
+def done_on_disk(workdir: str | os.PathLike, outputs: Iterable[str]) -> bool:
+    """True when a job's outputs (relative to ``workdir`` or absolute) are all there and whole.
+
+    DIRAC reschedules a job whose payload succeeded when its output sandbox upload fails (the
+    services restarting, say): the job queues to run again, over outputs that a site's
+    DIRAC (its MaxRescheduling is not the user's to set) would rewrite after the run took
+    them as done. Outputs are written atomically; `dcflow.io.outputs_whole` also checks FITS
+    checksums.
+    """
+    paths = [os.path.join(workdir, o) for o in outputs]
+    if not paths or not all(os.path.exists(p) for p in paths):
+        return False
+    from dcflow.io import outputs_whole  # astropy: only once every output is there
+
+    return outputs_whole(paths)
 
 
 KILL_MINOR_STATUS = "Marked for termination"

@@ -139,6 +139,18 @@ class DiracWMS:
         return parse_states(answer)
 
     @_serialized
+    def reschedule_counts(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """Return how many times DIRAC rescheduled each job (its RescheduleCounter), in one call."""
+        ids = [int(j) for j in job_ids]
+        if not ids:
+            return {}
+        summary = _value(lambda: self._monitoring.getJobsSummary(ids), "getJobsSummary", ids)
+        return {
+            str(job_id): int(fields.get("RescheduleCounter") or 0)
+            for job_id, fields in summary.items()
+        }
+
+    @_serialized
     def alive_in_group(self, group: str) -> dict[str, str]:
         """Return ``{JobName: job id}`` of the group's jobs that may still finish (not killed)."""
         ids = _value(

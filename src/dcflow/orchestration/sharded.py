@@ -73,6 +73,7 @@ from dcflow.orchestration.cancel import stop_process_tree
 from dcflow.orchestration.profiles import GRIDENGINE_EXECUTORS, profile_backend, profile_settings
 from dcflow.orchestration.run import run_campaign
 from dcflow.orchestration.settle import settle_from_disk
+from dcflow.plan import clear_incomplete_marks
 from dcflow.states import JobState
 from dcflow.status import failed_tiles
 
@@ -343,6 +344,68 @@ def _orphan_submissions(workdir: Path) -> dict:
     }
 
 
+def _recover_dirac(workdir: Path, ledger_file: Path) -> str:
+    """Record the DIRAC jobs that ended while no driver watched them, and stop their reruns.
+
+    A killed driver's attempts are lost in the ledger, their DIRAC jobs alive. Those still
+    running are adopted by the restarted shards (the executor finds them in the run's
+    JobGroup). Those DIRAC reports Done, and those DIRAC rescheduled after a good payload
+    and that wait to run again with their outputs whole on disk (`done_on_disk`; they are
+    killed so that DIRAC does not run them again), are done: their Snakemake "incomplete"
+    marks are cleared here and the ledger settles them as succeeded (`settle_from_disk`),
+    instead of the restarted shard running them a second time.
+    """
+    if not ledger_file.exists():
+        return "dirac recovery: no ledger"
+    with Ledger(ledger_file) as ledger:
+        lost = [
+            a
+            for a in ledger.failed_tiles()
+            if a.state is JobState.LOST and a.backend_jobid and a.outputs
+        ]
+    if not lost:
+        return "dirac recovery: no lost job"
+    from snakemake_executor_plugin_dirac.cancel import cancel_jobs
+    from snakemake_executor_plugin_dirac.status import done_on_disk
+    from snakemake_executor_plugin_dirac.wms import DiracError, DiracWMS
+
+    wms = DiracWMS()
+    try:
+        outcomes = wms.states(a.backend_jobid for a in lost)
+    except DiracError as err:
+        return f"dirac recovery: states not known ({err}); lost jobs will be redone"
+    done, queued = [], {}
+    for attempt in lost:
+        outcome = outcomes.get(str(attempt.backend_jobid))
+        if outcome is None:
+            continue
+        if outcome.state is JobState.SUCCEEDED:
+            done.append(attempt)
+        elif outcome.state is JobState.SUBMITTED and done_on_disk(workdir, attempt.outputs):
+            queued[str(attempt.backend_jobid)] = attempt
+    killed = ""
+    try:
+        counts = wms.reschedule_counts(queued)
+    except DiracError as err:
+        counts = {}
+        killed = f"; reschedule counts not known ({err})"
+    rerun = [queued[job_id] for job_id, count in counts.items() if count > 0]
+    if rerun:
+        try:
+            cancel_jobs(wms, [str(a.backend_jobid) for a in rerun])
+        except DiracError as err:  # left marked: the restarted shard adopts or redoes them
+            killed = f"; {len(rerun)} rescheduled but done on disk not killed: {err}"
+        else:
+            done.extend(rerun)
+            killed = f"; {len(rerun)} of them rescheduled but done on disk, killed"
+    for attempt in done:
+        clear_incomplete_marks(workdir, attempt.outputs)
+    return (
+        f"dirac recovery: of {len(lost)} job(s) lost with their driver, {len(done)} ended "
+        f"unwatched (their incomplete marks cleared){killed}"
+    )
+
+
 def settle_orphan_submissions(workdir: Path, *, wait_s: float = 60.0) -> int:
     """Record how orphaned Grid Engine jobs ended; return how many succeeded meanwhile.
 
@@ -406,6 +469,8 @@ def clear_stale_state(
         for lock in locks:
             lock.unlink(missing_ok=True)
         said = f"{len(locks)} stale Snakemake lock(s) removed" if locks else "no stale state"
+        if backend == "dirac":
+            said += "; " + _recover_dirac(workdir, ledger_file)
     return said + _settle(ledger_file, workdir)
 
 
