@@ -22,6 +22,7 @@ from snakemake_interface_executor_plugins.utils import (
 )
 
 from dcflow.ledger import read_benchmark
+from dcflow.plan import clear_incomplete_marks
 from dcflow.remote_jobs import comma_safe_job_exec, requote_file_args, shell_safe_job_exec
 from dcflow.states import JobState
 from snakemake_executor_plugin_gridengine import ExecutorSettings
@@ -30,7 +31,6 @@ from snakemake_executor_plugin_gridengine.reattach import (
     DriverMarker,
     Submission,
     SubmissionLedger,
-    clear_incomplete_marks,
 )
 from snakemake_executor_plugin_gridengine.status import (
     JobOutcome,

@@ -202,15 +202,14 @@ def inventory(root: str | os.PathLike) -> set[str]:
     return found
 
 
-def incomplete_outputs(workdir: str | os.PathLike = ".") -> set[str]:
-    """Outputs Snakemake marked incomplete (a job started and never confirmed) in a workdir.
+def _incomplete_marks(workdir: str | os.PathLike):
+    """Yield ``(marker file, output path)`` for each of Snakemake's "incomplete" marks.
 
-    Reads the marker names of ``.snakemake/incomplete`` (one walk; each name is the
-    URL-safe base64 of the output path, split into ``@``-prefixed chunks when long).
-    Paths are returned normalized and joined to ``workdir`` (absolute if it is).
+    One walk of ``.snakemake/incomplete``: each marker's name is the URL-safe base64 of the
+    output path, split into ``@``-prefixed chunks when long. Output paths come normalized and
+    joined to ``workdir`` (absolute if it is); Snakemake's own files are skipped.
     """
     top = Path(workdir) / ".snakemake" / "incomplete"
-    out: set[str] = set()
     for dirpath, _, filenames in os.walk(top):
         rel = Path(dirpath).relative_to(top).parts
         for name in filenames:
@@ -219,31 +218,30 @@ def incomplete_outputs(workdir: str | os.PathLike = ".") -> set[str]:
                 path = base64.urlsafe_b64decode("".join(chunks).encode()).decode()
             except (ValueError, UnicodeDecodeError):
                 continue  # Snakemake's own files (migration_underway)
-            out.add(os.path.normpath(os.path.join(workdir, path)))
-    return out
+            yield Path(dirpath) / name, os.path.normpath(os.path.join(workdir, path))
 
 
-def clear_incomplete_marks(workdir: str | os.PathLike, outputs: Sequence[str]) -> int:
+def incomplete_outputs(workdir: str | os.PathLike = ".") -> set[str]:
+    """Outputs Snakemake marked incomplete (a job started and never confirmed) in a workdir.
+
+    Paths are returned normalized and joined to ``workdir`` (absolute if it is).
+    """
+    return {output for _, output in _incomplete_marks(workdir)}
+
+
+def clear_incomplete_marks(workdir: str | os.PathLike, outputs: Iterable[str]) -> int:
     """Remove Snakemake's "incomplete" marks of ``outputs``; return how many were removed.
 
     ``outputs`` are relative to ``workdir`` or absolute. For a job known to have ended well
     while no Snakemake watched it: its outputs, written atomically, are whole, and the marks
     alone would have it redone.
     """
-    top = Path(workdir) / ".snakemake" / "incomplete"
     wanted = {os.path.normpath(os.path.join(workdir, p)) for p in outputs}
     removed = 0
-    for dirpath, _, filenames in os.walk(top):
-        rel = Path(dirpath).relative_to(top).parts
-        for name in filenames:
-            chunks = [p.removeprefix("@") for p in (*rel, name)]
-            try:
-                path = base64.urlsafe_b64decode("".join(chunks).encode()).decode()
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if os.path.normpath(os.path.join(workdir, path)) in wanted:
-                (Path(dirpath) / name).unlink(missing_ok=True)
-                removed += 1
+    for marker, output in _incomplete_marks(workdir):
+        if output in wanted:
+            marker.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 

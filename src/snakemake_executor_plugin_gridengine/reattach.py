@@ -13,8 +13,6 @@ submitted a second time.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import json
 import os
 import socket
@@ -23,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dcflow.plan import clear_incomplete_marks
 from dcflow.states import JobState
 
 from .status import JobOutcome, query_states
@@ -33,7 +32,6 @@ __all__ = [
     "Submission",
     "SubmissionLedger",
     "adoptable_submissions",
-    "clear_incomplete_marks",
     "main",
     "output_key",
     "recover",
@@ -197,33 +195,6 @@ class DriverMarker:
             data["lockfiles"] = tuple(data.get("lockfiles", ()))
             markers.append((path, cls(**data)))
         return markers
-
-
-def clear_incomplete_marks(workdir: Path, outputs: Iterable[str]) -> int:
-    """Remove Snakemake's "incomplete" marks of ``outputs``; return how many were removed.
-
-    Snakemake stores one file per output under ``.snakemake/incomplete``, named by the
-    url-safe base64 of the path, split into directory levels of at most NAME_MAX characters
-    (all but the last prefixed with ``@``).
-    """
-    root = Path(workdir) / ".snakemake" / "incomplete"
-    wanted = {str(o) for o in outputs}
-    removed = 0
-    if not root.is_dir():
-        return 0
-    for path in root.rglob("*"):
-        if not path.is_file():
-            continue
-        parts = path.relative_to(root).parts
-        encoded = "".join(p[1:] if p.startswith("@") else p for p in parts)
-        try:
-            key = base64.urlsafe_b64decode(encoded.encode()).decode()
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            continue
-        if key in wanted:
-            path.unlink()
-            removed += 1
-    return removed
 
 
 @dataclass(frozen=True, slots=True)

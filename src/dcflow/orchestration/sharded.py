@@ -415,11 +415,7 @@ def settle_orphan_submissions(workdir: Path, *, wait_s: float = 60.0) -> int:
     driver's recovery, neither adopts a finished job nor submits it again. Jobs unknown to
     both qstat and accounting (accounting is flushed late) are waited for up to ``wait_s``.
     """
-    from snakemake_executor_plugin_gridengine.reattach import (
-        SubmissionLedger,
-        clear_incomplete_marks,
-        state_dir,
-    )
+    from snakemake_executor_plugin_gridengine.reattach import SubmissionLedger, state_dir
     from snakemake_executor_plugin_gridengine.status import query_states
 
     ledger = SubmissionLedger(state_dir(workdir) / "submissions.jsonl")
